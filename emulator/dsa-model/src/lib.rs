@@ -1,0 +1,1 @@
+//! Behavioural model of an Intel DSA 1.0 device.
