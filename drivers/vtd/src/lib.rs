@@ -1,2 +1,46 @@
-//! Intel VT-d: DMAR parsing, scalable-mode tables, queued invalidation, faults, interrupt remapping
+//! Intel VT-d: DMAR parsing, scalable-mode tables, queued invalidation, faults, interrupt remapping.
+//!
+//! * [`spec`]: the one typed definition of the registers and in-memory structures.
+//! * [`dmar`]: bounds-checked ACPI DMAR parser and the device → remapping-unit map.
+//! * [`unit::RemappingUnit`]: the driver of one remapping unit, generic over [`hw::RegisterBlock`]
+//!   (MMIO), [`hw::DmaMemory`] (table memory) and [`hw::Clock`] (bounded waits), which the
+//!   kernel implements; host tests use fakes.
+//!
+//! Kernel glue, in order (vtd.md §9):
+//! 1. `Dmar::parse(bytes)`; for each DRHD map ≥ 4 KiB of `register_base` uncached and wrap it in
+//!    [`MmioRegisters`]; [`DeviceUnitMap::build`] with the PCI enumeration's bridge bus numbers.
+//! 2. [`RemappingUnit::new`] (capability checks), [`RemappingUnit::init`] (QI, IR, root table, TE),
+//!    [`RemappingUnit::configure_fault_event`] with a vector from the vector allocator; the
+//!    vector's handler calls [`RemappingUnit::handle_faults`].
+//! 3. Interrupts: [`RemappingUnit::alloc_irte`] + [`RemappingUnit::msi_message`] /
+//!    [`RemappingUnit::ioapic_rte`] before enabling any device interrupt.
+//! 4. DMA: [`RemappingUnit::create_address_space`], `map`/`unmap`, `attach` (PASID-tagged) or
+//!    `attach_rid_pasid` (requests without PASID), `revoke`, `destroy_address_space`.
+//!
+//! The unit is not internally locked: wrap it in one lock that the fault handler also takes
+//! with interrupts disabled (invalidation waits are short but must not be interrupted by a
+//! handler spinning on the same lock).
 #![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+pub mod dmar;
+pub mod error;
+pub mod hw;
+pub mod pagetable;
+pub mod spec;
+pub mod unit;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
+pub use dmar::{Bdf, DeviceUnitMap, Dmar, DmarError};
+pub use error::VtdError;
+pub use hw::{Clock, DmaMemory, MmioRegisters, RegisterBlock};
+pub use pagetable::{Perm, Translation};
+pub use unit::{
+    AddressSpaceId, Config, FaultBatch, FaultCounters, IrteHandle, RemappingUnit, RidDefault,
+    SpaceKind, StageKind,
+};

@@ -4,7 +4,7 @@
  * The Rust core owns the device's behaviour: BAR0 registers (except the MSI-X table and
  * PBA, which QEMU's msix helpers own), the MSI-X permission table, the IMS table, the work
  * queues behind the BAR2 portals, the engines and every operation. The C adapter in QEMU
- * (emulator/qemu/hw/misc/intel_dsa.c) owns PCI registration, config space, MMIO dispatch,
+ * (emulator/qemu/src/hw/dsa/intel_dsa.c) owns PCI registration, config space, MMIO dispatch,
  * DMA through the IOMMU, MSI delivery, trace events and the worker threads.
  *
  * Threading and locking contract (read before changing either side):

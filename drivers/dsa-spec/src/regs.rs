@@ -1,0 +1,690 @@
+//! BAR0 MMIO registers (dsa.md §2): offsets, layouts, commands, CMDSTATUS and SWERROR.
+
+use crate::{field64, set_field64};
+use bitflags::bitflags;
+
+/// BAR index of the MMIO registers.
+pub const BAR_MMIO: u8 = 0;
+/// BAR index of the WQ portals.
+pub const BAR_PORTALS: u8 = 2;
+
+/// Register offsets in BAR0 (§2.1).
+pub mod off {
+    pub const VERSION: u64 = 0x000;
+    pub const GENCAP: u64 = 0x010;
+    pub const WQCAP: u64 = 0x020;
+    pub const GRPCAP: u64 = 0x030;
+    pub const ENGCAP: u64 = 0x038;
+    /// Four qwords: bit n of the 256-bit field = opcode n supported.
+    pub const OPCAP: u64 = 0x040;
+    /// 128 bits; see [`crate::regs::Offsets`].
+    pub const OFFSETS: u64 = 0x060;
+    pub const GENCFG: u64 = 0x080;
+    pub const GENCTRL: u64 = 0x088;
+    pub const GENSTS: u64 = 0x090;
+    pub const INTCAUSE: u64 = 0x098;
+    pub const CMD: u64 = 0x0A0;
+    pub const CMDSTATUS: u64 = 0x0A8;
+    pub const CMDCAP: u64 = 0x0B0;
+    /// Four qwords.
+    pub const SWERROR: u64 = 0x0C0;
+}
+
+/// Multiplier of the OFFSETS fields (each field counts 256-byte units).
+pub const TABLE_MULT: u64 = 0x100;
+
+/// VERSION (§2.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Version(pub u32);
+impl Version {
+    pub const DSA_1_0: Version = Version(0x100);
+    pub const DSA_2_0: Version = Version(0x200);
+    pub const fn major(self) -> u8 {
+        (self.0 >> 8) as u8
+    }
+    pub const fn minor(self) -> u8 {
+        self.0 as u8
+    }
+}
+
+bitflags! {
+    /// GENCAP (0x10, §2.3). Multi-bit fields through the accessor methods.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct GenCap: u64 {
+        const BLOCK_ON_FAULT = 1 << 0;
+        const OVERLAPPING_COPY = 1 << 1;
+        const CACHE_CONTROL_MEM = 1 << 2;
+        const CACHE_CONTROL_CACHE = 1 << 3;
+        const CMD_CAP = 1 << 4;
+        const DURABLE_WRITE = 1 << 5;
+        const INTER_DOMAIN = 1 << 6;
+        const TRANSL_FETCH_STRIDE = 1 << 7;
+        const DEST_READBACK = 1 << 8;
+        const DRAIN_READBACK = 1 << 9;
+        const FILL_16B = 1 << 10;
+        const CRC64 = 1 << 11;
+        const CR_FAULT_INFO = 1 << 12;
+        const BATCH_CONTINUATION = 1 << 15;
+        const CONFIG_SUPPORT = 1 << 31;
+        const EVL_OVERFLOW = 1 << 32;
+        const _ = !0;
+    }
+}
+
+impl GenCap {
+    /// Event log support field (14:13); 0 = none.
+    pub const fn evl_support(self) -> u8 {
+        field64(self.bits(), 13, 2) as u8
+    }
+    /// Max transfer size = 2^shift bytes (20:16).
+    pub const fn max_xfer_shift(self) -> u8 {
+        field64(self.bits(), 16, 5) as u8
+    }
+    /// Max batch size = 2^shift descriptors (24:21).
+    pub const fn max_batch_shift(self) -> u8 {
+        field64(self.bits(), 21, 4) as u8
+    }
+    /// IMS size field (30:25): entries = field × 256.
+    pub const fn ims_size_field(self) -> u8 {
+        field64(self.bits(), 25, 6) as u8
+    }
+    /// Number of IMS entries.
+    pub const fn ims_entries(self) -> u32 {
+        self.ims_size_field() as u32 * 256
+    }
+    pub const fn with_max_xfer_shift(self, s: u8) -> Self {
+        Self::from_bits_retain(set_field64(self.bits(), 16, 5, s as u64))
+    }
+    pub const fn with_max_batch_shift(self, s: u8) -> Self {
+        Self::from_bits_retain(set_field64(self.bits(), 21, 4, s as u64))
+    }
+    /// `entries` must be a multiple of 256 (excess bits dropped).
+    pub const fn with_ims_entries(self, entries: u32) -> Self {
+        Self::from_bits_retain(set_field64(self.bits(), 25, 6, (entries / 256) as u64))
+    }
+}
+
+bitflags! {
+    /// WQCAP (0x20, §2.4).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct WqCap: u64 {
+        const SHARED_MODE = 1 << 48;
+        const DEDICATED_MODE = 1 << 49;
+        const WQ_ATS_DISABLE = 1 << 50;
+        const PRIORITY = 1 << 51;
+        const OCCUPANCY = 1 << 52;
+        const OCCUPANCY_INT = 1 << 53;
+        const OPCFG = 1 << 54;
+        const WQ_PRS_DISABLE = 1 << 55;
+        const _ = !0;
+    }
+}
+
+impl WqCap {
+    pub const fn total_wq_size(self) -> u16 {
+        field64(self.bits(), 0, 16) as u16
+    }
+    pub const fn num_wqs(self) -> u8 {
+        field64(self.bits(), 16, 8) as u8
+    }
+    /// WQCFG entry size code N (27:24); entry size = 2^(N+5) bytes.
+    pub const fn wqcfg_size_code(self) -> u8 {
+        field64(self.bits(), 24, 4) as u8
+    }
+    /// WQCFG entry size in bytes (32 on DSA 1.0).
+    pub const fn wqcfg_entry_size(self) -> u64 {
+        1u64 << (self.wqcfg_size_code() as u32 + 5)
+    }
+    pub const fn with_total_wq_size(self, n: u16) -> Self {
+        Self::from_bits_retain(set_field64(self.bits(), 0, 16, n as u64))
+    }
+    pub const fn with_num_wqs(self, n: u8) -> Self {
+        Self::from_bits_retain(set_field64(self.bits(), 16, 8, n as u64))
+    }
+    pub const fn with_wqcfg_size_code(self, n: u8) -> Self {
+        Self::from_bits_retain(set_field64(self.bits(), 24, 4, n as u64))
+    }
+}
+
+bitflags! {
+    /// GRPCAP (0x30, §2.5).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct GrpCap: u64 {
+        const RDBUF_CTRL = 1 << 16;
+        const RDBUF_GLOBAL_LIMIT = 1 << 17;
+        const DESC_IN_PROGRESS_LIMIT = 1 << 18;
+        const BANDWIDTH_LIMIT = 1 << 19;
+        const _ = !0;
+    }
+}
+
+impl GrpCap {
+    pub const fn num_groups(self) -> u8 {
+        field64(self.bits(), 0, 8) as u8
+    }
+    pub const fn total_rdbufs(self) -> u8 {
+        field64(self.bits(), 8, 8) as u8
+    }
+    pub const fn with_num_groups(self, n: u8) -> Self {
+        Self::from_bits_retain(set_field64(self.bits(), 0, 8, n as u64))
+    }
+    pub const fn with_total_rdbufs(self, n: u8) -> Self {
+        Self::from_bits_retain(set_field64(self.bits(), 8, 8, n as u64))
+    }
+}
+
+/// ENGCAP (0x38, §2.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngCap(pub u64);
+impl EngCap {
+    pub const fn num_engines(self) -> u8 {
+        field64(self.0, 0, 8) as u8
+    }
+    pub const fn max_work_desc_per_engine(self) -> u8 {
+        field64(self.0, 8, 8) as u8
+    }
+    pub const fn max_batch_desc_per_engine(self) -> u8 {
+        field64(self.0, 16, 8) as u8
+    }
+    pub const fn new(engines: u8, work: u8, batch: u8) -> Self {
+        EngCap(engines as u64 | (work as u64) << 8 | (batch as u64) << 16)
+    }
+}
+
+/// OPCAP (0x40, 256 bits, §2.6): bit n ⇔ opcode n supported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct OpCap(pub [u64; 4]);
+impl OpCap {
+    pub const fn supports(&self, opcode: u8) -> bool {
+        (self.0[(opcode / 64) as usize] >> (opcode % 64)) & 1 == 1
+    }
+    pub const fn with(mut self, opcode: u8) -> Self {
+        self.0[(opcode / 64) as usize] |= 1 << (opcode % 64);
+        self
+    }
+}
+
+/// OFFSETS (0x60, 128 bits, §2.7): table offsets in 256-byte units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Offsets(pub [u64; 2]);
+impl Offsets {
+    const fn unit(&self, idx: u32) -> u64 {
+        field64(self.0[(idx / 4) as usize], (idx % 4) * 16, 16) * TABLE_MULT
+    }
+    pub const fn grpcfg(&self) -> u64 {
+        self.unit(0)
+    }
+    pub const fn wqcfg(&self) -> u64 {
+        self.unit(1)
+    }
+    pub const fn msixperm(&self) -> u64 {
+        self.unit(2)
+    }
+    pub const fn ims(&self) -> u64 {
+        self.unit(3)
+    }
+    pub const fn perfmon(&self) -> u64 {
+        self.unit(4)
+    }
+    pub const fn idpt(&self) -> u64 {
+        self.unit(5)
+    }
+    /// Builds the register from byte offsets (each must be a multiple of 0x100).
+    pub const fn new(grpcfg: u64, wqcfg: u64, msixperm: u64, ims: u64, perfmon: u64) -> Self {
+        let q0 = (grpcfg / TABLE_MULT)
+            | (wqcfg / TABLE_MULT) << 16
+            | (msixperm / TABLE_MULT) << 32
+            | (ims / TABLE_MULT) << 48;
+        Offsets([q0, perfmon / TABLE_MULT])
+    }
+}
+
+bitflags! {
+    /// GENCFG (0x80, RWL, §2.8).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct GenCfg: u32 {
+        const USER_INT_ENABLE = 1 << 12;
+        const EVL_ENABLE = 1 << 13;
+        const _ = !0;
+    }
+}
+impl GenCfg {
+    pub const fn global_rdbuf_limit(self) -> u8 {
+        self.bits() as u8
+    }
+}
+
+bitflags! {
+    /// GENCTRL (0x88, §2.9).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct GenCtrl: u32 {
+        const SWERR_INT_ENABLE = 1 << 0;
+        const HALT_INT_ENABLE = 1 << 1;
+        const EVL_INT_ENABLE = 1 << 2;
+        const _ = !0;
+    }
+}
+
+/// GENSTS device state (bits 1:0, §2.10).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum DeviceState {
+    Disabled = 0,
+    Enabled = 1,
+    Draining = 2,
+    Halted = 3,
+}
+
+/// GENSTS reset type needed to leave Halt (bits 3:2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ResetType {
+    Software = 0,
+    Flr = 1,
+    Warm = 2,
+    Cold = 3,
+}
+
+/// GENSTS (0x90, RO).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct GenSts(pub u32);
+impl GenSts {
+    pub const fn state(self) -> DeviceState {
+        match self.0 & 3 {
+            0 => DeviceState::Disabled,
+            1 => DeviceState::Enabled,
+            2 => DeviceState::Draining,
+            _ => DeviceState::Halted,
+        }
+    }
+    pub const fn reset_type(self) -> ResetType {
+        match (self.0 >> 2) & 3 {
+            0 => ResetType::Software,
+            1 => ResetType::Flr,
+            2 => ResetType::Warm,
+            _ => ResetType::Cold,
+        }
+    }
+    pub const fn new(state: DeviceState, reset: ResetType) -> Self {
+        GenSts(state as u32 | (reset as u32) << 2)
+    }
+}
+
+bitflags! {
+    /// INTCAUSE (0x98, RW1C, §2.11). Every cause signals MSI-X entry 0.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct IntCause: u32 {
+        const SOFTWARE_ERROR = 1 << 0;
+        const COMMAND_COMPLETED = 1 << 1;
+        const OCCUPANCY = 1 << 2;
+        const PERFMON_OVERFLOW = 1 << 3;
+        const HALTED = 1 << 4;
+        const EVL = 1 << 5;
+        const INT_HANDLES_REVOKED = 1 << 31;
+        const _ = !0;
+    }
+}
+
+/// Command codes (CMD bits 24:20, §2.12).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Command {
+    EnableDevice = 0x01,
+    DisableDevice = 0x02,
+    DrainAll = 0x03,
+    AbortAll = 0x04,
+    ResetDevice = 0x05,
+    EnableWq = 0x06,
+    DisableWq = 0x07,
+    DrainWq = 0x08,
+    AbortWq = 0x09,
+    ResetWq = 0x0A,
+    DrainPasid = 0x0B,
+    AbortPasid = 0x0C,
+    RequestIntHandle = 0x0D,
+    ReleaseIntHandle = 0x0E,
+    RequestIdptHandle = 0x0F,
+    ReleaseIdptHandle = 0x10,
+    InvalidateSubmitterCache = 0x11,
+}
+
+impl Command {
+    pub const fn from_code(code: u8) -> Option<Command> {
+        use Command::*;
+        Some(match code {
+            0x01 => EnableDevice,
+            0x02 => DisableDevice,
+            0x03 => DrainAll,
+            0x04 => AbortAll,
+            0x05 => ResetDevice,
+            0x06 => EnableWq,
+            0x07 => DisableWq,
+            0x08 => DrainWq,
+            0x09 => AbortWq,
+            0x0A => ResetWq,
+            0x0B => DrainPasid,
+            0x0C => AbortPasid,
+            0x0D => RequestIntHandle,
+            0x0E => ReleaseIntHandle,
+            0x0F => RequestIdptHandle,
+            0x10 => ReleaseIdptHandle,
+            0x11 => InvalidateSubmitterCache,
+            _ => return None,
+        })
+    }
+    /// True for the commands whose operand is the WQ bitmap form (codes 7–10).
+    pub const fn takes_wq_bitmap(self) -> bool {
+        matches!(
+            self,
+            Command::DisableWq | Command::DrainWq | Command::AbortWq | Command::ResetWq
+        )
+    }
+}
+
+/// CMD register value (0xA0, §2.12).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CmdReg(pub u32);
+impl CmdReg {
+    pub const REQUEST_INT: u32 = 1 << 31;
+    pub const RESERVED_MASK: u32 = 0x3F << 25;
+    pub const fn new(cmd: Command, operand: u32, request_int: bool) -> Self {
+        CmdReg(
+            (operand & 0xF_FFFF)
+                | (cmd as u32) << 20
+                | if request_int { Self::REQUEST_INT } else { 0 },
+        )
+    }
+    pub const fn operand(self) -> u32 {
+        self.0 & 0xF_FFFF
+    }
+    pub const fn code(self) -> u8 {
+        ((self.0 >> 20) & 0x1F) as u8
+    }
+    pub const fn request_int(self) -> bool {
+        self.0 & Self::REQUEST_INT != 0
+    }
+    pub const fn reserved(self) -> u32 {
+        self.0 & Self::RESERVED_MASK
+    }
+}
+
+/// WQ bitmap operand for commands 7–10: `(1 << (wq % 16)) | ((wq / 16) << 16)`.
+pub const fn wq_bitmap_operand(wq: u8) -> u32 {
+    (1 << (wq % 16)) | ((wq as u32 / 16) << 16)
+}
+
+/// Decodes a WQ bitmap operand into (first WQ index of the block, 16-bit bitmap).
+pub const fn wq_bitmap_decode(operand: u32) -> (u32, u16) {
+    (((operand >> 16) & 0xF) * 16, operand as u16)
+}
+
+/// Operand of Request/Release Interrupt Handle: table index plus the IMS selector (bit 16).
+pub const fn int_handle_operand(index: u16, ims: bool) -> u32 {
+    index as u32 | if ims { 1 << 16 } else { 0 }
+}
+
+/// CMDSTATUS (0xA8, §2.13).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CmdStatus(pub u32);
+impl CmdStatus {
+    pub const ACTIVE: u32 = 1 << 31;
+    pub const fn error(self) -> u8 {
+        self.0 as u8
+    }
+    pub const fn result(self) -> u16 {
+        (self.0 >> 8) as u16
+    }
+    pub const fn active(self) -> bool {
+        self.0 & Self::ACTIVE != 0
+    }
+    pub const fn new(error: u8, result: u16, active: bool) -> Self {
+        CmdStatus(error as u32 | (result as u32) << 8 | if active { Self::ACTIVE } else { 0 })
+    }
+}
+
+/// CMDSTATUS error codes (§2.13).
+pub mod cmd_err {
+    pub const SUCCESS: u8 = 0x00;
+    pub const INVALID_COMMAND: u8 = 0x01;
+    pub const INVALID_WQ: u8 = 0x02;
+    pub const INTERNAL: u8 = 0x03;
+    pub const RESERVED_FIELD: u8 = 0x04;
+    pub const HALTED: u8 = 0x05;
+    pub const DEV_ENABLED: u8 = 0x10;
+    pub const DEV_CONFIG: u8 = 0x11;
+    pub const BUS_MASTER_EN: u8 = 0x12;
+    pub const PASID_INVAL: u8 = 0x13;
+    pub const WQ_SIZE_TOTAL: u8 = 0x14;
+    pub const GRP_CONFIG: u8 = 0x15;
+    pub const GRP_CONFIG2: u8 = 0x16;
+    pub const GRP_CONFIG3: u8 = 0x17;
+    pub const RDBUF_CONFIG: u8 = 0x18;
+    pub const EVL_CONFIG: u8 = 0x19;
+    pub const ATS_CONFIG: u8 = 0x1A;
+    pub const DEV_PASID_CONFIG: u8 = 0x1B;
+    pub const DEV_NOT_EN: u8 = 0x20;
+    pub const WQ_ENABLED: u8 = 0x21;
+    pub const WQ_SIZE: u8 = 0x22;
+    pub const WQ_PRIOR: u8 = 0x23;
+    pub const WQ_MODE: u8 = 0x24;
+    pub const BOF_EN: u8 = 0x25;
+    pub const PASID_EN: u8 = 0x26;
+    pub const MAX_BATCH_SIZE: u8 = 0x27;
+    pub const MAX_XFER_SIZE: u8 = 0x28;
+    pub const WQ_PRIV: u8 = 0x2A;
+    pub const OCC_INT: u8 = 0x2B;
+    pub const ATS_DISABLE: u8 = 0x2C;
+    pub const OPCFG: u8 = 0x2D;
+    pub const PRS_DISABLE: u8 = 0x2E;
+    pub const DIS_DEV_EN: u8 = 0x31;
+    pub const WQ_NOT_EN: u8 = 0x32;
+    pub const INVAL_INT_IDX: u8 = 0x41;
+    pub const NO_HANDLE: u8 = 0x42;
+}
+
+/// CMDCAP (0xB0, §2.14): bit n ⇔ command code n supported (valid only with GENCAP.CMD_CAP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CmdCap(pub u64);
+impl CmdCap {
+    pub const fn supports(self, code: u8) -> bool {
+        code < 64 && (self.0 >> code) & 1 == 1
+    }
+}
+
+bitflags! {
+    /// SWERROR word 0 flag bits (§2.15); code/WQ/opcode/PASID through [`SwErr`].
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct SwErrFlags: u64 {
+        const VALID = 1 << 0;
+        const OVERFLOW = 1 << 1;
+        const DESC_VALID = 1 << 2;
+        const WQ_INDEX_VALID = 1 << 3;
+        const BATCH = 1 << 4;
+        const FAULT_RW = 1 << 5;
+        const PRIV = 1 << 6;
+        const ERROR_INFO_VALID = 1 << 7;
+        const _ = !0;
+    }
+}
+
+/// Software-only SWERROR codes (never in a completion record, §2.15).
+pub mod swerr_code {
+    /// PCI configuration changed while the device was enabled (the device halts).
+    pub const PCI_CONFIG_CHANGED: u8 = 0x51;
+    /// CMD written while a command was active (the write is dropped).
+    pub const CMD_WHILE_ACTIVE: u8 = 0x52;
+    /// Descriptor written to a full dedicated WQ (dropped).
+    pub const DWQ_FULL: u8 = 0x53;
+    /// Event-log append failed.
+    pub const EVL_APPEND: u8 = 0x54;
+}
+
+/// The four SWERROR qwords (0xC0, §2.15).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SwErr(pub [u64; 4]);
+impl SwErr {
+    /// Value Linux writes back to qword 0 to acknowledge: only bits 1:0 kept.
+    pub const ACK_MASK: u64 = 0x3;
+    pub const fn flags(&self) -> SwErrFlags {
+        SwErrFlags::from_bits_retain(self.0[0] & 0xFF)
+    }
+    pub const fn valid(&self) -> bool {
+        self.0[0] & 1 != 0
+    }
+    pub const fn overflow(&self) -> bool {
+        self.0[0] & 2 != 0
+    }
+    pub const fn code(&self) -> u8 {
+        field64(self.0[0], 8, 8) as u8
+    }
+    pub const fn wq(&self) -> u8 {
+        field64(self.0[0], 16, 8) as u8
+    }
+    pub const fn opcode(&self) -> u8 {
+        field64(self.0[0], 32, 8) as u8
+    }
+    pub const fn pasid(&self) -> u32 {
+        field64(self.0[0], 40, 20) as u32
+    }
+    pub const fn batch_index(&self) -> u16 {
+        self.0[1] as u16
+    }
+    /// Error info (word 1 bits 63:32): invalid flags for 0x11, handle (47:32) for 0x19.
+    pub const fn error_info(&self) -> u32 {
+        (self.0[1] >> 32) as u32
+    }
+    pub const fn fault_addr(&self) -> u64 {
+        self.0[2]
+    }
+    /// Composes word 0 (the model uses this; drivers only decode).
+    pub const fn word0(flags: SwErrFlags, code: u8, wq: u8, opcode: u8, pasid: u32) -> u64 {
+        (flags.bits() & 0xFF)
+            | (code as u64) << 8
+            | (wq as u64) << 16
+            | (opcode as u64) << 32
+            | ((pasid & 0xF_FFFF) as u64) << 40
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emr_gencap_decodes() {
+        let g = GenCap::from_bits_retain(0x40915F0107);
+        assert!(g.contains(GenCap::BLOCK_ON_FAULT));
+        assert!(g.contains(GenCap::OVERLAPPING_COPY));
+        assert!(g.contains(GenCap::CACHE_CONTROL_MEM));
+        assert!(!g.contains(GenCap::CACHE_CONTROL_CACHE));
+        assert!(!g.contains(GenCap::CMD_CAP));
+        assert!(g.contains(GenCap::DEST_READBACK));
+        assert!(!g.contains(GenCap::DRAIN_READBACK));
+        assert_eq!(g.evl_support(), 0);
+        assert_eq!(g.max_xfer_shift(), 31);
+        assert_eq!(g.max_batch_shift(), 10);
+        assert_eq!(g.ims_size_field(), 8);
+        assert_eq!(g.ims_entries(), 2048);
+        assert!(g.contains(GenCap::CONFIG_SUPPORT));
+        assert!(!g.contains(GenCap::EVL_OVERFLOW));
+        // Bit 38 is set on EMR with unknown meaning: it must survive a round trip.
+        assert_eq!(g.bits() >> 38 & 1, 1);
+        let built = (GenCap::BLOCK_ON_FAULT
+            | GenCap::OVERLAPPING_COPY
+            | GenCap::CACHE_CONTROL_MEM
+            | GenCap::DEST_READBACK
+            | GenCap::CONFIG_SUPPORT
+            | GenCap::from_bits_retain(1 << 38))
+        .with_max_xfer_shift(31)
+        .with_max_batch_shift(10)
+        .with_ims_entries(2048);
+        assert_eq!(built.bits(), 0x40915F0107);
+    }
+
+    #[test]
+    fn wqcap_fields() {
+        let w = (WqCap::SHARED_MODE | WqCap::DEDICATED_MODE | WqCap::PRIORITY)
+            .with_total_wq_size(128)
+            .with_num_wqs(8);
+        assert_eq!(w.bits(), 0x000B_0000_0008_0080);
+        assert_eq!(w.total_wq_size(), 128);
+        assert_eq!(w.num_wqs(), 8);
+        assert_eq!(w.wqcfg_entry_size(), 32);
+        assert_eq!(w.with_wqcfg_size_code(1).wqcfg_entry_size(), 64);
+    }
+
+    #[test]
+    fn cmd_bitmap_examples() {
+        assert_eq!(wq_bitmap_operand(3), 0x00008);
+        assert_eq!(wq_bitmap_operand(17), 0x10002);
+        assert_eq!(
+            wq_bitmap_operand(1) | wq_bitmap_operand(4) | wq_bitmap_operand(7),
+            0x00092
+        );
+        assert_eq!(wq_bitmap_decode(0x10002), (16, 0x0002));
+        let c = CmdReg::new(Command::DisableWq, 0x10002, true);
+        assert_eq!(c.0, 0x8071_0002);
+        assert_eq!(c.code(), 7);
+        assert_eq!(c.operand(), 0x10002);
+        assert!(c.request_int());
+        assert_eq!(Command::from_code(c.code()), Some(Command::DisableWq));
+        assert!(Command::DisableWq.takes_wq_bitmap());
+        assert!(!Command::EnableWq.takes_wq_bitmap());
+        assert_eq!(CmdReg::new(Command::ResetDevice, 0, false).0, 0x0050_0000);
+        assert_eq!(int_handle_operand(5, true), 0x10005);
+    }
+
+    #[test]
+    fn offsets_and_status() {
+        let o = Offsets::new(0x600, 0x800, 0x400, 0x8000, 0x2000);
+        assert_eq!(o.0[0], 0x0080_0004_0008_0006);
+        assert_eq!(
+            (o.grpcfg(), o.wqcfg(), o.msixperm(), o.ims(), o.perfmon()),
+            (0x600, 0x800, 0x400, 0x8000, 0x2000)
+        );
+        let s = CmdStatus(0x8000_1234 | 0x41);
+        assert!(s.active());
+        assert_eq!(s.result(), 0x12);
+        assert_eq!(CmdStatus::new(0x41, 0x8005, false).0, 0x0080_0541);
+        assert_eq!(GenSts::new(DeviceState::Halted, ResetType::Flr).0, 7);
+        assert_eq!(GenSts(7).state(), DeviceState::Halted);
+        assert_eq!(Version(0x100).major(), 1);
+        assert!(OpCap::default().with(0x20).supports(0x20));
+        // Opcode 0x20 is bit 32 of qword 0 (dsa.md's "bit 0 of qword 1" means dword 1); the EMR
+        // dump 0x1_003F027D decodes to NOOP, Drain, MemMove..Dualcast minus Delta, CRC, DIF, flush.
+        assert_eq!(
+            OpCap::default().with(0x20).with(3).0,
+            [(1 << 32) | 8, 0, 0, 0]
+        );
+        let emr = OpCap([0x0000_0001_003F_027D, 0, 0, 0]);
+        for op in [
+            0u8, 2, 3, 4, 5, 6, 9, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x20,
+        ] {
+            assert!(emr.supports(op), "{op:#x}");
+        }
+        for op in [1u8, 7, 8, 0x0A, 0x16, 0x21] {
+            assert!(!emr.supports(op), "{op:#x}");
+        }
+    }
+
+    #[test]
+    fn swerr_word0() {
+        let w = SwErr::word0(
+            SwErrFlags::VALID | SwErrFlags::WQ_INDEX_VALID,
+            0x53,
+            2,
+            3,
+            0xABCDE,
+        );
+        let s = SwErr([w, 0x0000_0019_0000_0007, 0x1000, 0]);
+        assert!(s.valid());
+        assert!(!s.overflow());
+        assert_eq!(s.code(), 0x53);
+        assert_eq!(s.wq(), 2);
+        assert_eq!(s.opcode(), 3);
+        assert_eq!(s.pasid(), 0xABCDE);
+        assert_eq!(s.batch_index(), 7);
+        assert_eq!(s.error_info(), 0x19);
+        assert!(s.flags().contains(SwErrFlags::WQ_INDEX_VALID));
+    }
+}

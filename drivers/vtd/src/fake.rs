@@ -1,0 +1,381 @@
+//! Host-test fakes: DMA memory with synthetic physical addresses (above 4 GiB, so virt != phys
+//! bugs show), a register block that records every access, checks access widths like QEMU's
+//! asserts, and emulates GSTS, the invalidation queue (descriptors executed synchronously on
+//! the IQT write, status writes into fake memory, IQE on bad descriptors) and fault records.
+
+use crate::hw::{Clock, DmaMemory, RegisterBlock};
+use crate::spec::{Fsts, Gcmd, Gsts, iqa, reg};
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+#[derive(Default)]
+pub struct MemInner {
+    blocks: BTreeMap<u64, Vec<u8>>,
+    next: u64,
+    pub allocs: usize,
+    pub frees: usize,
+    pub fail_after: Option<usize>,
+}
+
+/// Shared between the unit (as its DmaMemory) and the fake registers (to run the queue).
+#[derive(Clone, Default)]
+pub struct FakeMem(pub Rc<RefCell<MemInner>>);
+
+impl FakeMem {
+    pub fn new() -> Self {
+        let m = Self::default();
+        m.0.borrow_mut().next = 0x1_0000_0000;
+        m
+    }
+    pub fn live_blocks(&self) -> usize {
+        self.0.borrow().blocks.len()
+    }
+    fn with<R>(&self, pa: u64, n: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        let mut m = self.0.borrow_mut();
+        let (base, block) = m
+            .blocks
+            .range_mut(..=pa)
+            .next_back()
+            .unwrap_or_else(|| panic!("access to unallocated {pa:#x}"));
+        let off = (pa - base) as usize;
+        assert!(
+            off + n <= block.len(),
+            "access {pa:#x}+{n} outside block {base:#x}+{:#x}",
+            block.len()
+        );
+        f(&mut block[off..off + n])
+    }
+}
+
+impl DmaMemory for FakeMem {
+    fn alloc_zeroed(&mut self, size: usize, align: usize) -> Option<u64> {
+        let mut m = self.0.borrow_mut();
+        if let Some(n) = m.fail_after {
+            if n == 0 {
+                return None;
+            }
+            m.fail_after = Some(n - 1);
+        }
+        assert!(align.is_power_of_two() && align >= 4096);
+        let pa = m.next.next_multiple_of(align as u64);
+        // Leave a guard gap so an overrun lands in unallocated memory and panics.
+        m.next = pa + size as u64 + 0x1000;
+        m.blocks.insert(pa, vec![0; size]);
+        m.allocs += 1;
+        Some(pa)
+    }
+    fn free(&mut self, phys: u64, size: usize) {
+        let mut m = self.0.borrow_mut();
+        let b = m.blocks.remove(&phys).expect("free of unknown block");
+        assert_eq!(b.len(), size, "free with a different size");
+        m.frees += 1;
+    }
+    fn read64(&self, phys: u64) -> u64 {
+        assert_eq!(phys % 8, 0);
+        self.with(phys, 8, |b| u64::from_le_bytes(b.try_into().unwrap()))
+    }
+    fn write64(&self, phys: u64, value: u64) {
+        assert_eq!(phys % 8, 0);
+        self.with(phys, 8, |b| b.copy_from_slice(&value.to_le_bytes()))
+    }
+    fn read32(&self, phys: u64) -> u32 {
+        assert_eq!(phys % 4, 0);
+        self.with(phys, 4, |b| u32::from_le_bytes(b.try_into().unwrap()))
+    }
+    fn write32(&self, phys: u64, value: u32) {
+        assert_eq!(phys % 4, 0);
+        self.with(phys, 4, |b| b.copy_from_slice(&value.to_le_bytes()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    R32(usize),
+    R64(usize),
+    W32(usize, u32),
+    W64(usize, u64),
+}
+
+pub struct RegsInner {
+    pub cap: u64,
+    pub ecap: u64,
+    pub gsts: u32,
+    pub values: BTreeMap<usize, u64>,
+    pub log: Vec<Access>,
+    /// Every descriptor the fake unit executed, in order.
+    pub executed: Vec<[u64; 4]>,
+    /// Descriptor types (qw0 & 0xf) the fake rejects with IQE, once each.
+    pub reject_once: Vec<u8>,
+    pub fsts: u32,
+    pub iqh: usize,
+    pub iqa_latched: u64,
+    pub frcd: Vec<(u64, u64)>,
+    /// GCMD writes, in order.
+    pub gcmd_writes: Vec<u32>,
+    /// If set, GSTS never reflects this command (to test timeouts).
+    pub stuck: Option<Gcmd>,
+    /// If set, IQT writes are accepted but nothing is executed (to test wait timeouts).
+    pub hold_queue: bool,
+}
+
+#[derive(Clone)]
+pub struct FakeRegs {
+    pub inner: Rc<RefCell<RegsInner>>,
+    mem: FakeMem,
+}
+
+pub const QEMU_CAP: u64 = 0x00d2_008c_222f_0606;
+/// x-flts=on + IR + x-pasid-mode.
+pub const QEMU_ECAP_FS: u64 = 0x0000_8800_00f0_0f4a | 0x0100_0000_0000;
+/// default SM (second stage) + IR.
+pub const QEMU_ECAP_SS: u64 = 0x0000_4800_80f0_0f4a;
+
+impl FakeRegs {
+    pub fn new(mem: FakeMem, cap: u64, ecap: u64) -> Self {
+        let frcd = vec![(0, 0); ((cap >> 40) & 0xff) as usize + 1];
+        Self {
+            inner: Rc::new(RefCell::new(RegsInner {
+                cap,
+                ecap,
+                gsts: 0,
+                values: BTreeMap::new(),
+                log: Vec::new(),
+                executed: Vec::new(),
+                reject_once: Vec::new(),
+                fsts: 0,
+                iqh: 0,
+                iqa_latched: 0,
+                frcd,
+                gcmd_writes: Vec::new(),
+                stuck: None,
+                hold_queue: false,
+            })),
+            mem,
+        }
+    }
+
+    fn frcd_base(&self) -> usize {
+        (((self.inner.borrow().cap >> 24) & 0x3ff) as usize) * 16
+    }
+
+    /// Records a fault like QEMU's vtd_report_frcd_fault (single slot semantics generalised).
+    pub fn inject_fault(&self, lo: u64, hi: u64) {
+        let mut r = self.inner.borrow_mut();
+        if r.fsts & Fsts::PFO.bits() != 0 {
+            return;
+        }
+        let n = r.frcd.len();
+        let ppf = r.frcd.iter().any(|f| f.1 >> 63 != 0);
+        let fri = ((r.fsts >> 8) & 0xff) as usize;
+        let slot = if ppf {
+            (fri + r.frcd.iter().filter(|f| f.1 >> 63 != 0).count()) % n
+        } else {
+            fri % n
+        };
+        if r.frcd[slot].1 >> 63 != 0 {
+            r.fsts |= Fsts::PFO.bits();
+            return;
+        }
+        r.frcd[slot] = (lo, hi);
+        if !ppf {
+            r.fsts = (r.fsts & !0xff00) | ((slot as u32) << 8);
+        }
+    }
+
+    fn fsts_value(&self) -> u32 {
+        let r = self.inner.borrow();
+        let ppf = r.frcd.iter().any(|f| f.1 >> 63 != 0);
+        (r.fsts & !Fsts::PPF.bits()) | if ppf { Fsts::PPF.bits() } else { 0 }
+    }
+
+    fn width_ok(&self, off: usize, w: u8, write: bool) {
+        let frcd = self.frcd_base();
+        let nfr = self.inner.borrow().frcd.len();
+        let iro = (((self.inner.borrow().ecap >> 8) & 0x3ff) as usize) * 16;
+        let expected = if (frcd..frcd + 16 * nfr).contains(&off) {
+            // 64-bit halves; the F bit may be cleared with a 32-bit write to dword 3.
+            if write && w == 32 && (off - frcd) % 16 == 12 {
+                32
+            } else {
+                64
+            }
+        } else if off == iro || off == iro + 8 {
+            64
+        } else {
+            reg::width(off).unwrap_or_else(|| panic!("access to unknown register {off:#x}"))
+        };
+        assert_eq!(
+            w,
+            expected,
+            "{}-bit {} at {off:#x}: QEMU would abort",
+            w,
+            if write { "write" } else { "read" }
+        );
+    }
+
+    fn run_queue(&self, tail: usize) {
+        let mut r = self.inner.borrow_mut();
+        let base = r.iqa_latched & !0xfff;
+        assert!(
+            r.iqa_latched & iqa::DW_256 != 0,
+            "queue must use 256-bit descriptors"
+        );
+        let slots = iqa::slots_256((r.iqa_latched & 7) as u8);
+        if tail >= slots {
+            r.fsts |= Fsts::IQE.bits();
+            return;
+        }
+        while r.iqh != tail {
+            let pa = base + 32 * r.iqh as u64;
+            let d: [u64; 4] = core::array::from_fn(|i| self.mem.read64(pa + 8 * i as u64));
+            let ty = (d[0] & 0xf) as u8;
+            let reject = if let Some(i) = r.reject_once.iter().position(|t| *t == ty) {
+                r.reject_once.remove(i);
+                true
+            } else {
+                d[2] != 0 || d[3] != 0 || !(1..=8).contains(&ty)
+            };
+            if ty == 5 {
+                assert!(
+                    d[0] & 0x30 != 0x30,
+                    "wait descriptor with SW and IF: QEMU asserts"
+                );
+            }
+            if reject || (ty == 5 && d[0] & 0x30 == 0) {
+                r.fsts |= Fsts::IQE.bits();
+                return;
+            }
+            r.executed.push(d);
+            if ty == 5 && d[0] & 0x20 != 0 {
+                self.mem.write32(d[1] & !3, (d[0] >> 32) as u32);
+            }
+            r.iqh = (r.iqh + 1) % slots;
+        }
+    }
+
+    pub fn executed(&self) -> Vec<[u64; 4]> {
+        self.inner.borrow().executed.clone()
+    }
+    pub fn clear_log(&self) {
+        let mut r = self.inner.borrow_mut();
+        r.executed.clear();
+        r.log.clear();
+        r.gcmd_writes.clear();
+    }
+}
+
+impl RegisterBlock for FakeRegs {
+    fn read32(&self, offset: usize) -> u32 {
+        self.width_ok(offset, 32, false);
+        self.inner.borrow_mut().log.push(Access::R32(offset));
+        match offset {
+            reg::GSTS => self.inner.borrow().gsts,
+            reg::FSTS => self.fsts_value(),
+            reg::GCMD => 0,
+            _ => *self.inner.borrow().values.get(&offset).unwrap_or(&0) as u32,
+        }
+    }
+
+    fn read64(&self, offset: usize) -> u64 {
+        self.width_ok(offset, 64, false);
+        self.inner.borrow_mut().log.push(Access::R64(offset));
+        let frcd = self.frcd_base();
+        let r = self.inner.borrow();
+        match offset {
+            reg::CAP => r.cap,
+            reg::ECAP => r.ecap,
+            reg::IQH => iqa::tail_256(r.iqh),
+            o if o >= frcd && o < frcd + 16 * r.frcd.len() => {
+                let (lo, hi) = r.frcd[(o - frcd) / 16];
+                if (o - frcd).is_multiple_of(16) {
+                    lo
+                } else {
+                    hi
+                }
+            }
+            o => *r.values.get(&o).unwrap_or(&0),
+        }
+    }
+
+    fn write32(&self, offset: usize, value: u32) {
+        self.width_ok(offset, 32, true);
+        self.inner.borrow_mut().log.push(Access::W32(offset, value));
+        let frcd = self.frcd_base();
+        match offset {
+            reg::GCMD => {
+                let mut r = self.inner.borrow_mut();
+                r.gcmd_writes.push(value);
+                let cmd = Gcmd::from_bits_retain(value);
+                let stuck = r.stuck.unwrap_or(Gcmd::empty());
+                // QEMU evaluates every bit against the current status.
+                for (c, s) in [
+                    (Gcmd::TE, Gsts::TES),
+                    (Gcmd::QIE, Gsts::QIES),
+                    (Gcmd::IRE, Gsts::IRES),
+                ] {
+                    if stuck.contains(c) {
+                        continue;
+                    }
+                    if cmd.contains(c) && r.gsts & s.bits() == 0 {
+                        if c == Gcmd::QIE {
+                            r.iqa_latched = *r.values.get(&reg::IQA).unwrap_or(&0);
+                            r.iqh = 0;
+                        }
+                        r.gsts |= s.bits();
+                    } else if !cmd.contains(c) {
+                        r.gsts &= !s.bits();
+                    }
+                }
+                if cmd.contains(Gcmd::SRTP) && !stuck.contains(Gcmd::SRTP) {
+                    r.gsts |= Gsts::RTPS.bits();
+                }
+                if cmd.contains(Gcmd::SIRTP) && !stuck.contains(Gcmd::SIRTP) {
+                    r.gsts |= Gsts::IRTPS.bits();
+                }
+            }
+            reg::FSTS => {
+                let mut r = self.inner.borrow_mut();
+                r.fsts &= !(value & (Fsts::PFO | Fsts::IQE).bits());
+            }
+            o if o >= frcd && (o - frcd) % 16 == 12 => {
+                let mut r = self.inner.borrow_mut();
+                if value & 0x8000_0000 != 0 {
+                    r.frcd[(o - frcd) / 16].1 &= !(1 << 63);
+                }
+            }
+            o => {
+                self.inner.borrow_mut().values.insert(o, u64::from(value));
+            }
+        }
+    }
+
+    fn write64(&self, offset: usize, value: u64) {
+        self.width_ok(offset, 64, true);
+        self.inner.borrow_mut().log.push(Access::W64(offset, value));
+        self.inner.borrow_mut().values.insert(offset, value);
+        if offset == reg::IQT {
+            let qie = self.inner.borrow().gsts & Gsts::QIES.bits() != 0;
+            if qie && !self.inner.borrow().hold_queue {
+                assert_eq!(value & 0x10, 0, "IQT bit 4 set with DW=1");
+                self.run_queue(iqa::index_256(value));
+            }
+        }
+    }
+}
+
+pub struct FakeClock(pub Cell<u64>);
+
+impl FakeClock {
+    pub fn new() -> Self {
+        Self(Cell::new(0))
+    }
+}
+
+impl Clock for FakeClock {
+    fn now_ns(&self) -> u64 {
+        let t = self.0.get() + 1_000;
+        self.0.set(t);
+        t
+    }
+}

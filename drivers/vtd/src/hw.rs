@@ -1,0 +1,91 @@
+//! The hardware boundary: traits the kernel implements (host tests implement them with fakes).
+
+/// The remapping unit's MMIO registers. Implementations must issue exactly one access of the
+/// given width: QEMU aborts on 8-byte accesses to 32-bit registers (vtd.md §2.1), and the
+/// driver only uses `read32`/`write32` on 32-bit registers and 64-bit ops on 64-bit ones.
+pub trait RegisterBlock {
+    fn read32(&self, offset: usize) -> u32;
+    fn read64(&self, offset: usize) -> u64;
+    fn write32(&self, offset: usize, value: u32);
+    fn write64(&self, offset: usize, value: u64);
+}
+
+/// Memory the unit reads by physical address (tables, queue, status words).
+///
+/// Blocks are zeroed, physically contiguous and aligned to `align` (a power of two ≥ 4096).
+/// Accessors take physical addresses inside live blocks; each `write64` must be a single
+/// 64-bit store (entries such as IRTE qword 0 are updated atomically that way), and all
+/// accesses must be volatile (the unit reads them concurrently). The kernel identity-maps RAM,
+/// so its implementation is a volatile access at `phys as *mut u64`.
+pub trait DmaMemory {
+    fn alloc_zeroed(&mut self, size: usize, align: usize) -> Option<u64>;
+    /// Returns a block obtained from `alloc_zeroed` with the same size.
+    fn free(&mut self, phys: u64, size: usize);
+    fn read64(&self, phys: u64) -> u64;
+    fn write64(&self, phys: u64, value: u64);
+    fn read32(&self, phys: u64) -> u32;
+    fn write32(&self, phys: u64, value: u32);
+    /// Orders earlier table writes before a later MMIO write (e.g. IQT). The unit snoops the
+    /// CPU caches in QEMU; on hardware with ECAP.C=0/SMPWCS=0 this is also where a cache
+    /// flush of the written lines belongs.
+    fn barrier(&self) {
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A monotonic clock for bounded polling.
+pub trait Clock {
+    fn now_ns(&self) -> u64;
+    fn relax(&self) {
+        core::hint::spin_loop();
+    }
+}
+
+/// Volatile MMIO access to a mapped register window: the crate's only `unsafe` leaf.
+#[derive(Debug)]
+pub struct MmioRegisters {
+    base: usize,
+    len: usize,
+}
+
+impl MmioRegisters {
+    /// # Safety
+    /// `base..base + len` must be the unit's register window, mapped uncached for the lifetime
+    /// of this value and not accessed through any other path that assumes ordinary memory.
+    pub const unsafe fn new(base: usize, len: usize) -> Self {
+        Self { base, len }
+    }
+
+    fn check(&self, offset: usize, width: usize) -> bool {
+        offset.is_multiple_of(width) && offset.checked_add(width).is_some_and(|e| e <= self.len)
+    }
+}
+
+impl RegisterBlock for MmioRegisters {
+    fn read32(&self, offset: usize) -> u32 {
+        if !self.check(offset, 4) {
+            return u32::MAX;
+        }
+        // SAFETY: aligned, inside the window the constructor's contract says is mapped MMIO.
+        unsafe { core::ptr::read_volatile((self.base + offset) as *const u32) }
+    }
+    fn read64(&self, offset: usize) -> u64 {
+        if !self.check(offset, 8) {
+            return u64::MAX;
+        }
+        // SAFETY: as in read32.
+        unsafe { core::ptr::read_volatile((self.base + offset) as *const u64) }
+    }
+    fn write32(&self, offset: usize, value: u32) {
+        if self.check(offset, 4) {
+            // SAFETY: as in read32.
+            unsafe { core::ptr::write_volatile((self.base + offset) as *mut u32, value) }
+        }
+    }
+    fn write64(&self, offset: usize, value: u64) {
+        if self.check(offset, 8) {
+            // SAFETY: as in read32.
+            unsafe { core::ptr::write_volatile((self.base + offset) as *mut u64, value) }
+        }
+    }
+}

@@ -1,0 +1,1371 @@
+//! The VT-d specification tables, written once: register offsets and fields, and the in-memory
+//! structures (scalable-mode root/context/PASID entries, page-table entries, 256-bit invalidation
+//! descriptors, IRTEs, MSI formats) with encoders and decoders. Names follow the Intel VT-d
+//! specification; bit positions are those of the project's reference (vtd.md §2–§6, §11).
+
+#![allow(clippy::unusual_byte_groupings)]
+
+use bitflags::bitflags;
+
+/// Register offsets from the remapping unit's base (vtd.md §2.1).
+pub mod reg {
+    pub const VER: usize = 0x000;
+    pub const CAP: usize = 0x008;
+    pub const ECAP: usize = 0x010;
+    pub const GCMD: usize = 0x018;
+    pub const GSTS: usize = 0x01c;
+    pub const RTADDR: usize = 0x020;
+    pub const CCMD: usize = 0x028;
+    pub const FSTS: usize = 0x034;
+    pub const FECTL: usize = 0x038;
+    pub const FEDATA: usize = 0x03c;
+    pub const FEADDR: usize = 0x040;
+    pub const FEUADDR: usize = 0x044;
+    pub const AFLOG: usize = 0x058;
+    pub const PMEN: usize = 0x064;
+    pub const IQH: usize = 0x080;
+    pub const IQT: usize = 0x088;
+    pub const IQA: usize = 0x090;
+    pub const ICS: usize = 0x09c;
+    pub const IECTL: usize = 0x0a0;
+    pub const IEDATA: usize = 0x0a4;
+    pub const IEADDR: usize = 0x0a8;
+    pub const IEUADDR: usize = 0x0ac;
+    pub const IQERCD: usize = 0x0b0;
+    pub const IRTA: usize = 0x0b8;
+
+    /// Access width the hardware (and QEMU's asserts) require at an offset, for the fixed
+    /// registers. FRCD and IOTLB/IVA offsets depend on CAP.FRO / ECAP.IRO and are 64-bit
+    /// (FRCD: two 64-bit halves; its F bit may also be cleared with a 32-bit write at +0xC).
+    pub const fn width(offset: usize) -> Option<u8> {
+        match offset {
+            VER | GCMD | GSTS | FSTS | FECTL | FEDATA | FEADDR | FEUADDR | PMEN | ICS | IECTL
+            | IEDATA | IEADDR | IEUADDR => Some(32),
+            CAP | ECAP | RTADDR | CCMD | AFLOG | IQH | IQT | IQA | IQERCD | IRTA => Some(64),
+            _ => None,
+        }
+    }
+}
+
+bitflags! {
+    /// Capability register (0x08), vtd.md §2.2.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Cap: u64 {
+        const AFL = 1 << 3;
+        const RWBF = 1 << 4;
+        const PLMR = 1 << 5;
+        const PHMR = 1 << 6;
+        const CM = 1 << 7;
+        const SAGAW_39 = 1 << 9;
+        const SAGAW_48 = 1 << 10;
+        const SAGAW_57 = 1 << 11;
+        const ZLR = 1 << 22;
+        const SSLPS_2M = 1 << 34;
+        const SSLPS_1G = 1 << 35;
+        const PSI = 1 << 39;
+        const DWD = 1 << 54;
+        const DRD = 1 << 55;
+        const FS1GP = 1 << 56;
+        const PI = 1 << 59;
+        const FS5LP = 1 << 60;
+        const ECMDS = 1 << 61;
+        const ESIRTPS = 1 << 62;
+        const ESRTPS = 1 << 63;
+        const _ = !0;
+    }
+}
+
+impl Cap {
+    /// Domain-ID width in bits: 4 + 2·ND.
+    pub fn domain_id_bits(self) -> u32 {
+        4 + 2 * (self.bits() & 0x7) as u32
+    }
+    pub fn sagaw(self) -> u8 {
+        ((self.bits() >> 8) & 0x1f) as u8
+    }
+    /// Maximum guest address width (MGAW + 1).
+    pub fn mgaw(self) -> u8 {
+        ((self.bits() >> 16) & 0x3f) as u8 + 1
+    }
+    /// Byte offset of the first fault recording register (16·FRO).
+    pub fn fault_record_offset(self) -> usize {
+        (((self.bits() >> 24) & 0x3ff) as usize) * 16
+    }
+    /// Number of fault recording registers (NFR + 1).
+    pub fn fault_record_count(self) -> usize {
+        ((self.bits() >> 40) & 0xff) as usize + 1
+    }
+    /// Maximum address mask value for page-selective invalidation.
+    pub fn mamv(self) -> u8 {
+        ((self.bits() >> 48) & 0x3f) as u8
+    }
+}
+
+bitflags! {
+    /// Extended capability register (0x10), vtd.md §2.3.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Ecap: u64 {
+        const C = 1 << 0;
+        const QI = 1 << 1;
+        const DT = 1 << 2;
+        const IR = 1 << 3;
+        const EIM = 1 << 4;
+        const PT = 1 << 6;
+        const SC = 1 << 7;
+        const MTS = 1 << 25;
+        const NEST = 1 << 26;
+        const PRS = 1 << 29;
+        const ERS = 1 << 30;
+        const SRS = 1 << 31;
+        const NWFS = 1 << 33;
+        const EAFS = 1 << 34;
+        const PASID = 1 << 40;
+        const DIT = 1 << 41;
+        const PDS = 1 << 42;
+        const SMTS = 1 << 43;
+        const VCS = 1 << 44;
+        const SSADS = 1 << 45;
+        const SSTS = 1 << 46;
+        const FSTS = 1 << 47;
+        const SMPWCS = 1 << 48;
+        const RPS = 1 << 49;
+        const PMS = 1 << 51;
+        const ADMS = 1 << 52;
+        const RPRIVS = 1 << 53;
+        const SMS = 1 << 58;
+        const _ = !0;
+    }
+}
+
+impl Ecap {
+    /// Byte offset of the IOTLB registers (IVA at +0, IOTLB at +8): 16·IRO.
+    pub fn iotlb_offset(self) -> usize {
+        (((self.bits() >> 8) & 0x3ff) as usize) * 16
+    }
+    /// Maximum handle mask value for IEC invalidation.
+    pub fn mhmv(self) -> u8 {
+        ((self.bits() >> 20) & 0xf) as u8
+    }
+    /// Supported PASID width in bits (PSS + 1).
+    pub fn pasid_bits(self) -> u8 {
+        ((self.bits() >> 35) & 0x1f) as u8 + 1
+    }
+}
+
+bitflags! {
+    /// Global command register (0x18, write-only), vtd.md §2.4.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Gcmd: u32 {
+        const TE = 1 << 31;
+        const SRTP = 1 << 30;
+        const SFL = 1 << 29;
+        const EAFL = 1 << 28;
+        const WBF = 1 << 27;
+        const QIE = 1 << 26;
+        const IRE = 1 << 25;
+        const SIRTP = 1 << 24;
+        const CFI = 1 << 23;
+        const _ = !0;
+    }
+}
+
+bitflags! {
+    /// Global status register (0x1C), vtd.md §2.4.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Gsts: u32 {
+        const TES = 1 << 31;
+        const RTPS = 1 << 30;
+        const FLS = 1 << 29;
+        const AFLS = 1 << 28;
+        const WBFS = 1 << 27;
+        const QIES = 1 << 26;
+        const IRES = 1 << 25;
+        const IRTPS = 1 << 24;
+        const CFIS = 1 << 23;
+        const _ = !0;
+    }
+}
+
+/// GSTS bits that may be written back to GCMD: everything but the one-shot status bits
+/// (RTPS 30, FLS 29, WBFS 27, IRTPS 24), which would re-issue their commands.
+pub const GCMD_PERSISTENT_MASK: u32 = 0x96ff_ffff;
+
+impl Gcmd {
+    /// The status bit that reports this command's completion.
+    pub fn status_bit(self) -> Gsts {
+        Gsts::from_bits_retain(self.bits())
+    }
+    /// One-shot commands complete by setting their status bit; persistent ones mirror the command.
+    pub fn is_one_shot(self) -> bool {
+        self.intersects(Gcmd::SRTP | Gcmd::SFL | Gcmd::WBF | Gcmd::SIRTP)
+    }
+}
+
+/// GCMD value to write for one command (vtd.md §2.4 / §11): current persistent state from GSTS,
+/// with exactly `cmd` set or cleared.
+pub fn gcmd_value(gsts: Gsts, cmd: Gcmd, enable: bool) -> Gcmd {
+    let base = Gcmd::from_bits_retain(gsts.bits() & GCMD_PERSISTENT_MASK);
+    if enable { base | cmd } else { base - cmd }
+}
+
+/// Root-table address register (0x20), vtd.md §2.5.
+pub mod rtaddr {
+    pub const TTM_LEGACY: u64 = 0b00 << 10;
+    pub const TTM_SCALABLE: u64 = 0b01 << 10;
+    pub const fn encode(root_pa: u64, ttm: u64) -> u64 {
+        (root_pa & !0xfff) | ttm
+    }
+}
+
+bitflags! {
+    /// Fault status register (0x34), vtd.md §2.7.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Fsts: u32 {
+        const PFO = 1 << 0;
+        const PPF = 1 << 1;
+        const IQE = 1 << 4;
+        const ICE = 1 << 5;
+        const ITE = 1 << 6;
+        const _ = !0;
+    }
+}
+
+impl Fsts {
+    /// Fault record index: first pending FRCD.
+    pub fn fri(self) -> usize {
+        ((self.bits() >> 8) & 0xff) as usize
+    }
+}
+
+bitflags! {
+    /// Fault event control (0x38) and invalidation event control (0xA0).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct EventCtl: u32 {
+        const IM = 1 << 31;
+        const IP = 1 << 30;
+        const _ = !0;
+    }
+}
+
+bitflags! {
+    /// Invalidation completion status (0x9C).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Ics: u32 {
+        const IWC = 1 << 0;
+        const _ = !0;
+    }
+}
+
+/// Invalidation queue address register (0x90), vtd.md §2.8.
+pub mod iqa {
+    pub const DW_256: u64 = 1 << 11;
+    pub const fn encode(queue_pa: u64, dw256: bool, qs: u8) -> u64 {
+        (queue_pa & !0xfff) | if dw256 { DW_256 } else { 0 } | (qs as u64 & 0x7)
+    }
+    /// Number of 256-bit slots for a queue-size field: 2^(QS+7).
+    pub const fn slots_256(qs: u8) -> usize {
+        1 << (qs as usize + 7)
+    }
+    /// IQT / IQH value for a 256-bit slot index.
+    pub const fn tail_256(index: usize) -> u64 {
+        (index as u64) << 5
+    }
+    /// 256-bit slot index from IQH / IQT.
+    pub const fn index_256(reg: u64) -> usize {
+        ((reg >> 5) & 0x3fff) as usize
+    }
+}
+
+/// Interrupt remapping table address register (0xB8), vtd.md §2.9.
+pub mod irta {
+    pub const EIME: u64 = 1 << 11;
+    /// `s`: table has 2^(s+1) entries.
+    pub const fn encode(irt_pa: u64, x2apic: bool, s: u8) -> u64 {
+        (irt_pa & !0xfff) | if x2apic { EIME } else { 0 } | (s as u64 & 0xf)
+    }
+    pub const fn entries(s: u8) -> usize {
+        1 << (s as usize + 1)
+    }
+}
+
+/// Compatibility-format MSI address/data used for the unit's own fault and completion events
+/// (never remapped, 8-bit destination): vtd.md §6.3 / §11.
+pub const fn event_msi_address(apic_id: u8) -> u32 {
+    0xfee0_0000 | ((apic_id as u32) << 12)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fault recording
+// ---------------------------------------------------------------------------------------------
+
+/// Fault reasons (vtd.md §7.1), named as in the spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FaultReason {
+    RootEntryNotPresent,
+    ContextEntryNotPresent,
+    InvalidContext,
+    AddressBeyondMgaw,
+    WriteNotPermitted,
+    ReadNotPermitted,
+    SsPagingEntryUnreadable,
+    RootTableUnreadable,
+    ContextTableUnreadable,
+    RootEntryReserved,
+    ContextEntryReserved,
+    SsEntryReserved,
+    OutputInInterruptRange,
+    IrRequestReserved,
+    IrIndexBeyondTable,
+    IrteNotPresent,
+    IrTableUnreadable,
+    IrteReserved,
+    CompatInterruptBlocked,
+    IrSourceIdCheckFailed,
+    PasidDirEntryUnreadable,
+    PasidDirEntryNotPresent,
+    PasidEntryUnreadable,
+    PasidEntryNotPresent,
+    InvalidPasidEntry,
+    FsPagingEntryUnreadable,
+    FsEntryNotPresent,
+    FsEntryReserved,
+    FsRootUnreadable,
+    FsInputNotCanonical,
+    UserSupervisorViolation,
+    SmWriteNotPermitted,
+    SmOutputInInterruptRange,
+    FsAccessDirtyUpdateFailed,
+    Other(u8),
+}
+
+impl FaultReason {
+    pub fn from_code(code: u8) -> Self {
+        use FaultReason::*;
+        match code {
+            0x01 => RootEntryNotPresent,
+            0x02 => ContextEntryNotPresent,
+            0x03 => InvalidContext,
+            0x04 => AddressBeyondMgaw,
+            0x05 => WriteNotPermitted,
+            0x06 => ReadNotPermitted,
+            0x07 => SsPagingEntryUnreadable,
+            0x08 => RootTableUnreadable,
+            0x09 => ContextTableUnreadable,
+            0x0a => RootEntryReserved,
+            0x0b => ContextEntryReserved,
+            0x0c => SsEntryReserved,
+            0x0e => OutputInInterruptRange,
+            0x20 => IrRequestReserved,
+            0x21 => IrIndexBeyondTable,
+            0x22 => IrteNotPresent,
+            0x23 => IrTableUnreadable,
+            0x24 => IrteReserved,
+            0x25 => CompatInterruptBlocked,
+            0x26 => IrSourceIdCheckFailed,
+            0x50 => PasidDirEntryUnreadable,
+            0x51 => PasidDirEntryNotPresent,
+            0x58 => PasidEntryUnreadable,
+            0x59 => PasidEntryNotPresent,
+            0x5b => InvalidPasidEntry,
+            0x70 => FsPagingEntryUnreadable,
+            0x71 => FsEntryNotPresent,
+            0x72 => FsEntryReserved,
+            0x73 => FsRootUnreadable,
+            0x80 => FsInputNotCanonical,
+            0x81 => UserSupervisorViolation,
+            0x85 => SmWriteNotPermitted,
+            0x87 => SmOutputInInterruptRange,
+            0x91 => FsAccessDirtyUpdateFailed,
+            c => Other(c),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        use FaultReason::*;
+        match self {
+            RootEntryNotPresent => "root entry not present",
+            ContextEntryNotPresent => "context entry not present",
+            InvalidContext => "invalid context programming",
+            AddressBeyondMgaw => "address beyond MGAW",
+            WriteNotPermitted => "write not permitted",
+            ReadNotPermitted => "read not permitted",
+            SsPagingEntryUnreadable => "second-stage paging entry unreadable",
+            RootTableUnreadable => "root table unreadable",
+            ContextTableUnreadable => "context table unreadable",
+            RootEntryReserved => "root entry reserved bits",
+            ContextEntryReserved => "context entry reserved bits",
+            SsEntryReserved => "second-stage entry reserved bits",
+            OutputInInterruptRange => "output address in interrupt range",
+            IrRequestReserved => "interrupt request reserved field",
+            IrIndexBeyondTable => "interrupt index beyond table size",
+            IrteNotPresent => "IRTE not present",
+            IrTableUnreadable => "IR table unreadable",
+            IrteReserved => "IRTE reserved bits",
+            CompatInterruptBlocked => "compatibility-format interrupt blocked",
+            IrSourceIdCheckFailed => "IR source-id check failed",
+            PasidDirEntryUnreadable => "PASID directory entry unreadable",
+            PasidDirEntryNotPresent => "PASID directory entry not present",
+            PasidEntryUnreadable => "PASID table entry unreadable",
+            PasidEntryNotPresent => "PASID entry not present",
+            InvalidPasidEntry => "invalid PASID entry",
+            FsPagingEntryUnreadable => "first-stage paging entry unreadable",
+            FsEntryNotPresent => "first-stage entry not present",
+            FsEntryReserved => "first-stage entry reserved bits",
+            FsRootUnreadable => "first-stage root unreadable",
+            FsInputNotCanonical => "first-stage input not canonical",
+            UserSupervisorViolation => "user request to supervisor page",
+            SmWriteNotPermitted => "write not permitted (scalable mode)",
+            SmOutputInInterruptRange => "output in interrupt range (scalable mode)",
+            FsAccessDirtyUpdateFailed => "first-stage A/D update failed",
+            Other(_) => "unknown fault reason",
+        }
+    }
+
+    /// Interrupt-remapping faults carry the interrupt index in FI[63:48] instead of an address.
+    pub fn is_interrupt_fault(code: u8) -> bool {
+        (0x20..=0x2f).contains(&code)
+    }
+}
+
+/// A decoded 128-bit fault recording register (vtd.md §2.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultRecord {
+    /// Faulting page address (bits 63:12) for DMA faults.
+    pub address: u64,
+    /// Interrupt index for IR faults.
+    pub interrupt_index: Option<u16>,
+    pub source_id: u16,
+    pub pasid: Option<u32>,
+    pub code: u8,
+    pub reason: FaultReason,
+    /// T: true = read request, false = write request.
+    pub is_read: bool,
+    pub address_type: u8,
+}
+
+/// FRCD qword 1 bit 63: fault valid (RW1C).
+pub const FRCD_F: u64 = 1 << 63;
+
+impl FaultRecord {
+    /// Decodes qwords 0 (low) and 1 (high); `None` when F is clear.
+    pub fn decode(lo: u64, hi: u64) -> Option<Self> {
+        if hi & FRCD_F == 0 {
+            return None;
+        }
+        let code = (hi >> 32) as u8;
+        let ir = FaultReason::is_interrupt_fault(code);
+        let pp = hi & (1 << 31) != 0;
+        Some(Self {
+            address: if ir { 0 } else { lo & !0xfff },
+            interrupt_index: ir.then_some((lo >> 48) as u16),
+            source_id: hi as u16,
+            pasid: pp.then_some(((hi >> 40) & 0xf_ffff) as u32),
+            code,
+            reason: FaultReason::from_code(code),
+            is_read: hi & (1 << 62) != 0,
+            address_type: ((hi >> 60) & 0x3) as u8,
+        })
+    }
+
+    /// Inverse of decode (for tests and fakes).
+    pub fn encode(&self) -> (u64, u64) {
+        let lo = match self.interrupt_index {
+            Some(i) => u64::from(i) << 48,
+            None => self.address & !0xfff,
+        };
+        let mut hi = FRCD_F | u64::from(self.source_id) | (u64::from(self.code) << 32);
+        if let Some(p) = self.pasid {
+            hi |= (1 << 31) | (u64::from(p & 0xf_ffff) << 40);
+        }
+        if self.is_read {
+            hi |= 1 << 62;
+        }
+        hi |= u64::from(self.address_type & 3) << 60;
+        (lo, hi)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Translation structures (vtd.md §3)
+// ---------------------------------------------------------------------------------------------
+
+/// Scalable-mode root entry (128 bits): LP/LCTP (devfn 0–127), UP/UCTP (devfn 128–255).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RootEntry {
+    pub lower: Option<u64>,
+    pub upper: Option<u64>,
+}
+
+impl RootEntry {
+    pub fn encode(&self) -> [u64; 2] {
+        [
+            self.lower.map_or(0, |pa| (pa & !0xfff) | 1),
+            self.upper.map_or(0, |pa| (pa & !0xfff) | 1),
+        ]
+    }
+    pub fn decode(q: [u64; 2]) -> Self {
+        Self {
+            lower: (q[0] & 1 != 0).then_some(q[0] & !0xfff),
+            upper: (q[1] & 1 != 0).then_some(q[1] & !0xfff),
+        }
+    }
+}
+
+/// Scalable-mode context entry (256 bits), vtd.md §3.3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContextEntry {
+    pub present: bool,
+    pub fpd: bool,
+    pub dte: bool,
+    pub pasid_enable: bool,
+    pub pre: bool,
+    /// PASID directory has 2^(PDTS+7) entries.
+    pub pdts: u8,
+    pub pasid_dir: u64,
+    pub rid_pasid: u32,
+    pub rid_priv: bool,
+}
+
+impl ContextEntry {
+    pub fn encode(&self) -> [u64; 4] {
+        let q0 = (self.pasid_dir & !0xfff)
+            | (u64::from(self.pdts & 7) << 9)
+            | (u64::from(self.pre) << 4)
+            | (u64::from(self.pasid_enable) << 3)
+            | (u64::from(self.dte) << 2)
+            | (u64::from(self.fpd) << 1)
+            | u64::from(self.present);
+        let q1 = u64::from(self.rid_pasid & 0xf_ffff) | (u64::from(self.rid_priv) << 20);
+        [q0, q1, 0, 0]
+    }
+    pub fn decode(q: [u64; 4]) -> Self {
+        Self {
+            present: q[0] & 1 != 0,
+            fpd: q[0] & 2 != 0,
+            dte: q[0] & 4 != 0,
+            pasid_enable: q[0] & 8 != 0,
+            pre: q[0] & 0x10 != 0,
+            pdts: ((q[0] >> 9) & 7) as u8,
+            pasid_dir: q[0] & !0xfff,
+            rid_pasid: (q[1] & 0xf_ffff) as u32,
+            rid_priv: q[1] & (1 << 20) != 0,
+        }
+    }
+    /// Reserved bits that must be zero (QEMU faults 0x0B otherwise).
+    pub fn reserved_bits_clear(q: [u64; 4]) -> bool {
+        q[0] & 0x1e0 == 0 && q[1] >> 21 == 0 && q[2] == 0 && q[3] == 0
+    }
+}
+
+/// PASID directory entry (64 bits), vtd.md §3.4.
+pub mod pasid_dir_entry {
+    pub const P: u64 = 1;
+    pub const FPD: u64 = 2;
+    pub const fn encode(pasid_table_pa: u64) -> u64 {
+        (pasid_table_pa & !0xfff) | P
+    }
+    pub const fn decode(e: u64) -> Option<u64> {
+        if e & P != 0 { Some(e & !0xfff) } else { None }
+    }
+}
+
+/// PASID-granular translation type (PGTT, bits 8:6 of a PASID entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pgtt {
+    FirstStage = 0b001,
+    SecondStage = 0b010,
+    Nested = 0b011,
+    PassThrough = 0b100,
+}
+
+impl Pgtt {
+    pub fn from_bits(b: u8) -> Option<Self> {
+        match b {
+            0b001 => Some(Pgtt::FirstStage),
+            0b010 => Some(Pgtt::SecondStage),
+            0b011 => Some(Pgtt::Nested),
+            0b100 => Some(Pgtt::PassThrough),
+            _ => None,
+        }
+    }
+}
+
+/// AW field: 001 = 39-bit (3-level), 010 = 48-bit (4-level), 011 = 57-bit (5-level).
+pub const AW_39: u8 = 0b001;
+pub const AW_48: u8 = 0b010;
+
+/// Scalable-mode PASID table entry (512 bits), vtd.md §3.5.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PasidEntry {
+    pub present: bool,
+    pub fpd: bool,
+    pub aw: u8,
+    pub pgtt: Pgtt,
+    pub ss_root: u64,
+    pub did: u16,
+    pub pgsnp: bool,
+    pub sre: bool,
+    pub wpe: bool,
+    pub nxe: bool,
+    /// FS paging mode: 0 = 4-level, 1 = 5-level.
+    pub fspm: u8,
+    pub fs_root: u64,
+}
+
+impl PasidEntry {
+    /// First-stage (PGTT=001), 4-level, AW=010 (QEMU needs AW even for FS, vtd.md §3.6).
+    pub fn first_stage(did: u16, fs_pml4: u64) -> Self {
+        Self {
+            present: true,
+            fpd: false,
+            aw: AW_48,
+            pgtt: Pgtt::FirstStage,
+            ss_root: 0,
+            did,
+            pgsnp: false,
+            sre: false,
+            wpe: false,
+            nxe: false,
+            fspm: 0,
+            fs_root: fs_pml4,
+        }
+    }
+    pub fn second_stage(did: u16, ss_root: u64, aw: u8) -> Self {
+        Self {
+            present: true,
+            fpd: false,
+            aw,
+            pgtt: Pgtt::SecondStage,
+            ss_root,
+            did,
+            pgsnp: false,
+            sre: false,
+            wpe: false,
+            nxe: false,
+            fspm: 0,
+            fs_root: 0,
+        }
+    }
+    pub fn pass_through(did: u16) -> Self {
+        Self {
+            present: true,
+            fpd: false,
+            aw: AW_48,
+            pgtt: Pgtt::PassThrough,
+            ss_root: 0,
+            did,
+            pgsnp: false,
+            sre: false,
+            wpe: false,
+            nxe: false,
+            fspm: 0,
+            fs_root: 0,
+        }
+    }
+
+    pub fn encode(&self) -> [u64; 8] {
+        let q0 = (self.ss_root & !0xfff)
+            | ((self.pgtt as u64) << 6)
+            | (u64::from(self.aw & 7) << 2)
+            | (u64::from(self.fpd) << 1)
+            | u64::from(self.present);
+        let q1 = u64::from(self.did) | (u64::from(self.pgsnp) << 24);
+        let q2 = (self.fs_root & !0xfff)
+            | (u64::from(self.nxe) << 5)
+            | (u64::from(self.wpe) << 4)
+            | (u64::from(self.fspm & 3) << 2)
+            | u64::from(self.sre);
+        [q0, q1, q2, 0, 0, 0, 0, 0]
+    }
+
+    /// `None` when PGTT is not a defined value (e.g. a zeroed/revoked entry).
+    pub fn decode(q: &[u64; 8]) -> Option<Self> {
+        Some(Self {
+            present: q[0] & 1 != 0,
+            fpd: q[0] & 2 != 0,
+            aw: ((q[0] >> 2) & 7) as u8,
+            pgtt: Pgtt::from_bits(((q[0] >> 6) & 7) as u8)?,
+            ss_root: q[0] & !0xfff,
+            did: q[1] as u16,
+            pgsnp: q[1] & (1 << 24) != 0,
+            sre: q[2] & 1 != 0,
+            wpe: q[2] & (1 << 4) != 0,
+            nxe: q[2] & (1 << 5) != 0,
+            fspm: ((q[2] >> 2) & 3) as u8,
+            fs_root: q[2] & !0xfff,
+        })
+    }
+}
+
+bitflags! {
+    /// First-stage (IA-32e) paging entry bits, vtd.md §4.1.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct FsPte: u64 {
+        const P = 1 << 0;
+        const RW = 1 << 1;
+        const US = 1 << 2;
+        const PWT = 1 << 3;
+        const PCD = 1 << 4;
+        const A = 1 << 5;
+        const D = 1 << 6;
+        const PS = 1 << 7;
+        const G = 1 << 8;
+        const XD = 1 << 63;
+        const _ = !0;
+    }
+}
+
+bitflags! {
+    /// Second-stage paging entry bits, vtd.md §4.2.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct SsPte: u64 {
+        const R = 1 << 0;
+        const W = 1 << 1;
+        const X = 1 << 2;
+        const PS = 1 << 7;
+        const SNP = 1 << 11;
+        const _ = !0;
+    }
+}
+
+/// Physical-address field of a paging entry (bits 51:12).
+pub const PTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+
+// ---------------------------------------------------------------------------------------------
+// Invalidation descriptors (256-bit), vtd.md §5.2
+// ---------------------------------------------------------------------------------------------
+
+/// A 256-bit invalidation descriptor as four qwords; qw2/qw3 are always 0 for the types here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvDesc(pub [u64; 4]);
+
+/// Descriptor type codes (qw0[3:0] | qw0[11:9] << 4).
+pub mod inv_type {
+    pub const CONTEXT_CACHE: u8 = 0x01;
+    pub const IOTLB: u8 = 0x02;
+    pub const DEVICE_TLB: u8 = 0x03;
+    pub const IEC: u8 = 0x04;
+    pub const WAIT: u8 = 0x05;
+    pub const PASID_IOTLB: u8 = 0x06;
+    pub const PASID_CACHE: u8 = 0x07;
+    pub const PASID_DEVICE_TLB: u8 = 0x08;
+}
+
+/// Granularities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CcGranularity {
+    Global,
+    Domain(u16),
+    /// Device-selective: source ID and function mask (0 = exact).
+    Device {
+        sid: u16,
+        fm: u8,
+    },
+}
+
+impl InvDesc {
+    pub fn desc_type(&self) -> u8 {
+        ((self.0[0] & 0xf) | ((self.0[0] >> 9) & 0x7) << 4) as u8
+    }
+
+    /// Context-cache invalidation (type 1).
+    pub fn context_cache(g: CcGranularity) -> Self {
+        let q0 = match g {
+            CcGranularity::Global => 0x01 | (0b01 << 4),
+            CcGranularity::Domain(did) => 0x01 | (0b10 << 4) | (u64::from(did) << 16),
+            CcGranularity::Device { sid, fm } => {
+                0x01 | (0b11 << 4) | (u64::from(sid) << 32) | (u64::from(fm & 3) << 48)
+            }
+        };
+        Self([q0, 0, 0, 0])
+    }
+
+    /// PASID-cache invalidation (type 7): G 00 domain, 01 PASID-selective, 11 global.
+    pub fn pasid_cache_global() -> Self {
+        Self([0x07 | (0b11 << 4), 0, 0, 0])
+    }
+    pub fn pasid_cache_domain(did: u16) -> Self {
+        Self([0x07 | (u64::from(did) << 16), 0, 0, 0])
+    }
+    pub fn pasid_cache_pasid(did: u16, pasid: u32) -> Self {
+        Self([
+            0x07 | (0b01 << 4) | (u64::from(did) << 16) | (u64::from(pasid & 0xf_ffff) << 32),
+            0,
+            0,
+            0,
+        ])
+    }
+
+    /// IOTLB invalidation (type 2): global, domain-selective, page-selective (DID, ADDR, AM, IH).
+    pub fn iotlb_global() -> Self {
+        Self([0x02 | (0b01 << 4), 0, 0, 0])
+    }
+    pub fn iotlb_domain(did: u16) -> Self {
+        Self([0x02 | (0b10 << 4) | (u64::from(did) << 16), 0, 0, 0])
+    }
+    pub fn iotlb_page(did: u16, addr: u64, am: u8, ih: bool) -> Self {
+        Self([
+            0x02 | (0b11 << 4) | (u64::from(did) << 16),
+            (addr & !0xfff) | (u64::from(ih) << 6) | u64::from(am & 0x3f),
+            0,
+            0,
+        ])
+    }
+
+    /// PASID-based IOTLB invalidation (type 6): G=10 whole (DID, PASID), G=11 page-selective.
+    pub fn piotlb_pasid(did: u16, pasid: u32) -> Self {
+        Self([
+            0x06 | (0b10 << 4) | (u64::from(did) << 16) | (u64::from(pasid & 0xf_ffff) << 32),
+            0,
+            0,
+            0,
+        ])
+    }
+    pub fn piotlb_page(did: u16, pasid: u32, addr: u64, am: u8, ih: bool) -> Self {
+        Self([
+            0x06 | (0b11 << 4) | (u64::from(did) << 16) | (u64::from(pasid & 0xf_ffff) << 32),
+            (addr & !0xfff) | (u64::from(ih) << 6) | u64::from(am & 0x3f),
+            0,
+            0,
+        ])
+    }
+
+    /// Device-TLB invalidation (type 3); `size` sets S (range encoded in ADDR's low zero bit).
+    pub fn device_tlb(sid: u16, mip: u8, addr: u64, size: bool) -> Self {
+        Self([
+            0x03 | (u64::from(mip & 0x1f) << 16) | (u64::from(sid) << 32),
+            (addr & !0xfff) | u64::from(size),
+            0,
+            0,
+        ])
+    }
+
+    /// PASID-based device-TLB invalidation (type 8).
+    pub fn pasid_device_tlb(
+        sid: u16,
+        pasid: u32,
+        mip: u8,
+        addr: u64,
+        size: bool,
+        global: bool,
+    ) -> Self {
+        Self([
+            0x08 | (u64::from(mip & 0x1f) << 4)
+                | (u64::from(sid) << 16)
+                | (u64::from(pasid & 0xf_ffff) << 32),
+            (addr & !0xfff) | (u64::from(size) << 11) | u64::from(global),
+            0,
+            0,
+        ])
+    }
+
+    /// Interrupt-entry-cache invalidation (type 4): G bit 4 = 0 global, 1 index-selective.
+    pub fn iec_global() -> Self {
+        Self([0x04, 0, 0, 0])
+    }
+    pub fn iec_index(index: u16, im: u8) -> Self {
+        Self([
+            0x04 | (1 << 4) | (u64::from(im & 0x1f) << 27) | (u64::from(index) << 32),
+            0,
+            0,
+            0,
+        ])
+    }
+
+    /// Invalidation wait with status write (SW=1, never together with IF: QEMU aborts).
+    pub fn wait_status(token: u32, status_pa: u64, fence: bool) -> Self {
+        Self([
+            0x05 | (1 << 5) | (u64::from(fence) << 6) | (u64::from(token) << 32),
+            status_pa & !0x3,
+            0,
+            0,
+        ])
+    }
+    /// Invalidation wait raising the completion event only (IF=1).
+    pub fn wait_interrupt(fence: bool) -> Self {
+        Self([0x05 | (1 << 4) | (u64::from(fence) << 6), 0, 0, 0])
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interrupt remapping (vtd.md §6)
+// ---------------------------------------------------------------------------------------------
+
+/// Delivery mode of an IRTE / MSI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryMode {
+    Fixed = 0b000,
+    LowestPriority = 0b001,
+    Smi = 0b010,
+    Nmi = 0b100,
+    Init = 0b101,
+    ExtInt = 0b111,
+}
+
+/// Source validation of an IRTE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceValidation {
+    None,
+    /// SVT=01: compare the requester ID; `sq` ignores SID bits (00 all, 01 bit 2, 10 bits 2:1, 11 bits 2:0).
+    RequesterId {
+        sid: u16,
+        sq: u8,
+    },
+    /// SVT=10: bus range (QEMU decodes it reversed; use start == end there, vtd.md §6.1).
+    BusRange {
+        start: u8,
+        end: u8,
+    },
+}
+
+/// A remapped-format IRTE (128 bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Irte {
+    pub present: bool,
+    pub fpd: bool,
+    pub logical: bool,
+    pub redirection_hint: bool,
+    pub level_triggered: bool,
+    pub delivery: DeliveryMode,
+    pub avail: u8,
+    pub vector: u8,
+    /// Destination APIC ID (8-bit xAPIC placed at [47:40], or 32-bit x2APIC at [63:32]).
+    pub destination: u32,
+    pub x2apic: bool,
+    pub svt: SourceValidation,
+}
+
+impl Irte {
+    pub fn fixed(vector: u8, destination: u32, x2apic: bool, svt: SourceValidation) -> Self {
+        Self {
+            present: true,
+            fpd: false,
+            logical: false,
+            redirection_hint: false,
+            level_triggered: false,
+            delivery: DeliveryMode::Fixed,
+            avail: 0,
+            vector,
+            destination,
+            x2apic,
+            svt,
+        }
+    }
+
+    pub fn encode(&self) -> [u64; 2] {
+        let dst = if self.x2apic {
+            u64::from(self.destination) << 32
+        } else {
+            u64::from(self.destination & 0xff) << 40
+        };
+        let q0 = u64::from(self.present)
+            | (u64::from(self.fpd) << 1)
+            | (u64::from(self.logical) << 2)
+            | (u64::from(self.redirection_hint) << 3)
+            | (u64::from(self.level_triggered) << 4)
+            | ((self.delivery as u64) << 5)
+            | (u64::from(self.avail & 0xf) << 8)
+            | (u64::from(self.vector) << 16)
+            | dst;
+        let q1 = match self.svt {
+            SourceValidation::None => 0,
+            SourceValidation::RequesterId { sid, sq } => {
+                u64::from(sid) | (u64::from(sq & 3) << 16) | (0b01 << 18)
+            }
+            SourceValidation::BusRange { start, end } => {
+                (u64::from(start) << 8) | u64::from(end) | (0b10 << 18)
+            }
+        };
+        [q0, q1]
+    }
+
+    pub fn decode(q: [u64; 2], x2apic: bool) -> Self {
+        let delivery = match (q[0] >> 5) & 7 {
+            0b001 => DeliveryMode::LowestPriority,
+            0b010 => DeliveryMode::Smi,
+            0b100 => DeliveryMode::Nmi,
+            0b101 => DeliveryMode::Init,
+            0b111 => DeliveryMode::ExtInt,
+            _ => DeliveryMode::Fixed,
+        };
+        let sid = q[1] as u16;
+        let svt = match (q[1] >> 18) & 3 {
+            0b01 => SourceValidation::RequesterId {
+                sid,
+                sq: ((q[1] >> 16) & 3) as u8,
+            },
+            0b10 => SourceValidation::BusRange {
+                start: (sid >> 8) as u8,
+                end: sid as u8,
+            },
+            _ => SourceValidation::None,
+        };
+        Self {
+            present: q[0] & 1 != 0,
+            fpd: q[0] & 2 != 0,
+            logical: q[0] & 4 != 0,
+            redirection_hint: q[0] & 8 != 0,
+            level_triggered: q[0] & 0x10 != 0,
+            delivery,
+            avail: ((q[0] >> 8) & 0xf) as u8,
+            vector: (q[0] >> 16) as u8,
+            destination: if x2apic {
+                (q[0] >> 32) as u32
+            } else {
+                ((q[0] >> 40) & 0xff) as u32
+            },
+            x2apic,
+            svt,
+        }
+    }
+}
+
+/// Remappable-format MSI for handle `h` with SHV=1 and subhandle 0 (vtd.md §6.2 / §11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemappableMsi {
+    pub address_lo: u32,
+    pub address_hi: u32,
+    pub data: u32,
+}
+
+impl RemappableMsi {
+    pub fn for_handle(handle: u16) -> Self {
+        let h = u32::from(handle);
+        Self {
+            address_lo: 0xfee0_0018 | ((h & 0x7fff) << 5) | ((h >> 15) << 2),
+            address_hi: 0,
+            data: 0,
+        }
+    }
+    pub fn address(&self) -> u64 {
+        (u64::from(self.address_hi) << 32) | u64::from(self.address_lo)
+    }
+    /// Handle encoded in a remappable address, or None for compatibility format.
+    pub fn handle_of(address_lo: u32) -> Option<u16> {
+        if address_lo & (1 << 4) == 0 {
+            return None;
+        }
+        Some((((address_lo >> 5) & 0x7fff) | (((address_lo >> 2) & 1) << 15)) as u16)
+    }
+}
+
+/// IOAPIC redirection-table entry in remappable format for handle `h` (vtd.md §6.2 / §11).
+pub fn ioapic_rte(handle: u16, vector: u8, level_triggered: bool, masked: bool) -> u64 {
+    let h = u64::from(handle);
+    u64::from(vector)
+        | ((h >> 15) << 11)
+        | (u64::from(level_triggered) << 15)
+        | (u64::from(masked) << 16)
+        | (1 << 48)
+        | ((h & 0x7fff) << 49)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every row of vtd.md §11 and the CAP/ECAP values of §2.2/§2.3.
+    use super::*;
+
+    const ROOT: u64 = 0x1234_5000;
+
+    #[test]
+    fn registers_rtaddr_iqa_irta_gcmd() {
+        assert_eq!(rtaddr::encode(ROOT, rtaddr::TTM_SCALABLE), ROOT | (1 << 10));
+        assert_eq!(iqa::encode(0x7_7000, true, 0), 0x7_7000 | (1 << 11));
+        assert_eq!(iqa::slots_256(0), 128);
+        assert_eq!(iqa::tail_256(5), 5 << 5);
+        assert_eq!(iqa::index_256(5 << 5), 5);
+        assert_eq!(irta::encode(0x8_8000, false, 7), 0x8_8000 | 7);
+        assert_eq!(irta::encode(0x8_8000, true, 7), 0x8_8000 | (1 << 11) | 7);
+        assert_eq!(irta::entries(7), 256);
+        // GCMD write = (GSTS & 0x96FF_FFFF) | bit, bits TE 31, SRTP 30, QIE 26, IRE 25, SIRTP 24, CFI 23.
+        assert_eq!(Gcmd::TE.bits(), 1 << 31);
+        assert_eq!(Gcmd::SRTP.bits(), 1 << 30);
+        assert_eq!(Gcmd::QIE.bits(), 1 << 26);
+        assert_eq!(Gcmd::IRE.bits(), 1 << 25);
+        assert_eq!(Gcmd::SIRTP.bits(), 1 << 24);
+        assert_eq!(Gcmd::CFI.bits(), 1 << 23);
+        let gsts = Gsts::TES | Gsts::RTPS | Gsts::QIES | Gsts::IRTPS | Gsts::IRES;
+        assert_eq!(
+            gcmd_value(gsts, Gcmd::SIRTP, true).bits(),
+            (gsts.bits() & 0x96ff_ffff) | (1 << 24)
+        );
+        assert_eq!(
+            gcmd_value(gsts, Gcmd::SIRTP, true).bits(),
+            (1 << 31) | (1 << 26) | (1 << 25) | (1 << 24)
+        );
+        assert_eq!(
+            gcmd_value(gsts, Gcmd::TE, false).bits(),
+            (1 << 26) | (1 << 25)
+        );
+        assert!(Gcmd::SRTP.is_one_shot() && !Gcmd::QIE.is_one_shot());
+        assert_eq!(reg::width(reg::FSTS), Some(32));
+        assert_eq!(reg::width(reg::IQA), Some(64));
+    }
+
+    #[test]
+    fn cap_ecap_values_from_qemu() {
+        let cap = Cap::from_bits_retain(0x00d2_008c_222f_0606);
+        assert_eq!(cap.domain_id_bits(), 16);
+        assert_eq!(cap.sagaw(), 0b00110);
+        assert!(cap.contains(Cap::SAGAW_48 | Cap::SAGAW_39) && !cap.contains(Cap::SAGAW_57));
+        assert_eq!(cap.mgaw(), 48);
+        assert_eq!(cap.fault_record_offset(), 0x220);
+        assert_eq!(cap.fault_record_count(), 1);
+        assert_eq!(cap.mamv(), 18);
+        assert!(cap.contains(Cap::PSI | Cap::DWD | Cap::DRD | Cap::SSLPS_2M | Cap::SSLPS_1G));
+        assert!(!cap.contains(Cap::CM) && !cap.contains(Cap::FS1GP) && !cap.contains(Cap::RWBF));
+        let flts = Cap::from_bits_retain(0x01d2_008c_222f_0606);
+        assert!(flts.contains(Cap::FS1GP));
+        assert!(Cap::from_bits_retain(0x00d2_008c_222f_0606 + 0x80).contains(Cap::CM));
+
+        let e = Ecap::from_bits_retain(0x0000_4800_80f0_0f4a);
+        assert!(e.contains(Ecap::QI | Ecap::IR | Ecap::PT | Ecap::SMTS | Ecap::SSTS | Ecap::SRS));
+        assert!(
+            !e.contains(Ecap::FSTS)
+                && !e.contains(Ecap::EIM)
+                && !e.contains(Ecap::C)
+                && !e.contains(Ecap::PASID)
+        );
+        assert_eq!(e.iotlb_offset(), 0xf0);
+        assert_eq!(e.mhmv(), 0xf);
+        assert_eq!(e.pasid_bits(), 1);
+        let f = Ecap::from_bits_retain(0x0000_8800_00f0_0f4a | 0x0100_0000_0000 | 0x10 | 0x4);
+        assert!(f.contains(Ecap::FSTS | Ecap::SMTS | Ecap::PASID | Ecap::EIM | Ecap::DT));
+        assert!(!f.contains(Ecap::SSTS) && !f.contains(Ecap::SRS));
+    }
+
+    #[test]
+    fn root_context_pasid_entries() {
+        let re = RootEntry {
+            lower: Some(0x20_0000),
+            upper: Some(0x30_0000),
+        };
+        assert_eq!(re.encode(), [0x20_0000 | 1, 0x30_0000 | 1]);
+        assert_eq!(
+            RootEntry {
+                lower: Some(0x20_0000),
+                upper: None
+            }
+            .encode(),
+            [0x20_0001, 0]
+        );
+        assert_eq!(RootEntry::decode(re.encode()), re);
+
+        let ce = ContextEntry {
+            present: true,
+            fpd: false,
+            dte: false,
+            pasid_enable: true,
+            pre: false,
+            pdts: 2,
+            pasid_dir: 0x40_0000,
+            rid_pasid: 0,
+            rid_priv: false,
+        };
+        assert_eq!(ce.encode(), [0x40_0000 | (2 << 9) | (1 << 3) | 1, 0, 0, 0]);
+        assert_eq!(ContextEntry::decode(ce.encode()), ce);
+        assert!(ContextEntry::reserved_bits_clear(ce.encode()));
+        assert!(!ContextEntry::reserved_bits_clear([0x20, 0, 0, 0]));
+
+        assert_eq!(pasid_dir_entry::encode(0x50_0000), 0x50_0001);
+        assert_eq!(pasid_dir_entry::decode(0x50_0001), Some(0x50_0000));
+        assert_eq!(pasid_dir_entry::decode(0x50_0000), None);
+
+        let fs = PasidEntry::first_stage(5, 0x60_0000);
+        assert_eq!(fs.encode(), [0x49, 5, 0x60_0000, 0, 0, 0, 0, 0]);
+        let ss = PasidEntry::second_stage(6, 0x70_0000, AW_48);
+        assert_eq!(ss.encode(), [0x70_0000 | 0x89, 6, 0, 0, 0, 0, 0, 0]);
+        let pt = PasidEntry::pass_through(7);
+        assert_eq!(pt.encode(), [0x109, 7, 0, 0, 0, 0, 0, 0]);
+        let mut nx = fs;
+        nx.nxe = true;
+        assert_eq!(nx.encode()[2], 0x60_0000 | 0x20);
+        for e in [fs, ss, pt, nx] {
+            assert_eq!(PasidEntry::decode(&e.encode()), Some(e));
+        }
+        assert_eq!(
+            PasidEntry::decode(&[0; 8]),
+            None,
+            "a zeroed (revoked) entry has no PGTT"
+        );
+    }
+
+    #[test]
+    fn page_table_entries() {
+        assert_eq!(
+            (FsPte::P | FsPte::RW | FsPte::US).bits() | 0x12_3000,
+            0x12_3000 | 0x7
+        );
+        assert_eq!((SsPte::R | SsPte::W).bits() | 0x12_3000, 0x12_3003);
+    }
+
+    #[test]
+    fn invalidation_descriptors() {
+        let sid = 0x0108u16;
+        let (did, pasid, addr) = (0x2au16, 0x1_2345u32, 0x7fff_f000u64);
+        assert_eq!(
+            InvDesc::context_cache(CcGranularity::Global).0,
+            [0x11, 0, 0, 0]
+        );
+        assert_eq!(
+            InvDesc::context_cache(CcGranularity::Device { sid, fm: 0 }).0[0],
+            0x31 | (u64::from(sid) << 32)
+        );
+        assert_eq!(
+            InvDesc::context_cache(CcGranularity::Domain(did)).0[0],
+            0x21 | (u64::from(did) << 16)
+        );
+        assert_eq!(InvDesc::pasid_cache_global().0[0], 0x37);
+        assert_eq!(
+            InvDesc::pasid_cache_pasid(did, pasid).0[0],
+            0x17 | (u64::from(did) << 16) | (u64::from(pasid) << 32)
+        );
+        assert_eq!(
+            InvDesc::pasid_cache_domain(did).0[0],
+            0x07 | (u64::from(did) << 16)
+        );
+        assert_eq!(InvDesc::iotlb_global().0[0], 0x12);
+        assert_eq!(
+            InvDesc::iotlb_domain(did).0[0],
+            0x22 | (u64::from(did) << 16)
+        );
+        let p = InvDesc::iotlb_page(did, addr, 3, true);
+        assert_eq!(
+            p.0,
+            [0x32 | (u64::from(did) << 16), addr | (1 << 6) | 3, 0, 0]
+        );
+        assert_eq!(
+            InvDesc::piotlb_pasid(did, pasid).0,
+            [
+                0x26 | (u64::from(did) << 16) | (u64::from(pasid) << 32),
+                0,
+                0,
+                0
+            ]
+        );
+        let pp = InvDesc::piotlb_page(did, pasid, addr, 0, false);
+        assert_eq!(
+            pp.0,
+            [
+                0x36 | (u64::from(did) << 16) | (u64::from(pasid) << 32),
+                addr,
+                0,
+                0
+            ]
+        );
+        assert_eq!(InvDesc::iec_global().0[0], 0x04);
+        assert_eq!(InvDesc::iec_index(9, 2).0[0], 0x14 | (2 << 27) | (9 << 32));
+        let w = InvDesc::wait_status(0xabcd, 0x9_9004, false);
+        assert_eq!(w.0, [0x25 | (0xabcd << 32), 0x9_9004, 0, 0]);
+        assert_eq!(
+            InvDesc::wait_status(1, 0x9_9004, true).0[0],
+            0x65 | (1 << 32)
+        );
+        assert_eq!(InvDesc::wait_interrupt(false).0[0], 0x15);
+        for d in [w, InvDesc::wait_interrupt(true)] {
+            assert_ne!(d.0[0] & 0x30, 0x30, "never SW+IF");
+        }
+        assert_eq!(
+            InvDesc::piotlb_pasid(1, 1).desc_type(),
+            inv_type::PASID_IOTLB
+        );
+        assert_eq!(
+            InvDesc::pasid_device_tlb(sid, pasid, 0, 0, false, true).desc_type(),
+            inv_type::PASID_DEVICE_TLB
+        );
+        assert_eq!(
+            InvDesc::device_tlb(sid, 0, addr, false).0,
+            [0x03 | (u64::from(sid) << 32), addr, 0, 0]
+        );
+    }
+
+    #[test]
+    fn irte_msi_rte_event_encodings() {
+        let (v, d, s) = (0x41u8, 3u32, 0x0010u16);
+        let x = Irte::fixed(v, d, false, SourceValidation::RequesterId { sid: s, sq: 0 });
+        assert_eq!(
+            x.encode(),
+            [
+                1 | (u64::from(v) << 16) | (u64::from(d) << 40),
+                u64::from(s) | (1 << 18)
+            ]
+        );
+        let mut lvl = x;
+        lvl.level_triggered = true;
+        assert_eq!(
+            lvl.encode()[0],
+            1 | (1 << 4) | (u64::from(v) << 16) | (u64::from(d) << 40)
+        );
+        let x2 = Irte::fixed(
+            v,
+            0x1_0003,
+            true,
+            SourceValidation::RequesterId { sid: s, sq: 0 },
+        );
+        assert_eq!(
+            x2.encode()[0],
+            1 | (u64::from(v) << 16) | (0x1_0003u64 << 32)
+        );
+        assert_eq!(Irte::decode(x.encode(), false), x);
+        assert_eq!(Irte::decode(x2.encode(), true), x2);
+
+        for h in [0u16, 1, 0x7fff, 0x8000, 0xffff, 0x1234] {
+            let m = RemappableMsi::for_handle(h);
+            let hh = u32::from(h);
+            assert_eq!(
+                m.address_lo,
+                0xfee0_0018 | ((hh & 0x7fff) << 5) | ((hh >> 15) << 2)
+            );
+            assert_eq!((m.address_hi, m.data), (0, 0));
+            assert_eq!(RemappableMsi::handle_of(m.address_lo), Some(h));
+            let rte = ioapic_rte(h, v, true, false);
+            assert_eq!(
+                rte,
+                u64::from(v)
+                    | (u64::from(hh >> 15) << 11)
+                    | (1 << 15)
+                    | (1 << 48)
+                    | (u64::from(hh & 0x7fff) << 49)
+            );
+        }
+        assert_eq!(RemappableMsi::handle_of(0xfee0_1000), None);
+        assert_eq!(event_msi_address(2), 0xfee0_2000);
+    }
+
+    #[test]
+    fn fault_record_decode() {
+        // Clear-record constant from §11: F is bit 31 of the dword at FRCD + 0xC.
+        assert_eq!((FRCD_F >> 32) as u32, 0x8000_0000);
+        let r = FaultRecord {
+            address: 0x1234_5000,
+            interrupt_index: None,
+            source_id: 0x0108,
+            pasid: Some(7),
+            code: 0x71,
+            reason: FaultReason::FsEntryNotPresent,
+            is_read: true,
+            address_type: 0,
+        };
+        let (lo, hi) = r.encode();
+        assert_eq!(
+            hi,
+            FRCD_F | (1 << 62) | (7 << 40) | (1 << 31) | (0x71 << 32) | 0x0108
+        );
+        assert_eq!(FaultRecord::decode(lo, hi), Some(r));
+        assert_eq!(FaultRecord::decode(lo, hi & !FRCD_F), None);
+        let ir = FaultRecord::decode(5 << 48, FRCD_F | (0x26 << 32) | 0x10).unwrap();
+        assert_eq!(ir.interrupt_index, Some(5));
+        assert_eq!(ir.reason, FaultReason::IrSourceIdCheckFailed);
+        assert!(!ir.is_read && ir.pasid.is_none());
+        assert_eq!(FaultReason::from_code(0x99), FaultReason::Other(0x99));
+        for c in [
+            1u8, 2, 3, 4, 5, 6, 7, 8, 9, 0xa, 0xb, 0xc, 0xe, 0x20, 0x21, 0x22, 0x23, 0x24, 0x26,
+            0x50, 0x51, 0x58, 0x59, 0x5b, 0x70, 0x71, 0x72, 0x73, 0x80, 0x81, 0x85, 0x87, 0x91,
+        ] {
+            assert!(
+                !matches!(FaultReason::from_code(c), FaultReason::Other(_)),
+                "code {c:#x} unnamed"
+            );
+        }
+    }
+}

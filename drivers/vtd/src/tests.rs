@@ -1,0 +1,805 @@
+//! Driver-level host tests against the fake unit: GCMD protocol, exact invalidation
+//! descriptors, table contents walked with the spec decoders, faults, interrupt remapping.
+
+use crate::dmar::Bdf;
+use crate::error::{Requirement, VtdError};
+use crate::fake::*;
+use crate::hw::DmaMemory;
+use crate::pagetable::{Format, PAGE_2M, PageTable, Perm, invalidation_chunks};
+use crate::spec::*;
+use crate::unit::*;
+
+type Unit = RemappingUnit<FakeRegs, FakeMem, FakeClock>;
+
+fn unit_with(ecap: u64, cap: u64, cfg: Config) -> (Unit, FakeRegs, FakeMem) {
+    let mem = FakeMem::new();
+    let regs = FakeRegs::new(mem.clone(), cap, ecap);
+    let u = RemappingUnit::new(regs.clone(), mem.clone(), FakeClock::new(), cfg).unwrap();
+    (u, regs, mem)
+}
+
+fn fs_unit() -> (Unit, FakeRegs, FakeMem) {
+    let (mut u, r, m) = unit_with(
+        QEMU_ECAP_FS,
+        QEMU_CAP | Cap::FS1GP.bits(),
+        Config::default(),
+    );
+    u.init().unwrap();
+    r.clear_log();
+    (u, r, m)
+}
+
+const DEV: Bdf = Bdf::new(0, 3, 0);
+const WAIT_MASK: u64 = 0xffff_ffff;
+
+/// Executed descriptors with the wait descriptors' status address/token normalised away.
+fn descs(r: &FakeRegs) -> Vec<[u64; 4]> {
+    r.executed()
+        .into_iter()
+        .map(|d| {
+            if d[0] & 0xf == 5 {
+                [d[0] & WAIT_MASK, 0, 0, 0]
+            } else {
+                d
+            }
+        })
+        .collect()
+}
+const WAIT: [u64; 4] = [0x65, 0, 0, 0];
+
+fn gsts(r: &FakeRegs) -> u32 {
+    r.inner.borrow().gsts
+}
+
+#[test]
+fn init_follows_gcmd_protocol_and_programs_registers() {
+    let (mut u, r, m) = unit_with(QEMU_ECAP_FS, QEMU_CAP, Config::default());
+    u.init().unwrap();
+    // One command per write, persistent bits carried, one-shot status bits (RTPS, IRTPS) dropped.
+    assert_eq!(
+        r.inner.borrow().gcmd_writes,
+        vec![
+            1 << 26,
+            (1 << 26) | (1 << 24),
+            (1 << 26) | (1 << 25),
+            (1 << 26) | (1 << 25) | (1 << 30),
+            (1 << 26) | (1 << 25) | (1 << 31)
+        ]
+    );
+    let g = Gsts::from_bits_retain(gsts(&r));
+    assert!(g.contains(Gsts::TES | Gsts::QIES | Gsts::IRES | Gsts::RTPS | Gsts::IRTPS));
+    let v = |o| *r.inner.borrow().values.get(&o).unwrap();
+    let root = u.root_table().unwrap();
+    assert_eq!(v(reg::RTADDR), root | (1 << 10));
+    assert_eq!(v(reg::IQA) & 0xfff, 1 << 11, "256-bit descriptors, QS=0");
+    assert_eq!(v(reg::IRTA) & 0xfff, 7, "256 entries, xAPIC");
+    // Tables live in fake DMA memory above 4 GiB.
+    assert!(root >= 1 << 32 && m.read64(root) == 0);
+    // IEC global after SIRTP, then CC/PASID-cache/IOTLB global after SRTP, each with a wait.
+    assert_eq!(
+        descs(&r),
+        vec![
+            [0x04, 0, 0, 0],
+            WAIT,
+            [0x11, 0, 0, 0],
+            [0x37, 0, 0, 0],
+            [0x12, 0, 0, 0],
+            WAIT
+        ]
+    );
+    // Stale faults dropped with FSTS = PFO | IQE (vtd.md §11 "clear fault record").
+    assert!(r.inner.borrow().log.contains(&Access::W32(reg::FSTS, 0x11)));
+    // Every 32-bit register was accessed with 32-bit ops (the fake asserts otherwise).
+    assert!(
+        r.inner
+            .borrow()
+            .log
+            .iter()
+            .any(|a| matches!(a, Access::W32(reg::GCMD, _)))
+    );
+}
+
+#[test]
+fn firmware_state_turned_off_one_bit_at_a_time() {
+    let (mut u, r, _) = unit_with(QEMU_ECAP_FS, QEMU_CAP, Config::default());
+    r.inner.borrow_mut().gsts =
+        (Gsts::TES | Gsts::IRES | Gsts::QIES | Gsts::RTPS | Gsts::IRTPS).bits();
+    u.init().unwrap();
+    let w = r.inner.borrow().gcmd_writes.clone();
+    assert_eq!(&w[..3], &[(1 << 26) | (1 << 25), 1 << 26, 0]);
+}
+
+#[test]
+fn command_and_invalidation_timeouts_are_errors() {
+    let (mut u, r, _) = unit_with(QEMU_ECAP_FS, QEMU_CAP, Config::default());
+    r.inner.borrow_mut().stuck = Some(Gcmd::TE);
+    assert_eq!(
+        u.init(),
+        Err(VtdError::CommandTimeout {
+            command: Gcmd::TE.bits()
+        })
+    );
+
+    let (mut u, r, _) = fs_unit();
+    r.inner.borrow_mut().hold_queue = true;
+    assert_eq!(
+        u.invalidate(&[InvDesc::iotlb_global()]),
+        Err(VtdError::InvalidationTimeout)
+    );
+}
+
+#[test]
+fn requirements_are_checked() {
+    let mem = FakeMem::new();
+    let mk = |ecap: u64, cfg: Config| {
+        RemappingUnit::new(
+            FakeRegs::new(mem.clone(), QEMU_CAP, ecap),
+            mem.clone(),
+            FakeClock::new(),
+            cfg,
+        )
+        .err()
+    };
+    let d = Config::default();
+    assert_eq!(
+        mk(QEMU_ECAP_FS & !Ecap::SMTS.bits(), d),
+        Some(VtdError::Missing(Requirement::ScalableMode))
+    );
+    assert_eq!(
+        mk(QEMU_ECAP_FS & !Ecap::QI.bits(), d),
+        Some(VtdError::Missing(Requirement::QueuedInvalidation))
+    );
+    assert_eq!(
+        mk(QEMU_ECAP_FS & !Ecap::FSTS.bits(), d),
+        Some(VtdError::Missing(Requirement::TranslationStage))
+    );
+    assert_eq!(
+        mk(QEMU_ECAP_FS & !Ecap::IR.bits(), d),
+        Some(VtdError::Missing(Requirement::InterruptRemapping))
+    );
+    let pt = Config {
+        rid_default: RidDefault::PassThrough,
+        ..d
+    };
+    assert_eq!(
+        mk(QEMU_ECAP_FS & !Ecap::PT.bits(), pt),
+        Some(VtdError::Missing(Requirement::PassThrough))
+    );
+    assert_eq!(mk(QEMU_ECAP_FS, d), None);
+}
+
+#[test]
+fn first_stage_space_tables_exact_and_walkable() {
+    let (mut u, r, m) = fs_unit();
+    let a = u.create_address_space(SpaceKind::Translated, None).unwrap();
+    assert_eq!(a, AddressSpaceId(1));
+    let did = u.domain_id(a).unwrap();
+    assert!(did >= 1);
+    u.map(a, 0x10_0000, 0x2_0000_0000, 0x3000, Perm::RW)
+        .unwrap();
+    u.map(a, 0x4000_0000, 0x3_0000_0000, 2 * PAGE_2M, Perm::RO)
+        .unwrap();
+    assert!(
+        descs(&r).is_empty(),
+        "CM=0: new mappings need no invalidation"
+    );
+    u.attach(DEV, a).unwrap();
+    let sid = DEV.sid();
+    // Context creation: RID_PASID (blocked) entry installed + flushed, then the context entry;
+    // then the PASID entry for pasid 1.
+    let blocked_flush = [
+        [0x17, 0, 0, 0],
+        [0x26, 0, 0, 0],
+        [0x31 | (u64::from(sid) << 32), 0, 0, 0],
+    ];
+    let ex = descs(&r);
+    assert_eq!(ex.len(), 4 + 2 + 4, "{ex:#x?}");
+    assert_eq!(
+        ex[0][0] & 0xffff_ffff_0000_ffff,
+        blocked_flush[0][0],
+        "PASID-cache PASID-selective, pasid 0"
+    );
+    assert_eq!(ex[4], [0x31 | (u64::from(sid) << 32), 0, 0, 0]);
+    assert_eq!(
+        &ex[6..],
+        &[
+            InvDesc::pasid_cache_pasid(did, 1).0,
+            InvDesc::piotlb_pasid(did, 1).0,
+            InvDesc::context_cache(CcGranularity::Device { sid, fm: 0 }).0,
+            WAIT
+        ]
+    );
+
+    // Walk the tables in memory with the spec decoders.
+    let root = u.root_table().unwrap();
+    let re = RootEntry::decode([m.read64(root), m.read64(root + 8)]);
+    let ctx = re.lower.unwrap();
+    assert_eq!(re.upper, None);
+    let cpa = ctx + 32 * u64::from(DEV.devfn());
+    let cq: [u64; 4] = core::array::from_fn(|i| m.read64(cpa + 8 * i as u64));
+    let ce = ContextEntry::decode(cq);
+    assert_eq!(
+        cq,
+        [ce.pasid_dir | (2 << 9) | (1 << 3) | 1, 0, 0, 0],
+        "vtd.md §11 SM context entry"
+    );
+    let dir0 = m.read64(ce.pasid_dir);
+    let ptab = pasid_dir_entry::decode(dir0).unwrap();
+    assert_eq!(dir0, ptab | 1);
+    let pe: [u64; 8] = core::array::from_fn(|i| m.read64(ptab + 64 + 8 * i as u64));
+    let pml4 = u.page_table_root(a).unwrap();
+    assert_eq!(
+        pe,
+        [0x49, u64::from(did), pml4, 0, 0, 0, 0, 0],
+        "vtd.md §11 FS PASID entry"
+    );
+    // RID_PASID entry: valid first-stage entry of the blocked domain.
+    let rid: [u64; 8] = core::array::from_fn(|i| m.read64(ptab + 8 * i as u64));
+    assert_eq!(rid[0], 0x49);
+    assert_ne!(rid[1], u64::from(did));
+    // Non-leaf FS entries are pa|P|RW|US; leaves have U/S too.
+    let l4 = m.read64(pml4);
+    assert_eq!(l4 & 0xfff, 0x7);
+
+    let t = u.hardware_walk(DEV, Some(1), 0x10_1234, true).unwrap();
+    assert_eq!(
+        (t.phys, t.perm, t.page_size),
+        (0x2_0000_1234, Perm::RW, 4096)
+    );
+    let t = u.hardware_walk(DEV, Some(1), 0x4020_0008, false).unwrap();
+    assert_eq!((t.phys, t.page_size), (0x3_0020_0008, PAGE_2M));
+    assert_eq!(
+        u.hardware_walk(DEV, Some(1), 0x4000_0000, true),
+        Err(FaultReason::SmWriteNotPermitted)
+    );
+    assert_eq!(
+        u.hardware_walk(DEV, Some(1), 0x20_0000, false),
+        Err(FaultReason::FsEntryNotPresent)
+    );
+    assert_eq!(
+        u.hardware_walk(DEV, None, 0x10_0000, false),
+        Err(FaultReason::FsEntryNotPresent),
+        "RID_PASID blocked"
+    );
+    assert_eq!(
+        u.hardware_walk(Bdf::new(0, 4, 0), Some(1), 0x10_0000, false),
+        Err(FaultReason::ContextEntryNotPresent)
+    );
+    assert_eq!(
+        u.hardware_walk(Bdf::new(1, 0, 0), Some(1), 0x10_0000, false),
+        Err(FaultReason::RootEntryNotPresent)
+    );
+    assert_eq!(u.translate(a, 0x10_2000).unwrap().phys, 0x2_0000_2000);
+
+    // Requests without PASID through the same space.
+    u.attach_rid_pasid(DEV, a).unwrap();
+    assert_eq!(
+        u.hardware_walk(DEV, None, 0x10_0000, false).unwrap().phys,
+        0x2_0000_0000
+    );
+    r.clear_log();
+    // Unmap one page: page-selective PIOTLB for each attached PASID slot (0 and 1), one wait.
+    assert_eq!(u.unmap(a, 0x10_1000, 0x1000).unwrap(), 0x1000);
+    assert_eq!(
+        descs(&r),
+        vec![
+            InvDesc::piotlb_page(did, 0, 0x10_1000, 0, false).0,
+            InvDesc::piotlb_page(did, 1, 0x10_1000, 0, false).0,
+            WAIT
+        ]
+    );
+    assert_eq!(
+        u.hardware_walk(DEV, Some(1), 0x10_1000, false),
+        Err(FaultReason::FsEntryNotPresent)
+    );
+    assert!(u.hardware_walk(DEV, Some(1), 0x10_2000, false).is_ok());
+    // Unmapping part of a 2 MiB leaf splits it.
+    r.clear_log();
+    assert_eq!(u.unmap(a, 0x4000_1000, 0x1000).unwrap(), 0x1000);
+    assert_eq!(
+        u.hardware_walk(DEV, Some(1), 0x4000_2000, false)
+            .unwrap()
+            .page_size,
+        4096
+    );
+    assert!(u.hardware_walk(DEV, Some(1), 0x4000_1000, false).is_err());
+    // A large range flushes the whole PASID instead of many page descriptors.
+    r.clear_log();
+    u.unmap(a, 0x4000_0000, 2 * PAGE_2M).unwrap();
+    assert_eq!(
+        descs(&r),
+        vec![
+            InvDesc::piotlb_page(did, 0, 0x4000_0000, 10, false).0,
+            InvDesc::piotlb_page(did, 1, 0x4000_0000, 10, false).0,
+            WAIT
+        ]
+    );
+    r.clear_log();
+    u.unmap(a, 0x1000, 0x7fff_0000).unwrap();
+    assert_eq!(
+        descs(&r),
+        vec![
+            InvDesc::piotlb_pasid(did, 0).0,
+            InvDesc::piotlb_pasid(did, 1).0,
+            WAIT
+        ]
+    );
+}
+
+#[test]
+fn revoke_zeroes_entries_and_later_dma_faults() {
+    let (mut u, r, m) = fs_unit();
+    let baseline = m.live_blocks();
+    let a = u
+        .create_address_space(SpaceKind::Translated, Some(7))
+        .unwrap();
+    let b = u.create_address_space(SpaceKind::Translated, None).unwrap();
+    assert_eq!(b, AddressSpaceId(1));
+    u.map(a, 0, 0x5000_0000, 0x1000, Perm::RW).unwrap();
+    u.map(b, 0, 0x6000_0000, 0x1000, Perm::RW).unwrap();
+    u.attach(DEV, a).unwrap();
+    u.attach(DEV, b).unwrap();
+    u.attach_rid_pasid(DEV, a).unwrap();
+    // Same IOVA, different memory per PASID.
+    assert_eq!(
+        u.hardware_walk(DEV, Some(7), 0, false).unwrap().phys,
+        0x5000_0000
+    );
+    assert_eq!(
+        u.hardware_walk(DEV, Some(1), 0, false).unwrap().phys,
+        0x6000_0000
+    );
+    let did = u.domain_id(a).unwrap();
+    r.clear_log();
+    u.revoke(a).unwrap();
+    let sid = DEV.sid();
+    let cc = InvDesc::context_cache(CcGranularity::Device { sid, fm: 0 }).0;
+    let ex = descs(&r);
+    // Slot 0 (RID_PASID): removed + flushed, then the blocked default installed + flushed.
+    // Slot 7: removed + flushed.
+    assert_eq!(
+        &ex[..4],
+        &[
+            InvDesc::pasid_cache_pasid(did, 0).0,
+            InvDesc::piotlb_pasid(did, 0).0,
+            cc,
+            WAIT
+        ]
+    );
+    assert_eq!(
+        &ex[8..],
+        &[
+            InvDesc::pasid_cache_pasid(did, 7).0,
+            InvDesc::piotlb_pasid(did, 7).0,
+            cc,
+            WAIT
+        ]
+    );
+    assert_eq!(
+        u.hardware_walk(DEV, Some(7), 0, false),
+        Err(FaultReason::InvalidPasidEntry)
+    );
+    assert_eq!(
+        u.hardware_walk(DEV, None, 0, false),
+        Err(FaultReason::FsEntryNotPresent)
+    );
+    assert_eq!(
+        u.hardware_walk(DEV, Some(1), 0, false).unwrap().phys,
+        0x6000_0000,
+        "other spaces untouched"
+    );
+    assert_eq!(
+        u.map(a, 0x1000, 0x5000_1000, 0x1000, Perm::RW),
+        Err(VtdError::AddressSpaceRevoked { pasid: 7 })
+    );
+    assert_eq!(
+        u.attach(DEV, a),
+        Err(VtdError::AddressSpaceRevoked { pasid: 7 })
+    );
+    assert!(u.translate(a, 0).is_none());
+    u.destroy_address_space(a).unwrap();
+    u.destroy_address_space(b).unwrap();
+    // Only the device's tables (context table, PASID directory, PASID table) remain.
+    assert_eq!(m.live_blocks(), baseline + 3);
+    assert_eq!(
+        u.create_address_space(SpaceKind::Translated, Some(7))
+            .unwrap(),
+        AddressSpaceId(7)
+    );
+}
+
+#[test]
+fn mapping_validation() {
+    let (mut u, _, _) = fs_unit();
+    let a = u.create_address_space(SpaceKind::Translated, None).unwrap();
+    assert_eq!(
+        u.map(a, 0xfee0_0000, 0x1000, 0x1000, Perm::RW),
+        Err(VtdError::InterruptWindow { addr: 0xfee0_0000 })
+    );
+    assert_eq!(
+        u.map(a, 0xfed0_0000, 0x1000, 0x20_0000, Perm::RW),
+        Err(VtdError::InterruptWindow { addr: 0xfed0_0000 })
+    );
+    assert_eq!(
+        u.map(a, 0x1000, 0xfeef_f000, 0x1000, Perm::RW),
+        Err(VtdError::InterruptWindow { addr: 0xfeef_f000 })
+    );
+    assert!(matches!(
+        u.map(a, 0x1001, 0, 0x1000, Perm::RW),
+        Err(VtdError::BadRange { .. })
+    ));
+    assert!(matches!(
+        u.map(a, 0x1000, 0, 0, Perm::RW),
+        Err(VtdError::BadRange { .. })
+    ));
+    assert!(matches!(
+        u.map(a, u64::MAX - 0xfff, 0, 0x2000, Perm::RW),
+        Err(VtdError::BadRange { .. })
+    ));
+    assert!(matches!(
+        u.map(a, 1 << 47, 0, 0x1000, Perm::RW),
+        Err(VtdError::IovaTooWide { .. })
+    ));
+    assert!(matches!(
+        u.map(a, 0, 1 << 48, 0x1000, Perm::RW),
+        Err(VtdError::PhysTooWide { .. })
+    ));
+    u.map(a, 0x3000, 0x9000, 0x1000, Perm::RW).unwrap();
+    // Overlap: the second map fails and rolls back its first page.
+    assert_eq!(
+        u.map(a, 0x2000, 0x1_0000, 0x2000, Perm::RW),
+        Err(VtdError::AlreadyMapped { iova: 0x3000 })
+    );
+    assert!(u.translate(a, 0x2000).is_none());
+    assert_eq!(u.translate(a, 0x3000).unwrap().phys, 0x9000);
+    assert_eq!(
+        u.create_address_space(SpaceKind::Translated, Some(0)),
+        Err(VtdError::PasidOutOfRange { pasid: 0 })
+    );
+    assert_eq!(
+        u.create_address_space(SpaceKind::Translated, Some(1 << 15)),
+        Err(VtdError::PasidOutOfRange { pasid: 1 << 15 })
+    );
+    assert_eq!(
+        u.create_address_space(SpaceKind::Translated, Some(1)),
+        Err(VtdError::PasidInUse { pasid: 1 })
+    );
+    let pt = u
+        .create_address_space(SpaceKind::PassThrough, None)
+        .unwrap();
+    assert_eq!(
+        u.map(pt, 0, 0, 0x1000, Perm::RW),
+        Err(VtdError::NoPageTable { pasid: pt.0 })
+    );
+    assert_eq!(
+        u.detach(DEV, a),
+        Err(VtdError::NotAttached {
+            sid: DEV.sid(),
+            pasid: a.0
+        })
+    );
+}
+
+#[test]
+fn pass_through_and_second_stage_entries() {
+    let cfg = Config {
+        rid_default: RidDefault::PassThrough,
+        ..Config::default()
+    };
+    let (mut u, r, m) = unit_with(QEMU_ECAP_SS, QEMU_CAP, cfg);
+    u.init().unwrap();
+    assert_eq!(u.stage(), StageKind::SecondStage);
+    let a = u.create_address_space(SpaceKind::Translated, None).unwrap();
+    let did = u.domain_id(a).unwrap();
+    u.map(a, 0x20_0000, 0x40_0000, PAGE_2M, Perm::RW).unwrap();
+    u.map(
+        a,
+        0x1000,
+        0x8000,
+        0x1000,
+        Perm {
+            read: false,
+            write: true,
+        },
+    )
+    .unwrap();
+    u.attach(DEV, a).unwrap();
+    // RID_PASID default is pass-through: identity.
+    assert_eq!(
+        u.hardware_walk(DEV, None, 0x1234_5000, true).unwrap().phys,
+        0x1234_5000
+    );
+    let t = u.hardware_walk(DEV, Some(1), 0x20_0010, true).unwrap();
+    assert_eq!((t.phys, t.page_size), (0x40_0010, PAGE_2M));
+    let root = u.root_table().unwrap();
+    let ctx = RootEntry::decode([m.read64(root), 0]).lower.unwrap();
+    let ce = ContextEntry::decode(core::array::from_fn(|i| {
+        m.read64(ctx + 32 * u64::from(DEV.devfn()) + 8 * i as u64)
+    }));
+    let ptab = pasid_dir_entry::decode(m.read64(ce.pasid_dir)).unwrap();
+    let ss_root = u.page_table_root(a).unwrap();
+    assert_eq!(
+        m.read64(ptab + 64),
+        ss_root | 0x89,
+        "vtd.md §11 SS PASID entry"
+    );
+    assert_eq!(m.read64(ptab + 64 + 8), u64::from(did));
+    assert_eq!(m.read64(ptab) & 0xfff, 0x109, "vtd.md §11 PT entry");
+    assert_eq!(m.read64(ss_root) & 0xfff, 0x3, "SS non-leaf = pa | R | W");
+    r.clear_log();
+    u.unmap(a, 0x1000, 0x1000).unwrap();
+    // SS: IOTLB page-selective per domain (PIOTLB would not touch SS entries).
+    assert_eq!(
+        descs(&r),
+        vec![InvDesc::iotlb_page(did, 0x1000, 0, false).0, WAIT]
+    );
+    r.clear_log();
+    u.detach(DEV, a).unwrap();
+    let cc = InvDesc::context_cache(CcGranularity::Device {
+        sid: DEV.sid(),
+        fm: 0,
+    })
+    .0;
+    assert_eq!(
+        descs(&r),
+        vec![
+            InvDesc::pasid_cache_pasid(did, 1).0,
+            InvDesc::iotlb_domain(did).0,
+            cc,
+            WAIT
+        ]
+    );
+}
+
+#[test]
+fn caching_mode_flushes_new_mappings() {
+    let (mut u, r, _) = unit_with(QEMU_ECAP_FS, QEMU_CAP | Cap::CM.bits(), Config::default());
+    u.init().unwrap();
+    let a = u.create_address_space(SpaceKind::Translated, None).unwrap();
+    u.attach(DEV, a).unwrap();
+    let did = u.domain_id(a).unwrap();
+    r.clear_log();
+    u.map(a, 0x8000, 0x8000, 0x4000, Perm::RW).unwrap();
+    assert_eq!(
+        descs(&r),
+        vec![InvDesc::piotlb_page(did, 1, 0x8000, 2, false).0, WAIT]
+    );
+}
+
+#[test]
+fn rejected_descriptor_is_recovered_and_reported() {
+    let (mut u, r, _) = fs_unit();
+    let a = u.create_address_space(SpaceKind::Translated, None).unwrap();
+    u.map(a, 0, 0x1_0000, 0x1000, Perm::RW).unwrap();
+    u.attach(DEV, a).unwrap();
+    r.clear_log();
+    r.inner.borrow_mut().reject_once.push(6);
+    let did = u.domain_id(a).unwrap();
+    let e = u.unmap(a, 0, 0x1000).unwrap_err();
+    assert_eq!(
+        e,
+        VtdError::DescriptorRejected {
+            qw0: InvDesc::piotlb_page(did, 1, 0, 0, false).0[0],
+            qw1: 0
+        }
+    );
+    assert_eq!(r.inner.borrow().fsts & Fsts::IQE.bits(), 0, "IQE cleared");
+    // The bad slot was replaced by a wait (different token), then the real wait ran.
+    let ex = r.executed();
+    assert_eq!(ex.len(), 2);
+    assert!(ex.iter().all(|d| d[0] & 0xf == 5));
+    // The queue keeps working.
+    r.clear_log();
+    u.invalidate(&[InvDesc::iotlb_global()]).unwrap();
+    assert_eq!(descs(&r), vec![[0x12, 0, 0, 0], WAIT]);
+}
+
+#[test]
+fn faults_are_decoded_counted_and_cleared() {
+    let (mut u, r, _) = fs_unit();
+    u.configure_fault_event(2, 0x40).unwrap();
+    let log = r.inner.borrow().log.clone();
+    assert!(log.contains(&Access::W32(reg::FEDATA, 0x40)));
+    assert!(log.contains(&Access::W32(reg::FEADDR, 0xfee0_2000)));
+    assert_eq!(
+        log.iter()
+            .rev()
+            .find(|a| matches!(a, Access::W32(reg::FECTL, _))),
+        Some(&Access::W32(reg::FECTL, 0))
+    );
+    assert_eq!(
+        u.configure_fault_event(256, 0x40),
+        Err(VtdError::ApicIdTooWide { apic_id: 256 })
+    );
+
+    let rec = FaultRecord {
+        address: 0x7000,
+        interrupt_index: None,
+        source_id: DEV.sid(),
+        pasid: Some(5),
+        code: 0x71,
+        reason: FaultReason::FsEntryNotPresent,
+        is_read: true,
+        address_type: 0,
+    };
+    let (lo, hi) = rec.encode();
+    r.inject_fault(lo, hi);
+    r.clear_log();
+    let b = u.handle_faults();
+    assert_eq!(b.records, vec![rec]);
+    assert!(!b.overflow);
+    assert!(
+        r.inner
+            .borrow()
+            .log
+            .contains(&Access::W32(0x22c, 0x8000_0000)),
+        "F cleared with a 32-bit write at FRCD+0xC"
+    );
+    assert_eq!(r.inner.borrow().frcd[0].1 >> 63, 0);
+    // Two faults before the handler runs: QEMU has one FRCD, the second sets PFO.
+    let ir = FaultRecord::decode(9 << 48, (1 << 63) | (0x26 << 32) | 0x10).unwrap();
+    let (lo2, hi2) = ir.encode();
+    r.inject_fault(lo2, hi2);
+    r.inject_fault(lo, hi);
+    let b = u.handle_faults();
+    assert_eq!(b.records.len(), 1);
+    assert_eq!(b.records[0].interrupt_index, Some(9));
+    assert_eq!(b.records[0].reason.name(), "IR source-id check failed");
+    assert!(b.overflow);
+    assert_eq!(r.inner.borrow().fsts & Fsts::PFO.bits(), 0, "PFO cleared");
+    let c = u.fault_counters();
+    assert_eq!(c.total, 2);
+    assert_eq!(c.overflows, 1);
+    assert_eq!(c.per_source.get(&DEV.sid()), Some(&1));
+    assert_eq!(c.per_source.get(&0x10), Some(&1));
+    assert_eq!(c.per_pasid.get(&5), Some(&1));
+    assert_eq!(c.per_reason.get(&0x71), Some(&1));
+    // Nothing pending: nothing read beyond FSTS.
+    assert!(u.handle_faults().records.is_empty());
+}
+
+#[test]
+fn interrupt_remapping_entries() {
+    let (mut u, r, m) = fs_unit();
+    let h = u
+        .alloc_irte(
+            3,
+            0x41,
+            SourceValidation::RequesterId { sid: 0x0018, sq: 0 },
+            1,
+        )
+        .unwrap();
+    assert_eq!(h, IrteHandle { index: 0, count: 1 });
+    let irta = *r.inner.borrow().values.get(&reg::IRTA).unwrap() & !0xfff;
+    assert_eq!(
+        [m.read64(irta), m.read64(irta + 8)],
+        [1 | (0x41 << 16) | (3 << 40), 0x18 | (1 << 18)],
+        "vtd.md §11 IRTE"
+    );
+    assert_eq!(descs(&r), vec![InvDesc::iec_index(0, 0).0, WAIT]);
+    assert_eq!(u.msi_message(h).unwrap().address_lo, 0xfee0_0018);
+    let h2 = u.alloc_irte(0, 0x42, SourceValidation::None, 1).unwrap();
+    assert_eq!(
+        u.msi_message(h2).unwrap().address_lo,
+        0xfee0_0018 | (1 << 5)
+    );
+    assert_eq!(
+        u.ioapic_rte(h2, true, false).unwrap(),
+        0x42 | (1 << 15) | (1 << 48) | (1 << 49)
+    );
+    // Multi-message block: 4 entries aligned to 4.
+    let h4 = u
+        .alloc_irte(
+            1,
+            0x50,
+            SourceValidation::RequesterId { sid: 0x20, sq: 0 },
+            4,
+        )
+        .unwrap();
+    assert_eq!(h4, IrteHandle { index: 4, count: 4 });
+    r.clear_log();
+    u.retarget_irte(h, 5, 0x61).unwrap();
+    assert_eq!(m.read64(irta), 1 | (0x61 << 16) | (5 << 40));
+    assert_eq!(m.read64(irta + 8), 0x18 | (1 << 18), "SID check kept");
+    assert_eq!(descs(&r), vec![InvDesc::iec_index(0, 0).0, WAIT]);
+    u.set_irte_source(h, SourceValidation::RequesterId { sid: 0x0019, sq: 0 })
+        .unwrap();
+    assert_eq!(
+        u.read_irte(0).unwrap().svt,
+        SourceValidation::RequesterId { sid: 0x19, sq: 0 }
+    );
+    assert!(u.read_irte(0).unwrap().present);
+    u.free_irte(h).unwrap();
+    assert_eq!([m.read64(irta), m.read64(irta + 8)], [0, 0]);
+    assert_eq!(u.msi_message(h), Err(VtdError::BadIrteHandle { handle: 0 }));
+    assert_eq!(
+        u.alloc_irte(256, 0x41, SourceValidation::None, 1),
+        Err(VtdError::ApicIdTooWide { apic_id: 256 })
+    );
+    assert_eq!(
+        u.alloc_irte(1, 3, SourceValidation::None, 1),
+        Err(VtdError::BadVector { vector: 3 })
+    );
+    assert_eq!(
+        u.alloc_irte(1, 0x41, SourceValidation::None, 3),
+        Err(VtdError::BadCount { count: 3 })
+    );
+    // Exhaustion: 256 entries.
+    let mut n = 0;
+    while u.alloc_irte(0, 0x30, SourceValidation::None, 1).is_ok() {
+        n += 1;
+    }
+    assert_eq!(n, 256 - 1 - 4);
+}
+
+#[test]
+fn x2apic_irtes_when_eim() {
+    let cfg = Config {
+        x2apic: true,
+        ..Config::default()
+    };
+    let (mut u, r, m) = unit_with(QEMU_ECAP_FS | Ecap::EIM.bits(), QEMU_CAP, cfg);
+    u.init().unwrap();
+    let irta = *r.inner.borrow().values.get(&reg::IRTA).unwrap();
+    assert_eq!(irta & 0xfff, (1 << 11) | 7);
+    let h = u
+        .alloc_irte(
+            0x1_0003,
+            0x41,
+            SourceValidation::RequesterId { sid: 0x18, sq: 0 },
+            1,
+        )
+        .unwrap();
+    assert_eq!(
+        m.read64((irta & !0xfff) + u64::from(h.index) * 16),
+        1 | (0x41 << 16) | (0x1_0003 << 32)
+    );
+    // Without EIM the request falls back to xAPIC destinations.
+    let (mut u, _, _) = unit_with(QEMU_ECAP_FS, QEMU_CAP, cfg);
+    u.init().unwrap();
+    assert!(!u.x2apic_irtes());
+}
+
+#[test]
+fn dma_allocation_failures_are_errors() {
+    for n in 0..8 {
+        let (mut u, _, m) = unit_with(QEMU_ECAP_FS, QEMU_CAP, Config::default());
+        m.0.borrow_mut().fail_after = Some(n);
+        let r = u.init().and_then(|_| {
+            let a = u.create_address_space(SpaceKind::Translated, None)?;
+            u.map(a, 0, 0x1000, 0x1000, Perm::RW)?;
+            u.attach(DEV, a)
+        });
+        assert_eq!(r, Err(VtdError::OutOfDmaMemory), "after {n} allocations");
+    }
+}
+
+#[test]
+fn page_table_split_and_chunks() {
+    let mut m = FakeMem::new();
+    let mut pt = PageTable::new(&mut m, Format::FirstStage, 4, 48, true).unwrap();
+    pt.map(&mut m, 0, 0x20_0000, 4 * PAGE_2M, Perm::RW).unwrap();
+    assert_eq!(pt.table_pages(), 3, "PML4, PDPT, PD: four 2 MiB leaves");
+    let (n, nonleaf) = pt.unmap(&mut m, 0x3000, 0x2000);
+    assert_eq!((n, nonleaf), (0x2000, true));
+    assert_eq!(pt.translate(&m, 0x2000).unwrap().phys, 0x20_2000);
+    assert!(pt.translate(&m, 0x4000).is_none());
+    assert_eq!(pt.translate(&m, 0x5000).unwrap().page_size, 4096);
+    assert_eq!(pt.translate(&m, 0x20_0000).unwrap().page_size, PAGE_2M);
+    // Re-mapping 2 MiB over a leftover page table uses 4 KiB pages.
+    pt.unmap(&mut m, 0, PAGE_2M);
+    pt.map(&mut m, 0, 0x80_0000, PAGE_2M, Perm::RO).unwrap();
+    assert_eq!(pt.translate(&m, 0x1000).unwrap().page_size, 4096);
+    assert_eq!(pt.unmap(&mut m, 0x100_0000, 0x1000), (0, false));
+    pt.free(&mut m);
+    assert_eq!(m.live_blocks(), 0);
+    assert_eq!(
+        invalidation_chunks(0x1000, 0x3000, 18, 16).unwrap(),
+        vec![(0x1000, 0), (0x2000, 1)]
+    );
+    assert_eq!(
+        invalidation_chunks(0, 0x40_0000, 18, 16).unwrap(),
+        vec![(0, 10)]
+    );
+    assert_eq!(invalidation_chunks(0, 0x40_0000, 2, 16), None);
+}

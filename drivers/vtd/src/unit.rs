@@ -1,0 +1,1432 @@
+//! The driver of one remapping unit in scalable mode.
+//!
+//! Bring-up follows vtd.md §9; every table change is followed by the invalidation sequence of
+//! vtd.md §5.4 (plus the device-selective context-cache invalidation QEMU needs around
+//! pass-through changes, §5.6). All waits are bounded by [`Config::timeout_ns`].
+//!
+//! Vocabulary: an *address space* is identified by its PASID and owns a DID and (unless it is
+//! pass-through) a page-table tree in the unit's stage (first stage when ECAP.FSTS, else second
+//! stage). A device *slot* is a PASID-table entry of one device: slot = the space's PASID for
+//! PASID-tagged requests, slot 0 (RID_PASID) for requests without PASID.
+
+use crate::dmar::Bdf;
+use crate::error::{Requirement, VtdError};
+use crate::hw::{Clock, DmaMemory, RegisterBlock};
+use crate::pagetable::{Format, PageTable, Perm, Translation, alloc_block, invalidation_chunks};
+use crate::spec::{
+    self, AW_39, AW_48, Cap, CcGranularity, ContextEntry, Ecap, EventCtl, FaultReason, FaultRecord,
+    Fsts, Gcmd, Gsts, InvDesc, Irte, PasidEntry, Pgtt, RemappableMsi, RootEntry, SourceValidation,
+    iqa, irta, pasid_dir_entry, reg, rtaddr,
+};
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec;
+use alloc::vec::Vec;
+
+/// What requests without PASID see on a device that has no space attached at RID_PASID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RidDefault {
+    /// An empty translated domain: every access faults (and is reported).
+    Blocked,
+    /// Identity (PGTT=100, needs ECAP.PT).
+    PassThrough,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// PASIDs handed out are < 2^pasid_bits; sizes the per-device PASID directory
+    /// (15 → 512-entry 4 KiB directory, PDTS=2). QEMU reports ECAP.PSS=0 but accepts 20 bits.
+    pub pasid_bits: u8,
+    /// IR table holds 2^(S+1) entries (7 → 256 entries, 4 KiB).
+    pub ir_table_order: u8,
+    /// Use x2APIC (32-bit) IRTE destinations when ECAP.EIM allows it.
+    pub x2apic: bool,
+    pub interrupt_remapping: bool,
+    pub rid_default: RidDefault,
+    /// Map with 2 MiB leaves where IOVA, address and length allow.
+    pub large_pages: bool,
+    pub timeout_ns: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            pasid_bits: 15,
+            ir_table_order: 7,
+            x2apic: false,
+            interrupt_remapping: true,
+            rid_default: RidDefault::Blocked,
+            large_pages: true,
+            timeout_ns: 100_000_000,
+        }
+    }
+}
+
+/// The translation stage this unit uses for translated spaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageKind {
+    FirstStage,
+    SecondStage,
+}
+
+/// Kind of an address space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpaceKind {
+    /// Page tables in the unit's stage.
+    Translated,
+    /// Untranslated (PGTT=100).
+    PassThrough,
+}
+
+/// An address space is named by its PASID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AddressSpaceId(pub u32);
+
+/// First IRTE index of an allocation, and how many contiguous entries it spans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IrteHandle {
+    pub index: u16,
+    pub count: u16,
+}
+
+/// Fault statistics since init.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FaultCounters {
+    pub total: u64,
+    /// Times FSTS.PFO was found set (faults were dropped).
+    pub overflows: u64,
+    pub per_source: BTreeMap<u16, u64>,
+    pub per_pasid: BTreeMap<u32, u64>,
+    pub per_reason: BTreeMap<u8, u64>,
+}
+
+/// What one [`RemappingUnit::handle_faults`] call found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FaultBatch {
+    pub records: Vec<FaultRecord>,
+    pub overflow: bool,
+    /// FSTS.IQE was set (handled by the invalidation path, left for it).
+    pub queue_error: bool,
+}
+
+struct Queue {
+    base: u64,
+    slots: usize,
+    tail: usize,
+    status: u64,
+    token: u32,
+}
+
+struct IrState {
+    base: u64,
+    entries: usize,
+    x2apic: bool,
+    used: Vec<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotUse {
+    Default,
+    Space(u32),
+}
+
+struct DeviceTables {
+    dir: u64,
+    dir_bytes: usize,
+    tables: BTreeMap<u32, u64>,
+    slots: BTreeMap<u32, SlotUse>,
+}
+
+struct Space {
+    did: u16,
+    kind: SpaceKind,
+    pt: Option<PageTable>,
+    /// (source ID, slot) pairs whose PASID entry points at this space.
+    attachments: BTreeSet<(u16, u32)>,
+    revoked: bool,
+}
+
+/// Max polls per wait in addition to the clock deadline, so a stopped clock cannot hang us.
+const MAX_POLLS: u64 = 50_000_000;
+/// Beyond this many page-selective descriptors per range, flush the whole PASID/domain instead.
+const MAX_PSI_DESCS: usize = 16;
+
+pub struct RemappingUnit<R: RegisterBlock, M: DmaMemory, C: Clock> {
+    regs: R,
+    mem: M,
+    clock: C,
+    cfg: Config,
+    pub cap: Cap,
+    pub ecap: Ecap,
+    stage: StageKind,
+    ss_levels: u8,
+    phys_bits: u8,
+    qi: Option<Queue>,
+    root: Option<u64>,
+    ctx_tables: BTreeMap<(u8, bool), u64>,
+    devices: BTreeMap<u16, DeviceTables>,
+    spaces: BTreeMap<u32, Space>,
+    did_used: Vec<bool>,
+    blocked: Option<(u16, PageTable)>,
+    pt_did: Option<u16>,
+    ir: Option<IrState>,
+    faults: FaultCounters,
+    fault_event_programmed: bool,
+}
+
+impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
+    /// Reads CAP/ECAP and checks what the configuration needs. Touches no other register.
+    pub fn new(regs: R, mem: M, clock: C, cfg: Config) -> Result<Self, VtdError> {
+        let cap = Cap::from_bits_retain(regs.read64(reg::CAP));
+        let ecap = Ecap::from_bits_retain(regs.read64(reg::ECAP));
+        log::info!("vtd: cap {:#018x} ecap {:#018x}", cap.bits(), ecap.bits());
+        if !ecap.contains(Ecap::SMTS) {
+            return Err(VtdError::Missing(Requirement::ScalableMode));
+        }
+        if !ecap.contains(Ecap::QI) {
+            return Err(VtdError::Missing(Requirement::QueuedInvalidation));
+        }
+        let mgaw = cap.mgaw();
+        let ss_levels = if cap.contains(Cap::SAGAW_48) && mgaw >= 48 {
+            4
+        } else if cap.contains(Cap::SAGAW_39) {
+            3
+        } else {
+            0
+        };
+        let stage = if ecap.contains(Ecap::FSTS) {
+            if mgaw < 48 {
+                return Err(VtdError::Missing(Requirement::FirstStage48Bit));
+            }
+            StageKind::FirstStage
+        } else if ecap.contains(Ecap::SSTS) {
+            if ss_levels == 0 {
+                return Err(VtdError::Missing(Requirement::SecondStageLevels));
+            }
+            StageKind::SecondStage
+        } else {
+            return Err(VtdError::Missing(Requirement::TranslationStage));
+        };
+        if cfg.interrupt_remapping && !ecap.contains(Ecap::IR) {
+            return Err(VtdError::Missing(Requirement::InterruptRemapping));
+        }
+        if cfg.rid_default == RidDefault::PassThrough && !ecap.contains(Ecap::PT) {
+            return Err(VtdError::Missing(Requirement::PassThrough));
+        }
+        let frcd_end = cap.fault_record_offset() + 16 * cap.fault_record_count();
+        // Both tables sit beyond the fixed registers (QEMU: IOTLB at 0xF0, FRCD at 0x220).
+        if cap.fault_record_offset() < 0xc0
+            || frcd_end > 0x1_0000
+            || ecap.iotlb_offset() < 0xc0
+            || ecap.iotlb_offset() > 0xfff0
+        {
+            return Err(VtdError::Missing(Requirement::RegisterLayout));
+        }
+        if cfg.pasid_bits == 0 || cfg.pasid_bits > 20 || cfg.ir_table_order > 15 {
+            return Err(VtdError::BadCount {
+                count: u32::from(cfg.pasid_bits),
+            });
+        }
+        if cfg.pasid_bits > ecap.pasid_bits() {
+            log::warn!(
+                "vtd: ECAP.PSS allows {} PASID bits, using {} (QEMU reports PSS=0 but translates any PASID)",
+                ecap.pasid_bits(),
+                cfg.pasid_bits
+            );
+        }
+        let did_bits = cap.domain_id_bits().min(16);
+        Ok(Self {
+            regs,
+            mem,
+            clock,
+            cfg,
+            cap,
+            ecap,
+            stage,
+            ss_levels,
+            phys_bits: mgaw,
+            qi: None,
+            root: None,
+            ctx_tables: BTreeMap::new(),
+            devices: BTreeMap::new(),
+            spaces: BTreeMap::new(),
+            did_used: vec![false; 1 << did_bits],
+            blocked: None,
+            pt_did: None,
+            ir: None,
+            faults: FaultCounters::default(),
+            fault_event_programmed: false,
+        })
+    }
+
+    pub fn stage(&self) -> StageKind {
+        self.stage
+    }
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+    pub fn memory(&self) -> &M {
+        &self.mem
+    }
+    pub fn registers(&self) -> &R {
+        &self.regs
+    }
+    pub fn root_table(&self) -> Option<u64> {
+        self.root
+    }
+    pub fn x2apic_irtes(&self) -> bool {
+        self.ir.as_ref().is_some_and(|i| i.x2apic)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Bounded waits and the GCMD protocol
+    // -----------------------------------------------------------------------------------------
+
+    fn poll(&self, mut done: impl FnMut(&Self) -> bool) -> bool {
+        let deadline = self.clock.now_ns().saturating_add(self.cfg.timeout_ns);
+        for _ in 0..MAX_POLLS {
+            if done(self) {
+                return true;
+            }
+            if self.clock.now_ns() > deadline {
+                return done(self);
+            }
+            self.clock.relax();
+        }
+        false
+    }
+
+    /// Issues one GCMD command (vtd.md §2.4): persistent bits from GSTS (one-shot status bits
+    /// dropped), exactly one command bit changed, then wait for its status bit. CFI is never
+    /// waited for (QEMU does not implement CFIS).
+    fn gcmd(&mut self, cmd: Gcmd, enable: bool) -> Result<(), VtdError> {
+        let gsts = Gsts::from_bits_retain(self.regs.read32(reg::GSTS));
+        let v = spec::gcmd_value(gsts, cmd, enable);
+        self.regs.write32(reg::GCMD, v.bits());
+        if cmd == Gcmd::CFI {
+            return Ok(());
+        }
+        let want = cmd.status_bit();
+        let ok = self
+            .poll(|s| Gsts::from_bits_retain(s.regs.read32(reg::GSTS)).contains(want) == enable);
+        if ok {
+            Ok(())
+        } else {
+            Err(VtdError::CommandTimeout {
+                command: cmd.bits(),
+            })
+        }
+    }
+
+    pub fn status(&self) -> Gsts {
+        Gsts::from_bits_retain(self.regs.read32(reg::GSTS))
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Bring-up
+    // -----------------------------------------------------------------------------------------
+
+    /// Full bring-up (vtd.md §9 steps 3, 5–10): turn off what firmware left on, queued
+    /// invalidation, interrupt remapping (if configured), root table, TE. Fault reporting is
+    /// configured separately with [`Self::configure_fault_event`] (it needs a vector).
+    pub fn init(&mut self) -> Result<(), VtdError> {
+        self.disable_firmware_state()?;
+        self.clear_stale_faults();
+        self.enable_queued_invalidation()?;
+        if self.cfg.interrupt_remapping {
+            self.enable_interrupt_remapping()?;
+        }
+        self.install_root_table()?;
+        self.gcmd(Gcmd::TE, true)?;
+        log::info!("vtd: translation enabled ({:?})", self.stage);
+        Ok(())
+    }
+
+    fn disable_firmware_state(&mut self) -> Result<(), VtdError> {
+        let g = self.status();
+        for (status, cmd) in [
+            (Gsts::TES, Gcmd::TE),
+            (Gsts::IRES, Gcmd::IRE),
+            (Gsts::QIES, Gcmd::QIE),
+        ] {
+            if g.contains(status) {
+                log::warn!("vtd: firmware left {cmd:?} on; disabling");
+                self.gcmd(cmd, false)
+                    .map_err(|_| VtdError::FirmwareStateStuck)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn enable_queued_invalidation(&mut self) -> Result<(), VtdError> {
+        if self.qi.is_some() {
+            return Ok(());
+        }
+        let base = alloc_block(&mut self.mem, 4096, self.phys_bits)?;
+        let status = match alloc_block(&mut self.mem, 4096, self.phys_bits) {
+            Ok(s) => s,
+            Err(e) => {
+                self.mem.free(base, 4096);
+                return Err(e);
+            }
+        };
+        self.regs.write64(reg::IQT, 0);
+        self.regs.write64(reg::IQA, iqa::encode(base, true, 0));
+        self.qi = Some(Queue {
+            base,
+            slots: iqa::slots_256(0),
+            tail: 0,
+            status,
+            token: 0,
+        });
+        if let Err(e) = self.gcmd(Gcmd::QIE, true) {
+            self.qi = None;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// IRT, SIRTP, IEC global, IRE (vtd.md §9 step 6). Before any device interrupt is used.
+    pub fn enable_interrupt_remapping(&mut self) -> Result<(), VtdError> {
+        if !self.ecap.contains(Ecap::IR) {
+            return Err(VtdError::Missing(Requirement::InterruptRemapping));
+        }
+        if self.ir.is_some() {
+            return Ok(());
+        }
+        let s = self.cfg.ir_table_order;
+        let entries = irta::entries(s);
+        let x2apic = self.cfg.x2apic && self.ecap.contains(Ecap::EIM);
+        if self.cfg.x2apic && !x2apic {
+            log::warn!("vtd: ECAP.EIM=0: IRTEs use 8-bit xAPIC destinations");
+        }
+        let base = alloc_block(&mut self.mem, entries * 16, self.phys_bits)?;
+        self.regs.write64(reg::IRTA, irta::encode(base, x2apic, s));
+        self.gcmd(Gcmd::SIRTP, true)?;
+        self.ir = Some(IrState {
+            base,
+            entries,
+            x2apic,
+            used: vec![false; entries],
+        });
+        self.invalidate(&[InvDesc::iec_global()])?;
+        self.gcmd(Gcmd::IRE, true)?;
+        log::info!(
+            "vtd: interrupt remapping on, {entries} IRTEs, {}",
+            if x2apic { "x2APIC" } else { "xAPIC" }
+        );
+        Ok(())
+    }
+
+    fn install_root_table(&mut self) -> Result<(), VtdError> {
+        let root = alloc_block(&mut self.mem, 4096, self.phys_bits)?;
+        self.root = Some(root);
+        // The shared "blocked" domain: valid entry, empty tables, so RID_PASID is always valid.
+        let did = self.alloc_did()?;
+        let pt = self.new_page_table()?;
+        self.blocked = Some((did, pt));
+        if self.ecap.contains(Ecap::PT) {
+            self.pt_did = Some(self.alloc_did()?);
+        }
+        self.regs
+            .write64(reg::RTADDR, rtaddr::encode(root, rtaddr::TTM_SCALABLE));
+        self.gcmd(Gcmd::SRTP, true)?;
+        // CAP.ESRTPS=0: caches are not flushed by SRTP by contract (vtd.md §5.4 last row).
+        self.invalidate(&[
+            InvDesc::context_cache(CcGranularity::Global),
+            InvDesc::pasid_cache_global(),
+            InvDesc::iotlb_global(),
+        ])
+    }
+
+    fn new_page_table(&mut self) -> Result<PageTable, VtdError> {
+        let (format, levels) = match self.stage {
+            StageKind::FirstStage => (Format::FirstStage, 4),
+            StageKind::SecondStage => (Format::SecondStage, self.ss_levels),
+        };
+        PageTable::new(
+            &mut self.mem,
+            format,
+            levels,
+            self.phys_bits,
+            self.cfg.large_pages,
+        )
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Queued invalidation (vtd.md §5.3)
+    // -----------------------------------------------------------------------------------------
+
+    /// Submits descriptors followed by a status-write wait descriptor and waits for it.
+    /// On FSTS.IQE the offending slot is reported, replaced by a harmless wait, and the queue
+    /// restarted; the call then returns [`VtdError::DescriptorRejected`].
+    pub fn invalidate(&mut self, descs: &[InvDesc]) -> Result<(), VtdError> {
+        let per_batch = self
+            .qi
+            .as_ref()
+            .ok_or(VtdError::NotEnabled("queued invalidation"))?
+            .slots
+            - 2;
+        let mut result = Ok(());
+        for chunk in descs.chunks(per_batch.max(1)) {
+            if let Err(e) = self.submit_batch(chunk) {
+                if e == VtdError::InvalidationQueueStuck || e == VtdError::InvalidationTimeout {
+                    return Err(e);
+                }
+                result = Err(e);
+            }
+        }
+        if descs.is_empty() {
+            return self.submit_batch(&[]);
+        }
+        result
+    }
+
+    fn write_desc(&self, base: u64, slot: usize, d: &InvDesc) {
+        let pa = base + 32 * slot as u64;
+        for (i, q) in d.0.iter().enumerate() {
+            self.mem.write64(pa + 8 * i as u64, *q);
+        }
+    }
+
+    fn submit_batch(&mut self, descs: &[InvDesc]) -> Result<(), VtdError> {
+        let q = self
+            .qi
+            .as_mut()
+            .ok_or(VtdError::NotEnabled("queued invalidation"))?;
+        q.token = q.token.wrapping_add(1).max(1);
+        let (base, slots, status, token) = (q.base, q.slots, q.status, q.token);
+        let mut idx = q.tail;
+        self.mem.write32(status, 0);
+        let wait = InvDesc::wait_status(token, status, true);
+        for d in descs.iter().chain(core::iter::once(&wait)) {
+            self.write_desc(base, idx, d);
+            idx = (idx + 1) % slots;
+        }
+        if let Some(q) = self.qi.as_mut() {
+            q.tail = idx;
+        }
+        self.mem.barrier();
+        self.regs.write64(reg::IQT, iqa::tail_256(idx));
+
+        let mut rejected = None;
+        let mut recoveries = 0;
+        let deadline = self.clock.now_ns().saturating_add(self.cfg.timeout_ns);
+        for _ in 0..MAX_POLLS {
+            if self.mem.read32(status) == token {
+                return rejected.map_or(Ok(()), Err);
+            }
+            let fsts = Fsts::from_bits_retain(self.regs.read32(reg::FSTS));
+            if fsts.contains(Fsts::IQE) {
+                recoveries += 1;
+                let head = iqa::index_256(self.regs.read64(reg::IQH)) % slots;
+                let pa = base + 32 * head as u64;
+                let bad = [
+                    self.mem.read64(pa),
+                    self.mem.read64(pa + 8),
+                    self.mem.read64(pa + 16),
+                    self.mem.read64(pa + 24),
+                ];
+                log::error!(
+                    "vtd: invalidation descriptor rejected at slot {head}: {:#x?}",
+                    bad
+                );
+                if recoveries > 2 {
+                    self.regs.write32(reg::FSTS, Fsts::IQE.bits());
+                    return Err(VtdError::InvalidationQueueStuck);
+                }
+                rejected.get_or_insert(VtdError::DescriptorRejected {
+                    qw0: bad[0],
+                    qw1: bad[1],
+                });
+                // A wait that writes a different value: harmless, and cannot match `token`.
+                self.write_desc(
+                    base,
+                    head,
+                    &InvDesc::wait_status(token ^ 0x8000_0000, status, true),
+                );
+                self.mem.barrier();
+                self.regs.write32(reg::FSTS, Fsts::IQE.bits());
+                self.regs.write64(reg::IQT, iqa::tail_256(idx));
+                continue;
+            }
+            if self.clock.now_ns() > deadline {
+                break;
+            }
+            self.clock.relax();
+        }
+        if self.mem.read32(status) == token {
+            return rejected.map_or(Ok(()), Err);
+        }
+        log::error!("vtd: invalidation wait timed out (token {token})");
+        Err(VtdError::InvalidationTimeout)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Domain IDs and PASIDs
+    // -----------------------------------------------------------------------------------------
+
+    fn alloc_did(&mut self) -> Result<u16, VtdError> {
+        // DID 0 is reserved (it tags not-present entries when CM=1).
+        let i = (1..self.did_used.len())
+            .find(|&i| !self.did_used[i])
+            .ok_or(VtdError::DomainIdsExhausted)?;
+        self.did_used[i] = true;
+        Ok(i as u16)
+    }
+
+    fn free_did(&mut self, did: u16) {
+        if let Some(u) = self.did_used.get_mut(usize::from(did)) {
+            *u = false;
+        }
+    }
+
+    fn pasid_limit(&self) -> u32 {
+        1 << self.cfg.pasid_bits
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Scalable-mode structures
+    // -----------------------------------------------------------------------------------------
+
+    fn pdts(&self) -> (u8, usize) {
+        // Directory entries cover 64 PASIDs each; at least 2^7 entries (PDTS=0).
+        let entries = (1usize << self.cfg.pasid_bits.saturating_sub(6)).max(128);
+        let pdts = (entries.trailing_zeros() - 7) as u8;
+        (pdts, (entries * 8).max(4096))
+    }
+
+    /// Creates the context entry of a device (with its PASID directory and a valid RID_PASID
+    /// entry) if it has none yet.
+    pub fn prepare_device(&mut self, bdf: Bdf) -> Result<(), VtdError> {
+        let sid = bdf.sid();
+        if self.devices.contains_key(&sid) {
+            return Ok(());
+        }
+        let root = self.root.ok_or(VtdError::NotEnabled("root table"))?;
+        let upper = bdf.devfn() >= 128;
+        let ctx = match self.ctx_tables.get(&(bdf.bus, upper)) {
+            Some(c) => *c,
+            None => {
+                let c = alloc_block(&mut self.mem, 4096, self.phys_bits)?;
+                self.ctx_tables.insert((bdf.bus, upper), c);
+                let slot = root + 16 * u64::from(bdf.bus);
+                let mut re = RootEntry::decode([self.mem.read64(slot), self.mem.read64(slot + 8)]);
+                if upper {
+                    re.upper = Some(c);
+                } else {
+                    re.lower = Some(c);
+                }
+                let q = re.encode();
+                self.mem.write64(slot + 8, q[1]);
+                self.mem.write64(slot, q[0]);
+                c
+            }
+        };
+        let (pdts, dir_bytes) = self.pdts();
+        let dir = alloc_block(&mut self.mem, dir_bytes, self.phys_bits)?;
+        self.devices.insert(
+            sid,
+            DeviceTables {
+                dir,
+                dir_bytes,
+                tables: BTreeMap::new(),
+                slots: BTreeMap::new(),
+            },
+        );
+        // RID_PASID must be valid before the context entry can be used (vtd.md §3.3).
+        let default = self.default_rid_entry()?;
+        self.write_pasid_entry(sid, 0, Some(default))?;
+        if let Some(d) = self.devices.get_mut(&sid) {
+            d.slots.insert(0, SlotUse::Default);
+        }
+        let ce = ContextEntry {
+            present: true,
+            fpd: false,
+            dte: false,
+            pasid_enable: true,
+            pre: false,
+            pdts,
+            pasid_dir: dir,
+            rid_pasid: 0,
+            rid_priv: false,
+        }
+        .encode();
+        let pa = ctx + 32 * u64::from(bdf.devfn() & 0x7f);
+        for i in (1..4).rev() {
+            self.mem.write64(pa + 8 * i as u64, ce[i]);
+        }
+        self.mem.barrier();
+        self.mem.write64(pa, ce[0]);
+        // Not-present → present needs nothing with CM=0; the device-selective invalidation
+        // covers CM=1 and re-evaluates QEMU's address-space switch (vtd.md §5.4(a)).
+        self.invalidate(&[InvDesc::context_cache(CcGranularity::Device { sid, fm: 0 })])
+    }
+
+    fn default_rid_entry(&self) -> Result<PasidEntry, VtdError> {
+        match self.cfg.rid_default {
+            RidDefault::PassThrough => {
+                let did = self
+                    .pt_did
+                    .ok_or(VtdError::Missing(Requirement::PassThrough))?;
+                Ok(PasidEntry::pass_through(did))
+            }
+            RidDefault::Blocked => {
+                let (did, pt) = self
+                    .blocked
+                    .as_ref()
+                    .ok_or(VtdError::NotEnabled("root table"))?;
+                Ok(self.translated_entry(*did, pt.root))
+            }
+        }
+    }
+
+    fn translated_entry(&self, did: u16, root: u64) -> PasidEntry {
+        match self.stage {
+            StageKind::FirstStage => PasidEntry::first_stage(did, root),
+            StageKind::SecondStage => {
+                PasidEntry::second_stage(did, root, if self.ss_levels == 4 { AW_48 } else { AW_39 })
+            }
+        }
+    }
+
+    fn space_entry(&self, pasid: u32) -> Result<PasidEntry, VtdError> {
+        let sp = self
+            .spaces
+            .get(&pasid)
+            .ok_or(VtdError::NoSuchAddressSpace { pasid })?;
+        Ok(match (&sp.kind, &sp.pt) {
+            (SpaceKind::Translated, Some(pt)) => self.translated_entry(sp.did, pt.root),
+            _ => PasidEntry::pass_through(sp.did),
+        })
+    }
+
+    /// Physical address of a device's PASID-table entry, allocating the PASID table lazily.
+    fn pasid_entry_addr(&mut self, sid: u16, slot: u32) -> Result<u64, VtdError> {
+        let phys_bits = self.phys_bits;
+        let dev = self
+            .devices
+            .get(&sid)
+            .ok_or(VtdError::NotAttached { sid, pasid: slot })?;
+        let dir_idx = slot >> 6;
+        if u64::from(dir_idx) * 8 >= dev.dir_bytes as u64 {
+            return Err(VtdError::PasidOutOfRange { pasid: slot });
+        }
+        let dir = dev.dir;
+        let table = match dev.tables.get(&dir_idx) {
+            Some(t) => *t,
+            None => {
+                let t = alloc_block(&mut self.mem, 4096, phys_bits)?;
+                // Not-present → present directory entry: covered by the PASID-cache
+                // invalidation that follows the entry write.
+                self.mem
+                    .write64(dir + 8 * u64::from(dir_idx), pasid_dir_entry::encode(t));
+                if let Some(d) = self.devices.get_mut(&sid) {
+                    d.tables.insert(dir_idx, t);
+                }
+                t
+            }
+        };
+        Ok(table + 64 * u64::from(slot & 0x3f))
+    }
+
+    fn read_pasid_entry(&self, pa: u64) -> [u64; 8] {
+        core::array::from_fn(|i| self.mem.read64(pa + 8 * i as u64))
+    }
+
+    /// The §5.4(b') flush for an entry that was present: PASID cache (DID, PASID), then the
+    /// IOTLB flavour matching its PGTT, plus the device-selective context-cache invalidation
+    /// QEMU needs when PT is involved (done always: cheap).
+    fn entry_flush(sid: u16, slot: u32, e: &PasidEntry) -> [InvDesc; 3] {
+        let tlb = match e.pgtt {
+            Pgtt::FirstStage | Pgtt::PassThrough => InvDesc::piotlb_pasid(e.did, slot),
+            Pgtt::SecondStage | Pgtt::Nested => InvDesc::iotlb_domain(e.did),
+        };
+        [
+            InvDesc::pasid_cache_pasid(e.did, slot),
+            tlb,
+            InvDesc::context_cache(CcGranularity::Device { sid, fm: 0 }),
+        ]
+    }
+
+    /// Replaces a device's PASID entry. Present → anything goes through "clear qword 0,
+    /// invalidate" first (a 512-bit entry cannot be written atomically), then the new entry is
+    /// written with qword 0 last and invalidated again (covers CM=1 and QEMU's PT switch).
+    fn write_pasid_entry(
+        &mut self,
+        sid: u16,
+        slot: u32,
+        new: Option<PasidEntry>,
+    ) -> Result<(), VtdError> {
+        let pa = self.pasid_entry_addr(sid, slot)?;
+        let old_raw = self.read_pasid_entry(pa);
+        if let Some(old) = PasidEntry::decode(&old_raw).filter(|_| old_raw[0] != 0) {
+            // Zeroing qword 0 clears P and PGTT: QEMU ignores P of non-RID_PASID entries
+            // (vtd.md §3.6), a zero PGTT makes it fault.
+            self.mem.write64(pa, 0);
+            self.mem.barrier();
+            self.invalidate(&Self::entry_flush(sid, slot, &old))?;
+            for i in 1..8 {
+                self.mem.write64(pa + 8 * i, 0);
+            }
+        }
+        if let Some(e) = new {
+            let q = e.encode();
+            for i in (1..8).rev() {
+                self.mem.write64(pa + 8 * i as u64, q[i]);
+            }
+            self.mem.barrier();
+            self.mem.write64(pa, q[0]);
+            self.invalidate(&Self::entry_flush(sid, slot, &e))?;
+        }
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Address spaces
+    // -----------------------------------------------------------------------------------------
+
+    /// Creates an address space. `pasid`: a specific PASID (to keep PASIDs consistent across
+    /// units), or None to allocate the lowest free one ≥ 1.
+    pub fn create_address_space(
+        &mut self,
+        kind: SpaceKind,
+        pasid: Option<u32>,
+    ) -> Result<AddressSpaceId, VtdError> {
+        if self.root.is_none() {
+            return Err(VtdError::NotEnabled("root table"));
+        }
+        if kind == SpaceKind::PassThrough && !self.ecap.contains(Ecap::PT) {
+            return Err(VtdError::Missing(Requirement::PassThrough));
+        }
+        let limit = self.pasid_limit();
+        let pasid = match pasid {
+            Some(p) if p == 0 || p >= limit => return Err(VtdError::PasidOutOfRange { pasid: p }),
+            Some(p) if self.spaces.contains_key(&p) => {
+                return Err(VtdError::PasidInUse { pasid: p });
+            }
+            Some(p) => p,
+            None => (1..limit)
+                .find(|p| !self.spaces.contains_key(p))
+                .ok_or(VtdError::PasidsExhausted)?,
+        };
+        let did = self.alloc_did()?;
+        let pt = match kind {
+            SpaceKind::Translated => match self.new_page_table() {
+                Ok(pt) => Some(pt),
+                Err(e) => {
+                    self.free_did(did);
+                    return Err(e);
+                }
+            },
+            SpaceKind::PassThrough => None,
+        };
+        self.spaces.insert(
+            pasid,
+            Space {
+                did,
+                kind,
+                pt,
+                attachments: BTreeSet::new(),
+                revoked: false,
+            },
+        );
+        log::debug!("vtd: address space pasid {pasid} did {did} {kind:?}");
+        Ok(AddressSpaceId(pasid))
+    }
+
+    pub fn domain_id(&self, id: AddressSpaceId) -> Option<u16> {
+        self.spaces.get(&id.0).map(|s| s.did)
+    }
+
+    /// Root of the space's page tables (the FSPTPTR/SSPTPTR its PASID entries carry).
+    pub fn page_table_root(&self, id: AddressSpaceId) -> Option<u64> {
+        self.spaces
+            .get(&id.0)
+            .and_then(|s| s.pt.as_ref())
+            .map(|p| p.root)
+    }
+
+    fn space_mut(&mut self, id: AddressSpaceId) -> Result<&mut Space, VtdError> {
+        self.spaces
+            .get_mut(&id.0)
+            .ok_or(VtdError::NoSuchAddressSpace { pasid: id.0 })
+    }
+
+    /// Maps `[iova, iova+len)` → `[phys, phys+len)`. Refuses the interrupt window.
+    pub fn map(
+        &mut self,
+        id: AddressSpaceId,
+        iova: u64,
+        phys: u64,
+        len: u64,
+        perm: Perm,
+    ) -> Result<(), VtdError> {
+        let mem = &mut self.mem;
+        let sp = self
+            .spaces
+            .get_mut(&id.0)
+            .ok_or(VtdError::NoSuchAddressSpace { pasid: id.0 })?;
+        if sp.revoked {
+            return Err(VtdError::AddressSpaceRevoked { pasid: id.0 });
+        }
+        let pt = sp
+            .pt
+            .as_mut()
+            .ok_or(VtdError::NoPageTable { pasid: id.0 })?;
+        pt.map(mem, iova, phys, len, perm)?;
+        // Not-present → present needs no invalidation unless the unit caches not-present
+        // entries (CM=1), vtd.md §5.4(c).
+        if self.cap.contains(Cap::CM) {
+            self.flush_range(id.0, iova, len)?;
+        }
+        Ok(())
+    }
+
+    /// Unmaps the range and invalidates it in every PASID the space is attached at. Returns
+    /// the number of bytes that were mapped.
+    pub fn unmap(&mut self, id: AddressSpaceId, iova: u64, len: u64) -> Result<u64, VtdError> {
+        if len == 0
+            || !iova.is_multiple_of(4096)
+            || !len.is_multiple_of(4096)
+            || iova.checked_add(len).is_none()
+        {
+            return Err(VtdError::BadRange { iova, len });
+        }
+        let mem = &mut self.mem;
+        let sp = self
+            .spaces
+            .get_mut(&id.0)
+            .ok_or(VtdError::NoSuchAddressSpace { pasid: id.0 })?;
+        let pt = sp
+            .pt
+            .as_mut()
+            .ok_or(VtdError::NoPageTable { pasid: id.0 })?;
+        let (done, _nonleaf) = pt.unmap(mem, iova, len);
+        self.flush_range(id.0, iova, len)?;
+        Ok(done)
+    }
+
+    /// §5.4(c)/(c'): PASID-based IOTLB page-selective per attached slot (first stage) or IOTLB
+    /// page-selective per domain (second stage); whole-PASID / whole-domain for large ranges.
+    /// IH is left 0: paging-structure caches are flushed too (table pages may have changed).
+    fn flush_range(&mut self, pasid: u32, iova: u64, len: u64) -> Result<(), VtdError> {
+        let sp = self
+            .spaces
+            .get(&pasid)
+            .ok_or(VtdError::NoSuchAddressSpace { pasid })?;
+        let slots: BTreeSet<u32> = sp.attachments.iter().map(|(_, s)| *s).collect();
+        if slots.is_empty() {
+            return Ok(());
+        }
+        let chunks = invalidation_chunks(iova, len, self.cap.mamv(), MAX_PSI_DESCS);
+        let mut descs = Vec::new();
+        match self.stage {
+            StageKind::FirstStage => {
+                for slot in &slots {
+                    match &chunks {
+                        Some(c) => descs
+                            .extend(c.iter().map(|(a, am)| {
+                                InvDesc::piotlb_page(sp.did, *slot, *a, *am, false)
+                            })),
+                        None => descs.push(InvDesc::piotlb_pasid(sp.did, *slot)),
+                    }
+                }
+            }
+            StageKind::SecondStage => match (&chunks, self.cap.contains(Cap::PSI)) {
+                (Some(c), true) => descs.extend(
+                    c.iter()
+                        .map(|(a, am)| InvDesc::iotlb_page(sp.did, *a, *am, false)),
+                ),
+                _ => descs.push(InvDesc::iotlb_domain(sp.did)),
+            },
+        }
+        self.invalidate(&descs)
+    }
+
+    /// Software walk of the space's page tables.
+    pub fn translate(&self, id: AddressSpaceId, iova: u64) -> Option<Translation> {
+        let sp = self.spaces.get(&id.0)?;
+        if sp.revoked {
+            return None;
+        }
+        sp.pt.as_ref()?.translate(&self.mem, iova)
+    }
+
+    /// Lets `bdf` issue requests tagged with the space's PASID.
+    pub fn attach(&mut self, bdf: Bdf, id: AddressSpaceId) -> Result<(), VtdError> {
+        self.attach_slot(bdf, id, id.0)
+    }
+
+    /// Makes the space the one `bdf`'s requests without PASID (RID_PASID = 0) go through.
+    pub fn attach_rid_pasid(&mut self, bdf: Bdf, id: AddressSpaceId) -> Result<(), VtdError> {
+        self.attach_slot(bdf, id, 0)
+    }
+
+    fn attach_slot(&mut self, bdf: Bdf, id: AddressSpaceId, slot: u32) -> Result<(), VtdError> {
+        let sid = bdf.sid();
+        let sp = self
+            .spaces
+            .get(&id.0)
+            .ok_or(VtdError::NoSuchAddressSpace { pasid: id.0 })?;
+        if sp.revoked {
+            return Err(VtdError::AddressSpaceRevoked { pasid: id.0 });
+        }
+        self.prepare_device(bdf)?;
+        let current = self
+            .devices
+            .get(&sid)
+            .and_then(|d| d.slots.get(&slot).copied());
+        match current {
+            Some(SlotUse::Space(p)) if p == id.0 => return Ok(()),
+            Some(SlotUse::Space(_)) => return Err(VtdError::AlreadyAttached { sid, pasid: slot }),
+            _ => {}
+        }
+        let e = self.space_entry(id.0)?;
+        self.write_pasid_entry(sid, slot, Some(e))?;
+        if let Some(d) = self.devices.get_mut(&sid) {
+            d.slots.insert(slot, SlotUse::Space(id.0));
+        }
+        self.space_mut(id)?.attachments.insert((sid, slot));
+        Ok(())
+    }
+
+    pub fn detach(&mut self, bdf: Bdf, id: AddressSpaceId) -> Result<(), VtdError> {
+        self.detach_slot(bdf.sid(), id, id.0)
+    }
+
+    /// Returns `bdf`'s requests without PASID to the default (blocked or pass-through).
+    pub fn detach_rid_pasid(&mut self, bdf: Bdf, id: AddressSpaceId) -> Result<(), VtdError> {
+        self.detach_slot(bdf.sid(), id, 0)
+    }
+
+    fn detach_slot(&mut self, sid: u16, id: AddressSpaceId, slot: u32) -> Result<(), VtdError> {
+        let current = self
+            .devices
+            .get(&sid)
+            .and_then(|d| d.slots.get(&slot).copied());
+        if current != Some(SlotUse::Space(id.0)) {
+            return Err(VtdError::NotAttached { sid, pasid: slot });
+        }
+        let new = if slot == 0 {
+            Some(self.default_rid_entry()?)
+        } else {
+            None
+        };
+        self.write_pasid_entry(sid, slot, new)?;
+        if let Some(d) = self.devices.get_mut(&sid) {
+            if slot == 0 {
+                d.slots.insert(0, SlotUse::Default);
+            } else {
+                d.slots.remove(&slot);
+            }
+        }
+        self.space_mut(id)?.attachments.remove(&(sid, slot));
+        Ok(())
+    }
+
+    /// Revokes a space: every PASID entry pointing at it is cleared (qword 0 ← 0) and
+    /// invalidated, RID_PASID slots fall back to the default, so any later DMA with it faults.
+    /// The space keeps its page tables until [`Self::destroy_address_space`].
+    pub fn revoke(&mut self, id: AddressSpaceId) -> Result<(), VtdError> {
+        let atts: Vec<(u16, u32)> = self.space_mut(id)?.attachments.iter().copied().collect();
+        let mut first_err = Ok(());
+        for (sid, slot) in atts {
+            if let Err(e) = self.detach_slot(sid, id, slot) {
+                log::error!("vtd: revoking pasid {} on sid {sid:#06x}: {e}", id.0);
+                if first_err.is_ok() {
+                    first_err = Err(e);
+                }
+            }
+        }
+        self.space_mut(id)?.revoked = true;
+        first_err
+    }
+
+    /// Revokes (if needed) and frees the space's tables, DID and PASID.
+    pub fn destroy_address_space(&mut self, id: AddressSpaceId) -> Result<(), VtdError> {
+        self.revoke(id)?;
+        let sp = self
+            .spaces
+            .remove(&id.0)
+            .ok_or(VtdError::NoSuchAddressSpace { pasid: id.0 })?;
+        if let Some(pt) = sp.pt {
+            pt.free(&mut self.mem);
+        }
+        self.free_did(sp.did);
+        Ok(())
+    }
+
+    /// Walks the unit's structures from the root table exactly as the hardware does for a
+    /// request from `bdf` (with `pasid`, or none → RID_PASID), returning the translation or
+    /// the fault reason the unit would record. Diagnostics and tests.
+    pub fn hardware_walk(
+        &self,
+        bdf: Bdf,
+        pasid: Option<u32>,
+        iova: u64,
+        write: bool,
+    ) -> Result<Translation, FaultReason> {
+        let root = self.root.ok_or(FaultReason::RootTableUnreadable)?;
+        let slot = root + 16 * u64::from(bdf.bus);
+        let re = RootEntry::decode([self.mem.read64(slot), self.mem.read64(slot + 8)]);
+        let ctx = if bdf.devfn() >= 128 {
+            re.upper
+        } else {
+            re.lower
+        }
+        .ok_or(FaultReason::RootEntryNotPresent)?;
+        let cpa = ctx + 32 * u64::from(bdf.devfn() & 0x7f);
+        let craw: [u64; 4] = core::array::from_fn(|i| self.mem.read64(cpa + 8 * i as u64));
+        let ce = ContextEntry::decode(craw);
+        if !ce.present {
+            return Err(FaultReason::ContextEntryNotPresent);
+        }
+        if !ContextEntry::reserved_bits_clear(craw) {
+            return Err(FaultReason::ContextEntryReserved);
+        }
+        let p = pasid.unwrap_or(ce.rid_pasid);
+        if u64::from(p >> 6) >= 1u64 << (ce.pdts + 7) {
+            return Err(FaultReason::PasidDirEntryNotPresent);
+        }
+        let de = self.mem.read64(ce.pasid_dir + 8 * u64::from(p >> 6));
+        let table = pasid_dir_entry::decode(de).ok_or(FaultReason::PasidDirEntryNotPresent)?;
+        let e = self.read_pasid_entry(table + 64 * u64::from(p & 0x3f));
+        let pe = PasidEntry::decode(&e).ok_or(FaultReason::InvalidPasidEntry)?;
+        if !pe.present {
+            return Err(FaultReason::PasidEntryNotPresent);
+        }
+        let (format, levels, root) = match pe.pgtt {
+            Pgtt::PassThrough => {
+                return Ok(Translation {
+                    phys: iova,
+                    perm: Perm::RW,
+                    page_size: 4096,
+                });
+            }
+            Pgtt::FirstStage => (Format::FirstStage, 4u8, pe.fs_root),
+            Pgtt::SecondStage => (
+                Format::SecondStage,
+                if pe.aw == AW_39 { 3 } else { 4 },
+                pe.ss_root,
+            ),
+            Pgtt::Nested => return Err(FaultReason::InvalidPasidEntry),
+        };
+        let mut table = root;
+        let mut level = levels;
+        let mut writable = true;
+        loop {
+            let ent = self
+                .mem
+                .read64(table + 8 * ((iova >> (12 + 9 * (u64::from(level) - 1))) & 0x1ff));
+            let (present, w, leaf_large) = match format {
+                Format::FirstStage => {
+                    if ent & 1 == 0 {
+                        return Err(FaultReason::FsEntryNotPresent);
+                    }
+                    if ent & 4 == 0 {
+                        return Err(FaultReason::UserSupervisorViolation);
+                    }
+                    (true, ent & 2 != 0, ent & 0x80 != 0 && level <= 3)
+                }
+                Format::SecondStage => (ent & 3 != 0, ent & 2 != 0, ent & 0x80 != 0 && level <= 3),
+            };
+            if !present {
+                return Err(FaultReason::ReadNotPermitted);
+            }
+            writable &= w;
+            if level == 1 || leaf_large {
+                if write && !writable {
+                    return Err(match format {
+                        Format::FirstStage => FaultReason::SmWriteNotPermitted,
+                        Format::SecondStage => FaultReason::WriteNotPermitted,
+                    });
+                }
+                let size = 1u64 << (12 + 9 * (u64::from(level) - 1));
+                let phys = (ent & spec::PTE_ADDR_MASK & !(size - 1)) + (iova & (size - 1));
+                return Ok(Translation {
+                    phys,
+                    perm: Perm {
+                        read: true,
+                        write: writable,
+                    },
+                    page_size: size,
+                });
+            }
+            table = ent & spec::PTE_ADDR_MASK;
+            level -= 1;
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Fault reporting (vtd.md §7)
+    // -----------------------------------------------------------------------------------------
+
+    /// Programs the fault-event MSI in compatibility format (it is never remapped) and unmasks
+    /// it. `apic_id` must fit 8 bits (FEUADDR is not used).
+    pub fn configure_fault_event(&mut self, apic_id: u32, vector: u8) -> Result<(), VtdError> {
+        let id = u8::try_from(apic_id).map_err(|_| VtdError::ApicIdTooWide { apic_id })?;
+        if vector < 16 {
+            return Err(VtdError::BadVector { vector });
+        }
+        self.regs.write32(reg::FECTL, EventCtl::IM.bits());
+        self.regs.write32(reg::FEDATA, u32::from(vector));
+        self.regs.write32(reg::FEADDR, spec::event_msi_address(id));
+        self.clear_stale_faults();
+        self.regs.write32(reg::FECTL, 0);
+        self.fault_event_programmed = true;
+        Ok(())
+    }
+
+    fn frcd_offset(&self, i: usize) -> usize {
+        self.cap.fault_record_offset() + 16 * i
+    }
+
+    fn clear_stale_faults(&mut self) {
+        for i in 0..self.cap.fault_record_count() {
+            let off = self.frcd_offset(i);
+            if self.regs.read64(off + 8) & spec::FRCD_F != 0 {
+                self.regs.write32(off + 12, (spec::FRCD_F >> 32) as u32);
+            }
+        }
+        self.regs.write32(reg::FSTS, (Fsts::PFO | Fsts::IQE).bits());
+    }
+
+    /// The fault-event handler body: reads pending fault records from FSTS.FRI on, decodes,
+    /// counts and clears them, then clears PFO. Bounded by the number of records.
+    pub fn handle_faults(&mut self) -> FaultBatch {
+        let mut out = FaultBatch::default();
+        let fsts = Fsts::from_bits_retain(self.regs.read32(reg::FSTS));
+        let n = self.cap.fault_record_count();
+        if fsts.contains(Fsts::PPF) {
+            let mut i = fsts.fri() % n;
+            for _ in 0..n {
+                let off = self.frcd_offset(i);
+                // High qword first: F lives there, and the low qword is valid once F is seen.
+                let hi = self.regs.read64(off + 8);
+                let Some(rec) = FaultRecord::decode(self.regs.read64(off), hi) else {
+                    break;
+                };
+                self.regs.write32(off + 12, (spec::FRCD_F >> 32) as u32);
+                self.count_fault(&rec);
+                log::warn!(
+                    "vtd fault: sid {} pasid {:?} {} addr {:#x} reason {:#04x} ({})",
+                    Bdf::from_sid(rec.source_id),
+                    rec.pasid,
+                    if rec.is_read { "read" } else { "write" },
+                    rec.interrupt_index.map_or(rec.address, u64::from),
+                    rec.code,
+                    rec.reason.name()
+                );
+                out.records.push(rec);
+                i = (i + 1) % n;
+            }
+        }
+        if fsts.contains(Fsts::PFO) {
+            out.overflow = true;
+            self.faults.overflows += 1;
+            log::warn!("vtd: primary fault overflow: faults were dropped");
+            self.regs.write32(reg::FSTS, Fsts::PFO.bits());
+        }
+        out.queue_error = fsts.contains(Fsts::IQE);
+        out
+    }
+
+    fn count_fault(&mut self, r: &FaultRecord) {
+        self.faults.total += 1;
+        *self.faults.per_source.entry(r.source_id).or_default() += 1;
+        if let Some(p) = r.pasid {
+            *self.faults.per_pasid.entry(p).or_default() += 1;
+        }
+        *self.faults.per_reason.entry(r.code).or_default() += 1;
+    }
+
+    pub fn fault_counters(&self) -> &FaultCounters {
+        &self.faults
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Interrupt remapping (vtd.md §6)
+    // -----------------------------------------------------------------------------------------
+
+    fn ir(&self) -> Result<&IrState, VtdError> {
+        self.ir
+            .as_ref()
+            .ok_or(VtdError::NotEnabled("interrupt remapping"))
+    }
+
+    fn irte_entry(
+        &self,
+        x2apic: bool,
+        apic_id: u32,
+        vector: u8,
+        source: SourceValidation,
+    ) -> Result<Irte, VtdError> {
+        if !x2apic && apic_id > 0xff {
+            return Err(VtdError::ApicIdTooWide { apic_id });
+        }
+        if vector < 16 {
+            return Err(VtdError::BadVector { vector });
+        }
+        Ok(Irte::fixed(vector, apic_id, x2apic, source))
+    }
+
+    /// Allocates `count` contiguous IRTEs (count > 1 for multi-message MSI: the device adds
+    /// the message number to the subhandle) delivering `vector` to `apic_id`, edge, fixed,
+    /// physical, with the given source validation (use `RequesterId { sid, sq: 0 }`).
+    pub fn alloc_irte(
+        &mut self,
+        apic_id: u32,
+        vector: u8,
+        source: SourceValidation,
+        count: u16,
+    ) -> Result<IrteHandle, VtdError> {
+        if count == 0 || !count.is_power_of_two() {
+            return Err(VtdError::BadCount {
+                count: u32::from(count),
+            });
+        }
+        let ir = self.ir()?;
+        let e = self.irte_entry(ir.x2apic, apic_id, vector, source)?;
+        let n = usize::from(count);
+        // Multi-message blocks are aligned to their size so an index-selective IEC (IM) covers them.
+        let start = (0..ir.entries.saturating_sub(n - 1))
+            .step_by(n)
+            .find(|&s| ir.used[s..s + n].iter().all(|u| !u))
+            .ok_or(VtdError::IrteExhausted)?;
+        let base = ir.base;
+        let q = e.encode();
+        for i in start..start + n {
+            let pa = base + 16 * i as u64;
+            self.mem.write64(pa + 8, q[1]);
+            self.mem.barrier();
+            self.mem.write64(pa, q[0]);
+        }
+        if let Some(ir) = self.ir.as_mut() {
+            ir.used[start..start + n].iter_mut().for_each(|u| *u = true);
+        }
+        let handle = IrteHandle {
+            index: start as u16,
+            count,
+        };
+        self.invalidate(&[self.iec_for(handle)])?;
+        Ok(handle)
+    }
+
+    fn iec_for(&self, h: IrteHandle) -> InvDesc {
+        let im = h.count.trailing_zeros() as u8;
+        if im <= self.ecap.mhmv() {
+            InvDesc::iec_index(h.index, im)
+        } else {
+            InvDesc::iec_global()
+        }
+    }
+
+    fn check_handle(&self, h: IrteHandle) -> Result<u64, VtdError> {
+        let ir = self.ir()?;
+        let (s, n) = (usize::from(h.index), usize::from(h.count));
+        if n == 0 || s + n > ir.entries || !ir.used[s..s + n].iter().all(|u| *u) {
+            return Err(VtdError::BadIrteHandle { handle: h.index });
+        }
+        Ok(ir.base)
+    }
+
+    /// The remappable MSI message (SHV=1, subhandle 0) for a handle.
+    pub fn msi_message(&self, h: IrteHandle) -> Result<RemappableMsi, VtdError> {
+        self.check_handle(h)?;
+        Ok(RemappableMsi::for_handle(h.index))
+    }
+
+    /// IOAPIC RTE in remappable format; the vector must equal the IRTE's (EOI matching).
+    pub fn ioapic_rte(
+        &self,
+        h: IrteHandle,
+        level_triggered: bool,
+        masked: bool,
+    ) -> Result<u64, VtdError> {
+        let base = self.check_handle(h)?;
+        let e = Irte::decode(
+            [self.mem.read64(base + 16 * u64::from(h.index)), 0],
+            self.x2apic_irtes(),
+        );
+        Ok(spec::ioapic_rte(h.index, e.vector, level_triggered, masked))
+    }
+
+    pub fn read_irte(&self, index: u16) -> Result<Irte, VtdError> {
+        let ir = self.ir()?;
+        if usize::from(index) >= ir.entries {
+            return Err(VtdError::BadIrteHandle { handle: index });
+        }
+        let pa = ir.base + 16 * u64::from(index);
+        Ok(Irte::decode(
+            [self.mem.read64(pa), self.mem.read64(pa + 8)],
+            ir.x2apic,
+        ))
+    }
+
+    /// Changes destination and vector of present IRTEs. Both live in qword 0, so each entry is
+    /// updated by one 64-bit store (atomic present → present, vtd.md §5.4(d)), then IEC.
+    pub fn retarget_irte(
+        &mut self,
+        h: IrteHandle,
+        apic_id: u32,
+        vector: u8,
+    ) -> Result<(), VtdError> {
+        let base = self.check_handle(h)?;
+        let x2 = self.x2apic_irtes();
+        for i in h.index..h.index + h.count {
+            let pa = base + 16 * u64::from(i);
+            let old = Irte::decode([self.mem.read64(pa), self.mem.read64(pa + 8)], x2);
+            let mut e = self.irte_entry(x2, apic_id, vector, old.svt)?;
+            e.level_triggered = old.level_triggered;
+            self.mem.write64(pa, e.encode()[0]);
+        }
+        self.invalidate(&[self.iec_for(h)])
+    }
+
+    /// Changes source validation: qword 1 cannot change atomically with qword 0, so the entry
+    /// goes not-present, is invalidated, rewritten and made present again.
+    pub fn set_irte_source(
+        &mut self,
+        h: IrteHandle,
+        source: SourceValidation,
+    ) -> Result<(), VtdError> {
+        let base = self.check_handle(h)?;
+        let x2 = self.x2apic_irtes();
+        let mut saved = Vec::new();
+        for i in h.index..h.index + h.count {
+            let pa = base + 16 * u64::from(i);
+            let q0 = self.mem.read64(pa);
+            saved.push((pa, q0));
+            self.mem.write64(pa, q0 & !1);
+        }
+        self.invalidate(&[self.iec_for(h)])?;
+        for (pa, q0) in saved {
+            let mut e = Irte::decode([q0, self.mem.read64(pa + 8)], x2);
+            e.svt = source;
+            let q = e.encode();
+            self.mem.write64(pa + 8, q[1]);
+            self.mem.barrier();
+            self.mem.write64(pa, q[0] | 1);
+        }
+        self.invalidate(&[self.iec_for(h)])
+    }
+
+    /// Clears the entries (not present), invalidates them, then frees the indices.
+    pub fn free_irte(&mut self, h: IrteHandle) -> Result<(), VtdError> {
+        let base = self.check_handle(h)?;
+        for i in h.index..h.index + h.count {
+            self.mem.write64(base + 16 * u64::from(i), 0);
+        }
+        self.invalidate(&[self.iec_for(h)])?;
+        for i in h.index..h.index + h.count {
+            self.mem.write64(base + 16 * u64::from(i) + 8, 0);
+        }
+        if let Some(ir) = self.ir.as_mut() {
+            let s = usize::from(h.index);
+            ir.used[s..s + usize::from(h.count)]
+                .iter_mut()
+                .for_each(|u| *u = false);
+        }
+        Ok(())
+    }
+}

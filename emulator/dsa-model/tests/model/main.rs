@@ -1,0 +1,7 @@
+//! Host tests of the DSA model core (one test binary, several modules).
+
+mod common;
+mod irq;
+mod ops;
+mod registers;
+mod threads;
