@@ -1,2 +1,22 @@
-//! 32-bit entry (PVH note + Multiboot2 header) into long mode, and pure parsers of the boot information
+//! Boot: the 32-bit entry shared by PVH and Multiboot2 that switches to long mode, and
+//! pure, host-tested parsers of what the boot loader hands over (boot information,
+//! memory map, command line).
+//!
+//! Entry contract (see `entry.rs`): the image carries a PVH ELF note and a Multiboot2
+//! header that both point at `boot_entry32`. The stub identity-maps the first 4 GiB with
+//! 2 MiB pages, enables long mode and calls the kernel's
+//! `extern "C" fn kernel_main64(magic: u32, info: u32) -> !` on a 128 KiB boot stack,
+//! with `magic` = EAX at entry (Multiboot2 magic, undefined under PVH) and `info` = EBX.
 #![cfg_attr(not(test), no_std)]
+
+pub mod cmdline;
+pub mod info;
+pub mod memmap;
+
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+mod entry;
+
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+pub use entry::{BOOT_STACK_SIZE, boot_stack_range};
+
+pub use info::{BootError, BootInfo, PhysMemory, Protocol, RsdpSource, parse};

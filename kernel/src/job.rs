@@ -1,0 +1,62 @@
+//! The main job (no `ktest` on the command line): a boot report for now. The workload
+//! runner plugs in here.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::Write;
+
+use crate::arch::{self, percpu};
+
+/// Prints the boot report (CPUs with APIC IDs, vectors, clock) and a `RESULT` line,
+/// then ends the run successfully.
+pub fn main_job() -> ! {
+    let n = percpu::cpu_count();
+    let ids: Vec<u32> = (0..n).filter_map(percpu::apic_id).collect();
+    for (cpu, id) in ids.iter().enumerate() {
+        log::info!("cpu{cpu}: online, APIC ID {id}");
+    }
+    crate::irq::print_report();
+    if let Some(a) = crate::acpi::info() {
+        log::info!(
+            "acpi: revision {}, root table at {:#x}, {} tables",
+            a.revision,
+            a.root,
+            a.tables.len()
+        );
+    }
+    let usable = crate::mm::memory_map().map_or(0, |m| m.total(boot::memmap::MemKind::Usable));
+    let cal = crate::time::calibration();
+    let tables: Vec<String> = crate::acpi::info()
+        .map(|i| {
+            i.tables
+                .iter()
+                .map(|t| format!("\"{}\"", t.signature))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut json = String::new();
+    let _ = write!(
+        json,
+        "{{\"kind\":\"boot\",\"cpus\":{n},\"apic_ids\":{ids:?},\"apic_mode\":\"{}\",\"usable_mib\":{},\
+         \"tsc_hz\":{},\"lapic_timer_hz\":{},\"clock_reference\":\"{}\",\"acpi_tables\":[{}],\"boot_us\":{}}}",
+        match arch::apic::mode() {
+            arch::apic::Mode::X2Apic => "x2apic",
+            arch::apic::Mode::XApic => "xapic",
+            arch::apic::Mode::Off => "off",
+        },
+        usable >> 20,
+        crate::time::tsc_hz(),
+        cal.map_or(0, |c| c.lapic_hz * 16),
+        cal.map_or("none", |c| c.reference),
+        tables.join(","),
+        crate::time::now_ns() / 1000
+    );
+    crate::println!("RESULT {json}");
+    log::info!(
+        "boot: {n} CPU(s) online, {} MiB usable, done in {} ms",
+        usable >> 20,
+        crate::time::now_ns() / 1_000_000
+    );
+    crate::exit::pass()
+}

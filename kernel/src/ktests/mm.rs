@@ -1,0 +1,174 @@
+//! Frame allocator, heap, page tables.
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use klib::paging::{MapError, PageSize, PteFlags};
+
+use crate::arch::{percpu, smp};
+use crate::ktest;
+use crate::mm::{self, FrameBlock, MmError};
+
+ktest!(
+    fn frames_are_contiguous_zeroed_and_aligned() {
+        let before = mm::frame_stats();
+        let mut blocks: Vec<FrameBlock> = Vec::new();
+        for &(size, align) in &[
+            (4096u64, 4096u64),
+            (8192, 4096),
+            (12 * 1024, 4096),
+            (64 * 1024, 64 * 1024),
+            (4096, 2 << 20),
+            (1 << 20, 4096),
+            (2 << 20, 2 << 20),
+            (4 << 20, 4096),
+        ] {
+            let mut b = mm::alloc_frames(size, align)
+                .unwrap_or_else(|e| panic!("alloc {size:#x}/{align:#x}: {e}"));
+            assert!(b.size() >= size && b.size().is_power_of_two());
+            assert_eq!(
+                b.addr() % align.max(b.size()),
+                0,
+                "alignment of {size:#x}/{align:#x}"
+            );
+            let s = b.as_mut_slice();
+            assert!(s.iter().all(|&x| x == 0), "block {size:#x} not zeroed");
+            s.fill(0xa5);
+            // Identity-mapped and physically contiguous: every page translates to itself.
+            let mut off = 0;
+            while off < b.size() {
+                let t = mm::translate(b.addr() + off).expect("block is mapped");
+                assert_eq!(t.phys, b.addr() + off);
+                assert!(!t.flags.contains(PteFlags::NO_CACHE), "RAM is write-back");
+                off += 4096;
+            }
+            blocks.push(b);
+        }
+        // Pairwise disjoint.
+        for (i, a) in blocks.iter().enumerate() {
+            for b in &blocks[i + 1..] {
+                assert!(a.addr() + a.size() <= b.addr() || b.addr() + b.size() <= a.addr());
+            }
+        }
+        let low = mm::alloc_frames_below(4096, 4096, 16 << 20).unwrap();
+        assert!(low.addr() + 4096 <= 16 << 20);
+        assert_eq!(low.as_ptr::<u8>() as u64, low.addr());
+        let (a, o) = low.into_raw();
+        // SAFETY: re-owning what `into_raw` gave up.
+        let low = unsafe { FrameBlock::from_raw(a, o) };
+        drop(low);
+        drop(blocks);
+        assert_eq!(
+            mm::frame_stats().free_pages,
+            before.free_pages,
+            "all frames returned"
+        );
+        assert!(matches!(
+            mm::alloc_frames(0, 4096),
+            Err(MmError::BadRequest { .. })
+        ));
+        assert!(matches!(
+            mm::alloc_frames(4096, 3),
+            Err(MmError::BadRequest { .. })
+        ));
+        assert!(matches!(
+            mm::alloc_frames(2 << 30, 4096),
+            Err(MmError::BadRequest { .. })
+        ));
+    }
+);
+
+ktest!(
+    fn frame_exhaustion_is_an_error_and_recovers() {
+        // Reserve book-keeping space first: the heap cannot grow once memory is gone.
+        let mut held: Vec<FrameBlock> = Vec::with_capacity(1 << 16);
+        let before = mm::frame_stats();
+        let mut order = before.largest_free_order.expect("free memory");
+        let err = loop {
+            match mm::alloc_frames_uninit(4096 << order, 4096) {
+                Ok(b) if held.len() < held.capacity() => held.push(b),
+                Ok(_) => panic!("more than {} blocks", held.capacity()),
+                Err(e) if order > 0 => {
+                    assert!(matches!(e, MmError::OutOfMemory { .. }), "{e}");
+                    order -= 1;
+                }
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err, MmError::OutOfMemory { size: 4096 });
+        assert_eq!(mm::frame_stats().free_pages, 0);
+        let total: u64 = held.iter().map(|b| b.size() / 4096).sum();
+        assert_eq!(total, before.free_pages, "every free page was handed out");
+        held.clear(); // frees the blocks, keeps the vector's own storage
+        let after = mm::frame_stats();
+        assert_eq!(after.free_pages, before.free_pages);
+        assert_eq!(
+            after.largest_free_order, before.largest_free_order,
+            "blocks merged back"
+        );
+        crate::println!(
+            "ktest-info: exhausted and recovered {} MiB",
+            (total * 4096) >> 20
+        );
+    }
+);
+
+ktest!(
+    fn heap_allocations_work_across_cpus() {
+        let before = mm::heap::stats();
+        {
+            let mut v: Vec<u64> = (0..10_000).collect();
+            v.extend(0..5);
+            assert_eq!(v[9_999], 9_999);
+            let s: String = (0..1000)
+                .map(|i| char::from(b'a' + (i % 26) as u8))
+                .collect();
+            assert_eq!(s.len(), 1000);
+            #[repr(align(4096))]
+            struct Page([u8; 4096]);
+            let p = Box::new(Page([7; 4096]));
+            assert_eq!(&*p as *const Page as usize % 4096, 0);
+            assert!(p.0.iter().all(|&b| b == 7));
+            let big = alloc::vec![0xeeu8; 8 << 20];
+            assert!(big.iter().all(|&b| b == 0xee));
+            // Allocated on one CPU, freed on another.
+            let other = percpu::cpu_count() - 1;
+            let boxed = smp::run_on(other, || Box::new([3u32; 100])).unwrap();
+            assert!(boxed.iter().all(|&x| x == 3));
+        }
+        let after = mm::heap::stats();
+        assert_eq!(after.live_small, before.live_small, "small objects leaked");
+        assert_eq!(after.live_large, before.live_large, "large blocks leaked");
+    }
+);
+
+ktest!(
+    fn mmio_mappings_are_uncached_and_checked() {
+        // Low MMIO (the LAPIC page) is mapped uncached at boot; page 0 is not mapped.
+        let t = mm::translate(0xfee0_0000).expect("LAPIC page mapped");
+        assert!(
+            t.flags
+                .contains(PteFlags::NO_CACHE | PteFlags::WRITE_THROUGH)
+        );
+        assert_eq!(mm::translate(0), None);
+        // Above 4 GiB: on demand.
+        let high = 0x40_0000_0000u64; // 256 GiB, inside the 40-bit physical space of QEMU's CPUs
+        let p = mm::map_mmio(high + 0x1000, 0x3000).unwrap();
+        assert_eq!(p as u64, high + 0x1000);
+        let t = mm::translate(high + 0x2abc).unwrap();
+        assert_eq!((t.phys, t.size), (high + 0x2abc, PageSize::Size4K));
+        assert!(
+            t.flags
+                .contains(PteFlags::NO_CACHE | PteFlags::WRITE_THROUGH)
+        );
+        assert_eq!(mm::translate(high), None);
+        mm::map_mmio(high + 0x1000, 0x1000).unwrap(); // idempotent
+        // Mapping RAM as MMIO is refused.
+        let ram = mm::kernel_image_range().0;
+        assert!(matches!(
+            mm::map_mmio(ram, 4096),
+            Err(MmError::Map(MapError::Conflict { .. }))
+        ));
+    }
+);

@@ -1,0 +1,141 @@
+//! Memory: the physical memory map, kernel page tables (identity map of all RAM and of
+//! MMIO), the physical frame allocator and the kernel heap.
+//!
+//! Address-space convention: virtual == physical for everything the kernel touches.
+//! RAM regions of the memory map are mapped write-back; the rest of the first 4 GiB
+//! (legacy MMIO: LAPIC, IOAPIC, HPET, VT-d, ECAM, 32-bit BARs) is mapped uncached;
+//! MMIO above 4 GiB (64-bit BARs, high ECAM) is mapped on demand with [`map_mmio`].
+//! Page 0 stays unmapped so null dereferences fault.
+
+pub mod frames;
+pub mod heap;
+mod paging;
+
+use core::fmt;
+
+use boot::memmap::{MemKind, MemoryMap};
+use klib::paging::MapError;
+use spin::Once;
+
+pub use frames::{FrameBlock, alloc_frames, alloc_frames_below, alloc_frames_uninit, frame_stats};
+pub use paging::{kernel_root, map_firmware, map_mmio, translate};
+
+/// Memory-management errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MmError {
+    /// No free block large enough.
+    OutOfMemory {
+        /// Requested bytes (after rounding).
+        size: u64,
+    },
+    /// Size 0, alignment not a power of two, or larger than the largest block (1 GiB).
+    BadRequest {
+        /// Requested size.
+        size: u64,
+        /// Requested alignment.
+        align: u64,
+    },
+    /// Page-table update failed (conflict with an existing mapping, no table memory, …).
+    Map(MapError),
+    /// Called before `mm::init`.
+    NotInitialized,
+    /// No usable memory below 4 GiB for the early page tables.
+    NoEarlyMemory {
+        /// Bytes needed.
+        need: u64,
+    },
+    /// The memory map has no usable RAM.
+    NoUsableMemory,
+}
+
+impl fmt::Display for MmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::OutOfMemory { size } => {
+                write!(f, "out of physical memory ({size} bytes requested)")
+            }
+            Self::BadRequest { size, align } => {
+                write!(
+                    f,
+                    "invalid allocation request: size {size:#x}, alignment {align:#x}"
+                )
+            }
+            Self::Map(e) => write!(f, "page-table update failed: {e}"),
+            Self::NotInitialized => write!(f, "memory management is not initialised"),
+            Self::NoEarlyMemory { need } => {
+                write!(
+                    f,
+                    "no {need} bytes of usable memory below 4 GiB for the kernel page tables"
+                )
+            }
+            Self::NoUsableMemory => write!(f, "the memory map contains no usable RAM"),
+        }
+    }
+}
+
+impl From<MapError> for MmError {
+    fn from(e: MapError) -> Self {
+        Self::Map(e)
+    }
+}
+
+static MEMMAP: Once<MemoryMap> = Once::new();
+
+/// The normalised physical memory map.
+pub fn memory_map() -> Option<&'static MemoryMap> {
+    MEMMAP.get()
+}
+
+unsafe extern "C" {
+    static __kernel_start: u8;
+    static __kernel_end: u8;
+}
+
+/// `[start, end)` of the kernel image (including .bss and the boot stack).
+pub fn kernel_image_range() -> (u64, u64) {
+    (
+        &raw const __kernel_start as u64,
+        &raw const __kernel_end as u64,
+    )
+}
+
+/// Low memory kept out of the allocator (real-mode IVT/BDA/EBDA, the AP trampoline,
+/// option ROMs and BIOS).
+pub const LOW_MEMORY_END: u64 = 0x10_0000;
+
+/// Sets up paging, the frame allocator and the heap from the boot memory map.
+pub fn init(raw: &MemoryMap) -> Result<(), MmError> {
+    let map = MEMMAP.call_once(|| {
+        let mut m = raw.clone();
+        m.normalize();
+        m
+    });
+    log::info!("memory map ({} regions):", map.regions().len());
+    for r in map.regions() {
+        log::info!("  {r}");
+    }
+    if map.dropped > 0 {
+        log::warn!(
+            "memory map: {} regions beyond {} were ignored",
+            map.dropped,
+            boot::memmap::MAX_REGIONS
+        );
+    }
+    let usable = map.total(MemKind::Usable);
+    if usable == 0 {
+        return Err(MmError::NoUsableMemory);
+    }
+    let image = kernel_image_range();
+    let early = paging::init(map, image)?;
+    frames::init(map, &[(0, LOW_MEMORY_END), image, early])?;
+    let st = frame_stats();
+    log::info!(
+        "memory: {} MiB usable, {} MiB free for allocation, kernel image {:#x}-{:#x}, RAM ends at {:#x}",
+        usable >> 20,
+        (st.free_pages * 4096) >> 20,
+        image.0,
+        image.1,
+        map.ram_end()
+    );
+    Ok(())
+}

@@ -1,0 +1,186 @@
+//! The kernel's page tables.
+//!
+//! Built once on the BSP from the memory map, with table pages taken from usable memory
+//! below 4 GiB (the AP trampoline loads CR3 in 32-bit mode, so the PML4 must be there).
+//! Later changes only turn not-present entries into present ones (see
+//! [`klib::paging::Mapper`]), so no TLB shootdown is ever needed.
+
+use klib::paging::{MMIO, Mapper, PteFlags, RAM, TableSource, Translation};
+use x86_64::PhysAddr;
+use x86_64::registers::control::{Cr3, Cr3Flags};
+use x86_64::structures::paging::PhysFrame;
+
+use super::MmError;
+use boot::memmap::MemoryMap;
+
+use crate::sync::IrqMutex;
+
+static KERNEL: IrqMutex<Option<Mapper>> = IrqMutex::new(None);
+
+const FOUR_GIB: u64 = 1 << 32;
+const PAGE: u64 = 4096;
+
+/// Bump allocator over one range below 4 GiB (zeroes what it hands out).
+struct Bump {
+    start: u64,
+    next: u64,
+    end: u64,
+}
+
+impl TableSource for Bump {
+    fn alloc_table(&mut self) -> Option<u64> {
+        if self.next + PAGE > self.end {
+            return None;
+        }
+        let p = self.next;
+        self.next += PAGE;
+        // SAFETY: the page lies in usable RAM below 4 GiB (identity-mapped by the boot
+        // stub, and by the new tables once they are live) and belongs to the bump range.
+        unsafe { core::ptr::write_bytes(p as *mut u8, 0, PAGE as usize) };
+        Some(p)
+    }
+}
+
+/// Frames for page tables after boot (from the frame allocator).
+struct FrameSource;
+
+impl TableSource for FrameSource {
+    fn alloc_table(&mut self) -> Option<u64> {
+        super::frames::alloc_frames(PAGE, PAGE)
+            .ok()
+            .map(|b| b.leak())
+    }
+}
+
+fn ram_flags() -> PteFlags {
+    RAM
+}
+
+fn mmio_flags() -> PteFlags {
+    if crate::arch::features().nx {
+        MMIO
+    } else {
+        MMIO - PteFlags::NO_EXECUTE
+    }
+}
+
+/// Builds the kernel tables, switches CR3, and returns the range used for table pages
+/// (to keep it out of the frame allocator).
+pub(super) fn init(map: &MemoryMap, image: (u64, u64)) -> Result<(u64, u64), MmError> {
+    let regions = map.regions();
+    let gib = map.ram_end().div_ceil(1 << 30);
+    // Upper bound on table pages: PML4 + PDPTs + one PD per GiB + PTs at region edges.
+    let need_pages = 8 + 2 * regions.len() as u64 + gib.max(4) + gib / 512 + 16;
+    let need = need_pages * PAGE;
+    let mut found = None;
+    map.for_each_free_range(&[(0, super::LOW_MEMORY_END), image], |s, e| {
+        if found.is_none() && e <= FOUR_GIB && e - s >= need {
+            found = Some(s);
+        }
+    });
+    let start = found.ok_or(MmError::NoEarlyMemory { need })?;
+    let mut bump = Bump {
+        start,
+        next: start,
+        end: start + need,
+    };
+    let pml4 = bump.alloc_table().ok_or(MmError::NoEarlyMemory { need })?;
+    // SAFETY: fresh zeroed table page, identity-addressable.
+    let mut m = unsafe { Mapper::new(pml4, PteFlags::WRITABLE, crate::arch::features().page_1g) };
+
+    // RAM write-back (page-rounded inward), everything else below 4 GiB uncached.
+    let mut cursor = PAGE; // page 0 stays unmapped
+    for r in regions.iter().filter(|r| r.kind.is_ram()) {
+        let s = r.start.div_ceil(PAGE) * PAGE;
+        let e = r.end / PAGE * PAGE;
+        if e <= s {
+            continue;
+        }
+        let s = s.max(PAGE);
+        if s > cursor && cursor < FOUR_GIB {
+            let gap_end = s.min(FOUR_GIB);
+            m.map(cursor, cursor, gap_end - cursor, mmio_flags(), &mut bump)?;
+        }
+        if e > s {
+            m.map(s, s, e - s, ram_flags(), &mut bump)?;
+        }
+        cursor = cursor.max(e);
+    }
+    if cursor < FOUR_GIB {
+        m.map(cursor, cursor, FOUR_GIB - cursor, mmio_flags(), &mut bump)?;
+    }
+
+    // SAFETY: the new tables identity-map the kernel image, its stack, all RAM and the
+    // low MMIO with the same addresses as the boot tables, so execution continues.
+    unsafe {
+        Cr3::write(
+            PhysFrame::containing_address(PhysAddr::new(pml4)),
+            Cr3Flags::empty(),
+        )
+    };
+    log::debug!(
+        "page tables: {} table pages at {:#x}",
+        (bump.next - bump.start) / PAGE,
+        bump.start
+    );
+    *KERNEL.lock() = Some(m);
+    Ok((bump.start, bump.next))
+}
+
+/// Physical address of the kernel PML4 (below 4 GiB).
+pub fn kernel_root() -> u64 {
+    KERNEL.lock().as_ref().map_or(0, |m| m.root())
+}
+
+/// Maps `[phys, phys+len)` uncached (identity) and returns it as a pointer.
+///
+/// Ranges already mapped uncached are accepted as they are; a range overlapping RAM or
+/// mapped otherwise gives `MmError::Map(MapError::Conflict { .. })`.
+pub fn map_mmio(phys: u64, len: u64) -> Result<*mut u8, MmError> {
+    map_with(phys, len, mmio_flags())?;
+    Ok(phys as *mut u8)
+}
+
+/// Makes firmware data (ACPI tables) readable: already-mapped pages (RAM or low MMIO)
+/// are left as they are; unmapped pages are mapped uncached.
+pub fn map_firmware(phys: u64, len: u64) -> Result<(), MmError> {
+    let s = phys / PAGE * PAGE;
+    let e = phys
+        .checked_add(len.max(1))
+        .ok_or(MmError::BadRequest {
+            size: len,
+            align: 1,
+        })?
+        .div_ceil(PAGE)
+        * PAGE;
+    let mut p = s;
+    while p < e {
+        if translate(p).is_none() {
+            map_with(p, PAGE, mmio_flags())?;
+        }
+        p += PAGE;
+    }
+    Ok(())
+}
+
+fn map_with(phys: u64, len: u64, flags: PteFlags) -> Result<(), MmError> {
+    let s = phys / PAGE * PAGE;
+    let e = phys
+        .checked_add(len.max(1))
+        .and_then(|e| e.checked_add(PAGE - 1))
+        .ok_or(MmError::BadRequest {
+            size: len,
+            align: 1,
+        })?
+        / PAGE
+        * PAGE;
+    let mut g = KERNEL.lock();
+    let m = g.as_mut().ok_or(MmError::NotInitialized)?;
+    m.map(s, s, e - s, flags, &mut FrameSource)?;
+    Ok(())
+}
+
+/// Looks up a kernel virtual address.
+pub fn translate(virt: u64) -> Option<Translation> {
+    KERNEL.lock().as_ref()?.translate(virt)
+}

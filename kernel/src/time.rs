@@ -1,0 +1,544 @@
+//! Time: a TSC clock calibrated against the HPET (or the ACPI PM timer, or CPUID leaf
+//! 0x15/0x16), deadlines for bounded waits, delays, and the LAPIC timer.
+//!
+//! `now_ns()` counts from kernel entry. Under `-icount shift=0` QEMU advances the TSC by
+//! one per guest instruction, so TSC deltas are deterministic instruction counts.
+
+use alloc::boxed::Box;
+use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
+use core::time::Duration;
+
+use spin::Once;
+use x86_64::instructions::port::Port;
+
+use crate::arch::apic::{self, reg};
+use crate::arch::{percpu, rdtsc};
+use crate::sync::IrqMutex;
+
+static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
+static TSC_HZ: AtomicU64 = AtomicU64::new(0);
+/// `ns = (tsc_delta * NS_MULT) >> 32`.
+static NS_MULT: AtomicU64 = AtomicU64::new(0);
+/// LAPIC timer ticks per second with divide-by-16.
+static LAPIC_HZ: AtomicU64 = AtomicU64::new(0);
+static CALIBRATION: Once<Calibration> = Once::new();
+
+/// TSC rate assumed before calibration: high, so early timeouts are never shorter than
+/// asked on real CPUs.
+const UNCALIBRATED_HZ: u64 = 10_000_000_000;
+/// LAPIC timer divide configuration value for divide-by-16.
+const LAPIC_DIVIDE_16: u32 = 0b0011;
+
+/// Records the TSC at kernel entry (time zero).
+pub fn mark_boot() {
+    BOOT_TSC.store(rdtsc(), Ordering::Relaxed);
+}
+
+/// Nanoseconds since kernel entry (0 before calibration).
+pub fn now_ns() -> u64 {
+    let m = NS_MULT.load(Ordering::Relaxed);
+    let d = rdtsc().wrapping_sub(BOOT_TSC.load(Ordering::Relaxed));
+    ((d as u128 * m as u128) >> 32) as u64
+}
+
+/// Calibrated TSC frequency (0 before calibration).
+pub fn tsc_hz() -> u64 {
+    TSC_HZ.load(Ordering::Relaxed)
+}
+
+fn hz_or_guess() -> u64 {
+    match TSC_HZ.load(Ordering::Relaxed) {
+        0 => UNCALIBRATED_HZ,
+        h => h,
+    }
+}
+
+/// A point in time for bounded waits.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    tsc: u64,
+}
+
+impl Deadline {
+    /// `d` from now.
+    pub fn after(d: Duration) -> Self {
+        let ticks = (d.as_nanos().saturating_mul(hz_or_guess() as u128) / 1_000_000_000)
+            .min(u64::MAX as u128 / 2);
+        Self {
+            tsc: rdtsc().saturating_add(ticks as u64),
+        }
+    }
+    /// `us` microseconds from now.
+    pub fn after_us(us: u64) -> Self {
+        Self::after(Duration::from_micros(us))
+    }
+    /// `ms` milliseconds from now.
+    pub fn after_ms(ms: u64) -> Self {
+        Self::after(Duration::from_millis(ms))
+    }
+    /// Whether the deadline has passed.
+    pub fn expired(&self) -> bool {
+        rdtsc() >= self.tsc
+    }
+    /// Time left (zero once expired).
+    pub fn remaining(&self) -> Duration {
+        let t = self.tsc.saturating_sub(rdtsc());
+        Duration::from_nanos((t as u128 * 1_000_000_000 / hz_or_guess() as u128) as u64)
+    }
+}
+
+/// A bounded wait ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeout;
+
+impl fmt::Display for Timeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "timed out")
+    }
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T, Timeout> {
+    let d = Deadline::after(timeout);
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if d.expired() {
+            // One last look: the condition may have become true while we were preempted.
+            return f().ok_or(Timeout);
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// Busy-waits `d`.
+pub fn delay(d: Duration) {
+    let dl = Deadline::after(d);
+    while !dl.expired() {
+        core::hint::spin_loop();
+    }
+}
+
+/// Busy-waits `us` microseconds.
+pub fn delay_us(us: u64) {
+    delay(Duration::from_micros(us))
+}
+
+/// Time errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeError {
+    /// No HPET, no PM timer, no CPUID frequency leaves.
+    NoReferenceTimer,
+    /// The reference timer did not advance during calibration.
+    ReferenceStuck(&'static str),
+    /// The HPET reports an invalid period.
+    BadHpetPeriod(u64),
+    /// Mapping the HPET failed.
+    Map(crate::mm::MmError),
+    /// Calibration produced an implausible frequency.
+    Implausible {
+        /// Which clock.
+        what: &'static str,
+        /// Measured Hz.
+        hz: u64,
+    },
+    /// The LAPIC timer is not calibrated.
+    NotCalibrated,
+    /// The requested timer interval does not fit the 32-bit count.
+    IntervalTooLong(u64),
+}
+
+impl fmt::Display for TimeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoReferenceTimer => write!(
+                f,
+                "no reference timer (HPET, ACPI PM timer or CPUID 0x15/0x16)"
+            ),
+            Self::ReferenceStuck(w) => write!(f, "the {w} does not advance"),
+            Self::BadHpetPeriod(p) => write!(f, "HPET period {p} fs is out of range"),
+            Self::Map(e) => write!(f, "cannot map the HPET: {e}"),
+            Self::Implausible { what, hz } => {
+                write!(f, "calibrated {what} frequency {hz} Hz is implausible")
+            }
+            Self::NotCalibrated => write!(f, "the LAPIC timer is not calibrated"),
+            Self::IntervalTooLong(ns) => write!(f, "timer interval {ns} ns is too long"),
+        }
+    }
+}
+
+/// Result of calibration.
+#[derive(Debug, Clone, Copy)]
+pub struct Calibration {
+    /// Reference used.
+    pub reference: &'static str,
+    /// TSC frequency.
+    pub tsc_hz: u64,
+    /// LAPIC timer ticks per second at divide-by-16.
+    pub lapic_hz: u64,
+    /// Window length used.
+    pub window_ns: u64,
+}
+
+/// The calibration result, if done.
+pub fn calibration() -> Option<&'static Calibration> {
+    CALIBRATION.get()
+}
+
+enum Reference {
+    Hpet {
+        base: u64,
+        period_fs: u64,
+        wide: bool,
+    },
+    PmTimer {
+        port: u16,
+        wide: bool,
+    },
+}
+
+impl Reference {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Hpet { .. } => "HPET",
+            Self::PmTimer { .. } => "ACPI PM timer",
+        }
+    }
+    fn hz(&self) -> u64 {
+        match self {
+            Self::Hpet { period_fs, .. } => 1_000_000_000_000_000 / period_fs,
+            Self::PmTimer { .. } => 3_579_545,
+        }
+    }
+    fn mask(&self) -> u64 {
+        match self {
+            Self::Hpet { wide: true, .. } => u64::MAX,
+            Self::Hpet { wide: false, .. } | Self::PmTimer { wide: true, .. } => 0xffff_ffff,
+            Self::PmTimer { wide: false, .. } => 0x00ff_ffff,
+        }
+    }
+    fn read(&self) -> u64 {
+        match self {
+            Self::Hpet { base, .. } => {
+                // SAFETY: the HPET block is mapped uncached; the main counter is at 0xf0.
+                unsafe { ((base + 0xf0) as *const u64).read_volatile() & self.mask() }
+            }
+            Self::PmTimer { port, .. } => {
+                // SAFETY: the PM timer port from the FADT is read-only status.
+                unsafe { Port::<u32>::new(*port).read() as u64 & self.mask() }
+            }
+        }
+    }
+}
+
+fn hpet_reference() -> Result<Option<Reference>, TimeError> {
+    let Some(h) = crate::acpi::info().and_then(|i| i.hpet) else {
+        return Ok(None);
+    };
+    let base = h.base_address;
+    crate::mm::map_mmio(base, 1024).map_err(TimeError::Map)?;
+    // SAFETY: mapped above; GCAP_ID at 0x0 and GEN_CONF at 0x10 are 64-bit registers.
+    let (caps, conf) = unsafe {
+        (
+            (base as *const u64).read_volatile(),
+            ((base + 0x10) as *const u64).read_volatile(),
+        )
+    };
+    let period = caps >> 32;
+    if period == 0 || period > 100_000_000 {
+        return Err(TimeError::BadHpetPeriod(period));
+    }
+    if conf & 1 == 0 {
+        // SAFETY: setting ENABLE_CNF starts the main counter; legacy routing stays off.
+        unsafe { ((base + 0x10) as *mut u64).write_volatile((conf | 1) & !2) };
+    }
+    Ok(Some(Reference::Hpet {
+        base,
+        period_fs: period,
+        wide: caps & (1 << 13) != 0,
+    }))
+}
+
+/// Calibrates the TSC against the reference timer, then the LAPIC timer against the TSC
+/// (BSP, after ACPI, the APIC and the system-vector handlers are up).
+pub fn init() -> Result<Calibration, TimeError> {
+    let window_ms = match crate::cmdline::number("tsc.calibrate_ms") {
+        Some(Ok(v)) if (1..=1000).contains(&v) => v,
+        _ => 10,
+    };
+    let reference = match hpet_reference()? {
+        Some(r) => Some(r),
+        None => crate::acpi::info()
+            .and_then(|i| i.pm_timer)
+            .map(|p| Reference::PmTimer {
+                port: p.port,
+                wide: p.wide,
+            }),
+    };
+    let (name, tsc_hz, window_ns) = match reference {
+        Some(r) => {
+            let (hz, ns) = tsc_against(&r, window_ms)?;
+            (r.name(), hz, ns)
+        }
+        None => {
+            let f = crate::arch::features();
+            let (den, num, crystal) = f.tsc_ratio;
+            let hz = if den != 0 && num != 0 && crystal != 0 {
+                crystal as u64 * num as u64 / den as u64
+            } else if f.base_mhz != 0 {
+                f.base_mhz as u64 * 1_000_000
+            } else {
+                return Err(TimeError::NoReferenceTimer);
+            };
+            ("CPUID 0x15/0x16", hz, 0)
+        }
+    };
+    if !(10_000_000..=100_000_000_000).contains(&tsc_hz) {
+        return Err(TimeError::Implausible {
+            what: "TSC",
+            hz: tsc_hz,
+        });
+    }
+    let lapic_hz = lapic_against_tsc(tsc_hz, window_ms)?;
+    finish(name, tsc_hz, lapic_hz, window_ns)
+}
+
+/// Reads the reference bracketed by two TSC reads, retrying while the pair is not tight
+/// (the vCPU may be preempted between the reads under emulation). Returns the reference
+/// value and the TSC midpoint.
+fn paired(reference: &Reference) -> (u64, u64) {
+    let mut best = (0, 0, u64::MAX);
+    for _ in 0..64 {
+        let a = rdtsc();
+        let r = reference.read();
+        let b = rdtsc();
+        if b - a < best.2 {
+            best = (r, a + (b - a) / 2, b - a);
+        }
+        // 20 µs at 5 GHz: far above the cost of one timer read, far below any preemption.
+        if b - a < 100_000 {
+            break;
+        }
+    }
+    (best.0, best.1)
+}
+
+/// Counts TSC ticks over `window_ms` of the reference; returns (TSC Hz, window ns).
+fn tsc_against(reference: &Reference, window_ms: u64) -> Result<(u64, u64), TimeError> {
+    let ref_hz = reference.hz();
+    let want = ref_hz * window_ms / 1000;
+    let mask = reference.mask();
+    let (first, _) = paired(reference);
+    let mut spins = 0u64;
+    let (r0, t0) = loop {
+        let (r, t) = paired(reference);
+        if r != first {
+            break (r, t);
+        }
+        spins += 1;
+        if spins > 50_000_000 {
+            return Err(TimeError::ReferenceStuck(reference.name()));
+        }
+    };
+    let mut spins = 0u64;
+    let (r1, t1) = loop {
+        spins += 1;
+        if spins > 500_000_000 {
+            return Err(TimeError::ReferenceStuck(reference.name()));
+        }
+        let (r, t) = paired(reference);
+        if (r.wrapping_sub(r0) & mask) >= want {
+            break (r, t);
+        }
+    };
+    let dr = (r1.wrapping_sub(r0) & mask) as u128;
+    Ok((
+        ((t1 - t0) as u128 * ref_hz as u128 / dr) as u64,
+        (dr * 1_000_000_000 / ref_hz as u128) as u64,
+    ))
+}
+
+/// Measures the LAPIC timer rate against the TSC.
+///
+/// Default: read the current-count register at both ends of the window — immune to the
+/// vCPU being descheduled by the host, which only delays *interrupts*. Under QEMU
+/// `-icount`, reading that register through the x2APIC MSR aborts QEMU ("Bad icount
+/// read"), so `lapic.calibrate=irq` (added by `qemu-run.sh --icount`) times one-shot
+/// interrupts instead: the count doubles until one interval is at least half the window,
+/// then the shortest of three intervals at that count is used.
+fn lapic_against_tsc(tsc_hz: u64, window_ms: u64) -> Result<u64, TimeError> {
+    let by_irq =
+        apic::mode() == apic::Mode::X2Apic && crate::cmdline::get("lapic.calibrate") == Some("irq");
+    if !by_irq {
+        apic::write(reg::TIMER_DIVIDE, LAPIC_DIVIDE_16);
+        apic::write(
+            reg::LVT_TIMER,
+            apic::LVT_MASKED | crate::irq::TIMER_VECTOR as u32,
+        );
+        apic::write(reg::TIMER_INITIAL, u32::MAX);
+        let t0 = rdtsc();
+        let l0 = apic::read(reg::TIMER_CURRENT);
+        let end = t0 + tsc_hz * window_ms / 1000;
+        while rdtsc() < end {
+            core::hint::spin_loop();
+        }
+        let t1 = rdtsc();
+        let l1 = apic::read(reg::TIMER_CURRENT);
+        stop_timer();
+        return Ok(
+            (l0.wrapping_sub(l1) as u128 * tsc_hz as u128 / (t1 - t0).max(1) as u128) as u64,
+        );
+    }
+    let mut count: u32 = 1 << 16;
+    loop {
+        let elapsed = time_oneshot(count, tsc_hz)?;
+        if elapsed * 1000 >= tsc_hz * window_ms / 2 || count >= 1 << 30 {
+            let best = elapsed
+                .min(time_oneshot(count, tsc_hz)?)
+                .min(time_oneshot(count, tsc_hz)?);
+            return Ok((count as u128 * tsc_hz as u128 / best.max(1) as u128) as u64);
+        }
+        count <<= 1;
+    }
+}
+
+/// TSC ticks from arming a one-shot of `count` until its interrupt arrives.
+fn time_oneshot(count: u32, tsc_hz: u64) -> Result<u64, TimeError> {
+    let cpu = percpu::current_index();
+    let was_on = x86_64::instructions::interrupts::are_enabled();
+    let (before, _) = timer_ticks(cpu);
+    apic::write(reg::TIMER_DIVIDE, LAPIC_DIVIDE_16);
+    apic::write(reg::LVT_TIMER, crate::irq::TIMER_VECTOR as u32);
+    let t0 = rdtsc();
+    apic::write(reg::TIMER_INITIAL, count);
+    x86_64::instructions::interrupts::enable();
+    let limit = t0 + tsc_hz * 2;
+    let fired = loop {
+        if timer_ticks(cpu).0 != before {
+            break Some(rdtsc());
+        }
+        if rdtsc() > limit {
+            break None;
+        }
+        core::hint::spin_loop();
+    };
+    if !was_on {
+        x86_64::instructions::interrupts::disable();
+    }
+    stop_timer();
+    match fired {
+        Some(t1) => Ok(t1 - t0),
+        None => Err(TimeError::Implausible {
+            what: "LAPIC timer (no interrupt within 2 s)",
+            hz: 0,
+        }),
+    }
+}
+
+fn finish(
+    reference: &'static str,
+    tsc_hz: u64,
+    lapic_hz: u64,
+    window_ns: u64,
+) -> Result<Calibration, TimeError> {
+    if !(10_000..=100_000_000_000).contains(&lapic_hz) {
+        return Err(TimeError::Implausible {
+            what: "LAPIC timer",
+            hz: lapic_hz,
+        });
+    }
+    TSC_HZ.store(tsc_hz, Ordering::Relaxed);
+    NS_MULT.store(
+        ((1_000_000_000u128 << 32) / tsc_hz as u128) as u64,
+        Ordering::Relaxed,
+    );
+    LAPIC_HZ.store(lapic_hz, Ordering::Relaxed);
+    Ok(*CALIBRATION.call_once(|| Calibration {
+        reference,
+        tsc_hz,
+        lapic_hz,
+        window_ns,
+    }))
+}
+
+/// Per-CPU LAPIC timer state.
+pub struct CpuTimer {
+    ticks: AtomicU64,
+    last_ns: AtomicU64,
+    callback: IrqMutex<Option<Box<dyn FnMut() + Send>>>,
+}
+
+impl CpuTimer {
+    pub(crate) const fn new() -> Self {
+        Self {
+            ticks: AtomicU64::new(0),
+            last_ns: AtomicU64::new(0),
+            callback: IrqMutex::new(None),
+        }
+    }
+}
+
+pub(crate) fn on_timer_interrupt() {
+    let t = &percpu::current().timer;
+    t.last_ns.store(now_ns(), Ordering::Relaxed);
+    t.ticks.fetch_add(1, Ordering::Release);
+    if let Some(cb) = t.callback.lock().as_mut() {
+        cb();
+    }
+}
+
+fn lapic_count(ns: u64) -> Result<u32, TimeError> {
+    let hz = LAPIC_HZ.load(Ordering::Relaxed);
+    if hz == 0 {
+        return Err(TimeError::NotCalibrated);
+    }
+    let c = (ns as u128 * hz as u128 / 1_000_000_000).max(1);
+    u32::try_from(c).map_err(|_| TimeError::IntervalTooLong(ns))
+}
+
+/// Arms this CPU's LAPIC timer to fire once after `ns`.
+pub fn arm_oneshot(ns: u64) -> Result<(), TimeError> {
+    let c = lapic_count(ns)?;
+    apic::write(reg::TIMER_DIVIDE, LAPIC_DIVIDE_16);
+    apic::write(reg::LVT_TIMER, crate::irq::TIMER_VECTOR as u32);
+    apic::write(reg::TIMER_INITIAL, c);
+    Ok(())
+}
+
+/// Arms this CPU's LAPIC timer to fire every `ns`.
+pub fn arm_periodic(ns: u64) -> Result<(), TimeError> {
+    let c = lapic_count(ns)?;
+    apic::write(reg::TIMER_DIVIDE, LAPIC_DIVIDE_16);
+    apic::write(
+        reg::LVT_TIMER,
+        crate::irq::TIMER_VECTOR as u32 | apic::LVT_TIMER_PERIODIC,
+    );
+    apic::write(reg::TIMER_INITIAL, c);
+    Ok(())
+}
+
+/// Stops this CPU's LAPIC timer.
+pub fn stop_timer() {
+    apic::write(reg::TIMER_INITIAL, 0);
+    apic::write(
+        reg::LVT_TIMER,
+        apic::LVT_MASKED | crate::irq::TIMER_VECTOR as u32,
+    );
+}
+
+/// Sets (or clears) the callback run on each timer interrupt of this CPU.
+pub fn set_timer_callback(cb: Option<Box<dyn FnMut() + Send>>) {
+    *percpu::current().timer.callback.lock() = cb;
+}
+
+/// Timer interrupts taken on `cpu`, and the time of the last one.
+pub fn timer_ticks(cpu: usize) -> (u64, u64) {
+    percpu::get(cpu).map_or((0, 0), |c| {
+        (
+            c.timer.ticks.load(Ordering::Acquire),
+            c.timer.last_ns.load(Ordering::Relaxed),
+        )
+    })
+}

@@ -1,0 +1,229 @@
+#!/usr/bin/env bash
+# The one QEMU command line of this project: boots the kernel (PVH, `-kernel`) or its GRUB
+# ISO (BIOS or UEFI) on q35 with the VT-d IOMMU in scalable mode, serial on stdout.
+#
+#   ./qemu-run.sh                      build the kernel if stale, run the main job
+#   ./qemu-run.sh --ktest              run every kernel test   (--ktest=smp,vector: filter)
+#   ./qemu-run.sh --help               all options
+#
+# Exit status: 0 the kernel reported success (isa-debug-exit 0x10 → QEMU 33),
+#              1 the kernel reported failure (0x11 → 35),
+#              2 usage or environment error (QEMU missing/too old, build failed),
+#              3 QEMU ended without a verdict (triple fault / reset under -no-reboot, shutdown),
+#              4 QEMU itself failed (bad arguments, missing firmware, crash),
+#            124 timeout.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PROG="qemu-run"
+
+usage() {
+  cat <<'EOF'
+usage: ./qemu-run.sh [options] [-- extra QEMU arguments]
+
+Boot source (default: build and boot target/x86_64-unknown-none/<profile>/kernel):
+  --kernel ELF         boot this kernel ELF through PVH (-kernel)
+  --iso ISO            boot a GRUB ISO (scripts/mkiso.sh) with SeaBIOS
+  --uefi               with --iso: boot through OVMF instead of SeaBIOS
+  --release            build/boot the release kernel
+
+Machine (each also settable through the environment variable in brackets):
+  --smp N              CPUs                                   [SMP, default 4]
+  --mem SIZE           memory                                 [MEM, default 512M]
+  --accel tcg|kvm      accelerator                            [ACCEL, default tcg]
+  --cpu MODEL          CPU model                              [CPU, default max]
+  --dsa N              N intel-dsa devices behind pcie-root-ports (patched QEMU) [DSA, default 0]
+  --icount             -icount shift=0: TSC = guest instruction count  [ICOUNT=1]
+  --gdb[=PORT]         gdb stub on PORT (default 1234), CPU halted at start; no timeout
+  --timeout SEC        kill QEMU after SEC seconds, 0 = never [TIMEOUT, default 300]
+
+Kernel command line:
+  --append "ARGS"      kernel arguments (PVH boots only)      [KARGS]
+  --ktest[=FILTER]     run the kernel tests (adds ktest[=FILTER] to the arguments)
+
+  Extra QEMU arguments: after --, or in QEMU_ARGS (split on spaces).
+  QEMU binary: $QEMU if set; else emulator/qemu/build.sh --ensure if present; else the
+  system qemu-system-x86_64 (must be >= 10.0).
+EOF
+}
+
+die() { echo "$PROG: $*" >&2; exit 2; }
+
+SMP="${SMP:-4}"
+MEM="${MEM:-512M}"
+ACCEL="${ACCEL:-tcg}"
+CPU="${CPU:-max}"
+KARGS="${KARGS:-}"
+TIMEOUT="${TIMEOUT:-300}"
+ICOUNT="${ICOUNT:-0}"
+DSA="${DSA:-0}"
+GDB_PORT=""
+KERNEL=""
+ISO=""
+UEFI=0
+PROFILE="debug"
+EXTRA=()
+read -r -a ENV_EXTRA <<< "${QEMU_ARGS:-}"
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -h|--help) usage; exit 0 ;;
+    --kernel) [ $# -ge 2 ] || die "--kernel needs a path"; KERNEL="$2"; shift 2 ;;
+    --iso) [ $# -ge 2 ] || die "--iso needs a path"; ISO="$2"; shift 2 ;;
+    --uefi) UEFI=1; shift ;;
+    --release) PROFILE="release"; shift ;;
+    --smp) [ $# -ge 2 ] || die "--smp needs a number"; SMP="$2"; shift 2 ;;
+    --mem) [ $# -ge 2 ] || die "--mem needs a size"; MEM="$2"; shift 2 ;;
+    --accel) [ $# -ge 2 ] || die "--accel needs tcg or kvm"; ACCEL="$2"; shift 2 ;;
+    --cpu) [ $# -ge 2 ] || die "--cpu needs a model"; CPU="$2"; shift 2 ;;
+    --dsa) [ $# -ge 2 ] || die "--dsa needs a count"; DSA="$2"; shift 2 ;;
+    --icount) ICOUNT=1; shift ;;
+    --gdb) GDB_PORT=1234; shift ;;
+    --gdb=*) GDB_PORT="${1#--gdb=}"; shift ;;
+    --timeout) [ $# -ge 2 ] || die "--timeout needs seconds"; TIMEOUT="$2"; shift 2 ;;
+    --append) [ $# -ge 2 ] || die "--append needs arguments"; KARGS="${KARGS:+$KARGS }$2"; shift 2 ;;
+    --ktest) KARGS="${KARGS:+$KARGS }ktest"; shift ;;
+    --ktest=*) KARGS="${KARGS:+$KARGS }ktest=${1#--ktest=}"; shift ;;
+    --) shift; EXTRA+=("$@"); break ;;
+    *) die "unknown option '$1' (see --help)" ;;
+  esac
+done
+
+[[ "$SMP" =~ ^[1-9][0-9]*$ ]] || die "SMP must be a positive number, not '$SMP'"
+[[ "$DSA" =~ ^[0-9]+$ ]] || die "DSA must be a number, not '$DSA'"
+[[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "TIMEOUT must be seconds, not '$TIMEOUT'"
+case "$ACCEL" in tcg|kvm) ;; *) die "ACCEL must be tcg or kvm, not '$ACCEL'" ;; esac
+if [ "$ICOUNT" = 1 ] && [ "$ACCEL" != tcg ]; then die "--icount needs ACCEL=tcg"; fi
+if [ -n "$ISO" ] && [ -n "$KERNEL" ]; then die "--iso and --kernel are exclusive"; fi
+if [ "$UEFI" = 1 ] && [ -z "$ISO" ]; then die "--uefi needs --iso"; fi
+
+# --- QEMU binary ---------------------------------------------------------------------------
+install_hint() {
+  cat >&2 <<'EOF'
+  Install QEMU 10 from Debian bookworm-backports:
+    sudo apt-get update && sudo apt-get install -y -t bookworm-backports qemu-system-x86
+  (scripts/install-deps.sh adds bookworm-backports to apt and installs everything needed.)
+EOF
+}
+
+if [ -n "${QEMU:-}" ]; then
+  QEMU_BIN="$QEMU"
+elif [ -x "$ROOT/emulator/qemu/build.sh" ]; then
+  QEMU_BIN="$("$ROOT/emulator/qemu/build.sh" --ensure)" || die "emulator/qemu/build.sh --ensure failed"
+  [ -n "$QEMU_BIN" ] || die "emulator/qemu/build.sh --ensure printed no QEMU path"
+elif command -v qemu-system-x86_64 >/dev/null 2>&1; then
+  QEMU_BIN="$(command -v qemu-system-x86_64)"
+else
+  echo "$PROG: qemu-system-x86_64 not found." >&2
+  install_hint
+  exit 2
+fi
+if ! [ -x "$QEMU_BIN" ] && ! command -v "$QEMU_BIN" >/dev/null 2>&1; then
+  echo "$PROG: QEMU binary '$QEMU_BIN' not found or not executable." >&2
+  install_hint
+  exit 2
+fi
+QEMU_VERSION="$("$QEMU_BIN" --version 2>/dev/null | sed -n '1s/.*version \([0-9][0-9]*\)\.\([0-9][0-9]*\).*/\1.\2/p')"
+if [ -z "$QEMU_VERSION" ] || [ "${QEMU_VERSION%%.*}" -lt 10 ]; then
+  echo "$PROG: $QEMU_BIN is QEMU ${QEMU_VERSION:-of unknown version}; version 10.0 or newer is required" >&2
+  echo "  (older QEMU lacks TCG x2APIC and the VT-d scalable-mode options this project uses)." >&2
+  install_hint
+  exit 2
+fi
+
+# --- Kernel / ISO --------------------------------------------------------------------------
+if [ -z "$KERNEL" ] && [ -z "$ISO" ]; then
+  BUILD=(cargo build -p kernel --target x86_64-unknown-none)
+  [ "$PROFILE" = release ] && BUILD+=(--release)
+  (cd "$ROOT" && "${BUILD[@]}" >&2) || die "kernel build failed"
+  TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+  KERNEL="$TARGET_DIR/x86_64-unknown-none/$PROFILE/kernel"
+fi
+if [ -n "$KERNEL" ] && [ ! -f "$KERNEL" ]; then die "kernel '$KERNEL' not found"; fi
+if [ -n "$ISO" ] && [ ! -f "$ISO" ]; then die "ISO '$ISO' not found"; fi
+
+# --- Machine -------------------------------------------------------------------------------
+ARGS=(
+  -machine "q35,accel=$ACCEL,kernel-irqchip=split"
+  -cpu "$CPU"
+  -smp "$SMP"
+  -m "$MEM"
+  -nodefaults
+  -display none
+  -serial mon:stdio
+  -no-reboot
+)
+if [ "$ICOUNT" = 1 ]; then
+  ARGS+=(-icount shift=0)
+  # QEMU aborts on x2APIC timer-count reads under -icount; the kernel then calibrates
+  # the LAPIC timer with interrupts instead.
+  KARGS="${KARGS:+$KARGS }lapic.calibrate=irq"
+fi
+
+# === Device arguments: add devices here ====================================================
+# The IOMMU comes first so that it covers every PCI device added after it.
+DEVICE_ARGS=(
+  -device intel-iommu,intremap=on,x-scalable-mode=on,x-flts=on,x-pasid-mode=on,aw-bits=48
+  -device isa-debug-exit,iobase=0xf4,iosize=0x04
+)
+# DSA=<count>: intel-dsa instances, each behind its own pcie-root-port (so they get PCIe
+# extended config space). Only the patched QEMU (emulator/qemu) has the device.
+if [ "$DSA" -gt 0 ]; then
+  if "$QEMU_BIN" -device help 2>/dev/null | grep -q '"intel-dsa"'; then
+    for ((i = 0; i < DSA; i++)); do
+      DEVICE_ARGS+=(-device "pcie-root-port,id=dsa_rp$i,chassis=$((10 + i)),slot=$((10 + i))"
+                    -device "intel-dsa,bus=dsa_rp$i")
+    done
+  else
+    echo "$PROG: DSA=$DSA ignored: $QEMU_BIN has no intel-dsa device" >&2
+  fi
+fi
+# ===========================================================================================
+ARGS+=("${DEVICE_ARGS[@]}")
+
+VARS=""
+cleanup() { [ -n "$VARS" ] && rm -f "$VARS"; return 0; }
+trap cleanup EXIT
+
+if [ -n "$ISO" ]; then
+  [ -z "$KARGS" ] || echo "$PROG: note: kernel arguments are baked into the ISO; '$KARGS' ignored" >&2
+  if [ "$UEFI" = 1 ]; then
+    OVMF_CODE="${OVMF_CODE:-/usr/share/OVMF/OVMF_CODE_4M.fd}"
+    OVMF_VARS="${OVMF_VARS:-/usr/share/OVMF/OVMF_VARS_4M.fd}"
+    [ -f "$OVMF_CODE" ] && [ -f "$OVMF_VARS" ] ||
+      die "OVMF not found ($OVMF_CODE); install it: sudo apt-get install -y ovmf"
+    VARS="$(mktemp "${TMPDIR:-/tmp}/ovmf-vars.XXXXXX")"
+    cp "$OVMF_VARS" "$VARS"
+    ARGS+=(-drive "if=pflash,format=raw,readonly=on,file=$OVMF_CODE" -drive "if=pflash,format=raw,file=$VARS")
+  fi
+  ARGS+=(-cdrom "$ISO" -boot d)
+else
+  ARGS+=(-kernel "$KERNEL")
+  [ -z "$KARGS" ] || ARGS+=(-append "$KARGS")
+fi
+
+if [ -n "$GDB_PORT" ]; then
+  ARGS+=(-gdb "tcp::$GDB_PORT" -S)
+  TIMEOUT=0
+  echo "$PROG: gdb stub on port $GDB_PORT, CPUs halted: gdb -ex 'target remote :$GDB_PORT' ${KERNEL:-<kernel ELF>}" >&2
+fi
+ARGS+=("${ENV_EXTRA[@]}" "${EXTRA[@]}")
+
+echo "$PROG: $QEMU_BIN ${ARGS[*]}" >&2
+
+set +e
+if [ "$TIMEOUT" -gt 0 ]; then
+  timeout --foreground -k 5 "$TIMEOUT" "$QEMU_BIN" "${ARGS[@]}"
+else
+  "$QEMU_BIN" "${ARGS[@]}"
+fi
+status=$?
+set -e
+
+case $status in
+  33) exit 0 ;;
+  35) echo "$PROG: the kernel reported FAILURE" >&2; exit 1 ;;
+  124|137) echo "$PROG: TIMEOUT: QEMU killed after ${TIMEOUT}s" >&2; exit 124 ;;
+  0) echo "$PROG: QEMU ended without a verdict from the kernel (triple fault or reset under -no-reboot, or shutdown)" >&2; exit 3 ;;
+  *) echo "$PROG: QEMU failed with status $status" >&2; exit 4 ;;
+esac
