@@ -1,2 +1,44 @@
-//! Intel DSA driver: bring-up, work queues, submission, operations, errors
+//! Intel DSA driver: bring-up, work queues, submission, operations, errors.
+//!
+//! Hardware access goes through the traits in [`hw`] (BAR0 registers, BAR2 portals, DMA
+//! memory, a clock, PCI state), which the kernel implements and host tests implement over
+//! the `dsa-model` crate. Everything else is logic:
+//!
+//! * [`device::Device`]: bring-up per dsa.md §9 (halt check, capabilities, configuration,
+//!   reset, groups/engines/WQs, enable and verify), commands, drain/abort of WQs and PASIDs,
+//!   the misc interrupt (SWERR, halt), recovery from a halt with in-flight operations
+//!   finished or failed back.
+//! * [`config`] / [`accel_config`]: the default layout and accel-config JSON files,
+//!   validated against the capabilities before the device is touched.
+//! * [`submit::Submitter`]: per-CPU submission contexts (own completion records in the
+//!   client's address space), credit-based MOVDIR64B for dedicated WQs, ENQCMDS with bounded
+//!   retry for shared WQs, tokens with poll/wait/callback, interrupt reaping.
+//! * [`ops`]: typed builders for every DSA 1.0 operation and batches, validation, result
+//!   decoding and page-fault resume.
+//! * [`reference`]: CPU implementations of every operation.
 #![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+pub mod accel_config;
+pub mod caps;
+pub mod config;
+pub mod device;
+pub mod dma;
+pub mod error;
+pub mod hw;
+pub mod json;
+pub mod ops;
+pub mod reference;
+pub mod submit;
+
+pub use accel_config::AccelConfig;
+pub use caps::Capabilities;
+pub use config::{ConfigError, DeviceConfig, GroupConfig, WqConfig};
+pub use device::{ConfigSource, Device, DeviceOptions, Hardware, MiscEvents, RunState, SwError};
+pub use error::{DsaError, OpError, PageFault};
+pub use hw::{
+    AddressSpace, Clock, DmaMemory, DmaRegion, EnqStatus, Pci, PciInfo, Portals, Registers,
+};
+pub use ops::{DifDest, DifFormat, DifSource, DifTags, Op, Output, Resume, ValidationError, Work};
+pub use submit::{Client, Notify, Reaper, Submitter, SubmitterOptions, Token};

@@ -1,0 +1,196 @@
+//! Capability registers, read once and validated (dsa.md §2.2–§2.7, §9.1 step 5–6).
+
+use crate::error::DsaError;
+use crate::hw::Registers;
+use dsa_spec::regs::off;
+use dsa_spec::tables::{GRPCFG_ENTRY_SIZE, IMS_ENTRY_SIZE, MSIXPERM_ENTRY_SIZE};
+use dsa_spec::{CmdCap, EngCap, GenCap, GrpCap, Offsets, OpCap, Opcode, Version, WqCap};
+
+/// Register space below this offset holds the fixed registers; no table may start there.
+const FIXED_REGS_END: u64 = 0x100;
+/// Sanity limits on what a device reports (the architecture allows more in theory, but a
+/// value past these means a broken or hostile device).
+const MAX_WQS: u8 = 64;
+const MAX_ENGINES: u8 = 64;
+const MAX_GROUPS: u8 = 64;
+
+/// The device's capabilities, with the derived limits the driver uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    pub version: Version,
+    pub gencap: GenCap,
+    pub wqcap: WqCap,
+    pub grpcap: GrpCap,
+    pub engcap: EngCap,
+    pub opcap: OpCap,
+    pub offsets: Offsets,
+    /// Valid only when GENCAP.CMD_CAP; otherwise commands 1–12 only.
+    pub cmdcap: Option<CmdCap>,
+    pub num_wqs: u8,
+    pub num_engines: u8,
+    pub num_groups: u8,
+    pub total_wq_size: u16,
+    pub max_transfer_shift: u8,
+    pub max_batch_shift: u8,
+    pub wqcfg_entry_size: u64,
+    pub ims_entries: u32,
+}
+
+impl Capabilities {
+    /// Reads and validates every capability register. `msix_entries` comes from the PCI
+    /// MSI-X capability (it sizes MSIXPERM).
+    pub fn read(regs: &dyn Registers, msix_entries: u16) -> Result<Capabilities, DsaError> {
+        let bar0 = regs.size();
+        if bar0 < 0x1000 {
+            return Err(DsaError::BadCapability("BAR0 smaller than 4 KiB"));
+        }
+        let version = Version(regs.read32(off::VERSION));
+        // Features come from VERSION and the capability bits; majors 1 and 2 share the
+        // DSA 1.0 register model this driver uses (2.0 additions are capability-gated).
+        if !(1..=2).contains(&version.major()) {
+            return Err(DsaError::UnsupportedVersion(version.0));
+        }
+        let gencap = GenCap::from_bits_retain(regs.read64(off::GENCAP));
+        let wqcap = WqCap::from_bits_retain(regs.read64(off::WQCAP));
+        let grpcap = GrpCap::from_bits_retain(regs.read64(off::GRPCAP));
+        let engcap = EngCap(regs.read64(off::ENGCAP));
+        let mut opq = [0u64; 4];
+        for (i, q) in opq.iter_mut().enumerate() {
+            *q = regs.read64(off::OPCAP + 8 * i as u64);
+        }
+        let opcap = OpCap(opq);
+        let offsets = Offsets([regs.read64(off::OFFSETS), regs.read64(off::OFFSETS + 8)]);
+        let cmdcap = gencap
+            .contains(GenCap::CMD_CAP)
+            .then(|| CmdCap(regs.read64(off::CMDCAP)));
+
+        let num_wqs = wqcap.num_wqs();
+        let num_engines = engcap.num_engines();
+        let num_groups = grpcap.num_groups();
+        let total_wq_size = wqcap.total_wq_size();
+        if num_wqs == 0 || num_wqs > MAX_WQS {
+            return Err(DsaError::BadCount {
+                what: "WQs",
+                value: num_wqs as u64,
+            });
+        }
+        if num_engines == 0 || num_engines > MAX_ENGINES {
+            return Err(DsaError::BadCount {
+                what: "engines",
+                value: num_engines as u64,
+            });
+        }
+        if num_groups == 0 || num_groups > MAX_GROUPS {
+            return Err(DsaError::BadCount {
+                what: "groups",
+                value: num_groups as u64,
+            });
+        }
+        if total_wq_size == 0 {
+            return Err(DsaError::BadCount {
+                what: "total WQ size",
+                value: 0,
+            });
+        }
+        if !wqcap.intersects(WqCap::DEDICATED_MODE | WqCap::SHARED_MODE) {
+            return Err(DsaError::BadCapability("WQCAP offers neither WQ mode"));
+        }
+        let code = wqcap.wqcfg_size_code();
+        if code > 3 {
+            return Err(DsaError::BadCount {
+                what: "WQCFG entry size code",
+                value: code as u64,
+            });
+        }
+        let wqcfg_entry_size = wqcap.wqcfg_entry_size();
+        if !opcap.supports(Opcode::Noop as u8) && !opcap.supports(Opcode::MemMove as u8) {
+            return Err(DsaError::BadCapability(
+                "OPCAP lists neither no-op nor memmove",
+            ));
+        }
+        let ims_entries = gencap.ims_entries();
+
+        // Every table must sit inside BAR0, above the fixed registers, without overlaps.
+        let mut tables: [(&'static str, u64, u64); 4] = [
+            (
+                "GRPCFG",
+                offsets.grpcfg(),
+                num_groups as u64 * GRPCFG_ENTRY_SIZE,
+            ),
+            ("WQCFG", offsets.wqcfg(), num_wqs as u64 * wqcfg_entry_size),
+            (
+                "MSIXPERM",
+                offsets.msixperm(),
+                msix_entries as u64 * MSIXPERM_ENTRY_SIZE,
+            ),
+            ("IMS", offsets.ims(), ims_entries as u64 * IMS_ENTRY_SIZE),
+        ];
+        for &(name, start, len) in &tables {
+            if len == 0 {
+                continue;
+            }
+            if start < FIXED_REGS_END || start.checked_add(len).is_none_or(|e| e > bar0) {
+                return Err(DsaError::BadTableOffset {
+                    table: name,
+                    offset: start,
+                    len,
+                });
+            }
+        }
+        tables.sort_by_key(|t| t.1);
+        for w in tables.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            if a.2 != 0 && b.2 != 0 && a.1 + a.2 > b.1 {
+                return Err(DsaError::TablesOverlap { a: a.0, b: b.0 });
+            }
+        }
+        Ok(Capabilities {
+            version,
+            gencap,
+            wqcap,
+            grpcap,
+            engcap,
+            opcap,
+            offsets,
+            cmdcap,
+            num_wqs,
+            num_engines,
+            num_groups,
+            total_wq_size,
+            max_transfer_shift: gencap.max_xfer_shift(),
+            max_batch_shift: gencap.max_batch_shift(),
+            wqcfg_entry_size,
+            ims_entries,
+        })
+    }
+
+    /// Largest transfer the device accepts.
+    pub fn max_transfer(&self) -> u64 {
+        1u64 << self.max_transfer_shift
+    }
+    /// Largest batch the device accepts.
+    pub fn max_batch(&self) -> u32 {
+        1u32 << self.max_batch_shift
+    }
+    pub fn supports(&self, op: Opcode) -> bool {
+        self.opcap.supports(op as u8)
+    }
+    /// True if Request Interrupt Handle must be used (CMDCAP bit 13).
+    pub fn requires_int_handles(&self) -> bool {
+        self.cmdcap
+            .is_some_and(|c| c.supports(dsa_spec::Command::RequestIntHandle as u8))
+    }
+    pub fn command_supported(&self, cmd: dsa_spec::Command) -> bool {
+        let code = cmd as u8;
+        (1..=12).contains(&code) || self.cmdcap.is_some_and(|c| c.supports(code))
+    }
+    pub fn grpcfg_off(&self, group: u8) -> u64 {
+        self.offsets.grpcfg() + group as u64 * GRPCFG_ENTRY_SIZE
+    }
+    pub fn wqcfg_off(&self, wq: u8) -> u64 {
+        self.offsets.wqcfg() + wq as u64 * self.wqcfg_entry_size
+    }
+    pub fn msixperm_off(&self, entry: u16) -> u64 {
+        self.offsets.msixperm() + entry as u64 * MSIXPERM_ENTRY_SIZE
+    }
+}

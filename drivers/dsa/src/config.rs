@@ -1,0 +1,508 @@
+//! Device configuration: groups, engines, WQs (dsa.md §3), the default layout, and
+//! validation against the capabilities before anything is written to the device.
+
+use crate::caps::Capabilities;
+use crate::hw::PciInfo;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use dsa_spec::{GenCap, GrpCap, WqCap, WqMode};
+
+/// What a WQ is meant for (accel-config's `type`; informational here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WqType {
+    #[default]
+    Kernel,
+    User,
+    None,
+}
+
+/// One WQ.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WqConfig {
+    pub id: u8,
+    pub group: u8,
+    pub mode: WqMode,
+    pub size: u16,
+    /// Shared WQ: limited-portal threshold (0 = the driver uses the unlimited portal).
+    pub threshold: u16,
+    pub priority: u8,
+    pub block_on_fault: bool,
+    /// Bytes; rounded up to a power of two (as Linux does).
+    pub max_transfer_size: u64,
+    /// Descriptors; rounded up to a power of two.
+    pub max_batch_size: u32,
+    pub ats_disable: bool,
+    pub prs_disable: bool,
+    pub name: String,
+    pub wq_type: WqType,
+}
+
+impl WqConfig {
+    pub fn new(id: u8, group: u8, mode: WqMode, size: u16) -> Self {
+        WqConfig {
+            id,
+            group,
+            mode,
+            size,
+            threshold: 0,
+            priority: 1,
+            block_on_fault: false,
+            max_transfer_size: 2 << 20,
+            max_batch_size: 32,
+            ats_disable: false,
+            prs_disable: false,
+            name: String::new(),
+            wq_type: WqType::Kernel,
+        }
+    }
+    pub(crate) fn transfer_shift(&self) -> u8 {
+        self.max_transfer_size
+            .max(1)
+            .next_power_of_two()
+            .trailing_zeros() as u8
+    }
+    pub(crate) fn batch_shift(&self) -> u8 {
+        self.max_batch_size
+            .max(1)
+            .next_power_of_two()
+            .trailing_zeros() as u8
+    }
+}
+
+/// One group.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct GroupConfig {
+    pub id: u8,
+    /// Engine bitmap.
+    pub engines: u64,
+    /// Traffic class A/B (None = driver default 1).
+    pub tc_a: Option<u8>,
+    pub tc_b: Option<u8>,
+    pub read_buffers_reserved: u8,
+    /// 0 = no limit.
+    pub read_buffers_allowed: u8,
+    pub use_read_buffer_limit: bool,
+    pub desc_progress_limit: u8,
+    pub batch_progress_limit: u8,
+}
+
+/// The whole device configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct DeviceConfig {
+    pub groups: Vec<GroupConfig>,
+    pub wqs: Vec<WqConfig>,
+    /// GENCFG global read-buffer limit (needs GRPCAP.17).
+    pub read_buffer_limit: u8,
+}
+
+/// Why a configuration was rejected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// JSON syntax error at a byte offset.
+    Syntax {
+        offset: usize,
+        what: &'static str,
+    },
+    /// A key the parser does not know.
+    UnknownField {
+        object: String,
+        key: String,
+    },
+    /// A field with a value of the wrong type or out of range.
+    BadValue {
+        object: String,
+        key: String,
+        why: &'static str,
+    },
+    /// A `dev` name that does not parse or does not belong where it appears.
+    BadName {
+        name: String,
+        why: &'static str,
+    },
+    NoWqs,
+    WqIndex {
+        wq: u8,
+        max: u8,
+    },
+    GroupIndex {
+        group: u8,
+        max: u8,
+    },
+    EngineIndex {
+        engine: u8,
+        max: u8,
+    },
+    WqInTwoGroups {
+        wq: u8,
+    },
+    WqListedTwice {
+        wq: u8,
+    },
+    EngineInTwoGroups {
+        engine: u8,
+    },
+    GroupWithoutEngines {
+        group: u8,
+    },
+    WqSizeZero {
+        wq: u8,
+    },
+    WqSizesOverTotal {
+        sum: u32,
+        total: u16,
+    },
+    ModeUnsupported {
+        wq: u8,
+        mode: WqMode,
+    },
+    SharedWqWithoutPasid {
+        wq: u8,
+    },
+    ThresholdOverSize {
+        wq: u8,
+        threshold: u16,
+        size: u16,
+    },
+    ThresholdOnDedicated {
+        wq: u8,
+    },
+    Priority {
+        wq: u8,
+        priority: u8,
+    },
+    BlockOnFaultUnsupported {
+        wq: u8,
+    },
+    MaxTransfer {
+        wq: u8,
+        value: u64,
+        max: u64,
+    },
+    MaxBatch {
+        wq: u8,
+        value: u32,
+        max: u32,
+    },
+    AtsDisableUnsupported {
+        wq: u8,
+    },
+    PrsDisableUnsupported {
+        wq: u8,
+    },
+    TrafficClass {
+        group: u8,
+        tc: u8,
+    },
+    ReadBuffersUnsupported {
+        group: u8,
+    },
+    ReadBuffersOverTotal {
+        sum: u32,
+        total: u8,
+    },
+    ProgressLimit {
+        group: u8,
+    },
+    Unsupported {
+        what: &'static str,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ConfigError::*;
+        match self {
+            Syntax { offset, what } => write!(f, "JSON syntax error at byte {offset}: {what}"),
+            UnknownField { object, key } => write!(f, "{object}: unknown field \"{key}\""),
+            BadValue { object, key, why } => write!(f, "{object}: field \"{key}\" {why}"),
+            BadName { name, why } => write!(f, "\"{name}\": {why}"),
+            NoWqs => write!(f, "no work queue configured"),
+            WqIndex { wq, max } => write!(f, "wq {wq} does not exist (device has {max})"),
+            GroupIndex { group, max } => {
+                write!(f, "group {group} does not exist (device has {max})")
+            }
+            EngineIndex { engine, max } => {
+                write!(f, "engine {engine} does not exist (device has {max})")
+            }
+            WqInTwoGroups { wq } => write!(f, "wq {wq} is in two groups"),
+            WqListedTwice { wq } => write!(f, "wq {wq} is configured twice"),
+            EngineInTwoGroups { engine } => write!(f, "engine {engine} is in two groups"),
+            GroupWithoutEngines { group } => write!(f, "group {group} has WQs but no engine"),
+            WqSizeZero { wq } => write!(f, "wq {wq} has size 0"),
+            WqSizesOverTotal { sum, total } => {
+                write!(
+                    f,
+                    "WQ sizes add up to {sum}, the device has {total} entries"
+                )
+            }
+            ModeUnsupported { wq, mode } => write!(f, "wq {wq}: {mode:?} mode not supported"),
+            SharedWqWithoutPasid { wq } => write!(
+                f,
+                "wq {wq}: a shared WQ needs PASID support (capability and PCI PASID enable)"
+            ),
+            ThresholdOverSize {
+                wq,
+                threshold,
+                size,
+            } => write!(f, "wq {wq}: threshold {threshold} over size {size}"),
+            ThresholdOnDedicated { wq } => {
+                write!(f, "wq {wq}: threshold applies to shared WQs only")
+            }
+            Priority { wq, priority } => write!(f, "wq {wq}: priority {priority} not in 1..=15"),
+            BlockOnFaultUnsupported { wq } => {
+                write!(f, "wq {wq}: block on fault not supported by the device")
+            }
+            MaxTransfer { wq, value, max } => {
+                write!(f, "wq {wq}: max transfer size {value} not in 1..={max}")
+            }
+            MaxBatch { wq, value, max } => {
+                write!(f, "wq {wq}: max batch size {value} not in 1..={max}")
+            }
+            AtsDisableUnsupported { wq } => write!(f, "wq {wq}: ATS disable not supported"),
+            PrsDisableUnsupported { wq } => write!(f, "wq {wq}: PRS disable not supported"),
+            TrafficClass { group, tc } => {
+                write!(f, "group {group}: traffic class {tc} not in 0..=7")
+            }
+            ReadBuffersUnsupported { group } => {
+                write!(f, "group {group}: read-buffer controls not supported")
+            }
+            ReadBuffersOverTotal { sum, total } => {
+                write!(
+                    f,
+                    "reserved read buffers {sum} over the device total {total}"
+                )
+            }
+            ProgressLimit { group } => write!(
+                f,
+                "group {group}: descriptor progress limits not supported or not in 0..=3"
+            ),
+            Unsupported { what } => write!(f, "{what} not supported"),
+        }
+    }
+}
+
+impl DeviceConfig {
+    /// The default layout: one dedicated WQ and (when shared mode and PASID are available)
+    /// one shared WQ, each in its own group with half the engines when there are two groups.
+    pub fn default_for(caps: &Capabilities, pci: &PciInfo) -> DeviceConfig {
+        let shared_ok = caps.wqcap.contains(WqCap::SHARED_MODE) && pci.pasid_enabled;
+        let dedicated_ok = caps.wqcap.contains(WqCap::DEDICATED_MODE);
+        let mut modes = Vec::new();
+        if dedicated_ok {
+            modes.push(WqMode::Dedicated);
+        }
+        if shared_ok {
+            modes.push(WqMode::Shared);
+        }
+        let nwq = (modes.len() as u8).min(caps.num_wqs);
+        let ngroups = nwq.min(caps.num_groups).min(caps.num_engines).max(1);
+        let size = (caps.total_wq_size / nwq.max(1) as u16).clamp(1, 32);
+        let engines_all = if caps.num_engines >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << caps.num_engines) - 1
+        };
+        let mut groups = Vec::new();
+        for g in 0..ngroups {
+            // Split the engines evenly; the last group takes the remainder.
+            let per = caps.num_engines / ngroups;
+            let lo = g * per;
+            let mask = if g + 1 == ngroups {
+                engines_all & !((1u64 << lo) - 1)
+            } else {
+                ((1u64 << per) - 1) << lo
+            };
+            groups.push(GroupConfig {
+                id: g,
+                engines: mask,
+                ..Default::default()
+            });
+        }
+        let wqs = modes
+            .iter()
+            .take(nwq as usize)
+            .enumerate()
+            .map(|(i, &mode)| {
+                let mut w = WqConfig::new(i as u8, (i as u8).min(ngroups - 1), mode, size);
+                w.max_transfer_size = caps.max_transfer().min(2 << 20);
+                w.max_batch_size = caps.max_batch().min(32);
+                w.name = match mode {
+                    WqMode::Dedicated => "kernel-dedicated".into(),
+                    WqMode::Shared => "kernel-shared".into(),
+                };
+                w
+            })
+            .collect();
+        DeviceConfig {
+            groups,
+            wqs,
+            read_buffer_limit: 0,
+        }
+    }
+
+    /// Checks the configuration against the device and PCI state.
+    pub fn validate(&self, caps: &Capabilities, pci: &PciInfo) -> Result<(), ConfigError> {
+        if self.wqs.is_empty() {
+            return Err(ConfigError::NoWqs);
+        }
+        if self.read_buffer_limit != 0 && !caps.grpcap.contains(GrpCap::RDBUF_GLOBAL_LIMIT) {
+            return Err(ConfigError::Unsupported {
+                what: "global read-buffer limit",
+            });
+        }
+        let mut engines_seen = 0u64;
+        let mut groups_seen = 0u64;
+        let mut rdbuf_sum = 0u32;
+        for g in &self.groups {
+            if g.id >= caps.num_groups {
+                return Err(ConfigError::GroupIndex {
+                    group: g.id,
+                    max: caps.num_groups,
+                });
+            }
+            if groups_seen >> g.id & 1 == 1 {
+                return Err(ConfigError::BadName {
+                    name: alloc::format!("group{}", g.id),
+                    why: "group configured twice",
+                });
+            }
+            groups_seen |= 1 << g.id;
+            if let Some(e) = (0..64u8).find(|&e| g.engines >> e & 1 == 1 && e >= caps.num_engines) {
+                return Err(ConfigError::EngineIndex {
+                    engine: e,
+                    max: caps.num_engines,
+                });
+            }
+            if let Some(e) = (0..64u8).find(|&e| (g.engines & engines_seen) >> e & 1 == 1) {
+                return Err(ConfigError::EngineInTwoGroups { engine: e });
+            }
+            engines_seen |= g.engines;
+            for tc in [g.tc_a, g.tc_b].into_iter().flatten() {
+                if tc > 7 {
+                    return Err(ConfigError::TrafficClass { group: g.id, tc });
+                }
+            }
+            let rdbuf = g.read_buffers_reserved != 0
+                || g.read_buffers_allowed != 0
+                || g.use_read_buffer_limit;
+            if rdbuf && !caps.grpcap.contains(GrpCap::RDBUF_CTRL) {
+                return Err(ConfigError::ReadBuffersUnsupported { group: g.id });
+            }
+            if g.use_read_buffer_limit && !caps.grpcap.contains(GrpCap::RDBUF_GLOBAL_LIMIT) {
+                return Err(ConfigError::ReadBuffersUnsupported { group: g.id });
+            }
+            rdbuf_sum += g.read_buffers_reserved as u32;
+            let pl = g.desc_progress_limit != 0 || g.batch_progress_limit != 0;
+            if g.desc_progress_limit > 3
+                || g.batch_progress_limit > 3
+                || (pl && !caps.grpcap.contains(GrpCap::DESC_IN_PROGRESS_LIMIT))
+            {
+                return Err(ConfigError::ProgressLimit { group: g.id });
+            }
+        }
+        if rdbuf_sum > caps.grpcap.total_rdbufs() as u32 {
+            return Err(ConfigError::ReadBuffersOverTotal {
+                sum: rdbuf_sum,
+                total: caps.grpcap.total_rdbufs(),
+            });
+        }
+        let mut wqs_seen = 0u64;
+        let mut sum = 0u32;
+        for w in &self.wqs {
+            if w.id >= caps.num_wqs {
+                return Err(ConfigError::WqIndex {
+                    wq: w.id,
+                    max: caps.num_wqs,
+                });
+            }
+            if wqs_seen >> w.id & 1 == 1 {
+                return Err(ConfigError::WqListedTwice { wq: w.id });
+            }
+            wqs_seen |= 1 << w.id;
+            let Some(g) = self.groups.iter().find(|g| g.id == w.group) else {
+                return Err(ConfigError::GroupIndex {
+                    group: w.group,
+                    max: caps.num_groups,
+                });
+            };
+            if g.engines == 0 {
+                return Err(ConfigError::GroupWithoutEngines { group: g.id });
+            }
+            if w.size == 0 {
+                return Err(ConfigError::WqSizeZero { wq: w.id });
+            }
+            sum += w.size as u32;
+            match w.mode {
+                WqMode::Dedicated => {
+                    if !caps.wqcap.contains(WqCap::DEDICATED_MODE) {
+                        return Err(ConfigError::ModeUnsupported {
+                            wq: w.id,
+                            mode: w.mode,
+                        });
+                    }
+                    if w.threshold != 0 {
+                        return Err(ConfigError::ThresholdOnDedicated { wq: w.id });
+                    }
+                }
+                WqMode::Shared => {
+                    if !caps.wqcap.contains(WqCap::SHARED_MODE) {
+                        return Err(ConfigError::ModeUnsupported {
+                            wq: w.id,
+                            mode: w.mode,
+                        });
+                    }
+                    if !pci.pasid_enabled {
+                        return Err(ConfigError::SharedWqWithoutPasid { wq: w.id });
+                    }
+                    if w.threshold > w.size {
+                        return Err(ConfigError::ThresholdOverSize {
+                            wq: w.id,
+                            threshold: w.threshold,
+                            size: w.size,
+                        });
+                    }
+                }
+            }
+            let prio_needed = caps.wqcap.contains(WqCap::PRIORITY);
+            if w.priority > 15 || (prio_needed && w.priority == 0) {
+                return Err(ConfigError::Priority {
+                    wq: w.id,
+                    priority: w.priority,
+                });
+            }
+            if w.block_on_fault && !caps.gencap.contains(GenCap::BLOCK_ON_FAULT) {
+                return Err(ConfigError::BlockOnFaultUnsupported { wq: w.id });
+            }
+            let max_x = caps.max_transfer();
+            if w.max_transfer_size == 0 || w.max_transfer_size > max_x {
+                return Err(ConfigError::MaxTransfer {
+                    wq: w.id,
+                    value: w.max_transfer_size,
+                    max: max_x,
+                });
+            }
+            let max_b = caps.max_batch();
+            if w.max_batch_size == 0 || w.max_batch_size > max_b {
+                return Err(ConfigError::MaxBatch {
+                    wq: w.id,
+                    value: w.max_batch_size,
+                    max: max_b,
+                });
+            }
+            if w.ats_disable && !caps.wqcap.contains(WqCap::WQ_ATS_DISABLE) {
+                return Err(ConfigError::AtsDisableUnsupported { wq: w.id });
+            }
+            if w.prs_disable && !caps.wqcap.contains(WqCap::WQ_PRS_DISABLE) {
+                return Err(ConfigError::PrsDisableUnsupported { wq: w.id });
+            }
+        }
+        if sum > caps.total_wq_size as u32 {
+            return Err(ConfigError::WqSizesOverTotal {
+                sum,
+                total: caps.total_wq_size,
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1014 @@
+//! One DSA device: bring-up (dsa.md §9.1–§9.2), commands, WQ runtime state, the misc
+//! interrupt (§9.4), halt recovery, drain and abort. No global state: every device is an
+//! independent [`Device`].
+
+use crate::caps::Capabilities;
+use crate::config::{DeviceConfig, WqConfig};
+use crate::error::{DsaError, OpError};
+use crate::hw::{AddressSpace, Clock, DmaMemory, Pci, PciInfo, Portals, Registers};
+use crate::ops::WqLimits;
+use crate::submit::Shared;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use bitflags::bitflags;
+use core::fmt;
+use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use dsa_spec::portal::{PortalKind, WQ_PORTAL_STRIDE, portal_offset};
+use dsa_spec::regs::{cmd_err, off};
+use dsa_spec::tables::{MsixPerm, wqcfg};
+use dsa_spec::{
+    CmdReg, CmdStatus, Command, DeviceState, GenCfg, GenCtrl, GenSts, GroupFlags, GrpCfg, IntCause,
+    ResetType, SwErr, SwErrFlags, WqCfg, WqMode, WqState,
+};
+use log::{debug, error, info, warn};
+
+/// The machine behind one device.
+#[derive(Clone)]
+pub struct Hardware {
+    pub regs: Arc<dyn Registers>,
+    pub portals: Arc<dyn Portals>,
+    pub dma: Arc<dyn DmaMemory>,
+    pub clock: Arc<dyn Clock>,
+    pub pci: Arc<dyn Pci>,
+}
+
+/// Driver policy for one device.
+#[derive(Clone, Debug)]
+pub struct DeviceOptions {
+    /// PASID of the kernel's own address space when descriptors use PASIDs: dedicated WQs
+    /// run in it, and it is the PASID allowed on the WQs' MSI-X entries (MSIXPERM). `None`:
+    /// dedicated WQs run without PASID.
+    pub kernel_pasid: Option<u32>,
+    /// Bound on every command (reset, enable, drain, abort …).
+    pub command_timeout_ns: u64,
+    /// Bound on waiting for a dedicated-WQ credit or an accepting shared WQ.
+    pub submit_timeout_ns: u64,
+    /// Immediate ENQCMDS retries before backing off (Linux: 32).
+    pub enqcmds_retries: u32,
+    /// Maximum number of submission contexts at once.
+    pub max_submitters: usize,
+}
+
+impl Default for DeviceOptions {
+    fn default() -> Self {
+        DeviceOptions {
+            kernel_pasid: None,
+            command_timeout_ns: 1_000_000_000,
+            submit_timeout_ns: 10_000_000,
+            enqcmds_retries: 32,
+            max_submitters: 64,
+        }
+    }
+}
+
+/// Where the configuration comes from.
+#[derive(Clone, Debug)]
+pub enum ConfigSource {
+    /// [`DeviceConfig::default_for`].
+    Default,
+    Config(DeviceConfig),
+    /// An accel-config file; the entry `dsa<index>` is used, the default if absent.
+    AccelConfig(crate::accel_config::AccelConfig),
+}
+
+/// Run state of a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RunState {
+    Running = 0,
+    /// New submissions are refused while a drain/abort/recovery runs.
+    Quiescing = 1,
+    /// The device reported Halt; [`Device::recover`] must run.
+    Halted = 2,
+    /// Recovery failed; the device is unusable.
+    Failed = 3,
+}
+
+impl RunState {
+    fn from_u8(v: u8) -> RunState {
+        match v {
+            0 => RunState::Running,
+            1 => RunState::Quiescing,
+            2 => RunState::Halted,
+            _ => RunState::Failed,
+        }
+    }
+}
+
+bitflags! {
+    /// What the misc interrupt found (the kernel schedules [`Device::recover`] on HALTED).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct MiscEvents: u32 {
+        const SOFTWARE_ERROR = 1 << 0;
+        const COMMAND_COMPLETED = 1 << 1;
+        const HALTED = 1 << 2;
+        const HANDLES_REVOKED = 1 << 3;
+        const OTHER = 1 << 4;
+    }
+}
+
+/// A decoded SWERROR record (dsa.md §2.15).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SwError {
+    pub code: u8,
+    pub overflow: bool,
+    pub wq: Option<u8>,
+    /// Opcode and PASID when the descriptor fields are valid.
+    pub opcode: Option<u8>,
+    pub pasid: Option<u32>,
+    pub batch_index: Option<u16>,
+    pub privileged: bool,
+    pub write: bool,
+    pub fault_addr: u64,
+    pub info: Option<u32>,
+}
+
+impl SwError {
+    pub fn decode(s: &SwErr) -> SwError {
+        let f = s.flags();
+        let desc = f.contains(SwErrFlags::DESC_VALID);
+        SwError {
+            code: s.code(),
+            overflow: s.overflow(),
+            wq: f.contains(SwErrFlags::WQ_INDEX_VALID).then_some(s.wq()),
+            opcode: desc.then_some(s.opcode()),
+            pasid: desc.then_some(s.pasid()),
+            batch_index: f.contains(SwErrFlags::BATCH).then_some(s.batch_index()),
+            privileged: f.contains(SwErrFlags::PRIV),
+            write: f.contains(SwErrFlags::FAULT_RW),
+            fault_addr: s.fault_addr(),
+            info: f
+                .contains(SwErrFlags::ERROR_INFO_VALID)
+                .then_some(s.error_info()),
+        }
+    }
+    pub fn name(&self) -> &'static str {
+        use dsa_spec::regs::swerr_code::*;
+        match self.code {
+            PCI_CONFIG_CHANGED => "PCI configuration changed while enabled",
+            CMD_WHILE_ACTIVE => "command written while another was active",
+            DWQ_FULL => "descriptor dropped: dedicated WQ full",
+            EVL_APPEND => "event log append failed",
+            c => dsa_spec::status::name(c),
+        }
+    }
+}
+
+impl fmt::Display for SwError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SWERR {:#04x} ({})", self.code, self.name())?;
+        if let Some(w) = self.wq {
+            write!(f, " wq {w}")?;
+        }
+        if let Some(o) = self.opcode {
+            write!(f, " opcode {o:#04x}")?;
+        }
+        if let Some(p) = self.pasid {
+            write!(f, " pasid {p:#x}")?;
+        }
+        if let Some(b) = self.batch_index {
+            write!(f, " batch member {b}")?;
+        }
+        if self.fault_addr != 0 {
+            write!(
+                f,
+                " addr {:#x} ({})",
+                self.fault_addr,
+                if self.write { "write" } else { "read" }
+            )?;
+        }
+        if self.overflow {
+            write!(f, " (more errors lost)")?;
+        }
+        Ok(())
+    }
+}
+
+/// Runtime state of one configured WQ.
+pub struct Wq {
+    pub config: WqConfig,
+    /// Address space descriptors of this WQ run in (dedicated), or None for shared WQs
+    /// (the descriptor names it).
+    pub space: Option<AddressSpace>,
+    pub privileged: bool,
+    pub limits: WqLimits,
+    /// MSI-X table entry of this WQ's completion interrupt, if the kernel gave one.
+    pub msix_entry: Option<u16>,
+    /// PASID the MSI-X entry is bound to (MSIXPERM), for PASID-enabled WQs.
+    pub msix_pasid: Option<u32>,
+    /// Interrupt handle for `msix_entry` (the index, or what Request Int Handle returned).
+    pub(crate) int_handle: AtomicU32,
+    /// Descriptors outstanding on a dedicated WQ (never more than the WQ size).
+    pub(crate) credits: AtomicU32,
+    /// Most credits ever in use at once.
+    pub(crate) credits_peak: AtomicU32,
+}
+
+impl Wq {
+    pub fn id(&self) -> u8 {
+        self.config.id
+    }
+    pub fn mode(&self) -> WqMode {
+        self.config.mode
+    }
+    pub fn size(&self) -> u16 {
+        self.config.size
+    }
+    /// Portal page used for submissions through MSI-X (or polling).
+    pub fn portal(&self) -> u64 {
+        let kind = if self.config.mode == WqMode::Shared && self.config.threshold > 0 {
+            PortalKind::LimitedMsix
+        } else {
+            PortalKind::UnlimitedMsix
+        };
+        portal_offset(self.config.id as u32, kind)
+    }
+    /// Portal page for descriptors carrying an IMS interrupt handle.
+    pub fn ims_portal(&self) -> u64 {
+        let kind = if self.config.mode == WqMode::Shared && self.config.threshold > 0 {
+            PortalKind::LimitedIms
+        } else {
+            PortalKind::UnlimitedIms
+        };
+        portal_offset(self.config.id as u32, kind)
+    }
+    pub fn credits_in_use(&self) -> u32 {
+        self.credits.load(Ordering::Acquire)
+    }
+    pub fn credits_peak(&self) -> u32 {
+        self.credits_peak.load(Ordering::Relaxed)
+    }
+    pub(crate) fn int_handle(&self) -> Option<u16> {
+        let h = self.int_handle.load(Ordering::Acquire);
+        (h <= 0xFFFF).then_some(h as u16)
+    }
+    /// Takes a dedicated-WQ credit if one is free.
+    pub(crate) fn try_credit(&self) -> bool {
+        let size = self.config.size as u32;
+        let r = self
+            .credits
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < size).then_some(n + 1)
+            });
+        if let Ok(n) = r {
+            self.credits_peak.fetch_max(n + 1, Ordering::Relaxed);
+        }
+        r.is_ok()
+    }
+    pub(crate) fn put_credit(&self) {
+        let _ = self
+            .credits
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+}
+
+const NO_HANDLE: u32 = u32::MAX;
+
+/// Counters for tests and diagnostics.
+pub struct Stats {
+    swerr_by_code: [AtomicU32; 256],
+    pub(crate) misc_interrupts: AtomicU64,
+    pub(crate) halts: AtomicU64,
+    pub(crate) recoveries: AtomicU64,
+    last_swerr: [AtomicU64; 4],
+}
+
+impl Stats {
+    fn new() -> Stats {
+        Stats {
+            swerr_by_code: core::array::from_fn(|_| AtomicU32::new(0)),
+            misc_interrupts: AtomicU64::new(0),
+            halts: AtomicU64::new(0),
+            recoveries: AtomicU64::new(0),
+            last_swerr: core::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+/// One DSA device.
+pub struct Device {
+    pub(crate) hw: Hardware,
+    index: u32,
+    pub(crate) caps: Capabilities,
+    config: DeviceConfig,
+    pub(crate) options: DeviceOptions,
+    /// Indexed by WQ id; None for unconfigured WQs.
+    wqs: Vec<Option<Wq>>,
+    cmd_lock: spin::Mutex<()>,
+    recover_lock: spin::Mutex<()>,
+    state: AtomicU8,
+    pub(crate) epoch: AtomicU64,
+    /// Submissions between their state check and their portal store.
+    pub(crate) submitting: AtomicU32,
+    pub(crate) registry: Vec<spin::Mutex<Option<Arc<Shared>>>>,
+    pub(crate) stats: Stats,
+}
+
+impl fmt::Debug for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Device")
+            .field("index", &self.index)
+            .field("version", &self.caps.version)
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Device {
+    /// Brings a device up: checks it is not halted, reads and validates its capabilities,
+    /// builds and validates the configuration (before touching the device), resets it,
+    /// programs groups and WQs, enables the device and every WQ and verifies their states.
+    /// `index` is N of `dsaN` (accel-config naming, enumeration order).
+    pub fn new(
+        hw: Hardware,
+        index: u32,
+        source: ConfigSource,
+        options: DeviceOptions,
+    ) -> Result<Arc<Device>, DsaError> {
+        let gensts = GenSts(hw.regs.read32(off::GENSTS));
+        if gensts.state() == DeviceState::Halted {
+            return Err(DsaError::Halted {
+                reset: gensts.reset_type(),
+            });
+        }
+        let pci = hw.pci.info();
+        let caps = Capabilities::read(&*hw.regs, pci.msix_entries)?;
+        let need = caps.num_wqs as u64 * WQ_PORTAL_STRIDE;
+        if hw.portals.size() < need {
+            return Err(DsaError::PortalBarTooSmall {
+                have: hw.portals.size(),
+                need,
+            });
+        }
+        let config = match source {
+            ConfigSource::Default => DeviceConfig::default_for(&caps, &pci),
+            ConfigSource::Config(c) => c,
+            ConfigSource::AccelConfig(a) => match a.resolve(index, &caps) {
+                Some(r) => r?,
+                None => DeviceConfig::default_for(&caps, &pci),
+            },
+        };
+        config.validate(&caps, &pci)?;
+        if let Some(p) = options.kernel_pasid
+            && (p >= 1 << 20 || !pci.pasid_enabled)
+        {
+            return Err(DsaError::BadCapability(
+                "kernel PASID needs PCI PASID enabled and a 20-bit value",
+            ));
+        }
+        let mut wqs: Vec<Option<Wq>> = (0..caps.num_wqs).map(|_| None).collect();
+        for w in &config.wqs {
+            let (space, privileged) = match w.mode {
+                WqMode::Dedicated => match options.kernel_pasid {
+                    Some(p) => (Some(AddressSpace::Pasid(p)), pci.privileged_mode),
+                    None => (Some(AddressSpace::NoPasid), true),
+                },
+                WqMode::Shared => (None, false),
+            };
+            let entry = w.id as u16 + 1;
+            let msix_entry = (entry < pci.msix_entries).then_some(entry);
+            let pasid_en = space != Some(AddressSpace::NoPasid);
+            wqs[w.id as usize] = Some(Wq {
+                config: w.clone(),
+                space,
+                privileged,
+                limits: WqLimits {
+                    max_transfer: 1u64 << w.transfer_shift(),
+                    max_batch: 1u32 << w.batch_shift(),
+                    block_on_fault: w.block_on_fault,
+                },
+                msix_entry,
+                msix_pasid: if pasid_en { options.kernel_pasid } else { None },
+                int_handle: AtomicU32::new(NO_HANDLE),
+                credits: AtomicU32::new(0),
+                credits_peak: AtomicU32::new(0),
+            });
+        }
+        let registry = (0..options.max_submitters)
+            .map(|_| spin::Mutex::new(None))
+            .collect();
+        let dev = Arc::new(Device {
+            hw,
+            index,
+            caps,
+            config,
+            options,
+            wqs,
+            cmd_lock: spin::Mutex::new(()),
+            recover_lock: spin::Mutex::new(()),
+            state: AtomicU8::new(RunState::Quiescing as u8),
+            epoch: AtomicU64::new(0),
+            submitting: AtomicU32::new(0),
+            registry,
+            stats: Stats::new(),
+        });
+        dev.configure()?;
+        dev.set_state(RunState::Running);
+        info!(
+            "dsa{}: version {}.{}, {} WQs, {} engines, {} groups; configured {} WQ(s)",
+            index,
+            dev.caps.version.major(),
+            dev.caps.version.minor(),
+            dev.caps.num_wqs,
+            dev.caps.num_engines,
+            dev.caps.num_groups,
+            dev.config.wqs.len()
+        );
+        Ok(dev)
+    }
+
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+    pub fn caps(&self) -> &Capabilities {
+        &self.caps
+    }
+    pub fn config(&self) -> &DeviceConfig {
+        &self.config
+    }
+    pub fn options(&self) -> &DeviceOptions {
+        &self.options
+    }
+    pub fn state(&self) -> RunState {
+        RunState::from_u8(self.state.load(Ordering::Acquire))
+    }
+    pub(crate) fn set_state(&self, s: RunState) {
+        self.state.store(s as u8, Ordering::Release);
+    }
+    /// The configured WQ `id`.
+    pub fn wq(&self, id: u8) -> Option<&Wq> {
+        self.wqs.get(id as usize).and_then(Option::as_ref)
+    }
+    /// Configured WQs in id order.
+    pub fn wqs(&self) -> impl Iterator<Item = &Wq> {
+        self.wqs.iter().flatten()
+    }
+    /// First configured WQ of the given mode.
+    pub fn wq_of_mode(&self, mode: WqMode) -> Option<&Wq> {
+        self.wqs().find(|w| w.mode() == mode)
+    }
+    pub(crate) fn clock(&self) -> &dyn Clock {
+        &*self.hw.clock
+    }
+    pub fn pci_info(&self) -> PciInfo {
+        self.hw.pci.info()
+    }
+
+    /// How many SWERRs with `code` the misc interrupt has seen.
+    pub fn swerr_count(&self, code: u8) -> u32 {
+        self.stats.swerr_by_code[code as usize].load(Ordering::Relaxed)
+    }
+    /// The last SWERR seen, if any.
+    pub fn last_swerr(&self) -> Option<SwError> {
+        let w: [u64; 4] =
+            core::array::from_fn(|i| self.stats.last_swerr[i].load(Ordering::Relaxed));
+        (w[0] & 1 == 1).then(|| SwError::decode(&SwErr(w)))
+    }
+    pub fn halt_count(&self) -> u64 {
+        self.stats.halts.load(Ordering::Relaxed)
+    }
+    pub fn recovery_count(&self) -> u64 {
+        self.stats.recoveries.load(Ordering::Relaxed)
+    }
+
+    // ------------------------------------------------------------------ commands
+
+    /// Runs one command and returns CMDSTATUS (bounded wait; commands are serialized).
+    fn command_raw(&self, cmd: Command, operand: u32) -> Result<CmdStatus, DsaError> {
+        if !self.caps.command_supported(cmd) {
+            return Err(DsaError::CommandUnsupported(cmd));
+        }
+        let _g = self.cmd_lock.lock();
+        let regs = &*self.hw.regs;
+        let clock = self.clock();
+        let deadline = clock
+            .now_ns()
+            .saturating_add(self.options.command_timeout_ns);
+        // A command still active (from before a reset, say) would make ours be dropped.
+        while CmdStatus(regs.read32(off::CMDSTATUS)).active() {
+            if clock.now_ns() >= deadline {
+                return Err(DsaError::CommandTimeout { cmd, operand });
+            }
+            clock.relax();
+        }
+        regs.write32(off::CMD, CmdReg::new(cmd, operand, false).0);
+        loop {
+            let s = CmdStatus(regs.read32(off::CMDSTATUS));
+            if !s.active() {
+                debug!(
+                    "dsa{}: {:?} {:#x} -> {:#04x}",
+                    self.index,
+                    cmd,
+                    operand,
+                    s.error()
+                );
+                return Ok(s);
+            }
+            if clock.now_ns() >= deadline {
+                return Err(DsaError::CommandTimeout { cmd, operand });
+            }
+            clock.relax();
+        }
+    }
+
+    /// Runs a command, accepting the listed error codes besides success.
+    fn command(&self, cmd: Command, operand: u32, also_ok: &[u8]) -> Result<u16, DsaError> {
+        let s = self.command_raw(cmd, operand)?;
+        if s.error() == cmd_err::SUCCESS || also_ok.contains(&s.error()) {
+            Ok(s.result())
+        } else {
+            Err(DsaError::Command {
+                cmd,
+                operand,
+                status: s.error(),
+            })
+        }
+    }
+
+    fn reset_device(&self) -> Result<(), DsaError> {
+        self.command(Command::ResetDevice, 0, &[])?;
+        let s = GenSts(self.hw.regs.read32(off::GENSTS));
+        if s.state() != DeviceState::Disabled {
+            return Err(DsaError::UnexpectedState {
+                what: "device after reset",
+                value: s.0,
+            });
+        }
+        Ok(())
+    }
+
+    fn read_wqcfg(&self, id: u8) -> WqCfg {
+        let base = self.caps.wqcfg_off(id);
+        let mut c = WqCfg::default();
+        for (i, dw) in c.0.iter_mut().enumerate() {
+            *dw = self.hw.regs.read32(base + 4 * i as u64);
+        }
+        c
+    }
+
+    fn write_wqcfg(&self, id: u8, c: &WqCfg) {
+        let base = self.caps.wqcfg_off(id);
+        let n = (self.caps.wqcfg_entry_size / 4).min(8) as usize;
+        for (i, dw) in c.0.iter().enumerate().take(n) {
+            // Dwords 6–7 hold status and reserved bits: never written.
+            if i < wqcfg::DW_STATUS {
+                self.hw.regs.write32(base + 4 * i as u64, *dw);
+            }
+        }
+    }
+
+    /// Reset, program, enable (dsa.md §9.1 steps 3, 8 and §9.2).
+    fn configure(&self) -> Result<(), DsaError> {
+        let regs = &*self.hw.regs;
+        self.reset_device()?;
+        regs.write32(
+            off::GENCTRL,
+            (GenCtrl::SWERR_INT_ENABLE | GenCtrl::HALT_INT_ENABLE).bits(),
+        );
+        let any_pasid = self.wqs().any(|w| w.space != Some(AddressSpace::NoPasid));
+        let mut gencfg = GenCfg::from_bits_retain(self.config.read_buffer_limit as u32);
+        if any_pasid {
+            // Unprivileged PASID clients may request completion interrupts (§4.5).
+            gencfg |= GenCfg::USER_INT_ENABLE;
+        }
+        regs.write32(off::GENCFG, gencfg.bits());
+        for g in 0..self.caps.num_groups {
+            let mut e = GrpCfg::default();
+            if let Some(gc) = self.config.groups.iter().find(|x| x.id == g) {
+                e.engines = gc.engines;
+                for w in self.config.wqs.iter().filter(|w| w.group == g) {
+                    e.wqs[(w.id / 64) as usize] |= 1 << (w.id % 64);
+                }
+                // Linux defaults for DSA ≤ 2.0: TC-A = TC-B = 1.
+                let mut flags = GroupFlags::empty()
+                    .with_tc_a(gc.tc_a.unwrap_or(1))
+                    .with_tc_b(gc.tc_b.unwrap_or(1));
+                let raw = flags.bits()
+                    | (gc.use_read_buffer_limit as u64) << 7
+                    | (gc.read_buffers_reserved as u64) << 8
+                    | (gc.read_buffers_allowed as u64) << 20
+                    | (gc.desc_progress_limit as u64) << 32
+                    | (gc.batch_progress_limit as u64) << 36;
+                flags = GroupFlags::from_bits_retain(raw);
+                e.flags = flags;
+            }
+            let base = self.caps.grpcfg_off(g);
+            for (i, q) in e.to_qwords().iter().enumerate().take(6) {
+                regs.write64(base + 8 * i as u64, *q);
+            }
+        }
+        for id in 0..self.caps.num_wqs {
+            let mut c = self.read_wqcfg(id);
+            match self.wq(id) {
+                None => c = c.with_size(0),
+                Some(w) => {
+                    let cfg = &w.config;
+                    let (pasid, pasid_en) = match (cfg.mode, w.space) {
+                        (WqMode::Shared, _) => (0, true),
+                        (_, Some(AddressSpace::Pasid(p))) => (p, true),
+                        _ => (0, false),
+                    };
+                    c = c
+                        .with_size(cfg.size)
+                        .with_threshold(cfg.threshold)
+                        .with_mode(cfg.mode)
+                        .with_bof(cfg.block_on_fault)
+                        .with_priority(cfg.priority)
+                        .with_pasid(pasid, pasid_en)
+                        .with_priv(w.privileged)
+                        .with_max_xfer_shift(cfg.transfer_shift())
+                        .with_max_batch_shift(cfg.batch_shift());
+                    let set = |c: &mut WqCfg, bit: u32, on: bool| {
+                        c.0[wqcfg::DW_MODE] =
+                            (c.0[wqcfg::DW_MODE] & !bit) | if on { bit } else { 0 };
+                    };
+                    set(&mut c, wqcfg::ATS_DISABLE, cfg.ats_disable);
+                    set(&mut c, wqcfg::PRS_DISABLE, cfg.prs_disable);
+                }
+            }
+            self.write_wqcfg(id, &c);
+        }
+        self.command(Command::EnableDevice, 0, &[cmd_err::DEV_ENABLED])?;
+        let s = GenSts(regs.read32(off::GENSTS));
+        if s.state() != DeviceState::Enabled {
+            return Err(DsaError::UnexpectedState {
+                what: "device after enable",
+                value: s.0,
+            });
+        }
+        for w in self.wqs() {
+            let id = w.config.id;
+            if let Some(entry) = w.msix_entry {
+                let perm = match w.msix_pasid {
+                    Some(p) => MsixPerm::PASID_EN.with_pasid(p),
+                    None => MsixPerm::empty(),
+                };
+                regs.write32(self.caps.msixperm_off(entry), perm.bits());
+                let handle = if self.caps.requires_int_handles() {
+                    self.command(
+                        Command::RequestIntHandle,
+                        dsa_spec::int_handle_operand(entry, false),
+                        &[],
+                    )?
+                } else {
+                    entry
+                };
+                w.int_handle.store(handle as u32, Ordering::Release);
+            }
+            self.command(Command::EnableWq, id as u32, &[cmd_err::WQ_ENABLED])?;
+            let st = self.read_wqcfg(id).state();
+            if st != WqState::Enabled {
+                return Err(DsaError::UnexpectedState {
+                    what: "WQ after enable",
+                    value: st as u32,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ quiesce
+
+    /// Stops new submissions and waits for the ones in progress (bounded). Management
+    /// operations that quiesce run one at a time.
+    fn quiesce(&self) -> Result<QuiesceGuard<'_>, DsaError> {
+        let clock = self.clock();
+        let deadline = clock
+            .now_ns()
+            .saturating_add(self.options.command_timeout_ns);
+        loop {
+            match self.state.compare_exchange(
+                RunState::Running as u8,
+                RunState::Quiescing as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(v) if v == RunState::Quiescing as u8 => {}
+                Err(_) => {
+                    let s = GenSts(self.hw.regs.read32(off::GENSTS));
+                    return Err(DsaError::Halted {
+                        reset: s.reset_type(),
+                    });
+                }
+            }
+            if clock.now_ns() >= deadline {
+                return Err(DsaError::QuiesceTimeout);
+            }
+            clock.relax();
+        }
+        let guard = QuiesceGuard { dev: self };
+        while self.submitting.load(Ordering::SeqCst) != 0 {
+            if clock.now_ns() >= deadline {
+                return Err(DsaError::QuiesceTimeout);
+            }
+            clock.relax();
+        }
+        Ok(guard)
+    }
+
+    // ------------------------------------------------------------------ drain / abort
+
+    /// Drain WQ: every descriptor submitted to it before has completed (and been reaped).
+    pub fn drain_wq(&self, wq: u8) -> Result<(), DsaError> {
+        self.wq(wq).ok_or(DsaError::NoSuchWq(wq))?;
+        self.command(Command::DrainWq, dsa_spec::wq_bitmap_operand(wq), &[])?;
+        self.sweep(|s| s.wq == wq, false);
+        Ok(())
+    }
+    /// Abort WQ: queued descriptors are dropped; their operations fail with `Aborted`.
+    pub fn abort_wq(&self, wq: u8) -> Result<(), DsaError> {
+        self.wq(wq).ok_or(DsaError::NoSuchWq(wq))?;
+        let _q = self.quiesce()?;
+        self.command(Command::AbortWq, dsa_spec::wq_bitmap_operand(wq), &[])?;
+        self.sweep(|s| s.wq == wq, true);
+        Ok(())
+    }
+    /// Drain PASID: every descriptor of `pasid` has completed.
+    pub fn drain_pasid(&self, pasid: u32) -> Result<(), DsaError> {
+        self.command(Command::DrainPasid, pasid & 0xF_FFFF, &[])?;
+        self.sweep(|s| s.eff_pasid == Some(pasid), false);
+        Ok(())
+    }
+    /// Abort PASID: queued descriptors of `pasid` are dropped and fail with `Aborted`.
+    pub fn abort_pasid(&self, pasid: u32) -> Result<(), DsaError> {
+        let _q = self.quiesce()?;
+        self.command(Command::AbortPasid, pasid & 0xF_FFFF, &[])?;
+        self.sweep(|s| s.eff_pasid == Some(pasid), true);
+        Ok(())
+    }
+    pub fn drain_all(&self) -> Result<(), DsaError> {
+        self.command(Command::DrainAll, 0, &[])?;
+        self.sweep(|_| true, false);
+        Ok(())
+    }
+    pub fn abort_all(&self) -> Result<(), DsaError> {
+        let _q = self.quiesce()?;
+        self.command(Command::AbortAll, 0, &[])?;
+        self.sweep(|_| true, true);
+        Ok(())
+    }
+
+    /// Reaps every submitter matching `filter`; with `fail`, pending operations without a
+    /// completion record are failed as aborted (only valid once the device can no longer
+    /// write them: after an abort command or a reset).
+    fn sweep(&self, filter: impl Fn(&Shared) -> bool, fail: bool) -> usize {
+        let mut n = 0;
+        for e in &self.registry {
+            let s = e.lock().clone();
+            if let Some(s) = s
+                && filter(&s)
+            {
+                n += s.reap(self);
+                if fail {
+                    n += s.fail_pending(self, |_| true);
+                }
+            }
+        }
+        n
+    }
+
+    /// Reaps completions of every submitter on `wq` (used by interrupts and when a
+    /// dedicated WQ runs out of credits). Never blocks: entries being changed are skipped.
+    pub fn reap_wq(&self, wq: u8) -> usize {
+        let mut n = 0;
+        for e in &self.registry {
+            if let Some(g) = e.try_lock()
+                && let Some(s) = g.as_ref()
+                && s.wq == wq
+            {
+                n += s.reap(self);
+            }
+        }
+        n
+    }
+
+    // ------------------------------------------------------------------ interrupts
+
+    /// MSI-X entry point: the kernel's handler for vector `entry` of this device calls it
+    /// (interrupt context; never blocks). Entry 0 is the misc vector.
+    pub fn handle_msix(&self, entry: u16) -> MiscEvents {
+        if entry == 0 {
+            return self.handle_misc_interrupt();
+        }
+        if let Some(w) = self.wqs().find(|w| w.msix_entry == Some(entry)) {
+            self.reap_wq(w.config.id);
+        }
+        MiscEvents::empty()
+    }
+
+    /// Misc interrupt (dsa.md §9.4): acknowledges INTCAUSE, decodes and logs SWERR, notes a
+    /// halt. Recovery itself runs later in thread context ([`Device::recover`]).
+    pub fn handle_misc_interrupt(&self) -> MiscEvents {
+        self.stats.misc_interrupts.fetch_add(1, Ordering::Relaxed);
+        let regs = &*self.hw.regs;
+        let cause = IntCause::from_bits_retain(regs.read32(off::INTCAUSE));
+        if !cause.is_empty() {
+            regs.write32(off::INTCAUSE, cause.bits());
+        }
+        let mut ev = MiscEvents::empty();
+        if cause.contains(IntCause::SOFTWARE_ERROR) {
+            ev |= MiscEvents::SOFTWARE_ERROR;
+            self.service_swerr();
+        }
+        if cause.contains(IntCause::COMMAND_COMPLETED) {
+            ev |= MiscEvents::COMMAND_COMPLETED;
+        }
+        if cause.contains(IntCause::INT_HANDLES_REVOKED) {
+            ev |= MiscEvents::HANDLES_REVOKED;
+            warn!(
+                "dsa{}: interrupt handles revoked; recovery re-requests them",
+                self.index
+            );
+            self.mark_halted();
+        }
+        if cause.intersects(IntCause::OCCUPANCY | IntCause::PERFMON_OVERFLOW | IntCause::EVL) {
+            ev |= MiscEvents::OTHER;
+        }
+        let halted = cause.contains(IntCause::HALTED)
+            || GenSts(regs.read32(off::GENSTS)).state() == DeviceState::Halted;
+        if halted {
+            ev |= MiscEvents::HALTED;
+            self.mark_halted();
+        }
+        ev
+    }
+
+    fn mark_halted(&self) {
+        let prev = self.state.swap(RunState::Halted as u8, Ordering::AcqRel);
+        if prev != RunState::Halted as u8 {
+            self.stats.halts.fetch_add(1, Ordering::Relaxed);
+            let s = GenSts(self.hw.regs.read32(off::GENSTS));
+            error!(
+                "dsa{}: device halted (GENSTS {:#x}, needs {:?} reset)",
+                self.index,
+                s.0,
+                s.reset_type()
+            );
+        }
+    }
+
+    fn service_swerr(&self) {
+        let regs = &*self.hw.regs;
+        let w: [u64; 4] = core::array::from_fn(|i| regs.read64(off::SWERROR + 8 * i as u64));
+        let s = SwErr(w);
+        if !s.valid() {
+            return;
+        }
+        regs.write64(off::SWERROR, w[0] & SwErr::ACK_MASK);
+        let e = SwError::decode(&s);
+        self.stats.swerr_by_code[e.code as usize].fetch_add(1, Ordering::Relaxed);
+        for (i, v) in w.iter().enumerate() {
+            self.stats.last_swerr[i].store(*v, Ordering::Relaxed);
+        }
+        error!("dsa{}: {e}", self.index);
+        // Errors with the completion record itself never produce one: fail that operation.
+        if matches!(
+            e.code,
+            dsa_spec::status::CR_PAGE_FAULT | dsa_spec::status::CR_ALIGN
+        ) && let Some(wq) = e.wq
+        {
+            for en in &self.registry {
+                if let Some(g) = en.try_lock()
+                    && let Some(sh) = g.as_ref()
+                    && sh.wq == wq
+                {
+                    sh.fail_pending(self, |cr| {
+                        cr <= e.fault_addr
+                            && e.fault_addr < cr + dsa_spec::completion::CR_SIZE as u64
+                    });
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ recovery
+
+    /// Recovers a halted device (dsa.md §9.4 step 7): Reset Device, rewrite the whole
+    /// configuration, enable the device and every WQ; then every operation that was in
+    /// flight either completes (its record was written before the halt) or fails with
+    /// `Aborted`. Also usable to re-check a device believed healthy (no-op then).
+    pub fn recover(&self) -> Result<bool, DsaError> {
+        // One recovery at a time; a caller arriving meanwhile just keeps waiting.
+        let Some(_r) = self.recover_lock.try_lock() else {
+            return Ok(false);
+        };
+        let gensts = GenSts(self.hw.regs.read32(off::GENSTS));
+        let halted = gensts.state() == DeviceState::Halted;
+        let wq_lost = self
+            .wqs()
+            .any(|w| self.read_wqcfg(w.config.id).state() != WqState::Enabled);
+        if !halted && !wq_lost && self.state() != RunState::Halted {
+            return Ok(false);
+        }
+        if halted && gensts.reset_type() != ResetType::Software {
+            self.set_state(RunState::Failed);
+            self.sweep(|_| true, true);
+            return Err(DsaError::Unrecoverable {
+                reset: gensts.reset_type(),
+            });
+        }
+        // Refuse new submissions and let the ones in flight reach their portal store.
+        self.set_state(RunState::Quiescing);
+        let clock = self.clock();
+        let deadline = clock
+            .now_ns()
+            .saturating_add(self.options.command_timeout_ns);
+        while self.submitting.load(Ordering::SeqCst) != 0 {
+            if clock.now_ns() >= deadline {
+                self.set_state(RunState::Halted);
+                return Err(DsaError::QuiesceTimeout);
+            }
+            clock.relax();
+        }
+        warn!(
+            "dsa{}: recovering (halted: {halted}, WQ disabled: {wq_lost})",
+            self.index
+        );
+        let r = self.configure();
+        // After the reset the device writes nothing more for the old descriptors.
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let n = self.sweep(|_| true, true);
+        self.stats.recoveries.fetch_add(1, Ordering::Relaxed);
+        match r {
+            Ok(()) => {
+                info!(
+                    "dsa{}: recovered; {n} in-flight operation(s) finished or failed back",
+                    self.index
+                );
+                self.set_state(RunState::Running);
+                Ok(true)
+            }
+            Err(e) => {
+                error!("dsa{}: recovery failed: {e}", self.index);
+                self.set_state(RunState::Failed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Orderly shutdown (dsa.md §9.5): drain and disable every WQ, disable and reset the
+    /// device. Submitters must be dropped first.
+    pub fn shutdown(&self) -> Result<(), DsaError> {
+        let _q = self.quiesce()?;
+        for w in self.wqs() {
+            let op = dsa_spec::wq_bitmap_operand(w.config.id);
+            self.command(Command::DrainWq, op, &[cmd_err::WQ_NOT_EN])?;
+            if let Some(e) = w.msix_entry {
+                if self.caps.requires_int_handles()
+                    && let Some(h) = w.int_handle()
+                {
+                    let _ = h;
+                    self.command(
+                        Command::ReleaseIntHandle,
+                        dsa_spec::int_handle_operand(e, false),
+                        &[],
+                    )?;
+                }
+                self.hw.regs.write32(self.caps.msixperm_off(e), 0);
+            }
+            self.command(Command::DisableWq, op, &[cmd_err::WQ_NOT_EN])?;
+        }
+        self.command(Command::DisableDevice, 0, &[cmd_err::DIS_DEV_EN])?;
+        self.reset_device()?;
+        self.hw.regs.write32(off::GENCTRL, 0);
+        self.set_state(RunState::Failed);
+        Ok(())
+    }
+
+    /// Checks that the device can take a submission now.
+    pub(crate) fn enter_submit(&self) -> Result<SubmitGuard<'_>, OpError> {
+        self.submitting.fetch_add(1, Ordering::SeqCst);
+        if self.state() != RunState::Running {
+            self.submitting.fetch_sub(1, Ordering::SeqCst);
+            return Err(OpError::DeviceUnavailable);
+        }
+        Ok(SubmitGuard { dev: self })
+    }
+}
+
+/// Restores the run state after a drain/abort.
+pub(crate) struct QuiesceGuard<'a> {
+    dev: &'a Device,
+}
+impl Drop for QuiesceGuard<'_> {
+    fn drop(&mut self) {
+        // A halt noticed meanwhile wins over the restore.
+        let _ = self.dev.state.compare_exchange(
+            RunState::Quiescing as u8,
+            RunState::Running as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+}
+
+/// Marks a submission in progress (recovery waits for these).
+pub(crate) struct SubmitGuard<'a> {
+    dev: &'a Device,
+}
+impl Drop for SubmitGuard<'_> {
+    fn drop(&mut self) {
+        self.dev.submitting.fetch_sub(1, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,1346 @@
+//! Typed DSA 1.0 operations: builders, validation against the device and WQ limits,
+//! descriptor encoding, completion-record decoding, and partial-completion resume
+//! (dsa.md §6, §7, §8).
+
+use crate::caps::Capabilities;
+use crate::error::{OpError, PageFault};
+use alloc::vec::Vec;
+use core::fmt;
+use dsa_spec::crc::CrcMode;
+use dsa_spec::dif::{DestDifFlags, DifBlockSize, DifFlags, PI_SIZE, SrcDifFlags};
+use dsa_spec::status as st;
+use dsa_spec::{CompletionRecord, DescFlags, Descriptor, GenCap, Opcode};
+
+/// Where the CRC seed comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrcSeed {
+    Value(u32),
+    /// Device address of a 4-byte-aligned u32 (flag 16).
+    Memory(u64),
+}
+
+/// Source-side protection information parameters (Check, Strip, Update).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DifSource {
+    pub flags: SrcDifFlags,
+    pub ref_tag: u32,
+    /// Bits set are not compared.
+    pub app_tag_mask: u16,
+    pub app_tag: u16,
+}
+
+/// Destination-side protection information parameters (Insert, Update).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DifDest {
+    pub flags: DestDifFlags,
+    pub ref_tag: u32,
+    pub app_tag_mask: u16,
+    pub app_tag: u16,
+}
+
+/// DIF block format shared by the four DIF ops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DifFormat {
+    pub block: DifBlockSize,
+    /// Guard seed/result inversion (bits 2 and 3 of the DIF flags byte).
+    pub invert_seed: bool,
+    pub invert_result: bool,
+}
+
+impl DifFormat {
+    pub fn new(block: DifBlockSize) -> Self {
+        DifFormat {
+            block,
+            invert_seed: false,
+            invert_result: false,
+        }
+    }
+    pub fn flags(&self) -> DifFlags {
+        let mut f = DifFlags::from_bits_retain(self.block as u8);
+        f.set(DifFlags::INVERT_CRC_SEED, self.invert_seed);
+        f.set(DifFlags::INVERT_CRC_RESULT, self.invert_result);
+        f
+    }
+    pub fn block_bytes(&self) -> u32 {
+        self.block.bytes()
+    }
+}
+
+/// One operation, with device addresses in the submitter's address space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Noop,
+    /// Completes after every earlier descriptor of this WQ (dedicated) or of this PASID in
+    /// this WQ (shared).
+    Drain,
+    MemMove {
+        src: u64,
+        dst: u64,
+        len: u32,
+    },
+    Fill {
+        dst: u64,
+        len: u32,
+        pattern: u64,
+    },
+    /// `expect_equal`: use Check Result (the result is a predicate for fenced batches).
+    Compare {
+        src1: u64,
+        src2: u64,
+        len: u32,
+        expect_equal: Option<bool>,
+    },
+    ComparePattern {
+        src: u64,
+        len: u32,
+        pattern: u64,
+        expect_equal: Option<bool>,
+    },
+    /// `expect_mask`: Check Result with a mask of acceptable results (bit 0 identical,
+    /// bit 1 record written, bit 2 overflow).
+    CreateDelta {
+        src1: u64,
+        src2: u64,
+        len: u32,
+        record: u64,
+        record_max: u32,
+        expect_mask: Option<u8>,
+    },
+    ApplyDelta {
+        record: u64,
+        record_len: u32,
+        dst: u64,
+        len: u32,
+    },
+    Dualcast {
+        src: u64,
+        dst1: u64,
+        dst2: u64,
+        len: u32,
+    },
+    CrcGen {
+        src: u64,
+        len: u32,
+        seed: CrcSeed,
+        mode: CrcMode,
+    },
+    CopyCrc {
+        src: u64,
+        dst: u64,
+        len: u32,
+        seed: CrcSeed,
+        mode: CrcMode,
+    },
+    DifCheck {
+        src: u64,
+        len: u32,
+        format: DifFormat,
+        source: DifSource,
+    },
+    DifInsert {
+        src: u64,
+        dst: u64,
+        len: u32,
+        format: DifFormat,
+        dest: DifDest,
+    },
+    DifStrip {
+        src: u64,
+        dst: u64,
+        len: u32,
+        format: DifFormat,
+        source: DifSource,
+    },
+    DifUpdate {
+        src: u64,
+        dst: u64,
+        len: u32,
+        format: DifFormat,
+        source: DifSource,
+        dest: DifDest,
+    },
+    /// `keep`: write back but keep the lines cached (flag 8).
+    CacheFlush {
+        addr: u64,
+        len: u32,
+        keep: bool,
+    },
+}
+
+impl Op {
+    pub fn opcode(&self) -> Opcode {
+        match self {
+            Op::Noop => Opcode::Noop,
+            Op::Drain => Opcode::Drain,
+            Op::MemMove { .. } => Opcode::MemMove,
+            Op::Fill { .. } => Opcode::Fill,
+            Op::Compare { .. } => Opcode::Compare,
+            Op::ComparePattern { .. } => Opcode::ComparePattern,
+            Op::CreateDelta { .. } => Opcode::CreateDelta,
+            Op::ApplyDelta { .. } => Opcode::ApplyDelta,
+            Op::Dualcast { .. } => Opcode::Dualcast,
+            Op::CrcGen { .. } => Opcode::CrcGen,
+            Op::CopyCrc { .. } => Opcode::CopyCrc,
+            Op::DifCheck { .. } => Opcode::DifCheck,
+            Op::DifInsert { .. } => Opcode::DifInsert,
+            Op::DifStrip { .. } => Opcode::DifStrip,
+            Op::DifUpdate { .. } => Opcode::DifUpdate,
+            Op::CacheFlush { .. } => Opcode::CacheFlush,
+        }
+    }
+
+    /// Transfer size field (bytes of source, or of the destination for Apply Delta).
+    pub fn len(&self) -> u32 {
+        match *self {
+            Op::Noop | Op::Drain => 0,
+            Op::MemMove { len, .. }
+            | Op::Fill { len, .. }
+            | Op::Compare { len, .. }
+            | Op::ComparePattern { len, .. }
+            | Op::CreateDelta { len, .. }
+            | Op::ApplyDelta { len, .. }
+            | Op::Dualcast { len, .. }
+            | Op::CrcGen { len, .. }
+            | Op::CopyCrc { len, .. }
+            | Op::DifCheck { len, .. }
+            | Op::DifInsert { len, .. }
+            | Op::DifStrip { len, .. }
+            | Op::DifUpdate { len, .. }
+            | Op::CacheFlush { len, .. } => len,
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// (source step, destination step) of a DIF op: bytes per block on each side.
+    fn dif_steps(&self) -> Option<(u32, u32)> {
+        let (f, src_pi, dst_pi, dst) = match *self {
+            Op::DifCheck { format, .. } => (format, true, false, false),
+            Op::DifInsert { format, .. } => (format, false, true, true),
+            Op::DifStrip { format, .. } => (format, true, false, true),
+            Op::DifUpdate { format, .. } => (format, true, true, true),
+            _ => return None,
+        };
+        let b = f.block_bytes();
+        let pi = PI_SIZE as u32;
+        let s = if src_pi { b + pi } else { b };
+        let d = if !dst {
+            0
+        } else if dst_pi {
+            b + pi
+        } else {
+            b
+        };
+        Some((s, d))
+    }
+}
+
+/// An operation plus its descriptor options.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Work {
+    pub op: Op,
+    /// Batch members only: wait for every earlier member; abandoned if one failed.
+    pub fence: bool,
+    /// Destination writes allocate in the LLC (flag 8, GENCAP.2). Not for Cache Flush
+    /// (use its `keep`).
+    pub cache_write: bool,
+    /// Destination readback before completion (flag 14, GENCAP.8).
+    pub dest_readback: bool,
+    pub strict_ordering: bool,
+    /// Block on fault (flag 1; needs GENCAP.0 and a WQ configured with block_on_fault).
+    pub block_on_fault: bool,
+}
+
+impl From<Op> for Work {
+    fn from(op: Op) -> Self {
+        Work::new(op)
+    }
+}
+
+impl Work {
+    pub const fn new(op: Op) -> Self {
+        Work {
+            op,
+            fence: false,
+            cache_write: false,
+            dest_readback: false,
+            strict_ordering: false,
+            block_on_fault: false,
+        }
+    }
+    pub const fn noop() -> Self {
+        Self::new(Op::Noop)
+    }
+    pub const fn drain() -> Self {
+        Self::new(Op::Drain)
+    }
+    pub const fn memmove(src: u64, dst: u64, len: u32) -> Self {
+        Self::new(Op::MemMove { src, dst, len })
+    }
+    pub const fn fill(dst: u64, len: u32, pattern: u64) -> Self {
+        Self::new(Op::Fill { dst, len, pattern })
+    }
+    pub const fn compare(src1: u64, src2: u64, len: u32) -> Self {
+        Self::new(Op::Compare {
+            src1,
+            src2,
+            len,
+            expect_equal: None,
+        })
+    }
+    pub const fn compare_pattern(src: u64, len: u32, pattern: u64) -> Self {
+        Self::new(Op::ComparePattern {
+            src,
+            len,
+            pattern,
+            expect_equal: None,
+        })
+    }
+    pub const fn create_delta(
+        src1: u64,
+        src2: u64,
+        len: u32,
+        record: u64,
+        record_max: u32,
+    ) -> Self {
+        Self::new(Op::CreateDelta {
+            src1,
+            src2,
+            len,
+            record,
+            record_max,
+            expect_mask: None,
+        })
+    }
+    pub const fn apply_delta(record: u64, record_len: u32, dst: u64, len: u32) -> Self {
+        Self::new(Op::ApplyDelta {
+            record,
+            record_len,
+            dst,
+            len,
+        })
+    }
+    pub const fn dualcast(src: u64, dst1: u64, dst2: u64, len: u32) -> Self {
+        Self::new(Op::Dualcast {
+            src,
+            dst1,
+            dst2,
+            len,
+        })
+    }
+    pub const fn crc(src: u64, len: u32, seed: u32) -> Self {
+        Self::new(Op::CrcGen {
+            src,
+            len,
+            seed: CrcSeed::Value(seed),
+            mode: CrcMode {
+                bypass_inv_refl: false,
+                bypass_data_refl: false,
+            },
+        })
+    }
+    pub const fn copy_crc(src: u64, dst: u64, len: u32, seed: u32) -> Self {
+        Self::new(Op::CopyCrc {
+            src,
+            dst,
+            len,
+            seed: CrcSeed::Value(seed),
+            mode: CrcMode {
+                bypass_inv_refl: false,
+                bypass_data_refl: false,
+            },
+        })
+    }
+    pub const fn dif_check(src: u64, len: u32, format: DifFormat, source: DifSource) -> Self {
+        Self::new(Op::DifCheck {
+            src,
+            len,
+            format,
+            source,
+        })
+    }
+    pub const fn dif_insert(
+        src: u64,
+        dst: u64,
+        len: u32,
+        format: DifFormat,
+        dest: DifDest,
+    ) -> Self {
+        Self::new(Op::DifInsert {
+            src,
+            dst,
+            len,
+            format,
+            dest,
+        })
+    }
+    pub const fn dif_strip(
+        src: u64,
+        dst: u64,
+        len: u32,
+        format: DifFormat,
+        source: DifSource,
+    ) -> Self {
+        Self::new(Op::DifStrip {
+            src,
+            dst,
+            len,
+            format,
+            source,
+        })
+    }
+    pub const fn dif_update(
+        src: u64,
+        dst: u64,
+        len: u32,
+        format: DifFormat,
+        source: DifSource,
+        dest: DifDest,
+    ) -> Self {
+        Self::new(Op::DifUpdate {
+            src,
+            dst,
+            len,
+            format,
+            source,
+            dest,
+        })
+    }
+    pub const fn cache_flush(addr: u64, len: u32, keep: bool) -> Self {
+        Self::new(Op::CacheFlush { addr, len, keep })
+    }
+    pub const fn with_fence(mut self) -> Self {
+        self.fence = true;
+        self
+    }
+    pub const fn with_cache_write(mut self) -> Self {
+        self.cache_write = true;
+        self
+    }
+    pub const fn with_dest_readback(mut self) -> Self {
+        self.dest_readback = true;
+        self
+    }
+    pub const fn with_strict_ordering(mut self) -> Self {
+        self.strict_ordering = true;
+        self
+    }
+    pub const fn with_block_on_fault(mut self) -> Self {
+        self.block_on_fault = true;
+        self
+    }
+}
+
+/// Why an operation was refused before submission.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValidationError {
+    /// Not in OPCAP.
+    Unsupported(Opcode),
+    TooLarge {
+        len: u64,
+        max: u64,
+    },
+    ZeroLength,
+    Misaligned {
+        what: &'static str,
+        addr: u64,
+        align: u64,
+    },
+    LengthNotMultiple {
+        len: u32,
+        of: u32,
+    },
+    /// A buffer wraps past the end of the address space.
+    AddressWrap,
+    /// Buffers overlap where the operation forbids it.
+    Overlap,
+    /// Dualcast destinations must agree in address bits 11:0.
+    DualcastAddress {
+        dst1: u64,
+        dst2: u64,
+    },
+    DeltaRecordMax(u32),
+    DeltaRecordLen(u32),
+    /// Create Delta covers at most 512 KiB (16-bit offsets in 8-byte units).
+    DeltaTooLong(u32),
+    /// A descriptor flag the device or WQ does not support.
+    FlagUnsupported(&'static str),
+    BatchSize {
+        count: usize,
+        min: usize,
+        max: usize,
+    },
+    /// Drain cannot be a batch member.
+    DrainInBatch,
+    /// Fence applies to batch members only.
+    FenceOutsideBatch,
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ValidationError::*;
+        match self {
+            Unsupported(op) => write!(f, "{op:?} is not supported by the device"),
+            TooLarge { len, max } => write!(f, "size {len} over the WQ maximum {max}"),
+            ZeroLength => write!(f, "size 0 not allowed for this operation"),
+            Misaligned { what, addr, align } => {
+                write!(f, "{what} {addr:#x} is not {align}-byte aligned")
+            }
+            LengthNotMultiple { len, of } => write!(f, "size {len} is not a multiple of {of}"),
+            AddressWrap => write!(f, "buffer wraps past the end of the address space"),
+            Overlap => write!(f, "buffers overlap"),
+            DualcastAddress { dst1, dst2 } => write!(
+                f,
+                "dualcast destinations {dst1:#x} and {dst2:#x} differ in bits 11:0"
+            ),
+            DeltaRecordMax(m) => {
+                write!(
+                    f,
+                    "maximum delta record size {m} is not a multiple of 10 ≥ 80"
+                )
+            }
+            DeltaRecordLen(l) => write!(f, "delta record size {l} is not a multiple of 10 ≥ 10"),
+            DeltaTooLong(l) => write!(f, "create delta size {l} over 512 KiB"),
+            FlagUnsupported(w) => write!(f, "{w} not supported"),
+            BatchSize { count, min, max } => {
+                write!(f, "batch of {count} descriptors not in {min}..={max}")
+            }
+            DrainInBatch => write!(f, "drain cannot be a batch member"),
+            FenceOutsideBatch => write!(f, "fence is only valid inside a batch"),
+        }
+    }
+}
+
+/// What validation needs to know about the target WQ.
+#[derive(Clone, Copy, Debug)]
+pub struct WqLimits {
+    pub max_transfer: u64,
+    pub max_batch: u32,
+    pub block_on_fault: bool,
+}
+
+fn end(addr: u64, len: u64) -> Result<u64, ValidationError> {
+    addr.checked_add(len).ok_or(ValidationError::AddressWrap)
+}
+
+fn overlaps(a: u64, alen: u64, b: u64, blen: u64) -> bool {
+    alen > 0 && blen > 0 && a < b.saturating_add(blen) && b < a.saturating_add(alen)
+}
+
+fn aligned(what: &'static str, addr: u64, align: u64) -> Result<(), ValidationError> {
+    if addr.is_multiple_of(align) {
+        Ok(())
+    } else {
+        Err(ValidationError::Misaligned { what, addr, align })
+    }
+}
+
+impl Work {
+    /// Checks the operation against the device capabilities and the WQ limits.
+    pub fn validate(
+        &self,
+        caps: &Capabilities,
+        wq: &WqLimits,
+        in_batch: bool,
+    ) -> Result<(), ValidationError> {
+        use ValidationError as E;
+        let opc = self.op.opcode();
+        if !caps.supports(opc) {
+            return Err(E::Unsupported(opc));
+        }
+        if self.fence && !in_batch {
+            return Err(E::FenceOutsideBatch);
+        }
+        if in_batch && matches!(self.op, Op::Drain) {
+            return Err(E::DrainInBatch);
+        }
+        let g = caps.gencap;
+        if self.cache_write && !g.contains(GenCap::CACHE_CONTROL_MEM) {
+            return Err(E::FlagUnsupported("cache control (write to cache)"));
+        }
+        if matches!(self.op, Op::CacheFlush { keep: true, .. })
+            && !g.contains(GenCap::CACHE_CONTROL_MEM)
+        {
+            return Err(E::FlagUnsupported("cache flush keeping lines"));
+        }
+        if self.dest_readback && !g.contains(GenCap::DEST_READBACK) {
+            return Err(E::FlagUnsupported("destination readback"));
+        }
+        if self.block_on_fault && !(g.contains(GenCap::BLOCK_ON_FAULT) && wq.block_on_fault) {
+            return Err(E::FlagUnsupported("block on fault (device or WQ)"));
+        }
+        let len = self.op.len() as u64;
+        if len > wq.max_transfer {
+            return Err(E::TooLarge {
+                len,
+                max: wq.max_transfer,
+            });
+        }
+        match self.op {
+            Op::Noop | Op::Drain => {}
+            Op::MemMove { src, dst, .. } => {
+                end(src, len)?;
+                end(dst, len)?;
+                if !g.contains(GenCap::OVERLAPPING_COPY) && overlaps(src, len, dst, len) {
+                    return Err(E::Overlap);
+                }
+            }
+            Op::Fill { dst, .. } => {
+                end(dst, len)?;
+            }
+            Op::Compare { src1, src2, .. } => {
+                end(src1, len)?;
+                end(src2, len)?;
+            }
+            Op::ComparePattern { src, .. } => {
+                end(src, len)?;
+            }
+            Op::CreateDelta {
+                src1,
+                src2,
+                record,
+                record_max,
+                ..
+            } => {
+                if len == 0 {
+                    return Err(E::ZeroLength);
+                }
+                if len > 0x8_0000 {
+                    return Err(E::DeltaTooLong(len as u32));
+                }
+                if !len.is_multiple_of(8) {
+                    return Err(E::LengthNotMultiple {
+                        len: len as u32,
+                        of: 8,
+                    });
+                }
+                aligned("create delta source 1", src1, 8)?;
+                aligned("create delta source 2", src2, 8)?;
+                if !record_max.is_multiple_of(10) || record_max < 80 {
+                    return Err(E::DeltaRecordMax(record_max));
+                }
+                end(src1, len)?;
+                end(src2, len)?;
+                end(record, record_max as u64)?;
+            }
+            Op::ApplyDelta {
+                record,
+                record_len,
+                dst,
+                ..
+            } => {
+                if len == 0 {
+                    return Err(E::ZeroLength);
+                }
+                if !len.is_multiple_of(8) {
+                    return Err(E::LengthNotMultiple {
+                        len: len as u32,
+                        of: 8,
+                    });
+                }
+                aligned("apply delta destination", dst, 8)?;
+                if !record_len.is_multiple_of(10) || record_len < 10 {
+                    return Err(E::DeltaRecordLen(record_len));
+                }
+                end(record, record_len as u64)?;
+                end(dst, len)?;
+            }
+            Op::Dualcast {
+                src, dst1, dst2, ..
+            } => {
+                if dst1 & 0xFFF != dst2 & 0xFFF {
+                    return Err(E::DualcastAddress { dst1, dst2 });
+                }
+                end(src, len)?;
+                end(dst1, len)?;
+                end(dst2, len)?;
+                if overlaps(src, len, dst1, len)
+                    || overlaps(src, len, dst2, len)
+                    || overlaps(dst1, len, dst2, len)
+                {
+                    return Err(E::Overlap);
+                }
+            }
+            Op::CrcGen { src, seed, .. } => {
+                end(src, len)?;
+                if let CrcSeed::Memory(a) = seed {
+                    aligned("CRC seed address", a, 4)?;
+                }
+            }
+            Op::CopyCrc { src, dst, seed, .. } => {
+                end(src, len)?;
+                end(dst, len)?;
+                if let CrcSeed::Memory(a) = seed {
+                    aligned("CRC seed address", a, 4)?;
+                }
+                if overlaps(src, len, dst, len) {
+                    return Err(E::Overlap);
+                }
+            }
+            Op::DifCheck { src, .. } => {
+                self.check_dif(src, None)?;
+            }
+            Op::DifInsert { src, dst, .. }
+            | Op::DifStrip { src, dst, .. }
+            | Op::DifUpdate { src, dst, .. } => {
+                self.check_dif(src, Some(dst))?;
+            }
+            Op::CacheFlush { addr, .. } => {
+                end(addr, len)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_dif(&self, src: u64, dst: Option<u64>) -> Result<(), ValidationError> {
+        let len = self.op.len();
+        let Some((s, d)) = self.op.dif_steps() else {
+            return Ok(());
+        };
+        if len == 0 {
+            return Err(ValidationError::ZeroLength);
+        }
+        if !len.is_multiple_of(s) {
+            return Err(ValidationError::LengthNotMultiple { len, of: s });
+        }
+        end(src, len as u64)?;
+        if let Some(dst) = dst {
+            let dlen = (len / s) as u64 * d as u64;
+            end(dst, dlen)?;
+            if overlaps(src, len as u64, dst, dlen) {
+                return Err(ValidationError::Overlap);
+            }
+        }
+        Ok(())
+    }
+
+    /// Output-side length in bytes (for reference checks): DIF ops change it.
+    pub fn dst_len(&self) -> u64 {
+        match self.op.dif_steps() {
+            Some((s, d)) => (self.op.len() / s) as u64 * d as u64,
+            None => self.op.len() as u64,
+        }
+    }
+
+    /// Encodes the descriptor (completion fields filled in by the submitter).
+    pub fn descriptor(&self) -> Descriptor {
+        let mut d = Descriptor::new(self.op.opcode());
+        let mut fl = DescFlags::CRAV | DescFlags::RCR;
+        fl.set(DescFlags::FENCE, self.fence);
+        fl.set(DescFlags::CACHE_CONTROL, self.cache_write);
+        fl.set(DescFlags::DEST_READBACK, self.dest_readback);
+        fl.set(DescFlags::STRICT_ORDERING, self.strict_ordering);
+        fl.set(DescFlags::BLOCK_ON_FAULT, self.block_on_fault);
+        d.size = self.op.len();
+        let crc_fields = |d: &mut Descriptor, fl: &mut DescFlags, seed: CrcSeed, mode: CrcMode| {
+            match seed {
+                CrcSeed::Value(v) => {
+                    d.set_crc_seed(v);
+                }
+                CrcSeed::Memory(a) => {
+                    d.set_crc_seed_addr(a);
+                    fl.insert(DescFlags::CRC_SEED_FROM_MEM);
+                }
+            }
+            fl.set(DescFlags::CRC_BYPASS_INV_REFL, mode.bypass_inv_refl);
+            fl.set(DescFlags::CRC_BYPASS_DATA_REFL, mode.bypass_data_refl);
+        };
+        let src_dif = |d: &mut Descriptor, s: &DifSource| {
+            d.set_src_dif_flags(s.flags.bits())
+                .set_src_ref_tag_seed(s.ref_tag)
+                .set_src_app_tag_mask(s.app_tag_mask)
+                .set_src_app_tag_seed(s.app_tag);
+        };
+        let dst_dif = |d: &mut Descriptor, t: &DifDest| {
+            d.set_dest_dif_flags(t.flags.bits())
+                .set_dest_ref_tag_seed(t.ref_tag)
+                .set_dest_app_tag_mask(t.app_tag_mask)
+                .set_dest_app_tag_seed(t.app_tag);
+        };
+        match self.op {
+            Op::Noop | Op::Drain => {}
+            Op::MemMove { src, dst, .. } => {
+                d.addr1 = src;
+                d.addr2 = dst;
+            }
+            Op::Fill { dst, pattern, .. } => {
+                d.addr1 = pattern;
+                d.addr2 = dst;
+            }
+            Op::Compare {
+                src1,
+                src2,
+                expect_equal,
+                ..
+            } => {
+                d.addr1 = src1;
+                d.addr2 = src2;
+                if let Some(eq) = expect_equal {
+                    fl.insert(DescFlags::CHECK_RESULT);
+                    d.set_expected_result(if eq { 0 } else { 1 });
+                }
+            }
+            Op::ComparePattern {
+                src,
+                pattern,
+                expect_equal,
+                ..
+            } => {
+                d.addr1 = src;
+                d.addr2 = pattern;
+                if let Some(eq) = expect_equal {
+                    fl.insert(DescFlags::CHECK_RESULT);
+                    d.set_expected_result(if eq { 0 } else { 1 });
+                }
+            }
+            Op::CreateDelta {
+                src1,
+                src2,
+                record,
+                record_max,
+                expect_mask,
+                ..
+            } => {
+                d.addr1 = src1;
+                d.addr2 = src2;
+                d.set_delta_record_addr(record)
+                    .set_max_delta_size(record_max);
+                if let Some(m) = expect_mask {
+                    fl.insert(DescFlags::CHECK_RESULT);
+                    d.set_expected_result_mask(m);
+                }
+            }
+            Op::ApplyDelta {
+                record,
+                record_len,
+                dst,
+                ..
+            } => {
+                d.addr1 = record;
+                d.addr2 = dst;
+                d.set_delta_record_size(record_len);
+            }
+            Op::Dualcast {
+                src, dst1, dst2, ..
+            } => {
+                d.addr1 = src;
+                d.addr2 = dst1;
+                d.set_dst2(dst2);
+            }
+            Op::CrcGen {
+                src, seed, mode, ..
+            } => {
+                d.addr1 = src;
+                crc_fields(&mut d, &mut fl, seed, mode);
+            }
+            Op::CopyCrc {
+                src,
+                dst,
+                seed,
+                mode,
+                ..
+            } => {
+                d.addr1 = src;
+                d.addr2 = dst;
+                crc_fields(&mut d, &mut fl, seed, mode);
+            }
+            Op::DifCheck {
+                src,
+                format,
+                source,
+                ..
+            } => {
+                d.addr1 = src;
+                d.set_dif_flags(format.flags().bits());
+                src_dif(&mut d, &source);
+            }
+            Op::DifInsert {
+                src,
+                dst,
+                format,
+                dest,
+                ..
+            } => {
+                d.addr1 = src;
+                d.addr2 = dst;
+                d.set_dif_flags(format.flags().bits());
+                dst_dif(&mut d, &dest);
+            }
+            Op::DifStrip {
+                src,
+                dst,
+                format,
+                source,
+                ..
+            } => {
+                d.addr1 = src;
+                d.addr2 = dst;
+                d.set_dif_flags(format.flags().bits());
+                src_dif(&mut d, &source);
+            }
+            Op::DifUpdate {
+                src,
+                dst,
+                format,
+                source,
+                dest,
+                ..
+            } => {
+                d.addr1 = src;
+                d.addr2 = dst;
+                d.set_dif_flags(format.flags().bits());
+                src_dif(&mut d, &source);
+                dst_dif(&mut d, &dest);
+            }
+            Op::CacheFlush { addr, keep, .. } => {
+                d.addr2 = addr;
+                fl.set(DescFlags::CACHE_CONTROL, keep);
+            }
+        }
+        d.flags = fl;
+        d
+    }
+}
+
+/// Create Delta outcome (CR byte 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeltaResult {
+    Identical,
+    Written,
+    /// The record reached its maximum size; `bytes_compared` tells how far it got.
+    Overflow,
+}
+
+/// DIF tags for the block after the last one processed (CR bytes 16–23 / 24–31).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DifTags {
+    pub ref_tag: u32,
+    pub app_tag_mask: u16,
+    pub app_tag: u16,
+}
+
+/// Decoded result of a successful operation.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Output {
+    Done,
+    /// `first_difference`: offset of the first differing byte (Compare Pattern may round it
+    /// down to a multiple of 8). `predicate`: Check Result outcome, when requested.
+    Compare {
+        equal: bool,
+        first_difference: Option<u32>,
+        predicate: Option<bool>,
+    },
+    Crc(u32),
+    Delta {
+        result: DeltaResult,
+        record_size: u32,
+        bytes_compared: u32,
+        predicate: Option<bool>,
+    },
+    Dif {
+        source: Option<DifTags>,
+        dest: Option<DifTags>,
+    },
+    /// One entry per member, in list order.
+    Batch(Vec<Result<Output, OpError>>),
+}
+
+/// What to submit to finish an operation that stopped at a page fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resume {
+    /// The operation as first submitted.
+    pub original: Work,
+    /// The remainder to submit.
+    pub(crate) remaining: Work,
+    /// Units of `original` already done before `remaining` starts.
+    pub(crate) done: u64,
+}
+
+impl Resume {
+    pub fn remaining(&self) -> &Work {
+        &self.remaining
+    }
+    pub fn done(&self) -> u64 {
+        self.done
+    }
+}
+
+/// Decodes a completion record of `work` (which covers `original` from offset `done`).
+pub(crate) fn decode(
+    work: &Work,
+    original: &Work,
+    done: u64,
+    cr: &CompletionRecord,
+) -> Result<Output, OpError> {
+    let code = cr.status_code();
+    let predicate = |has: bool| has.then_some(code == st::SUCCESS);
+    match code {
+        st::SUCCESS | st::SUCCESS_FALSE_PREDICATE => {}
+        st::PAGE_FAULT_PARTIAL | st::PAGE_FAULT_PRS => {
+            let completed = done + cr.bytes_completed as u64;
+            return Err(OpError::PageFault(PageFault {
+                addr: cr.fault_addr,
+                write: cr.fault_is_write(),
+                completed,
+                resume: resume(work, original, done, cr).map(alloc::boxed::Box::new),
+            }));
+        }
+        st::DIF_ERROR => {
+            return Err(OpError::Dif {
+                bits: cr.result,
+                offset: (done + cr.bytes_completed as u64) as u32,
+            });
+        }
+        st::DELTA_OFFSET_ORDER | st::DELTA_OFFSET_RANGE => {
+            return Err(OpError::DeltaRecord {
+                status: code,
+                offset: (done + cr.bytes_completed as u64) as u32,
+            });
+        }
+        st::INVALID_FLAGS => {
+            return Err(OpError::InvalidFlags {
+                bits: cr.invalid_flags() & 0xFF_FFFF,
+            });
+        }
+        _ => return Err(OpError::Status { code }),
+    }
+    let tags = |at_src: bool| {
+        if at_src {
+            DifTags {
+                ref_tag: cr.dif_src_ref_tag(),
+                app_tag_mask: cr.dif_src_app_tag_mask(),
+                app_tag: cr.dif_src_app_tag(),
+            }
+        } else {
+            DifTags {
+                ref_tag: cr.dif_dest_ref_tag(),
+                app_tag_mask: cr.dif_dest_app_tag_mask(),
+                app_tag: cr.dif_dest_app_tag(),
+            }
+        }
+    };
+    Ok(match work.op {
+        Op::Compare { expect_equal, .. } | Op::ComparePattern { expect_equal, .. } => {
+            let equal = cr.result == 0;
+            Output::Compare {
+                equal,
+                first_difference: (!equal).then_some((done + cr.bytes_completed as u64) as u32),
+                predicate: predicate(expect_equal.is_some()),
+            }
+        }
+        Op::CrcGen { .. } | Op::CopyCrc { .. } => Output::Crc(cr.crc()),
+        Op::CreateDelta { expect_mask, .. } => Output::Delta {
+            result: match cr.result {
+                0 => DeltaResult::Identical,
+                1 => DeltaResult::Written,
+                _ => DeltaResult::Overflow,
+            },
+            record_size: cr.delta_record_size(),
+            bytes_compared: if cr.result == 2 {
+                cr.bytes_completed
+            } else {
+                work.op.len()
+            },
+            predicate: predicate(expect_mask.is_some()),
+        },
+        Op::DifCheck { .. } | Op::DifStrip { .. } => Output::Dif {
+            source: Some(tags(true)),
+            dest: None,
+        },
+        Op::DifInsert { .. } => Output::Dif {
+            source: None,
+            dest: Some(tags(false)),
+        },
+        Op::DifUpdate { .. } => Output::Dif {
+            source: Some(tags(true)),
+            dest: Some(tags(false)),
+        },
+        _ => Output::Done,
+    })
+}
+
+/// Tag state after `blocks` more blocks (ref tags increment unless fixed, app tags when
+/// asked to), so a resumed DIF op continues the sequence.
+fn advance_src(s: DifSource, blocks: u32) -> DifSource {
+    let mut s = s;
+    if !s.flags.contains(SrcDifFlags::REF_TAG_FIXED) {
+        s.ref_tag = s.ref_tag.wrapping_add(blocks);
+    }
+    if s.flags.contains(SrcDifFlags::APP_TAG_INCREMENT) {
+        s.app_tag = s.app_tag.wrapping_add(blocks as u16);
+    }
+    s
+}
+fn advance_dst(t: DifDest, blocks: u32) -> DifDest {
+    let mut t = t;
+    if !t.flags.contains(DestDifFlags::REF_TAG_FIXED) {
+        t.ref_tag = t.ref_tag.wrapping_add(blocks);
+    }
+    if t.flags.contains(DestDifFlags::APP_TAG_INCREMENT) {
+        t.app_tag = t.app_tag.wrapping_add(blocks as u16);
+    }
+    t
+}
+
+/// Builds the remainder after a partial completion (dsa.md §8.1–§8.8, §8.11). None when the
+/// operation cannot be continued.
+fn resume(work: &Work, original: &Work, done: u64, cr: &CompletionRecord) -> Option<Resume> {
+    let n = cr.bytes_completed;
+    let nn = n as u64;
+    let len = work.op.len();
+    if n > len && !matches!(work.op, Op::ApplyDelta { .. }) {
+        return None;
+    }
+    let rest = len - n.min(len);
+    let op = match work.op {
+        Op::MemMove { src, dst, .. } => {
+            if cr.result == 1 {
+                // Backward copy: the tail is done, the head remains in place.
+                Op::MemMove {
+                    src,
+                    dst,
+                    len: rest,
+                }
+            } else {
+                Op::MemMove {
+                    src: src + nn,
+                    dst: dst + nn,
+                    len: rest,
+                }
+            }
+        }
+        Op::Fill { dst, pattern, .. } => Op::Fill {
+            dst: dst + nn,
+            len: rest,
+            // The pattern phase is relative to the start address.
+            pattern: pattern.rotate_right(8 * (n % 8)),
+        },
+        Op::Compare {
+            src1,
+            src2,
+            expect_equal,
+            ..
+        } => Op::Compare {
+            src1: src1 + nn,
+            src2: src2 + nn,
+            len: rest,
+            expect_equal,
+        },
+        Op::ComparePattern {
+            src,
+            pattern,
+            expect_equal,
+            ..
+        } => Op::ComparePattern {
+            src: src + nn,
+            len: rest,
+            pattern: pattern.rotate_right(8 * (n % 8)),
+            expect_equal,
+        },
+        // Record offsets are relative to the start of the sources, so the remainder cannot
+        // be expressed as another Create Delta: run the whole operation again.
+        Op::CreateDelta { .. } => {
+            return Some(Resume {
+                original: *original,
+                remaining: *original,
+                done: 0,
+            });
+        }
+        Op::ApplyDelta {
+            record,
+            record_len,
+            dst,
+            len,
+        } => {
+            if n > record_len || !n.is_multiple_of(10) || n == record_len {
+                return None;
+            }
+            Op::ApplyDelta {
+                record: record + nn,
+                record_len: record_len - n,
+                dst,
+                len,
+            }
+        }
+        Op::Dualcast {
+            src, dst1, dst2, ..
+        } => Op::Dualcast {
+            src: src + nn,
+            dst1: dst1 + nn,
+            dst2: dst2 + nn,
+            len: rest,
+        },
+        Op::CrcGen { src, mode, .. } => Op::CrcGen {
+            src: src + nn,
+            len: rest,
+            seed: CrcSeed::Value(cr.crc()),
+            mode,
+        },
+        Op::CopyCrc { src, dst, mode, .. } => Op::CopyCrc {
+            src: src + nn,
+            dst: dst + nn,
+            len: rest,
+            seed: CrcSeed::Value(cr.crc()),
+            mode,
+        },
+        Op::DifCheck {
+            src,
+            format,
+            source,
+            ..
+        } => {
+            let (s, _) = work.op.dif_steps()?;
+            let blocks = n / s;
+            Op::DifCheck {
+                src: src + (blocks * s) as u64,
+                len: len - blocks * s,
+                format,
+                source: advance_src(source, blocks),
+            }
+        }
+        Op::DifInsert {
+            src,
+            dst,
+            format,
+            dest,
+            ..
+        } => {
+            let (s, d) = work.op.dif_steps()?;
+            let blocks = n / s;
+            Op::DifInsert {
+                src: src + (blocks * s) as u64,
+                dst: dst + (blocks * d) as u64,
+                len: len - blocks * s,
+                format,
+                dest: advance_dst(dest, blocks),
+            }
+        }
+        Op::DifStrip {
+            src,
+            dst,
+            format,
+            source,
+            ..
+        } => {
+            let (s, d) = work.op.dif_steps()?;
+            let blocks = n / s;
+            Op::DifStrip {
+                src: src + (blocks * s) as u64,
+                dst: dst + (blocks * d) as u64,
+                len: len - blocks * s,
+                format,
+                source: advance_src(source, blocks),
+            }
+        }
+        Op::DifUpdate {
+            src,
+            dst,
+            format,
+            source,
+            dest,
+            ..
+        } => {
+            let (s, d) = work.op.dif_steps()?;
+            let blocks = n / s;
+            Op::DifUpdate {
+                src: src + (blocks * s) as u64,
+                dst: dst + (blocks * d) as u64,
+                len: len - blocks * s,
+                format,
+                source: advance_src(source, blocks),
+                dest: advance_dst(dest, blocks),
+            }
+        }
+        Op::CacheFlush { addr, keep, .. } => Op::CacheFlush {
+            addr: addr + nn,
+            len: rest,
+            keep,
+        },
+        Op::Noop | Op::Drain => return None,
+    };
+    let done_units = match work.op {
+        Op::DifCheck { .. } | Op::DifInsert { .. } | Op::DifStrip { .. } | Op::DifUpdate { .. } => {
+            let (s, _) = work.op.dif_steps()?;
+            (n / s * s) as u64
+        }
+        // Backward memmove completed a suffix; the remainder starts at the same offset.
+        Op::MemMove { .. } if cr.result == 1 => 0,
+        _ => nn,
+    };
+    Some(Resume {
+        original: *original,
+        remaining: Work { op, ..*work },
+        done: done + done_units,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fill_pattern_rotation_continues_the_phase() {
+        let p = 0x0807_0605_0403_0201u64;
+        let r = p.rotate_right(8 * 3);
+        // Byte k of the resumed fill must be byte (3 + k) mod 8 of the original.
+        for k in 0..8 {
+            assert_eq!(r.to_le_bytes()[k], p.to_le_bytes()[(3 + k) % 8]);
+        }
+    }
+
+    #[test]
+    fn resume_rules() {
+        let w = Work::memmove(0x1000, 0x9000, 0x3000);
+        let mut cr = CompletionRecord {
+            status: st::PAGE_FAULT_PARTIAL | st::FAULT_WRITE,
+            bytes_completed: 0x1800,
+            fault_addr: 0xA800,
+            ..Default::default()
+        };
+        let Err(OpError::PageFault(pf)) = decode(&w, &w, 0, &cr) else {
+            panic!("expected a fault")
+        };
+        assert!(pf.write);
+        assert_eq!(pf.completed, 0x1800);
+        let r = pf.resume.unwrap();
+        assert_eq!(
+            r.remaining.op,
+            Op::MemMove {
+                src: 0x2800,
+                dst: 0xA800,
+                len: 0x1800
+            }
+        );
+        // Backward copy: same addresses, shorter.
+        cr.result = 1;
+        let Err(OpError::PageFault(pf)) = decode(&w, &w, 0, &cr) else {
+            panic!()
+        };
+        assert_eq!(
+            pf.resume.unwrap().remaining.op,
+            Op::MemMove {
+                src: 0x1000,
+                dst: 0x9000,
+                len: 0x1800
+            }
+        );
+        // A compare resumed at 100 reports offsets relative to the original start.
+        let c = Work::compare(0, 0x10000, 1000);
+        let rem = Work::compare(100, 0x10064, 900);
+        let cr = CompletionRecord {
+            status: st::SUCCESS,
+            result: 1,
+            bytes_completed: 7,
+            ..Default::default()
+        };
+        assert_eq!(
+            decode(&rem, &c, 100, &cr).unwrap(),
+            Output::Compare {
+                equal: false,
+                first_difference: Some(107),
+                predicate: None
+            }
+        );
+    }
+}

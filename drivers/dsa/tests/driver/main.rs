@@ -1,0 +1,7 @@
+//! Host tests of the DSA driver against the DSA model.
+
+mod bringup;
+mod common;
+mod errors;
+mod ops;
+mod queues;
