@@ -17,6 +17,9 @@ pub fn main_job() -> ! {
         log::info!("cpu{cpu}: online, APIC ID {id}");
     }
     crate::irq::print_report();
+    for line in crate::iommu::summary() {
+        log::info!("iommu: {line}");
+    }
     if let Some(a) = crate::acpi::info() {
         log::info!(
             "acpi: revision {}, root table at {:#x}, {} tables",
@@ -39,7 +42,7 @@ pub fn main_job() -> ! {
     let _ = write!(
         json,
         "{{\"kind\":\"boot\",\"cpus\":{n},\"apic_ids\":{ids:?},\"apic_mode\":\"{}\",\"usable_mib\":{},\
-         \"tsc_hz\":{},\"lapic_timer_hz\":{},\"clock_reference\":\"{}\",\"acpi_tables\":[{}],\"boot_us\":{}}}",
+         \"tsc_hz\":{},\"lapic_timer_hz\":{},\"clock_reference\":\"{}\",\"acpi_tables\":[{}],\"pci_functions\":{},\"iommu_units\":{},\"boot_us\":{}}}",
         match arch::apic::mode() {
             arch::apic::Mode::X2Apic => "x2apic",
             arch::apic::Mode::XApic => "xapic",
@@ -50,6 +53,8 @@ pub fn main_job() -> ! {
         cal.map_or(0, |c| c.lapic_hz * 16),
         cal.map_or("none", |c| c.reference),
         tables.join(","),
+        crate::pci::devices().count(),
+        crate::iommu::unit_count(),
         crate::time::now_ns() / 1000
     );
     crate::println!("RESULT {json}");

@@ -12,12 +12,14 @@ mod cmdline;
 mod console;
 mod exit;
 mod fail;
+mod iommu;
 mod irq;
 mod job;
 mod ktest;
 mod ktests;
 mod logger;
 mod mm;
+mod pci;
 mod sync;
 mod time;
 
@@ -160,5 +162,21 @@ fn bring_up() -> Result<(), BringUpError> {
         rep.failed.len(),
         rep.trampoline
     );
+    match pci::init() {
+        Ok(_) => {}
+        Err(pci::PciError::NoEcam) => {
+            log::warn!("pci: no MCFG table: PCI devices are not enumerated")
+        }
+        Err(e) => log::warn!("pci: {e}"),
+    }
+    // Before any device interrupt or driver DMA: interrupt remapping and translation on.
+    if let Some(r) = step("IOMMU (iommu=off skips it)", iommu::init())? {
+        log::info!(
+            "iommu: {} unit(s), {} device(s) with context entries, ready in {} us",
+            r.units,
+            r.devices,
+            r.elapsed_ns / 1000
+        );
+    }
     Ok(())
 }

@@ -49,6 +49,23 @@ pub struct PciFunction {
     pub pasid_width: Option<u8>,
     /// (vendor, DVSEC ID) pairs.
     pub dvsecs: Vec<(u16, u16)>,
+    /// PCIe Device/Port Type (PCIe Capabilities register bits 7:4, see [`pcie_type`]); None
+    /// for conventional PCI functions.
+    pub pcie_type: Option<u8>,
+}
+
+/// PCIe Device/Port Type values (PCIe base spec, PCI Express Capabilities register).
+pub mod pcie_type {
+    pub const ENDPOINT: u8 = 0x0;
+    pub const LEGACY_ENDPOINT: u8 = 0x1;
+    pub const ROOT_PORT: u8 = 0x4;
+    pub const UPSTREAM_PORT: u8 = 0x5;
+    pub const DOWNSTREAM_PORT: u8 = 0x6;
+    /// PCI Express to PCI/PCI-X bridge: owns the requests of the conventional devices below.
+    pub const PCIE_TO_PCI_BRIDGE: u8 = 0x7;
+    pub const PCI_TO_PCIE_BRIDGE: u8 = 0x8;
+    pub const RC_INTEGRATED_ENDPOINT: u8 = 0x9;
+    pub const RC_EVENT_COLLECTOR: u8 = 0xa;
 }
 
 impl PciFunction {
@@ -109,6 +126,53 @@ impl Enumeration {
             .iter()
             .filter(move |f| f.vendor == vendor && f.device == device)
     }
+    /// The bridge whose secondary bus `addr` sits on (None on a root bus).
+    pub fn parent_bridge(&self, addr: PciAddress) -> Option<&PciFunction> {
+        self.functions.iter().find(|f| {
+            f.addr.segment() == addr.segment()
+                && f.addr != addr
+                && f.bridge.is_some_and(|b| b.secondary == addr.bus())
+        })
+    }
+
+    /// The requester ID under which `addr`'s DMA and MSIs reach the IOMMU. Conventional PCI
+    /// has no requester IDs: going up from the function, every conventional bus replaces the
+    /// ID with the one its bridge uses: a PCIe-to-PCI bridge issues requests as (its
+    /// secondary bus, 00.0) (PCIe-to-PCI/PCI-X bridge spec 2.3), any other bridge as itself.
+    /// A bus is conventional when its bridge is not a PCIe switch or root port. These are the
+    /// rules of Linux (`pci_for_each_dma_alias`) and QEMU (`pci_device_get_iommu_bus_devfn`).
+    /// Functions on PCIe buses (and on root buses) are their own alias.
+    pub fn dma_alias(&self, addr: PciAddress) -> PciAddress {
+        let mut alias = addr;
+        let mut bus_of = addr;
+        // Bounded by the number of buses: each step moves to a strictly lower bus number
+        // in a well-formed hierarchy; the counter guards against a malformed one.
+        for _ in 0..256 {
+            let Some(p) = self.parent_bridge(bus_of) else {
+                break;
+            };
+            let express = matches!(
+                p.pcie_type,
+                Some(
+                    pcie_type::ROOT_PORT
+                        | pcie_type::UPSTREAM_PORT
+                        | pcie_type::DOWNSTREAM_PORT
+                        | pcie_type::PCI_TO_PCIE_BRIDGE
+                )
+            );
+            if !express {
+                alias = match (p.pcie_type, p.bridge) {
+                    (Some(pcie_type::PCIE_TO_PCI_BRIDGE), Some(b)) => {
+                        PciAddress::new(addr.segment(), b.secondary, 0, 0)
+                    }
+                    _ => p.addr,
+                };
+            }
+            bus_of = p.addr;
+        }
+        alias
+    }
+
     /// Secondary and subordinate bus of a bridge; the lookup the DMAR scope resolver needs.
     pub fn bridge_buses(&self, segment: u16, bus: u8, dev: u8, func: u8) -> Option<BridgeInfo> {
         self.find(PciAddress::new(segment, bus, dev, func))
@@ -278,6 +342,10 @@ fn probe_function(
         .ok()
         .flatten()
         .map(|p| p.max_pasid_width());
+    let pcie_type = caps
+        .iter()
+        .find(|c| c.0 == crate::caps::CAP_ID_PCIE)
+        .map(|c| ((cfg_read(access, addr, c.1) >> 20) & 0xf) as u8);
     let dvsecs = match dvsecs(access, addr) {
         Ok(d) => d.into_iter().map(|d| (d.vendor, d.dvsec_id)).collect(),
         Err(_) => Vec::new(), // the walker error is already in `issues`, or a DVSEC length error:
@@ -299,6 +367,7 @@ fn probe_function(
         msix_vectors,
         pasid_width,
         dvsecs,
+        pcie_type,
     }
 }
 
@@ -418,6 +487,70 @@ mod tests {
         f.add_mem_bar(a(0, 3, 0), 0, 0x10_0000, 0x8_0000_0000, true, true);
         f.add_function(a(5, 0, 0), 0x1af4, 0x1041, (2, 0, 0), 0);
         f
+    }
+
+    #[test]
+    fn dma_aliases_follow_conventional_buses() {
+        use crate::caps::CAP_ID_PCIE;
+        let f = FakeConfigSpace::new();
+        let pcie = |addr, ty: u32| f.add_cap(addr, 0x40, CAP_ID_PCIE, &[ty << 20], &[]);
+        f.add_function(a(0, 0, 0), 0x8086, 0x29c0, (6, 0, 0), 0);
+        // Root port → bus 2: PCIe-to-PCI bridge → bus 3 [3..=4].
+        f.add_function(a(0, 3, 0), 0x1b36, 0x000c, (6, 4, 0), 1);
+        f.set_bridge_buses(a(0, 3, 0), 0, 2, 4);
+        pcie(a(0, 3, 0), 4);
+        f.add_function(a(2, 0, 0), 0x1b36, 0x000e, (6, 4, 0), 1);
+        f.set_bridge_buses(a(2, 0, 0), 2, 3, 4);
+        pcie(a(2, 0, 0), 7);
+        // Conventional endpoint on bus 3, and a conventional PCI-PCI bridge → bus 4 with one.
+        f.add_function(a(3, 3, 0), 0x1b36, 0x0005, (0xff, 0, 0), 0);
+        f.add_function(a(3, 5, 0), 0x1b36, 0x0001, (6, 4, 0), 1);
+        f.set_bridge_buses(a(3, 5, 0), 3, 4, 4);
+        f.add_function(a(4, 1, 0), 0x1234, 0x11e8, (0xff, 0, 0), 0);
+        // A conventional PCI-PCI bridge on the root bus → bus 5 with a device.
+        f.add_function(a(0, 4, 0), 0x1b36, 0x0001, (6, 4, 0), 1);
+        f.set_bridge_buses(a(0, 4, 0), 0, 5, 5);
+        f.add_function(a(5, 2, 0), 0x1234, 0x11e8, (0xff, 0, 0), 0);
+        // PCIe endpoint behind a root port: its own ID.
+        f.add_function(a(0, 6, 0), 0x1b36, 0x000c, (6, 4, 0), 1);
+        f.set_bridge_buses(a(0, 6, 0), 0, 6, 6);
+        pcie(a(0, 6, 0), 4);
+        f.add_function(a(6, 0, 0), 0x8086, 0x0b25, (8, 0x80, 0), 0);
+        pcie(a(6, 0, 0), 0);
+        let e = enumerate(
+            &f,
+            &[SegmentRange {
+                segment: 0,
+                bus_start: 0,
+                bus_end: 0xff,
+            }],
+        );
+        assert_eq!(
+            e.find(a(0, 3, 0)).unwrap().pcie_type,
+            Some(pcie_type::ROOT_PORT)
+        );
+        assert_eq!(e.find(a(3, 3, 0)).unwrap().pcie_type, None);
+        assert_eq!(
+            e.parent_bridge(a(3, 3, 0)).map(|p| p.addr),
+            Some(a(2, 0, 0))
+        );
+        assert!(e.parent_bridge(a(0, 3, 0)).is_none());
+        let alias = |x| e.dma_alias(x);
+        assert_eq!(
+            alias(a(3, 3, 0)),
+            a(3, 0, 0),
+            "PCIe-to-PCI bridge: (secondary, 00.0)"
+        );
+        assert_eq!(
+            alias(a(4, 1, 0)),
+            a(3, 0, 0),
+            "the outermost conventional bridge wins"
+        );
+        assert_eq!(alias(a(3, 5, 0)), a(3, 0, 0));
+        assert_eq!(alias(a(5, 2, 0)), a(0, 4, 0), "conventional bridge: itself");
+        assert_eq!(alias(a(6, 0, 0)), a(6, 0, 0), "PCIe: own ID");
+        assert_eq!(alias(a(2, 0, 0)), a(2, 0, 0));
+        assert_eq!(alias(a(0, 0, 0)), a(0, 0, 0));
     }
 
     #[test]

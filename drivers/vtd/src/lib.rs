@@ -9,7 +9,9 @@
 //! Kernel glue, in order (vtd.md §9):
 //! 1. `Dmar::parse(bytes)`; for each DRHD map ≥ 4 KiB of `register_base` uncached and wrap it in
 //!    [`MmioRegisters`]; [`DeviceUnitMap::build`] with the PCI enumeration's bridge bus numbers.
-//! 2. [`RemappingUnit::new`] (capability checks), [`RemappingUnit::init`] (QI, IR, root table, TE),
+//! 2. [`RemappingUnit::new`] (capability checks), [`RemappingUnit::setup`] (QI, IR, root table),
+//!    [`RemappingUnit::prepare_device`] for every device, [`RemappingUnit::enable_translation`]
+//!    (or [`RemappingUnit::init`] = setup + TE),
 //!    [`RemappingUnit::configure_fault_event`] with a vector from the vector allocator; the
 //!    vector's handler calls [`RemappingUnit::handle_faults`].
 //! 3. Interrupts: [`RemappingUnit::alloc_irte`] + [`RemappingUnit::msi_message`] /
@@ -42,5 +44,5 @@ pub use hw::{Clock, DmaMemory, MmioRegisters, RegisterBlock};
 pub use pagetable::{Perm, Translation};
 pub use unit::{
     AddressSpaceId, Config, FaultBatch, FaultCounters, IrteHandle, RemappingUnit, RidDefault,
-    SpaceKind, StageKind,
+    SpaceKind, StageKind, WalkTrace,
 };

@@ -185,23 +185,14 @@ fn first_stage_space_tables_exact_and_walkable() {
     );
     u.attach(DEV, a).unwrap();
     let sid = DEV.sid();
-    // Context creation: RID_PASID (blocked) entry installed + flushed, then the context entry;
-    // then the PASID entry for pasid 1.
-    let blocked_flush = [
-        [0x17, 0, 0, 0],
-        [0x26, 0, 0, 0],
-        [0x31 | (u64::from(sid) << 32), 0, 0, 0],
-    ];
+    // Context creation: RID_PASID (blocked) entry written while the context entry is not
+    // present (nothing to flush), then the context entry + device-selective context-cache
+    // invalidation; then the PASID entry for pasid 1.
     let ex = descs(&r);
-    assert_eq!(ex.len(), 4 + 2 + 4, "{ex:#x?}");
+    assert_eq!(ex.len(), 2 + 4, "{ex:#x?}");
+    assert_eq!(&ex[..2], &[[0x31 | (u64::from(sid) << 32), 0, 0, 0], WAIT]);
     assert_eq!(
-        ex[0][0] & 0xffff_ffff_0000_ffff,
-        blocked_flush[0][0],
-        "PASID-cache PASID-selective, pasid 0"
-    );
-    assert_eq!(ex[4], [0x31 | (u64::from(sid) << 32), 0, 0, 0]);
-    assert_eq!(
-        &ex[6..],
+        &ex[2..],
         &[
             InvDesc::pasid_cache_pasid(did, 1).0,
             InvDesc::piotlb_pasid(did, 1).0,
@@ -802,4 +793,132 @@ fn page_table_split_and_chunks() {
         vec![(0, 10)]
     );
     assert_eq!(invalidation_chunks(0, 0x40_0000, 2, 16), None);
+}
+
+#[test]
+fn setup_leaves_translation_off_until_devices_have_context_entries() {
+    let cfg = Config {
+        rid_default: RidDefault::PassThrough,
+        ..Config::default()
+    };
+    let (mut u, r, m) = unit_with(QEMU_ECAP_FS, QEMU_CAP, cfg);
+    assert_eq!(
+        u.enable_translation(),
+        Err(VtdError::NotEnabled("root table"))
+    );
+    u.setup().unwrap();
+    assert!(!Gsts::from_bits_retain(gsts(&r)).contains(Gsts::TES));
+    u.prepare_device(DEV).unwrap();
+    let root = u.root_table().unwrap();
+    let ctx = RootEntry::decode([m.read64(root), m.read64(root + 8)])
+        .lower
+        .unwrap();
+    assert_eq!(
+        m.read64(ctx + 32 * u64::from(DEV.devfn())) & 1,
+        1,
+        "context entry present before TE"
+    );
+    u.enable_translation().unwrap();
+    let writes = r.inner.borrow().gcmd_writes.clone();
+    assert_eq!(
+        *writes.last().unwrap() & (1 << 31),
+        1 << 31,
+        "TE is the last command"
+    );
+    assert!(
+        writes[..writes.len() - 1]
+            .iter()
+            .all(|w| w & (1 << 31) == 0)
+    );
+    assert_eq!(
+        u.hardware_walk(DEV, None, 0x4000, false).map(|t| t.phys),
+        Ok(0x4000)
+    );
+}
+
+#[test]
+fn revoked_rid_pasid_is_blocked_not_pass_through() {
+    let cfg = Config {
+        rid_default: RidDefault::PassThrough,
+        ..Config::default()
+    };
+    let (mut u, _r, _m) = unit_with(QEMU_ECAP_FS, QEMU_CAP, cfg);
+    u.init().unwrap();
+    u.prepare_device(DEV).unwrap();
+    let walk = |u: &Unit| u.hardware_walk(DEV, None, 0x9000, true).map(|t| t.phys);
+    assert_eq!(walk(&u), Ok(0x9000), "pass-through default");
+    let a = u.create_address_space(SpaceKind::Translated, None).unwrap();
+    u.map(a, 0x9000, 0x5000_0000, 0x1000, Perm::RW).unwrap();
+    u.attach_rid_pasid(DEV, a).unwrap();
+    assert_eq!(walk(&u), Ok(0x5000_0000));
+    u.revoke(a).unwrap();
+    assert_eq!(
+        walk(&u),
+        Err(FaultReason::FsEntryNotPresent),
+        "blocked, not identity"
+    );
+    // A new attachment replaces the block; detaching it returns to the default.
+    let b = u.create_address_space(SpaceKind::Translated, None).unwrap();
+    u.map(b, 0x9000, 0x6000_0000, 0x1000, Perm::RW).unwrap();
+    u.attach_rid_pasid(DEV, b).unwrap();
+    assert_eq!(walk(&u), Ok(0x6000_0000));
+    u.detach_rid_pasid(DEV, b).unwrap();
+    assert_eq!(walk(&u), Ok(0x9000));
+    // Destroying an attached space blocks too; reset_rid_pasid lifts it.
+    u.attach_rid_pasid(DEV, b).unwrap();
+    u.destroy_address_space(b).unwrap();
+    assert_eq!(walk(&u), Err(FaultReason::FsEntryNotPresent));
+    u.reset_rid_pasid(DEV).unwrap();
+    assert_eq!(walk(&u), Ok(0x9000));
+    u.reset_rid_pasid(DEV).unwrap();
+    assert_eq!(walk(&u), Ok(0x9000), "idempotent");
+    assert_eq!(
+        u.detach_rid_pasid(DEV, a),
+        Err(VtdError::NotAttached {
+            sid: DEV.sid(),
+            pasid: 0
+        })
+    );
+}
+
+#[test]
+fn traced_walk_records_every_entry_read() {
+    let (mut u, _r, m) = fs_unit();
+    let a = u
+        .create_address_space(SpaceKind::Translated, Some(5))
+        .unwrap();
+    u.map(a, 0x7000_3000, 0x1_2345_6000, 0x1000, Perm::RW)
+        .unwrap();
+    u.attach(DEV, a).unwrap();
+    let mut t = WalkTrace::default();
+    let r = u.hardware_walk_traced(DEV, Some(5), 0x7000_3abc, true, &mut t);
+    assert_eq!(r.map(|x| x.phys), Ok(0x1_2345_6abc));
+    assert_eq!(t.pasid, 5);
+    assert_eq!(t.context_entry[0] & 1, 1);
+    assert_eq!(
+        t.pasid_entry,
+        PasidEntry::first_stage(u.domain_id(a).unwrap(), u.page_table_root(a).unwrap()).encode()
+    );
+    let levels: Vec<u8> = t.paging.iter().map(|e| e.0).collect();
+    assert_eq!(levels, vec![4, 3, 2, 1]);
+    // Each entry sits at its table (the root, then the previous entry's address) + 8·index.
+    let iova: u64 = 0x7000_3abc;
+    let mut table = u.page_table_root(a).unwrap();
+    for (level, at, v) in &t.paging {
+        let index = (iova >> (12 + 9 * (u64::from(*level) - 1))) & 0x1ff;
+        assert_eq!(*at, table + 8 * index, "level {level}");
+        table = v & PTE_ADDR_MASK;
+    }
+    for (_, at, v) in &t.paging {
+        assert_eq!(m.read64(*at), *v, "value read at {at:#x}");
+        assert_eq!(v & 0x7, 0x7, "P|RW|US at every level");
+    }
+    assert_eq!(t.paging[3].2 & PTE_ADDR_MASK, 0x1_2345_6000);
+    // A failing walk records what it read up to the fault.
+    let mut t = WalkTrace::default();
+    assert_eq!(
+        u.hardware_walk_traced(DEV, Some(5), 0x7020_0000, false, &mut t),
+        Err(FaultReason::FsEntryNotPresent)
+    );
+    assert_eq!(t.paging.last().map(|e| (e.0, e.2)), Some((2, 0)));
 }

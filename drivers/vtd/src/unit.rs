@@ -99,6 +99,17 @@ pub struct FaultCounters {
     pub per_reason: BTreeMap<u8, u64>,
 }
 
+/// What [`RemappingUnit::hardware_walk_traced`] read on its way.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WalkTrace {
+    pub context_entry: [u64; 4],
+    /// The PASID looked up: the request's, or the context entry's RID_PASID.
+    pub pasid: u32,
+    pub pasid_entry: [u64; 8],
+    /// Paging entries from the top level down: (level, physical address, value).
+    pub paging: Vec<(u8, u64, u64)>,
+}
+
 /// What one [`RemappingUnit::handle_faults`] call found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FaultBatch {
@@ -125,7 +136,10 @@ struct IrState {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SlotUse {
+    /// The configured [`RidDefault`] (RID_PASID only).
     Default,
+    /// The shared empty domain: every request faults (RID_PASID of a revoked space).
+    Blocked,
     Space(u32),
 }
 
@@ -325,17 +339,34 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
     // Bring-up
     // -----------------------------------------------------------------------------------------
 
-    /// Full bring-up (vtd.md §9 steps 3, 5–10): turn off what firmware left on, queued
-    /// invalidation, interrupt remapping (if configured), root table, TE. Fault reporting is
-    /// configured separately with [`Self::configure_fault_event`] (it needs a vector).
+    /// Full bring-up (vtd.md §9 steps 3, 5–10): [`Self::setup`] then
+    /// [`Self::enable_translation`]. Fault reporting is configured separately with
+    /// [`Self::configure_fault_event`] (it needs a vector).
     pub fn init(&mut self) -> Result<(), VtdError> {
+        self.setup()?;
+        self.enable_translation()
+    }
+
+    /// Bring-up without TE (vtd.md §9 steps 3, 5–9): turn off what firmware left on, queued
+    /// invalidation, interrupt remapping (if configured), root table. The caller then gives
+    /// every device a context entry ([`Self::prepare_device`]) before
+    /// [`Self::enable_translation`], so no device that was already doing DMA (e.g. firmware's
+    /// USB legacy emulation) sees a window in which its requests fault.
+    pub fn setup(&mut self) -> Result<(), VtdError> {
         self.disable_firmware_state()?;
         self.clear_stale_faults();
         self.enable_queued_invalidation()?;
         if self.cfg.interrupt_remapping {
             self.enable_interrupt_remapping()?;
         }
-        self.install_root_table()?;
+        self.install_root_table()
+    }
+
+    /// GCMD.TE (vtd.md §9 step 10): from now on every request is translated.
+    pub fn enable_translation(&mut self) -> Result<(), VtdError> {
+        if self.root.is_none() {
+            return Err(VtdError::NotEnabled("root table"));
+        }
         self.gcmd(Gcmd::TE, true)?;
         log::info!("vtd: translation enabled ({:?})", self.stage);
         Ok(())
@@ -633,9 +664,18 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
                 slots: BTreeMap::new(),
             },
         );
-        // RID_PASID must be valid before the context entry can be used (vtd.md §3.3).
+        // RID_PASID must be valid before the context entry can be used (vtd.md §3.3). The
+        // context entry is not present yet, so nothing below it can be cached: the entry is
+        // written without a flush; the context-cache invalidation below covers it (each
+        // invalidation that touches a device costs QEMU an address-space rebuild).
         let default = self.default_rid_entry()?;
-        self.write_pasid_entry(sid, 0, Some(default))?;
+        let pa = self.pasid_entry_addr(sid, 0)?;
+        let q = default.encode();
+        for i in (1..8).rev() {
+            self.mem.write64(pa + 8 * i as u64, q[i]);
+        }
+        self.mem.barrier();
+        self.mem.write64(pa, q[0]);
         if let Some(d) = self.devices.get_mut(&sid) {
             d.slots.insert(0, SlotUse::Default);
         }
@@ -670,14 +710,16 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
                     .ok_or(VtdError::Missing(Requirement::PassThrough))?;
                 Ok(PasidEntry::pass_through(did))
             }
-            RidDefault::Blocked => {
-                let (did, pt) = self
-                    .blocked
-                    .as_ref()
-                    .ok_or(VtdError::NotEnabled("root table"))?;
-                Ok(self.translated_entry(*did, pt.root))
-            }
+            RidDefault::Blocked => self.blocked_entry(),
         }
+    }
+
+    fn blocked_entry(&self) -> Result<PasidEntry, VtdError> {
+        let (did, pt) = self
+            .blocked
+            .as_ref()
+            .ok_or(VtdError::NotEnabled("root table"))?;
+        Ok(self.translated_entry(*did, pt.root))
     }
 
     fn translated_entry(&self, did: u16, root: u64) -> PasidEntry {
@@ -991,15 +1033,46 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
     }
 
     pub fn detach(&mut self, bdf: Bdf, id: AddressSpaceId) -> Result<(), VtdError> {
-        self.detach_slot(bdf.sid(), id, id.0)
+        self.detach_slot(bdf.sid(), id, id.0, SlotUse::Default)
     }
 
     /// Returns `bdf`'s requests without PASID to the default (blocked or pass-through).
     pub fn detach_rid_pasid(&mut self, bdf: Bdf, id: AddressSpaceId) -> Result<(), VtdError> {
-        self.detach_slot(bdf.sid(), id, 0)
+        self.detach_slot(bdf.sid(), id, 0, SlotUse::Default)
     }
 
-    fn detach_slot(&mut self, sid: u16, id: AddressSpaceId, slot: u32) -> Result<(), VtdError> {
+    /// Puts `bdf`'s RID_PASID slot back to the configured default, whatever it holds now
+    /// (e.g. blocked after its space was revoked).
+    pub fn reset_rid_pasid(&mut self, bdf: Bdf) -> Result<(), VtdError> {
+        let sid = bdf.sid();
+        self.prepare_device(bdf)?;
+        match self
+            .devices
+            .get(&sid)
+            .and_then(|d| d.slots.get(&0).copied())
+        {
+            Some(SlotUse::Default) => Ok(()),
+            Some(SlotUse::Space(p)) => self.detach_rid_pasid(bdf, AddressSpaceId(p)),
+            _ => {
+                let e = self.default_rid_entry()?;
+                self.write_pasid_entry(sid, 0, Some(e))?;
+                if let Some(d) = self.devices.get_mut(&sid) {
+                    d.slots.insert(0, SlotUse::Default);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// `after`: what a RID_PASID slot becomes ([`SlotUse::Default`] or [`SlotUse::Blocked`]);
+    /// other slots are cleared.
+    fn detach_slot(
+        &mut self,
+        sid: u16,
+        id: AddressSpaceId,
+        slot: u32,
+        after: SlotUse,
+    ) -> Result<(), VtdError> {
         let current = self
             .devices
             .get(&sid)
@@ -1007,15 +1080,22 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
         if current != Some(SlotUse::Space(id.0)) {
             return Err(VtdError::NotAttached { sid, pasid: slot });
         }
-        let new = if slot == 0 {
-            Some(self.default_rid_entry()?)
-        } else {
-            None
+        let new = match (slot, after) {
+            (0, SlotUse::Blocked) => Some(self.blocked_entry()?),
+            (0, _) => Some(self.default_rid_entry()?),
+            _ => None,
         };
         self.write_pasid_entry(sid, slot, new)?;
         if let Some(d) = self.devices.get_mut(&sid) {
             if slot == 0 {
-                d.slots.insert(0, SlotUse::Default);
+                d.slots.insert(
+                    0,
+                    if after == SlotUse::Blocked {
+                        SlotUse::Blocked
+                    } else {
+                        SlotUse::Default
+                    },
+                );
             } else {
                 d.slots.remove(&slot);
             }
@@ -1025,13 +1105,15 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
     }
 
     /// Revokes a space: every PASID entry pointing at it is cleared (qword 0 ← 0) and
-    /// invalidated, RID_PASID slots fall back to the default, so any later DMA with it faults.
-    /// The space keeps its page tables until [`Self::destroy_address_space`].
+    /// invalidated; RID_PASID slots get the blocked domain (not the default: with a
+    /// pass-through default the device would suddenly reach all of memory), so any later DMA
+    /// with it faults. [`Self::reset_rid_pasid`] or a new attachment lifts the block. The
+    /// space keeps its page tables until [`Self::destroy_address_space`].
     pub fn revoke(&mut self, id: AddressSpaceId) -> Result<(), VtdError> {
         let atts: Vec<(u16, u32)> = self.space_mut(id)?.attachments.iter().copied().collect();
         let mut first_err = Ok(());
         for (sid, slot) in atts {
-            if let Err(e) = self.detach_slot(sid, id, slot) {
+            if let Err(e) = self.detach_slot(sid, id, slot, SlotUse::Blocked) {
                 log::error!("vtd: revoking pasid {} on sid {sid:#06x}: {e}", id.0);
                 if first_err.is_ok() {
                     first_err = Err(e);
@@ -1066,6 +1148,19 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
         iova: u64,
         write: bool,
     ) -> Result<Translation, FaultReason> {
+        self.hardware_walk_traced(bdf, pasid, iova, write, &mut WalkTrace::default())
+    }
+
+    /// [`Self::hardware_walk`] that also records every entry it read, so a caller can compare
+    /// them with what the hardware left behind (first-stage A/D bits after real DMA).
+    pub fn hardware_walk_traced(
+        &self,
+        bdf: Bdf,
+        pasid: Option<u32>,
+        iova: u64,
+        write: bool,
+        trace: &mut WalkTrace,
+    ) -> Result<Translation, FaultReason> {
         let root = self.root.ok_or(FaultReason::RootTableUnreadable)?;
         let slot = root + 16 * u64::from(bdf.bus);
         let re = RootEntry::decode([self.mem.read64(slot), self.mem.read64(slot + 8)]);
@@ -1077,6 +1172,7 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
         .ok_or(FaultReason::RootEntryNotPresent)?;
         let cpa = ctx + 32 * u64::from(bdf.devfn() & 0x7f);
         let craw: [u64; 4] = core::array::from_fn(|i| self.mem.read64(cpa + 8 * i as u64));
+        trace.context_entry = craw;
         let ce = ContextEntry::decode(craw);
         if !ce.present {
             return Err(FaultReason::ContextEntryNotPresent);
@@ -1085,12 +1181,14 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
             return Err(FaultReason::ContextEntryReserved);
         }
         let p = pasid.unwrap_or(ce.rid_pasid);
+        trace.pasid = p;
         if u64::from(p >> 6) >= 1u64 << (ce.pdts + 7) {
             return Err(FaultReason::PasidDirEntryNotPresent);
         }
         let de = self.mem.read64(ce.pasid_dir + 8 * u64::from(p >> 6));
         let table = pasid_dir_entry::decode(de).ok_or(FaultReason::PasidDirEntryNotPresent)?;
         let e = self.read_pasid_entry(table + 64 * u64::from(p & 0x3f));
+        trace.pasid_entry = e;
         let pe = PasidEntry::decode(&e).ok_or(FaultReason::InvalidPasidEntry)?;
         if !pe.present {
             return Err(FaultReason::PasidEntryNotPresent);
@@ -1115,9 +1213,9 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
         let mut level = levels;
         let mut writable = true;
         loop {
-            let ent = self
-                .mem
-                .read64(table + 8 * ((iova >> (12 + 9 * (u64::from(level) - 1))) & 0x1ff));
+            let at = table + 8 * ((iova >> (12 + 9 * (u64::from(level) - 1))) & 0x1ff);
+            let ent = self.mem.read64(at);
+            trace.paging.push((level, at, ent));
             let (present, w, leaf_large) = match format {
                 Format::FirstStage => {
                     if ent & 1 == 0 {
@@ -1208,7 +1306,9 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
                 };
                 self.regs.write32(off + 12, (spec::FRCD_F >> 32) as u32);
                 self.count_fault(&rec);
-                log::warn!(
+                // The kernel prints the user-facing line (with the segment); this one is for
+                // debugging the driver itself.
+                log::debug!(
                     "vtd fault: sid {} pasid {:?} {} addr {:#x} reason {:#04x} ({})",
                     Bdf::from_sid(rec.source_id),
                     rec.pasid,

@@ -3,8 +3,10 @@
 mod acpi;
 mod arch;
 mod framework;
+mod iommu;
 mod irq;
 mod mm;
+mod pci;
 mod smp;
 mod sync;
 mod time;

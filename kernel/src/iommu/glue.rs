@@ -1,0 +1,95 @@
+//! The kernel side of `drivers/vtd`'s hardware traits: table memory from the frame
+//! allocator, the calibrated clock.
+
+use alloc::collections::BTreeMap;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::mm::{self, FrameBlock};
+
+/// DMA memory for one remapping unit's tables, queue and status words. Owns every block it
+/// handed out, so each access can be checked against them: a stray address (a bug in the
+/// table code) is logged and ignored instead of touching unrelated memory.
+#[derive(Default)]
+pub struct KernelDma {
+    blocks: BTreeMap<u64, FrameBlock>,
+}
+
+/// Out-of-block accesses seen (should stay 0; readable by tests).
+pub static STRAY_ACCESSES: AtomicU64 = AtomicU64::new(0);
+
+impl KernelDma {
+    /// Whether `[phys, phys + width)` lies inside one live block.
+    fn owns(&self, phys: u64, width: u64) -> bool {
+        let ok = self
+            .blocks
+            .range(..=phys)
+            .next_back()
+            .is_some_and(|(a, b)| phys.checked_add(width).is_some_and(|e| e <= a + b.size()))
+            && phys.is_multiple_of(width);
+        if !ok && STRAY_ACCESSES.fetch_add(1, Ordering::Relaxed) < 8 {
+            log::error!("table access at {phys:#x} outside the unit's DMA memory");
+        }
+        ok
+    }
+
+    /// Bytes of table memory in use.
+    pub fn bytes(&self) -> u64 {
+        self.blocks.values().map(FrameBlock::size).sum()
+    }
+}
+
+impl vtd::DmaMemory for KernelDma {
+    fn alloc_zeroed(&mut self, size: usize, align: usize) -> Option<u64> {
+        let b = mm::alloc_frames(size as u64, align as u64).ok()?;
+        let a = b.addr();
+        self.blocks.insert(a, b);
+        Some(a)
+    }
+
+    fn free(&mut self, phys: u64, _size: usize) {
+        // Dropping the block returns it to the frame allocator.
+        if self.blocks.remove(&phys).is_none() {
+            log::error!("freeing {phys:#x}, which is not a table block");
+        }
+    }
+
+    fn read64(&self, phys: u64) -> u64 {
+        if !self.owns(phys, 8) {
+            return 0;
+        }
+        // SAFETY: inside a live, identity-mapped RAM block owned by `self`, aligned; volatile
+        // because the remapping hardware writes A/D bits concurrently.
+        unsafe { core::ptr::read_volatile(phys as *const u64) }
+    }
+
+    fn write64(&self, phys: u64, value: u64) {
+        if self.owns(phys, 8) {
+            // SAFETY: as in `read64`; one aligned 64-bit store (atomic for the hardware).
+            unsafe { core::ptr::write_volatile(phys as *mut u64, value) }
+        }
+    }
+
+    fn read32(&self, phys: u64) -> u32 {
+        if !self.owns(phys, 4) {
+            return 0;
+        }
+        // SAFETY: as in `read64`.
+        unsafe { core::ptr::read_volatile(phys as *const u32) }
+    }
+
+    fn write32(&self, phys: u64, value: u32) {
+        if self.owns(phys, 4) {
+            // SAFETY: as in `read64`.
+            unsafe { core::ptr::write_volatile(phys as *mut u32, value) }
+        }
+    }
+}
+
+/// Bounded waits use the kernel's calibrated clock.
+pub struct KernelClock;
+
+impl vtd::Clock for KernelClock {
+    fn now_ns(&self) -> u64 {
+        crate::time::now_ns()
+    }
+}
