@@ -2,7 +2,9 @@
 # The one QEMU command line of this project: boots the kernel (PVH, `-kernel`) or its GRUB
 # ISO (BIOS or UEFI) on q35 with the VT-d IOMMU in scalable mode, serial on stdout.
 #
-#   ./qemu-run.sh                      build the kernel if stale, run the main job
+#   ./qemu-run.sh                      build the kernel if stale, run the main job: boot report,
+#                                      one DSA device, the default DSA workload and its summary
+#   ./qemu-run.sh --workload SPEC      run a chosen DSA workload (README: "DSA workloads")
 #   ./qemu-run.sh --ktest              run every kernel test   (--ktest=smp,vector: filter)
 #   ./qemu-run.sh --help               all options
 #
@@ -32,14 +34,22 @@ Machine (each also settable through the environment variable in brackets):
   --mem SIZE           memory                                 [MEM, default 512M]
   --accel tcg|kvm      accelerator                            [ACCEL, default tcg]
   --cpu MODEL          CPU model                              [CPU, default max]
-  --dsa N              N intel-dsa devices behind pcie-root-ports (patched QEMU) [DSA, default 0]
-  --icount             -icount shift=0: TSC = guest instruction count  [ICOUNT=1]
+  --dsa N              N intel-dsa devices behind pcie-root-ports (patched QEMU) [DSA, default 1]
+  --dsa-opts PROPS     extra intel-dsa properties for every device, e.g. fault-injection=on
+                       or wq-size=64,num-engines=2                       [DSA_OPTS]
+  --icount             -icount shift=0: TSC = guest instruction count; also passes `icount`
+                       to the kernel so workload costs are labelled as instructions [ICOUNT=1]
   --gdb[=PORT]         gdb stub on PORT (default 1234), CPU halted at start; no timeout
   --timeout SEC        kill QEMU after SEC seconds, 0 = never [TIMEOUT, default 300]
 
 Kernel command line:
   --append "ARGS"      kernel arguments (PVH boots only)      [KARGS]
   --ktest[=FILTER]     run the kernel tests (adds ktest[=FILTER] to the arguments)
+  --workload SPEC      DSA workload instead of the default (adds workload=SPEC), e.g.
+                       'memmove,crc:size=4k,64k:mode=dwq,swq:batch=1,32:completion=poll,irq:cpus=all'
+                       ('none' skips it)
+  --dsa-config FILE    accel-config JSON for the DSA devices, passed through fw_cfg as
+                       opt/dsa/accel-config.json (or: --append 'dsa.config=<compact JSON>')
 
   Extra QEMU arguments: after --, or in QEMU_ARGS (split on spaces).
   QEMU binary: $QEMU if set; else emulator/qemu/build.sh --ensure if present; else the
@@ -56,7 +66,9 @@ CPU="${CPU:-max}"
 KARGS="${KARGS:-}"
 TIMEOUT="${TIMEOUT:-300}"
 ICOUNT="${ICOUNT:-0}"
-DSA="${DSA:-0}"
+DSA="${DSA:-1}"
+DSA_OPTS="${DSA_OPTS:-}"
+DSA_CONFIG=""
 GDB_PORT=""
 KERNEL=""
 ISO=""
@@ -77,6 +89,9 @@ while [ $# -gt 0 ]; do
     --accel) [ $# -ge 2 ] || die "--accel needs tcg or kvm"; ACCEL="$2"; shift 2 ;;
     --cpu) [ $# -ge 2 ] || die "--cpu needs a model"; CPU="$2"; shift 2 ;;
     --dsa) [ $# -ge 2 ] || die "--dsa needs a count"; DSA="$2"; shift 2 ;;
+    --dsa-opts) [ $# -ge 2 ] || die "--dsa-opts needs properties"; DSA_OPTS="$2"; shift 2 ;;
+    --dsa-config) [ $# -ge 2 ] || die "--dsa-config needs a file"; DSA_CONFIG="$2"; shift 2 ;;
+    --workload) [ $# -ge 2 ] || die "--workload needs a spec"; KARGS="${KARGS:+$KARGS }workload=$2"; shift 2 ;;
     --icount) ICOUNT=1; shift ;;
     --gdb) GDB_PORT=1234; shift ;;
     --gdb=*) GDB_PORT="${1#--gdb=}"; shift ;;
@@ -96,6 +111,11 @@ case "$ACCEL" in tcg|kvm) ;; *) die "ACCEL must be tcg or kvm, not '$ACCEL'" ;; 
 if [ "$ICOUNT" = 1 ] && [ "$ACCEL" != tcg ]; then die "--icount needs ACCEL=tcg"; fi
 if [ -n "$ISO" ] && [ -n "$KERNEL" ]; then die "--iso and --kernel are exclusive"; fi
 if [ "$UEFI" = 1 ] && [ -z "$ISO" ]; then die "--uefi needs --iso"; fi
+[[ "$DSA_OPTS" =~ ^[A-Za-z0-9_.,=-]*$ ]] || die "--dsa-opts takes prop=value[,prop=value…], not '$DSA_OPTS'"
+if [ -n "$DSA_CONFIG" ]; then
+  [ -f "$DSA_CONFIG" ] || die "--dsa-config: '$DSA_CONFIG' not found"
+  case "$DSA_CONFIG" in *,*) die "--dsa-config: the path must not contain a comma" ;; esac
+fi
 
 # --- QEMU binary ---------------------------------------------------------------------------
 install_hint() {
@@ -157,7 +177,7 @@ if [ "$ICOUNT" = 1 ]; then
   ARGS+=(-icount shift=0)
   # QEMU aborts on x2APIC timer-count reads under -icount; the kernel then calibrates
   # the LAPIC timer with interrupts instead.
-  KARGS="${KARGS:+$KARGS }lapic.calibrate=irq"
+  KARGS="${KARGS:+$KARGS }lapic.calibrate=irq icount"
 fi
 
 # === Device arguments: add devices here ====================================================
@@ -172,11 +192,15 @@ if [ "$DSA" -gt 0 ]; then
   if "$QEMU_BIN" -device help 2>/dev/null | grep -q '"intel-dsa"'; then
     for ((i = 0; i < DSA; i++)); do
       DEVICE_ARGS+=(-device "pcie-root-port,id=dsa_rp$i,chassis=$((10 + i)),slot=$((10 + i))"
-                    -device "intel-dsa,bus=dsa_rp$i")
+                    -device "intel-dsa,bus=dsa_rp$i${DSA_OPTS:+,$DSA_OPTS}")
     done
   else
     echo "$PROG: DSA=$DSA ignored: $QEMU_BIN has no intel-dsa device" >&2
   fi
+fi
+# --dsa-config FILE: the kernel reads it from fw_cfg (kernel/src/dsa/config.rs).
+if [ -n "$DSA_CONFIG" ]; then
+  DEVICE_ARGS+=(-fw_cfg "name=opt/dsa/accel-config.json,file=$DSA_CONFIG")
 fi
 # ===========================================================================================
 ARGS+=("${DEVICE_ARGS[@]}")

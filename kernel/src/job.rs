@@ -1,5 +1,6 @@
-//! The main job (no `ktest` on the command line): a boot report for now. The workload
-//! runner plugs in here.
+//! The main job (no `ktest` on the command line): the boot report, then the DSA devices
+//! (brought up here, with their summary) and the DSA workload (`workload=`, the default one
+//! when devices exist; see `crate::workload`).
 
 use alloc::format;
 use alloc::string::String;
@@ -11,6 +12,7 @@ use crate::arch::{self, percpu};
 /// Prints the boot report (CPUs with APIC IDs, vectors, clock) and a `RESULT` line,
 /// then ends the run successfully.
 pub fn main_job() -> ! {
+    let dsa_ready = bring_up_dsa();
     let n = percpu::cpu_count();
     let ids: Vec<u32> = (0..n).filter_map(percpu::apic_id).collect();
     for (cpu, id) in ids.iter().enumerate() {
@@ -63,5 +65,56 @@ pub fn main_job() -> ! {
         usable >> 20,
         crate::time::now_ns() / 1_000_000
     );
+    if let Err(e) = dsa_ready {
+        // Asked for DSA work but the devices could not be set up as configured.
+        if crate::cmdline::has("workload") || crate::cmdline::has("dsa.config") {
+            crate::exit::fail(format_args!("dsa: {e}"));
+        }
+    }
+    run_workload();
     crate::exit::pass()
+}
+
+/// Finds and brings up the DSA devices (their summary is printed by `dsa::init`).
+fn bring_up_dsa() -> Result<(), crate::dsa::DsaInitError> {
+    match crate::dsa::init() {
+        Ok(r) if r.devices > 0 => {
+            log::info!("dsa: {} device(s) up ({})", r.devices, r.origin);
+            match crate::dsa::init_error() {
+                Some(e) => Err(crate::dsa::DsaInitError::Earlier(e.into())),
+                None => Ok(()),
+            }
+        }
+        // Device errors were logged as they happened.
+        Ok(_) => match crate::dsa::init_error() {
+            Some(e) => Err(crate::dsa::DsaInitError::Earlier(e.into())),
+            None => Ok(()),
+        },
+        Err(e) => {
+            log::error!("dsa: {e}");
+            Err(e)
+        }
+    }
+}
+
+/// Runs the DSA workload (`workload=<spec>`, or the default one when DSA devices exist;
+/// `workload=none` skips it). Any error or verification failure fails the run.
+fn run_workload() {
+    let asked = crate::cmdline::get("workload").is_some_and(|w| w != "none" && w != "off");
+    if crate::dsa::devices().is_empty() && !asked {
+        return;
+    }
+    let specs = match crate::workload::requested() {
+        Ok(Some(s)) => s,
+        Ok(None) => return,
+        Err(e) => crate::exit::fail(format_args!("{e}")),
+    };
+    match crate::workload::run(&specs) {
+        Ok((s, _)) if s.failed == 0 => {}
+        Ok((s, _)) => crate::exit::fail(format_args!(
+            "workload: {} case(s) failed ({} errors, {} verification failures)",
+            s.failed, s.errors, s.verify_failures
+        )),
+        Err(e) => crate::exit::fail(format_args!("{e}")),
+    }
 }

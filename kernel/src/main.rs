@@ -10,8 +10,10 @@ mod arch;
 mod bootinfo;
 mod cmdline;
 mod console;
+mod dsa;
 mod exit;
 mod fail;
+mod fw_cfg;
 mod iommu;
 mod irq;
 mod job;
@@ -22,6 +24,7 @@ mod mm;
 mod pci;
 mod sync;
 mod time;
+mod workload;
 
 use core::fmt::Write;
 

@@ -179,6 +179,10 @@ pub struct Boot {
     kernel_args: Vec<String>,
     qemu_args: Vec<String>,
     timeout: Duration,
+    /// intel-dsa devices (qemu-run.sh `--dsa`; 0 unless asked for, whatever its default).
+    dsa: u32,
+    /// Extra intel-dsa properties (`--dsa-opts`).
+    dsa_opts: Option<String>,
 }
 
 impl Boot {
@@ -192,6 +196,8 @@ impl Boot {
             kernel_args: Vec::new(),
             qemu_args: Vec::new(),
             timeout: Duration::from_secs(120),
+            dsa: 0,
+            dsa_opts: None,
         }
     }
 
@@ -226,6 +232,16 @@ impl Boot {
     /// Accelerator (`tcg`, `kvm`).
     pub fn accel(mut self, a: &str) -> Self {
         self.accel = Some(a.into());
+        self
+    }
+    /// Number of intel-dsa devices (patched QEMU), each behind its own PCIe root port.
+    pub fn dsa(mut self, n: u32) -> Self {
+        self.dsa = n;
+        self
+    }
+    /// Extra intel-dsa properties for every device (e.g. `fault-injection=on`).
+    pub fn dsa_opts(mut self, props: &str) -> Self {
+        self.dsa_opts = Some(props.into());
         self
     }
     /// Appends a kernel argument.
@@ -276,6 +292,10 @@ impl Boot {
         }
         if let Some(x) = &self.accel {
             a.extend(["--accel".into(), x.clone()]);
+        }
+        a.extend(["--dsa".into(), self.dsa.to_string()]);
+        if let Some(o) = &self.dsa_opts {
+            a.extend(["--dsa-opts".into(), o.clone()]);
         }
         a.extend([
             "--timeout".into(),

@@ -264,12 +264,74 @@ impl Wq {
 
 const NO_HANDLE: u32 = u32::MAX;
 
+/// The submitters interrupts and recovery reach, with a bitmap of occupied entries so the
+/// interrupt path visits live submitters only (not every possible entry).
+pub(crate) struct Registry {
+    entries: Vec<spin::Mutex<Option<Arc<Shared>>>>,
+    occupied: Vec<AtomicU64>,
+}
+
+impl Registry {
+    fn new(n: usize) -> Registry {
+        Registry {
+            entries: (0..n).map(|_| spin::Mutex::new(None)).collect(),
+            occupied: (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Registers `s`; the entry index, or None when every entry is taken.
+    pub(crate) fn insert(&self, s: &Arc<Shared>) -> Option<usize> {
+        let i = self.entries.iter().position(|e| {
+            let mut g = e.lock();
+            if g.is_none() {
+                *g = Some(s.clone());
+                true
+            } else {
+                false
+            }
+        })?;
+        self.occupied[i / 64].fetch_or(1 << (i % 64), Ordering::AcqRel);
+        Some(i)
+    }
+
+    pub(crate) fn remove(&self, i: usize) {
+        if let Some(e) = self.entries.get(i) {
+            self.occupied[i / 64].fetch_and(!(1 << (i % 64)), Ordering::AcqRel);
+            *e.lock() = None;
+        }
+    }
+
+    /// Calls `f` for every registered submitter. `blocking`: wait for entries being
+    /// changed (thread context); else skip them (interrupt context never spins on them).
+    pub(crate) fn for_each(&self, blocking: bool, mut f: impl FnMut(&Arc<Shared>)) {
+        for (w, word) in self.occupied.iter().enumerate() {
+            let mut m = word.load(Ordering::Acquire);
+            while m != 0 {
+                let i = w * 64 + m.trailing_zeros() as usize;
+                m &= m - 1;
+                let s = if blocking {
+                    self.entries[i].lock().clone()
+                } else {
+                    self.entries[i].try_lock().and_then(|g| g.clone())
+                };
+                if let Some(s) = s {
+                    f(&s);
+                }
+            }
+        }
+    }
+}
+
 /// Counters for tests and diagnostics.
 pub struct Stats {
     swerr_by_code: [AtomicU32; 256],
     pub(crate) misc_interrupts: AtomicU64,
     pub(crate) halts: AtomicU64,
     pub(crate) recoveries: AtomicU64,
+    /// ENQCMDS attempts the device answered with Retry.
+    pub(crate) enq_retries: AtomicU64,
+    /// Dedicated-WQ submissions that found every credit taken and had to wait.
+    pub(crate) credit_waits: AtomicU64,
     last_swerr: [AtomicU64; 4],
 }
 
@@ -280,6 +342,8 @@ impl Stats {
             misc_interrupts: AtomicU64::new(0),
             halts: AtomicU64::new(0),
             recoveries: AtomicU64::new(0),
+            enq_retries: AtomicU64::new(0),
+            credit_waits: AtomicU64::new(0),
             last_swerr: core::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -300,7 +364,7 @@ pub struct Device {
     pub(crate) epoch: AtomicU64,
     /// Submissions between their state check and their portal store.
     pub(crate) submitting: AtomicU32,
-    pub(crate) registry: Vec<spin::Mutex<Option<Arc<Shared>>>>,
+    pub(crate) registry: Registry,
     pub(crate) stats: Stats,
 }
 
@@ -384,9 +448,7 @@ impl Device {
                 credits_peak: AtomicU32::new(0),
             });
         }
-        let registry = (0..options.max_submitters)
-            .map(|_| spin::Mutex::new(None))
-            .collect();
+        let registry = Registry::new(options.max_submitters);
         let dev = Arc::new(Device {
             hw,
             index,
@@ -466,6 +528,14 @@ impl Device {
     }
     pub fn halt_count(&self) -> u64 {
         self.stats.halts.load(Ordering::Relaxed)
+    }
+    /// ENQCMDS submissions the device refused (Retry) so far; each was retried.
+    pub fn enqcmds_retries(&self) -> u64 {
+        self.stats.enq_retries.load(Ordering::Relaxed)
+    }
+    /// Dedicated-WQ submissions that had to wait for a credit.
+    pub fn credit_waits(&self) -> u64 {
+        self.stats.credit_waits.load(Ordering::Relaxed)
     }
     pub fn recovery_count(&self) -> u64 {
         self.stats.recoveries.load(Ordering::Relaxed)
@@ -754,17 +824,14 @@ impl Device {
     /// write them: after an abort command or a reset).
     fn sweep(&self, filter: impl Fn(&Shared) -> bool, fail: bool) -> usize {
         let mut n = 0;
-        for e in &self.registry {
-            let s = e.lock().clone();
-            if let Some(s) = s
-                && filter(&s)
-            {
+        self.registry.for_each(true, |s| {
+            if filter(s) {
                 n += s.reap(self);
                 if fail {
                     n += s.fail_pending(self, |_| true);
                 }
             }
-        }
+        });
         n
     }
 
@@ -772,14 +839,11 @@ impl Device {
     /// dedicated WQ runs out of credits). Never blocks: entries being changed are skipped.
     pub fn reap_wq(&self, wq: u8) -> usize {
         let mut n = 0;
-        for e in &self.registry {
-            if let Some(g) = e.try_lock()
-                && let Some(s) = g.as_ref()
-                && s.wq == wq
-            {
+        self.registry.for_each(false, |s| {
+            if s.wq == wq {
                 n += s.reap(self);
             }
-        }
+        });
         n
     }
 
@@ -868,17 +932,14 @@ impl Device {
             dsa_spec::status::CR_PAGE_FAULT | dsa_spec::status::CR_ALIGN
         ) && let Some(wq) = e.wq
         {
-            for en in &self.registry {
-                if let Some(g) = en.try_lock()
-                    && let Some(sh) = g.as_ref()
-                    && sh.wq == wq
-                {
+            self.registry.for_each(false, |sh| {
+                if sh.wq == wq {
                     sh.fail_pending(self, |cr| {
                         cr <= e.fault_addr
                             && e.fault_addr < cr + dsa_spec::completion::CR_SIZE as u64
                     });
                 }
-            }
+            });
         }
     }
 
@@ -974,6 +1035,25 @@ impl Device {
         self.hw.regs.write32(off::GENCTRL, 0);
         self.set_state(RunState::Failed);
         Ok(())
+    }
+
+    /// Request Interrupt Handle (0x0D) for MSI-X or IMS table entry `index`: the value
+    /// descriptors must carry to name it. Devices without CMDCAP bit 13 use the index itself.
+    pub fn request_int_handle(&self, index: u16, ims: bool) -> Result<u16, DsaError> {
+        if !self.caps.requires_int_handles() {
+            return Ok(index);
+        }
+        let op = dsa_spec::int_handle_operand(index, ims);
+        self.command(Command::RequestIntHandle, op, &[])
+    }
+
+    /// Release Interrupt Handle (0x0E) for a table entry (no-op without CMDCAP bit 13).
+    pub fn release_int_handle(&self, index: u16, ims: bool) -> Result<(), DsaError> {
+        if !self.caps.requires_int_handles() {
+            return Ok(());
+        }
+        let op = dsa_spec::int_handle_operand(index, ims);
+        self.command(Command::ReleaseIntHandle, op, &[]).map(|_| ())
     }
 
     /// Checks that the device can take a submission now.

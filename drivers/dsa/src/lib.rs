@@ -27,10 +27,12 @@ pub mod device;
 pub mod dma;
 pub mod error;
 pub mod hw;
+pub mod ims;
 pub mod json;
 pub mod ops;
 pub mod reference;
 pub mod submit;
+pub mod workload;
 
 pub use accel_config::AccelConfig;
 pub use caps::Capabilities;
@@ -40,5 +42,6 @@ pub use error::{DsaError, OpError, PageFault};
 pub use hw::{
     AddressSpace, Clock, DmaMemory, DmaRegion, EnqStatus, Pci, PciInfo, Portals, Registers,
 };
+pub use ims::{DsaIms, DsaImsStorage};
 pub use ops::{DifDest, DifFormat, DifSource, DifTags, Op, Output, Resume, ValidationError, Work};
 pub use submit::{Client, Notify, Reaper, Submitter, SubmitterOptions, Token};

@@ -301,6 +301,10 @@ impl Reaper {
     pub fn reap(&self) -> usize {
         self.shared.reap(&self.dev)
     }
+    /// Operations submitted and not yet finished (counted before the portal store).
+    pub fn outstanding(&self) -> u32 {
+        self.shared.pending.load(Ordering::Acquire)
+    }
 }
 
 /// One CPU's submission context on one WQ for one client.
@@ -404,16 +408,7 @@ impl Submitter {
         });
         let reg = dev
             .registry
-            .iter()
-            .position(|e| {
-                let mut g = e.lock();
-                if g.is_none() {
-                    *g = Some(shared.clone());
-                    true
-                } else {
-                    false
-                }
-            })
+            .insert(&shared)
             .ok_or(DsaError::TooManySubmitters)?;
         Ok(Submitter {
             dev: dev.clone(),
@@ -518,7 +513,13 @@ impl Submitter {
         let wq = dev.wq(self.shared.wq).ok_or(OpError::DeviceUnavailable)?;
         let bytes = d.to_bytes();
         let clock = dev.clock();
-        let deadline = clock.now_ns().saturating_add(dev.options.submit_timeout_ns);
+        // The clock is read only once a submission has to wait: the common path (a credit
+        // or an accepting WQ at once) never pays for it.
+        let mut deadline = None;
+        let mut expired = || {
+            let now = clock.now_ns();
+            now >= *deadline.get_or_insert(now.saturating_add(dev.options.submit_timeout_ns))
+        };
         let slot = &self.shared.slots[i];
         let mut tries = 0u32;
         let mut backoff = 1u32;
@@ -529,9 +530,10 @@ impl Submitter {
             if wq.mode() == WqMode::Dedicated {
                 if !wq.try_credit() {
                     drop(guard);
+                    dev.stats.credit_waits.fetch_add(1, Ordering::Relaxed);
                     // Credits come back as completions are reaped, by anyone.
                     if dev.reap_wq(wq.id()) == 0 {
-                        if clock.now_ns() >= deadline {
+                        if expired() {
                             return Err(OpError::QueueFull);
                         }
                         clock.relax();
@@ -562,9 +564,10 @@ impl Submitter {
             }
             self.shared.pending.fetch_sub(1, Ordering::AcqRel);
             drop(guard);
+            dev.stats.enq_retries.fetch_add(1, Ordering::Relaxed);
             tries += 1;
             if tries > dev.options.enqcmds_retries {
-                if clock.now_ns() >= deadline {
+                if expired() {
                     return Err(OpError::QueueFull);
                 }
                 clock.delay_us(backoff);
@@ -648,6 +651,27 @@ impl Submitter {
 
     /// Submits a batch of 2..=max members (members may carry `fence`).
     pub fn submit_batch(&mut self, members: &[Work], notify: Notify) -> Result<Token, OpError> {
+        self.submit_batch_inner(members, notify, None)
+    }
+
+    /// Submits a batch whose result ([`Output::Batch`]) goes to `cb`, like
+    /// [`Submitter::submit_with_callback`].
+    pub fn submit_batch_with_callback(
+        &mut self,
+        members: &[Work],
+        notify: Notify,
+        cb: impl FnOnce(Result<Output, OpError>) + Send + 'static,
+    ) -> Result<(), OpError> {
+        self.submit_batch_inner(members, notify, Some(Box::new(cb)))
+            .map(|_| ())
+    }
+
+    fn submit_batch_inner(
+        &mut self,
+        members: &[Work],
+        notify: Notify,
+        callback: Option<Callback>,
+    ) -> Result<Token, OpError> {
         let dev = self.dev.clone();
         let wq = dev.wq(self.shared.wq).ok_or(OpError::DeviceUnavailable)?;
         if !self.dev.caps.supports(Opcode::Batch) {
@@ -688,7 +712,7 @@ impl Submitter {
         {
             let mut g = slot.data.lock();
             g.kind = Kind::Batch(members.to_vec());
-            g.callback = None;
+            g.callback = callback;
             g.result = None;
             g.credit = false;
         }
@@ -726,6 +750,37 @@ impl Submitter {
                 _ => return Some(Err(OpError::BadToken)),
             }
         }
+    }
+
+    /// The raw completion record of a finished operation, as the device wrote it (None
+    /// while in flight or for a stale token). Valid until the slot is reused by a later
+    /// submission of this submitter.
+    pub fn completion_record(&self, t: Token) -> Option<CompletionRecord> {
+        let s = self.shared.slots.get(t.slot as usize)?;
+        if s.seq.load(Ordering::Relaxed) != t.seq {
+            return None;
+        }
+        match s.state.load(Ordering::Acquire) {
+            PENDING | CLAIMED => None,
+            _ => Some(Shared::read_cr(
+                &self.shared.crs,
+                Shared::cr_off(t.slot as usize),
+            )),
+        }
+    }
+
+    /// The completion record of member `j` of a finished batch (see
+    /// [`Submitter::completion_record`]).
+    pub fn batch_member_record(&self, t: Token, j: usize) -> Option<CompletionRecord> {
+        self.completion_record(t)?;
+        if j >= self.shared.max_batch {
+            return None;
+        }
+        let mcrs = self.shared.member_crs.as_ref()?;
+        Some(Shared::read_cr(
+            mcrs,
+            self.shared.mcr_off(t.slot as usize, j),
+        ))
     }
 
     /// Waits (bounded) for an operation. On `Timeout` the token stays valid. A halt noticed
@@ -806,9 +861,7 @@ impl Drop for Submitter {
             }
             clock.relax();
         }
-        if let Some(e) = self.dev.registry.get(self.reg) {
-            *e.lock() = None;
-        }
+        self.dev.registry.remove(self.reg);
         let left = self.shared.pending.load(Ordering::Acquire);
         if left != 0 {
             // The device may still write these records: never give the memory back.

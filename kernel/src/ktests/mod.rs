@@ -2,7 +2,9 @@
 
 mod acpi;
 mod arch;
+mod dsa;
 mod framework;
+mod instructions;
 mod iommu;
 mod irq;
 mod mm;

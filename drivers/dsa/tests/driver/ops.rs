@@ -562,3 +562,66 @@ fn validation_errors_before_submission() {
     );
     assert!(dev.caps().supports(Opcode::Batch));
 }
+
+#[test]
+fn raw_completion_records_of_single_and_batch_operations() {
+    on_both(|s, p, sp| {
+        let src = p.buf(sp, 8192);
+        let dst = p.buf(sp, 8192);
+        src.write(0, &pattern(8192, 77));
+        let t = s
+            .submit(
+                &Work::memmove(src.at(0), dst.at(0), 4096),
+                dsa::Notify::Poll,
+            )
+            .unwrap();
+        assert_eq!(s.completion_record(t), None, "in flight or not yet reaped");
+        assert_eq!(s.wait(t, SECOND).unwrap(), Output::Done);
+        let cr = s
+            .completion_record(t)
+            .expect("record of a finished operation");
+        assert_eq!(cr.status_code(), dsa_spec::status::SUCCESS);
+        assert_eq!((cr.bytes_completed, cr.fault_addr), (0, 0));
+        // A compare that differs: result byte 1, first difference in bytes_completed.
+        let t = s
+            .submit(
+                &Work::compare(src.at(0), dst.at(0), 8192),
+                dsa::Notify::Poll,
+            )
+            .unwrap();
+        assert!(matches!(
+            s.wait(t, SECOND).unwrap(),
+            Output::Compare {
+                equal: false,
+                first_difference: Some(4096),
+                ..
+            }
+        ));
+        let cr = s.completion_record(t).unwrap();
+        assert_eq!((cr.result, cr.bytes_completed), (1, 4096));
+        // Batch: the batch record counts descriptors, members have their own records.
+        let members = [
+            Work::memmove(src.at(4096), dst.at(4096), 4096),
+            Work::compare(src.at(0), dst.at(0), 8192),
+        ];
+        let t = s.submit_batch(&members, dsa::Notify::Poll).unwrap();
+        s.wait(t, SECOND).unwrap();
+        let cr = s.completion_record(t).unwrap();
+        assert_eq!(
+            (cr.status_code(), cr.bytes_completed),
+            (dsa_spec::status::SUCCESS, 2)
+        );
+        let m1 = s.batch_member_record(t, 1).unwrap();
+        assert_eq!(
+            (m1.status_code(), m1.result),
+            (dsa_spec::status::SUCCESS, 0)
+        );
+        assert_eq!(dst.all(), src.all());
+        // A stale token names nothing once its slot is reused.
+        let old = t;
+        for _ in 0..64 {
+            s.run(&Work::noop()).unwrap();
+        }
+        assert_eq!(s.completion_record(old), None);
+    });
+}

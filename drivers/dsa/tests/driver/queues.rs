@@ -103,6 +103,39 @@ fn msix_completion_through_the_interrupt_entry_point() {
 }
 
 #[test]
+fn batch_result_delivered_to_a_callback_by_the_interrupt() {
+    let (rig, dev) = up(Exec::Deterministic);
+    let mut s = Submitter::new(&dev, 0, Client::kernel(), Default::default()).unwrap();
+    let src = rig.plat.buf(AddressSpace::NoPasid, 8192);
+    let dst = rig.plat.buf(AddressSpace::NoPasid, 8192);
+    src.write(0, &pattern(8192, 11));
+    let got = Arc::new(Mutex::new(None));
+    let g = got.clone();
+    let members: Vec<Work> = (0..8)
+        .map(|k| Work::memmove(src.at(k * 1024), dst.at(k * 1024), 1024))
+        .collect();
+    s.submit_batch_with_callback(&members, Notify::Msix, move |r| {
+        *g.lock().unwrap() = Some(r)
+    })
+    .unwrap();
+    assert!(got.lock().unwrap().is_none());
+    rig.model.run_until_idle();
+    assert_eq!(rig.irqs(1), 1, "one interrupt for the batch");
+    let r = got
+        .lock()
+        .unwrap()
+        .take()
+        .expect("callback ran from the interrupt");
+    let Ok(Output::Batch(rs)) = r else {
+        panic!("not a batch result: {r:?}")
+    };
+    assert_eq!(rs.len(), 8);
+    assert!(rs.iter().all(|x| *x == Ok(Output::Done)));
+    assert_eq!(dst.all(), src.all());
+    assert_eq!(s.outstanding(), 0);
+}
+
+#[test]
 fn msix_on_shared_wq_is_bound_to_the_kernel_pasid() {
     let rig = Rig::new(model_cfg(), Exec::Threaded, ALL_PCI);
     let opts = DeviceOptions {
@@ -253,6 +286,8 @@ fn shared_wq_full_is_retried_then_succeeds() {
     let t5 = s.submit(&Work::noop(), Notify::Poll).unwrap();
     let retries = rig.portal.enq_retry.load(Ordering::Relaxed);
     assert!(retries > 32, "only {retries} retries");
+    // The driver counts every refused ENQCMDS it retried.
+    assert_eq!(dev.enqcmds_retries(), retries);
     for t in toks.into_iter().chain([t5]) {
         assert_eq!(s.wait(t, SECOND).unwrap(), Output::Done);
     }
@@ -328,6 +363,10 @@ fn dedicated_credits_are_never_exceeded_under_a_flood() {
     let wq = dev.wq(0).unwrap();
     assert!(wq.credits_peak() <= size);
     assert_eq!(wq.credits_peak(), size, "the flood never filled the WQ");
+    assert!(
+        dev.credit_waits() > 0,
+        "a full WQ must have made submitters wait"
+    );
     assert_eq!(wq.credits_in_use(), 0);
     assert_eq!(dev.swerr_count(swerr_code::DWQ_FULL), 0);
     assert_eq!(rig.model.bar0_read(0xC0, 8) & 1, 0, "a SWERR was logged");

@@ -1,0 +1,674 @@
+//! The system-wide part: per-CPU vectors, per-CPU handle sets, the interrupt handler that
+//! demultiplexes, cross-CPU calls, counters and the vector report.
+
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering, Ordering::SeqCst};
+
+use crate::armed::ArmedSet;
+use crate::chip::{ChipInner, ChipOptions, ImsChip};
+use crate::error::ImsError;
+use crate::handle::HandleInner;
+use crate::platform::ImsPlatform;
+use crate::storage::ImsStorage;
+
+/// Owner name of the one shared vector per CPU (vector reports count by this prefix).
+pub const OWNER_SHARED: &str = "ims-shared";
+/// Owner name of a per-handle vector (comparison mode).
+pub const OWNER_PER_HANDLE: &str = "ims-handle";
+
+/// How handles get their interrupt vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VectorMode {
+    /// One vector per CPU, allocated when the domain is created and shared by every handle
+    /// that targets the CPU; the handler demultiplexes through the CPU's armed set.
+    Shared,
+    /// One vector per handle on its target CPU (the Linux IMS series' model), for comparison:
+    /// vector → handle directly, and the vector allocator is the limit.
+    PerHandle,
+}
+
+/// Domain policy.
+#[derive(Clone, Copy, Debug)]
+pub struct DomainConfig {
+    pub mode: VectorMode,
+    /// Handles one CPU can serve at once (sizes the armed bitmap: 8192 → 1 KiB per CPU).
+    pub max_handles_per_cpu: u32,
+    /// Bound on each cross-CPU call and on waiting for in-progress submissions at release.
+    pub call_timeout_ns: u64,
+}
+
+impl Default for DomainConfig {
+    fn default() -> Self {
+        DomainConfig {
+            mode: VectorMode::Shared,
+            max_handles_per_cpu: 8192,
+            call_timeout_ns: 5_000_000_000,
+        }
+    }
+}
+
+/// Largest supported per-CPU capacity (slot numbers must fit the location word).
+const MAX_CAPACITY: u32 = 1 << 24;
+
+/// Demultiplexing counters of one CPU (all interrupts taken on its IMS vector(s)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DemuxStats {
+    /// Handler runs.
+    pub interrupts: u64,
+    /// Handler runs that delivered nothing (coalesced or stale interrupts).
+    pub spurious: u64,
+    /// Handles polled (armed handles visited).
+    pub polls: u64,
+    /// Polls that found nothing.
+    pub empty_polls: u64,
+    /// Completions delivered by the handler.
+    pub completions: u64,
+    /// Bitmap words the scans read (summary + slot words).
+    pub words_scanned: u64,
+    /// Sum of [`ImsPlatform::cycles`] deltas over handler runs.
+    pub cycles: u64,
+}
+
+impl DemuxStats {
+    /// Cycles (instructions under `-icount`) per delivered completion, if any.
+    pub fn cycles_per_completion(&self) -> Option<u64> {
+        (self.completions > 0).then(|| self.cycles / self.completions)
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    interrupts: AtomicU64,
+    spurious: AtomicU64,
+    polls: AtomicU64,
+    empty_polls: AtomicU64,
+    completions: AtomicU64,
+    words_scanned: AtomicU64,
+    cycles: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> DemuxStats {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        DemuxStats {
+            interrupts: l(&self.interrupts),
+            spurious: l(&self.spurious),
+            polls: l(&self.polls),
+            empty_polls: l(&self.empty_polls),
+            completions: l(&self.completions),
+            words_scanned: l(&self.words_scanned),
+            cycles: l(&self.cycles),
+        }
+    }
+    fn reset(&self) {
+        for a in [
+            &self.interrupts,
+            &self.spurious,
+            &self.polls,
+            &self.empty_polls,
+            &self.completions,
+            &self.words_scanned,
+            &self.cycles,
+        ] {
+            a.store(0, Ordering::Relaxed);
+        }
+    }
+    /// Only the CPU's own handler updates these, so relaxed load+store pairs suffice where
+    /// a single writer is guaranteed; `fetch_add` keeps them exact in host fakes too.
+    fn add(&self, d: &Demux, spent: u64) {
+        self.interrupts.fetch_add(1, Ordering::Relaxed);
+        if d.delivered == 0 {
+            self.spurious.fetch_add(1, Ordering::Relaxed);
+        }
+        self.polls.fetch_add(d.polled as u64, Ordering::Relaxed);
+        self.empty_polls
+            .fetch_add(d.empty_polls as u64, Ordering::Relaxed);
+        self.completions
+            .fetch_add(d.delivered as u64, Ordering::Relaxed);
+        self.words_scanned
+            .fetch_add(d.words_scanned as u64, Ordering::Relaxed);
+        self.cycles.fetch_add(spent, Ordering::Relaxed);
+    }
+}
+
+/// What one handler run did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Demux {
+    pub polled: u32,
+    pub empty_polls: u32,
+    pub delivered: u32,
+    pub words_scanned: u32,
+}
+
+/// The handles of one CPU, indexed by slot. Touched only with interrupts disabled on the
+/// owning CPU (its handler, or a control-plane closure sent there with `run_on`); the lock
+/// is therefore never contended in the kernel and only gives safe `&mut` access.
+pub(crate) struct CpuTable {
+    pub slots: Vec<Option<Arc<HandleInner>>>,
+    free: Vec<u32>,
+    pub live: u32,
+}
+
+impl CpuTable {
+    fn insert(&mut self, h: Arc<HandleInner>, capacity: u32) -> Option<u32> {
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                let s = self.slots.len() as u32;
+                if s >= capacity {
+                    return None;
+                }
+                self.slots.push(None);
+                s
+            }
+        };
+        self.slots[slot as usize] = Some(h);
+        self.live += 1;
+        Some(slot)
+    }
+
+    /// Removes `h` from `slot` if it is still there.
+    pub fn remove(&mut self, slot: u32, h: &Arc<HandleInner>) -> bool {
+        match self.slots.get_mut(slot as usize) {
+            Some(s) if s.as_ref().is_some_and(|x| Arc::ptr_eq(x, h)) => {
+                *s = None;
+                self.free.push(slot);
+                self.live -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Cache-line aligned: each CPU's handler writes its own counters and lock word only.
+#[repr(align(64))]
+pub(crate) struct CpuState {
+    /// The shared vector (Shared mode).
+    pub vector: Option<u8>,
+    pub armed: ArmedSet,
+    pub table: spin::Mutex<CpuTable>,
+    /// Vectors the domain holds on this CPU.
+    pub vectors: AtomicU32,
+    /// Handles targeting this CPU.
+    pub handles: AtomicU32,
+    counters: Counters,
+}
+
+pub(crate) struct DomainInner {
+    pub platform: Arc<dyn ImsPlatform>,
+    pub config: DomainConfig,
+    pub cpus: Box<[CpuState]>,
+    pub next_chip: AtomicU64,
+}
+
+/// Runs a demultiplexing pass when the platform calls it (see [`ImsPlatform::set_handler`]).
+#[derive(Clone)]
+pub struct VectorHandler {
+    kind: HandlerKind,
+}
+
+#[derive(Clone)]
+enum HandlerKind {
+    Shared {
+        domain: Arc<DomainInner>,
+        cpu: usize,
+    },
+    Direct {
+        domain: Arc<DomainInner>,
+        handle: Arc<HandleInner>,
+        cpu: usize,
+        vector: u8,
+    },
+}
+
+impl core::fmt::Debug for VectorHandler {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match &self.kind {
+            HandlerKind::Shared { cpu, .. } => write!(f, "VectorHandler(shared, cpu {cpu})"),
+            HandlerKind::Direct {
+                cpu,
+                vector,
+                handle,
+                ..
+            } => write!(
+                f,
+                "VectorHandler(entry {}, cpu {cpu}, vector {vector:#04x})",
+                handle.index
+            ),
+        }
+    }
+}
+
+impl VectorHandler {
+    pub(crate) fn direct(
+        domain: &Arc<DomainInner>,
+        handle: &Arc<HandleInner>,
+        cpu: usize,
+        vector: u8,
+    ) -> VectorHandler {
+        VectorHandler {
+            kind: HandlerKind::Direct {
+                domain: domain.clone(),
+                handle: handle.clone(),
+                cpu,
+                vector,
+            },
+        }
+    }
+
+    /// The interrupt entry point: call on the handler's CPU with interrupts disabled.
+    pub fn run(&self) -> Demux {
+        match &self.kind {
+            HandlerKind::Shared { domain, cpu } => domain.demux_shared(*cpu),
+            HandlerKind::Direct {
+                domain,
+                handle,
+                cpu,
+                vector,
+            } => domain.demux_direct(handle, *cpu, *vector),
+        }
+    }
+}
+
+/// Per-CPU usage: what the vector report and the benchmark print.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuReport {
+    pub cpu: usize,
+    /// Vectors the domain holds on this CPU (Shared mode: 1, PerHandle: one per handle).
+    pub vectors: u32,
+    /// Live handles targeting this CPU.
+    pub handles: u32,
+    /// Armed handle slots right now.
+    pub armed: u32,
+    pub stats: DemuxStats,
+}
+
+/// Location word of a handle: CPU in the high half, slot (Shared) or vector (PerHandle) low.
+pub(crate) const NOWHERE: u64 = u64::MAX;
+pub(crate) fn loc(cpu: usize, low: u32) -> u64 {
+    (cpu as u64) << 32 | low as u64
+}
+pub(crate) fn unloc(l: u64) -> Option<(usize, u32)> {
+    (l != NOWHERE).then_some(((l >> 32) as usize, l as u32))
+}
+
+const CALL_IDLE: u8 = 0;
+const CALL_RUNNING: u8 = 1;
+const CALL_DONE: u8 = 2;
+const CALL_CANCELLED: u8 = 3;
+
+struct Call<R> {
+    state: AtomicU8,
+    out: spin::Mutex<Option<R>>,
+}
+
+impl DomainInner {
+    /// Runs `f` on `cpu` (interrupts disabled there) and returns its result. Either `f` ran to
+    /// completion, or it never will: a call the platform timed out is cancelled unless it
+    /// already started, in which case it is waited for.
+    pub fn on_cpu<R: Send + 'static>(
+        &self,
+        cpu: usize,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, ImsError> {
+        let call = Arc::new(Call {
+            state: AtomicU8::new(CALL_IDLE),
+            out: spin::Mutex::new(None),
+        });
+        let c = call.clone();
+        let r = self.platform.run_on(
+            cpu,
+            Box::new(move || {
+                if c.state
+                    .compare_exchange(CALL_IDLE, CALL_RUNNING, SeqCst, SeqCst)
+                    .is_err()
+                {
+                    return;
+                }
+                let v = f();
+                *c.out.lock() = Some(v);
+                c.state.store(CALL_DONE, SeqCst);
+            }),
+        );
+        if let Err(e) = r {
+            if call
+                .state
+                .compare_exchange(CALL_IDLE, CALL_CANCELLED, SeqCst, SeqCst)
+                .is_ok()
+            {
+                return Err(e.into());
+            }
+            self.wait_until("a started cross-CPU call", || {
+                call.state.load(SeqCst) == CALL_DONE
+            })?;
+        }
+        let v = call.out.lock().take();
+        v.ok_or(ImsError::Timeout(
+            "the platform reported a cross-CPU call that never ran",
+        ))
+    }
+
+    /// Spins (bounded by the call timeout) until `done` holds.
+    pub fn wait_until(&self, what: &'static str, done: impl Fn() -> bool) -> Result<(), ImsError> {
+        let deadline = self
+            .platform
+            .now_ns()
+            .saturating_add(self.config.call_timeout_ns);
+        loop {
+            if done() {
+                return Ok(());
+            }
+            if self.platform.now_ns() >= deadline {
+                return Err(ImsError::Timeout(what));
+            }
+            core::hint::spin_loop();
+        }
+    }
+
+    pub fn cpu(&self, cpu: usize) -> Result<&CpuState, ImsError> {
+        self.cpus.get(cpu).ok_or(ImsError::NoSuchCpu {
+            cpu,
+            cpus: self.cpus.len(),
+        })
+    }
+
+    /// Inserts `h` into `cpu`'s table (on that CPU) and points its location there.
+    pub fn insert_on(self: &Arc<Self>, cpu: usize, h: &Arc<HandleInner>) -> Result<u32, ImsError> {
+        let (d, h2) = (self.clone(), h.clone());
+        let cap = self.config.max_handles_per_cpu;
+        let slot = self.on_cpu(cpu, move || {
+            let st = &d.cpus[cpu];
+            let slot = st.table.lock().insert(h2.clone(), cap)?;
+            h2.loc.store(loc(cpu, slot), SeqCst);
+            Some(slot)
+        })?;
+        let slot = slot.ok_or(ImsError::CpuFull { cpu, capacity: cap })?;
+        self.cpus[cpu].handles.fetch_add(1, SeqCst);
+        Ok(slot)
+    }
+
+    /// Removes `h` from `cpu`'s table (on that CPU). After this returns, `cpu`'s handler is
+    /// not running `h`'s sink and never will again from this slot.
+    pub fn remove_on(
+        self: &Arc<Self>,
+        cpu: usize,
+        slot: u32,
+        h: &Arc<HandleInner>,
+    ) -> Result<(), ImsError> {
+        let (d, h2) = (self.clone(), h.clone());
+        let removed = self.on_cpu(cpu, move || {
+            let st = &d.cpus[cpu];
+            let r = st.table.lock().remove(slot, &h2);
+            if r {
+                st.armed.clear(slot);
+            }
+            r
+        })?;
+        if removed {
+            self.cpus[cpu].handles.fetch_sub(1, SeqCst);
+        }
+        Ok(())
+    }
+
+    /// On `cpu`: re-arms `h` if it has work outstanding, then polls it unless it is blocked
+    /// (catches completions whose interrupt was consumed elsewhere or while masked).
+    pub fn repoll_on(self: &Arc<Self>, cpu: usize, h: &Arc<HandleInner>) -> Result<u32, ImsError> {
+        let (d, h2) = (self.clone(), h.clone());
+        self.on_cpu(cpu, move || {
+            let st = &d.cpus[cpu];
+            // Held like the handler holds it, so no demultiplexing pass of this CPU runs
+            // concurrently (matters in host fakes; on hardware interrupts are off anyway).
+            let _t = st.table.lock();
+            let slot = match (d.config.mode, unloc(h2.loc.load(SeqCst))) {
+                (VectorMode::Shared, Some((c, slot))) if c == cpu => Some(slot),
+                _ => None,
+            };
+            if let Some(slot) = slot
+                && h2.busy()
+            {
+                st.armed.set(slot);
+            }
+            if h2.blocked() {
+                return 0;
+            }
+            let n = h2.sink.poll();
+            h2.delivered.fetch_add(n as u64, Ordering::Relaxed);
+            if let Some(slot) = slot
+                && !h2.busy()
+            {
+                // Same disarm protocol as the handler.
+                st.armed.clear(slot);
+                if h2.busy() {
+                    st.armed.set(slot);
+                }
+            }
+            n
+        })
+    }
+
+    /// A no-op on `cpu`: when it returns, any handler pass that was running there finished.
+    pub fn barrier(&self, cpu: usize) -> Result<(), ImsError> {
+        self.on_cpu(cpu, || ())
+    }
+
+    /// The shared-vector handler: poll every armed, unblocked handle of `cpu`.
+    fn demux_shared(&self, cpu: usize) -> Demux {
+        let mut d = Demux::default();
+        let Some(st) = self.cpus.get(cpu) else {
+            return d;
+        };
+        let t0 = self.platform.cycles();
+        {
+            let table = st.table.lock();
+            let cost = st.armed.scan(|slot| {
+                let Some(h) = table.slots.get(slot as usize).and_then(Option::as_ref) else {
+                    // A stale bit (an arming that raced with a move or a release).
+                    st.armed.clear(slot);
+                    return;
+                };
+                if h.blocked() {
+                    // Masked or being released: stays armed; unmask re-polls.
+                    return;
+                }
+                let n = h.sink.poll();
+                d.polled += 1;
+                d.delivered += n;
+                if n == 0 {
+                    d.empty_polls += 1;
+                } else {
+                    h.delivered.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                if !h.busy() {
+                    // Disarm, then look again: an arming between the check and the clear
+                    // (its counter is raised before its bit) puts the bit back.
+                    st.armed.clear(slot);
+                    if h.busy() {
+                        st.armed.set(slot);
+                    }
+                }
+            });
+            d.words_scanned = cost.summary_words + cost.words;
+        }
+        let spent = self.platform.cycles().wrapping_sub(t0);
+        st.counters.add(&d, spent);
+        d
+    }
+
+    /// A per-handle vector's handler: the vector names the handle.
+    fn demux_direct(&self, h: &Arc<HandleInner>, cpu: usize, vector: u8) -> Demux {
+        let mut d = Demux::default();
+        let Some(st) = self.cpus.get(cpu) else {
+            return d;
+        };
+        let t0 = self.platform.cycles();
+        // A vector left behind by a retarget or release: the handle lives elsewhere now.
+        if h.loc.load(SeqCst) == loc(cpu, vector as u32) && !h.blocked() {
+            let _t = st.table.lock();
+            let n = h.sink.poll();
+            d.polled = 1;
+            d.delivered = n;
+            d.empty_polls = (n == 0) as u32;
+            h.delivered.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        let spent = self.platform.cycles().wrapping_sub(t0);
+        st.counters.add(&d, spent);
+        d
+    }
+}
+
+/// The system-wide IMS irqchip domain. Create one per machine (two DSA devices registered
+/// with one domain still use one vector per CPU).
+pub struct ImsDomain {
+    pub(crate) inner: Arc<DomainInner>,
+}
+
+impl core::fmt::Debug for ImsDomain {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ImsDomain")
+            .field("mode", &self.inner.config.mode)
+            .field("cpus", &self.inner.cpus.len())
+            .finish()
+    }
+}
+
+impl ImsDomain {
+    /// Creates the domain. In [`VectorMode::Shared`] this allocates the one vector of every
+    /// CPU and installs its handler (all or nothing); no later operation allocates vectors.
+    pub fn new(
+        platform: Arc<dyn ImsPlatform>,
+        config: DomainConfig,
+    ) -> Result<ImsDomain, ImsError> {
+        let n = platform.cpu_count();
+        if n == 0 {
+            return Err(ImsError::NoSuchCpu { cpu: 0, cpus: 0 });
+        }
+        if config.max_handles_per_cpu == 0 || config.max_handles_per_cpu > MAX_CAPACITY {
+            return Err(ImsError::BadStorage(
+                "max_handles_per_cpu must be in 1..=2^24",
+            ));
+        }
+        let mut vectors = Vec::with_capacity(n);
+        if config.mode == VectorMode::Shared {
+            for cpu in 0..n {
+                match platform.alloc_vector(cpu, OWNER_SHARED) {
+                    Ok(v) => vectors.push(Some(v)),
+                    Err(e) => {
+                        for (c, v) in vectors.iter().enumerate() {
+                            if let Some(v) = v {
+                                platform.free_vector(c, *v);
+                            }
+                        }
+                        return Err(e.into());
+                    }
+                }
+            }
+        } else {
+            vectors.resize(n, None);
+        }
+        let cpus: Vec<CpuState> = (0..n)
+            .map(|cpu| CpuState {
+                vector: vectors[cpu],
+                armed: ArmedSet::new(config.max_handles_per_cpu),
+                table: spin::Mutex::new(CpuTable {
+                    slots: Vec::new(),
+                    free: Vec::new(),
+                    live: 0,
+                }),
+                vectors: AtomicU32::new(vectors[cpu].is_some() as u32),
+                handles: AtomicU32::new(0),
+                counters: Counters::default(),
+            })
+            .collect();
+        let inner = Arc::new(DomainInner {
+            platform: platform.clone(),
+            config,
+            cpus: cpus.into_boxed_slice(),
+            next_chip: AtomicU64::new(1),
+        });
+        if config.mode == VectorMode::Shared {
+            let shared: Vec<u8> = vectors.iter().map(|v| v.unwrap_or_default()).collect();
+            for (cpu, &v) in shared.iter().enumerate() {
+                let h = VectorHandler {
+                    kind: HandlerKind::Shared {
+                        domain: inner.clone(),
+                        cpu,
+                    },
+                };
+                if let Err(e) = platform.set_handler(cpu, v, h) {
+                    for (c, &v) in shared.iter().enumerate() {
+                        if c < cpu {
+                            platform.clear_handler(c, v);
+                        }
+                        platform.free_vector(c, v);
+                    }
+                    return Err(e.into());
+                }
+            }
+            log::info!("ims: shared mode, one vector per CPU on {n} CPU(s)");
+        } else {
+            log::info!("ims: per-handle-vector mode on {n} CPU(s)");
+        }
+        Ok(ImsDomain { inner })
+    }
+
+    pub fn mode(&self) -> VectorMode {
+        self.inner.config.mode
+    }
+
+    pub fn cpu_count(&self) -> usize {
+        self.inner.cpus.len()
+    }
+
+    /// The shared vector of `cpu` (Shared mode).
+    pub fn shared_vector(&self, cpu: usize) -> Option<u8> {
+        self.inner.cpus.get(cpu).and_then(|c| c.vector)
+    }
+
+    /// Registers one device's IMS table.
+    pub fn register(
+        &self,
+        storage: Arc<dyn ImsStorage>,
+        options: ChipOptions,
+    ) -> Result<ImsChip, ImsError> {
+        ChipInner::new(&self.inner, storage, options).map(|inner| ImsChip { inner })
+    }
+
+    /// Usage of one CPU.
+    pub fn cpu_report(&self, cpu: usize) -> Result<CpuReport, ImsError> {
+        let c = self.inner.cpu(cpu)?;
+        Ok(CpuReport {
+            cpu,
+            vectors: c.vectors.load(SeqCst),
+            handles: c.handles.load(SeqCst),
+            armed: c.armed.count(),
+            stats: c.counters.snapshot(),
+        })
+    }
+
+    /// Usage of every CPU.
+    pub fn report(&self) -> Vec<CpuReport> {
+        (0..self.cpu_count())
+            .filter_map(|c| self.cpu_report(c).ok())
+            .collect()
+    }
+
+    /// Total vectors the domain holds.
+    pub fn vectors_used(&self) -> u32 {
+        self.inner.cpus.iter().map(|c| c.vectors.load(SeqCst)).sum()
+    }
+
+    /// Demultiplexing counters of one CPU.
+    pub fn stats(&self, cpu: usize) -> Result<DemuxStats, ImsError> {
+        Ok(self.inner.cpu(cpu)?.counters.snapshot())
+    }
+
+    /// Zeroes every CPU's counters (between benchmark rounds).
+    pub fn reset_stats(&self) {
+        for c in self.inner.cpus.iter() {
+            c.counters.reset();
+        }
+    }
+}

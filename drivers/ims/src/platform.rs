@@ -1,0 +1,121 @@
+//! What the irqchip needs from the machine: interrupt vectors, their handlers, message routes
+//! (interrupt-remapping entries), and running a closure on a given CPU. The kernel implements
+//! [`ImsPlatform`] with its vector allocator, IDT dispatch, `kernel::iommu` IRTEs and
+//! `smp::run_on`; host tests implement it with a fake machine.
+
+use alloc::boxed::Box;
+use core::fmt;
+
+use crate::domain::VectorHandler;
+
+/// An MSI as a device writes it: address and data (x86: address 0xFEEx_xxxx).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct MsiMessage {
+    pub addr: u64,
+    pub data: u32,
+}
+
+/// A message route: how one handle's interrupt reaches (CPU, vector).
+///
+/// With interrupt remapping this is one IRTE owned by the kernel (`id` = its index) and `msg`
+/// is the remappable-format message naming it; retargeting rewrites the IRTE and leaves `msg`
+/// unchanged, so the device entry never changes while it is live. Without remapping, `msg` is
+/// the compatibility-format message itself and retargeting changes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// Platform cookie (IRTE index with interrupt remapping).
+    pub id: u32,
+    pub msg: MsiMessage,
+}
+
+/// Why the platform could not do something.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlatformError {
+    /// The vector allocator has no free vector on this CPU.
+    VectorsExhausted { cpu: usize },
+    /// No interrupt-remapping entry is free.
+    RoutesExhausted,
+    /// The CPU index is not valid (or the CPU is offline).
+    NoSuchCpu { cpu: usize },
+    /// A cross-CPU call did not run in time.
+    Timeout { cpu: usize },
+    /// Anything else (the platform logs the details).
+    Failed(&'static str),
+}
+
+impl fmt::Display for PlatformError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PlatformError::VectorsExhausted { cpu } => {
+                write!(f, "no free interrupt vector on CPU {cpu}")
+            }
+            PlatformError::RoutesExhausted => write!(f, "no free interrupt-remapping entry"),
+            PlatformError::NoSuchCpu { cpu } => write!(f, "no CPU {cpu}"),
+            PlatformError::Timeout { cpu } => write!(f, "cross-CPU call to CPU {cpu} timed out"),
+            PlatformError::Failed(why) => write!(f, "platform failure: {why}"),
+        }
+    }
+}
+
+/// The machine as the irqchip sees it. CPUs are dense indices `0..cpu_count()`.
+///
+/// Every control-plane entry point of the chip (allocate, mask/unmask, retarget, release)
+/// calls into this trait from thread context with interrupts enabled; the hot path (arming
+/// and the interrupt handler) never does, except for [`ImsPlatform::cycles`].
+pub trait ImsPlatform: Send + Sync {
+    /// Number of CPUs (fixed for the lifetime of the domain).
+    fn cpu_count(&self) -> usize;
+
+    /// Allocates one vector on `cpu` for `owner` (the vector report shows the name).
+    /// Exhaustion must be [`PlatformError::VectorsExhausted`].
+    fn alloc_vector(&self, cpu: usize, owner: &'static str) -> Result<u8, PlatformError>;
+    /// Returns a vector. An interrupt that still arrives on it (raised before the route moved)
+    /// must be acknowledged and ignored by the platform.
+    fn free_vector(&self, cpu: usize, vector: u8);
+
+    /// Installs `handler` for `vector` on `cpu`: when the vector fires on that CPU the
+    /// platform calls [`VectorHandler::run`] with interrupts disabled, then sends the EOI.
+    fn set_handler(
+        &self,
+        cpu: usize,
+        vector: u8,
+        handler: VectorHandler,
+    ) -> Result<(), PlatformError>;
+    /// Removes the handler of `vector` on `cpu`.
+    fn clear_handler(&self, cpu: usize, vector: u8);
+
+    /// Creates a route delivering messages from the device with PCI requester ID `source_id`
+    /// to `vector` on `cpu` (with interrupt remapping: an IRTE with source validation of
+    /// `source_id`; without: a compatibility-format message).
+    fn alloc_route(&self, source_id: u16, cpu: usize, vector: u8) -> Result<Route, PlatformError>;
+    /// Points `route` at (`cpu`, `vector`). Returns only when every message the device sends
+    /// from now on goes to the new target (IRTE rewritten atomically and the interrupt entry
+    /// cache invalidated). Without remapping, updates `route.msg`; the chip then rewrites the
+    /// device entry.
+    fn retarget_route(
+        &self,
+        route: &mut Route,
+        cpu: usize,
+        vector: u8,
+    ) -> Result<(), PlatformError>;
+    /// Frees a route the device can no longer use.
+    fn free_route(&self, route: Route);
+
+    /// Runs `f` on `cpu` **with interrupts disabled** and waits for it (bounded). `Ok` means
+    /// `f` ran to completion. After an error `f` may still run later (the chip guards against
+    /// that itself); it owns everything it uses.
+    fn run_on(
+        &self,
+        cpu: usize,
+        f: Box<dyn FnOnce() + Send + 'static>,
+    ) -> Result<(), PlatformError>;
+
+    /// Monotonic nanoseconds, for bounded waits on the control path.
+    fn now_ns(&self) -> u64;
+
+    /// A cheap cycle (or, under `-icount`, instruction) counter read around every
+    /// demultiplexing pass; 0 disables the measurement.
+    fn cycles(&self) -> u64 {
+        0
+    }
+}

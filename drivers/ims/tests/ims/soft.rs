@@ -1,0 +1,212 @@
+//! A software IMS device for the chip's logic tests: an IMS table with the DSA semantics
+//! (PASID binding checked per completion, mask → pending, unmask sends pending), and a
+//! completion source whose records are a counter the "device" advances.
+
+use crate::machine::{Machine, current_cpu};
+use ims::{Armer, CompletionSink, ImsError, ImsStorage, MsiMessage, StorageError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Entry {
+    pub msg: MsiMessage,
+    pub pasid: Option<u32>,
+    pub masked: bool,
+    pub pending: bool,
+}
+
+pub struct SoftIms {
+    machine: Arc<Machine>,
+    sid: u16,
+    table: Mutex<Vec<Entry>>,
+    pub fail_quiesce: AtomicBool,
+    pub quiesces: AtomicU64,
+    /// Completions refused because the entry is bound to another PASID (status 0x19).
+    pub refused: AtomicU64,
+}
+
+impl SoftIms {
+    pub fn new(machine: &Arc<Machine>, sid: u16, entries: u32) -> Arc<SoftIms> {
+        Arc::new(SoftIms {
+            machine: machine.clone(),
+            sid,
+            table: Mutex::new(vec![
+                Entry {
+                    masked: true,
+                    ..Entry::default()
+                };
+                entries as usize
+            ]),
+            fail_quiesce: AtomicBool::new(false),
+            quiesces: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        })
+    }
+
+    pub fn entry(&self, index: u32) -> Entry {
+        self.table.lock().unwrap()[index as usize]
+    }
+
+    /// The device finished a descriptor of `pasid` naming entry `index` with RCI: the
+    /// binding is checked, then the message is sent (or kept pending while masked).
+    /// Returns false if the device refused the handle.
+    pub fn fire(&self, index: u32, pasid: u32) -> bool {
+        let send = {
+            let mut t = self.table.lock().unwrap();
+            let e = &mut t[index as usize];
+            if e.pasid != Some(pasid) {
+                self.refused.fetch_add(1, SeqCst);
+                return false;
+            }
+            if e.masked {
+                e.pending = true;
+                None
+            } else {
+                Some(e.msg)
+            }
+        };
+        if let Some(m) = send {
+            self.machine.msi(self.sid, m.addr, m.data);
+        }
+        true
+    }
+}
+
+impl ImsStorage for SoftIms {
+    fn entries(&self) -> u32 {
+        self.table.lock().unwrap().len() as u32
+    }
+    fn program(&self, index: u32, msg: MsiMessage, pasid: u32) -> Result<u32, StorageError> {
+        let mut t = self.table.lock().unwrap();
+        let e = t
+            .get_mut(index as usize)
+            .ok_or(StorageError::BadIndex { index })?;
+        if msg.addr >> 20 != 0xFEE {
+            return Err(StorageError::AddressRejected { addr: msg.addr });
+        }
+        e.masked = true;
+        e.msg = msg;
+        e.pasid = Some(pasid);
+        Ok(index)
+    }
+    fn set_message(&self, index: u32, msg: MsiMessage) -> Result<(), StorageError> {
+        let mut t = self.table.lock().unwrap();
+        let e = t
+            .get_mut(index as usize)
+            .ok_or(StorageError::BadIndex { index })?;
+        e.msg = msg;
+        Ok(())
+    }
+    fn set_masked(&self, index: u32, masked: bool) {
+        let send = {
+            let mut t = self.table.lock().unwrap();
+            let e = &mut t[index as usize];
+            e.masked = masked;
+            if !masked && e.pending {
+                e.pending = false;
+                Some(e.msg)
+            } else {
+                None
+            }
+        };
+        if let Some(m) = send {
+            self.machine.msi(self.sid, m.addr, m.data);
+        }
+    }
+    fn pending(&self, index: u32) -> bool {
+        self.table.lock().unwrap()[index as usize].pending
+    }
+    fn unbind(&self, index: u32) {
+        let mut t = self.table.lock().unwrap();
+        t[index as usize].masked = true;
+        t[index as usize].pasid = None;
+    }
+    fn quiesce(&self, _index: u32, _pasid: u32) -> Result<(), StorageError> {
+        self.quiesces.fetch_add(1, SeqCst);
+        if self.fail_quiesce.load(SeqCst) {
+            return Err(StorageError::QuiesceFailed("injected"));
+        }
+        Ok(())
+    }
+    fn clear(&self, index: u32) -> Result<(), StorageError> {
+        let mut t = self.table.lock().unwrap();
+        t[index as usize] = Entry {
+            masked: true,
+            ..Entry::default()
+        };
+        Ok(())
+    }
+}
+
+/// One delivered completion: its sequence number and the CPU whose pass delivered it.
+pub type Delivery = (u64, Option<usize>);
+
+/// A completion source: `submitted` descriptors, of which the device has written
+/// `completed` records; polling claims each written record exactly once.
+#[derive(Default)]
+pub struct SoftSink {
+    pub submitted: AtomicU64,
+    pub completed: AtomicU64,
+    claimed: AtomicU64,
+    pub log: Mutex<Vec<Delivery>>,
+}
+
+impl SoftSink {
+    pub fn new() -> Arc<SoftSink> {
+        Arc::new(SoftSink::default())
+    }
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.log.lock().unwrap().clone()
+    }
+    pub fn delivered(&self) -> u64 {
+        self.log.lock().unwrap().len() as u64
+    }
+    /// Asserts that completions 0..n were each delivered exactly once.
+    pub fn assert_exactly_once(&self, n: u64) {
+        let mut seqs: Vec<u64> = self.deliveries().iter().map(|d| d.0).collect();
+        seqs.sort_unstable();
+        assert_eq!(
+            seqs,
+            (0..n).collect::<Vec<_>>(),
+            "each completion exactly once"
+        );
+    }
+}
+
+impl CompletionSink for SoftSink {
+    fn poll(&self) -> u32 {
+        let mut n = 0;
+        loop {
+            let c = self.claimed.load(SeqCst);
+            if c >= self.completed.load(SeqCst) {
+                return n;
+            }
+            if self
+                .claimed
+                .compare_exchange(c, c + 1, SeqCst, SeqCst)
+                .is_ok()
+            {
+                self.log.lock().unwrap().push((c, current_cpu()));
+                n += 1;
+            }
+        }
+    }
+    fn outstanding(&self) -> bool {
+        self.claimed.load(SeqCst) < self.submitted.load(SeqCst)
+    }
+}
+
+/// Submits one descriptor through `armer` (arm → count it → end of the submit call).
+pub fn submit(armer: &Armer, sink: &SoftSink) -> Result<(), ImsError> {
+    let g = armer.arm()?;
+    sink.submitted.fetch_add(1, SeqCst);
+    drop(g);
+    Ok(())
+}
+
+/// The device completes one descriptor of `pasid` naming `index`: record first, then the
+/// interrupt (as DSA does).
+pub fn complete(ims: &SoftIms, sink: &SoftSink, index: u32, pasid: u32) -> bool {
+    sink.completed.fetch_add(1, SeqCst);
+    ims.fire(index, pasid)
+}
