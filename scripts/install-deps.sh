@@ -42,7 +42,8 @@ if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.
 fi
 
 want_pkgs=(qemu-system-x86 grub-common grub-pc-bin grub-efi-amd64-bin xorriso mtools ovmf
-           ninja-build libglib2.0-dev libpixman-1-dev libfdt-dev flex bison python3-venv xz-utils)
+           ninja-build libglib2.0-dev libpixman-1-dev libfdt-dev flex bison python3-venv xz-utils
+           patch pkg-config gcc make)
 missing=()
 for p in "${want_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
