@@ -26,6 +26,7 @@ mod sync;
 mod time;
 mod workload;
 
+use alloc::vec::Vec;
 use core::fmt::Write;
 
 use log::LevelFilter;
@@ -155,8 +156,19 @@ fn bring_up() -> Result<(), BringUpError> {
     );
     x86_64::instructions::interrupts::enable();
     let rep = step("SMP", arch::smp::start_aps())?;
-    for (id, why) in &rep.skipped {
-        log::warn!("smp: not starting APIC ID {id}: {why}");
+    // One line per reason: a machine with hundreds of CPUs past MAX_CPUS must not flood
+    // the console.
+    let mut reasons: Vec<&'static str> = rep.skipped.iter().map(|&(_, why)| why).collect();
+    reasons.sort_unstable();
+    reasons.dedup();
+    for why in reasons {
+        let ids: Vec<u32> = rep.skipped.iter().filter(|s| s.1 == why).map(|s| s.0).collect();
+        let shown = &ids[..ids.len().min(8)];
+        let more = if ids.len() > shown.len() { ", ..." } else { "" };
+        log::warn!(
+            "smp: not starting {} CPU(s) (APIC IDs {shown:?}{more}): {why}",
+            ids.len()
+        );
     }
     log::info!(
         "smp: {} of {} enabled CPUs online ({} failed), trampoline at {:#x}",

@@ -212,14 +212,21 @@ ktest!(
 
 ktest!(
     fn pasid_capability_enables_with_privileged_mode() -> ktest::Outcome {
-        let Some((d, cap)) =
-            pci::devices().find_map(|d| d.pasid_cap().ok().flatten().map(|c| (d, c)))
-        else {
+        let ctl = |d: &pci::Device, off: u16| (d.config_read(off + 4).unwrap() >> 16) as u16;
+        // Only a function whose PASID is off: toggling PASID under a running driver (an
+        // enabled DSA) halts the device, as the DSA spec requires (SWERR 0x51).
+        let Some((d, cap)) = pci::devices().find_map(|d| {
+            d.pasid_cap()
+                .ok()
+                .flatten()
+                .filter(|c| ctl(&d, c.offset) & 1 == 0)
+                .map(|c| (d, c))
+        }) else {
             return ktest::skip(
-                "no function with a PASID capability (intel-dsa behind a root port)",
+                "no function with an unused PASID capability (intel-dsa behind a root port)",
             );
         };
-        let ctl = |d: &pci::Device| (d.config_read(cap.offset + 4).unwrap() >> 16) as u16;
+        let ctl = |d: &pci::Device| ctl(d, cap.offset);
         let before = ctl(&d);
         let privileged = cap
             .capability
