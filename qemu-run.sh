@@ -6,6 +6,7 @@
 #                                      one DSA device, the default DSA workload and its summary
 #   ./qemu-run.sh --workload SPEC      run a chosen DSA workload (README: "DSA workloads")
 #   ./qemu-run.sh --ktest              run every kernel test   (--ktest=smp,vector: filter)
+#   ./qemu-run.sh --ims-bench          the IMS benchmark: shared vector vs. one vector per handle
 #   ./qemu-run.sh --help               all options
 #
 # Exit status: 0 the kernel reported success (isa-debug-exit 0x10 → QEMU 33),
@@ -50,6 +51,9 @@ Kernel command line:
                        ('none' skips it)
   --dsa-config FILE    accel-config JSON for the DSA devices, passed through fw_cfg as
                        opt/dsa/accel-config.json (or: --append 'dsa.config=<compact JSON>')
+  --ims-bench          the IMS benchmark (README "IMS benchmark"): both designs, same workload,
+                       1..2048 handles per CPU; implies --icount, 4 CPUs unless --smp/SMP
+                       says otherwise, and no DSA workload unless --workload is given
 
   Extra QEMU arguments: after --, or in QEMU_ARGS (split on spaces).
   QEMU binary: $QEMU if set; else emulator/qemu/build.sh --ensure if present; else the
@@ -59,7 +63,10 @@ EOF
 
 die() { echo "$PROG: $*" >&2; exit 2; }
 
+SMP_SET="${SMP:+1}"
 SMP="${SMP:-4}"
+IMS_BENCH=0
+WORKLOAD_SET=0
 MEM="${MEM:-512M}"
 ACCEL="${ACCEL:-tcg}"
 CPU="${CPU:-max}"
@@ -84,14 +91,15 @@ while [ $# -gt 0 ]; do
     --iso) [ $# -ge 2 ] || die "--iso needs a path"; ISO="$2"; shift 2 ;;
     --uefi) UEFI=1; shift ;;
     --release) PROFILE="release"; shift ;;
-    --smp) [ $# -ge 2 ] || die "--smp needs a number"; SMP="$2"; shift 2 ;;
+    --smp) [ $# -ge 2 ] || die "--smp needs a number"; SMP="$2"; SMP_SET=1; shift 2 ;;
     --mem) [ $# -ge 2 ] || die "--mem needs a size"; MEM="$2"; shift 2 ;;
     --accel) [ $# -ge 2 ] || die "--accel needs tcg or kvm"; ACCEL="$2"; shift 2 ;;
     --cpu) [ $# -ge 2 ] || die "--cpu needs a model"; CPU="$2"; shift 2 ;;
     --dsa) [ $# -ge 2 ] || die "--dsa needs a count"; DSA="$2"; shift 2 ;;
     --dsa-opts) [ $# -ge 2 ] || die "--dsa-opts needs properties"; DSA_OPTS="$2"; shift 2 ;;
     --dsa-config) [ $# -ge 2 ] || die "--dsa-config needs a file"; DSA_CONFIG="$2"; shift 2 ;;
-    --workload) [ $# -ge 2 ] || die "--workload needs a spec"; KARGS="${KARGS:+$KARGS }workload=$2"; shift 2 ;;
+    --workload) [ $# -ge 2 ] || die "--workload needs a spec"; KARGS="${KARGS:+$KARGS }workload=$2"; WORKLOAD_SET=1; shift 2 ;;
+    --ims-bench) IMS_BENCH=1; shift ;;
     --icount) ICOUNT=1; shift ;;
     --gdb) GDB_PORT=1234; shift ;;
     --gdb=*) GDB_PORT="${1#--gdb=}"; shift ;;
@@ -104,6 +112,16 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+# --ims-bench: instruction counts (-icount), several CPUs for the per-CPU figures (the
+# benchmark keeps the other vCPUs in hlt while one measures), the benchmark instead of the
+# default workload.
+if [ "$IMS_BENCH" = 1 ]; then
+  ICOUNT=1
+  [ -n "$SMP_SET" ] || SMP=4
+  [ "$WORKLOAD_SET" = 1 ] || KARGS="${KARGS:+$KARGS }workload=none"
+  KARGS="${KARGS:+$KARGS }ims.bench"
+  [ "$DSA" -ge 1 ] 2>/dev/null || DSA=1
+fi
 [[ "$SMP" =~ ^[1-9][0-9]*$ ]] || die "SMP must be a positive number, not '$SMP'"
 [[ "$DSA" =~ ^[0-9]+$ ]] || die "DSA must be a number, not '$DSA'"
 [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "TIMEOUT must be seconds, not '$TIMEOUT'"

@@ -1,6 +1,7 @@
 //! The main job (no `ktest` on the command line): the boot report, then the DSA devices
-//! (brought up here, with their summary) and the DSA workload (`workload=`, the default one
-//! when devices exist; see `crate::workload`).
+//! (brought up here, with their summary), the DSA workload (`workload=`, the default one
+//! when devices exist; see `crate::workload`) and, with `ims.bench`, the IMS benchmark
+//! (`crate::ims::bench`).
 
 use alloc::format;
 use alloc::string::String;
@@ -72,6 +73,11 @@ pub fn main_job() -> ! {
         }
     }
     run_workload();
+    if crate::ims::bench::requested()
+        && let Err(e) = crate::ims::bench::run()
+    {
+        crate::exit::fail(format_args!("{e}"));
+    }
     crate::exit::pass()
 }
 

@@ -14,6 +14,7 @@ mod dsa;
 mod exit;
 mod fail;
 mod fw_cfg;
+mod ims;
 mod iommu;
 mod irq;
 mod job;
@@ -162,7 +163,12 @@ fn bring_up() -> Result<(), BringUpError> {
     reasons.sort_unstable();
     reasons.dedup();
     for why in reasons {
-        let ids: Vec<u32> = rep.skipped.iter().filter(|s| s.1 == why).map(|s| s.0).collect();
+        let ids: Vec<u32> = rep
+            .skipped
+            .iter()
+            .filter(|s| s.1 == why)
+            .map(|s| s.0)
+            .collect();
         let shown = &ids[..ids.len().min(8)];
         let more = if ids.len() > shown.len() { ", ..." } else { "" };
         log::warn!(

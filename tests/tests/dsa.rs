@@ -129,11 +129,11 @@ fn default_workload_runs_and_ends_with_the_summary() {
         .run();
     r.expect_pass()
         .expect_serial("dsa: 1 device(s) up (default layout)")
-        .expect_serial("DSA workload summary (56 case(s)")
+        .expect_serial("DSA workload summary (64 case(s)")
         .expect_serial(
-            "workload: 56 case(s), 0 skipped, 0 failed, 0 error(s), 0 verification failure(s)",
+            "workload: 64 case(s), 0 skipped, 0 failed, 0 error(s), 0 verification failure(s)",
         );
-    expect_clean_cases(&r, 56);
+    expect_clean_cases(&r, 64);
     let res = workload_results(&r);
     for op in ["memmove", "fill", "crc"] {
         for mode in ["dwq", "swq"] {
@@ -148,13 +148,22 @@ fn default_workload_runs_and_ends_with_the_summary() {
             }
         }
     }
-    // Client PASIDs ran on the shared WQ.
+    // Client PASIDs ran on the shared WQ, half of the cases with completion interrupts
+    // through IMS handles of their own (the kernel's through MSI-X).
     assert_eq!(
         res.iter()
             .filter(|j| field(j, "client") == Some("pasid") && field(j, "mode") == Some("swq"))
             .count(),
-        8
+        16
     );
+    for j in &res {
+        let want = match (field(j, "completion"), field(j, "client")) {
+            (Some("poll"), _) => "none",
+            (_, Some("pasid")) => "ims",
+            _ => "msix",
+        };
+        assert_eq!(field(j, "irq_path"), Some(want), "{j}");
+    }
     // Interrupt cases really took interrupts; polled ones none.
     for j in &res {
         let irqs: u64 = field(j, "interrupts").unwrap().parse().unwrap();
@@ -166,7 +175,7 @@ fn default_workload_runs_and_ends_with_the_summary() {
     // The summary table is the last thing before the verdict.
     let tail: Vec<&str> = r.serial.lines().rev().take(3).collect();
     assert!(
-        tail.iter().any(|l| l.starts_with("workload: 56 case(s)")),
+        tail.iter().any(|l| l.starts_with("workload: 64 case(s)")),
         "{tail:?}"
     );
 }

@@ -76,7 +76,7 @@ fn iommu_dma_faults_and_interrupt_remapping_with_edu_dsa_and_bridges() {
         .expect_serial("ext[pasid(20)]")
         .expect_serial("1b36:0005 00.ff.00 other")
         .expect_serial("translation enabled (FirstStage)")
-        .expect_serial("interrupt remapping on, 256 IRTEs")
+        .expect_serial("interrupt remapping on, 8192 IRTEs")
         .expect_serial("RID_PASID default PassThrough")
         // Fault lines as the kernel reports them.
         .expect_serial(
@@ -128,7 +128,7 @@ fn iommu_x2apic_irtes_reach_apic_id_256() {
         .run();
     r.expect_pass()
         .expect_serial("CPU 1 online, APIC ID 256")
-        .expect_serial("interrupt remapping on, 256 IRTEs, x2APIC")
+        .expect_serial("interrupt remapping on, 8192 IRTEs, x2APIC")
         .expect_test_ok("iommu::edu_msi_arrives_through_the_irte_and_a_wrong_source_id_blocks_it")
         .expect_test_ok("iommu::interrupt_route_entries_and_retarget");
     assert!(

@@ -22,6 +22,10 @@ use dsa_spec::{
 };
 use log::{debug, error, info, warn};
 
+/// Work to redo after a recovery (see [`Device::add_recovery_hook`]); returns `false` once it
+/// is no longer needed (it is then removed).
+pub type RecoveryHook = Arc<dyn Fn(&Device) -> bool + Send + Sync>;
+
 /// The machine behind one device.
 #[derive(Clone)]
 pub struct Hardware {
@@ -264,23 +268,29 @@ impl Wq {
 
 const NO_HANDLE: u32 = u32::MAX;
 
-/// The submitters interrupts and recovery reach, with a bitmap of occupied entries so the
-/// interrupt path visits live submitters only (not every possible entry).
-pub(crate) struct Registry {
-    entries: Vec<spin::Mutex<Option<Arc<Shared>>>>,
+/// The submitters interrupts and recovery reach, with a two-level bitmap of occupied
+/// entries (one summary bit per 64 entries) so the interrupt path visits live submitters
+/// only and its scan does not grow with `max_submitters` (thousands, when every IMS handle
+/// has a submitter of its own).
+pub(crate) struct Registry<T = Shared> {
+    entries: Vec<spin::Mutex<Option<Arc<T>>>>,
     occupied: Vec<AtomicU64>,
+    /// Bit w: `occupied[w]` may be non-zero.
+    summary: Vec<AtomicU64>,
 }
 
-impl Registry {
-    fn new(n: usize) -> Registry {
+impl<T> Registry<T> {
+    fn new(n: usize) -> Registry<T> {
+        let words = n.div_ceil(64);
         Registry {
             entries: (0..n).map(|_| spin::Mutex::new(None)).collect(),
-            occupied: (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            occupied: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            summary: (0..words.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
     /// Registers `s`; the entry index, or None when every entry is taken.
-    pub(crate) fn insert(&self, s: &Arc<Shared>) -> Option<usize> {
+    pub(crate) fn insert(&self, s: &Arc<T>) -> Option<usize> {
         let i = self.entries.iter().position(|e| {
             let mut g = e.lock();
             if g.is_none() {
@@ -290,12 +300,17 @@ impl Registry {
                 false
             }
         })?;
-        self.occupied[i / 64].fetch_or(1 << (i % 64), Ordering::AcqRel);
+        let w = i / 64;
+        // Entry bit first, then the summary bit: a scan that clears a stale summary bit
+        // re-reads the word afterwards, so one of the two sees the other.
+        self.occupied[w].fetch_or(1 << (i % 64), Ordering::AcqRel);
+        self.summary[w / 64].fetch_or(1 << (w % 64), Ordering::AcqRel);
         Some(i)
     }
 
     pub(crate) fn remove(&self, i: usize) {
         if let Some(e) = self.entries.get(i) {
+            // The summary bit is cleaned lazily by the next scan.
             self.occupied[i / 64].fetch_and(!(1 << (i % 64)), Ordering::AcqRel);
             *e.lock() = None;
         }
@@ -303,22 +318,50 @@ impl Registry {
 
     /// Calls `f` for every registered submitter. `blocking`: wait for entries being
     /// changed (thread context); else skip them (interrupt context never spins on them).
-    pub(crate) fn for_each(&self, blocking: bool, mut f: impl FnMut(&Arc<Shared>)) {
-        for (w, word) in self.occupied.iter().enumerate() {
-            let mut m = word.load(Ordering::Acquire);
-            while m != 0 {
-                let i = w * 64 + m.trailing_zeros() as usize;
-                m &= m - 1;
-                let s = if blocking {
-                    self.entries[i].lock().clone()
-                } else {
-                    self.entries[i].try_lock().and_then(|g| g.clone())
+    pub(crate) fn for_each(&self, blocking: bool, mut f: impl FnMut(&Arc<T>)) {
+        for (si, sw) in self.summary.iter().enumerate() {
+            let mut sbits = sw.load(Ordering::Acquire);
+            while sbits != 0 {
+                let b = sbits.trailing_zeros();
+                sbits &= sbits - 1;
+                let w = si * 64 + b as usize;
+                let Some(word) = self.occupied.get(w) else {
+                    continue;
                 };
-                if let Some(s) = s {
-                    f(&s);
+                let mut m = word.load(Ordering::Acquire);
+                if m == 0 {
+                    // Possibly stale: clear it, then look again (an insert racing with the
+                    // clear sets the summary bit after its entry bit).
+                    sw.fetch_and(!(1 << b), Ordering::AcqRel);
+                    m = word.load(Ordering::Acquire);
+                    if m == 0 {
+                        continue;
+                    }
+                    sw.fetch_or(1 << b, Ordering::AcqRel);
+                }
+                while m != 0 {
+                    let i = w * 64 + m.trailing_zeros() as usize;
+                    m &= m - 1;
+                    let s = if blocking {
+                        self.entries[i].lock().clone()
+                    } else {
+                        self.entries[i].try_lock().and_then(|g| g.clone())
+                    };
+                    if let Some(s) = s {
+                        f(&s);
+                    }
                 }
             }
         }
+    }
+
+    /// Occupied-bitmap words the next scan reads (tests).
+    #[cfg(test)]
+    fn scanned_words(&self) -> usize {
+        self.summary
+            .iter()
+            .map(|s| s.load(Ordering::Acquire).count_ones() as usize)
+            .sum()
     }
 }
 
@@ -360,6 +403,8 @@ pub struct Device {
     wqs: Vec<Option<Wq>>,
     cmd_lock: spin::Mutex<()>,
     recover_lock: spin::Mutex<()>,
+    /// Called after a recovery rewrote the configuration, before submissions resume.
+    recovery_hooks: spin::Mutex<Vec<RecoveryHook>>,
     state: AtomicU8,
     pub(crate) epoch: AtomicU64,
     /// Submissions between their state check and their portal store.
@@ -458,6 +503,7 @@ impl Device {
             wqs,
             cmd_lock: spin::Mutex::new(()),
             recover_lock: spin::Mutex::new(()),
+            recovery_hooks: spin::Mutex::new(Vec::new()),
             state: AtomicU8::new(RunState::Quiescing as u8),
             epoch: AtomicU64::new(0),
             submitting: AtomicU32::new(0),
@@ -997,6 +1043,15 @@ impl Device {
                     "dsa{}: recovered; {n} in-flight operation(s) finished or failed back",
                     self.index
                 );
+                // State the reset lost and the configuration does not hold (IMS entries):
+                // restored before anyone may submit again.
+                let hooks: Vec<RecoveryHook> = self.recovery_hooks.lock().clone();
+                let gone: Vec<RecoveryHook> = hooks.into_iter().filter(|h| !h(self)).collect();
+                if !gone.is_empty() {
+                    self.recovery_hooks
+                        .lock()
+                        .retain(|h| !gone.iter().any(|g| Arc::ptr_eq(g, h)));
+                }
                 self.set_state(RunState::Running);
                 Ok(true)
             }
@@ -1006,6 +1061,15 @@ impl Device {
                 Err(e)
             }
         }
+    }
+
+    /// Registers `hook` to run after every successful [`recover`](Self::recover), once the
+    /// configuration is rewritten and before submissions are accepted again: state the reset
+    /// lost that the device configuration does not hold (e.g. IMS entries). The hook returns
+    /// `false` when it is no longer needed and is then dropped. Hooks must not call
+    /// `recover` and should hold the device weakly (the device holds them).
+    pub fn add_recovery_hook(&self, hook: RecoveryHook) {
+        self.recovery_hooks.lock().push(hook);
     }
 
     /// Orderly shutdown (dsa.md §9.5): drain and disable every WQ, disable and reset the
@@ -1090,5 +1154,57 @@ pub(crate) struct SubmitGuard<'a> {
 impl Drop for SubmitGuard<'_> {
     fn drop(&mut self) {
         self.dev.submitting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod registry_tests {
+    use super::Registry;
+    use alloc::sync::Arc;
+    use alloc::vec::Vec;
+
+    fn ids(r: &Registry<u32>) -> Vec<u32> {
+        let mut v = Vec::new();
+        r.for_each(true, |x| v.push(**x));
+        v
+    }
+
+    #[test]
+    fn visits_every_live_entry_once_and_only_occupied_words() {
+        let r: Registry<u32> = Registry::new(4352);
+        let idx: Vec<usize> = (0..3000u32)
+            .map(|n| r.insert(&Arc::new(n)).unwrap())
+            .collect();
+        assert_eq!(idx[2999], 2999, "lowest free entry first");
+        assert_eq!(ids(&r), (0..3000).collect::<Vec<_>>());
+        assert_eq!(r.scanned_words(), 47);
+        // Free all but a few: the scan shrinks to the words still in use.
+        for &i in &idx {
+            if i % 1000 != 7 {
+                r.remove(i);
+            }
+        }
+        assert_eq!(ids(&r), vec![7, 1007, 2007]);
+        assert_eq!(
+            r.scanned_words(),
+            3,
+            "stale summary bits cleaned by the scan"
+        );
+        r.remove(1007);
+        assert_eq!(ids(&r), vec![7, 2007]);
+        // Re-inserting reuses the lowest free entry and is seen by the next scan.
+        assert_eq!(r.insert(&Arc::new(99)), Some(0));
+        assert_eq!(ids(&r), vec![99, 7, 2007]);
+    }
+
+    #[test]
+    fn full_registry_refuses() {
+        let r: Registry<u32> = Registry::new(65);
+        for n in 0..65 {
+            assert!(r.insert(&Arc::new(n)).is_some());
+        }
+        assert_eq!(r.insert(&Arc::new(65)), None);
+        r.remove(64);
+        assert_eq!(r.insert(&Arc::new(66)), Some(64));
     }
 }

@@ -23,8 +23,8 @@ use alloc::sync::Arc;
 use dsa_spec::WqMode;
 use dsa_spec::tables::{IMS_ADDR_RESET, IMS_ENTRY_SIZE, ImsCtrl, ImsEntry};
 use ims::{
-    Armer, ChipOptions, CompletionSink, ImsChip, ImsClient, ImsDomain, ImsError, ImsHandle,
-    ImsStorage, MsiMessage, StorageError,
+    Armer, CarvedStorage, ChipOptions, CompletionSink, ImsChip, ImsClient, ImsDomain, ImsError,
+    ImsHandle, ImsStorage, MsiMessage, StorageError,
 };
 use log::error;
 
@@ -207,9 +207,16 @@ impl CompletionSink for Reaper {
 
 /// A DSA device registered with an IMS domain: allocation of handles whose completions come
 /// from a submitter, and submission through them.
+///
+/// Registering also hooks the device's recovery: after a halt is recovered (the reset clears
+/// the IMS table) every live entry is rewritten ([`ImsChip::restore`]) before submissions
+/// resume.
 pub struct DsaIms {
     chip: ImsChip,
     storage: Arc<DsaImsStorage>,
+    /// Local entry → device entry when the chip holds a part of the table lent by another
+    /// chip ([`DsaIms::carve`]).
+    map: Option<Arc<[u32]>>,
 }
 
 impl core::fmt::Debug for DsaIms {
@@ -240,7 +247,49 @@ impl DsaIms {
             DsaImsStorage::new(dev).map_err(|_| ImsError::BadStorage("the device has no IMS"))?,
         );
         let chip = domain.register(storage.clone(), options)?;
-        Ok(DsaIms { chip, storage })
+        hook_recovery(dev, &chip);
+        Ok(DsaIms {
+            chip,
+            storage,
+            map: None,
+        })
+    }
+
+    /// Registers `count` free entries of this device's table (lent by this chip, see
+    /// [`ImsChip::carve`]) with `domain` — e.g. a per-handle-vector comparison domain on the
+    /// same device as the system's shared one. The entries return when the new `DsaIms` and
+    /// all its handles are gone.
+    pub fn carve(
+        &self,
+        domain: &ImsDomain,
+        count: u32,
+        options: ChipOptions,
+    ) -> Result<DsaIms, ImsError> {
+        let carved: CarvedStorage = self.chip.carve(count)?;
+        let map: Arc<[u32]> = (0..count)
+            .map(|i| carved.device_index(i).unwrap_or(u32::MAX))
+            .collect();
+        let chip = domain.register(Arc::new(carved), options)?;
+        hook_recovery(&self.storage.dev, &chip);
+        Ok(DsaIms {
+            chip,
+            storage: self.storage.clone(),
+            map: Some(map),
+        })
+    }
+
+    /// The device's IMS table index of this chip's entry `index` (they differ for a carved
+    /// chip).
+    pub fn device_index(&self, index: u32) -> u32 {
+        match &self.map {
+            Some(m) => m.get(index as usize).copied().unwrap_or(u32::MAX),
+            None => index,
+        }
+    }
+
+    /// The device entry behind `handle` as the device holds it (diagnostics, tests).
+    pub fn read_entry(&self, handle: &ImsHandle) -> Option<ImsEntry> {
+        self.storage.read_entry(self.device_index(handle.index()))
     }
 
     pub fn chip(&self) -> &ImsChip {
@@ -317,6 +366,20 @@ impl DsaIms {
         sub.submit(work, Notify::Handle(h))
     }
 
+    /// A batch with a completion interrupt through `armer`'s handle, its result
+    /// ([`Output::Batch`]) to `cb`.
+    pub fn submit_batch_with_callback(
+        &self,
+        sub: &mut Submitter,
+        armer: &Armer,
+        members: &[Work],
+        cb: impl FnOnce(Result<Output, OpError>) + Send + 'static,
+    ) -> Result<(), OpError> {
+        let h = self.check(sub, armer)?;
+        let _armed = armer.arm().map_err(|_| released())?;
+        sub.submit_batch_with_callback(members, Notify::Handle(h), cb)
+    }
+
     /// A batch with a completion interrupt through `armer`'s handle.
     pub fn submit_batch(
         &self,
@@ -328,6 +391,25 @@ impl DsaIms {
         let _armed = armer.arm().map_err(|_| released())?;
         sub.submit_batch(members, Notify::Handle(h))
     }
+}
+
+/// After the device recovered from a halt, rewrite the chip's live entries (the reset
+/// cleared the table). The hook holds the chip weakly and goes away with it.
+fn hook_recovery(dev: &Arc<Device>, chip: &ImsChip) {
+    let weak = chip.downgrade();
+    dev.add_recovery_hook(Arc::new(move |d: &Device| {
+        let Some(chip) = weak.upgrade() else {
+            return false;
+        };
+        match chip.restore() {
+            Ok(n) => log::info!("dsa{}: {n} IMS entries restored after recovery", d.index()),
+            Err(e) => error!(
+                "dsa{}: restoring IMS entries after recovery: {e}",
+                d.index()
+            ),
+        }
+        true
+    }));
 }
 
 fn released() -> OpError {

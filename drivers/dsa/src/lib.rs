@@ -37,7 +37,9 @@ pub mod workload;
 pub use accel_config::AccelConfig;
 pub use caps::Capabilities;
 pub use config::{ConfigError, DeviceConfig, GroupConfig, WqConfig};
-pub use device::{ConfigSource, Device, DeviceOptions, Hardware, MiscEvents, RunState, SwError};
+pub use device::{
+    ConfigSource, Device, DeviceOptions, Hardware, MiscEvents, RecoveryHook, RunState, SwError,
+};
 pub use error::{DsaError, OpError, PageFault};
 pub use hw::{
     AddressSpace, Clock, DmaMemory, DmaRegion, EnqStatus, Pci, PciInfo, Portals, Registers,

@@ -9,8 +9,9 @@ use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::SeqCst};
 use crate::domain::{DomainInner, OWNER_PER_HANDLE, VectorHandler, VectorMode, loc};
 use crate::error::ImsError;
 use crate::handle::{Ctl, HandleInner, ImsHandle};
+use crate::platform::MsiMessage;
 use crate::sink::CompletionSink;
-use crate::storage::ImsStorage;
+use crate::storage::{ImsStorage, StorageError};
 
 /// Largest table the chip accepts (device handles are 16 bits on DSA; anything larger is
 /// a misreport).
@@ -70,6 +71,8 @@ struct Table {
     usage: BTreeMap<u32, u32>,
     quotas: BTreeMap<u32, u32>,
     leaked: u32,
+    /// Entries lent to another domain ([`ImsChip::carve`]).
+    lent: u32,
 }
 
 pub(crate) struct ChipInner {
@@ -111,6 +114,7 @@ impl ChipInner {
                 usage: BTreeMap::new(),
                 quotas: BTreeMap::new(),
                 leaked: 0,
+                lent: 0,
             }),
         }))
     }
@@ -156,6 +160,37 @@ impl ChipInner {
                 t.usage.remove(&pasid);
             }
         }
+    }
+
+    /// Takes `count` free entries (lowest first) out of this chip's allocator for a carve.
+    fn lend(&self, count: u32) -> Result<Vec<u32>, ImsError> {
+        let mut t = self.table.lock();
+        let free = t.free.len() as u32;
+        if count == 0 || count > free {
+            return Err(ImsError::TableFull {
+                entries: self.entries,
+            });
+        }
+        let mut v = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            // `free` holds `count` or more entries (checked above).
+            if let Some(i) = t.free.pop() {
+                v.push(i);
+            }
+        }
+        t.lent += count;
+        Ok(v)
+    }
+
+    /// Takes back lent entries: `clean` ones return to the allocator, the others (the
+    /// borrower could not prove the device is done with them) are retired for good.
+    fn take_back(&self, clean: &[u32], retired: u32) {
+        let mut t = self.table.lock();
+        t.lent = t.lent.saturating_sub(clean.len() as u32 + retired);
+        // Lowest index popped first, as at creation.
+        t.free.extend(clean.iter().rev().copied());
+        t.free.sort_unstable_by(|a, b| b.cmp(a));
+        t.leaked += retired;
     }
 
     /// Takes an entry out of service: unbind, drain, clear. Returns whether it may be reused.
@@ -288,9 +323,31 @@ impl ChipInner {
     }
 }
 
-/// One device's IMS table, registered with a domain.
+/// One device's IMS table, registered with a domain. Cloning gives another reference to the
+/// same chip.
+#[derive(Clone)]
 pub struct ImsChip {
     pub(crate) inner: Arc<ChipInner>,
+}
+
+/// A reference to a chip that does not keep it alive (e.g. for a device's recovery hook,
+/// which the device itself holds).
+#[derive(Clone)]
+pub struct WeakChip {
+    inner: Weak<ChipInner>,
+}
+
+impl core::fmt::Debug for WeakChip {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "WeakChip(alive: {})", self.inner.strong_count() > 0)
+    }
+}
+
+impl WeakChip {
+    /// The chip, if it still exists.
+    pub fn upgrade(&self) -> Option<ImsChip> {
+        self.inner.upgrade().map(|inner| ImsChip { inner })
+    }
 }
 
 impl core::fmt::Debug for ImsChip {
@@ -334,6 +391,45 @@ impl ImsChip {
     /// Entries taken out of service because the device could not be quiesced.
     pub fn leaked_entries(&self) -> u32 {
         self.inner.table.lock().leaked
+    }
+    /// Entries lent to other domains ([`ImsChip::carve`]) and not yet given back.
+    pub fn lent_entries(&self) -> u32 {
+        self.inner.table.lock().lent
+    }
+    /// Live handles of this chip (allocated and not released).
+    pub fn live_handles(&self) -> u32 {
+        let t = self.inner.table.lock();
+        t.live
+            .iter()
+            .filter(|w| w.as_ref().is_some_and(|w| w.strong_count() > 0))
+            .count() as u32
+    }
+    /// A reference that does not keep the chip alive.
+    pub fn downgrade(&self) -> WeakChip {
+        WeakChip {
+            inner: Arc::downgrade(&self.inner),
+        }
+    }
+
+    /// Lends `count` free entries of this device's table as a storage of their own, to be
+    /// registered with another domain (e.g. the per-handle-vector comparison domain next to
+    /// the system's shared one, on the same device). The entries count as in use here until
+    /// the returned storage is dropped; entries the borrower could not clear (a failed
+    /// quiesce) are then retired instead of returned. [`ImsError::TableFull`] if fewer than
+    /// `count` entries are free (or `count` is 0).
+    pub fn carve(&self, count: u32) -> Result<CarvedStorage, ImsError> {
+        let indices = self.inner.lend(count)?;
+        let dirty = alloc::vec![false; indices.len()];
+        log::info!(
+            "ims: {}: {count} entries lent (first {})",
+            self.inner.options.name,
+            indices.first().copied().unwrap_or(0)
+        );
+        Ok(CarvedStorage {
+            parent: self.inner.clone(),
+            indices,
+            dirty: spin::Mutex::new(dirty),
+        })
     }
     /// Handles `pasid` holds on this device.
     pub fn usage(&self, pasid: u32) -> u32 {
@@ -388,5 +484,93 @@ impl ImsChip {
         }
         log::info!("ims: {}: {n} entries restored", self.inner.options.name);
         Ok(n)
+    }
+}
+
+/// A part of another chip's table ([`ImsChip::carve`]): local entry `i` is the parent's entry
+/// `device_index(i)`. Every operation goes to the parent's storage.
+pub struct CarvedStorage {
+    parent: Arc<ChipInner>,
+    indices: Vec<u32>,
+    /// Programmed and not cleared since: the device might still use the entry.
+    dirty: spin::Mutex<Vec<bool>>,
+}
+
+impl core::fmt::Debug for CarvedStorage {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("CarvedStorage")
+            .field("of", &self.parent.options.name)
+            .field("entries", &self.indices.len())
+            .finish()
+    }
+}
+
+impl CarvedStorage {
+    /// The parent table's index of local entry `index`.
+    pub fn device_index(&self, index: u32) -> Option<u32> {
+        self.indices.get(index as usize).copied()
+    }
+
+    fn map(&self, index: u32) -> Result<u32, StorageError> {
+        self.device_index(index)
+            .ok_or(StorageError::BadIndex { index })
+    }
+}
+
+impl ImsStorage for CarvedStorage {
+    fn entries(&self) -> u32 {
+        self.indices.len() as u32
+    }
+    fn program(&self, index: u32, msg: MsiMessage, pasid: u32) -> Result<u32, StorageError> {
+        let i = self.map(index)?;
+        self.dirty.lock()[index as usize] = true;
+        self.parent.storage.program(i, msg, pasid)
+    }
+    fn set_message(&self, index: u32, msg: MsiMessage) -> Result<(), StorageError> {
+        self.parent.storage.set_message(self.map(index)?, msg)
+    }
+    fn set_masked(&self, index: u32, masked: bool) {
+        if let Ok(i) = self.map(index) {
+            self.parent.storage.set_masked(i, masked);
+        }
+    }
+    fn pending(&self, index: u32) -> bool {
+        self.map(index)
+            .is_ok_and(|i| self.parent.storage.pending(i))
+    }
+    fn unbind(&self, index: u32) {
+        if let Ok(i) = self.map(index) {
+            self.parent.storage.unbind(i);
+        }
+    }
+    fn quiesce(&self, index: u32, pasid: u32) -> Result<(), StorageError> {
+        self.parent.storage.quiesce(self.map(index)?, pasid)
+    }
+    fn clear(&self, index: u32) -> Result<(), StorageError> {
+        let i = self.map(index)?;
+        self.parent.storage.clear(i)?;
+        self.dirty.lock()[index as usize] = false;
+        Ok(())
+    }
+}
+
+impl Drop for CarvedStorage {
+    fn drop(&mut self) {
+        let dirty = self.dirty.lock();
+        let clean: Vec<u32> = self
+            .indices
+            .iter()
+            .zip(dirty.iter())
+            .filter(|(_, d)| !**d)
+            .map(|(i, _)| *i)
+            .collect();
+        let retired = (self.indices.len() - clean.len()) as u32;
+        if retired > 0 {
+            log::error!(
+                "ims: {}: {retired} lent entries come back uncleared; retired for good",
+                self.parent.options.name
+            );
+        }
+        self.parent.take_back(&clean, retired);
     }
 }

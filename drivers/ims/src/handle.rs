@@ -357,10 +357,11 @@ impl ImsHandle {
         Ok(())
     }
 
-    /// Releases the handle: no more arming; the entry is masked and unbound (descriptors that
-    /// still name it are refused by the device), the device is quiesced (no accepted work
-    /// naming it remains), completions that arrived are delivered one last time on the
-    /// handle's CPU, the handle leaves its CPU, the entry is cleared (pending message
+    /// Releases the handle: no more arming; the entry is masked; the device is quiesced with
+    /// the entry still bound (the owner's accepted work completes normally), the entry is
+    /// unbound (descriptors that still name it are refused by the device) and the device
+    /// quiesced again (no accepted work naming it remains); completions are delivered one
+    /// last time on the handle's CPU, the handle leaves its CPU, the entry is cleared (pending message
     /// discarded) and returned, the route freed. When this returns no callback of the handle
     /// runs through the chip any more, and nothing raised for it can reach the entry's next
     /// owner. If the device cannot be quiesced the entry is retired for good instead.
@@ -384,6 +385,7 @@ fn release(h: &Arc<HandleInner>) -> Result<(), ImsError> {
     let chip = &h.chip;
     let d = &chip.domain;
     h.flags.fetch_or(DEAD, SeqCst);
+    chip.storage.set_masked(h.index, true);
     let mut first_err = None;
     // Submissions that armed before DEAD finish their portal store first (they are then
     // covered by the drain); a late one is refused by the device after unbind anyway.
@@ -392,15 +394,26 @@ fn release(h: &Arc<HandleInner>) -> Result<(), ImsError> {
     }) {
         log::warn!("ims: entry {}: {e}", h.index);
     }
-    chip.storage.unbind(h.index);
-    let quiesced = match chip.storage.quiesce(h.index, h.pasid) {
+    // Two quiesces around the unbind. The first, with the entry still bound (masked), lets
+    // the owner's accepted work complete normally (its message waits in the entry) instead
+    // of being refused for an unbound handle when an engine picks it up. After the unbind
+    // any descriptor the device validates is refused and raises nothing; one validated
+    // before the unbind was accepted before the second quiesce, which waits for it. So no
+    // work that names the entry survives into its next owner's time.
+    let mut quiesce = |what: &str| match chip.storage.quiesce(h.index, h.pasid) {
         Ok(()) => true,
         Err(e) => {
-            log::error!("ims: entry {}: quiesce failed: {e}", h.index);
+            log::error!(
+                "ims: entry {}: quiesce {what} unbinding failed: {e}",
+                h.index
+            );
             first_err.get_or_insert(ImsError::Storage(e));
             false
         }
     };
+    let drained = quiesce("before");
+    chip.storage.unbind(h.index);
+    let quiesced = quiesce("after") && drained;
     let (cpu, vector, slot, route) = {
         let c = h.ctl.lock();
         (c.cpu, c.vector, c.slot, c.route)

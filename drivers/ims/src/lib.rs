@@ -37,7 +37,10 @@
 //!
 //! [`VectorMode::PerHandle`] is the comparison mode of the Linux IMS series: one vector per
 //! handle on its target CPU, vector → handle directly, same API. It runs out exactly where
-//! the vector allocator does and reports [`ImsError::VectorsExhausted`] cleanly.
+//! the vector allocator does and reports [`ImsError::VectorsExhausted`] cleanly. Both modes
+//! can run side by side on one device: [`ImsChip::carve`] lends free entries of a chip's
+//! table as a [`CarvedStorage`] to register with another domain (the owner names of their
+//! vectors, [`OWNER_SHARED`] and [`OWNER_PER_HANDLE`], keep them apart in vector reports).
 //!
 //! # Demultiplexing
 //!
@@ -94,9 +97,10 @@
 //!   the route, leave the old CPU's set on the old CPU, re-poll on the new CPU. A completion
 //!   whose interrupt went to the old CPU wrote its record before the route moved, so the
 //!   re-poll sees it; the sink's exactly-once delivery makes the overlap harmless.
-//! * **release**: refuse arming, let in-progress submissions finish, unbind the entry (masked,
-//!   no PASID: any later descriptor naming it is refused and raises nothing), quiesce the
-//!   device (DSA: Drain PASID), deliver what completed one last time on the handle's CPU,
+//! * **release**: refuse arming, mask, let in-progress submissions finish, quiesce the device
+//!   (DSA: Drain PASID) so the owner's accepted work completes normally, unbind the entry (no
+//!   PASID: any later descriptor naming it is refused and raises nothing), quiesce again (work
+//!   validated just before the unbind), deliver what completed one last time on the handle's CPU,
 //!   leave the CPU, clear the entry (discarding a pending message), free the route, return
 //!   the entry and the quota. If quiescing fails the entry is retired, never reused.
 //!
@@ -120,7 +124,7 @@ pub mod platform;
 pub mod sink;
 pub mod storage;
 
-pub use chip::{ChipOptions, ImsChip, ImsClient, PASID_LIMIT};
+pub use chip::{CarvedStorage, ChipOptions, ImsChip, ImsClient, PASID_LIMIT, WeakChip};
 pub use domain::{
     CpuReport, Demux, DemuxStats, DomainConfig, ImsDomain, OWNER_PER_HANDLE, OWNER_SHARED,
     VectorHandler, VectorMode,
@@ -143,6 +147,8 @@ mod tests {
         send_sync::<ImsHandle>();
         send_sync::<Armer>();
         send_sync::<VectorHandler>();
+        send_sync::<CarvedStorage>();
+        send_sync::<WeakChip>();
     }
 
     #[test]

@@ -41,7 +41,8 @@ impl fmt::Display for StorageError {
 ///
 /// The chip calls these from thread context only, one operation per entry at a time, never
 /// from the interrupt handler. Entry lifecycle as the chip drives it:
-/// `program` (masked) → `set_masked(false)` … live … → `unbind` → `quiesce` → `clear`.
+/// `program` (masked) → `set_masked(false)` … live … → `set_masked(true)` → `quiesce` →
+/// `unbind` → `quiesce` → `clear`.
 pub trait ImsStorage: Send + Sync {
     /// Number of entries (validated by the implementation against the hardware's limits).
     fn entries(&self) -> u32;

@@ -242,12 +242,18 @@ impl DsaDevice {
     }
 }
 
+/// Submitters one device accepts at once (`DeviceOptions::max_submitters`).
+pub const MAX_SUBMITTERS: usize = 4096 + 256;
+
 fn default_options(kernel_pasid: Option<u32>) -> DeviceOptions {
     DeviceOptions {
         kernel_pasid,
         // Under TCG several CPUs share few host cores: waits for credits or an accepting
         // shared WQ can take far longer than on hardware.
         submit_timeout_ns: 2_000_000_000,
+        // Each IMS handle's completions come from a submitter (the DSA IMS table has 2048
+        // entries): room for a whole table of single-handle clients plus the kernel's own.
+        max_submitters: MAX_SUBMITTERS,
         ..DeviceOptions::default()
     }
 }
@@ -540,6 +546,8 @@ fn init_once() -> Result<InitReport, DsaInitError> {
     for d in devs {
         print_summary(d);
     }
+    // Every device's IMS table in the one system-wide shared-vector domain.
+    crate::ims::init(devs);
     Ok(InitReport {
         devices: devs.len(),
         origin,

@@ -176,6 +176,11 @@ fn client(pasid: u32) -> Option<Arc<ClientSpace>> {
     CLIENTS.lock().get(&pasid).and_then(Weak::upgrade)
 }
 
+/// Spaces kept alive by the driver memory in them: completion records and batch lists must
+/// be unmapped and freed through their space, so a space lives until its last driver region
+/// is freed (a submitter may outlive its client's own reference, e.g. inside an IMS handle).
+static KEEP: IrqMutex<BTreeMap<u32, Arc<ClientSpace>>> = IrqMutex::new(BTreeMap::new());
+
 /// `DmaMemory::alloc` for a client PASID: a zeroed frame block mapped at a fresh IOVA.
 pub(super) fn alloc_region(pasid: u32, len: usize) -> Option<DmaRegion> {
     let c = client(pasid)?;
@@ -192,7 +197,14 @@ pub(super) fn alloc_region(pasid: u32, len: usize) -> Option<DmaRegion> {
         return None;
     }
     let (phys, _) = block.into_raw();
-    c.regions.lock().insert(iova, (phys, len));
+    let first = {
+        let mut r = c.regions.lock();
+        r.insert(iova, (phys, len));
+        r.len() == 1
+    };
+    if first {
+        KEEP.lock().insert(pasid, c.clone());
+    }
     Some(DmaRegion {
         cpu: NonNull::new(phys as *mut u8)?,
         dev: iova,
@@ -205,8 +217,19 @@ pub(super) fn alloc_region(pasid: u32, len: usize) -> Option<DmaRegion> {
 pub(super) fn free_region(pasid: u32, region: DmaRegion) {
     let phys = region.cpu.as_ptr() as u64;
     if let Some(c) = client(pasid) {
-        c.regions.lock().remove(&region.dev);
-        if let Err(e) = c.unmap(region.dev, region.len as u64) {
+        let last = {
+            let mut r = c.regions.lock();
+            r.remove(&region.dev);
+            r.is_empty()
+        };
+        let unmapped = c.unmap(region.dev, region.len as u64);
+        if last {
+            // Dropped outside the lock (the space's destructor takes `CLIENTS`), and after
+            // the unmap above.
+            let kept = KEEP.lock().remove(&pasid);
+            drop(kept);
+        }
+        if let Err(e) = unmapped {
             // Still mapped: the device could reach the frames, so they are not reused.
             log::error!("dsa: unmapping a driver region of PASID {pasid}: {e}; leaking it");
             return;

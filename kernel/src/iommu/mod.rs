@@ -69,6 +69,26 @@ type Unit = vtd::RemappingUnit<MmioRegisters, KernelDma, KernelClock>;
 /// is RID_PASID (requests without PASID) and never handed out.
 pub const PASID_BITS: u8 = 15;
 
+/// Interrupt-remapping table size (IRTEs per unit) unless `iommu.irtes=N` says otherwise.
+/// Every device interrupt message takes one IRTE: each MSI-X entry, and each IMS handle
+/// (DSA: up to 2048 per device), so the table must hold every handle of every device plus
+/// the MSI-X entries. 8192 entries (128 KiB) cover two DSA devices' whole IMS tables.
+pub const DEFAULT_IRTES: u32 = 8192;
+
+/// The IR table size: `iommu.irtes=N` (a power of two, 2..=65536), else [`DEFAULT_IRTES`].
+/// Returns the table order S (2^(S+1) entries, IRTA.S).
+fn ir_table_order() -> u8 {
+    let order = |n: u32| (n.trailing_zeros() - 1) as u8;
+    match crate::cmdline::number("iommu.irtes") {
+        None => order(DEFAULT_IRTES),
+        Some(Ok(n)) if (2..=65536).contains(&n) && n.is_power_of_two() => order(n as u32),
+        Some(_) => {
+            log::warn!("iommu.irtes must be a power of two in 2..=65536; using {DEFAULT_IRTES}");
+            order(DEFAULT_IRTES)
+        }
+    }
+}
+
 /// Errors of the IOMMU layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IommuError {
@@ -289,6 +309,7 @@ pub fn init() -> Result<Option<InitReport>, IommuError> {
         }
         let cfg = Config {
             pasid_bits: PASID_BITS,
+            ir_table_order: ir_table_order(),
             x2apic: x2apic_cpus && ecap.contains(Ecap::EIM),
             rid_default: if pt {
                 RidDefault::PassThrough

@@ -4,6 +4,7 @@ mod acpi;
 mod arch;
 mod dsa;
 mod framework;
+mod ims;
 mod instructions;
 mod iommu;
 mod irq;

@@ -6,7 +6,8 @@
 //! the `poll` call that finds the operation complete (decoding its completion record).
 //! Waiting for the device, preparing inputs and verifying outputs are never measured. In
 //! interrupt mode the completion path is the interrupt handler, measured by the kernel's
-//! DSA glue per MSI-X entry (`dsa::EntryStats`).
+//! DSA glue per MSI-X entry (`dsa::EntryStats`), for client PASIDs the IMS demultiplexer's
+//! passes on the case's CPUs (`ims::DemuxStats::cycles`; the handle is this CPU's own).
 
 use alloc::collections::VecDeque;
 use alloc::string::{String, ToString};
@@ -112,6 +113,20 @@ pub fn run(p: Plan) -> CpuResult {
             return res;
         }
     };
+    let irq = p.case.completion == Completion::Interrupt;
+    // Client PASIDs: an IMS handle of their own on this CPU (bound to their PASID); the
+    // kernel: the WQ's MSI-X entry.
+    let ims = match (&p.space, irq) {
+        (Some(space), true) => match ims_handle(&p, space, &sub) {
+            Ok(x) => Some(x),
+            Err(e) => {
+                res.errors += 1;
+                res.note(|| alloc::format!("IMS handle: {e}"));
+                return res;
+            }
+        },
+        _ => None,
+    };
     let total = (p.descs as usize).div_ceil(batch);
     let queue: Queue = Arc::new(IrqMutex::new(VecDeque::new()));
     let mut free: Vec<usize> = (0..p.groups).rev().collect();
@@ -119,7 +134,6 @@ pub fn run(p: Plan) -> CpuResult {
     let mut in_irq = 0usize;
     let (mut issued, mut done) = (0usize, 0usize);
     let mut stuck = false;
-    let irq = p.case.completion == Completion::Interrupt;
     let start = crate::time::now_ns();
     let seq0 = (p.salt as u64) << 40;
     while done < total && !stuck {
@@ -136,10 +150,13 @@ pub fn run(p: Plan) -> CpuResult {
                 // measured submit section (its cost is the completion path's).
                 let (r, t0, t1) = without_interrupts(|| {
                     let t0 = rdtsc();
-                    let r = if batch == 1 {
-                        sub.submit_with_callback(&works[0], Notify::Msix, cb)
-                    } else {
-                        sub.submit_batch_with_callback(&works, Notify::Msix, cb)
+                    let r = match (&ims, batch) {
+                        (Some((chip, _, a)), 1) => chip.submit(&mut sub, a, &works[0], cb),
+                        (Some((chip, _, a)), _) => {
+                            chip.submit_batch_with_callback(&mut sub, a, &works, cb)
+                        }
+                        (None, 1) => sub.submit_with_callback(&works[0], Notify::Msix, cb),
+                        (None, _) => sub.submit_batch_with_callback(&works, Notify::Msix, cb),
                     };
                     (r, t0, rdtsc())
                 });
@@ -243,6 +260,12 @@ pub fn run(p: Plan) -> CpuResult {
     if irq {
         res.completion_descs = res.ops;
     }
+    if let Some((_, h, _)) = ims
+        && let Err(e) = h.release()
+    {
+        res.errors += 1;
+        res.note(|| alloc::format!("IMS handle release: {e}"));
+    }
     drop(sub);
     if stuck {
         // Descriptors may still be in flight: the device could write these buffers later.
@@ -290,4 +313,18 @@ fn settle(
             res.note(|| alloc::format!("verification: {why}"));
         }
     }
+}
+
+/// An IMS handle for the client owning `space` on the current CPU, fed by `sub`.
+fn ims_handle(
+    p: &Plan,
+    space: &Arc<ClientSpace>,
+    sub: &Submitter,
+) -> Result<(Arc<dsa::DsaIms>, ims::ImsHandle, ims::Armer), crate::ims::ClientError> {
+    let chip = crate::ims::device_ims(p.dev)?;
+    let client = crate::ims::Client::new(space.clone())?;
+    let cpu = crate::arch::percpu::current_index();
+    let h = client.allocate_on(&chip, cpu, sub)?;
+    let armer = h.armer();
+    Ok((chip, h, armer))
 }

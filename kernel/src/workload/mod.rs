@@ -7,6 +7,10 @@
 //! so that all CPUs sharing a WQ together never exceed its size and the buffers fit a
 //! share of free memory. Every result is checked against the CPU reference.
 //!
+//! Completion interrupts: the kernel uses the WQ's MSI-X entry; client PASIDs
+//! (`client=pasid`) each allocate an IMS handle on their own CPU from the system IMS domain
+//! and submit through the WQ's IMS portal (the MSI-X entries are bound to the kernel PASID).
+//!
 //! Output: a summary table, and one `RESULT {json}` line per case with `kind
 //! "dsa-workload"`. The cost fields are TSC ticks per descriptor of the CPU-side submit
 //! path and completion path; `"icount": true` (the kernel was booted with `icount`, as
@@ -30,10 +34,10 @@ use crate::dsa::{ClientSpace, DsaDevice};
 pub use engine::CpuResult;
 
 /// The representative workload of a plain `./qemu-run.sh` (a few seconds on TCG): the
-/// kernel on both queue kinds with polling and interrupts, then client PASIDs (own
-/// first-stage tables) on the shared WQ.
+/// kernel on both queue kinds with polling and MSI-X interrupts, then client PASIDs (own
+/// first-stage tables) on the shared WQ, polling and with IMS completion interrupts.
 pub const DEFAULT_SPEC: &str = "memmove,fill,crc:size=4k,64k:mode=dwq,swq:batch=1,32:completion=poll,irq:cpus=all:iters=64;\
-     memmove,crc:size=4k,64k:mode=swq:batch=1,32:cpus=all:iters=64:client=pasid";
+     memmove,crc:size=4k,64k:mode=swq:batch=1,32:completion=poll,irq:cpus=all:iters=64:client=pasid";
 
 /// Bound on one case on one CPU.
 const CASE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -199,8 +203,6 @@ fn run_case(
             Some("client PASIDs need the IOMMU")
         } else if case.mode == QueueMode::Dedicated {
             Some("a dedicated WQ runs in the kernel's PASID only")
-        } else if case.completion == Completion::Interrupt {
-            Some("the WQ's MSI-X entry is bound to the kernel PASID (clients poll, or use IMS)")
         } else {
             None
         };
@@ -253,7 +255,13 @@ fn run_case(
                 );
             }
         }
-        if case.completion == Completion::Interrupt && w.msix_entry.is_none() {
+        // Client PASIDs take completion interrupts through IMS handles of their own (the
+        // WQ's MSI-X entry is bound to the kernel PASID).
+        if case.completion == Completion::Interrupt && spec.client == ClientKind::Pasid {
+            if let Err(e) = crate::ims::device_ims(d) {
+                return CaseResult::skipped(case, spec, format!("no IMS: {e}"));
+            }
+        } else if case.completion == Completion::Interrupt && w.msix_entry.is_none() {
             return CaseResult::skipped(
                 case,
                 spec,
@@ -286,7 +294,7 @@ fn run_case(
         .min(budget / (per_slot * batch))
         .max(1);
     let descs = (spec.iters as usize).div_ceil(batch) * batch;
-    let handler_before = handler_stats(&plan, case);
+    let handler_before = handler_stats(&plan, case, spec.client);
     let mut handles = Vec::new();
     let me = percpu::current_index();
     let mut mine = None;
@@ -345,7 +353,7 @@ fn run_case(
             Err(e) => join_errors.push(format!("cpu{cpu}: {e}")),
         }
     }
-    let handler_after = handler_stats(&plan, case);
+    let handler_after = handler_stats(&plan, case, spec.client);
     let mut r = CaseResult::skipped(case, spec, String::new());
     r.skipped = None;
     r.cpus = cpus.len();
@@ -383,12 +391,32 @@ fn run_case(
     r
 }
 
-/// (interrupts, handler TSC) summed over the MSI-X entries of the WQs a case uses.
-fn handler_stats(plan: &[(usize, &'static DsaDevice, u8)], case: Case) -> (u64, u64) {
+/// (interrupts, handler TSC) summed over the MSI-X entries of the WQs a case uses, or for
+/// client PASIDs (IMS) over the system IMS domain's demultiplexing passes on the case's CPUs.
+fn handler_stats(
+    plan: &[(usize, &'static DsaDevice, u8)],
+    case: Case,
+    client: ClientKind,
+) -> (u64, u64) {
     let mut seen: Vec<(u32, u8)> = Vec::new();
     let (mut n, mut t) = (0, 0);
     if case.completion != Completion::Interrupt {
         return (0, 0);
+    }
+    if client == ClientKind::Pasid {
+        let Ok(domain) = crate::ims::system() else {
+            return (0, 0);
+        };
+        let mut cpus: Vec<usize> = plan.iter().map(|p| p.0).collect();
+        cpus.sort_unstable();
+        cpus.dedup();
+        for cpu in cpus {
+            if let Ok(s) = domain.stats(cpu) {
+                n += s.interrupts;
+                t += s.cycles;
+            }
+        }
+        return (n, t);
     }
     for &(_, d, wq) in plan {
         if seen.contains(&(d.index, wq)) {
@@ -426,11 +454,16 @@ pub fn result_json(r: &CaseResult) -> String {
     let icount = icount();
     let _ = write!(
         s,
-        ",\"client\":\"{}\",\"cpus\":{},\"devices\":{},\"depth\":{},\"iters\":{},\"align\":{},\"ops\":{},\"bytes\":{},\
+        ",\"client\":\"{}\",\"irq_path\":\"{}\",\"cpus\":{},\"devices\":{},\"depth\":{},\"iters\":{},\"align\":{},\"ops\":{},\"bytes\":{},\
          \"errors\":{},\"verify_failures\":{},\"verified\":{},\"submit_cost_per_desc\":{},\
          \"submit_cost_per_call\":{},\"completion_cost_per_desc\":{},\"interrupts\":{},\"icount\":{},\
          \"cost_unit\":\"{}\",\"elapsed_us\":{},\"mb_per_s\":{}",
         r.client.name(),
+        match (c.completion, r.client) {
+            (Completion::Poll, _) => "none",
+            (Completion::Interrupt, ClientKind::Pasid) => "ims",
+            (Completion::Interrupt, ClientKind::Kernel) => "msix",
+        },
         r.cpus,
         r.devices,
         r.depth,

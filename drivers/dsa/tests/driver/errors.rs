@@ -491,3 +491,52 @@ fn wait_times_out_and_token_stays_valid() {
     // Collected tokens are not valid any more.
     assert_eq!(s.poll(t), Some(Err(OpError::BadToken)));
 }
+
+/// Recovery hooks run after every successful recovery, before submissions are accepted
+/// again; a hook returning `false` is dropped.
+#[test]
+fn recovery_hooks_run_before_submissions_resume() {
+    let (rig, dev) = up(Exec::Deterministic);
+    let calls = Arc::new(AtomicU32::new(0));
+    let once = Arc::new(AtomicU32::new(0));
+    let states = Arc::new(Mutex::new(Vec::new()));
+    {
+        let (calls, states) = (calls.clone(), states.clone());
+        dev.add_recovery_hook(Arc::new(move |d: &dsa::Device| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            states.lock().unwrap().push(d.state());
+            true
+        }));
+    }
+    {
+        let once = once.clone();
+        dev.add_recovery_hook(Arc::new(move |_: &dsa::Device| {
+            once.fetch_add(1, Ordering::Relaxed);
+            false
+        }));
+    }
+    // A healthy device: recover() is a no-op and runs no hook.
+    assert_eq!(dev.recover(), Ok(false));
+    assert_eq!(calls.load(Ordering::Relaxed), 0);
+    for round in 1..=2 {
+        rig.inject(fi::FI_FORCE_HALT, 0);
+        assert_eq!(dev.state(), RunState::Halted);
+        assert_eq!(dev.recover(), Ok(true));
+        assert_eq!(calls.load(Ordering::Relaxed), round);
+        assert_eq!(dev.state(), RunState::Running);
+    }
+    assert_eq!(
+        once.load(Ordering::Relaxed),
+        1,
+        "dropped after returning false"
+    );
+    assert!(
+        states
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|s| *s != RunState::Running),
+        "hooks run before submissions are accepted again: {:?}",
+        states.lock().unwrap()
+    );
+}

@@ -438,6 +438,9 @@ fn release_drains_work_in_flight_before_the_entry_is_reused() {
         got.iter().map(|x| x.0).collect::<Vec<_>>(),
         vec![0, 1, 2, 3]
     );
+    // Queued work ran normally: the entry stayed bound until it was drained (an engine
+    // validating a descriptor after the unbind would have refused it with status 0x19).
+    assert!(got.iter().all(|x| x.2), "{got:?}");
     e.rig.inject(dsa_spec::model::FI_DELAY_US, 0);
     let hb = e.ims.allocate(&client(pb), 2, &sb).unwrap();
     assert_eq!(hb.index(), entry);
@@ -575,9 +578,16 @@ fn restore_after_device_recovery() {
     masked.mask().unwrap();
     e.rig.inject(dsa_spec::model::FI_FORCE_HALT, 1);
     e.rig.dev.handle_misc_interrupt();
+    // The reset inside recovery clears the IMS table; the recovery hook that
+    // `DsaIms::register` installed rewrites it before submissions resume.
     assert_eq!(e.rig.dev.recover(), Ok(true));
     let ent = e.ims.storage().read_entry(h.index()).unwrap();
-    assert_eq!(ent.ctrl, ImsCtrl::MASK, "the reset cleared the IMS table");
+    assert_eq!(
+        ent.ctrl,
+        ImsCtrl::PASID_EN.with_pasid(6),
+        "restored by the recovery hook"
+    );
+    // Restoring again is harmless (same entries).
     assert_eq!(e.ims.chip().restore().unwrap(), 2);
     let ent = e.ims.storage().read_entry(h.index()).unwrap();
     assert_eq!(ent.ctrl, ImsCtrl::PASID_EN.with_pasid(6));
@@ -648,4 +658,113 @@ fn threaded_many_handles_exactly_once() {
         .map(|c| e.domain.stats(c).unwrap().completions)
         .sum();
     assert_eq!(completions, 8 * per_client);
+}
+
+/// Both designs at once on one device: the system's shared domain lends part of the table
+/// to a per-handle-vector domain. Both deliver, their vectors carry distinct owner names,
+/// descriptors name the device entries, and the lent entries come back when the borrower
+/// is gone (and only then).
+#[test]
+fn carved_per_handle_domain_next_to_the_shared_one() {
+    let e = env(2, Exec::Deterministic, VectorMode::Shared, true, 64);
+    let per = ImsDomain::new(
+        e.m.clone(),
+        DomainConfig {
+            mode: VectorMode::PerHandle,
+            ..DomainConfig::default()
+        },
+    )
+    .unwrap();
+    let shared_h = e
+        .ims
+        .allocate(&client(3), 1, &submitter(&e.rig, 3, 2))
+        .unwrap();
+    assert_eq!(shared_h.index(), 0);
+    assert_eq!(
+        e.ims
+            .carve(&per, 4096, ChipOptions::new("dsa0-cmp", SID))
+            .unwrap_err(),
+        ImsError::TableFull { entries: 2048 },
+        "more than the free entries"
+    );
+    let cmp = e
+        .ims
+        .carve(&per, 16, ChipOptions::new("dsa0-cmp", SID))
+        .unwrap();
+    assert_eq!(cmp.chip().entries(), 16);
+    assert_eq!(e.ims.chip().lent_entries(), 16);
+    assert_eq!(e.ims.chip().free_entries(), 2048 - 1 - 16);
+    // The lent entries are the lowest free ones: device entries 1..=16.
+    assert_eq!(cmp.device_index(0), 1);
+    assert_eq!(cmp.device_index(15), 16);
+    let mut sub = submitter(&e.rig, 5, 4);
+    let h = cmp.allocate(&client(5), 0, &sub).unwrap();
+    assert_eq!(h.index(), 0);
+    assert_eq!(h.device_handle(), 1, "descriptors name the device entry");
+    let ent = cmp.read_entry(&h).unwrap();
+    assert_eq!(ent.ctrl, ImsCtrl::PASID_EN.with_pasid(5));
+    assert_eq!(e.m.vectors_owned(0, OWNER_PER_HANDLE), 1);
+    assert_eq!(e.m.vectors_owned(0, OWNER_SHARED), 1);
+    assert_eq!(e.m.vectors_owned(1, OWNER_SHARED), 1);
+    let log: Log = Arc::default();
+    cmp.submit(&mut sub, &h.armer(), &Work::noop(), record(&log, 1))
+        .unwrap();
+    e.rig.run();
+    assert_eq!(*log.lock().unwrap(), vec![(1, Some(0), true)]);
+    assert_eq!(per.stats(0).unwrap().completions, 1);
+    assert_eq!(e.domain.stats(0).unwrap().completions, 0);
+    // Still lent while the borrower lives; back (clean) once it and its handles are gone.
+    h.release().unwrap();
+    assert_eq!(e.ims.chip().lent_entries(), 16);
+    drop(cmp);
+    assert_eq!(e.ims.chip().lent_entries(), 0);
+    assert_eq!(e.ims.chip().free_entries(), 2048 - 1);
+    assert_eq!(e.ims.chip().leaked_entries(), 0);
+    assert_eq!(e.m.vectors_owned(0, OWNER_PER_HANDLE), 0);
+    // The returned entries are allocatable again by the shared chip (lowest first).
+    let again = e
+        .ims
+        .allocate(&client(3), 0, &submitter(&e.rig, 3, 2))
+        .unwrap();
+    assert_eq!(again.index(), 1);
+    drop(shared_h);
+}
+
+/// Batches through a handle deliver their result to a callback, through the chip.
+#[test]
+fn batch_with_callback_through_a_handle() {
+    let e = env(2, Exec::Deterministic, VectorMode::Shared, true, 8);
+    let mut sub = Submitter::new(
+        &e.rig.dev,
+        e.rig.shared_wq(),
+        Client::pasid(7, false),
+        SubmitterOptions {
+            slots: 4,
+            max_batch: 8,
+            timeout_ns: 5_000_000_000,
+        },
+    )
+    .unwrap();
+    let h = e.ims.allocate(&client(7), 1, &sub).unwrap();
+    // (CPU the callback ran on, successful members)
+    type Got = Arc<Mutex<Vec<(Option<usize>, usize)>>>;
+    let got: Got = Arc::default();
+    let g = got.clone();
+    e.ims
+        .submit_batch_with_callback(
+            &mut sub,
+            &h.armer(),
+            &[Work::noop(), Work::noop(), Work::noop()],
+            move |r| {
+                let n = match r {
+                    Ok(Output::Batch(v)) => v.iter().filter(|m| m.is_ok()).count(),
+                    _ => 0,
+                };
+                g.lock().unwrap().push((current_cpu(), n));
+            },
+        )
+        .unwrap();
+    e.rig.run();
+    assert_eq!(*got.lock().unwrap(), vec![(Some(1), 3)]);
+    assert_eq!(h.delivered(), 1);
 }
