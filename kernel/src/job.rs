@@ -4,9 +4,11 @@
 //! (`crate::ims::bench`).
 
 use alloc::format;
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt::Write;
+
+use klib::json::Escaped;
 
 use crate::arch::{self, percpu};
 
@@ -37,7 +39,7 @@ pub fn main_job() -> ! {
         .map(|i| {
             i.tables
                 .iter()
-                .map(|t| format!("\"{}\"", t.signature))
+                .map(|t| format!("\"{}\"", Escaped(&t.signature.to_string())))
                 .collect()
         })
         .unwrap_or_default();

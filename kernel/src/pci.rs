@@ -19,7 +19,7 @@
 
 use core::fmt;
 
-use ::pci::ecam::{ConfigMmio, Ecam, EcamWindow, RawMmio, ecam_size};
+use ::pci::ecam::{ConfigMmio, Ecam, EcamWindow, ecam_size};
 use ::pci::enumerate::{EnumOptions, enumerate_with};
 use ::pci::ext_caps::PasidCap;
 use ::pci::msi::{MsiCap, MsixCap};
@@ -29,7 +29,8 @@ use spin::Once;
 pub use ::pci::PciAddress;
 pub use ::pci::msi::MsiMessage;
 
-use crate::mm::{self, MmError};
+use crate::mm::MmError;
+pub use crate::mm::Mmio;
 
 /// Errors of the kernel's PCI layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,7 +116,7 @@ impl From<::pci::PciError> for PciError {
 }
 
 struct PciSystem {
-    ecam: Ecam<RawMmio>,
+    ecam: Ecam<Mmio>,
     enumeration: Enumeration,
 }
 
@@ -150,12 +151,8 @@ pub fn init() -> Result<InitReport, PciError> {
         // MCFG gives the address of bus 0 even when the range starts later.
         let phys = seg.base + (u64::from(seg.bus_start) << 20);
         let len = ecam_size(seg.bus_start, seg.bus_end) as u64;
-        mm::map_mmio(phys, len).map_err(|err| PciError::Map { phys, len, err })?;
-        // SAFETY: the window was just mapped uncached and stays mapped (mappings are never
-        // removed); configuration space is only ever reached through this window.
-        let mmio = unsafe { RawMmio::new(phys as usize, len as usize) };
         ecam.add(EcamWindow::new(
-            mmio,
+            map(phys, len)?,
             seg.segment,
             seg.bus_start,
             seg.bus_end,
@@ -204,7 +201,7 @@ pub fn enumeration() -> Option<&'static Enumeration> {
 
 /// Configuration-space access for library crates that take a
 /// [`pci_types::ConfigRegionAccess`] (e.g. to use `drivers/pci` helpers directly).
-pub fn config_access() -> Option<&'static Ecam<RawMmio>> {
+pub fn config_access() -> Option<&'static Ecam<Mmio>> {
     PCI.get().map(|p| &p.ecam)
 }
 
@@ -270,7 +267,7 @@ impl Device {
         enumeration().map_or(self.address(), |e| e.dma_alias(self.address()))
     }
 
-    fn access(&self) -> Result<&'static Ecam<RawMmio>, PciError> {
+    fn access(&self) -> Result<&'static Ecam<Mmio>, PciError> {
         Ok(&system()?.ecam)
     }
 
@@ -317,7 +314,7 @@ impl Device {
         if b.address == 0 {
             return Err(PciError::BarUnassigned { addr, slot });
         }
-        Mmio::map(b.address, b.size)
+        map(b.address, b.size)
     }
 
     /// Turns on memory decoding and bus mastering (DMA and MSI writes need the latter).
@@ -357,7 +354,7 @@ impl Device {
                 what: "MSI-X",
             })?;
         let len = u64::from(cap.table_size) * ::pci::msi::MSIX_ENTRY_SIZE;
-        let table = Mmio::map(cap.table_address, len)?;
+        let table = map(cap.table_address, len)?;
         Ok(Msix { cap, table })
     }
 
@@ -466,90 +463,9 @@ impl Msix {
     }
 }
 
-/// An uncached MMIO window (a BAR or part of one). Accesses outside the window read as
-/// all-ones and drop writes, like a master abort; they never touch other memory.
-#[derive(Debug, Clone)]
-pub struct Mmio {
-    phys: u64,
-    len: usize,
-}
-
-impl Mmio {
-    /// Maps `[phys, phys + len)` uncached.
-    pub fn map(phys: u64, len: u64) -> Result<Self, PciError> {
-        let bad = || PciError::Map {
-            phys,
-            len,
-            err: MmError::BadRequest {
-                size: len,
-                align: 1,
-            },
-        };
-        let ulen = usize::try_from(len).map_err(|_| bad())?;
-        if len == 0 || phys.checked_add(len).is_none() {
-            return Err(bad());
-        }
-        mm::map_mmio(phys, len).map_err(|err| PciError::Map { phys, len, err })?;
-        Ok(Self { phys, len: ulen })
-    }
-
-    /// Physical (== virtual) base address.
-    pub fn phys(&self) -> u64 {
-        self.phys
-    }
-
-    /// Length in bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the window is empty (never, for a mapped window).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The window as a pointer (for crates with their own MMIO leaf).
-    pub fn as_ptr(&self) -> *mut u8 {
-        self.phys as *mut u8
-    }
-
-    fn fits(&self, offset: usize, width: usize) -> bool {
-        offset.is_multiple_of(width) && offset.checked_add(width).is_some_and(|e| e <= self.len)
-    }
-
-    /// 32-bit read.
-    pub fn read32(&self, offset: usize) -> u32 {
-        if !self.fits(offset, 4) {
-            return u32::MAX;
-        }
-        // SAFETY: aligned and inside the window, which `map` mapped uncached for good.
-        unsafe { core::ptr::read_volatile((self.phys as usize + offset) as *const u32) }
-    }
-
-    /// 32-bit write.
-    pub fn write32(&self, offset: usize, value: u32) {
-        if self.fits(offset, 4) {
-            // SAFETY: as in `read32`.
-            unsafe { core::ptr::write_volatile((self.phys as usize + offset) as *mut u32, value) }
-        }
-    }
-
-    /// 64-bit read (one access).
-    pub fn read64(&self, offset: usize) -> u64 {
-        if !self.fits(offset, 8) {
-            return u64::MAX;
-        }
-        // SAFETY: as in `read32`.
-        unsafe { core::ptr::read_volatile((self.phys as usize + offset) as *const u64) }
-    }
-
-    /// 64-bit write (one access).
-    pub fn write64(&self, offset: usize, value: u64) {
-        if self.fits(offset, 8) {
-            // SAFETY: as in `read32`.
-            unsafe { core::ptr::write_volatile((self.phys as usize + offset) as *mut u64, value) }
-        }
-    }
+/// Maps `[phys, phys + len)` uncached as an [`Mmio`] window.
+fn map(phys: u64, len: u64) -> Result<Mmio, PciError> {
+    Mmio::map(phys, len).map_err(|err| PciError::Map { phys, len, err })
 }
 
 impl ConfigMmio for Mmio {

@@ -14,6 +14,7 @@ use x86_64::instructions::port::Port;
 
 use crate::arch::apic::{self, reg};
 use crate::arch::{percpu, rdtsc};
+use crate::mm::Mmio;
 use crate::sync::IrqMutex;
 
 static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
@@ -187,9 +188,14 @@ pub fn calibration() -> Option<&'static Calibration> {
     CALIBRATION.get()
 }
 
+/// HPET registers (64-bit): capabilities and ID, general configuration, main counter.
+const HPET_GCAP_ID: usize = 0x00;
+const HPET_GEN_CONF: usize = 0x10;
+const HPET_MAIN_COUNTER: usize = 0xf0;
+
 enum Reference {
     Hpet {
-        base: u64,
+        regs: Mmio,
         period_fs: u64,
         wide: bool,
     },
@@ -221,10 +227,7 @@ impl Reference {
     }
     fn read(&self) -> u64 {
         match self {
-            Self::Hpet { base, .. } => {
-                // SAFETY: the HPET block is mapped uncached; the main counter is at 0xf0.
-                unsafe { ((base + 0xf0) as *const u64).read_volatile() & self.mask() }
-            }
+            Self::Hpet { regs, .. } => regs.read64(HPET_MAIN_COUNTER) & self.mask(),
             Self::PmTimer { port, .. } => {
                 // SAFETY: the PM timer port from the FADT is read-only status.
                 unsafe { Port::<u32>::new(*port).read() as u64 & self.mask() }
@@ -237,25 +240,18 @@ fn hpet_reference() -> Result<Option<Reference>, TimeError> {
     let Some(h) = crate::acpi::info().and_then(|i| i.hpet) else {
         return Ok(None);
     };
-    let base = h.base_address;
-    crate::mm::map_mmio(base, 1024).map_err(TimeError::Map)?;
-    // SAFETY: mapped above; GCAP_ID at 0x0 and GEN_CONF at 0x10 are 64-bit registers.
-    let (caps, conf) = unsafe {
-        (
-            (base as *const u64).read_volatile(),
-            ((base + 0x10) as *const u64).read_volatile(),
-        )
-    };
+    let regs = Mmio::map(h.base_address, 1024).map_err(TimeError::Map)?;
+    let (caps, conf) = (regs.read64(HPET_GCAP_ID), regs.read64(HPET_GEN_CONF));
     let period = caps >> 32;
     if period == 0 || period > 100_000_000 {
         return Err(TimeError::BadHpetPeriod(period));
     }
     if conf & 1 == 0 {
-        // SAFETY: setting ENABLE_CNF starts the main counter; legacy routing stays off.
-        unsafe { ((base + 0x10) as *mut u64).write_volatile((conf | 1) & !2) };
+        // ENABLE_CNF starts the main counter; legacy routing stays off.
+        regs.write64(HPET_GEN_CONF, (conf | 1) & !2);
     }
     Ok(Some(Reference::Hpet {
-        base,
+        regs,
         period_fs: period,
         wide: caps & (1 << 13) != 0,
     }))

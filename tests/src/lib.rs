@@ -21,7 +21,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub use verdict::{Report, TestStatus, Verdict};
+pub use verdict::{Report, TestStatus, Verdict, json_field};
 
 /// The workspace root (parent of this crate).
 pub fn workspace_root() -> &'static Path {
@@ -453,6 +453,14 @@ impl BootResult {
                 self.context()
             ),
         }
+    }
+
+    /// Panics unless every kernel test in `names` passed (see [`BootResult::expect_test_ok`]).
+    pub fn expect_tests_ok(&self, names: &[&str]) -> &Self {
+        for name in names {
+            self.expect_test_ok(name);
+        }
+        self
     }
 
     /// Panics unless the serial log contains `needle`.

@@ -233,7 +233,26 @@ pub fn parse(log: &str) -> Report {
     r
 }
 
+/// The value of `"key":` in a flat JSON object line such as a `RESULT` payload: numbers,
+/// booleans and `null` as written, strings without their quotes (not unescaped).
+pub fn json_field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
+    let pat = format!("\"{key}\":");
+    let rest = &json[json.find(&pat)? + pat.len()..];
+    match rest.strip_prefix('"') {
+        Some(r) => r.find('"').map(|e| &r[..e]),
+        None => Some(&rest[..rest.find([',', '}']).unwrap_or(rest.len())]),
+    }
+}
+
 impl Report {
+    /// The `RESULT` payloads whose `"kind"` is `kind`, in order.
+    pub fn results_of_kind(&self, kind: &str) -> Vec<&String> {
+        self.results
+            .iter()
+            .filter(|j| json_field(j, "kind") == Some(kind))
+            .collect()
+    }
+
     /// Names of failed tests.
     pub fn failed_tests(&self) -> Vec<String> {
         let mut v: Vec<String> = self
@@ -350,6 +369,24 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_fields_and_results_by_kind() {
+        let j = r#"{"kind":"x","n":12,"ok":true,"s":"a b","last":null}"#;
+        assert_eq!(json_field(j, "kind"), Some("x"));
+        assert_eq!(json_field(j, "n"), Some("12"));
+        assert_eq!(json_field(j, "ok"), Some("true"));
+        assert_eq!(json_field(j, "s"), Some("a b"));
+        assert_eq!(json_field(j, "last"), Some("null"));
+        assert_eq!(json_field(j, "missing"), None);
+        let r = parse(
+            "RESULT {\"kind\":\"a\",\"i\":1}\nRESULT {\"kind\":\"b\"}\nRESULT {\"kind\":\"a\",\"i\":2}\n",
+        );
+        let a = r.results_of_kind("a");
+        assert_eq!(a.len(), 2);
+        assert_eq!(json_field(a[1], "i"), Some("2"));
+        assert!(r.results_of_kind("c").is_empty());
+    }
 
     const PASS_LOG: &str = "\x1b[2J\x1b[1;1HBooting `kernel tests'\r\n\
 [   0.1 cpu0] INFO  kernel: hello\r\n\

@@ -38,18 +38,14 @@ fn main_job_smp4_prints_memory_acpi_and_every_cpu() {
 fn ktests_smp4_x2apic() {
     let r = Boot::kernel().smp(4).ktest("").run();
     r.expect_pass().expect_serial("(X2Apic");
-    for t in REQUIRED {
-        r.expect_test_ok(t);
-    }
+    r.expect_tests_ok(REQUIRED);
 }
 
 #[test]
 fn ktests_smp1() {
     let r = Boot::kernel().smp(1).ktest("").run();
     r.expect_pass();
-    for t in REQUIRED {
-        r.expect_test_ok(t);
-    }
+    r.expect_tests_ok(REQUIRED);
     // Multi-CPU tests report themselves as skipped rather than passing vacuously.
     assert!(matches!(
         r.report.status_of("smp::run_on_times_out_on_a_busy_cpu"),
@@ -128,9 +124,7 @@ fn unknown_filter_fails_instead_of_passing_vacuously() {
 fn grub_iso_bios_runs_the_kernel_tests() {
     let r = Boot::ktest_iso(false).smp(4).run();
     r.expect_pass().expect_serial("Multiboot2 boot (GRUB");
-    for t in REQUIRED {
-        r.expect_test_ok(t);
-    }
+    r.expect_tests_ok(REQUIRED);
 }
 
 #[test]
@@ -143,9 +137,7 @@ fn grub_iso_uefi_runs_the_kernel_tests() {
     r.expect_pass()
         .expect_serial("Multiboot2 boot (GRUB")
         .expect_serial("copy from the boot loader");
-    for t in REQUIRED {
-        r.expect_test_ok(t);
-    }
+    r.expect_tests_ok(REQUIRED);
 }
 
 #[test]

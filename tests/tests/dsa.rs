@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use qemu_tests::{Boot, BootResult, TestStatus};
+use qemu_tests::{Boot, BootResult, TestStatus, json_field as field};
 
 /// Kernel tests that must pass (not skip) with one fault-injection-capable device.
 const ONE_DEVICE: &[&str] = &[
@@ -33,22 +33,8 @@ const ONE_DEVICE: &[&str] = &[
     "instructions::enqcmds_gp_when_source_bits_30_20_are_set",
 ];
 
-/// The value of `"key":` in a flat JSON object line (numbers, booleans, strings unquoted).
-fn field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
-    let pat = format!("\"{key}\":");
-    let rest = &json[json.find(&pat)? + pat.len()..];
-    match rest.strip_prefix('"') {
-        Some(r) => r.find('"').map(|e| &r[..e]),
-        None => Some(&rest[..rest.find([',', '}']).unwrap_or(rest.len())]),
-    }
-}
-
 fn workload_results(r: &BootResult) -> Vec<&String> {
-    r.report
-        .results
-        .iter()
-        .filter(|j| field(j, "kind") == Some("dsa-workload"))
-        .collect()
+    r.report.results_of_kind("dsa-workload")
 }
 
 /// Every case ran, with operations, and nothing failed.
@@ -83,9 +69,7 @@ fn dsa_kernel_tests_with_fault_injection() {
         .expect_serial("reason 0x71 (first-stage entry not present)")
         .expect_serial("SWERR 0x21 (hardware write error)")
         .expect_serial("recovered; 8 in-flight operation(s) finished or failed back");
-    for t in ONE_DEVICE {
-        r.expect_test_ok(&format!("ktests::{t}"));
-    }
+    r.expect_tests_ok(ONE_DEVICE);
     assert!(matches!(
         r.report
             .status_of("ktests::dsa::two_devices_work_in_parallel"),

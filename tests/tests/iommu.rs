@@ -85,9 +85,7 @@ fn iommu_dma_faults_and_interrupt_remapping_with_edu_dsa_and_bridges() {
         .expect_serial("pasid 0 (RID_PASID) write 0x2346000 reason 0x71")
         .expect_serial("reason 0x26 (IR source-id check failed)")
         .expect_serial("reason 0x22 (IRTE not present)");
-    for t in TESTS {
-        r.expect_test_ok(t);
-    }
+    r.expect_tests_ok(TESTS);
     let high = info_number(&r.serial, "memory BARs mapped,", "above 4 GiB");
     assert!(
         high.is_some_and(|n| n >= 2),

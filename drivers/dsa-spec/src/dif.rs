@@ -118,9 +118,232 @@ pub fn guard(flags: DifFlags, block: &[u8]) -> u16 {
     }
 }
 
+/// Reference and application tag of one block: what a source block must carry, or what a
+/// destination block gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BlockTags {
+    pub ref_tag: u32,
+    pub app_tag: u16,
+}
+
+/// Tags `blocks` blocks after `t`: the reference tag counts up unless fixed, the
+/// application tag only when asked to (modulo 2^32 / 2^16).
+const fn advance(t: BlockTags, blocks: u32, ref_fixed: bool, app_increment: bool) -> BlockTags {
+    BlockTags {
+        ref_tag: if ref_fixed {
+            t.ref_tag
+        } else {
+            t.ref_tag.wrapping_add(blocks)
+        },
+        app_tag: if app_increment {
+            t.app_tag.wrapping_add(blocks as u16)
+        } else {
+            t.app_tag
+        },
+    }
+}
+
+impl SrcDifFlags {
+    /// The source tags expected `blocks` blocks after `t`.
+    pub const fn advance(self, t: BlockTags, blocks: u32) -> BlockTags {
+        advance(
+            t,
+            blocks,
+            self.contains(Self::REF_TAG_FIXED),
+            self.contains(Self::APP_TAG_INCREMENT),
+        )
+    }
+}
+
+impl DestDifFlags {
+    /// The destination tags written `blocks` blocks after `t`.
+    pub const fn advance(self, t: BlockTags, blocks: u32) -> BlockTags {
+        advance(
+            t,
+            blocks,
+            self.contains(Self::REF_TAG_FIXED),
+            self.contains(Self::APP_TAG_INCREMENT),
+        )
+    }
+}
+
+/// The DIF status bits ([`crate::completion::dif_status`]) of one source block `data` with
+/// its protection information `pi` (0 = the block passes). `app_tag_mask` bits are not
+/// compared; the F-detect flags skip or fail a block by its tags before any check.
+pub fn check_block(
+    flags: DifFlags,
+    src: SrcDifFlags,
+    app_tag_mask: u16,
+    expected: BlockTags,
+    data: &[u8],
+    pi: &[u8; PI_SIZE],
+) -> u8 {
+    use crate::completion::dif_status as ds;
+    if src.contains(SrcDifFlags::ALL_F_DETECT | SrcDifFlags::ENABLE_ALL_F_ERROR)
+        && pi.iter().all(|&b| b == 0xFF)
+    {
+        return ds::ALL_F_ERROR;
+    }
+    let got = Pi::from_bytes(pi);
+    if (src.contains(SrcDifFlags::APP_REF_F_DETECT)
+        && got.app_tag == 0xFFFF
+        && got.ref_tag == 0xFFFF_FFFF)
+        || (src.contains(SrcDifFlags::APP_F_DETECT) && got.app_tag == 0xFFFF)
+    {
+        return 0;
+    }
+    let mut bits = 0;
+    if !src.contains(SrcDifFlags::GUARD_CHECK_DISABLE) && guard(flags, data) != got.guard {
+        bits |= ds::GUARD_MISMATCH;
+    }
+    if !src.contains(SrcDifFlags::REF_TAG_CHECK_DISABLE) && got.ref_tag != expected.ref_tag {
+        bits |= ds::REF_TAG_MISMATCH;
+    }
+    let m = app_tag_mask;
+    if m != 0xFFFF && (got.app_tag & !m) != (expected.app_tag & !m) {
+        bits |= ds::APP_TAG_MISMATCH;
+    }
+    bits
+}
+
+/// The protection information written after destination block `data`: computed from
+/// `tags` (the application tag without its `app_tag_mask` bits) for DIF Insert
+/// (`src_pi` None); for DIF Update (`src_pi` = the source block's) each field the
+/// destination flags pass through is copied instead.
+pub fn dest_pi(
+    flags: DifFlags,
+    dest: DestDifFlags,
+    app_tag_mask: u16,
+    tags: BlockTags,
+    data: &[u8],
+    src_pi: Option<Pi>,
+) -> Pi {
+    let pass = |f: DestDifFlags| src_pi.filter(|_| dest.contains(f));
+    Pi {
+        guard: pass(DestDifFlags::GUARD_PASSTHROUGH)
+            .map_or_else(|| guard(flags, data), |p| p.guard),
+        app_tag: pass(DestDifFlags::APP_TAG_PASSTHROUGH)
+            .map_or(tags.app_tag & !app_tag_mask, |p| p.app_tag),
+        ref_tag: pass(DestDifFlags::REF_TAG_PASSTHROUGH).map_or(tags.ref_tag, |p| p.ref_tag),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::completion::dif_status as ds;
+
+    #[test]
+    fn tags_advance_per_side_flags() {
+        let t = BlockTags {
+            ref_tag: u32::MAX,
+            app_tag: 0xFFFF,
+        };
+        let counted = BlockTags {
+            ref_tag: 1,
+            app_tag: 0xFFFF,
+        };
+        assert_eq!(SrcDifFlags::empty().advance(t, 2), counted);
+        assert_eq!(DestDifFlags::empty().advance(t, 2), counted);
+        let both = BlockTags {
+            ref_tag: u32::MAX,
+            app_tag: 2,
+        };
+        assert_eq!(
+            (SrcDifFlags::REF_TAG_FIXED | SrcDifFlags::APP_TAG_INCREMENT).advance(t, 3),
+            both
+        );
+        assert_eq!(
+            (DestDifFlags::REF_TAG_FIXED | DestDifFlags::APP_TAG_INCREMENT).advance(t, 3),
+            both
+        );
+    }
+
+    #[test]
+    fn block_check_rules() {
+        let data = b"123456789";
+        let good = Pi {
+            guard: 0xD0DB,
+            app_tag: 0x1234,
+            ref_tag: 7,
+        };
+        let want = BlockTags {
+            ref_tag: 7,
+            app_tag: 0x1234,
+        };
+        let f = DifFlags::empty();
+        let none = SrcDifFlags::empty();
+        assert_eq!(check_block(f, none, 0, want, data, &good.to_bytes()), 0);
+        let bad = Pi {
+            guard: 1,
+            app_tag: 0x1235,
+            ref_tag: 8,
+        };
+        assert_eq!(
+            check_block(f, none, 0, want, data, &bad.to_bytes()),
+            ds::GUARD_MISMATCH | ds::APP_TAG_MISMATCH | ds::REF_TAG_MISMATCH
+        );
+        // Masked application-tag bits and disabled checks are not compared.
+        let off = SrcDifFlags::GUARD_CHECK_DISABLE | SrcDifFlags::REF_TAG_CHECK_DISABLE;
+        assert_eq!(check_block(f, off, 0x000F, want, data, &bad.to_bytes()), 0);
+        assert_eq!(check_block(f, off, 0xFFFF, want, data, &bad.to_bytes()), 0);
+        // All-F: an error with both all-F flags, otherwise skipped by APP_F_DETECT.
+        let all_f = [0xFF; PI_SIZE];
+        let detect = SrcDifFlags::ALL_F_DETECT | SrcDifFlags::ENABLE_ALL_F_ERROR;
+        assert_eq!(
+            check_block(f, detect, 0, want, data, &all_f),
+            ds::ALL_F_ERROR
+        );
+        assert_eq!(
+            check_block(f, SrcDifFlags::APP_F_DETECT, 0, want, data, &all_f),
+            0
+        );
+        assert_eq!(
+            check_block(f, SrcDifFlags::APP_REF_F_DETECT, 0, want, data, &all_f),
+            0
+        );
+        assert_ne!(check_block(f, none, 0, want, data, &all_f), 0);
+    }
+
+    #[test]
+    fn destination_pi_computed_or_passed_through() {
+        let data = b"123456789";
+        let tags = BlockTags {
+            ref_tag: 5,
+            app_tag: 0xABCD,
+        };
+        let computed = Pi {
+            guard: 0xD0DB,
+            app_tag: 0xAB00,
+            ref_tag: 5,
+        };
+        let f = DifFlags::empty();
+        let all = DestDifFlags::GUARD_PASSTHROUGH
+            | DestDifFlags::APP_TAG_PASSTHROUGH
+            | DestDifFlags::REF_TAG_PASSTHROUGH;
+        assert_eq!(dest_pi(f, all, 0x00FF, tags, data, None), computed);
+        let src = Pi {
+            guard: 1,
+            app_tag: 2,
+            ref_tag: 3,
+        };
+        assert_eq!(dest_pi(f, all, 0x00FF, tags, data, Some(src)), src);
+        assert_eq!(
+            dest_pi(
+                f,
+                DestDifFlags::REF_TAG_PASSTHROUGH,
+                0x00FF,
+                tags,
+                data,
+                Some(src)
+            ),
+            Pi {
+                ref_tag: 3,
+                ..computed
+            }
+        );
+    }
+
     #[test]
     fn pi_and_block() {
         let p = Pi {

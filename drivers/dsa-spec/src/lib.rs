@@ -8,6 +8,7 @@
 //! * [`portal`]: BAR2 submission portal addressing (§5).
 //! * [`desc`]: the 64-byte work descriptor, its flags and opcodes (§6).
 //! * [`completion`]: the 32-byte completion record and its status codes (§7).
+//! * [`delta`]: the Create/Apply Delta record entries and size rules (§8.4).
 //! * [`dif`]: T10-DIF flags, block sizes and the protection-information tuple (§8.7).
 //! * [`crc`]: CRC-32C (all four DSA flag modes) and T10-DIF CRC16 reference functions (§8.6).
 //! * [`model`]: model-only constants (the fault-injection page of `emulator/dsa-model`).
@@ -19,6 +20,7 @@
 
 pub mod completion;
 pub mod crc;
+pub mod delta;
 pub mod desc;
 pub mod dif;
 pub mod model;

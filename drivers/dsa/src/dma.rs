@@ -137,6 +137,32 @@ impl DmaBuf {
         unsafe { AtomicU8::from_ptr(self.cpu.add(off)) }
     }
 
+    /// An IMS completion watch over the status bytes at `first`, `first + stride`, … (`records`
+    /// of them) of this buffer, keeping the buffer alive. None if they are not all in bounds.
+    pub fn completion_watch(
+        self: &Arc<Self>,
+        first: usize,
+        stride: usize,
+        records: usize,
+    ) -> Option<ims::CompletionWatch> {
+        let last = records
+            .checked_sub(1)
+            .and_then(|n| n.checked_mul(stride))
+            .and_then(|o| o.checked_add(first))
+            .unwrap_or(first);
+        if !self.in_bounds(last, 1) || !self.in_bounds(first, 1) {
+            return None;
+        }
+        // `first` is in bounds of the region, so the pointer is non-null like the region's.
+        let status0 = core::ptr::NonNull::new(self.cpu.wrapping_add(first))?;
+        let memory: Arc<dyn core::any::Any + Send + Sync> = self.clone();
+        // SAFETY: every watched byte is in bounds (checked above) of this region, which stays
+        // valid while the watch holds `memory` (a reference to this buffer; a leaked buffer
+        // is never returned at all). They are status bytes: the driver writes them only with
+        // `zero`'s atomic store of byte `off`, the device by DMA.
+        Some(unsafe { ims::CompletionWatch::new(memory, status0, stride, records) })
+    }
+
     /// Marks the memory as never to be returned (the device may still write into it).
     pub fn leak(&self) {
         self.leaked.store(true, Ordering::Relaxed);

@@ -17,14 +17,18 @@
 //!   returned for (index, IMS).
 //! * Submission: [`DsaIms::submit`] arms the handle before the descriptor goes to the WQ's IMS
 //!   portal carrying the handle, and keeps it armed until the submit call returned.
+//! * Completions: the sink is the submitter's [`Reaper`]; its completion-record watch
+//!   (`ims::CompletionWatch`: a slot is watched from before its portal store until its
+//!   completion is claimed) lets the shared-vector handler skip the reap of every armed
+//!   handle whose watched records' status bytes are still zero.
 
 use alloc::sync::Arc;
 
 use dsa_spec::WqMode;
 use dsa_spec::tables::{IMS_ADDR_RESET, IMS_ENTRY_SIZE, ImsCtrl, ImsEntry};
 use ims::{
-    Armer, CarvedStorage, ChipOptions, CompletionSink, ImsChip, ImsClient, ImsDomain, ImsError,
-    ImsHandle, ImsStorage, MsiMessage, StorageError,
+    Armer, CarvedStorage, ChipOptions, CompletionSink, CompletionWatch, ImsChip, ImsClient,
+    ImsDomain, ImsError, ImsHandle, ImsStorage, MsiMessage, StorageError,
 };
 use log::error;
 
@@ -202,6 +206,12 @@ impl CompletionSink for Reaper {
     }
     fn outstanding(&self) -> bool {
         Reaper::outstanding(self) != 0
+    }
+    /// The submitter's completion-record watch: every slot is watched from before its
+    /// portal store until its completion is claimed, so the demultiplexer skips this sink's
+    /// reap while no watched record has been written.
+    fn watch(&self) -> Option<Arc<CompletionWatch>> {
+        Some(self.completion_watch().clone())
     }
 }
 

@@ -7,7 +7,8 @@ use crate::error::{OpError, PageFault};
 use alloc::vec::Vec;
 use core::fmt;
 use dsa_spec::crc::CrcMode;
-use dsa_spec::dif::{DestDifFlags, DifBlockSize, DifFlags, PI_SIZE, SrcDifFlags};
+use dsa_spec::delta;
+use dsa_spec::dif::{BlockTags, DestDifFlags, DifBlockSize, DifFlags, PI_SIZE, SrcDifFlags};
 use dsa_spec::status as st;
 use dsa_spec::{CompletionRecord, DescFlags, Descriptor, GenCap, Opcode};
 
@@ -606,7 +607,7 @@ impl Work {
                 if len == 0 {
                     return Err(E::ZeroLength);
                 }
-                if len > 0x8_0000 {
+                if len > delta::MAX_COMPARE {
                     return Err(E::DeltaTooLong(len as u32));
                 }
                 if !len.is_multiple_of(8) {
@@ -617,7 +618,7 @@ impl Work {
                 }
                 aligned("create delta source 1", src1, 8)?;
                 aligned("create delta source 2", src2, 8)?;
-                if !record_max.is_multiple_of(10) || record_max < 80 {
+                if !delta::max_record_size_valid(record_max) {
                     return Err(E::DeltaRecordMax(record_max));
                 }
                 end(src1, len)?;
@@ -640,7 +641,7 @@ impl Work {
                     });
                 }
                 aligned("apply delta destination", dst, 8)?;
-                if !record_len.is_multiple_of(10) || record_len < 10 {
+                if !delta::record_size_valid(record_len) {
                     return Err(E::DeltaRecordLen(record_len));
                 }
                 end(record, record_len as u64)?;
@@ -1060,27 +1061,35 @@ pub(crate) fn decode(
     })
 }
 
-/// Tag state after `blocks` more blocks (ref tags increment unless fixed, app tags when
-/// asked to), so a resumed DIF op continues the sequence.
+/// Tag state after `blocks` more blocks (the rule is the flags' `advance`), so a resumed
+/// DIF op continues the sequence.
 fn advance_src(s: DifSource, blocks: u32) -> DifSource {
-    let mut s = s;
-    if !s.flags.contains(SrcDifFlags::REF_TAG_FIXED) {
-        s.ref_tag = s.ref_tag.wrapping_add(blocks);
+    let t = s.flags.advance(
+        BlockTags {
+            ref_tag: s.ref_tag,
+            app_tag: s.app_tag,
+        },
+        blocks,
+    );
+    DifSource {
+        ref_tag: t.ref_tag,
+        app_tag: t.app_tag,
+        ..s
     }
-    if s.flags.contains(SrcDifFlags::APP_TAG_INCREMENT) {
-        s.app_tag = s.app_tag.wrapping_add(blocks as u16);
-    }
-    s
 }
-fn advance_dst(t: DifDest, blocks: u32) -> DifDest {
-    let mut t = t;
-    if !t.flags.contains(DestDifFlags::REF_TAG_FIXED) {
-        t.ref_tag = t.ref_tag.wrapping_add(blocks);
+fn advance_dst(d: DifDest, blocks: u32) -> DifDest {
+    let t = d.flags.advance(
+        BlockTags {
+            ref_tag: d.ref_tag,
+            app_tag: d.app_tag,
+        },
+        blocks,
+    );
+    DifDest {
+        ref_tag: t.ref_tag,
+        app_tag: t.app_tag,
+        ..d
     }
-    if t.flags.contains(DestDifFlags::APP_TAG_INCREMENT) {
-        t.app_tag = t.app_tag.wrapping_add(blocks as u16);
-    }
-    t
 }
 
 /// Builds the remainder after a partial completion (dsa.md §8.1–§8.8, §8.11). None when the
@@ -1153,7 +1162,7 @@ fn resume(work: &Work, original: &Work, done: u64, cr: &CompletionRecord) -> Opt
             dst,
             len,
         } => {
-            if n > record_len || !n.is_multiple_of(10) || n == record_len {
+            if n > record_len || !n.is_multiple_of(delta::ENTRY_SIZE as u32) || n == record_len {
                 return None;
             }
             Op::ApplyDelta {

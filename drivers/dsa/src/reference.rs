@@ -3,9 +3,9 @@
 
 use crate::ops::{DeltaResult, DifDest, DifFormat, DifSource, DifTags};
 use alloc::vec::Vec;
-use dsa_spec::completion::dif_status as ds;
 use dsa_spec::crc::{CrcMode, crc32c_dsa};
-use dsa_spec::dif::{self, DestDifFlags, PI_SIZE, Pi, SrcDifFlags};
+use dsa_spec::delta::{self, ENTRY_SIZE, WORD};
+use dsa_spec::dif::{self, BlockTags, PI_SIZE, Pi};
 
 /// Memory Move between distinct buffers.
 pub fn memmove(src: &[u8], dst: &mut [u8]) {
@@ -47,24 +47,25 @@ pub struct DeltaRef {
     pub bytes_compared: usize,
 }
 
-/// Create Delta: 10-byte entries (u16 offset in 8-byte units, then the 8 bytes of `new`).
+/// Create Delta: one [`delta::entry`] per differing 8-byte word of `new`.
 pub fn create_delta(old: &[u8], new: &[u8], max_record: usize) -> DeltaRef {
     let mut record = Vec::new();
-    let words = old.len().min(new.len()) / 8;
+    let words = old.len().min(new.len()) / WORD;
     for w in 0..words {
-        let (x, y) = (&old[w * 8..w * 8 + 8], &new[w * 8..w * 8 + 8]);
+        let (x, y) = (&old[w * WORD..][..WORD], &new[w * WORD..][..WORD]);
         if x == y {
             continue;
         }
-        if record.len() + 10 > max_record {
+        if record.len() + ENTRY_SIZE > max_record {
             return DeltaRef {
                 record,
                 result: DeltaResult::Overflow,
-                bytes_compared: w * 8,
+                bytes_compared: w * WORD,
             };
         }
-        record.extend_from_slice(&(w as u16).to_le_bytes());
-        record.extend_from_slice(y);
+        let mut y8 = [0u8; WORD];
+        y8.copy_from_slice(y);
+        record.extend_from_slice(&delta::entry(w as u16, &y8));
     }
     DeltaRef {
         result: if record.is_empty() {
@@ -73,23 +74,25 @@ pub fn create_delta(old: &[u8], new: &[u8], max_record: usize) -> DeltaRef {
             DeltaResult::Written
         },
         record,
-        bytes_compared: words * 8,
+        bytes_compared: words * WORD,
     }
 }
 
 /// Apply Delta; on error returns (status 0x07/0x08, record offset of the bad entry).
 pub fn apply_delta(record: &[u8], dst: &mut [u8]) -> Result<(), (u8, usize)> {
     let mut last: Option<u16> = None;
-    for (e, ent) in record.chunks_exact(10).enumerate() {
-        let o = u16::from_le_bytes([ent[0], ent[1]]);
+    for (e, ent) in record.chunks_exact(ENTRY_SIZE).enumerate() {
+        let mut raw = [0u8; ENTRY_SIZE];
+        raw.copy_from_slice(ent);
+        let (o, new) = delta::decode(&raw);
         if last.is_some_and(|l| o <= l) {
-            return Err((dsa_spec::status::DELTA_OFFSET_ORDER, e * 10));
+            return Err((dsa_spec::status::DELTA_OFFSET_ORDER, e * ENTRY_SIZE));
         }
-        let at = o as usize * 8;
-        if at + 8 > dst.len() {
-            return Err((dsa_spec::status::DELTA_OFFSET_RANGE, e * 10));
+        let at = o as usize * WORD;
+        if at + WORD > dst.len() {
+            return Err((dsa_spec::status::DELTA_OFFSET_RANGE, e * ENTRY_SIZE));
         }
-        dst[at..at + 8].copy_from_slice(&ent[2..10]);
+        dst[at..at + WORD].copy_from_slice(&new);
         last = Some(o);
     }
     Ok(())
@@ -104,83 +107,6 @@ pub fn dualcast(src: &[u8], dst1: &mut [u8], dst2: &mut [u8]) {
 /// CRC Generation / Copy with CRC value.
 pub fn crc32c(seed: u32, data: &[u8], mode: CrcMode) -> u32 {
     crc32c_dsa(seed, data, mode)
-}
-
-#[derive(Clone, Copy)]
-struct Tags {
-    src_ref: u32,
-    src_app: u16,
-    dst_ref: u32,
-    dst_app: u16,
-}
-
-impl Tags {
-    fn new(s: &DifSource, d: &DifDest) -> Tags {
-        Tags {
-            src_ref: s.ref_tag,
-            src_app: s.app_tag,
-            dst_ref: d.ref_tag,
-            dst_app: d.app_tag,
-        }
-    }
-    fn next(&mut self, s: &DifSource, d: &DifDest) {
-        if !s.flags.contains(SrcDifFlags::REF_TAG_FIXED) {
-            self.src_ref = self.src_ref.wrapping_add(1);
-        }
-        if s.flags.contains(SrcDifFlags::APP_TAG_INCREMENT) {
-            self.src_app = self.src_app.wrapping_add(1);
-        }
-        if !d.flags.contains(DestDifFlags::REF_TAG_FIXED) {
-            self.dst_ref = self.dst_ref.wrapping_add(1);
-        }
-        if d.flags.contains(DestDifFlags::APP_TAG_INCREMENT) {
-            self.dst_app = self.dst_app.wrapping_add(1);
-        }
-    }
-    fn src(&self, s: &DifSource) -> DifTags {
-        DifTags {
-            ref_tag: self.src_ref,
-            app_tag_mask: s.app_tag_mask,
-            app_tag: self.src_app,
-        }
-    }
-    fn dst(&self, d: &DifDest) -> DifTags {
-        DifTags {
-            ref_tag: self.dst_ref,
-            app_tag_mask: d.app_tag_mask,
-            app_tag: self.dst_app,
-        }
-    }
-}
-
-/// DIF status bits of one protected source block (0 = good).
-fn check_block(f: &DifFormat, s: &DifSource, data: &[u8], raw: &[u8; PI_SIZE], t: &Tags) -> u8 {
-    let pi = Pi::from_bytes(raw);
-    let sf = s.flags;
-    if sf.contains(SrcDifFlags::ALL_F_DETECT | SrcDifFlags::ENABLE_ALL_F_ERROR)
-        && raw.iter().all(|&b| b == 0xFF)
-    {
-        return ds::ALL_F_ERROR;
-    }
-    if (sf.contains(SrcDifFlags::APP_REF_F_DETECT)
-        && pi.app_tag == 0xFFFF
-        && pi.ref_tag == 0xFFFF_FFFF)
-        || (sf.contains(SrcDifFlags::APP_F_DETECT) && pi.app_tag == 0xFFFF)
-    {
-        return 0;
-    }
-    let mut bits = 0;
-    if !sf.contains(SrcDifFlags::GUARD_CHECK_DISABLE) && dif::guard(f.flags(), data) != pi.guard {
-        bits |= ds::GUARD_MISMATCH;
-    }
-    if !sf.contains(SrcDifFlags::REF_TAG_CHECK_DISABLE) && pi.ref_tag != t.src_ref {
-        bits |= ds::REF_TAG_MISMATCH;
-    }
-    let m = s.app_tag_mask;
-    if m != 0xFFFF && (pi.app_tag & !m) != (t.src_app & !m) {
-        bits |= ds::APP_TAG_MISMATCH;
-    }
-    bits
 }
 
 /// Reference result of a DIF operation.
@@ -210,7 +136,14 @@ fn dif_run(op: DifOp, src: &[u8], f: &DifFormat, s: &DifSource, d: &DifDest) -> 
     } else {
         bs + PI_SIZE
     };
-    let mut t = Tags::new(s, d);
+    let mut src_tags = BlockTags {
+        ref_tag: s.ref_tag,
+        app_tag: s.app_tag,
+    };
+    let mut dst_tags = BlockTags {
+        ref_tag: d.ref_tag,
+        app_tag: d.app_tag,
+    };
     let mut out = Vec::new();
     let mut error = None;
     for (b, blk) in src.chunks_exact(src_step).enumerate() {
@@ -218,7 +151,7 @@ fn dif_run(op: DifOp, src: &[u8], f: &DifFormat, s: &DifSource, d: &DifDest) -> 
         let mut raw = [0u8; PI_SIZE];
         if op != DifOp::Insert {
             raw.copy_from_slice(&blk[bs..bs + PI_SIZE]);
-            let bits = check_block(f, s, data, &raw, &t);
+            let bits = dif::check_block(f.flags(), s.flags, s.app_tag_mask, src_tags, data, &raw);
             if bits != 0 {
                 error = Some((bits, b * src_step));
                 break;
@@ -227,34 +160,26 @@ fn dif_run(op: DifOp, src: &[u8], f: &DifFormat, s: &DifSource, d: &DifDest) -> 
         if op != DifOp::Check {
             out.extend_from_slice(data);
             if op != DifOp::Strip {
-                let sp = Pi::from_bytes(&raw);
-                let pass = op == DifOp::Update;
-                let pi = Pi {
-                    guard: if pass && d.flags.contains(DestDifFlags::GUARD_PASSTHROUGH) {
-                        sp.guard
-                    } else {
-                        dif::guard(f.flags(), data)
-                    },
-                    app_tag: if pass && d.flags.contains(DestDifFlags::APP_TAG_PASSTHROUGH) {
-                        sp.app_tag
-                    } else {
-                        t.dst_app & !d.app_tag_mask
-                    },
-                    ref_tag: if pass && d.flags.contains(DestDifFlags::REF_TAG_PASSTHROUGH) {
-                        sp.ref_tag
-                    } else {
-                        t.dst_ref
-                    },
-                };
+                let src_pi = (op == DifOp::Update).then(|| Pi::from_bytes(&raw));
+                let pi = dif::dest_pi(f.flags(), d.flags, d.app_tag_mask, dst_tags, data, src_pi);
                 out.extend_from_slice(&pi.to_bytes());
             }
         }
-        t.next(s, d);
+        src_tags = s.flags.advance(src_tags, 1);
+        dst_tags = d.flags.advance(dst_tags, 1);
     }
     DifRef {
         out,
-        source: t.src(s),
-        dest: t.dst(d),
+        source: DifTags {
+            ref_tag: src_tags.ref_tag,
+            app_tag_mask: s.app_tag_mask,
+            app_tag: src_tags.app_tag,
+        },
+        dest: DifTags {
+            ref_tag: dst_tags.ref_tag,
+            app_tag_mask: d.app_tag_mask,
+            app_tag: dst_tags.app_tag,
+        },
         error,
     }
 }
@@ -275,6 +200,7 @@ pub fn dif_update(src: &[u8], f: &DifFormat, s: &DifSource, d: &DifDest) -> DifR
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dsa_spec::completion::dif_status as ds;
     use dsa_spec::dif::DifBlockSize;
 
     #[test]

@@ -10,7 +10,10 @@
 //! CLAIMED → FREE when a callback consumes the result). Only the owning submitter takes a
 //! FREE slot; whoever wins the PENDING → CLAIMED compare-exchange (the owner polling, an
 //! interrupt handler reaping, recovery failing it back) alone finishes it, so a slot's data
-//! lock is never contended.
+//! lock is never contended. A slot is *watched* ([`ims::CompletionWatch`]) from just before
+//! its portal store until it is claimed: reaping visits only watched slots, and the IMS
+//! demultiplexer reads the watched slots' status bytes to tell whether a reap would find
+//! anything.
 
 use crate::device::{Device, Wq};
 use crate::dma::DmaBuf;
@@ -25,6 +28,7 @@ use dsa_spec::completion::CR_SIZE;
 use dsa_spec::desc::DESC_SIZE;
 use dsa_spec::status as st;
 use dsa_spec::{CompletionRecord, DescFlags, Descriptor, Opcode, WqMode};
+use ims::CompletionWatch;
 use log::{error, warn};
 
 const FREE: u8 = 0;
@@ -128,7 +132,11 @@ pub struct Shared {
     pub(crate) eff_pasid: Option<u32>,
     client: Client,
     slots: Vec<Slot>,
-    crs: DmaBuf,
+    crs: Arc<DmaBuf>,
+    /// Which slots' completion records the device may still write (set before the portal
+    /// store, cleared by whoever claims the completion): what the IMS demultiplexer checks
+    /// without calling into the sink, and what `reap` visits.
+    watch: Arc<CompletionWatch>,
     lists: Option<DmaBuf>,
     member_crs: Option<DmaBuf>,
     max_batch: usize,
@@ -153,35 +161,45 @@ impl Shared {
     }
 
     /// Finishes every PENDING slot whose completion record was written. Interrupt safe.
+    ///
+    /// Visits the watched slots only: a slot is watched from before its portal store until
+    /// it is claimed, so one the device may have written is never missed.
     pub(crate) fn reap(&self, dev: &Device) -> usize {
-        if self.pending.load(Ordering::Acquire) == 0 {
-            return 0;
-        }
         let mut n = 0;
-        for i in 0..self.slots.len() {
+        self.watch.for_each_watched(|i| {
             if self.try_finish(dev, i) {
                 n += 1;
             }
-        }
+        });
         n
     }
 
     /// Finishes slot `i` if it is PENDING and complete.
     fn try_finish(&self, dev: &Device, i: usize) -> bool {
-        let s = &self.slots[i];
+        let Some(s) = self.slots.get(i) else {
+            return false;
+        };
         if s.state.load(Ordering::Acquire) != PENDING
             || self.crs.load_status(Self::cr_off(i)) == st::NOT_COMPLETE
-        {
-            return false;
-        }
-        if s.state
-            .compare_exchange(PENDING, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
+            || !self.claim(i)
         {
             return false;
         }
         self.finish(dev, i, None);
         true
+    }
+
+    /// PENDING → CLAIMED: the caller alone finishes slot `i` now. The slot stops being
+    /// watched (its completion is the claimer's to deliver).
+    fn claim(&self, i: usize) -> bool {
+        let won = self.slots[i]
+            .state
+            .compare_exchange(PENDING, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if won {
+            self.watch.unwatch(i);
+        }
+        won
     }
 
     /// Fails every PENDING slot without a completion record whose record address matches
@@ -193,12 +211,7 @@ impl Shared {
             let s = &self.slots[i];
             if s.state.load(Ordering::Acquire) != PENDING
                 || !pick(self.crs.dev_addr(Self::cr_off(i)))
-            {
-                continue;
-            }
-            if s.state
-                .compare_exchange(PENDING, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
+                || !self.claim(i)
             {
                 continue;
             }
@@ -305,6 +318,11 @@ impl Reaper {
     pub fn outstanding(&self) -> u32 {
         self.shared.pending.load(Ordering::Acquire)
     }
+    /// Which of the submitter's completion records the device may still write (the IMS
+    /// demultiplexer's check).
+    pub fn completion_watch(&self) -> &Arc<CompletionWatch> {
+        &self.shared.watch
+    }
 }
 
 /// One CPU's submission context on one WQ for one client.
@@ -360,7 +378,11 @@ impl Submitter {
         };
         let nslots = opts.slots.clamp(1, 4096) as usize;
         let dma = &dev.hw.dma;
-        let crs = DmaBuf::new(dma, client.space, nslots * CR_SIZE, 64)?;
+        let crs = Arc::new(DmaBuf::new(dma, client.space, nslots * CR_SIZE, 64)?);
+        let watch = Arc::new(
+            crs.completion_watch(0, CR_SIZE, nslots)
+                .ok_or(DsaError::Dma(crate::hw::DmaError::BadRegion))?,
+        );
         let max_batch = (opts.max_batch as u32)
             .min(w.limits.max_batch)
             .min(dev.caps.max_batch()) as usize;
@@ -401,6 +423,7 @@ impl Submitter {
             client,
             slots,
             crs,
+            watch,
             lists,
             member_crs,
             max_batch,
@@ -543,12 +566,15 @@ impl Submitter {
                 slot.data.lock().credit = true;
                 self.shared.pending.fetch_add(1, Ordering::AcqRel);
                 slot.state.store(PENDING, Ordering::Release);
+                // Watched before the device can write the record (see `Shared::watch`).
+                self.shared.watch.watch(i);
                 self.portal_slot += 1;
                 dev.hw.portals.movdir64b(off, &bytes);
                 return Ok(());
             }
             self.shared.pending.fetch_add(1, Ordering::AcqRel);
             slot.state.store(PENDING, Ordering::Release);
+            self.shared.watch.watch(i);
             self.portal_slot += 1;
             if dev.hw.portals.enqcmds(off, &bytes) == crate::hw::EnqStatus::Accepted {
                 return Ok(());
@@ -562,6 +588,7 @@ impl Submitter {
             {
                 return Ok(());
             }
+            self.shared.watch.unwatch(i);
             self.shared.pending.fetch_sub(1, Ordering::AcqRel);
             drop(guard);
             dev.stats.enq_retries.fetch_add(1, Ordering::Relaxed);

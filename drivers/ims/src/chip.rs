@@ -12,6 +12,7 @@ use crate::handle::{Ctl, HandleInner, ImsHandle};
 use crate::platform::MsiMessage;
 use crate::sink::CompletionSink;
 use crate::storage::{ImsStorage, StorageError};
+use crate::watch::CompletionWatch;
 
 /// Largest table the chip accepts (device handles are 16 bits on DSA; anything larger is
 /// a misreport).
@@ -275,6 +276,9 @@ impl ChipInner {
             }
         };
         let h = Arc::new(HandleInner {
+            watch: sink
+                .watch()
+                .unwrap_or_else(|| Arc::new(CompletionWatch::always())),
             chip: self.clone(),
             index,
             pasid,

@@ -59,7 +59,9 @@ pub struct DemuxStats {
     pub interrupts: u64,
     /// Handler runs that delivered nothing (coalesced or stale interrupts).
     pub spurious: u64,
-    /// Handles polled (armed handles visited).
+    /// Handles polled: armed handles whose watch showed a completion (or nothing left to
+    /// wait for), each with one call of its sink. The other armed handles cost only the
+    /// watch check.
     pub polls: u64,
     /// Polls that found nothing.
     pub empty_polls: u64,
@@ -454,7 +456,8 @@ impl DomainInner {
         self.on_cpu(cpu, || ())
     }
 
-    /// The shared-vector handler: poll every armed, unblocked handle of `cpu`.
+    /// The shared-vector handler: check every armed handle of `cpu`; poll those with
+    /// something to deliver (or nothing left to wait for), unless blocked.
     fn demux_shared(&self, cpu: usize) -> Demux {
         let mut d = Demux::default();
         let Some(st) = self.cpus.get(cpu) else {
@@ -463,31 +466,19 @@ impl DomainInner {
         let t0 = self.platform.cycles();
         {
             let table = st.table.lock();
-            let cost = st.armed.scan(|slot| {
-                let Some(h) = table.slots.get(slot as usize).and_then(Option::as_ref) else {
+            let slots: &[Option<Arc<HandleInner>>] = &table.slots;
+            let cost = st.armed.scan(|slot| match slots.get(slot as usize) {
+                Some(Some(h)) => {
+                    // Left armed without a sink call: the completion it waits for comes with
+                    // an interrupt of its own, and its record is watched before the device
+                    // can write it.
+                    if !h.nothing_to_deliver() {
+                        Self::poll_armed(st, h, slot, &mut d);
+                    }
+                }
+                _ => {
                     // A stale bit (an arming that raced with a move or a release).
                     st.armed.clear(slot);
-                    return;
-                };
-                if h.blocked() {
-                    // Masked or being released: stays armed; unmask re-polls.
-                    return;
-                }
-                let n = h.sink.poll();
-                d.polled += 1;
-                d.delivered += n;
-                if n == 0 {
-                    d.empty_polls += 1;
-                } else {
-                    h.delivered.fetch_add(n as u64, Ordering::Relaxed);
-                }
-                if !h.busy() {
-                    // Disarm, then look again: an arming between the check and the clear
-                    // (its counter is raised before its bit) puts the bit back.
-                    st.armed.clear(slot);
-                    if h.busy() {
-                        st.armed.set(slot);
-                    }
                 }
             });
             d.words_scanned = cost.summary_words + cost.words;
@@ -495,6 +486,33 @@ impl DomainInner {
         let spent = self.platform.cycles().wrapping_sub(t0);
         st.counters.add(&d, spent);
         d
+    }
+
+    /// The full path for one armed handle of the shared handler: poll it unless blocked,
+    /// disarm it if nothing is left to wait for. Kept out of line so that the loop over the
+    /// armed set stays small.
+    #[inline(never)]
+    fn poll_armed(st: &CpuState, h: &HandleInner, slot: u32, d: &mut Demux) {
+        if h.blocked() {
+            // Masked or being released: stays armed; unmask re-polls.
+            return;
+        }
+        let n = h.sink.poll();
+        d.polled += 1;
+        d.delivered += n;
+        if n == 0 {
+            d.empty_polls += 1;
+        } else {
+            h.delivered.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        if !h.busy() {
+            // Disarm, then look again: an arming between the check and the clear (its
+            // counter is raised before its bit) puts the bit back.
+            st.armed.clear(slot);
+            if h.busy() {
+                st.armed.set(slot);
+            }
+        }
     }
 
     /// A per-handle vector's handler: the vector names the handle.

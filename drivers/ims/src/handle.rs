@@ -9,6 +9,7 @@ use crate::domain::{NOWHERE, VectorHandler, VectorMode, loc, unloc};
 use crate::error::ImsError;
 use crate::platform::Route;
 use crate::sink::CompletionSink;
+use crate::watch::{CompletionWatch, WatchState};
 
 /// The owner masked the handle: no callbacks until unmask.
 pub(crate) const MASKED: u8 = 1;
@@ -24,7 +25,16 @@ pub(crate) struct Ctl {
     pub slot: u32,
 }
 
+/// `repr(C)`: the fields the shared-vector handler reads for every armed handle (`watch`,
+/// `arming`, `flags`) share the first cache line with the reference counts.
+#[repr(C)]
 pub(crate) struct HandleInner {
+    /// The sink's completion watch ([`CompletionSink::watch`]), or one that always shows a
+    /// completion for a sink without one.
+    pub watch: Arc<CompletionWatch>,
+    /// Submissions between `arm` and the end of their submit call.
+    pub arming: AtomicU32,
+    pub flags: AtomicU8,
     pub chip: Arc<ChipInner>,
     pub index: u32,
     pub pasid: u32,
@@ -32,9 +42,6 @@ pub(crate) struct HandleInner {
     pub sink: Arc<dyn CompletionSink>,
     /// Where arming sets its bit: `loc(cpu, slot)` (Shared) or `loc(cpu, vector)`.
     pub loc: AtomicU64,
-    pub flags: AtomicU8,
-    /// Submissions between `arm` and the end of their submit call.
-    pub arming: AtomicU32,
     /// What descriptors carry to name the entry.
     pub dev_handle: AtomicU32,
     /// Completions delivered through the chip (handler and re-polls).
@@ -47,6 +54,19 @@ impl HandleInner {
     #[inline]
     pub fn blocked(&self) -> bool {
         self.flags.load(SeqCst) != 0
+    }
+    /// The shared-vector handler's check before the full path: true when the watch shows no
+    /// completed record while something may still complete (a watched record, or a
+    /// submission in progress that will watch its record before the device can write it).
+    /// False when a watched record completed (or the sink has no watch of its own), and
+    /// when nothing is left to wait for (the full path then disarms the handle).
+    #[inline(always)]
+    pub fn nothing_to_deliver(&self) -> bool {
+        match self.watch.state() {
+            WatchState::Completed => false,
+            WatchState::Waiting => true,
+            WatchState::Idle => self.arming.load(SeqCst) > 0,
+        }
     }
     /// Work may be outstanding: a submission is being made, or the sink has undelivered work.
     #[inline]

@@ -23,7 +23,8 @@
 //! 3. The chip: one [`ImsDomain`] per machine (the per-CPU vectors and handle sets; two
 //!    devices still mean one vector per CPU) and one [`ImsChip`] per device registered with
 //!    it. [`ImsChip::allocate`] returns an [`ImsHandle`]; its [`Armer`] is what submitters
-//!    use; a [`CompletionSink`] (DSA: `dsa::Reaper`) is where completions come from.
+//!    use; a [`CompletionSink`] (DSA: `dsa::Reaper`) is where completions come from, and
+//!    its [`CompletionWatch`] what the handler checks before calling it.
 //!
 //! # Vectors and routes
 //!
@@ -46,33 +47,48 @@
 //!
 //! The interrupt carries only the vector, so what completed must be read from memory the
 //! device wrote (completion records). Each CPU has an **armed set**: a two-level atomic
-//! bitmap over its handle slots (one bit per slot, one summary bit per 64 slots).
+//! bitmap over its handle slots (one bit per slot, one summary bit per 64 slots). Each
+//! handle has its sink's [`CompletionWatch`]: one bit per record of the sink whose
+//! operation may still complete, and where each record's status byte is (see [`watch`]).
 //!
 //! * **Arming** ([`Armer::arm`], any CPU, lock-free): raise the handle's `arming` count,
 //!   check it is not being released, read its location (CPU, slot), set the slot bit then
 //!   the summary bit. This happens **before** the descriptor is submitted and the guard
-//!   lives until the submit call returned, by which time the sink counts the work as
-//!   outstanding. The completion's interrupt therefore always finds the bit set: no lost
-//!   wakeup.
+//!   lives until the submit call returned. Within the call the sink watches the record
+//!   (after zeroing its status, before the portal store), so by the time the device can
+//!   write it the handle is armed and the record watched: no lost wakeup.
 //! * **Handler** (the CPU's shared vector, interrupts off): scan the summary words, then
-//!   the non-zero slot words; for each armed slot skip handles that are masked or being
+//!   the non-zero slot words; for each armed slot, first the **watch check**, reading only
+//!   memory: the watch's bit word and, per watched record, its status byte. A handle whose
+//!   watched records all still read zero — or with none watched but a submission in
+//!   progress (`arming > 0`), which will watch its record before the device can write it —
+//!   is left armed without touching its sink: its completion comes with an interrupt of its
+//!   own. The others take the **full path**: skip handles that are masked or being
 //!   released, otherwise `sink.poll()` (runs each completed operation's callback once) and,
 //!   if the handle is no longer busy (`arming == 0` and nothing outstanding), clear its bit
 //!   and check once more (an arming racing with the clear re-sets it). A handle with
-//!   nothing completed gets no callback; several completions coalesced into one interrupt are
-//!   all delivered by the one poll.
+//!   nothing completed gets no callback; several completions coalesced into one interrupt,
+//!   in any order within a handle (every outstanding record is watched, not one), are all
+//!   delivered by the one poll.
+//!
+//! The skip is safe because a record is watched from before the device can write it until
+//! the party that claims its completion (and delivers it) unwatches it: an interrupt's pass
+//! always finds its completion either as a watched record with a non-zero status or
+//! already claimed. A sink without a watch gets [`CompletionWatch::always`] and is polled
+//! on every pass while armed.
 //!
 //! Cost model per interrupt: `S` summary words (1 per 4096 slots of capacity) + `W`
-//! non-zero slot words + `A` armed handles × one poll, + the callbacks of the `C`
-//! completions delivered. The `A` term is inherent to a shared vector (the hardware names
-//! no handle); it is kept small by polling only armed handles and by the sink's early-out
-//! (DSA: one atomic load of the submitter's outstanding count, then its slots' states).
-//! Completions of different handles coalesce, so the cost per delivered completion falls
-//! as load rises. [`ImsDomain::stats`] exposes interrupts, polls, empty polls,
-//! completions, words scanned and platform cycles so that the kernel benchmark measures
-//! cycles (instructions under `-icount`) per delivered completion at 1, 16, 256 and 2048
-//! armed handles. (Posted-interrupt descriptors would let the IOMMU name the handle and make
-//! the cost proportional to `C` alone; QEMU's VT-d does not implement them.)
+//! non-zero slot words + `A` armed handles × one watch check (one word of the watch, one
+//! status byte per watched record, or the `arming` count) + one poll per handle with a
+//! completion, + the callbacks of the `C` completions delivered. The `A` term is inherent
+//! to a shared vector (the hardware names no handle); it is kept to a few loads per armed
+//! handle, and allocated but idle handles cost nothing. Completions of different handles
+//! coalesce, so the cost per delivered completion falls as load rises.
+//! [`ImsDomain::stats`] exposes interrupts, polls, empty polls, completions, words scanned
+//! and platform cycles so that the kernel benchmark measures cycles (instructions under
+//! `-icount`) per delivered completion at 1, 16, 256 and 2048 armed handles.
+//! (Posted-interrupt descriptors would let the IOMMU name the handle and make the cost
+//! proportional to `C` alone; QEMU's VT-d does not implement them.)
 //!
 //! # Concurrency
 //!
@@ -123,6 +139,7 @@ pub mod handle;
 pub mod platform;
 pub mod sink;
 pub mod storage;
+pub mod watch;
 
 pub use chip::{CarvedStorage, ChipOptions, ImsChip, ImsClient, PASID_LIMIT, WeakChip};
 pub use domain::{
@@ -134,6 +151,7 @@ pub use handle::{ArmGuard, Armer, ImsHandle};
 pub use platform::{ImsPlatform, MsiMessage, PlatformError, Route};
 pub use sink::CompletionSink;
 pub use storage::{ImsStorage, StorageError};
+pub use watch::{CompletionWatch, WatchState};
 
 #[cfg(test)]
 mod tests {

@@ -2,8 +2,8 @@
 //!
 //! One MCFG allocation = one [`EcamWindow`]: a base address, a segment and a bus range. Function
 //! `seg:bus:dev.fn` register `off` lives at `base + ((bus - start) << 20 | dev << 15 | fn << 12 | off)`.
-//! The MMIO itself goes through [`ConfigMmio`]; [`RawMmio`] is the kernel's leaf (identity-mapped,
-//! uncached window), host tests use a fake.
+//! The MMIO itself goes through [`ConfigMmio`], which the kernel implements over its uncached
+//! MMIO windows; host tests use a fake.
 
 use alloc::vec::Vec;
 use pci_types::{ConfigRegionAccess, PciAddress};
@@ -12,41 +12,6 @@ use pci_types::{ConfigRegionAccess, PciAddress};
 pub trait ConfigMmio {
     fn read32(&self, offset: usize) -> u32;
     fn write32(&self, offset: usize, value: u32);
-}
-
-/// Raw volatile 32-bit accesses to a mapped window. The only `unsafe` MMIO leaf of this crate.
-#[derive(Debug, Clone, Copy)]
-pub struct RawMmio {
-    base: usize,
-    len: usize,
-}
-
-impl RawMmio {
-    /// # Safety
-    /// `base..base + len` must be mapped (uncached) device memory that stays mapped for the
-    /// lifetime of this value, and nothing else may treat it as ordinary memory.
-    pub const unsafe fn new(base: usize, len: usize) -> Self {
-        Self { base, len }
-    }
-}
-
-impl ConfigMmio for RawMmio {
-    fn read32(&self, offset: usize) -> u32 {
-        if offset & 3 != 0 || offset.checked_add(4).is_none_or(|end| end > self.len) {
-            return u32::MAX;
-        }
-        // SAFETY: offset is aligned and inside the window, which the constructor's contract says
-        // is mapped device memory.
-        unsafe { core::ptr::read_volatile((self.base + offset) as *const u32) }
-    }
-
-    fn write32(&self, offset: usize, value: u32) {
-        if offset & 3 != 0 || offset.checked_add(4).is_none_or(|end| end > self.len) {
-            return;
-        }
-        // SAFETY: as in read32.
-        unsafe { core::ptr::write_volatile((self.base + offset) as *mut u32, value) }
-    }
 }
 
 /// Size of the ECAM area of `buses` buses.

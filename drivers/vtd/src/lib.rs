@@ -7,8 +7,8 @@
 //!   kernel implements; host tests use fakes.
 //!
 //! Kernel glue, in order (vtd.md §9):
-//! 1. `Dmar::parse(bytes)`; for each DRHD map ≥ 4 KiB of `register_base` uncached and wrap it in
-//!    [`MmioRegisters`]; [`DeviceUnitMap::build`] with the PCI enumeration's bridge bus numbers.
+//! 1. `Dmar::parse(bytes)`; for each DRHD map ≥ 4 KiB of `register_base` uncached behind a
+//!    [`RegisterBlock`]; [`DeviceUnitMap::build`] with the PCI enumeration's bridge bus numbers.
 //! 2. [`RemappingUnit::new`] (capability checks), [`RemappingUnit::setup`] (QI, IR, root table),
 //!    [`RemappingUnit::prepare_device`] for every device, [`RemappingUnit::enable_translation`]
 //!    (or [`RemappingUnit::init`] = setup + TE),
@@ -40,7 +40,7 @@ mod tests;
 
 pub use dmar::{Bdf, DeviceUnitMap, Dmar, DmarError};
 pub use error::VtdError;
-pub use hw::{Clock, DmaMemory, MmioRegisters, RegisterBlock};
+pub use hw::{Clock, DmaMemory, RegisterBlock};
 pub use pagetable::{Perm, Translation};
 pub use unit::{
     AddressSpaceId, Config, FaultBatch, FaultCounters, IrteHandle, RemappingUnit, RidDefault,

@@ -125,7 +125,10 @@ impl PageTable {
     }
 
     fn is_large(&self, e: u64) -> bool {
-        e & (1 << 7) != 0
+        match self.format {
+            Format::FirstStage => e & FsPte::PS.bits() != 0,
+            Format::SecondStage => e & SsPte::PS.bits() != 0,
+        }
     }
 
     fn perm_of(&self, e: u64) -> Perm {

@@ -15,8 +15,8 @@ use crate::hw::{Clock, DmaMemory, RegisterBlock};
 use crate::pagetable::{Format, PageTable, Perm, Translation, alloc_block, invalidation_chunks};
 use crate::spec::{
     self, AW_39, AW_48, Cap, CcGranularity, ContextEntry, Ecap, EventCtl, FaultReason, FaultRecord,
-    Fsts, Gcmd, Gsts, InvDesc, Irte, PasidEntry, Pgtt, RemappableMsi, RootEntry, SourceValidation,
-    iqa, irta, pasid_dir_entry, reg, rtaddr,
+    FsPte, Fsts, Gcmd, Gsts, InvDesc, Irte, PasidEntry, Pgtt, RemappableMsi, RootEntry,
+    SourceValidation, SsPte, iqa, irta, pasid_dir_entry, reg, rtaddr,
 };
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec;
@@ -1218,15 +1218,27 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
             trace.paging.push((level, at, ent));
             let (present, w, leaf_large) = match format {
                 Format::FirstStage => {
-                    if ent & 1 == 0 {
+                    let e = FsPte::from_bits_retain(ent);
+                    if !e.contains(FsPte::P) {
                         return Err(FaultReason::FsEntryNotPresent);
                     }
-                    if ent & 4 == 0 {
+                    if !e.contains(FsPte::US) {
                         return Err(FaultReason::UserSupervisorViolation);
                     }
-                    (true, ent & 2 != 0, ent & 0x80 != 0 && level <= 3)
+                    (
+                        true,
+                        e.contains(FsPte::RW),
+                        e.contains(FsPte::PS) && level <= 3,
+                    )
                 }
-                Format::SecondStage => (ent & 3 != 0, ent & 2 != 0, ent & 0x80 != 0 && level <= 3),
+                Format::SecondStage => {
+                    let e = SsPte::from_bits_retain(ent);
+                    (
+                        e.intersects(SsPte::R | SsPte::W),
+                        e.contains(SsPte::W),
+                        e.contains(SsPte::PS) && level <= 3,
+                    )
+                }
             };
             if !present {
                 return Err(FaultReason::ReadNotPermitted);

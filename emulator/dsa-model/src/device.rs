@@ -7,7 +7,10 @@ use crate::{
 use dsa_spec::model as fi;
 use dsa_spec::portal::{PortalKind, bar2_size, decode_portal};
 use dsa_spec::regs::{cmd_err, off, swerr_code};
-use dsa_spec::tables::{ImsCtrl, ImsEntry, MsixPerm, WqMode, WqState, msix, wqcfg};
+use dsa_spec::tables::{
+    GRPCFG_ENTRY_SIZE, IMS_ENTRY_SIZE, ImsCtrl, ImsEntry, MSIXPERM_ENTRY_SIZE, MsixPerm, WqMode,
+    WqState, msix, wqcfg,
+};
 use dsa_spec::{
     CmdReg, CmdStatus, Command, DeviceState, EngCap, GenCap, GenCfg, GenCtrl, GenSts, GrpCap,
     GrpCfg, IntCause, Offsets, OpCap, Opcode, ResetType, SwErr, SwErrFlags, WqCap, WqCfg,
@@ -22,8 +25,10 @@ pub(crate) const PERFMON_OFF: u64 = 0x2000;
 pub(crate) const MSIX_TABLE_OFF: u64 = 0x4000;
 pub(crate) const MSIX_PBA_OFF: u64 = 0x5000;
 pub(crate) const IMS_OFF: u64 = 0x8000;
-const WQCFG_ENTRY: u64 = 32;
-const GRPCFG_ENTRY: u64 = 64;
+/// The model advertises WQCFG size code 0 (32-byte entries; `WQCFG_WMASK` covers them).
+const WQCFG_ENTRY: u64 = WqCap::empty().wqcfg_entry_size();
+/// Last qword of the 4-qword SWERROR register.
+const SWERR_LAST: u64 = off::SWERROR + 0x18;
 /// Tag bit of handles returned by Request Interrupt Handle.
 pub(crate) const HANDLE_TAG: u16 = 0x8000;
 /// Writable bits of WQCFG dwords 0..5 (dw0 only while the device is disabled).
@@ -349,7 +354,7 @@ impl Device {
             offsets: Offsets::new(GRPCFG_OFF, WQCFG_OFF, MSIXPERM_OFF, IMS_OFF, PERFMON_OFF),
             cmdcap: if cfg.cmdcap { 0x7FFE } else { 0 },
         };
-        let ims_end = IMS_OFF + cfg.ims_entries as u64 * 16;
+        let ims_end = IMS_OFF + cfg.ims_entries as u64 * IMS_ENTRY_SIZE;
         let layout = Layout {
             bar0_size: ims_end.max(0x10000).next_power_of_two(),
             bar2_size: bar2_size(cfg.num_wqs),
@@ -482,13 +487,16 @@ impl Device {
             off::CMD => g.cmd as u64,
             off::CMDSTATUS => g.cmdstatus as u64,
             off::CMDCAP => c.cmdcap,
-            0xC0..=0xD8 => g.swerr[((o - 0xC0) / 8) as usize],
+            off::SWERROR..=SWERR_LAST => g.swerr[((o - off::SWERROR) / 8) as usize],
             _ => {
-                if let Some(i) = self.table_index(o, MSIXPERM_OFF, 8, g.msixperm.len()) {
+                if let Some(i) =
+                    self.table_index(o, MSIXPERM_OFF, MSIXPERM_ENTRY_SIZE, g.msixperm.len())
+                {
                     return g.msixperm[i] as u64;
                 }
-                if let Some(i) = self.table_index(o, GRPCFG_OFF, GRPCFG_ENTRY, g.grpcfg.len()) {
-                    let q = ((o - GRPCFG_OFF) % GRPCFG_ENTRY / 8) as usize;
+                if let Some(i) = self.table_index(o, GRPCFG_OFF, GRPCFG_ENTRY_SIZE, g.grpcfg.len())
+                {
+                    let q = ((o - GRPCFG_OFF) % GRPCFG_ENTRY_SIZE / 8) as usize;
                     return g.grpcfg[i].to_qwords()[q];
                 }
                 if let Some(i) = self.table_index(o, WQCFG_OFF, WQCFG_ENTRY, g.wqs.len()) {
@@ -502,9 +510,9 @@ impl Device {
                     a.copy_from_slice(&g.msix_table[b..b + 8]);
                     return u64::from_le_bytes(a);
                 }
-                if let Some(i) = self.table_index(o, IMS_OFF, 16, g.ims.len()) {
+                if let Some(i) = self.table_index(o, IMS_OFF, IMS_ENTRY_SIZE, g.ims.len()) {
                     let e = &g.ims[i];
-                    return if o.is_multiple_of(16) {
+                    return if o.is_multiple_of(IMS_ENTRY_SIZE) {
                         e.addr
                     } else {
                         e.data as u64 | (e.ctrl.bits() as u64) << 32
@@ -572,17 +580,19 @@ impl Device {
                     self.command(g, val as u32, acts);
                 }
             }
-            0xC0 => g.swerr[0] &= !(val & mask & SwErr::ACK_MASK),
+            off::SWERROR => g.swerr[0] &= !(val & mask & SwErr::ACK_MASK),
             _ => {
-                if let Some(i) = self.table_index(o, MSIXPERM_OFF, 8, g.msixperm.len()) {
+                if let Some(i) =
+                    self.table_index(o, MSIXPERM_OFF, MSIXPERM_ENTRY_SIZE, g.msixperm.len())
+                {
                     g.msixperm[i] = merge(g.msixperm[i] as u64, MSIXPERM_WMASK as u64) as u32;
                 } else if let Some(i) =
-                    self.table_index(o, GRPCFG_OFF, GRPCFG_ENTRY, g.grpcfg.len())
+                    self.table_index(o, GRPCFG_OFF, GRPCFG_ENTRY_SIZE, g.grpcfg.len())
                 {
                     if g.state != DeviceState::Disabled {
                         return;
                     }
-                    let q = ((o - GRPCFG_OFF) % GRPCFG_ENTRY / 8) as usize;
+                    let q = ((o - GRPCFG_OFF) % GRPCFG_ENTRY_SIZE / 8) as usize;
                     let mut qs = g.grpcfg[i].to_qwords();
                     let wmask = match q {
                         0..=3 => {
@@ -620,8 +630,8 @@ impl Device {
                     a.copy_from_slice(&g.msix_table[b..b + 8]);
                     let nv = merge(u64::from_le_bytes(a), u64::MAX);
                     g.msix_table[b..b + 8].copy_from_slice(&nv.to_le_bytes());
-                } else if let Some(i) = self.table_index(o, IMS_OFF, 16, g.ims.len()) {
-                    if o.is_multiple_of(16) {
+                } else if let Some(i) = self.table_index(o, IMS_OFF, IMS_ENTRY_SIZE, g.ims.len()) {
+                    if o.is_multiple_of(IMS_ENTRY_SIZE) {
                         let na = merge(g.ims[i].addr, u64::MAX);
                         if ImsEntry::addr_valid(na) {
                             g.ims[i].addr = na;

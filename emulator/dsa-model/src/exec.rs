@@ -4,7 +4,8 @@ use crate::device::{Device, Job, Scratch};
 use crate::{TraceEvent, pci};
 use dsa_spec::completion::CR_ALIGN;
 use dsa_spec::crc::{Crc32c, CrcMode};
-use dsa_spec::dif::{self, DestDifFlags, DifBlockSize, DifFlags, Pi, SrcDifFlags};
+use dsa_spec::delta::{self, ENTRY_SIZE, WORD};
+use dsa_spec::dif::{self, BlockTags, DestDifFlags, DifBlockSize, DifFlags, Pi, SrcDifFlags};
 use dsa_spec::model::inject_kind;
 use dsa_spec::status as st;
 use dsa_spec::tables::WqMode;
@@ -20,7 +21,9 @@ pub(crate) struct Outcome {
     bytes: u32,
     fault_addr: u64,
     fault_write: bool,
-    cr16: [u8; 16],
+    /// Completion-record bytes 16–31, set through the record's named setters (its other
+    /// fields are unused: they come from the fields above).
+    specific: CompletionRecord,
     /// SWERROR error info (word 1 bits 63:32).
     info: u32,
     /// Report through SWERROR even with CRAV (0x1D).
@@ -41,12 +44,8 @@ impl Outcome {
         self.result = r;
         self
     }
-    fn with_u32(mut self, at: usize, v: u32) -> Self {
-        self.cr16[at - 16..at - 12].copy_from_slice(&v.to_le_bytes());
-        self
-    }
-    fn with_u16(mut self, at: usize, v: u16) -> Self {
-        self.cr16[at - 16..at - 14].copy_from_slice(&v.to_le_bytes());
+    fn with_cr(mut self, set: impl FnOnce(&mut CompletionRecord) -> &mut CompletionRecord) -> Self {
+        set(&mut self.specific);
         self
     }
 }
@@ -147,10 +146,8 @@ fn dif_geom(op: Opcode, d: &Descriptor) -> DifGeom {
 /// Running tag state of a DIF operation.
 #[derive(Clone, Copy)]
 struct Tags {
-    src_ref: u32,
-    src_app: u16,
-    dst_ref: u32,
-    dst_app: u16,
+    src: BlockTags,
+    dst: BlockTags,
 }
 
 impl Device {
@@ -386,7 +383,7 @@ impl Device {
         if invalid != 0 {
             return Err(Outcome {
                 info: invalid,
-                ..Outcome::st(st::INVALID_FLAGS).with_u32(16, invalid)
+                ..Outcome::st(st::INVALID_FLAGS).with_cr(|c| c.set_invalid_flags(invalid))
             });
         }
         // 3. reserved fields
@@ -412,7 +409,7 @@ impl Device {
                 false
             }
             Opcode::CreateDelta => {
-                size == 0 || size > max || !size.is_multiple_of(8) || size > 0x8_0000
+                size == 0 || size > max || !size.is_multiple_of(8) || size > delta::MAX_COMPARE
             }
             Opcode::ApplyDelta => size == 0 || size > max || !size.is_multiple_of(8),
             Opcode::DifCheck | Opcode::DifInsert | Opcode::DifStrip | Opcode::DifUpdate => {
@@ -449,7 +446,7 @@ impl Device {
                 let m = d.max_delta_size();
                 if !d.addr1.is_multiple_of(8) || !d.addr2.is_multiple_of(8) {
                     Some(st::MISALIGNED_ADDR)
-                } else if !m.is_multiple_of(10) || m < 80 {
+                } else if !delta::max_record_size_valid(m) {
                     Some(st::INVALID_DELTA_SIZE)
                 } else {
                     None
@@ -459,7 +456,7 @@ impl Device {
                 let r = d.delta_record_size();
                 if !d.addr2.is_multiple_of(8) {
                     Some(st::MISALIGNED_ADDR)
-                } else if !r.is_multiple_of(10) || r < 10 {
+                } else if !delta::record_size_valid(r) {
                     Some(st::INVALID_DELTA_SIZE)
                 } else {
                     None
@@ -563,7 +560,7 @@ impl Device {
                     fault_info: 0,
                     bytes_completed: o.bytes,
                     fault_addr: o.fault_addr,
-                    op_specific: o.cr16,
+                    op_specific: o.specific.op_specific,
                 };
                 let b = cr.to_bytes();
                 // Bytes 1..31 first, then the status byte software polls.
@@ -785,7 +782,7 @@ impl Device {
     }
 
     fn op_create_delta(&self, job: &Job, d: &Descriptor, s: &mut Scratch) -> Outcome {
-        const FLUSH_AT: usize = 6550 * 10;
+        const FLUSH_AT: usize = 6550 * ENTRY_SIZE;
         let (src1, src2, size) = (d.addr1, d.addr2, d.size as u64);
         let (rec_addr, max) = (d.delta_record_addr(), d.max_delta_size() as u64);
         let chunk = self.scratch_len(s) & !7;
@@ -807,7 +804,7 @@ impl Device {
             let put = self.wr(job, at, rec);
             if put < rec.len() {
                 let o = self.fault(job, d, at.wrapping_add(put as u64), true, *flushed_cmp);
-                return Some(o.with_u32(16, *flushed as u32));
+                return Some(o.with_cr(|c| c.set_delta_record_size(*flushed as u32)));
             }
             *flushed += rec.len() as u64;
             *flushed_cmp = cmp_now;
@@ -823,13 +820,13 @@ impl Device {
             let got2 = self.rd(job, a2, &mut s.b[..n]);
             let m = got1.min(got2) & !7;
             if s.a[..m] != s.b[..m] {
-                for w in 0..m / 8 {
-                    let (x, y) = (&s.a[w * 8..w * 8 + 8], &s.b[w * 8..w * 8 + 8]);
+                for w in 0..m / WORD {
+                    let (x, y) = (&s.a[w * WORD..][..WORD], &s.b[w * WORD..][..WORD]);
                     if x == y {
                         continue;
                     }
-                    let here = off + w as u64 * 8;
-                    if total + 10 > max {
+                    let here = off + (w * WORD) as u64;
+                    if total + ENTRY_SIZE as u64 > max {
                         if let Some(o) = flush(&mut rec, &mut flushed, &mut flushed_cmp, here) {
                             return o;
                         }
@@ -838,17 +835,19 @@ impl Device {
                             ..Outcome::ok()
                         }
                         .with_result(2)
-                        .with_u32(16, total as u32);
+                        .with_cr(|c| c.set_delta_record_size(total as u32));
                         return Outcome {
                             status: Self::check_result(d, 2),
                             ..o
                         };
                     }
-                    rec.extend_from_slice(&((here / 8) as u16).to_le_bytes());
-                    rec.extend_from_slice(y);
-                    total += 10;
+                    let mut new = [0u8; WORD];
+                    new.copy_from_slice(y);
+                    rec.extend_from_slice(&delta::entry((here / WORD as u64) as u16, &new));
+                    total += ENTRY_SIZE as u64;
                     if rec.len() >= FLUSH_AT
-                        && let Some(o) = flush(&mut rec, &mut flushed, &mut flushed_cmp, here + 8)
+                        && let Some(o) =
+                            flush(&mut rec, &mut flushed, &mut flushed_cmp, here + WORD as u64)
                     {
                         return o;
                     }
@@ -865,7 +864,7 @@ impl Device {
                 };
                 return self
                     .fault(job, d, addr, false, off + m as u64)
-                    .with_u32(16, total as u32);
+                    .with_cr(|c| c.set_delta_record_size(total as u32));
             }
             off += n as u64;
         }
@@ -878,43 +877,44 @@ impl Device {
             ..Outcome::ok()
         }
         .with_result(result)
-        .with_u32(16, total as u32)
+        .with_cr(|c| c.set_delta_record_size(total as u32))
     }
 
     fn op_apply_delta(&self, job: &Job, d: &Descriptor, s: &mut Scratch) -> Outcome {
         let (rec, dst, dsize) = (d.addr1, d.addr2, d.size as u64);
         let rsize = d.delta_record_size() as u64;
-        let chunk = (self.scratch_len(s) / 10) * 10;
+        let chunk = (self.scratch_len(s) / ENTRY_SIZE) * ENTRY_SIZE;
         let mut last: Option<u16> = None;
         let mut off = 0u64;
         while off < rsize {
             let a = rec.wrapping_add(off);
             let mut n = seg(&[a], rsize - off, chunk);
-            n -= n % 10;
+            n -= n % ENTRY_SIZE;
             if n == 0 {
-                n = 10;
+                n = ENTRY_SIZE;
             }
             let got = self.rd(job, a, &mut s.a[..n]);
-            let entries = got / 10;
+            let entries = got / ENTRY_SIZE;
             for e in 0..entries {
-                let ent = &s.a[e * 10..e * 10 + 10];
-                let o = u16::from_le_bytes([ent[0], ent[1]]);
-                let here = (off + e as u64 * 10) as u32;
+                let mut ent = [0u8; ENTRY_SIZE];
+                ent.copy_from_slice(&s.a[e * ENTRY_SIZE..][..ENTRY_SIZE]);
+                let (o, new) = delta::decode(&ent);
+                let here = (off + (e * ENTRY_SIZE) as u64) as u32;
                 if last.is_some_and(|l| o <= l) {
                     return Outcome {
                         bytes: here,
                         ..Outcome::st(st::DELTA_OFFSET_ORDER)
                     };
                 }
-                if o as u64 * 8 >= dsize {
+                if o as u64 * WORD as u64 >= dsize {
                     return Outcome {
                         bytes: here,
                         ..Outcome::st(st::DELTA_OFFSET_RANGE)
                     };
                 }
-                let at = dst.wrapping_add(o as u64 * 8);
-                let put = self.wr(job, at, &ent[2..10]);
-                if put < 8 {
+                let at = dst.wrapping_add(o as u64 * WORD as u64);
+                let put = self.wr(job, at, &new);
+                if put < WORD {
                     return self.fault(job, d, at.wrapping_add(put as u64), true, here as u64);
                 }
                 last = Some(o);
@@ -925,7 +925,7 @@ impl Device {
                     d,
                     a.wrapping_add(got as u64),
                     false,
-                    off + entries as u64 * 10,
+                    off + (entries * ENTRY_SIZE) as u64,
                 );
             }
             off += n as u64;
@@ -995,7 +995,7 @@ impl Device {
                 if put < got {
                     return self
                         .fault(job, d, b.wrapping_add(put as u64), true, off + put as u64)
-                        .with_u32(16, crc.value());
+                        .with_cr(|c| c.set_crc(crc.value()));
                 }
             } else {
                 crc.update(&s.a[..got]);
@@ -1003,64 +1003,30 @@ impl Device {
             if got < n {
                 return self
                     .fault(job, d, a.wrapping_add(got as u64), false, off + got as u64)
-                    .with_u32(16, crc.value());
+                    .with_cr(|c| c.set_crc(crc.value()));
             }
             off += n as u64;
         }
-        Outcome::ok().with_u32(16, crc.value())
+        Outcome::ok().with_cr(|c| c.set_crc(crc.value()))
     }
 
     fn dif_tags_cr(op: Opcode, o: Outcome, t: &Tags, d: &Descriptor) -> Outcome {
         let mut o = o;
         if matches!(op, Opcode::DifCheck | Opcode::DifStrip | Opcode::DifUpdate) {
-            o = o
-                .with_u32(16, t.src_ref)
-                .with_u16(20, d.src_app_tag_mask())
-                .with_u16(22, t.src_app);
+            o = o.with_cr(|c| {
+                c.set_dif_src_ref_tag(t.src.ref_tag)
+                    .set_dif_src_app_tag_mask(d.src_app_tag_mask())
+                    .set_dif_src_app_tag(t.src.app_tag)
+            });
         }
         if matches!(op, Opcode::DifInsert | Opcode::DifUpdate) {
-            o = o
-                .with_u32(24, t.dst_ref)
-                .with_u16(28, d.dest_app_tag_mask())
-                .with_u16(30, t.dst_app);
+            o = o.with_cr(|c| {
+                c.set_dif_dest_ref_tag(t.dst.ref_tag)
+                    .set_dif_dest_app_tag_mask(d.dest_app_tag_mask())
+                    .set_dif_dest_app_tag(t.dst.app_tag)
+            });
         }
         o
-    }
-
-    /// DIF status bits of one source block (0 = pass), DML reference semantics.
-    fn dif_check_block(
-        df: DifFlags,
-        sf: SrcDifFlags,
-        mask: u16,
-        data: &[u8],
-        pi_raw: &[u8; 8],
-        t: &Tags,
-    ) -> u8 {
-        use dsa_spec::completion::dif_status as ds;
-        let pi = Pi::from_bytes(pi_raw);
-        if sf.contains(SrcDifFlags::ALL_F_DETECT | SrcDifFlags::ENABLE_ALL_F_ERROR)
-            && pi_raw.iter().all(|&b| b == 0xFF)
-        {
-            return ds::ALL_F_ERROR;
-        }
-        if (sf.contains(SrcDifFlags::APP_REF_F_DETECT)
-            && pi.app_tag == 0xFFFF
-            && pi.ref_tag == 0xFFFF_FFFF)
-            || (sf.contains(SrcDifFlags::APP_F_DETECT) && pi.app_tag == 0xFFFF)
-        {
-            return 0;
-        }
-        let mut bits = 0;
-        if !sf.contains(SrcDifFlags::GUARD_CHECK_DISABLE) && dif::guard(df, data) != pi.guard {
-            bits |= ds::GUARD_MISMATCH;
-        }
-        if !sf.contains(SrcDifFlags::REF_TAG_CHECK_DISABLE) && pi.ref_tag != t.src_ref {
-            bits |= ds::REF_TAG_MISMATCH;
-        }
-        if mask != 0xFFFF && (pi.app_tag & !mask) != (t.src_app & !mask) {
-            bits |= ds::APP_TAG_MISMATCH;
-        }
-        bits
     }
 
     fn op_dif(&self, job: &Job, op: Opcode, d: &Descriptor, s: &mut Scratch) -> Outcome {
@@ -1071,10 +1037,14 @@ impl Device {
         let (src, dst) = (d.addr1, d.addr2);
         let nblocks = d.size as u64 / g.src_step as u64;
         let mut t = Tags {
-            src_ref: d.src_ref_tag_seed(),
-            src_app: d.src_app_tag_seed(),
-            dst_ref: d.dest_ref_tag_seed(),
-            dst_app: d.dest_app_tag_seed(),
+            src: BlockTags {
+                ref_tag: d.src_ref_tag_seed(),
+                app_tag: d.src_app_tag_seed(),
+            },
+            dst: BlockTags {
+                ref_tag: d.dest_ref_tag_seed(),
+                app_tag: d.dest_app_tag_seed(),
+            },
         };
         let per = (self.scratch_len(s) / (g.bs + dif::PI_SIZE)).max(1) as u64;
         let mut blk = 0u64;
@@ -1089,11 +1059,10 @@ impl Device {
             for i in 0..full {
                 let sb = &s.a[i * g.src_step..(i + 1) * g.src_step];
                 let data = &sb[..g.bs];
-                let mut src_pi = [0u8; 8];
+                let mut src_pi = [0u8; dif::PI_SIZE];
                 if op != Opcode::DifInsert {
-                    src_pi.copy_from_slice(&sb[g.bs..g.bs + 8]);
-                    let bits =
-                        Self::dif_check_block(df, sf, d.src_app_tag_mask(), data, &src_pi, &t);
+                    src_pi.copy_from_slice(&sb[g.bs..g.bs + dif::PI_SIZE]);
+                    let bits = dif::check_block(df, sf, d.src_app_tag_mask(), t.src, data, &src_pi);
                     if bits != 0 {
                         let here = (blk + i as u64) * g.src_step as u64;
                         let o = Outcome {
@@ -1109,42 +1078,14 @@ impl Device {
                     let out = &mut s.b[i * g.dst_step..(i + 1) * g.dst_step];
                     out[..g.bs].copy_from_slice(data);
                     if op != Opcode::DifStrip {
-                        let sp = Pi::from_bytes(&src_pi);
-                        let dm = d.dest_app_tag_mask();
-                        let pass = op == Opcode::DifUpdate;
-                        let pi = Pi {
-                            guard: if pass && tf.contains(DestDifFlags::GUARD_PASSTHROUGH) {
-                                sp.guard
-                            } else {
-                                dif::guard(df, data)
-                            },
-                            app_tag: if pass && tf.contains(DestDifFlags::APP_TAG_PASSTHROUGH) {
-                                sp.app_tag
-                            } else {
-                                t.dst_app & !dm
-                            },
-                            ref_tag: if pass && tf.contains(DestDifFlags::REF_TAG_PASSTHROUGH) {
-                                sp.ref_tag
-                            } else {
-                                t.dst_ref
-                            },
-                        };
+                        let sp = (op == Opcode::DifUpdate).then(|| Pi::from_bytes(&src_pi));
+                        let pi = dif::dest_pi(df, tf, d.dest_app_tag_mask(), t.dst, data, sp);
                         out[g.bs..].copy_from_slice(&pi.to_bytes());
                     }
                 }
                 produced += 1;
-                if !sf.contains(SrcDifFlags::REF_TAG_FIXED) {
-                    t.src_ref = t.src_ref.wrapping_add(1);
-                }
-                if sf.contains(SrcDifFlags::APP_TAG_INCREMENT) {
-                    t.src_app = t.src_app.wrapping_add(1);
-                }
-                if !tf.contains(DestDifFlags::REF_TAG_FIXED) {
-                    t.dst_ref = t.dst_ref.wrapping_add(1);
-                }
-                if tf.contains(DestDifFlags::APP_TAG_INCREMENT) {
-                    t.dst_app = t.dst_app.wrapping_add(1);
-                }
+                t.src = sf.advance(t.src, 1);
+                t.dst = tf.advance(t.dst, 1);
             }
             if op != Opcode::DifCheck && produced > 0 {
                 let b = dst.wrapping_add(blk * g.dst_step as u64);

@@ -12,6 +12,7 @@ extern crate alloc;
 pub mod acpi;
 pub mod buddy;
 pub mod heap;
+pub mod json;
 pub mod paging;
 pub mod vectors;
 

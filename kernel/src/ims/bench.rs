@@ -51,6 +51,7 @@ use core::time::Duration;
 
 use dsa::{DsaIms, OpError, Output, Submitter, SubmitterOptions, Work};
 use ims::{ArmGuard, Armer, DemuxStats, ImsDomain, ImsError, ImsHandle, VectorMode};
+use klib::json::Escaped;
 use x86_64::instructions::interrupts;
 
 use super::{Client, ClientError};
@@ -538,7 +539,7 @@ fn alloc_json(f: &AllocFig) -> String {
     );
     match f.stopped {
         Some(e) => {
-            let _ = write!(s, "\"{e}\"}}");
+            let _ = write!(s, "\"{}\"}}", Escaped(&e.to_string()));
         }
         None => s.push_str("null}"),
     }
@@ -574,7 +575,11 @@ fn demux_json(f: &DemuxFig) -> String {
             );
         }
         Err(why) => {
-            let _ = write!(s, "\"cost_per_completion\":null,\"unavailable\":\"{why}\",");
+            let _ = write!(
+                s,
+                "\"cost_per_completion\":null,\"unavailable\":\"{}\",",
+                Escaped(why)
+            );
         }
     }
     let _ = write!(
@@ -863,7 +868,7 @@ fn print_tables(cpus: &[usize], allocs: &[AllocFig], demux: &[DemuxFig]) {
     }
     crate::println!();
     crate::println!(
-        "IMS demultiplexing cost per delivered completion ({}): 'demux' = one completion among A armed handles of N on the CPU, 'burst' = all A complete together; cost = the demultiplexing passes (mean [min-max] per round), irqs = interrupts per round, path = whole interrupt path incl. entry, EOI and return",
+        "IMS demultiplexing cost per delivered completion ({}): 'demux' = one completion among A armed handles of N on the CPU, 'burst' = all A complete together; cost = the demultiplexing passes (mean [min-max] per round), polls = armed handles polled per completion (the others cost only their watch check), irqs = interrupts per round, path = whole interrupt path incl. entry, EOI and return",
         if icount() {
             "guest instructions"
         } else {

@@ -1,10 +1,27 @@
-//! The kernel side of `drivers/vtd`'s hardware traits: table memory from the frame
-//! allocator, the calibrated clock.
+//! The kernel side of `drivers/vtd`'s hardware traits: registers over an uncached MMIO
+//! window, table memory from the frame allocator, the calibrated clock.
 
 use alloc::collections::BTreeMap;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::mm::{self, FrameBlock};
+use crate::mm::{self, FrameBlock, Mmio};
+
+/// Every access is exactly one access of the named width (out-of-window ones read as
+/// all-ones and are dropped).
+impl vtd::RegisterBlock for Mmio {
+    fn read32(&self, offset: usize) -> u32 {
+        Mmio::read32(self, offset)
+    }
+    fn read64(&self, offset: usize) -> u64 {
+        Mmio::read64(self, offset)
+    }
+    fn write32(&self, offset: usize, value: u32) {
+        Mmio::write32(self, offset, value)
+    }
+    fn write64(&self, offset: usize, value: u64) {
+        Mmio::write64(self, offset, value)
+    }
+}
 
 /// DMA memory for one remapping unit's tables, queue and status words. Owns every block it
 /// handed out, so each access can be checked against them: a stray address (a bug in the

@@ -45,9 +45,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Once;
 use vtd::dmar::{BridgeBuses, DmarError};
 use vtd::spec::{Ecap, SourceValidation};
-use vtd::{
-    AddressSpaceId, Bdf, Config, DeviceUnitMap, Dmar, IrteHandle, MmioRegisters, RidDefault,
-};
+use vtd::{AddressSpaceId, Bdf, Config, DeviceUnitMap, Dmar, IrteHandle, RidDefault};
 
 pub use faults::{
     FaultInfo, FaultStats, FaultWatch, fault_count, fault_count_pasid, fault_stats, watch_faults,
@@ -58,12 +56,12 @@ pub use vtd::{Perm, SpaceKind, Translation, VtdError, WalkTrace};
 
 use crate::arch::{apic, percpu};
 use crate::irq::IrqError;
-use crate::mm::MmError;
+use crate::mm::{MmError, Mmio};
 use crate::pci::{MsiMessage, PciAddress};
 use crate::sync::IrqMutex;
 use glue::{KernelClock, KernelDma};
 
-type Unit = vtd::RemappingUnit<MmioRegisters, KernelDma, KernelClock>;
+type Unit = vtd::RemappingUnit<Mmio, KernelDma, KernelClock>;
 
 /// PASIDs handed out are below 2^PASID_BITS (a 4 KiB PASID directory per device). PASID 0
 /// is RID_PASID (requests without PASID) and never handed out.
@@ -298,10 +296,8 @@ pub fn init() -> Result<Option<InitReport>, IommuError> {
             .nth(i)
             .map_or(4096, |d| d.register_size())
             .max(4096);
-        crate::mm::map_mmio(u.register_base, size).map_err(IommuError::Map)?;
-        // SAFETY: the unit's register window, just mapped uncached; only this driver uses it.
-        let regs = unsafe { MmioRegisters::new(u.register_base as usize, size as usize) };
-        let ecap = Ecap::from_bits_retain(vtd::RegisterBlock::read64(&regs, vtd::spec::reg::ECAP));
+        let regs = Mmio::map(u.register_base, size).map_err(IommuError::Map)?;
+        let ecap = Ecap::from_bits_retain(regs.read64(vtd::spec::reg::ECAP));
         let pt = ecap.contains(Ecap::PT);
         if !pt {
             log::warn!("unit {i} has no pass-through (ECAP.PT=0): unattached devices are blocked");

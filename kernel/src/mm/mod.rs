@@ -9,6 +9,7 @@
 
 pub mod frames;
 pub mod heap;
+mod mmio;
 mod paging;
 
 use core::fmt;
@@ -18,6 +19,7 @@ use klib::paging::MapError;
 use spin::Once;
 
 pub use frames::{FrameBlock, alloc_frames, alloc_frames_below, alloc_frames_uninit, frame_stats};
+pub use mmio::Mmio;
 pub use paging::{kernel_root, map_firmware, map_mmio, translate};
 
 /// Memory-management errors.

@@ -27,6 +27,7 @@ use core::time::Duration;
 
 use dsa::workload::{Case, ClientKind, Completion, QueueMode, WlOp, WorkloadSpec, size_name};
 use dsa_spec::{Opcode, WqMode};
+use klib::json::Escaped;
 
 use crate::arch::{percpu, smp};
 use crate::dsa::{ClientSpace, DsaDevice};
@@ -448,7 +449,7 @@ pub fn result_json(r: &CaseResult) -> String {
         c.completion.name()
     );
     if let Some(why) = &r.skipped {
-        let _ = write!(s, ",\"skipped\":\"{}\"}}", json_escape(why));
+        let _ = write!(s, ",\"skipped\":\"{}\"}}", Escaped(why));
         return s;
     }
     let icount = icount();
@@ -488,25 +489,10 @@ pub fn result_json(r: &CaseResult) -> String {
         r.mb_per_s()
     );
     if let Some(e) = &r.first_error {
-        let _ = write!(s, ",\"first_error\":\"{}\"", json_escape(e));
+        let _ = write!(s, ",\"first_error\":\"{}\"", Escaped(e));
     }
     s.push('}');
     s
-}
-
-fn json_escape(s: &str) -> String {
-    let mut o = String::new();
-    for ch in s.chars() {
-        match ch {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(o, "\\u{:04x}", c as u32);
-            }
-            c => o.push(c),
-        }
-    }
-    o
 }
 
 fn table_header() {

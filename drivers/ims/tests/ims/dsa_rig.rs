@@ -149,19 +149,31 @@ impl dsa::Registers for Regs {
     }
 }
 
-struct Portal(Arc<dsa_model::Device>);
+/// Portal stores; with `sync` set the model executes right at the store, so a completion
+/// (record and interrupt) happens while the driver is still inside its submit call.
+struct Portal(Arc<dsa_model::Device>, Arc<AtomicBool>);
+impl Portal {
+    fn after_store(&self) {
+        if self.1.load(SeqCst) {
+            self.0.run_until_idle();
+        }
+    }
+}
 impl dsa::Portals for Portal {
     fn size(&self) -> u64 {
         self.0.layout().bar2_size
     }
     fn movdir64b(&self, off: u64, desc: &[u8; 64]) {
         self.0.portal_submit(off, desc, StoreKind::Posted);
+        self.after_store();
     }
     fn enqcmds(&self, off: u64, desc: &[u8; 64]) -> EnqStatus {
-        match self.0.portal_submit(off, desc, StoreKind::DmWr) {
+        let r = match self.0.portal_submit(off, desc, StoreKind::DmWr) {
             PortalResult::Accepted => EnqStatus::Accepted,
             PortalResult::Retry => EnqStatus::Retry,
-        }
+        };
+        self.after_store();
+        r
     }
 }
 
@@ -216,6 +228,8 @@ pub struct DsaRig {
     pub model: Arc<dsa_model::Device>,
     pub plat: Arc<DevPlat>,
     pub dev: Arc<Device>,
+    /// Deterministic mode: execute each descriptor at its portal store (see `Portal`).
+    pub sync_portals: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -239,11 +253,12 @@ impl DsaRig {
         });
         let msix = cfg.msix_entries as u16;
         let model = Arc::new(dsa_model::Device::new(cfg, plat.clone()).expect("model config"));
+        let sync_portals = Arc::new(AtomicBool::new(false));
         let flags = pci::BME | pci::PASID_ENABLE | pci::PASID_PRIV;
         model.set_pci_state(flags);
         let hw = Hardware {
             regs: Arc::new(Regs(model.clone())),
-            portals: Arc::new(Portal(model.clone())),
+            portals: Arc::new(Portal(model.clone(), sync_portals.clone())),
             dma: plat.clone(),
             clock: Arc::new(TClock {
                 start: Instant::now(),
@@ -272,6 +287,7 @@ impl DsaRig {
             model,
             plat,
             dev,
+            sync_portals,
             workers,
         }
     }

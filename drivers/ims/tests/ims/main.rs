@@ -6,3 +6,4 @@ mod logic;
 mod machine;
 mod on_dsa;
 mod soft;
+mod watched;

@@ -8,7 +8,7 @@ use dsa::{Client, DsaIms, Notify, OpError, Output, Submitter, SubmitterOptions, 
 use dsa_spec::tables::ImsCtrl;
 use ims::{
     ChipOptions, DomainConfig, ImsClient, ImsDomain, ImsError, ImsHandle, OWNER_PER_HANDLE,
-    OWNER_SHARED, VectorMode,
+    OWNER_SHARED, VectorMode, WatchState,
 };
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -228,6 +228,55 @@ fn cross_pasid_handle_use_is_refused_by_the_device() {
         e.ims.allocate(&client(pb), 1, &sa),
         Err(ImsError::Mismatch(_))
     ));
+}
+
+/// The device completes the descriptor at its portal store — record written and interrupt
+/// taken while the driver is still inside its submit call — and the demultiplexer's watch
+/// check must already see the record: the submitter watches it before the portal store.
+/// Idle armed handles on the same CPU are checked without a poll.
+#[test]
+fn completion_at_the_portal_store_is_delivered_by_its_interrupt() {
+    let e = env(1, Exec::Deterministic, VectorMode::Shared, true, 64);
+    let log: Log = Arc::default();
+    let idle: Vec<(Submitter, ImsHandle)> = (0..8)
+        .map(|_| {
+            let s = submitter(&e.rig, 9, 4);
+            let h = e.ims.allocate(&client(9), 0, &s).unwrap();
+            (s, h)
+        })
+        .collect();
+    let idle_armers: Vec<_> = idle.iter().map(|(_, h)| h.armer()).collect();
+    let guards: Vec<_> = idle_armers.iter().map(|a| a.arm().unwrap()).collect();
+    let mut sub = submitter(&e.rig, 9, 4);
+    let h = e.ims.allocate(&client(9), 0, &sub).unwrap();
+    e.rig.sync_portals.store(true, SeqCst);
+    e.domain.reset_stats();
+    for id in 0..3 {
+        e.ims
+            .submit(&mut sub, &h.armer(), &Work::noop(), record(&log, id))
+            .unwrap();
+        let delivered = log.lock().unwrap().len() as u64;
+        assert_eq!(
+            delivered,
+            id + 1,
+            "completion {id} delivered by its interrupt during the submit call"
+        );
+    }
+    e.rig.sync_portals.store(false, SeqCst);
+    assert_eq!(
+        *log.lock().unwrap(),
+        vec![(0, Some(0), true), (1, Some(0), true), (2, Some(0), true)]
+    );
+    let st = e.domain.stats(0).unwrap();
+    assert_eq!((st.interrupts, st.completions, st.polls), (3, 3, 3));
+    assert_eq!(sub.outstanding(), 0);
+    assert_eq!(
+        sub.reaper().completion_watch().state(),
+        WatchState::Idle,
+        "claimed records are no longer watched"
+    );
+    assert_eq!(h.delivered(), 3);
+    drop(guards);
 }
 
 #[test]

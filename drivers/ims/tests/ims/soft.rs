@@ -3,8 +3,9 @@
 //! completion source whose records are a counter the "device" advances.
 
 use crate::machine::{Machine, current_cpu};
-use ims::{Armer, CompletionSink, ImsError, ImsStorage, MsiMessage, StorageError};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use ims::{Armer, CompletionSink, CompletionWatch, ImsError, ImsStorage, MsiMessage, StorageError};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -217,4 +218,113 @@ pub fn submit(armer: &Armer, sink: &SoftSink) -> Result<(), ImsError> {
 pub fn complete(ims: &SoftIms, sink: &SoftSink, index: u32, pasid: u32) -> bool {
     sink.completed.fetch_add(1, SeqCst);
     ims.fire(index, pasid)
+}
+
+const FREE: u8 = 0;
+const PENDING: u8 = 1;
+const CLAIMED: u8 = 2;
+
+/// A completion source with records like DSA's, and a completion watch over their status
+/// bytes: a submission takes a free record, zeroes its status and watches it (all while the
+/// handle is armed); the "device" writes a non-zero status, then raises the interrupt;
+/// polling claims each written record once (PENDING → CLAIMED), unwatching it, in any order.
+pub struct RecordSink {
+    status: Arc<Vec<AtomicU8>>,
+    state: Vec<AtomicU8>,
+    watch: Arc<CompletionWatch>,
+    /// (record, CPU whose pass delivered it), in delivery order.
+    pub log: Mutex<Vec<(usize, Option<usize>)>>,
+    pub polls: AtomicU64,
+}
+
+/// Bytes per record (the status byte first), as DSA's 32-byte completion records.
+const STRIDE: usize = 32;
+
+impl RecordSink {
+    pub fn new(records: usize) -> Arc<RecordSink> {
+        let status: Arc<Vec<AtomicU8>> =
+            Arc::new((0..records * STRIDE).map(|_| AtomicU8::new(0)).collect());
+        let p = NonNull::new(status.as_ptr() as *mut u8).expect("non-null");
+        // SAFETY: the bytes live in `status`, which the watch keeps alive, and everything
+        // accesses them through AtomicU8.
+        let watch = unsafe { CompletionWatch::new(status.clone(), p, STRIDE, records) };
+        Arc::new(RecordSink {
+            status,
+            state: (0..records).map(|_| AtomicU8::new(FREE)).collect(),
+            watch: Arc::new(watch),
+            log: Mutex::new(Vec::new()),
+            polls: AtomicU64::new(0),
+        })
+    }
+
+    /// Submits one operation through `armer`; `during` runs after the record is watched and
+    /// before the submit call ends (the device may complete it right then). Returns the
+    /// record.
+    pub fn submit_with(
+        &self,
+        armer: &Armer,
+        during: impl FnOnce(usize),
+    ) -> Result<usize, ImsError> {
+        let g = armer.arm()?;
+        let i = (0..self.state.len())
+            .find(|&i| {
+                self.state[i]
+                    .compare_exchange(FREE, PENDING, SeqCst, SeqCst)
+                    .is_ok()
+            })
+            .expect("a free record");
+        self.status[i * STRIDE].store(0, SeqCst);
+        self.watch.watch(i);
+        during(i);
+        drop(g);
+        Ok(i)
+    }
+
+    pub fn submit(&self, armer: &Armer) -> Result<usize, ImsError> {
+        self.submit_with(armer, |_| {})
+    }
+
+    /// The device writes record `i` (status only: nothing raised).
+    pub fn write(&self, i: usize) {
+        self.status[i * STRIDE].store(1, SeqCst);
+    }
+
+    /// The device completes record `i` of a descriptor of `pasid` naming entry `index`:
+    /// record first, then the interrupt.
+    pub fn complete(&self, ims: &SoftIms, index: u32, pasid: u32, i: usize) -> bool {
+        self.write(i);
+        ims.fire(index, pasid)
+    }
+
+    pub fn delivered(&self) -> Vec<usize> {
+        self.log.lock().unwrap().iter().map(|d| d.0).collect()
+    }
+}
+
+impl CompletionSink for RecordSink {
+    fn poll(&self) -> u32 {
+        self.polls.fetch_add(1, SeqCst);
+        let mut n = 0;
+        self.watch.for_each_watched(|i| {
+            if self.state[i].load(SeqCst) != PENDING || self.status[i * STRIDE].load(SeqCst) == 0 {
+                return;
+            }
+            if self.state[i]
+                .compare_exchange(PENDING, CLAIMED, SeqCst, SeqCst)
+                .is_ok()
+            {
+                self.watch.unwatch(i);
+                self.log.lock().unwrap().push((i, current_cpu()));
+                self.state[i].store(FREE, SeqCst);
+                n += 1;
+            }
+        });
+        n
+    }
+    fn outstanding(&self) -> bool {
+        self.state.iter().any(|s| s.load(SeqCst) != FREE)
+    }
+    fn watch(&self) -> Option<Arc<CompletionWatch>> {
+        Some(self.watch.clone())
+    }
 }
