@@ -4,7 +4,7 @@
 
 use core::arch::x86_64::__cpuid_count;
 
-use crate::arch::{self, smp};
+use crate::arch::{self, percpu, smp};
 use crate::ktest;
 use crate::ktest::Outcome;
 use crate::mm::{self, FrameBlock};
@@ -372,6 +372,96 @@ ktest!(
         let f = probe_enqcmds(d + 8, src).expect_err("misaligned ENQCMDS");
         assert!(f.is_general_protection() && f.error_code == 0, "{f}");
         assert!(s.dst_untouched());
+        Outcome::Pass
+    }
+);
+
+/// Reads the 64 bytes at `line` as eight 8-byte loads kept in one 64-byte block of code:
+/// a TCG translation block never splits them (blocks end at page boundaries), and another
+/// vCPU's exclusive section only starts between blocks.
+fn read_line(line: u64) -> [u64; 8] {
+    let (a, b, c, d, e, f, g, h): (u64, u64, u64, u64, u64, u64, u64, u64);
+    // SAFETY: `line` is a 64-byte-aligned line inside a scratch page the caller keeps
+    // alive; the block only loads from it.
+    unsafe {
+        core::arch::asm!(
+            ".p2align 6",
+            "mov {a}, qword ptr [{p}]",
+            "mov {b}, qword ptr [{p} + 8]",
+            "mov {c}, qword ptr [{p} + 16]",
+            "mov {d}, qword ptr [{p} + 24]",
+            "mov {e}, qword ptr [{p} + 32]",
+            "mov {f}, qword ptr [{p} + 40]",
+            "mov {g}, qword ptr [{p} + 48]",
+            "mov {h}, qword ptr [{p} + 56]",
+            p = in(reg) line,
+            a = out(reg) a, b = out(reg) b, c = out(reg) c, d = out(reg) d,
+            e = out(reg) e, f = out(reg) f, g = out(reg) g, h = out(reg) h,
+            options(nostack, readonly, preserves_flags),
+        );
+    }
+    [a, b, c, d, e, f, g, h]
+}
+
+ktest!(
+    fn movdir64b_to_ram_is_64_byte_atomic_against_other_cpus() -> Outcome {
+        if !has_movdir64b() {
+            return ktest::skip("no MOVDIR64B");
+        }
+        if percpu::cpu_count() < 2 {
+            return ktest::skip("needs a second CPU");
+        }
+        // CPU 1 stores lines of eight equal qwords (k, k, …, k) for k = 1, 2, … with
+        // MOVDIR64B; this CPU reads the line meanwhile. 64-byte write atomicity: no read
+        // ever sees two different values in one line.
+        let mut s = Scratch::new(0);
+        s.page.as_mut_slice()[DST_OFF..DST_OFF + 64].fill(0);
+        let (src, dst) = (s.src(0), s.dst());
+        const STORES: u64 = 4000;
+        let writer = smp::spawn_on(1, move || {
+            for k in 1..=STORES {
+                let line = [k; 8];
+                // SAFETY: `src` is 64 readable bytes of the scratch page (kept alive by the
+                // test until this job is joined) and `dst` its 64-byte-aligned destination;
+                // `line` is written to the source first.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(line.as_ptr(), src as *mut u64, 8);
+                    core::arch::asm!(
+                        "movdir64b {d}, zmmword ptr [{s}]",
+                        d = in(reg) dst,
+                        s = in(reg) src,
+                        options(nostack, preserves_flags),
+                    );
+                }
+            }
+        })
+        .expect("spawn writer on CPU 1");
+        let (mut reads, mut torn, mut distinct, mut last) = (0u64, 0u64, 0u64, 0u64);
+        let mut first_torn = None;
+        while !writer.is_done() {
+            let q = read_line(dst);
+            reads += 1;
+            if q.iter().any(|&v| v != q[0]) {
+                torn += 1;
+                first_torn.get_or_insert(q);
+            } else if q[0] != last {
+                distinct += 1;
+                last = q[0];
+            }
+        }
+        writer
+            .join(core::time::Duration::from_secs(60))
+            .expect("writer finished");
+        log::info!(
+            "movdir64b atomicity: {STORES} stores, {reads} reads, {distinct} distinct lines seen, {torn} torn"
+        );
+        if torn > 0 {
+            return Outcome::Fail(alloc::format!(
+                "{torn} of {reads} reads saw a torn MOVDIR64B line, first {:x?}",
+                first_torn
+            ));
+        }
+        assert_eq!(read_line(dst), [STORES; 8], "the last store");
         Outcome::Pass
     }
 );

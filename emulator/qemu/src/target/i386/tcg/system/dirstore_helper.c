@@ -8,8 +8,11 @@
  * as summarised in the project's instructions reference):
  *  - the source is read completely before anything is written, so a fault on the source
  *    leaves the destination untouched;
- *  - MOVDIR64B to RAM writes the 64 bytes; to a registered region it calls the handler
- *    (posted, no status); to any other MMIO it falls back to naturally split stores;
+ *  - MOVDIR64B to RAM writes the 64 bytes with 64-byte write atomicity: under MTTCG the
+ *    instruction is re-run in an exclusive section (cpu_loop_exit_atomic), so no other
+ *    vCPU observes a partly written line; to a registered region it calls the handler
+ *    (posted, no status; the handler runs under the BQL and takes the 64 bytes whole); to
+ *    any other MMIO it falls back to naturally split stores;
  *  - ENQCMD/ENQCMDS report the enqueue register's answer in ZF (0 accepted, 1 retry) and
  *    clear CF/PF/AF/SF/OF; a destination that is not an enqueue register (RAM or other
  *    MMIO) answers retry and nothing is written anywhere.
@@ -24,6 +27,7 @@
 #include "exec/helper-proto.h"
 #include "exec/cpu_ldst.h"
 #include "exec/exec-all.h"
+#include "exec/translation-block.h"
 #include "exec/memory.h"
 #include "tcg/helper-tcg.h"
 #include "system/direct-store.h"
@@ -116,6 +120,17 @@ void helper_movdir64b(CPUX86State *env, target_ulong dest, target_ulong src)
         return;
     }
     if (!is_mmio && host) {
+        CPUState *cs = env_cpu(env);
+
+        /*
+         * A host memcpy is not one transaction: another vCPU thread could read half a
+         * line. In parallel mode start again in an exclusive section (every other vCPU
+         * stopped between translation blocks); nothing has been written yet and the
+         * source is read again there.
+         */
+        if (tcg_cflags_has(cs, CF_PARALLEL) && !cpu_in_exclusive_context(cs)) {
+            cpu_loop_exit_atomic(cs, ra);
+        }
         /* Plain RAM already marked dirty by the probe. */
         memcpy(host, buf, DIRSTORE_BYTES);
         return;
