@@ -84,6 +84,9 @@ pub(crate) struct ChipInner {
     /// Unique within the domain.
     pub id: u64,
     table: spin::Mutex<Table>,
+    /// Restore passes started ([`ImsChip::restore`]): an allocation that overlapped one
+    /// programs its entry again, since the pass may have run before the handle was live.
+    restores: AtomicU64,
 }
 
 impl ChipInner {
@@ -117,6 +120,7 @@ impl ChipInner {
                 leaked: 0,
                 lent: 0,
             }),
+            restores: AtomicU64::new(0),
         }))
     }
 
@@ -265,6 +269,7 @@ impl ChipInner {
                 return Err(e.into());
             }
         };
+        let restores_before = self.restores.load(SeqCst);
         let dev_handle = match self.storage.program(index, route.msg, pasid) {
             Ok(h) => h,
             Err(e) => {
@@ -317,7 +322,28 @@ impl ChipInner {
             return Err(e);
         }
         self.table.lock().live[index as usize] = Some(Arc::downgrade(&h));
-        self.storage.set_masked(index, false);
+        {
+            // A live handle's entry is written under its `ctl` lock (restore does the same).
+            let _entry = h.ctl.lock();
+            if self.restores.load(SeqCst) != restores_before {
+                // A device reset and restore ran since the entry was programmed; the pass
+                // may have looked at the live list before this handle was in it.
+                match self.storage.program(index, route.msg, pasid) {
+                    Ok(dev) => h.dev_handle.store(dev, SeqCst),
+                    Err(e) => {
+                        drop(_entry);
+                        log::error!(
+                            "ims: {}: entry {index}: programming again after a restore: {e}",
+                            self.options.name
+                        );
+                        // Dropping the handle releases everything allocated above.
+                        drop(ImsHandle::new(h));
+                        return Err(e.into());
+                    }
+                }
+            }
+            self.storage.set_masked(index, false);
+        }
         log::debug!(
             "ims: {}: entry {index} → PASID {pasid:#x}, client {}, CPU {cpu}, vector {vector:#04x}",
             self.options.name,
@@ -462,32 +488,71 @@ impl ImsChip {
 
     /// Rewrites every live entry after the device lost its IMS table (a reset during halt
     /// recovery): message, binding, mask state; device-issued handles are requested again.
-    /// Call with no control operation on this chip's handles in progress. Returns how many
-    /// entries were restored.
+    /// Safe against concurrent control operations: each entry is rewritten under its
+    /// handle's `ctl` lock, under which mask, unmask, retarget and release make their entry
+    /// writes, and an allocation overlapping the pass programs its entry again. A handle
+    /// whose lock cannot be had within the domain's call timeout (e.g. this runs in an
+    /// interrupt that preempted its holder) and an entry the device refuses are skipped
+    /// and reported. Returns how many entries were restored.
     pub fn restore(&self) -> Result<u32, ImsError> {
-        let live: Vec<Arc<HandleInner>> = self
-            .inner
+        let inner = &self.inner;
+        inner.restores.fetch_add(1, SeqCst);
+        let live: Vec<Arc<HandleInner>> = inner
             .table
             .lock()
             .live
             .iter()
             .filter_map(|w| w.as_ref().and_then(Weak::upgrade))
             .collect();
+        let d = &inner.domain;
         let mut n = 0;
+        let mut first_err = None;
         for h in live {
-            if h.flags.load(SeqCst) & crate::handle::DEAD != 0 {
+            let deadline = d.platform.now_ns().saturating_add(d.config.call_timeout_ns);
+            let c = loop {
+                if let Some(c) = h.ctl.try_lock() {
+                    break Some(c);
+                }
+                if d.platform.now_ns() >= deadline {
+                    break None;
+                }
+                core::hint::spin_loop();
+            };
+            let Some(c) = c else {
+                log::error!(
+                    "ims: {}: entry {} not restored: its handle stayed locked",
+                    inner.options.name,
+                    h.index
+                );
+                first_err.get_or_insert(ImsError::Timeout("a handle's control lock"));
                 continue;
+            };
+            if h.flags.load(SeqCst) & crate::handle::DEAD != 0 {
+                continue; // being released: its entry is masked and cleared by the release
             }
-            let msg = h.ctl.lock().route.msg;
-            let dev = self.inner.storage.program(h.index, msg, h.pasid)?;
-            h.dev_handle.store(dev, SeqCst);
-            if h.flags.load(SeqCst) & crate::handle::MASKED == 0 {
-                self.inner.storage.set_masked(h.index, false);
+            match inner.storage.program(h.index, c.route.msg, h.pasid) {
+                Ok(dev) => {
+                    h.dev_handle.store(dev, SeqCst);
+                    if h.flags.load(SeqCst) & crate::handle::MASKED == 0 {
+                        inner.storage.set_masked(h.index, false);
+                    }
+                    n += 1;
+                }
+                Err(e) => {
+                    log::error!(
+                        "ims: {}: entry {} not restored: {e}",
+                        inner.options.name,
+                        h.index
+                    );
+                    first_err.get_or_insert(ImsError::Storage(e));
+                }
             }
-            n += 1;
         }
-        log::info!("ims: {}: {n} entries restored", self.inner.options.name);
-        Ok(n)
+        log::info!("ims: {}: {n} entries restored", inner.options.name);
+        match first_err {
+            None => Ok(n),
+            Some(e) => Err(e),
+        }
     }
 }
 

@@ -242,9 +242,13 @@ impl ImsHandle {
     /// [`unmask`](Self::unmask).
     pub fn mask(&mut self) -> Result<(), ImsError> {
         let h = &self.h;
-        h.flags.fetch_or(MASKED, SeqCst);
-        h.chip.storage.set_masked(h.index, true);
-        let cpu = h.ctl.lock().cpu;
+        let cpu = {
+            // Entry writes under `ctl`: a concurrent restore cannot unmask it again.
+            let c = h.ctl.lock();
+            h.flags.fetch_or(MASKED, SeqCst);
+            h.chip.storage.set_masked(h.index, true);
+            c.cpu
+        };
         // A handler pass that checked the flag just before it was set finishes first.
         h.chip.domain.barrier(cpu)
     }
@@ -254,9 +258,12 @@ impl ImsHandle {
     /// now). Returns the completions that re-poll delivered.
     pub fn unmask(&mut self) -> Result<u32, ImsError> {
         let h = &self.h;
-        h.flags.fetch_and(!MASKED, SeqCst);
-        h.chip.storage.set_masked(h.index, false);
-        let cpu = h.ctl.lock().cpu;
+        let cpu = {
+            let c = h.ctl.lock();
+            h.flags.fetch_and(!MASKED, SeqCst);
+            h.chip.storage.set_masked(h.index, false);
+            c.cpu
+        };
         h.chip.domain.repoll_on(cpu, h)
     }
 
@@ -324,31 +331,40 @@ impl ImsHandle {
             undo_join();
             return Err(e.into());
         }
-        if route.msg != old_route.msg {
-            // Without remapping the message itself names the CPU: rewrite it while masked
-            // (a completion meanwhile stays pending and is sent with the new message).
-            let storage = &chip.storage;
-            storage.set_masked(h.index, true);
-            let r = storage.set_message(h.index, route.msg);
-            if r.is_err() {
-                let mut back = route;
-                let _ = plat.retarget_route(&mut back, old_cpu, old_vector);
-                let _ = storage.set_message(h.index, old_route.msg);
-            }
-            if h.flags.load(SeqCst) & MASKED == 0 {
-                storage.set_masked(h.index, false);
-            }
-            if let Err(e) = r {
-                undo_join();
-                return Err(e.into());
-            }
-        }
-        {
+        let written = {
+            // The entry write and the new route together under `ctl`: a concurrent restore
+            // programs either the old message before or the new one after, never a stale one.
             let mut c = h.ctl.lock();
-            c.route = route;
-            c.cpu = cpu;
-            c.vector = new_vector;
-            c.slot = new_slot;
+            let r = if route.msg != old_route.msg {
+                // Without remapping the message itself names the CPU: rewrite it while
+                // masked (a completion meanwhile stays pending and is sent with the new
+                // message).
+                let storage = &chip.storage;
+                storage.set_masked(h.index, true);
+                let r = storage.set_message(h.index, route.msg);
+                if r.is_err() {
+                    let mut back = route;
+                    let _ = plat.retarget_route(&mut back, old_cpu, old_vector);
+                    let _ = storage.set_message(h.index, old_route.msg);
+                }
+                if h.flags.load(SeqCst) & MASKED == 0 {
+                    storage.set_masked(h.index, false);
+                }
+                r
+            } else {
+                Ok(())
+            };
+            if r.is_ok() {
+                c.route = route;
+                c.cpu = cpu;
+                c.vector = new_vector;
+                c.slot = new_slot;
+            }
+            r
+        };
+        if let Err(e) = written {
+            undo_join();
+            return Err(e.into());
         }
         // 3. Leave the old CPU, on the old CPU (its handler is not running this handle after).
         let old_st = &d.cpus[old_cpu];
@@ -404,8 +420,13 @@ impl Drop for ImsHandle {
 fn release(h: &Arc<HandleInner>) -> Result<(), ImsError> {
     let chip = &h.chip;
     let d = &chip.domain;
-    h.flags.fetch_or(DEAD, SeqCst);
-    chip.storage.set_masked(h.index, true);
+    {
+        // Under `ctl`: a restore running now either finished this entry or sees DEAD and
+        // leaves it alone from here on.
+        let _c = h.ctl.lock();
+        h.flags.fetch_or(DEAD, SeqCst);
+        chip.storage.set_masked(h.index, true);
+    }
     let mut first_err = None;
     // Submissions that armed before DEAD finish their portal store first (they are then
     // covered by the drain); a late one is refused by the device after unbind anyway.

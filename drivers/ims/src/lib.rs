@@ -99,6 +99,16 @@
 //! ownership (`&mut ImsHandle`). A sink must tolerate concurrent polls (a retarget briefly
 //! lets two CPUs see a handle); it delivers each completion exactly once.
 //!
+//! The one party that writes a live handle's device entry without owning the handle is
+//! [`ImsChip::restore`] (halt recovery, after a device reset cleared the table). Every entry
+//! write of a live handle — mask, unmask, retarget's message and route, release's mask, and
+//! restore's reprogramming — is made under the handle's `ctl` lock together with the state it
+//! follows (mask flag, route, DEAD), so restore programs either the state before an
+//! operation or the state after it, never a mix; an allocation that overlapped a restore
+//! pass (which may have read the live list before the handle was in it) programs its entry
+//! again. Restore waits for a `ctl` lock at most the domain's call timeout and reports the
+//! entries it skipped.
+//!
 //! Callbacks run in interrupt context (or inside a cross-CPU call) with the CPU's table held:
 //! they may arm and submit, but must not call control operations (allocate, mask, unmask,
 //! retarget, release) — those are for thread context with interrupts enabled.

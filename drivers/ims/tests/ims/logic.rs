@@ -896,3 +896,125 @@ fn an_arming_before_the_sink_counts_is_not_lost() {
     complete(&ims, &s, index, 1);
     s.assert_exactly_once(2);
 }
+
+/// A device reset and the chip's restore (halt recovery) run between an allocation's entry
+/// programming and the handle going live: the new entry must come out programmed anyway.
+#[test]
+fn restore_during_an_allocation_covers_the_new_entry() {
+    let m = Machine::new(2, true);
+    let d = domain(&m, VectorMode::Shared);
+    let ims = SoftIms::new(&m, SID, 8);
+    let c = chip(&d, &ims, 64);
+    let s0 = SoftSink::new();
+    let h0 = c.allocate(&client(1), 0, s0.clone()).unwrap();
+    let (ims2, c2) = (ims.clone(), c.clone());
+    *ims.after_program.lock().unwrap() = Some(Box::new(move || {
+        ims2.reset();
+        c2.restore().expect("restore");
+    }));
+    let s1 = SoftSink::new();
+    let h1 = c.allocate(&client(2), 1, s1.clone()).unwrap();
+    assert!(ims.after_program.lock().unwrap().is_none(), "the reset ran");
+    for (h, pasid) in [(&h0, 1), (&h1, 2)] {
+        let e = ims.entry(h.index());
+        assert_eq!(e.pasid, Some(pasid), "entry {} bound", h.index());
+        assert_eq!(e.msg, h.route().msg, "entry {} message", h.index());
+        assert!(!e.masked, "entry {} unmasked", h.index());
+    }
+    submit(&h1.armer(), &s1).unwrap();
+    complete(&ims, &s1, h1.index(), 2);
+    s1.assert_exactly_once(1);
+}
+
+/// Halt recovery restores the entries while the owner masks and unmasks: once `mask`
+/// returned the entry stays masked until `unmask`, whatever restore does meanwhile.
+#[test]
+fn restore_racing_with_mask_keeps_a_masked_entry_masked() {
+    let m = Machine::new(2, true);
+    let d = domain(&m, VectorMode::Shared);
+    let ims = SoftIms::new(&m, SID, 8);
+    let c = chip(&d, &ims, 64);
+    let mut h = c.allocate(&client(3), 1, SoftSink::new()).unwrap();
+    let idx = h.index();
+    let stop = Arc::new(AtomicBool::new(false));
+    let passes = Arc::new(AtomicU64::new(0));
+    let restorer = {
+        let (c, stop, passes) = (c.clone(), stop.clone(), passes.clone());
+        thread::spawn(move || {
+            while !stop.load(SeqCst) {
+                c.restore().expect("restore");
+                passes.fetch_add(1, SeqCst);
+            }
+        })
+    };
+    let mut violations = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut rounds = 0;
+    while (rounds < 3000 || passes.load(SeqCst) < 1000) && Instant::now() < deadline {
+        h.mask().unwrap();
+        for _ in 0..100 {
+            if !ims.entry(idx).masked {
+                violations += 1;
+            }
+        }
+        h.unmask().unwrap();
+        rounds += 1;
+    }
+    stop.store(true, SeqCst);
+    restorer.join().unwrap();
+    let restores = passes.load(SeqCst);
+    assert!(restores >= 1000, "restore ran only {restores} times");
+    assert_eq!(
+        violations, 0,
+        "a masked handle's entry was unmasked {violations} times ({rounds} rounds, {restores} restores)"
+    );
+    assert_eq!(ims.entry(idx).pasid, Some(3));
+}
+
+/// Without interrupt remapping a retarget rewrites the entry's message: a restore running
+/// meanwhile must not put the old CPU's message back.
+#[test]
+fn restore_racing_with_retarget_keeps_the_current_message() {
+    let m = Machine::new(2, false);
+    let d = domain(&m, VectorMode::Shared);
+    let ims = SoftIms::new(&m, SID, 8);
+    let c = chip(&d, &ims, 64);
+    let s = SoftSink::new();
+    let mut h = c.allocate(&client(4), 0, s.clone()).unwrap();
+    let idx = h.index();
+    let stop = Arc::new(AtomicBool::new(false));
+    let passes = Arc::new(AtomicU64::new(0));
+    let restorer = {
+        let (c, stop, passes) = (c.clone(), stop.clone(), passes.clone());
+        thread::spawn(move || {
+            while !stop.load(SeqCst) {
+                c.restore().expect("restore");
+                passes.fetch_add(1, SeqCst);
+            }
+        })
+    };
+    let mut stale = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut rounds = 0;
+    while (rounds < 2000 || passes.load(SeqCst) < 1000) && Instant::now() < deadline {
+        h.retarget(1 - h.cpu()).unwrap();
+        let want = h.route().msg;
+        for _ in 0..20 {
+            if ims.entry(idx).msg != want {
+                stale += 1;
+            }
+        }
+        rounds += 1;
+    }
+    stop.store(true, SeqCst);
+    restorer.join().unwrap();
+    let restores = passes.load(SeqCst);
+    assert!(restores >= 1000, "restore ran only {restores} times");
+    assert_eq!(
+        stale, 0,
+        "the entry held a stale message {stale} times ({rounds} retargets, {restores} restores)"
+    );
+    submit(&h.armer(), &s).unwrap();
+    complete(&ims, &s, idx, 4);
+    s.assert_exactly_once(1);
+}

@@ -24,6 +24,9 @@ pub struct SoftIms {
     pub quiesces: AtomicU64,
     /// Completions refused because the entry is bound to another PASID (status 0x19).
     pub refused: AtomicU64,
+    /// Runs once, right after the next `program` wrote its entry (to put a device reset and
+    /// the chip's restore exactly there).
+    pub after_program: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl SoftIms {
@@ -41,7 +44,18 @@ impl SoftIms {
             fail_quiesce: AtomicBool::new(false),
             quiesces: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            after_program: Mutex::new(None),
         })
+    }
+
+    /// A device reset: every entry back to its reset state (masked, unbound, no message).
+    pub fn reset(&self) {
+        for e in self.table.lock().unwrap().iter_mut() {
+            *e = Entry {
+                masked: true,
+                ..Entry::default()
+            };
+        }
     }
 
     pub fn entry(&self, index: u32) -> Entry {
@@ -88,6 +102,11 @@ impl ImsStorage for SoftIms {
         e.masked = true;
         e.msg = msg;
         e.pasid = Some(pasid);
+        drop(t);
+        let hook = self.after_program.lock().unwrap().take();
+        if let Some(f) = hook {
+            f();
+        }
         Ok(index)
     }
     fn set_message(&self, index: u32, msg: MsiMessage) -> Result<(), StorageError> {
