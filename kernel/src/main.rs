@@ -191,7 +191,10 @@ fn bring_up() -> Result<(), BringUpError> {
         Err(e) => log::warn!("pci: {e}"),
     }
     // Before any device interrupt or driver DMA: interrupt remapping and translation on.
-    if let Some(r) = step("IOMMU (iommu=off skips it)", iommu::init())? {
+    if let Some(r) = step(
+        "IOMMU (iommu=off skips it)",
+        iommu::init(dsa::ims_entries_hint),
+    )? {
         log::info!(
             "iommu: {} unit(s), {} device(s) with context entries, ready in {} us",
             r.units,

@@ -77,6 +77,23 @@ fn ims_kernel_tests_two_devices_with_interrupt_handle_commands() {
 }
 
 #[test]
+fn four_devices_get_an_ir_table_for_every_ims_entry() {
+    // The IR table is sized from the DSA functions found on PCI (2048 IMS entries each):
+    // 8192 handles on four devices each get an IRTE (a fixed 8192-entry table ran out at
+    // the fourth device's 2012th handle).
+    let r = Boot::kernel()
+        .smp(2)
+        .dsa(4)
+        .ktest("ims::every_ims_entry_of_every_device")
+        .run();
+    r.expect_pass()
+        .expect_serial("IR table of 16384 entries for")
+        .expect_serial("and 8192 IMS messages")
+        .expect_serial("ktest-info: 8192 IMS handles on 4 devices, 8192 IRTEs");
+    r.expect_tests_ok(&["ims::every_ims_entry_of_every_device_gets_its_own_irte"]);
+}
+
+#[test]
 fn pasid_clients_take_completion_interrupts_through_ims() {
     let spec =
         "memmove,crc:size=4k:mode=swq:batch=1,8:completion=irq:cpus=all:iters=48:client=pasid";

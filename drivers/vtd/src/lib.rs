@@ -43,6 +43,6 @@ pub use error::VtdError;
 pub use hw::{Clock, DmaMemory, RegisterBlock};
 pub use pagetable::{Perm, Translation};
 pub use unit::{
-    AddressSpaceId, Config, FaultBatch, FaultCounters, IrteHandle, RemappingUnit, RidDefault,
-    SpaceKind, StageKind, WalkTrace,
+    AddressSpaceId, Config, FaultBatch, FaultCounters, IR_TABLE_MAX_ENTRIES, IrTableSize,
+    IrteHandle, RemappingUnit, RidDefault, SpaceKind, StageKind, WalkTrace, ir_table_size_for,
 };

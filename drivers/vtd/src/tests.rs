@@ -922,3 +922,30 @@ fn traced_walk_records_every_entry_read() {
     );
     assert_eq!(t.paging.last().map(|e| (e.0, e.2)), Some((2, 0)));
 }
+
+#[test]
+fn ir_table_sizing_covers_every_message_up_to_the_architectural_maximum() {
+    // The floor when the devices need less.
+    let s = ir_table_size_for(300, 8192);
+    assert_eq!((s.entries, s.order, s.capped), (8192, 12, false));
+    // Four DSA devices' 2048 IMS entries plus their MSI-X and the system's messages.
+    let s = ir_table_size_for(4 * 2048 + 4 * 9 + 256, 8192);
+    assert_eq!((s.entries, s.order, s.capped), (16384, 13, false));
+    // Exactly a power of two is not rounded up.
+    assert_eq!(ir_table_size_for(32768, 256).entries, 32768);
+    // The largest table, and beyond it: capped, said so.
+    let s = ir_table_size_for(65536, 0);
+    assert_eq!((s.entries, s.order, s.capped), (65536, 15, false));
+    let s = ir_table_size_for(65537, 0);
+    assert_eq!((s.entries, s.order, s.capped), (65536, 15, true));
+    let s = ir_table_size_for(u64::MAX, 0);
+    assert_eq!((s.entries, s.capped), (65536, true));
+    // Never below 2 entries (IRTA.S = 0).
+    assert_eq!(ir_table_size_for(0, 0).order, 0);
+    // The order is what the unit accepts for its table.
+    for m in [0u64, 1, 3, 255, 256, 257, 9000, 70000] {
+        let s = ir_table_size_for(m, 0);
+        assert_eq!(1u64 << (s.order + 1), u64::from(s.entries));
+        assert!(s.order <= 15);
+    }
+}

@@ -61,6 +61,34 @@ impl Default for Config {
     }
 }
 
+/// Largest interrupt-remapping table: 2^16 entries (IRTA.S = 15, 1 MiB).
+pub const IR_TABLE_MAX_ENTRIES: u32 = 1 << 16;
+
+/// An interrupt-remapping table size chosen by [`ir_table_size_for`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IrTableSize {
+    /// IRTA.S: the table holds 2^(order+1) entries ([`Config::ir_table_order`]).
+    pub order: u8,
+    pub entries: u32,
+    /// The need exceeded [`IR_TABLE_MAX_ENTRIES`]: some messages will find no entry.
+    pub capped: bool,
+}
+
+/// The smallest power-of-two table (at least `floor` entries, at most
+/// [`IR_TABLE_MAX_ENTRIES`], at least 2) that holds `messages` entries: every interrupt
+/// message a device may send through the unit takes one (each MSI/MSI-X vector, each IMS
+/// entry in use).
+pub fn ir_table_size_for(messages: u64, floor: u32) -> IrTableSize {
+    let max = u64::from(IR_TABLE_MAX_ENTRIES);
+    let want = messages.max(u64::from(floor)).max(2);
+    let entries = want.checked_next_power_of_two().unwrap_or(max).min(max);
+    IrTableSize {
+        order: (entries.trailing_zeros() - 1) as u8,
+        entries: entries as u32,
+        capped: want > max,
+    }
+}
+
 /// The translation stage this unit uses for translated spaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StageKind {

@@ -292,6 +292,16 @@ pub fn init_error() -> Option<&'static str> {
     INIT_ERROR.get().map(|s| s.as_str())
 }
 
+/// IMS entries a DSA function is assumed to have before its registers are read: GENCAP's
+/// IMS size on SPR/EMR (8 × 256). Sizes the interrupt-remapping tables, which are set up
+/// before the devices are brought up.
+pub const IMS_ENTRIES_HINT: u32 = 2048;
+
+/// The IOMMU layer's [`crate::iommu::ImsHint`]: [`IMS_ENTRIES_HINT`] for a DSA function.
+pub fn ims_entries_hint(d: &pci::Device) -> u32 {
+    if is_dsa(d) { IMS_ENTRIES_HINT } else { 0 }
+}
+
 /// Whether a PCI function is a DSA.
 fn is_dsa(d: &pci::Device) -> bool {
     let i = d.info();
@@ -578,6 +588,14 @@ pub fn print_summary(d: &DsaDevice) {
             None => String::from("without PASID"),
         }
     );
+    if c.ims_entries > IMS_ENTRIES_HINT && crate::iommu::is_enabled() {
+        log::warn!(
+            "dsa{}: {} IMS entries, more than the {IMS_ENTRIES_HINT} the IR table was sized for; \
+             raise iommu.irtes if every entry is to be used",
+            d.index,
+            c.ims_entries
+        );
+    }
     for w in drv.wqs() {
         let route = w
             .msix_entry

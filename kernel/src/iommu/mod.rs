@@ -67,25 +67,69 @@ type Unit = vtd::RemappingUnit<Mmio, KernelDma, KernelClock>;
 /// is RID_PASID (requests without PASID) and never handed out.
 pub const PASID_BITS: u8 = 15;
 
-/// Interrupt-remapping table size (IRTEs per unit) unless `iommu.irtes=N` says otherwise.
-/// Every device interrupt message takes one IRTE: each MSI-X entry, and each IMS handle
-/// (DSA: up to 2048 per device), so the table must hold every handle of every device plus
-/// the MSI-X entries. 8192 entries (128 KiB) cover two DSA devices' whole IMS tables.
-pub const DEFAULT_IRTES: u32 = 8192;
+/// Smallest interrupt-remapping table (IRTEs per unit): 128 KiB, which also covers the IMS
+/// tables of two DSA devices on platforms whose drivers give no hint.
+pub const MIN_IRTES: u32 = 8192;
 
-/// The IR table size: `iommu.irtes=N` (a power of two, 2..=65536), else [`DEFAULT_IRTES`].
-/// Returns the table order S (2^(S+1) entries, IRTA.S).
-fn ir_table_order() -> u8 {
-    let order = |n: u32| (n.trailing_zeros() - 1) as u8;
+/// Messages beyond the devices' own that a unit's table keeps room for (I/O APIC pins,
+/// HPET, devices that appear later).
+const SYSTEM_IRTES: u64 = 256;
+
+/// Interrupt messages a PCI function may send beyond its MSI/MSI-X vectors (IMS entries),
+/// as its driver knows them; `main` passes the DSA driver's.
+pub type ImsHint = fn(&crate::pci::Device) -> u32;
+
+/// What one unit's interrupt-remapping table must hold: one entry per interrupt message of
+/// the functions behind it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IrNeed {
+    /// MSI-X table entries, plus 32 per MSI-only function (the most MSI can ask for).
+    pub msi: u64,
+    /// IMS entries (the drivers' hints).
+    pub ims: u64,
+}
+
+impl IrNeed {
+    fn total(&self) -> u64 {
+        self.msi + self.ims + SYSTEM_IRTES
+    }
+}
+
+/// The IR table size for a unit: `iommu.irtes=N` (a power of two, 2..=65536) if given,
+/// else the smallest power of two of at least [`MIN_IRTES`] that holds `need`.
+fn ir_table_size(unit: usize, need: IrNeed) -> vtd::IrTableSize {
+    let fit = vtd::ir_table_size_for(need.total(), MIN_IRTES);
+    if fit.capped {
+        log::warn!(
+            "unit {unit}: {} interrupt messages need more than the largest IR table ({} entries); some IMS handles will find no entry",
+            need.total(),
+            fit.entries
+        );
+    }
     match crate::cmdline::number("iommu.irtes") {
-        None => order(DEFAULT_IRTES),
-        Some(Ok(n)) if (2..=65536).contains(&n) && n.is_power_of_two() => order(n as u32),
+        None => fit,
+        Some(Ok(n)) if (2..=65536).contains(&n) && n.is_power_of_two() => {
+            let s = vtd::ir_table_size_for(n, 0);
+            if s.entries < fit.entries {
+                log::warn!(
+                    "unit {unit}: iommu.irtes={n} is below the {} entries its devices may use",
+                    fit.entries
+                );
+            }
+            s
+        }
         Some(_) => {
-            log::warn!("iommu.irtes must be a power of two in 2..=65536; using {DEFAULT_IRTES}");
-            order(DEFAULT_IRTES)
+            log::warn!(
+                "iommu.irtes must be a power of two in 2..=65536; using {}",
+                fit.entries
+            );
+            fit
         }
     }
 }
+
+/// PCI capability ID of MSI.
+const CAP_MSI: u8 = 0x05;
 
 /// Errors of the IOMMU layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,7 +280,7 @@ pub struct InitReport {
 
 /// Brings up every remapping unit (see the module documentation). `Ok(None)` when there is
 /// nothing to do (no DMAR table, or `iommu=off`).
-pub fn init() -> Result<Option<InitReport>, IommuError> {
+pub fn init(ims_hint: ImsHint) -> Result<Option<InitReport>, IommuError> {
     let t0 = crate::time::now_ns();
     if crate::cmdline::get("iommu") == Some("off") {
         log::warn!("disabled on the command line (iommu=off): DMA is not remapped");
@@ -284,6 +328,24 @@ pub fn init() -> Result<Option<InitReport>, IommuError> {
         }
     }
 
+    // What each unit's IR table must hold.
+    let mut needs = alloc::vec![IrNeed::default(); map.units.len()];
+    for d in crate::pci::devices() {
+        let Some(&u) = devices.get(&d.address()) else {
+            continue;
+        };
+        let Some(need) = needs.get_mut(u) else {
+            continue;
+        };
+        let info = d.info();
+        need.msi += match info.msix_vectors {
+            Some(n) => u64::from(n),
+            None if info.caps.iter().any(|&(id, _)| id == CAP_MSI) => 32,
+            None => 0,
+        };
+        need.ims += u64::from(ims_hint(&d));
+    }
+
     let x2apic_cpus = apic::mode() == apic::Mode::X2Apic;
     let fault_cpu = (0..percpu::cpu_count())
         .find(|&c| percpu::apic_id(c).is_some_and(|id| id <= 0xff))
@@ -303,9 +365,17 @@ pub fn init() -> Result<Option<InitReport>, IommuError> {
             log::warn!("unit {i} has no pass-through (ECAP.PT=0): unattached devices are blocked");
             rid_default = RidDefault::Blocked;
         }
+        let need = needs.get(u.unit).copied().unwrap_or_default();
+        let ir = ir_table_size(i, need);
+        log::info!(
+            "unit {i}: IR table of {} entries for {} MSI/MSI-X and {} IMS messages (+{SYSTEM_IRTES} spare)",
+            ir.entries,
+            need.msi,
+            need.ims
+        );
         let cfg = Config {
             pasid_bits: PASID_BITS,
-            ir_table_order: ir_table_order(),
+            ir_table_order: ir.order,
             x2apic: x2apic_cpus && ecap.contains(Ecap::EIM),
             rid_default: if pt {
                 RidDefault::PassThrough

@@ -780,3 +780,81 @@ ktest!(
         Outcome::Pass
     }
 );
+
+ktest!(
+    fn every_ims_entry_of_every_device_gets_its_own_irte() -> Outcome {
+        // The IR table is sized from the DSA functions found before bring-up (2048 IMS
+        // entries each): with four devices it must hold 8192 handles plus the MSI-X entries.
+        if let Err(o) = ims_device() {
+            return o;
+        }
+        let devs: Vec<&'static DsaDevice> = crate::dsa::devices()
+            .iter()
+            .filter(|d| {
+                d.has_enqcmds()
+                    && d.wq_id(WqMode::Shared).is_some()
+                    && d.driver().caps().ims_entries > 0
+            })
+            .collect();
+        if devs.len() < 3 {
+            return ktest::skip("needs 3 or more DSA devices with IMS (QEMU: --dsa 4)");
+        }
+        let ncpu = percpu::cpu_count();
+        let routes_before = kims::platform().live_routes();
+        let t0 = crate::time::now_ns();
+        let mut clients = Vec::new();
+        let mut handles: Vec<(usize, ImsHandle)> = Vec::new();
+        let mut total = 0usize;
+        for d in &devs {
+            let ims = kims::device_ims(d).unwrap();
+            let entries = ims.chip().entries() as usize;
+            let quota = ims.chip().quota(u32::MAX) as usize;
+            for first in (0..entries).step_by(quota.max(1)) {
+                let c = Client::with_new_space().unwrap();
+                let s = c.submitter(d, small()).unwrap();
+                for i in first..entries.min(first + quota) {
+                    let h = c
+                        .allocate(d, (total + i) % ncpu, &s)
+                        .unwrap_or_else(|e| panic!("dsa{}: handle {i} of {entries}: {e}", d.index));
+                    handles.push((clients.len(), h));
+                }
+                clients.push((c, s, d.index));
+            }
+            assert_eq!(ims.chip().free_entries(), 0, "dsa{}: table full", d.index);
+            total += entries;
+        }
+        let alloc_ms = (crate::time::now_ns() - t0) / 1_000_000;
+        assert_eq!(kims::platform().live_routes(), routes_before + total);
+        let mut irtes: Vec<u16> = handles
+            .iter()
+            .map(|(_, h)| kims::platform().irte_of(&h.route()).expect("an IRTE"))
+            .collect();
+        irtes.sort_unstable();
+        irtes.dedup();
+        assert_eq!(irtes.len(), total, "one IRTE per handle");
+        crate::println!(
+            "ktest-info: {total} IMS handles on {} devices, {} IRTEs, allocated in {alloc_ms} ms",
+            devs.len(),
+            irtes.len()
+        );
+        // The last handle of every device delivers.
+        for d in &devs {
+            let ims = kims::device_ims(d).unwrap();
+            let (k, h) = handles
+                .iter()
+                .rev()
+                .find(|(k, _)| clients[*k].2 == d.index)
+                .expect("a handle on every device");
+            let done = Arc::new(AtomicUsize::new(0));
+            let (_, s, _) = &mut clients[*k];
+            ims.submit(s, &h.armer(), &Work::noop(), count_into(&done))
+                .unwrap();
+            wait_for("a completion through the last IRTE", || {
+                done.load(Ordering::Acquire) == 1
+            });
+        }
+        drop(handles);
+        assert_eq!(kims::platform().live_routes(), routes_before);
+        Outcome::Pass
+    }
+);
