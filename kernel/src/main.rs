@@ -31,6 +31,7 @@ use alloc::vec::Vec;
 use core::fmt::Write;
 
 use log::LevelFilter;
+use mm::stacks::StackKind;
 
 /// Kernel entry from the boot stub (`boot` crate), on the BSP boot stack with the
 /// boot stub's identity map of 0–4 GiB. `magic`/`info` are EAX/EBX at entry.
@@ -79,6 +80,33 @@ extern "C" fn kernel_main64(magic: u32, info: u32) -> ! {
     if let Err(e) = boot {
         exit::fail(format_args!("boot information: {e}"));
     }
+    // Before the heap exists, errors are reported with static text.
+    if let Err(e) = mm::init(&bootinfo::get().memmap) {
+        exit::fail(format_args!("memory: {e}"));
+    }
+    // From here on every stack has a guard page: the BSP leaves the boot stack (in the
+    // image, unguarded) for a guarded one, and so do its IST stacks.
+    let guarded = |size: u64, kind: StackKind| match mm::stacks::alloc_stack(size, kind, 0) {
+        Ok(s) => s.top,
+        Err(e) => exit::fail(format_args!("memory: BSP stack: {e}")),
+    };
+    let ist = arch::gdt::IST_STACK_SIZE as u64;
+    arch::gdt::guard_bsp_ist([
+        guarded(ist, StackKind::DoubleFault),
+        guarded(ist, StackKind::Nmi),
+        guarded(ist, StackKind::MachineCheck),
+    ]);
+    let top = guarded(BSP_STACK_SIZE, StackKind::Main);
+    // SAFETY: `top` is the top of a fresh guarded stack of this CPU; nothing on the boot
+    // stack is used after the switch (`main_on_guarded_stack` takes no arguments).
+    unsafe { arch::switch_stack(top, main_on_guarded_stack) }
+}
+
+/// The BSP's kernel stack after memory is up.
+const BSP_STACK_SIZE: u64 = 256 * 1024;
+
+/// The rest of boot and the run, on the BSP's guarded stack.
+extern "C" fn main_on_guarded_stack() -> ! {
     if let Err(e) = bring_up() {
         exit::fail(format_args!("{e}"));
     }
@@ -108,10 +136,6 @@ fn step<T, E: core::fmt::Display>(what: &str, r: Result<T, E>) -> Result<T, Brin
 
 fn bring_up() -> Result<(), BringUpError> {
     let bi = bootinfo::get();
-    // Before the heap exists, errors are reported with static text.
-    if let Err(e) = mm::init(&bi.memmap) {
-        exit::fail(format_args!("memory: {e}"));
-    }
     let info = step("ACPI", acpi::init(bi.rsdp))?;
     let pins = step("I/O APIC", arch::ioapic::mask_all(&info.ioapics))?;
     log::debug!("{pins} I/O APIC pins masked");

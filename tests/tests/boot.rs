@@ -73,6 +73,24 @@ fn deliberately_failing_kernel_test_is_detected() {
 }
 
 #[test]
+fn stack_overflow_hits_the_guard_page_and_is_reported() {
+    let r = Boot::kernel()
+        .smp(2)
+        .ktest("deliberate_stack_overflow")
+        .run();
+    r.expect_failed_test("deliberate_stack_overflow")
+        .expect_serial("EXCEPTION: #DF double fault (vector 8) on CPU 0")
+        .expect_serial("stack overflow: CR2 is in the guard page of CPU 0's kernel stack");
+    let r = Boot::kernel()
+        .smp(4)
+        .ktest("deliberate_stack_overflow_on_an_ap")
+        .run();
+    r.expect_failed_test("deliberate_stack_overflow_on_an_ap")
+        .expect_serial("EXCEPTION: #DF double fault (vector 8) on CPU 3")
+        .expect_serial("stack overflow: CR2 is in the guard page of CPU 3's kernel stack");
+}
+
+#[test]
 fn unexpected_exception_in_a_test_fails_the_run_with_a_report() {
     let r = Boot::kernel().smp(2).ktest("deliberate_page_fault").run();
     r.expect_failed_test("deliberate_page_fault")

@@ -31,26 +31,45 @@ struct BspIstStacks(UnsafeCell<[[u8; IST_STACK_SIZE]; 3]>);
 // Rust references.
 unsafe impl Sync for BspIstStacks {}
 
+/// The BSP's TSS: static (it is loaded before any allocator exists) and written once more
+/// when the guarded IST stacks replace the boot-time ones.
+struct BspTss(UnsafeCell<TaskStateSegment>);
+
+// SAFETY: written only by the BSP — once in `init_bsp` before `ltr`, and in
+// `guard_bsp_ist` (IST pointers, read by the CPU only when delivering an IST exception);
+// no Rust reference to it outlives those calls.
+unsafe impl Sync for BspTss {}
+
+/// Boot-time IST stacks of the BSP, until [`guard_bsp_ist`] (no guard pages: memory
+/// management is not up yet).
 static BSP_IST: BspIstStacks = BspIstStacks(UnsafeCell::new([[0; IST_STACK_SIZE]; 3]));
-static BSP_TSS: Once<TaskStateSegment> = Once::new();
+static BSP_TSS: BspTss = BspTss(UnsafeCell::new(TaskStateSegment::new()));
 static BSP_GDT: Once<GlobalDescriptorTable> = Once::new();
 
-fn build_tss(ist_base: u64) -> TaskStateSegment {
+fn build_tss(tops: [u64; 3]) -> TaskStateSegment {
     let mut tss = TaskStateSegment::new();
-    for i in 0..3 {
-        let top = ist_base + ((i + 1) * IST_STACK_SIZE) as u64;
+    for (i, top) in tops.into_iter().enumerate() {
         tss.interrupt_stack_table[i] = VirtAddr::new(top);
     }
     tss
 }
 
-fn build_gdt(tss: &'static TaskStateSegment) -> (GlobalDescriptorTable, [SegmentSelector; 3]) {
+fn boot_ist_tops() -> [u64; 3] {
+    let base = BSP_IST.0.get() as u64;
+    [1u64, 2, 3].map(|i| base + i * IST_STACK_SIZE as u64)
+}
+
+fn gdt_with_tss(tss: Descriptor) -> (GlobalDescriptorTable, [SegmentSelector; 3]) {
     let mut gdt = GlobalDescriptorTable::new();
     let code = gdt.append(Descriptor::kernel_code_segment());
     let data = gdt.append(Descriptor::kernel_data_segment());
-    let tss_sel = gdt.append(Descriptor::tss_segment(tss));
+    let tss_sel = gdt.append(tss);
     debug_assert_eq!(code.0, KERNEL_CS);
     (gdt, [code, data, tss_sel])
+}
+
+fn build_gdt(tss: &'static TaskStateSegment) -> (GlobalDescriptorTable, [SegmentSelector; 3]) {
+    gdt_with_tss(Descriptor::tss_segment(tss))
 }
 
 fn load(gdt: &'static GlobalDescriptorTable, sel: [SegmentSelector; 3]) {
@@ -68,10 +87,13 @@ fn load(gdt: &'static GlobalDescriptorTable, sel: [SegmentSelector; 3]) {
 
 /// Loads the BSP's GDT/TSS (static storage: usable before any allocator).
 pub fn init_bsp() {
-    let tss = BSP_TSS.call_once(|| build_tss(BSP_IST.0.get() as u64));
     let mut sel = None;
     let gdt = BSP_GDT.call_once(|| {
-        let (g, s) = build_gdt(tss);
+        let p = BSP_TSS.0.get();
+        // SAFETY: first and only initialisation, on the BSP, before the TSS is loaded.
+        unsafe { p.write(build_tss(boot_ist_tops())) };
+        // SAFETY: the TSS is a static that lives forever and is not moved.
+        let (g, s) = gdt_with_tss(unsafe { Descriptor::tss_segment_unchecked(p) });
         sel = Some(s);
         g
     });
@@ -80,10 +102,23 @@ pub fn init_bsp() {
     }
 }
 
-/// Builds and loads an AP's GDT/TSS with IST stacks at `ist_base` (3 × 16 KiB).
-pub fn init_ap(ist_base: u64) {
+/// Moves the BSP's #DF, NMI and #MC stacks to guarded stacks (after memory is up).
+pub fn guard_bsp_ist(tops: [u64; 3]) {
+    let p = BSP_TSS.0.get();
+    // SAFETY: a field pointer into the static TSS (no reference is created).
+    let ist = unsafe { core::ptr::addr_of_mut!((*p).interrupt_stack_table) }.cast::<VirtAddr>();
+    for (i, top) in tops.into_iter().enumerate() {
+        // SAFETY: slot `i` < 7 of the BSP's TSS, which only `init_bsp` (earlier) and this
+        // function write, both on the BSP; the CPU reads a slot only while delivering an IST
+        // exception. The TSS is packed (the array is 4-byte aligned): unaligned store.
+        unsafe { ist.add(i).write_unaligned(VirtAddr::new(top)) };
+    }
+}
+
+/// Builds and loads an AP's GDT/TSS with its IST stacks (#DF, NMI, #MC tops).
+pub fn init_ap(ist_tops: [u64; 3]) {
     let tss: &'static TaskStateSegment =
-        alloc::boxed::Box::leak(alloc::boxed::Box::new(build_tss(ist_base)));
+        alloc::boxed::Box::leak(alloc::boxed::Box::new(build_tss(ist_tops)));
     let (g, s) = build_gdt(tss);
     let gdt: &'static GlobalDescriptorTable = alloc::boxed::Box::leak(alloc::boxed::Box::new(g));
     load(gdt, s);

@@ -129,6 +129,31 @@ pub unsafe fn wrmsr(msr: u32, value: u64) {
     unsafe { x86_64::registers::model_specific::Msr::new(msr).write(value) }
 }
 
+/// Continues on the stack whose top is `top` by calling `f` there; the current stack is
+/// abandoned.
+///
+/// # Safety
+///
+/// `[top - n, top)` must be mapped, writable memory owned by this CPU for as long as `f`
+/// runs (a stack of [`crate::mm::stacks`]), and nothing may still refer to data on the
+/// current stack once `f` runs (it is never returned to).
+pub unsafe fn switch_stack(top: u64, f: extern "C" fn() -> !) -> ! {
+    // SAFETY: the caller guarantees the new stack; `top` is 16-byte aligned (page
+    // aligned), so `f` starts with the ABI's alignment after the `call`. A zero RBP ends
+    // backtraces there.
+    unsafe {
+        core::arch::asm!(
+            "mov rsp, {top}",
+            "xor ebp, ebp",
+            "call {f}",
+            "ud2",
+            top = in(reg) top,
+            f = in(reg) f,
+            options(noreturn),
+        )
+    }
+}
+
 /// Stops this CPU for good (interrupts off, `hlt` in a loop; NMIs return to the loop).
 pub fn halt_forever() -> ! {
     loop {

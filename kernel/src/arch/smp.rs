@@ -23,6 +23,7 @@ use x86_64::instructions::interrupts;
 use super::apic::{self, ApicError, Delivery, Shorthand};
 use super::percpu::{self, Job};
 use crate::irq::CALL_VECTOR;
+use crate::mm::stacks::{StackKind, alloc_stack};
 use crate::sync::IrqMutex;
 use crate::time;
 
@@ -192,7 +193,8 @@ impl fmt::Display for SmpError {
 
 /// Handed to each AP through the trampoline.
 struct ApBoot {
-    ist_base: u64,
+    /// Tops of the AP's #DF, NMI and #MC stacks.
+    ist_tops: [u64; 3],
     checked_in: AtomicBool,
     online: AtomicBool,
 }
@@ -327,15 +329,25 @@ fn start_one(
     init_delay_us: u64,
     timeout_ms: u64,
 ) -> Result<usize, SmpError> {
-    let stack = crate::mm::alloc_frames(AP_STACK_SIZE, 4096).map_err(SmpError::NoMemory)?;
-    let ist = crate::mm::alloc_frames(3 * super::gdt::IST_STACK_SIZE as u64, 4096)
-        .map_err(SmpError::NoMemory)?;
+    // Guarded stacks, recorded under the index the AP will get (the next one).
+    let cpu = percpu::cpu_count();
+    let guarded = |size: u64, kind: StackKind| {
+        alloc_stack(size, kind, cpu)
+            .map(|s| s.top)
+            .map_err(SmpError::NoMemory)
+    };
+    let stack_top = guarded(AP_STACK_SIZE, StackKind::Main)?;
+    let ist = super::gdt::IST_STACK_SIZE as u64;
+    let ist_tops = [
+        guarded(ist, StackKind::DoubleFault)?,
+        guarded(ist, StackKind::Nmi)?,
+        guarded(ist, StackKind::MachineCheck)?,
+    ];
     let boot: &'static ApBoot = Box::leak(Box::new(ApBoot {
-        ist_base: ist.leak(),
+        ist_tops,
         checked_in: AtomicBool::new(false),
         online: AtomicBool::new(false),
     }));
-    let stack_top = stack.leak() + AP_STACK_SIZE;
     // SAFETY: patch fields inside the trampoline page prepared by `start_aps`.
     unsafe {
         let start = sym(&raw const ap_trampoline_start);
@@ -385,7 +397,7 @@ extern "C" fn ap_entry64(boot: &'static ApBoot) -> ! {
     let Some(cpu) = percpu::init_ap() else {
         super::halt_forever();
     };
-    super::gdt::init_ap(boot.ist_base);
+    super::gdt::init_ap(boot.ist_tops);
     super::idt::load();
     apic::init_local();
     crate::irq::init_cpu();

@@ -279,6 +279,15 @@ fn fatal_exception(frame: &TrapFrame, depth: u32) -> ! {
     p(format_args!(
         "  CR0 {cr0:#010x}  CR2 {cr2:#018x}  CR3 {cr3:#018x}  CR4 {cr4:#010x}\n"
     ));
+    // A #PF on a guard page cannot be delivered on the overflowed stack: it arrives as #DF
+    // (with CR2 still the guard address), or as #PF if it happened on another stack.
+    if matches!(v, 8 | 14)
+        && let Some((owner, what)) = crate::mm::stacks::guard_page_owner(cr2)
+    {
+        p(format_args!(
+            "  stack overflow: CR2 is in the guard page of CPU {owner}'s {what}\n"
+        ));
+    }
     p(format_args!(
         "  RAX {:#018x} RBX {:#018x} RCX {:#018x} RDX {:#018x}\n",
         frame.rax, frame.rbx, frame.rcx, frame.rdx

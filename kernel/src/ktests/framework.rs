@@ -40,6 +40,30 @@ ktest!(explicit fn deliberate_page_fault() {
     crate::println!("unreachable: read {v}");
 });
 
+/// Recurses with a 1 KiB frame until the stack runs out (the guard page ends it).
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn recurse_forever(depth: u64) -> u64 {
+    let frame = core::hint::black_box([depth as u8; 1024]);
+    // Not a tail call: the frame is used after the recursive call returns.
+    recurse_forever(depth + 1) + u64::from(frame[(depth % 1024) as usize])
+}
+
+ktest!(explicit fn deliberate_stack_overflow() {
+    // Running off the stack must hit the guard page and give a report naming the stack,
+    // not corrupt whatever lies below it.
+    let n = recurse_forever(0);
+    crate::println!("unreachable: {n}");
+});
+
+ktest!(explicit fn deliberate_stack_overflow_on_an_ap() {
+    // Same on an AP's own stack (allocated by the BSP before the AP started).
+    let last = crate::arch::percpu::cpu_count() - 1;
+    assert!(last > 0, "needs a second CPU");
+    let n = crate::arch::smp::run_on(last, || recurse_forever(0));
+    crate::println!("unreachable: {n:?}");
+});
+
 ktest!(explicit fn deliberately_hangs() {
     // For the host harness's timeout detection.
     loop {

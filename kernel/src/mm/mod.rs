@@ -5,12 +5,14 @@
 //! RAM regions of the memory map are mapped write-back; the rest of the first 4 GiB
 //! (legacy MMIO: LAPIC, IOAPIC, HPET, VT-d, ECAM, 32-bit BARs) is mapped uncached;
 //! MMIO above 4 GiB (64-bit BARs, high ECAM) is mapped on demand with [`map_mmio`].
-//! Page 0 stays unmapped so null dereferences fault.
+//! Page 0 stays unmapped so null dereferences fault. Kernel stacks are the exception:
+//! they live in an upper-half region with guard pages ([`stacks`]).
 
 pub mod frames;
 pub mod heap;
 mod mmio;
 mod paging;
+pub mod stacks;
 
 use core::fmt;
 

@@ -180,6 +180,21 @@ fn map_with(phys: u64, len: u64, flags: PteFlags) -> Result<(), MmError> {
     Ok(())
 }
 
+/// Maps `len` bytes of frames at `phys` at the stack address `virt` (write-back, not
+/// executable, 4 KiB pages unless both are 2 MiB aligned). The caller leaves the page below
+/// `virt` unmapped as the guard.
+pub(super) fn map_stack(virt: u64, phys: u64, len: u64) -> Result<(), MmError> {
+    let mut g = KERNEL.lock();
+    let m = g.as_mut().ok_or(MmError::NotInitialized)?;
+    let flags = if crate::arch::features().nx {
+        ram_flags() | PteFlags::NO_EXECUTE
+    } else {
+        ram_flags() - PteFlags::NO_EXECUTE
+    };
+    m.map(virt, phys, len, flags, &mut FrameSource)?;
+    Ok(())
+}
+
 /// Looks up a kernel virtual address.
 pub fn translate(virt: u64) -> Option<Translation> {
     KERNEL.lock().as_ref()?.translate(virt)
