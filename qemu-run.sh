@@ -26,7 +26,7 @@ usage: ./qemu-run.sh [options] [-- extra QEMU arguments]
 
 Boot source (default: build and boot target/x86_64-unknown-none/<profile>/kernel):
   --kernel ELF         boot this kernel ELF through PVH (-kernel)
-  --iso ISO            boot a GRUB ISO (scripts/mkiso.sh) with SeaBIOS
+  --iso ISO            boot a GRUB ISO (boot/mkiso.sh) with SeaBIOS
   --uefi               with --iso: boot through OVMF instead of SeaBIOS
   --release            build/boot the release kernel
 
@@ -140,14 +140,24 @@ install_hint() {
   cat >&2 <<'EOF'
   Install QEMU 10 from Debian bookworm-backports:
     sudo apt-get update && sudo apt-get install -y -t bookworm-backports qemu-system-x86
-  (scripts/install-deps.sh adds bookworm-backports to apt and installs everything needed.)
+  (.ci/install-deps.sh adds bookworm-backports to apt and installs everything needed.)
 EOF
 }
 
 if [ -n "${QEMU:-}" ]; then
   QEMU_BIN="$QEMU"
 elif [ -x "$ROOT/emulator/qemu/build.sh" ]; then
-  QEMU_BIN="$("$ROOT/emulator/qemu/build.sh" --ensure)" || die "emulator/qemu/build.sh --ensure failed"
+  if ! QEMU_BIN="$("$ROOT/emulator/qemu/build.sh" --ensure)"; then
+    cat >&2 <<EOF
+$PROG: the patched QEMU 10.0.2 (emulator/qemu/build.sh) could not be built; its reason is above.
+  Install what it needs (Debian bookworm: build packages, QEMU 10 and a deb-src entry from
+  bookworm-backports, the Rust target) and build it, from the repository root:
+    sudo .ci/install-deps.sh && emulator/qemu/build.sh --ensure
+  Or run another QEMU >= 10.0 (no intel-dsa device: the DSA parts are skipped):
+    QEMU=/path/to/qemu-system-x86_64 ./qemu-run.sh
+EOF
+    exit 2
+  fi
   [ -n "$QEMU_BIN" ] || die "emulator/qemu/build.sh --ensure printed no QEMU path"
 elif command -v qemu-system-x86_64 >/dev/null 2>&1; then
   QEMU_BIN="$(command -v qemu-system-x86_64)"

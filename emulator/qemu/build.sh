@@ -94,6 +94,9 @@ if [ "$mode" = ensure ] && [ -x "$BIN" ]; then
 fi
 T0=$(date +%s)
 
+DL="$OUT/dl"
+tarball_ok() { [ -f "$DL/$TARBALL" ] && echo "$TARBALL_SHA256  $DL/$TARBALL" | sha256sum -c --status; }
+
 # ---- prerequisites ----------------------------------------------------------------------
 missing_prereqs() {
   local m=()
@@ -107,31 +110,31 @@ missing_prereqs() {
   [ -f /usr/include/libfdt.h ] || m+=("libfdt-dev")
   [ -f /usr/share/seabios/bios-256k.bin ] || m+=("firmware:/usr/share/seabios/bios-256k.bin")
   [ -f /usr/share/qemu/pvh.bin ] || m+=("firmware:/usr/share/qemu/pvh.bin")
-  grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/ ||
-    m+=("apt:deb-src bookworm-backports")
+  # The source comes through apt unless the verified tarball is already here.
+  if ! tarball_ok && ! apt-cache showsrc qemu 2>/dev/null | grep -qxF "Version: $DEB_VERSION"; then
+    m+=("apt:deb-src-bookworm-backports(qemu=$DEB_VERSION)")
+  fi
   printf '%s\n' "${m[@]}"
 }
 missing=$(missing_prereqs)
 if [ -n "$missing" ]; then
   log "missing: $(echo $missing)"
   if [ "$(id -u)" -eq 0 ] || sudo -n true 2>/dev/null; then
-    log "running scripts/install-deps.sh"
-    "$ROOT/scripts/install-deps.sh" >&2
+    log "running .ci/install-deps.sh"
+    "$ROOT/.ci/install-deps.sh" >&2
     missing=$(missing_prereqs)
   fi
   if [ -n "$missing" ]; then
     die "still missing: $(echo $missing)
   Debian packages: ninja-build libglib2.0-dev libpixman-1-dev libfdt-dev flex bison
   python3-venv pkg-config xz-utils, qemu-system-x86 (bookworm-backports, for the firmware);
-  a Rust toolchain (cargo); and a 'deb-src' entry for bookworm-backports
-  (scripts/install-deps.sh does all of this as root)."
+  a Rust toolchain (cargo); and a 'deb-src' entry for bookworm-backports.
+  From the repository root, as a user with sudo: sudo .ci/install-deps.sh"
   fi
 fi
 
 # ---- source tarball ---------------------------------------------------------------------
-DL="$OUT/dl"
 mkdir -p "$DL"
-tarball_ok() { [ -f "$DL/$TARBALL" ] && echo "$TARBALL_SHA256  $DL/$TARBALL" | sha256sum -c --status; }
 if ! tarball_ok; then
   log "fetching qemu=$DEB_VERSION source through apt"
   tmp=$(mktemp -d "$DL/apt.XXXXXX")

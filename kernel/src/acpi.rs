@@ -135,6 +135,29 @@ pub struct AcpiInfo {
     pub hpet: Option<HpetDescription>,
     /// ACPI PM timer.
     pub pm_timer: Option<PmTimerInfo>,
+    /// The DMAR table (VT-d), found through the `acpi` crate's custom-table mechanism
+    /// ([`DmarTable`]) and validated: physical address and length.
+    pub dmar: Option<(u64, u32)>,
+}
+
+/// The fixed head of the DMAR table (Intel VT-d spec §8.1), for the `acpi` crate's
+/// custom-table lookup; `drivers/vtd` parses the whole table from its bytes.
+#[repr(C, packed)]
+pub struct DmarTable {
+    header: ::acpi::sdt::SdtHeader,
+    /// Host address width − 1.
+    pub host_address_width: u8,
+    pub flags: u8,
+    reserved: [u8; 10],
+}
+
+// SAFETY: `DmarTable` is the layout of the table with signature DMAR (a 36-byte SDT header
+// followed by the DMAR fields), and `header` returns that header.
+unsafe impl ::acpi::AcpiTable for DmarTable {
+    const SIGNATURE: ::acpi::sdt::Signature = ::acpi::sdt::Signature::DMAR;
+    fn header(&self) -> &::acpi::sdt::SdtHeader {
+        &self.header
+    }
 }
 
 /// ACPI errors.
@@ -361,6 +384,7 @@ pub fn init(rsdp: Option<RsdpSource>) -> Result<&'static AcpiInfo, AcpiError> {
         ecam: Vec::new(),
         hpet: None,
         pm_timer: None,
+        dmar: None,
     };
 
     if let Some(t) = first(&info.tables, b"APIC") {
@@ -496,7 +520,28 @@ pub fn init(rsdp: Option<RsdpSource>) -> Result<&'static AcpiInfo, AcpiError> {
             Err(e) => log::warn!("FADT rejected: {e}"),
         }
     }
+    if first(&info.tables, b"DMAR").is_some() {
+        match crate_tables.find_table::<DmarTable>() {
+            Ok(m) => {
+                let (phys, len) = (m.physical_start() as u64, { m.get().header.length });
+                // The crate found what we validated: our checks hold for these bytes.
+                match check::validate_table(phys_bytes(phys, len as usize)?) {
+                    Ok(_) => info.dmar = Some((phys, len)),
+                    Err(e) => log::warn!("DMAR rejected: {e}"),
+                }
+            }
+            Err(e) => log::warn!("DMAR: {e:?}"),
+        }
+    }
     Ok(INFO.call_once(|| info))
+}
+
+/// The DMAR table's bytes (`header.length` of them), if the firmware has a valid one.
+pub fn dmar_bytes() -> Option<&'static [u8]> {
+    let (phys, len) = info()?.dmar?;
+    // SAFETY: validated in `init` (mapped, length and checksum); firmware tables stay put.
+    let b = unsafe { core::slice::from_raw_parts(phys as *const u8, len as usize) };
+    check::validate_table(b).ok().map(|_| b)
 }
 
 fn first(tables: &[TableInfo], sig: &[u8; 4]) -> Option<TableInfo> {

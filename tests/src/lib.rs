@@ -132,12 +132,12 @@ pub fn ktest_iso() -> &'static Path {
         let elf = kernel_elf();
         let out = target_dir().join("iso/ktest.iso");
         run_logged(
-            Command::new(workspace_root().join("scripts/mkiso.sh"))
+            Command::new(workspace_root().join("boot/mkiso.sh"))
                 .arg("-o")
                 .arg(&out)
                 .args(["--default", "ktest", "--timeout", "0"])
                 .arg(elf),
-            "scripts/mkiso.sh",
+            "boot/mkiso.sh",
         )?;
         Ok(out)
     });

@@ -91,6 +91,17 @@ fn stack_overflow_hits_the_guard_page_and_is_reported() {
 }
 
 #[test]
+fn executing_data_faults_on_the_instruction_fetch() {
+    let r = Boot::kernel()
+        .smp(1)
+        .ktest("deliberate_execution_from_the_heap")
+        .run();
+    r.expect_failed_test("deliberate_execution_from_the_heap")
+        .expect_serial("EXCEPTION: #PF page fault (vector 14) on CPU 0")
+        .expect_serial("(protection-violation read supervisor instruction-fetch)");
+}
+
+#[test]
 fn unexpected_exception_in_a_test_fails_the_run_with_a_report() {
     let r = Boot::kernel().smp(2).ktest("deliberate_page_fault").run();
     r.expect_failed_test("deliberate_page_fault")

@@ -26,6 +26,7 @@ const ONE_DEVICE: &[&str] = &[
     "instructions::cpuid_reports_movdir64b_and_enqcmd",
     "instructions::movdir64b_to_ram_writes_the_64_bytes_and_keeps_flags",
     "instructions::movdir64b_misaligned_destination_is_gp0",
+    "instructions::movdir64b_to_ram_is_64_byte_atomic_against_other_cpus",
     "instructions::ia32_pasid_resets_to_zero_round_trips_and_rejects_reserved_bits",
     "instructions::enqcmds_to_ram_reports_retry_and_writes_nothing",
     "instructions::enqcmd_to_ram_reports_retry_and_writes_nothing",
@@ -52,6 +53,31 @@ fn expect_clean_cases(r: &BootResult, cases: usize) {
 }
 
 #[test]
+fn dsa_as_an_integrated_endpoint_on_the_root_bus() {
+    // As on Sapphire Rapids: the DSA is a root-complex integrated endpoint on bus 0, no
+    // root port above it (the other tests put each device behind a pcie-root-port).
+    let r = Boot::kernel()
+        .smp(2)
+        .dsa(0)
+        .qemu_arg("-device")
+        .qemu_arg("intel-dsa")
+        .ktest("dsa::")
+        .run();
+    r.expect_pass()
+        .expect_serial("dsa0: 0000:00:")
+        .expect_serial("kernel PASID 1 (pass-through), PCIe RCiEP")
+        .expect_serial("dsa0: 15 of 15 operations in OPCAP ran on both WQs");
+    r.expect_tests_ok(&[
+        "dsa::devices_are_enabled_with_pasid_and_remapped_interrupts",
+        "dsa::memmove_dedicated_movdir64b_and_shared_enqcmds_each_way",
+        "dsa::every_operation_matches_the_cpu_reference_on_both_queues",
+        "dsa::completion_interrupts_and_polling",
+        "dsa::pasid_clients_see_only_their_own_memory",
+        "dsa::page_fault_partial_completion_is_resumed_to_the_right_result",
+    ]);
+}
+
+#[test]
 fn dsa_kernel_tests_with_fault_injection() {
     let r = Boot::kernel()
         .smp(2)
@@ -68,7 +94,9 @@ fn dsa_kernel_tests_with_fault_injection() {
         // The page fault as the IOMMU reported it, and the recovery from the forced halt.
         .expect_serial("reason 0x71 (first-stage entry not present)")
         .expect_serial("SWERR 0x21 (hardware write error)")
-        .expect_serial("recovered; 8 in-flight operation(s) finished or failed back");
+        .expect_serial("recovered; 8 in-flight operation(s) finished or failed back")
+        .expect_serial("dsa0: 15 of 15 operations in OPCAP ran on both WQs")
+        .expect_serial("movdir64b atomicity: 4000 stores");
     r.expect_tests_ok(ONE_DEVICE);
     assert!(matches!(
         r.report

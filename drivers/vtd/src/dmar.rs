@@ -1,5 +1,6 @@
 //! ACPI DMAR table parser over the table's bytes (the kernel finds the table with the `acpi`
-//! crate's custom-table mechanism and hands over `&[u8]` of `header.length` bytes).
+//! crate's custom-table mechanism, `kernel::acpi::DmarTable` with `find_table`, checks its
+//! length and checksum, and hands over `&[u8]` of `header.length` bytes).
 //!
 //! [`Dmar::parse`] validates the whole table up front: header, every remapping structure's
 //! length against the table end and the type's fixed layout, and every device scope's length

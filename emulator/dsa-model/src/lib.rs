@@ -70,6 +70,17 @@
 //!   Fence trivially). A member status other than 0x01 (0x02 included) counts as failure for
 //!   Fence and for the batch status 0x05. Bytes completed of a batch = members fetched.
 //! * **Cache Flush** performs no DMA and succeeds.
+//! * **Status codes the model never produces by itself** (dsa.md §7.2 lists them; only fault
+//!   injection, below, makes a descriptor complete with them):
+//!   0x1E traffic-class error — the reference does not say which TC settings are invalid, so
+//!   every GRPCFG TC value is accepted and descriptors may select TC-A or TC-B freely;
+//!   0x1F page fault on a Drain readback address — Drain readback is not advertised
+//!   (GENCAP), so the flag is invalid (0x11);
+//!   0x20/0x21 hardware read/write (or destination readback) errors — host memory never
+//!   fails;
+//!   0x22 address translation failure — ATS is not modelled: every translation goes
+//!   through QEMU's intel-iommu, whose failures are page faults (0x03/0x04/0x06) or, for the
+//!   CR address, SWERROR 0x1A.
 //! * **Dedicated WQ, limited portal**: behaves like the unlimited one.
 //! * Occupancy (WQCFG dw6) counts descriptors queued and not yet picked by an engine.
 //!

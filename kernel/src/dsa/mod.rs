@@ -570,7 +570,7 @@ pub fn print_summary(d: &DsaDevice) {
     let c = drv.caps();
     log::info!(
         "dsa{}: {} DSA {}.{} {} WQs ({} entries) {} engines {} groups, max transfer {} MiB, \
-         max batch {}, IMS {}, {}, kernel {}",
+         max batch {}, IMS {}, {}, kernel {}, {}",
         d.index,
         d.pci.address(),
         c.version.major(),
@@ -586,6 +586,12 @@ pub fn print_summary(d: &DsaDevice) {
         match d.kernel_pasid {
             Some(p) => format!("PASID {p} (pass-through)"),
             None => String::from("without PASID"),
+        },
+        match d.pci.info().pcie_type {
+            Some(::pci::enumerate::pcie_type::RC_INTEGRATED_ENDPOINT) => "PCIe RCiEP",
+            Some(::pci::enumerate::pcie_type::ENDPOINT) => "PCIe endpoint",
+            Some(_) => "PCIe (other port type)",
+            None => "conventional PCI",
         }
     );
     if c.ims_entries > IMS_ENTRIES_HINT && crate::iommu::is_enabled() {

@@ -1,8 +1,9 @@
 //! VT-d at boot and the kernel's IOMMU API for drivers (`drivers/vtd` does the hardware).
 //!
-//! Boot ([`init`], after PCI enumeration): the DMAR table (`acpi::table_bytes(b"DMAR")`) is
-//! parsed, every DRHD becomes a [`vtd::RemappingUnit`] (registers mapped uncached, tables in
-//! frames from `mm`), every enumerated PCI function is mapped to its unit, and each unit
+//! Boot ([`init`], after PCI enumeration): the DMAR table (`acpi::dmar_bytes()`, found
+//! through the `acpi` crate) is parsed, every DRHD becomes a [`vtd::RemappingUnit`]
+//! (registers mapped uncached, tables in frames from `mm`), every enumerated PCI function
+//! is mapped to its unit, and each unit
 //! gets, in this order: its fault-event interrupt (compatibility-format MSI to a vector
 //! from `irq`, on a CPU whose APIC ID fits 8 bits), queued invalidation, interrupt
 //! remapping, the scalable-mode root table, a context entry with a valid RID_PASID entry
@@ -286,7 +287,7 @@ pub fn init(ims_hint: ImsHint) -> Result<Option<InitReport>, IommuError> {
         log::warn!("disabled on the command line (iommu=off): DMA is not remapped");
         return Ok(None);
     }
-    let Some(bytes) = crate::acpi::table_bytes(b"DMAR") else {
+    let Some(bytes) = crate::acpi::dmar_bytes() else {
         log::info!("no DMAR table: DMA and interrupts are not remapped");
         return Ok(None);
     };

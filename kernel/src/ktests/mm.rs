@@ -172,3 +172,79 @@ ktest!(
         ));
     }
 );
+
+/// A read-only static (in .rodata).
+static RODATA_PROBE: [u64; 2] = [0x5a5a_5a5a, 0xa5a5_a5a5];
+
+ktest!(
+    fn kernel_image_is_mapped_w_xor_x_and_data_is_not_executable() {
+        let layout = mm::image_layout();
+        let flags = |addr: u64| {
+            mm::translate(addr)
+                .unwrap_or_else(|| panic!("{addr:#x} is not mapped"))
+                .flags
+        };
+        let nx = crate::arch::features().nx;
+        let text = frames_are_contiguous_zeroed_and_aligned as *const () as u64;
+        let rodata = RODATA_PROBE.as_ptr() as u64;
+        let heap = Box::new(0u64);
+        let heap = &*heap as *const u64 as u64;
+        let stack_local = 0u64;
+        let stack = &stack_local as *const u64 as u64;
+        assert!(
+            (layout.text..layout.rodata).contains(&text),
+            "{text:#x} in .text"
+        );
+        assert!(
+            (layout.rodata..layout.data).contains(&rodata),
+            "{rodata:#x} in .rodata"
+        );
+        // Code: executable, not writable.
+        let f = flags(text);
+        assert!(!f.contains(PteFlags::WRITABLE), ".text writable: {f:?}");
+        assert!(
+            !f.contains(PteFlags::NO_EXECUTE),
+            ".text not executable: {f:?}"
+        );
+        // Read-only data, heap, stack and the writable data: never executable; only the
+        // read-only data is not writable.
+        for (what, addr, writable) in [
+            (".rodata", rodata, false),
+            ("heap", heap, true),
+            ("stack", stack, true),
+            (".data/.bss", layout.data, true),
+        ] {
+            let f = flags(addr);
+            assert_eq!(f.contains(PteFlags::WRITABLE), writable, "{what}: {f:?}");
+            if nx {
+                assert!(f.contains(PteFlags::NO_EXECUTE), "{what} executable: {f:?}");
+            }
+        }
+        // The CPU enforces it (CR0.WP): writes to code and read-only data fault. The probe
+        // writes back the value it read, so a missing protection would change nothing.
+        for (what, addr) in [(".text", text & !7), (".rodata", rodata)] {
+            let v = crate::arch::fault::probe_read_u64(addr).expect("readable");
+            // SAFETY: writes the value just read (no change if it were to succeed).
+            let r = unsafe { crate::arch::fault::probe_write_u64(addr, v) };
+            let e = r.expect_err(what);
+            assert!(e.is_page_fault(), "{what}: {e:?}");
+            assert_eq!(e.address, addr, "{what}: CR2");
+            assert_eq!(
+                e.error_code & 0b11,
+                0b11,
+                "{what}: protection violation on a write"
+            );
+        }
+        assert_eq!(RODATA_PROBE, [0x5a5a_5a5a, 0xa5a5_a5a5]);
+    }
+);
+
+ktest!(explicit fn deliberate_execution_from_the_heap() {
+    // A `ret` on the heap: with NX the call faults on the instruction fetch.
+    let code = Box::new([0xc3u8; 16]);
+    // SAFETY: not safe at all, on purpose: the page is data and the fetch must fault.
+    let f: extern "C" fn() =
+        unsafe { core::mem::transmute::<*const u8, extern "C" fn()>(code.as_ptr()) };
+    f();
+    crate::println!("unreachable: executed from the heap");
+});

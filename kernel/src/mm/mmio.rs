@@ -1,6 +1,10 @@
 //! The kernel's one MMIO leaf: an uncached window of device registers (a BAR, an ECAM
 //! window, a VT-d unit, the HPET, an I/O APIC).
 
+use core::ptr::NonNull;
+
+use volatile::VolatilePtr;
+
 use super::MmError;
 
 /// An uncached MMIO window. Accesses outside the window (or misaligned for their width)
@@ -51,37 +55,39 @@ impl Mmio {
         offset.is_multiple_of(width) && offset.checked_add(width).is_some_and(|e| e <= self.len)
     }
 
+    /// The register of type `T` at `offset`, if it lies aligned inside the window.
+    fn reg<T: Copy>(&self, offset: usize) -> Option<VolatilePtr<'_, T>> {
+        if !self.fits(offset, core::mem::size_of::<T>()) {
+            return None;
+        }
+        let p = NonNull::new((self.phys as usize).checked_add(offset)? as *mut T)?;
+        // SAFETY: aligned and inside the window, which `map` mapped uncached for good (the
+        // borrow of `self` bounds the pointer's use); device registers are only accessed
+        // volatile, never through references.
+        Some(unsafe { VolatilePtr::new(p) })
+    }
+
     /// 32-bit read.
     pub fn read32(&self, offset: usize) -> u32 {
-        if !self.fits(offset, 4) {
-            return u32::MAX;
-        }
-        // SAFETY: aligned and inside the window, which `map` mapped uncached for good.
-        unsafe { core::ptr::read_volatile((self.phys as usize + offset) as *const u32) }
+        self.reg::<u32>(offset).map_or(u32::MAX, |r| r.read())
     }
 
     /// 32-bit write.
     pub fn write32(&self, offset: usize, value: u32) {
-        if self.fits(offset, 4) {
-            // SAFETY: as in `read32`.
-            unsafe { core::ptr::write_volatile((self.phys as usize + offset) as *mut u32, value) }
+        if let Some(r) = self.reg::<u32>(offset) {
+            r.write(value);
         }
     }
 
     /// 64-bit read (one access).
     pub fn read64(&self, offset: usize) -> u64 {
-        if !self.fits(offset, 8) {
-            return u64::MAX;
-        }
-        // SAFETY: as in `read32`.
-        unsafe { core::ptr::read_volatile((self.phys as usize + offset) as *const u64) }
+        self.reg::<u64>(offset).map_or(u64::MAX, |r| r.read())
     }
 
     /// 64-bit write (one access).
     pub fn write64(&self, offset: usize, value: u64) {
-        if self.fits(offset, 8) {
-            // SAFETY: as in `read32`.
-            unsafe { core::ptr::write_volatile((self.phys as usize + offset) as *mut u64, value) }
+        if let Some(r) = self.reg::<u64>(offset) {
+            r.write(value);
         }
     }
 }

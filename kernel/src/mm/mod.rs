@@ -92,7 +92,33 @@ pub fn memory_map() -> Option<&'static MemoryMap> {
 
 unsafe extern "C" {
     static __kernel_start: u8;
+    static __text_start: u8;
+    static __rodata_start: u8;
+    static __data_start: u8;
     static __kernel_end: u8;
+}
+
+/// Page-aligned boundaries of the kernel image's parts (`linker.ld`): headers
+/// `[start, text)`, code `[text, rodata)`, read-only data `[rodata, data)`, writable data and
+/// .bss `[data, end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageLayout {
+    pub start: u64,
+    pub text: u64,
+    pub rodata: u64,
+    pub data: u64,
+    pub end: u64,
+}
+
+/// The kernel image's layout.
+pub fn image_layout() -> ImageLayout {
+    ImageLayout {
+        start: &raw const __kernel_start as u64,
+        text: &raw const __text_start as u64,
+        rodata: &raw const __rodata_start as u64,
+        data: &raw const __data_start as u64,
+        end: &raw const __kernel_end as u64,
+    }
 }
 
 /// `[start, end)` of the kernel image (including .bss and the boot stack).
@@ -130,7 +156,7 @@ pub fn init(raw: &MemoryMap) -> Result<(), MmError> {
         return Err(MmError::NoUsableMemory);
     }
     let image = kernel_image_range();
-    let early = paging::init(map, image)?;
+    let early = paging::init(map, image_layout())?;
     frames::init(map, &[(0, LOW_MEMORY_END), image, early])?;
     let st = frame_stats();
     log::info!(

@@ -10,7 +10,7 @@ use x86_64::PhysAddr;
 use x86_64::registers::control::{Cr3, Cr3Flags};
 use x86_64::structures::paging::PhysFrame;
 
-use super::MmError;
+use super::{ImageLayout, MmError};
 use boot::memmap::MemoryMap;
 
 use crate::sync::IrqMutex;
@@ -56,6 +56,20 @@ fn ram_flags() -> PteFlags {
     RAM
 }
 
+/// NO_EXECUTE where the CPU has it (the bit is reserved otherwise).
+fn nx() -> PteFlags {
+    if crate::arch::features().nx {
+        PteFlags::NO_EXECUTE
+    } else {
+        PteFlags::empty()
+    }
+}
+
+/// Writable, not executable.
+fn data_flags() -> PteFlags {
+    ram_flags() | nx()
+}
+
 fn mmio_flags() -> PteFlags {
     if crate::arch::features().nx {
         MMIO
@@ -66,7 +80,8 @@ fn mmio_flags() -> PteFlags {
 
 /// Builds the kernel tables, switches CR3, and returns the range used for table pages
 /// (to keep it out of the frame allocator).
-pub(super) fn init(map: &MemoryMap, image: (u64, u64)) -> Result<(u64, u64), MmError> {
+pub(super) fn init(map: &MemoryMap, layout: ImageLayout) -> Result<(u64, u64), MmError> {
+    let image = (layout.start, layout.end);
     let regions = map.regions();
     let gib = map.ram_end().div_ceil(1 << 30);
     // Upper bound on table pages: PML4 + PDPTs + one PD per GiB + PTs at region edges.
@@ -102,9 +117,32 @@ pub(super) fn init(map: &MemoryMap, image: (u64, u64)) -> Result<(u64, u64), MmE
             m.map(cursor, cursor, gap_end - cursor, mmio_flags(), &mut bump)?;
         }
         if e > s {
-            m.map(s, s, e - s, ram_flags(), &mut bump)?;
+            // RAM outside the image: data, never code (except low memory, where the AP
+            // trampoline runs). The image's parts get their own permissions below.
+            for (a, b) in [(s, e.min(image.0)), (s.max(image.1), e)] {
+                let low_end = b.min(super::LOW_MEMORY_END);
+                if low_end > a {
+                    m.map(a, a, low_end - a, ram_flags(), &mut bump)?;
+                }
+                let a = a.max(super::LOW_MEMORY_END);
+                if b > a {
+                    m.map(a, a, b - a, data_flags(), &mut bump)?;
+                }
+            }
         }
         cursor = cursor.max(e);
+    }
+    // W^X for the image: code read+execute, read-only data read-only, data read+write.
+    let ro = PteFlags::PRESENT;
+    for (a, b, flags) in [
+        (layout.start, layout.text, ro | nx()),
+        (layout.text, layout.rodata, ro),
+        (layout.rodata, layout.data, ro | nx()),
+        (layout.data, layout.end, data_flags()),
+    ] {
+        if b > a {
+            m.map(a, a, b - a, flags, &mut bump)?;
+        }
     }
     if cursor < FOUR_GIB {
         m.map(cursor, cursor, FOUR_GIB - cursor, mmio_flags(), &mut bump)?;
@@ -186,12 +224,7 @@ fn map_with(phys: u64, len: u64, flags: PteFlags) -> Result<(), MmError> {
 pub(super) fn map_stack(virt: u64, phys: u64, len: u64) -> Result<(), MmError> {
     let mut g = KERNEL.lock();
     let m = g.as_mut().ok_or(MmError::NotInitialized)?;
-    let flags = if crate::arch::features().nx {
-        ram_flags() | PteFlags::NO_EXECUTE
-    } else {
-        ram_flags() - PteFlags::NO_EXECUTE
-    };
-    m.map(virt, phys, len, flags, &mut FrameSource)?;
+    m.map(virt, phys, len, data_flags(), &mut FrameSource)?;
     Ok(())
 }
 

@@ -2,8 +2,8 @@
 # Builds a GRUB 2 (Multiboot2) ISO of the kernel ELF, bootable with BIOS and UEFI.
 # The ISO carries the same ELF that qemu-run.sh boots through PVH.
 #
-#   scripts/mkiso.sh                          build the debug kernel, write target/iso/kernel.iso
-#   scripts/mkiso.sh -o rig.iso --append "console=ttyS1" --default ktest --timeout 5
+#   boot/mkiso.sh                          build the debug kernel, write target/iso/kernel.iso
+#   boot/mkiso.sh -o rig.iso --append "console=ttyS1" --default ktest --timeout 5
 #
 # Menu entries: "main job" and "kernel tests" (the latter adds `ktest` to the arguments).
 set -euo pipefail
@@ -11,7 +11,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 usage() {
   cat <<'USAGE'
-usage: scripts/mkiso.sh [-o OUT.iso] [--append "ARGS"] [--default main|ktest]
+usage: boot/mkiso.sh [-o OUT.iso] [--append "ARGS"] [--default main|ktest]
                         [--timeout SEC] [--serial-unit N] [--release] [KERNEL_ELF]
   -o OUT.iso        output (default target/iso/kernel.iso)
   --append ARGS     kernel arguments for both entries (e.g. "console=ttyS1 loglevel=debug")
