@@ -926,6 +926,105 @@ fn restore_during_an_allocation_covers_the_new_entry() {
     s1.assert_exactly_once(1);
 }
 
+/// Runs `round` (which returns how many times it saw a bad entry) at least `rounds` times
+/// while another thread keeps calling `chip.restore()` (at least 1000 passes, 20 s at most).
+/// Returns (bad sightings, rounds, restore passes).
+fn race_with_restore(
+    chip: &ImsChip,
+    rounds: u32,
+    mut round: impl FnMut() -> u32,
+) -> (u32, u32, u64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let passes = Arc::new(AtomicU64::new(0));
+    let restorer = {
+        let (c, stop, passes) = (chip.clone(), stop.clone(), passes.clone());
+        thread::spawn(move || {
+            while !stop.load(SeqCst) {
+                c.restore().expect("restore");
+                passes.fetch_add(1, SeqCst);
+            }
+        })
+    };
+    let (mut bad, mut done) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (done < rounds || passes.load(SeqCst) < 1000) && Instant::now() < deadline {
+        bad += round();
+        done += 1;
+    }
+    stop.store(true, SeqCst);
+    restorer.join().unwrap();
+    let restores = passes.load(SeqCst);
+    assert!(restores >= 1000, "restore ran only {restores} times");
+    (bad, done, restores)
+}
+
+/// Runs `op` on another thread from inside a storage hook of a restore pass and gives it
+/// up to 500 ms: with the entry writes serialised, `op` waits for the pass to finish (the
+/// wait times out and the pass goes on); without, it lands in the middle of the pass.
+fn op_inside_restore(op: impl FnOnce() + Send + 'static) -> impl FnOnce() + Send + 'static {
+    move || {
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            op();
+            let _ = tx.send(());
+        });
+        let _ = rx.recv_timeout(Duration::from_millis(500));
+    }
+}
+
+/// The owner masks the handle just as a restore pass is about to unmask its entry (the
+/// handle was unmasked when the pass looked): the entry must end up masked.
+#[test]
+fn mask_during_a_restore_pass_is_not_undone() {
+    let m = Machine::new(2, true);
+    let d = domain(&m, VectorMode::Shared);
+    let ims = SoftIms::new(&m, SID, 8);
+    let c = chip(&d, &ims, 64);
+    let h = Arc::new(std::sync::Mutex::new(
+        c.allocate(&client(3), 1, SoftSink::new()).unwrap(),
+    ));
+    let idx = h.lock().unwrap().index();
+    let h2 = h.clone();
+    *ims.before_unmask.lock().unwrap() = Some(Box::new(op_inside_restore(move || {
+        h2.lock().unwrap().mask().unwrap();
+    })));
+    assert_eq!(c.restore().unwrap(), 1);
+    // The mask finishes (at the latest) once the pass let go of the entry.
+    let h = h.lock().unwrap();
+    assert!(h.is_masked());
+    assert!(
+        ims.entry(idx).masked,
+        "the restore pass unmasked a masked handle"
+    );
+}
+
+/// Without interrupt remapping a retarget rewrites the message just as a restore pass is
+/// about to program the entry with the message it read: the entry must end up with the
+/// new one.
+#[test]
+fn retarget_during_a_restore_pass_is_not_undone() {
+    let m = Machine::new(2, false);
+    let d = domain(&m, VectorMode::Shared);
+    let ims = SoftIms::new(&m, SID, 8);
+    let c = chip(&d, &ims, 64);
+    let h = Arc::new(std::sync::Mutex::new(
+        c.allocate(&client(4), 0, SoftSink::new()).unwrap(),
+    ));
+    let idx = h.lock().unwrap().index();
+    let h2 = h.clone();
+    *ims.before_program.lock().unwrap() = Some(Box::new(op_inside_restore(move || {
+        h2.lock().unwrap().retarget(1).unwrap();
+    })));
+    assert_eq!(c.restore().unwrap(), 1);
+    let h = h.lock().unwrap();
+    assert_eq!(h.cpu(), 1);
+    assert_eq!(
+        ims.entry(idx).msg,
+        h.route().msg,
+        "the restore pass put the old CPU's message back"
+    );
+}
+
 /// Halt recovery restores the entries while the owner masks and unmasks: once `mask`
 /// returned the entry stays masked until `unmask`, whatever restore does meanwhile.
 #[test]
@@ -936,34 +1035,12 @@ fn restore_racing_with_mask_keeps_a_masked_entry_masked() {
     let c = chip(&d, &ims, 64);
     let mut h = c.allocate(&client(3), 1, SoftSink::new()).unwrap();
     let idx = h.index();
-    let stop = Arc::new(AtomicBool::new(false));
-    let passes = Arc::new(AtomicU64::new(0));
-    let restorer = {
-        let (c, stop, passes) = (c.clone(), stop.clone(), passes.clone());
-        thread::spawn(move || {
-            while !stop.load(SeqCst) {
-                c.restore().expect("restore");
-                passes.fetch_add(1, SeqCst);
-            }
-        })
-    };
-    let mut violations = 0;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut rounds = 0;
-    while (rounds < 3000 || passes.load(SeqCst) < 1000) && Instant::now() < deadline {
+    let (violations, rounds, restores) = race_with_restore(&c, 3000, || {
         h.mask().unwrap();
-        for _ in 0..100 {
-            if !ims.entry(idx).masked {
-                violations += 1;
-            }
-        }
+        let unmasked = (0..100).filter(|_| !ims.entry(idx).masked).count() as u32;
         h.unmask().unwrap();
-        rounds += 1;
-    }
-    stop.store(true, SeqCst);
-    restorer.join().unwrap();
-    let restores = passes.load(SeqCst);
-    assert!(restores >= 1000, "restore ran only {restores} times");
+        unmasked
+    });
     assert_eq!(
         violations, 0,
         "a masked handle's entry was unmasked {violations} times ({rounds} rounds, {restores} restores)"
@@ -982,34 +1059,11 @@ fn restore_racing_with_retarget_keeps_the_current_message() {
     let s = SoftSink::new();
     let mut h = c.allocate(&client(4), 0, s.clone()).unwrap();
     let idx = h.index();
-    let stop = Arc::new(AtomicBool::new(false));
-    let passes = Arc::new(AtomicU64::new(0));
-    let restorer = {
-        let (c, stop, passes) = (c.clone(), stop.clone(), passes.clone());
-        thread::spawn(move || {
-            while !stop.load(SeqCst) {
-                c.restore().expect("restore");
-                passes.fetch_add(1, SeqCst);
-            }
-        })
-    };
-    let mut stale = 0;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut rounds = 0;
-    while (rounds < 2000 || passes.load(SeqCst) < 1000) && Instant::now() < deadline {
+    let (stale, rounds, restores) = race_with_restore(&c, 2000, || {
         h.retarget(1 - h.cpu()).unwrap();
         let want = h.route().msg;
-        for _ in 0..20 {
-            if ims.entry(idx).msg != want {
-                stale += 1;
-            }
-        }
-        rounds += 1;
-    }
-    stop.store(true, SeqCst);
-    restorer.join().unwrap();
-    let restores = passes.load(SeqCst);
-    assert!(restores >= 1000, "restore ran only {restores} times");
+        (0..20).filter(|_| ims.entry(idx).msg != want).count() as u32
+    });
     assert_eq!(
         stale, 0,
         "the entry held a stale message {stale} times ({rounds} retargets, {restores} restores)"

@@ -27,6 +27,18 @@ pub struct SoftIms {
     /// Runs once, right after the next `program` wrote its entry (to put a device reset and
     /// the chip's restore exactly there).
     pub after_program: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// Runs once, at the start of the next `program` (before it writes anything).
+    pub before_program: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// Runs once, at the start of the next `set_masked(_, false)`.
+    pub before_unmask: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+/// Takes and runs a one-shot hook.
+fn run_hook(hook: &Mutex<Option<Box<dyn FnOnce() + Send>>>) {
+    let f = hook.lock().unwrap().take();
+    if let Some(f) = f {
+        f();
+    }
 }
 
 impl SoftIms {
@@ -45,6 +57,8 @@ impl SoftIms {
             quiesces: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             after_program: Mutex::new(None),
+            before_program: Mutex::new(None),
+            before_unmask: Mutex::new(None),
         })
     }
 
@@ -92,6 +106,7 @@ impl ImsStorage for SoftIms {
         self.table.lock().unwrap().len() as u32
     }
     fn program(&self, index: u32, msg: MsiMessage, pasid: u32) -> Result<u32, StorageError> {
+        run_hook(&self.before_program);
         let mut t = self.table.lock().unwrap();
         let e = t
             .get_mut(index as usize)
@@ -103,10 +118,7 @@ impl ImsStorage for SoftIms {
         e.msg = msg;
         e.pasid = Some(pasid);
         drop(t);
-        let hook = self.after_program.lock().unwrap().take();
-        if let Some(f) = hook {
-            f();
-        }
+        run_hook(&self.after_program);
         Ok(index)
     }
     fn set_message(&self, index: u32, msg: MsiMessage) -> Result<(), StorageError> {
@@ -118,6 +130,9 @@ impl ImsStorage for SoftIms {
         Ok(())
     }
     fn set_masked(&self, index: u32, masked: bool) {
+        if !masked {
+            run_hook(&self.before_unmask);
+        }
         let send = {
             let mut t = self.table.lock().unwrap();
             let e = &mut t[index as usize];
