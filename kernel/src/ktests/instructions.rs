@@ -422,8 +422,18 @@ ktest!(
         s.page.as_mut_slice()[DST_OFF..DST_OFF + 64].fill(0);
         let (src, dst) = (s.src(0), s.dst());
         const STORES: u64 = 4000;
+        // The reader's progress: every 100 stores the writer waits (bounded) until the reader
+        // has read again, so the two overlap however the host schedules the vCPU threads.
+        let progress = alloc::sync::Arc::new(core::sync::atomic::AtomicU64::new(0));
+        let seen = progress.clone();
         let writer = smp::spawn_on(1, move || {
             for k in 1..=STORES {
+                if k % 100 == 0 {
+                    let before = seen.load(core::sync::atomic::Ordering::Acquire);
+                    let _ = crate::time::wait_until(core::time::Duration::from_millis(200), || {
+                        (seen.load(core::sync::atomic::Ordering::Acquire) > before).then_some(())
+                    });
+                }
                 let line = [k; 8];
                 // SAFETY: `src` is 64 readable bytes of the scratch page (kept alive by the
                 // test until this job is joined) and `dst` its 64-byte-aligned destination;
@@ -445,6 +455,7 @@ ktest!(
         while !writer.is_done() {
             let q = read_line(dst);
             reads += 1;
+            progress.store(reads, core::sync::atomic::Ordering::Release);
             if q.iter().any(|&v| v != q[0]) {
                 torn += 1;
                 first_torn.get_or_insert(q);
