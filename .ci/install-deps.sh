@@ -35,7 +35,7 @@ types_for_suite() {
       [ -f "$f" ] || continue
       sed -e 's/#.*//' -e 's/\[[^]]*\]//' "$f" | awk -v want="$suite" '$3 == want { print $1 }'
     done
-  } | tr ' ' '\n' | grep -E '^deb(-src)?$' | sort -u | tr '\n' ' '
+  } | tr ' ' '\n' | awk '/^deb(-src)?$/' | sort -u | tr '\n' ' '
 }
 
 # The mirror that serves plain "bookworm" (deb822 first, then one-line entries).
@@ -63,7 +63,9 @@ bookworm_mirror() {
 
 BPO="$APT_ETC"/sources.list.d/project-bookworm-backports.sources
 NEED_UPDATE=0
-have=$(types_for_suite bookworm-backports)
+# (A machine without any backports entry is the fresh-machine case: nothing found is not
+# an error.)
+have=$(types_for_suite bookworm-backports || true)
 case " $have " in
   *" deb "*) want_types="" ;;
   *) want_types="deb" ;;
