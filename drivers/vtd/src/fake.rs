@@ -5,13 +5,16 @@
 
 use crate::hw::{Clock, DmaMemory, RegisterBlock};
 use crate::spec::{Fsts, Gcmd, Gsts, iqa, reg};
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
 #[derive(Default)]
 pub struct MemInner {
-    blocks: BTreeMap<u64, Vec<u8>>,
+    /// Qwords, so that page tables can be reached by pointer and updated atomically.
+    blocks: BTreeMap<u64, Box<[AtomicU64]>>,
     next: u64,
     pub allocs: usize,
     pub frees: usize,
@@ -31,24 +34,28 @@ impl FakeMem {
     pub fn live_blocks(&self) -> usize {
         self.0.borrow().blocks.len()
     }
-    fn with<R>(&self, pa: u64, n: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
-        let mut m = self.0.borrow_mut();
+    /// The qword containing `pa`, after checking that `[pa, pa+n)` lies in one live block.
+    fn with<R>(&self, pa: u64, n: u64, f: impl FnOnce(&AtomicU64) -> R) -> R {
+        assert_eq!(pa % n, 0, "misaligned {n}-byte access at {pa:#x}");
+        let m = self.0.borrow();
         let (base, block) = m
             .blocks
-            .range_mut(..=pa)
+            .range(..=pa)
             .next_back()
             .unwrap_or_else(|| panic!("access to unallocated {pa:#x}"));
-        let off = (pa - base) as usize;
+        let off = pa - base;
         assert!(
-            off + n <= block.len(),
+            off + n <= 8 * block.len() as u64,
             "access {pa:#x}+{n} outside block {base:#x}+{:#x}",
-            block.len()
+            8 * block.len()
         );
-        f(&mut block[off..off + n])
+        f(&block[(off / 8) as usize])
     }
 }
 
-impl DmaMemory for FakeMem {
+// SAFETY: blocks are boxed qword slices that stay put until `free` removes them; `table`
+// answers only for a whole 4 KiB page inside one live block.
+unsafe impl DmaMemory for FakeMem {
     fn alloc_zeroed(&mut self, size: usize, align: usize) -> Option<u64> {
         let mut m = self.0.borrow_mut();
         if let Some(n) = m.fail_after {
@@ -61,31 +68,45 @@ impl DmaMemory for FakeMem {
         let pa = m.next.next_multiple_of(align as u64);
         // Leave a guard gap so an overrun lands in unallocated memory and panics.
         m.next = pa + size as u64 + 0x1000;
-        m.blocks.insert(pa, vec![0; size]);
+        let block = (0..size.div_ceil(8)).map(|_| AtomicU64::new(0)).collect();
+        m.blocks.insert(pa, block);
         m.allocs += 1;
         Some(pa)
     }
     fn free(&mut self, phys: u64, size: usize) {
         let mut m = self.0.borrow_mut();
         let b = m.blocks.remove(&phys).expect("free of unknown block");
-        assert_eq!(b.len(), size, "free with a different size");
+        assert_eq!(b.len(), size.div_ceil(8), "free with a different size");
         m.frees += 1;
     }
     fn read64(&self, phys: u64) -> u64 {
-        assert_eq!(phys % 8, 0);
-        self.with(phys, 8, |b| u64::from_le_bytes(b.try_into().unwrap()))
+        self.with(phys, 8, |q| q.load(Ordering::SeqCst))
     }
     fn write64(&self, phys: u64, value: u64) {
-        assert_eq!(phys % 8, 0);
-        self.with(phys, 8, |b| b.copy_from_slice(&value.to_le_bytes()))
+        self.with(phys, 8, |q| q.store(value, Ordering::SeqCst))
     }
     fn read32(&self, phys: u64) -> u32 {
-        assert_eq!(phys % 4, 0);
-        self.with(phys, 4, |b| u32::from_le_bytes(b.try_into().unwrap()))
+        let shift = 8 * (phys & 4);
+        self.with(phys, 4, |q| (q.load(Ordering::SeqCst) >> shift) as u32)
     }
     fn write32(&self, phys: u64, value: u32) {
-        assert_eq!(phys % 4, 0);
-        self.with(phys, 4, |b| b.copy_from_slice(&value.to_le_bytes()))
+        let shift = 8 * (phys & 4);
+        self.with(phys, 4, |q| {
+            let _ = q.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+                Some((v & !(0xffff_ffff << shift)) | (u64::from(value) << shift))
+            });
+        })
+    }
+    fn table(&self, phys: u64) -> Option<NonNull<AtomicU64>> {
+        let m = self.0.borrow();
+        let (base, block) = m.blocks.range(..=phys).next_back()?;
+        let off = phys - base;
+        (phys.is_multiple_of(4096) && off + 4096 <= 8 * block.len() as u64)
+            .then(|| NonNull::from(&block[..]).cast::<AtomicU64>())
+            .map(|p| {
+                // SAFETY: `off / 8 + 512` qwords lie inside the block (checked above).
+                unsafe { p.add((off / 8) as usize) }
+            })
     }
 }
 

@@ -1,5 +1,8 @@
 //! The hardware boundary: traits the kernel implements (host tests implement them with fakes).
 
+use core::ptr::NonNull;
+use core::sync::atomic::AtomicU64;
+
 /// The remapping unit's MMIO registers. Implementations must issue exactly one access of the
 /// given width: QEMU aborts on 8-byte accesses to 32-bit registers (vtd.md §2.1), and the
 /// driver only uses `read32`/`write32` on 32-bit registers and 64-bit ops on 64-bit ones.
@@ -17,7 +20,12 @@ pub trait RegisterBlock {
 /// 64-bit store (entries such as IRTE qword 0 are updated atomically that way), and all
 /// accesses must be volatile (the unit reads them concurrently). The kernel identity-maps RAM,
 /// so its implementation is a volatile access at `phys as *mut u64`.
-pub trait DmaMemory {
+///
+/// # Safety
+/// [`DmaMemory::table`] hands out pointers that page-table code dereferences: it must
+/// return `Some` only for a 4 KiB page inside one live block, pointing at its 512 qwords,
+/// valid until that block is freed.
+pub unsafe trait DmaMemory {
     fn alloc_zeroed(&mut self, size: usize, align: usize) -> Option<u64>;
     /// Returns a block obtained from `alloc_zeroed` with the same size.
     fn free(&mut self, phys: u64, size: usize);
@@ -25,6 +33,10 @@ pub trait DmaMemory {
     fn write64(&self, phys: u64, value: u64);
     fn read32(&self, phys: u64) -> u32;
     fn write32(&self, phys: u64, value: u32);
+    /// The 512 qwords of the page-table page at `phys` (4 KiB aligned, inside one live
+    /// block) for atomic access, or `None` (page tables are updated with `xchg`/`cmpxchg`
+    /// while the unit sets A/D bits).
+    fn table(&self, phys: u64) -> Option<NonNull<AtomicU64>>;
     /// Orders earlier table writes before a later MMIO write (e.g. IQT). The unit snoops the
     /// CPU caches in QEMU; on hardware with ECAP.C=0/SMPWCS=0 this is also where a cache
     /// flush of the written lines belongs.

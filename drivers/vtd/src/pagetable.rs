@@ -1,17 +1,24 @@
-//! First-stage (IA-32e, 4-level) and second-stage (VT-d, 3/4-level) page tables in DMA memory:
-//! map (4 KiB pages, 2 MiB where aligned), unmap (splitting 2 MiB leaves), software translate.
+//! A unit's page tables: `x86_paging` trees in the unit's DMA memory.
 //!
-//! First-stage entries set U/S at every level: QEMU treats every request as a user request
-//! (vtd.md §4.1). Non-leaf entries grant everything; permissions live in the leaves.
+//! First stage: the CPU's format ([`X86`]; Intel VT-d Architecture Specification rev 4.1,
+//! §3.6) with U/S at every level, since QEMU treats every request as a user request.
+//! Second stage (§3.7): the same radix tree with R/W/X permissions and no present bit
+//! ([`SecondStage`]), 3 or 4 levels. Non-leaf entries grant everything; permissions live in
+//! the leaves. Here: the unit's rules on top (IOVA width, the unit's address width, the
+//! interrupt window) and the translation of its errors.
 
 use crate::error::VtdError;
 use crate::hw::DmaMemory;
-use crate::spec::{FsPte, PTE_ADDR_MASK, SsPte};
+use crate::spec::{FsPte, SsPte};
+use crate::unit::StageKind;
 use alloc::vec::Vec;
+use core::ptr::NonNull;
+use core::sync::atomic::AtomicU64;
+use x86_paging::{Config, Format, MapError, PageTable, Released, TableMemory, X86};
 
 pub const PAGE_4K: u64 = 1 << 12;
 pub const PAGE_2M: u64 = 1 << 21;
-/// 0xFEE0_0000–0xFEEF_FFFF: never mapped as IOVA nor as output (vtd.md §4.3, §8).
+/// 0xFEE0_0000–0xFEEF_FFFF: never mapped as IOVA nor as output (interrupt requests).
 pub const INTERRUPT_WINDOW: core::ops::Range<u64> = 0xfee0_0000..0xfef0_0000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,349 +39,290 @@ impl Perm {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    FirstStage,
-    SecondStage,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Translation {
     pub phys: u64,
     pub perm: Perm,
     pub page_size: u64,
 }
 
-/// One address space's page-table tree. Owns its table pages (freed by [`PageTable::free`]).
-#[derive(Debug)]
-pub struct PageTable {
-    pub format: Format,
-    /// 4 (48-bit) or 3 (39-bit, second stage only).
-    pub levels: u8,
-    pub root: u64,
-    pages: Vec<u64>,
-    /// Highest physical address bit the unit can output (HAW/MGAW).
+/// The second-stage entry format: present when any of R/W/X is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecondStage;
+
+impl Format for SecondStage {
+    type Flags = SsPte;
+    const PRESENT: u64 = 0;
+    const WALKER_BITS: u64 = 0;
+    const SIGN_EXTENDED: bool = false;
+    fn present(entry: u64) -> bool {
+        entry & (SsPte::R | SsPte::W | SsPte::X).bits() != 0
+    }
+}
+
+/// Whether `addr` fits in `bits` address bits; any `bits` (a width read from hardware may
+/// be anything up to 64 and beyond), never a shift by 64 or more.
+pub(crate) fn fits_bits(addr: u64, bits: u8) -> bool {
+    bits >= 64 || addr >> bits == 0
+}
+
+/// Table pages for the page-table code: 4 KiB blocks of the unit's DMA memory below its
+/// address width. Remembers why an allocation failed.
+struct Tables<'a, M: DmaMemory> {
+    mem: &'a mut M,
     phys_bits: u8,
-    allow_2m: bool,
+    failed: Option<VtdError>,
 }
 
-fn overlaps_window(start: u64, len: u64) -> bool {
-    start < INTERRUPT_WINDOW.end && start + len > INTERRUPT_WINDOW.start
+// SAFETY: `table` passes on `DmaMemory::table`, whose contract is this trait's.
+unsafe impl<M: DmaMemory> TableMemory for Tables<'_, M> {
+    fn alloc_table(&mut self) -> Option<u64> {
+        alloc_block(self.mem, 4096, self.phys_bits)
+            .map_err(|e| self.failed = Some(e))
+            .ok()
+    }
+    fn free_table(&mut self, phys: u64) {
+        self.mem.free(phys, 4096);
+    }
+    fn table(&self, phys: u64) -> Option<NonNull<AtomicU64>> {
+        self.mem.table(phys)
+    }
 }
 
-impl PageTable {
+/// Read-only access to a unit's tables, for walks: allocates and frees nothing.
+pub(crate) struct View<'a, M: DmaMemory>(pub &'a M);
+
+// SAFETY: as for `Tables`.
+unsafe impl<M: DmaMemory> TableMemory for View<'_, M> {
+    fn alloc_table(&mut self) -> Option<u64> {
+        None
+    }
+    fn free_table(&mut self, _phys: u64) {}
+    fn table(&self, phys: u64) -> Option<NonNull<AtomicU64>> {
+        self.0.table(phys)
+    }
+}
+
+impl<'a, M: DmaMemory> Tables<'a, M> {
+    fn new(mem: &'a mut M, phys_bits: u8) -> Self {
+        Self {
+            mem,
+            phys_bits,
+            failed: None,
+        }
+    }
+
+    fn error(&self, e: MapError, iova: u64, len: u64) -> VtdError {
+        match e {
+            MapError::OutOfFrames | MapError::SplitOutOfFrames { .. } => {
+                self.failed.unwrap_or(VtdError::OutOfDmaMemory)
+            }
+            MapError::Conflict { virt, .. } => VtdError::AlreadyMapped { iova: virt },
+            MapError::NonCanonical(v) => VtdError::IovaTooWide { iova: v },
+            MapError::PhysTooWide(p) => VtdError::PhysTooWide { phys: p },
+            MapError::BadTable(p) => VtdError::BadDmaBlock { phys: p },
+            _ => VtdError::BadRange { iova, len },
+        }
+    }
+}
+
+/// One address space's tree in the unit's stage. Owns its table pages.
+#[derive(Debug)]
+pub(crate) enum IoPageTable {
+    First(PageTable<X86>),
+    Second(PageTable<SecondStage>),
+}
+
+/// Runs `$body` with `$t` bound to the tree, whatever its format.
+macro_rules! each {
+    ($self:expr, $t:ident => $body:expr) => {
+        match $self {
+            IoPageTable::First($t) => $body,
+            IoPageTable::Second($t) => $body,
+        }
+    };
+}
+
+impl IoPageTable {
+    /// An empty tree: first stage 4-level, second stage `ss_levels` (3 or 4). `large_2m`
+    /// allows 2 MiB leaves; 1 GiB leaves are never used.
     pub fn new(
         mem: &mut impl DmaMemory,
-        format: Format,
-        levels: u8,
+        stage: StageKind,
+        ss_levels: u8,
         phys_bits: u8,
-        allow_2m: bool,
+        large_2m: bool,
     ) -> Result<Self, VtdError> {
-        let root = alloc_table(mem, phys_bits)?;
-        Ok(Self {
-            format,
-            levels,
-            root,
-            pages: alloc::vec![root],
-            phys_bits,
-            allow_2m,
-        })
+        let mut tables = Tables::new(mem, phys_bits);
+        let r = match stage {
+            StageKind::FirstStage => {
+                PageTable::new(&mut tables, Config::device(large_2m, false)).map(Self::First)
+            }
+            StageKind::SecondStage => PageTable::new(
+                &mut tables,
+                Config {
+                    levels: ss_levels,
+                    table_flags: SsPte::R | SsPte::W,
+                    large_2m,
+                    large_1g: false,
+                    user: false,
+                },
+            )
+            .map(Self::Second),
+        };
+        r.map_err(|e| tables.error(e, 0, 0))
+    }
+
+    pub fn root(&self) -> u64 {
+        each!(self, t => t.root())
+    }
+
+    #[cfg(test)]
+    pub fn table_pages(&self) -> usize {
+        each!(self, t => t.table_pages())
     }
 
     /// Input address width in bits. First stage: the lower canonical half of 48-bit.
-    pub fn input_bits(&self) -> u8 {
-        match self.format {
-            Format::FirstStage => 47,
-            Format::SecondStage => 12 + 9 * self.levels,
+    fn input_bits(&self) -> u8 {
+        match self {
+            Self::First(_) => 47,
+            Self::Second(t) => 12 + 9 * t.config().levels,
         }
     }
 
-    pub fn table_pages(&self) -> usize {
-        self.pages.len()
-    }
-
-    fn nonleaf(&self, pa: u64) -> u64 {
-        match self.format {
-            Format::FirstStage => pa | (FsPte::P | FsPte::RW | FsPte::US).bits(),
-            Format::SecondStage => pa | (SsPte::R | SsPte::W).bits(),
+    /// Validates a (iova, phys, len) request against the unit's rules.
+    fn check(&self, iova: u64, phys: u64, len: u64, phys_bits: u8) -> Result<(), VtdError> {
+        let bad = VtdError::BadRange { iova, len };
+        if len == 0 || !(iova | len | phys).is_multiple_of(PAGE_4K) {
+            return Err(bad);
         }
-    }
-
-    fn leaf(&self, pa: u64, perm: Perm, large: bool) -> u64 {
-        match self.format {
-            Format::FirstStage => {
-                let mut f = FsPte::P | FsPte::US;
-                f.set(FsPte::RW, perm.write);
-                f.set(FsPte::PS, large);
-                pa | f.bits()
-            }
-            Format::SecondStage => {
-                let mut f = SsPte::empty();
-                f.set(SsPte::R, perm.read);
-                f.set(SsPte::W, perm.write);
-                f.set(SsPte::PS, large);
-                pa | f.bits()
-            }
+        let last = iova.checked_add(len - 1).ok_or(bad)?;
+        let plast = phys.checked_add(len - 1).ok_or(bad)?;
+        if !fits_bits(last, self.input_bits()) {
+            return Err(VtdError::IovaTooWide { iova: last });
         }
-    }
-
-    fn present(&self, e: u64) -> bool {
-        match self.format {
-            Format::FirstStage => e & FsPte::P.bits() != 0,
-            Format::SecondStage => e & (SsPte::R | SsPte::W | SsPte::X).bits() != 0,
+        if !fits_bits(plast, phys_bits) {
+            return Err(VtdError::PhysTooWide { phys: plast });
         }
-    }
-
-    fn is_large(&self, e: u64) -> bool {
-        match self.format {
-            Format::FirstStage => e & FsPte::PS.bits() != 0,
-            Format::SecondStage => e & SsPte::PS.bits() != 0,
-        }
-    }
-
-    fn perm_of(&self, e: u64) -> Perm {
-        match self.format {
-            Format::FirstStage => Perm {
-                read: true,
-                write: e & FsPte::RW.bits() != 0,
-            },
-            Format::SecondStage => Perm {
-                read: e & SsPte::R.bits() != 0,
-                write: e & SsPte::W.bits() != 0,
-            },
-        }
-    }
-
-    fn index(iova: u64, level: u8) -> u64 {
-        (iova >> (12 + 9 * (u64::from(level) - 1))) & 0x1ff
-    }
-
-    /// Validates a (iova, phys, len) request.
-    fn check(&self, iova: u64, phys: Option<u64>, len: u64) -> Result<(), VtdError> {
-        if len == 0
-            || !iova.is_multiple_of(PAGE_4K)
-            || !len.is_multiple_of(PAGE_4K)
-            || iova.checked_add(len).is_none()
-        {
-            return Err(VtdError::BadRange { iova, len });
-        }
-        if (iova + len - 1) >> self.input_bits() != 0 {
-            return Err(VtdError::IovaTooWide {
-                iova: iova + len - 1,
-            });
-        }
-        if overlaps_window(iova, len) {
-            return Err(VtdError::InterruptWindow { addr: iova });
-        }
-        if let Some(pa) = phys {
-            if pa % PAGE_4K != 0 || pa.checked_add(len).is_none() {
-                return Err(VtdError::BadRange { iova, len });
-            }
-            if (pa + len - 1) >> self.phys_bits != 0 {
-                return Err(VtdError::PhysTooWide { phys: pa + len - 1 });
-            }
-            if overlaps_window(pa, len) {
-                return Err(VtdError::InterruptWindow { addr: pa });
+        for (start, end) in [(iova, last), (phys, plast)] {
+            if start < INTERRUPT_WINDOW.end && end >= INTERRUPT_WINDOW.start {
+                return Err(VtdError::InterruptWindow { addr: start });
             }
         }
         Ok(())
     }
 
-    /// Maps `[iova, iova+len)` to `[phys, phys+len)`. Fails without changing anything visible
-    /// if any page is already mapped (partial progress is rolled back).
+    /// Maps `[iova, iova+len)` to `[phys, phys+len)` with 4 KiB pages, 2 MiB where aligned
+    /// and no table is in the way. All or nothing: if any page is mapped already, no leaf
+    /// is written.
     pub fn map(
         &mut self,
         mem: &mut impl DmaMemory,
+        phys_bits: u8,
         iova: u64,
         phys: u64,
         len: u64,
         perm: Perm,
     ) -> Result<(), VtdError> {
-        self.check(iova, Some(phys), len)?;
-        let mut off = 0;
-        while off < len {
-            let (va, pa, rest) = (iova + off, phys + off, len - off);
-            let large = self.allow_2m
-                && va % PAGE_2M == 0
-                && pa % PAGE_2M == 0
-                && rest >= PAGE_2M
-                && self.pd_slot_empty(mem, va);
-            let r = self.map_one(mem, va, pa, perm, large);
-            if let Err(e) = r {
-                if off > 0 {
-                    self.unmap(mem, iova, off);
-                }
-                return Err(e);
+        self.check(iova, phys, len, phys_bits)?;
+        let mut tables = Tables::new(mem, phys_bits);
+        let r = match self {
+            Self::First(t) => {
+                let mut f = FsPte::PRESENT | FsPte::USER;
+                f.set(FsPte::WRITABLE, perm.write);
+                t.map(iova, phys, len, f, &mut tables)
             }
-            off += if large { PAGE_2M } else { PAGE_4K };
-        }
-        Ok(())
-    }
-
-    /// True when the level-2 entry for `iova` is absent (so a 2 MiB leaf may go there; a
-    /// leftover page table from earlier 4 KiB mappings forces 4 KiB pages instead).
-    fn pd_slot_empty(&self, mem: &impl DmaMemory, iova: u64) -> bool {
-        let mut table = self.root;
-        let mut level = self.levels;
-        loop {
-            let e = mem.read64(table + 8 * Self::index(iova, level));
-            if !self.present(e) {
-                return true;
+            Self::Second(t) => {
+                let mut f = SsPte::empty();
+                f.set(SsPte::R, perm.read);
+                f.set(SsPte::W, perm.write);
+                t.map(iova, phys, len, f, &mut tables)
             }
-            if level == 2 || (self.is_large(e) && level <= 3) {
-                return false;
-            }
-            table = e & PTE_ADDR_MASK;
-            level -= 1;
-        }
-    }
-
-    fn map_one(
-        &mut self,
-        mem: &mut impl DmaMemory,
-        iova: u64,
-        pa: u64,
-        perm: Perm,
-        large: bool,
-    ) -> Result<(), VtdError> {
-        let leaf_level = if large { 2 } else { 1 };
-        let mut table = self.root;
-        let mut level = self.levels;
-        while level > leaf_level {
-            let slot = table + 8 * Self::index(iova, level);
-            let e = mem.read64(slot);
-            if !self.present(e) {
-                let t = alloc_table(mem, self.phys_bits)?;
-                self.pages.push(t);
-                mem.write64(slot, self.nonleaf(t));
-                table = t;
-            } else if self.is_large(e) && level <= 3 {
-                return Err(VtdError::AlreadyMapped { iova });
-            } else {
-                table = e & PTE_ADDR_MASK;
-            }
-            level -= 1;
-        }
-        let slot = table + 8 * Self::index(iova, leaf_level);
-        if self.present(mem.read64(slot)) {
-            return Err(VtdError::AlreadyMapped { iova });
-        }
-        mem.write64(slot, self.leaf(pa, perm, large));
-        Ok(())
+        };
+        r.map_err(|e| tables.error(e, iova, len))
     }
 
     /// Unmaps every mapped page in the range (absent pages are skipped), splitting 2 MiB
-    /// leaves that are only partly covered. Returns (bytes unmapped, whether a non-leaf entry
-    /// changed — i.e. the invalidation must not use IH=1).
-    pub fn unmap(&mut self, mem: &mut impl DmaMemory, iova: u64, len: u64) -> (u64, bool) {
-        let mut done = 0;
-        let mut nonleaf = false;
-        let mut va = iova;
-        let end = iova.saturating_add(len);
-        while va < end {
-            match self.unmap_one(mem, va, end, &mut nonleaf) {
-                Step::Unmapped(sz) => {
-                    done += sz;
-                    va += sz;
-                }
-                Step::Skip(sz) => va = (va & !(sz - 1)) + sz,
-            }
-        }
-        (done, nonleaf)
-    }
-
-    fn unmap_one(
+    /// leaves that are only partly covered; a leaf that cannot be split for want of memory
+    /// is unmapped whole (the safe side). Table pages that the range empties whole are
+    /// unlinked and added to `tables`: free them after the invalidation. Returns the bytes
+    /// unmapped.
+    pub fn unmap(
         &mut self,
         mem: &mut impl DmaMemory,
-        va: u64,
-        end: u64,
-        nonleaf: &mut bool,
-    ) -> Step {
-        let mut table = self.root;
-        let mut level = self.levels;
-        loop {
-            let slot = table + 8 * Self::index(va, level);
-            let e = mem.read64(slot);
-            let size = 1u64 << (12 + 9 * (u64::from(level) - 1));
-            if !self.present(e) {
-                return Step::Skip(size);
+        phys_bits: u8,
+        iova: u64,
+        len: u64,
+        tables: &mut Vec<u64>,
+    ) -> Result<u64, VtdError> {
+        let mut mem = Tables::new(mem, phys_bits);
+        let mut keep = |r: Released| {
+            if let Released::Table(p) = r {
+                tables.push(p);
             }
-            if level == 1 {
-                mem.write64(slot, 0);
-                return Step::Unmapped(PAGE_4K);
-            }
-            if self.is_large(e) && level == 2 {
-                if va.is_multiple_of(PAGE_2M) && end - va >= PAGE_2M {
-                    mem.write64(slot, 0);
-                    return Step::Unmapped(PAGE_2M);
-                }
-                // Split: a page table with the same 512 translations, then continue into it.
-                let Ok(t) = alloc_table(mem, self.phys_bits) else {
-                    // Without memory the safe fallback is to drop the whole 2 MiB leaf.
+        };
+        let (mut at, end) = (iova, iova.saturating_add(len));
+        let mut done = 0;
+        while at < end {
+            let r = each!(&mut *self, t => t.unmap(at, end - at, &mut mem, &mut keep));
+            match r {
+                Ok(n) => return Ok(done + n),
+                Err(MapError::SplitOutOfFrames { page, size }) => {
                     log::warn!(
-                        "vtd: no memory to split a 2 MiB mapping at {va:#x}; unmapping all of it"
+                        "vtd: no memory to split the mapping at {page:#x}; unmapping all {} KiB of it",
+                        size.bytes() >> 10
                     );
-                    mem.write64(slot, 0);
-                    *nonleaf = true;
-                    return Step::Unmapped(PAGE_2M - (va % PAGE_2M));
-                };
-                self.pages.push(t);
-                let base = e & PTE_ADDR_MASK & !(PAGE_2M - 1);
-                let perm = self.perm_of(e);
-                for i in 0..512 {
-                    mem.write64(t + 8 * i, self.leaf(base + i * PAGE_4K, perm, false));
+                    let whole =
+                        each!(&mut *self, t => t.unmap(page, size.bytes(), &mut mem, &mut keep));
+                    done += whole.map_err(|e| mem.error(e, page, size.bytes()))?;
+                    at = page.saturating_add(size.bytes());
                 }
-                mem.write64(slot, self.nonleaf(t));
-                *nonleaf = true;
-                table = t;
-                level -= 1;
-                continue;
+                Err(e) => return Err(mem.error(e, iova, len)),
             }
-            table = e & PTE_ADDR_MASK;
-            level -= 1;
         }
+        Ok(done)
     }
 
     /// Software walk, as the unit would do it.
     pub fn translate(&self, mem: &impl DmaMemory, iova: u64) -> Option<Translation> {
-        if iova >> self.input_bits() != 0 {
+        if !fits_bits(iova, self.input_bits()) {
             return None;
         }
-        let mut table = self.root;
-        let mut level = self.levels;
-        loop {
-            let e = mem.read64(table + 8 * Self::index(iova, level));
-            if !self.present(e) {
-                return None;
+        let mem = View(mem);
+        let (phys, perm, size) = match self {
+            Self::First(t) => {
+                let x = t.translate(iova, &mem)?;
+                let write = x.flags.contains(FsPte::WRITABLE);
+                (x.phys, Perm { read: true, write }, x.size)
             }
-            let size = 1u64 << (12 + 9 * (u64::from(level) - 1));
-            if level == 1 || (self.is_large(e) && level <= 3) {
-                let base = e & PTE_ADDR_MASK & !(size - 1);
-                return Some(Translation {
-                    phys: base + (iova & (size - 1)),
-                    perm: self.perm_of(e),
-                    page_size: size,
-                });
+            Self::Second(t) => {
+                let x = t.translate(iova, &mem)?;
+                let (read, write) = (x.flags.contains(SsPte::R), x.flags.contains(SsPte::W));
+                (x.phys, Perm { read, write }, x.size)
             }
-            table = e & PTE_ADDR_MASK;
-            level -= 1;
-        }
+        };
+        Some(Translation {
+            phys,
+            perm,
+            page_size: size.bytes(),
+        })
     }
 
     /// Frees every table page. The tree must no longer be referenced by any PASID entry.
     pub fn free(self, mem: &mut impl DmaMemory) {
-        for p in self.pages {
-            mem.free(p, 4096);
+        let mut pages = Vec::new();
+        let mut keep = |r: Released| {
+            if let Released::Table(p) = r {
+                pages.push(p);
+            }
+        };
+        let mut tables = Tables::new(mem, 64);
+        if let Err(e) = each!(self, t => t.teardown(&mut tables, &mut keep)) {
+            log::error!("vtd: page-table teardown stopped ({e}); leaking the rest");
+        }
+        for p in pages {
+            tables.free_table(p);
         }
     }
-}
-
-enum Step {
-    Unmapped(u64),
-    Skip(u64),
-}
-
-pub(crate) fn alloc_table(mem: &mut impl DmaMemory, phys_bits: u8) -> Result<u64, VtdError> {
-    alloc_block(mem, 4096, phys_bits)
 }
 
 pub(crate) fn alloc_block(
@@ -385,7 +333,11 @@ pub(crate) fn alloc_block(
     let pa = mem
         .alloc_zeroed(size, 4096)
         .ok_or(VtdError::OutOfDmaMemory)?;
-    if pa % 4096 != 0 || (pa + size as u64 - 1) >> phys_bits != 0 {
+    let fits = (size as u64)
+        .checked_sub(1)
+        .and_then(|n| pa.checked_add(n))
+        .is_some_and(|last| fits_bits(last, phys_bits));
+    if pa % 4096 != 0 || !fits {
         mem.free(pa, size);
         return Err(VtdError::BadDmaBlock { phys: pa });
     }

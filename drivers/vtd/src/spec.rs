@@ -697,23 +697,9 @@ impl PasidEntry {
     }
 }
 
-bitflags! {
-    /// First-stage (IA-32e) paging entry bits, vtd.md §4.1.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub struct FsPte: u64 {
-        const P = 1 << 0;
-        const RW = 1 << 1;
-        const US = 1 << 2;
-        const PWT = 1 << 3;
-        const PCD = 1 << 4;
-        const A = 1 << 5;
-        const D = 1 << 6;
-        const PS = 1 << 7;
-        const G = 1 << 8;
-        const XD = 1 << 63;
-        const _ = !0;
-    }
-}
+/// First-stage paging entry bits: the CPU's format (Intel VT-d Architecture Specification
+/// rev 4.1, §3.6), defined once in `x86_paging`.
+pub use x86_paging::PteFlags as FsPte;
 
 bitflags! {
     /// Second-stage paging entry bits, vtd.md §4.2.
@@ -729,7 +715,7 @@ bitflags! {
 }
 
 /// Physical-address field of a paging entry (bits 51:12).
-pub const PTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+pub const PTE_ADDR_MASK: u64 = x86_paging::ADDR_MASK;
 
 // ---------------------------------------------------------------------------------------------
 // Invalidation descriptors (256-bit), vtd.md §5.2
@@ -1193,7 +1179,7 @@ mod tests {
     #[test]
     fn page_table_entries() {
         assert_eq!(
-            (FsPte::P | FsPte::RW | FsPte::US).bits() | 0x12_3000,
+            (FsPte::PRESENT | FsPte::WRITABLE | FsPte::USER).bits() | 0x12_3000,
             0x12_3000 | 0x7
         );
         assert_eq!((SsPte::R | SsPte::W).bits() | 0x12_3000, 0x12_3003);

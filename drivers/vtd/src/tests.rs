@@ -5,7 +5,7 @@ use crate::dmar::Bdf;
 use crate::error::{Requirement, VtdError};
 use crate::fake::*;
 use crate::hw::DmaMemory;
-use crate::pagetable::{Format, PAGE_2M, PageTable, Perm, invalidation_chunks};
+use crate::pagetable::{IoPageTable, PAGE_2M, Perm, invalidation_chunks};
 use crate::spec::*;
 use crate::unit::*;
 
@@ -768,20 +768,48 @@ fn dma_allocation_failures_are_errors() {
 #[test]
 fn page_table_split_and_chunks() {
     let mut m = FakeMem::new();
-    let mut pt = PageTable::new(&mut m, Format::FirstStage, 4, 48, true).unwrap();
-    pt.map(&mut m, 0, 0x20_0000, 4 * PAGE_2M, Perm::RW).unwrap();
+    let mut pt = IoPageTable::new(&mut m, StageKind::FirstStage, 4, 48, true).unwrap();
+    pt.map(&mut m, 48, 0, 0x20_0000, 4 * PAGE_2M, Perm::RW)
+        .unwrap();
     assert_eq!(pt.table_pages(), 3, "PML4, PDPT, PD: four 2 MiB leaves");
-    let (n, nonleaf) = pt.unmap(&mut m, 0x3000, 0x2000);
-    assert_eq!((n, nonleaf), (0x2000, true));
+    let mut freed = Vec::new();
+    assert_eq!(pt.unmap(&mut m, 48, 0x3000, 0x2000, &mut freed), Ok(0x2000));
+    assert_eq!(pt.table_pages(), 4, "the 2 MiB leaf was split into a PT");
+    assert!(freed.is_empty());
     assert_eq!(pt.translate(&m, 0x2000).unwrap().phys, 0x20_2000);
     assert!(pt.translate(&m, 0x4000).is_none());
     assert_eq!(pt.translate(&m, 0x5000).unwrap().page_size, 4096);
     assert_eq!(pt.translate(&m, 0x20_0000).unwrap().page_size, PAGE_2M);
-    // Re-mapping 2 MiB over a leftover page table uses 4 KiB pages.
-    pt.unmap(&mut m, 0, PAGE_2M);
-    pt.map(&mut m, 0, 0x80_0000, PAGE_2M, Perm::RO).unwrap();
-    assert_eq!(pt.translate(&m, 0x1000).unwrap().page_size, 4096);
-    assert_eq!(pt.unmap(&mut m, 0x100_0000, 0x1000), (0, false));
+    // Unmapping the rest of it empties the PT whole: it is handed back for freeing.
+    pt.unmap(&mut m, 48, 0, PAGE_2M, &mut freed).unwrap();
+    assert_eq!(freed.len(), 1);
+    for t in freed.drain(..) {
+        m.free(t, 4096);
+    }
+    // So a 2 MiB leaf fits there again.
+    pt.map(&mut m, 48, 0, 0x80_0000, PAGE_2M, Perm::RO).unwrap();
+    assert_eq!(pt.translate(&m, 0x1000).unwrap().page_size, PAGE_2M);
+    // A PT emptied by unmaps that each covered it in part stays and forces 4 KiB pages.
+    pt.unmap(&mut m, 48, PAGE_2M + 0x1000, 0x1000, &mut freed)
+        .unwrap();
+    pt.unmap(&mut m, 48, PAGE_2M, 0x1000, &mut freed).unwrap();
+    pt.unmap(&mut m, 48, PAGE_2M + 0x2000, PAGE_2M - 0x2000, &mut freed)
+        .unwrap();
+    assert!(freed.is_empty());
+    assert!(pt.translate(&m, PAGE_2M + 0x3000).is_none());
+    pt.map(&mut m, 48, PAGE_2M, 0x80_0000, PAGE_2M, Perm::RO)
+        .unwrap();
+    assert_eq!(pt.translate(&m, PAGE_2M + 0x1000).unwrap().page_size, 4096);
+    assert_eq!(pt.unmap(&mut m, 48, 0x100_0000, 0x1000, &mut freed), Ok(0));
+    // Without memory to split a 2 MiB leaf, all of it is unmapped (the safe side).
+    m.0.borrow_mut().fail_after = Some(0);
+    assert_eq!(
+        pt.unmap(&mut m, 48, 2 * PAGE_2M + 0x1000, 0x1000, &mut freed),
+        Ok(PAGE_2M)
+    );
+    assert!(pt.translate(&m, 2 * PAGE_2M).is_none());
+    assert!(pt.translate(&m, 3 * PAGE_2M).is_some());
+    m.0.borrow_mut().fail_after = None;
     pt.free(&mut m);
     assert_eq!(m.live_blocks(), 0);
     assert_eq!(

@@ -12,7 +12,9 @@
 use crate::dmar::Bdf;
 use crate::error::{Requirement, VtdError};
 use crate::hw::{Clock, DmaMemory, RegisterBlock};
-use crate::pagetable::{Format, PageTable, Perm, Translation, alloc_block, invalidation_chunks};
+use crate::pagetable::{
+    IoPageTable, Perm, SecondStage, Translation, View, alloc_block, invalidation_chunks,
+};
 use crate::spec::{
     self, AW_39, AW_48, Cap, CcGranularity, ContextEntry, Ecap, EventCtl, FaultReason, FaultRecord,
     FsPte, Fsts, Gcmd, Gsts, InvDesc, Irte, PasidEntry, Pgtt, RemappableMsi, RootEntry,
@@ -181,7 +183,7 @@ struct DeviceTables {
 struct Space {
     did: u16,
     kind: SpaceKind,
-    pt: Option<PageTable>,
+    pt: Option<IoPageTable>,
     /// (source ID, slot) pairs whose PASID entry points at this space.
     attachments: BTreeSet<(u16, u32)>,
     revoked: bool,
@@ -208,7 +210,7 @@ pub struct RemappingUnit<R: RegisterBlock, M: DmaMemory, C: Clock> {
     devices: BTreeMap<u16, DeviceTables>,
     spaces: BTreeMap<u32, Space>,
     did_used: Vec<bool>,
-    blocked: Option<(u16, PageTable)>,
+    blocked: Option<(u16, IoPageTable)>,
     pt_did: Option<u16>,
     ir: Option<IrState>,
     faults: FaultCounters,
@@ -497,15 +499,11 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
         ])
     }
 
-    fn new_page_table(&mut self) -> Result<PageTable, VtdError> {
-        let (format, levels) = match self.stage {
-            StageKind::FirstStage => (Format::FirstStage, 4),
-            StageKind::SecondStage => (Format::SecondStage, self.ss_levels),
-        };
-        PageTable::new(
+    fn new_page_table(&mut self) -> Result<IoPageTable, VtdError> {
+        IoPageTable::new(
             &mut self.mem,
-            format,
-            levels,
+            self.stage,
+            self.ss_levels,
             self.phys_bits,
             self.cfg.large_pages,
         )
@@ -747,7 +745,7 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
             .blocked
             .as_ref()
             .ok_or(VtdError::NotEnabled("root table"))?;
-        Ok(self.translated_entry(*did, pt.root))
+        Ok(self.translated_entry(*did, pt.root()))
     }
 
     fn translated_entry(&self, did: u16, root: u64) -> PasidEntry {
@@ -765,7 +763,7 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
             .get(&pasid)
             .ok_or(VtdError::NoSuchAddressSpace { pasid })?;
         Ok(match (&sp.kind, &sp.pt) {
-            (SpaceKind::Translated, Some(pt)) => self.translated_entry(sp.did, pt.root),
+            (SpaceKind::Translated, Some(pt)) => self.translated_entry(sp.did, pt.root()),
             _ => PasidEntry::pass_through(sp.did),
         })
     }
@@ -913,7 +911,7 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
         self.spaces
             .get(&id.0)
             .and_then(|s| s.pt.as_ref())
-            .map(|p| p.root)
+            .map(IoPageTable::root)
     }
 
     fn space_mut(&mut self, id: AddressSpaceId) -> Result<&mut Space, VtdError> {
@@ -931,7 +929,7 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
         len: u64,
         perm: Perm,
     ) -> Result<(), VtdError> {
-        let mem = &mut self.mem;
+        let (mem, phys_bits) = (&mut self.mem, self.phys_bits);
         let sp = self
             .spaces
             .get_mut(&id.0)
@@ -943,7 +941,7 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
             .pt
             .as_mut()
             .ok_or(VtdError::NoPageTable { pasid: id.0 })?;
-        pt.map(mem, iova, phys, len, perm)?;
+        pt.map(mem, phys_bits, iova, phys, len, perm)?;
         // Not-present → present needs no invalidation unless the unit caches not-present
         // entries (CM=1), vtd.md §5.4(c).
         if self.cap.contains(Cap::CM) {
@@ -962,7 +960,7 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
         {
             return Err(VtdError::BadRange { iova, len });
         }
-        let mem = &mut self.mem;
+        let (mem, phys_bits) = (&mut self.mem, self.phys_bits);
         let sp = self
             .spaces
             .get_mut(&id.0)
@@ -971,8 +969,18 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
             .pt
             .as_mut()
             .ok_or(VtdError::NoPageTable { pasid: id.0 })?;
-        let (done, _nonleaf) = pt.unmap(mem, iova, len);
-        self.flush_range(id.0, iova, len)?;
+        let mut tables = Vec::new();
+        let unmapped = pt.unmap(mem, phys_bits, iova, len, &mut tables);
+        // Emptied table pages go back only after the flush (IH=0) drops them from the
+        // paging-structure caches; if it fails they are leaked, never reused while cached.
+        let flushed = self.flush_range(id.0, iova, len);
+        if flushed.is_ok() {
+            for t in tables {
+                self.mem.free(t, 4096);
+            }
+        }
+        let done = unmapped?;
+        flushed?;
         Ok(done)
     }
 
@@ -1221,77 +1229,23 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
         if !pe.present {
             return Err(FaultReason::PasidEntryNotPresent);
         }
-        let (format, levels, root) = match pe.pgtt {
-            Pgtt::PassThrough => {
-                return Ok(Translation {
-                    phys: iova,
-                    perm: Perm::RW,
-                    page_size: 4096,
-                });
+        let view = View(&self.mem);
+        match pe.pgtt {
+            Pgtt::PassThrough => Ok(Translation {
+                phys: iova,
+                perm: Perm::RW,
+                page_size: 4096,
+            }),
+            Pgtt::FirstStage => {
+                let w = x86_paging::walk::<x86_paging::X86, _>(&view, pe.fs_root, 4, iova);
+                judge_walk(w, StageKind::FirstStage, iova, write, trace)
             }
-            Pgtt::FirstStage => (Format::FirstStage, 4u8, pe.fs_root),
-            Pgtt::SecondStage => (
-                Format::SecondStage,
-                if pe.aw == AW_39 { 3 } else { 4 },
-                pe.ss_root,
-            ),
-            Pgtt::Nested => return Err(FaultReason::InvalidPasidEntry),
-        };
-        let mut table = root;
-        let mut level = levels;
-        let mut writable = true;
-        loop {
-            let at = table + 8 * ((iova >> (12 + 9 * (u64::from(level) - 1))) & 0x1ff);
-            let ent = self.mem.read64(at);
-            trace.paging.push((level, at, ent));
-            let (present, w, leaf_large) = match format {
-                Format::FirstStage => {
-                    let e = FsPte::from_bits_retain(ent);
-                    if !e.contains(FsPte::P) {
-                        return Err(FaultReason::FsEntryNotPresent);
-                    }
-                    if !e.contains(FsPte::US) {
-                        return Err(FaultReason::UserSupervisorViolation);
-                    }
-                    (
-                        true,
-                        e.contains(FsPte::RW),
-                        e.contains(FsPte::PS) && level <= 3,
-                    )
-                }
-                Format::SecondStage => {
-                    let e = SsPte::from_bits_retain(ent);
-                    (
-                        e.intersects(SsPte::R | SsPte::W),
-                        e.contains(SsPte::W),
-                        e.contains(SsPte::PS) && level <= 3,
-                    )
-                }
-            };
-            if !present {
-                return Err(FaultReason::ReadNotPermitted);
+            Pgtt::SecondStage => {
+                let levels = if pe.aw == AW_39 { 3 } else { 4 };
+                let w = x86_paging::walk::<SecondStage, _>(&view, pe.ss_root, levels, iova);
+                judge_walk(w, StageKind::SecondStage, iova, write, trace)
             }
-            writable &= w;
-            if level == 1 || leaf_large {
-                if write && !writable {
-                    return Err(match format {
-                        Format::FirstStage => FaultReason::SmWriteNotPermitted,
-                        Format::SecondStage => FaultReason::WriteNotPermitted,
-                    });
-                }
-                let size = 1u64 << (12 + 9 * (u64::from(level) - 1));
-                let phys = (ent & spec::PTE_ADDR_MASK & !(size - 1)) + (iova & (size - 1));
-                return Ok(Translation {
-                    phys,
-                    perm: Perm {
-                        read: true,
-                        write: writable,
-                    },
-                    page_size: size,
-                });
-            }
-            table = ent & spec::PTE_ADDR_MASK;
-            level -= 1;
+            Pgtt::Nested => Err(FaultReason::InvalidPasidEntry),
         }
     }
 
@@ -1569,4 +1523,64 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
         }
         Ok(())
     }
+}
+
+/// Judges the paging entries of a walk like the unit: first stage needs P and U/S at every
+/// level (DMA requests are user requests), second stage R or W; writes need write
+/// permission at every level. Records each entry in `trace`.
+fn judge_walk(
+    entries: impl Iterator<Item = Result<x86_paging::WalkEntry, x86_paging::MapError>>,
+    stage: StageKind,
+    iova: u64,
+    write: bool,
+    trace: &mut WalkTrace,
+) -> Result<Translation, FaultReason> {
+    let first = stage == StageKind::FirstStage;
+    let mut writable = true;
+    for e in entries {
+        let e = e.map_err(|_| {
+            if first {
+                FaultReason::FsPagingEntryUnreadable
+            } else {
+                FaultReason::SsPagingEntryUnreadable
+            }
+        })?;
+        trace.paging.push((e.level, e.addr, e.value));
+        if first {
+            let f = FsPte::from_bits_retain(e.value);
+            if !f.contains(FsPte::PRESENT) {
+                return Err(FaultReason::FsEntryNotPresent);
+            }
+            if !f.contains(FsPte::USER) {
+                return Err(FaultReason::UserSupervisorViolation);
+            }
+            writable &= f.contains(FsPte::WRITABLE);
+        } else {
+            let f = SsPte::from_bits_retain(e.value);
+            if !f.intersects(SsPte::R | SsPte::W) {
+                return Err(FaultReason::ReadNotPermitted);
+            }
+            writable &= f.contains(SsPte::W);
+        }
+        if e.is_leaf() {
+            if write && !writable {
+                return Err(if first {
+                    FaultReason::SmWriteNotPermitted
+                } else {
+                    FaultReason::WriteNotPermitted
+                });
+            }
+            let size = 1u64 << (12 + 9 * (u64::from(e.level) - 1));
+            return Ok(Translation {
+                phys: (e.value & spec::PTE_ADDR_MASK & !(size - 1)) + (iova & (size - 1)),
+                perm: Perm {
+                    read: true,
+                    write: writable,
+                },
+                page_size: size,
+            });
+        }
+    }
+    // A walk ends at a leaf, a non-present entry or an unreachable table (all above).
+    Err(FaultReason::FsEntryNotPresent)
 }

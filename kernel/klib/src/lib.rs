@@ -13,7 +13,6 @@ pub mod acpi;
 pub mod buddy;
 pub mod heap;
 pub mod json;
-pub mod paging;
 pub mod vectors;
 
 /// Size of a base page / frame.

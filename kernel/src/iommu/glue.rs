@@ -2,6 +2,7 @@
 //! window, table memory from the frame allocator, the calibrated clock.
 
 use alloc::collections::BTreeMap;
+use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::mm::{self, FrameBlock, Mmio};
@@ -55,7 +56,9 @@ impl KernelDma {
     }
 }
 
-impl vtd::DmaMemory for KernelDma {
+// SAFETY: `table` answers only for a whole page inside a live block this memory owns
+// (identity-mapped RAM from the frame allocator), which stays allocated until `free`.
+unsafe impl vtd::DmaMemory for KernelDma {
     fn alloc_zeroed(&mut self, size: usize, align: usize) -> Option<u64> {
         let b = mm::alloc_frames(size as u64, align as u64).ok()?;
         let a = b.addr();
@@ -99,6 +102,13 @@ impl vtd::DmaMemory for KernelDma {
             // SAFETY: as in `read64`.
             unsafe { core::ptr::write_volatile(phys as *mut u32, value) }
         }
+    }
+
+    fn table(&self, phys: u64) -> Option<NonNull<AtomicU64>> {
+        if !self.owns(phys, 4096) {
+            return None;
+        }
+        NonNull::new(phys as *mut AtomicU64)
     }
 }
 

@@ -4,7 +4,7 @@ use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use klib::paging::{MapError, PageSize, PteFlags};
+use x86_paging::{MapError, PageSize, PteFlags};
 
 use crate::arch::{percpu, smp};
 use crate::ktest;
@@ -248,3 +248,126 @@ ktest!(explicit fn deliberate_execution_from_the_heap() {
     f();
     crate::println!("unreachable: executed from the heap");
 });
+
+/// Runs `f` with `root` in CR3 (interrupts off), then restores the kernel's CR3.
+///
+/// # Safety
+/// `root` must map the kernel half exactly as the kernel's tables do.
+unsafe fn with_cr3<R>(root: u64, f: impl FnOnce() -> R) -> R {
+    use x86_64::PhysAddr;
+    use x86_64::registers::control::Cr3;
+    use x86_64::structures::paging::PhysFrame;
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let (old, flags) = Cr3::read();
+        // SAFETY: the caller guarantees the kernel half (code, data, stacks) is the same.
+        unsafe { Cr3::write(PhysFrame::containing_address(PhysAddr::new(root)), flags) };
+        let r = f();
+        // SAFETY: back to the kernel's own tables.
+        unsafe { Cr3::write(old, flags) };
+        r
+    })
+}
+
+/// A value in .data, read through another root to show the kernel half is shared.
+static SHARED_PROBE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+ktest!(
+    fn address_spaces_share_the_kernel_half_on_the_cpu() {
+        use x86_paging::{Config, Released, TableMemory};
+        const USER: u64 = 0x4000_0000_0000; // PML4 slot 128
+        mm::freeze_kernel_half().unwrap();
+        // Heap storage first: the heap may take frames when it grows.
+        let mut released = Vec::with_capacity(16);
+        let mut tables = Vec::with_capacity(16);
+        let before = mm::frame_stats();
+        let mut space = mm::new_address_space(Config::user(false)).unwrap();
+        let mut frame = mm::alloc_frames(4096, 4096).unwrap();
+        frame.as_mut_slice()[..8].copy_from_slice(&0x5eed_cafe_u64.to_le_bytes());
+        let nx = crate::arch::features().nx;
+        let flags = PteFlags::user_leaf(true, false, nx);
+        space
+            .map(USER, frame.addr(), 4096, flags, &mut mm::TableFrames)
+            .unwrap();
+        // Kernel addresses translate alike through both roots; the user page only in its own.
+        let stack_local = 0u64;
+        for addr in [
+            address_spaces_share_the_kernel_half_on_the_cpu as *const () as u64,
+            SHARED_PROBE.as_ptr() as u64,
+            &stack_local as *const u64 as u64,
+        ] {
+            let mine = space.translate(addr, &mm::TableFrames).map(|t| t.phys);
+            assert_eq!(mine, mm::translate(addr).map(|t| t.phys), "{addr:#x}");
+            assert!(mine.is_some());
+        }
+        assert_eq!(mm::translate(USER), None);
+        let t = space.translate(USER, &mm::TableFrames).unwrap();
+        assert_eq!((t.phys, t.flags), (frame.addr(), flags));
+        mm::check_kernel_half(&space).unwrap();
+
+        // On the CPU: with the new root in CR3, the kernel keeps running (code, stack and
+        // data are the shared half) and the user page reads the frame. (This reads a user
+        // page at CPL 0: with SMAP on it needs STAC.)
+        SHARED_PROBE.store(0x1234, core::sync::atomic::Ordering::SeqCst);
+        // SAFETY: the kernel half was just checked to be the kernel's.
+        let (user, kernel) = unsafe {
+            with_cr3(space.root(), || {
+                (
+                    crate::arch::fault::probe_read_u64(USER),
+                    crate::arch::fault::probe_read_u64(SHARED_PROBE.as_ptr() as u64),
+                )
+            })
+        };
+        assert_eq!(user.unwrap(), 0x5eed_cafe);
+        assert_eq!(kernel.unwrap(), 0x1234);
+
+        // Unmap: the old entry comes back (frame, A/D); afterwards the CPU faults there.
+        let n = space
+            .unmap(USER, 4096, &mut mm::TableFrames, &mut |r| released.push(r))
+            .unwrap();
+        assert_eq!(n, 4096);
+        assert!(matches!(
+            released[0],
+            Released::Leaf { virt: USER, entry, .. } if entry & !0xfff & ((1 << 52) - 1) == frame.addr()
+        ));
+        // SAFETY: as above; the CR3 write flushed the TLB entry of the first run.
+        let gone = unsafe { with_cr3(space.root(), || crate::arch::fault::probe_read_u64(USER)) };
+        let f = gone.expect_err("unmapped user page");
+        assert!(f.is_page_fault() && f.address == USER, "{f:?}");
+
+        // The kernel's PML4 is frozen: a mapping that needs a new kernel PML4 entry fails.
+        const SLOT_255: u64 = 255 << 39;
+        if !space.is_shared_slot(255) {
+            assert!(matches!(
+                mm::map_mmio(SLOT_255, 4096),
+                Err(MmError::Map(MapError::TopLevelFrozen(255)))
+            ));
+        }
+        // The process cannot map over the kernel half.
+        assert_eq!(
+            space.map(0x20_0000, frame.addr(), 4096, flags, &mut mm::TableFrames),
+            Err(MapError::SharedSlot(0))
+        );
+
+        // Teardown hands back its tables (root last); none is a kernel table.
+        let root = space.root();
+        space
+            .teardown(&mut mm::TableFrames, &mut |r| {
+                if let Released::Table(p) = r {
+                    tables.push(p)
+                }
+            })
+            .unwrap();
+        assert_eq!(tables.last(), Some(&root));
+        assert_eq!(tables.len(), 4, "root, PDPT, PD and PT of the user page");
+        assert!(tables.iter().all(|p| *p != mm::kernel_root()));
+        for p in tables {
+            mm::TableFrames.free_table(p);
+        }
+        drop(frame);
+        assert_eq!(
+            mm::frame_stats().free_pages,
+            before.free_pages,
+            "every table page and the frame returned"
+        );
+    }
+);

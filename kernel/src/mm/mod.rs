@@ -17,12 +17,15 @@ pub mod stacks;
 use core::fmt;
 
 use boot::memmap::{MemKind, MemoryMap};
-use klib::paging::MapError;
 use spin::Once;
+use x86_paging::MapError;
 
 pub use frames::{FrameBlock, alloc_frames, alloc_frames_below, alloc_frames_uninit, frame_stats};
 pub use mmio::Mmio;
-pub use paging::{kernel_root, map_firmware, map_mmio, translate};
+pub use paging::{
+    TableFrames, check_kernel_half, freeze_kernel_half, kernel_root, map_firmware, map_mmio,
+    new_address_space, translate,
+};
 
 /// Memory-management errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

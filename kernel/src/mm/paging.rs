@@ -1,24 +1,38 @@
-//! The kernel's page tables.
+//! The kernel's page tables, and the tables of new address spaces sharing its half.
 //!
 //! Built once on the BSP from the memory map, with table pages taken from usable memory
 //! below 4 GiB (the AP trampoline loads CR3 in 32-bit mode, so the PML4 must be there).
-//! Later changes only turn not-present entries into present ones (see
-//! [`klib::paging::Mapper`]), so no TLB shootdown is ever needed.
+//! Later changes only turn not-present entries into present ones (`ensure` / `map` of
+//! [`x86_paging::PageTable`]), so no TLB shootdown is ever needed. Once the first address
+//! space sharing the kernel half exists, the kernel's PML4 entries never change again
+//! ([`freeze_kernel_half`]).
 
-use klib::paging::{MMIO, Mapper, PteFlags, RAM, TableSource, Translation};
+use core::ptr::NonNull;
+use core::sync::atomic::AtomicU64;
+
 use x86_64::PhysAddr;
 use x86_64::registers::control::{Cr3, Cr3Flags};
 use x86_64::structures::paging::PhysFrame;
+use x86_paging::{Config, MMIO, PageTable, PteFlags, RAM, TableMemory, Translation};
 
 use super::{ImageLayout, MmError};
 use boot::memmap::MemoryMap;
 
 use crate::sync::IrqMutex;
 
-static KERNEL: IrqMutex<Option<Mapper>> = IrqMutex::new(None);
+static KERNEL: IrqMutex<Option<PageTable>> = IrqMutex::new(None);
 
 const FOUR_GIB: u64 = 1 << 32;
 const PAGE: u64 = 4096;
+
+/// A page-table page reached by identity: RAM below the end of the memory map, never page 0.
+fn identity(phys: u64) -> Option<NonNull<AtomicU64>> {
+    let ram_end = super::memory_map()?.ram_end();
+    if phys.checked_add(PAGE)? > ram_end {
+        return None;
+    }
+    NonNull::new(phys as *mut AtomicU64)
+}
 
 /// Bump allocator over one range below 4 GiB (zeroes what it hands out).
 struct Bump {
@@ -27,7 +41,9 @@ struct Bump {
     end: u64,
 }
 
-impl TableSource for Bump {
+// SAFETY: pages come from a range of usable RAM reserved for them (kept out of the frame
+// allocator); every RAM page is identity-mapped (by the boot stub, then by these tables).
+unsafe impl TableMemory for Bump {
     fn alloc_table(&mut self) -> Option<u64> {
         if self.next + PAGE > self.end {
             return None;
@@ -39,16 +55,35 @@ impl TableSource for Bump {
         unsafe { core::ptr::write_bytes(p as *mut u8, 0, PAGE as usize) };
         Some(p)
     }
+    fn free_table(&mut self, phys: u64) {
+        // The boot tables are never taken apart.
+        log::error!("boot page-table page {phys:#x} released; keeping it");
+    }
+    fn table(&self, phys: u64) -> Option<NonNull<AtomicU64>> {
+        identity(phys)
+    }
 }
 
-/// Frames for page tables after boot (from the frame allocator).
-struct FrameSource;
+/// Page-table pages from the frame allocator, reached by identity: the kernel's tables
+/// after boot and the tables of address spaces from [`new_address_space`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TableFrames;
 
-impl TableSource for FrameSource {
+// SAFETY: pages are zeroed 4 KiB frames owned by the tree they are linked into until
+// `free_table` returns them; RAM is identity-mapped and `identity` answers only for RAM.
+unsafe impl TableMemory for TableFrames {
     fn alloc_table(&mut self) -> Option<u64> {
         super::frames::alloc_frames(PAGE, PAGE)
             .ok()
             .map(|b| b.leak())
+    }
+    fn free_table(&mut self, phys: u64) {
+        // SAFETY: `phys` is an order-0 block from `alloc_table`, released by its tree
+        // (the caller invalidated every walker's caches first).
+        drop(unsafe { super::frames::FrameBlock::from_raw(phys, 0) });
+    }
+    fn table(&self, phys: u64) -> Option<NonNull<AtomicU64>> {
+        identity(phys)
     }
 }
 
@@ -99,9 +134,9 @@ pub(super) fn init(map: &MemoryMap, layout: ImageLayout) -> Result<(u64, u64), M
         next: start,
         end: start + need,
     };
-    let pml4 = bump.alloc_table().ok_or(MmError::NoEarlyMemory { need })?;
-    // SAFETY: fresh zeroed table page, identity-addressable.
-    let mut m = unsafe { Mapper::new(pml4, PteFlags::WRITABLE, crate::arch::features().page_1g) };
+    let mut m = PageTable::new(&mut bump, Config::kernel(crate::arch::features().page_1g))
+        .map_err(|_| MmError::NoEarlyMemory { need })?;
+    let pml4 = m.root();
 
     // RAM write-back (page-rounded inward), everything else below 4 GiB uncached.
     let mut cursor = PAGE; // page 0 stays unmapped
@@ -114,7 +149,7 @@ pub(super) fn init(map: &MemoryMap, layout: ImageLayout) -> Result<(u64, u64), M
         let s = s.max(PAGE);
         if s > cursor && cursor < FOUR_GIB {
             let gap_end = s.min(FOUR_GIB);
-            m.map(cursor, cursor, gap_end - cursor, mmio_flags(), &mut bump)?;
+            m.ensure(cursor, cursor, gap_end - cursor, mmio_flags(), &mut bump)?;
         }
         if e > s {
             // RAM outside the image: data, never code (except low memory, where the AP
@@ -122,11 +157,11 @@ pub(super) fn init(map: &MemoryMap, layout: ImageLayout) -> Result<(u64, u64), M
             for (a, b) in [(s, e.min(image.0)), (s.max(image.1), e)] {
                 let low_end = b.min(super::LOW_MEMORY_END);
                 if low_end > a {
-                    m.map(a, a, low_end - a, ram_flags(), &mut bump)?;
+                    m.ensure(a, a, low_end - a, ram_flags(), &mut bump)?;
                 }
                 let a = a.max(super::LOW_MEMORY_END);
                 if b > a {
-                    m.map(a, a, b - a, data_flags(), &mut bump)?;
+                    m.ensure(a, a, b - a, data_flags(), &mut bump)?;
                 }
             }
         }
@@ -141,11 +176,11 @@ pub(super) fn init(map: &MemoryMap, layout: ImageLayout) -> Result<(u64, u64), M
         (layout.data, layout.end, data_flags()),
     ] {
         if b > a {
-            m.map(a, a, b - a, flags, &mut bump)?;
+            m.ensure(a, a, b - a, flags, &mut bump)?;
         }
     }
     if cursor < FOUR_GIB {
-        m.map(cursor, cursor, FOUR_GIB - cursor, mmio_flags(), &mut bump)?;
+        m.ensure(cursor, cursor, FOUR_GIB - cursor, mmio_flags(), &mut bump)?;
     }
 
     // SAFETY: the new tables identity-map the kernel image, its stack, all RAM and the
@@ -214,7 +249,7 @@ fn map_with(phys: u64, len: u64, flags: PteFlags) -> Result<(), MmError> {
         * PAGE;
     let mut g = KERNEL.lock();
     let m = g.as_mut().ok_or(MmError::NotInitialized)?;
-    m.map(s, s, e - s, flags, &mut FrameSource)?;
+    m.ensure(s, s, e - s, flags, &mut TableFrames)?;
     Ok(())
 }
 
@@ -224,11 +259,56 @@ fn map_with(phys: u64, len: u64, flags: PteFlags) -> Result<(), MmError> {
 pub(super) fn map_stack(virt: u64, phys: u64, len: u64) -> Result<(), MmError> {
     let mut g = KERNEL.lock();
     let m = g.as_mut().ok_or(MmError::NotInitialized)?;
-    m.map(virt, phys, len, data_flags(), &mut FrameSource)?;
+    m.map(virt, phys, len, data_flags(), &mut TableFrames)?;
     Ok(())
 }
 
 /// Looks up a kernel virtual address.
 pub fn translate(virt: u64) -> Option<Translation> {
-    KERNEL.lock().as_ref()?.translate(virt)
+    KERNEL.lock().as_ref()?.translate(virt, &TableFrames)
+}
+
+/// The PML4 slots of the kernel half: the identity map of physical memory (slots
+/// 0 … K−1, K = ⌈2^MAXPHYADDR / 512 GiB⌉, at most the lower half) and the stacks' slot.
+fn kernel_slots() -> impl Iterator<Item = usize> {
+    let ext_max = core::arch::x86_64::__cpuid(0x8000_0000).eax;
+    let phys_bits = if ext_max >= 0x8000_0008 {
+        core::arch::x86_64::__cpuid(0x8000_0008).eax & 0xff
+    } else {
+        36 // CPUID.80000008H is absent: MAXPHYADDR is 36 (SDM Vol. 3A §4.1.4).
+    };
+    let identity = 1usize << phys_bits.saturating_sub(39).min(8);
+    (0..identity).chain(core::iter::once(super::stacks::PML4_SLOT))
+}
+
+/// Gives every kernel-half PML4 slot its PDPT and freezes the kernel's PML4: from now on
+/// no kernel PML4 entry changes (a mapping that would need a new one fails with
+/// `MapError::TopLevelFrozen`), so copies of them in other roots stay exact. Idempotent;
+/// done by the first [`new_address_space`].
+pub fn freeze_kernel_half() -> Result<(), MmError> {
+    let mut g = KERNEL.lock();
+    let m = g.as_mut().ok_or(MmError::NotInitialized)?;
+    if !m.is_frozen() {
+        m.prepopulate_top_level(kernel_slots(), &mut TableFrames)?;
+        m.freeze_top_level();
+    }
+    Ok(())
+}
+
+/// A new, empty address space whose root shares the kernel half (copies of the kernel's
+/// PML4 entries, after [`freeze_kernel_half`]); `cfg` governs its own half (a process:
+/// `Config::user(cap_fs1gp && page_1g)`). Map into it with [`TableFrames`]; free what
+/// `unmap`/`teardown` release with `TableFrames.free_table` after the invalidation.
+pub fn new_address_space(cfg: Config) -> Result<PageTable, MmError> {
+    freeze_kernel_half()?;
+    let g = KERNEL.lock();
+    let k = g.as_ref().ok_or(MmError::NotInitialized)?;
+    Ok(PageTable::new_sharing(k, &mut TableFrames, cfg)?)
+}
+
+/// Checks that `space` (from [`new_address_space`]) still shares the kernel half exactly.
+pub fn check_kernel_half(space: &PageTable) -> Result<(), MmError> {
+    let g = KERNEL.lock();
+    let k = g.as_ref().ok_or(MmError::NotInitialized)?;
+    Ok(space.check_shared(k, &TableFrames)?)
 }

@@ -16,8 +16,9 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::{MmError, frames, paging};
 
-/// Start of the stack region: PML4 slot 510 (the kernel uses nothing else in the upper
-/// half).
+/// The stack region's PML4 slot (the kernel uses nothing else in the upper half).
+pub(super) const PML4_SLOT: usize = 510;
+/// Start of the stack region: PML4 slot 510.
 const REGION_START: u64 = 0xffff_ff00_0000_0000;
 /// End of the region (512 GiB).
 const REGION_END: u64 = 0xffff_ff80_0000_0000;
