@@ -824,6 +824,40 @@ fn page_table_split_and_chunks() {
 }
 
 #[test]
+fn any_address_width_is_handled_without_overflow() {
+    // MGAW is a 6-bit field (+1): widths up to 64 come from hardware, and garbage beyond.
+    for bits in [0u8, 1, 47, 48, 63, 64, 65, 255] {
+        let mut m = FakeMem::new();
+        match IoPageTable::new(&mut m, StageKind::FirstStage, 4, bits, true) {
+            Ok(mut pt) => {
+                assert!(bits > 32, "tables at 4 GiB+ are beyond {bits} bits");
+                let r = pt.map(&mut m, bits, 0x1000, !0xfff_ffff_u64, 0x1000, Perm::RW);
+                if bits >= 64 {
+                    assert_eq!(
+                        r,
+                        Err(VtdError::PhysTooWide {
+                            phys: !0xfff_ffff | 0xfff
+                        })
+                    );
+                } else {
+                    assert!(
+                        matches!(r, Err(VtdError::PhysTooWide { .. })),
+                        "{bits}: {r:?}"
+                    );
+                }
+                pt.map(&mut m, bits, 0x1000, 0x2000, 0x1000, Perm::RW)
+                    .unwrap();
+                pt.free(&mut m);
+            }
+            Err(e) => {
+                assert!(bits <= 32, "{bits}: {e:?}");
+                assert!(matches!(e, VtdError::BadDmaBlock { .. }), "{bits}: {e:?}");
+            }
+        }
+    }
+}
+
+#[test]
 fn setup_leaves_translation_off_until_devices_have_context_entries() {
     let cfg = Config {
         rid_default: RidDefault::PassThrough,
