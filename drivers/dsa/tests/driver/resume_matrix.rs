@@ -702,11 +702,24 @@ fn driver_one(
     problems: &mut Vec<String>,
     what: &str,
 ) -> Option<Res> {
+    let t = env.sub.submit(&w, Notify::Poll).expect("submit");
+    let r = env.sub.wait(t, 5 * SECOND);
+    let rec = env.sub.completion_record(t);
+    driver_continue(env, w, r, rec, hole, problems, what)
+}
+
+/// Takes `ran`'s result `r` (and its record) through the driver's resumes to the end.
+fn driver_continue(
+    env: &mut Env,
+    mut ran: Work,
+    mut r: Result<Output, OpError>,
+    mut rec: Option<dsa_spec::CompletionRecord>,
+    hole: &Hole,
+    problems: &mut Vec<String>,
+    what: &str,
+) -> Option<Res> {
     let plat = env.rig.plat.clone();
-    let mut t = env.sub.submit(&w, Notify::Poll).expect("submit");
-    let mut ran = w;
     for _ in 0..16 {
-        let r = env.sub.wait(t, 5 * SECOND);
         match r {
             Ok(o) => return Some(driver_res(o)),
             Err(OpError::PageFault(PageFault {
@@ -720,10 +733,11 @@ fn driver_one(
                     problems.push(format!("{what}: the driver cannot resume"));
                     return None;
                 };
-                let rec = env.sub.completion_record(t).expect("record");
-                agree(&ran, res.remaining(), &rec, problems, what);
+                agree(&ran, res.remaining(), &rec.expect("record"), problems, what);
                 ran = *res.remaining();
-                t = env.sub.resume(&res, Notify::Poll).expect("resume");
+                let t = env.sub.resume(&res, Notify::Poll).expect("resume");
+                r = env.sub.wait(t, 5 * SECOND);
+                rec = env.sub.completion_record(t);
             }
             Err(e) => {
                 problems.push(format!("{what}: driver error {e}"));
@@ -779,40 +793,24 @@ fn run_driver(env: &mut Env, sc: &Scenario, hole: &Hole, problems: &mut Vec<Stri
                     if *f { w.with_fence() } else { w }
                 })
                 .collect();
-            let plat = env.rig.plat.clone();
-            let Ok(Output::Batch(rs)) = env.sub.run_batch(&works) else {
+            let t = env.sub.submit_batch(&works, Notify::Poll).expect("submit");
+            let Ok(Output::Batch(rs)) = env.sub.wait(t, 5 * SECOND) else {
                 problems.push(format!("{}: the batch did not complete", sc.name));
                 return sc.outcome(vec![]);
             };
+            // The members' records, before anything else reuses the batch's slot.
+            let recs: Vec<_> = (0..works.len())
+                .map(|j| env.sub.batch_member_record(t, j))
+                .collect();
             let mut results = Vec::new();
-            for (j, (r, w)) in rs.into_iter().zip(&works).enumerate() {
+            for (j, ((r, w), rec)) in rs.into_iter().zip(&works).zip(recs).enumerate() {
                 let what = format!("{} member {j}", sc.name);
-                let alone = Work { fence: false, ..*w };
                 let res = match r {
-                    Ok(o) => Some(driver_res(o)),
-                    Err(OpError::PageFault(PageFault {
-                        addr,
-                        write,
-                        resume: Some(res),
-                        ..
-                    })) => {
-                        hole.fix(&plat, addr, write, &format!("driver, {what}"));
-                        // The member's record is not at hand here: its continuation is
-                        // checked by running it.
-                        let t = env.sub.resume(&res, Notify::Poll).expect("resume");
-                        match env.sub.wait(t, 5 * SECOND) {
-                            Ok(o) => Some(driver_res(o)),
-                            Err(e) => {
-                                problems.push(format!("{what}: {e}"));
-                                None
-                            }
-                        }
+                    Err(OpError::Abandoned) => {
+                        let alone = Work { fence: false, ..*w };
+                        driver_one(env, alone, hole, problems, &what)
                     }
-                    Err(OpError::Abandoned) => driver_one(env, alone, hole, problems, &what),
-                    Err(e) => {
-                        problems.push(format!("{what}: driver error {e}"));
-                        None
-                    }
+                    r => driver_continue(env, *w, r, rec, hole, problems, &what),
                 };
                 results.extend(res);
             }
