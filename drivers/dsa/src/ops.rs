@@ -8,7 +8,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use dsa_spec::crc::CrcMode;
 use dsa_spec::delta;
-use dsa_spec::dif::{BlockTags, DestDifFlags, DifBlockSize, DifFlags, PI_SIZE, SrcDifFlags};
+use dsa_spec::dif::{DestDifFlags, DifBlockSize, DifFlags, PI_SIZE, SrcDifFlags};
 use dsa_spec::status as st;
 use dsa_spec::{CompletionRecord, DescFlags, Descriptor, GenCap, Opcode};
 
@@ -496,10 +496,7 @@ impl fmt::Display for ValidationError {
                 "dualcast destinations {dst1:#x} and {dst2:#x} differ in bits 11:0"
             ),
             DeltaRecordMax(m) => {
-                write!(
-                    f,
-                    "maximum delta record size {m} is not a multiple of 10 ≥ 80"
-                )
+                write!(f, "maximum delta record size {m} is below 80")
             }
             DeltaRecordLen(l) => write!(f, "delta record size {l} is not a multiple of 10 ≥ 10"),
             DeltaTooLong(l) => write!(f, "create delta size {l} over 512 KiB"),
@@ -1061,39 +1058,32 @@ pub(crate) fn decode(
     })
 }
 
-/// Tag state after `blocks` more blocks (the rule is the flags' `advance`), so a resumed
-/// DIF op continues the sequence.
-fn advance_src(s: DifSource, blocks: u32) -> DifSource {
-    let t = s.flags.advance(
-        BlockTags {
-            ref_tag: s.ref_tag,
-            app_tag: s.app_tag,
-        },
-        blocks,
-    );
+/// The source side of a DIF op resumed after a partial completion: the record's source
+/// tags are those of the first block not completed (completion record bytes 16–23).
+fn next_src(s: DifSource, cr: &CompletionRecord) -> DifSource {
     DifSource {
-        ref_tag: t.ref_tag,
-        app_tag: t.app_tag,
+        ref_tag: cr.dif_src_ref_tag(),
+        app_tag: cr.dif_src_app_tag(),
         ..s
     }
 }
-fn advance_dst(d: DifDest, blocks: u32) -> DifDest {
-    let t = d.flags.advance(
-        BlockTags {
-            ref_tag: d.ref_tag,
-            app_tag: d.app_tag,
-        },
-        blocks,
-    );
+/// The destination side likewise (completion record bytes 24–31).
+fn next_dst(d: DifDest, cr: &CompletionRecord) -> DifDest {
     DifDest {
-        ref_tag: t.ref_tag,
-        app_tag: t.app_tag,
+        ref_tag: cr.dif_dest_ref_tag(),
+        app_tag: cr.dif_dest_app_tag(),
         ..d
     }
 }
 
-/// Builds the remainder after a partial completion (dsa.md §8.1–§8.8, §8.11). None when the
-/// operation cannot be continued.
+/// Builds the remainder after a partial completion (status 0x03/0x04), by the Intel DSA
+/// Architecture Specification's rules for each operation: addresses advance and the size
+/// shrinks by Bytes Completed (a backward memmove keeps its addresses: its tail is done;
+/// Apply Delta advances through the record), Fill and Compare Pattern rotate their pattern
+/// to keep its phase, CRC ops take the record's CRC as the seed, DIF ops take the record's
+/// next-block tags. The host test `resume_matrix` checks every continuation against a
+/// routine written from the specification alone. None when the operation cannot be
+/// continued.
 fn resume(work: &Work, original: &Work, done: u64, cr: &CompletionRecord) -> Option<Resume> {
     let n = cr.bytes_completed;
     let nn = n as u64;
@@ -1180,6 +1170,18 @@ fn resume(work: &Work, original: &Work, done: u64, cr: &CompletionRecord) -> Opt
             dst2: dst2 + nn,
             len: rest,
         },
+        // Nothing done yet and the seed still in memory: the record holds no CRC of
+        // anything (the seed read itself may be what faulted), so the same descriptor
+        // runs again.
+        Op::CrcGen {
+            seed: CrcSeed::Memory(_),
+            ..
+        }
+        | Op::CopyCrc {
+            seed: CrcSeed::Memory(_),
+            ..
+        } if n == 0 => work.op,
+        // The record's CRC is that of the bytes completed: it seeds the rest.
         Op::CrcGen { src, mode, .. } => Op::CrcGen {
             src: src + nn,
             len: rest,
@@ -1205,7 +1207,7 @@ fn resume(work: &Work, original: &Work, done: u64, cr: &CompletionRecord) -> Opt
                 src: src + (blocks * s) as u64,
                 len: len - blocks * s,
                 format,
-                source: advance_src(source, blocks),
+                source: next_src(source, cr),
             }
         }
         Op::DifInsert {
@@ -1222,7 +1224,7 @@ fn resume(work: &Work, original: &Work, done: u64, cr: &CompletionRecord) -> Opt
                 dst: dst + (blocks * d) as u64,
                 len: len - blocks * s,
                 format,
-                dest: advance_dst(dest, blocks),
+                dest: next_dst(dest, cr),
             }
         }
         Op::DifStrip {
@@ -1239,7 +1241,7 @@ fn resume(work: &Work, original: &Work, done: u64, cr: &CompletionRecord) -> Opt
                 dst: dst + (blocks * d) as u64,
                 len: len - blocks * s,
                 format,
-                source: advance_src(source, blocks),
+                source: next_src(source, cr),
             }
         }
         Op::DifUpdate {
@@ -1257,8 +1259,8 @@ fn resume(work: &Work, original: &Work, done: u64, cr: &CompletionRecord) -> Opt
                 dst: dst + (blocks * d) as u64,
                 len: len - blocks * s,
                 format,
-                source: advance_src(source, blocks),
-                dest: advance_dst(dest, blocks),
+                source: next_src(source, cr),
+                dest: next_dst(dest, cr),
             }
         }
         Op::CacheFlush { addr, keep, .. } => Op::CacheFlush {

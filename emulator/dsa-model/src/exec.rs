@@ -803,8 +803,23 @@ impl Device {
             let at = rec_addr.wrapping_add(*flushed);
             let put = self.wr(job, at, rec);
             if put < rec.len() {
-                let o = self.fault(job, d, at.wrapping_add(put as u64), true, *flushed_cmp);
-                return Some(o.with_cr(|c| c.set_delta_record_size(*flushed as u32)));
+                // The entries written whole count: the comparison is complete up to the
+                // word of the first entry that did not make it (entries are in word
+                // order, and the words between two entries compared equal).
+                let whole = put / ENTRY_SIZE;
+                let (cmp, size) = if whole == 0 {
+                    (*flushed_cmp, *flushed)
+                } else {
+                    let mut e = [0u8; ENTRY_SIZE];
+                    e.copy_from_slice(&rec[whole * ENTRY_SIZE..][..ENTRY_SIZE]);
+                    let (word, _) = delta::decode(&e);
+                    (
+                        word as u64 * WORD as u64,
+                        *flushed + (whole * ENTRY_SIZE) as u64,
+                    )
+                };
+                let o = self.fault(job, d, at.wrapping_add(put as u64), true, cmp);
+                return Some(o.with_cr(|c| c.set_delta_record_size(size as u32)));
             }
             *flushed += rec.len() as u64;
             *flushed_cmp = cmp_now;
@@ -945,13 +960,16 @@ impl Device {
             );
             let n = seg(&[a, b, c], size - off, chunk);
             let got = self.rd(job, a, &mut s.a[..n]);
+            // Bytes completed counts only bytes that reached both destinations (software
+            // resumes by advancing the source and both destinations by it), so destination
+            // 2 gets everything destination 1 took, even when destination 1 stopped short.
             let p1 = self.wr(job, b, &s.a[..got]);
+            let p2 = self.wr(job, c, &s.a[..p1]);
+            if p2 < p1 {
+                return self.fault(job, d, c.wrapping_add(p2 as u64), true, off + p2 as u64);
+            }
             if p1 < got {
                 return self.fault(job, d, b.wrapping_add(p1 as u64), true, off + p1 as u64);
-            }
-            let p2 = self.wr(job, c, &s.a[..got]);
-            if p2 < got {
-                return self.fault(job, d, c.wrapping_add(p2 as u64), true, off + p2 as u64);
             }
             if got < n {
                 return self.fault(job, d, a.wrapping_add(got as u64), false, off + got as u64);
@@ -1049,6 +1067,10 @@ impl Device {
         let per = (self.scratch_len(s) / (g.bs + dif::PI_SIZE)).max(1) as u64;
         let mut blk = 0u64;
         while blk < nblocks {
+            // Tags of block `blk`: a short destination write below reports fewer blocks
+            // than this chunk processed, and the record must carry the tags of the first
+            // block it does not count (software seeds the resumed descriptor with them).
+            let chunk_tags = t;
             let k = per.min(nblocks - blk);
             let a = src.wrapping_add(blk * g.src_step as u64);
             let want = (k as usize) * g.src_step;
@@ -1092,11 +1114,16 @@ impl Device {
                 let len = produced * g.dst_step;
                 let put = self.wr(job, b, &s.b[..len]);
                 if put < len {
-                    let done = (blk + (put / g.dst_step) as u64) * g.src_step as u64;
+                    let whole = put / g.dst_step;
+                    let done = (blk + whole as u64) * g.src_step as u64;
+                    let at = Tags {
+                        src: sf.advance(chunk_tags.src, whole as u32),
+                        dst: tf.advance(chunk_tags.dst, whole as u32),
+                    };
                     return Self::dif_tags_cr(
                         op,
                         self.fault(job, d, b.wrapping_add(put as u64), true, done),
-                        &t,
+                        &at,
                         d,
                     );
                 }

@@ -61,7 +61,33 @@
 //!   when CRAV and (RCR or status ≠ 0x01). Errors without CRAV go to SWERROR (not 0x01, 0x02,
 //!   0x05). A misaligned CR address gives SWERROR 0x1B and nothing executes; a CR write that
 //!   faults gives SWERROR 0x1A. RCI interrupts fire for every completion except 0x19.
-//! * **Compare Pattern** reports the mismatch offset rounded down to 8 bytes (DML behaviour).
+//! * **Partial completions** are written so that software resumes them by the DSA
+//!   specification's rules alone (addresses advance by Bytes Completed, the record's CRC or
+//!   DIF tags seed the rest); `drivers/dsa/tests/driver/resume_matrix.rs` checks every
+//!   operation, operand and page against a routine written from the specification.
+//!   Dualcast: Bytes Completed counts only bytes in both destinations (destination 2 gets
+//!   whatever destination 1 took before a fault). CRC ops: the record's CRC is that of the
+//!   bytes completed (none when the seed read faulted). DIF ops: Bytes Completed counts
+//!   source bytes of whole blocks and the record's tags are those of the first block not
+//!   completed, also when a buffered chunk's destination write stops short. Create Delta:
+//!   the bytes compared whose entries are in the record and the record size; when a record
+//!   write faults, the entries that reached memory whole count. Apply Delta: record bytes
+//!   applied. Batch: 0x06 with the members read and processed.
+//! * **Compare Pattern** reports the mismatch offset rounded down to 8 bytes (DML behaviour),
+//!   counted from the descriptor's start: after a resume at a Bytes Completed that is not a
+//!   multiple of 8 the offset can differ from a run without faults by up to 7 (both are at
+//!   most the true offset, which is all the rounding promises).
+//! * **Create Delta maximum record size**: accepted when at least 80 bytes; it need not be a
+//!   multiple of 10 (a record overflows when the next 10-byte entry would end past it). The
+//!   specification's completion status table names 0x15 "Maximum Delta Record Size or Delta
+//!   Record Size out of range"; Intel's accel-config test client (`test/dsa_prep.c`,
+//!   `dsa_prep_cr_delta`) submits twice the transfer size (8192 for 4 KiB) with a floor of
+//!   80 (`MIN_DELTA_RECORD_SIZE`, `test/dsa.h`); Intel's DML library refuses sizes that are
+//!   not multiples of 10 before it submits (`sources/core/src/validation.cpp`), a library
+//!   precondition, not a device status. The text of the Create Delta section itself was not
+//!   available for this choice: should it require a multiple of 10, the rule lives in
+//!   `dsa_spec::delta::max_record_size_valid` alone. Apply Delta's record size stays a
+//!   multiple of 10 of at least 10 (a record is whole entries).
 //!   Create Delta overflow is result 2 with status 0x01 (0x02 under Check Result when the
 //!   mask bit is clear). DIF follows DML's reference semantics: app tag mask bits set = ignored,
 //!   source flag bit 4 = incrementing app tag, bit 7 = fixed ref tag; on a DIF error bytes

@@ -5,3 +5,5 @@ mod common;
 mod errors;
 mod ops;
 mod queues;
+mod resume_matrix;
+mod spec_resume;

@@ -517,9 +517,9 @@ fn validation_errors_before_submission() {
             b.at(0x1000),
             64,
             b.at(0x2000),
-            85
+            75
         ))),
-        ValidationError::DeltaRecordMax(85)
+        ValidationError::DeltaRecordMax(75)
     );
     assert_eq!(
         inv(s.run(&Work::create_delta(

@@ -3,5 +3,6 @@
 mod common;
 mod irq;
 mod ops;
+mod partial;
 mod registers;
 mod threads;
