@@ -80,6 +80,7 @@ fn product_kernel_has_no_test_benchmark_or_workload_code() {
             "no symbol of {path:?} in the ktest kernel"
         );
     }
+    assert!(k_symbols.iter().any(|s| under(s, &["bench", "reference"])));
     // The product kernel has none of it.
     assert!(
         !p_sections.iter().any(|s| s.starts_with(".ktest")),
@@ -93,6 +94,14 @@ fn product_kernel_has_no_test_benchmark_or_workload_code() {
             "{path:?} in the product kernel: {found:?}"
         );
     }
+    let bench: Vec<&String> = p_symbols
+        .iter()
+        .filter(|s| s.starts_with("_ZN5bench") || s.contains("_5bench"))
+        .collect();
+    assert!(
+        bench.is_empty(),
+        "the bench crate in the product kernel: {bench:?}"
+    );
     assert!(
         p_symbols.iter().any(|s| s == "kernel_main64"),
         "symbols missing"

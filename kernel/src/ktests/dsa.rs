@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use core::time::Duration;
 
-use dsa::workload::{WlOp, WorkloadSpec};
+use bench::workload::{WlOp, WorkloadSpec};
 use dsa::{Client, Notify, OpError, Output, PageFault, Submitter, SubmitterOptions, Work};
 use dsa_spec::model as fi;
 use dsa_spec::regs::off;

@@ -456,7 +456,7 @@ fn two_devices_at_once() {
     let outs: Vec<Output> = t.into_iter().map(|h| h.join().unwrap()).collect();
     assert_eq!(
         outs[0],
-        Output::Crc(dsa::reference::crc32c(
+        Output::Crc(bench::reference::crc32c(
             0,
             &pattern(65536, 1),
             Default::default()
@@ -464,7 +464,7 @@ fn two_devices_at_once() {
     );
     assert_eq!(
         outs[1],
-        Output::Crc(dsa::reference::crc32c(
+        Output::Crc(bench::reference::crc32c(
             0,
             &pattern(65536, 2),
             Default::default()

@@ -3,8 +3,8 @@
 
 use crate::common::*;
 use crate::ops::on_both;
+use bench::reference as cpu;
 use dsa::ops::CrcSeed;
-use dsa::reference as cpu;
 use dsa::{
     AddressSpace, Client, DifDest, DifFormat, DifSource, Notify, OpError, Output, PageFault,
     RunState, Submitter, Work,

@@ -2,8 +2,8 @@
 //! CPU reference; validation before submission.
 
 use crate::common::*;
+use bench::reference as cpu;
 use dsa::ops::{CrcSeed, DeltaResult};
-use dsa::reference as cpu;
 use dsa::{
     AddressSpace, Client, DifDest, DifFormat, DifSource, OpError, Output, Submitter,
     ValidationError, Work,

@@ -1,8 +1,8 @@
 //! CPU reference implementations of every DSA 1.0 operation (dsa.md §8), for checking
 //! device results in tests and in the workload runner.
 
-use crate::ops::{DeltaResult, DifDest, DifFormat, DifSource, DifTags};
 use alloc::vec::Vec;
+use dsa::ops::{DeltaResult, DifDest, DifFormat, DifSource, DifTags};
 use dsa_spec::crc::{CrcMode, crc32c_dsa};
 use dsa_spec::delta::{self, ENTRY_SIZE, WORD};
 use dsa_spec::dif::{self, BlockTags, PI_SIZE, Pi};
