@@ -13,7 +13,7 @@ use core::time::Duration;
 
 use bench::workload::{WlOp, WorkloadSpec};
 use dsa::{Client, Notify, OpError, Output, PageFault, Submitter, SubmitterOptions, Work};
-use dsa_spec::model as fi;
+use dsa_fault_inject as fi;
 use dsa_spec::regs::off;
 use dsa_spec::{DeviceState, GenSts, WqMode};
 

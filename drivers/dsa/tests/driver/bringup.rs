@@ -76,7 +76,7 @@ fn default_without_pasid_is_dedicated_only() {
 #[test]
 fn halted_device_is_refused() {
     let rig = Rig::new(model_cfg(), Exec::Deterministic, ALL_PCI);
-    rig.inject(dsa_spec::model::FI_FORCE_HALT, 0);
+    rig.inject(dsa_model::fault_inject::FI_FORCE_HALT, 0);
     let e = rig
         .driver(0, ConfigSource::Default, DeviceOptions::default())
         .unwrap_err();

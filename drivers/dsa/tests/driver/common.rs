@@ -461,8 +461,11 @@ impl Rig {
 
     /// Writes a model fault-injection register.
     pub fn inject(&self, reg: u64, v: u32) {
-        self.model
-            .bar0_write(dsa_spec::model::FAULT_INJECT_BASE + reg, v as u64, 4);
+        self.model.bar0_write(
+            dsa_model::fault_inject::FAULT_INJECT_BASE + reg,
+            v as u64,
+            4,
+        );
     }
 
     pub fn irqs(&self, entry: usize) -> u64 {

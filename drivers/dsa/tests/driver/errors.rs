@@ -9,9 +9,9 @@ use dsa::{
     AddressSpace, Client, DifDest, DifFormat, DifSource, Notify, OpError, Output, PageFault,
     RunState, Submitter, Work,
 };
+use dsa_model::fault_inject as fi;
 use dsa_spec::crc::CrcMode;
 use dsa_spec::dif::DifBlockSize;
-use dsa_spec::model as fi;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 

@@ -307,8 +307,11 @@ impl DsaRig {
 
     /// Writes a fault-injection register of the model.
     pub fn inject(&self, reg: u64, v: u32) {
-        self.model
-            .bar0_write(dsa_spec::model::FAULT_INJECT_BASE + reg, v as u64, 4);
+        self.model.bar0_write(
+            dsa_model::fault_inject::FAULT_INJECT_BASE + reg,
+            v as u64,
+            4,
+        );
     }
 }
 

@@ -469,7 +469,7 @@ fn release_drains_work_in_flight_before_the_entry_is_reused() {
     let log_a: Log = Arc::default();
     let ha = e.ims.allocate(&client(pa), 0, &sa).unwrap();
     let entry = ha.index();
-    e.rig.inject(dsa_spec::model::FI_DELAY_US, 30_000);
+    e.rig.inject(dsa_model::fault_inject::FI_DELAY_US, 30_000);
     for id in 0..4 {
         e.ims
             .submit(&mut sa, &ha.armer(), &Work::noop(), record(&log_a, id))
@@ -490,7 +490,7 @@ fn release_drains_work_in_flight_before_the_entry_is_reused() {
     // Queued work ran normally: the entry stayed bound until it was drained (an engine
     // validating a descriptor after the unbind would have refused it with status 0x19).
     assert!(got.iter().all(|x| x.2), "{got:?}");
-    e.rig.inject(dsa_spec::model::FI_DELAY_US, 0);
+    e.rig.inject(dsa_model::fault_inject::FI_DELAY_US, 0);
     let hb = e.ims.allocate(&client(pb), 2, &sb).unwrap();
     assert_eq!(hb.index(), entry);
     thread::sleep(Duration::from_millis(50));
@@ -625,7 +625,7 @@ fn restore_after_device_recovery() {
     let masked = e.ims.allocate(&client(6), 0, &sub).unwrap();
     let mut masked = masked;
     masked.mask().unwrap();
-    e.rig.inject(dsa_spec::model::FI_FORCE_HALT, 1);
+    e.rig.inject(dsa_model::fault_inject::FI_FORCE_HALT, 1);
     e.rig.dev.handle_misc_interrupt();
     // The reset inside recovery clears the IMS table; the recovery hook that
     // `DsaIms::register` installed rewrites it before submissions resume.

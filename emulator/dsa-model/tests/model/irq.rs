@@ -436,7 +436,7 @@ fn trace_events_cover_the_path() {
     d.int_handle = 1;
     h.run1(&d);
     h.w32(
-        dsa_spec::model::FAULT_INJECT_BASE + dsa_spec::model::FI_FORCE_SWERR,
+        dsa_model::fault_inject::FAULT_INJECT_BASE + dsa_model::fault_inject::FI_FORCE_SWERR,
         0x33,
     );
     let t = h.sim.take_traces();
