@@ -2,7 +2,7 @@
 //! to it), written so that a driver for the real device works on it unchanged.
 //!
 //! * [`Device`] is the safe Rust API (host tests of the driver crates use it as a fake device,
-//!   with [`sim::SimPlatform`] as simulated guest memory).
+//!   with the dev-only `dsa-rig` crate (`emulator/dsa-rig`) as the simulated platform).
 //! * [`ffi`] implements the fixed C ABI of `include/dsa_model.h` for the QEMU adapter.
 //!
 //! # Threading
@@ -97,7 +97,6 @@
 mod device;
 mod exec;
 pub mod ffi;
-pub mod sim;
 
 pub use dsa_fault_inject as fault_inject;
 

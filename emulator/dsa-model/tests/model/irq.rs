@@ -1,8 +1,8 @@
 //! Portals, completion interrupts, MSIXPERM / IMS permission checks, priorities, drain.
 
 use crate::common::*;
-use dsa_model::sim::SimIrq;
 use dsa_model::{Config, PortalResult, StoreKind, TraceEvent};
+use dsa_rig::sim::SimIrq;
 use dsa_spec::portal::PortalKind;
 use dsa_spec::regs::{off, swerr_code};
 use dsa_spec::status as st;

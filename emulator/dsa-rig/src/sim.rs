@@ -2,7 +2,7 @@
 //! per PASID), recorded interrupts, an optional trace log. Driver crates can use it together
 //! with [`crate::Device`] as a complete fake platform.
 
-use crate::{DmaSpace, Platform, TraceEvent};
+use dsa_model::{DmaSpace, Platform, TraceEvent};
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
