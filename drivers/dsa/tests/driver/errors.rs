@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 /// Runs `w`, expects a fault at `page` of `buf` (the one unmapped), maps it, resumes.
 fn fault_and_resume(
     s: &mut Submitter,
-    p: &Arc<Plat>,
+    p: &Arc<SimPlatform>,
     buf: &TBuf,
     page: usize,
     w: Work,

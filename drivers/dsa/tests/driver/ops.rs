@@ -17,7 +17,7 @@ pub const PASID: u32 = 0x42;
 
 /// Runs `f` with a submitter on the dedicated WQ (no PASID) and one on the shared WQ
 /// (PASID 0x42), in both execution modes.
-pub fn on_both(f: impl Fn(&mut Submitter, &Arc<Plat>, AddressSpace)) {
+pub fn on_both(f: impl Fn(&mut Submitter, &Arc<SimPlatform>, AddressSpace)) {
     for exec in [Exec::Deterministic, Exec::Threaded] {
         let (rig, dev) = up(exec);
         for (wq, client) in [(0u8, Client::kernel()), (1, Client::pasid(PASID, true))] {

@@ -179,11 +179,11 @@ fn caller_supplied_ims_handle() {
     let reaper = s.reaper();
     let seen = Arc::new(AtomicU64::new(0));
     let seen2 = seen.clone();
-    *rig.plat.ims_hook.lock().unwrap() = Some(Box::new(move |addr, data| {
+    rig.plat.on_msi(move |addr, data| {
         assert_eq!((addr, data), (0xFEE0_0000, 0x4105));
         seen2.fetch_add(1, Ordering::Relaxed);
         reaper.reap();
-    }));
+    });
     let done = Arc::new(AtomicU32::new(0));
     let d2 = done.clone();
     s.submit_with_callback(&Work::noop(), Notify::Handle(5), move |r| {
