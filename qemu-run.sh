@@ -4,6 +4,7 @@
 #
 #   ./qemu-run.sh                      build the kernel if stale, run the main job: boot report,
 #                                      one DSA device, the default DSA workload and its summary
+#                                      (each run builds the kernel flavour it needs: see --help)
 #   ./qemu-run.sh --workload SPEC      run a chosen DSA workload (README: "DSA workloads")
 #   ./qemu-run.sh --ktest              run every kernel test   (--ktest=smp,vector: filter)
 #   ./qemu-run.sh --ims-bench          the IMS benchmark: shared vector vs. one vector per handle
@@ -24,11 +25,17 @@ usage() {
   cat <<'EOF'
 usage: ./qemu-run.sh [options] [-- extra QEMU arguments]
 
-Boot source (default: build and boot target/x86_64-unknown-none/<profile>/kernel):
+Boot source (default: build the kernel flavour the run needs with kernel/flavour.sh and boot
+target/x86_64-unknown-none/<profile>/kernel-<flavour>):
   --kernel ELF         boot this kernel ELF through PVH (-kernel)
   --iso ISO            boot a GRUB ISO (boot/mkiso.sh) with SeaBIOS
   --uefi               with --iso: boot through OVMF instead of SeaBIOS
   --release            build/boot the release kernel
+  --flavour F          build this kernel flavour instead of the one the run needs
+                       [KERNEL_FLAVOUR]: product (no kernel tests, no workload runner, no
+                       benchmark), bench (+ DSA workload runner and IMS benchmark) or ktest
+                       (+ kernel tests). Default: ktest with ktest/ktest.list in the kernel
+                       arguments, else product with workload=none and no ims.bench, else bench
 
 Machine (each also settable through the environment variable in brackets):
   --smp N              CPUs                                   [SMP, default 4]
@@ -81,6 +88,7 @@ KERNEL=""
 ISO=""
 UEFI=0
 PROFILE="debug"
+FLAVOUR="${KERNEL_FLAVOUR:-}"
 EXTRA=()
 read -r -a ENV_EXTRA <<< "${QEMU_ARGS:-}"
 
@@ -91,6 +99,7 @@ while [ $# -gt 0 ]; do
     --iso) [ $# -ge 2 ] || die "--iso needs a path"; ISO="$2"; shift 2 ;;
     --uefi) UEFI=1; shift ;;
     --release) PROFILE="release"; shift ;;
+    --flavour) [ $# -ge 2 ] || die "--flavour needs product, bench or ktest"; FLAVOUR="$2"; shift 2 ;;
     --smp) [ $# -ge 2 ] || die "--smp needs a number"; SMP="$2"; SMP_SET=1; shift 2 ;;
     --mem) [ $# -ge 2 ] || die "--mem needs a size"; MEM="$2"; shift 2 ;;
     --accel) [ $# -ge 2 ] || die "--accel needs tcg or kvm"; ACCEL="$2"; shift 2 ;;
@@ -126,6 +135,7 @@ fi
 [[ "$DSA" =~ ^[0-9]+$ ]] || die "DSA must be a number, not '$DSA'"
 [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "TIMEOUT must be seconds, not '$TIMEOUT'"
 case "$ACCEL" in tcg|kvm) ;; *) die "ACCEL must be tcg or kvm, not '$ACCEL'" ;; esac
+case "$FLAVOUR" in ""|product|bench|ktest) ;; *) die "--flavour (KERNEL_FLAVOUR) must be product, bench or ktest, not '$FLAVOUR'" ;; esac
 if [ "$ICOUNT" = 1 ] && [ "$ACCEL" != tcg ]; then die "--icount needs ACCEL=tcg"; fi
 if [ -n "$ISO" ] && [ -n "$KERNEL" ]; then die "--iso and --kernel are exclusive"; fi
 if [ "$UEFI" = 1 ] && [ -z "$ISO" ]; then die "--uefi needs --iso"; fi
@@ -180,12 +190,35 @@ if [ -z "$QEMU_VERSION" ] || [ "${QEMU_VERSION%%.*}" -lt 10 ]; then
 fi
 
 # --- Kernel / ISO --------------------------------------------------------------------------
+# The flavour this run needs (kernel/src/flavour.rs): the kernel tests need `ktest`; the
+# workload (the main job's default) and the IMS benchmark need `bench`; a main job with
+# workload=none needs neither (the product kernel).
+needed_flavour() {
+  local t wl="" tests=0 bench=0
+  set -f
+  for t in $KARGS; do
+    case "$t" in
+      ktest|ktest=*|ktest.list|ktest.list=*) tests=1 ;;
+      ims.bench|ims.bench=*|ims.bench.*) bench=1 ;;
+      workload) wl="" ;;
+      workload=*) wl="${t#workload=}" ;;
+    esac
+  done
+  set +f
+  if [ "$tests" = 1 ]; then echo ktest
+  elif [ "$bench" = 1 ]; then echo bench
+  elif [ "$wl" = none ] || [ "$wl" = off ]; then echo product
+  else echo bench
+  fi
+}
 if [ -z "$KERNEL" ] && [ -z "$ISO" ]; then
-  BUILD=(cargo build -p kernel --target x86_64-unknown-none)
+  [ -n "$FLAVOUR" ] || FLAVOUR="$(needed_flavour)"
+  BUILD=("$ROOT/kernel/flavour.sh" "$FLAVOUR")
   [ "$PROFILE" = release ] && BUILD+=(--release)
-  (cd "$ROOT" && "${BUILD[@]}" >&2) || die "kernel build failed"
-  TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-  KERNEL="$TARGET_DIR/x86_64-unknown-none/$PROFILE/kernel"
+  KERNEL="$("${BUILD[@]}")" || die "kernel build failed"
+  echo "$PROG: kernel flavour $FLAVOUR" >&2
+elif [ -n "$FLAVOUR" ]; then
+  die "--flavour builds a kernel; it does not go with --kernel or --iso"
 fi
 if [ -n "$KERNEL" ] && [ ! -f "$KERNEL" ]; then die "kernel '$KERNEL' not found"; fi
 if [ -n "$ISO" ] && [ ! -f "$ISO" ]; then die "ISO '$ISO' not found"; fi

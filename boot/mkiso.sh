@@ -6,19 +6,25 @@
 #   boot/mkiso.sh -o rig.iso --append "console=ttyS1" --default ktest --timeout 5
 #
 # Menu entries: "main job" and "kernel tests" (the latter adds `ktest` to the arguments).
+# Without a KERNEL_ELF it builds the ktest flavour (kernel/flavour.sh: kernel tests, workload
+# runner and benchmark), which serves both entries; `--flavour product` or `bench` builds that
+# flavour instead and leaves the kernel-tests entry out.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 usage() {
   cat <<'USAGE'
 usage: boot/mkiso.sh [-o OUT.iso] [--append "ARGS"] [--default main|ktest]
-                        [--timeout SEC] [--serial-unit N] [--release] [KERNEL_ELF]
+                        [--timeout SEC] [--serial-unit N] [--release]
+                        [--flavour product|bench|ktest] [KERNEL_ELF]
   -o OUT.iso        output (default target/iso/kernel.iso)
   --append ARGS     kernel arguments for both entries (e.g. "console=ttyS1 loglevel=debug")
   --default ENTRY   entry booted when the menu times out: main (default) or ktest
   --timeout SEC     GRUB menu timeout (default 3; 0 boots at once)
   --serial-unit N   also show the GRUB menu on COM(N+1) (default 0 = COM1; "none" disables)
   --release         build the release kernel when no ELF is given
+  --flavour F       kernel flavour to build when no ELF is given (default ktest; product and
+                    bench have no kernel-tests entry)
 USAGE
 }
 
@@ -28,6 +34,7 @@ DEFAULT=main
 TIMEOUT=3
 SERIAL_UNIT=0
 PROFILE=debug
+FLAVOUR=""
 ELF=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -38,11 +45,23 @@ while [ $# -gt 0 ]; do
     --timeout) TIMEOUT="$2"; shift 2 ;;
     --serial-unit) SERIAL_UNIT="$2"; shift 2 ;;
     --release) PROFILE=release; shift ;;
+    --flavour) FLAVOUR="$2"; shift 2 ;;
     -*) echo "mkiso: unknown option $1" >&2; usage >&2; exit 2 ;;
     *) ELF="$1"; shift ;;
   esac
 done
 case "$DEFAULT" in main) DEFAULT_IDX=0 ;; ktest) DEFAULT_IDX=1 ;; *) echo "mkiso: --default must be main or ktest" >&2; exit 2 ;; esac
+case "$FLAVOUR" in
+  "") ;;
+  product|bench|ktest) [ -z "$ELF" ] || { echo "mkiso: --flavour builds a kernel; it does not go with KERNEL_ELF" >&2; exit 2; } ;;
+  *) echo "mkiso: --flavour must be product, bench or ktest" >&2; exit 2 ;;
+esac
+# The kernel-tests entry needs a kernel with the tests (an ELF given here is assumed to have them).
+TESTS_ENTRY=1
+case "$FLAVOUR" in product|bench) TESTS_ENTRY=0 ;; esac
+if [ "$TESTS_ENTRY" = 0 ] && [ "$DEFAULT" = ktest ]; then
+  echo "mkiso: --default ktest needs the ktest flavour" >&2; exit 2
+fi
 [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || { echo "mkiso: --timeout must be seconds" >&2; exit 2; }
 
 for tool in grub-mkrescue xorriso mformat; do
@@ -53,10 +72,9 @@ for tool in grub-mkrescue xorriso mformat; do
 done
 
 if [ -z "$ELF" ]; then
-  BUILD=(cargo build -p kernel --target x86_64-unknown-none)
+  BUILD=("$ROOT/kernel/flavour.sh" "${FLAVOUR:-ktest}")
   [ "$PROFILE" = release ] && BUILD+=(--release)
-  (cd "$ROOT" && "${BUILD[@]}" >&2)
-  ELF="${CARGO_TARGET_DIR:-$ROOT/target}/x86_64-unknown-none/$PROFILE/kernel"
+  ELF="$("${BUILD[@]}")"
 fi
 [ -f "$ELF" ] || { echo "mkiso: kernel ELF '$ELF' not found" >&2; exit 2; }
 
@@ -77,10 +95,12 @@ cp "$ELF" "$STAGE/boot/kernel.elf"
   echo "  multiboot2 /boot/kernel.elf $KARGS"
   echo "  boot"
   echo "}"
-  echo "menuentry \"dsa unikernel: kernel tests\" {"
-  echo "  multiboot2 /boot/kernel.elf ktest $KARGS"
-  echo "  boot"
-  echo "}"
+  if [ "$TESTS_ENTRY" = 1 ]; then
+    echo "menuentry \"dsa unikernel: kernel tests\" {"
+    echo "  multiboot2 /boot/kernel.elf ktest $KARGS"
+    echo "  boot"
+    echo "}"
+  fi
 } > "$STAGE/boot/grub/grub.cfg"
 
 mkdir -p "$(dirname "$OUT")"

@@ -7,7 +7,8 @@
 #   emulator/qemu/build.sh --clean     remove build/qemu except the verified source tarball
 #
 # Progress goes to stderr. The binary is keyed by a hash of our sources (emulator/qemu, the
-# sources of emulator/dsa-model and drivers/dsa-spec, Cargo.toml, Cargo.lock): an unchanged
+# sources of emulator/dsa-model (with its fault-inject crate) and drivers/dsa-spec, Cargo.toml,
+# Cargo.lock): an unchanged
 # tree costs one hash and no build. A change to our C/Rust sources rebuilds incrementally in
 # the kept build directory; a change to the patches or to the configure options re-unpacks
 # and reconfigures. Concurrent callers serialise on a lock file.
@@ -58,6 +59,7 @@ source_key() {
     # (the crates' tests, examples and benches do not reach the staticlib)
     { find emulator/qemu \
         emulator/dsa-model/Cargo.toml emulator/dsa-model/src emulator/dsa-model/include \
+        emulator/dsa-model/fault-inject/Cargo.toml emulator/dsa-model/fault-inject/src \
         drivers/dsa-spec/Cargo.toml drivers/dsa-spec/src \
         -type f -not -name '*.swp' -not -name '*~' -print0 2>/dev/null || true; } |
       LC_ALL=C sort -z | xargs -0 -r sha256sum

@@ -34,8 +34,9 @@ pub fn begin() -> bool {
     true
 }
 
-/// Finishes fatal-error handling: ktest bookkeeping, verdict, exit.
+/// Finishes fatal-error handling: ktest bookkeeping (kernels with kernel tests), verdict, exit.
 pub fn finish(reason: fmt::Arguments<'_>) -> ! {
+    #[cfg(feature = "ktest")]
     crate::ktest::abort_current(reason);
     crate::exit::fail(reason)
 }

@@ -1,7 +1,9 @@
 //! The main job (no `ktest` on the command line): the boot report, then the DSA devices
 //! (brought up here, with their summary), the DSA workload (`workload=`, the default one
 //! when devices exist; see `crate::workload`) and, with `ims.bench`, the IMS benchmark
-//! (`crate::ims::bench`).
+//! (`crate::ims::bench`). The workload and the benchmark exist only in kernels built with
+//! the `bench` feature (see `crate::flavour`): the product kernel runs no workload and fails
+//! the run when the command line asks for one.
 
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -46,8 +48,9 @@ pub fn main_job() -> ! {
     let mut json = String::new();
     let _ = write!(
         json,
-        "{{\"kind\":\"boot\",\"cpus\":{n},\"apic_ids\":{ids:?},\"apic_mode\":\"{}\",\"usable_mib\":{},\
+        "{{\"kind\":\"boot\",\"flavour\":\"{}\",\"cpus\":{n},\"apic_ids\":{ids:?},\"apic_mode\":\"{}\",\"usable_mib\":{},\
          \"tsc_hz\":{},\"lapic_timer_hz\":{},\"clock_reference\":\"{}\",\"acpi_tables\":[{}],\"pci_functions\":{},\"iommu_units\":{},\"boot_us\":{}}}",
+        crate::flavour::name(),
         match arch::apic::mode() {
             arch::apic::Mode::X2Apic => "x2apic",
             arch::apic::Mode::XApic => "xapic",
@@ -75,11 +78,7 @@ pub fn main_job() -> ! {
         }
     }
     run_workload();
-    if crate::ims::bench::requested()
-        && let Err(e) = crate::ims::bench::run()
-    {
-        crate::exit::fail(format_args!("{e}"));
-    }
+    run_ims_bench();
     crate::exit::pass()
 }
 
@@ -107,6 +106,7 @@ fn bring_up_dsa() -> Result<(), crate::dsa::DsaInitError> {
 
 /// Runs the DSA workload (`workload=<spec>`, or the default one when DSA devices exist;
 /// `workload=none` skips it). Any error or verification failure fails the run.
+#[cfg(feature = "bench")]
 fn run_workload() {
     let asked = crate::cmdline::get("workload").is_some_and(|w| w != "none" && w != "off");
     if crate::dsa::devices().is_empty() && !asked {
@@ -124,5 +124,37 @@ fn run_workload() {
             s.failed, s.errors, s.verify_failures
         )),
         Err(e) => crate::exit::fail(format_args!("{e}")),
+    }
+}
+
+/// Without the `bench` feature there is no workload runner and so no default workload; a
+/// `workload=` other than `none`/`off` fails the run.
+#[cfg(not(feature = "bench"))]
+fn run_workload() {
+    if crate::cmdline::has("workload")
+        && !matches!(crate::cmdline::get("workload"), Some("none" | "off"))
+    {
+        crate::exit::fail(format_args!("{}", crate::flavour::Missing::Workload));
+    }
+}
+
+/// The IMS benchmark, with `ims.bench` on the command line.
+#[cfg(feature = "bench")]
+fn run_ims_bench() {
+    if crate::ims::bench::requested()
+        && let Err(e) = crate::ims::bench::run()
+    {
+        crate::exit::fail(format_args!("{e}"));
+    }
+}
+
+/// Without the `bench` feature any `ims.bench…` key fails the run.
+#[cfg(not(feature = "bench"))]
+fn run_ims_bench() {
+    if crate::cmdline::cmdline()
+        .params()
+        .any(|p| p.key == "ims.bench" || p.key.starts_with("ims.bench."))
+    {
+        crate::exit::fail(format_args!("{}", crate::flavour::Missing::ImsBench));
     }
 }

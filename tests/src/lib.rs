@@ -1,6 +1,10 @@
-//! Host-side harness: build the kernel (once per test process), boot it through
-//! `qemu-run.sh` in a chosen configuration, capture the serial console, and judge it
+//! Host-side harness: build the kernel (each [`Flavour`] once per test process), boot it
+//! through `qemu-run.sh` in a chosen configuration, capture the serial console, and judge it
 //! with the same parser as the bare-metal `serial-verdict` command ([`verdict`]).
+//!
+//! [`Boot::kernel`] boots the flavour its kernel arguments need, as `qemu-run.sh` chooses
+//! it: `ktest` for the kernel tests, `product` for a main job with `workload=none`, `bench`
+//! otherwise; [`Boot::flavour`] picks one.
 //!
 //! Adding a boot configuration is one test:
 //!
@@ -63,25 +67,77 @@ fn run_logged(cmd: &mut Command, what: &str) -> Result<String, String> {
     }
 }
 
-/// Builds the kernel once per process (parallel test threads wait for the same build)
-/// and returns the ELF path.
-pub fn kernel_elf() -> &'static Path {
-    static ELF: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let r = ELF.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        run_logged(
-            Command::new(cargo)
-                .args(["build", "-p", "kernel", "--target", "x86_64-unknown-none"])
+/// A kernel flavour: the `kernel` package's cargo features (`kernel/flavour.sh`,
+/// `kernel/src/flavour.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Flavour {
+    /// No features: no kernel tests, no workload runner, no benchmark.
+    Product,
+    /// `bench`: the DSA workload runner and the IMS benchmark.
+    Bench,
+    /// `ktest`: the kernel tests (and `bench`).
+    Ktest,
+}
+
+impl Flavour {
+    /// The name `kernel/flavour.sh` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavour::Product => "product",
+            Flavour::Bench => "bench",
+            Flavour::Ktest => "ktest",
+        }
+    }
+
+    /// The flavour a kernel command line needs (the rule of `qemu-run.sh`).
+    pub fn needed_by<S: AsRef<str>>(kernel_args: &[S]) -> Flavour {
+        let (mut tests, mut bench, mut workload) = (false, false, None);
+        for t in kernel_args
+            .iter()
+            .flat_map(|a| a.as_ref().split_whitespace())
+        {
+            let (key, value) = t.split_once('=').map_or((t, None), |(k, v)| (k, Some(v)));
+            match key {
+                "ktest" | "ktest.list" => tests = true,
+                k if k == "ims.bench" || k.starts_with("ims.bench.") => bench = true,
+                "workload" => workload = value,
+                _ => {}
+            }
+        }
+        if tests {
+            Flavour::Ktest
+        } else if bench || !matches!(workload, Some("none" | "off")) {
+            Flavour::Bench
+        } else {
+            Flavour::Product
+        }
+    }
+}
+
+/// Builds a debug kernel flavour with `kernel/flavour.sh` once per process (parallel test
+/// threads wait for the same build; the script serialises builds of different flavours)
+/// and returns its ELF path.
+pub fn kernel_elf(flavour: Flavour) -> &'static Path {
+    static ELF: [OnceLock<Result<PathBuf, String>>; 3] =
+        [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    let r = ELF[flavour as usize].get_or_init(|| {
+        let out = run_logged(
+            Command::new(workspace_root().join("kernel/flavour.sh"))
+                .arg(flavour.name())
                 .current_dir(workspace_root())
                 .env_remove("CARGO_MAKEFLAGS")
                 .env_remove("MAKEFLAGS"),
             "kernel build",
         )?;
-        let p = target_dir().join("x86_64-unknown-none/debug/kernel");
+        let p = PathBuf::from(out.trim());
         if p.is_file() {
             Ok(p)
         } else {
-            Err(format!("kernel build produced no {}", p.display()))
+            Err(format!(
+                "kernel/flavour.sh {} produced no {}",
+                flavour.name(),
+                p.display()
+            ))
         }
     });
     match r {
@@ -124,19 +180,20 @@ pub fn qemu_binary() -> Option<&'static Path> {
     }
 }
 
-/// Builds (once per process) a GRUB ISO of the kernel whose default entry runs the
-/// kernel tests, booting at once.
+/// Builds (once per process) a GRUB ISO whose default entry runs the kernel tests,
+/// booting at once; `boot/mkiso.sh` builds the kernel flavour itself.
 pub fn ktest_iso() -> &'static Path {
     static ISO: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let r = ISO.get_or_init(|| {
-        let elf = kernel_elf();
         let out = target_dir().join("iso/ktest.iso");
         run_logged(
             Command::new(workspace_root().join("boot/mkiso.sh"))
                 .arg("-o")
                 .arg(&out)
                 .args(["--default", "ktest", "--timeout", "0"])
-                .arg(elf),
+                .current_dir(workspace_root())
+                .env_remove("CARGO_MAKEFLAGS")
+                .env_remove("MAKEFLAGS"),
             "boot/mkiso.sh",
         )?;
         Ok(out)
@@ -159,6 +216,9 @@ pub fn ovmf_available() -> bool {
 pub enum Image {
     /// A kernel ELF through PVH.
     Kernel(PathBuf),
+    /// A kernel flavour (built on first use) through PVH; `None`: the one the kernel
+    /// arguments need ([`Flavour::needed_by`]).
+    Flavour(Option<Flavour>),
     /// A GRUB ISO, SeaBIOS or OVMF.
     Iso {
         /// The ISO.
@@ -201,9 +261,23 @@ impl Boot {
         }
     }
 
-    /// The kernel ELF (built on first use), 4 CPUs, 512 MiB, `-cpu max`, TCG.
+    /// The kernel flavour the kernel arguments need (built on first use), 4 CPUs,
+    /// 512 MiB, `-cpu max`, TCG.
     pub fn kernel() -> Self {
-        Self::with(Image::Kernel(kernel_elf().to_path_buf()))
+        Self::with(Image::Flavour(None))
+    }
+
+    /// Like [`Boot::kernel`], with the given flavour whatever the arguments.
+    pub fn flavour(f: Flavour) -> Self {
+        Self::with(Image::Flavour(Some(f)))
+    }
+
+    /// The flavour this configuration boots, if it boots one.
+    pub fn kernel_flavour(&self) -> Option<Flavour> {
+        match self.image {
+            Image::Flavour(f) => Some(f.unwrap_or_else(|| Flavour::needed_by(&self.kernel_args))),
+            _ => None,
+        }
     }
 
     /// The kernel-test GRUB ISO (built on first use), SeaBIOS or OVMF.
@@ -274,6 +348,10 @@ impl Boot {
         let mut a = Vec::new();
         match &self.image {
             Image::Kernel(p) => a.extend(["--kernel".to_string(), p.display().to_string()]),
+            Image::Flavour(_) => {
+                let f = self.kernel_flavour().expect("a flavour image");
+                a.extend(["--kernel".to_string(), kernel_elf(f).display().to_string()]);
+            }
             Image::Iso { path, uefi } => {
                 a.extend(["--iso".to_string(), path.display().to_string()]);
                 if *uefi {

@@ -7,7 +7,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use qemu_tests::{Boot, json_field as field, kernel_elf, qemu_binary, verdict, workspace_root};
+use qemu_tests::{Boot, json_field as field, qemu_binary, verdict, workspace_root};
 
 /// IMS kernel tests that must pass (not skip) with one fault-injection-capable device.
 const ONE_DEVICE: &[&str] = &[
@@ -115,15 +115,13 @@ fn pasid_clients_take_completion_interrupts_through_ims() {
     }
 }
 
-/// `./qemu-run.sh --ims-bench` itself (icount and the benchmark are implied): every figure is
-/// there, the shared design keeps one vector per CPU at every count, the per-handle design
-/// runs out of vectors, and the measured costs follow the designs.
+/// `./qemu-run.sh --ims-bench` itself (it builds the bench flavour; icount and the benchmark
+/// are implied): every figure is there, the shared design keeps one vector per CPU at every
+/// count, the per-handle design runs out of vectors, and the measured costs follow the designs.
 #[test]
 fn ims_bench_through_qemu_run() {
     let mut cmd = Command::new(workspace_root().join("qemu-run.sh"));
     cmd.args([
-        "--kernel",
-        &kernel_elf().display().to_string(),
         "--ims-bench",
         "--smp",
         "2",
@@ -132,7 +130,9 @@ fn ims_bench_through_qemu_run() {
         "--append",
         "ims.bench.rounds=8",
     ])
-    .current_dir(workspace_root());
+    .current_dir(workspace_root())
+    .env_remove("CARGO_MAKEFLAGS")
+    .env_remove("MAKEFLAGS");
     if let Some(q) = qemu_binary() {
         cmd.env("QEMU", q);
     }
@@ -146,6 +146,7 @@ fn ims_bench_through_qemu_run() {
         serial.lines().rev().take(30).collect::<Vec<_>>().join("\n")
     );
     assert!(stderr.contains("-icount shift=0"), "{stderr}");
+    assert!(stderr.contains("kernel flavour bench"), "{stderr}");
     let report = verdict::parse(&serial);
     assert!(report.verdict().is_pass(), "{:?}", report.verdict());
     let figs = report.results_of_kind("ims-bench");

@@ -11,7 +11,6 @@
 //! * [`delta`]: the Create/Apply Delta record entries and size rules (§8.4).
 //! * [`dif`]: T10-DIF flags, block sizes and the protection-information tuple (§8.7).
 //! * [`crc`]: CRC-32C (all four DSA flag modes) and T10-DIF CRC16 reference functions (§8.6).
-//! * [`model`]: model-only constants (the fault-injection page of `emulator/dsa-model`).
 //!
 //! Registers are `bitflags` types with `const _ = !0`, so unknown bits survive a
 //! `from_bits_retain` round trip; multi-bit fields have accessor methods. Descriptors and
@@ -23,7 +22,6 @@ pub mod crc;
 pub mod delta;
 pub mod desc;
 pub mod dif;
-pub mod model;
 pub mod portal;
 pub mod regs;
 pub mod tables;

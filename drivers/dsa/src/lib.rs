@@ -15,10 +15,8 @@
 //!   retry for shared WQs, tokens with poll/wait/callback, interrupt reaping.
 //! * [`ops`]: typed builders for every DSA 1.0 operation and batches, validation, result
 //!   decoding and page-fault resume.
-//! * [`reference`](mod@reference): CPU implementations of every operation.
 //! * [`ims`]: the device's IMS table as `ims::ImsStorage`, submission through an IMS handle.
-//! * [`workload`]: the workload spec syntax of the kernel's runner; [`json`]: the parser
-//!   behind accel-config files.
+//! * [`json`]: the parser behind accel-config files.
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
@@ -33,9 +31,7 @@ pub mod hw;
 pub mod ims;
 pub mod json;
 pub mod ops;
-pub mod reference;
 pub mod submit;
-pub mod workload;
 
 pub use accel_config::AccelConfig;
 pub use caps::Capabilities;

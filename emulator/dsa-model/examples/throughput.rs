@@ -2,8 +2,8 @@
 //!
 //! `cargo run --release -p dsa-model --example throughput`
 
-use dsa_model::sim::SimPlatform;
 use dsa_model::{Config, Device, DmaSpace, Platform, StoreKind, pci};
+use dsa_rig::sim::SimPlatform;
 use dsa_spec::portal::{PortalKind, portal_offset};
 use dsa_spec::regs::off;
 use dsa_spec::{CmdReg, Command, DescFlags, Descriptor, GrpCfg, Opcode, WqCfg, WqMode};

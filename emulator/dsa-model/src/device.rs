@@ -4,7 +4,7 @@ use crate::{
     Config, ConfigError, DmaSpace, IrqTable, Layout, Platform, PortalResult, StoreKind, TraceEvent,
     irq_reason, pci,
 };
-use dsa_spec::model as fi;
+use dsa_fault_inject as fi;
 use dsa_spec::portal::{PortalKind, bar2_size, decode_portal};
 use dsa_spec::regs::{cmd_err, off, swerr_code};
 use dsa_spec::tables::{

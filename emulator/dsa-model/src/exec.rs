@@ -2,11 +2,11 @@
 
 use crate::device::{Device, Job, Scratch};
 use crate::{TraceEvent, pci};
+use dsa_fault_inject::inject_kind;
 use dsa_spec::completion::CR_ALIGN;
 use dsa_spec::crc::{Crc32c, CrcMode};
 use dsa_spec::delta::{self, ENTRY_SIZE, WORD};
 use dsa_spec::dif::{self, BlockTags, DestDifFlags, DifBlockSize, DifFlags, Pi, SrcDifFlags};
-use dsa_spec::model::inject_kind;
 use dsa_spec::status as st;
 use dsa_spec::tables::WqMode;
 use dsa_spec::{

@@ -2,7 +2,7 @@
 //! to it), written so that a driver for the real device works on it unchanged.
 //!
 //! * [`Device`] is the safe Rust API (host tests of the driver crates use it as a fake device,
-//!   with [`sim::SimPlatform`] as simulated guest memory).
+//!   with the dev-only `dsa-rig` crate (`emulator/dsa-rig`) as the simulated platform).
 //! * [`ffi`] implements the fixed C ABI of `include/dsa_model.h` for the QEMU adapter.
 //!
 //! # Threading
@@ -112,8 +112,9 @@
 //!
 //! # Fault injection (Config::fault_injection)
 //!
-//! A test-only register page at BAR0 + `dsa_spec::model::FAULT_INJECT_BASE` (0x3000); see
-//! `dsa_spec::model` for the offsets: force a SWERROR code, force the next N descriptors
+//! A test-only register page at BAR0 + [`fault_inject::FAULT_INJECT_BASE`] (0x3000); see
+//! [`fault_inject`] (the `dsa-fault-inject` crate, no_std, which kernel tests use too) for the
+//! offsets: force a SWERROR code, force the next N descriptors
 //! (optionally only one opcode) to complete with a given status without doing any work,
 //! delay every completion by N µs (Drain descriptors excepted), force a Halt (a non-zero written byte is also logged as
 //! a SWERROR code). Without the property the page reads 0 and ignores writes.
@@ -122,7 +123,8 @@
 mod device;
 mod exec;
 pub mod ffi;
-pub mod sim;
+
+pub use dsa_fault_inject as fault_inject;
 
 pub use device::Device;
 

@@ -18,14 +18,15 @@
 //!   PASID (there is no way to name another), submits descriptors through the WQ's IMS portal
 //!   with its handle, and gets callbacks from the demultiplexer on the handle's CPU.
 //! * **Comparison**: [`new_domain`] creates further domains, e.g. the per-handle-vector one
-//!   (owner `ims-handle`) of the benchmark ([`bench`]), registered on entries lent by the
-//!   system chip (`dsa::DsaIms::carve`).
+//!   (owner `ims-handle`) of the benchmark (`bench`, in kernels built with the `bench`
+//!   feature), registered on entries lent by the system chip (`dsa::DsaIms::carve`).
 //!
 //! Control operations (allocate, mask, unmask, retarget, release) run closures on the
 //! handle's CPU with [`smp::run_on`]: from thread context, and not aimed at an AP that is
 //! busy with a long job of its own (APs run calls from their idle loop; the BSP runs them in
 //! its IPI handler, and a CPU calling itself runs them inline).
 
+#[cfg(feature = "bench")]
 pub mod bench;
 
 use alloc::boxed::Box;

@@ -11,9 +11,9 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use core::time::Duration;
 
-use dsa::workload::{WlOp, WorkloadSpec};
+use bench::workload::{WlOp, WorkloadSpec};
 use dsa::{Client, Notify, OpError, Output, PageFault, Submitter, SubmitterOptions, Work};
-use dsa_spec::model as fi;
+use dsa_fault_inject as fi;
 use dsa_spec::regs::off;
 use dsa_spec::{DeviceState, GenSts, WqMode};
 

@@ -14,8 +14,8 @@ use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use core::time::Duration;
 
 use dsa::{Notify, OpError, Output, SubmitterOptions, Work};
+use dsa_fault_inject as fi;
 use dsa_spec::WqMode;
-use dsa_spec::model as fi;
 use dsa_spec::tables::ImsCtrl;
 use ims::{ImsError, ImsHandle, OWNER_PER_HANDLE, OWNER_SHARED, VectorMode};
 

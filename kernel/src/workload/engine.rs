@@ -14,7 +14,7 @@ use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-use dsa::workload::{Case, Completion};
+use bench::workload::{Case, Completion};
 use dsa::{Client, Notify, OpError, Output, Submitter, SubmitterOptions, Work};
 
 use super::ops::{Mismatch, OpSlot};

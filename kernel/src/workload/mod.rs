@@ -1,5 +1,5 @@
 //! The DSA workload runner: `workload=<spec>` on the kernel command line (syntax in
-//! `dsa::workload`), or [`DEFAULT_SPEC`] when DSA devices exist and no workload is named.
+//! `bench::workload`), or [`DEFAULT_SPEC`] when DSA devices exist and no workload is named.
 //!
 //! Each case (operation × size × queue mode × batch × completion) runs on every selected
 //! CPU at once; CPU k of the selection uses device k mod (number of selected devices),
@@ -25,7 +25,7 @@ use alloc::vec::Vec;
 use core::fmt::Write;
 use core::time::Duration;
 
-use dsa::workload::{Case, ClientKind, Completion, QueueMode, WlOp, WorkloadSpec, size_name};
+use bench::workload::{Case, ClientKind, Completion, QueueMode, WlOp, WorkloadSpec, size_name};
 use dsa_spec::{Opcode, WqMode};
 use klib::json::Escaped;
 
@@ -138,7 +138,7 @@ pub fn icount() -> bool {
 /// Why a workload could not run at all.
 #[derive(Debug)]
 pub enum WorkloadError {
-    Spec(dsa::workload::SpecError),
+    Spec(bench::workload::SpecError),
     NoDevices(Option<&'static str>),
     NoSuchCpu(Vec<u32>),
     NoSuchDevice(Vec<u32>),

@@ -1,5 +1,5 @@
 //! Per operation: the buffers one descriptor needs, the descriptor for sequence number
-//! `seq`, and the check of its result against the CPU reference (`dsa::reference`).
+//! `seq`, and the check of its result against the CPU reference (`bench::reference`).
 //!
 //! Every descriptor sees inputs that differ from the previous one using the same buffers
 //! (a sequence stamp in the source, a new pattern, a moved difference), so a descriptor
@@ -9,9 +9,9 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write;
 
+use bench::reference::{self as cpu, DeltaRef, DifRef};
+use bench::workload::WlOp;
 use dsa::ops::DeltaResult;
-use dsa::reference::{self as cpu, DeltaRef, DifRef};
-use dsa::workload::WlOp;
 use dsa::{DifDest, DifFormat, DifSource, OpError, Output, Work};
 use dsa_spec::crc::CrcMode;
 use dsa_spec::dif::{DifBlockSize, PI_SIZE};

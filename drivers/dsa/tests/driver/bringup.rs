@@ -76,7 +76,7 @@ fn default_without_pasid_is_dedicated_only() {
 #[test]
 fn halted_device_is_refused() {
     let rig = Rig::new(model_cfg(), Exec::Deterministic, ALL_PCI);
-    rig.inject(dsa_spec::model::FI_FORCE_HALT, 0);
+    rig.inject(dsa_model::fault_inject::FI_FORCE_HALT, 0);
     let e = rig
         .driver(0, ConfigSource::Default, DeviceOptions::default())
         .unwrap_err();
@@ -456,7 +456,7 @@ fn two_devices_at_once() {
     let outs: Vec<Output> = t.into_iter().map(|h| h.join().unwrap()).collect();
     assert_eq!(
         outs[0],
-        Output::Crc(dsa::reference::crc32c(
+        Output::Crc(bench::reference::crc32c(
             0,
             &pattern(65536, 1),
             Default::default()
@@ -464,7 +464,7 @@ fn two_devices_at_once() {
     );
     assert_eq!(
         outs[1],
-        Output::Crc(dsa::reference::crc32c(
+        Output::Crc(bench::reference::crc32c(
             0,
             &pattern(65536, 2),
             Default::default()

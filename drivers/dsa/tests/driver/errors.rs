@@ -3,22 +3,22 @@
 
 use crate::common::*;
 use crate::ops::on_both;
+use bench::reference as cpu;
 use dsa::ops::CrcSeed;
-use dsa::reference as cpu;
 use dsa::{
     AddressSpace, Client, DifDest, DifFormat, DifSource, Notify, OpError, Output, PageFault,
     RunState, Submitter, Work,
 };
+use dsa_model::fault_inject as fi;
 use dsa_spec::crc::CrcMode;
 use dsa_spec::dif::DifBlockSize;
-use dsa_spec::model as fi;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Runs `w`, expects a fault at `page` of `buf` (the one unmapped), maps it, resumes.
 fn fault_and_resume(
     s: &mut Submitter,
-    p: &Arc<Plat>,
+    p: &Arc<SimPlatform>,
     buf: &TBuf,
     page: usize,
     w: Work,

@@ -2,8 +2,8 @@
 //! CPU reference; validation before submission.
 
 use crate::common::*;
+use bench::reference as cpu;
 use dsa::ops::{CrcSeed, DeltaResult};
-use dsa::reference as cpu;
 use dsa::{
     AddressSpace, Client, DifDest, DifFormat, DifSource, OpError, Output, Submitter,
     ValidationError, Work,
@@ -17,7 +17,7 @@ pub const PASID: u32 = 0x42;
 
 /// Runs `f` with a submitter on the dedicated WQ (no PASID) and one on the shared WQ
 /// (PASID 0x42), in both execution modes.
-pub fn on_both(f: impl Fn(&mut Submitter, &Arc<Plat>, AddressSpace)) {
+pub fn on_both(f: impl Fn(&mut Submitter, &Arc<SimPlatform>, AddressSpace)) {
     for exec in [Exec::Deterministic, Exec::Threaded] {
         let (rig, dev) = up(exec);
         for (wq, client) in [(0u8, Client::kernel()), (1, Client::pasid(PASID, true))] {

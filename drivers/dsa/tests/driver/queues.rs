@@ -179,11 +179,11 @@ fn caller_supplied_ims_handle() {
     let reaper = s.reaper();
     let seen = Arc::new(AtomicU64::new(0));
     let seen2 = seen.clone();
-    *rig.plat.ims_hook.lock().unwrap() = Some(Box::new(move |addr, data| {
+    rig.plat.on_msi(move |addr, data| {
         assert_eq!((addr, data), (0xFEE0_0000, 0x4105));
         seen2.fetch_add(1, Ordering::Relaxed);
         reaper.reap();
-    }));
+    });
     let done = Arc::new(AtomicU32::new(0));
     let d2 = done.clone();
     s.submit_with_callback(&Work::noop(), Notify::Handle(5), move |r| {
@@ -315,7 +315,7 @@ fn dedicated_credits_are_never_exceeded_under_a_flood() {
     };
     let dev = rig.driver(0, ConfigSource::Default, opts).unwrap();
     // Slow completions so the WQ (size 32) really fills up.
-    rig.inject(dsa_spec::model::FI_DELAY_US, 20);
+    rig.inject(dsa_model::fault_inject::FI_DELAY_US, 20);
     let size = dev.wq(0).unwrap().size() as u32;
     let threads: Vec<_> = (0..4u32)
         .map(|t| {
@@ -372,7 +372,7 @@ fn dedicated_credits_are_never_exceeded_under_a_flood() {
     assert_eq!(rig.model.bar0_read(0xC0, 8) & 1, 0, "a SWERR was logged");
 
     // Control: bypassing the credits (raw MOVDIR64B past the size) is caught.
-    rig.inject(dsa_spec::model::FI_DELAY_US, 0);
+    rig.inject(dsa_model::fault_inject::FI_DELAY_US, 0);
     rig.model.stop();
     let w = dev.wq(0).unwrap();
     let mut d = Work::noop().descriptor();

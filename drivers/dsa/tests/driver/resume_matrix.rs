@@ -21,6 +21,7 @@ use dsa::{
     OpError, Output, PageFault, Submitter, Work,
 };
 use dsa_model::{Config, StoreKind};
+use dsa_rig::sim::PAGE;
 use dsa_spec::crc::CrcMode;
 use dsa_spec::dif::{DestDifFlags, DifBlockSize, DifFlags, Pi, SrcDifFlags, guard};
 use dsa_spec::portal::{PortalKind, portal_offset};
@@ -515,7 +516,7 @@ impl Hole {
             problems: Default::default(),
         }
     }
-    fn make(plat: &Plat, page: u64, write: Option<bool>) -> Hole {
+    fn make(plat: &SimPlatform, page: u64, write: Option<bool>) -> Hole {
         plat.set_mapped(SP, page, PAGE, false);
         Hole {
             page: Cell::new(Some(page)),
@@ -525,7 +526,7 @@ impl Hole {
         }
     }
     /// A fault at `addr`: must be the absent page, in the operand's direction; maps it.
-    fn fix(&self, plat: &Plat, addr: u64, write: bool, what: &str) {
+    fn fix(&self, plat: &SimPlatform, addr: u64, write: bool, what: &str) {
         self.faults.set(self.faults.get() + 1);
         let Some(page) = self.page.get() else {
             self.problems.borrow_mut().push(format!(
@@ -822,7 +823,7 @@ fn run_driver(env: &mut Env, sc: &Scenario, hole: &Hole, problems: &mut Vec<Stri
 // ---- the scenarios -------------------------------------------------------------------------
 
 struct Builder<'a> {
-    plat: &'a Arc<Plat>,
+    plat: &'a Arc<SimPlatform>,
     bufs: Vec<(TBuf, Vec<u8>)>,
 }
 
@@ -900,7 +901,7 @@ fn sentinel(pages: usize) -> Vec<u8> {
     vec![SENTINEL; pages * PAGE as usize]
 }
 
-fn scenarios(plat: &Arc<Plat>) -> Vec<Scenario> {
+fn scenarios(plat: &Arc<SimPlatform>) -> Vec<Scenario> {
     let mut v = Vec::new();
     let b = || Builder {
         plat,

@@ -202,7 +202,7 @@ fn cross_pasid_handle_use_is_refused_by_the_device() {
     ));
     // A raw descriptor from PASID A naming B's entry: the device refuses it (0x19) and
     // raises nothing, anywhere.
-    let msis = e.rig.plat.msis.load(SeqCst);
+    let msis = e.rig.plat.msi_count.load(SeqCst);
     let t = sa
         .submit(&Work::noop(), Notify::Handle(hb.device_handle() as u16))
         .unwrap();
@@ -211,7 +211,7 @@ fn cross_pasid_handle_use_is_refused_by_the_device() {
         sa.wait(t, 1_000_000_000),
         Err(OpError::Status { code: 0x19 })
     );
-    assert_eq!(e.rig.plat.msis.load(SeqCst), msis, "no message sent");
+    assert_eq!(e.rig.plat.msi_count.load(SeqCst), msis, "no message sent");
     assert_eq!(e.m.taken_total(1), 0, "nothing at B's CPU");
     assert_eq!(hb.delivered(), 0);
     // A's own handle works.
@@ -297,10 +297,10 @@ fn masked_handle_delivers_after_unmask_via_the_pending_bit() {
         ims::ImsStorage::pending(&**e.ims.storage(), h.index()),
         "IMS pending bit"
     );
-    assert_eq!(e.rig.plat.msis.load(SeqCst), 0);
+    assert_eq!(e.rig.plat.msi_count.load(SeqCst), 0);
     h.unmask().unwrap();
     assert_eq!(
-        e.rig.plat.msis.load(SeqCst),
+        e.rig.plat.msi_count.load(SeqCst),
         1,
         "the pending message was sent on unmask"
     );
@@ -436,11 +436,11 @@ fn released_and_reallocated_entry_never_delivers_the_old_owners_completion() {
             .is_err()
     );
 
-    let msis = e.rig.plat.msis.load(SeqCst);
+    let msis = e.rig.plat.msi_count.load(SeqCst);
     let hb = e.ims.allocate(&client(pb), 2, &sb).unwrap();
     assert_eq!(hb.index(), entry, "the entry was reused");
     assert_eq!(
-        e.rig.plat.msis.load(SeqCst),
+        e.rig.plat.msi_count.load(SeqCst),
         msis,
         "the stale pending message is gone"
     );
@@ -469,7 +469,7 @@ fn release_drains_work_in_flight_before_the_entry_is_reused() {
     let log_a: Log = Arc::default();
     let ha = e.ims.allocate(&client(pa), 0, &sa).unwrap();
     let entry = ha.index();
-    e.rig.inject(dsa_spec::model::FI_DELAY_US, 30_000);
+    e.rig.inject(dsa_model::fault_inject::FI_DELAY_US, 30_000);
     for id in 0..4 {
         e.ims
             .submit(&mut sa, &ha.armer(), &Work::noop(), record(&log_a, id))
@@ -490,7 +490,7 @@ fn release_drains_work_in_flight_before_the_entry_is_reused() {
     // Queued work ran normally: the entry stayed bound until it was drained (an engine
     // validating a descriptor after the unbind would have refused it with status 0x19).
     assert!(got.iter().all(|x| x.2), "{got:?}");
-    e.rig.inject(dsa_spec::model::FI_DELAY_US, 0);
+    e.rig.inject(dsa_model::fault_inject::FI_DELAY_US, 0);
     let hb = e.ims.allocate(&client(pb), 2, &sb).unwrap();
     assert_eq!(hb.index(), entry);
     thread::sleep(Duration::from_millis(50));
@@ -625,7 +625,7 @@ fn restore_after_device_recovery() {
     let masked = e.ims.allocate(&client(6), 0, &sub).unwrap();
     let mut masked = masked;
     masked.mask().unwrap();
-    e.rig.inject(dsa_spec::model::FI_FORCE_HALT, 1);
+    e.rig.inject(dsa_model::fault_inject::FI_FORCE_HALT, 1);
     e.rig.dev.handle_misc_interrupt();
     // The reset inside recovery clears the IMS table; the recovery hook that
     // `DsaIms::register` installed rewrites it before submissions resume.

@@ -1,7 +1,7 @@
 //! Test harness: a device on a simulated guest, with helpers that do what a driver does.
 
-use dsa_model::sim::{SimIrq, SimPlatform};
 use dsa_model::{Config, Device, PortalResult, StoreKind, pci};
+use dsa_rig::sim::{SimIrq, SimPlatform};
 use dsa_spec::portal::{PortalKind, portal_offset};
 use dsa_spec::regs::off;
 use dsa_spec::tables::{GRPCFG_ENTRY_SIZE, WqMode};

@@ -1,8 +1,8 @@
 //! Portals, completion interrupts, MSIXPERM / IMS permission checks, priorities, drain.
 
 use crate::common::*;
-use dsa_model::sim::SimIrq;
 use dsa_model::{Config, PortalResult, StoreKind, TraceEvent};
+use dsa_rig::sim::SimIrq;
 use dsa_spec::portal::PortalKind;
 use dsa_spec::regs::{off, swerr_code};
 use dsa_spec::status as st;
@@ -436,7 +436,7 @@ fn trace_events_cover_the_path() {
     d.int_handle = 1;
     h.run1(&d);
     h.w32(
-        dsa_spec::model::FAULT_INJECT_BASE + dsa_spec::model::FI_FORCE_SWERR,
+        dsa_model::fault_inject::FAULT_INJECT_BASE + dsa_model::fault_inject::FI_FORCE_SWERR,
         0x33,
     );
     let t = h.sim.take_traces();

@@ -1,8 +1,8 @@
 //! Register map, access rules, commands and their errors, SWERROR, halt and reset.
 
 use crate::common::*;
-use dsa_model::sim::SimIrq;
 use dsa_model::{Config, pci};
+use dsa_rig::sim::SimIrq;
 use dsa_spec::regs::{cmd_err, off, swerr_code};
 use dsa_spec::tables::{WqMode, WqState, wqcfg};
 use dsa_spec::{

@@ -1,10 +1,10 @@
 //! Worker threads, drain semantics, fault injection, and the C ABI.
 
 use crate::common::*;
+use dsa_model::fault_inject as fi;
 use dsa_model::ffi::*;
-use dsa_model::sim::{SimIrq, SimPlatform};
 use dsa_model::{Config, Device, DmaSpace, Platform, pci};
-use dsa_spec::model as fi;
+use dsa_rig::sim::{SimIrq, SimPlatform};
 use dsa_spec::regs::{off, swerr_code};
 use dsa_spec::status as st;
 use dsa_spec::{CmdReg, CmdStatus, Command, DescFlags, DeviceState, GenSts, GrpCfg, Opcode};

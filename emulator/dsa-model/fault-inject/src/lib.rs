@@ -1,9 +1,13 @@
 //! Model-only definitions: registers that exist only in `emulator/dsa-model`, never on
-//! real hardware. A driver must not touch them outside tests.
+//! real hardware. A driver must not touch them outside tests: the model uses this crate (and
+//! re-exports it as `dsa_model::fault_inject`), and so do the kernel tests (kernel feature
+//! `ktest`); the product driver crates do not depend on it.
 //!
 //! The fault-injection page lives at BAR0 + [`FAULT_INJECT_BASE`] and exists only when the
 //! model is created with `fault_injection = 1`; otherwise it reads 0 and ignores writes.
 //! All registers are 32 bits unless noted.
+
+#![cfg_attr(not(test), no_std)]
 
 /// BAR0 offset of the fault-injection page (an otherwise unused 4 KiB page).
 pub const FAULT_INJECT_BASE: u64 = 0x3000;
