@@ -3,7 +3,7 @@
 //! asserts, and emulates GSTS, the invalidation queue (descriptors executed synchronously on
 //! the IQT write, status writes into fake memory, IQE on bad descriptors) and fault records.
 
-use crate::hw::{Clock, DmaMemory, RegisterBlock};
+use crate::hw::{Clock, DmaMemory, DmaMemory128, RegisterBlock};
 use crate::spec::{Fsts, Gcmd, Gsts, iqa, reg};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -16,6 +16,12 @@ pub struct MemInner {
     pub allocs: usize,
     pub frees: usize,
     pub fail_after: Option<usize>,
+    /// A 16-byte entry whose every state after a write is recorded in `watched` (what the
+    /// unit could read between two stores).
+    pub watch: Option<u64>,
+    pub watched: Vec<[u64; 2]>,
+    /// 128-bit compare-and-exchanges done.
+    pub cmpxchg128: usize,
 }
 
 /// Shared between the unit (as its DmaMemory) and the fake registers (to run the queue).
@@ -30,6 +36,15 @@ impl FakeMem {
     }
     pub fn live_blocks(&self) -> usize {
         self.0.borrow().blocks.len()
+    }
+    fn record_watch(&self, pa: u64) {
+        let w = self.0.borrow().watch;
+        if let Some(w) = w
+            && (w..w + 16).contains(&pa)
+        {
+            let e = [self.read64(w), self.read64(w + 8)];
+            self.0.borrow_mut().watched.push(e);
+        }
     }
     fn with<R>(&self, pa: u64, n: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
         let mut m = self.0.borrow_mut();
@@ -77,7 +92,8 @@ impl DmaMemory for FakeMem {
     }
     fn write64(&self, phys: u64, value: u64) {
         assert_eq!(phys % 8, 0);
-        self.with(phys, 8, |b| b.copy_from_slice(&value.to_le_bytes()))
+        self.with(phys, 8, |b| b.copy_from_slice(&value.to_le_bytes()));
+        self.record_watch(phys);
     }
     fn read32(&self, phys: u64) -> u32 {
         assert_eq!(phys % 4, 0);
@@ -86,6 +102,28 @@ impl DmaMemory for FakeMem {
     fn write32(&self, phys: u64, value: u32) {
         assert_eq!(phys % 4, 0);
         self.with(phys, 4, |b| b.copy_from_slice(&value.to_le_bytes()))
+    }
+}
+
+impl DmaMemory128 for FakeMem {
+    fn compare_exchange128(
+        &self,
+        phys: u64,
+        current: [u64; 2],
+        new: [u64; 2],
+    ) -> Result<(), [u64; 2]> {
+        assert_eq!(phys % 16, 0, "CMPXCHG16B needs 16-byte alignment");
+        let found = [self.read64(phys), self.read64(phys + 8)];
+        if found != current {
+            return Err(found);
+        }
+        self.with(phys, 16, |b| {
+            b[..8].copy_from_slice(&new[0].to_le_bytes());
+            b[8..].copy_from_slice(&new[1].to_le_bytes());
+        });
+        self.0.borrow_mut().cmpxchg128 += 1;
+        self.record_watch(phys);
+        Ok(())
     }
 }
 
