@@ -45,6 +45,8 @@ Machine (each also settable through the environment variable in brackets):
   --dsa N              N intel-dsa devices behind pcie-root-ports (patched QEMU) [DSA, default 1]
   --dsa-opts PROPS     extra intel-dsa properties for every device, e.g. fault-injection=on
                        or wq-size=64,num-engines=2                       [DSA_OPTS]
+  --posted-intr on|off intel-iommu posted interrupts (CAP.PI, x-posted-intr; patched QEMU)
+                                                              [POSTED_INTR, default on]
   --icount             -icount shift=0: TSC = guest instruction count; also passes `icount`
                        to the kernel so workload costs are labelled as instructions [ICOUNT=1]
   --gdb[=PORT]         gdb stub on PORT (default 1234), CPU halted at start; no timeout
@@ -83,6 +85,8 @@ ICOUNT="${ICOUNT:-0}"
 DSA="${DSA:-1}"
 DSA_OPTS="${DSA_OPTS:-}"
 DSA_CONFIG=""
+POSTED_SET="${POSTED_INTR:+1}"
+POSTED_INTR="${POSTED_INTR:-on}"
 GDB_PORT=""
 KERNEL=""
 ISO=""
@@ -109,6 +113,7 @@ while [ $# -gt 0 ]; do
     --dsa-config) [ $# -ge 2 ] || die "--dsa-config needs a file"; DSA_CONFIG="$2"; shift 2 ;;
     --workload) [ $# -ge 2 ] || die "--workload needs a spec"; KARGS="${KARGS:+$KARGS }workload=$2"; WORKLOAD_SET=1; shift 2 ;;
     --ims-bench) IMS_BENCH=1; shift ;;
+    --posted-intr) [ $# -ge 2 ] || die "--posted-intr needs on or off"; POSTED_INTR="$2"; POSTED_SET=1; shift 2 ;;
     --icount) ICOUNT=1; shift ;;
     --gdb) GDB_PORT=1234; shift ;;
     --gdb=*) GDB_PORT="${1#--gdb=}"; shift ;;
@@ -136,6 +141,7 @@ fi
 [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "TIMEOUT must be seconds, not '$TIMEOUT'"
 case "$ACCEL" in tcg|kvm) ;; *) die "ACCEL must be tcg or kvm, not '$ACCEL'" ;; esac
 case "$FLAVOUR" in ""|product|bench|ktest) ;; *) die "--flavour (KERNEL_FLAVOUR) must be product, bench or ktest, not '$FLAVOUR'" ;; esac
+case "$POSTED_INTR" in on|off) ;; *) die "POSTED_INTR must be on or off, not '$POSTED_INTR'" ;; esac
 if [ "$ICOUNT" = 1 ] && [ "$ACCEL" != tcg ]; then die "--icount needs ACCEL=tcg"; fi
 if [ -n "$ISO" ] && [ -n "$KERNEL" ]; then die "--iso and --kernel are exclusive"; fi
 if [ "$UEFI" = 1 ] && [ -z "$ISO" ]; then die "--uefi needs --iso"; fi
@@ -242,9 +248,21 @@ if [ "$ICOUNT" = 1 ]; then
 fi
 
 # === Device arguments: add devices here ====================================================
-# The IOMMU comes first so that it covers every PCI device added after it.
+# The IOMMU comes first so that it covers every PCI device added after it. Posted interrupts
+# (CAP.PI) exist only in the patched QEMU (emulator/qemu): without them the default quietly
+# stays off, an explicit --posted-intr on fails.
+IOMMU="intel-iommu,intremap=on,x-scalable-mode=on,x-flts=on,x-pasid-mode=on,aw-bits=48"
+if [ "$POSTED_INTR" = on ]; then
+  if "$QEMU_BIN" -device intel-iommu,help 2>/dev/null | grep -q 'x-posted-intr='; then
+    IOMMU="$IOMMU,x-posted-intr=on"
+  elif [ -n "$POSTED_SET" ]; then
+    die "--posted-intr on: $QEMU_BIN's intel-iommu has no x-posted-intr (use emulator/qemu/build.sh)"
+  else
+    echo "$PROG: note: $QEMU_BIN's intel-iommu has no posted interrupts (x-posted-intr)" >&2
+  fi
+fi
 DEVICE_ARGS=(
-  -device intel-iommu,intremap=on,x-scalable-mode=on,x-flts=on,x-pasid-mode=on,aw-bits=48
+  -device "$IOMMU"
   -device isa-debug-exit,iobase=0xf4,iosize=0x04
 )
 # DSA=<count>: intel-dsa instances, each behind its own pcie-root-port (so they get PCIe

@@ -243,6 +243,8 @@ pub struct Boot {
     dsa: u32,
     /// Extra intel-dsa properties (`--dsa-opts`).
     dsa_opts: Option<String>,
+    /// intel-iommu posted interrupts (`--posted-intr`; qemu-run.sh's default when `None`).
+    posted_intr: Option<bool>,
 }
 
 impl Boot {
@@ -258,6 +260,7 @@ impl Boot {
             timeout: Duration::from_secs(120),
             dsa: 0,
             dsa_opts: None,
+            posted_intr: None,
         }
     }
 
@@ -318,6 +321,11 @@ impl Boot {
         self.dsa_opts = Some(props.into());
         self
     }
+    /// intel-iommu posted interrupts (CAP.PI) on or off.
+    pub fn posted_intr(mut self, on: bool) -> Self {
+        self.posted_intr = Some(on);
+        self
+    }
     /// Appends a kernel argument.
     pub fn arg(mut self, a: &str) -> Self {
         self.kernel_args.push(a.into());
@@ -372,6 +380,9 @@ impl Boot {
             a.extend(["--accel".into(), x.clone()]);
         }
         a.extend(["--dsa".into(), self.dsa.to_string()]);
+        if let Some(on) = self.posted_intr {
+            a.extend(["--posted-intr".into(), if on { "on" } else { "off" }.into()]);
+        }
         if let Some(o) = &self.dsa_opts {
             a.extend(["--dsa-opts".into(), o.clone()]);
         }

@@ -47,6 +47,20 @@ const TESTS: &[&str] = &[
     "iommu::edu_msi_arrives_through_the_irte_and_a_wrong_source_id_blocks_it",
 ];
 
+/// The posted-interrupt kernel tests (the unit alone, through the edu's MSI and the DSA's
+/// MSI-X); none may be skipped when the IOMMU has CAP.PI (qemu-run.sh's default).
+const POSTED_TESTS: &[&str] = &[
+    "iommu::posted::posted_msi_sets_its_bit_and_notifies_nv_at_ndst",
+    "iommu::posted::posted_sn_suppresses_the_notification_and_urg_overrides_sn",
+    "iommu::posted::posted_requests_coalesce_while_on_is_set",
+    "iommu::posted::posted_faults_for_bad_descriptors_and_entries_name_the_spec_reason",
+    "iommu::posted::posted_updates_are_atomic_against_other_cpus_locked_instructions",
+    "iommu::posted::posted_dsa_msix_message_posts",
+];
+
+/// The one that needs CAP.PI off.
+const WITHOUT_PI_TEST: &str = "iommu::posted::posted_format_irte_is_refused_without_cap_pi";
+
 fn with_topology(mut b: Boot) -> Boot {
     for a in TOPOLOGY {
         b = b.qemu_arg(a);
@@ -84,8 +98,15 @@ fn iommu_dma_faults_and_interrupt_remapping_with_edu_dsa_and_bridges() {
         )
         .expect_serial("pasid 0 (RID_PASID) write 0x2346000 reason 0x71")
         .expect_serial("reason 0x26 (IR source-id check failed)")
-        .expect_serial("reason 0x22 (IRTE not present)");
+        .expect_serial("reason 0x22 (IRTE not present)")
+        // Posted interrupts: the unit reports CAP.PI, and the posting faults.
+        .expect_serial("unit 0: posted interrupts (CAP.PI)")
+        .expect_serial("reason 0x27 (posted-interrupt descriptor not accessible)")
+        .expect_serial("reason 0x28 (posted-interrupt descriptor reserved bits)")
+        .expect_serial("reason 0x24 (IRTE reserved bits)")
+        .expect_serial("ktest-info: posted DSA MSI-X entry 0 of ");
     r.expect_tests_ok(TESTS);
+    r.expect_tests_ok(POSTED_TESTS);
     let high = info_number(&r.serial, "memory BARs mapped,", "above 4 GiB");
     assert!(
         high.is_some_and(|n| n >= 2),
@@ -109,12 +130,59 @@ fn iommu_dma_faults_and_interrupt_remapping_with_edu_dsa_and_bridges() {
 }
 
 #[test]
+fn remapped_interrupts_work_and_posted_entries_fault_without_cap_pi() {
+    let r = with_topology(Boot::kernel().smp(2).posted_intr(false).ktest("pci,iommu")).run();
+    r.expect_pass()
+        .expect_serial("interrupt remapping on, 8192 IRTEs")
+        .expect_serial("reason 0x24 (IRTE reserved bits)");
+    r.expect_tests_ok(TESTS);
+    r.expect_test_ok(WITHOUT_PI_TEST);
+    assert!(!r.serial.contains("(CAP.PI)"), "CAP.PI reported");
+    for t in POSTED_TESTS {
+        assert!(
+            matches!(
+                r.report.status_of(t),
+                Some(qemu_tests::TestStatus::Skipped(_))
+            ),
+            "{t} should skip without CAP.PI"
+        );
+    }
+}
+
+#[test]
+fn posted_interrupts_under_icount_round_robin_vcpus() {
+    // -icount runs the vCPUs round-robin in one thread, where their locked instructions are
+    // plain loads and stores: posts from a device's thread must wait until no vCPU runs
+    // (the atomicity test makes only those, and each would lose PIR bits otherwise).
+    let r = Boot::kernel()
+        .smp(2)
+        .arg("lapic.calibrate=irq")
+        .arg("icount")
+        .ktest("iommu::posted")
+        .qemu_arg("-icount")
+        .qemu_arg("shift=0")
+        .qemu_arg("-device")
+        .qemu_arg("edu")
+        .run();
+    r.expect_pass()
+        .expect_serial("from the device thread) with round-robin vCPUs")
+        .expect_serial("0 posts lost");
+    // (No DSA device here.)
+    let edu_only: Vec<&str> = POSTED_TESTS
+        .iter()
+        .copied()
+        .filter(|t| !t.contains("dsa"))
+        .collect();
+    r.expect_tests_ok(&edu_only);
+}
+
+#[test]
 fn iommu_x2apic_irtes_reach_apic_id_256() {
     // One CPU in socket 1 of a 2×256-core topology has APIC ID 256: only a 32-bit (EIM)
     // IRTE destination can reach it.
     let r = Boot::kernel()
         .smp(1)
-        .ktest("iommu::edu_msi,iommu::interrupt_route")
+        .ktest("iommu::edu_msi,iommu::interrupt_route,iommu::posted::posted_msi")
         .qemu_arg("-smp")
         .qemu_arg("1,maxcpus=512,sockets=2,cores=256,threads=1")
         .qemu_arg("-device")
@@ -128,7 +196,10 @@ fn iommu_x2apic_irtes_reach_apic_id_256() {
         .expect_serial("CPU 1 online, APIC ID 256")
         .expect_serial("interrupt remapping on, 8192 IRTEs, x2APIC")
         .expect_test_ok("iommu::edu_msi_arrives_through_the_irte_and_a_wrong_source_id_blocks_it")
-        .expect_test_ok("iommu::interrupt_route_entries_and_retarget");
+        .expect_test_ok("iommu::interrupt_route_entries_and_retarget")
+        // The notification's NDST in x2APIC format reaches APIC ID 256 too.
+        .expect_test_ok("iommu::posted::posted_msi_sets_its_bit_and_notifies_nv_at_ndst")
+        .expect_serial("at CPU 1 (APIC ID 256)");
     assert!(
         !r.serial.contains("cannot receive remapped interrupts"),
         "EIM in use"
@@ -161,7 +232,12 @@ fn iommu_off_skips_remapping_and_its_tests() {
         .run();
     r.expect_pass()
         .expect_serial("disabled on the command line (iommu=off)");
-    for t in TESTS.iter().filter(|t| t.starts_with("iommu::")) {
+    let posted = POSTED_TESTS.iter().chain([&WITHOUT_PI_TEST]);
+    for t in TESTS
+        .iter()
+        .filter(|t| t.starts_with("iommu::"))
+        .chain(posted)
+    {
         assert!(
             matches!(
                 r.report.status_of(t),

@@ -21,6 +21,8 @@ pub enum Requirement {
     PassThrough,
     /// FRO/NFR or IRO point outside a sane register window.
     RegisterLayout,
+    /// CAP.PI for posted-format IRTEs.
+    PostedInterrupts,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +112,19 @@ pub enum VtdError {
     },
     /// Firmware left translation or IR enabled and it could not be turned off.
     FirmwareStateStuck,
+    /// A posted-interrupt descriptor address that is not 64-byte aligned, is zero, or lies
+    /// beyond the unit's address width.
+    BadPostedDescriptor {
+        addr: u64,
+    },
+    /// The operation needs the other IRTE format (e.g. `retarget_irte` on a posted entry).
+    WrongIrteFormat {
+        handle: u16,
+    },
+    /// A 128-bit IRTE update found the entry changed under it.
+    IrteChanged {
+        handle: u16,
+    },
 }
 
 impl fmt::Display for VtdError {

@@ -3,7 +3,7 @@
 //! asserts, and emulates GSTS, the invalidation queue (descriptors executed synchronously on
 //! the IQT write, status writes into fake memory, IQE on bad descriptors) and fault records.
 
-use crate::hw::{Clock, DmaMemory, RegisterBlock};
+use crate::hw::{Clock, DmaMemory, DmaMemory128, RegisterBlock};
 use crate::spec::{Fsts, Gcmd, Gsts, iqa, reg};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +19,12 @@ pub struct MemInner {
     pub allocs: usize,
     pub frees: usize,
     pub fail_after: Option<usize>,
+    /// A 16-byte entry whose every state after a write is recorded in `watched` (what the
+    /// unit could read between two stores).
+    pub watch: Option<u64>,
+    pub watched: Vec<[u64; 2]>,
+    /// 128-bit compare-and-exchanges done.
+    pub cmpxchg128: usize,
 }
 
 /// Shared between the unit (as its DmaMemory) and the fake registers (to run the queue).
@@ -33,6 +39,15 @@ impl FakeMem {
     }
     pub fn live_blocks(&self) -> usize {
         self.0.borrow().blocks.len()
+    }
+    fn record_watch(&self, pa: u64) {
+        let w = self.0.borrow().watch;
+        if let Some(w) = w
+            && (w..w + 16).contains(&pa)
+        {
+            let e = [self.read64(w), self.read64(w + 8)];
+            self.0.borrow_mut().watched.push(e);
+        }
     }
     /// The qword containing `pa`, after checking that `[pa, pa+n)` lies in one live block.
     fn with<R>(&self, pa: u64, n: u64, f: impl FnOnce(&AtomicU64) -> R) -> R {
@@ -83,7 +98,8 @@ unsafe impl DmaMemory for FakeMem {
         self.with(phys, 8, |q| q.load(Ordering::SeqCst))
     }
     fn write64(&self, phys: u64, value: u64) {
-        self.with(phys, 8, |q| q.store(value, Ordering::SeqCst))
+        self.with(phys, 8, |q| q.store(value, Ordering::SeqCst));
+        self.record_watch(phys);
     }
     fn read32(&self, phys: u64) -> u32 {
         let shift = 8 * (phys & 4);
@@ -107,6 +123,28 @@ unsafe impl DmaMemory for FakeMem {
                 // SAFETY: `off / 8 + 512` qwords lie inside the block (checked above).
                 unsafe { p.add((off / 8) as usize) }
             })
+    }
+}
+
+impl DmaMemory128 for FakeMem {
+    fn compare_exchange128(
+        &self,
+        phys: u64,
+        current: [u64; 2],
+        new: [u64; 2],
+    ) -> Result<(), [u64; 2]> {
+        assert_eq!(phys % 16, 0, "CMPXCHG16B needs 16-byte alignment");
+        let found = [self.read64(phys), self.read64(phys + 8)];
+        if found != current {
+            return Err(found);
+        }
+        // Single-threaded fake: the two stores are one update for every reader, and the
+        // watch records only the state after both.
+        self.with(phys, 8, |q| q.store(new[0], Ordering::SeqCst));
+        self.with(phys + 8, 8, |q| q.store(new[1], Ordering::SeqCst));
+        self.0.borrow_mut().cmpxchg128 += 1;
+        self.record_watch(phys);
+        Ok(())
     }
 }
 

@@ -45,6 +45,21 @@ pub unsafe trait DmaMemory {
     }
 }
 
+/// A 128-bit atomic compare-and-exchange on table memory (CMPXCHG16B on x86-64), for
+/// entries the unit reads in one access while software changes both halves: posted-format
+/// IRTEs carry their descriptor address in both qwords (Intel VT-d Architecture
+/// Specification rev 4.1, §9.10), and the unit fetches an IRTE in one read (§5.1.4).
+pub trait DmaMemory128: DmaMemory {
+    /// Replaces the 16-byte-aligned entry at `phys` (qword 0 first) with `new` if it holds
+    /// `current`, in one atomic access. `Err` carries the value found instead.
+    fn compare_exchange128(
+        &self,
+        phys: u64,
+        current: [u64; 2],
+        new: [u64; 2],
+    ) -> Result<(), [u64; 2]>;
+}
+
 /// A monotonic clock for bounded polling.
 pub trait Clock {
     fn now_ns(&self) -> u64;

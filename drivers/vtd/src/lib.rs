@@ -40,7 +40,7 @@ mod tests;
 
 pub use dmar::{Bdf, DeviceUnitMap, Dmar, DmarError};
 pub use error::VtdError;
-pub use hw::{Clock, DmaMemory, RegisterBlock};
+pub use hw::{Clock, DmaMemory, DmaMemory128, RegisterBlock};
 pub use pagetable::{Perm, Translation};
 pub use unit::{
     AddressSpaceId, Config, FaultBatch, FaultCounters, IR_TABLE_MAX_ENTRIES, IrTableSize,

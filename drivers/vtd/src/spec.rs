@@ -298,7 +298,11 @@ pub const fn event_msi_address(apic_id: u8) -> u32 {
 // Fault recording
 // ---------------------------------------------------------------------------------------------
 
-/// Fault reasons (vtd.md §7.1), named as in the spec.
+/// Fault reasons (vtd.md §7.1), named as in the spec. The interrupt-remapping conditions
+/// 0x20–0x28 are those of the Intel VT-d Architecture Specification rev 4.1, chapter 7
+/// (interrupt-remapping fault conditions); 0x27 and 0x28 come from interrupt posting
+/// (§5.2.3: a descriptor that cannot be accessed, or has reserved bits set, blocks the
+/// request). All of 0x22, 0x24, 0x26, 0x27 and 0x28 are qualified: IRTE.FPD suppresses them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum FaultReason {
     RootEntryNotPresent,
@@ -321,6 +325,10 @@ pub enum FaultReason {
     IrteReserved,
     CompatInterruptBlocked,
     IrSourceIdCheckFailed,
+    /// 0x27: the posted-interrupt descriptor could not be accessed at the IRTE's PDA.
+    PostedDescriptorUnreadable,
+    /// 0x28: a reserved field of the posted-interrupt descriptor is not zero.
+    PostedDescriptorReserved,
     PasidDirEntryUnreadable,
     PasidDirEntryNotPresent,
     PasidEntryUnreadable,
@@ -362,6 +370,8 @@ impl FaultReason {
             0x24 => IrteReserved,
             0x25 => CompatInterruptBlocked,
             0x26 => IrSourceIdCheckFailed,
+            0x27 => PostedDescriptorUnreadable,
+            0x28 => PostedDescriptorReserved,
             0x50 => PasidDirEntryUnreadable,
             0x51 => PasidDirEntryNotPresent,
             0x58 => PasidEntryUnreadable,
@@ -403,6 +413,8 @@ impl FaultReason {
             IrteReserved => "IRTE reserved bits",
             CompatInterruptBlocked => "compatibility-format interrupt blocked",
             IrSourceIdCheckFailed => "IR source-id check failed",
+            PostedDescriptorUnreadable => "posted-interrupt descriptor not accessible",
+            PostedDescriptorReserved => "posted-interrupt descriptor reserved bits",
             PasidDirEntryUnreadable => "PASID directory entry unreadable",
             PasidDirEntryNotPresent => "PASID directory entry not present",
             PasidEntryUnreadable => "PASID table entry unreadable",
@@ -904,6 +916,38 @@ pub enum SourceValidation {
     },
 }
 
+impl SourceValidation {
+    /// Bits 19:0 of IRTE qword 1 (SID, SQ, SVT), the same in both IRTE formats.
+    pub const QWORD1_MASK: u64 = 0xf_ffff;
+
+    pub fn qword1(self) -> u64 {
+        match self {
+            SourceValidation::None => 0,
+            SourceValidation::RequesterId { sid, sq } => {
+                u64::from(sid) | (u64::from(sq & 3) << 16) | (0b01 << 18)
+            }
+            SourceValidation::BusRange { start, end } => {
+                (u64::from(start) << 8) | u64::from(end) | (0b10 << 18)
+            }
+        }
+    }
+
+    pub fn from_qword1(q1: u64) -> Self {
+        let sid = q1 as u16;
+        match (q1 >> 18) & 3 {
+            0b01 => SourceValidation::RequesterId {
+                sid,
+                sq: ((q1 >> 16) & 3) as u8,
+            },
+            0b10 => SourceValidation::BusRange {
+                start: (sid >> 8) as u8,
+                end: sid as u8,
+            },
+            _ => SourceValidation::None,
+        }
+    }
+}
+
 /// A remapped-format IRTE (128 bits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Irte {
@@ -953,16 +997,7 @@ impl Irte {
             | (u64::from(self.avail & 0xf) << 8)
             | (u64::from(self.vector) << 16)
             | dst;
-        let q1 = match self.svt {
-            SourceValidation::None => 0,
-            SourceValidation::RequesterId { sid, sq } => {
-                u64::from(sid) | (u64::from(sq & 3) << 16) | (0b01 << 18)
-            }
-            SourceValidation::BusRange { start, end } => {
-                (u64::from(start) << 8) | u64::from(end) | (0b10 << 18)
-            }
-        };
-        [q0, q1]
+        [q0, self.svt.qword1()]
     }
 
     pub fn decode(q: [u64; 2], x2apic: bool) -> Self {
@@ -974,18 +1009,7 @@ impl Irte {
             0b111 => DeliveryMode::ExtInt,
             _ => DeliveryMode::Fixed,
         };
-        let sid = q[1] as u16;
-        let svt = match (q[1] >> 18) & 3 {
-            0b01 => SourceValidation::RequesterId {
-                sid,
-                sq: ((q[1] >> 16) & 3) as u8,
-            },
-            0b10 => SourceValidation::BusRange {
-                start: (sid >> 8) as u8,
-                end: sid as u8,
-            },
-            _ => SourceValidation::None,
-        };
+        let svt = SourceValidation::from_qword1(q[1]);
         Self {
             present: q[0] & 1 != 0,
             fpd: q[0] & 2 != 0,
@@ -1003,6 +1027,181 @@ impl Irte {
             x2apic,
             svt,
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interrupt posting: Intel VT-d Architecture Specification rev 4.1, §5.2 (operation), §9.10
+// (posted-format IRTE), §9.11 (posted-interrupt descriptor), §11.4.2 (CAP.PI, bit 59)
+// ---------------------------------------------------------------------------------------------
+
+/// IRTE bit 15, IRTE Mode (IM): 0 = remapped format, 1 = posted format (§9.10). A unit
+/// with CAP.PI=0 treats the bit as reserved.
+pub const IRTE_IM: u64 = 1 << 15;
+
+/// A posted-format IRTE (IM=1, §9.10): a request that selects it sets bit `vector` of the
+/// posted-interrupt request bitmap (PIR) in the descriptor at `descriptor`, and notifies
+/// that descriptor's NV/NDST unless a notification is outstanding (ON) or suppressed (SN,
+/// unless `urgent`). P, FPD, AVAIL, IM and SID/SQ/SVT sit where they sit in the remapped
+/// format; DST, DM, RH, TM and DLM do not exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PostedIrte {
+    pub present: bool,
+    pub fpd: bool,
+    pub avail: u8,
+    /// URG (bit 14): notify even when the descriptor's SN is set.
+    pub urgent: bool,
+    /// VV (bits 23:16): the PIR bit to set.
+    pub vector: u8,
+    /// PDA: the descriptor's address, 64-byte aligned; bits 31:6 are IRTE bits 63:38 (PDAL),
+    /// bits 63:32 are IRTE bits 127:96 (PDAH), so it spans both qwords.
+    pub descriptor: u64,
+    pub svt: SourceValidation,
+}
+
+impl PostedIrte {
+    /// Reserved bits of qword 0: 7:2, 13:12, 37:24.
+    pub const RESERVED_LO: u64 = 0x0000_003f_ff00_30fc;
+    /// Reserved bits of qword 1: 95:84 (qword bits 31:20).
+    pub const RESERVED_HI: u64 = 0xfff0_0000;
+
+    pub fn new(descriptor: u64, vector: u8, urgent: bool, svt: SourceValidation) -> Self {
+        Self {
+            present: true,
+            fpd: false,
+            avail: 0,
+            urgent,
+            vector,
+            descriptor,
+            svt,
+        }
+    }
+
+    /// The entry; address bits 5:0 are not representable (the caller checks alignment).
+    pub fn encode(&self) -> [u64; 2] {
+        let q0 = u64::from(self.present)
+            | (u64::from(self.fpd) << 1)
+            | (u64::from(self.avail & 0xf) << 8)
+            | (u64::from(self.urgent) << 14)
+            | IRTE_IM
+            | (u64::from(self.vector) << 16)
+            | ((self.descriptor & 0xffff_ffc0) << 32);
+        let q1 = self.svt.qword1() | (self.descriptor & !0xffff_ffff);
+        [q0, q1]
+    }
+
+    /// `None` for a remapped-format entry (IM=0).
+    pub fn decode(q: [u64; 2]) -> Option<Self> {
+        if q[0] & IRTE_IM == 0 {
+            return None;
+        }
+        Some(Self {
+            present: q[0] & 1 != 0,
+            fpd: q[0] & 2 != 0,
+            avail: ((q[0] >> 8) & 0xf) as u8,
+            urgent: q[0] & (1 << 14) != 0,
+            vector: (q[0] >> 16) as u8,
+            descriptor: ((q[0] >> 32) & 0xffff_ffc0) | (q[1] & !0xffff_ffff),
+            svt: SourceValidation::from_qword1(q[1]),
+        })
+    }
+
+    /// Whether the reserved fields of a posted-format entry are zero (else the unit blocks
+    /// requests through it with fault 0x24).
+    pub fn reserved_bits_clear(q: [u64; 2]) -> bool {
+        q[0] & Self::RESERVED_LO == 0 && q[1] & Self::RESERVED_HI == 0
+    }
+}
+
+/// An IRTE in either format, by its IM bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IrteFormat {
+    Remapped(Irte),
+    Posted(PostedIrte),
+}
+
+impl IrteFormat {
+    pub fn decode(q: [u64; 2], x2apic: bool) -> Self {
+        match PostedIrte::decode(q) {
+            Some(p) => IrteFormat::Posted(p),
+            None => IrteFormat::Remapped(Irte::decode(q, x2apic)),
+        }
+    }
+    pub fn encode(&self) -> [u64; 2] {
+        match self {
+            IrteFormat::Remapped(e) => e.encode(),
+            IrteFormat::Posted(e) => e.encode(),
+        }
+    }
+}
+
+/// The posted-interrupt descriptor (PID), §9.11: 64 bytes, 64-byte aligned, in coherent
+/// write-back memory that no device can write (§5.2.5). Qwords 0–3 are the posted-interrupt
+/// requests (PIR bit n = qword n/64, bit n%64), qword 4 the control word ([`PidControl`]),
+/// qwords 5–7 reserved (zero).
+pub mod pid {
+    /// Size and alignment in bytes.
+    pub const SIZE: usize = 64;
+    /// PIR qwords (256 bits).
+    pub const PIR_QWORDS: usize = 4;
+    /// Index of the control qword.
+    pub const CONTROL: usize = 4;
+    /// Control bit 0 (descriptor bit 256): Outstanding Notification.
+    pub const ON: u64 = 1 << 0;
+    /// Control bit 1 (descriptor bit 257): Suppress Notification.
+    pub const SN: u64 = 1 << 1;
+    /// Reserved control bits: 15:2 (271:258) and 31:24 (287:280).
+    pub const CONTROL_RESERVED: u64 = 0xff00_fffc;
+
+    /// The PIR qword and bit mask of vector `v`.
+    pub const fn pir_bit(v: u8) -> (usize, u64) {
+        ((v / 64) as usize, 1 << (v % 64))
+    }
+}
+
+/// The PID control qword (descriptor bits 319:256).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PidControl {
+    /// ON: a notification was sent and not yet acknowledged by software.
+    pub on: bool,
+    /// SN: posts with URG=0 set their PIR bit but send no notification.
+    pub sn: bool,
+    /// NV (bits 279:272): the notification's vector.
+    pub nv: u8,
+    /// NDST (bits 319:288): the notification's physical destination, see [`PidControl::ndst`].
+    pub ndst: u32,
+}
+
+impl PidControl {
+    pub fn encode(&self) -> u64 {
+        u64::from(self.on)
+            | (u64::from(self.sn) << 1)
+            | (u64::from(self.nv) << 16)
+            | (u64::from(self.ndst) << 32)
+    }
+    pub fn decode(c: u64) -> Self {
+        Self {
+            on: c & pid::ON != 0,
+            sn: c & pid::SN != 0,
+            nv: (c >> 16) as u8,
+            ndst: (c >> 32) as u32,
+        }
+    }
+    pub fn reserved_bits_clear(c: u64) -> bool {
+        c & pid::CONTROL_RESERVED == 0
+    }
+    /// NDST for an APIC ID: x2APIC (IRTA.EIME=1) the whole 32-bit ID, xAPIC the 8-bit ID in
+    /// bits 15:8 (descriptor bits 303:296). `None` when an xAPIC ID does not fit.
+    pub fn ndst(apic_id: u32, x2apic: bool) -> Option<u32> {
+        match (x2apic, apic_id) {
+            (true, id) => Some(id),
+            (false, id @ 0..=0xff) => Some(id << 8),
+            _ => None,
+        }
+    }
+    /// The APIC ID an NDST value names.
+    pub fn apic_id(ndst: u32, x2apic: bool) -> u32 {
+        if x2apic { ndst } else { (ndst >> 8) & 0xff }
     }
 }
 
@@ -1319,6 +1518,101 @@ mod tests {
     }
 
     #[test]
+    fn posted_irte_encoding() {
+        let svt = SourceValidation::RequesterId { sid: 0x0108, sq: 0 };
+        // A descriptor below 4 GiB: PDAH = 0, qword 1 is the remapped format's.
+        let p = PostedIrte::new(0x1234_5640, 0x9a, false, svt);
+        let q = p.encode();
+        assert_eq!(q[0], 1 | (1 << 15) | (0x9a << 16) | (0x1234_5640u64 << 32));
+        assert_eq!(
+            q[0] >> 38,
+            0x1234_5640 >> 6,
+            "PDAL = PDA[31:6] at bits 63:38"
+        );
+        assert_eq!(q[1], 0x0108 | (1 << 18));
+        assert!(PostedIrte::reserved_bits_clear(q));
+        assert_eq!(PostedIrte::decode(q), Some(p));
+        // Above 4 GiB: PDAH = PDA[63:32] at bits 127:96; URG bit 14; FPD, AVAIL.
+        let mut h = PostedIrte::new(0x0000_0012_8000_0fc0, 0xff, true, svt);
+        h.fpd = true;
+        h.avail = 0xa;
+        let q = h.encode();
+        assert_eq!(
+            q[0],
+            1 | 2 | (0xa << 8) | (1 << 14) | (1 << 15) | (0xff << 16) | (0x8000_0fc0u64 << 32)
+        );
+        assert_eq!(q[1], (0x12u64 << 32) | 0x0108 | (1 << 18));
+        assert!(PostedIrte::reserved_bits_clear(q));
+        assert_eq!(PostedIrte::decode(q), Some(h));
+        assert_eq!(IrteFormat::decode(q, true), IrteFormat::Posted(h));
+        assert_eq!(IrteFormat::Posted(h).encode(), q);
+        // Remapped entries are not posted ones, and vice versa.
+        let r = Irte::fixed(0x41, 3, false, svt);
+        assert_eq!(PostedIrte::decode(r.encode()), None);
+        assert_eq!(
+            IrteFormat::decode(r.encode(), false),
+            IrteFormat::Remapped(r)
+        );
+        // Every reserved bit is caught, and nothing else is.
+        for bit in (2..8).chain(12..14).chain(24..38) {
+            assert!(
+                !PostedIrte::reserved_bits_clear([q[0] | (1 << bit), q[1]]),
+                "bit {bit}"
+            );
+        }
+        for bit in 84..96 {
+            assert!(
+                !PostedIrte::reserved_bits_clear([q[0], q[1] | (1 << (bit - 64))]),
+                "bit {bit}"
+            );
+        }
+        let fields = !(PostedIrte::RESERVED_LO);
+        assert_eq!(fields.count_ones(), 64 - 6 - 2 - 14);
+        assert_eq!(SourceValidation::from_qword1(svt.qword1()), svt);
+        let bus = SourceValidation::BusRange { start: 2, end: 5 };
+        assert_eq!(SourceValidation::from_qword1(bus.qword1()), bus);
+    }
+
+    #[test]
+    fn posted_interrupt_descriptor_layout() {
+        assert_eq!((pid::SIZE, pid::PIR_QWORDS, pid::CONTROL), (64, 4, 4));
+        assert_eq!(pid::pir_bit(0), (0, 1));
+        assert_eq!(pid::pir_bit(63), (0, 1 << 63));
+        assert_eq!(pid::pir_bit(64), (1, 1));
+        assert_eq!(pid::pir_bit(255), (3, 1 << 63));
+        // ON bit 256, SN 257, NV 279:272, NDST 319:288 of the descriptor.
+        let c = PidControl {
+            on: true,
+            sn: true,
+            nv: 0xeb,
+            ndst: 0x0001_0002,
+        };
+        assert_eq!(c.encode(), 0x0001_0002_00eb_0003);
+        assert_eq!(PidControl::decode(c.encode()), c);
+        assert!(PidControl::reserved_bits_clear(c.encode()));
+        for bit in (2..16).chain(24..32) {
+            assert!(!PidControl::reserved_bits_clear(1 << bit), "bit {bit}");
+        }
+        // NDST: xAPIC ID in bits 15:8 (descriptor bits 303:296), x2APIC the whole ID.
+        assert_eq!(PidControl::ndst(3, false), Some(0x300));
+        assert_eq!(PidControl::ndst(0xff, false), Some(0xff00));
+        assert_eq!(PidControl::ndst(256, false), None);
+        assert_eq!(PidControl::ndst(256, true), Some(256));
+        assert_eq!(PidControl::apic_id(0x300, false), 3);
+        assert_eq!(PidControl::apic_id(256, true), 256);
+        assert_eq!(Cap::PI.bits(), 1 << 59);
+        assert_eq!(
+            FaultReason::from_code(0x27),
+            FaultReason::PostedDescriptorUnreadable
+        );
+        assert_eq!(
+            FaultReason::from_code(0x28),
+            FaultReason::PostedDescriptorReserved
+        );
+        assert!(FaultReason::is_interrupt_fault(0x27) && FaultReason::is_interrupt_fault(0x28));
+    }
+
+    #[test]
     fn fault_record_decode() {
         // Clear-record constant from §11: F is bit 31 of the dword at FRCD + 0xC.
         assert_eq!((FRCD_F >> 32) as u32, 0x8000_0000);
@@ -1346,7 +1640,8 @@ mod tests {
         assert_eq!(FaultReason::from_code(0x99), FaultReason::Other(0x99));
         for c in [
             1u8, 2, 3, 4, 5, 6, 7, 8, 9, 0xa, 0xb, 0xc, 0xe, 0x20, 0x21, 0x22, 0x23, 0x24, 0x26,
-            0x50, 0x51, 0x58, 0x59, 0x5b, 0x70, 0x71, 0x72, 0x73, 0x80, 0x81, 0x85, 0x87, 0x91,
+            0x27, 0x28, 0x50, 0x51, 0x58, 0x59, 0x5b, 0x70, 0x71, 0x72, 0x73, 0x80, 0x81, 0x85,
+            0x87, 0x91,
         ] {
             assert!(
                 !matches!(FaultReason::from_code(c), FaultReason::Other(_)),

@@ -723,6 +723,156 @@ fn interrupt_remapping_entries() {
     assert_eq!(n, 256 - 1 - 4);
 }
 
+fn pi_unit() -> (Unit, FakeRegs, FakeMem, u64) {
+    let (mut u, r, m) = unit_with(QEMU_ECAP_FS, QEMU_CAP | Cap::PI.bits(), Config::default());
+    u.init().unwrap();
+    r.clear_log();
+    let irta = *r.inner.borrow().values.get(&reg::IRTA).unwrap() & !0xfff;
+    (u, r, m, irta)
+}
+
+fn entry(m: &FakeMem, irta: u64, h: IrteHandle) -> [u64; 2] {
+    let pa = irta + 16 * u64::from(h.index);
+    [m.read64(pa), m.read64(pa + 8)]
+}
+
+/// Records every state of entry `h` the unit could read from now on.
+fn watch(m: &FakeMem, irta: u64, h: IrteHandle) {
+    let mut i = m.0.borrow_mut();
+    i.watch = Some(irta + 16 * u64::from(h.index));
+    i.watched.clear();
+}
+
+fn watched(m: &FakeMem) -> Vec<[u64; 2]> {
+    m.0.borrow().watched.clone()
+}
+
+#[test]
+fn posted_irtes_are_written_whole_then_invalidated() {
+    let (mut u, r, m, irta) = pi_unit();
+    assert!(u.posted_interrupts());
+    let sv = SourceValidation::RequesterId { sid: 0x0018, sq: 0 };
+    const PID_A: u64 = 0x7fff_ff40;
+    const PID_B: u64 = 0x0000_0001_2345_6780;
+    // A new posted entry: qword 1 first, then qword 0 with P; index-selective IEC + wait.
+    let h = u.alloc_posted_irte(PID_A, 0x21, false, sv).unwrap();
+    let want = PostedIrte::new(PID_A, 0x21, false, sv).encode();
+    assert_eq!(entry(&m, irta, h), want);
+    assert_eq!(
+        want,
+        [
+            1 | (1 << 15) | (0x21 << 16) | (PID_A << 32),
+            0x18 | (1 << 18)
+        ]
+    );
+    assert_eq!(descs(&r), vec![InvDesc::iec_index(h.index, 0).0, WAIT]);
+    assert_eq!(
+        u.read_irte_format(h.index).unwrap(),
+        IrteFormat::Posted(PostedIrte::new(PID_A, 0x21, false, sv))
+    );
+    assert_eq!(u.msi_message(h).unwrap().address_lo, 0xfee0_0018);
+
+    // Retarget above 4 GiB: both qwords change → one 128-bit exchange, no other state.
+    r.clear_log();
+    watch(&m, irta, h);
+    u.set_irte_posted(h, PID_B, 0xe0, true).unwrap();
+    let b = PostedIrte::new(PID_B, 0xe0, true, sv).encode();
+    assert_ne!(b[1], want[1]);
+    assert_eq!(watched(&m), vec![b], "one store, nothing torn");
+    assert_eq!(m.0.borrow().cmpxchg128, 1);
+    assert_eq!(descs(&r), vec![InvDesc::iec_index(h.index, 0).0, WAIT]);
+
+    // Back below 4 GiB: again both qwords.
+    watch(&m, irta, h);
+    u.set_irte_posted(h, PID_A, 0x21, false).unwrap();
+    assert_eq!(watched(&m), vec![want]);
+    assert_eq!(m.0.borrow().cmpxchg128, 2);
+
+    // Posted → remapped with qword 1 unchanged: one 64-bit store.
+    watch(&m, irta, h);
+    u.set_irte_remapped(h, 3, 0x41).unwrap();
+    let rem = Irte::fixed(0x41, 3, false, sv).encode();
+    assert_eq!(watched(&m), vec![rem]);
+    assert_eq!(m.0.borrow().cmpxchg128, 2);
+    assert_eq!(
+        u.read_irte_format(h.index).unwrap(),
+        IrteFormat::Remapped(Irte::fixed(0x41, 3, false, sv))
+    );
+    // Remapped → posted above 4 GiB: one 128-bit exchange.
+    watch(&m, irta, h);
+    u.set_irte_posted(h, PID_B, 0xe0, true).unwrap();
+    assert_eq!(watched(&m), vec![b]);
+    // Posted above 4 GiB → remapped: one 128-bit exchange clears PDAH.
+    watch(&m, irta, h);
+    u.set_irte_remapped(h, 3, 0x41).unwrap();
+    assert_eq!(watched(&m), vec![rem]);
+    assert_eq!(m.0.borrow().cmpxchg128, 4);
+
+    // The source check of a posted entry changes without touching its other fields.
+    u.set_irte_posted(h, PID_B, 0xe0, true).unwrap();
+    let sv2 = SourceValidation::RequesterId { sid: 0x0019, sq: 0 };
+    u.set_irte_source(h, sv2).unwrap();
+    assert_eq!(
+        u.read_irte_format(h.index).unwrap(),
+        IrteFormat::Posted(PostedIrte::new(PID_B, 0xe0, true, sv2))
+    );
+    // A remapped-only operation refuses a posted entry instead of corrupting it.
+    assert_eq!(
+        u.retarget_irte(h, 1, 0x30),
+        Err(VtdError::WrongIrteFormat { handle: h.index })
+    );
+    // Freeing works for both formats.
+    u.free_irte(h).unwrap();
+    assert_eq!(entry(&m, irta, h), [0, 0]);
+}
+
+#[test]
+fn posted_irtes_need_cap_pi_and_a_valid_descriptor() {
+    let (mut u, _, _) = fs_unit();
+    let sv = SourceValidation::None;
+    assert!(!u.posted_interrupts());
+    assert_eq!(
+        u.alloc_posted_irte(0x1000, 0x21, false, sv),
+        Err(VtdError::Missing(Requirement::PostedInterrupts))
+    );
+    let h = u.alloc_irte(0, 0x41, sv, 1).unwrap();
+    assert_eq!(
+        u.set_irte_posted(h, 0x1000, 0x21, false),
+        Err(VtdError::Missing(Requirement::PostedInterrupts))
+    );
+    let (mut u, _, _, _) = pi_unit();
+    for bad in [0, 0x1020, 0x1001, 1 << 48] {
+        assert_eq!(
+            u.alloc_posted_irte(bad, 0x21, false, sv),
+            Err(VtdError::BadPostedDescriptor { addr: bad }),
+            "{bad:#x}"
+        );
+    }
+    let h4 = u.alloc_irte(0, 0x41, sv, 4).unwrap();
+    assert_eq!(
+        u.set_irte_posted(h4, 0x1000, 0x21, false),
+        Err(VtdError::BadCount { count: 4 })
+    );
+    // Every PIR bit can be named (VV is an index, not an APIC vector).
+    for v in [0u8, 15, 255] {
+        let h = u.alloc_posted_irte(0x1040, v, false, sv).unwrap();
+        assert!(matches!(
+            u.read_irte_format(h.index).unwrap(),
+            IrteFormat::Posted(PostedIrte { vector, .. }) if vector == v
+        ));
+    }
+    // A remapped destination must still fit (xAPIC IRTEs here).
+    let h = u.alloc_posted_irte(0x1040, 1, false, sv).unwrap();
+    assert_eq!(
+        u.set_irte_remapped(h, 256, 0x41),
+        Err(VtdError::ApicIdTooWide { apic_id: 256 })
+    );
+    assert!(matches!(
+        u.read_irte_format(h.index).unwrap(),
+        IrteFormat::Posted(_)
+    ));
+}
+
 #[test]
 fn x2apic_irtes_when_eim() {
     let cfg = Config {

@@ -11,7 +11,7 @@
 
 use crate::dmar::Bdf;
 use crate::error::{Requirement, VtdError};
-use crate::hw::{Clock, DmaMemory, RegisterBlock};
+use crate::hw::{Clock, DmaMemory, DmaMemory128, RegisterBlock};
 use crate::pagetable::{
     IoPageTable, Perm, SecondStage, Translation, View, alloc_block, invalidation_chunks,
 };
@@ -20,6 +20,7 @@ use crate::spec::{
     FsPte, Fsts, Gcmd, Gsts, InvDesc, Irte, PasidEntry, Pgtt, RemappableMsi, RootEntry,
     SourceValidation, SsPte, iqa, irta, pasid_dir_entry, reg, rtaddr,
 };
+use crate::spec::{IRTE_IM, IrteFormat, PostedIrte, pid};
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec;
 use alloc::vec::Vec;
@@ -1381,6 +1382,13 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
         }
         let ir = self.ir()?;
         let e = self.irte_entry(ir.x2apic, apic_id, vector, source)?;
+        self.alloc_irte_entries(e.encode(), count)
+    }
+
+    /// Writes `q` into `count` free contiguous entries (qword 1 first, then qword 0 with P)
+    /// and invalidates them.
+    fn alloc_irte_entries(&mut self, q: [u64; 2], count: u16) -> Result<IrteHandle, VtdError> {
+        let ir = self.ir()?;
         let n = usize::from(count);
         // Multi-message blocks are aligned to their size so an index-selective IEC (IM) covers them.
         let start = (0..ir.entries.saturating_sub(n - 1))
@@ -1388,7 +1396,6 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
             .find(|&s| ir.used[s..s + n].iter().all(|u| !u))
             .ok_or(VtdError::IrteExhausted)?;
         let base = ir.base;
-        let q = e.encode();
         for i in start..start + n {
             let pa = base + 16 * i as u64;
             self.mem.write64(pa + 8, q[1]);
@@ -1467,6 +1474,9 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
     ) -> Result<(), VtdError> {
         let base = self.check_handle(h)?;
         let x2 = self.x2apic_irtes();
+        if self.irte_is_posted(base, h) {
+            return Err(VtdError::WrongIrteFormat { handle: h.index });
+        }
         for i in h.index..h.index + h.count {
             let pa = base + 16 * u64::from(i);
             let old = Irte::decode([self.mem.read64(pa), self.mem.read64(pa + 8)], x2);
@@ -1478,14 +1488,14 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
     }
 
     /// Changes source validation: qword 1 cannot change atomically with qword 0, so the entry
-    /// goes not-present, is invalidated, rewritten and made present again.
+    /// goes not-present, is invalidated, rewritten and made present again. Either format:
+    /// SID/SQ/SVT sit in qword 1 bits 19:0 in both, and nothing else changes.
     pub fn set_irte_source(
         &mut self,
         h: IrteHandle,
         source: SourceValidation,
     ) -> Result<(), VtdError> {
         let base = self.check_handle(h)?;
-        let x2 = self.x2apic_irtes();
         let mut saved = Vec::new();
         for i in h.index..h.index + h.count {
             let pa = base + 16 * u64::from(i);
@@ -1495,12 +1505,11 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
         }
         self.invalidate(&[self.iec_for(h)])?;
         for (pa, q0) in saved {
-            let mut e = Irte::decode([q0, self.mem.read64(pa + 8)], x2);
-            e.svt = source;
-            let q = e.encode();
-            self.mem.write64(pa + 8, q[1]);
+            let q1 = self.mem.read64(pa + 8);
+            let q1 = (q1 & !SourceValidation::QWORD1_MASK) | source.qword1();
+            self.mem.write64(pa + 8, q1);
             self.mem.barrier();
-            self.mem.write64(pa, q[0] | 1);
+            self.mem.write64(pa, q0 | 1);
         }
         self.invalidate(&[self.iec_for(h)])
     }
@@ -1522,6 +1531,150 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
                 .for_each(|u| *u = false);
         }
         Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Interrupt posting (Intel VT-d Architecture Specification rev 4.1, §5.2, §9.10, §9.11)
+    // -----------------------------------------------------------------------------------------
+
+    /// Whether the unit takes posted-format IRTEs (CAP.PI).
+    pub fn posted_interrupts(&self) -> bool {
+        self.cap.contains(Cap::PI)
+    }
+
+    fn irte_is_posted(&self, base: u64, h: IrteHandle) -> bool {
+        self.mem.read64(base + 16 * u64::from(h.index)) & IRTE_IM != 0
+    }
+
+    /// An entry in either format (diagnostics and tests).
+    pub fn read_irte_format(&self, index: u16) -> Result<IrteFormat, VtdError> {
+        let ir = self.ir()?;
+        if usize::from(index) >= ir.entries {
+            return Err(VtdError::BadIrteHandle { handle: index });
+        }
+        let pa = ir.base + 16 * u64::from(index);
+        Ok(IrteFormat::decode(
+            [self.mem.read64(pa), self.mem.read64(pa + 8)],
+            ir.x2apic,
+        ))
+    }
+
+    /// Checks what a posted entry needs: CAP.PI, a single entry, and a descriptor address
+    /// that is 64-byte aligned and within the unit's address width (§9.10, §9.11).
+    fn check_posted(&self, h: Option<IrteHandle>, descriptor: u64) -> Result<(), VtdError> {
+        if !self.posted_interrupts() {
+            return Err(VtdError::Missing(Requirement::PostedInterrupts));
+        }
+        if let Some(h) = h
+            && h.count != 1
+        {
+            return Err(VtdError::BadCount {
+                count: u32::from(h.count),
+            });
+        }
+        if descriptor == 0
+            || !descriptor.is_multiple_of(pid::SIZE as u64)
+            || descriptor >> self.phys_bits != 0
+        {
+            return Err(VtdError::BadPostedDescriptor { addr: descriptor });
+        }
+        Ok(())
+    }
+}
+
+/// Posted-format entries: their descriptor address spans both qwords, so a change of both
+/// is one 128-bit compare-and-exchange ([`DmaMemory128`]), as Linux's `modify_irte` does;
+/// a change of qword 0 alone is one 64-bit store. Either way the entry goes from one
+/// present value to the next with no window, then the interrupt entry cache is invalidated
+/// (index-selective, and waited for).
+impl<R: RegisterBlock, M: DmaMemory128, C: Clock> RemappingUnit<R, M, C> {
+    /// Allocates one IRTE in posted format: requests through it set bit `vector` of the PIR
+    /// of the descriptor at `descriptor` (§5.2.3), after the same source-ID check as a
+    /// remapped entry.
+    pub fn alloc_posted_irte(
+        &mut self,
+        descriptor: u64,
+        vector: u8,
+        urgent: bool,
+        source: SourceValidation,
+    ) -> Result<IrteHandle, VtdError> {
+        self.check_posted(None, descriptor)?;
+        let e = PostedIrte::new(descriptor, vector, urgent, source);
+        self.alloc_irte_entries(e.encode(), 1)
+    }
+
+    /// Makes a present entry (either format) post to (`descriptor`, `vector`), keeping its
+    /// FPD, AVAIL and source validation: remapped → posted, or a posted retarget.
+    pub fn set_irte_posted(
+        &mut self,
+        h: IrteHandle,
+        descriptor: u64,
+        vector: u8,
+        urgent: bool,
+    ) -> Result<(), VtdError> {
+        self.check_posted(Some(h), descriptor)?;
+        self.replace_irte(h, |_, old| {
+            let (fpd, avail, svt) = match old {
+                IrteFormat::Remapped(e) => (e.fpd, e.avail, e.svt),
+                IrteFormat::Posted(e) => (e.fpd, e.avail, e.svt),
+            };
+            let mut e = PostedIrte::new(descriptor, vector, urgent, svt);
+            e.fpd = fpd;
+            e.avail = avail;
+            Ok(e.encode())
+        })
+    }
+
+    /// Makes a present entry (either format) deliver `vector` to `apic_id` (fixed,
+    /// physical, edge), keeping its FPD, AVAIL and source validation: posted → remapped.
+    pub fn set_irte_remapped(
+        &mut self,
+        h: IrteHandle,
+        apic_id: u32,
+        vector: u8,
+    ) -> Result<(), VtdError> {
+        let x2 = self.x2apic_irtes();
+        self.replace_irte(h, |unit, old| {
+            let (fpd, avail, svt) = match old {
+                IrteFormat::Remapped(e) => (e.fpd, e.avail, e.svt),
+                IrteFormat::Posted(e) => (e.fpd, e.avail, e.svt),
+            };
+            let mut e = unit.irte_entry(x2, apic_id, vector, svt)?;
+            e.fpd = fpd;
+            e.avail = avail;
+            Ok(e.encode())
+        })
+    }
+
+    /// Writes raw bits (either format, reserved bits included) into an allocated entry, with
+    /// the same atomic update and invalidation: for tests of the unit's own checks.
+    ///
+    /// # Safety
+    /// A posted-format entry makes the unit write to the descriptor address it names.
+    pub unsafe fn write_irte_raw(&mut self, h: IrteHandle, q: [u64; 2]) -> Result<(), VtdError> {
+        self.replace_irte(h, |_, _| Ok(q))
+    }
+
+    fn replace_irte(
+        &mut self,
+        h: IrteHandle,
+        new: impl Fn(&Self, IrteFormat) -> Result<[u64; 2], VtdError>,
+    ) -> Result<(), VtdError> {
+        let base = self.check_handle(h)?;
+        let x2 = self.x2apic_irtes();
+        for i in h.index..h.index + h.count {
+            let pa = base + 16 * u64::from(i);
+            let old = [self.mem.read64(pa), self.mem.read64(pa + 8)];
+            let q = new(self, IrteFormat::decode(old, x2))?;
+            if q[1] == old[1] {
+                self.mem.write64(pa, q[0]);
+            } else {
+                self.mem
+                    .compare_exchange128(pa, old, q)
+                    .map_err(|_| VtdError::IrteChanged { handle: i })?;
+            }
+        }
+        self.invalidate(&[self.iec_for(h)])
     }
 }
 

@@ -24,6 +24,8 @@ pub mod reg {
     pub const TPR: u32 = 0x080;
     pub const EOI: u32 = 0x0b0;
     pub const SVR: u32 = 0x0f0;
+    /// Interrupt request register: 8 registers of 32 vectors, 0x10 apart.
+    pub const IRR: u32 = 0x200;
     pub const ESR: u32 = 0x280;
     pub const ICR_LOW: u32 = 0x300;
     pub const ICR_HIGH: u32 = 0x310;

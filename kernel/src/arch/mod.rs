@@ -20,6 +20,8 @@ pub struct CpuFeatures {
     pub vendor: [u8; 12],
     /// CPUID.1:ECX.x2APIC\[21\].
     pub x2apic: bool,
+    /// CPUID.1:ECX.CMPXCHG16B\[13\].
+    pub cx16: bool,
     /// CPUID.80000001H:EDX.NX\[20\].
     pub nx: bool,
     /// CPUID.80000001H:EDX.Page1GB\[26\].
@@ -77,6 +79,7 @@ fn detect() -> CpuFeatures {
     CpuFeatures {
         vendor,
         x2apic: l1.ecx & (1 << 21) != 0,
+        cx16: l1.ecx & (1 << 13) != 0,
         nx: e1 & (1 << 20) != 0,
         page_1g: e1 & (1 << 26) != 0,
         invariant_tsc: e7 & (1 << 8) != 0,

@@ -112,6 +112,60 @@ unsafe impl vtd::DmaMemory for KernelDma {
     }
 }
 
+/// 128-bit IRTE updates: `lock cmpxchg16b` on the entry (its 16-byte alignment is checked
+/// with the block).
+impl vtd::DmaMemory128 for KernelDma {
+    fn compare_exchange128(
+        &self,
+        phys: u64,
+        current: [u64; 2],
+        new: [u64; 2],
+    ) -> Result<(), [u64; 2]> {
+        let join = |q: [u64; 2]| u128::from(q[0]) | (u128::from(q[1]) << 64);
+        if !crate::arch::features().cx16 {
+            log::error!("no CMPXCHG16B: IRTE at {phys:#x} not changed");
+            return Err([0; 2]);
+        }
+        if !self.owns(phys, 16) {
+            return Err([0; 2]);
+        }
+        // SAFETY: inside a live, identity-mapped RAM block owned by `self`, 16-byte aligned
+        // (`owns`); the CPU has CMPXCHG16B (checked above).
+        let found = unsafe { cmpxchg16b(phys as *mut u128, join(current), join(new)) };
+        if found == join(current) {
+            Ok(())
+        } else {
+            Err([found as u64, (found >> 64) as u64])
+        }
+    }
+}
+
+/// `lock cmpxchg16b` on `p`: replaces `current` with `new`, returns the value found. (Inline
+/// assembly: the precompiled `core` lowers its intrinsic to a library call the kernel does
+/// not have.)
+///
+/// # Safety
+/// `p` is valid for 16 bytes and 16-byte aligned; the CPU has CMPXCHG16B.
+unsafe fn cmpxchg16b(p: *mut u128, current: u128, new: u128) -> u128 {
+    let (lo, hi): (u64, u64);
+    // SAFETY: forwarded to the caller. RBX is reserved by the compiler, so the new low
+    // qword travels in another register and is swapped in and out around the instruction.
+    unsafe {
+        core::arch::asm!(
+            "xchg {new_lo}, rbx",
+            "lock cmpxchg16b xmmword ptr [{p}]",
+            "mov rbx, {new_lo}",
+            p = in(reg) p,
+            new_lo = inout(reg) new as u64 => _,
+            inout("rax") current as u64 => lo,
+            inout("rdx") (current >> 64) as u64 => hi,
+            in("rcx") (new >> 64) as u64,
+            options(nostack),
+        );
+    }
+    u128::from(lo) | (u128::from(hi) << 64)
+}
+
 /// Bounded waits use the kernel's calibrated clock.
 pub struct KernelClock;
 

@@ -26,6 +26,8 @@
 //!   later DMA faults), dropped = destroyed.
 //! * [`MsiRoute`]: an interrupt-remapping entry for (CPU, vector) validating the device's
 //!   source ID, and the MSI address/data that selects it; `retarget`, dropped = freed.
+//! * [`PostedRoute`] and [`PostedDescriptor`] (`posted.rs`): the same entry in posted format,
+//!   setting a bit in a posted-interrupt descriptor; [`posted_supported`].
 //! * Faults: every record is logged (`iommu: fault: <BDF> pasid … read|write <addr>
 //!   reason <code> (<name>)`), counted per device and per (device, PASID)
 //!   ([`fault_count`], [`fault_count_pasid`], [`fault_stats`]); [`watch_faults`] +
@@ -35,6 +37,7 @@
 
 mod faults;
 mod glue;
+mod posted;
 
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
@@ -52,6 +55,7 @@ pub use faults::{
     FaultInfo, FaultStats, FaultWatch, fault_count, fault_count_pasid, fault_stats, watch_faults,
 };
 pub use glue::STRAY_ACCESSES;
+pub use posted::{PostedDescriptor, PostedRoute, posted_supported};
 pub use vtd::spec::FaultReason;
 pub use vtd::{Perm, SpaceKind, Translation, VtdError, WalkTrace};
 
@@ -173,6 +177,12 @@ pub enum IommuError {
         /// The device waited for (any if `None`).
         device: Option<PciAddress>,
     },
+    /// Posted routes need CAP.PI on the device's unit and CMPXCHG16B on the CPU.
+    PostedUnsupported,
+    /// A posted-interrupt descriptor's notification vector must be ≥ 16 (set it first).
+    BadNotificationVector(u8),
+    /// The units disagree on x2APIC destinations, so no NDST format fits all of them.
+    MixedInterruptModes,
 }
 
 impl fmt::Display for IommuError {
@@ -194,6 +204,20 @@ impl fmt::Display for IommuError {
             Self::PasidsExhausted => write!(f, "no free PASID"),
             Self::NoFault { device: Some(d) } => write!(f, "no fault from {d} arrived"),
             Self::NoFault { device: None } => write!(f, "no fault arrived"),
+            Self::PostedUnsupported => write!(
+                f,
+                "posted interrupts unsupported (no CAP.PI on the unit or no CMPXCHG16B)"
+            ),
+            Self::BadNotificationVector(v) => {
+                write!(
+                    f,
+                    "notification vector {v:#x} of the descriptor is not usable"
+                )
+            }
+            Self::MixedInterruptModes => write!(
+                f,
+                "remapping units disagree on x2APIC destinations: no common NDST format"
+            ),
         }
     }
 }
@@ -441,6 +465,11 @@ pub fn init(ims_hint: ImsHint) -> Result<Option<InitReport>, IommuError> {
             io.devices.values().filter(|v| **v == idx).count(),
             u.config().rid_default,
         );
+    }
+    for s in &io.units {
+        if s.lock().posted_interrupts() {
+            log::info!("unit {}: posted interrupts (CAP.PI)", s.index);
+        }
     }
     if (0..percpu::cpu_count()).any(|c| percpu::apic_id(c).is_some_and(|id| id > 0xff))
         && io.units.iter().any(|u| !u.lock().x2apic_irtes())

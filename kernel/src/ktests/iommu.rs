@@ -14,6 +14,8 @@ use crate::ktest;
 use crate::mm::{self, FrameBlock};
 use crate::pci::{self, PciAddress};
 
+mod posted;
+
 /// QEMU's `edu` test device (hw/misc/edu.c): DMA engine and MSI.
 struct Edu {
     dev: pci::Device,
