@@ -69,6 +69,16 @@ pub enum DsaInitError {
     Earlier(String),
 }
 
+impl core::error::Error for DsaInitError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            DsaInitError::Config(e) => Some(e),
+            DsaInitError::Iommu(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for DsaInitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -448,9 +458,16 @@ fn bring_up(
         clock: Arc::new(hw::Clock),
         pci: pci_state,
     };
-    let source = match accel {
-        Some(a) => ConfigSource::AccelConfig(a.clone()),
-        None => ConfigSource::Default,
+    // What this device runs: its entry of the accel-config, else the default layout.
+    let (source, origin) = match accel {
+        Some(a) if a.device_entry(index).is_some() => {
+            (ConfigSource::AccelConfig(a.clone()), origin.clone())
+        }
+        Some(_) => (
+            ConfigSource::Default,
+            config::Origin::NotListed(alloc::boxed::Box::new(origin.clone())),
+        ),
+        None => (ConfigSource::Default, origin.clone()),
     };
     let source = resolve_for_cpu(source, &hw, index, enqcmds)?;
     let d = dsa::Device::new(hw.clone(), index, source, default_options(kernel_pasid))?;
@@ -463,7 +480,7 @@ fn bring_up(
         routes,
         kernel_pasid,
         enqcmds,
-        config_origin: origin.clone(),
+        config_origin: origin,
     })
 }
 
@@ -523,6 +540,10 @@ pub fn init() -> Result<InitReport, DsaInitError> {
 fn init_once() -> Result<InitReport, DsaInitError> {
     let found: Vec<pci::Device> = pci::devices().filter(is_dsa).collect();
     let (accel, origin) = if found.is_empty() {
+        let asked = config::requested();
+        if asked != config::Origin::Default {
+            log::warn!("dsa: no DSA device: the {asked} is unused");
+        }
         (None, config::Origin::Default)
     } else {
         match config::load() {
@@ -552,6 +573,14 @@ fn init_once() -> Result<InitReport, DsaInitError> {
     });
     if let Some(e) = first_err {
         INIT_ERROR.call_once(|| e);
+    }
+    if let Some(a) = &accel {
+        for i in a.unmatched(found.len()) {
+            log::warn!(
+                "dsa: the {origin} configures dsa{i}, but only {} DSA device(s) exist: that entry is unused",
+                found.len()
+            );
+        }
     }
     for d in devs {
         print_summary(d);
