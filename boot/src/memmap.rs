@@ -214,13 +214,13 @@ impl MemoryMap {
         *self = out;
     }
 
-    /// Total bytes of the given kind.
+    /// Total bytes of the given kind (saturating: overlapping regions of a map that is
+    /// not normalised may add up past 2^64).
     pub fn total(&self, kind: MemKind) -> u64 {
         self.regions()
             .iter()
             .filter(|r| r.kind == kind)
-            .map(Region::len)
-            .sum()
+            .fold(0u64, |t, r| t.saturating_add(r.len()))
     }
 
     /// Highest end address of any RAM region.

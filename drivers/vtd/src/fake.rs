@@ -5,9 +5,11 @@
 
 use crate::hw::{Clock, DmaMemory, RegisterBlock};
 use crate::spec::{Fsts, Gcmd, Gsts, iqa, reg};
-use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
-use std::rc::Rc;
+use alloc::collections::BTreeMap;
+use alloc::rc::Rc;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cell::{Cell, RefCell};
 
 #[derive(Default)]
 pub struct MemInner {
@@ -364,6 +366,7 @@ impl RegisterBlock for FakeRegs {
     }
 }
 
+#[derive(Default)]
 pub struct FakeClock(pub Cell<u64>);
 
 impl FakeClock {

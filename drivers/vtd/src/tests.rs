@@ -169,6 +169,28 @@ fn requirements_are_checked() {
 }
 
 #[test]
+fn unmap_beyond_the_input_width_is_refused() {
+    let (mut u, _, _) = fs_unit();
+    let a = u.create_address_space(SpaceKind::Translated, None).unwrap();
+    u.map(a, 0x10_0000, 0x2_0000_0000, 0x1000, Perm::RW)
+        .unwrap();
+    // Found by the fuzz harness: the walk's skip to the next 512 GiB overflowed at the top.
+    assert_eq!(
+        u.unmap(a, 0xffff_ffff_ffe0_0000, 0x1000),
+        Err(VtdError::IovaTooWide {
+            iova: 0xffff_ffff_ffe0_0000
+        })
+    );
+    assert_eq!(
+        u.unmap(a, 0x7fff_ffff_f000, 0x2000),
+        Err(VtdError::IovaTooWide {
+            iova: 0x7fff_ffff_f000
+        })
+    );
+    assert_eq!(u.unmap(a, 0x10_0000, 0x1000), Ok(0x1000));
+}
+
+#[test]
 fn impossible_address_widths_are_refused_at_setup() {
     let mem = FakeMem::new();
     let with_mgaw = |field: u64| {

@@ -984,6 +984,11 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
             .pt
             .as_mut()
             .ok_or(VtdError::NoPageTable { pasid: id.0 })?;
+        // Like `map`: nothing lives beyond the table's input width, and the walk's
+        // next-entry arithmetic must stay below 2^64 (found by the fuzz harness).
+        if (iova + len - 1) >> pt.input_bits() != 0 {
+            return Err(VtdError::IovaTooWide { iova });
+        }
         let (done, _nonleaf) = pt.unmap(mem, iova, len);
         self.flush_range(id.0, iova, len)?;
         Ok(done)
