@@ -49,6 +49,7 @@ Kernel command line:
   --workload SPEC      DSA workload instead of the default (adds workload=SPEC), e.g.
                        'memmove,crc:size=4k,64k:mode=dwq,swq:batch=1,32:completion=poll,irq:cpus=all'
                        ('none' skips it)
+  --iommu on|off       the VT-d IOMMU device (default on; off = a platform without VT-d) [IOMMU]
   --dsa-config FILE    accel-config JSON for the DSA devices, passed through fw_cfg as
                        opt/dsa/accel-config.json (or: --append 'dsa.config=<compact JSON>')
   --ims-bench          the IMS benchmark (README "IMS benchmark"): both designs, same workload,
@@ -73,6 +74,7 @@ CPU="${CPU:-max}"
 KARGS="${KARGS:-}"
 TIMEOUT="${TIMEOUT:-300}"
 ICOUNT="${ICOUNT:-0}"
+IOMMU="${IOMMU:-on}"
 DSA="${DSA:-1}"
 DSA_OPTS="${DSA_OPTS:-}"
 DSA_CONFIG=""
@@ -97,6 +99,7 @@ while [ $# -gt 0 ]; do
     --cpu) [ $# -ge 2 ] || die "--cpu needs a model"; CPU="$2"; shift 2 ;;
     --dsa) [ $# -ge 2 ] || die "--dsa needs a count"; DSA="$2"; shift 2 ;;
     --dsa-opts) [ $# -ge 2 ] || die "--dsa-opts needs properties"; DSA_OPTS="$2"; shift 2 ;;
+    --iommu) [ $# -ge 2 ] || die "--iommu needs on or off"; IOMMU="$2"; shift 2 ;;
     --dsa-config) [ $# -ge 2 ] || die "--dsa-config needs a file"; DSA_CONFIG="$2"; shift 2 ;;
     --workload) [ $# -ge 2 ] || die "--workload needs a spec"; KARGS="${KARGS:+$KARGS }workload=$2"; WORKLOAD_SET=1; shift 2 ;;
     --ims-bench) IMS_BENCH=1; shift ;;
@@ -126,6 +129,7 @@ fi
 [[ "$DSA" =~ ^[0-9]+$ ]] || die "DSA must be a number, not '$DSA'"
 [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "TIMEOUT must be seconds, not '$TIMEOUT'"
 case "$ACCEL" in tcg|kvm) ;; *) die "ACCEL must be tcg or kvm, not '$ACCEL'" ;; esac
+case "$IOMMU" in on|off) ;; *) die "IOMMU must be on or off, not '$IOMMU'" ;; esac
 if [ "$ICOUNT" = 1 ] && [ "$ACCEL" != tcg ]; then die "--icount needs ACCEL=tcg"; fi
 if [ -n "$ISO" ] && [ -n "$KERNEL" ]; then die "--iso and --kernel are exclusive"; fi
 if [ "$UEFI" = 1 ] && [ -z "$ISO" ]; then die "--uefi needs --iso"; fi
@@ -210,10 +214,11 @@ fi
 
 # === Device arguments: add devices here ====================================================
 # The IOMMU comes first so that it covers every PCI device added after it.
-DEVICE_ARGS=(
-  -device intel-iommu,intremap=on,x-scalable-mode=on,x-flts=on,x-pasid-mode=on,aw-bits=48
-  -device isa-debug-exit,iobase=0xf4,iosize=0x04
-)
+DEVICE_ARGS=()
+if [ "$IOMMU" = on ]; then
+  DEVICE_ARGS+=(-device intel-iommu,intremap=on,x-scalable-mode=on,x-flts=on,x-pasid-mode=on,aw-bits=48)
+fi
+DEVICE_ARGS+=(-device isa-debug-exit,iobase=0xf4,iosize=0x04)
 # DSA=<count>: intel-dsa instances, each behind its own pcie-root-port (so they get PCIe
 # extended config space). Only the patched QEMU (emulator/qemu) has the device.
 if [ "$DSA" -gt 0 ]; then

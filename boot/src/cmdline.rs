@@ -180,6 +180,8 @@ impl fmt::Display for ConsoleError {
     }
 }
 
+impl core::error::Error for ConsoleError {}
+
 /// Lowest I/O port a console UART may use.
 pub const CONSOLE_PORT_MIN: u64 = 0x100;
 /// Highest base: the UART's 8 registers end at 0xffff.

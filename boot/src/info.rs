@@ -165,6 +165,8 @@ impl fmt::Display for BootError {
     }
 }
 
+impl core::error::Error for BootError {}
+
 fn u32_at(b: &[u8], o: usize) -> u32 {
     u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
 }

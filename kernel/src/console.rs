@@ -39,6 +39,15 @@ impl fmt::Display for ConsoleProblem {
     }
 }
 
+impl core::error::Error for ConsoleProblem {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::Invalid(e) => Some(e),
+            Self::NoUart(_) => None,
+        }
+    }
+}
+
 static PROBLEM: spin::Once<(&'static str, ConsoleProblem)> = spin::Once::new();
 
 /// Switches to the console `console=<spec>` names, if it is a valid port with a UART;

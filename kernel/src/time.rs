@@ -308,9 +308,9 @@ pub fn init() -> Result<Calibration, TimeError> {
     match hpet_reference() {
         Some(Ok(r)) => match tsc_against(&r, window_ms) {
             Ok((hz, ns)) => measured = Some((r.name(), hz, ns)),
-            Err(e) => log::warn!("time: HPET unusable ({e}); trying the ACPI PM timer"),
+            Err(e) => log::warn!("HPET unusable ({e}); trying the ACPI PM timer"),
         },
-        Some(Err(e)) => log::warn!("time: HPET unusable ({e}); trying the ACPI PM timer"),
+        Some(Err(e)) => log::warn!("HPET unusable ({e}); trying the ACPI PM timer"),
         None => {}
     }
     if measured.is_none()

@@ -183,6 +183,8 @@ pub struct Boot {
     dsa: u32,
     /// Extra intel-dsa properties (`--dsa-opts`).
     dsa_opts: Option<String>,
+    /// QEMU's intel-iommu device (`--iommu`, default on).
+    iommu: bool,
 }
 
 impl Boot {
@@ -198,6 +200,7 @@ impl Boot {
             timeout: Duration::from_secs(120),
             dsa: 0,
             dsa_opts: None,
+            iommu: true,
         }
     }
 
@@ -242,6 +245,11 @@ impl Boot {
     /// Extra intel-dsa properties for every device (e.g. `fault-injection=on`).
     pub fn dsa_opts(mut self, props: &str) -> Self {
         self.dsa_opts = Some(props.into());
+        self
+    }
+    /// With `false`, no intel-iommu device: a platform without VT-d.
+    pub fn iommu(mut self, on: bool) -> Self {
+        self.iommu = on;
         self
     }
     /// Appends a kernel argument.
@@ -296,6 +304,9 @@ impl Boot {
         a.extend(["--dsa".into(), self.dsa.to_string()]);
         if let Some(o) = &self.dsa_opts {
             a.extend(["--dsa-opts".into(), o.clone()]);
+        }
+        if !self.iommu {
+            a.extend(["--iommu".into(), "off".into()]);
         }
         a.extend([
             "--timeout".into(),

@@ -233,7 +233,14 @@ impl fmt::Display for ConfigError {
                     "WQ sizes add up to {sum}, the device has {total} entries"
                 )
             }
-            ModeUnsupported { wq, mode } => write!(f, "wq {wq}: {mode:?} mode not supported"),
+            ModeUnsupported { wq, mode } => write!(
+                f,
+                "wq {wq}: {} mode not supported",
+                match mode {
+                    WqMode::Dedicated => "dedicated",
+                    WqMode::Shared => "shared",
+                }
+            ),
             SharedWqWithoutPasid { wq } => write!(
                 f,
                 "wq {wq}: a shared WQ needs PASID support (capability and PCI PASID enable)"
@@ -275,6 +282,15 @@ impl fmt::Display for ConfigError {
                 "group {group}: descriptor progress limits not supported or not in 0..=3"
             ),
             Unsupported { what } => write!(f, "{what} not supported"),
+        }
+    }
+}
+
+impl core::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            ConfigError::Syntax(e) => Some(e),
+            _ => None,
         }
     }
 }

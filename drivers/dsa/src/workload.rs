@@ -354,6 +354,8 @@ impl fmt::Display for SpecError {
     }
 }
 
+impl core::error::Error for SpecError {}
+
 /// Decimal or 0x-hex, with an optional k/m/g suffix (×1024ⁿ).
 fn parse_u64(s: &str) -> Option<u64> {
     let (num, mul) = match s.as_bytes().last()? {

@@ -65,7 +65,14 @@ impl fmt::Display for LoadError {
     }
 }
 
-impl core::error::Error for LoadError {}
+impl core::error::Error for LoadError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            LoadError::FwCfg(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 fn parse(text: &str, origin: Origin) -> Result<(Option<AccelConfig>, Origin), LoadError> {
     match AccelConfig::parse(text) {

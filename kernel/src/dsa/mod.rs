@@ -458,16 +458,12 @@ fn bring_up(
         clock: Arc::new(hw::Clock),
         pci: pci_state,
     };
-    // What this device runs: its entry of the accel-config, else the default layout.
-    let (source, origin) = match accel {
-        Some(a) if a.device_entry(index).is_some() => {
-            (ConfigSource::AccelConfig(a.clone()), origin.clone())
+    let origin = device_origin(index, accel, origin);
+    let source = match (accel, &origin) {
+        (Some(a), config::Origin::CommandLine | config::Origin::FwCfg(_)) => {
+            ConfigSource::AccelConfig(a.clone())
         }
-        Some(_) => (
-            ConfigSource::Default,
-            config::Origin::NotListed(alloc::boxed::Box::new(origin.clone())),
-        ),
-        None => (ConfigSource::Default, origin.clone()),
+        _ => ConfigSource::Default,
     };
     let source = resolve_for_cpu(source, &hw, index, enqcmds)?;
     let d = dsa::Device::new(hw.clone(), index, source, default_options(kernel_pasid))?;
@@ -482,6 +478,21 @@ fn bring_up(
         enqcmds,
         config_origin: origin,
     })
+}
+
+/// What device `index` runs: its entry of the accel-config, else the default layout
+/// (noting when the supplied configuration does not list it).
+fn device_origin(
+    index: u32,
+    accel: &Option<dsa::AccelConfig>,
+    origin: &config::Origin,
+) -> config::Origin {
+    match accel {
+        Some(a) if a.device_entry(index).is_none() => {
+            config::Origin::NotListed(alloc::boxed::Box::new(origin.clone()))
+        }
+        _ => origin.clone(),
+    }
 }
 
 /// Turns the source into an explicit configuration when the CPU cannot feed shared WQs:
@@ -562,9 +573,10 @@ fn init_once() -> Result<InitReport, DsaInitError> {
             match bring_up(i as u32, *d, &accel, &origin) {
                 Ok(x) => v.push(x),
                 Err(e) => {
-                    log::error!("dsa{i} ({}): {e}", d.address());
+                    let o = device_origin(i as u32, &accel, &origin);
+                    log::error!("dsa{i} ({}, {o}): {e}", d.address());
                     if first_err.is_none() {
-                        first_err = Some(format!("dsa{i}: {e}"));
+                        first_err = Some(format!("dsa{i} ({o}): {e}"));
                     }
                 }
             }
