@@ -102,20 +102,8 @@ impl EcamSegment {
     /// Why this allocation cannot be used, if it cannot: the base must be non-zero and
     /// 1 MiB aligned, the bus range ordered, and the decoded window (`base + bus_start ·
     /// 1 MiB` up to the end of `bus_end`) a physical range below `phys_limit`.
-    pub fn check(&self, phys_limit: u64) -> Result<(), String> {
-        if self.base == 0 || !self.base.is_multiple_of(1 << 20) {
-            return Err(String::from("base is 0 or not 1 MiB aligned"));
-        }
-        if self.bus_start > self.bus_end {
-            return Err(String::from("bus range is reversed"));
-        }
-        let start = self.base.checked_add(u64::from(self.bus_start) << 20);
-        let len = (u64::from(self.bus_end - self.bus_start) + 1) << 20;
-        match start.map(|s| check::check_phys_range("ECAM window", s, len, phys_limit)) {
-            Some(Ok(())) => Ok(()),
-            Some(Err(e)) => Err(format!("{e}")),
-            None => Err(String::from("window wraps around the address space")),
-        }
+    pub fn check(&self, phys_limit: u64) -> Result<(), AcpiFormatError> {
+        check::ecam_window(self.base, self.bus_start, self.bus_end, phys_limit).map(|_| ())
     }
 }
 

@@ -205,6 +205,30 @@ pub fn check_phys_range(
     }
 }
 
+/// The physical range `[start, end)` an MCFG allocation decodes (PCI Firmware spec 3.3,
+/// §4.1.2: `base` is the address of bus 0 even when `bus_start` > 0), if the allocation is
+/// usable: base non-zero and 1 MiB aligned, buses in order, and the window a physical
+/// range below `phys_limit` (checked arithmetic: a base near 2^64 wrapped before).
+pub fn ecam_window(
+    base: u64,
+    bus_start: u8,
+    bus_end: u8,
+    phys_limit: u64,
+) -> Result<(u64, u64), AcpiFormatError> {
+    let len = (u64::from(bus_end.saturating_sub(bus_start)) + 1) << 20;
+    let bad = AcpiFormatError::BadAddress {
+        what: "ECAM window",
+        address: base,
+        len,
+    };
+    if !base.is_multiple_of(1 << 20) || bus_start > bus_end {
+        return Err(bad);
+    }
+    let start = base.checked_add(u64::from(bus_start) << 20).ok_or(bad)?;
+    check_phys_range("ECAM window", start, len, phys_limit)?;
+    Ok((start, start + len))
+}
+
 fn u16_at(b: &[u8], o: usize) -> u16 {
     u16::from_le_bytes([b[o], b[o + 1]])
 }
@@ -844,6 +868,36 @@ mod tests {
                 .to_string()
                 .contains("HPET at 0x0")
         );
+    }
+
+    #[test]
+    fn ecam_windows_near_the_top_are_refused() {
+        let limit = 1u64 << 46;
+        assert_eq!(
+            ecam_window(0xb000_0000, 0, 0xff, limit),
+            Ok((0xb000_0000, 0xc000_0000))
+        );
+        assert_eq!(
+            ecam_window(0xb000_0000, 0x10, 0x1f, limit),
+            Ok((0xb100_0000, 0xb200_0000))
+        );
+        // base + bus << 20 wrapped; base 0; unaligned; reversed; past the limit.
+        for (base, s, e) in [
+            (0xffff_ffff_fff0_0000u64, 0x10u8, 0xff),
+            (0xffff_ffff_f000_0000, 0, 0xff),
+            (0, 0, 0xff),
+            (0xb000_1000, 0, 0),
+            (0xb000_0000, 5, 4),
+            (limit - (1 << 20), 0, 1),
+        ] {
+            assert!(
+                matches!(
+                    ecam_window(base, s, e, limit),
+                    Err(AcpiFormatError::BadAddress { .. })
+                ),
+                "{base:#x} {s} {e}"
+            );
+        }
     }
 
     #[test]

@@ -65,4 +65,13 @@ pub fn run(data: &[u8]) {
     let mut b = Bytes(rest);
     let (addr, len) = (b.u64(), b.u64());
     let _ = a::check_phys_range("range", addr, len, limit);
+    // MCFG allocations as the kernel checks them.
+    if let Ok(h) = a::check_mcfg(&t) {
+        for e in t[a::MCFG_MIN_LEN..h.length as usize].chunks_exact(16) {
+            let base = u64::from_le_bytes(e[..8].try_into().unwrap_or([0; 8]));
+            if let Ok((s, end)) = a::ecam_window(base, e[10], e[11], limit) {
+                assert!(s < end && end <= limit);
+            }
+        }
+    }
 }
