@@ -534,6 +534,34 @@ mod tests {
     }
 
     #[test]
+    fn the_shapes_seen_in_the_field_are_rejected_with_a_reason() {
+        let f = |wq: &str| file("dsa0", wq);
+        let deep = "[".repeat(40) + &"]".repeat(40);
+        let two = format!(
+            "[{},{}]",
+            &f(WQ)[1..f(WQ).len() - 1],
+            &f(WQ)[1..f(WQ).len() - 1]
+        );
+        for (text, why) in [
+            (f(WQ)[..40].to_string(), "JSON syntax error"),
+            (f(&WQ.replace("8", "\"8\"")), "must be an integer"),
+            (f(&WQ.replace(":8", ":70000")), "out of range"),
+            (f(&WQ.replace(":8", ":-1")), "out of range"),
+            (two, "device listed twice"),
+            (
+                f(&WQ.replace("dedicated", "exclusive")),
+                "\"dedicated\" or \"shared\"",
+            ),
+            (deep, "nesting deeper than 32"),
+            (String::new(), "EOF while parsing"),
+            ("\u{1}\u{2}".into(), "JSON syntax error"),
+        ] {
+            let e = AccelConfig::parse(&text).unwrap_err().to_string();
+            assert!(e.contains(why), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn entries_for_missing_devices_are_reported() {
         let a = AccelConfig::parse(&file("dsa3", WQ)).unwrap();
         assert_eq!(a.unmatched(1), vec![3]);
