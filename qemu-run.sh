@@ -58,6 +58,7 @@ Kernel command line:
   --workload SPEC      DSA workload instead of the default (adds workload=SPEC), e.g.
                        'memmove,crc:size=4k,64k:mode=dwq,swq:batch=1,32:completion=poll,irq:cpus=all'
                        ('none' skips it)
+  --iommu on|off       the VT-d IOMMU device (default on; off = a platform without VT-d) [IOMMU]
   --dsa-config FILE    accel-config JSON for the DSA devices, passed through fw_cfg as
                        opt/dsa/accel-config.json (or: --append 'dsa.config=<compact JSON>')
   --ims-bench          the IMS benchmark (README "IMS benchmark"): both designs, same workload,
@@ -82,6 +83,7 @@ CPU="${CPU:-max}"
 KARGS="${KARGS:-}"
 TIMEOUT="${TIMEOUT:-300}"
 ICOUNT="${ICOUNT:-0}"
+IOMMU="${IOMMU:-on}"
 DSA="${DSA:-1}"
 DSA_OPTS="${DSA_OPTS:-}"
 DSA_CONFIG=""
@@ -110,6 +112,7 @@ while [ $# -gt 0 ]; do
     --cpu) [ $# -ge 2 ] || die "--cpu needs a model"; CPU="$2"; shift 2 ;;
     --dsa) [ $# -ge 2 ] || die "--dsa needs a count"; DSA="$2"; shift 2 ;;
     --dsa-opts) [ $# -ge 2 ] || die "--dsa-opts needs properties"; DSA_OPTS="$2"; shift 2 ;;
+    --iommu) [ $# -ge 2 ] || die "--iommu needs on or off"; IOMMU="$2"; shift 2 ;;
     --dsa-config) [ $# -ge 2 ] || die "--dsa-config needs a file"; DSA_CONFIG="$2"; shift 2 ;;
     --workload) [ $# -ge 2 ] || die "--workload needs a spec"; KARGS="${KARGS:+$KARGS }workload=$2"; WORKLOAD_SET=1; shift 2 ;;
     --ims-bench) IMS_BENCH=1; shift ;;
@@ -142,6 +145,7 @@ fi
 case "$ACCEL" in tcg|kvm) ;; *) die "ACCEL must be tcg or kvm, not '$ACCEL'" ;; esac
 case "$FLAVOUR" in ""|product|bench|ktest) ;; *) die "--flavour (KERNEL_FLAVOUR) must be product, bench or ktest, not '$FLAVOUR'" ;; esac
 case "$POSTED_INTR" in on|off) ;; *) die "POSTED_INTR must be on or off, not '$POSTED_INTR'" ;; esac
+case "$IOMMU" in on|off) ;; *) die "IOMMU must be on or off, not '$IOMMU'" ;; esac
 if [ "$ICOUNT" = 1 ] && [ "$ACCEL" != tcg ]; then die "--icount needs ACCEL=tcg"; fi
 if [ -n "$ISO" ] && [ -n "$KERNEL" ]; then die "--iso and --kernel are exclusive"; fi
 if [ "$UEFI" = 1 ] && [ -z "$ISO" ]; then die "--uefi needs --iso"; fi
@@ -251,20 +255,21 @@ fi
 # The IOMMU comes first so that it covers every PCI device added after it. Posted interrupts
 # (CAP.PI) exist only in the patched QEMU (emulator/qemu): without them the default quietly
 # stays off, an explicit --posted-intr on fails.
-IOMMU="intel-iommu,intremap=on,x-scalable-mode=on,x-flts=on,x-pasid-mode=on,aw-bits=48"
-if [ "$POSTED_INTR" = on ]; then
-  if "$QEMU_BIN" -device intel-iommu,help 2>/dev/null | grep -q 'x-posted-intr='; then
-    IOMMU="$IOMMU,x-posted-intr=on"
-  elif [ -n "$POSTED_SET" ]; then
-    die "--posted-intr on: $QEMU_BIN's intel-iommu has no x-posted-intr (use emulator/qemu/build.sh)"
-  else
-    echo "$PROG: note: $QEMU_BIN's intel-iommu has no posted interrupts (x-posted-intr)" >&2
+DEVICE_ARGS=()
+if [ "$IOMMU" = on ]; then
+  IOMMU_DEV="intel-iommu,intremap=on,x-scalable-mode=on,x-flts=on,x-pasid-mode=on,aw-bits=48"
+  if [ "$POSTED_INTR" = on ]; then
+    if "$QEMU_BIN" -device intel-iommu,help 2>/dev/null | grep -q 'x-posted-intr='; then
+      IOMMU_DEV="$IOMMU_DEV,x-posted-intr=on"
+    elif [ -n "$POSTED_SET" ]; then
+      die "--posted-intr on: $QEMU_BIN's intel-iommu has no x-posted-intr (use emulator/qemu/build.sh)"
+    else
+      echo "$PROG: note: $QEMU_BIN's intel-iommu has no posted interrupts (x-posted-intr)" >&2
+    fi
   fi
+  DEVICE_ARGS+=(-device "$IOMMU_DEV")
 fi
-DEVICE_ARGS=(
-  -device "$IOMMU"
-  -device isa-debug-exit,iobase=0xf4,iosize=0x04
-)
+DEVICE_ARGS+=(-device isa-debug-exit,iobase=0xf4,iosize=0x04)
 # DSA=<count>: intel-dsa instances, each behind its own pcie-root-port (so they get PCIe
 # extended config space). Only the patched QEMU (emulator/qemu) has the device.
 if [ "$DSA" -gt 0 ]; then

@@ -87,6 +87,14 @@ impl BootInfo {
         utf8_prefix(&self.cmdline[..self.cmdline_len])
     }
 
+    /// Byte offset of the first byte that is not UTF-8, if any: [`BootInfo::cmdline`] ends
+    /// there, so the kernel must say that the rest was dropped.
+    pub fn cmdline_utf8_error(&self) -> Option<usize> {
+        core::str::from_utf8(&self.cmdline[..self.cmdline_len])
+            .err()
+            .map(|e| e.valid_up_to())
+    }
+
     /// The boot loader's name, if given.
     pub fn bootloader(&self) -> &str {
         utf8_prefix(&self.loader[..self.loader_len])
@@ -156,6 +164,8 @@ impl fmt::Display for BootError {
         }
     }
 }
+
+impl core::error::Error for BootError {}
 
 fn u32_at(b: &[u8], o: usize) -> u32 {
     u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
@@ -549,6 +559,19 @@ mod tests {
             parse(MB2_BOOTLOADER_MAGIC, 0x10000, &m, &mut bi),
             Err(BootError::Mb2BadTag { tag: 6, .. })
         ));
+    }
+
+    #[test]
+    fn invalid_utf8_in_the_command_line_is_reported() {
+        let mut m = pvh_image(1);
+        put(&mut m.data, 0x100, b"loglevel=debug \xff\xfe iommu=off\0");
+        let mut bi = BootInfo::new();
+        parse(0, 0x6000, &m, &mut bi).unwrap();
+        assert_eq!(bi.cmdline(), "loglevel=debug ");
+        assert_eq!(bi.cmdline_utf8_error(), Some(15));
+        let ok = pvh_image(1);
+        parse(0, 0x6000, &ok, &mut bi).unwrap();
+        assert_eq!(bi.cmdline_utf8_error(), None);
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! Firmware maps may be unsorted, overlap, or split one range into many. [`MemoryMap::
 //! normalize`] turns them into sorted, disjoint, merged regions; where regions overlap,
 //! the more restrictive kind wins (bad > reserved > NVS > ACPI reclaimable > usable), so
-//! nothing the firmware reserves can end up in the frame allocator.
+//! nothing the firmware reserves can end up in the frame allocator. Whatever lies at or
+//! above the physical address limit ([`PHYS_ADDR_LIMIT`], or the CPU's own, see
+//! [`MemoryMap::clip`]) is cut off, so page rounding of a region never overflows.
 
 use core::fmt;
 
@@ -89,6 +91,13 @@ impl fmt::Display for Region {
 /// Maximum number of regions kept.
 pub const MAX_REGIONS: usize = 256;
 
+/// The architectural maximum physical address width of x86-64 is 52 bits (MAXPHYADDR,
+/// Intel SDM Vol. 3A §4.1.4): nothing a memory map says about addresses at or above
+/// 2^52 can be memory the CPU reaches. [`MemoryMap::normalize`] cuts there.
+pub const PHYS_ADDR_LIMIT: u64 = 1 << 52;
+
+const PAGE: u64 = 4096;
+
 /// A fixed-capacity memory map (usable before any allocator exists).
 #[derive(Clone)]
 pub struct MemoryMap {
@@ -96,6 +105,8 @@ pub struct MemoryMap {
     len: usize,
     /// Regions dropped because the map was full.
     pub dropped: usize,
+    /// Entries cut or dropped because they reach the physical address limit.
+    pub clipped: usize,
 }
 
 impl fmt::Debug for MemoryMap {
@@ -123,6 +134,7 @@ impl MemoryMap {
             regions: [EMPTY; MAX_REGIONS],
             len: 0,
             dropped: 0,
+            clipped: 0,
         }
     }
 
@@ -145,9 +157,28 @@ impl MemoryMap {
         &self.regions[..self.len]
     }
 
+    /// Cuts every region at `limit` (a physical address limit, e.g. 2^MAXPHYADDR): what
+    /// lies at or above it is dropped and counted in [`MemoryMap::clipped`].
+    pub fn clip(&mut self, limit: u64) {
+        let mut kept = 0;
+        for i in 0..self.len {
+            let mut r = self.regions[i];
+            if r.end > limit {
+                self.clipped += 1;
+                r.end = limit;
+            }
+            if r.start < r.end {
+                self.regions[kept] = r;
+                kept += 1;
+            }
+        }
+        self.len = kept;
+    }
+
     /// Makes the map sorted, disjoint and merged; overlaps resolve to the more
-    /// restrictive kind.
+    /// restrictive kind. Everything at or above [`PHYS_ADDR_LIMIT`] is cut off first.
     pub fn normalize(&mut self) {
+        self.clip(PHYS_ADDR_LIMIT);
         let n = self.len;
         // Elementary intervals between all boundaries.
         let mut points = [0u64; 2 * MAX_REGIONS];
@@ -179,16 +210,17 @@ impl MemoryMap {
             prev = Some(p);
         }
         out.dropped = self.dropped;
+        out.clipped = self.clipped;
         *self = out;
     }
 
-    /// Total bytes of the given kind.
+    /// Total bytes of the given kind (saturating: overlapping regions of a map that is
+    /// not normalised may add up past 2^64).
     pub fn total(&self, kind: MemKind) -> u64 {
         self.regions()
             .iter()
             .filter(|r| r.kind == kind)
-            .map(Region::len)
-            .sum()
+            .fold(0u64, |t, r| t.saturating_add(r.len()))
     }
 
     /// Highest end address of any RAM region.
@@ -226,11 +258,14 @@ impl MemoryMap {
     }
 
     /// Calls `f` for every page-aligned part of the usable regions that avoids all
-    /// `exclude` ranges (`[start, end)` pairs, any order, may overlap).
+    /// `exclude` ranges (`[start, end)` pairs, any order, may overlap). Rounding is checked:
+    /// a region whose start rounds up past the end of the address space is skipped.
     pub fn for_each_free_range(&self, exclude: &[(u64, u64)], mut f: impl FnMut(u64, u64)) {
         for r in self.regions().iter().filter(|r| r.kind == MemKind::Usable) {
-            let mut start = r.start.div_ceil(4096) * 4096;
-            let end = r.end / 4096 * 4096;
+            let Some(mut start) = page_up(r.start) else {
+                continue;
+            };
+            let end = r.end / PAGE * PAGE;
             while start < end {
                 // First exclusion that intersects [start, end).
                 let hit = exclude
@@ -243,16 +278,25 @@ impl MemoryMap {
                         break;
                     }
                     Some(&(s, e)) => {
-                        let s = s / 4096 * 4096;
+                        let s = s / PAGE * PAGE;
                         if s > start {
                             f(start, s);
                         }
-                        start = e.div_ceil(4096) * 4096;
+                        // An exclusion reaching the last page covers the rest.
+                        match page_up(e) {
+                            Some(e) => start = e,
+                            None => break,
+                        }
                     }
                 }
             }
         }
     }
+}
+
+/// `x` rounded up to a page boundary, `None` past the end of the address space.
+fn page_up(x: u64) -> Option<u64> {
+    x.checked_add(PAGE - 1).map(|v| v / PAGE * PAGE)
 }
 
 #[cfg(test)]
@@ -343,5 +387,58 @@ mod tests {
         assert_eq!(m.dropped, 5);
         m.normalize();
         assert_eq!(m.dropped, 5);
+    }
+
+    #[test]
+    fn entries_beyond_the_physical_address_limit_are_cut() {
+        // An entry in the last page of the 64-bit space (unaligned start): rounding its start
+        // up to a page used to overflow (debug panic; release wrapped to 0 and reported
+        // almost the whole address space as free RAM).
+        let mut m = MemoryMap::new();
+        m.push(0x10_0000, 0x100_0000, MemKind::Usable);
+        m.push(0xffff_ffff_ffff_f800, 0x7ff, MemKind::Usable);
+        m.push(0xffff_ffff_ffff_f800, u64::MAX, MemKind::Usable); // wraps: saturates
+        m.push(PHYS_ADDR_LIMIT - 0x2000, 0x4000, MemKind::Usable); // straddles the limit
+        m.normalize();
+        assert_eq!(m.clipped, 3);
+        assert_eq!(
+            m.regions(),
+            &[
+                Region {
+                    start: 0x10_0000,
+                    end: 0x110_0000,
+                    kind: MemKind::Usable
+                },
+                Region {
+                    start: PHYS_ADDR_LIMIT - 0x2000,
+                    end: PHYS_ADDR_LIMIT,
+                    kind: MemKind::Usable
+                }
+            ]
+        );
+        assert_eq!(m.ram_end(), PHYS_ADDR_LIMIT);
+        let mut got = Vec::new();
+        m.for_each_free_range(&[(0, 0x20_0000)], |s, e| got.push((s, e)));
+        assert_eq!(
+            got,
+            vec![
+                (0x20_0000, 0x110_0000),
+                (PHYS_ADDR_LIMIT - 0x2000, PHYS_ADDR_LIMIT)
+            ]
+        );
+        // The CPU's own limit cuts further.
+        m.clip(1 << 40);
+        assert_eq!(m.regions().len(), 1);
+        assert_eq!(m.ram_end(), 0x110_0000);
+    }
+
+    #[test]
+    fn free_ranges_never_overflow_on_unnormalized_maps_or_huge_exclusions() {
+        let mut m = MemoryMap::new();
+        m.push(0xffff_ffff_ffff_e001, 0xffe, MemKind::Usable);
+        m.push(0x1000, 0x3000, MemKind::Usable);
+        let mut got = Vec::new();
+        m.for_each_free_range(&[(0x2000, u64::MAX)], |s, e| got.push((s, e)));
+        assert_eq!(got, vec![(0x1000, 0x2000)]);
     }
 }

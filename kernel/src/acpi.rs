@@ -92,8 +92,18 @@ pub struct EcamSegment {
 impl EcamSegment {
     /// Physical address of the configuration space of `bus:dev.fn`, if in range.
     pub fn config_address(&self, bus: u8, dev: u8, func: u8) -> Option<u64> {
-        (bus >= self.bus_start && bus <= self.bus_end && dev < 32 && func < 8)
-            .then(|| self.base + ((bus as u64) << 20 | (dev as u64) << 15 | (func as u64) << 12))
+        if bus < self.bus_start || bus > self.bus_end || dev >= 32 || func >= 8 {
+            return None;
+        }
+        self.base
+            .checked_add((bus as u64) << 20 | (dev as u64) << 15 | (func as u64) << 12)
+    }
+
+    /// Why this allocation cannot be used, if it cannot: the base must be non-zero and
+    /// 1 MiB aligned, the bus range ordered, and the decoded window (`base + bus_start ·
+    /// 1 MiB` up to the end of `bus_end`) a physical range below `phys_limit`.
+    pub fn check(&self, phys_limit: u64) -> Result<(), AcpiFormatError> {
+        check::ecam_window(self.base, self.bus_start, self.bus_end, phys_limit).map(|_| ())
     }
 }
 
@@ -190,6 +200,16 @@ impl fmt::Display for AcpiError {
     }
 }
 
+impl core::error::Error for AcpiError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::Rsdp(e) | Self::RootTable(e) | Self::Table(e) => Some(e),
+            Self::Map(e) => Some(e),
+            Self::NoRsdp | Self::Crate(_) => None,
+        }
+    }
+}
+
 static INFO: Once<AcpiInfo> = Once::new();
 
 /// The parsed ACPI information, once [`init`] succeeded.
@@ -197,13 +217,11 @@ pub fn info() -> Option<&'static AcpiInfo> {
     INFO.get()
 }
 
+/// `len` bytes of firmware memory at `phys`, mapped for reading. Address 0 (firmware's
+/// "absent") and ranges that wrap or pass the CPU's physical address limit are refused.
 fn phys_bytes(phys: u64, len: usize) -> Result<&'static [u8], AcpiError> {
-    if phys == 0 {
-        return Err(AcpiError::Map(MmError::BadRequest {
-            size: len as u64,
-            align: 0,
-        }));
-    }
+    check::check_phys_range("ACPI data", phys, len as u64, mm::phys_addr_limit())
+        .map_err(AcpiError::Table)?;
     mm::map_firmware(phys, len as u64).map_err(AcpiError::Map)?;
     // SAFETY: just mapped; firmware tables are never freed or moved.
     Ok(unsafe { core::slice::from_raw_parts(phys as *const u8, len) })
@@ -261,115 +279,13 @@ fn find_rsdp_bios() -> Option<u64> {
 
 /// Finds and validates the tables and parses MADT, MCFG, HPET and FADT.
 pub fn init(rsdp: Option<RsdpSource>) -> Result<&'static AcpiInfo, AcpiError> {
-    let (rsdp_bytes, rsdp_where): ([u8; 36], String) = match rsdp {
-        Some(RsdpSource::Address(a)) => {
-            let mut b = [0u8; 36];
-            b.copy_from_slice(phys_bytes(a, 36)?);
-            (b, format!("at {a:#x}"))
-        }
-        Some(RsdpSource::Copy { bytes, len }) => {
-            (bytes, format!("copy from the boot loader ({len} bytes)"))
-        }
-        None => {
-            let a = find_rsdp_bios().ok_or(AcpiError::NoRsdp)?;
-            let mut b = [0u8; 36];
-            b.copy_from_slice(phys_bytes(a, 36)?);
-            (b, format!("at {a:#x} (BIOS area search)"))
-        }
-    };
-    let r = check::parse_rsdp(&rsdp_bytes).map_err(AcpiError::Rsdp)?;
-    let (root, entry) = if r.revision >= 2 && r.xsdt != 0 {
-        (r.xsdt, 8)
-    } else {
-        (r.rsdt as u64, 4)
-    };
-    log::info!(
-        "RSDP revision {} OEM '{}' {rsdp_where}, {} at {root:#x}",
-        r.revision,
-        String::from_utf8_lossy(&r.oem_id),
-        if entry == 8 { "XSDT" } else { "RSDT" }
-    );
-    let (root_bytes, _) = read_table(root).map_err(|e| match e {
-        AcpiError::Table(t) => AcpiError::RootTable(t),
-        other => other,
-    })?;
-    let root_hdr = check::parse_header(root_bytes).map_err(AcpiError::RootTable)?;
-    let pointers = check::root_pointers(root_bytes, entry).map_err(AcpiError::RootTable)?;
-
-    let mut tables = Vec::new();
-    let mut rejected = Vec::new();
-    for &p in &pointers {
-        match read_table(p) {
-            Ok((_, h)) => tables.push(TableInfo {
-                signature: h.signature,
-                phys: p,
-                length: h.length,
-                revision: h.revision,
-                oem_id: h.oem_id,
-                oem_table_id: h.oem_table_id,
-            }),
-            Err(e) => {
-                log::warn!("skipping table at {p:#x}: {e}");
-                rejected.push((p, format!("{e}")));
-            }
-        }
-    }
-    // The DSDT is reached through the FADT, not the root table.
-    if let Some(fadt) = tables.iter().find(|t| t.signature.0 == *b"FACP").copied()
-        && let Ok(b) = phys_bytes(fadt.phys, fadt.length as usize)
-    {
-        let x = if b.len() >= 148 {
-            u64::from_le_bytes(b[140..148].try_into().unwrap_or([0; 8]))
-        } else {
-            0
-        };
-        let dsdt = if x != 0 {
-            x
-        } else {
-            u32::from_le_bytes(b[40..44].try_into().unwrap_or([0; 4])) as u64
-        };
-        if dsdt != 0 {
-            match read_table(dsdt) {
-                Ok((_, h)) if h.signature.0 == *b"DSDT" => tables.push(TableInfo {
-                    signature: h.signature,
-                    phys: dsdt,
-                    length: h.length,
-                    revision: h.revision,
-                    oem_id: h.oem_id,
-                    oem_table_id: h.oem_table_id,
-                }),
-                Ok(_) => rejected.push((
-                    dsdt,
-                    String::from("FADT DSDT pointer has another signature"),
-                )),
-                Err(e) => rejected.push((dsdt, format!("{e}"))),
-            }
-        }
-    }
-    for t in &tables {
-        log::info!(
-            "  {} at {:#012x} length {:>6} revision {} OEM '{}' '{}'",
-            t.signature,
-            t.phys,
-            t.length,
-            t.revision,
-            String::from_utf8_lossy(&t.oem_id),
-            String::from_utf8_lossy(&t.oem_table_id)
-        );
-    }
-
-    // Hand the crate only validated tables (the DSDT is not listed in an XSDT).
-    let good: Vec<u64> = tables
-        .iter()
-        .filter(|t| t.signature.0 != *b"DSDT")
-        .map(|t| t.phys)
-        .collect();
-    let xsdt = alloc::boxed::Box::leak(check::build_xsdt(&root_hdr, &good).into_boxed_slice());
-    // SAFETY: `xsdt` is a valid XSDT in identity-mapped heap memory listing only tables
-    // that passed length and checksum validation.
-    let crate_tables = unsafe { AcpiTables::from_rsdt(IdentityHandler, 2, xsdt.as_ptr() as usize) }
-        .map_err(|e| AcpiError::Crate(format!("{e:?}")))?;
-
+    let r = locate_rsdp(rsdp)?;
+    let (root, root_hdr, pointers) = read_root_table(&r)?;
+    let (mut tables, mut rejected) = validate_listed_tables(&pointers);
+    add_dsdt(&mut tables, &mut rejected);
+    log_tables(&tables);
+    warn_repeated_tables(&tables);
+    let crate_tables = hand_to_crate(&root_hdr, &tables)?;
     let mut info = AcpiInfo {
         revision: r.revision,
         root,
@@ -386,154 +302,362 @@ pub fn init(rsdp: Option<RsdpSource>) -> Result<&'static AcpiInfo, AcpiError> {
         pm_timer: None,
         dmar: None,
     };
+    read_madt(&mut info, &crate_tables)?;
+    read_mcfg(&mut info, &crate_tables)?;
+    read_hpet(&mut info)?;
+    read_fadt(&mut info, &crate_tables)?;
+    find_dmar(&mut info, &crate_tables)?;
+    Ok(INFO.call_once(|| info))
+}
 
-    if let Some(t) = first(&info.tables, b"APIC") {
-        check::check_madt(phys_bytes(t.phys, t.length as usize)?).map_err(AcpiError::Table)?;
-        let madt = crate_tables
-            .find_table::<Madt>()
-            .map_err(|e| AcpiError::Crate(format!("MADT: {e:?}")))?;
-        let m = madt.get();
-        info.lapic_address = { m.local_apic_address } as u64;
-        info.pic_present = m.supports_8259();
-        for e in m.entries() {
-            match e {
-                MadtEntry::LocalApic(l) => {
-                    let flags = { l.flags };
-                    info.cpus.push(MadtCpu {
-                        apic_id: l.apic_id as u32,
-                        uid: l.processor_id as u32,
-                        enabled: flags & 1 != 0,
-                        online_capable: flags & 2 != 0,
-                        x2apic_entry: false,
-                    });
-                }
-                MadtEntry::LocalX2Apic(x) => {
-                    let (flags, id, uid) = ({ x.flags }, { x.x2apic_id }, { x.processor_uid });
-                    info.cpus.push(MadtCpu {
-                        apic_id: id,
-                        uid,
-                        enabled: flags & 1 != 0,
-                        online_capable: flags & 2 != 0,
-                        x2apic_entry: true,
-                    });
-                }
-                MadtEntry::IoApic(io) => info.ioapics.push(IoApicInfo {
+type CrateTables = AcpiTables<IdentityHandler>;
+
+/// Step 1: the RSDP from the boot protocol (address or copy), else the BIOS-area search;
+/// validated.
+fn locate_rsdp(rsdp: Option<RsdpSource>) -> Result<check::Rsdp, AcpiError> {
+    let (bytes, at): ([u8; 36], String) = match rsdp {
+        Some(RsdpSource::Address(a)) => {
+            let mut b = [0u8; 36];
+            b.copy_from_slice(phys_bytes(a, 36)?);
+            (b, format!("at {a:#x}"))
+        }
+        Some(RsdpSource::Copy { bytes, len }) => {
+            (bytes, format!("copy from the boot loader ({len} bytes)"))
+        }
+        None => {
+            let a = find_rsdp_bios().ok_or(AcpiError::NoRsdp)?;
+            let mut b = [0u8; 36];
+            b.copy_from_slice(phys_bytes(a, 36)?);
+            (b, format!("at {a:#x} (BIOS area search)"))
+        }
+    };
+    let r = check::parse_rsdp(&bytes).map_err(AcpiError::Rsdp)?;
+    log::info!(
+        "RSDP revision {} OEM '{}' {at}, {} at {:#x}",
+        r.revision,
+        String::from_utf8_lossy(&r.oem_id),
+        if uses_xsdt(&r) { "XSDT" } else { "RSDT" },
+        root_address(&r)
+    );
+    Ok(r)
+}
+
+fn uses_xsdt(r: &check::Rsdp) -> bool {
+    r.revision >= 2 && r.xsdt != 0
+}
+
+fn root_address(r: &check::Rsdp) -> u64 {
+    if uses_xsdt(r) {
+        r.xsdt
+    } else {
+        u64::from(r.rsdt)
+    }
+}
+
+/// Step 2: the RSDT/XSDT, validated, and the table pointers it lists.
+fn read_root_table(r: &check::Rsdp) -> Result<(u64, check::SdtHeader, Vec<u64>), AcpiError> {
+    let root = root_address(r);
+    let entry = if uses_xsdt(r) { 8 } else { 4 };
+    let (bytes, _) = read_table(root).map_err(|e| match e {
+        AcpiError::Table(t) => AcpiError::RootTable(t),
+        other => other,
+    })?;
+    let hdr = check::parse_header(bytes).map_err(AcpiError::RootTable)?;
+    let pointers = check::root_pointers(bytes, entry).map_err(AcpiError::RootTable)?;
+    Ok((root, hdr, pointers))
+}
+
+fn table_info(phys: u64, h: &check::SdtHeader) -> TableInfo {
+    TableInfo {
+        signature: h.signature,
+        phys,
+        length: h.length,
+        revision: h.revision,
+        oem_id: h.oem_id,
+        oem_table_id: h.oem_table_id,
+    }
+}
+
+/// Step 3: every listed table validated; the bad ones are reported and left out.
+fn validate_listed_tables(pointers: &[u64]) -> (Vec<TableInfo>, Vec<(u64, String)>) {
+    let mut tables = Vec::new();
+    let mut rejected = Vec::new();
+    for &p in pointers {
+        match read_table(p) {
+            Ok((_, h)) => tables.push(table_info(p, &h)),
+            Err(e) => {
+                log::warn!("skipping table at {p:#x}: {e}");
+                rejected.push((p, format!("{e}")));
+            }
+        }
+    }
+    (tables, rejected)
+}
+
+/// Step 4: the DSDT, which is reached through the FADT, not the root table.
+fn add_dsdt(tables: &mut Vec<TableInfo>, rejected: &mut Vec<(u64, String)>) {
+    let Some(fadt) = first(tables, b"FACP") else {
+        return;
+    };
+    let dsdt = match phys_bytes(fadt.phys, fadt.length as usize)
+        .and_then(|b| check::fadt_dsdt(b).map_err(AcpiError::Table))
+    {
+        Ok(Some(d)) => d,
+        Ok(None) => return,
+        Err(e) => {
+            log::warn!("FADT: no DSDT pointer: {e}");
+            return;
+        }
+    };
+    match read_table(dsdt) {
+        Ok((_, h)) if h.signature.0 == *b"DSDT" => tables.push(table_info(dsdt, &h)),
+        Ok(_) => rejected.push((
+            dsdt,
+            String::from("FADT DSDT pointer has another signature"),
+        )),
+        Err(e) => rejected.push((dsdt, format!("{e}"))),
+    }
+}
+
+fn log_tables(tables: &[TableInfo]) {
+    for t in tables {
+        log::info!(
+            "  {} at {:#012x} length {:>6} revision {} OEM '{}' '{}'",
+            t.signature,
+            t.phys,
+            t.length,
+            t.revision,
+            String::from_utf8_lossy(&t.oem_id),
+            String::from_utf8_lossy(&t.oem_table_id)
+        );
+    }
+}
+
+/// Step 5: a platform has one FADT, MADT, DMAR and MCFG; the first one listed is used.
+fn warn_repeated_tables(tables: &[TableInfo]) {
+    let sigs: Vec<Signature> = tables.iter().map(|t| t.signature).collect();
+    for (sig, n) in check::repeated_single_tables(&sigs) {
+        if let Some(t) = first(tables, &sig.0) {
+            log::warn!(
+                "{n} {sig} tables listed; using the first (at {:#x}) and ignoring the others",
+                t.phys
+            );
+        }
+    }
+}
+
+/// Step 6: the `acpi` crate gets a rebuilt XSDT listing only the validated tables (the
+/// DSDT is not listed in an XSDT).
+fn hand_to_crate(
+    root_hdr: &check::SdtHeader,
+    tables: &[TableInfo],
+) -> Result<CrateTables, AcpiError> {
+    let good: Vec<u64> = tables
+        .iter()
+        .filter(|t| t.signature.0 != *b"DSDT")
+        .map(|t| t.phys)
+        .collect();
+    let xsdt = alloc::boxed::Box::leak(check::build_xsdt(root_hdr, &good).into_boxed_slice());
+    // SAFETY: `xsdt` is a valid XSDT in identity-mapped heap memory listing only tables
+    // that passed length and checksum validation.
+    unsafe { AcpiTables::from_rsdt(IdentityHandler, 2, xsdt.as_ptr() as usize) }
+        .map_err(|e| AcpiError::Crate(format!("{e:?}")))
+}
+
+/// Step 7: processors, I/O APICs and overrides from the MADT.
+fn read_madt(info: &mut AcpiInfo, crate_tables: &CrateTables) -> Result<(), AcpiError> {
+    let Some(t) = first(&info.tables, b"APIC") else {
+        log::warn!("no MADT; only the boot CPU will run");
+        return Ok(());
+    };
+    check::check_madt(phys_bytes(t.phys, t.length as usize)?).map_err(AcpiError::Table)?;
+    let madt = crate_tables
+        .find_table::<Madt>()
+        .map_err(|e| AcpiError::Crate(format!("MADT: {e:?}")))?;
+    let m = madt.get();
+    info.lapic_address = { m.local_apic_address } as u64;
+    info.pic_present = m.supports_8259();
+    let limit = mm::phys_addr_limit();
+    for e in m.entries() {
+        match e {
+            MadtEntry::LocalApic(l) => {
+                let flags = { l.flags };
+                info.cpus.push(MadtCpu {
+                    apic_id: l.apic_id as u32,
+                    uid: l.processor_id as u32,
+                    enabled: flags & 1 != 0,
+                    online_capable: flags & 2 != 0,
+                    x2apic_entry: false,
+                });
+            }
+            MadtEntry::LocalX2Apic(x) => {
+                let (flags, id, uid) = ({ x.flags }, { x.x2apic_id }, { x.processor_uid });
+                info.cpus.push(MadtCpu {
+                    apic_id: id,
+                    uid,
+                    enabled: flags & 1 != 0,
+                    online_capable: flags & 2 != 0,
+                    x2apic_entry: true,
+                });
+            }
+            MadtEntry::IoApic(io) => {
+                let io = IoApicInfo {
                     id: io.io_apic_id,
                     address: { io.io_apic_address } as u64,
                     gsi_base: { io.global_system_interrupt_base },
-                }),
-                MadtEntry::InterruptSourceOverride(o) => info.overrides.push(SourceOverride {
-                    irq: o.irq,
-                    gsi: { o.global_system_interrupt },
-                    flags: { o.flags },
-                }),
-                MadtEntry::LocalApicAddressOverride(o) => info.lapic_address = o.local_apic_address,
-                MadtEntry::MultiprocessorWakeup(w) => {
-                    info.mp_wakeup_mailbox = Some(w.mailbox_address)
+                };
+                // Address 0 would map the null page as MMIO; such an entry is firmware
+                // garbage, and its pins cannot be masked anyway.
+                match check::check_phys_range("I/O APIC", io.address, IOAPIC_WINDOW, limit) {
+                    Ok(()) => info.ioapics.push(io),
+                    Err(e) => log::warn!("MADT: ignoring I/O APIC {}: {e}", io.id),
                 }
-                _ => {}
             }
+            MadtEntry::InterruptSourceOverride(o) => info.overrides.push(SourceOverride {
+                irq: o.irq,
+                gsi: { o.global_system_interrupt },
+                flags: { o.flags },
+            }),
+            MadtEntry::LocalApicAddressOverride(o) => info.lapic_address = o.local_apic_address,
+            MadtEntry::MultiprocessorWakeup(w) => info.mp_wakeup_mailbox = Some(w.mailbox_address),
+            _ => {}
         }
-        let enabled = info.cpus.iter().filter(|c| c.enabled).count();
+    }
+    let enabled = info.cpus.iter().filter(|c| c.enabled).count();
+    log::info!(
+        "MADT: {} processors ({enabled} enabled), {} I/O APIC(s), {} override(s), local APIC at {:#x}{}",
+        info.cpus.len(),
+        info.ioapics.len(),
+        info.overrides.len(),
+        info.lapic_address,
+        if info.pic_present { ", dual 8259" } else { "" }
+    );
+    for io in &info.ioapics {
         log::info!(
-            "MADT: {} processors ({enabled} enabled), {} I/O APIC(s), {} override(s), local APIC at {:#x}{}",
-            info.cpus.len(),
-            info.ioapics.len(),
-            info.overrides.len(),
-            info.lapic_address,
-            if info.pic_present { ", dual 8259" } else { "" }
+            "  I/O APIC id {} at {:#x}, GSI base {}",
+            io.id,
+            io.address,
+            io.gsi_base
         );
-        for io in &info.ioapics {
-            log::info!(
-                "  I/O APIC id {} at {:#x}, GSI base {}",
-                io.id,
-                io.address,
-                io.gsi_base
+    }
+    Ok(())
+}
+
+/// Bytes of an I/O APIC's register window (index and data registers).
+const IOAPIC_WINDOW: u64 = 0x20;
+
+/// Step 8: the ECAM windows from the MCFG; allocations whose window is not a usable
+/// physical range are reported and left out.
+fn read_mcfg(info: &mut AcpiInfo, crate_tables: &CrateTables) -> Result<(), AcpiError> {
+    let Some(t) = first(&info.tables, b"MCFG") else {
+        return Ok(());
+    };
+    if let Err(e) = check::check_mcfg(phys_bytes(t.phys, t.length as usize)?) {
+        log::warn!("MCFG rejected: {e}");
+        return Ok(());
+    }
+    let mcfg = crate_tables
+        .find_table::<Mcfg>()
+        .map_err(|e| AcpiError::Crate(format!("MCFG: {e:?}")))?;
+    for e in mcfg.entries() {
+        let s = EcamSegment {
+            base: { e.base_address },
+            segment: { e.pci_segment_group },
+            bus_start: e.bus_number_start,
+            bus_end: e.bus_number_end,
+        };
+        if let Err(why) = s.check(mm::phys_addr_limit()) {
+            log::warn!(
+                "MCFG: ignoring allocation for segment {} buses {:#04x}-{:#04x} at {:#x}: {why}",
+                s.segment,
+                s.bus_start,
+                s.bus_end,
+                s.base
             );
+            continue;
         }
-    } else {
-        log::warn!("no MADT; only the boot CPU will run");
+        log::info!(
+            "MCFG: segment {} buses {:#04x}-{:#04x} ECAM at {:#x}",
+            s.segment,
+            s.bus_start,
+            s.bus_end,
+            s.base
+        );
+        info.ecam.push(s);
     }
+    Ok(())
+}
 
-    if let Some(t) = first(&info.tables, b"MCFG") {
-        match check::check_mcfg(phys_bytes(t.phys, t.length as usize)?) {
-            Ok(_) => {
-                let mcfg = crate_tables
-                    .find_table::<Mcfg>()
-                    .map_err(|e| AcpiError::Crate(format!("MCFG: {e:?}")))?;
-                for e in mcfg.entries() {
-                    let s = EcamSegment {
-                        base: { e.base_address },
-                        segment: { e.pci_segment_group },
-                        bus_start: e.bus_number_start,
-                        bus_end: e.bus_number_end,
-                    };
-                    if s.base == 0 || s.bus_start > s.bus_end || !s.base.is_multiple_of(1 << 20) {
-                        log::warn!("MCFG: ignoring invalid allocation {s:x?}");
-                        continue;
-                    }
-                    log::info!(
-                        "MCFG: segment {} buses {:#04x}-{:#04x} ECAM at {:#x}",
-                        s.segment,
-                        s.bus_start,
-                        s.bus_end,
-                        s.base
-                    );
-                    info.ecam.push(s);
-                }
-            }
-            Err(e) => log::warn!("MCFG rejected: {e}"),
+/// Step 9: the HPET's register block (a bad table leaves the clock to the PM timer).
+fn read_hpet(info: &mut AcpiInfo) -> Result<(), AcpiError> {
+    let Some(t) = first(&info.tables, b"HPET") else {
+        return Ok(());
+    };
+    let h = check::parse_hpet(phys_bytes(t.phys, t.length as usize)?).and_then(|h| {
+        check::check_phys_range(
+            "HPET register block",
+            h.base_address,
+            check::HPET_REGISTER_BLOCK,
+            mm::phys_addr_limit(),
+        )
+        .map(|()| h)
+    });
+    match h {
+        Ok(h) => {
+            log::info!("HPET: at {:#x}", h.base_address);
+            info.hpet = Some(h);
         }
+        Err(e) => log::warn!("HPET table ignored: {e}"),
     }
+    Ok(())
+}
 
-    if let Some(t) = first(&info.tables, b"HPET") {
-        match check::parse_hpet(phys_bytes(t.phys, t.length as usize)?) {
-            Ok(h) => {
-                log::info!("HPET: at {:#x}", h.base_address);
-                info.hpet = Some(h);
-            }
-            Err(e) => log::warn!("HPET rejected: {e}"),
-        }
+/// Step 10: the ACPI PM timer from the FADT.
+fn read_fadt(info: &mut AcpiInfo, crate_tables: &CrateTables) -> Result<(), AcpiError> {
+    let Some(t) = first(&info.tables, b"FACP") else {
+        return Ok(());
+    };
+    if let Err(e) = check::check_fadt(phys_bytes(t.phys, t.length as usize)?) {
+        log::warn!("FADT rejected: {e}");
+        return Ok(());
     }
+    let fadt = crate_tables
+        .find_table::<::acpi::fadt::Fadt>()
+        .map_err(|e| AcpiError::Crate(format!("FADT: {e:?}")))?;
+    let wide = { fadt.flags }.pm_timer_is_32_bit();
+    match fadt.pm_timer_block() {
+        Ok(Some(g)) if g.address_space == ::acpi::address::AddressSpace::SystemIo => {
+            if let Ok(port) = u16::try_from(g.address) {
+                log::info!(
+                    "PM timer: port {port:#x} ({}-bit)",
+                    if wide { 32 } else { 24 }
+                );
+                info.pm_timer = Some(PmTimerInfo { port, wide });
+            }
+        }
+        Ok(_) => {}
+        Err(e) => log::warn!("FADT: PM timer block: {e:?}"),
+    }
+    Ok(())
+}
 
-    if let Some(t) = first(&info.tables, b"FACP") {
-        match check::check_fadt(phys_bytes(t.phys, t.length as usize)?) {
-            Ok(_) => {
-                let fadt = crate_tables
-                    .find_table::<::acpi::fadt::Fadt>()
-                    .map_err(|e| AcpiError::Crate(format!("FADT: {e:?}")))?;
-                let wide = { fadt.flags }.pm_timer_is_32_bit();
-                match fadt.pm_timer_block() {
-                    Ok(Some(g)) if g.address_space == ::acpi::address::AddressSpace::SystemIo => {
-                        if let Ok(port) = u16::try_from(g.address) {
-                            log::info!(
-                                "PM timer: port {port:#x} ({}-bit)",
-                                if wide { 32 } else { 24 }
-                            );
-                            info.pm_timer = Some(PmTimerInfo { port, wide });
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => log::warn!("FADT: PM timer block: {e:?}"),
-                }
-            }
-            Err(e) => log::warn!("FADT rejected: {e}"),
-        }
+/// Step 11: the DMAR table, through the `acpi` crate's custom-table lookup.
+fn find_dmar(info: &mut AcpiInfo, crate_tables: &CrateTables) -> Result<(), AcpiError> {
+    if first(&info.tables, b"DMAR").is_none() {
+        return Ok(());
     }
-    if first(&info.tables, b"DMAR").is_some() {
-        match crate_tables.find_table::<DmarTable>() {
-            Ok(m) => {
-                let (phys, len) = (m.physical_start() as u64, { m.get().header.length });
-                // The crate found what we validated: our checks hold for these bytes.
-                match check::validate_table(phys_bytes(phys, len as usize)?) {
-                    Ok(_) => info.dmar = Some((phys, len)),
-                    Err(e) => log::warn!("DMAR rejected: {e}"),
-                }
+    match crate_tables.find_table::<DmarTable>() {
+        Ok(m) => {
+            let (phys, len) = (m.physical_start() as u64, { m.get().header.length });
+            // The crate found what we validated: our checks hold for these bytes.
+            match check::validate_table(phys_bytes(phys, len as usize)?) {
+                Ok(_) => info.dmar = Some((phys, len)),
+                Err(e) => log::warn!("DMAR rejected: {e}"),
             }
-            Err(e) => log::warn!("DMAR: {e:?}"),
         }
+        Err(e) => log::warn!("DMAR: {e:?}"),
     }
-    Ok(INFO.call_once(|| info))
+    Ok(())
 }
 
 /// The DMAR table's bytes (`header.length` of them), if the firmware has a valid one.

@@ -11,7 +11,7 @@ use x86_64::instructions::interrupts;
 use x86_64::instructions::port::Port;
 
 /// Legacy COM port bases.
-pub const COM_PORTS: [u16; 4] = [0x3f8, 0x2f8, 0x3e8, 0x2e8];
+pub const COM_PORTS: [u16; 4] = boot::cmdline::COM_PORTS;
 
 static PORT: AtomicU16 = AtomicU16::new(0x3f8);
 static OWNER: AtomicU32 = AtomicU32::new(FREE);
@@ -19,35 +19,86 @@ static STEAL: AtomicBool = AtomicBool::new(false);
 const FREE: u32 = u32::MAX;
 
 /// Console configuration parsed from `console=`.
+pub type ConsoleConfig = boot::cmdline::ConsoleSpec;
+
+/// Why the `console=` of the command line is not in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConsoleConfig {
-    /// I/O port base.
-    pub port: u16,
-    /// Baud rate.
-    pub baud: u32,
+pub enum ConsoleProblem {
+    /// The value does not name a usable port.
+    Invalid(boot::cmdline::ConsoleError),
+    /// Nothing answers like a 16550 at the port.
+    NoUart(u16),
 }
 
-/// Parses `ttyS<n>[,baud]` or `<port>[,baud]`.
-pub fn parse_console(spec: &str) -> Option<ConsoleConfig> {
-    let (dev, baud) = match spec.split_once(',') {
-        Some((d, b)) => (d, boot::cmdline::parse_number(b)? as u32),
-        None => (spec, 115_200),
-    };
-    if baud == 0 || baud > 115_200 {
-        return None;
+impl fmt::Display for ConsoleProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Invalid(e) => write!(f, "{e}"),
+            Self::NoUart(p) => write!(f, "no 16550 UART answers at I/O port {p:#x}"),
+        }
     }
-    let port = match dev.strip_prefix("ttyS") {
-        Some(n) => *COM_PORTS.get(boot::cmdline::parse_number(n)? as usize)?,
-        None => u16::try_from(boot::cmdline::parse_number(dev)?).ok()?,
-    };
-    Some(ConsoleConfig { port, baud })
+}
+
+impl core::error::Error for ConsoleProblem {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::Invalid(e) => Some(e),
+            Self::NoUart(_) => None,
+        }
+    }
+}
+
+static PROBLEM: spin::Once<(&'static str, ConsoleProblem)> = spin::Once::new();
+
+/// Switches to the console `console=<spec>` names, if it is a valid port with a UART;
+/// otherwise output stays on the current (default) console and the reason is kept for
+/// [`problem`].
+pub fn configure(spec: &'static str) {
+    match boot::cmdline::parse_console(spec) {
+        Ok(c) if probe(c.port) => init(c),
+        Ok(c) => {
+            PROBLEM.call_once(|| (spec, ConsoleProblem::NoUart(c.port)));
+        }
+        Err(e) => {
+            PROBLEM.call_once(|| (spec, ConsoleProblem::Invalid(e)));
+        }
+    }
+}
+
+/// The rejected `console=` value and why, if [`configure`] rejected one.
+pub fn problem() -> Option<(&'static str, ConsoleProblem)> {
+    PROBLEM.get().copied()
+}
+
+/// Whether a 16550 seems to sit at `port` (the port range was checked by
+/// `parse_console`: at or above 0x100, so never on the system board's devices). Reads
+/// first: a missing device reads all-ones on the line-status register, and then nothing
+/// is written at all. Then the scratch register (16450 and later) must keep two patterns;
+/// it has no effect on the UART.
+fn probe(port: u16) -> bool {
+    // SAFETY: port I/O on the range `parse_console` validated (base + 0..=7 in the 16-bit
+    // space, above the system-board range); only the scratch register is written.
+    unsafe {
+        if Port::<u8>::new(port + 5).read() == 0xff {
+            return false;
+        }
+        let mut scratch = Port::<u8>::new(port + 7);
+        [0x5a, 0xa5].into_iter().all(|v| {
+            scratch.write(v);
+            scratch.read() == v
+        })
+    }
 }
 
 /// Programs the UART: 8N1, FIFOs on, no interrupts.
 pub fn init(cfg: ConsoleConfig) {
-    PORT.store(cfg.port, Ordering::Relaxed);
-    let divisor = (115_200 / cfg.baud).max(1) as u16;
     let p = cfg.port;
+    // A base past 0xfff8 would wrap the register offsets.
+    if u64::from(p) > boot::cmdline::CONSOLE_PORT_MAX {
+        return;
+    }
+    PORT.store(p, Ordering::Relaxed);
+    let divisor = (115_200 / cfg.baud.max(1)).clamp(1, 0xffff) as u16;
     // SAFETY: programming a 16550 at the configured I/O port; on machines without a
     // UART there, the writes go nowhere.
     unsafe {

@@ -61,6 +61,8 @@ impl fmt::Display for FwCfgError {
     }
 }
 
+impl core::error::Error for FwCfgError {}
+
 /// One entry of the file directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FwFile {

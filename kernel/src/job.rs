@@ -72,8 +72,12 @@ pub fn main_job() -> ! {
         crate::time::now_ns() / 1_000_000
     );
     if let Err(e) = dsa_ready {
-        // Asked for DSA work but the devices could not be set up as configured.
-        if crate::cmdline::has("workload") || crate::cmdline::has("dsa.config") {
+        // Asked for DSA work, or supplied a configuration (dsa.config=, the fw_cfg file of
+        // --dsa-config), but the devices could not be set up as asked.
+        if crate::cmdline::has("workload")
+            || crate::cmdline::has("dsa.config")
+            || crate::dsa::config::requested() != crate::dsa::config::Origin::Default
+        {
             crate::exit::fail(format_args!("dsa: {e}"));
         }
     }

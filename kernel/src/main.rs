@@ -54,12 +54,8 @@ extern "C" fn kernel_main64(magic: u32, info: u32) -> ! {
         baud: 115_200,
     });
     let boot = bootinfo::parse(magic, info);
-    let mut bad_console = None;
     if let Some(spec) = cmdline::get("console") {
-        match console::parse_console(spec) {
-            Some(c) => console::init(c),
-            None => bad_console = Some(spec),
-        }
+        console::configure(spec);
     }
     let level = cmdline::get("loglevel")
         .and_then(logger::parse_level)
@@ -74,11 +70,6 @@ extern "C" fn kernel_main64(magic: u32, info: u32) -> ! {
         bi.bootloader(),
         bi.cmdline()
     );
-    if let Some(s) = bad_console {
-        log::warn!(
-            "ignoring invalid console={s} (use ttyS0..ttyS3 or an I/O port, optionally ,<baud>)"
-        );
-    }
     if bi.cmdline_truncated {
         log::warn!(
             "command line truncated to {} bytes",
@@ -142,7 +133,27 @@ fn step<T, E: core::fmt::Display>(what: &str, r: Result<T, E>) -> Result<T, Brin
     })
 }
 
+/// Every value the command line gives is used or fails the run: a setting the kernel
+/// would silently replace by its default is a setting the user did not get.
+fn check_command_line() -> Result<(), BringUpError> {
+    let console = console::problem()
+        .map(|(spec, why)| alloc::format!("console={spec}: {why} (output stays on COM1)"));
+    let problems = cmdline::problems(console);
+    for p in &problems {
+        log::error!("command line: {p}");
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(BringUpError(alloc::format!(
+            "command line: {}",
+            problems.join("; ")
+        )))
+    }
+}
+
 fn bring_up() -> Result<(), BringUpError> {
+    check_command_line()?;
     let bi = bootinfo::get();
     let info = step("ACPI", acpi::init(bi.rsdp))?;
     let pins = step("I/O APIC", arch::ioapic::mask_all(&info.ioapics))?;

@@ -159,13 +159,25 @@ impl fmt::Display for TimeError {
                 "no reference timer (HPET, ACPI PM timer or CPUID 0x15/0x16)"
             ),
             Self::ReferenceStuck(w) => write!(f, "the {w} does not advance"),
-            Self::BadHpetPeriod(p) => write!(f, "HPET period {p} fs is out of range"),
+            Self::BadHpetPeriod(p) => write!(
+                f,
+                "HPET period {p} fs is out of range (or no HPET answers at its address)"
+            ),
             Self::Map(e) => write!(f, "cannot map the HPET: {e}"),
             Self::Implausible { what, hz } => {
                 write!(f, "calibrated {what} frequency {hz} Hz is implausible")
             }
             Self::NotCalibrated => write!(f, "the LAPIC timer is not calibrated"),
             Self::IntervalTooLong(ns) => write!(f, "timer interval {ns} ns is too long"),
+        }
+    }
+}
+
+impl core::error::Error for TimeError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::Map(e) => Some(e),
+            _ => None,
         }
     }
 }
@@ -236,60 +248,84 @@ impl Reference {
     }
 }
 
-fn hpet_reference() -> Result<Option<Reference>, TimeError> {
-    let Some(h) = crate::acpi::info().and_then(|i| i.hpet) else {
-        return Ok(None);
-    };
-    let regs = Mmio::map(h.base_address, 1024).map_err(TimeError::Map)?;
-    let (caps, conf) = (regs.read64(HPET_GCAP_ID), regs.read64(HPET_GEN_CONF));
-    let period = caps >> 32;
-    if period == 0 || period > 100_000_000 {
-        return Err(TimeError::BadHpetPeriod(period));
+/// The HPET as a reference, if the ACPI table names one that answers: its register block
+/// maps as MMIO (not RAM), REV_ID is non-zero and the period is within the HPET
+/// specification's 100 ns (IA-PC HPET spec 1.0a, 2.3.4). An absent device reads all-ones.
+fn hpet_reference() -> Option<Result<Reference, TimeError>> {
+    let h = crate::acpi::info().and_then(|i| i.hpet)?;
+    Some((|| {
+        let regs =
+            Mmio::map(h.base_address, klib::acpi::HPET_REGISTER_BLOCK).map_err(TimeError::Map)?;
+        let (caps, conf) = (regs.read64(HPET_GCAP_ID), regs.read64(HPET_GEN_CONF));
+        let period = caps >> 32;
+        if caps & 0xff == 0 || period == 0 || period > 100_000_000 {
+            return Err(TimeError::BadHpetPeriod(period));
+        }
+        if conf & 1 == 0 {
+            // ENABLE_CNF starts the main counter; legacy routing stays off.
+            regs.write64(HPET_GEN_CONF, (conf | 1) & !2);
+        }
+        Ok(Reference::Hpet {
+            regs,
+            period_fs: period,
+            wide: caps & (1 << 13) != 0,
+        })
+    })())
+}
+
+/// The ACPI PM timer from the FADT, if there is one.
+fn pm_timer_reference() -> Option<Reference> {
+    crate::acpi::info()
+        .and_then(|i| i.pm_timer)
+        .map(|p| Reference::PmTimer {
+            port: p.port,
+            wide: p.wide,
+        })
+}
+
+/// TSC frequency from CPUID 0x15 (crystal ratio) or 0x16 (base frequency).
+fn cpuid_tsc_hz() -> Option<u64> {
+    let f = crate::arch::features();
+    let (den, num, crystal) = f.tsc_ratio;
+    if den != 0 && num != 0 && crystal != 0 {
+        Some(crystal as u64 * num as u64 / den as u64)
+    } else if f.base_mhz != 0 {
+        Some(f.base_mhz as u64 * 1_000_000)
+    } else {
+        None
     }
-    if conf & 1 == 0 {
-        // ENABLE_CNF starts the main counter; legacy routing stays off.
-        regs.write64(HPET_GEN_CONF, (conf | 1) & !2);
-    }
-    Ok(Some(Reference::Hpet {
-        regs,
-        period_fs: period,
-        wide: caps & (1 << 13) != 0,
-    }))
 }
 
 /// Calibrates the TSC against the reference timer, then the LAPIC timer against the TSC
 /// (BSP, after ACPI, the APIC and the system-vector handlers are up).
+///
+/// The HPET is preferred; one that the firmware lists but that cannot be used (mapped over
+/// RAM, absent, an impossible period, a counter that does not move) is reported with a
+/// warning and the ACPI PM timer, else CPUID, is used instead.
 pub fn init() -> Result<Calibration, TimeError> {
-    let window_ms = match crate::cmdline::number("tsc.calibrate_ms") {
-        Some(Ok(v)) if (1..=1000).contains(&v) => v,
-        _ => 10,
-    };
-    let reference = match hpet_reference()? {
-        Some(r) => Some(r),
-        None => crate::acpi::info()
-            .and_then(|i| i.pm_timer)
-            .map(|p| Reference::PmTimer {
-                port: p.port,
-                wide: p.wide,
-            }),
-    };
-    let (name, tsc_hz, window_ns) = match reference {
-        Some(r) => {
-            let (hz, ns) = tsc_against(&r, window_ms)?;
-            (r.name(), hz, ns)
-        }
-        None => {
-            let f = crate::arch::features();
-            let (den, num, crystal) = f.tsc_ratio;
-            let hz = if den != 0 && num != 0 && crystal != 0 {
-                crystal as u64 * num as u64 / den as u64
-            } else if f.base_mhz != 0 {
-                f.base_mhz as u64 * 1_000_000
-            } else {
-                return Err(TimeError::NoReferenceTimer);
-            };
-            ("CPUID 0x15/0x16", hz, 0)
-        }
+    let window_ms = crate::cmdline::TSC_CALIBRATE_MS.get();
+    let mut measured = None;
+    match hpet_reference() {
+        Some(Ok(r)) => match tsc_against(&r, window_ms) {
+            Ok((hz, ns)) => measured = Some((r.name(), hz, ns)),
+            Err(e) => log::warn!("HPET unusable ({e}); trying the ACPI PM timer"),
+        },
+        Some(Err(e)) => log::warn!("HPET unusable ({e}); trying the ACPI PM timer"),
+        None => {}
+    }
+    if measured.is_none()
+        && let Some(r) = pm_timer_reference()
+    {
+        let (hz, ns) = tsc_against(&r, window_ms)?;
+        measured = Some((r.name(), hz, ns));
+    }
+    let (name, tsc_hz, window_ns) = match measured {
+        Some(m) => m,
+        None => (
+            "CPUID 0x15/0x16",
+            cpuid_tsc_hz().ok_or(TimeError::NoReferenceTimer)?,
+            0,
+        ),
     };
     if !(10_000_000..=100_000_000_000).contains(&tsc_hz) {
         return Err(TimeError::Implausible {

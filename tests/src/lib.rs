@@ -245,6 +245,8 @@ pub struct Boot {
     dsa_opts: Option<String>,
     /// intel-iommu posted interrupts (`--posted-intr`; qemu-run.sh's default when `None`).
     posted_intr: Option<bool>,
+    /// QEMU's intel-iommu device (`--iommu`, default on).
+    iommu: bool,
 }
 
 impl Boot {
@@ -261,6 +263,7 @@ impl Boot {
             dsa: 0,
             dsa_opts: None,
             posted_intr: None,
+            iommu: true,
         }
     }
 
@@ -326,6 +329,11 @@ impl Boot {
         self.posted_intr = Some(on);
         self
     }
+    /// With `false`, no intel-iommu device: a platform without VT-d.
+    pub fn iommu(mut self, on: bool) -> Self {
+        self.iommu = on;
+        self
+    }
     /// Appends a kernel argument.
     pub fn arg(mut self, a: &str) -> Self {
         self.kernel_args.push(a.into());
@@ -385,6 +393,9 @@ impl Boot {
         }
         if let Some(o) = &self.dsa_opts {
             a.extend(["--dsa-opts".into(), o.clone()]);
+        }
+        if !self.iommu {
+            a.extend(["--iommu".into(), "off".into()]);
         }
         a.extend([
             "--timeout".into(),

@@ -115,6 +115,21 @@ fn items<'a>(object: &str, key: &str, v: &'a Value) -> Result<&'a [Value], Confi
     }
 }
 
+/// Fields accel-config knows under two names (the older "token" spelling): one of each pair
+/// per object.
+fn alias_once<'k>(
+    object: &str,
+    key: &'k str,
+    canonical: &'static str,
+    seen: &mut Vec<&'static str>,
+) -> Result<&'k str, ConfigError> {
+    if seen.contains(&canonical) {
+        return Err(bad(object, key, "is given twice (under both of its names)"));
+    }
+    seen.push(canonical);
+    Ok(key)
+}
+
 fn unknown(object: &str, key: &str) -> ConfigError {
     ConfigError::UnknownField {
         object: object.to_string(),
@@ -159,10 +174,7 @@ fn parse_op_config(object: &str, s: &str) -> Result<[u32; 8], ConfigError> {
 impl AccelConfig {
     /// Parses the file (syntax and field checks only; see [`AccelConfig::resolve`]).
     pub fn parse(text: &str) -> Result<AccelConfig, ConfigError> {
-        let root = json::parse(text).map_err(|e| ConfigError::Syntax {
-            offset: e.offset,
-            what: e.what,
-        })?;
+        let root = json::parse(text).map_err(ConfigError::Syntax)?;
         let devs = match &root {
             Value::Array(a) => a.as_slice(),
             // A single device object is accepted too.
@@ -214,10 +226,12 @@ impl AccelConfig {
             wqs: Vec::new(),
             read_buffer_limit: 0,
         };
+        let mut aliases = Vec::new();
         for (k, val) in f {
             match k.as_str() {
                 "dev" => {}
                 "read_buffer_limit" | "token_limit" => {
+                    alias_once(name, k, "read_buffer_limit", &mut aliases)?;
                     dev.read_buffer_limit = int(name, k, val, 0, 255)? as u8
                 }
                 "event_log_size" => {
@@ -283,16 +297,20 @@ impl AccelConfig {
             ..Default::default()
         };
         let mut wqs = Vec::new();
+        let mut aliases = Vec::new();
         for (k, val) in f {
             match k.as_str() {
                 "dev" => {}
                 "read_buffers_reserved" | "tokens_reserved" => {
+                    alias_once(name, k, "read_buffers_reserved", &mut aliases)?;
                     g.read_buffers_reserved = int(name, k, val, 0, 255)? as u8
                 }
                 "read_buffers_allowed" | "tokens_allowed" => {
+                    alias_once(name, k, "read_buffers_allowed", &mut aliases)?;
                     g.read_buffers_allowed = int(name, k, val, 0, 255)? as u8
                 }
                 "use_read_buffer_limit" | "use_token_limit" => {
+                    alias_once(name, k, "use_read_buffer_limit", &mut aliases)?;
                     g.use_read_buffer_limit = boolean(name, k, val)?
                 }
                 "traffic_class_a" | "traffic_class_b" => {
@@ -418,6 +436,16 @@ impl AccelConfig {
         Ok(e)
     }
 
+    /// The `dsaN` entries that name no device when `count` devices exist (they configure
+    /// nothing; the kernel warns about them).
+    pub fn unmatched(&self, count: usize) -> Vec<u32> {
+        self.devices
+            .iter()
+            .map(|d| d.index)
+            .filter(|&i| i as usize >= count)
+            .collect()
+    }
+
     /// Device `dsa<index>` of the file, if present.
     pub fn device_entry(&self, index: u32) -> Option<&DeviceEntry> {
         self.devices.iter().find(|d| d.index == index)
@@ -464,5 +492,80 @@ impl DeviceEntry {
             wqs,
             read_buffer_limit: self.read_buffer_limit,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WQ: &str = r#"{"dev":"wq0.0","mode":"dedicated","size":8,"group_id":0}"#;
+
+    fn file(dev: &str, wq: &str) -> String {
+        format!(
+            r#"[{{"dev":"{dev}","groups":[{{"dev":"group{n}.0","grouped_workqueues":[{wq}],"grouped_engines":[{{"dev":"engine{n}.0","group_id":0}}]}}]}}]"#,
+            n = dev.trim_start_matches("dsa"),
+            wq = wq.replace("wq0.", &format!("wq{}.", dev.trim_start_matches("dsa")))
+        )
+    }
+
+    #[test]
+    fn a_key_given_twice_is_rejected_wherever_it_is() {
+        AccelConfig::parse(&file("dsa0", WQ)).unwrap();
+        for dup in [
+            WQ.replace(r#""size":8"#, r#""size":8,"size":16"#),
+            WQ.replace(
+                r#""mode":"dedicated""#,
+                r#""mode":"shared","mode":"dedicated""#,
+            ),
+        ] {
+            let e = AccelConfig::parse(&file("dsa0", &dup)).unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::Syntax(s) if s.what.contains("duplicate key")),
+                "{e}"
+            );
+        }
+        let e = AccelConfig::parse(r#"{"dev":"dsa0","dev":"dsa1"}"#).unwrap_err();
+        assert!(e.to_string().contains(r#"duplicate key "dev""#), "{e}");
+        // Aliases of one field count as the same field.
+        let e = AccelConfig::parse(r#"[{"dev":"dsa0","token_limit":1,"read_buffer_limit":2}]"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("given twice"), "{e}");
+    }
+
+    #[test]
+    fn the_shapes_seen_in_the_field_are_rejected_with_a_reason() {
+        let f = |wq: &str| file("dsa0", wq);
+        let deep = "[".repeat(40) + &"]".repeat(40);
+        let two = format!(
+            "[{},{}]",
+            &f(WQ)[1..f(WQ).len() - 1],
+            &f(WQ)[1..f(WQ).len() - 1]
+        );
+        for (text, why) in [
+            (f(WQ)[..40].to_string(), "JSON syntax error"),
+            (f(&WQ.replace("8", "\"8\"")), "must be an integer"),
+            (f(&WQ.replace(":8", ":70000")), "out of range"),
+            (f(&WQ.replace(":8", ":-1")), "out of range"),
+            (two, "device listed twice"),
+            (
+                f(&WQ.replace("dedicated", "exclusive")),
+                "\"dedicated\" or \"shared\"",
+            ),
+            (deep, "nesting deeper than 32"),
+            (String::new(), "EOF while parsing"),
+            ("\u{1}\u{2}".into(), "JSON syntax error"),
+        ] {
+            let e = AccelConfig::parse(&text).unwrap_err().to_string();
+            assert!(e.contains(why), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn entries_for_missing_devices_are_reported() {
+        let a = AccelConfig::parse(&file("dsa3", WQ)).unwrap();
+        assert_eq!(a.unmatched(1), vec![3]);
+        assert_eq!(a.unmatched(4), Vec::<u32>::new());
+        assert!(a.device_entry(0).is_none());
     }
 }

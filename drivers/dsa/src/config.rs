@@ -99,11 +99,8 @@ pub struct DeviceConfig {
 /// Why a configuration was rejected.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConfigError {
-    /// JSON syntax error at a byte offset.
-    Syntax {
-        offset: usize,
-        what: &'static str,
-    },
+    /// The text is not acceptable JSON (see [`crate::json`]): position and reason.
+    Syntax(crate::json::SyntaxError),
     /// A key the parser does not know.
     UnknownField {
         object: String,
@@ -213,7 +210,7 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use ConfigError::*;
         match self {
-            Syntax { offset, what } => write!(f, "JSON syntax error at byte {offset}: {what}"),
+            Syntax(e) => write!(f, "JSON syntax error at {e}"),
             UnknownField { object, key } => write!(f, "{object}: unknown field \"{key}\""),
             BadValue { object, key, why } => write!(f, "{object}: field \"{key}\" {why}"),
             BadName { name, why } => write!(f, "\"{name}\": {why}"),
@@ -236,7 +233,14 @@ impl fmt::Display for ConfigError {
                     "WQ sizes add up to {sum}, the device has {total} entries"
                 )
             }
-            ModeUnsupported { wq, mode } => write!(f, "wq {wq}: {mode:?} mode not supported"),
+            ModeUnsupported { wq, mode } => write!(
+                f,
+                "wq {wq}: {} mode not supported",
+                match mode {
+                    WqMode::Dedicated => "dedicated",
+                    WqMode::Shared => "shared",
+                }
+            ),
             SharedWqWithoutPasid { wq } => write!(
                 f,
                 "wq {wq}: a shared WQ needs PASID support (capability and PCI PASID enable)"
@@ -278,6 +282,15 @@ impl fmt::Display for ConfigError {
                 "group {group}: descriptor progress limits not supported or not in 0..=3"
             ),
             Unsupported { what } => write!(f, "{what} not supported"),
+        }
+    }
+}
+
+impl core::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            ConfigError::Syntax(e) => Some(e),
+            _ => None,
         }
     }
 }

@@ -1,10 +1,21 @@
-//! A small JSON parser (RFC 8259 subset sufficient for accel-config files): objects keep
-//! their key order, numbers must be integers, nesting depth is bounded.
+//! JSON for accel-config files: `serde_json` (no_std, `alloc`) reads the text into a
+//! [`Value`] tree that keeps the key order of every object, so the accel-config reader can
+//! report fields by name in the order they were written.
+//!
+//! On top of RFC 8259 the tree enforces what the configuration needs: numbers are integers
+//! that fit an `i64`, a key appears at most once per object (serde_json's own maps keep the
+//! last one silently), and nesting is at most [`MAX_DEPTH`] levels (an accel-config file
+//! has four).
 
-use alloc::string::String;
+use alloc::format;
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
+use core::fmt;
 
-const MAX_DEPTH: usize = 32;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+/// Deepest nesting of arrays and objects accepted.
+pub const MAX_DEPTH: usize = 32;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Value {
@@ -29,227 +40,132 @@ impl Value {
     }
 }
 
-/// Syntax error: byte offset and what was expected.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Why the text is not acceptable JSON: where (1-based line and column, as serde_json
+/// counts them) and what.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SyntaxError {
-    pub offset: usize,
-    pub what: &'static str,
+    pub line: usize,
+    pub column: usize,
+    pub what: String,
 }
 
-struct Parser<'a> {
-    s: &'a [u8],
-    i: usize,
-}
-
-pub fn parse(text: &str) -> Result<Value, SyntaxError> {
-    let mut p = Parser {
-        s: text.as_bytes(),
-        i: 0,
-    };
-    let v = p.value(0)?;
-    p.ws();
-    if p.i != p.s.len() {
-        return Err(p.err("end of input"));
+impl fmt::Display for SyntaxError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "line {} column {}: {}",
+            self.line, self.column, self.what
+        )
     }
+}
+
+impl core::error::Error for SyntaxError {}
+
+/// Parses one JSON value (surrounding whitespace allowed, nothing else after it).
+pub fn parse(text: &str) -> Result<Value, SyntaxError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let v = ValueSeed { depth: 0 }
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v))
+        .map_err(|e| SyntaxError {
+            line: e.line(),
+            column: e.column(),
+            // serde_json appends " at line L column C"; the position has its own fields.
+            what: strip_position(&e.to_string()),
+        })?;
     Ok(v)
 }
 
-impl Parser<'_> {
-    fn err(&self, what: &'static str) -> SyntaxError {
-        SyntaxError {
-            offset: self.i,
-            what,
-        }
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
     }
-    fn ws(&mut self) {
-        while let Some(&c) = self.s.get(self.i) {
-            if matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
-                self.i += 1;
-            } else {
-                break;
-            }
+}
+
+/// Builds a [`Value`] at nesting level `depth`.
+struct ValueSeed {
+    depth: usize,
+}
+
+impl ValueSeed {
+    /// The seed for the elements of an array or object at this level.
+    fn nested<E: de::Error>(&self) -> Result<ValueSeed, E> {
+        // The outermost value is level 0: at most MAX_DEPTH levels of containers inside it.
+        if self.depth >= MAX_DEPTH {
+            return Err(E::custom(format_args!(
+                "nesting deeper than {MAX_DEPTH} levels"
+            )));
         }
+        Ok(ValueSeed {
+            depth: self.depth + 1,
+        })
     }
-    fn peek(&self) -> Option<u8> {
-        self.s.get(self.i).copied()
+}
+
+impl<'de> DeserializeSeed<'de> for ValueSeed {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
     }
-    fn eat(&mut self, c: u8, what: &'static str) -> Result<(), SyntaxError> {
-        self.ws();
-        if self.peek() == Some(c) {
-            self.i += 1;
-            Ok(())
-        } else {
-            Err(self.err(what))
-        }
+}
+
+impl<'de> Visitor<'de> for ValueSeed {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
     }
-    fn literal(&mut self, word: &[u8], v: Value) -> Result<Value, SyntaxError> {
-        if self.s.get(self.i..self.i + word.len()) == Some(word) {
-            self.i += word.len();
-            Ok(v)
-        } else {
-            Err(self.err("a value"))
-        }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
     }
-    fn value(&mut self, depth: usize) -> Result<Value, SyntaxError> {
-        if depth > MAX_DEPTH {
-            return Err(self.err("less nesting"));
-        }
-        self.ws();
-        match self.peek() {
-            Some(b'{') => self.object(depth),
-            Some(b'[') => self.array(depth),
-            Some(b'"') => Ok(Value::Str(self.string()?)),
-            Some(b't') => self.literal(b"true", Value::Bool(true)),
-            Some(b'f') => self.literal(b"false", Value::Bool(false)),
-            Some(b'n') => self.literal(b"null", Value::Null),
-            Some(c) if c == b'-' || c.is_ascii_digit() => self.number(),
-            _ => Err(self.err("a value")),
-        }
+
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
     }
-    fn object(&mut self, depth: usize) -> Result<Value, SyntaxError> {
-        self.i += 1;
-        let mut fields = Vec::new();
-        self.ws();
-        if self.peek() == Some(b'}') {
-            self.i += 1;
-            return Ok(Value::Object(fields));
-        }
-        loop {
-            self.ws();
-            if self.peek() != Some(b'"') {
-                return Err(self.err("a string key"));
-            }
-            let k = self.string()?;
-            self.eat(b':', "':'")?;
-            let v = self.value(depth + 1)?;
-            fields.push((k, v));
-            self.ws();
-            match self.peek() {
-                Some(b',') => self.i += 1,
-                Some(b'}') => {
-                    self.i += 1;
-                    return Ok(Value::Object(fields));
-                }
-                _ => return Err(self.err("',' or '}'")),
-            }
-        }
+
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Value, E> {
+        Ok(Value::Int(n))
     }
-    fn array(&mut self, depth: usize) -> Result<Value, SyntaxError> {
-        self.i += 1;
+
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Value, E> {
+        i64::try_from(n)
+            .map(Value::Int)
+            .map_err(|_| E::custom("a number that fits 64 bits"))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Value, E> {
+        Err(E::custom("numbers must be integers"))
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::Str(s.to_string()))
+    }
+
+    fn visit_string<E: de::Error>(self, s: String) -> Result<Value, E> {
+        Ok(Value::Str(s))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::new();
-        self.ws();
-        if self.peek() == Some(b']') {
-            self.i += 1;
-            return Ok(Value::Array(items));
+        while let Some(v) = seq.next_element_seed(self.nested()?)? {
+            items.push(v);
         }
-        loop {
-            items.push(self.value(depth + 1)?);
-            self.ws();
-            match self.peek() {
-                Some(b',') => self.i += 1,
-                Some(b']') => {
-                    self.i += 1;
-                    return Ok(Value::Array(items));
-                }
-                _ => return Err(self.err("',' or ']'")),
-            }
-        }
+        Ok(Value::Array(items))
     }
-    fn hex4(&mut self) -> Result<u32, SyntaxError> {
-        let mut v = 0u32;
-        for _ in 0..4 {
-            let d = self
-                .peek()
-                .and_then(|c| (c as char).to_digit(16))
-                .ok_or_else(|| self.err("4 hex digits"))?;
-            v = v * 16 + d;
-            self.i += 1;
-        }
-        Ok(v)
-    }
-    fn string(&mut self) -> Result<String, SyntaxError> {
-        self.i += 1;
-        let mut out = String::new();
-        loop {
-            let start = self.i;
-            while let Some(c) = self.peek() {
-                if c == b'"' || c == b'\\' || c < 0x20 {
-                    break;
-                }
-                self.i += 1;
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut fields: Vec<(String, Value)> = Vec::new();
+        while let Some(k) = map.next_key::<String>()? {
+            if fields.iter().any(|(x, _)| *x == k) {
+                return Err(de::Error::custom(format!("duplicate key \"{k}\"")));
             }
-            // The input is a &str and we only split at ASCII bytes, so this is valid UTF-8.
-            match core::str::from_utf8(&self.s[start..self.i]) {
-                Ok(s) => out.push_str(s),
-                Err(_) => return Err(self.err("UTF-8")),
-            }
-            match self.peek() {
-                Some(b'"') => {
-                    self.i += 1;
-                    return Ok(out);
-                }
-                Some(b'\\') => {
-                    self.i += 1;
-                    let c = self.peek().ok_or_else(|| self.err("an escape"))?;
-                    self.i += 1;
-                    let ch = match c {
-                        b'"' => '"',
-                        b'\\' => '\\',
-                        b'/' => '/',
-                        b'b' => '\u{8}',
-                        b'f' => '\u{c}',
-                        b'n' => '\n',
-                        b'r' => '\r',
-                        b't' => '\t',
-                        b'u' => {
-                            let hi = self.hex4()?;
-                            let cp = if (0xD800..0xDC00).contains(&hi) {
-                                if self.s.get(self.i..self.i + 2) != Some(b"\\u") {
-                                    return Err(self.err("a low surrogate"));
-                                }
-                                self.i += 2;
-                                let lo = self.hex4()?;
-                                if !(0xDC00..0xE000).contains(&lo) {
-                                    return Err(self.err("a low surrogate"));
-                                }
-                                0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
-                            } else {
-                                hi
-                            };
-                            char::from_u32(cp).ok_or_else(|| self.err("a valid code point"))?
-                        }
-                        _ => return Err(self.err("a valid escape")),
-                    };
-                    out.push(ch);
-                }
-                _ => return Err(self.err("closing '\"'")),
-            }
+            let v = map.next_value_seed(self.nested()?)?;
+            fields.push((k, v));
         }
-    }
-    fn number(&mut self) -> Result<Value, SyntaxError> {
-        let neg = self.peek() == Some(b'-');
-        if neg {
-            self.i += 1;
-        }
-        let start = self.i;
-        let mut v: i64 = 0;
-        while let Some(c) = self.peek().filter(u8::is_ascii_digit) {
-            v = v
-                .checked_mul(10)
-                .and_then(|v| v.checked_add((c - b'0') as i64))
-                .ok_or_else(|| self.err("a number that fits 64 bits"))?;
-            self.i += 1;
-        }
-        if self.i == start {
-            return Err(self.err("digits"));
-        }
-        if self.i - start > 1 && self.s[start] == b'0' {
-            return Err(self.err("no leading zeros"));
-        }
-        if matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
-            return Err(self.err("an integer"));
-        }
-        Ok(Value::Int(if neg { -v } else { v }))
+        Ok(Value::Object(fields))
     }
 }
 
@@ -258,39 +174,66 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_nested_values() {
-        let v = parse(r#" [ {"a": -1, "b": "x\u00e9\n", "c": [true, false, null], "d": {}} ] "#)
-            .unwrap();
+    fn parses_nested_values_in_key_order() {
+        let v = parse(
+            r#" [ {"b": -1, "a": "x\u00e9\n\ud83d\ude00", "c": [true, false, null], "d": {}} ] "#,
+        )
+        .unwrap();
         let Value::Array(items) = v else {
             panic!("not an array")
         };
         let Value::Object(f) = &items[0] else {
             panic!("not an object")
         };
-        assert_eq!(f[0], ("a".into(), Value::Int(-1)));
-        assert_eq!(f[1], ("b".into(), Value::Str("x\u{e9}\n".into())));
+        assert_eq!(f[0], ("b".into(), Value::Int(-1)));
+        assert_eq!(f[1], ("a".into(), Value::Str("x\u{e9}\n\u{1f600}".into())));
         assert_eq!(
             f[2].1,
             Value::Array(vec![Value::Bool(true), Value::Bool(false), Value::Null])
         );
         assert_eq!(f[3].1, Value::Object(vec![]));
+        assert_eq!(parse("9223372036854775807"), Ok(Value::Int(i64::MAX)));
+        assert_eq!(parse("-9223372036854775808"), Ok(Value::Int(i64::MIN)));
     }
 
     #[test]
-    fn rejects_bad_syntax() {
-        for (s, at) in [
-            ("[1,]", 3),
-            ("{\"a\" 1}", 5),
-            ("[1.5]", 2),
-            ("[01]", 3),
-            ("\"abc", 4),
-            ("[1] x", 4),
-            ("[99999999999999999999]", 19),
+    fn rejects_bad_syntax_with_the_position() {
+        for (s, col, what) in [
+            ("[1,]", 4, "trailing comma"),
+            ("{\"a\" 1}", 6, "expected `:`"),
+            ("[1.5]", 4, "numbers must be integers"),
+            ("[1e3]", 4, "numbers must be integers"),
+            ("[01]", 3, "invalid number"),
+            ("\"abc", 4, "EOF while parsing a string"),
+            ("[1] x", 5, "trailing characters"),
+            ("[9223372036854775808]", 20, "a number that fits 64 bits"),
+            ("[\"\\ud800\"]", 9, "escape"),
+            ("{\"a\":1,\"b\":2,\"a\":3}", 16, "duplicate key \"a\""),
         ] {
             let e = parse(s).unwrap_err();
-            assert_eq!(e.offset, at, "{s}: {e:?}");
+            assert_eq!((e.line, e.column), (1, col), "{s}: {e}");
+            assert!(e.what.contains(what), "{s}: {e}");
         }
-        let deep = "[".repeat(100) + &"]".repeat(100);
-        assert_eq!(parse(&deep).unwrap_err().what, "less nesting");
+        let e = parse("[\n  1,\n  x]").unwrap_err();
+        assert_eq!((e.line, e.column), (3, 3), "{e}");
+        assert_eq!(parse("").unwrap_err().what, "EOF while parsing a value");
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let ok = "[".repeat(MAX_DEPTH) + "1" + &"]".repeat(MAX_DEPTH);
+        assert!(parse(&ok).is_ok());
+        let deep = "[".repeat(MAX_DEPTH + 1) + &"]".repeat(MAX_DEPTH + 1);
+        assert!(
+            parse(&deep)
+                .unwrap_err()
+                .what
+                .contains("nesting deeper than 32"),
+            "{:?}",
+            parse(&deep)
+        );
+        // Far deeper than serde_json's own recursion limit: still a clean error.
+        let very = "{\"a\":".repeat(100_000);
+        assert!(parse(&very).is_err());
     }
 }

@@ -32,8 +32,10 @@ impl BarInfo {
     pub fn is_memory(&self) -> bool {
         self.kind != BarKind::Io
     }
+    /// One past the last byte (saturating: a 64-bit BAR programmed into the top of the
+    /// address space ends at 2^64).
     pub fn end(&self) -> u64 {
-        self.address + self.size
+        self.address.saturating_add(self.size)
     }
 }
 

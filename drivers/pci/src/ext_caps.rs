@@ -193,9 +193,10 @@ impl PasidCap {
         }))
     }
 
-    /// Width in bits of the PASIDs the function can emit (1..=20).
+    /// Width in bits of the PASIDs the function can emit (0..=20; the 5-bit field's values
+    /// above 20 are reserved by the PCIe Base Specification 6.0, §7.8.8.2, and read as 20).
     pub fn max_pasid_width(&self) -> u8 {
-        ((self.capability.bits() >> 8) & 0x1f) as u8
+        (((self.capability.bits() >> 8) & 0x1f) as u8).min(20)
     }
 
     pub fn control(&self, access: &impl ConfigRegionAccess) -> PasidControl {

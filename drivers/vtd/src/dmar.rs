@@ -76,9 +76,65 @@ pub enum DmarError {
 
 impl fmt::Display for DmarError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
+        match self {
+            Self::TruncatedHeader { len } => write!(
+                f,
+                "table of {len} bytes is shorter than the {DMAR_HEADER_LEN}-byte DMAR header"
+            ),
+            Self::BadSignature => write!(f, "signature is not \"DMAR\""),
+            Self::BadTableLength {
+                declared,
+                available,
+            } => write!(
+                f,
+                "length field {declared} is below the header size or beyond the {available} bytes present"
+            ),
+            Self::BadChecksum { sum } => write!(f, "checksum is wrong (bytes sum to {sum:#04x})"),
+            Self::TruncatedStructure { offset } => write!(
+                f,
+                "remapping structure at offset {offset} is cut off by the end of the table"
+            ),
+            Self::StructureTooShort { offset, ty, length } => write!(
+                f,
+                "remapping structure type {ty} at offset {offset} has length {length}, less than its fixed part"
+            ),
+            Self::StructureOverrun { offset, ty, length } => write!(
+                f,
+                "remapping structure type {ty} at offset {offset} with length {length} runs past the end of the table"
+            ),
+            Self::TruncatedScope { offset } => write!(
+                f,
+                "device scope at offset {offset} is cut off by the end of its structure"
+            ),
+            Self::BadScopeLength { offset, length } => write!(
+                f,
+                "device scope at offset {offset} has invalid length {length} (at least 8, 6 + 2 per path hop)"
+            ),
+            Self::ScopeOverrun { offset, length } => write!(
+                f,
+                "device scope at offset {offset} with length {length} runs past the end of its structure"
+            ),
+            Self::BadRegisterBase { offset, base } => write!(
+                f,
+                "DRHD at offset {offset} has register base {base:#x} (must be non-zero and 4 KiB aligned)"
+            ),
+            Self::BadRmrrRange {
+                offset,
+                base,
+                limit,
+            } => write!(
+                f,
+                "RMRR at offset {offset} covers {base:#x}..={limit:#x}, not a 4 KiB-granular range"
+            ),
+            Self::BadAnddName { offset } => write!(
+                f,
+                "ANDD at offset {offset} has an object name without its terminating NUL"
+            ),
+        }
     }
 }
+
+impl core::error::Error for DmarError {}
 
 fn u16_at(b: &[u8], o: usize) -> Option<u16> {
     Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?))

@@ -25,9 +25,37 @@ pub enum Requirement {
     PostedInterrupts,
 }
 
+impl fmt::Display for Requirement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::ScalableMode => "scalable-mode translation (ECAP.SMTS)",
+            Self::QueuedInvalidation => "queued invalidation (ECAP.QI)",
+            Self::TranslationStage => "a first- or second-stage translation (ECAP.FSTS/SSTS)",
+            Self::FirstStage48Bit => "a 48-bit guest address width for first-stage tables (CAP.MGAW)",
+            Self::SecondStageLevels => "3- or 4-level second-stage tables (CAP.SAGAW)",
+            Self::InterruptRemapping => "interrupt remapping (ECAP.IR)",
+            Self::PassThrough => "pass-through entries (ECAP.PT)",
+            Self::RegisterLayout => {
+                "fault-recording and IOTLB registers inside the register page (CAP.FRO/NFR, ECAP.IRO)"
+            }
+            Self::PostedInterrupts => "posted interrupts (CAP.PI)",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VtdError {
     Missing(Requirement),
+    /// A capability field holds a value no VT-d implementation can have (Intel VT-d
+    /// Architecture Specification rev 4.1, §11.4.2).
+    BadCapability {
+        /// Register and field, e.g. "CAP.MGAW".
+        field: &'static str,
+        /// The decoded value.
+        value: u64,
+        /// What is allowed.
+        allowed: &'static str,
+    },
     /// A GCMD command whose status bit did not follow in time.
     CommandTimeout {
         command: u32,
@@ -129,6 +157,113 @@ pub enum VtdError {
 
 impl fmt::Display for VtdError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
+        match self {
+            Self::Missing(r) => write!(f, "the unit lacks {r}"),
+            Self::BadCapability {
+                field,
+                value,
+                allowed,
+            } => write!(f, "{field} is {value}, expected {allowed}"),
+            Self::CommandTimeout { command } => write!(
+                f,
+                "global command {command:#010x} was not acknowledged in GSTS in time"
+            ),
+            Self::InvalidationTimeout => {
+                write!(
+                    f,
+                    "an invalidation wait descriptor did not complete in time"
+                )
+            }
+            Self::DescriptorRejected { qw0, qw1 } => write!(
+                f,
+                "the unit rejected invalidation descriptor {qw0:#018x} {qw1:#018x} (FSTS.IQE)"
+            ),
+            Self::InvalidationQueueStuck => {
+                write!(f, "the invalidation queue stays in error after recovery")
+            }
+            Self::OutOfDmaMemory => write!(f, "out of memory for remapping tables"),
+            Self::BadDmaBlock { phys } => write!(
+                f,
+                "table memory at {phys:#x} is misaligned or beyond the unit's address width"
+            ),
+            Self::DomainIdsExhausted => write!(f, "no free domain ID"),
+            Self::PasidsExhausted => write!(f, "no free PASID"),
+            Self::PasidOutOfRange { pasid } => write!(f, "PASID {pasid} is out of range"),
+            Self::PasidInUse { pasid } => write!(f, "PASID {pasid} is in use"),
+            Self::NoSuchAddressSpace { pasid } => {
+                write!(f, "no address space with PASID {pasid}")
+            }
+            Self::AddressSpaceRevoked { pasid } => {
+                write!(f, "the address space of PASID {pasid} was revoked")
+            }
+            Self::NoPageTable { pasid } => write!(
+                f,
+                "PASID {pasid} is a pass-through space: it has no page table to map into"
+            ),
+            Self::BadRange { iova, len } => write!(
+                f,
+                "range {iova:#x}+{len:#x} is empty, overflows or is not 4 KiB aligned"
+            ),
+            Self::IovaTooWide { iova } => {
+                write!(f, "IOVA {iova:#x} is beyond the page table's input width")
+            }
+            Self::PhysTooWide { phys } => write!(
+                f,
+                "physical address {phys:#x} is beyond the unit's address width"
+            ),
+            Self::InterruptWindow { addr } => write!(
+                f,
+                "{addr:#x} lies in the interrupt window 0xfee00000-0xfeefffff"
+            ),
+            Self::AlreadyMapped { iova } => write!(f, "IOVA {iova:#x} is already mapped"),
+            Self::NotAttached { sid, pasid } => write!(
+                f,
+                "requester {:02x}:{:02x}.{} has no such attachment at PASID {pasid}",
+                sid >> 8,
+                (sid >> 3) & 0x1f,
+                sid & 7
+            ),
+            Self::AlreadyAttached { sid, pasid } => write!(
+                f,
+                "requester {:02x}:{:02x}.{} already has PASID {pasid} attached",
+                sid >> 8,
+                (sid >> 3) & 0x1f,
+                sid & 7
+            ),
+            Self::NotEnabled(what) => write!(f, "{what} is not set up on this unit"),
+            Self::IrteExhausted => write!(
+                f,
+                "the interrupt-remapping table has no free entry (block) left"
+            ),
+            Self::BadIrteHandle { handle } => {
+                write!(f, "interrupt-remapping entry {handle} is not allocated")
+            }
+            Self::ApicIdTooWide { apic_id } => write!(
+                f,
+                "APIC ID {apic_id} does not fit the interrupt destination format"
+            ),
+            Self::BadVector { vector } => {
+                write!(f, "vector {vector:#x} is reserved (0x00-0x0f)")
+            }
+            Self::BadCount { count } => write!(f, "count {count} is out of range"),
+            Self::FirmwareStateStuck => write!(
+                f,
+                "firmware left translation or interrupt remapping on and it cannot be turned off"
+            ),
+            Self::BadPostedDescriptor { addr } => write!(
+                f,
+                "posted-interrupt descriptor address {addr:#x} is not a 64-byte aligned address the unit can reach"
+            ),
+            Self::WrongIrteFormat { handle } => write!(
+                f,
+                "interrupt-remapping entry {handle} has the other format (posted vs. remapped) for this operation"
+            ),
+            Self::IrteChanged { handle } => write!(
+                f,
+                "interrupt-remapping entry {handle} changed during its 128-bit update"
+            ),
+        }
     }
 }
+
+impl core::error::Error for VtdError {}

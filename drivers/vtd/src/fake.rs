@@ -5,11 +5,14 @@
 
 use crate::hw::{Clock, DmaMemory, DmaMemory128, RegisterBlock};
 use crate::spec::{Fsts, Gcmd, Gsts, iqa, reg};
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::rc::Rc;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cell::{Cell, RefCell};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
-use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
-use std::rc::Rc;
 
 #[derive(Default)]
 pub struct MemInner {
@@ -423,6 +426,7 @@ impl RegisterBlock for FakeRegs {
     }
 }
 
+#[derive(Default)]
 pub struct FakeClock(pub Cell<u64>);
 
 impl FakeClock {

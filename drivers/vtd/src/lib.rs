@@ -33,8 +33,10 @@ pub mod pagetable;
 pub mod spec;
 pub mod unit;
 
-#[cfg(test)]
-mod fake;
+/// Fake register block, DMA memory and clock (host tests; the fuzz harness with
+/// `test-util`).
+#[cfg(any(test, feature = "test-util"))]
+pub mod fake;
 #[cfg(test)]
 mod tests;
 

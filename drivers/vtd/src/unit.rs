@@ -194,6 +194,9 @@ struct Space {
 const MAX_POLLS: u64 = 50_000_000;
 /// Beyond this many page-selective descriptors per range, flush the whole PASID/domain instead.
 const MAX_PSI_DESCS: usize = 16;
+/// Narrowest and widest guest address widths a unit may report (3- and 5-level tables).
+const MIN_MGAW: u8 = 39;
+const MAX_MGAW: u8 = 57;
 
 pub struct RemappingUnit<R: RegisterBlock, M: DmaMemory, C: Clock> {
     regs: R,
@@ -231,6 +234,16 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
             return Err(VtdError::Missing(Requirement::QueuedInvalidation));
         }
         let mgaw = cap.mgaw();
+        // Address widths index shifts below (`x >> mgaw`): a width no table format has
+        // (3-, 4- or 5-level tables translate 39, 48 or 57 bits; VT-d spec rev 4.1
+        // §11.4.2) means a broken unit, not a wider one.
+        if !(MIN_MGAW..=MAX_MGAW).contains(&mgaw) {
+            return Err(VtdError::BadCapability {
+                field: "CAP.MGAW",
+                value: u64::from(mgaw),
+                allowed: "a guest address width of 39 to 57 bits",
+            });
+        }
         let ss_levels = if cap.contains(Cap::SAGAW_48) && mgaw >= 48 {
             4
         } else if cap.contains(Cap::SAGAW_39) {

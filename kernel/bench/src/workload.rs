@@ -275,6 +275,9 @@ pub const MAX_SIZE: u32 = 1 << 30;
 pub const MAX_BATCH: u16 = 1024;
 pub const MAX_DEPTH: u16 = 4096;
 pub const MAX_ITERS: u32 = 1 << 24;
+/// Most cases one `workload=` may expand to (all specs together): far more than any
+/// measurement needs, far fewer than a run can finish before its timeout.
+pub const MAX_CASES: u64 = 4096;
 
 /// Why a spec was rejected.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -305,6 +308,10 @@ pub enum SpecError {
     NotPowerOfTwo {
         key: &'static str,
         value: u64,
+    },
+    /// The specs expand to more than [`MAX_CASES`] cases.
+    TooManyCases {
+        cases: u64,
     },
 }
 
@@ -339,9 +346,15 @@ impl fmt::Display for SpecError {
             SpecError::NotPowerOfTwo { key, value } => {
                 write!(f, "{key}: {value} is not a power of two")
             }
+            SpecError::TooManyCases { cases } => write!(
+                f,
+                "the workload expands to {cases} cases (op × size × mode × batch × completion); at most {MAX_CASES} are allowed"
+            ),
         }
     }
 }
+
+impl core::error::Error for SpecError {}
 
 /// Decimal or 0x-hex, with an optional k/m/g suffix (×1024ⁿ).
 fn parse_u64(s: &str) -> Option<u64> {
@@ -543,7 +556,26 @@ impl WorkloadSpec {
         if specs.is_empty() {
             return Err(SpecError::Empty);
         }
+        let cases = specs
+            .iter()
+            .fold(0u64, |n, w| n.saturating_add(w.case_count()));
+        if cases > MAX_CASES {
+            return Err(SpecError::TooManyCases { cases });
+        }
         Ok(specs)
+    }
+
+    /// How many cases [`WorkloadSpec::cases`] returns, without building them.
+    pub fn case_count(&self) -> u64 {
+        [
+            self.ops.len(),
+            self.sizes.len(),
+            self.modes.len(),
+            self.batches.len(),
+            self.completions.len(),
+        ]
+        .iter()
+        .fold(1u64, |n, &k| n.saturating_mul(k as u64))
     }
 
     /// The cases, op-major.
@@ -663,6 +695,34 @@ mod tests {
         assert_eq!(s.missing(4), [5]);
         assert_eq!(Selection::All.resolve(3), [0, 1, 2]);
         assert_eq!(alloc::format!("{s}"), "0,1,2,5");
+    }
+
+    #[test]
+    fn the_number_of_cases_is_capped() {
+        let list = |n: u32| {
+            (1..=n)
+                .map(|i| alloc::format!("{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let ops = WlOp::ALL.map(WlOp::name).join(",");
+        // 15 × 230 × 2 × 230 × 2 = 3 174 000 cases: once accepted, it ran until the timeout.
+        let huge = alloc::format!(
+            "{ops}:size={}:mode=dwq,swq:batch={}:completion=poll,irq",
+            list(230),
+            list(230)
+        );
+        let e = WorkloadSpec::parse(&huge).unwrap_err();
+        assert_eq!(e, SpecError::TooManyCases { cases: 3_174_000 });
+        assert!(e.to_string().contains("at most 4096"), "{e}");
+        // The cap counts all specs of one workload together.
+        let half = alloc::format!("memmove:size={}:batch={}", list(64), list(32));
+        assert_eq!(WorkloadSpec::parse(&half).unwrap()[0].case_count(), 2048);
+        assert!(WorkloadSpec::parse(&alloc::format!("{half};{half}")).is_ok());
+        assert_eq!(
+            WorkloadSpec::parse(&alloc::format!("{half};{half};noop")),
+            Err(SpecError::TooManyCases { cases: 4097 })
+        );
     }
 
     #[test]

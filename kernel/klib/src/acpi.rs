@@ -125,6 +125,16 @@ pub enum AcpiFormatError {
         /// Address space ID.
         space: u8,
     },
+    /// A physical address (table pointer, register block, ECAM window) that is 0, or
+    /// whose range wraps or reaches the physical address limit.
+    BadAddress {
+        /// What the address is for.
+        what: &'static str,
+        /// The address.
+        address: u64,
+        /// Bytes it must cover.
+        len: u64,
+    },
 }
 
 impl fmt::Display for AcpiFormatError {
@@ -166,8 +176,57 @@ impl fmt::Display for AcpiFormatError {
             Self::UnsupportedAddressSpace { signature, space } => {
                 write!(f, "{signature}: unsupported address space {space}")
             }
+            Self::BadAddress { what, address, len } => write!(
+                f,
+                "{what} at {address:#x} (+{len:#x}) is not a usable physical address"
+            ),
         }
     }
+}
+
+impl core::error::Error for AcpiFormatError {}
+
+/// Checks that `[address, address + len)` is a physical range the kernel can map: not at
+/// address 0 (page 0 is never mapped; firmware writes 0 for "absent"), no wrap-around,
+/// and below `phys_limit` (2^MAXPHYADDR).
+pub fn check_phys_range(
+    what: &'static str,
+    address: u64,
+    len: u64,
+    phys_limit: u64,
+) -> Result<(), AcpiFormatError> {
+    let bad = AcpiFormatError::BadAddress { what, address, len };
+    if address == 0 {
+        return Err(bad);
+    }
+    match address.checked_add(len.max(1)) {
+        Some(end) if end <= phys_limit => Ok(()),
+        _ => Err(bad),
+    }
+}
+
+/// The physical range `[start, end)` an MCFG allocation decodes (PCI Firmware spec 3.3,
+/// §4.1.2: `base` is the address of bus 0 even when `bus_start` > 0), if the allocation is
+/// usable: base non-zero and 1 MiB aligned, buses in order, and the window a physical
+/// range below `phys_limit` (checked arithmetic: a base near 2^64 wrapped before).
+pub fn ecam_window(
+    base: u64,
+    bus_start: u8,
+    bus_end: u8,
+    phys_limit: u64,
+) -> Result<(u64, u64), AcpiFormatError> {
+    let len = (u64::from(bus_end.saturating_sub(bus_start)) + 1) << 20;
+    let bad = AcpiFormatError::BadAddress {
+        what: "ECAM window",
+        address: base,
+        len,
+    };
+    if !base.is_multiple_of(1 << 20) || bus_start > bus_end {
+        return Err(bad);
+    }
+    let start = base.checked_add(u64::from(bus_start) << 20).ok_or(bad)?;
+    check_phys_range("ECAM window", start, len, phys_limit)?;
+    Ok((start, start + len))
 }
 
 fn u16_at(b: &[u8], o: usize) -> u16 {
@@ -454,6 +513,44 @@ pub fn check_mcfg(bytes: &[u8]) -> Result<SdtHeader, AcpiFormatError> {
     Ok(h)
 }
 
+/// Offset of the FADT's 32-bit DSDT pointer and of its 64-bit X_DSDT (ACPI 6.5, 5.2.9).
+const FADT_DSDT: usize = 40;
+const FADT_X_DSDT: usize = 140;
+
+/// The DSDT address from a FADT: X_DSDT when the table is long enough to have it and it
+/// is non-zero, else DSDT; `None` when both are 0. Only the FADT's own structure is
+/// checked here (signature, checksum, length ≥ 44), not the address.
+pub fn fadt_dsdt(bytes: &[u8]) -> Result<Option<u64>, AcpiFormatError> {
+    let h = validate_table_as(bytes, *b"FACP", FADT_DSDT + 4)?;
+    let len = h.length as usize;
+    let x = if len >= FADT_X_DSDT + 8 {
+        u64_at(bytes, FADT_X_DSDT)
+    } else {
+        0
+    };
+    let dsdt = if x != 0 {
+        x
+    } else {
+        u64::from(u32_at(bytes, FADT_DSDT))
+    };
+    Ok((dsdt != 0).then_some(dsdt))
+}
+
+/// Tables of which the platform has at most one (ACPI 6.5 §5.2.9, §5.2.12, and the VT-d and
+/// PCI Firmware specifications for DMAR and MCFG): the kernel uses the first and warns
+/// about the others.
+pub const SINGLE_TABLES: [[u8; 4]; 4] = [*b"FACP", *b"APIC", *b"DMAR", *b"MCFG"];
+
+/// The signatures of [`SINGLE_TABLES`] that occur more than once in `tables`, with their
+/// count, in the order of [`SINGLE_TABLES`].
+pub fn repeated_single_tables(tables: &[Signature]) -> Vec<(Signature, usize)> {
+    SINGLE_TABLES
+        .iter()
+        .map(|s| (Signature(*s), tables.iter().filter(|t| t.0 == *s).count()))
+        .filter(|&(_, n)| n > 1)
+        .collect()
+}
+
 /// FADT lengths the kernel relies on: ACPI 1.0 layout (116 bytes), and up to
 /// X_PM_TMR_BLK (offset 208 + 12) when the revision says the extended fields exist.
 pub fn check_fadt(bytes: &[u8]) -> Result<SdtHeader, AcpiFormatError> {
@@ -481,6 +578,9 @@ pub struct HpetDescription {
     pub min_tick: u16,
 }
 
+/// Size of the HPET register block (IA-PC HPET spec 1.0a, 2.3).
+pub const HPET_REGISTER_BLOCK: u64 = 1024;
+
 /// Decodes the HPET table (parsed here rather than with the `acpi` crate, whose
 /// `HpetInfo::new` asserts on the address space instead of returning an error).
 pub fn parse_hpet(bytes: &[u8]) -> Result<HpetDescription, AcpiFormatError> {
@@ -492,9 +592,17 @@ pub fn parse_hpet(bytes: &[u8]) -> Result<HpetDescription, AcpiFormatError> {
             space,
         });
     }
+    let base_address = u64_at(bytes, 44);
+    if base_address == 0 {
+        return Err(AcpiFormatError::BadAddress {
+            what: "HPET register block",
+            address: 0,
+            len: HPET_REGISTER_BLOCK,
+        });
+    }
     Ok(HpetDescription {
         event_timer_block_id: u32_at(bytes, 36),
-        base_address: u64_at(bytes, 44),
+        base_address,
         hpet_number: bytes[52],
         min_tick: u16_at(bytes, 53),
     })
@@ -702,6 +810,117 @@ mod tests {
         assert!(matches!(
             parse_hpet(&table(b"HPET", &hb)),
             Err(AcpiFormatError::UnsupportedAddressSpace { space: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn fadt_dsdt_pointer_needs_the_field() {
+        // A FADT of 36..=43 bytes passed the header checks and then had bytes 40..44 read.
+        for body_len in 0..8 {
+            let f = table(b"FACP", &vec![0u8; body_len]);
+            assert!(
+                matches!(
+                    fadt_dsdt(&f),
+                    Err(AcpiFormatError::Truncated { need: 44, .. })
+                ),
+                "{body_len}"
+            );
+        }
+        let mut body = vec![0u8; 8];
+        body[4..8].copy_from_slice(&0x7fe_0040u32.to_le_bytes());
+        assert_eq!(fadt_dsdt(&table(b"FACP", &body)), Ok(Some(0x7fe_0040)));
+        // X_DSDT wins when present and non-zero.
+        let mut body = vec![0u8; 112];
+        body[4..8].copy_from_slice(&0x7fe_0040u32.to_le_bytes());
+        body[104..112].copy_from_slice(&0x1_0000_0000u64.to_le_bytes());
+        assert_eq!(fadt_dsdt(&table(b"FACP", &body)), Ok(Some(0x1_0000_0000)));
+        assert_eq!(fadt_dsdt(&table(b"FACP", &[0u8; 8])), Ok(None));
+        assert!(matches!(
+            fadt_dsdt(&table(b"APIC", &[0u8; 8])),
+            Err(AcpiFormatError::SignatureMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn physical_ranges_are_checked_without_overflow() {
+        let limit = 1u64 << 46;
+        check_phys_range("t", 0x1000, 36, limit).unwrap();
+        for (a, l) in [
+            (0u64, 36u64),                 // absent
+            (u64::MAX - 10, 36),           // wraps
+            (0xffff_ffff_ffff_f000, 4096), // ends exactly at 2^64
+            (limit - 4, 36),               // crosses the limit
+            (limit, 1),
+        ] {
+            assert_eq!(
+                check_phys_range("RSDT", a, l, limit),
+                Err(AcpiFormatError::BadAddress {
+                    what: "RSDT",
+                    address: a,
+                    len: l
+                }),
+                "{a:#x}+{l:#x}"
+            );
+        }
+        assert!(
+            check_phys_range("HPET", 0, 1024, limit)
+                .unwrap_err()
+                .to_string()
+                .contains("HPET at 0x0")
+        );
+    }
+
+    #[test]
+    fn ecam_windows_near_the_top_are_refused() {
+        let limit = 1u64 << 46;
+        assert_eq!(
+            ecam_window(0xb000_0000, 0, 0xff, limit),
+            Ok((0xb000_0000, 0xc000_0000))
+        );
+        assert_eq!(
+            ecam_window(0xb000_0000, 0x10, 0x1f, limit),
+            Ok((0xb100_0000, 0xb200_0000))
+        );
+        // base + bus << 20 wrapped; base 0; unaligned; reversed; past the limit.
+        for (base, s, e) in [
+            (0xffff_ffff_fff0_0000u64, 0x10u8, 0xff),
+            (0xffff_ffff_f000_0000, 0, 0xff),
+            (0, 0, 0xff),
+            (0xb000_1000, 0, 0),
+            (0xb000_0000, 5, 4),
+            (limit - (1 << 20), 0, 1),
+        ] {
+            assert!(
+                matches!(
+                    ecam_window(base, s, e, limit),
+                    Err(AcpiFormatError::BadAddress { .. })
+                ),
+                "{base:#x} {s} {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn repeated_tables_are_found() {
+        let sigs: Vec<Signature> = [
+            b"FACP", b"APIC", b"SSDT", b"SSDT", b"APIC", b"DMAR", b"DMAR", b"DMAR",
+        ]
+        .iter()
+        .map(|s| Signature(**s))
+        .collect();
+        assert_eq!(
+            repeated_single_tables(&sigs),
+            vec![(Signature(*b"APIC"), 2), (Signature(*b"DMAR"), 3)]
+        );
+        assert!(repeated_single_tables(&sigs[..3]).is_empty());
+    }
+
+    #[test]
+    fn hpet_at_address_zero_is_refused() {
+        let hb = vec![0u8; 20];
+        assert!(matches!(
+            parse_hpet(&table(b"HPET", &hb)),
+            Err(AcpiFormatError::BadAddress { address: 0, .. })
         ));
     }
 }

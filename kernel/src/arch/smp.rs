@@ -279,14 +279,8 @@ pub fn start_aps() -> Result<SmpReport, SmpError> {
         w64(off(&raw const tr_efer), efer);
         w64(off(&raw const tr_entry), ap_entry64 as *const () as u64);
     }
-    let init_delay = match crate::cmdline::number("smp.init_delay_us") {
-        Some(Ok(v)) if v <= 1_000_000 => v,
-        _ => 10_000,
-    };
-    let timeout_ms = match crate::cmdline::number("smp.timeout_ms") {
-        Some(Ok(v)) if (1..=60_000).contains(&v) => v,
-        _ => 1000,
-    };
+    let init_delay = crate::cmdline::SMP_INIT_DELAY_US.get();
+    let timeout_ms = crate::cmdline::SMP_TIMEOUT_MS.get();
 
     for c in targets {
         if !c.enabled {

@@ -9,6 +9,7 @@
 //! * otherwise the fw_cfg file [`FW_CFG_FILE`] if QEMU has one (`./qemu-run.sh
 //!   --dsa-config FILE` adds it), else the default.
 
+use alloc::boxed::Box;
 use alloc::string::{String, ToString};
 use core::fmt;
 
@@ -25,6 +26,8 @@ pub enum Origin {
     Default,
     CommandLine,
     FwCfg(String),
+    /// The default layout for a device the supplied configuration does not list.
+    NotListed(Box<Origin>),
 }
 
 impl fmt::Display for Origin {
@@ -33,6 +36,7 @@ impl fmt::Display for Origin {
             Origin::Default => write!(f, "default layout"),
             Origin::CommandLine => write!(f, "accel-config from the command line"),
             Origin::FwCfg(n) => write!(f, "accel-config from fw_cfg '{n}'"),
+            Origin::NotListed(o) => write!(f, "default layout (not listed in the {o})"),
         }
     }
 }
@@ -40,9 +44,15 @@ impl fmt::Display for Origin {
 /// Why the configuration given could not be used.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LoadError {
+    /// The fw_cfg file could not be read.
     FwCfg(crate::fw_cfg::FwCfgError),
-    NotUtf8 { origin: Origin },
-    Invalid { origin: Origin, why: String },
+    NotUtf8 {
+        origin: Origin,
+    },
+    Invalid {
+        origin: Origin,
+        why: String,
+    },
 }
 
 impl fmt::Display for LoadError {
@@ -51,6 +61,15 @@ impl fmt::Display for LoadError {
             LoadError::FwCfg(e) => write!(f, "DSA configuration: {e}"),
             LoadError::NotUtf8 { origin } => write!(f, "{origin}: not UTF-8 text"),
             LoadError::Invalid { origin, why } => write!(f, "{origin} rejected: {why}"),
+        }
+    }
+}
+
+impl core::error::Error for LoadError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            LoadError::FwCfg(e) => Some(e),
+            _ => None,
         }
     }
 }
@@ -74,21 +93,34 @@ fn from_fw_cfg(name: &str) -> Result<(Option<AccelConfig>, Origin), LoadError> {
     parse(text, origin)
 }
 
-/// The configuration to use (`None` = the default layout) and where it came from.
-pub fn load() -> Result<(Option<AccelConfig>, Origin), LoadError> {
+/// Where the configuration is to come from, before it is read: anything but
+/// [`Origin::Default`] was supplied by the user, and failing to apply it fails the run.
+pub fn requested() -> Origin {
     match crate::cmdline::get("dsa.config") {
-        Some("default") => Ok((None, Origin::Default)),
-        Some(v) if v.starts_with("fw_cfg:") => from_fw_cfg(&v["fw_cfg:".len()..]),
-        Some(json) => parse(json, Origin::CommandLine),
+        Some("default") => Origin::Default,
+        Some(v) if v.starts_with("fw_cfg:") => Origin::FwCfg(v["fw_cfg:".len()..].into()),
+        Some(_) => Origin::CommandLine,
         None => {
             let present = crate::fw_cfg::files()
                 .map(|fs| fs.iter().any(|f| f.name == FW_CFG_FILE))
                 .unwrap_or(false);
             if present {
-                from_fw_cfg(FW_CFG_FILE)
+                Origin::FwCfg(FW_CFG_FILE.into())
             } else {
-                Ok((None, Origin::Default))
+                Origin::Default
             }
         }
+    }
+}
+
+/// The configuration to use (`None` = the default layout) and where it came from.
+pub fn load() -> Result<(Option<AccelConfig>, Origin), LoadError> {
+    match requested() {
+        Origin::CommandLine => parse(
+            crate::cmdline::get("dsa.config").unwrap_or(""),
+            Origin::CommandLine,
+        ),
+        Origin::FwCfg(name) => from_fw_cfg(&name),
+        Origin::Default | Origin::NotListed(_) => Ok((None, Origin::Default)),
     }
 }

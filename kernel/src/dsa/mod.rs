@@ -69,6 +69,16 @@ pub enum DsaInitError {
     Earlier(String),
 }
 
+impl core::error::Error for DsaInitError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            DsaInitError::Config(e) => Some(e),
+            DsaInitError::Iommu(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for DsaInitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -448,9 +458,12 @@ fn bring_up(
         clock: Arc::new(hw::Clock),
         pci: pci_state,
     };
-    let source = match accel {
-        Some(a) => ConfigSource::AccelConfig(a.clone()),
-        None => ConfigSource::Default,
+    let origin = device_origin(index, accel, origin);
+    let source = match (accel, &origin) {
+        (Some(a), config::Origin::CommandLine | config::Origin::FwCfg(_)) => {
+            ConfigSource::AccelConfig(a.clone())
+        }
+        _ => ConfigSource::Default,
     };
     let source = resolve_for_cpu(source, &hw, index, enqcmds)?;
     let d = dsa::Device::new(hw.clone(), index, source, default_options(kernel_pasid))?;
@@ -463,8 +476,23 @@ fn bring_up(
         routes,
         kernel_pasid,
         enqcmds,
-        config_origin: origin.clone(),
+        config_origin: origin,
     })
+}
+
+/// What device `index` runs: its entry of the accel-config, else the default layout
+/// (noting when the supplied configuration does not list it).
+fn device_origin(
+    index: u32,
+    accel: &Option<dsa::AccelConfig>,
+    origin: &config::Origin,
+) -> config::Origin {
+    match accel {
+        Some(a) if a.device_entry(index).is_none() => {
+            config::Origin::NotListed(alloc::boxed::Box::new(origin.clone()))
+        }
+        _ => origin.clone(),
+    }
 }
 
 /// Turns the source into an explicit configuration when the CPU cannot feed shared WQs:
@@ -523,6 +551,10 @@ pub fn init() -> Result<InitReport, DsaInitError> {
 fn init_once() -> Result<InitReport, DsaInitError> {
     let found: Vec<pci::Device> = pci::devices().filter(is_dsa).collect();
     let (accel, origin) = if found.is_empty() {
+        let asked = config::requested();
+        if asked != config::Origin::Default {
+            log::warn!("dsa: no DSA device: the {asked} is unused");
+        }
         (None, config::Origin::Default)
     } else {
         match config::load() {
@@ -541,9 +573,10 @@ fn init_once() -> Result<InitReport, DsaInitError> {
             match bring_up(i as u32, *d, &accel, &origin) {
                 Ok(x) => v.push(x),
                 Err(e) => {
-                    log::error!("dsa{i} ({}): {e}", d.address());
+                    let o = device_origin(i as u32, &accel, &origin);
+                    log::error!("dsa{i} ({}, {o}): {e}", d.address());
                     if first_err.is_none() {
-                        first_err = Some(format!("dsa{i}: {e}"));
+                        first_err = Some(format!("dsa{i} ({o}): {e}"));
                     }
                 }
             }
@@ -552,6 +585,14 @@ fn init_once() -> Result<InitReport, DsaInitError> {
     });
     if let Some(e) = first_err {
         INIT_ERROR.call_once(|| e);
+    }
+    if let Some(a) = &accel {
+        for i in a.unmatched(found.len()) {
+            log::warn!(
+                "dsa: the {origin} configures dsa{i}, but only {} DSA device(s) exist: that entry is unused",
+                found.len()
+            );
+        }
     }
     for d in devs {
         print_summary(d);

@@ -293,14 +293,10 @@ static SYSTEM: Once<Result<System, ImsError>> = Once::new();
 
 /// Per-PASID handle quota of every device (`ims.quota=N`).
 pub fn quota() -> u32 {
-    match crate::cmdline::number("ims.quota") {
-        Some(Ok(n)) if n >= 1 && n <= u64::from(u32::MAX) => n as u32,
-        Some(_) => {
-            log::warn!("ims.quota must be a positive number; using {DEFAULT_QUOTA}");
-            DEFAULT_QUOTA
-        }
-        None => DEFAULT_QUOTA,
-    }
+    // Out-of-range values fail the run at boot (`cmdline::problems`).
+    crate::cmdline::IMS_QUOTA
+        .given()
+        .map_or(DEFAULT_QUOTA, |n| n as u32)
 }
 
 /// A domain over the kernel platform (the system one is [`system`]).

@@ -101,8 +101,11 @@ impl IrNeed {
 }
 
 /// The IR table size for a unit: `iommu.irtes=N` (a power of two, 2..=65536) if given,
-/// else the smallest power of two of at least [`MIN_IRTES`] that holds `need`.
-fn ir_table_size(unit: usize, need: IrNeed) -> vtd::IrTableSize {
+/// else the smallest power of two of at least [`MIN_IRTES`] that holds `need`. An
+/// `iommu.irtes` below what the unit's devices can ask for is refused: one IRTE per
+/// MSI/MSI-X vector and IMS entry is the layout, so a smaller table would fail device
+/// bring-up later with a far less helpful error.
+fn ir_table_size(unit: usize, need: IrNeed) -> Result<vtd::IrTableSize, IommuError> {
     let fit = vtd::ir_table_size_for(need.total(), MIN_IRTES);
     if fit.capped {
         log::warn!(
@@ -111,26 +114,26 @@ fn ir_table_size(unit: usize, need: IrNeed) -> vtd::IrTableSize {
             fit.entries
         );
     }
-    match crate::cmdline::number("iommu.irtes") {
-        None => fit,
-        Some(Ok(n)) if (2..=65536).contains(&n) && n.is_power_of_two() => {
-            let s = vtd::ir_table_size_for(n, 0);
-            if s.entries < fit.entries {
-                log::warn!(
-                    "unit {unit}: iommu.irtes={n} is below the {} entries its devices may use",
-                    fit.entries
-                );
-            }
-            s
-        }
-        Some(_) => {
-            log::warn!(
-                "iommu.irtes must be a power of two in 2..=65536; using {}",
-                fit.entries
-            );
-            fit
-        }
+    let Some(n) = crate::cmdline::IOMMU_IRTES.given() else {
+        return Ok(fit);
+    };
+    let s = vtd::ir_table_size_for(n, 0);
+    let least = vtd::ir_table_size_for(need.total(), 0);
+    if s.entries < least.entries {
+        return Err(IommuError::IrTableTooSmall {
+            unit,
+            requested: n,
+            need: need.total(),
+        });
     }
+    if s.entries < fit.entries {
+        log::info!(
+            "unit {unit}: iommu.irtes={n} holds its devices' {} messages (default would be {})",
+            need.total(),
+            fit.entries
+        );
+    }
+    Ok(s)
 }
 
 /// PCI capability ID of MSI.
@@ -183,6 +186,15 @@ pub enum IommuError {
     BadNotificationVector(u8),
     /// The units disagree on x2APIC destinations, so no NDST format fits all of them.
     MixedInterruptModes,
+    /// `iommu.irtes=N` is below the interrupt messages of the unit's devices.
+    IrTableTooSmall {
+        /// Unit index.
+        unit: usize,
+        /// The N given.
+        requested: u64,
+        /// Messages of its devices (MSI/MSI-X, IMS, spare).
+        need: u64,
+    },
 }
 
 impl fmt::Display for IommuError {
@@ -218,6 +230,25 @@ impl fmt::Display for IommuError {
                 f,
                 "remapping units disagree on x2APIC destinations: no common NDST format"
             ),
+            Self::IrTableTooSmall {
+                unit,
+                requested,
+                need,
+            } => write!(
+                f,
+                "iommu.irtes={requested} is too small: the devices behind unit {unit} have {need} interrupt messages (MSI/MSI-X vectors, IMS entries and {SYSTEM_IRTES} spare), one IRTE each"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for IommuError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::Dmar(e) => Some(e),
+            Self::Map(e) => Some(e),
+            Self::Vtd { err, .. } => Some(err),
+            _ => None,
         }
     }
 }
@@ -304,9 +335,52 @@ pub struct InitReport {
 }
 
 /// Brings up every remapping unit (see the module documentation). `Ok(None)` when there is
-/// nothing to do (no DMAR table, or `iommu=off`).
+/// nothing to do (no DMAR table, a DMAR without remapping units, or `iommu=off`).
 pub fn init(ims_hint: ImsHint) -> Result<Option<InitReport>, IommuError> {
     let t0 = crate::time::now_ns();
+    let Some(dmar) = read_dmar()? else {
+        return Ok(None);
+    };
+    let map = DeviceUnitMap::build(&dmar, |seg, b, d, f| {
+        crate::pci::bridge_buses(seg, b, d, f).map(|x| BridgeBuses {
+            secondary: x.secondary,
+            subordinate: x.subordinate,
+        })
+    });
+    if map.units.is_empty() {
+        // Firmware data: nothing to remap with, so the platform runs as without VT-d.
+        log::warn!("DMAR lists no remapping unit (DRHD): DMA and interrupts are not remapped");
+        return Ok(None);
+    }
+    log::info!(
+        "DMAR: host address width {}, flags {:?}, {} remapping unit(s)",
+        dmar.host_address_width,
+        dmar.flags,
+        map.units.len()
+    );
+    let devices = assign_devices(&map);
+    let needs = interrupt_needs(&map, &devices, ims_hint);
+    let (units, rid_default) = create_units(&dmar, &map, &needs)?;
+    let io = IOMMU.call_once(|| Iommu {
+        units,
+        devices,
+        pasids: IrqMutex::new(BTreeSet::new()),
+        rid_default,
+    });
+    let mut prepared = 0;
+    for s in &io.units {
+        prepared += enable_unit(io, s)?;
+    }
+    warn_unreachable_cpus(io);
+    Ok(Some(InitReport {
+        units: io.units.len(),
+        devices: prepared,
+        elapsed_ns: crate::time::now_ns() - t0,
+    }))
+}
+
+/// Step 1: the validated DMAR table, unless `iommu=off` or the firmware has none.
+fn read_dmar() -> Result<Option<Dmar<'static>>, IommuError> {
     if crate::cmdline::get("iommu") == Some("off") {
         log::warn!("disabled on the command line (iommu=off): DMA is not remapped");
         return Ok(None);
@@ -315,22 +389,13 @@ pub fn init(ims_hint: ImsHint) -> Result<Option<InitReport>, IommuError> {
         log::info!("no DMAR table: DMA and interrupts are not remapped");
         return Ok(None);
     };
-    let dmar = Dmar::parse(bytes).map_err(IommuError::Dmar)?;
-    let map = DeviceUnitMap::build(&dmar, |seg, b, d, f| {
-        crate::pci::bridge_buses(seg, b, d, f).map(|x| BridgeBuses {
-            secondary: x.secondary,
-            subordinate: x.subordinate,
-        })
-    });
-    log::info!(
-        "DMAR: host address width {}, flags {:?}, {} remapping unit(s)",
-        dmar.host_address_width,
-        dmar.flags,
-        map.units.len()
-    );
+    Dmar::parse(bytes).map(Some).map_err(IommuError::Dmar)
+}
 
-    // Device → unit: the DMAR scopes; a device no scope names goes to its segment's unit when
-    // there is exactly one (QEMU lists only what sat on the root bus when it built the table).
+/// Step 2: device → unit. The DMAR scopes; a device no scope names goes to its segment's
+/// unit when there is exactly one (QEMU lists only what sat on the root bus when it built
+/// the table).
+fn assign_devices(map: &DeviceUnitMap) -> BTreeMap<PciAddress, usize> {
     let mut devices = BTreeMap::new();
     for d in crate::pci::devices() {
         let a = d.address();
@@ -352,14 +417,18 @@ pub fn init(ims_hint: ImsHint) -> Result<Option<InitReport>, IommuError> {
             (None, _) => log::warn!("{a} is not behind any remapping unit"),
         }
     }
+    devices
+}
 
-    // What each unit's IR table must hold.
+/// Step 3: what each unit's IR table must hold.
+fn interrupt_needs(
+    map: &DeviceUnitMap,
+    devices: &BTreeMap<PciAddress, usize>,
+    ims_hint: ImsHint,
+) -> Vec<IrNeed> {
     let mut needs = alloc::vec![IrNeed::default(); map.units.len()];
     for d in crate::pci::devices() {
-        let Some(&u) = devices.get(&d.address()) else {
-            continue;
-        };
-        let Some(need) = needs.get_mut(u) else {
+        let Some(need) = devices.get(&d.address()).and_then(|&u| needs.get_mut(u)) else {
             continue;
         };
         let info = d.info();
@@ -370,7 +439,17 @@ pub fn init(ims_hint: ImsHint) -> Result<Option<InitReport>, IommuError> {
         };
         need.ims += u64::from(ims_hint(&d));
     }
+    needs
+}
 
+/// Step 4: one [`Unit`] per DRHD (registers mapped, capabilities checked, IR table sized)
+/// with its fault-event vector; the default for unattached devices (blocked if any unit
+/// lacks pass-through).
+fn create_units(
+    dmar: &Dmar<'_>,
+    map: &DeviceUnitMap,
+    needs: &[IrNeed],
+) -> Result<(Vec<UnitSlot>, RidDefault), IommuError> {
     let x2apic_cpus = apic::mode() == apic::Mode::X2Apic;
     let fault_cpu = (0..percpu::cpu_count())
         .find(|&c| percpu::apic_id(c).is_some_and(|id| id <= 0xff))
@@ -391,7 +470,7 @@ pub fn init(ims_hint: ImsHint) -> Result<Option<InitReport>, IommuError> {
             rid_default = RidDefault::Blocked;
         }
         let need = needs.get(u.unit).copied().unwrap_or_default();
-        let ir = ir_table_size(i, need);
+        let ir = ir_table_size(i, need)?;
         log::info!(
             "unit {i}: IR table of {} entries for {} MSI/MSI-X and {} IMS messages (+{SYSTEM_IRTES} spare)",
             ir.entries,
@@ -420,57 +499,55 @@ pub fn init(ims_hint: ImsHint) -> Result<Option<InitReport>, IommuError> {
             unit: IrqMutex::new(unit),
         });
     }
-    let io = IOMMU.call_once(|| Iommu {
-        units,
-        devices,
-        pasids: IrqMutex::new(BTreeSet::new()),
-        rid_default,
-    });
+    Ok((units, rid_default))
+}
 
-    let mut prepared = 0;
-    for s in &io.units {
-        let (cpu, vector) = s.fault_irq;
-        let idx = s.index;
-        crate::irq::set_handler(cpu, vector, move |_| {
-            if let Some(io) = IOMMU.get()
-                && let Some(s) = io.units.get(idx)
-            {
-                s.on_fault_event();
-            }
-        })
-        .map_err(IommuError::Irq)?;
-        let apic_id = percpu::apic_id(cpu).ok_or(IommuError::NoSuchCpu(cpu))?;
-        // Context entries for every function and for every DMA alias (the ID conventional
-        // devices' requests actually carry).
-        let rids: BTreeSet<Bdf> = io
-            .devices
-            .iter()
-            .filter(|(_, u)| **u == idx)
-            .flat_map(|(a, _)| [bdf(*a), rid(*a)])
-            .collect();
-        let mut u = s.lock();
-        s.vtd(u.configure_fault_event(apic_id, vector))?;
-        s.vtd(u.setup())?;
-        for b in &rids {
-            s.vtd(u.prepare_device(*b))?;
+/// Step 5, per unit: fault-event handler, queued invalidation, interrupt remapping and
+/// root table, context entries for every function and every DMA alias (the ID
+/// conventional devices' requests actually carry), then translation. Returns the number
+/// of requester IDs prepared.
+fn enable_unit(io: &'static Iommu, s: &UnitSlot) -> Result<usize, IommuError> {
+    let (cpu, vector) = s.fault_irq;
+    let idx = s.index;
+    crate::irq::set_handler(cpu, vector, move |_| {
+        if let Some(io) = IOMMU.get()
+            && let Some(s) = io.units.get(idx)
+        {
+            s.on_fault_event();
         }
-        prepared += rids.len();
-        s.vtd(u.enable_translation())?;
-        log::info!(
-            "unit {idx} at {:#x} (segment {}): {:?}, interrupt remapping {}, {} device(s), RID_PASID default {:?}, fault event vector {vector:#x} on CPU {cpu}",
-            s.register_base,
-            s.segment,
-            u.stage(),
-            if u.x2apic_irtes() { "x2APIC" } else { "xAPIC" },
-            io.devices.values().filter(|v| **v == idx).count(),
-            u.config().rid_default,
-        );
+    })
+    .map_err(IommuError::Irq)?;
+    let apic_id = percpu::apic_id(cpu).ok_or(IommuError::NoSuchCpu(cpu))?;
+    let rids: BTreeSet<Bdf> = io
+        .devices
+        .iter()
+        .filter(|(_, u)| **u == idx)
+        .flat_map(|(a, _)| [bdf(*a), rid(*a)])
+        .collect();
+    let mut u = s.lock();
+    s.vtd(u.configure_fault_event(apic_id, vector))?;
+    s.vtd(u.setup())?;
+    for b in &rids {
+        s.vtd(u.prepare_device(*b))?;
     }
-    for s in &io.units {
-        if s.lock().posted_interrupts() {
-            log::info!("unit {}: posted interrupts (CAP.PI)", s.index);
-        }
+    s.vtd(u.enable_translation())?;
+    log::info!(
+        "unit {idx} at {:#x} (segment {}): {:?}, interrupt remapping {}, {} device(s), RID_PASID default {:?}, fault event vector {vector:#x} on CPU {cpu}",
+        s.register_base,
+        s.segment,
+        u.stage(),
+        if u.x2apic_irtes() { "x2APIC" } else { "xAPIC" },
+        io.devices.values().filter(|v| **v == idx).count(),
+        u.config().rid_default,
+    );
+    if u.posted_interrupts() {
+        log::info!("unit {idx}: posted interrupts (CAP.PI)");
     }
+    Ok(rids.len())
+}
+
+/// Step 6: CPUs that remapped interrupts cannot reach.
+fn warn_unreachable_cpus(io: &Iommu) {
     if (0..percpu::cpu_count()).any(|c| percpu::apic_id(c).is_some_and(|id| id > 0xff))
         && io.units.iter().any(|u| !u.lock().x2apic_irtes())
     {
@@ -478,11 +555,6 @@ pub fn init(ims_hint: ImsHint) -> Result<Option<InitReport>, IommuError> {
             "CPUs with APIC IDs above 255 but IRTEs in xAPIC format (no ECAP.EIM): they cannot receive remapped interrupts"
         );
     }
-    Ok(Some(InitReport {
-        units: io.units.len(),
-        devices: prepared,
-        elapsed_ns: crate::time::now_ns() - t0,
-    }))
 }
 
 /// The remapping unit index that translates `dev`.

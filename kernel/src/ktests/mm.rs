@@ -173,6 +173,35 @@ ktest!(
     }
 );
 
+ktest!(
+    fn mmio_at_page_zero_or_past_the_address_limit_is_refused() {
+        // Firmware says 0 for "absent": an HPET or I/O APIC at 0 must never map the null
+        // page (which stays unmapped so null pointers fault).
+        for (phys, len) in [(0u64, 1024u64), (0x10, 0x20), (0xfff, 2)] {
+            assert_eq!(
+                mm::map_mmio(phys, len),
+                Err(MmError::BadPhysRange { phys, len })
+            );
+        }
+        assert_eq!(mm::translate(0), None);
+        // Wrapping or beyond MAXPHYADDR: refused before any rounding can overflow.
+        let limit = mm::phys_addr_limit();
+        for (phys, len) in [
+            (u64::MAX - 0x10, 0x100),
+            (0xffff_ffff_ffff_f000, 0x1000),
+            (limit - 0x1000, 0x2000),
+            (limit, 0x1000),
+        ] {
+            assert_eq!(
+                mm::map_mmio(phys, len),
+                Err(MmError::BadPhysRange { phys, len })
+            );
+            assert!(mm::map_firmware(phys, len).is_err());
+        }
+        assert!(mm::map_firmware(0, 4).is_err());
+    }
+);
+
 /// A read-only static (in .rodata).
 static RODATA_PROBE: [u64; 2] = [0x5a5a_5a5a, 0xa5a5_a5a5];
 

@@ -53,6 +53,15 @@ pub enum MmError {
     },
     /// The memory map has no usable RAM.
     NoUsableMemory,
+    /// An MMIO or firmware range at page 0 (never mapped: it catches null pointers, and
+    /// firmware writes 0 for "absent"), wrapping around, or beyond the physical address
+    /// limit.
+    BadPhysRange {
+        /// Start.
+        phys: u64,
+        /// Length.
+        len: u64,
+    },
 }
 
 impl fmt::Display for MmError {
@@ -76,8 +85,35 @@ impl fmt::Display for MmError {
                 )
             }
             Self::NoUsableMemory => write!(f, "the memory map contains no usable RAM"),
+            Self::BadPhysRange { phys, len } => write!(
+                f,
+                "{phys:#x}+{len:#x} is not a mappable physical range (page 0, wraps, or beyond the {}-bit physical address limit)",
+                phys_addr_bits()
+            ),
         }
     }
+}
+
+impl core::error::Error for MmError {}
+
+/// The CPU's physical address width (CPUID 0x8000_0008 EAX[7:0], Intel SDM Vol. 2A; 36 bits
+/// when the leaf is missing), at most the architectural 52.
+pub fn phys_addr_bits() -> u32 {
+    static BITS: Once<u32> = Once::new();
+    *BITS.call_once(|| {
+        use core::arch::x86_64::__cpuid;
+        let bits = if __cpuid(0x8000_0000).eax >= 0x8000_0008 {
+            __cpuid(0x8000_0008).eax & 0xff
+        } else {
+            36
+        };
+        bits.clamp(32, 52)
+    })
+}
+
+/// One past the highest physical address the CPU can reach.
+pub fn phys_addr_limit() -> u64 {
+    1 << phys_addr_bits()
 }
 
 impl From<MapError> for MmError {
@@ -141,11 +177,19 @@ pub fn init(raw: &MemoryMap) -> Result<(), MmError> {
     let map = MEMMAP.call_once(|| {
         let mut m = raw.clone();
         m.normalize();
+        m.clip(phys_addr_limit());
         m
     });
     log::info!("memory map ({} regions):", map.regions().len());
     for r in map.regions() {
         log::info!("  {r}");
+    }
+    if map.clipped > 0 {
+        log::warn!(
+            "memory map: {} entries reach beyond the {}-bit physical address limit and were cut there",
+            map.clipped,
+            phys_addr_bits()
+        );
     }
     if map.dropped > 0 {
         log::warn!(

@@ -209,44 +209,46 @@ pub fn kernel_root() -> u64 {
 ///
 /// Ranges already mapped uncached are accepted as they are; a range overlapping RAM or
 /// mapped otherwise gives `MmError::Map(MapError::Conflict { .. })`.
+///
+/// Page 0 is refused (`MmError::BadPhysRange`): it stays unmapped to catch null pointers,
+/// and firmware tables say 0 for a device that is absent. So are ranges that wrap or reach
+/// past the CPU's physical address limit.
 pub fn map_mmio(phys: u64, len: u64) -> Result<*mut u8, MmError> {
-    map_with(phys, len, mmio_flags())?;
+    let (s, e) = page_range(phys, len, PAGE)?;
+    map_pages(s, e, mmio_flags())?;
     Ok(phys as *mut u8)
 }
 
+/// `[phys, phys + len)` rounded out to pages, if it is a mappable physical range: starting
+/// at or above `lowest`, no wrap, below the physical address limit.
+fn page_range(phys: u64, len: u64, lowest: u64) -> Result<(u64, u64), MmError> {
+    let bad = MmError::BadPhysRange { phys, len };
+    let end = phys.checked_add(len.max(1)).ok_or(bad)?;
+    if phys < lowest || end > super::phys_addr_limit() {
+        return Err(bad);
+    }
+    // end <= 2^52, so rounding up cannot overflow.
+    Ok((phys / PAGE * PAGE, end.div_ceil(PAGE) * PAGE))
+}
+
 /// Makes firmware data (ACPI tables) readable: already-mapped pages (RAM or low MMIO)
-/// are left as they are; unmapped pages are mapped uncached.
+/// are left as they are; unmapped pages are mapped uncached. Address 0 and ranges that
+/// wrap or pass the physical address limit are refused; the rest of page 0 is allowed
+/// (the BIOS data area holds the EBDA pointer the RSDP search reads).
 pub fn map_firmware(phys: u64, len: u64) -> Result<(), MmError> {
-    let s = phys / PAGE * PAGE;
-    let e = phys
-        .checked_add(len.max(1))
-        .ok_or(MmError::BadRequest {
-            size: len,
-            align: 1,
-        })?
-        .div_ceil(PAGE)
-        * PAGE;
+    let (s, e) = page_range(phys, len, 1)?;
     let mut p = s;
     while p < e {
         if translate(p).is_none() {
-            map_with(p, PAGE, mmio_flags())?;
+            map_pages(p, p + PAGE, mmio_flags())?;
         }
         p += PAGE;
     }
     Ok(())
 }
 
-fn map_with(phys: u64, len: u64, flags: PteFlags) -> Result<(), MmError> {
-    let s = phys / PAGE * PAGE;
-    let e = phys
-        .checked_add(len.max(1))
-        .and_then(|e| e.checked_add(PAGE - 1))
-        .ok_or(MmError::BadRequest {
-            size: len,
-            align: 1,
-        })?
-        / PAGE
-        * PAGE;
+/// Identity-maps the pages `[s, e)` (page-aligned, checked by [`page_range`]).
+fn map_pages(s: u64, e: u64, flags: PteFlags) -> Result<(), MmError> {
     let mut g = KERNEL.lock();
     let m = g.as_mut().ok_or(MmError::NotInitialized)?;
     m.ensure(s, s, e - s, flags, &mut TableFrames)?;

@@ -303,7 +303,7 @@ fn invalid_configs_rejected_with_reason() {
     reject(
         "[{\"dev\":\"dsa0\",}]",
         ALL_PCI,
-        "JSON syntax error at byte 15",
+        "JSON syntax error at line 1 column 16: trailing comma",
     );
     reject(r#"[{"dev":"dma0"}]"#, ALL_PCI, "not a DSA device name");
     reject(r#"[{"dev":"dsa0","groups":[]}]"#, ALL_PCI, "no work queue");
