@@ -1,11 +1,11 @@
-//! The 32-byte completion record (dsa.md §7).
+//! The 32-byte completion record (DSA spec §8.2).
 
 /// Size of a DSA completion record (IAA uses 64).
 pub const CR_SIZE: usize = 32;
 /// Required alignment of the completion record address.
 pub const CR_ALIGN: u64 = 32;
 
-/// Completion status codes (byte 0 & 0x3F, §7.2).
+/// Completion status codes (byte 0 & 0x3F; §8.2.1, §5.8.1 Table 5-6).
 pub mod status {
     pub const NOT_COMPLETE: u8 = 0x00;
     pub const SUCCESS: u8 = 0x01;

@@ -1,4 +1,4 @@
-//! CRC reference functions used by DSA operations (dsa.md §8.6, §8.7): CRC-32C in the four
+//! CRC reference functions used by DSA operations (DSA spec §8.3.12, §8.3.14–§8.3.17, Appendices A and B): CRC-32C in the four
 //! modes selected by descriptor flags 17/18, and the T10-DIF CRC16 guard.
 //!
 //! All four CRC-32C modes run on one reflected, table-driven engine; the modes only differ in

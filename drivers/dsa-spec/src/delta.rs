@@ -1,4 +1,4 @@
-//! The delta record of Create Delta (0x07) and Apply Delta (0x08) (dsa.md §8.4): 10-byte
+//! The delta record of Create Delta (0x07) and Apply Delta (0x08) (DSA spec §8.3.8, §8.3.9): 10-byte
 //! entries, each a little-endian u16 offset in 8-byte words followed by the 8 new bytes.
 
 /// Bytes of one entry.

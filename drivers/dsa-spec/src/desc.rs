@@ -1,4 +1,4 @@
-//! The 64-byte work descriptor (dsa.md §6): common layout, flags, opcodes, per-op fields.
+//! The 64-byte work descriptor (DSA spec §8.1): common layout, flags, opcodes, per-op fields.
 
 use bitflags::bitflags;
 
@@ -6,7 +6,7 @@ use bitflags::bitflags;
 pub const DESC_SIZE: usize = 64;
 
 bitflags! {
-    /// Descriptor flags (bytes 4–6, 24 bits, §6.2). Bits 16–23 are operation-specific:
+    /// Descriptor flags (bytes 4–6, 24 bits, §8.1.3, Table 8-3). Bits 16–23 are operation-specific:
     /// several constants share a bit and are named after their operation.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
     pub struct DescFlags: u32 {
@@ -60,7 +60,7 @@ bitflags! {
 /// Mask of the 24 defined flag bits.
 pub const FLAGS_MASK: u32 = 0xFF_FFFF;
 
-/// Opcodes (§6.5). The descriptor keeps the raw byte; use [`Opcode::from_u8`].
+/// Opcodes (§8.1.2, Table 8-2). The descriptor keeps the raw byte; use [`Opcode::from_u8`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Opcode {

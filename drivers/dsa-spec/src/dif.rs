@@ -1,4 +1,4 @@
-//! T10-DIF definitions used by the DIF operations (dsa.md §8.7).
+//! T10-DIF definitions used by the DIF operations (DSA spec §8.3.14–§8.3.17, Appendix B).
 
 use bitflags::bitflags;
 

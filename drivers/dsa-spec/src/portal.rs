@@ -1,4 +1,4 @@
-//! BAR2 WQ submission portals (dsa.md §5.1).
+//! BAR2 WQ submission portals (DSA spec §9.3, Figure 9-2).
 
 /// Bytes of BAR2 owned by one WQ (4 pages).
 pub const WQ_PORTAL_STRIDE: u64 = 0x4000;

@@ -1,39 +1,60 @@
-//! BAR0 MMIO registers (dsa.md §2): offsets, layouts, commands, CMDSTATUS and SWERROR.
+//! BAR0 MMIO registers (DSA spec §9.2): the register map, layouts, commands, CMDSTATUS and
+//! SWERROR.
 
 use crate::{field64, set_field64};
 use bitflags::bitflags;
+use hwio::Value;
 
 /// BAR index of the MMIO registers.
 pub const BAR_MMIO: u8 = 0;
 /// BAR index of the WQ portals.
 pub const BAR_PORTALS: u8 = 2;
 
-/// Register offsets in BAR0 (§2.1).
-pub mod off {
-    pub const VERSION: u64 = 0x000;
-    pub const GENCAP: u64 = 0x010;
-    pub const WQCAP: u64 = 0x020;
-    pub const GRPCAP: u64 = 0x030;
-    pub const ENGCAP: u64 = 0x038;
-    /// Four qwords: bit n of the 256-bit field = opcode n supported.
-    pub const OPCAP: u64 = 0x040;
-    /// 128 bits; see [`crate::regs::Offsets`].
-    pub const OFFSETS: u64 = 0x060;
-    pub const GENCFG: u64 = 0x080;
-    pub const GENCTRL: u64 = 0x088;
-    pub const GENSTS: u64 = 0x090;
-    pub const INTCAUSE: u64 = 0x098;
-    pub const CMD: u64 = 0x0A0;
-    pub const CMDSTATUS: u64 = 0x0A8;
-    pub const CMDCAP: u64 = 0x0B0;
-    /// Four qwords.
-    pub const SWERROR: u64 = 0x0C0;
+hwio::register_map! {
+    /// The BAR0 registers at fixed offsets (DSA spec §9.2, Figure 9-1), each with its width,
+    /// value type and access; `bar0::off` holds the bare offsets for the model.
+    pub mod bar0 {
+        /// VERSION (§9.2.1).
+        0x000 => VERSION: Version, ReadOnly;
+        /// GENCAP (§9.2.2).
+        0x010 => GENCAP: GenCap, ReadOnly;
+        /// WQCAP (§9.2.3).
+        0x020 => WQCAP: WqCap, ReadOnly;
+        /// GRPCAP (§9.2.4).
+        0x030 => GRPCAP: GrpCap, ReadOnly;
+        /// ENGCAP (§9.2.5).
+        0x038 => ENGCAP: EngCap, ReadOnly;
+        /// OPCAP, four qwords: bit n of the 256-bit field = opcode n supported (§9.2.6).
+        0x040 => OPCAP: OpCap, ReadOnly;
+        /// OFFSETS, 128 bits: where the tables are (§9.2.7).
+        0x060 => OFFSETS: Offsets, ReadOnly;
+        /// GENCFG (§9.2.8; RWL: writable only while the device is disabled).
+        0x080 => GENCFG: GenCfg, ReadWrite;
+        /// GENCTRL (§9.2.9).
+        0x088 => GENCTRL: GenCtrl, ReadWrite;
+        /// GENSTS (§9.2.10).
+        0x090 => GENSTS: GenSts, ReadOnly;
+        /// INTCAUSE (§9.2.11).
+        0x098 => INTCAUSE: IntCause, WriteOneToClear;
+        /// CMD (§9.2.12; write-only since rev 1.1).
+        0x0A0 => CMD: CmdReg, WriteOnly;
+        /// CMDSTATUS (§9.2.13).
+        0x0A8 => CMDSTATUS: CmdStatus, ReadOnly;
+        /// CMDCAP (§9.2.14; valid only with GENCAP.CMD_CAP).
+        0x0B0 => CMDCAP: CmdCap, ReadOnly;
+        /// SWERROR, four qwords (§9.2.15). Only Valid and Overflow (qword 0 bits 1:0) are RW1C;
+        /// writing [`SwErr::ack`] clears them (the other qwords are read-only).
+        0x0C0 => SWERROR: SwErr, WriteOneToClear;
+    }
 }
+
+/// The bare BAR0 offsets (for the device model; drivers use the typed [`bar0`] registers).
+pub use bar0::off;
 
 /// Multiplier of the OFFSETS fields (each field counts 256-byte units).
 pub const TABLE_MULT: u64 = 0x100;
 
-/// VERSION (§2.2).
+/// VERSION (§9.2.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Version(pub u32);
 impl Version {
@@ -48,7 +69,7 @@ impl Version {
 }
 
 bitflags! {
-    /// GENCAP (0x10, §2.3). Multi-bit fields through the accessor methods.
+    /// GENCAP (0x10, §9.2.2). Multi-bit fields through the accessor methods.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct GenCap: u64 {
         const BLOCK_ON_FAULT = 1 << 0;
@@ -105,7 +126,7 @@ impl GenCap {
 }
 
 bitflags! {
-    /// WQCAP (0x20, §2.4).
+    /// WQCAP (0x20, §9.2.3).
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct WqCap: u64 {
         const SHARED_MODE = 1 << 48;
@@ -147,7 +168,7 @@ impl WqCap {
 }
 
 bitflags! {
-    /// GRPCAP (0x30, §2.5).
+    /// GRPCAP (0x30, §9.2.4).
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct GrpCap: u64 {
         const RDBUF_CTRL = 1 << 16;
@@ -173,7 +194,7 @@ impl GrpCap {
     }
 }
 
-/// ENGCAP (0x38, §2.5).
+/// ENGCAP (0x38, §9.2.5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EngCap(pub u64);
 impl EngCap {
@@ -191,7 +212,7 @@ impl EngCap {
     }
 }
 
-/// OPCAP (0x40, 256 bits, §2.6): bit n ⇔ opcode n supported.
+/// OPCAP (0x40, 256 bits, §9.2.6): bit n ⇔ opcode n supported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct OpCap(pub [u64; 4]);
 impl OpCap {
@@ -204,7 +225,7 @@ impl OpCap {
     }
 }
 
-/// OFFSETS (0x60, 128 bits, §2.7): table offsets in 256-byte units.
+/// OFFSETS (0x60, 128 bits, §9.2.7): table offsets in 256-byte units.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Offsets(pub [u64; 2]);
 impl Offsets {
@@ -240,7 +261,7 @@ impl Offsets {
 }
 
 bitflags! {
-    /// GENCFG (0x80, RWL, §2.8).
+    /// GENCFG (0x80, RWL, §9.2.8).
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
     pub struct GenCfg: u32 {
         const USER_INT_ENABLE = 1 << 12;
@@ -255,7 +276,7 @@ impl GenCfg {
 }
 
 bitflags! {
-    /// GENCTRL (0x88, §2.9).
+    /// GENCTRL (0x88, §9.2.9).
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
     pub struct GenCtrl: u32 {
         const SWERR_INT_ENABLE = 1 << 0;
@@ -265,7 +286,7 @@ bitflags! {
     }
 }
 
-/// GENSTS device state (bits 1:0, §2.10).
+/// GENSTS device state (bits 1:0, §9.2.10).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum DeviceState {
@@ -285,7 +306,7 @@ pub enum ResetType {
     Cold = 3,
 }
 
-/// GENSTS (0x90, RO).
+/// GENSTS (0x90, RO, §9.2.10).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct GenSts(pub u32);
 impl GenSts {
@@ -311,7 +332,7 @@ impl GenSts {
 }
 
 bitflags! {
-    /// INTCAUSE (0x98, RW1C, §2.11). Every cause signals MSI-X entry 0.
+    /// INTCAUSE (0x98, RW1C, §9.2.11). Every cause signals MSI-X entry 0.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
     pub struct IntCause: u32 {
         const SOFTWARE_ERROR = 1 << 0;
@@ -325,7 +346,7 @@ bitflags! {
     }
 }
 
-/// Command codes (CMD bits 24:20, §2.12).
+/// Command codes (CMD bits 24:20, §9.2.12, Table 9-5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Command {
@@ -381,7 +402,7 @@ impl Command {
     }
 }
 
-/// CMD register value (0xA0, §2.12).
+/// CMD register value (0xA0, §9.2.12).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CmdReg(pub u32);
 impl CmdReg {
@@ -423,7 +444,7 @@ pub const fn int_handle_operand(index: u16, ims: bool) -> u32 {
     index as u32 | if ims { 1 << 16 } else { 0 }
 }
 
-/// CMDSTATUS (0xA8, §2.13).
+/// CMDSTATUS (0xA8, §9.2.13).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CmdStatus(pub u32);
 impl CmdStatus {
@@ -442,7 +463,7 @@ impl CmdStatus {
     }
 }
 
-/// CMDSTATUS error codes (§2.13).
+/// CMDSTATUS error codes (§5.8.3, Table 5-8).
 pub mod cmd_err {
     pub const SUCCESS: u8 = 0x00;
     pub const INVALID_COMMAND: u8 = 0x01;
@@ -482,7 +503,7 @@ pub mod cmd_err {
     pub const NO_HANDLE: u8 = 0x42;
 }
 
-/// CMDCAP (0xB0, §2.14): bit n ⇔ command code n supported (valid only with GENCAP.CMD_CAP).
+/// CMDCAP (0xB0, §9.2.14): bit n ⇔ command code n supported (valid only with GENCAP.CMD_CAP).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CmdCap(pub u64);
 impl CmdCap {
@@ -492,7 +513,7 @@ impl CmdCap {
 }
 
 bitflags! {
-    /// SWERROR word 0 flag bits (§2.15); code/WQ/opcode/PASID through [`SwErr`].
+    /// SWERROR word 0 flag bits (§9.2.15); code/WQ/opcode/PASID through [`SwErr`].
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
     pub struct SwErrFlags: u64 {
         const VALID = 1 << 0;
@@ -507,7 +528,7 @@ bitflags! {
     }
 }
 
-/// Software-only SWERROR codes (never in a completion record, §2.15).
+/// Software-only SWERROR codes (never in a completion record; §5.8.2, Table 5-7).
 pub mod swerr_code {
     /// PCI configuration changed while the device was enabled (the device halts).
     pub const PCI_CONFIG_CHANGED: u8 = 0x51;
@@ -519,12 +540,17 @@ pub mod swerr_code {
     pub const EVL_APPEND: u8 = 0x54;
 }
 
-/// The four SWERROR qwords (0xC0, §2.15).
+/// The four SWERROR qwords (0xC0, §9.2.15).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SwErr(pub [u64; 4]);
 impl SwErr {
     /// Value Linux writes back to qword 0 to acknowledge: only bits 1:0 kept.
     pub const ACK_MASK: u64 = 0x3;
+    /// What to write back to acknowledge this error: Valid and Overflow as read (RW1C), the
+    /// read-only rest zero.
+    pub const fn ack(&self) -> SwErr {
+        SwErr([self.0[0] & Self::ACK_MASK, 0, 0, 0])
+    }
     pub const fn flags(&self) -> SwErrFlags {
         SwErrFlags::from_bits_retain(self.0[0] & 0xFF)
     }
@@ -565,6 +591,51 @@ impl SwErr {
             | ((pasid & 0xF_FFFF) as u64) << 40
     }
 }
+
+/// `bitflags` registers: unknown bits survive (`from_bits_retain`).
+macro_rules! flags_value {
+    ($($t:ty: $raw:ty),* $(,)?) => {$(
+        impl Value for $t {
+            type Raw = $raw;
+            fn from_raw(raw: $raw) -> Self {
+                <$t>::from_bits_retain(raw)
+            }
+            fn to_raw(self) -> $raw {
+                self.bits()
+            }
+        }
+    )*};
+}
+pub(crate) use flags_value;
+
+/// Registers kept as a newtype over their raw value.
+macro_rules! newtype_value {
+    ($($t:ident: $raw:ty),* $(,)?) => {$(
+        impl Value for $t {
+            type Raw = $raw;
+            fn from_raw(raw: $raw) -> Self {
+                $t(raw)
+            }
+            fn to_raw(self) -> $raw {
+                self.0
+            }
+        }
+    )*};
+}
+pub(crate) use newtype_value;
+
+flags_value!(GenCap: u64, WqCap: u64, GrpCap: u64, GenCfg: u32, GenCtrl: u32, IntCause: u32);
+newtype_value!(
+    Version: u32,
+    EngCap: u64,
+    OpCap: [u64; 4],
+    Offsets: [u64; 2],
+    GenSts: u32,
+    CmdReg: u32,
+    CmdStatus: u32,
+    CmdCap: u64,
+    SwErr: [u64; 4],
+);
 
 #[cfg(test)]
 mod tests {
@@ -650,7 +721,7 @@ mod tests {
         assert_eq!(GenSts(7).state(), DeviceState::Halted);
         assert_eq!(Version(0x100).major(), 1);
         assert!(OpCap::default().with(0x20).supports(0x20));
-        // Opcode 0x20 is bit 32 of qword 0 (dsa.md's "bit 0 of qword 1" means dword 1); the EMR
+        // Opcode 0x20 is bit 32 of qword 0 ("bit 0 of dword 1"); the EMR
         // dump 0x1_003F027D decodes to NOOP, Drain, MemMove..Dualcast minus Delta, CRC, DIF, flush.
         assert_eq!(
             OpCap::default().with(0x20).with(3).0,
@@ -665,6 +736,16 @@ mod tests {
         for op in [1u8, 7, 8, 0x0A, 0x16, 0x21] {
             assert!(!emr.supports(op), "{op:#x}");
         }
+    }
+
+    #[test]
+    fn swerr_ack_keeps_only_the_rw1c_bits() {
+        let e = SwErr([0xABCD_0000_5303 | 0x3, 7, 0x1000, 9]);
+        assert_eq!(e.ack(), SwErr([0x3, 0, 0, 0]));
+        assert_eq!(bar0::SWERROR.offset(), 0xC0);
+        assert_eq!(off::SWERROR, 0xC0);
+        assert_eq!(hwio::width_of::<SwErr>(), 32);
+        assert_eq!(hwio::width_of::<GenSts>(), 4);
     }
 
     #[test]

@@ -1,20 +1,16 @@
-//! Configuration and interrupt tables in BAR0 (dsa.md §3, §4): GRPCFG, WQCFG, MSIXPERM, IMS.
+//! Configuration and interrupt tables in BAR0 (DSA spec §9.2.22–§9.2.28): GRPCFG, WQCFG,
+//! MSIXPERM, IMS. OFFSETS locates each table; the registers below are declared relative to
+//! one entry (`Reg::at(entry_base)` or a `Block` of the entry reaches them).
 
+use crate::regs::{flags_value, newtype_value};
 use crate::{field64, set_field64};
 use bitflags::bitflags;
+use hwio::Value;
 
 /// Size of one GRPCFG entry (group g at GRPCFG base + g × 0x40).
 pub const GRPCFG_ENTRY_SIZE: u64 = 0x40;
-/// Offsets inside a GRPCFG entry.
-pub mod grpcfg_off {
-    /// 4 × u64 WQ bitmap.
-    pub const WQS: u64 = 0x00;
-    pub const ENGINES: u64 = 0x20;
-    pub const FLAGS: u64 = 0x28;
-}
-
 bitflags! {
-    /// GRPCFG group flags (entry +0x28, §3.1).
+    /// GRPCFG group flags (entry +0x28, §9.2.23).
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
     pub struct GroupFlags: u64 {
         const USE_GLOBAL_RDBUF_LIMIT = 1 << 7;
@@ -48,7 +44,7 @@ impl GroupFlags {
     }
 }
 
-/// One GRPCFG entry (64 bytes).
+/// One GRPCFG entry (64 bytes, §9.2.23).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct GrpCfg {
     pub wqs: [u64; 4],
@@ -84,7 +80,7 @@ impl GrpCfg {
     }
 }
 
-/// WQ mode (WQCFG dw2 bit 0).
+/// WQ mode (WQCFG dw2 bit 0, §9.2.24).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WqMode {
     Shared,
@@ -100,7 +96,7 @@ pub enum WqState {
     Draining = 2,
 }
 
-/// WQCFG entry (DSA 1.0: 32 bytes = 8 dwords; DSA 2.0 adds OPCFG at dw 8–15), §3.2.
+/// WQCFG entry (DSA 1.0: 32 bytes = 8 dwords; DSA 2.0 adds OPCFG at dw 8–15), §9.2.24.
 /// Kept as raw dwords with typed accessors so that a read-modify-write keeps every bit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct WqCfg(pub [u32; 8]);
@@ -238,7 +234,7 @@ impl WqCfg {
 }
 
 bitflags! {
-    /// MSI-X permission table entry (8 bytes per entry, low 32 bits defined), §4.2.
+    /// MSI-X permission table entry (8 bytes per entry, low 32 bits defined), §9.2.22.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
     pub struct MsixPerm: u32 {
         const IGNORE = 1 << 2;
@@ -258,7 +254,7 @@ impl MsixPerm {
 }
 
 bitflags! {
-    /// IMS entry control word (entry +0xC), §4.3.
+    /// IMS entry control word (entry +0xC), §9.2.28.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
     pub struct ImsCtrl: u32 {
         const MASK = 1 << 0;
@@ -285,7 +281,7 @@ pub const IMS_ADDR_REQUIRED_HI: u64 = 0xFEE;
 /// Reset value of an IMS message address.
 pub const IMS_ADDR_RESET: u64 = 0xFEE0_0000;
 
-/// IMS table entry (16 bytes), §4.3.
+/// IMS table entry (16 bytes), §9.2.28.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ImsEntry {
     pub addr: u64,
@@ -329,7 +325,8 @@ impl ImsEntry {
     }
 }
 
-/// MSI-X table entry layout (standard PCI, 16 bytes).
+/// MSI-X table entry layout (standard PCI, 16 bytes; PCI Express Base Specification rev 6.0,
+/// §7.7.2, and DSA spec §9.2.26).
 pub mod msix {
     pub const ENTRY_SIZE: u64 = 16;
     pub const ADDR_LO: u64 = 0;
@@ -337,6 +334,57 @@ pub mod msix {
     pub const DATA: u64 = 8;
     pub const VECTOR_CTRL: u64 = 12;
     pub const VECTOR_CTRL_MASK: u32 = 1;
+}
+
+hwio::register_map! {
+    /// One GRPCFG entry (§9.2.23), relative to the entry (group g at GRPCFG + g × 0x40): the
+    /// whole 64 bytes as a [`GrpCfg`] (qwords 6–7 reserved, written as zero).
+    pub mod grpcfg {
+        /// The entry.
+        0x00 => ENTRY: GrpCfg, ReadWrite;
+    }
+}
+
+hwio::register_map! {
+    /// One WQCFG entry (§9.2.24), relative to the entry (WQ w at WQCFG + w × entry size):
+    /// the eight dwords of DSA 1.0 as a [`WqCfg`] (read-modify-write keeps every bit).
+    pub mod wqcfg_entry {
+        /// Dwords 0–7.
+        0x00 => ENTRY: WqCfg, ReadWrite;
+    }
+}
+
+hwio::register_map! {
+    /// One MSIXPERM entry (§9.2.22), relative to the entry (MSI-X entry e at MSIXPERM + 8e).
+    pub mod msixperm {
+        /// The permission dword (bits 63:32 reserved).
+        0x00 => ENTRY: MsixPerm, ReadWrite;
+    }
+}
+
+hwio::register_map! {
+    /// One IMS entry (§9.2.28), relative to the entry (entry i at IMS + 16i).
+    pub mod ims {
+        /// Message address.
+        0x00 => ADDR: u64, ReadWrite;
+        /// Message data.
+        0x08 => DATA: u32, ReadWrite;
+        /// Control: mask, pending (read-only), PASID.
+        0x0C => CTRL: ImsCtrl, ReadWrite;
+    }
+}
+
+flags_value!(GroupFlags: u64, MsixPerm: u32, ImsCtrl: u32);
+newtype_value!(WqCfg: [u32; 8]);
+
+impl Value for GrpCfg {
+    type Raw = [u64; 8];
+    fn from_raw(raw: [u64; 8]) -> Self {
+        GrpCfg::from_qwords(&raw)
+    }
+    fn to_raw(self) -> [u64; 8] {
+        self.to_qwords()
+    }
 }
 
 #[cfg(test)]
@@ -381,6 +429,9 @@ mod tests {
         assert!(g.has_engine(1) && !g.has_engine(0));
         assert_eq!(g.flags.bits(), 0x9);
         assert_eq!(GrpCfg::from_qwords(&g.to_qwords()), g);
+        assert_eq!(GrpCfg::from_raw(g.to_raw()), g);
+        assert_eq!(g.to_raw()[5], 0x9);
+        assert_eq!(ims::CTRL.at(0x8010).offset(), 0x801C);
         let p = (MsixPerm::PASID_EN).with_pasid(0xABCDE);
         assert_eq!(p.bits(), 0xABCD_E008);
         assert_eq!(p.pasid(), 0xABCDE);

@@ -1,10 +1,11 @@
-//! Capability registers, read once and validated (dsa.md §2.2–§2.7, §9.1 step 5–6).
+//! Capability registers, read once and validated (DSA spec §9.2.1–§9.2.7, §9.2.14).
 
 use crate::error::DsaError;
 use crate::hw::Registers;
-use dsa_spec::regs::off;
+use dsa_spec::regs::bar0;
 use dsa_spec::tables::{GRPCFG_ENTRY_SIZE, IMS_ENTRY_SIZE, MSIXPERM_ENTRY_SIZE};
 use dsa_spec::{CmdCap, EngCap, GenCap, GrpCap, Offsets, OpCap, Opcode, Version, WqCap};
+use hwio::{RegistersExt, Table};
 
 /// Register space below this offset holds the fixed registers; no table may start there.
 const FIXED_REGS_END: u64 = 0x100;
@@ -44,25 +45,21 @@ impl Capabilities {
         if bar0 < 0x1000 {
             return Err(DsaError::BadCapability("BAR0 smaller than 4 KiB"));
         }
-        let version = Version(regs.read32(off::VERSION));
+        let version = regs.read(bar0::VERSION);
         // Features come from VERSION and the capability bits; majors 1 and 2 share the
         // DSA 1.0 register model this driver uses (2.0 additions are capability-gated).
         if !(1..=2).contains(&version.major()) {
             return Err(DsaError::UnsupportedVersion(version.0));
         }
-        let gencap = GenCap::from_bits_retain(regs.read64(off::GENCAP));
-        let wqcap = WqCap::from_bits_retain(regs.read64(off::WQCAP));
-        let grpcap = GrpCap::from_bits_retain(regs.read64(off::GRPCAP));
-        let engcap = EngCap(regs.read64(off::ENGCAP));
-        let mut opq = [0u64; 4];
-        for (i, q) in opq.iter_mut().enumerate() {
-            *q = regs.read64(off::OPCAP + 8 * i as u64);
-        }
-        let opcap = OpCap(opq);
-        let offsets = Offsets([regs.read64(off::OFFSETS), regs.read64(off::OFFSETS + 8)]);
+        let gencap = regs.read(bar0::GENCAP);
+        let wqcap = regs.read(bar0::WQCAP);
+        let grpcap = regs.read(bar0::GRPCAP);
+        let engcap = regs.read(bar0::ENGCAP);
+        let opcap = regs.read(bar0::OPCAP);
+        let offsets = regs.read(bar0::OFFSETS);
         let cmdcap = gencap
             .contains(GenCap::CMD_CAP)
-            .then(|| CmdCap(regs.read64(off::CMDCAP)));
+            .then(|| regs.read(bar0::CMDCAP));
 
         let num_wqs = wqcap.num_wqs();
         let num_engines = engcap.num_engines();
@@ -184,13 +181,40 @@ impl Capabilities {
         let code = cmd as u8;
         (1..=12).contains(&code) || self.cmdcap.is_some_and(|c| c.supports(code))
     }
+    /// The GRPCFG table (entries: `dsa_spec::tables::grpcfg`).
+    pub fn grpcfg_table(&self) -> Table {
+        Table {
+            base: self.offsets.grpcfg(),
+            stride: GRPCFG_ENTRY_SIZE,
+            len: u64::from(self.num_groups),
+        }
+    }
+    /// The WQCFG table (entries: `dsa_spec::tables::wqcfg_entry`).
+    pub fn wqcfg_table(&self) -> Table {
+        Table {
+            base: self.offsets.wqcfg(),
+            stride: self.wqcfg_entry_size,
+            len: u64::from(self.num_wqs),
+        }
+    }
+    /// The IMS table (entries: `dsa_spec::tables::ims`).
+    pub fn ims_table(&self) -> Table {
+        Table {
+            base: self.offsets.ims(),
+            stride: IMS_ENTRY_SIZE,
+            len: u64::from(self.ims_entries),
+        }
+    }
+    /// Offset of group `group`'s GRPCFG entry.
     pub fn grpcfg_off(&self, group: u8) -> u64 {
-        self.offsets.grpcfg() + group as u64 * GRPCFG_ENTRY_SIZE
+        self.offsets.grpcfg() + u64::from(group) * GRPCFG_ENTRY_SIZE
     }
+    /// Offset of WQ `wq`'s WQCFG entry.
     pub fn wqcfg_off(&self, wq: u8) -> u64 {
-        self.offsets.wqcfg() + wq as u64 * self.wqcfg_entry_size
+        self.offsets.wqcfg() + u64::from(wq) * self.wqcfg_entry_size
     }
+    /// Offset of MSI-X entry `entry`'s MSIXPERM entry.
     pub fn msixperm_off(&self, entry: u16) -> u64 {
-        self.offsets.msixperm() + entry as u64 * MSIXPERM_ENTRY_SIZE
+        self.offsets.msixperm() + u64::from(entry) * MSIXPERM_ENTRY_SIZE
     }
 }

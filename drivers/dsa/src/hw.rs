@@ -1,19 +1,16 @@
-//! The hardware-facing traits: everything the driver needs from the machine. The kernel
-//! implements them with MMIO mappings, MOVDIR64B/ENQCMDS, its frame allocator and VT-d
-//! address spaces, and its calibrated clock; host tests implement them over `dsa-model`.
+//! The hardware-facing traits: everything the driver needs from the machine. The register
+//! window, the clock and DMA memory are `hwio`'s (the one vocabulary of every driver crate);
+//! the submission portals and the PCI state are DSA's own. The kernel implements them with
+//! MMIO mappings, MOVDIR64B/ENQCMDS, its frame allocator and VT-d address spaces, and its
+//! calibrated clock; host tests implement them over `dsa-model`.
 
-use core::fmt;
-
-/// BAR0 register window (uncached MMIO). Accesses are exactly the width named, naturally
-/// aligned; the driver never issues an access outside `0..size()`.
-pub trait Registers: Send + Sync {
-    /// Size of the BAR0 window in bytes (from the PCI BAR).
-    fn size(&self) -> u64;
-    fn read32(&self, off: u64) -> u32;
-    fn read64(&self, off: u64) -> u64;
-    fn write32(&self, off: u64, value: u32);
-    fn write64(&self, off: u64, value: u64);
-}
+/// Time source for bounded waits: `hwio`'s one clock.
+pub use hwio::Clock;
+/// BAR0 register window: `hwio`'s one register-window trait (typed registers through
+/// [`hwio::RegistersExt`] and the `dsa_spec` register maps).
+pub use hwio::Registers;
+/// DMA memory: `hwio`'s allocator of device buffers, its region, error and address space.
+pub use hwio::dma::{AddressSpace, DmaError, DmaMemory, DmaRegion};
 
 /// Outcome of an ENQCMDS (ZF = 1 means the device did not take the descriptor).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,16 +31,6 @@ pub trait Portals: Send + Sync {
     fn enqcmds(&self, off: u64, desc: &[u8; 64]) -> EnqStatus;
 }
 
-/// Time source for bounded waits.
-pub trait Clock: Send + Sync {
-    /// Monotonic nanoseconds.
-    fn now_ns(&self) -> u64;
-    /// Called on every iteration of a poll loop (a `pause` on hardware).
-    fn relax(&self);
-    /// Back-off delay between submission retries.
-    fn delay_us(&self, us: u32);
-}
-
 /// PCI configuration state the driver must respect (the kernel owns config space).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct PciInfo {
@@ -60,76 +47,4 @@ pub struct PciInfo {
 /// Source of [`PciInfo`]. Read at bring-up and at every reconfiguration.
 pub trait Pci: Send + Sync {
     fn info(&self) -> PciInfo;
-}
-
-/// The address space a device access uses: requests without PASID, or a PASID's space.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum AddressSpace {
-    NoPasid,
-    Pasid(u32),
-}
-
-impl AddressSpace {
-    pub fn pasid(self) -> Option<u32> {
-        match self {
-            AddressSpace::NoPasid => None,
-            AddressSpace::Pasid(p) => Some(p),
-        }
-    }
-}
-
-impl fmt::Display for AddressSpace {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AddressSpace::NoPasid => write!(f, "no-PASID"),
-            AddressSpace::Pasid(p) => write!(f, "PASID {p:#x}"),
-        }
-    }
-}
-
-/// Why DMA memory could not be had.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DmaError {
-    OutOfMemory {
-        size: usize,
-    },
-    /// The allocator cannot map memory into this address space.
-    NoSuchSpace(AddressSpace),
-    /// The region returned violates the request (checked by the driver).
-    BadRegion,
-}
-
-impl fmt::Display for DmaError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DmaError::OutOfMemory { size } => write!(f, "out of DMA memory ({size} bytes)"),
-            DmaError::NoSuchSpace(s) => write!(f, "no DMA mapping possible in {s}"),
-            DmaError::BadRegion => write!(f, "allocator returned a region that breaks the request"),
-        }
-    }
-}
-
-/// A block of DMA memory as the allocator returns it.
-#[derive(Debug)]
-pub struct DmaRegion {
-    /// CPU address (write-back cacheable, valid for `len` bytes until freed).
-    pub cpu: core::ptr::NonNull<u8>,
-    /// Address the device uses for it in `space`.
-    pub dev: u64,
-    pub len: usize,
-    pub space: AddressSpace,
-}
-
-/// Zeroed, physically contiguous DMA memory.
-///
-/// # Safety
-///
-/// `alloc` must return a region whose `cpu` pointer is valid for reads and writes of `len`
-/// bytes, zero-filled, aligned to `align` in both its CPU and device address, that nothing
-/// but the driver (and the device, through `dev` in `space`) accesses until it is passed
-/// back to `free`. The driver relies on this for every access it makes through `cpu`.
-pub unsafe trait DmaMemory: Send + Sync {
-    fn alloc(&self, space: AddressSpace, size: usize, align: usize) -> Result<DmaRegion, DmaError>;
-    /// Returns a region; the driver calls this only once the device can no longer touch it.
-    fn free(&self, region: DmaRegion);
 }
