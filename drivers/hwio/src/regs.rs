@@ -355,7 +355,8 @@ impl Table {
 
 /// Declares a register map: one module with one [`Reg`] constant per register (offset, value
 /// type, access), checked at compile time for alignment, ascending order and overlaps, plus a
-/// sub-module `off` with the bare offsets for models and fakes that dispatch on them.
+/// sub-module `off` with the bare offsets and a `LAYOUT` table of `(offset, bytes)` for models
+/// and fakes that dispatch on offsets or check access widths.
 ///
 /// ```
 /// use hwio::{Registers, RegistersExt, Value};
@@ -412,7 +413,10 @@ macro_rules! register_map {
                 $(#[$rmeta])*
                 pub const $reg: $crate::Reg<$ty, $crate::access::$acc> = $crate::Reg::new($off);
             )*
-            const _: () = $crate::check_layout(&[$(($off, $crate::width_of::<$ty>())),*]);
+            /// `(offset, bytes)` of every register above, in ascending order (checked at
+            /// compile time: aligned, none overlapping the next).
+            pub const LAYOUT: &[(u64, u64)] = &[$(($off, $crate::width_of::<$ty>())),*];
+            const _: () = $crate::check_layout(LAYOUT);
             /// The registers' bare byte offsets (for device models and fakes that dispatch on
             /// the offset of an access).
             pub mod off {
@@ -545,6 +549,7 @@ mod tests {
             ]
         );
         assert_eq!(dev::off::DOORBELL, 0x18);
+        assert_eq!(dev::LAYOUT, &[(0, 4), (4, 4), (8, 16), (0x18, 4)]);
         assert_eq!(dev::BIG.offset(), 8);
     }
 

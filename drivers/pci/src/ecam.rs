@@ -2,17 +2,12 @@
 //!
 //! One MCFG allocation = one [`EcamWindow`]: a base address, a segment and a bus range. Function
 //! `seg:bus:dev.fn` register `off` lives at `base + ((bus - start) << 20 | dev << 15 | fn << 12 | off)`.
-//! The MMIO itself goes through [`ConfigMmio`], which the kernel implements over its uncached
-//! MMIO windows; host tests use a fake.
+//! The MMIO itself goes through a [`hwio::Registers`] window (32-bit accesses only), which the
+//! kernel implements over its uncached MMIO windows; host tests use a fake.
 
 use alloc::vec::Vec;
+use hwio::Registers;
 use pci_types::{ConfigRegionAccess, PciAddress};
-
-/// 32-bit MMIO accesses at byte offsets from the start of a window.
-pub trait ConfigMmio {
-    fn read32(&self, offset: usize) -> u32;
-    fn write32(&self, offset: usize, value: u32);
-}
 
 /// Size of the ECAM area of `buses` buses.
 pub const fn ecam_size(bus_start: u8, bus_end: u8) -> usize {
@@ -21,14 +16,14 @@ pub const fn ecam_size(bus_start: u8, bus_end: u8) -> usize {
 
 /// One MCFG allocation.
 #[derive(Debug, Clone)]
-pub struct EcamWindow<M: ConfigMmio> {
+pub struct EcamWindow<M: Registers> {
     mmio: M,
     pub segment: u16,
     pub bus_start: u8,
     pub bus_end: u8,
 }
 
-impl<M: ConfigMmio> EcamWindow<M> {
+impl<M: Registers> EcamWindow<M> {
     /// `mmio` must cover [`ecam_size`]`(bus_start, bus_end)` bytes starting at the allocation's
     /// base (for MCFG entries whose base is given for bus 0 but whose range starts later, the
     /// caller offsets the base by `bus_start << 20`, as the PCI firmware spec defines it).
@@ -47,21 +42,21 @@ impl<M: ConfigMmio> EcamWindow<M> {
 
     /// Byte offset of a register inside the window, or None when the address is not ours or
     /// the offset is not a dword inside the 4 KiB function space.
-    pub fn offset_of(&self, addr: PciAddress, offset: u16) -> Option<usize> {
+    pub fn offset_of(&self, addr: PciAddress, offset: u16) -> Option<u64> {
         if !self.covers(addr) || offset >= 0x1000 || offset & 3 != 0 {
             return None;
         }
-        let bus = usize::from(addr.bus() - self.bus_start);
+        let bus = u64::from(addr.bus() - self.bus_start);
         Some(
             (bus << 20)
-                | (usize::from(addr.device()) << 15)
-                | (usize::from(addr.function()) << 12)
-                | usize::from(offset),
+                | (u64::from(addr.device()) << 15)
+                | (u64::from(addr.function()) << 12)
+                | u64::from(offset),
         )
     }
 }
 
-impl<M: ConfigMmio> ConfigRegionAccess for EcamWindow<M> {
+impl<M: Registers> ConfigRegionAccess for EcamWindow<M> {
     /// Addresses outside the window read as all-ones, like a master abort.
     unsafe fn read(&self, address: PciAddress, offset: u16) -> u32 {
         match self.offset_of(address, offset) {
@@ -79,11 +74,11 @@ impl<M: ConfigMmio> ConfigRegionAccess for EcamWindow<M> {
 
 /// All MCFG windows of the platform; dispatches by segment and bus.
 #[derive(Debug, Clone, Default)]
-pub struct Ecam<M: ConfigMmio> {
+pub struct Ecam<M: Registers> {
     windows: Vec<EcamWindow<M>>,
 }
 
-impl<M: ConfigMmio> Ecam<M> {
+impl<M: Registers> Ecam<M> {
     pub fn new() -> Self {
         Self {
             windows: Vec::new(),
@@ -115,7 +110,7 @@ impl<M: ConfigMmio> Ecam<M> {
     }
 }
 
-impl<M: ConfigMmio> ConfigRegionAccess for Ecam<M> {
+impl<M: Registers> ConfigRegionAccess for Ecam<M> {
     unsafe fn read(&self, address: PciAddress, offset: u16) -> u32 {
         match self.window(address) {
             // SAFETY: forwarded with the caller's guarantees.
@@ -135,22 +130,31 @@ impl<M: ConfigMmio> ConfigRegionAccess for Ecam<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use core::cell::RefCell;
+    use std::sync::Mutex;
 
-    struct Recorder(RefCell<Vec<(usize, Option<u32>)>>);
-    impl ConfigMmio for Recorder {
-        fn read32(&self, offset: usize) -> u32 {
-            self.0.borrow_mut().push((offset, None));
+    struct Recorder(Mutex<Vec<(u64, Option<u32>)>>);
+    impl Registers for Recorder {
+        fn size(&self) -> u64 {
+            256 << 20
+        }
+        fn read32(&self, offset: u64) -> u32 {
+            self.0.lock().unwrap().push((offset, None));
             0x1234_5678
         }
-        fn write32(&self, offset: usize, value: u32) {
-            self.0.borrow_mut().push((offset, Some(value)));
+        fn read64(&self, _: u64) -> u64 {
+            unreachable!("ECAM is accessed in dwords")
+        }
+        fn write32(&self, offset: u64, value: u32) {
+            self.0.lock().unwrap().push((offset, Some(value)));
+        }
+        fn write64(&self, _: u64, _: u64) {
+            unreachable!("ECAM is accessed in dwords")
         }
     }
 
     #[test]
     fn ecam_offsets_and_window_bounds() {
-        let w = EcamWindow::new(Recorder(RefCell::new(Vec::new())), 1, 0x10, 0x1f);
+        let w = EcamWindow::new(Recorder(Mutex::new(Vec::new())), 1, 0x10, 0x1f);
         let a = PciAddress::new(1, 0x12, 3, 5);
         // SAFETY: test fake.
         unsafe {
@@ -163,7 +167,7 @@ mod tests {
             assert_eq!(w.read(a, 2), u32::MAX);
             assert_eq!(w.read(a, 0x1000), u32::MAX);
         }
-        let log = w.mmio.0.borrow();
+        let log = w.mmio.0.lock().unwrap();
         let base = (2 << 20) | (3 << 15) | (5 << 12);
         assert_eq!(*log, vec![(base + 0x104, None), (base + 0x10, Some(7))]);
         assert_eq!(ecam_size(0, 255), 256 << 20);
@@ -173,13 +177,13 @@ mod tests {
     fn ecam_dispatches_by_segment() {
         let mut e = Ecam::new();
         e.add(EcamWindow::new(
-            Recorder(RefCell::new(Vec::new())),
+            Recorder(Mutex::new(Vec::new())),
             0,
             0,
             0xff,
         ));
         e.add(EcamWindow::new(
-            Recorder(RefCell::new(Vec::new())),
+            Recorder(Mutex::new(Vec::new())),
             1,
             0,
             0x3f,
@@ -189,8 +193,11 @@ mod tests {
             e.read(PciAddress::new(1, 1, 0, 0), 0);
             assert_eq!(e.read(PciAddress::new(2, 0, 0, 0), 0), u32::MAX);
         }
-        assert!(e.windows()[0].mmio.0.borrow().is_empty());
-        assert_eq!(*e.windows()[1].mmio.0.borrow(), vec![(1 << 20, None)]);
+        assert!(e.windows()[0].mmio.0.lock().unwrap().is_empty());
+        assert_eq!(
+            *e.windows()[1].mmio.0.lock().unwrap(),
+            vec![(1 << 20, None)]
+        );
         assert_eq!(e.segment_ranges().len(), 2);
     }
 }

@@ -1,13 +1,14 @@
 //! MSI and MSI-X capability access (typed, validated).
 //!
 //! MSI messages live in config space; the MSI-X table lives in a memory BAR, whose location is
-//! validated here against the probed BAR size and then written through [`ConfigMmio`]-style
-//! 32-bit accesses (the table requires dword accesses).
+//! validated here against the probed BAR size and then written through a
+//! [`hwio::Registers`] window with 32-bit accesses ([`msix_entry`]: the table requires dword
+//! accesses).
 
 use crate::bar::{BarInfo, find_bar};
 use crate::caps::{CAP_ID_MSI, CAP_ID_MSIX, find_capability};
-use crate::ecam::ConfigMmio;
 use crate::{PciError, cfg_read, cfg_write};
+use hwio::{Registers, RegistersExt};
 use pci_types::{ConfigRegionAccess, PciAddress};
 
 /// A message as the device writes it: 32-bit data to a 64-bit address.
@@ -16,6 +17,24 @@ pub struct MsiMessage {
     pub address: u64,
     pub data: u32,
 }
+
+hwio::register_map! {
+    /// One MSI-X table entry (PCI Express Base Specification rev 6.0, §7.7.2, Figure 7-40),
+    /// relative to the entry (entry i at the table's address + 16i).
+    pub mod msix_entry {
+        /// Message Address, bits 31:0 (dword aligned).
+        0x0 => ADDRESS_LO: u32, ReadWrite;
+        /// Message Upper Address.
+        0x4 => ADDRESS_HI: u32, ReadWrite;
+        /// Message Data.
+        0x8 => DATA: u32, ReadWrite;
+        /// Vector Control (bit 0: Mask).
+        0xc => VECTOR_CONTROL: u32, ReadWrite;
+    }
+}
+
+/// Vector Control with the Mask bit set.
+pub const MASKED: u32 = 1;
 
 bitflags::bitflags! {
     /// MSI Message Control (capability +2, here as bits of the header dword >> 16).
@@ -268,7 +287,7 @@ impl MsixCap {
     }
 
     /// Byte offset of entry `index` from the table start.
-    pub fn entry_offset(&self, index: u16) -> Result<usize, PciError> {
+    pub fn entry_offset(&self, index: u16) -> Result<u64, PciError> {
         if index >= self.table_size {
             return Err(PciError::MsixIndexOutOfRange {
                 addr: self.addr,
@@ -276,35 +295,35 @@ impl MsixCap {
                 size: self.table_size,
             });
         }
-        Ok(usize::from(index) * MSIX_ENTRY_SIZE as usize)
+        Ok(u64::from(index) * MSIX_ENTRY_SIZE)
     }
 
     /// Writes one table entry through `table` (a window mapped at `table_address`), masked
     /// while its address/data change, then sets the requested mask state.
     pub fn write_entry(
         &self,
-        table: &impl ConfigMmio,
+        table: &impl Registers,
         index: u16,
         msg: MsiMessage,
         masked: bool,
     ) -> Result<(), PciError> {
-        let o = self.entry_offset(index)?;
-        table.write32(o + 12, 1);
-        table.write32(o, msg.address as u32);
-        table.write32(o + 4, (msg.address >> 32) as u32);
-        table.write32(o + 8, msg.data);
-        table.write32(o + 12, u32::from(masked));
+        let e = table.block(self.entry_offset(index)?, MSIX_ENTRY_SIZE);
+        e.write(msix_entry::VECTOR_CONTROL, MASKED);
+        e.write(msix_entry::ADDRESS_LO, msg.address as u32);
+        e.write(msix_entry::ADDRESS_HI, (msg.address >> 32) as u32);
+        e.write(msix_entry::DATA, msg.data);
+        e.write(msix_entry::VECTOR_CONTROL, u32::from(masked));
         Ok(())
     }
 
     pub fn set_entry_masked(
         &self,
-        table: &impl ConfigMmio,
+        table: &impl Registers,
         index: u16,
         masked: bool,
     ) -> Result<(), PciError> {
         let o = self.entry_offset(index)?;
-        table.write32(o + 12, u32::from(masked));
+        table.write(msix_entry::VECTOR_CONTROL.at(o), u32::from(masked));
         Ok(())
     }
 }
@@ -314,7 +333,7 @@ mod tests {
     use super::*;
     use crate::bar::probe_bars;
     use crate::fake::FakeConfigSpace;
-    use core::cell::RefCell;
+    use std::sync::Mutex;
 
     fn dev() -> (FakeConfigSpace, PciAddress) {
         let f = FakeConfigSpace::new();
@@ -407,13 +426,22 @@ mod tests {
         ));
     }
 
-    struct Table(RefCell<Vec<(usize, u32)>>);
-    impl ConfigMmio for Table {
-        fn read32(&self, _: usize) -> u32 {
+    struct Table(Mutex<Vec<(u64, u32)>>);
+    impl Registers for Table {
+        fn size(&self) -> u64 {
+            0x1000
+        }
+        fn read32(&self, _: u64) -> u32 {
             0
         }
-        fn write32(&self, o: usize, v: u32) {
-            self.0.borrow_mut().push((o, v));
+        fn read64(&self, _: u64) -> u64 {
+            unreachable!("the MSI-X table takes dword accesses")
+        }
+        fn write32(&self, o: u64, v: u32) {
+            self.0.lock().unwrap().push((o, v));
+        }
+        fn write64(&self, _: u64, _: u64) {
+            unreachable!("the MSI-X table takes dword accesses")
         }
     }
 
@@ -433,7 +461,7 @@ mod tests {
         assert_eq!(m.table_size, 64);
         assert_eq!(m.table_address, 0xfe00_2000);
         assert_eq!(m.pba_address, 0xfe00_3000);
-        let t = Table(RefCell::new(Vec::new()));
+        let t = Table(Mutex::new(Vec::new()));
         m.write_entry(
             &t,
             1,
@@ -445,7 +473,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            *t.0.borrow(),
+            *t.0.lock().unwrap(),
             vec![(28, 1), (16, 0xfee0_0038), (20, 0), (24, 0), (28, 0)]
         );
         assert!(m.write_entry(&t, 64, MsiMessage::default(), false).is_err());

@@ -3,16 +3,39 @@
 //! asserts, and emulates GSTS, the invalidation queue (descriptors executed synchronously on
 //! the IQT write, status writes into fake memory, IQE on bad descriptors) and fault records.
 
-use crate::hw::{Clock, DmaMemory, DmaMemory128, RegisterBlock};
-use crate::spec::{Fsts, Gcmd, Gsts, iqa, reg};
+use crate::spec::{Fsts, Gcmd, Gsts, iqa, reg, reg_width};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
-use alloc::rc::Rc;
+use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
-use core::cell::{Cell, RefCell};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
+use hwio::dma::{PhysMemory, PhysMemory128};
+use hwio::{Clock, Registers};
+use std::sync::{Mutex, MutexGuard};
+
+/// State shared by the fakes (they are `Send + Sync` like the real hardware behind them).
+/// Single-threaded use only: a nested access (a bug in the fake) panics instead of
+/// deadlocking.
+#[derive(Default)]
+pub struct Shared<T>(Mutex<T>);
+
+impl<T> Shared<T> {
+    fn new(v: T) -> Self {
+        Shared(Mutex::new(v))
+    }
+    /// The state, for reading.
+    pub fn borrow(&self) -> MutexGuard<'_, T> {
+        self.0
+            .try_lock()
+            .expect("fake state accessed while already borrowed")
+    }
+    /// The state, for changing.
+    pub fn borrow_mut(&self) -> MutexGuard<'_, T> {
+        self.borrow()
+    }
+}
 
 #[derive(Default)]
 pub struct MemInner {
@@ -30,9 +53,9 @@ pub struct MemInner {
     pub cmpxchg128: usize,
 }
 
-/// Shared between the unit (as its DmaMemory) and the fake registers (to run the queue).
+/// Shared between the unit (as its PhysMemory) and the fake registers (to run the queue).
 #[derive(Clone, Default)]
-pub struct FakeMem(pub Rc<RefCell<MemInner>>);
+pub struct FakeMem(pub Arc<Shared<MemInner>>);
 
 impl FakeMem {
     pub fn new() -> Self {
@@ -73,7 +96,7 @@ impl FakeMem {
 
 // SAFETY: blocks are boxed qword slices that stay put until `free` removes them; `table`
 // answers only for a whole 4 KiB page inside one live block.
-unsafe impl DmaMemory for FakeMem {
+unsafe impl PhysMemory for FakeMem {
     fn alloc_zeroed(&mut self, size: usize, align: usize) -> Option<u64> {
         let mut m = self.0.borrow_mut();
         if let Some(n) = m.fail_after {
@@ -129,7 +152,7 @@ unsafe impl DmaMemory for FakeMem {
     }
 }
 
-impl DmaMemory128 for FakeMem {
+impl PhysMemory128 for FakeMem {
     fn compare_exchange128(
         &self,
         phys: u64,
@@ -153,17 +176,17 @@ impl DmaMemory128 for FakeMem {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
-    R32(usize),
-    R64(usize),
-    W32(usize, u32),
-    W64(usize, u64),
+    R32(u64),
+    R64(u64),
+    W32(u64, u32),
+    W64(u64, u64),
 }
 
 pub struct RegsInner {
     pub cap: u64,
     pub ecap: u64,
     pub gsts: u32,
-    pub values: BTreeMap<usize, u64>,
+    pub values: BTreeMap<u64, u64>,
     pub log: Vec<Access>,
     /// Every descriptor the fake unit executed, in order.
     pub executed: Vec<[u64; 4]>,
@@ -183,7 +206,7 @@ pub struct RegsInner {
 
 #[derive(Clone)]
 pub struct FakeRegs {
-    pub inner: Rc<RefCell<RegsInner>>,
+    pub inner: Arc<Shared<RegsInner>>,
     mem: FakeMem,
 }
 
@@ -197,7 +220,7 @@ impl FakeRegs {
     pub fn new(mem: FakeMem, cap: u64, ecap: u64) -> Self {
         let frcd = vec![(0, 0); ((cap >> 40) & 0xff) as usize + 1];
         Self {
-            inner: Rc::new(RefCell::new(RegsInner {
+            inner: Arc::new(Shared::new(RegsInner {
                 cap,
                 ecap,
                 gsts: 0,
@@ -217,8 +240,8 @@ impl FakeRegs {
         }
     }
 
-    fn frcd_base(&self) -> usize {
-        (((self.inner.borrow().cap >> 24) & 0x3ff) as usize) * 16
+    fn frcd_base(&self) -> u64 {
+        ((self.inner.borrow().cap >> 24) & 0x3ff) * 16
     }
 
     /// Records a fault like QEMU's vtd_report_frcd_fault (single slot semantics generalised).
@@ -251,10 +274,10 @@ impl FakeRegs {
         (r.fsts & !Fsts::PPF.bits()) | if ppf { Fsts::PPF.bits() } else { 0 }
     }
 
-    fn width_ok(&self, off: usize, w: u8, write: bool) {
+    fn width_ok(&self, off: u64, w: u8, write: bool) {
         let frcd = self.frcd_base();
-        let nfr = self.inner.borrow().frcd.len();
-        let iro = (((self.inner.borrow().ecap >> 8) & 0x3ff) as usize) * 16;
+        let nfr = self.inner.borrow().frcd.len() as u64;
+        let iro = ((self.inner.borrow().ecap >> 8) & 0x3ff) * 16;
         let expected = if (frcd..frcd + 16 * nfr).contains(&off) {
             // 64-bit halves; the F bit may be cleared with a 32-bit write to dword 3.
             if write && w == 32 && (off - frcd) % 16 == 12 {
@@ -265,7 +288,7 @@ impl FakeRegs {
         } else if off == iro || off == iro + 8 {
             64
         } else {
-            reg::width(off).unwrap_or_else(|| panic!("access to unknown register {off:#x}"))
+            reg_width(off).unwrap_or_else(|| panic!("access to unknown register {off:#x}"))
         };
         assert_eq!(
             w,
@@ -327,29 +350,33 @@ impl FakeRegs {
     }
 }
 
-impl RegisterBlock for FakeRegs {
-    fn read32(&self, offset: usize) -> u32 {
+impl Registers for FakeRegs {
+    fn size(&self) -> u64 {
+        0x1000
+    }
+
+    fn read32(&self, offset: u64) -> u32 {
         self.width_ok(offset, 32, false);
         self.inner.borrow_mut().log.push(Access::R32(offset));
         match offset {
-            reg::GSTS => self.inner.borrow().gsts,
-            reg::FSTS => self.fsts_value(),
-            reg::GCMD => 0,
+            reg::off::GSTS => self.inner.borrow().gsts,
+            reg::off::FSTS => self.fsts_value(),
+            reg::off::GCMD => 0,
             _ => *self.inner.borrow().values.get(&offset).unwrap_or(&0) as u32,
         }
     }
 
-    fn read64(&self, offset: usize) -> u64 {
+    fn read64(&self, offset: u64) -> u64 {
         self.width_ok(offset, 64, false);
         self.inner.borrow_mut().log.push(Access::R64(offset));
         let frcd = self.frcd_base();
         let r = self.inner.borrow();
         match offset {
-            reg::CAP => r.cap,
-            reg::ECAP => r.ecap,
-            reg::IQH => iqa::tail_256(r.iqh),
-            o if o >= frcd && o < frcd + 16 * r.frcd.len() => {
-                let (lo, hi) = r.frcd[(o - frcd) / 16];
+            reg::off::CAP => r.cap,
+            reg::off::ECAP => r.ecap,
+            reg::off::IQH => iqa::tail_256(r.iqh),
+            o if o >= frcd && o < frcd + 16 * r.frcd.len() as u64 => {
+                let (lo, hi) = r.frcd[((o - frcd) / 16) as usize];
                 if (o - frcd).is_multiple_of(16) {
                     lo
                 } else {
@@ -360,12 +387,12 @@ impl RegisterBlock for FakeRegs {
         }
     }
 
-    fn write32(&self, offset: usize, value: u32) {
+    fn write32(&self, offset: u64, value: u32) {
         self.width_ok(offset, 32, true);
         self.inner.borrow_mut().log.push(Access::W32(offset, value));
         let frcd = self.frcd_base();
         match offset {
-            reg::GCMD => {
+            reg::off::GCMD => {
                 let mut r = self.inner.borrow_mut();
                 r.gcmd_writes.push(value);
                 let cmd = Gcmd::from_bits_retain(value);
@@ -381,7 +408,7 @@ impl RegisterBlock for FakeRegs {
                     }
                     if cmd.contains(c) && r.gsts & s.bits() == 0 {
                         if c == Gcmd::QIE {
-                            r.iqa_latched = *r.values.get(&reg::IQA).unwrap_or(&0);
+                            r.iqa_latched = *r.values.get(&reg::off::IQA).unwrap_or(&0);
                             r.iqh = 0;
                         }
                         r.gsts |= s.bits();
@@ -396,14 +423,14 @@ impl RegisterBlock for FakeRegs {
                     r.gsts |= Gsts::IRTPS.bits();
                 }
             }
-            reg::FSTS => {
+            reg::off::FSTS => {
                 let mut r = self.inner.borrow_mut();
                 r.fsts &= !(value & (Fsts::PFO | Fsts::IQE).bits());
             }
             o if o >= frcd && (o - frcd) % 16 == 12 => {
                 let mut r = self.inner.borrow_mut();
                 if value & 0x8000_0000 != 0 {
-                    r.frcd[(o - frcd) / 16].1 &= !(1 << 63);
+                    r.frcd[((o - frcd) / 16) as usize].1 &= !(1 << 63);
                 }
             }
             o => {
@@ -412,11 +439,11 @@ impl RegisterBlock for FakeRegs {
         }
     }
 
-    fn write64(&self, offset: usize, value: u64) {
+    fn write64(&self, offset: u64, value: u64) {
         self.width_ok(offset, 64, true);
         self.inner.borrow_mut().log.push(Access::W64(offset, value));
         self.inner.borrow_mut().values.insert(offset, value);
-        if offset == reg::IQT {
+        if offset == reg::off::IQT {
             let qie = self.inner.borrow().gsts & Gsts::QIES.bits() != 0;
             if qie && !self.inner.borrow().hold_queue {
                 assert_eq!(value & 0x10, 0, "IQT bit 4 set with DW=1");
@@ -426,19 +453,18 @@ impl RegisterBlock for FakeRegs {
     }
 }
 
+/// Advances 1 µs per reading.
 #[derive(Default)]
-pub struct FakeClock(pub Cell<u64>);
+pub struct FakeClock(pub AtomicU64);
 
 impl FakeClock {
     pub fn new() -> Self {
-        Self(Cell::new(0))
+        Self(AtomicU64::new(0))
     }
 }
 
 impl Clock for FakeClock {
     fn now_ns(&self) -> u64 {
-        let t = self.0.get() + 1_000;
-        self.0.set(t);
-        t
+        self.0.fetch_add(1_000, Ordering::Relaxed) + 1_000
     }
 }

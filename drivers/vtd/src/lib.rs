@@ -2,13 +2,14 @@
 //!
 //! * [`spec`]: the one typed definition of the registers and in-memory structures.
 //! * [`dmar`]: bounds-checked ACPI DMAR parser and the device → remapping-unit map.
-//! * [`unit::RemappingUnit`]: the driver of one remapping unit, generic over [`hw::RegisterBlock`]
-//!   (MMIO), [`hw::DmaMemory`] (table memory) and [`hw::Clock`] (bounded waits), which the
-//!   kernel implements; host tests use fakes.
+//! * [`unit::RemappingUnit`]: the driver of one remapping unit, generic over `hwio`'s
+//!   [`Registers`](hwio::Registers) (MMIO), [`PhysMemory`](hwio::dma::PhysMemory) (table
+//!   memory) and [`Clock`](hwio::Clock) (bounded waits), which the kernel implements; host
+//!   tests use fakes.
 //!
 //! Kernel glue, in order (vtd.md §9):
 //! 1. `Dmar::parse(bytes)`; for each DRHD map ≥ 4 KiB of `register_base` uncached behind a
-//!    [`RegisterBlock`]; [`DeviceUnitMap::build`] with the PCI enumeration's bridge bus numbers.
+//!    [`Registers`](hwio::Registers); [`DeviceUnitMap::build`] with the PCI enumeration's bridge bus numbers.
 //! 2. [`RemappingUnit::new`] (capability checks), [`RemappingUnit::setup`] (QI, IR, root table),
 //!    [`RemappingUnit::prepare_device`] for every device, [`RemappingUnit::enable_translation`]
 //!    (or [`RemappingUnit::init`] = setup + TE),
@@ -25,10 +26,12 @@
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
+/// The fakes share their state through `std`'s mutex (they are `Send + Sync`).
+#[cfg(all(feature = "test-util", not(test)))]
+extern crate std;
 
 pub mod dmar;
 pub mod error;
-pub mod hw;
 pub mod pagetable;
 pub mod spec;
 pub mod unit;
@@ -42,7 +45,6 @@ mod tests;
 
 pub use dmar::{Bdf, DeviceUnitMap, Dmar, DmarError};
 pub use error::VtdError;
-pub use hw::{Clock, DmaMemory, DmaMemory128, RegisterBlock};
 pub use pagetable::{Perm, Translation};
 pub use unit::{
     AddressSpaceId, Config, FaultBatch, FaultCounters, IR_TABLE_MAX_ENTRIES, IrTableSize,

@@ -7,45 +7,107 @@
 
 use bitflags::bitflags;
 
-/// Register offsets from the remapping unit's base (vtd.md §2.1).
-pub mod reg {
-    pub const VER: usize = 0x000;
-    pub const CAP: usize = 0x008;
-    pub const ECAP: usize = 0x010;
-    pub const GCMD: usize = 0x018;
-    pub const GSTS: usize = 0x01c;
-    pub const RTADDR: usize = 0x020;
-    pub const CCMD: usize = 0x028;
-    pub const FSTS: usize = 0x034;
-    pub const FECTL: usize = 0x038;
-    pub const FEDATA: usize = 0x03c;
-    pub const FEADDR: usize = 0x040;
-    pub const FEUADDR: usize = 0x044;
-    pub const AFLOG: usize = 0x058;
-    pub const PMEN: usize = 0x064;
-    pub const IQH: usize = 0x080;
-    pub const IQT: usize = 0x088;
-    pub const IQA: usize = 0x090;
-    pub const ICS: usize = 0x09c;
-    pub const IECTL: usize = 0x0a0;
-    pub const IEDATA: usize = 0x0a4;
-    pub const IEADDR: usize = 0x0a8;
-    pub const IEUADDR: usize = 0x0ac;
-    pub const IQERCD: usize = 0x0b0;
-    pub const IRTA: usize = 0x0b8;
-
-    /// Access width the hardware (and QEMU's asserts) require at an offset, for the fixed
-    /// registers. FRCD and IOTLB/IVA offsets depend on CAP.FRO / ECAP.IRO and are 64-bit
-    /// (FRCD: two 64-bit halves; its F bit may also be cleared with a 32-bit write at +0xC).
-    pub const fn width(offset: usize) -> Option<u8> {
-        match offset {
-            VER | GCMD | GSTS | FSTS | FECTL | FEDATA | FEADDR | FEUADDR | PMEN | ICS | IECTL
-            | IEDATA | IEADDR | IEUADDR => Some(32),
-            CAP | ECAP | RTADDR | CCMD | AFLOG | IQH | IQT | IQA | IQERCD | IRTA => Some(64),
-            _ => None,
-        }
+hwio::register_map! {
+    /// The remapping unit's registers at fixed offsets (VT-d spec §11.4), each with its width,
+    /// value type and access. The fault-recording and IOTLB registers sit where CAP.FRO and
+    /// ECAP.IRO say ([`frcd`]).
+    pub mod reg {
+        /// Version (§11.4.1).
+        0x000 => VER: u32, ReadOnly;
+        /// Capability (§11.4.2).
+        0x008 => CAP: Cap, ReadOnly;
+        /// Extended capability (§11.4.3).
+        0x010 => ECAP: Ecap, ReadOnly;
+        /// Global command (§11.4.4.1).
+        0x018 => GCMD: Gcmd, WriteOnly;
+        /// Global status (§11.4.4.2).
+        0x01c => GSTS: Gsts, ReadOnly;
+        /// Root table address (§11.4.5; [`rtaddr::encode`]).
+        0x020 => RTADDR: u64, ReadWrite;
+        /// Context command (§11.4.6.1; register-based invalidation, unused with QI).
+        0x028 => CCMD: u64, ReadWrite;
+        /// Fault status (§11.4.7.1; PFO, IQE, ICE, ITE are RW1C, FRI read-only).
+        0x034 => FSTS: Fsts, WriteOneToClear;
+        /// Fault event control (§11.4.7.2).
+        0x038 => FECTL: EventCtl, ReadWrite;
+        /// Fault event data (§11.4.7.3).
+        0x03c => FEDATA: u32, ReadWrite;
+        /// Fault event address (§11.4.7.4).
+        0x040 => FEADDR: u32, ReadWrite;
+        /// Fault event upper address (§11.4.7.5).
+        0x044 => FEUADDR: u32, ReadWrite;
+        /// Advanced fault log (reserved since advanced fault logging left the specification;
+        /// 64 bits wide).
+        0x058 => AFLOG: u64, ReadWrite;
+        /// Protected memory enable (§11.4.8.1).
+        0x064 => PMEN: u32, ReadWrite;
+        /// Invalidation queue head (§11.4.9.1; [`iqa::index_256`]).
+        0x080 => IQH: u64, ReadOnly;
+        /// Invalidation queue tail (§11.4.9.2; [`iqa::tail_256`]).
+        0x088 => IQT: u64, ReadWrite;
+        /// Invalidation queue address (§11.4.9.3; [`iqa::encode`]).
+        0x090 => IQA: u64, ReadWrite;
+        /// Invalidation completion status (§11.4.9.4).
+        0x09c => ICS: Ics, WriteOneToClear;
+        /// Invalidation event control (§11.4.9.5).
+        0x0a0 => IECTL: EventCtl, ReadWrite;
+        /// Invalidation event data (§11.4.9.6).
+        0x0a4 => IEDATA: u32, ReadWrite;
+        /// Invalidation event address (§11.4.9.7).
+        0x0a8 => IEADDR: u32, ReadWrite;
+        /// Invalidation event upper address (§11.4.9.8).
+        0x0ac => IEUADDR: u32, ReadWrite;
+        /// Invalidation queue error record (§11.4.9.9).
+        0x0b0 => IQERCD: u64, ReadOnly;
+        /// Interrupt remapping table address (§11.4.10; [`irta::encode`]).
+        0x0b8 => IRTA: u64, ReadWrite;
     }
 }
+
+/// Access width (bits) the hardware (and QEMU's asserts) require at an offset, for the fixed
+/// registers of [`reg`]. FRCD and IOTLB/IVA offsets depend on CAP.FRO / ECAP.IRO and are
+/// 64-bit (FRCD: two 64-bit halves; its F bit may also be cleared with a 32-bit write at
+/// +0xC, [`frcd::F_CLEAR`]).
+pub fn reg_width(offset: u64) -> Option<u8> {
+    reg::LAYOUT
+        .iter()
+        .find(|&&(o, _)| o == offset)
+        .map(|&(_, bytes)| (bytes * 8) as u8)
+}
+
+/// One fault-recording register (§11.4.7.6), relative to its start (register n at CAP.FRO × 16
+/// + 16n): two 64-bit halves ([`FaultRecord::decode`]).
+pub mod frcd {
+    use hwio::Reg;
+    use hwio::access::{ReadOnly, WriteOneToClear};
+
+    /// Bytes per fault-recording register.
+    pub const SIZE: u64 = 16;
+    /// Bits 63:0: the faulting page address.
+    pub const LO: Reg<u64, ReadOnly> = Reg::new(0x0);
+    /// Bits 127:64: source ID, reason, PASID, type, F (bit 127).
+    pub const HI: Reg<u64, ReadOnly> = Reg::new(0x8);
+    /// The upper dword of [`HI`], through which the F bit (its bit 31) is cleared by writing 1
+    /// (RW1C) without touching the rest.
+    pub const F_CLEAR: Reg<u32, WriteOneToClear> = Reg::new(0xc);
+}
+
+/// `bitflags` registers as typed register values (unknown bits survive).
+macro_rules! flags_value {
+    ($($t:ty: $raw:ty),* $(,)?) => {$(
+        impl hwio::Value for $t {
+            type Raw = $raw;
+            fn from_raw(raw: $raw) -> Self {
+                <$t>::from_bits_retain(raw)
+            }
+            fn to_raw(self) -> $raw {
+                self.bits()
+            }
+        }
+    )*};
+}
+
+flags_value!(Cap: u64, Ecap: u64, Gcmd: u32, Gsts: u32, Fsts: u32, EventCtl: u32, Ics: u32);
 
 bitflags! {
     /// Capability register (0x08), vtd.md §2.2.
@@ -88,8 +150,16 @@ impl Cap {
         ((self.bits() >> 16) & 0x3f) as u8 + 1
     }
     /// Byte offset of the first fault recording register (16·FRO).
-    pub fn fault_record_offset(self) -> usize {
-        (((self.bits() >> 24) & 0x3ff) as usize) * 16
+    pub fn fault_record_offset(self) -> u64 {
+        ((self.bits() >> 24) & 0x3ff) * 16
+    }
+    /// The fault-recording registers ([`frcd`]) as a table.
+    pub fn fault_records(self) -> hwio::Table {
+        hwio::Table {
+            base: self.fault_record_offset(),
+            stride: frcd::SIZE,
+            len: self.fault_record_count() as u64,
+        }
     }
     /// Number of fault recording registers (NFR + 1).
     pub fn fault_record_count(self) -> usize {
@@ -139,8 +209,8 @@ bitflags! {
 
 impl Ecap {
     /// Byte offset of the IOTLB registers (IVA at +0, IOTLB at +8): 16·IRO.
-    pub fn iotlb_offset(self) -> usize {
-        (((self.bits() >> 8) & 0x3ff) as usize) * 16
+    pub fn iotlb_offset(self) -> u64 {
+        ((self.bits() >> 8) & 0x3ff) * 16
     }
     /// Maximum handle mask value for IEC invalidation.
     pub fn mhmv(self) -> u8 {
@@ -1283,8 +1353,8 @@ mod tests {
             (1 << 26) | (1 << 25)
         );
         assert!(Gcmd::SRTP.is_one_shot() && !Gcmd::QIE.is_one_shot());
-        assert_eq!(reg::width(reg::FSTS), Some(32));
-        assert_eq!(reg::width(reg::IQA), Some(64));
+        assert_eq!(reg_width(reg::off::FSTS), Some(32));
+        assert_eq!(reg_width(reg::off::IQA), Some(64));
     }
 
     #[test]

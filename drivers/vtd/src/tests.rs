@@ -4,10 +4,10 @@
 use crate::dmar::Bdf;
 use crate::error::{Requirement, VtdError};
 use crate::fake::*;
-use crate::hw::DmaMemory;
 use crate::pagetable::{IoPageTable, PAGE_2M, Perm, invalidation_chunks};
 use crate::spec::*;
 use crate::unit::*;
+use hwio::dma::PhysMemory;
 
 type Unit = RemappingUnit<FakeRegs, FakeMem, FakeClock>;
 
@@ -70,9 +70,13 @@ fn init_follows_gcmd_protocol_and_programs_registers() {
     assert!(g.contains(Gsts::TES | Gsts::QIES | Gsts::IRES | Gsts::RTPS | Gsts::IRTPS));
     let v = |o| *r.inner.borrow().values.get(&o).unwrap();
     let root = u.root_table().unwrap();
-    assert_eq!(v(reg::RTADDR), root | (1 << 10));
-    assert_eq!(v(reg::IQA) & 0xfff, 1 << 11, "256-bit descriptors, QS=0");
-    assert_eq!(v(reg::IRTA) & 0xfff, 7, "256 entries, xAPIC");
+    assert_eq!(v(reg::off::RTADDR), root | (1 << 10));
+    assert_eq!(
+        v(reg::off::IQA) & 0xfff,
+        1 << 11,
+        "256-bit descriptors, QS=0"
+    );
+    assert_eq!(v(reg::off::IRTA) & 0xfff, 7, "256 entries, xAPIC");
     // Tables live in fake DMA memory above 4 GiB.
     assert!(root >= 1 << 32 && m.read64(root) == 0);
     // IEC global after SIRTP, then CC/PASID-cache/IOTLB global after SRTP, each with a wait.
@@ -88,14 +92,19 @@ fn init_follows_gcmd_protocol_and_programs_registers() {
         ]
     );
     // Stale faults dropped with FSTS = PFO | IQE (vtd.md §11 "clear fault record").
-    assert!(r.inner.borrow().log.contains(&Access::W32(reg::FSTS, 0x11)));
+    assert!(
+        r.inner
+            .borrow()
+            .log
+            .contains(&Access::W32(reg::off::FSTS, 0x11))
+    );
     // Every 32-bit register was accessed with 32-bit ops (the fake asserts otherwise).
     assert!(
         r.inner
             .borrow()
             .log
             .iter()
-            .any(|a| matches!(a, Access::W32(reg::GCMD, _)))
+            .any(|a| matches!(a, Access::W32(reg::off::GCMD, _)))
     );
 }
 
@@ -689,13 +698,13 @@ fn faults_are_decoded_counted_and_cleared() {
     let (mut u, r, _) = fs_unit();
     u.configure_fault_event(2, 0x40).unwrap();
     let log = r.inner.borrow().log.clone();
-    assert!(log.contains(&Access::W32(reg::FEDATA, 0x40)));
-    assert!(log.contains(&Access::W32(reg::FEADDR, 0xfee0_2000)));
+    assert!(log.contains(&Access::W32(reg::off::FEDATA, 0x40)));
+    assert!(log.contains(&Access::W32(reg::off::FEADDR, 0xfee0_2000)));
     assert_eq!(
         log.iter()
             .rev()
-            .find(|a| matches!(a, Access::W32(reg::FECTL, _))),
-        Some(&Access::W32(reg::FECTL, 0))
+            .find(|a| matches!(a, Access::W32(reg::off::FECTL, _))),
+        Some(&Access::W32(reg::off::FECTL, 0))
     );
     assert_eq!(
         u.configure_fault_event(256, 0x40),
@@ -760,7 +769,7 @@ fn interrupt_remapping_entries() {
         )
         .unwrap();
     assert_eq!(h, IrteHandle { index: 0, count: 1 });
-    let irta = *r.inner.borrow().values.get(&reg::IRTA).unwrap() & !0xfff;
+    let irta = *r.inner.borrow().values.get(&reg::off::IRTA).unwrap() & !0xfff;
     assert_eq!(
         [m.read64(irta), m.read64(irta + 8)],
         [1 | (0x41 << 16) | (3 << 40), 0x18 | (1 << 18)],
@@ -826,7 +835,7 @@ fn pi_unit() -> (Unit, FakeRegs, FakeMem, u64) {
     let (mut u, r, m) = unit_with(QEMU_ECAP_FS, QEMU_CAP | Cap::PI.bits(), Config::default());
     u.init().unwrap();
     r.clear_log();
-    let irta = *r.inner.borrow().values.get(&reg::IRTA).unwrap() & !0xfff;
+    let irta = *r.inner.borrow().values.get(&reg::off::IRTA).unwrap() & !0xfff;
     (u, r, m, irta)
 }
 
@@ -980,7 +989,7 @@ fn x2apic_irtes_when_eim() {
     };
     let (mut u, r, m) = unit_with(QEMU_ECAP_FS | Ecap::EIM.bits(), QEMU_CAP, cfg);
     u.init().unwrap();
-    let irta = *r.inner.borrow().values.get(&reg::IRTA).unwrap();
+    let irta = *r.inner.borrow().values.get(&reg::off::IRTA).unwrap();
     assert_eq!(irta & 0xfff, (1 << 11) | 7);
     let h = u
         .alloc_irte(

@@ -11,19 +11,20 @@
 
 use crate::dmar::Bdf;
 use crate::error::{Requirement, VtdError};
-use crate::hw::{Clock, DmaMemory, DmaMemory128, RegisterBlock};
 use crate::pagetable::{
     IoPageTable, Perm, SecondStage, Translation, View, alloc_block, invalidation_chunks,
 };
 use crate::spec::{
     self, AW_39, AW_48, Cap, CcGranularity, ContextEntry, Ecap, EventCtl, FaultReason, FaultRecord,
     FsPte, Fsts, Gcmd, Gsts, InvDesc, Irte, PasidEntry, Pgtt, RemappableMsi, RootEntry,
-    SourceValidation, SsPte, iqa, irta, pasid_dir_entry, reg, rtaddr,
+    SourceValidation, SsPte, frcd, iqa, irta, pasid_dir_entry, reg, rtaddr,
 };
 use crate::spec::{IRTE_IM, IrteFormat, PostedIrte, pid};
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec;
 use alloc::vec::Vec;
+use hwio::dma::{PhysMemory, PhysMemory128};
+use hwio::{Clock, Registers, RegistersExt};
 
 /// What requests without PASID see on a device that has no space attached at RID_PASID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,15 +191,13 @@ struct Space {
     revoked: bool,
 }
 
-/// Max polls per wait in addition to the clock deadline, so a stopped clock cannot hang us.
-const MAX_POLLS: u64 = 50_000_000;
 /// Beyond this many page-selective descriptors per range, flush the whole PASID/domain instead.
 const MAX_PSI_DESCS: usize = 16;
 /// Narrowest and widest guest address widths a unit may report (3- and 5-level tables).
 const MIN_MGAW: u8 = 39;
 const MAX_MGAW: u8 = 57;
 
-pub struct RemappingUnit<R: RegisterBlock, M: DmaMemory, C: Clock> {
+pub struct RemappingUnit<R: Registers, M: PhysMemory, C: Clock> {
     regs: R,
     mem: M,
     clock: C,
@@ -221,11 +220,11 @@ pub struct RemappingUnit<R: RegisterBlock, M: DmaMemory, C: Clock> {
     fault_event_programmed: bool,
 }
 
-impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
+impl<R: Registers, M: PhysMemory, C: Clock> RemappingUnit<R, M, C> {
     /// Reads CAP/ECAP and checks what the configuration needs. Touches no other register.
     pub fn new(regs: R, mem: M, clock: C, cfg: Config) -> Result<Self, VtdError> {
-        let cap = Cap::from_bits_retain(regs.read64(reg::CAP));
-        let ecap = Ecap::from_bits_retain(regs.read64(reg::ECAP));
+        let cap = regs.read(reg::CAP);
+        let ecap = regs.read(reg::ECAP);
         log::info!("vtd: cap {:#018x} ecap {:#018x}", cap.bits(), ecap.bits());
         if !ecap.contains(Ecap::SMTS) {
             return Err(VtdError::Missing(Requirement::ScalableMode));
@@ -270,7 +269,7 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
         if cfg.rid_default == RidDefault::PassThrough && !ecap.contains(Ecap::PT) {
             return Err(VtdError::Missing(Requirement::PassThrough));
         }
-        let frcd_end = cap.fault_record_offset() + 16 * cap.fault_record_count();
+        let frcd_end = cap.fault_record_offset() + frcd::SIZE * cap.fault_record_count() as u64;
         // Both tables sit beyond the fixed registers (QEMU: IOTLB at 0xF0, FRCD at 0x220).
         if cap.fault_record_offset() < 0xc0
             || frcd_end > 0x1_0000
@@ -339,44 +338,27 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
     // Bounded waits and the GCMD protocol
     // -----------------------------------------------------------------------------------------
 
-    fn poll(&self, mut done: impl FnMut(&Self) -> bool) -> bool {
-        let deadline = self.clock.now_ns().saturating_add(self.cfg.timeout_ns);
-        for _ in 0..MAX_POLLS {
-            if done(self) {
-                return true;
-            }
-            if self.clock.now_ns() > deadline {
-                return done(self);
-            }
-            self.clock.relax();
-        }
-        false
-    }
-
     /// Issues one GCMD command (vtd.md §2.4): persistent bits from GSTS (one-shot status bits
     /// dropped), exactly one command bit changed, then wait for its status bit. CFI is never
     /// waited for (QEMU does not implement CFIS).
     fn gcmd(&mut self, cmd: Gcmd, enable: bool) -> Result<(), VtdError> {
-        let gsts = Gsts::from_bits_retain(self.regs.read32(reg::GSTS));
-        let v = spec::gcmd_value(gsts, cmd, enable);
-        self.regs.write32(reg::GCMD, v.bits());
+        let gsts = self.regs.read(reg::GSTS);
+        self.regs
+            .write(reg::GCMD, spec::gcmd_value(gsts, cmd, enable));
         if cmd == Gcmd::CFI {
             return Ok(());
         }
         let want = cmd.status_bit();
-        let ok = self
-            .poll(|s| Gsts::from_bits_retain(s.regs.read32(reg::GSTS)).contains(want) == enable);
-        if ok {
-            Ok(())
-        } else {
-            Err(VtdError::CommandTimeout {
-                command: cmd.bits(),
-            })
-        }
+        hwio::wait_until(&self.clock, self.cfg.timeout_ns, || {
+            (self.regs.read(reg::GSTS).contains(want) == enable).then_some(())
+        })
+        .map_err(|_| VtdError::CommandTimeout {
+            command: cmd.bits(),
+        })
     }
 
     pub fn status(&self) -> Gsts {
-        Gsts::from_bits_retain(self.regs.read32(reg::GSTS))
+        self.regs.read(reg::GSTS)
     }
 
     // -----------------------------------------------------------------------------------------
@@ -444,8 +426,8 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
                 return Err(e);
             }
         };
-        self.regs.write64(reg::IQT, 0);
-        self.regs.write64(reg::IQA, iqa::encode(base, true, 0));
+        self.regs.write(reg::IQT, 0);
+        self.regs.write(reg::IQA, iqa::encode(base, true, 0));
         self.qi = Some(Queue {
             base,
             slots: iqa::slots_256(0),
@@ -475,7 +457,7 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
             log::warn!("vtd: ECAP.EIM=0: IRTEs use 8-bit xAPIC destinations");
         }
         let base = alloc_block(&mut self.mem, entries * 16, self.phys_bits)?;
-        self.regs.write64(reg::IRTA, irta::encode(base, x2apic, s));
+        self.regs.write(reg::IRTA, irta::encode(base, x2apic, s));
         self.gcmd(Gcmd::SIRTP, true)?;
         self.ir = Some(IrState {
             base,
@@ -503,7 +485,7 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
             self.pt_did = Some(self.alloc_did()?);
         }
         self.regs
-            .write64(reg::RTADDR, rtaddr::encode(root, rtaddr::TTM_SCALABLE));
+            .write(reg::RTADDR, rtaddr::encode(root, rtaddr::TTM_SCALABLE));
         self.gcmd(Gcmd::SRTP, true)?;
         // CAP.ESRTPS=0: caches are not flushed by SRTP by contract (vtd.md §5.4 last row).
         self.invalidate(&[
@@ -577,59 +559,53 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
             q.tail = idx;
         }
         self.mem.barrier();
-        self.regs.write64(reg::IQT, iqa::tail_256(idx));
+        self.regs.write(reg::IQT, iqa::tail_256(idx));
 
         let mut rejected = None;
         let mut recoveries = 0;
-        let deadline = self.clock.now_ns().saturating_add(self.cfg.timeout_ns);
-        for _ in 0..MAX_POLLS {
+        let outcome = hwio::wait_until(&self.clock, self.cfg.timeout_ns, || {
             if self.mem.read32(status) == token {
-                return rejected.map_or(Ok(()), Err);
+                return Some(Ok(()));
             }
-            let fsts = Fsts::from_bits_retain(self.regs.read32(reg::FSTS));
-            if fsts.contains(Fsts::IQE) {
-                recoveries += 1;
-                let head = iqa::index_256(self.regs.read64(reg::IQH)) % slots;
-                let pa = base + 32 * head as u64;
-                let bad = [
-                    self.mem.read64(pa),
-                    self.mem.read64(pa + 8),
-                    self.mem.read64(pa + 16),
-                    self.mem.read64(pa + 24),
-                ];
-                log::error!(
-                    "vtd: invalidation descriptor rejected at slot {head}: {:#x?}",
-                    bad
-                );
-                if recoveries > 2 {
-                    self.regs.write32(reg::FSTS, Fsts::IQE.bits());
-                    return Err(VtdError::InvalidationQueueStuck);
-                }
-                rejected.get_or_insert(VtdError::DescriptorRejected {
-                    qw0: bad[0],
-                    qw1: bad[1],
-                });
-                // A wait that writes a different value: harmless, and cannot match `token`.
-                self.write_desc(
-                    base,
-                    head,
-                    &InvDesc::wait_status(token ^ 0x8000_0000, status, true),
-                );
-                self.mem.barrier();
-                self.regs.write32(reg::FSTS, Fsts::IQE.bits());
-                self.regs.write64(reg::IQT, iqa::tail_256(idx));
-                continue;
+            let fsts = self.regs.read(reg::FSTS);
+            if !fsts.contains(Fsts::IQE) {
+                return None;
             }
-            if self.clock.now_ns() > deadline {
-                break;
+            recoveries += 1;
+            let head = iqa::index_256(self.regs.read(reg::IQH)) % slots;
+            let pa = base + 32 * head as u64;
+            let bad: [u64; 4] = core::array::from_fn(|i| self.mem.read64(pa + 8 * i as u64));
+            log::error!(
+                "vtd: invalidation descriptor rejected at slot {head}: {:#x?}",
+                bad
+            );
+            if recoveries > 2 {
+                self.regs.write(reg::FSTS, Fsts::IQE);
+                return Some(Err(VtdError::InvalidationQueueStuck));
             }
-            self.clock.relax();
+            rejected.get_or_insert(VtdError::DescriptorRejected {
+                qw0: bad[0],
+                qw1: bad[1],
+            });
+            // A wait that writes a different value: harmless, and cannot match `token`.
+            self.write_desc(
+                base,
+                head,
+                &InvDesc::wait_status(token ^ 0x8000_0000, status, true),
+            );
+            self.mem.barrier();
+            self.regs.write(reg::FSTS, Fsts::IQE);
+            self.regs.write(reg::IQT, iqa::tail_256(idx));
+            None
+        });
+        match outcome {
+            Ok(Ok(())) => rejected.map_or(Ok(()), Err),
+            Ok(Err(stuck)) => Err(stuck),
+            Err(hwio::Timeout) => {
+                log::error!("vtd: invalidation wait timed out (token {token})");
+                Err(VtdError::InvalidationTimeout)
+            }
         }
-        if self.mem.read32(status) == token {
-            return rejected.map_or(Ok(()), Err);
-        }
-        log::error!("vtd: invalidation wait timed out (token {token})");
-        Err(VtdError::InvalidationTimeout)
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1274,45 +1250,47 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
         if vector < 16 {
             return Err(VtdError::BadVector { vector });
         }
-        self.regs.write32(reg::FECTL, EventCtl::IM.bits());
-        self.regs.write32(reg::FEDATA, u32::from(vector));
-        self.regs.write32(reg::FEADDR, spec::event_msi_address(id));
+        self.regs.write(reg::FECTL, EventCtl::IM);
+        self.regs.write(reg::FEDATA, u32::from(vector));
+        self.regs.write(reg::FEADDR, spec::event_msi_address(id));
         self.clear_stale_faults();
-        self.regs.write32(reg::FECTL, 0);
+        self.regs.write(reg::FECTL, EventCtl::empty());
         self.fault_event_programmed = true;
         Ok(())
     }
 
-    fn frcd_offset(&self, i: usize) -> usize {
-        self.cap.fault_record_offset() + 16 * i
+    /// Fault-recording register `i` (`i` < CAP.NFR + 1, as the callers' loops keep it).
+    fn frcd(&self, i: usize) -> hwio::Block<'_, R> {
+        let t = self.cap.fault_records();
+        self.regs.block(t.base + t.stride * i as u64, t.stride)
     }
 
     fn clear_stale_faults(&mut self) {
         for i in 0..self.cap.fault_record_count() {
-            let off = self.frcd_offset(i);
-            if self.regs.read64(off + 8) & spec::FRCD_F != 0 {
-                self.regs.write32(off + 12, (spec::FRCD_F >> 32) as u32);
+            let r = self.frcd(i);
+            if r.read(frcd::HI) & spec::FRCD_F != 0 {
+                r.write(frcd::F_CLEAR, (spec::FRCD_F >> 32) as u32);
             }
         }
-        self.regs.write32(reg::FSTS, (Fsts::PFO | Fsts::IQE).bits());
+        self.regs.write(reg::FSTS, Fsts::PFO | Fsts::IQE);
     }
 
     /// The fault-event handler body: reads pending fault records from FSTS.FRI on, decodes,
     /// counts and clears them, then clears PFO. Bounded by the number of records.
     pub fn handle_faults(&mut self) -> FaultBatch {
         let mut out = FaultBatch::default();
-        let fsts = Fsts::from_bits_retain(self.regs.read32(reg::FSTS));
+        let fsts = self.regs.read(reg::FSTS);
         let n = self.cap.fault_record_count();
         if fsts.contains(Fsts::PPF) {
             let mut i = fsts.fri() % n;
             for _ in 0..n {
-                let off = self.frcd_offset(i);
+                let r = self.frcd(i);
                 // High qword first: F lives there, and the low qword is valid once F is seen.
-                let hi = self.regs.read64(off + 8);
-                let Some(rec) = FaultRecord::decode(self.regs.read64(off), hi) else {
+                let hi = r.read(frcd::HI);
+                let Some(rec) = FaultRecord::decode(r.read(frcd::LO), hi) else {
                     break;
                 };
-                self.regs.write32(off + 12, (spec::FRCD_F >> 32) as u32);
+                r.write(frcd::F_CLEAR, (spec::FRCD_F >> 32) as u32);
                 self.count_fault(&rec);
                 // The kernel prints the user-facing line (with the segment); this one is for
                 // debugging the driver itself.
@@ -1333,7 +1311,7 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
             out.overflow = true;
             self.faults.overflows += 1;
             log::warn!("vtd: primary fault overflow: faults were dropped");
-            self.regs.write32(reg::FSTS, Fsts::PFO.bits());
+            self.regs.write(reg::FSTS, Fsts::PFO);
         }
         out.queue_error = fsts.contains(Fsts::IQE);
         out
@@ -1596,11 +1574,11 @@ impl<R: RegisterBlock, M: DmaMemory, C: Clock> RemappingUnit<R, M, C> {
 }
 
 /// Posted-format entries: their descriptor address spans both qwords, so a change of both
-/// is one 128-bit compare-and-exchange ([`DmaMemory128`]), as Linux's `modify_irte` does;
+/// is one 128-bit compare-and-exchange ([`PhysMemory128`]), as Linux's `modify_irte` does;
 /// a change of qword 0 alone is one 64-bit store. Either way the entry goes from one
 /// present value to the next with no window, then the interrupt entry cache is invalidated
 /// (index-selective, and waited for).
-impl<R: RegisterBlock, M: DmaMemory128, C: Clock> RemappingUnit<R, M, C> {
+impl<R: Registers, M: PhysMemory128, C: Clock> RemappingUnit<R, M, C> {
     /// Allocates one IRTE in posted format: requests through it set bit `vector` of the PIR
     /// of the descriptor at `descriptor` (§5.2.3), after the same source-ID check as a
     /// remapped entry.
