@@ -19,7 +19,9 @@
 
 use core::fmt;
 
-use ::pci::ecam::{ConfigMmio, Ecam, EcamWindow, ecam_size};
+use ::pci::ecam::{Ecam, EcamWindow, ecam_size};
+use ::pci::msi::msix_entry;
+use hwio::RegistersExt;
 use ::pci::enumerate::{EnumOptions, enumerate_with};
 use ::pci::ext_caps::PasidCap;
 use ::pci::msi::{MsiCap, MsixCap};
@@ -440,14 +442,16 @@ impl Msix {
 
     /// Reads back entry `index` (address, data, vector control).
     pub fn read_entry(&self, index: u16) -> Result<(MsiMessage, bool), PciError> {
-        let o = self.cap.entry_offset(index)?;
-        let lo = u64::from(self.table.read32(o));
-        let hi = u64::from(self.table.read32(o + 4));
+        let e = self
+            .table
+            .block(self.cap.entry_offset(index)?, ::pci::msi::MSIX_ENTRY_SIZE);
+        let lo = u64::from(e.read(msix_entry::ADDRESS_LO));
+        let hi = u64::from(e.read(msix_entry::ADDRESS_HI));
         let msg = MsiMessage {
             address: (hi << 32) | lo,
-            data: self.table.read32(o + 8),
+            data: e.read(msix_entry::DATA),
         };
-        Ok((msg, self.table.read32(o + 12) & 1 != 0))
+        Ok((msg, e.read(msix_entry::VECTOR_CONTROL) & ::pci::msi::MASKED != 0))
     }
 
     /// Enables or disables MSI-X.
@@ -466,15 +470,6 @@ impl Msix {
 /// Maps `[phys, phys + len)` uncached as an [`Mmio`] window.
 fn map(phys: u64, len: u64) -> Result<Mmio, PciError> {
     Mmio::map(phys, len).map_err(|err| PciError::Map { phys, len, err })
-}
-
-impl ConfigMmio for Mmio {
-    fn read32(&self, offset: usize) -> u32 {
-        Mmio::read32(self, offset)
-    }
-    fn write32(&self, offset: usize, value: u32) {
-        Mmio::write32(self, offset, value)
-    }
 }
 
 /// Bridges' bus numbers, for the DMAR device-scope resolver.

@@ -9,6 +9,7 @@ use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 use core::time::Duration;
 
+use hwio::RegistersExt;
 use spin::Once;
 use x86_64::instructions::port::Port;
 
@@ -89,13 +90,20 @@ impl Deadline {
     }
 }
 
-/// A bounded wait ran out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeout;
+/// A bounded wait ran out (the one timeout type of every driver crate).
+pub use hwio::Timeout;
 
-impl fmt::Display for Timeout {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "timed out")
+/// The calibrated clock as the driver crates' [`hwio::Clock`] (use it after calibration:
+/// before, [`now_ns`] stands still and `hwio::wait_until` ends on its poll count).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KernelClock;
+
+impl hwio::Clock for KernelClock {
+    fn now_ns(&self) -> u64 {
+        now_ns()
+    }
+    fn delay_us(&self, us: u32) {
+        delay_us(u64::from(us));
     }
 }
 
@@ -200,10 +208,17 @@ pub fn calibration() -> Option<&'static Calibration> {
     CALIBRATION.get()
 }
 
-/// HPET registers (64-bit): capabilities and ID, general configuration, main counter.
-const HPET_GCAP_ID: usize = 0x00;
-const HPET_GEN_CONF: usize = 0x10;
-const HPET_MAIN_COUNTER: usize = 0xf0;
+hwio::register_map! {
+    /// The HPET registers the kernel uses (IA-PC HPET Specification 1.0a, §2.3.1).
+    mod hpet {
+        /// General Capabilities and ID (§2.3.4).
+        0x00 => GCAP_ID: u64, ReadOnly;
+        /// General Configuration (§2.3.5): bit 0 ENABLE_CNF, bit 1 LEG_RT_CNF.
+        0x10 => GEN_CONF: u64, ReadWrite;
+        /// Main Counter Value (§2.3.7).
+        0xf0 => MAIN_COUNTER: u64, ReadOnly;
+    }
+}
 
 enum Reference {
     Hpet {
@@ -239,7 +254,7 @@ impl Reference {
     }
     fn read(&self) -> u64 {
         match self {
-            Self::Hpet { regs, .. } => regs.read64(HPET_MAIN_COUNTER) & self.mask(),
+            Self::Hpet { regs, .. } => regs.read(hpet::MAIN_COUNTER) & self.mask(),
             Self::PmTimer { port, .. } => {
                 // SAFETY: the PM timer port from the FADT is read-only status.
                 unsafe { Port::<u32>::new(*port).read() as u64 & self.mask() }
@@ -256,14 +271,14 @@ fn hpet_reference() -> Option<Result<Reference, TimeError>> {
     Some((|| {
         let regs =
             Mmio::map(h.base_address, klib::acpi::HPET_REGISTER_BLOCK).map_err(TimeError::Map)?;
-        let (caps, conf) = (regs.read64(HPET_GCAP_ID), regs.read64(HPET_GEN_CONF));
+        let (caps, conf) = (regs.read(hpet::GCAP_ID), regs.read(hpet::GEN_CONF));
         let period = caps >> 32;
         if caps & 0xff == 0 || period == 0 || period > 100_000_000 {
             return Err(TimeError::BadHpetPeriod(period));
         }
         if conf & 1 == 0 {
             // ENABLE_CNF starts the main counter; legacy routing stays off.
-            regs.write64(HPET_GEN_CONF, (conf | 1) & !2);
+            regs.write(hpet::GEN_CONF, (conf | 1) & !2);
         }
         Ok(Reference::Hpet {
             regs,

@@ -415,10 +415,12 @@ macro_rules! register_map {
             )*
             /// `(offset, bytes)` of every register above, in ascending order (checked at
             /// compile time: aligned, none overlapping the next).
+            #[allow(dead_code)] // for models and fakes; a driver's private map may not need it
             pub const LAYOUT: &[(u64, u64)] = &[$(($off, $crate::width_of::<$ty>())),*];
             const _: () = $crate::check_layout(LAYOUT);
             /// The registers' bare byte offsets (for device models and fakes that dispatch on
             /// the offset of an access).
+            #[allow(dead_code)] // for models and fakes; a driver's private map may not need it
             pub mod off {
                 $(
                     #[doc = concat!("Offset of [`", stringify!($reg), "`](super::", stringify!($reg), ").")]

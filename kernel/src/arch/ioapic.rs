@@ -2,11 +2,21 @@
 //! enabled (PIT, legacy USB, …) can deliver into vectors the kernel hands out. Devices
 //! here use MSI/MSI-X/IMS, not I/O APIC pins.
 
+use hwio::RegistersExt;
+
 use crate::acpi::IoApicInfo;
 use crate::mm::Mmio;
 
-const IOREGSEL: usize = 0x00;
-const IOWIN: usize = 0x10;
+hwio::register_map! {
+    /// The I/O APIC's two memory-mapped registers (82093AA I/O APIC datasheet, §3.0): the
+    /// index of an indirect register, and the window onto it.
+    mod regs {
+        /// IOREGSEL: which indirect register IOWIN reaches.
+        0x00 => IOREGSEL: u32, ReadWrite;
+        /// IOWIN: the selected register.
+        0x10 => IOWIN: u32, ReadWrite;
+    }
+}
 const REG_VERSION: u32 = 0x01;
 const REDTBL_BASE: u32 = 0x10;
 const REDIR_MASKED: u32 = 1 << 16;
@@ -14,13 +24,13 @@ const REDIR_MASKED: u32 = 1 << 16;
 /// IOREGSEL selects the register that IOWIN then reads or writes; callers run
 /// single-threaded during boot, so the pair is not interleaved.
 fn read(regs: &Mmio, reg: u32) -> u32 {
-    regs.write32(IOREGSEL, reg);
-    regs.read32(IOWIN)
+    regs.write(regs::IOREGSEL, reg);
+    regs.read(regs::IOWIN)
 }
 
 fn write(regs: &Mmio, reg: u32, v: u32) {
-    regs.write32(IOREGSEL, reg);
-    regs.write32(IOWIN, v);
+    regs.write(regs::IOREGSEL, reg);
+    regs.write(regs::IOWIN, v);
 }
 
 /// Masks every redirection entry of every I/O APIC. Returns the number of pins masked.

@@ -1,28 +1,16 @@
-//! The kernel side of `drivers/vtd`'s hardware traits: registers over an uncached MMIO
-//! window, table memory from the frame allocator, the calibrated clock.
+//! The kernel side of `drivers/vtd`'s hardware traits (`hwio`'s): registers are the uncached
+//! MMIO window itself ([`Mmio`] implements `hwio::Registers`), table memory comes from the
+//! frame allocator, waits use the calibrated clock.
 
 use alloc::collections::BTreeMap;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::mm::{self, FrameBlock, Mmio};
+use hwio::dma::{PhysMemory, PhysMemory128};
 
-/// Every access is exactly one access of the named width (out-of-window ones read as
-/// all-ones and are dropped).
-impl vtd::RegisterBlock for Mmio {
-    fn read32(&self, offset: usize) -> u32 {
-        Mmio::read32(self, offset)
-    }
-    fn read64(&self, offset: usize) -> u64 {
-        Mmio::read64(self, offset)
-    }
-    fn write32(&self, offset: usize, value: u32) {
-        Mmio::write32(self, offset, value)
-    }
-    fn write64(&self, offset: usize, value: u64) {
-        Mmio::write64(self, offset, value)
-    }
-}
+use crate::mm::{self, FrameBlock};
+#[cfg(doc)]
+use crate::mm::Mmio;
 
 /// DMA memory for one remapping unit's tables, queue and status words. Owns every block it
 /// handed out, so each access can be checked against them: a stray address (a bug in the
@@ -58,7 +46,7 @@ impl KernelDma {
 
 // SAFETY: `table` answers only for a whole page inside a live block this memory owns
 // (identity-mapped RAM from the frame allocator), which stays allocated until `free`.
-unsafe impl vtd::DmaMemory for KernelDma {
+unsafe impl PhysMemory for KernelDma {
     fn alloc_zeroed(&mut self, size: usize, align: usize) -> Option<u64> {
         let b = mm::alloc_frames(size as u64, align as u64).ok()?;
         let a = b.addr();
@@ -114,7 +102,7 @@ unsafe impl vtd::DmaMemory for KernelDma {
 
 /// 128-bit IRTE updates: `lock cmpxchg16b` on the entry (its 16-byte alignment is checked
 /// with the block).
-impl vtd::DmaMemory128 for KernelDma {
+impl PhysMemory128 for KernelDma {
     fn compare_exchange128(
         &self,
         phys: u64,
@@ -167,10 +155,4 @@ unsafe fn cmpxchg16b(p: *mut u128, current: u128, new: u128) -> u128 {
 }
 
 /// Bounded waits use the kernel's calibrated clock.
-pub struct KernelClock;
-
-impl vtd::Clock for KernelClock {
-    fn now_ns(&self) -> u64 {
-        crate::time::now_ns()
-    }
-}
+pub use crate::time::KernelClock;

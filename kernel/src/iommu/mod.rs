@@ -463,7 +463,7 @@ fn create_units(
             .map_or(4096, |d| d.register_size())
             .max(4096);
         let regs = Mmio::map(u.register_base, size).map_err(IommuError::Map)?;
-        let ecap = Ecap::from_bits_retain(regs.read64(vtd::spec::reg::ECAP));
+        let ecap = hwio::RegistersExt::read(&regs, vtd::spec::reg::ECAP);
         let pt = ecap.contains(Ecap::PT);
         if !pt {
             log::warn!("unit {i} has no pass-through (ECAP.PT=0): unattached devices are blocked");

@@ -1,5 +1,6 @@
 //! The kernel's one MMIO leaf: an uncached window of device registers (a BAR, an ECAM
-//! window, a VT-d unit, the HPET, an I/O APIC).
+//! window, a VT-d unit, the HPET, an I/O APIC), and the kernel's implementation of
+//! [`hwio::Registers`] that every driver crate reaches registers through.
 
 use core::ptr::NonNull;
 
@@ -88,6 +89,30 @@ impl Mmio {
     pub fn write64(&self, offset: usize, value: u64) {
         if let Some(r) = self.reg::<u64>(offset) {
             r.write(value);
+        }
+    }
+}
+
+/// Offsets that do not fit a `usize` are outside every window: they read all-ones and drop
+/// writes like any other access outside it.
+impl hwio::Registers for Mmio {
+    fn size(&self) -> u64 {
+        self.len as u64
+    }
+    fn read32(&self, offset: u64) -> u32 {
+        usize::try_from(offset).map_or(u32::MAX, |o| Mmio::read32(self, o))
+    }
+    fn read64(&self, offset: u64) -> u64 {
+        usize::try_from(offset).map_or(u64::MAX, |o| Mmio::read64(self, o))
+    }
+    fn write32(&self, offset: u64, value: u32) {
+        if let Ok(o) = usize::try_from(offset) {
+            Mmio::write32(self, o, value)
+        }
+    }
+    fn write64(&self, offset: u64, value: u64) {
+        if let Ok(o) = usize::try_from(offset) {
+            Mmio::write64(self, o, value)
         }
     }
 }
