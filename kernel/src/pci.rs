@@ -20,12 +20,12 @@
 use core::fmt;
 
 use ::pci::ecam::{Ecam, EcamWindow, ecam_size};
-use ::pci::msi::msix_entry;
-use hwio::RegistersExt;
 use ::pci::enumerate::{EnumOptions, enumerate_with};
 use ::pci::ext_caps::PasidCap;
+use ::pci::msi::msix_entry;
 use ::pci::msi::{MsiCap, MsixCap};
 use ::pci::{BarInfo, BarKind, Enumeration, PciFunction};
+use hwio::RegistersExt;
 use spin::Once;
 
 pub use ::pci::PciAddress;
@@ -451,7 +451,10 @@ impl Msix {
             address: (hi << 32) | lo,
             data: e.read(msix_entry::DATA),
         };
-        Ok((msg, e.read(msix_entry::VECTOR_CONTROL) & ::pci::msi::MASKED != 0))
+        Ok((
+            msg,
+            e.read(msix_entry::VECTOR_CONTROL) & ::pci::msi::MASKED != 0,
+        ))
     }
 
     /// Enables or disables MSI-X.

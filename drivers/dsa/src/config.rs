@@ -1,4 +1,4 @@
-//! Device configuration: groups, engines, WQs (dsa.md §3), the default layout, and
+//! Device configuration: groups, engines, WQs (DSA spec §3.4, §9.2.23, §9.2.24), the default layout, and
 //! validation against the capabilities before anything is written to the device.
 
 use crate::caps::Capabilities;

@@ -127,7 +127,7 @@ impl From<DmaError> for DsaError {
     }
 }
 
-/// Short name of a CMDSTATUS error code (dsa.md §2.13).
+/// Short name of a CMDSTATUS error code (DSA spec §5.8.3, Table 5-8).
 pub fn cmd_status_name(code: u8) -> &'static str {
     use dsa_spec::regs::cmd_err::*;
     match code {

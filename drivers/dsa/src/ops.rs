@@ -1,6 +1,6 @@
 //! Typed DSA 1.0 operations: builders, validation against the device and WQ limits,
 //! descriptor encoding, completion-record decoding, and partial-completion resume
-//! (dsa.md §6, §7, §8).
+//! (DSA spec §8.1–§8.3; resume after a page fault: §3.13.3, §8.2.4).
 
 use crate::caps::Capabilities;
 use crate::error::{OpError, PageFault};

@@ -844,7 +844,7 @@ mod tests {
     use super::builder::*;
     use super::*;
 
-    /// QEMU 10.0.2 q35 + intel-iommu (vtd.md §1.4, platform.md §1.3): one DRHD at 0xFED90000,
+    /// QEMU 10.0.2 q35 + intel-iommu (`build_dmar_q35` in QEMU's `hw/i386/acpi-build.c`): one DRHD at 0xFED90000,
     /// flags 0, IOAPIC scope ff:00.0, endpoints 00:00.0 00:01.0 00:1f.0 00:1f.2 00:1f.3, bridge 00:02.0.
     fn qemu_table(with_atsr: bool) -> Vec<u8> {
         let mut s = vec![drhd(

@@ -7,7 +7,10 @@
 //!   memory) and [`Clock`](hwio::Clock) (bounded waits), which the kernel implements; host
 //!   tests use fakes.
 //!
-//! Kernel glue, in order (vtd.md §9):
+//! § numbers in this crate are those of the Intel VT-d Architecture Specification rev 4.1
+//! (order number D51397); DMAR is its chapter 8.
+//!
+//! Kernel glue, in order:
 //! 1. `Dmar::parse(bytes)`; for each DRHD map ≥ 4 KiB of `register_base` uncached behind a
 //!    [`Registers`](hwio::Registers); [`DeviceUnitMap::build`] with the PCI enumeration's bridge bus numbers.
 //! 2. [`RemappingUnit::new`] (capability checks), [`RemappingUnit::setup`] (QI, IR, root table),

@@ -91,7 +91,7 @@ fn init_follows_gcmd_protocol_and_programs_registers() {
             WAIT
         ]
     );
-    // Stale faults dropped with FSTS = PFO | IQE (vtd.md §11 "clear fault record").
+    // Stale faults dropped with FSTS = PFO | IQE (RW1C, §11.4.7.1).
     assert!(
         r.inner
             .borrow()
@@ -320,7 +320,7 @@ fn first_stage_space_tables_exact_and_walkable() {
     assert_eq!(
         cq,
         [ce.pasid_dir | (2 << 9) | (1 << 3) | 1, 0, 0, 0],
-        "vtd.md §11 SM context entry"
+        "SM context entry (§9.4)"
     );
     let dir0 = m.read64(ce.pasid_dir);
     let ptab = pasid_dir_entry::decode(dir0).unwrap();
@@ -330,7 +330,7 @@ fn first_stage_space_tables_exact_and_walkable() {
     assert_eq!(
         pe,
         [0x49, u64::from(did), pml4, 0, 0, 0, 0, 0],
-        "vtd.md §11 FS PASID entry"
+        "first-stage PASID entry (§9.6)"
     );
     // RID_PASID entry: valid first-stage entry of the blocked domain.
     let rid: [u64; 8] = core::array::from_fn(|i| m.read64(ptab + 8 * i as u64));
@@ -620,10 +620,14 @@ fn pass_through_and_second_stage_entries() {
     assert_eq!(
         m.read64(ptab + 64),
         ss_root | 0x89,
-        "vtd.md §11 SS PASID entry"
+        "second-stage PASID entry (§9.6)"
     );
     assert_eq!(m.read64(ptab + 64 + 8), u64::from(did));
-    assert_eq!(m.read64(ptab) & 0xfff, 0x109, "vtd.md §11 PT entry");
+    assert_eq!(
+        m.read64(ptab) & 0xfff,
+        0x109,
+        "pass-through PASID entry (§9.6)"
+    );
     assert_eq!(m.read64(ss_root) & 0xfff, 0x3, "SS non-leaf = pa | R | W");
     r.clear_log();
     u.unmap(a, 0x1000, 0x1000).unwrap();
@@ -773,7 +777,7 @@ fn interrupt_remapping_entries() {
     assert_eq!(
         [m.read64(irta), m.read64(irta + 8)],
         [1 | (0x41 << 16) | (3 << 40), 0x18 | (1 << 18)],
-        "vtd.md §11 IRTE"
+        "IRTE (§9.9)"
     );
     assert_eq!(descs(&r), vec![InvDesc::iec_index(0, 0).0, WAIT]);
     assert_eq!(u.msi_message(h).unwrap().address_lo, 0xfee0_0018);

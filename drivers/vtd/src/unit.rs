@@ -1,8 +1,10 @@
 //! The driver of one remapping unit in scalable mode.
 //!
-//! Bring-up follows vtd.md §9; every table change is followed by the invalidation sequence of
-//! vtd.md §5.4 (plus the device-selective context-cache invalidation QEMU needs around
-//! pass-through changes, §5.6). All waits are bounded by [`Config::timeout_ns`].
+//! Bring-up: root table (§6.6), queued invalidation (§6.5.2), interrupt remapping (§6.7), then
+//! translation (§11.4.4.1); every table change is followed by the invalidation sequence of
+//! §6.5.3.3 (plus the device-selective context-cache invalidation QEMU 10.0.2 needs around
+//! pass-through changes to switch its address spaces). § numbers: Intel VT-d Architecture
+//! Specification rev 4.1. All waits are bounded by [`Config::timeout_ns`].
 //!
 //! Vocabulary: an *address space* is identified by its PASID and owns a DID and (unless it is
 //! pass-through) a page-table tree in the unit's stage (first stage when ECAP.FSTS, else second
@@ -338,7 +340,7 @@ impl<R: Registers, M: PhysMemory, C: Clock> RemappingUnit<R, M, C> {
     // Bounded waits and the GCMD protocol
     // -----------------------------------------------------------------------------------------
 
-    /// Issues one GCMD command (vtd.md §2.4): persistent bits from GSTS (one-shot status bits
+    /// Issues one GCMD command (§11.4.4.1): persistent bits from GSTS (one-shot status bits
     /// dropped), exactly one command bit changed, then wait for its status bit. CFI is never
     /// waited for (QEMU does not implement CFIS).
     fn gcmd(&mut self, cmd: Gcmd, enable: bool) -> Result<(), VtdError> {
@@ -365,7 +367,7 @@ impl<R: Registers, M: PhysMemory, C: Clock> RemappingUnit<R, M, C> {
     // Bring-up
     // -----------------------------------------------------------------------------------------
 
-    /// Full bring-up (vtd.md §9 steps 3, 5–10): [`Self::setup`] then
+    /// Full bring-up: [`Self::setup`] then
     /// [`Self::enable_translation`]. Fault reporting is configured separately with
     /// [`Self::configure_fault_event`] (it needs a vector).
     pub fn init(&mut self) -> Result<(), VtdError> {
@@ -373,7 +375,7 @@ impl<R: Registers, M: PhysMemory, C: Clock> RemappingUnit<R, M, C> {
         self.enable_translation()
     }
 
-    /// Bring-up without TE (vtd.md §9 steps 3, 5–9): turn off what firmware left on, queued
+    /// Bring-up without TE: turn off what firmware left on, queued
     /// invalidation, interrupt remapping (if configured), root table. The caller then gives
     /// every device a context entry ([`Self::prepare_device`]) before
     /// [`Self::enable_translation`], so no device that was already doing DMA (e.g. firmware's
@@ -388,7 +390,7 @@ impl<R: Registers, M: PhysMemory, C: Clock> RemappingUnit<R, M, C> {
         self.install_root_table()
     }
 
-    /// GCMD.TE (vtd.md §9 step 10): from now on every request is translated.
+    /// GCMD.TE (§11.4.4.1): from now on every request is translated.
     pub fn enable_translation(&mut self) -> Result<(), VtdError> {
         if self.root.is_none() {
             return Err(VtdError::NotEnabled("root table"));
@@ -442,7 +444,7 @@ impl<R: Registers, M: PhysMemory, C: Clock> RemappingUnit<R, M, C> {
         Ok(())
     }
 
-    /// IRT, SIRTP, IEC global, IRE (vtd.md §9 step 6). Before any device interrupt is used.
+    /// IRT, SIRTP, IEC global, IRE (§6.7, §5.1.3). Before any device interrupt is used.
     pub fn enable_interrupt_remapping(&mut self) -> Result<(), VtdError> {
         if !self.ecap.contains(Ecap::IR) {
             return Err(VtdError::Missing(Requirement::InterruptRemapping));
@@ -487,7 +489,7 @@ impl<R: Registers, M: PhysMemory, C: Clock> RemappingUnit<R, M, C> {
         self.regs
             .write(reg::RTADDR, rtaddr::encode(root, rtaddr::TTM_SCALABLE));
         self.gcmd(Gcmd::SRTP, true)?;
-        // CAP.ESRTPS=0: caches are not flushed by SRTP by contract (vtd.md §5.4 last row).
+        // CAP.ESRTPS=0: caches are not flushed by SRTP by contract (§6.6, §11.4.2).
         self.invalidate(&[
             InvDesc::context_cache(CcGranularity::Global),
             InvDesc::pasid_cache_global(),
@@ -506,7 +508,7 @@ impl<R: Registers, M: PhysMemory, C: Clock> RemappingUnit<R, M, C> {
     }
 
     // -----------------------------------------------------------------------------------------
-    // Queued invalidation (vtd.md §5.3)
+    // Queued invalidation (§6.5.2)
     // -----------------------------------------------------------------------------------------
 
     /// Submits descriptors followed by a status-write wait descriptor and waits for it.
@@ -680,7 +682,7 @@ impl<R: Registers, M: PhysMemory, C: Clock> RemappingUnit<R, M, C> {
                 slots: BTreeMap::new(),
             },
         );
-        // RID_PASID must be valid before the context entry can be used (vtd.md §3.3). The
+        // RID_PASID must be valid before the context entry can be used (§9.4). The
         // context entry is not present yet, so nothing below it can be cached: the entry is
         // written without a flush; the context-cache invalidation below covers it (each
         // invalidation that touches a device costs QEMU an address-space rebuild).
@@ -714,7 +716,7 @@ impl<R: Registers, M: PhysMemory, C: Clock> RemappingUnit<R, M, C> {
         self.mem.barrier();
         self.mem.write64(pa, ce[0]);
         // Not-present → present needs nothing with CM=0; the device-selective invalidation
-        // covers CM=1 and re-evaluates QEMU's address-space switch (vtd.md §5.4(a)).
+        // covers CM=1 and re-evaluates QEMU's address-space switch (§6.5.3.3, context entry).
         self.invalidate(&[InvDesc::context_cache(CcGranularity::Device { sid, fm: 0 })])
     }
 
@@ -791,7 +793,7 @@ impl<R: Registers, M: PhysMemory, C: Clock> RemappingUnit<R, M, C> {
         core::array::from_fn(|i| self.mem.read64(pa + 8 * i as u64))
     }
 
-    /// The §5.4(b') flush for an entry that was present: PASID cache (DID, PASID), then the
+    /// The §6.5.3.3 flush for a PASID entry that was present: PASID cache (DID, PASID), then the
     /// IOTLB flavour matching its PGTT, plus the device-selective context-cache invalidation
     /// QEMU needs when PT is involved (done always: cheap).
     fn entry_flush(sid: u16, slot: u32, e: &PasidEntry) -> [InvDesc; 3] {
@@ -819,7 +821,7 @@ impl<R: Registers, M: PhysMemory, C: Clock> RemappingUnit<R, M, C> {
         let old_raw = self.read_pasid_entry(pa);
         if let Some(old) = PasidEntry::decode(&old_raw).filter(|_| old_raw[0] != 0) {
             // Zeroing qword 0 clears P and PGTT: QEMU ignores P of non-RID_PASID entries
-            // (vtd.md §3.6), a zero PGTT makes it fault.
+            // (QEMU 10.0.2's PASID-entry checks), a zero PGTT makes it fault.
             self.mem.write64(pa, 0);
             self.mem.barrier();
             self.invalidate(&Self::entry_flush(sid, slot, &old))?;
@@ -933,7 +935,7 @@ impl<R: Registers, M: PhysMemory, C: Clock> RemappingUnit<R, M, C> {
             .ok_or(VtdError::NoPageTable { pasid: id.0 })?;
         pt.map(mem, phys_bits, iova, phys, len, perm)?;
         // Not-present → present needs no invalidation unless the unit caches not-present
-        // entries (CM=1), vtd.md §5.4(c).
+        // entries (CM=1), §6.5.3.3.
         if self.cap.contains(Cap::CM) {
             self.flush_range(id.0, iova, len)?;
         }
@@ -974,7 +976,7 @@ impl<R: Registers, M: PhysMemory, C: Clock> RemappingUnit<R, M, C> {
         Ok(done)
     }
 
-    /// §5.4(c)/(c'): PASID-based IOTLB page-selective per attached slot (first stage) or IOTLB
+    /// §6.5.3.3 (paging-entry changes): PASID-based IOTLB page-selective per attached slot (first stage) or IOTLB
     /// page-selective per domain (second stage); whole-PASID / whole-domain for large ranges.
     /// IH is left 0: paging-structure caches are flushed too (table pages may have changed).
     fn flush_range(&mut self, pasid: u32, iova: u64, len: u64) -> Result<(), VtdError> {
@@ -1240,7 +1242,7 @@ impl<R: Registers, M: PhysMemory, C: Clock> RemappingUnit<R, M, C> {
     }
 
     // -----------------------------------------------------------------------------------------
-    // Fault reporting (vtd.md §7)
+    // Fault reporting (§7.2, §7.3)
     // -----------------------------------------------------------------------------------------
 
     /// Programs the fault-event MSI in compatibility format (it is never remapped) and unmasks
@@ -1331,7 +1333,7 @@ impl<R: Registers, M: PhysMemory, C: Clock> RemappingUnit<R, M, C> {
     }
 
     // -----------------------------------------------------------------------------------------
-    // Interrupt remapping (vtd.md §6)
+    // Interrupt remapping (§5.1)
     // -----------------------------------------------------------------------------------------
 
     fn ir(&self) -> Result<&IrState, VtdError> {
@@ -1456,7 +1458,7 @@ impl<R: Registers, M: PhysMemory, C: Clock> RemappingUnit<R, M, C> {
     }
 
     /// Changes destination and vector of present IRTEs. Both live in qword 0, so each entry is
-    /// updated by one 64-bit store (atomic present → present, vtd.md §5.4(d)), then IEC.
+    /// updated by one 64-bit store (atomic present → present, §5.1.3), then IEC.
     pub fn retarget_irte(
         &mut self,
         h: IrteHandle,

@@ -1399,7 +1399,7 @@ impl Device {
         (idx < n).then_some(idx)
     }
 
-    /// The §4.4 permission check of a completion interrupt handle.
+    /// The permission check of a completion interrupt handle (§5.4, Table 5-2).
     pub(crate) fn handle_ok(&self, job: &Job, handle: u16) -> bool {
         let g = self.lock();
         let Some(idx) = self.resolve_handle(&g, job.ims, handle) else {

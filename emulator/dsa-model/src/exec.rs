@@ -1,4 +1,4 @@
-//! Descriptor validation and execution (dsa.md §6–§8).
+//! Descriptor validation and execution (DSA spec §5.4, §8.1–§8.3).
 
 use crate::device::{Device, Job, Scratch};
 use crate::{TraceEvent, pci};
@@ -298,7 +298,7 @@ impl Device {
         o.status
     }
 
-    /// §6.6 checks in order.
+    /// The §5.4 descriptor checks, in the model's order.
     fn validate(&self, ctx: Ctx<'_>, d: &Descriptor) -> Result<(), Outcome> {
         let job = ctx.job;
         let in_batch = ctx.batch_index.is_some();

@@ -1,5 +1,6 @@
-//! Behavioural model of one Intel DSA 1.0 device (`shared/reference/dsa.md`; § numbers refer
-//! to it), written so that a driver for the real device works on it unchanged.
+//! Behavioural model of one Intel DSA 1.0 device, written so that a driver for the real device
+//! works on it unchanged. § numbers refer to the Intel DSA Architecture Specification rev 3.0
+//! (order number 341204-006US).
 //!
 //! * [`Device`] is the safe Rust API (host tests of the driver crates use it as a fake device,
 //!   with the dev-only `dsa-rig` crate (`emulator/dsa-rig`) as the simulated platform).
@@ -16,7 +17,7 @@
 //! engine, as the QEMU adapter does) or deterministically on the calling thread
 //! ([`Device::run_until_idle`], for host tests).
 //!
-//! # Model choices where dsa.md is silent or UNCONFIRMED
+//! # Model choices where the specification is silent or the sources disagree
 //!
 //! * **Block on fault**: GENCAP.0 is advertised (Config::block_on_fault, default on). QEMU's
 //!   IOMMU has no page-request service, so a fault on a descriptor with BOF set in the
@@ -30,7 +31,7 @@
 //!   Abort commands with work outstanding leave CMDSTATUS.active = 1 until it completes. Abort
 //!   drops queued descriptors without a CR and waits for the ones already executing.
 //!   Reset WQ on an enabled WQ aborts and disables it, then clears its config except the size.
-//!   Disable Device resets every WQ's config except the size (§3.2). In Halt, commands other
+//!   Disable Device resets every WQ's config except the size (§9.2.24). In Halt, commands other
 //!   than Reset Device fail with their natural "not enabled" code (0x10/0x20/0x31/0x32);
 //!   Drain/Abort All/PASID succeed at once. CMD reserved bits 30:25 are ignored (DSA 1.0).
 //!   A CMD write narrower than 4 bytes is ignored. A halt finishes an active command with 0x03.
@@ -50,10 +51,10 @@
 //! * **INTCAUSE** bits are set even when GENCTRL disables the interrupt; GENCTRL only gates
 //!   the MSI-X entry 0 message. Occupancy interrupts are not advertised (WQCAP.53 = 0), nor is
 //!   ATS disable, PRS disable, OPCFG, event log, read-buffer control.
-//! * **Validation** follows §6.6. Reserved-field checks (0x12) cover bytes 38–39 and every
-//!   descriptor byte the op does not use (per §6.4), and PASID bits 30:20 for shared WQs.
+//! * **Validation** follows §5.4 (descriptor checks; their order is the model's choice). Reserved-field checks (0x12) cover bytes 38–39 and every
+//!   descriptor byte the op does not use (§5.5, Table 5-3), and PASID bits 30:20 for shared WQs.
 //!   Flag bits 5, 6, 15 and op-specific bits not supported on DSA 1.0 give 0x11, as do
-//!   missing CRAV/RCR where §6.4 requires them and Drain without RCR/RCI. Size 0 is
+//!   missing CRAV/RCR where Table 5-5 requires them and Drain without RCR/RCI. Size 0 is
 //!   allowed for memmove, fill, compare(-pattern), dualcast, CRC and cache flush (0 bytes,
 //!   success) and gives 0x13 for the delta and DIF ops. Privileged descriptors on a shared WQ
 //!   without PCI privileged mode give 0x1D, reported in SWERROR.
@@ -96,7 +97,7 @@
 //!   Fence trivially). A member status other than 0x01 (0x02 included) counts as failure for
 //!   Fence and for the batch status 0x05. Bytes completed of a batch = members fetched.
 //! * **Cache Flush** performs no DMA and succeeds.
-//! * **Status codes the model never produces by itself** (dsa.md §7.2 lists them; only fault
+//! * **Status codes the model never produces by itself** (§5.8.1, Table 5-6 lists them; only fault
 //!   injection, below, makes a descriptor complete with them):
 //!   0x1E traffic-class error — the reference does not say which TC settings are invalid, so
 //!   every GRPCFG TC value is accepted and descriptors may select TC-A or TC-B freely;
@@ -131,7 +132,8 @@ pub use device::Device;
 /// Page size used for page-granular DMA decisions.
 pub const PAGE_SIZE: u64 = 4096;
 
-/// Device properties. `Default` is the dsa.md §11 profile.
+/// Device properties. `Default` is a DSA 1.0 part as Sapphire/Emerald Rapids report it
+/// (VERSION 0x100, 8 WQs, 4 engines, 4 groups, 2048 IMS entries).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub version: u32,

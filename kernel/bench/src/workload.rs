@@ -91,7 +91,7 @@ impl WlOp {
         }
     }
 
-    /// The DSA opcode (dsa.md §6.5), also accepted in specs.
+    /// The DSA opcode (DSA spec §8.1.2, Table 8-2), also accepted in specs.
     pub fn opcode(self) -> dsa_spec::Opcode {
         use dsa_spec::Opcode as O;
         match self {

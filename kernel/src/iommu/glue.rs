@@ -8,9 +8,9 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use hwio::dma::{PhysMemory, PhysMemory128};
 
-use crate::mm::{self, FrameBlock};
 #[cfg(doc)]
 use crate::mm::Mmio;
+use crate::mm::{self, FrameBlock};
 
 /// DMA memory for one remapping unit's tables, queue and status words. Owns every block it
 /// handed out, so each access can be checked against them: a stray address (a bug in the

@@ -1,5 +1,5 @@
 //! Architectural behaviour of MOVDIR64B, ENQCMD, ENQCMDS and IA32_PASID on ordinary
-//! memory (instructions.md §1–§5). Under QEMU these are the project's TCG patches; on
+//! memory (Intel SDM Vol. 2 MOVDIR64B, ENQCMD, ENQCMDS; IA32_PASID in Vol. 4). Under QEMU these are the project's TCG patches; on
 //! hardware the same tests hold. A CPU without the features runs only the #UD test.
 
 use core::arch::x86_64::__cpuid_count;
