@@ -211,10 +211,10 @@ pub fn parse_console(spec: &str) -> Result<ConsoleSpec, ConsoleError> {
         }
         None => {
             let p = parse_number(dev).ok_or(ConsoleError::Syntax)?;
-            if !(CONSOLE_PORT_MIN..=CONSOLE_PORT_MAX).contains(&p) {
-                return Err(ConsoleError::Port(p));
+            match u16::try_from(p) {
+                Ok(port) if (CONSOLE_PORT_MIN..=CONSOLE_PORT_MAX).contains(&p) => port,
+                _ => return Err(ConsoleError::Port(p)),
             }
-            p as u16
         }
     };
     Ok(ConsoleSpec { port, baud })
@@ -411,8 +411,8 @@ pub fn parse_number(s: &str) -> Option<u64> {
             continue;
         }
         v = v
-            .checked_mul(radix)?
-            .checked_add(c.to_digit(radix as u32)? as u64)?;
+            .checked_mul(u64::from(radix))?
+            .checked_add(u64::from(c.to_digit(radix)?))?;
     }
     Some(v)
 }

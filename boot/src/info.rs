@@ -286,7 +286,7 @@ fn parse_mb2(info: u64, mem: &dyn PhysMemory, out: &mut BootInfo) -> Result<(), 
             what: "Multiboot2 information",
             addr: info,
         })?;
-    out.info_range = (info, info + total as u64);
+    out.info_range = (info, info + u64::from(total));
     let mut off = 8usize;
     let mut have_map = false;
     let mut ended = false;
@@ -362,6 +362,7 @@ fn parse_mb2(info: u64, mem: &dyn PhysMemory, out: &mut BootInfo) -> Result<(), 
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test images are small
 mod tests {
     use super::*;
 

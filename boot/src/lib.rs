@@ -8,12 +8,16 @@
 //! `extern "C" fn kernel_main64(magic: u32, info: u32) -> !` on a 128 KiB boot stack,
 //! with `magic` = EAX at entry (Multiboot2 magic, undefined under PVH) and `info` = EBX.
 #![cfg_attr(not(test), no_std)]
+#![deny(unsafe_code)]
+#![warn(missing_docs, clippy::cast_possible_truncation)]
 
 pub mod cmdline;
 pub mod info;
 pub mod memmap;
 
+// The 32-bit entry and its assembly: the crate's only unsafe code.
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
+#[allow(unsafe_code)]
 mod entry;
 
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]

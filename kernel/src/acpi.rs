@@ -96,7 +96,7 @@ impl EcamSegment {
             return None;
         }
         self.base
-            .checked_add((bus as u64) << 20 | (dev as u64) << 15 | (func as u64) << 12)
+            .checked_add(u64::from(bus) << 20 | u64::from(dev) << 15 | u64::from(func) << 12)
     }
 
     /// Why this allocation cannot be used, if it cannot: the base must be non-zero and
@@ -258,7 +258,7 @@ fn find_rsdp_bios() -> Option<u64> {
     // EBDA segment at 0x40e, then 0xe0000–0xfffff, 16-byte steps.
     let ebda = phys_bytes(0x40e, 2)
         .ok()
-        .map(|b| (u16::from_le_bytes([b[0], b[1]]) as u64) << 4);
+        .map(|b| u64::from(u16::from_le_bytes([b[0], b[1]])) << 4);
     let mut areas = [(0xe0000u64, 0x100000u64), (0, 0)];
     if let Some(e) = ebda.filter(|&e| (0x80000..0xa0000).contains(&e)) {
         areas[1] = (e, e + 1024);
@@ -475,7 +475,7 @@ fn read_madt(info: &mut AcpiInfo, crate_tables: &CrateTables) -> Result<(), Acpi
         .find_table::<Madt>()
         .map_err(|e| AcpiError::Crate(format!("MADT: {e:?}")))?;
     let m = madt.get();
-    info.lapic_address = { m.local_apic_address } as u64;
+    info.lapic_address = u64::from(m.local_apic_address);
     info.pic_present = m.supports_8259();
     let limit = mm::phys_addr_limit();
     for e in m.entries() {
@@ -483,8 +483,8 @@ fn read_madt(info: &mut AcpiInfo, crate_tables: &CrateTables) -> Result<(), Acpi
             MadtEntry::LocalApic(l) => {
                 let flags = { l.flags };
                 info.cpus.push(MadtCpu {
-                    apic_id: l.apic_id as u32,
-                    uid: l.processor_id as u32,
+                    apic_id: u32::from(l.apic_id),
+                    uid: u32::from(l.processor_id),
                     enabled: flags & 1 != 0,
                     online_capable: flags & 2 != 0,
                     x2apic_entry: false,
@@ -503,7 +503,7 @@ fn read_madt(info: &mut AcpiInfo, crate_tables: &CrateTables) -> Result<(), Acpi
             MadtEntry::IoApic(io) => {
                 let io = IoApicInfo {
                     id: io.io_apic_id,
-                    address: { io.io_apic_address } as u64,
+                    address: u64::from(io.io_apic_address),
                     gsi_base: { io.global_system_interrupt_base },
                 };
                 // Address 0 would map the null page as MMIO; such an entry is firmware

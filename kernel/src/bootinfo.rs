@@ -39,7 +39,7 @@ pub fn parse(magic: u32, info: u32) -> Result<(), BootError> {
     );
     // SAFETY: single writer before READY; see `Cell`.
     let out = unsafe { &mut *INFO.0.get() };
-    let r = boot::parse(magic, info as u64, &Low4G, out);
+    let r = boot::parse(magic, u64::from(info), &Low4G, out);
     READY.store(true, Ordering::Release);
     r
 }

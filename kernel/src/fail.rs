@@ -57,7 +57,7 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     let rbp: u64;
     // SAFETY: reads the frame pointer register.
     unsafe {
-        core::arch::asm!("mov {}, rbp", out(reg) rbp, options(nomem, nostack, preserves_flags))
+        core::arch::asm!("mov {}, rbp", out(reg) rbp, options(nomem, nostack, preserves_flags));
     };
     crate::print!("  backtrace:");
     for ret in crate::arch::fault::backtrace(rbp, 16) {

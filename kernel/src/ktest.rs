@@ -224,7 +224,10 @@ pub fn run() -> ! {
     for t in &chosen {
         let n = short_name(t);
         crate::println!("ktest: {n} ...");
-        CURRENT.store(*t as *const KTest as *mut KTest, Ordering::Release);
+        CURRENT.store(
+            core::ptr::from_ref::<KTest>(*t).cast_mut(),
+            Ordering::Release,
+        );
         let t0 = crate::time::now_ns();
         let outcome = (t.func)();
         let us = (crate::time::now_ns() - t0) / 1000;

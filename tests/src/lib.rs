@@ -15,6 +15,7 @@
 //!     Boot::kernel().smp(2).cpu("qemu64").ktest("").run().expect_pass();
 //! }
 //! ```
+#![forbid(unsafe_code)]
 
 pub mod verdict;
 
@@ -521,9 +522,11 @@ impl BootResult {
     /// the failing kernel tests.
     pub fn expect_pass(&self) -> &Self {
         let v = self.verdict();
-        if self.status != Some(0) || !v.is_pass() {
-            panic!("boot did not pass: {v}\n{}", self.context());
-        }
+        assert!(
+            self.status == Some(0) && v.is_pass(),
+            "boot did not pass: {v}\n{}",
+            self.context()
+        );
         eprintln!("boot passed in {:.2?}: {v}", self.elapsed);
         self
     }
@@ -565,9 +568,11 @@ impl BootResult {
 
     /// Panics unless the serial log contains `needle`.
     pub fn expect_serial(&self, needle: &str) -> &Self {
-        if !self.serial.contains(needle) {
-            panic!("serial log lacks '{needle}'\n{}", self.context());
-        }
+        assert!(
+            self.serial.contains(needle),
+            "serial log lacks '{needle}'\n{}",
+            self.context()
+        );
         self
     }
 }

@@ -90,7 +90,7 @@ fn crc32c_raw(mut r: u32, data: &[u8]) -> u32 {
             ^ t[0][(hi >> 24) as usize];
     }
     for &b in chunks.remainder() {
-        r = (r >> 8) ^ t[0][((r ^ b as u32) & 0xFF) as usize];
+        r = (r >> 8) ^ t[0][((r ^ u32::from(b)) & 0xFF) as usize];
     }
     r
 }
@@ -98,7 +98,7 @@ fn crc32c_raw(mut r: u32, data: &[u8]) -> u32 {
 fn crc32c_raw_rev_bytes(mut r: u32, data: &[u8]) -> u32 {
     let t = &CRC32C_TABLES[0];
     for &b in data {
-        r = (r >> 8) ^ t[((r ^ b.reverse_bits() as u32) & 0xFF) as usize];
+        r = (r >> 8) ^ t[((r ^ u32::from(b.reverse_bits())) & 0xFF) as usize];
     }
     r
 }
@@ -161,7 +161,7 @@ pub fn crc32c(data: &[u8]) -> u32 {
 pub fn crc32c_bitwise(seed: u32, data: &[u8]) -> u32 {
     let mut r = !seed;
     for &b in data {
-        r ^= b as u32;
+        r ^= u32::from(b);
         for _ in 0..8 {
             r = if r & 1 != 0 {
                 (r >> 1) ^ CRC32C_POLY_REFLECTED

@@ -56,6 +56,6 @@ mod tests {
         assert!(record_size_valid(10) && record_size_valid(20));
         assert!(!record_size_valid(0) && !record_size_valid(15));
         // The largest offset a u16 can name ends exactly at MAX_COMPARE.
-        assert_eq!((u16::MAX as u64 + 1) * WORD as u64, MAX_COMPARE);
+        assert_eq!((u64::from(u16::MAX) + 1) * WORD as u64, MAX_COMPARE);
     }
 }

@@ -243,7 +243,7 @@ impl Descriptor {
     pub fn to_bytes(&self) -> [u8; DESC_SIZE] {
         let mut b = [0u8; DESC_SIZE];
         let w0 = (self.pasid & 0xF_FFFF)
-            | ((self.reserved_pasid_bits as u32 & 0x7FF) << 20)
+            | ((u32::from(self.reserved_pasid_bits) & 0x7FF) << 20)
             | if self.privileged { 1 << 31 } else { 0 };
         b[0..4].copy_from_slice(&w0.to_le_bytes());
         b[4..7].copy_from_slice(&self.flags.bits().to_le_bytes()[0..3]);

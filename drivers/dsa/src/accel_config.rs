@@ -232,7 +232,7 @@ impl AccelConfig {
                 "dev" => {}
                 "read_buffer_limit" | "token_limit" => {
                     alias_once(name, k, "read_buffer_limit", &mut aliases)?;
-                    dev.read_buffer_limit = int(name, k, val, 0, 255)? as u8
+                    dev.read_buffer_limit = int(name, k, val, 0, 255)? as u8;
                 }
                 "event_log_size" => {
                     if int(name, k, val, 0, 0xFFFF)? != 0 {
@@ -303,15 +303,15 @@ impl AccelConfig {
                 "dev" => {}
                 "read_buffers_reserved" | "tokens_reserved" => {
                     alias_once(name, k, "read_buffers_reserved", &mut aliases)?;
-                    g.read_buffers_reserved = int(name, k, val, 0, 255)? as u8
+                    g.read_buffers_reserved = int(name, k, val, 0, 255)? as u8;
                 }
                 "read_buffers_allowed" | "tokens_allowed" => {
                     alias_once(name, k, "read_buffers_allowed", &mut aliases)?;
-                    g.read_buffers_allowed = int(name, k, val, 0, 255)? as u8
+                    g.read_buffers_allowed = int(name, k, val, 0, 255)? as u8;
                 }
                 "use_read_buffer_limit" | "use_token_limit" => {
                     alias_once(name, k, "use_read_buffer_limit", &mut aliases)?;
-                    g.use_read_buffer_limit = boolean(name, k, val)?
+                    g.use_read_buffer_limit = boolean(name, k, val)?;
                 }
                 "traffic_class_a" | "traffic_class_b" => {
                     let tc = int(name, k, val, -1, 7)?;
@@ -338,7 +338,7 @@ impl AccelConfig {
                             match ek.as_str() {
                                 "dev" => {}
                                 "group_id" => {
-                                    if int(en, ek, ev, -1, 255)? != id as i64 {
+                                    if int(en, ek, ev, -1, 255)? != i64::from(id) {
                                         return Err(bad(en, ek, "does not match its group"));
                                     }
                                 }
@@ -401,7 +401,7 @@ impl AccelConfig {
                     e.size_given = true;
                 }
                 "group_id" => {
-                    if int(name, k, val, -1, 255)? != group as i64 {
+                    if int(name, k, val, -1, 255)? != i64::from(group) {
                         return Err(bad(name, k, "does not match its group"));
                     }
                 }
@@ -465,7 +465,7 @@ impl AccelConfig {
 
 impl DeviceEntry {
     pub fn resolve(&self, caps: &Capabilities) -> Result<DeviceConfig, ConfigError> {
-        let default_size = (caps.total_wq_size / caps.num_wqs.max(1) as u16).max(1);
+        let default_size = (caps.total_wq_size / u16::from(caps.num_wqs.max(1))).max(1);
         let mut wqs = Vec::new();
         for e in &self.wqs {
             let mut w = e.cfg.clone();

@@ -68,19 +68,19 @@ impl Capabilities {
         if num_wqs == 0 || num_wqs > MAX_WQS {
             return Err(DsaError::BadCount {
                 what: "WQs",
-                value: num_wqs as u64,
+                value: u64::from(num_wqs),
             });
         }
         if num_engines == 0 || num_engines > MAX_ENGINES {
             return Err(DsaError::BadCount {
                 what: "engines",
-                value: num_engines as u64,
+                value: u64::from(num_engines),
             });
         }
         if num_groups == 0 || num_groups > MAX_GROUPS {
             return Err(DsaError::BadCount {
                 what: "groups",
-                value: num_groups as u64,
+                value: u64::from(num_groups),
             });
         }
         if total_wq_size == 0 {
@@ -96,7 +96,7 @@ impl Capabilities {
         if code > 3 {
             return Err(DsaError::BadCount {
                 what: "WQCFG entry size code",
-                value: code as u64,
+                value: u64::from(code),
             });
         }
         let wqcfg_entry_size = wqcap.wqcfg_entry_size();
@@ -112,15 +112,23 @@ impl Capabilities {
             (
                 "GRPCFG",
                 offsets.grpcfg(),
-                num_groups as u64 * GRPCFG_ENTRY_SIZE,
+                u64::from(num_groups) * GRPCFG_ENTRY_SIZE,
             ),
-            ("WQCFG", offsets.wqcfg(), num_wqs as u64 * wqcfg_entry_size),
+            (
+                "WQCFG",
+                offsets.wqcfg(),
+                u64::from(num_wqs) * wqcfg_entry_size,
+            ),
             (
                 "MSIXPERM",
                 offsets.msixperm(),
-                msix_entries as u64 * MSIXPERM_ENTRY_SIZE,
+                u64::from(msix_entries) * MSIXPERM_ENTRY_SIZE,
             ),
-            ("IMS", offsets.ims(), ims_entries as u64 * IMS_ENTRY_SIZE),
+            (
+                "IMS",
+                offsets.ims(),
+                u64::from(ims_entries) * IMS_ENTRY_SIZE,
+            ),
         ];
         for &(name, start, len) in &tables {
             if len == 0 {

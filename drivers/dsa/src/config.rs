@@ -310,7 +310,7 @@ impl DeviceConfig {
         }
         let nwq = (modes.len() as u8).min(caps.num_wqs);
         let ngroups = nwq.min(caps.num_groups).min(caps.num_engines).max(1);
-        let size = (caps.total_wq_size / nwq.max(1) as u16).clamp(1, 32);
+        let size = (caps.total_wq_size / u16::from(nwq.max(1))).clamp(1, 32);
         let engines_all = if caps.num_engines >= 64 {
             u64::MAX
         } else {
@@ -405,7 +405,7 @@ impl DeviceConfig {
             if g.use_read_buffer_limit && !caps.grpcap.contains(GrpCap::RDBUF_GLOBAL_LIMIT) {
                 return Err(ConfigError::ReadBuffersUnsupported { group: g.id });
             }
-            rdbuf_sum += g.read_buffers_reserved as u32;
+            rdbuf_sum += u32::from(g.read_buffers_reserved);
             let pl = g.desc_progress_limit != 0 || g.batch_progress_limit != 0;
             if g.desc_progress_limit > 3
                 || g.batch_progress_limit > 3
@@ -414,7 +414,7 @@ impl DeviceConfig {
                 return Err(ConfigError::ProgressLimit { group: g.id });
             }
         }
-        if rdbuf_sum > caps.grpcap.total_rdbufs() as u32 {
+        if rdbuf_sum > u32::from(caps.grpcap.total_rdbufs()) {
             return Err(ConfigError::ReadBuffersOverTotal {
                 sum: rdbuf_sum,
                 total: caps.grpcap.total_rdbufs(),
@@ -445,7 +445,7 @@ impl DeviceConfig {
             if w.size == 0 {
                 return Err(ConfigError::WqSizeZero { wq: w.id });
             }
-            sum += w.size as u32;
+            sum += u32::from(w.size);
             match w.mode {
                 WqMode::Dedicated => {
                     if !caps.wqcap.contains(WqCap::DEDICATED_MODE) {
@@ -510,7 +510,7 @@ impl DeviceConfig {
                 return Err(ConfigError::PrsDisableUnsupported { wq: w.id });
             }
         }
-        if sum > caps.total_wq_size as u32 {
+        if sum > u32::from(caps.total_wq_size) {
             return Err(ConfigError::WqSizesOverTotal {
                 sum,
                 total: caps.total_wq_size,

@@ -568,7 +568,7 @@ impl Work {
         if self.block_on_fault && !(g.contains(GenCap::BLOCK_ON_FAULT) && wq.block_on_fault) {
             return Err(E::FlagUnsupported("block on fault (device or WQ)"));
         }
-        let len = self.op.len() as u64;
+        let len = u64::from(self.op.len());
         if len > wq.max_transfer {
             return Err(E::TooLarge {
                 len,
@@ -620,7 +620,7 @@ impl Work {
                 }
                 end(src1, len)?;
                 end(src2, len)?;
-                end(record, record_max as u64)?;
+                end(record, u64::from(record_max))?;
             }
             Op::ApplyDelta {
                 record,
@@ -641,7 +641,7 @@ impl Work {
                 if !delta::record_size_valid(record_len) {
                     return Err(E::DeltaRecordLen(record_len));
                 }
-                end(record, record_len as u64)?;
+                end(record, u64::from(record_len))?;
                 end(dst, len)?;
             }
             Op::Dualcast {
@@ -702,11 +702,11 @@ impl Work {
         if !len.is_multiple_of(s) {
             return Err(ValidationError::LengthNotMultiple { len, of: s });
         }
-        end(src, len as u64)?;
+        end(src, u64::from(len))?;
         if let Some(dst) = dst {
-            let dlen = (len / s) as u64 * d as u64;
+            let dlen = u64::from(len / s) * u64::from(d);
             end(dst, dlen)?;
-            if overlaps(src, len as u64, dst, dlen) {
+            if overlaps(src, u64::from(len), dst, dlen) {
                 return Err(ValidationError::Overlap);
             }
         }
@@ -716,8 +716,8 @@ impl Work {
     /// Output-side length in bytes (for reference checks): DIF ops change it.
     pub fn dst_len(&self) -> u64 {
         match self.op.dif_steps() {
-            Some((s, d)) => (self.op.len() / s) as u64 * d as u64,
-            None => self.op.len() as u64,
+            Some((s, d)) => u64::from(self.op.len() / s) * u64::from(d),
+            None => u64::from(self.op.len()),
         }
     }
 
@@ -976,7 +976,7 @@ pub(crate) fn decode(
     match code {
         st::SUCCESS | st::SUCCESS_FALSE_PREDICATE => {}
         st::PAGE_FAULT_PARTIAL | st::PAGE_FAULT_PRS => {
-            let completed = done + cr.bytes_completed as u64;
+            let completed = done + u64::from(cr.bytes_completed);
             return Err(OpError::PageFault(PageFault {
                 addr: cr.fault_addr,
                 write: cr.fault_is_write(),
@@ -987,13 +987,13 @@ pub(crate) fn decode(
         st::DIF_ERROR => {
             return Err(OpError::Dif {
                 bits: cr.result,
-                offset: (done + cr.bytes_completed as u64) as u32,
+                offset: (done + u64::from(cr.bytes_completed)) as u32,
             });
         }
         st::DELTA_OFFSET_ORDER | st::DELTA_OFFSET_RANGE => {
             return Err(OpError::DeltaRecord {
                 status: code,
-                offset: (done + cr.bytes_completed as u64) as u32,
+                offset: (done + u64::from(cr.bytes_completed)) as u32,
             });
         }
         st::INVALID_FLAGS => {
@@ -1023,7 +1023,7 @@ pub(crate) fn decode(
             let equal = cr.result == 0;
             Output::Compare {
                 equal,
-                first_difference: (!equal).then_some((done + cr.bytes_completed as u64) as u32),
+                first_difference: (!equal).then_some((done + u64::from(cr.bytes_completed)) as u32),
                 predicate: predicate(expect_equal.is_some()),
             }
         }
@@ -1086,7 +1086,7 @@ fn next_dst(d: DifDest, cr: &CompletionRecord) -> DifDest {
 /// continued.
 fn resume(work: &Work, original: &Work, done: u64, cr: &CompletionRecord) -> Option<Resume> {
     let n = cr.bytes_completed;
-    let nn = n as u64;
+    let nn = u64::from(n);
     let len = work.op.len();
     if n > len && !matches!(work.op, Op::ApplyDelta { .. }) {
         return None;
@@ -1204,7 +1204,7 @@ fn resume(work: &Work, original: &Work, done: u64, cr: &CompletionRecord) -> Opt
             let (s, _) = work.op.dif_steps()?;
             let blocks = n / s;
             Op::DifCheck {
-                src: src + (blocks * s) as u64,
+                src: src + u64::from(blocks * s),
                 len: len - blocks * s,
                 format,
                 source: next_src(source, cr),
@@ -1220,8 +1220,8 @@ fn resume(work: &Work, original: &Work, done: u64, cr: &CompletionRecord) -> Opt
             let (s, d) = work.op.dif_steps()?;
             let blocks = n / s;
             Op::DifInsert {
-                src: src + (blocks * s) as u64,
-                dst: dst + (blocks * d) as u64,
+                src: src + u64::from(blocks * s),
+                dst: dst + u64::from(blocks * d),
                 len: len - blocks * s,
                 format,
                 dest: next_dst(dest, cr),
@@ -1237,8 +1237,8 @@ fn resume(work: &Work, original: &Work, done: u64, cr: &CompletionRecord) -> Opt
             let (s, d) = work.op.dif_steps()?;
             let blocks = n / s;
             Op::DifStrip {
-                src: src + (blocks * s) as u64,
-                dst: dst + (blocks * d) as u64,
+                src: src + u64::from(blocks * s),
+                dst: dst + u64::from(blocks * d),
                 len: len - blocks * s,
                 format,
                 source: next_src(source, cr),
@@ -1255,8 +1255,8 @@ fn resume(work: &Work, original: &Work, done: u64, cr: &CompletionRecord) -> Opt
             let (s, d) = work.op.dif_steps()?;
             let blocks = n / s;
             Op::DifUpdate {
-                src: src + (blocks * s) as u64,
-                dst: dst + (blocks * d) as u64,
+                src: src + u64::from(blocks * s),
+                dst: dst + u64::from(blocks * d),
                 len: len - blocks * s,
                 format,
                 source: next_src(source, cr),
@@ -1273,7 +1273,7 @@ fn resume(work: &Work, original: &Work, done: u64, cr: &CompletionRecord) -> Opt
     let done_units = match work.op {
         Op::DifCheck { .. } | Op::DifInsert { .. } | Op::DifStrip { .. } | Op::DifUpdate { .. } => {
             let (s, _) = work.op.dif_steps()?;
-            (n / s * s) as u64
+            u64::from(n / s * s)
         }
         // Backward memmove completed a suffix; the remainder starts at the same offset.
         Op::MemMove { .. } if cr.result == 1 => 0,

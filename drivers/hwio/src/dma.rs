@@ -4,7 +4,7 @@
 //!   in a chosen [`AddressSpace`]; the driver reaches them through a CPU pointer. The allocator
 //!   maps them for the device (identity for the kernel's own spaces, an IOVA in a client PASID's
 //!   tables). Used by the DSA driver.
-//! * [`PhysMemory`] (and [`PhysMemory128`]): structures a remapping unit reads by physical
+//! * [`UnitMemory`] (and [`UnitMemory128`]): structures a remapping unit reads by physical
 //!   address (root, context and PASID tables, page tables, the invalidation queue, the
 //!   interrupt-remapping table). The driver never holds a pointer to them: every access goes
 //!   through the trait, so the kernel checks each one against the blocks it handed out and a
@@ -112,11 +112,11 @@ pub unsafe trait DmaMemory: Send + Sync {
 /// so its implementation is a volatile access at `phys as *mut u64`.
 ///
 /// # Safety
-/// [`PhysMemory::table`] hands out pointers that page-table code dereferences: it must
+/// [`UnitMemory::table`] hands out pointers that page-table code dereferences: it must
 /// return `Some` only for a 4 KiB page inside one live block, pointing at its 512 qwords,
 /// valid until that block is freed.
 #[allow(unsafe_code)] // declares the contract above; implementing it is the unsafe part
-pub unsafe trait PhysMemory {
+pub unsafe trait UnitMemory {
     /// A zeroed block of `size` bytes aligned to `align`: its physical address.
     fn alloc_zeroed(&mut self, size: usize, align: usize) -> Option<u64>;
     /// Returns a block obtained from `alloc_zeroed` with the same size.
@@ -141,11 +141,11 @@ pub unsafe trait PhysMemory {
     }
 }
 
-/// A 128-bit atomic compare-and-exchange on [`PhysMemory`] (CMPXCHG16B on x86-64), for
+/// A 128-bit atomic compare-and-exchange on [`UnitMemory`] (CMPXCHG16B on x86-64), for
 /// entries a unit reads in one access while software changes both halves: posted-format
 /// IRTEs carry their descriptor address in both qwords (Intel VT-d Architecture
 /// Specification rev 4.1, §9.10), and the unit fetches an IRTE in one read (§5.1.4).
-pub trait PhysMemory128: PhysMemory {
+pub trait UnitMemory128: UnitMemory {
     /// Replaces the 16-byte-aligned entry at `phys` (qword 0 first) with `new` if it holds
     /// `current`, in one atomic access. `Err` carries the value found instead.
     fn compare_exchange128(

@@ -16,10 +16,11 @@
 //!   fault-recording registers).
 //! * [`Clock`] and [`wait_until`]: the one bounded wait on hardware.
 //! * [`dma`]: DMA memory, by capability: [`dma::DmaMemory`] hands out buffers the driver reaches
-//!   through CPU pointers in a chosen address space; [`dma::PhysMemory`] is memory a remapping
+//!   through CPU pointers in a chosen address space; [`dma::UnitMemory`] is memory a remapping
 //!   unit reads by physical address that the driver reaches only through checked accessors.
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
+#![warn(missing_docs, clippy::cast_possible_truncation)]
 
 pub mod dma;
 mod regs;

@@ -35,10 +35,10 @@ impl<W: Registers + ?Sized> Registers for &W {
         (**self).read64(offset)
     }
     fn write32(&self, offset: u64, value: u32) {
-        (**self).write32(offset, value)
+        (**self).write32(offset, value);
     }
     fn write64(&self, offset: u64, value: u64) {
-        (**self).write64(offset, value)
+        (**self).write64(offset, value);
     }
 }
 
@@ -70,7 +70,7 @@ impl Raw for u32 {
         regs.read32(offset)
     }
     fn write_to<W: Registers + ?Sized>(self, regs: &W, offset: u64) {
-        regs.write32(offset, self)
+        regs.write32(offset, self);
     }
 }
 
@@ -81,7 +81,7 @@ impl Raw for u64 {
         regs.read64(offset)
     }
     fn write_to<W: Registers + ?Sized>(self, regs: &W, offset: u64) {
-        regs.write64(offset, self)
+        regs.write64(offset, self);
     }
 }
 
@@ -254,7 +254,7 @@ pub trait RegistersExt: Registers {
 
     /// Writes `value` to `reg`.
     fn write<T: Value, A: access::Writable>(&self, reg: Reg<T, A>, value: T) {
-        value.to_raw().write_to(self, reg.offset)
+        value.to_raw().write_to(self, reg.offset);
     }
 
     /// Reads `reg`, changes the value with `f` and writes the result back.
@@ -316,12 +316,12 @@ impl<W: Registers + ?Sized> Registers for Block<'_, W> {
     }
     fn write32(&self, offset: u64, value: u32) {
         if let Some(o) = self.at(offset, 4) {
-            self.regs.write32(o, value)
+            self.regs.write32(o, value);
         }
     }
     fn write64(&self, offset: u64, value: u64) {
         if let Some(o) = self.at(offset, 8) {
-            self.regs.write64(o, value)
+            self.regs.write64(o, value);
         }
     }
 }
@@ -432,6 +432,7 @@ macro_rules! register_map {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // the fake memory splits values into bytes
 mod tests {
     use super::*;
     use std::sync::Mutex;
@@ -480,11 +481,11 @@ mod tests {
         }
         fn write32(&self, off: u64, v: u32) {
             self.log.lock().unwrap().push(('w', off, 4));
-            self.put(off, 4, u64::from(v))
+            self.put(off, 4, u64::from(v));
         }
         fn write64(&self, off: u64, v: u64) {
             self.log.lock().unwrap().push(('w', off, 8));
-            self.put(off, 8, v)
+            self.put(off, 8, v);
         }
     }
 

@@ -24,10 +24,10 @@ impl<C: Clock + ?Sized> Clock for &C {
         (**self).now_ns()
     }
     fn relax(&self) {
-        (**self).relax()
+        (**self).relax();
     }
     fn delay_us(&self, us: u32) {
-        (**self).delay_us(us)
+        (**self).delay_us(us);
     }
 }
 

@@ -673,7 +673,7 @@ impl DeviceUnitMap {
                     (ScopeType::PciSubHierarchy, Some(b)) => {
                         match bridge(seg, b.bus, b.dev, b.func) {
                             Some(x) if x.secondary > b.bus && x.subordinate >= x.secondary => {
-                                u.bridges.push((b, x.secondary, x.subordinate))
+                                u.bridges.push((b, x.secondary, x.subordinate));
                             }
                             // A bridge scope without configured buses still covers the bridge itself.
                             _ => u.endpoints.push(b),

@@ -11,7 +11,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
-use hwio::dma::{PhysMemory, PhysMemory128};
+use hwio::dma::{UnitMemory, UnitMemory128};
 use hwio::{Clock, Registers};
 use std::sync::{Mutex, MutexGuard};
 
@@ -53,7 +53,7 @@ pub struct MemInner {
     pub cmpxchg128: usize,
 }
 
-/// Shared between the unit (as its PhysMemory) and the fake registers (to run the queue).
+/// Shared between the unit (as its UnitMemory) and the fake registers (to run the queue).
 #[derive(Clone, Default)]
 pub struct FakeMem(pub Arc<Shared<MemInner>>);
 
@@ -96,7 +96,7 @@ impl FakeMem {
 
 // SAFETY: blocks are boxed qword slices that stay put until `free` removes them; `table`
 // answers only for a whole 4 KiB page inside one live block.
-unsafe impl PhysMemory for FakeMem {
+unsafe impl UnitMemory for FakeMem {
     fn alloc_zeroed(&mut self, size: usize, align: usize) -> Option<u64> {
         let mut m = self.0.borrow_mut();
         if let Some(n) = m.fail_after {
@@ -137,7 +137,7 @@ unsafe impl PhysMemory for FakeMem {
             let _ = q.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
                 Some((v & !(0xffff_ffff << shift)) | (u64::from(value) << shift))
             });
-        })
+        });
     }
     fn table(&self, phys: u64) -> Option<NonNull<AtomicU64>> {
         let m = self.0.borrow();
@@ -152,7 +152,7 @@ unsafe impl PhysMemory for FakeMem {
     }
 }
 
-impl PhysMemory128 for FakeMem {
+impl UnitMemory128 for FakeMem {
     fn compare_exchange128(
         &self,
         phys: u64,

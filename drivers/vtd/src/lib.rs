@@ -3,7 +3,7 @@
 //! * [`spec`]: the one typed definition of the registers and in-memory structures.
 //! * [`dmar`]: bounds-checked ACPI DMAR parser and the device → remapping-unit map.
 //! * [`unit::RemappingUnit`]: the driver of one remapping unit, generic over `hwio`'s
-//!   [`Registers`](hwio::Registers) (MMIO), [`PhysMemory`](hwio::dma::PhysMemory) (table
+//!   [`Registers`](hwio::Registers) (MMIO), [`UnitMemory`](hwio::dma::UnitMemory) (table
 //!   memory) and [`Clock`](hwio::Clock) (bounded waits), which the kernel implements; host
 //!   tests use fakes.
 //!

@@ -13,7 +13,7 @@ use crate::unit::StageKind;
 use alloc::vec::Vec;
 use core::ptr::NonNull;
 use core::sync::atomic::AtomicU64;
-use hwio::dma::PhysMemory;
+use hwio::dma::UnitMemory;
 use x86_paging::{Config, Format, MapError, PageTable, Released, TableMemory, X86};
 
 pub const PAGE_4K: u64 = 1 << 12;
@@ -67,14 +67,14 @@ pub(crate) fn fits_bits(addr: u64, bits: u8) -> bool {
 
 /// Table pages for the page-table code: 4 KiB blocks of the unit's DMA memory below its
 /// address width. Remembers why an allocation failed.
-struct Tables<'a, M: PhysMemory> {
+struct Tables<'a, M: UnitMemory> {
     mem: &'a mut M,
     phys_bits: u8,
     failed: Option<VtdError>,
 }
 
-// SAFETY: `table` passes on `PhysMemory::table`, whose contract is this trait's.
-unsafe impl<M: PhysMemory> TableMemory for Tables<'_, M> {
+// SAFETY: `table` passes on `UnitMemory::table`, whose contract is this trait's.
+unsafe impl<M: UnitMemory> TableMemory for Tables<'_, M> {
     fn alloc_table(&mut self) -> Option<u64> {
         alloc_block(self.mem, 4096, self.phys_bits)
             .map_err(|e| self.failed = Some(e))
@@ -89,10 +89,10 @@ unsafe impl<M: PhysMemory> TableMemory for Tables<'_, M> {
 }
 
 /// Read-only access to a unit's tables, for walks: allocates and frees nothing.
-pub(crate) struct View<'a, M: PhysMemory>(pub &'a M);
+pub(crate) struct View<'a, M: UnitMemory>(pub &'a M);
 
 // SAFETY: as for `Tables`.
-unsafe impl<M: PhysMemory> TableMemory for View<'_, M> {
+unsafe impl<M: UnitMemory> TableMemory for View<'_, M> {
     fn alloc_table(&mut self) -> Option<u64> {
         None
     }
@@ -102,7 +102,7 @@ unsafe impl<M: PhysMemory> TableMemory for View<'_, M> {
     }
 }
 
-impl<'a, M: PhysMemory> Tables<'a, M> {
+impl<'a, M: UnitMemory> Tables<'a, M> {
     fn new(mem: &'a mut M, phys_bits: u8) -> Self {
         Self {
             mem,
@@ -146,7 +146,7 @@ impl IoPageTable {
     /// An empty tree: first stage 4-level, second stage `ss_levels` (3 or 4). `large_2m`
     /// allows 2 MiB leaves; 1 GiB leaves are never used.
     pub fn new(
-        mem: &mut impl PhysMemory,
+        mem: &mut impl UnitMemory,
         stage: StageKind,
         ss_levels: u8,
         phys_bits: u8,
@@ -216,7 +216,7 @@ impl IoPageTable {
     /// is written.
     pub fn map(
         &mut self,
-        mem: &mut impl PhysMemory,
+        mem: &mut impl UnitMemory,
         phys_bits: u8,
         iova: u64,
         phys: u64,
@@ -248,7 +248,7 @@ impl IoPageTable {
     /// unmapped.
     pub fn unmap(
         &mut self,
-        mem: &mut impl PhysMemory,
+        mem: &mut impl UnitMemory,
         phys_bits: u8,
         iova: u64,
         len: u64,
@@ -283,7 +283,7 @@ impl IoPageTable {
     }
 
     /// Software walk, as the unit would do it.
-    pub fn translate(&self, mem: &impl PhysMemory, iova: u64) -> Option<Translation> {
+    pub fn translate(&self, mem: &impl UnitMemory, iova: u64) -> Option<Translation> {
         if !fits_bits(iova, self.input_bits()) {
             return None;
         }
@@ -308,7 +308,7 @@ impl IoPageTable {
     }
 
     /// Frees every table page. The tree must no longer be referenced by any PASID entry.
-    pub fn free(self, mem: &mut impl PhysMemory) {
+    pub fn free(self, mem: &mut impl UnitMemory) {
         let mut pages = Vec::new();
         let mut keep = |r: Released| {
             if let Released::Table(p) = r {
@@ -326,7 +326,7 @@ impl IoPageTable {
 }
 
 pub(crate) fn alloc_block(
-    mem: &mut impl PhysMemory,
+    mem: &mut impl UnitMemory,
     size: usize,
     phys_bits: u8,
 ) -> Result<u64, VtdError> {

@@ -7,7 +7,7 @@ use crate::fake::*;
 use crate::pagetable::{IoPageTable, PAGE_2M, Perm, invalidation_chunks};
 use crate::spec::*;
 use crate::unit::*;
-use hwio::dma::PhysMemory;
+use hwio::dma::UnitMemory;
 
 type Unit = RemappingUnit<FakeRegs, FakeMem, FakeClock>;
 
@@ -1018,7 +1018,7 @@ fn dma_allocation_failures_are_errors() {
     for n in 0..8 {
         let (mut u, _, m) = unit_with(QEMU_ECAP_FS, QEMU_CAP, Config::default());
         m.0.borrow_mut().fail_after = Some(n);
-        let r = u.init().and_then(|_| {
+        let r = u.init().and_then(|()| {
             let a = u.create_address_space(SpaceKind::Translated, None)?;
             u.map(a, 0, 0x1000, 0x1000, Perm::RW)?;
             u.attach(DEV, a)

@@ -25,7 +25,7 @@ use crate::spec::{IRTE_IM, IrteFormat, PostedIrte, pid};
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec;
 use alloc::vec::Vec;
-use hwio::dma::{PhysMemory, PhysMemory128};
+use hwio::dma::{UnitMemory, UnitMemory128};
 use hwio::{Clock, Registers, RegistersExt};
 
 /// What requests without PASID see on a device that has no space attached at RID_PASID.
@@ -199,7 +199,7 @@ const MAX_PSI_DESCS: usize = 16;
 const MIN_MGAW: u8 = 39;
 const MAX_MGAW: u8 = 57;
 
-pub struct RemappingUnit<R: Registers, M: PhysMemory, C: Clock> {
+pub struct RemappingUnit<R: Registers, M: UnitMemory, C: Clock> {
     regs: R,
     mem: M,
     clock: C,
@@ -222,7 +222,7 @@ pub struct RemappingUnit<R: Registers, M: PhysMemory, C: Clock> {
     fault_event_programmed: bool,
 }
 
-impl<R: Registers, M: PhysMemory, C: Clock> RemappingUnit<R, M, C> {
+impl<R: Registers, M: UnitMemory, C: Clock> RemappingUnit<R, M, C> {
     /// Reads CAP/ECAP and checks what the configuration needs. Touches no other register.
     pub fn new(regs: R, mem: M, clock: C, cfg: Config) -> Result<Self, VtdError> {
         let cap = regs.read(reg::CAP);
@@ -577,10 +577,7 @@ impl<R: Registers, M: PhysMemory, C: Clock> RemappingUnit<R, M, C> {
             let head = iqa::index_256(self.regs.read(reg::IQH)) % slots;
             let pa = base + 32 * head as u64;
             let bad: [u64; 4] = core::array::from_fn(|i| self.mem.read64(pa + 8 * i as u64));
-            log::error!(
-                "vtd: invalidation descriptor rejected at slot {head}: {:#x?}",
-                bad
-            );
+            log::error!("vtd: invalidation descriptor rejected at slot {head}: {bad:#x?}");
             if recoveries > 2 {
                 self.regs.write(reg::FSTS, Fsts::IQE);
                 return Some(Err(VtdError::InvalidationQueueStuck));
@@ -1576,11 +1573,11 @@ impl<R: Registers, M: PhysMemory, C: Clock> RemappingUnit<R, M, C> {
 }
 
 /// Posted-format entries: their descriptor address spans both qwords, so a change of both
-/// is one 128-bit compare-and-exchange ([`PhysMemory128`]), as Linux's `modify_irte` does;
+/// is one 128-bit compare-and-exchange ([`UnitMemory128`]), as Linux's `modify_irte` does;
 /// a change of qword 0 alone is one 64-bit store. Either way the entry goes from one
 /// present value to the next with no window, then the interrupt entry cache is invalidated
 /// (index-selective, and waited for).
-impl<R: Registers, M: PhysMemory128, C: Clock> RemappingUnit<R, M, C> {
+impl<R: Registers, M: UnitMemory128, C: Clock> RemappingUnit<R, M, C> {
     /// Allocates one IRTE in posted format: requests through it set bit `vector` of the PIR
     /// of the descriptor at `descriptor` (§5.2.3), after the same source-ID check as a
     /// remapped entry.

@@ -26,6 +26,7 @@
 //! the choice of addresses. PAT is not used (PCD/PWT select the memory type), so bit 7 of a
 //! 4 KiB leaf and bit 12 of a large leaf are never set.
 #![cfg_attr(not(test), no_std)]
+#![warn(missing_docs)]
 
 use bitflags::Flags as _;
 use core::fmt;

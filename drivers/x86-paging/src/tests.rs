@@ -43,7 +43,7 @@ impl HostMem {
     }
     fn write(&self, addr: u64, v: u64) {
         let p = &self.pages[&(addr & !0xfff)];
-        p.0[((addr & 0xfff) / 8) as usize].store(v, Ordering::SeqCst)
+        p.0[((addr & 0xfff) / 8) as usize].store(v, Ordering::SeqCst);
     }
     fn live(&self) -> BTreeSet<u64> {
         self.pages.keys().copied().collect()
@@ -378,7 +378,7 @@ fn unmap_clears_skips_holes_and_splits_partial_large_pages() {
         .iter()
         .filter_map(|r| match r {
             Released::Leaf { virt, size, .. } => Some((*virt, *size)),
-            _ => None,
+            Released::Table(_) => None,
         })
         .collect();
     assert_eq!(leaves.len(), 511 + 3 + 1);
@@ -484,7 +484,7 @@ fn protect_changes_flags_keeps_frames_and_walker_bits() {
     let mut changed = Vec::new();
     let n = t
         .protect(base + M2 - K, M2 + 2 * K, ro, &mut m, &mut |v, old, s| {
-            changed.push((v, old, s))
+            changed.push((v, old, s));
         })
         .unwrap();
     assert_eq!(n, 2 * K, "the hole counts nothing");
@@ -506,7 +506,7 @@ fn protect_changes_flags_keeps_frames_and_walker_bits() {
     // Same flags again: nothing changes.
     changed.clear();
     t.protect(base + 2 * M2, K, ro, &mut m, &mut |v, o, s| {
-        changed.push((v, o, s))
+        changed.push((v, o, s));
     })
     .unwrap();
     assert!(changed.is_empty());
@@ -626,7 +626,7 @@ fn teardown_releases_every_leaf_and_table_once_root_last() {
         .iter()
         .filter_map(|r| match r {
             Released::Leaf { virt, .. } => Some((*virt, r.phys())),
-            _ => None,
+            Released::Table(_) => None,
         })
         .collect();
     let want: BTreeSet<(u64, u64)> = [
@@ -854,7 +854,7 @@ fn other_formats_use_the_same_tree() {
     let mut tables = Vec::new();
     t.teardown(&mut m, &mut |r| {
         if let Released::Table(p) = r {
-            tables.push(p)
+            tables.push(p);
         }
     })
     .unwrap();

@@ -48,7 +48,7 @@ fn setup(dev: &Device, wqs: u32) {
             ..Default::default()
         };
         for (i, q) in g.to_qwords().iter().enumerate().take(6) {
-            dev.bar0_write(0x600 + w as u64 * 0x40 + i as u64 * 8, *q, 8);
+            dev.bar0_write(0x600 + u64::from(w) * 0x40 + i as u64 * 8, *q, 8);
         }
         // 64 outstanding descriptors at most (see bench), so each WQ holds them all.
         let c = WqCfg::default()
@@ -58,18 +58,18 @@ fn setup(dev: &Device, wqs: u32) {
             .with_max_xfer_shift(31)
             .with_max_batch_shift(10);
         for (i, dw) in c.0.iter().enumerate() {
-            dev.bar0_write(0x800 + w as u64 * 32 + i as u64 * 4, *dw as u64, 4);
+            dev.bar0_write(0x800 + u64::from(w) * 32 + i as u64 * 4, u64::from(*dw), 4);
         }
     }
     dev.bar0_write(
         off::CMD,
-        CmdReg::new(Command::EnableDevice, 0, false).0 as u64,
+        u64::from(CmdReg::new(Command::EnableDevice, 0, false).0),
         4,
     );
     for w in 0..wqs {
         dev.bar0_write(
             off::CMD,
-            CmdReg::new(Command::EnableWq, w, false).0 as u64,
+            u64::from(CmdReg::new(Command::EnableWq, w, false).0),
             4,
         );
     }
@@ -97,7 +97,7 @@ fn bench(
     let t = Instant::now();
     let mut submitted = 0u64;
     while submitted < count {
-        let w = (submitted % wqs as u64) as u32;
+        let w = (submitted % u64::from(wqs)) as u32;
         let slot = submitted % 64;
         let mut d = Descriptor::new(Opcode::MemMove);
         d.flags = DescFlags::CRAV | DescFlags::RCR;
@@ -149,8 +149,7 @@ fn main() {
     ] {
         let gbs = bench(flat.clone(), &read_cr, wqs, size, count);
         println!(
-            "flat memory: memmove {:>8} B x {count:>6} over {wqs} engine(s): {gbs:6.2} GB/s",
-            size
+            "flat memory: memmove {size:>8} B x {count:>6} over {wqs} engine(s): {gbs:6.2} GB/s"
         );
     }
     let sim = Arc::new(SimPlatform::new());

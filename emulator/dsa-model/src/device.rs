@@ -354,7 +354,7 @@ impl Device {
             offsets: Offsets::new(GRPCFG_OFF, WQCFG_OFF, MSIXPERM_OFF, IMS_OFF, PERFMON_OFF),
             cmdcap: if cfg.cmdcap { 0x7FFE } else { 0 },
         };
-        let ims_end = IMS_OFF + cfg.ims_entries as u64 * IMS_ENTRY_SIZE;
+        let ims_end = IMS_OFF + u64::from(cfg.ims_entries) * IMS_ENTRY_SIZE;
         let layout = Layout {
             bar0_size: ims_end.max(0x10000).next_power_of_two(),
             bar2_size: bar2_size(cfg.num_wqs),
@@ -424,7 +424,7 @@ impl Device {
     /// BAR0 read of 1, 2, 4 or 8 naturally aligned bytes (others read 0).
     pub fn bar0_read(&self, offset: u64, size: u32) -> u64 {
         if !matches!(size, 1 | 2 | 4 | 8)
-            || !offset.is_multiple_of(size as u64)
+            || !offset.is_multiple_of(u64::from(size))
             || offset >= self.layout.bar0_size
         {
             return 0;
@@ -448,7 +448,7 @@ impl Device {
             value,
         });
         if !matches!(size, 1 | 2 | 4 | 8)
-            || !offset.is_multiple_of(size as u64)
+            || !offset.is_multiple_of(u64::from(size))
             || offset >= self.layout.bar0_size
         {
             return;
@@ -473,26 +473,26 @@ impl Device {
     fn read_qword(&self, g: &Inner, o: u64) -> u64 {
         let c = &self.caps;
         match o {
-            off::VERSION => self.cfg.version as u64,
+            off::VERSION => u64::from(self.cfg.version),
             off::GENCAP => c.gencap.bits(),
             off::WQCAP => c.wqcap.bits(),
             off::GRPCAP => c.grpcap.bits(),
             off::ENGCAP => c.engcap.0,
             0x40..=0x58 => c.opcap.0[((o - 0x40) / 8) as usize],
             0x60 | 0x68 => c.offsets.0[((o - 0x60) / 8) as usize],
-            off::GENCFG => g.gencfg as u64,
-            off::GENCTRL => g.genctrl as u64,
-            off::GENSTS => GenSts::new(g.state, ResetType::Software).0 as u64,
-            off::INTCAUSE => g.intcause as u64,
-            off::CMD => g.cmd as u64,
-            off::CMDSTATUS => g.cmdstatus as u64,
+            off::GENCFG => u64::from(g.gencfg),
+            off::GENCTRL => u64::from(g.genctrl),
+            off::GENSTS => u64::from(GenSts::new(g.state, ResetType::Software).0),
+            off::INTCAUSE => u64::from(g.intcause),
+            off::CMD => u64::from(g.cmd),
+            off::CMDSTATUS => u64::from(g.cmdstatus),
             off::CMDCAP => c.cmdcap,
             off::SWERROR..=SWERR_LAST => g.swerr[((o - off::SWERROR) / 8) as usize],
             _ => {
                 if let Some(i) =
                     self.table_index(o, MSIXPERM_OFF, MSIXPERM_ENTRY_SIZE, g.msixperm.len())
                 {
-                    return g.msixperm[i] as u64;
+                    return u64::from(g.msixperm[i]);
                 }
                 if let Some(i) = self.table_index(o, GRPCFG_OFF, GRPCFG_ENTRY_SIZE, g.grpcfg.len())
                 {
@@ -501,8 +501,8 @@ impl Device {
                 }
                 if let Some(i) = self.table_index(o, WQCFG_OFF, WQCFG_ENTRY, g.wqs.len()) {
                     let dw = ((o - WQCFG_OFF) % WQCFG_ENTRY / 4) as usize;
-                    return self.wqcfg_dword(g, i, dw) as u64
-                        | (self.wqcfg_dword(g, i, dw + 1) as u64) << 32;
+                    return u64::from(self.wqcfg_dword(g, i, dw))
+                        | u64::from(self.wqcfg_dword(g, i, dw + 1)) << 32;
                 }
                 if o >= MSIX_TABLE_OFF && o < MSIX_TABLE_OFF + g.msix_table.len() as u64 {
                     let b = (o - MSIX_TABLE_OFF) as usize;
@@ -515,7 +515,7 @@ impl Device {
                     return if o.is_multiple_of(IMS_ENTRY_SIZE) {
                         e.addr
                     } else {
-                        e.data as u64 | (e.ctrl.bits() as u64) << 32
+                        u64::from(e.data) | u64::from(e.ctrl.bits()) << 32
                     };
                 }
                 if self.cfg.fault_injection
@@ -523,11 +523,11 @@ impl Device {
                 {
                     let r = |x: u64| -> u64 {
                         match x {
-                            fi::FI_MAGIC => fi::FI_MAGIC_VALUE as u64,
-                            fi::FI_FORCE_STATUS => g.fi.status as u64,
-                            fi::FI_FORCE_OPCODE => g.fi.opcode as u64,
-                            fi::FI_FORCE_COUNT => g.fi.count as u64,
-                            fi::FI_DELAY_US => g.fi.delay_us as u64,
+                            fi::FI_MAGIC => u64::from(fi::FI_MAGIC_VALUE),
+                            fi::FI_FORCE_STATUS => u64::from(g.fi.status),
+                            fi::FI_FORCE_OPCODE => u64::from(g.fi.opcode),
+                            fi::FI_FORCE_COUNT => u64::from(g.fi.count),
+                            fi::FI_DELAY_US => u64::from(g.fi.delay_us),
                             _ => 0,
                         }
                     };
@@ -565,13 +565,16 @@ impl Device {
         match o {
             off::GENCFG => {
                 if g.state == DeviceState::Disabled {
-                    g.gencfg = merge(g.gencfg as u64, GenCfg::USER_INT_ENABLE.bits() as u64) as u32;
+                    g.gencfg = merge(
+                        u64::from(g.gencfg),
+                        u64::from(GenCfg::USER_INT_ENABLE.bits()),
+                    ) as u32;
                 }
             }
             off::GENCTRL => {
                 g.genctrl = merge(
-                    g.genctrl as u64,
-                    (GenCtrl::SWERR_INT_ENABLE | GenCtrl::HALT_INT_ENABLE).bits() as u64,
+                    u64::from(g.genctrl),
+                    u64::from((GenCtrl::SWERR_INT_ENABLE | GenCtrl::HALT_INT_ENABLE).bits()),
                 ) as u32;
             }
             off::INTCAUSE => g.intcause &= !((val & mask) as u32),
@@ -585,7 +588,8 @@ impl Device {
                 if let Some(i) =
                     self.table_index(o, MSIXPERM_OFF, MSIXPERM_ENTRY_SIZE, g.msixperm.len())
                 {
-                    g.msixperm[i] = merge(g.msixperm[i] as u64, MSIXPERM_WMASK as u64) as u32;
+                    g.msixperm[i] =
+                        merge(u64::from(g.msixperm[i]), u64::from(MSIXPERM_WMASK)) as u32;
                 } else if let Some(i) =
                     self.table_index(o, GRPCFG_OFF, GRPCFG_ENTRY_SIZE, g.grpcfg.len())
                 {
@@ -596,7 +600,7 @@ impl Device {
                     let mut qs = g.grpcfg[i].to_qwords();
                     let wmask = match q {
                         0..=3 => {
-                            let n = self.cfg.num_wqs as i64 - 64 * q as i64;
+                            let n = i64::from(self.cfg.num_wqs) - 64 * q as i64;
                             if n <= 0 { 0 } else { bitmask(n as u32) }
                         }
                         4 => bitmask(self.cfg.num_engines),
@@ -638,10 +642,10 @@ impl Device {
                         }
                     } else {
                         let e = &mut g.ims[i];
-                        e.data = merge(e.data as u64, 0xFFFF_FFFF) as u32;
+                        e.data = merge(u64::from(e.data), 0xFFFF_FFFF) as u32;
                         let old = e.ctrl.bits();
-                        let new =
-                            (merge((old as u64) << 32, (IMS_CTRL_WMASK as u64) << 32) >> 32) as u32;
+                        let new = (merge(u64::from(old) << 32, u64::from(IMS_CTRL_WMASK) << 32)
+                            >> 32) as u32;
                         e.ctrl = ImsCtrl::from_bits_retain(new);
                         if old & 1 == 1 && new & 1 == 0 && e.ctrl.contains(ImsCtrl::PENDING) {
                             e.ctrl.remove(ImsCtrl::PENDING);
@@ -679,7 +683,7 @@ impl Device {
             fi::FI_FORCE_SWERR => {
                 acts.push(Action::Trace(TraceEvent::Inject {
                     kind: fi::inject_kind::SWERR,
-                    a: v as u64 & 0xFF,
+                    a: u64::from(v) & 0xFF,
                     b: 0,
                 }));
                 self.swerr(
@@ -696,22 +700,22 @@ impl Device {
                 g.fi.count = v;
                 acts.push(Action::Trace(TraceEvent::Inject {
                     kind: fi::inject_kind::STATUS,
-                    a: g.fi.status as u64,
-                    b: v as u64,
+                    a: u64::from(g.fi.status),
+                    b: u64::from(v),
                 }));
             }
             fi::FI_DELAY_US => {
                 g.fi.delay_us = v;
                 acts.push(Action::Trace(TraceEvent::Inject {
                     kind: fi::inject_kind::DELAY,
-                    a: v as u64,
+                    a: u64::from(v),
                     b: 0,
                 }));
             }
             fi::FI_FORCE_HALT => {
                 acts.push(Action::Trace(TraceEvent::Inject {
                     kind: fi::inject_kind::HALT,
-                    a: v as u64 & 0xFF,
+                    a: u64::from(v) & 0xFF,
                     b: 0,
                 }));
                 self.halt(g, (v as u8 != 0).then_some(v as u8), acts);
@@ -847,7 +851,7 @@ impl Device {
         }));
         let (code, operand, ri) = (c.code(), c.operand(), c.request_int());
         let done = |s: &Self, g: &mut Inner, acts: &mut Vec<Action>, err: u8, res: u16| {
-            s.finish_cmd(g, code, operand, ri, err, res, acts)
+            s.finish_cmd(g, code, operand, ri, err, res, acts);
         };
         let supported =
             code >= 1 && (code <= 12 || (self.cfg.cmdcap && (self.caps.cmdcap >> code) & 1 == 1));
@@ -876,7 +880,7 @@ impl Device {
                 if err == 0 {
                     g.state = DeviceState::Enabled;
                 }
-                done(self, g, acts, err, 0)
+                done(self, g, acts, err, 0);
             }
             Command::DisableDevice => {
                 if !enabled {
@@ -888,23 +892,23 @@ impl Device {
                         w.state = WqState::Draining;
                     }
                 }
-                wait(self, g, acts, Filter::ALL, CmdPost::DisableDevice)
+                wait(self, g, acts, Filter::ALL, CmdPost::DisableDevice);
             }
             Command::DrainAll => wait(self, g, acts, Filter::ALL, CmdPost::Nothing),
             Command::AbortAll => {
                 g.drop_queued(Filter::ALL);
-                wait(self, g, acts, Filter::ALL, CmdPost::Nothing)
+                wait(self, g, acts, Filter::ALL, CmdPost::Nothing);
             }
             Command::ResetDevice => {
                 g.reset_registers(&self.cfg, false);
-                done(self, g, acts, 0, 0)
+                done(self, g, acts, 0, 0);
             }
             Command::EnableWq => {
                 let err = self.enable_wq_check(g, operand & 0xFF);
                 if err == 0 {
                     g.wqs[(operand & 0xFF) as usize].state = WqState::Enabled;
                 }
-                done(self, g, acts, err, 0)
+                done(self, g, acts, err, 0);
             }
             Command::DisableWq | Command::DrainWq | Command::AbortWq | Command::ResetWq => {
                 let m = match self.wq_bitmap(operand) {
@@ -926,7 +930,7 @@ impl Device {
                             }
                         }
                         g.drop_queued(filter);
-                        wait(self, g, acts, filter, CmdPost::ResetWqs(m))
+                        wait(self, g, acts, filter, CmdPost::ResetWqs(m));
                     }
                     _ if !all_enabled || halted => done(self, g, acts, cmd_err::WQ_NOT_EN, 0),
                     Command::DisableWq => {
@@ -935,11 +939,11 @@ impl Device {
                                 g.wqs[w].state = WqState::Draining;
                             }
                         }
-                        wait(self, g, acts, filter, CmdPost::DisableWqs(m))
+                        wait(self, g, acts, filter, CmdPost::DisableWqs(m));
                     }
                     Command::AbortWq => {
                         g.drop_queued(filter);
-                        wait(self, g, acts, filter, CmdPost::Nothing)
+                        wait(self, g, acts, filter, CmdPost::Nothing);
                     }
                     _ => wait(self, g, acts, filter, CmdPost::Nothing),
                 }
@@ -952,7 +956,7 @@ impl Device {
                 if cmd == Command::AbortPasid {
                     g.drop_queued(filter);
                 }
-                wait(self, g, acts, filter, CmdPost::Nothing)
+                wait(self, g, acts, filter, CmdPost::Nothing);
             }
             Command::RequestIntHandle | Command::ReleaseIntHandle => {
                 let idx = (operand & 0xFFFF) as usize;
@@ -968,7 +972,7 @@ impl Device {
                     acts,
                     0,
                     if req { HANDLE_TAG | idx as u16 } else { 0 },
-                )
+                );
             }
             _ => done(self, g, acts, cmd_err::INVALID_COMMAND, 0),
         }
@@ -981,7 +985,7 @@ impl Device {
         if g.pci & pci::BME == 0 {
             return cmd_err::BUS_MASTER_EN;
         }
-        let total: u32 = g.wqs.iter().map(|w| w.cfg.size() as u32).sum();
+        let total: u32 = g.wqs.iter().map(|w| u32::from(w.cfg.size())).sum();
         if total > self.cfg.total_wq_size {
             return cmd_err::WQ_SIZE_TOTAL;
         }
@@ -1048,10 +1052,10 @@ impl Device {
         if c.pasid_en() && g.pci & pci::PASID_ENABLE == 0 {
             return cmd_err::PASID_EN;
         }
-        if c.max_batch_shift() == 0 || c.max_batch_shift() as u32 > self.cfg.max_batch_shift {
+        if c.max_batch_shift() == 0 || u32::from(c.max_batch_shift()) > self.cfg.max_batch_shift {
             return cmd_err::MAX_BATCH_SIZE;
         }
-        if c.max_xfer_shift() as u32 > self.cfg.max_xfer_shift {
+        if u32::from(c.max_xfer_shift()) > self.cfg.max_xfer_shift {
             return cmd_err::MAX_XFER_SIZE;
         }
         if c.privileged() && c.pasid_en() && g.pci & pci::PASID_PRIV == 0 {
@@ -1173,7 +1177,7 @@ impl Device {
     ) -> bool {
         if !offset.is_multiple_of(64)
             || offset >= self.layout.bar2_size
-            || wq >= self.cfg.num_wqs as u64
+            || wq >= u64::from(self.cfg.num_wqs)
         {
             return false;
         }
@@ -1382,7 +1386,7 @@ impl Device {
     // ---------------------------------------------------------------- interrupts
 
     fn resolve_handle(&self, g: &Inner, ims: bool, handle: u16) -> Option<usize> {
-        let t = ims as usize;
+        let t = usize::from(ims);
         let idx = if self.cfg.cmdcap {
             if handle & HANDLE_TAG == 0 {
                 return None;

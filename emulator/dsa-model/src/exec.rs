@@ -86,8 +86,8 @@ fn used_bytes(op: Opcode) -> u64 {
 }
 
 fn overlap(a: u64, b: u64, alen: u64, blen: u64) -> bool {
-    let (a, b) = (a as u128, b as u128);
-    alen > 0 && blen > 0 && a < b + blen as u128 && b < a + alen as u128
+    let (a, b) = (u128::from(a), u128::from(b));
+    alen > 0 && blen > 0 && a < b + u128::from(blen) && b < a + u128::from(alen)
 }
 
 /// Length of the next DMA piece: at most `chunk`, `remaining`, and never across 2^64.
@@ -252,7 +252,7 @@ impl Device {
     fn delay(&self) {
         let us = self.lock().fi.delay_us;
         if us > 0 {
-            std::thread::sleep(std::time::Duration::from_micros(us as u64));
+            std::thread::sleep(std::time::Duration::from_micros(u64::from(us)));
         }
     }
 
@@ -271,8 +271,8 @@ impl Device {
         };
         self.platform.trace(TraceEvent::Inject {
             kind: inject_kind::STATUS,
-            a: status as u64,
-            b: d.opcode as u64,
+            a: u64::from(status),
+            b: u64::from(d.opcode),
         });
         let mut o = Outcome::st(status);
         if matches!(
@@ -354,15 +354,15 @@ impl Device {
         );
         match op {
             Opcode::Compare | Opcode::ComparePattern | Opcode::CreateDelta => {
-                valid |= DescFlags::CHECK_RESULT
+                valid |= DescFlags::CHECK_RESULT;
             }
             Opcode::CrcGen | Opcode::CopyCrc => {
                 valid |= DescFlags::CRC_SEED_FROM_MEM
                     | DescFlags::CRC_BYPASS_INV_REFL
-                    | DescFlags::CRC_BYPASS_DATA_REFL
+                    | DescFlags::CRC_BYPASS_DATA_REFL;
             }
             Opcode::Drain => {
-                valid |= DescFlags::DRAIN_SUPPRESS_TC_A | DescFlags::DRAIN_SUPPRESS_TC_B
+                valid |= DescFlags::DRAIN_SUPPRESS_TC_A | DescFlags::DRAIN_SUPPRESS_TC_B;
             }
             _ => {}
         }
@@ -398,12 +398,12 @@ impl Device {
             return Err(Outcome::st(st::NONZERO_RESERVED));
         }
         // 4. size / count
-        let size = d.size as u64;
+        let size = u64::from(d.size);
         let max = 1u64 << job.wqcfg.max_xfer_shift();
         let bad_size = match op {
             Opcode::Noop | Opcode::Drain => false,
             Opcode::Batch => {
-                if d.size < 2 || d.size as u64 > 1u64 << job.wqcfg.max_batch_shift() {
+                if d.size < 2 || u64::from(d.size) > 1u64 << job.wqcfg.max_batch_shift() {
                     return Err(Outcome::st(st::INVALID_DESC_COUNT));
                 }
                 false
@@ -482,7 +482,7 @@ impl Device {
         // 6. interrupt handle
         if d.flags.contains(DescFlags::RCI) && !self.handle_ok(job, d.int_handle) {
             return Err(Outcome {
-                info: d.int_handle as u32,
+                info: u32::from(d.int_handle),
                 ..Outcome::st(st::INVALID_INT_HANDLE)
             });
         }
@@ -527,7 +527,7 @@ impl Device {
             d.opcode,
             job.eff_pasid().unwrap_or(0),
         );
-        let w1 = ctx.batch_index.unwrap_or(0) as u64 | (info as u64) << 32;
+        let w1 = u64::from(ctx.batch_index.unwrap_or(0)) | u64::from(info) << 32;
         let mut acts = Vec::new();
         {
             let mut g = self.lock();
@@ -647,7 +647,7 @@ impl Device {
     }
 
     fn op_memmove(&self, job: &Job, d: &Descriptor, s: &mut Scratch) -> Outcome {
-        let (src, dst, size) = (d.addr1, d.addr2, d.size as u64);
+        let (src, dst, size) = (d.addr1, d.addr2, u64::from(d.size));
         let chunk = self.scratch_len(s);
         if overlap(src, dst, size, size) && dst > src {
             return self.memmove_backward(job, d, s);
@@ -673,7 +673,7 @@ impl Device {
     /// Overlapping copy with dst > src: from the end, destination one page at a time, so that
     /// bytes completed is always a suffix and a partial write never destroys needed source.
     fn memmove_backward(&self, job: &Job, d: &Descriptor, s: &mut Scratch) -> Outcome {
-        let (src, dst, size) = (d.addr1, d.addr2, d.size as u64);
+        let (src, dst, size) = (d.addr1, d.addr2, u64::from(d.size));
         let chunk = self.scratch_len(s) as u64;
         let mut end = size;
         while end > 0 {
@@ -703,7 +703,7 @@ impl Device {
     }
 
     fn op_fill(&self, job: &Job, d: &Descriptor, s: &mut Scratch) -> Outcome {
-        let (dst, size) = (d.addr2, d.size as u64);
+        let (dst, size) = (d.addr2, u64::from(d.size));
         let chunk = self.scratch_len(s);
         let pat = d.fill_pattern().to_le_bytes();
         let fill_len = chunk.min(size as usize);
@@ -727,7 +727,7 @@ impl Device {
     }
 
     fn op_compare(&self, job: &Job, d: &Descriptor, s: &mut Scratch, pattern: bool) -> Outcome {
-        let (src1, src2, size) = (d.addr1, d.addr2, d.size as u64);
+        let (src1, src2, size) = (d.addr1, d.addr2, u64::from(d.size));
         let chunk = self.scratch_len(s);
         if pattern {
             let pat = d.compare_pattern().to_le_bytes();
@@ -783,8 +783,8 @@ impl Device {
 
     fn op_create_delta(&self, job: &Job, d: &Descriptor, s: &mut Scratch) -> Outcome {
         const FLUSH_AT: usize = 6550 * ENTRY_SIZE;
-        let (src1, src2, size) = (d.addr1, d.addr2, d.size as u64);
-        let (rec_addr, max) = (d.delta_record_addr(), d.max_delta_size() as u64);
+        let (src1, src2, size) = (d.addr1, d.addr2, u64::from(d.size));
+        let (rec_addr, max) = (d.delta_record_addr(), u64::from(d.max_delta_size()));
         let chunk = self.scratch_len(s) & !7;
         let mut rec: Vec<u8> = Vec::new();
         let mut flushed = 0u64;
@@ -814,7 +814,7 @@ impl Device {
                     e.copy_from_slice(&rec[whole * ENTRY_SIZE..][..ENTRY_SIZE]);
                     let (word, _) = delta::decode(&e);
                     (
-                        word as u64 * WORD as u64,
+                        u64::from(word) * WORD as u64,
                         *flushed + (whole * ENTRY_SIZE) as u64,
                     )
                 };
@@ -896,8 +896,8 @@ impl Device {
     }
 
     fn op_apply_delta(&self, job: &Job, d: &Descriptor, s: &mut Scratch) -> Outcome {
-        let (rec, dst, dsize) = (d.addr1, d.addr2, d.size as u64);
-        let rsize = d.delta_record_size() as u64;
+        let (rec, dst, dsize) = (d.addr1, d.addr2, u64::from(d.size));
+        let rsize = u64::from(d.delta_record_size());
         let chunk = (self.scratch_len(s) / ENTRY_SIZE) * ENTRY_SIZE;
         let mut last: Option<u16> = None;
         let mut off = 0u64;
@@ -921,16 +921,16 @@ impl Device {
                         ..Outcome::st(st::DELTA_OFFSET_ORDER)
                     };
                 }
-                if o as u64 * WORD as u64 >= dsize {
+                if u64::from(o) * WORD as u64 >= dsize {
                     return Outcome {
                         bytes: here,
                         ..Outcome::st(st::DELTA_OFFSET_RANGE)
                     };
                 }
-                let at = dst.wrapping_add(o as u64 * WORD as u64);
+                let at = dst.wrapping_add(u64::from(o) * WORD as u64);
                 let put = self.wr(job, at, &new);
                 if put < WORD {
-                    return self.fault(job, d, at.wrapping_add(put as u64), true, here as u64);
+                    return self.fault(job, d, at.wrapping_add(put as u64), true, u64::from(here));
                 }
                 last = Some(o);
             }
@@ -949,7 +949,7 @@ impl Device {
     }
 
     fn op_dualcast(&self, job: &Job, d: &Descriptor, s: &mut Scratch) -> Outcome {
-        let (src, d1, d2, size) = (d.addr1, d.addr2, d.dst2(), d.size as u64);
+        let (src, d1, d2, size) = (d.addr1, d.addr2, d.dst2(), u64::from(d.size));
         let chunk = self.scratch_len(s);
         let mut off = 0u64;
         while off < size {
@@ -980,7 +980,7 @@ impl Device {
     }
 
     fn op_crc(&self, job: &Job, d: &Descriptor, s: &mut Scratch, copy: bool) -> Outcome {
-        let (src, dst, size) = (d.addr1, d.addr2, d.size as u64);
+        let (src, dst, size) = (d.addr1, d.addr2, u64::from(d.size));
         let mode = CrcMode {
             bypass_inv_refl: d.flags.contains(DescFlags::CRC_BYPASS_INV_REFL),
             bypass_data_refl: d.flags.contains(DescFlags::CRC_BYPASS_DATA_REFL),
@@ -1053,7 +1053,7 @@ impl Device {
         let sf = SrcDifFlags::from_bits_retain(d.src_dif_flags());
         let tf = DestDifFlags::from_bits_retain(d.dest_dif_flags());
         let (src, dst) = (d.addr1, d.addr2);
-        let nblocks = d.size as u64 / g.src_step as u64;
+        let nblocks = u64::from(d.size) / g.src_step as u64;
         let mut t = Tags {
             src: BlockTags {
                 ref_tag: d.src_ref_tag_seed(),

@@ -95,7 +95,7 @@ unsafe impl Sync for CPlatform {}
 
 fn pasid_arg(space: DmaSpace) -> (i64, bool) {
     match space {
-        Some((p, privileged)) => (p as i64, privileged),
+        Some((p, privileged)) => (i64::from(p), privileged),
         None => (-1, false),
     }
 }
@@ -258,7 +258,7 @@ pub unsafe extern "C" fn dsa_model_bar0_write(
 ) {
     // SAFETY: see the function contract.
     let Some(d) = (unsafe { dev(m) }) else { return };
-    guard((), || d.bar0_write(offset, value, size))
+    guard((), || d.bar0_write(offset, value, size));
 }
 
 /// `DSA_PORTAL_ACCEPTED` / `DSA_PORTAL_RETRY`.
@@ -303,7 +303,7 @@ pub unsafe extern "C" fn dsa_model_portal_submit(
 pub unsafe extern "C" fn dsa_model_portal_partial(m: *mut DsaModel, offset: u64, size: u32) {
     // SAFETY: see the function contract.
     let Some(d) = (unsafe { dev(m) }) else { return };
-    guard((), || d.portal_partial(offset, size))
+    guard((), || d.portal_partial(offset, size));
 }
 
 /// # Safety
@@ -312,7 +312,7 @@ pub unsafe extern "C" fn dsa_model_portal_partial(m: *mut DsaModel, offset: u64,
 pub unsafe extern "C" fn dsa_model_set_pci_state(m: *mut DsaModel, flags: u32) {
     // SAFETY: see the function contract.
     let Some(d) = (unsafe { dev(m) }) else { return };
-    guard((), || d.set_pci_state(flags))
+    guard((), || d.set_pci_state(flags));
 }
 
 /// # Safety
@@ -321,7 +321,7 @@ pub unsafe extern "C" fn dsa_model_set_pci_state(m: *mut DsaModel, flags: u32) {
 pub unsafe extern "C" fn dsa_model_reset(m: *mut DsaModel) {
     // SAFETY: see the function contract.
     let Some(d) = (unsafe { dev(m) }) else { return };
-    guard((), || d.reset())
+    guard((), || d.reset());
 }
 
 /// # Safety
@@ -344,5 +344,5 @@ pub unsafe extern "C" fn dsa_model_worker_run(m: *mut DsaModel, worker_index: u3
 pub unsafe extern "C" fn dsa_model_stop(m: *mut DsaModel) {
     // SAFETY: see the function contract.
     let Some(d) = (unsafe { dev(m) }) else { return };
-    guard((), || d.stop())
+    guard((), || d.stop());
 }

@@ -381,12 +381,12 @@ impl TraceEvent {
                 offset,
                 size,
                 value,
-            } => (1, [offset, size as u64, value, 0]),
+            } => (1, [offset, u64::from(size), value, 0]),
             TraceEvent::RegWrite {
                 offset,
                 size,
                 value,
-            } => (2, [offset, size as u64, value, 0]),
+            } => (2, [offset, u64::from(size), value, 0]),
             TraceEvent::Cmd {
                 code,
                 operand,
@@ -394,7 +394,12 @@ impl TraceEvent {
                 active,
             } => (
                 3,
-                [code as u64, operand as u64, status as u64, active as u64],
+                [
+                    u64::from(code),
+                    u64::from(operand),
+                    u64::from(status),
+                    u64::from(active),
+                ],
             ),
             TraceEvent::Portal {
                 wq,
@@ -405,9 +410,9 @@ impl TraceEvent {
                 4,
                 [
                     wq,
-                    page as u64,
-                    (kind == StoreKind::DmWr) as u64,
-                    (!accepted) as u64,
+                    u64::from(page),
+                    u64::from(kind == StoreKind::DmWr),
+                    u64::from(!accepted),
                 ],
             ),
             TraceEvent::Desc {
@@ -419,12 +424,12 @@ impl TraceEvent {
             } => (
                 5,
                 [
-                    wq as u64,
-                    opcode as u64,
-                    flags as u64,
-                    pasid.unwrap_or(0) as u64
-                        | (pasid.is_some() as u64) << 20
-                        | (privileged as u64) << 21,
+                    u64::from(wq),
+                    u64::from(opcode),
+                    u64::from(flags),
+                    u64::from(pasid.unwrap_or(0))
+                        | u64::from(pasid.is_some()) << 20
+                        | u64::from(privileged) << 21,
                 ],
             ),
             TraceEvent::Completion {
@@ -432,13 +437,21 @@ impl TraceEvent {
                 opcode,
                 status,
                 bytes,
-            } => (6, [wq as u64, opcode as u64, status as u64, bytes as u64]),
+            } => (
+                6,
+                [
+                    u64::from(wq),
+                    u64::from(opcode),
+                    u64::from(status),
+                    u64::from(bytes),
+                ],
+            ),
             TraceEvent::Irq {
                 table,
                 index,
                 sent,
                 reason,
-            } => (7, [table as u64, index as u64, sent as u64, reason]),
+            } => (7, [table as u64, u64::from(index), u64::from(sent), reason]),
             TraceEvent::Fault {
                 pasid,
                 addr,
@@ -447,9 +460,9 @@ impl TraceEvent {
             } => (
                 8,
                 [
-                    pasid.map(|p| p as u64).unwrap_or(u64::MAX),
+                    pasid.map(u64::from).unwrap_or(u64::MAX),
                     addr,
-                    is_write as u64,
+                    u64::from(is_write),
                     bytes_done,
                 ],
             ),
@@ -458,7 +471,15 @@ impl TraceEvent {
                 wq,
                 opcode,
                 overflow,
-            } => (9, [code as u64, wq as u64, opcode as u64, overflow as u64]),
+            } => (
+                9,
+                [
+                    u64::from(code),
+                    u64::from(wq),
+                    u64::from(opcode),
+                    u64::from(overflow),
+                ],
+            ),
             TraceEvent::Inject { kind, a, b } => (10, [kind, a, b, 0]),
         }
     }

@@ -113,10 +113,10 @@ impl dsa::Registers for Regs {
         self.0.bar0_read(off, 8)
     }
     fn write32(&self, off: u64, v: u32) {
-        self.0.bar0_write(off, v as u64, 4)
+        self.0.bar0_write(off, u64::from(v), 4);
     }
     fn write64(&self, off: u64, v: u64) {
-        self.0.bar0_write(off, v, 8)
+        self.0.bar0_write(off, v, 8);
     }
 }
 
@@ -200,7 +200,7 @@ impl dsa::Clock for TClock {
         if self.run() {
             self.model.run_until_idle();
         }
-        thread::sleep(Duration::from_micros(us as u64));
+        thread::sleep(Duration::from_micros(u64::from(us)));
     }
 }
 
@@ -332,7 +332,7 @@ impl Rig {
     pub fn inject(&self, reg: u64, v: u32) {
         self.model.bar0_write(
             dsa_model::fault_inject::FAULT_INJECT_BASE + reg,
-            v as u64,
+            u64::from(v),
             4,
         );
     }

@@ -123,16 +123,18 @@ impl SimPlatform {
 
     /// Sends MSI-X messages (entry numbers) to `f` instead of recording them. Set once.
     pub fn on_msix(&self, f: impl Fn(u32) + Send + Sync + 'static) {
-        if self.msix_hook.set(Box::new(f)).is_err() {
-            panic!("the MSI-X hook is already set");
-        }
+        assert!(
+            self.msix_hook.set(Box::new(f)).is_ok(),
+            "the MSI-X hook is already set"
+        );
     }
 
     /// Sends MSI-format messages (address, data) to `f` instead of recording them. Set once.
     pub fn on_msi(&self, f: impl Fn(u64, u32) + Send + Sync + 'static) {
-        if self.msi_hook.set(Box::new(f)).is_err() {
-            panic!("the MSI hook is already set");
-        }
+        assert!(
+            self.msi_hook.set(Box::new(f)).is_ok(),
+            "the MSI hook is already set"
+        );
     }
 
     /// Maps zero-filled pages covering `[addr, addr + len)` in `space` (existing pages kept).
@@ -178,7 +180,7 @@ impl SimPlatform {
         let host = unsafe { std::alloc::alloc_zeroed(layout) } as usize;
         assert!(host != 0, "host allocation failed");
         let mut m = lock(&self.mem);
-        let base = 0x10_0000_0000u64 + space.map_or(0, |p| (p as u64 + 1) << 36);
+        let base = 0x10_0000_0000u64 + space.map_or(0, |p| (u64::from(p) + 1) << 36);
         let next = m.next_iova.entry(space).or_insert(base);
         let iova = next.next_multiple_of(align as u64);
         *next = iova + size as u64 + PAGE;

@@ -6,6 +6,7 @@
 //! * [`reference`](mod@reference): CPU implementations of every DSA operation, which the
 //!   runner and the tests check device results against.
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 

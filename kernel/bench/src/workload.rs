@@ -454,14 +454,16 @@ impl WorkloadSpec {
                         list(key, val)?
                             .map(|o| WlOp::parse(o).ok_or_else(|| SpecError::UnknownOp(o.into())))
                             .collect::<Result<_, _>>()?,
-                    )
+                    );
                 }
                 "size" => {
                     w.sizes = uniq(
                         list(key, val)?
-                            .map(|x| number(key, x, 1, MAX_SIZE as u64, "size").map(|n| n as u32))
+                            .map(|x| {
+                                number(key, x, 1, u64::from(MAX_SIZE), "size").map(|n| n as u32)
+                            })
                             .collect::<Result<_, _>>()?,
-                    )
+                    );
                 }
                 "mode" => {
                     w.modes = uniq(
@@ -476,14 +478,16 @@ impl WorkloadSpec {
                                 }),
                             })
                             .collect::<Result<_, _>>()?,
-                    )
+                    );
                 }
                 "batch" => {
                     w.batches = uniq(
                         list(key, val)?
-                            .map(|x| number(key, x, 1, MAX_BATCH as u64, "batch").map(|n| n as u16))
+                            .map(|x| {
+                                number(key, x, 1, u64::from(MAX_BATCH), "batch").map(|n| n as u16)
+                            })
                             .collect::<Result<_, _>>()?,
-                    )
+                    );
                 }
                 "completion" => {
                     w.completions = uniq(
@@ -498,12 +502,12 @@ impl WorkloadSpec {
                                 }),
                             })
                             .collect::<Result<_, _>>()?,
-                    )
+                    );
                 }
                 "cpus" => w.cpus = selection(key, val)?,
                 "devices" => w.devices = selection(key, val)?,
-                "depth" => w.depth = number(key, val, 1, MAX_DEPTH as u64, "depth")? as u16,
-                "iters" => w.iters = number(key, val, 1, MAX_ITERS as u64, "iters")? as u32,
+                "depth" => w.depth = number(key, val, 1, u64::from(MAX_DEPTH), "depth")? as u16,
+                "iters" => w.iters = number(key, val, 1, u64::from(MAX_ITERS), "iters")? as u32,
                 "align" => {
                     let a = number(key, val, 1, 4096, "align")?;
                     if !a.is_power_of_two() {

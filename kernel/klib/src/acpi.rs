@@ -415,7 +415,7 @@ pub fn root_pointers(table: &[u8], entry_size: usize) -> Result<Vec<u64>, AcpiFo
         .chunks_exact(entry_size)
         .map(|c| {
             if entry_size == 4 {
-                u32_at(c, 0) as u64
+                u64::from(u32_at(c, 0))
             } else {
                 u64_at(c, 0)
             }

@@ -23,12 +23,20 @@ const NIL: u64 = u64::MAX;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BuddyError {
     /// No free block of the requested order (within the requested address limit).
-    OutOfMemory { order: u8 },
+    OutOfMemory {
+        /// The order asked for (blocks of 4 KiB × 2^order).
+        order: u8,
+    },
     /// Order above [`MAX_ORDER`].
     BadOrder(u8),
     /// `free` of an address that is not the head of an allocated block of that order
     /// (double free, wrong order, or never allocated).
-    NotAllocated { addr: u64, order: u8 },
+    NotAllocated {
+        /// The address passed to `free`.
+        addr: u64,
+        /// The order passed to `free`.
+        order: u8,
+    },
     /// Address outside the managed range or not page aligned.
     BadAddress(u64),
 }
@@ -65,7 +73,7 @@ struct FreeNode {
 pub fn order_for_size(bytes: u64) -> Option<u8> {
     let pages = bytes.div_ceil(PAGE_SIZE).max(1);
     let order = pages.next_power_of_two().trailing_zeros();
-    (order <= MAX_ORDER as u32).then_some(order as u8)
+    (order <= u32::from(MAX_ORDER)).then_some(order as u8)
 }
 
 /// A buddy allocator managing the pages `[first_pfn, first_pfn + npages)`.
@@ -505,7 +513,7 @@ mod tests {
                     let tag = (i & 0xff) as u8;
                     // SAFETY: the block is ours and addressable.
                     unsafe {
-                        core::ptr::write_bytes(x as *mut u8, tag, (PAGE_SIZE << order) as usize)
+                        core::ptr::write_bytes(x as *mut u8, tag, (PAGE_SIZE << order) as usize);
                     };
                     live.push((x, order, tag));
                 }

@@ -119,7 +119,7 @@ impl SlabHeap {
             }
             Some(Kind::Small(i)) => {
                 // SAFETY: the caller returns an object of class i; we reuse its first word.
-                unsafe { *(ptr as *mut usize) = self.free[i] };
+                unsafe { *ptr.cast::<usize>() = self.free[i] };
                 self.free[i] = ptr as usize;
                 self.stats.live_small[i] -= 1;
             }
@@ -179,7 +179,7 @@ mod tests {
                 dealloc(
                     addr as *mut u8,
                     Layout::from_size_align(size, size).unwrap(),
-                )
+                );
             };
         }
     }

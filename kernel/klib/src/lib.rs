@@ -6,6 +6,7 @@
 //! Host tests of other crates may use these types as fakes (e.g. [`vectors::VectorMatrix`]
 //! stands in for the kernel's vector allocator).
 #![cfg_attr(not(test), no_std)]
+#![warn(missing_docs)]
 
 extern crate alloc;
 

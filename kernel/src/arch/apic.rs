@@ -131,7 +131,7 @@ pub fn read(off: u32) -> u32 {
         // SAFETY: in x2APIC mode the APIC registers are MSRs 0x800 + off/16.
         Mode::X2Apic => unsafe { rdmsr(0x800 + off / 16) as u32 },
         Mode::XApic => {
-            let p = (XAPIC_BASE.load(Ordering::Relaxed) + off as u64) as *const u32;
+            let p = (XAPIC_BASE.load(Ordering::Relaxed) + u64::from(off)) as *const u32;
             // SAFETY: the xAPIC page is mapped uncached in `init_bsp`; registers are
             // 32-bit and 16-byte aligned.
             unsafe { p.read_volatile() }
@@ -144,9 +144,9 @@ pub fn read(off: u32) -> u32 {
 pub fn write(off: u32, v: u32) {
     match mode() {
         // SAFETY: as in `read`; the callers write architecturally valid values.
-        Mode::X2Apic => unsafe { wrmsr(0x800 + off / 16, v as u64) },
+        Mode::X2Apic => unsafe { wrmsr(0x800 + off / 16, u64::from(v)) },
         Mode::XApic => {
-            let p = (XAPIC_BASE.load(Ordering::Relaxed) + off as u64) as *mut u32;
+            let p = (XAPIC_BASE.load(Ordering::Relaxed) + u64::from(off)) as *mut u32;
             // SAFETY: as in `read`.
             unsafe { p.write_volatile(v) }
         }
@@ -223,13 +223,16 @@ pub fn init_local() {
         }
     }
     write(reg::TPR, 0);
-    write(reg::LVT_TIMER, LVT_MASKED | crate::irq::TIMER_VECTOR as u32);
-    write(reg::LVT_ERROR, crate::irq::ERROR_VECTOR as u32);
+    write(
+        reg::LVT_TIMER,
+        LVT_MASKED | u32::from(crate::irq::TIMER_VECTOR),
+    );
+    write(reg::LVT_ERROR, u32::from(crate::irq::ERROR_VECTOR));
     // LINT0 carries ExtINT from the (now masked) PIC: mask it. LINT1 stays NMI.
     write(reg::LVT_LINT0, LVT_MASKED);
     write(reg::ESR, 0);
     write(reg::ESR, 0);
-    write(reg::SVR, 0x100 | crate::irq::SPURIOUS_VECTOR as u32);
+    write(reg::SVR, 0x100 | u32::from(crate::irq::SPURIOUS_VECTOR));
     eoi();
 }
 
@@ -240,7 +243,7 @@ pub fn send_ipi(
     delivery: Delivery,
     shorthand: Shorthand,
 ) -> Result<(), ApicError> {
-    let low = vector as u32 | delivery as u32 | shorthand as u32;
+    let low = u32::from(vector) | delivery as u32 | shorthand as u32;
     match mode() {
         Mode::X2Apic => {
             // WRMSR to x2APIC registers is not serializing: make earlier stores (e.g. a
@@ -248,7 +251,7 @@ pub fn send_ipi(
             // SAFETY: MFENCE has no other effect; the ICR value is a valid IPI command.
             unsafe {
                 core::arch::asm!("mfence", options(nostack, preserves_flags));
-                wrmsr(0x830, ((dest as u64) << 32) | low as u64);
+                wrmsr(0x830, (u64::from(dest) << 32) | u64::from(low));
             }
             Ok(())
         }

@@ -6,7 +6,7 @@ use alloc::collections::BTreeMap;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use hwio::dma::{PhysMemory, PhysMemory128};
+use hwio::dma::{UnitMemory, UnitMemory128};
 
 #[cfg(doc)]
 use crate::mm::Mmio;
@@ -46,7 +46,7 @@ impl KernelDma {
 
 // SAFETY: `table` answers only for a whole page inside a live block this memory owns
 // (identity-mapped RAM from the frame allocator), which stays allocated until `free`.
-unsafe impl PhysMemory for KernelDma {
+unsafe impl UnitMemory for KernelDma {
     fn alloc_zeroed(&mut self, size: usize, align: usize) -> Option<u64> {
         let b = mm::alloc_frames(size as u64, align as u64).ok()?;
         let a = b.addr();
@@ -102,7 +102,7 @@ unsafe impl PhysMemory for KernelDma {
 
 /// 128-bit IRTE updates: `lock cmpxchg16b` on the entry (its 16-byte alignment is checked
 /// with the block).
-impl PhysMemory128 for KernelDma {
+impl UnitMemory128 for KernelDma {
     fn compare_exchange128(
         &self,
         phys: u64,

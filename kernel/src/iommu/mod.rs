@@ -701,7 +701,7 @@ impl AddressSpace {
                 }
             }
         }
-        first_err.map(|_| done)
+        first_err.map(|()| done)
     }
 
     /// Software walk of the space's page tables (first unit's copy).

@@ -78,7 +78,7 @@ impl PostedDescriptor {
 
     /// Its physical address (the PDA its posted IRTEs carry).
     pub fn addr(&self) -> u64 {
-        self as *const Self as u64
+        core::ptr::from_ref::<Self>(self) as u64
     }
 
     /// The control word as it is now.

@@ -16,7 +16,7 @@ impl PageSource for Frames {
         super::frames::alloc_raw(order, u64::MAX)
     }
     fn free_pages(&mut self, addr: u64, order: u8) {
-        super::frames::free_raw(addr, order)
+        super::frames::free_raw(addr, order);
     }
 }
 

@@ -107,12 +107,12 @@ impl hwio::Registers for Mmio {
     }
     fn write32(&self, offset: u64, value: u32) {
         if let Ok(o) = usize::try_from(offset) {
-            Mmio::write32(self, o, value)
+            Mmio::write32(self, o, value);
         }
     }
     fn write64(&self, offset: u64, value: u64) {
         if let Ok(o) = usize::try_from(offset) {
-            Mmio::write64(self, o, value)
+            Mmio::write64(self, o, value);
         }
     }
 }

@@ -189,7 +189,7 @@ pub(super) fn init(map: &MemoryMap, layout: ImageLayout) -> Result<(u64, u64), M
         Cr3::write(
             PhysFrame::containing_address(PhysAddr::new(pml4)),
             Cr3Flags::empty(),
-        )
+        );
     };
     log::debug!(
         "page tables: {} table pages at {:#x}",

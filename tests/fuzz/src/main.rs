@@ -18,6 +18,7 @@
 //! `--seconds S` (per target; stops at whichever of execs/seconds comes first), `--seed N`
 //! (default 1; the same seed and corpus give the same inputs), `--corpus DIR`, `--findings
 //! DIR`. Output: one line per target with executions, executions per second and findings.
+#![forbid(unsafe_code)]
 
 mod mutate;
 mod targets;

@@ -35,7 +35,7 @@ fn main() {
                     args.next()
                         .and_then(|s| s.parse().ok())
                         .unwrap_or_else(|| usage()),
-                )
+                );
             }
             "--quiet" | "-q" => quiet = true,
             "-h" | "--help" => usage(),

@@ -359,10 +359,10 @@ impl dsa::Registers for Lying {
         }
     }
     fn write32(&self, o: u64, v: u32) {
-        self.inner.write32(o, v)
+        self.inner.write32(o, v);
     }
     fn write64(&self, o: u64, v: u64) {
-        self.inner.write64(o, v)
+        self.inner.write64(o, v);
     }
 }
 

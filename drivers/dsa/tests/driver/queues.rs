@@ -115,7 +115,7 @@ fn batch_result_delivered_to_a_callback_by_the_interrupt() {
         .map(|k| Work::memmove(src.at(k * 1024), dst.at(k * 1024), 1024))
         .collect();
     s.submit_batch_with_callback(&members, Notify::Msix, move |r| {
-        *g.lock().unwrap() = Some(r)
+        *g.lock().unwrap() = Some(r);
     })
     .unwrap();
     assert!(got.lock().unwrap().is_none());
@@ -175,7 +175,7 @@ fn caller_supplied_ims_handle() {
     rig.model.bar0_write(ims, 0xFEE0_0000, 8);
     rig.model.bar0_write(ims + 8, 0x4105, 4);
     rig.model
-        .bar0_write(ims + 12, ImsCtrl::empty().bits() as u64, 4);
+        .bar0_write(ims + 12, u64::from(ImsCtrl::empty().bits()), 4);
     let reaper = s.reaper();
     let seen = Arc::new(AtomicU64::new(0));
     let seen2 = seen.clone();
@@ -316,7 +316,7 @@ fn dedicated_credits_are_never_exceeded_under_a_flood() {
     let dev = rig.driver(0, ConfigSource::Default, opts).unwrap();
     // Slow completions so the WQ (size 32) really fills up.
     rig.inject(dsa_model::fault_inject::FI_DELAY_US, 20);
-    let size = dev.wq(0).unwrap().size() as u32;
+    let size = u32::from(dev.wq(0).unwrap().size());
     let threads: Vec<_> = (0..4u32)
         .map(|t| {
             let dev = dev.clone();

@@ -621,7 +621,7 @@ fn run_spec(env: &Env, sc: &Scenario, hole: &Hole, problems: &mut Vec<String>) -
             c.fault_address(),
             c.fault_was_write(),
             &format!("spec, opcode {:#x}", x.opcode()),
-        )
+        );
     };
     match &sc.body {
         Body::Single(o) => {

@@ -212,9 +212,9 @@ impl Cr {
 /// software continues it by advancing the addresses by that many bytes and reducing the
 /// transfer size by it, and by carrying over the per-operation state the record returns.
 pub fn resume(desc: &Desc, rec: &Cr) -> Desc {
-    let bc = rec.bytes_completed() as u64;
+    let bc = u64::from(rec.bytes_completed());
     assert!(
-        bc <= desc.size() as u64 || desc.opcode() == op::APPLY_DELTA,
+        bc <= u64::from(desc.size()) || desc.opcode() == op::APPLY_DELTA,
         "bytes completed {bc:#x} beyond the transfer size {:#x}",
         desc.size()
     );
@@ -266,8 +266,8 @@ pub fn resume(desc: &Desc, rec: &Cr) -> Desc {
             n.add64(d::ADDR1, bc);
             n.add64(d::ADDR2, bc);
             n.sub32(d::SIZE, bc);
-            n.add64(d::AT40, written as u64);
-            n.sub32(d::AT48, written as u64);
+            n.add64(d::AT40, u64::from(written));
+            n.sub32(d::AT48, u64::from(written));
         }
         op::APPLY_DELTA => {
             // Apply Delta Record: Bytes Completed counts bytes of the delta record applied;
@@ -362,7 +362,7 @@ impl Finished {
     /// Compare / Compare Pattern: (equal, offset of the difference in the original).
     pub fn compare(&self) -> (bool, Option<u64>) {
         let equal = self.last.result() == 0;
-        let at = (!equal).then(|| self.before_last + self.last.bytes_completed() as u64);
+        let at = (!equal).then(|| self.before_last + u64::from(self.last.bytes_completed()));
         (equal, at)
     }
     /// Create Delta: (result, record size) of the whole operation.
@@ -427,7 +427,7 @@ pub fn run_from(
         fix(&desc, &rec);
         let next = resume(&desc, &rec);
         if !(desc.opcode() == op::MEMMOVE && rec.result() == 1) {
-            done += rec.bytes_completed() as u64;
+            done += u64::from(rec.bytes_completed());
         }
         desc = next;
     }
@@ -439,7 +439,7 @@ fn rebase(mem: &dyn Memory, addr: u64, len: u32, words: u64) {
     let mut r = mem.read(addr, len as usize);
     assert_eq!(r.len() % 10, 0);
     for e in r.chunks_mut(10) {
-        let o = u16::from_le_bytes([e[0], e[1]]) as u64 + words;
+        let o = u64::from(u16::from_le_bytes([e[0], e[1]])) + words;
         let o = u16::try_from(o).expect("offset beyond 16 bits");
         e[..2].copy_from_slice(&o.to_le_bytes());
     }

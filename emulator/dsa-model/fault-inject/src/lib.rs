@@ -8,6 +8,7 @@
 //! All registers are 32 bits unless noted.
 
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
 
 /// BAR0 offset of the fault-injection page (an otherwise unused 4 KiB page).
 pub const FAULT_INJECT_BASE: u64 = 0x3000;

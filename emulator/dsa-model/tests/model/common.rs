@@ -96,10 +96,10 @@ impl H {
         self.dev.bar0_read(o, 8)
     }
     pub fn w32(&self, o: u64, v: u32) {
-        self.dev.bar0_write(o, v as u64, 4)
+        self.dev.bar0_write(o, u64::from(v), 4);
     }
     pub fn w64(&self, o: u64, v: u64) {
-        self.dev.bar0_write(o, v, 8)
+        self.dev.bar0_write(o, v, 8);
     }
 
     pub fn offsets(&self) -> Offsets {
@@ -107,7 +107,7 @@ impl H {
     }
 
     pub fn wqcfg_off(&self, wq: u32) -> u64 {
-        self.offsets().wqcfg() + wq as u64 * 32
+        self.offsets().wqcfg() + u64::from(wq) * 32
     }
 
     pub fn write_wqcfg(&self, wq: u32, c: WqCfg) {
@@ -127,14 +127,14 @@ impl H {
     }
 
     pub fn write_grpcfg(&self, g: u32, c: &GrpCfg) {
-        let base = self.offsets().grpcfg() + g as u64 * GRPCFG_ENTRY_SIZE;
+        let base = self.offsets().grpcfg() + u64::from(g) * GRPCFG_ENTRY_SIZE;
         for (i, q) in c.to_qwords().iter().enumerate().take(6) {
             self.w64(base + i as u64 * 8, *q);
         }
     }
 
     pub fn read_grpcfg(&self, g: u32) -> GrpCfg {
-        let base = self.offsets().grpcfg() + g as u64 * GRPCFG_ENTRY_SIZE;
+        let base = self.offsets().grpcfg() + u64::from(g) * GRPCFG_ENTRY_SIZE;
         let mut q = [0u64; 8];
         for (i, v) in q.iter_mut().enumerate() {
             *v = self.r64(base + i as u64 * 8);

@@ -711,8 +711,8 @@ fn partial_completion_and_resume() {
     );
     assert!(!first.fault_is_write());
     let (cr, n) = resume_loop(&h, d, &[SRC + 0x2000, DST + 0x4000], |d, cr| {
-        d.addr1 += cr.bytes_completed as u64;
-        d.addr2 += cr.bytes_completed as u64;
+        d.addr1 += u64::from(cr.bytes_completed);
+        d.addr2 += u64::from(cr.bytes_completed);
         d.size -= cr.bytes_completed;
         if cr.fault_addr & !0xFFF == SRC + 0x2000 {
             assert!(h.sim.write(None, SRC + 0x2000, &data[0x2000..0x3000]));
@@ -748,7 +748,7 @@ fn partial_completion_and_resume() {
     f.addr2 = DST + 3;
     f.size = 0x5000;
     let (cr, n) = resume_loop(&h, f, &[DST + 0x3000], |d, cr| {
-        d.addr2 += cr.bytes_completed as u64;
+        d.addr2 += u64::from(cr.bytes_completed);
         d.size -= cr.bytes_completed;
         d.addr1 = d.addr1.rotate_right(8 * (cr.bytes_completed % 8));
     });
@@ -777,7 +777,7 @@ fn partial_completion_and_resume() {
                 CrcMode::default()
             )
         );
-        d.addr1 += cr.bytes_completed as u64;
+        d.addr1 += u64::from(cr.bytes_completed);
         d.size -= cr.bytes_completed;
         d.set_crc_seed(cr.crc());
         assert!(h.sim.write(None, SRC + 0x1000, &data[0x1000..0x2000]));
@@ -793,8 +793,8 @@ fn partial_completion_and_resume() {
     cc.size = len as u32;
     let (cr, n) = resume_loop(&h, cc, &[DST + 0x2000], |d, cr| {
         assert!(cr.fault_is_write());
-        d.addr1 += cr.bytes_completed as u64;
-        d.addr2 += cr.bytes_completed as u64;
+        d.addr1 += u64::from(cr.bytes_completed);
+        d.addr2 += u64::from(cr.bytes_completed);
         d.size -= cr.bytes_completed;
         d.set_crc_seed(cr.crc());
     });

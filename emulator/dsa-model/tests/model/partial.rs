@@ -105,14 +105,14 @@ fn dif_resume(
     let cr = h.run1(&d);
     assert!(partial(&cr), "{cr:?}");
     assert_eq!(cr.fault_addr & !0xFFF, hole, "{cr:?}");
-    let bc = cr.bytes_completed as u64;
+    let bc = u64::from(cr.bytes_completed);
     assert_eq!(bc % src_step, 0, "whole blocks only");
     let blocks = (bc / src_step) as u32;
     // The record's tags are those of the first block not completed.
     expect_tags(&cr, blocks);
     h.sim.map(None, hole, 0x1000);
     d.addr1 += bc;
-    d.addr2 += blocks as u64 * dst_step;
+    d.addr2 += u64::from(blocks) * dst_step;
     d.size -= bc as u32;
     seed(&mut d, &cr);
     let cr = h.run1(&d);
@@ -331,8 +331,8 @@ fn create_delta_record_write_fault_keeps_the_entries_written() {
     assert_eq!((cr.delta_record_size(), cr.bytes_completed), (250, 75 * 8));
     h.sim.map(None, AUX + 0x1000, 0x1000);
     let bc = cr.bytes_completed;
-    d.addr1 += bc as u64;
-    d.addr2 += bc as u64;
+    d.addr1 += u64::from(bc);
+    d.addr2 += u64::from(bc);
     d.size -= bc;
     d.set_delta_record_addr(AUX + 0xF00 + 250)
         .set_max_delta_size(4000 - 250);

@@ -484,7 +484,7 @@ fn reset_device_clears_tables() {
     let h = H::default();
     h.pci_all();
     h.configure(&[WqSpec::dedicated(0, 16)]);
-    h.w64(0x400, (MsixPerm::PASID_EN.with_pasid(3)).bits() as u64);
+    h.w64(0x400, u64::from((MsixPerm::PASID_EN.with_pasid(3)).bits()));
     h.w64(0x8000 + 16, 0xFEE0_1000);
     h.w64(0x8000 + 24, 0x55);
     assert_eq!(h.r64(0x8000 + 24), 0x55);

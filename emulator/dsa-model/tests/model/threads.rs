@@ -157,7 +157,7 @@ fn fault_injection_page() {
     let b = fi::FAULT_INJECT_BASE;
     assert_eq!(h.r32(b + fi::FI_MAGIC), fi::FI_MAGIC_VALUE);
     // Force the next 2 memmoves to complete with 0x20.
-    h.w32(b + fi::FI_FORCE_STATUS, st::HW_READ_ERROR as u32);
+    h.w32(b + fi::FI_FORCE_STATUS, u32::from(st::HW_READ_ERROR));
     h.w32(b + fi::FI_FORCE_OPCODE, 0x100 | Opcode::MemMove as u32);
     h.w32(b + fi::FI_FORCE_COUNT, 2);
     assert_eq!(
@@ -260,12 +260,12 @@ unsafe extern "C" fn c_write(
 
 unsafe extern "C" fn c_msix(o: *mut c_void, e: u32) {
     // SAFETY: as in c_read.
-    unsafe { &*(o as *const SimPlatform) }.msix_notify(e)
+    unsafe { &*(o as *const SimPlatform) }.msix_notify(e);
 }
 
 unsafe extern "C" fn c_msi(o: *mut c_void, a: u64, d: u32) {
     // SAFETY: as in c_read.
-    unsafe { &*(o as *const SimPlatform) }.send_msi(a, d)
+    unsafe { &*(o as *const SimPlatform) }.send_msi(a, d);
 }
 
 struct ModelPtr(*mut DsaModel);
@@ -295,7 +295,15 @@ fn ffi_smoke() {
         ..Default::default()
     };
     // SAFETY: valid pointers to locals.
-    let m = unsafe { dsa_model_new(&bad, &ops, opaque, err.as_mut_ptr(), err.len()) };
+    let m = unsafe {
+        dsa_model_new(
+            &raw const bad,
+            &raw const ops,
+            opaque,
+            err.as_mut_ptr(),
+            err.len(),
+        )
+    };
     assert!(m.is_null());
     // SAFETY: dsa_model_new wrote a NUL-terminated string.
     let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }
@@ -307,7 +315,16 @@ fn ffi_smoke() {
         assert_eq!(dsa_model_bar0_read(std::ptr::null_mut(), 0, 4), 0);
         dsa_model_stop(std::ptr::null_mut());
         dsa_model_free(std::ptr::null_mut());
-        assert!(dsa_model_new(std::ptr::null(), &ops, opaque, std::ptr::null_mut(), 0).is_null());
+        assert!(
+            dsa_model_new(
+                std::ptr::null(),
+                &raw const ops,
+                opaque,
+                std::ptr::null_mut(),
+                0
+            )
+            .is_null()
+        );
     }
     let cfg = DsaModelConfig {
         num_wqs: 2,
@@ -315,12 +332,20 @@ fn ffi_smoke() {
         ..Default::default()
     };
     // SAFETY: valid pointers; `sim` outlives the model.
-    let m = unsafe { dsa_model_new(&cfg, &ops, opaque, err.as_mut_ptr(), err.len()) };
+    let m = unsafe {
+        dsa_model_new(
+            &raw const cfg,
+            &raw const ops,
+            opaque,
+            err.as_mut_ptr(),
+            err.len(),
+        )
+    };
     assert!(!m.is_null());
     let mut l = DsaModelLayout::default();
     // SAFETY: `m` is live for the rest of the test; all pointers are valid.
     unsafe {
-        dsa_model_layout(m, &mut l);
+        dsa_model_layout(m, &raw mut l);
         assert_eq!((l.bar2_size, l.msix_entries, l.num_workers), (0x8000, 3, 2));
         assert_eq!(dsa_model_bar0_read(m, off::VERSION, 4), 0x100);
         dsa_model_set_pci_state(m, pci::BME);
@@ -328,19 +353,19 @@ fn ffi_smoke() {
         dsa_model_bar0_write(m, 0x600 + 0x20, 1, 8); // engine 0
         let wq = WqSpec::dedicated(0, 8).cfg();
         for (i, dw) in wq.0.iter().enumerate() {
-            dsa_model_bar0_write(m, 0x800 + i as u64 * 4, *dw as u64, 4);
+            dsa_model_bar0_write(m, 0x800 + i as u64 * 4, u64::from(*dw), 4);
         }
         dsa_model_bar0_write(
             m,
             off::CMD,
-            CmdReg::new(Command::EnableDevice, 0, false).0 as u64,
+            u64::from(CmdReg::new(Command::EnableDevice, 0, false).0),
             4,
         );
         assert_eq!(dsa_model_bar0_read(m, off::CMDSTATUS, 4), 0);
         dsa_model_bar0_write(
             m,
             off::CMD,
-            CmdReg::new(Command::EnableWq, 0, false).0 as u64,
+            u64::from(CmdReg::new(Command::EnableWq, 0, false).0),
             4,
         );
         assert_eq!(dsa_model_bar0_read(m, off::CMDSTATUS, 4), 0);

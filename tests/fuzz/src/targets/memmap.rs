@@ -9,11 +9,10 @@ use super::Bytes;
 pub fn check_normalized(m: &MemoryMap) {
     let r = m.regions();
     for w in r.windows(2) {
-        assert!(w[0].end <= w[1].start, "overlap or unsorted: {:x?}", w);
+        assert!(w[0].end <= w[1].start, "overlap or unsorted: {w:x?}");
         assert!(
             !(w[0].end == w[1].start && w[0].kind == w[1].kind),
-            "not merged: {:x?}",
-            w
+            "not merged: {w:x?}"
         );
     }
     for x in r {
