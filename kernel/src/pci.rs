@@ -111,6 +111,16 @@ impl fmt::Display for PciError {
     }
 }
 
+impl core::error::Error for PciError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::Map { err, .. } => Some(err),
+            Self::Lib(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 impl From<::pci::PciError> for PciError {
     fn from(e: ::pci::PciError) -> Self {
         Self::Lib(e)

@@ -116,6 +116,16 @@ impl fmt::Display for DsaError {
     }
 }
 
+impl core::error::Error for DsaError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            DsaError::Config(e) => Some(e),
+            DsaError::Dma(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 impl From<ConfigError> for DsaError {
     fn from(e: ConfigError) -> Self {
         DsaError::Config(e)
@@ -268,8 +278,40 @@ impl fmt::Display for OpError {
     }
 }
 
+impl core::error::Error for OpError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            OpError::Invalid(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 impl From<ValidationError> for OpError {
     fn from(e: ValidationError) -> Self {
         OpError::Invalid(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::error::Error;
+
+    #[test]
+    fn wrapped_errors_are_their_source() {
+        let dma = DsaError::Dma(DmaError::OutOfMemory { size: 4096 });
+        assert_eq!(
+            dma.source().map(ToString::to_string).as_deref(),
+            Some("out of DMA memory (4096 bytes)")
+        );
+        assert!(DsaError::NoSuchWq(3).source().is_none());
+        assert_eq!(DsaError::NoSuchWq(3).to_string(), "WQ 3 is not configured");
+        let op = OpError::from(ValidationError::ZeroLength);
+        assert_eq!(
+            op.source().map(ToString::to_string),
+            Some(ValidationError::ZeroLength.to_string())
+        );
+        assert!(OpError::QueueFull.source().is_none());
     }
 }

@@ -510,6 +510,8 @@ impl fmt::Display for ValidationError {
     }
 }
 
+impl core::error::Error for ValidationError {}
+
 /// What validation needs to know about the target WQ.
 #[derive(Clone, Copy, Debug)]
 pub struct WqLimits {

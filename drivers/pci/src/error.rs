@@ -91,3 +91,5 @@ impl fmt::Display for PciError {
         fmt::Debug::fmt(self, f)
     }
 }
+
+impl core::error::Error for PciError {}

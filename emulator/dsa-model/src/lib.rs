@@ -220,6 +220,8 @@ impl core::fmt::Display for ConfigError {
     }
 }
 
+impl core::error::Error for ConfigError {}
+
 impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(1..=64).contains(&self.num_wqs) {

@@ -63,6 +63,8 @@ impl core::fmt::Display for BuddyError {
     }
 }
 
+impl core::error::Error for BuddyError {}
+
 #[repr(C)]
 struct FreeNode {
     next: u64,

@@ -74,6 +74,8 @@ impl fmt::Display for VectorError {
     }
 }
 
+impl core::error::Error for VectorError {}
+
 /// Exact usage of one CPU's vectors.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CpuVectorReport {

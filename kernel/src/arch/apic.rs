@@ -99,6 +99,15 @@ impl core::fmt::Display for ApicError {
     }
 }
 
+impl core::error::Error for ApicError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::Map(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// The APIC mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

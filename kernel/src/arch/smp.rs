@@ -191,6 +191,15 @@ impl fmt::Display for SmpError {
     }
 }
 
+impl core::error::Error for SmpError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::NoMemory(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// Handed to each AP through the trampoline.
 struct ApBoot {
     /// Tops of the AP's #DF, NMI and #MC stacks.

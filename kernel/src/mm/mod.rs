@@ -94,7 +94,14 @@ impl fmt::Display for MmError {
     }
 }
 
-impl core::error::Error for MmError {}
+impl core::error::Error for MmError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::Map(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// The CPU's physical address width (CPUID 0x8000_0008 EAX[7:0], Intel SDM Vol. 2A; 36 bits
 /// when the leaf is missing), at most the architectural 52.
