@@ -91,6 +91,7 @@ pub struct EcamSegment {
 
 impl EcamSegment {
     /// Physical address of the configuration space of `bus:dev.fn`, if in range.
+    #[cfg(feature = "ktest")]
     pub fn config_address(&self, bus: u8, dev: u8, func: u8) -> Option<u64> {
         if bus < self.bus_start || bus > self.bus_end || dev >= 32 || func >= 8 {
             return None;
@@ -126,6 +127,7 @@ pub struct AcpiInfo {
     /// Valid tables (XSDT/RSDT order, DSDT appended).
     pub tables: Vec<TableInfo>,
     /// Tables that failed validation: physical address and reason.
+    #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the kernel tests
     pub rejected: Vec<(u64, String)>,
     /// Local APIC address (MADT, with override).
     pub lapic_address: u64,
@@ -674,11 +676,13 @@ fn first(tables: &[TableInfo], sig: &[u8; 4]) -> Option<TableInfo> {
 
 /// The validated bytes of the first table with signature `sig` (e.g. `b"DMAR"`); the
 /// length and checksum are checked again on every call.
+#[cfg(feature = "ktest")]
 pub fn table_bytes(sig: &[u8; 4]) -> Option<&'static [u8]> {
     tables_with_signature(sig).next()
 }
 
 /// All tables with signature `sig` (e.g. several SSDTs), validated.
+#[cfg(feature = "ktest")]
 pub fn tables_with_signature(sig: &[u8; 4]) -> impl Iterator<Item = &'static [u8]> + '_ {
     info()
         .into_iter()

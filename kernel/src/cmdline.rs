@@ -20,6 +20,7 @@ pub fn cmdline() -> Cmdline<'static> {
 }
 
 /// The raw command line.
+#[cfg(feature = "ktest")]
 pub fn raw() -> &'static str {
     bootinfo::get().cmdline()
 }
@@ -40,6 +41,7 @@ pub fn flag(key: &str, default: bool) -> bool {
 }
 
 /// `key=<number>` (decimal or 0x-hex); `Err` carries the text that did not parse.
+#[cfg(any(feature = "ktest", feature = "bench"))]
 pub fn number(key: &str) -> Option<Result<u64, &'static str>> {
     cmdline().number(key)
 }

@@ -26,13 +26,16 @@ pub const fn name() -> &'static str {
 
 /// A command-line request for a part this kernel was built without.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "ktest", allow(dead_code))] // the ktest flavour has every part
+#[cfg_attr(feature = "ktest", allow(dead_code))] // the ktest flavour lacks no part
 pub enum Missing {
     /// `ktest` / `ktest.list`: needs the `ktest` feature.
+    #[cfg_attr(feature = "ktest", allow(dead_code))] // only a kernel without it lacks it
     KernelTests,
     /// `workload=<spec>`: needs the `bench` feature.
+    #[cfg_attr(feature = "bench", allow(dead_code))] // only a kernel without it lacks it
     Workload,
     /// `ims.bench…`: needs the `bench` feature.
+    #[cfg_attr(feature = "bench", allow(dead_code))] // only a kernel without it lacks it
     ImsBench,
 }
 

@@ -22,9 +22,11 @@ use core::fmt;
 use ::pci::ecam::{Ecam, EcamWindow, ecam_size};
 use ::pci::enumerate::{EnumOptions, enumerate_with};
 use ::pci::ext_caps::PasidCap;
-use ::pci::msi::msix_entry;
-use ::pci::msi::{MsiCap, MsixCap};
+use ::pci::msi::MsixCap;
+#[cfg(feature = "ktest")]
+use ::pci::msi::{MsiCap, msix_entry};
 use ::pci::{BarInfo, BarKind, Enumeration, PciFunction};
+#[cfg(feature = "ktest")]
 use hwio::RegistersExt;
 use spin::Once;
 
@@ -72,6 +74,7 @@ pub enum PciError {
         slot: u8,
     },
     /// A configuration offset that is not a dword inside the 4 KiB function space.
+    #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the kernel tests
     BadConfigOffset {
         /// Function.
         addr: PciAddress,
@@ -231,11 +234,13 @@ pub fn find(addr: PciAddress) -> Option<Device> {
 }
 
 /// Functions with this vendor and device ID.
+#[cfg(feature = "ktest")]
 pub fn find_id(vendor: u16, device: u16) -> impl Iterator<Item = Device> {
     devices().filter(move |d| d.0.vendor == vendor && d.0.device == device)
 }
 
 /// Functions of a base class, optionally narrowed to a subclass.
+#[cfg(feature = "ktest")]
 pub fn find_class(class: u8, subclass: Option<u8>) -> impl Iterator<Item = Device> {
     devices().filter(move |d| d.0.class == class && subclass.is_none_or(|s| d.0.subclass == s))
 }
@@ -268,6 +273,7 @@ impl Device {
     }
 
     /// Requester ID (bus << 8 | dev << 3 | fn) of the function itself.
+    #[cfg(feature = "ktest")]
     pub fn requester_id(&self) -> u16 {
         self.0.requester_id()
     }
@@ -283,6 +289,7 @@ impl Device {
         Ok(&system()?.ecam)
     }
 
+    #[cfg(feature = "ktest")]
     fn check_offset(&self, offset: u16) -> Result<(), PciError> {
         if offset >= 0x1000 || !offset.is_multiple_of(4) {
             return Err(PciError::BadConfigOffset {
@@ -294,6 +301,7 @@ impl Device {
     }
 
     /// Reads a configuration dword (`offset` dword-aligned, < 4 KiB).
+    #[cfg(feature = "ktest")]
     pub fn config_read(&self, offset: u16) -> Result<u32, PciError> {
         self.check_offset(offset)?;
         let a = self.access()?;
@@ -303,6 +311,7 @@ impl Device {
     }
 
     /// Writes a configuration dword (`offset` dword-aligned, < 4 KiB).
+    #[cfg(feature = "ktest")]
     pub fn config_write(&self, offset: u16, value: u32) -> Result<(), PciError> {
         self.check_offset(offset)?;
         let a = self.access()?;
@@ -336,6 +345,7 @@ impl Device {
     }
 
     /// Sets or clears Bus Master Enable.
+    #[cfg(feature = "ktest")]
     pub fn set_bus_master(&self, enable: bool) -> Result<(), PciError> {
         ::pci::command::set_bus_master(self.access()?, self.address(), enable);
         Ok(())
@@ -348,6 +358,7 @@ impl Device {
     }
 
     /// The MSI capability.
+    #[cfg(feature = "ktest")]
     pub fn msi(&self) -> Result<Msi, PciError> {
         let a = self.access()?;
         let cap = MsiCap::find(a, self.address())?.ok_or(PciError::NoCapability {
@@ -387,6 +398,7 @@ impl Device {
     }
 
     /// Disables PASID-tagged requests.
+    #[cfg(feature = "ktest")]
     pub fn disable_pasid(&self) -> Result<(), PciError> {
         let cap = self.pasid_cap()?.ok_or(PciError::NoCapability {
             addr: self.address(),
@@ -399,24 +411,29 @@ impl Device {
 
 /// A function's MSI capability.
 #[derive(Debug, Clone, Copy)]
+#[cfg(feature = "ktest")]
 pub struct Msi {
     cap: MsiCap,
 }
 
+#[cfg(feature = "ktest")]
 impl Msi {
     /// Programs address/data for `count` vectors (a power of two ≤ capable) and leaves MSI
     /// disabled; [`Msi::set_enabled`] turns it on.
+    #[cfg(feature = "ktest")]
     pub fn program(&self, msg: MsiMessage, count: u32) -> Result<(), PciError> {
         Ok(self.cap.program(&system()?.ecam, msg, count)?)
     }
 
     /// Enables or disables MSI.
+    #[cfg(feature = "ktest")]
     pub fn set_enabled(&self, enabled: bool) -> Result<(), PciError> {
         self.cap.set_enabled(&system()?.ecam, enabled);
         Ok(())
     }
 
     /// The message currently programmed.
+    #[cfg(feature = "ktest")]
     pub fn message(&self) -> Result<MsiMessage, PciError> {
         Ok(self.cap.message(&system()?.ecam))
     }
@@ -431,6 +448,7 @@ pub struct Msix {
 
 impl Msix {
     /// The library view (table size, BIR, offsets).
+    #[cfg(feature = "ktest")]
     pub fn cap(&self) -> &MsixCap {
         &self.cap
     }
@@ -446,11 +464,13 @@ impl Msix {
     }
 
     /// Masks or unmasks entry `index`.
+    #[cfg(feature = "ktest")]
     pub fn set_entry_masked(&self, index: u16, masked: bool) -> Result<(), PciError> {
         Ok(self.cap.set_entry_masked(&self.table, index, masked)?)
     }
 
     /// Reads back entry `index` (address, data, vector control).
+    #[cfg(feature = "ktest")]
     pub fn read_entry(&self, index: u16) -> Result<(MsiMessage, bool), PciError> {
         let e = self
             .table

@@ -37,6 +37,7 @@ impl<T> IrqMutex<T> {
     }
 
     /// Takes the lock if it is free.
+    #[cfg(feature = "ktest")]
     pub fn try_lock(&self) -> Option<IrqMutexGuard<'_, T>> {
         let restore = interrupts::are_enabled();
         interrupts::disable();

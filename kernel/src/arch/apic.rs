@@ -68,6 +68,7 @@ pub enum Shorthand {
     /// The destination field.
     None = 0,
     /// This CPU.
+    #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the kernel tests
     SelfOnly = 1 << 18,
     /// All CPUs but this one.
     AllExcludingSelf = 3 << 18,

@@ -37,6 +37,7 @@ impl Fault {
         self.vector == 14
     }
     /// #GP.
+    #[cfg(feature = "ktest")]
     pub fn is_general_protection(&self) -> bool {
         self.vector == 13
     }
@@ -87,6 +88,7 @@ pub fn fixup_for(rip: u64) -> Option<u64> {
 }
 
 /// Number of registered fixup sites (for tests).
+#[cfg(feature = "ktest")]
 pub fn fixup_sites() -> usize {
     table().len()
 }
@@ -140,6 +142,7 @@ pub fn probe_read_u64(addr: u64) -> Result<u64, Fault> {
 }
 
 /// Reads a `u8` at `addr`, returning the fault instead of failing the run.
+#[cfg(feature = "ktest")]
 pub fn probe_read_u8(addr: u64) -> Result<u8, Fault> {
     let v: u32;
     // SAFETY: as in `probe_read_u64`.
@@ -154,6 +157,7 @@ pub fn probe_read_u8(addr: u64) -> Result<u8, Fault> {
 /// # Safety
 /// If the write succeeds it modifies memory: `addr` must not be memory that Rust code
 /// relies on being unchanged.
+#[cfg(feature = "ktest")]
 pub unsafe fn probe_write_u64(addr: u64, value: u64) -> Result<(), Fault> {
     // SAFETY: the caller vouches for the effect of a successful write; faults are caught.
     unsafe {

@@ -38,6 +38,8 @@ pub mod ioapic;
     clippy::transmute_ptr_to_ptr,
     clippy::uninlined_format_args
 )]
+#[cfg_attr(not(feature = "ktest"), allow(dead_code, unused_imports))]
+// phase 2 gates what only tests use
 pub mod percpu;
 #[allow(
     clippy::borrow_as_ptr,
@@ -54,6 +56,8 @@ pub mod percpu;
     clippy::transmute_ptr_to_ptr,
     clippy::uninlined_format_args
 )]
+#[cfg_attr(not(feature = "ktest"), allow(dead_code, unused_imports))]
+// phase 2 gates what only tests use
 pub mod smp;
 #[allow(
     clippy::borrow_as_ptr,

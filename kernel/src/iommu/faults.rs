@@ -4,10 +4,12 @@
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 use core::fmt;
+#[cfg(feature = "ktest")]
 use core::time::Duration;
 
 use vtd::spec::{FaultReason, FaultRecord};
 
+#[cfg(feature = "ktest")]
 use super::IommuError;
 use crate::pci::PciAddress;
 use crate::sync::IrqMutex;
@@ -152,11 +154,13 @@ pub(super) fn record(unit: usize, segment: u16, batch: &vtd::FaultBatch) {
 
 /// Records name the requester ID the unit saw: a function behind a conventional PCI bridge
 /// is known by its DMA alias (shared with its neighbours).
+#[cfg(feature = "ktest")]
 fn as_seen(dev: PciAddress) -> PciAddress {
     crate::pci::find(dev).map_or(dev, |d| d.dma_alias())
 }
 
 /// Faults recorded from `dev` (its DMA alias) since boot.
+#[cfg(feature = "ktest")]
 pub fn fault_count(dev: PciAddress) -> u64 {
     let dev = as_seen(dev);
     with_log(|l| l.per_device.get(&dev).copied().unwrap_or(0))
@@ -164,12 +168,14 @@ pub fn fault_count(dev: PciAddress) -> u64 {
 
 /// Faults recorded from `dev` (its DMA alias) with `pasid` (0 = requests without PASID)
 /// since boot.
+#[cfg(feature = "ktest")]
 pub fn fault_count_pasid(dev: PciAddress, pasid: u32) -> u64 {
     let dev = as_seen(dev);
     with_log(|l| l.per_device_pasid.get(&(dev, pasid)).copied().unwrap_or(0))
 }
 
 /// Totals since boot.
+#[cfg(feature = "ktest")]
 pub fn fault_stats() -> FaultStats {
     with_log(|l| l.stats.clone())
 }
@@ -177,20 +183,24 @@ pub fn fault_stats() -> FaultStats {
 /// A position in the fault log: [`watch_faults`] before triggering something, then wait for
 /// what came after.
 #[derive(Debug, Clone, Copy)]
+#[cfg(feature = "ktest")]
 pub struct FaultWatch {
     after: u64,
 }
 
 /// Starts watching: later calls see only faults recorded after this point.
+#[cfg(feature = "ktest")]
 pub fn watch_faults() -> FaultWatch {
     FaultWatch {
         after: with_log(|l| l.seq),
     }
 }
 
+#[cfg(feature = "ktest")]
 impl FaultWatch {
     /// Faults recorded since the watch started (or since the last one returned by
     /// [`FaultWatch::next_from`]) that are still kept.
+    #[cfg(feature = "ktest")]
     pub fn seen(&self) -> Vec<FaultInfo> {
         with_log(|l| {
             l.recent
@@ -204,6 +214,7 @@ impl FaultWatch {
     /// Waits up to `timeout` for the next fault from `dev` (matched by its DMA alias; any
     /// device if `None`) and moves
     /// the watch past it. The fault must arrive through the fault-event interrupt.
+    #[cfg(feature = "ktest")]
     pub fn next_from(
         &mut self,
         dev: Option<PciAddress>,

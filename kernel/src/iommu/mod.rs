@@ -37,6 +37,8 @@
 
 mod faults;
 mod glue;
+// Posted interrupts have no user outside the kernel tests yet.
+#[cfg(feature = "ktest")]
 mod posted;
 
 use alloc::collections::{BTreeMap, BTreeSet};
@@ -51,13 +53,20 @@ use vtd::dmar::{BridgeBuses, DmarError};
 use vtd::spec::{Ecap, SourceValidation};
 use vtd::{AddressSpaceId, Bdf, Config, DeviceUnitMap, Dmar, IrteHandle, RidDefault};
 
+// What only the kernel tests inspect.
+#[cfg(feature = "ktest")]
 pub use faults::{
     FaultInfo, FaultStats, FaultWatch, fault_count, fault_count_pasid, fault_stats, watch_faults,
 };
+#[cfg(feature = "ktest")]
 pub use glue::STRAY_ACCESSES;
+#[cfg(feature = "ktest")]
 pub use posted::{PostedDescriptor, PostedRoute, posted_supported};
+#[cfg(feature = "ktest")]
 pub use vtd::spec::FaultReason;
-pub use vtd::{Perm, SpaceKind, Translation, VtdError, WalkTrace};
+pub use vtd::{Perm, SpaceKind, VtdError};
+#[cfg(feature = "ktest")]
+pub use vtd::{Translation, WalkTrace};
 
 use crate::arch::{apic, percpu};
 use crate::irq::IrqError;
@@ -176,15 +185,19 @@ pub enum IommuError {
     /// Every PASID is in use.
     PasidsExhausted,
     /// No fault arrived in time.
+    #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the kernel tests
     NoFault {
         /// The device waited for (any if `None`).
         device: Option<PciAddress>,
     },
     /// Posted routes need CAP.PI on the device's unit and CMPXCHG16B on the CPU.
+    #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the kernel tests
     PostedUnsupported,
     /// A posted-interrupt descriptor's notification vector must be ≥ 16 (set it first).
+    #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the kernel tests
     BadNotificationVector(u8),
     /// The units disagree on x2APIC destinations, so no NDST format fits all of them.
+    #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the kernel tests
     MixedInterruptModes,
     /// `iommu.irtes=N` is below the interrupt messages of the unit's devices.
     IrTableTooSmall {
@@ -289,6 +302,7 @@ struct Iommu {
     devices: BTreeMap<PciAddress, usize>,
     /// PASIDs in use (by [`AddressSpace`]s).
     pasids: IrqMutex<BTreeSet<u32>>,
+    #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the kernel tests
     rid_default: RidDefault,
 }
 
@@ -558,6 +572,7 @@ fn warn_unreachable_cpus(io: &Iommu) {
 }
 
 /// The remapping unit index that translates `dev`.
+#[cfg(feature = "ktest")]
 pub fn unit_of(dev: PciAddress) -> Result<usize, IommuError> {
     Ok(iommu()?.unit_of(dev)?.index)
 }
@@ -568,16 +583,19 @@ pub fn unit_count() -> usize {
 }
 
 /// Fault-event interrupts taken (all units).
+#[cfg(feature = "ktest")]
 pub fn fault_events() -> u64 {
     FAULT_EVENTS.load(Ordering::Relaxed)
 }
 
 /// The fault-event (CPU, vector) of a unit.
+#[cfg(feature = "ktest")]
 pub fn fault_vector(unit: usize) -> Option<(usize, u8)> {
     IOMMU.get()?.units.get(unit).map(|u| u.fault_irq)
 }
 
 /// What unattached devices' requests without PASID see.
+#[cfg(feature = "ktest")]
 pub fn rid_default() -> Option<RidDefault> {
     IOMMU.get().map(|i| i.rid_default)
 }
@@ -585,6 +603,7 @@ pub fn rid_default() -> Option<RidDefault> {
 /// Walks `dev`'s unit's structures like the hardware does for a request from `dev` (under
 /// its DMA alias) with `pasid` (`None`: without PASID), returning the outcome and every
 /// entry read.
+#[cfg(feature = "ktest")]
 pub fn hardware_walk(
     dev: PciAddress,
     pasid: Option<u32>,
@@ -601,6 +620,7 @@ pub fn hardware_walk(
 
 /// Puts `dev`'s requests without PASID back to the default (pass-through), e.g. after the
 /// space it was attached to was revoked.
+#[cfg(feature = "ktest")]
 pub fn reset_rid_pasid(dev: PciAddress) -> Result<(), IommuError> {
     let s = iommu()?.unit_of(dev)?;
     s.vtd(s.lock().reset_rid_pasid(rid(dev)))
@@ -628,6 +648,7 @@ pub fn reset_rid_pasid(dev: PciAddress) -> Result<(), IommuError> {
 #[derive(Debug)]
 pub struct AddressSpace {
     pasid: u32,
+    #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the kernel tests
     kind: SpaceKind,
 }
 
@@ -662,6 +683,7 @@ impl AddressSpace {
     }
 
     /// Translated or pass-through.
+    #[cfg(feature = "ktest")]
     pub fn kind(&self) -> SpaceKind {
         self.kind
     }
@@ -705,6 +727,7 @@ impl AddressSpace {
     }
 
     /// Software walk of the space's page tables (first unit's copy).
+    #[cfg(feature = "ktest")]
     pub fn translate(&self, iova: u64) -> Option<Translation> {
         iommu()
             .ok()?
@@ -721,12 +744,14 @@ impl AddressSpace {
     }
 
     /// Makes this space the one `dev`'s requests without PASID go through.
+    #[cfg(feature = "ktest")]
     pub fn attach_rid_pasid(&self, dev: PciAddress) -> Result<(), IommuError> {
         let s = iommu()?.unit_of(dev)?;
         s.vtd(s.lock().attach_rid_pasid(rid(dev), self.id()))
     }
 
     /// Undoes [`AddressSpace::attach`].
+    #[cfg(feature = "ktest")]
     pub fn detach(&self, dev: PciAddress) -> Result<(), IommuError> {
         let s = iommu()?.unit_of(dev)?;
         s.vtd(s.lock().detach(rid(dev), self.id()))
@@ -734,6 +759,7 @@ impl AddressSpace {
 
     /// Undoes [`AddressSpace::attach_rid_pasid`]: `dev`'s requests without PASID return to
     /// the default (pass-through).
+    #[cfg(feature = "ktest")]
     pub fn detach_rid_pasid(&self, dev: PciAddress) -> Result<(), IommuError> {
         let s = iommu()?.unit_of(dev)?;
         s.vtd(s.lock().detach_rid_pasid(rid(dev), self.id()))
@@ -741,6 +767,7 @@ impl AddressSpace {
 
     /// Revokes the space: every attachment is cleared and invalidated (RID_PASID slots become
     /// blocked), so every later DMA through it faults. Mapping or attaching it again fails.
+    #[cfg(feature = "ktest")]
     pub fn revoke(&self) -> Result<(), IommuError> {
         let io = iommu()?;
         let mut first_err = Ok(());
@@ -755,6 +782,7 @@ impl AddressSpace {
     }
 
     /// Destroys the space now, reporting errors (dropping it does the same, logging them).
+    #[cfg(feature = "ktest")]
     pub fn destroy(self) -> Result<(), IommuError> {
         let r = self.destroy_in_place();
         core::mem::forget(self);
@@ -785,6 +813,7 @@ impl Drop for AddressSpace {
 }
 
 /// PASIDs currently held by address spaces.
+#[cfg(feature = "ktest")]
 pub fn pasids_in_use() -> usize {
     IOMMU.get().map_or(0, |i| i.pasids.lock().len())
 }
@@ -885,6 +914,7 @@ impl MsiRoute {
     }
 
     /// Whether the message goes through an IRTE.
+    #[cfg(feature = "ktest")]
     pub fn is_remapped(&self) -> bool {
         self.irte.is_some()
     }
@@ -895,16 +925,19 @@ impl MsiRoute {
     }
 
     /// The device.
+    #[cfg(feature = "ktest")]
     pub fn device(&self) -> PciAddress {
         self.dev
     }
 
     /// Current destination CPU.
+    #[cfg(feature = "ktest")]
     pub fn cpu(&self) -> usize {
         self.cpu
     }
 
     /// Current vector.
+    #[cfg(feature = "ktest")]
     pub fn vector(&self) -> u8 {
         self.vector
     }
@@ -930,6 +963,7 @@ impl MsiRoute {
 
     /// Changes the requester ID the IRTE accepts (for devices whose messages carry an alias,
     /// e.g. behind a PCIe-to-PCI bridge; tests use it to prove that a mismatch blocks).
+    #[cfg(feature = "ktest")]
     pub fn set_source_id(&mut self, sid: u16) -> Result<(), IommuError> {
         let Some((u, h)) = self.irte else {
             return Err(IommuError::NotEnabled);
@@ -942,6 +976,7 @@ impl MsiRoute {
     }
 
     /// The IRTE as the unit holds it (diagnostics).
+    #[cfg(feature = "ktest")]
     pub fn irte(&self) -> Option<vtd::spec::Irte> {
         let (u, h) = self.irte?;
         IOMMU.get()?.units[u].lock().read_irte(h.index).ok()

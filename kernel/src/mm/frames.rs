@@ -42,10 +42,12 @@ impl FrameBlock {
         PAGE << self.order
     }
     /// The block as a raw pointer.
+    #[cfg(feature = "ktest")]
     pub fn as_ptr<T>(&self) -> *mut T {
         self.addr as *mut T
     }
     /// The block as a byte slice.
+    #[cfg(feature = "ktest")]
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: the block is identity-mapped RAM owned by `self` for its lifetime.
         unsafe { core::slice::from_raw_parts_mut(self.addr as *mut u8, self.size() as usize) }
@@ -147,12 +149,14 @@ pub fn alloc_frames(size: u64, align: u64) -> Result<FrameBlock, MmError> {
 /// Like [`alloc_frames`] but not zeroed: the contents are whatever the previous user
 /// left (for buffers that are overwritten anyway; zeroing large blocks is slow under
 /// TCG).
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // kernel::dsa's client buffers (bench, ktest)
 pub fn alloc_frames_uninit(size: u64, align: u64) -> Result<FrameBlock, MmError> {
     alloc_impl(size, align, u64::MAX, false)
 }
 
 /// Like [`alloc_frames`], with the whole block below physical address `limit`
 /// (devices limited to 32-bit DMA, CR3 for 32-bit code).
+#[cfg(feature = "ktest")]
 pub fn alloc_frames_below(size: u64, align: u64, limit: u64) -> Result<FrameBlock, MmError> {
     alloc_impl(size, align, limit, true)
 }

@@ -3,7 +3,9 @@
 
 use core::alloc::{GlobalAlloc, Layout};
 
-use klib::heap::{HeapStats, PageSource, SlabHeap};
+#[cfg(feature = "ktest")]
+use klib::heap::HeapStats;
+use klib::heap::{PageSource, SlabHeap};
 
 use crate::sync::IrqMutex;
 
@@ -40,6 +42,7 @@ unsafe impl GlobalAlloc for KernelHeap {
 static GLOBAL: KernelHeap = KernelHeap;
 
 /// Heap statistics.
+#[cfg(feature = "ktest")]
 pub fn stats() -> HeapStats {
     HEAP.lock().stats()
 }

@@ -43,11 +43,13 @@ impl Mmio {
     }
 
     /// Whether the window is empty (never, for a mapped window).
+    #[cfg(feature = "ktest")]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// The window as a pointer (for crates with their own MMIO leaf).
+    #[cfg(feature = "ktest")]
     pub fn as_ptr(&self) -> *mut u8 {
         self.phys as *mut u8
     }

@@ -20,12 +20,15 @@ use boot::memmap::{MemKind, MemoryMap};
 use spin::Once;
 use x86_paging::MapError;
 
-pub use frames::{FrameBlock, alloc_frames, alloc_frames_below, alloc_frames_uninit, frame_stats};
+#[cfg(feature = "ktest")]
+pub use frames::alloc_frames_below;
+pub use frames::{FrameBlock, alloc_frames, alloc_frames_uninit, frame_stats};
 pub use mmio::Mmio;
+#[cfg(feature = "ktest")]
 pub use paging::{
-    TableFrames, check_kernel_half, freeze_kernel_half, kernel_root, map_firmware, map_mmio,
-    new_address_space, translate,
+    TableFrames, check_kernel_half, freeze_kernel_half, new_address_space, translate,
 };
+pub use paging::{kernel_root, map_firmware, map_mmio};
 
 /// Memory-management errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
