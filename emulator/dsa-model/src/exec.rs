@@ -63,6 +63,78 @@ const fn bytes(a: u32, b: u32) -> u64 {
 }
 
 /// Descriptor bytes 16..64 that `op` uses (everything else there is reserved).
+
+/// A privileged descriptor on a shared WQ needs PASID privileged mode enabled in config space.
+fn check_privilege(job: &Job, submitted_to_swq: bool, pci_state: u32) -> Result<(), Outcome> {
+    if submitted_to_swq && job.privileged && pci_state & pci::PASID_PRIV == 0 {
+        return Err(Outcome {
+            force_swerr: true,
+            ..Outcome::st(st::PRIVILEGE)
+        });
+    }
+    Ok(())
+}
+
+/// Step 3: bytes the operation does not use are zero (§5.5, Table 5-3), and so are PASID
+/// bits 30:20 of a descriptor submitted to a shared WQ.
+fn check_reserved_fields(
+    op: Opcode,
+    d: &Descriptor,
+    submitted_to_swq: bool,
+) -> Result<(), Outcome> {
+    let raw = d.to_bytes();
+    let used = used_bytes(op) | bytes(0, 15) | bytes(36, 37);
+    let reserved_nonzero = raw
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b != 0 && (used >> i) & 1 == 0)
+        || (submitted_to_swq && d.reserved_pasid_bits != 0);
+    if reserved_nonzero {
+        return Err(Outcome::st(st::NONZERO_RESERVED));
+    }
+    Ok(())
+}
+
+/// Step 4: the transfer size (or a batch's descriptor count) is within the WQ's limits and
+/// a multiple of what the operation works in.
+fn check_size(job: &Job, op: Opcode, d: &Descriptor) -> Result<(), Outcome> {
+    let size = u64::from(d.size);
+    let max = 1u64 << job.wqcfg.max_xfer_shift();
+    let bad_size = match op {
+        Opcode::Noop | Opcode::Drain => false,
+        Opcode::Batch => {
+            if d.size < 2 || u64::from(d.size) > 1u64 << job.wqcfg.max_batch_shift() {
+                return Err(Outcome::st(st::INVALID_DESC_COUNT));
+            }
+            false
+        }
+        Opcode::CreateDelta => {
+            size == 0 || size > max || !size.is_multiple_of(8) || size > delta::MAX_COMPARE
+        }
+        Opcode::ApplyDelta => size == 0 || size > max || !size.is_multiple_of(8),
+        Opcode::DifCheck | Opcode::DifInsert | Opcode::DifStrip | Opcode::DifUpdate => {
+            let g = dif_geom(op, d);
+            size == 0 || size > max || !size.is_multiple_of(g.src_step as u64)
+        }
+        _ => size > max,
+    };
+    if bad_size {
+        return Err(Outcome::st(st::INVALID_XFER_SIZE));
+    }
+    Ok(())
+}
+
+/// Step 7: the completion record address is aligned.
+fn check_completion_addr(d: &Descriptor) -> Result<(), Outcome> {
+    if d.flags.contains(DescFlags::CRAV) && !d.completion_addr.is_multiple_of(CR_ALIGN) {
+        return Err(Outcome {
+            fault_addr: d.completion_addr,
+            ..Outcome::st(st::CR_ALIGN)
+        });
+    }
+    Ok(())
+}
+
 fn used_bytes(op: Opcode) -> u64 {
     use Opcode::*;
     let data = bytes(16, 35);
@@ -302,47 +374,48 @@ impl Device {
     fn validate(&self, ctx: Ctx<'_>, d: &Descriptor) -> Result<(), Outcome> {
         let job = ctx.job;
         let in_batch = ctx.batch_index.is_some();
-        let shared = job.wqcfg.mode() == WqMode::Shared;
+        // Batch members were submitted by the batch descriptor: the portal-level checks
+        // (privilege, PASID bits of a shared WQ's descriptor) do not apply to them.
+        let submitted_to_swq = !in_batch && job.wqcfg.mode() == WqMode::Shared;
         let (pci_state, gencfg) = {
             let g = self.lock();
             (g.pci, self.bar0_gencfg(&g))
         };
-        if !in_batch && shared && job.privileged && pci_state & pci::PASID_PRIV == 0 {
-            return Err(Outcome {
-                force_swerr: true,
-                ..Outcome::st(st::PRIVILEGE)
-            });
-        }
-        // 1. opcode
-        let op = match Opcode::from_u8(d.opcode) {
+        check_privilege(job, submitted_to_swq, pci_state)?;
+        let op = self.check_opcode(d, in_batch)?;
+        self.check_flags(job, op, d, gencfg)?;
+        check_reserved_fields(op, d, submitted_to_swq)?;
+        check_size(job, op, d)?;
+        self.check_addresses(op, d)?;
+        self.check_int_handle(job, d)?;
+        check_completion_addr(d)
+    }
+
+    /// Step 1: the opcode is in OPCAP, and a batch holds neither batches nor drains.
+    fn check_opcode(&self, d: &Descriptor, in_batch: bool) -> Result<Opcode, Outcome> {
+        match Opcode::from_u8(d.opcode) {
             Some(op)
                 if self.caps.opcap.supports(d.opcode)
                     && !(in_batch && matches!(op, Opcode::Batch | Opcode::Drain)) =>
             {
-                op
+                Ok(op)
             }
-            _ => return Err(Outcome::st(st::UNSUPPORTED_OPCODE)),
-        };
-        // 2. flags
-        let gc = self.caps.gencap;
-        let mut valid = DescFlags::FENCE
-            | DescFlags::CRAV
-            | DescFlags::RCR
-            | DescFlags::RCI
-            | DescFlags::ADDR1_TC_B
-            | DescFlags::ADDR2_TC_B
-            | DescFlags::ADDR3_TC_B
-            | DescFlags::CR_TC_B
-            | DescFlags::STRICT_ORDERING;
-        if gc.contains(GenCap::BLOCK_ON_FAULT) {
-            valid |= DescFlags::BLOCK_ON_FAULT;
+            _ => Err(Outcome::st(st::UNSUPPORTED_OPCODE)),
         }
-        if gc.contains(GenCap::CACHE_CONTROL_MEM) {
-            valid |= DescFlags::CACHE_CONTROL;
-        }
-        if gc.contains(GenCap::DEST_READBACK) {
-            valid |= DescFlags::DEST_READBACK;
-        }
+    }
+
+    /// Step 2: every flag set is one this operation and GENCAP allow, and the flags the
+    /// operation requires are set (Table 5-3, Table 5-5); a completion interrupt from an
+    /// unprivileged PASID needs GENCFG.USER_INT_ENABLE.
+    fn check_flags(
+        &self,
+        job: &Job,
+        op: Opcode,
+        d: &Descriptor,
+        gencfg: GenCfg,
+    ) -> Result<(), Outcome> {
+        let valid = self.valid_flags(op);
+        let mut invalid = d.flags.bits() & !valid.bits() & dsa_spec::desc::FLAGS_MASK;
         let needs_cr = matches!(
             op,
             Opcode::Compare
@@ -352,21 +425,6 @@ impl Device {
                 | Opcode::CopyCrc
                 | Opcode::DifCheck
         );
-        match op {
-            Opcode::Compare | Opcode::ComparePattern | Opcode::CreateDelta => {
-                valid |= DescFlags::CHECK_RESULT;
-            }
-            Opcode::CrcGen | Opcode::CopyCrc => {
-                valid |= DescFlags::CRC_SEED_FROM_MEM
-                    | DescFlags::CRC_BYPASS_INV_REFL
-                    | DescFlags::CRC_BYPASS_DATA_REFL;
-            }
-            Opcode::Drain => {
-                valid |= DescFlags::DRAIN_SUPPRESS_TC_A | DescFlags::DRAIN_SUPPRESS_TC_B;
-            }
-            _ => {}
-        }
-        let mut invalid = d.flags.bits() & !valid.bits() & dsa_spec::desc::FLAGS_MASK;
         if needs_cr && !d.flags.contains(DescFlags::CRAV | DescFlags::RCR) {
             invalid |= (DescFlags::CRAV | DescFlags::RCR).bits() & !d.flags.bits();
         }
@@ -386,46 +444,55 @@ impl Device {
                 ..Outcome::st(st::INVALID_FLAGS).with_cr(|c| c.set_invalid_flags(invalid))
             });
         }
-        // 3. reserved fields
-        let raw = d.to_bytes();
-        let used = used_bytes(op) | bytes(0, 15) | bytes(36, 37);
-        let reserved_nonzero = raw
-            .iter()
-            .enumerate()
-            .any(|(i, &b)| b != 0 && (used >> i) & 1 == 0)
-            || (!in_batch && shared && d.reserved_pasid_bits != 0);
-        if reserved_nonzero {
-            return Err(Outcome::st(st::NONZERO_RESERVED));
+        Ok(())
+    }
+
+    /// The flags `op` may carry on this device: the common ones, those GENCAP enables, and
+    /// the operation-specific ones.
+    fn valid_flags(&self, op: Opcode) -> DescFlags {
+        let gc = self.caps.gencap;
+        let mut valid = DescFlags::FENCE
+            | DescFlags::CRAV
+            | DescFlags::RCR
+            | DescFlags::RCI
+            | DescFlags::ADDR1_TC_B
+            | DescFlags::ADDR2_TC_B
+            | DescFlags::ADDR3_TC_B
+            | DescFlags::CR_TC_B
+            | DescFlags::STRICT_ORDERING;
+        if gc.contains(GenCap::BLOCK_ON_FAULT) {
+            valid |= DescFlags::BLOCK_ON_FAULT;
         }
-        // 4. size / count
+        if gc.contains(GenCap::CACHE_CONTROL_MEM) {
+            valid |= DescFlags::CACHE_CONTROL;
+        }
+        if gc.contains(GenCap::DEST_READBACK) {
+            valid |= DescFlags::DEST_READBACK;
+        }
+        match op {
+            Opcode::Compare | Opcode::ComparePattern | Opcode::CreateDelta => {
+                valid |= DescFlags::CHECK_RESULT;
+            }
+            Opcode::CrcGen | Opcode::CopyCrc => {
+                valid |= DescFlags::CRC_SEED_FROM_MEM
+                    | DescFlags::CRC_BYPASS_INV_REFL
+                    | DescFlags::CRC_BYPASS_DATA_REFL;
+            }
+            Opcode::Drain => {
+                valid |= DescFlags::DRAIN_SUPPRESS_TC_A | DescFlags::DRAIN_SUPPRESS_TC_B;
+            }
+            _ => {}
+        }
+        valid
+    }
+
+    /// Step 5: alignment, overlap, dualcast and delta-record parameters.
+    fn check_addresses(&self, op: Opcode, d: &Descriptor) -> Result<(), Outcome> {
         let size = u64::from(d.size);
-        let max = 1u64 << job.wqcfg.max_xfer_shift();
-        let bad_size = match op {
-            Opcode::Noop | Opcode::Drain => false,
-            Opcode::Batch => {
-                if d.size < 2 || u64::from(d.size) > 1u64 << job.wqcfg.max_batch_shift() {
-                    return Err(Outcome::st(st::INVALID_DESC_COUNT));
-                }
-                false
-            }
-            Opcode::CreateDelta => {
-                size == 0 || size > max || !size.is_multiple_of(8) || size > delta::MAX_COMPARE
-            }
-            Opcode::ApplyDelta => size == 0 || size > max || !size.is_multiple_of(8),
-            Opcode::DifCheck | Opcode::DifInsert | Opcode::DifStrip | Opcode::DifUpdate => {
-                let g = dif_geom(op, d);
-                size == 0 || size > max || !size.is_multiple_of(g.src_step as u64)
-            }
-            _ => size > max,
-        };
-        if bad_size {
-            return Err(Outcome::st(st::INVALID_XFER_SIZE));
-        }
-        // 5. alignment / overlap / dualcast / delta parameters
         let err = match op {
             Opcode::Batch if !d.addr1.is_multiple_of(64) => Some(st::LIST_ALIGN),
             Opcode::MemMove
-                if !gc.contains(GenCap::OVERLAPPING_COPY)
+                if !self.caps.gencap.contains(GenCap::OVERLAPPING_COPY)
                     && overlap(d.addr1, d.addr2, size, size) =>
             {
                 Some(st::OVERLAP)
@@ -476,21 +543,16 @@ impl Device {
             }
             _ => None,
         };
-        if let Some(e) = err {
-            return Err(Outcome::st(e));
-        }
-        // 6. interrupt handle
+        err.map_or(Ok(()), |e| Err(Outcome::st(e)))
+    }
+
+    /// Step 6: a requested completion interrupt names a handle this submitter may use
+    /// (Table 5-2).
+    fn check_int_handle(&self, job: &Job, d: &Descriptor) -> Result<(), Outcome> {
         if d.flags.contains(DescFlags::RCI) && !self.handle_ok(job, d.int_handle) {
             return Err(Outcome {
                 info: u32::from(d.int_handle),
                 ..Outcome::st(st::INVALID_INT_HANDLE)
-            });
-        }
-        // 7. completion record address
-        if d.flags.contains(DescFlags::CRAV) && !d.completion_addr.is_multiple_of(CR_ALIGN) {
-            return Err(Outcome {
-                fault_addr: d.completion_addr,
-                ..Outcome::st(st::CR_ALIGN)
             });
         }
         Ok(())
