@@ -62,8 +62,6 @@ const fn bytes(a: u32, b: u32) -> u64 {
     ((1u64 << (b - a + 1)) - 1) << a
 }
 
-/// Descriptor bytes 16..64 that `op` uses (everything else there is reserved).
-
 /// A privileged descriptor on a shared WQ needs PASID privileged mode enabled in config space.
 fn check_privilege(job: &Job, submitted_to_swq: bool, pci_state: u32) -> Result<(), Outcome> {
     if submitted_to_swq && job.privileged && pci_state & pci::PASID_PRIV == 0 {
@@ -135,6 +133,7 @@ fn check_completion_addr(d: &Descriptor) -> Result<(), Outcome> {
     Ok(())
 }
 
+/// Descriptor bytes 16..64 that `op` uses (everything else there is reserved).
 fn used_bytes(op: Opcode) -> u64 {
     use Opcode::*;
     let data = bytes(16, 35);
