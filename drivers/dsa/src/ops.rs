@@ -1088,33 +1088,54 @@ fn next_dst(d: DifDest, cr: &CompletionRecord) -> DifDest {
 /// continued.
 fn resume(work: &Work, original: &Work, done: u64, cr: &CompletionRecord) -> Option<Resume> {
     let n = cr.bytes_completed;
-    let nn = u64::from(n);
-    let len = work.op.len();
-    if n > len && !matches!(work.op, Op::ApplyDelta { .. }) {
+    if n > work.op.len() && !matches!(work.op, Op::ApplyDelta { .. }) {
         return None;
     }
-    let rest = len - n.min(len);
+    if let Op::CreateDelta { .. } = work.op {
+        // Record offsets are relative to the start of the sources, so the remainder cannot
+        // be expressed as another Create Delta: run the whole operation again.
+        return Some(Resume {
+            original: *original,
+            remaining: *original,
+            done: 0,
+        });
+    }
     let op = match work.op {
-        Op::MemMove { src, dst, .. } => {
-            if cr.result == 1 {
-                // Backward copy: the tail is done, the head remains in place.
-                Op::MemMove {
-                    src,
-                    dst,
-                    len: rest,
-                }
-            } else {
-                Op::MemMove {
-                    src: src + nn,
-                    dst: dst + nn,
-                    len: rest,
-                }
-            }
+        Op::CrcGen { .. } | Op::CopyCrc { .. } => crc_remainder(work.op, n, cr),
+        Op::DifCheck { .. } | Op::DifInsert { .. } | Op::DifStrip { .. } | Op::DifUpdate { .. } => {
+            dif_remainder(work.op, n, cr)?
         }
+        Op::ApplyDelta { .. } => apply_delta_remainder(work.op, n)?,
+        _ => advanced_remainder(work.op, n, cr)?,
+    };
+    Some(Resume {
+        original: *original,
+        remaining: Work { op, ..*work },
+        done: done + units_completed(work.op, n, cr)?,
+    })
+}
+
+/// The rest of a byte-stream operation (memmove, fill, compare, compare pattern, dualcast,
+/// cache flush): every address advances by the `n` bytes completed and the size shrinks by
+/// as much; a backward memmove (result 1) completed a suffix and keeps its addresses; the
+/// 8-byte patterns rotate so that their phase, relative to the start address, continues.
+fn advanced_remainder(op: Op, n: u32, cr: &CompletionRecord) -> Option<Op> {
+    let nn = u64::from(n);
+    let rest = op.len() - n;
+    Some(match op {
+        Op::MemMove { src, dst, .. } if cr.result == 1 => Op::MemMove {
+            src,
+            dst,
+            len: rest,
+        },
+        Op::MemMove { src, dst, .. } => Op::MemMove {
+            src: src + nn,
+            dst: dst + nn,
+            len: rest,
+        },
         Op::Fill { dst, pattern, .. } => Op::Fill {
             dst: dst + nn,
             len: rest,
-            // The pattern phase is relative to the start address.
             pattern: pattern.rotate_right(8 * (n % 8)),
         },
         Op::Compare {
@@ -1139,31 +1160,6 @@ fn resume(work: &Work, original: &Work, done: u64, cr: &CompletionRecord) -> Opt
             pattern: pattern.rotate_right(8 * (n % 8)),
             expect_equal,
         },
-        // Record offsets are relative to the start of the sources, so the remainder cannot
-        // be expressed as another Create Delta: run the whole operation again.
-        Op::CreateDelta { .. } => {
-            return Some(Resume {
-                original: *original,
-                remaining: *original,
-                done: 0,
-            });
-        }
-        Op::ApplyDelta {
-            record,
-            record_len,
-            dst,
-            len,
-        } => {
-            if n > record_len || !n.is_multiple_of(delta::ENTRY_SIZE as u32) || n == record_len {
-                return None;
-            }
-            Op::ApplyDelta {
-                record: record + nn,
-                record_len: record_len - n,
-                dst,
-                len,
-            }
-        }
         Op::Dualcast {
             src, dst1, dst2, ..
         } => Op::Dualcast {
@@ -1172,9 +1168,22 @@ fn resume(work: &Work, original: &Work, done: u64, cr: &CompletionRecord) -> Opt
             dst2: dst2 + nn,
             len: rest,
         },
-        // Nothing done yet and the seed still in memory: the record holds no CRC of
-        // anything (the seed read itself may be what faulted), so the same descriptor
-        // runs again.
+        Op::CacheFlush { addr, keep, .. } => Op::CacheFlush {
+            addr: addr + nn,
+            len: rest,
+            keep,
+        },
+        _ => return None,
+    })
+}
+
+/// The rest of a CRC operation: the record's CRC, that of the bytes completed, seeds it.
+/// With nothing done and the seed still in memory, the record holds no CRC of anything (the
+/// seed read itself may be what faulted), so the same descriptor runs again.
+fn crc_remainder(op: Op, n: u32, cr: &CompletionRecord) -> Op {
+    let nn = u64::from(n);
+    let rest = op.len() - n;
+    match op {
         Op::CrcGen {
             seed: CrcSeed::Memory(_),
             ..
@@ -1182,8 +1191,7 @@ fn resume(work: &Work, original: &Work, done: u64, cr: &CompletionRecord) -> Opt
         | Op::CopyCrc {
             seed: CrcSeed::Memory(_),
             ..
-        } if n == 0 => work.op,
-        // The record's CRC is that of the bytes completed: it seeds the rest.
+        } if n == 0 => op,
         Op::CrcGen { src, mode, .. } => Op::CrcGen {
             src: src + nn,
             len: rest,
@@ -1197,55 +1205,55 @@ fn resume(work: &Work, original: &Work, done: u64, cr: &CompletionRecord) -> Opt
             seed: CrcSeed::Value(cr.crc()),
             mode,
         },
+        _ => op,
+    }
+}
+
+/// The rest of a DIF operation: whole blocks completed are skipped on both sides, and the
+/// next block's tags come from the completion record.
+fn dif_remainder(op: Op, n: u32, cr: &CompletionRecord) -> Option<Op> {
+    let (s, d) = op.dif_steps()?;
+    let blocks = n / s;
+    let (src_skip, dst_skip) = (u64::from(blocks * s), u64::from(blocks * d));
+    let rest = op.len() - blocks * s;
+    Some(match op {
         Op::DifCheck {
             src,
             format,
             source,
             ..
-        } => {
-            let (s, _) = work.op.dif_steps()?;
-            let blocks = n / s;
-            Op::DifCheck {
-                src: src + u64::from(blocks * s),
-                len: len - blocks * s,
-                format,
-                source: next_src(source, cr),
-            }
-        }
+        } => Op::DifCheck {
+            src: src + src_skip,
+            len: rest,
+            format,
+            source: next_src(source, cr),
+        },
         Op::DifInsert {
             src,
             dst,
             format,
             dest,
             ..
-        } => {
-            let (s, d) = work.op.dif_steps()?;
-            let blocks = n / s;
-            Op::DifInsert {
-                src: src + u64::from(blocks * s),
-                dst: dst + u64::from(blocks * d),
-                len: len - blocks * s,
-                format,
-                dest: next_dst(dest, cr),
-            }
-        }
+        } => Op::DifInsert {
+            src: src + src_skip,
+            dst: dst + dst_skip,
+            len: rest,
+            format,
+            dest: next_dst(dest, cr),
+        },
         Op::DifStrip {
             src,
             dst,
             format,
             source,
             ..
-        } => {
-            let (s, d) = work.op.dif_steps()?;
-            let blocks = n / s;
-            Op::DifStrip {
-                src: src + u64::from(blocks * s),
-                dst: dst + u64::from(blocks * d),
-                len: len - blocks * s,
-                format,
-                source: next_src(source, cr),
-            }
-        }
+        } => Op::DifStrip {
+            src: src + src_skip,
+            dst: dst + dst_skip,
+            len: rest,
+            format,
+            source: next_src(source, cr),
+        },
         Op::DifUpdate {
             src,
             dst,
@@ -1253,38 +1261,52 @@ fn resume(work: &Work, original: &Work, done: u64, cr: &CompletionRecord) -> Opt
             source,
             dest,
             ..
-        } => {
-            let (s, d) = work.op.dif_steps()?;
-            let blocks = n / s;
-            Op::DifUpdate {
-                src: src + u64::from(blocks * s),
-                dst: dst + u64::from(blocks * d),
-                len: len - blocks * s,
-                format,
-                source: next_src(source, cr),
-                dest: next_dst(dest, cr),
-            }
-        }
-        Op::CacheFlush { addr, keep, .. } => Op::CacheFlush {
-            addr: addr + nn,
+        } => Op::DifUpdate {
+            src: src + src_skip,
+            dst: dst + dst_skip,
             len: rest,
-            keep,
+            format,
+            source: next_src(source, cr),
+            dest: next_dst(dest, cr),
         },
-        Op::Noop | Op::Drain => return None,
+        _ => return None,
+    })
+}
+
+/// The rest of an Apply Delta: the record advances by the whole entries applied (Bytes
+/// Completed counts record bytes); the destination stays, since entries carry offsets into it.
+fn apply_delta_remainder(op: Op, n: u32) -> Option<Op> {
+    let Op::ApplyDelta {
+        record,
+        record_len,
+        dst,
+        len,
+    } = op
+    else {
+        return None;
     };
-    let done_units = match work.op {
+    if n > record_len || !n.is_multiple_of(delta::ENTRY_SIZE as u32) || n == record_len {
+        return None;
+    }
+    Some(Op::ApplyDelta {
+        record: record + u64::from(n),
+        record_len: record_len - n,
+        dst,
+        len,
+    })
+}
+
+/// Units of the original operation done by this partial completion: whole DIF blocks, none
+/// for a backward memmove (it completed a suffix; the remainder starts at the same offset),
+/// else the bytes completed.
+fn units_completed(op: Op, n: u32, cr: &CompletionRecord) -> Option<u64> {
+    Some(match op {
         Op::DifCheck { .. } | Op::DifInsert { .. } | Op::DifStrip { .. } | Op::DifUpdate { .. } => {
-            let (s, _) = work.op.dif_steps()?;
+            let (s, _) = op.dif_steps()?;
             u64::from(n / s * s)
         }
-        // Backward memmove completed a suffix; the remainder starts at the same offset.
         Op::MemMove { .. } if cr.result == 1 => 0,
-        _ => nn,
-    };
-    Some(Resume {
-        original: *original,
-        remaining: Work { op, ..*work },
-        done: done + done_units,
+        _ => u64::from(n),
     })
 }
 
