@@ -39,6 +39,7 @@ mod ktest;
     clippy::cast_lossless,
     clippy::manual_assert,
     clippy::manual_let_else,
+    clippy::ref_as_ptr,
     clippy::semicolon_if_nothing_returned,
     clippy::uninlined_format_args
 )]
