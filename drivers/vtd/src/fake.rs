@@ -19,11 +19,11 @@ use std::sync::{Mutex, MutexGuard};
 /// Single-threaded use only: a nested access (a bug in the fake) panics instead of
 /// deadlocking.
 #[derive(Default)]
-pub struct Shared<T>(Mutex<T>);
+pub struct FakeState<T>(Mutex<T>);
 
-impl<T> Shared<T> {
+impl<T> FakeState<T> {
     fn new(v: T) -> Self {
-        Shared(Mutex::new(v))
+        FakeState(Mutex::new(v))
     }
     /// The state, for reading.
     pub fn borrow(&self) -> MutexGuard<'_, T> {
@@ -55,7 +55,7 @@ pub struct MemInner {
 
 /// Shared between the unit (as its UnitMemory) and the fake registers (to run the queue).
 #[derive(Clone, Default)]
-pub struct FakeMem(pub Arc<Shared<MemInner>>);
+pub struct FakeMem(pub Arc<FakeState<MemInner>>);
 
 impl FakeMem {
     pub fn new() -> Self {
@@ -206,7 +206,7 @@ pub struct RegsInner {
 
 #[derive(Clone)]
 pub struct FakeRegs {
-    pub inner: Arc<Shared<RegsInner>>,
+    pub inner: Arc<FakeState<RegsInner>>,
     mem: FakeMem,
 }
 
@@ -220,7 +220,7 @@ impl FakeRegs {
     pub fn new(mem: FakeMem, cap: u64, ecap: u64) -> Self {
         let frcd = vec![(0, 0); ((cap >> 40) & 0xff) as usize + 1];
         Self {
-            inner: Arc::new(Shared::new(RegsInner {
+            inner: Arc::new(FakeState::new(RegsInner {
                 cap,
                 ecap,
                 gsts: 0,

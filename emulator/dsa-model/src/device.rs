@@ -60,7 +60,9 @@ impl Job {
             None
         }
     }
-    pub fn eff_pasid(&self) -> Option<u32> {
+    /// The PASID of the device's requests for this job: the descriptor's on a shared WQ,
+    /// WQCFG's on a dedicated one (None: requests without PASID).
+    pub fn request_pasid(&self) -> Option<u32> {
         self.wqcfg.pasid_en().then_some(self.pasid)
     }
 }
@@ -282,7 +284,7 @@ impl Inner {
         for w in self.wqs.iter_mut() {
             let outstanding = &mut self.outstanding;
             w.queue.retain(|j| {
-                let keep = !filter.matches(j.wq, j.eff_pasid());
+                let keep = !filter.matches(j.wq, j.request_pasid());
                 if !keep {
                     outstanding.remove(&j.gseq);
                 }
@@ -291,7 +293,7 @@ impl Inner {
         }
         let outstanding = &mut self.outstanding;
         self.pending_drains.retain(|p| {
-            let keep = !filter.matches(p.job.wq, p.job.eff_pasid());
+            let keep = !filter.matches(p.job.wq, p.job.request_pasid());
             if !keep {
                 outstanding.remove(&p.job.gseq);
             }
@@ -1231,7 +1233,7 @@ impl Device {
             gseq,
             Outstanding {
                 wq: wqi,
-                pasid: job.eff_pasid(),
+                pasid: job.request_pasid(),
             },
         );
         g.wqs[wqi].queue.push_back(job);
@@ -1370,7 +1372,7 @@ impl Device {
         let dedicated = job.wqcfg.mode() == WqMode::Dedicated;
         let filter = Filter {
             wqs: Some(1u64 << job.wq),
-            pasid: if dedicated { None } else { job.eff_pasid() },
+            pasid: if dedicated { None } else { job.request_pasid() },
         };
         let mut g = self.lock();
         if g.epoch != job.epoch || !g.blocked(filter, job.gseq) {

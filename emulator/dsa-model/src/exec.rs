@@ -229,7 +229,7 @@ impl Device {
             .min(buf.len());
         if n < buf.len() {
             self.platform.trace(TraceEvent::Fault {
-                pasid: job.eff_pasid(),
+                pasid: job.request_pasid(),
                 addr: addr.wrapping_add(n as u64),
                 is_write: false,
                 bytes_done: n as u64,
@@ -245,7 +245,7 @@ impl Device {
             .min(buf.len());
         if n < buf.len() {
             self.platform.trace(TraceEvent::Fault {
-                pasid: job.eff_pasid(),
+                pasid: job.request_pasid(),
                 addr: addr.wrapping_add(n as u64),
                 is_write: true,
                 bytes_done: n as u64,
@@ -277,7 +277,7 @@ impl Device {
             wq: job.wq as u32,
             opcode: d.opcode,
             flags: d.flags.bits(),
-            pasid: job.eff_pasid(),
+            pasid: job.request_pasid(),
             privileged: job.privileged,
         });
     }
@@ -586,7 +586,7 @@ impl Device {
             code,
             job.wq as u8,
             d.opcode,
-            job.eff_pasid().unwrap_or(0),
+            job.request_pasid().unwrap_or(0),
         );
         let w1 = u64::from(ctx.batch_index.unwrap_or(0)) | u64::from(info) << 32;
         let mut acts = Vec::new();

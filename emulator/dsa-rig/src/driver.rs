@@ -29,9 +29,9 @@ fn space_key(s: AddressSpace) -> Option<u32> {
 
 impl SimPlatform {
     /// A buffer visible to the device in `space`, also readable and writable by the test.
-    pub fn buf(&self, space: AddressSpace, len: usize) -> TBuf {
+    pub fn buf(&self, space: AddressSpace, len: usize) -> TestBuffer {
         let (host, iova) = self.alloc_mapped(space_key(space), len, PAGE as usize);
-        TBuf {
+        TestBuffer {
             host,
             iova,
             len,
@@ -65,14 +65,14 @@ unsafe impl DmaMemory for SimPlatform {
 
 /// A test buffer: host memory plus its device address. It lives as long as the platform.
 #[derive(Clone, Copy, Debug)]
-pub struct TBuf {
+pub struct TestBuffer {
     host: usize,
     pub iova: u64,
     pub len: usize,
     pub space: AddressSpace,
 }
 
-impl TBuf {
+impl TestBuffer {
     pub fn at(&self, off: usize) -> u64 {
         self.iova + off as u64
     }

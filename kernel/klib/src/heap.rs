@@ -48,16 +48,18 @@ impl Default for SlabHeap {
     }
 }
 
-enum Kind {
-    Small(usize),
-    Large(u8),
+/// Where an allocation of a layout lives: a slab class (index into `CLASSES`), or a whole
+/// block of frames of this order.
+enum Placement {
+    Slab(usize),
+    Frames(u8),
 }
 
-fn kind(layout: Layout) -> Option<Kind> {
+fn placement(layout: Layout) -> Option<Placement> {
     let need = layout.size().max(layout.align()).max(1);
     match CLASSES.iter().position(|&c| c >= need) {
-        Some(i) => Some(Kind::Small(i)),
-        None => order_for_size(need as u64).map(Kind::Large),
+        Some(i) => Some(Placement::Slab(i)),
+        None => order_for_size(need as u64).map(Placement::Frames),
     }
 }
 
@@ -82,9 +84,9 @@ impl SlabHeap {
 
     /// Allocates memory for `layout`; null when out of memory (as `GlobalAlloc` expects).
     pub fn alloc(&mut self, layout: Layout, src: &mut dyn PageSource) -> *mut u8 {
-        match kind(layout) {
+        match placement(layout) {
             None => core::ptr::null_mut(),
-            Some(Kind::Large(order)) => match src.alloc_pages(order) {
+            Some(Placement::Frames(order)) => match src.alloc_pages(order) {
                 Some(addr) => {
                     self.stats.live_large += 1;
                     self.stats.large_bytes += PAGE_SIZE << order;
@@ -92,7 +94,7 @@ impl SlabHeap {
                 }
                 None => core::ptr::null_mut(),
             },
-            Some(Kind::Small(i)) => {
+            Some(Placement::Slab(i)) => {
                 if self.free[i] == 0 && !self.refill(i, src) {
                     return core::ptr::null_mut();
                 }
@@ -110,14 +112,14 @@ impl SlabHeap {
     /// # Safety
     /// `ptr` must come from `alloc` of this heap with the same `layout` and `src`.
     pub unsafe fn dealloc(&mut self, ptr: *mut u8, layout: Layout, src: &mut dyn PageSource) {
-        match kind(layout) {
+        match placement(layout) {
             None => {}
-            Some(Kind::Large(order)) => {
+            Some(Placement::Frames(order)) => {
                 self.stats.live_large -= 1;
                 self.stats.large_bytes -= PAGE_SIZE << order;
                 src.free_pages(ptr as u64, order);
             }
-            Some(Kind::Small(i)) => {
+            Some(Placement::Slab(i)) => {
                 // SAFETY: the caller returns an object of class i; we reuse its first word.
                 unsafe { *ptr.cast::<usize>() = self.free[i] };
                 self.free[i] = ptr as usize;

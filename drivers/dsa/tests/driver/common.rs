@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use dsa::{ConfigSource, Device, DeviceOptions};
-pub use dsa_rig::driver::{ALL_PCI, Exec, Rig, TBuf, model_cfg};
+pub use dsa_rig::driver::{ALL_PCI, Exec, Rig, TestBuffer, model_cfg};
 pub use dsa_rig::sim::SimPlatform;
 use std::sync::Arc;
 

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 fn fault_and_resume(
     s: &mut Submitter,
     p: &Arc<SimPlatform>,
-    buf: &TBuf,
+    buf: &TestBuffer,
     page: usize,
     w: Work,
     write: bool,

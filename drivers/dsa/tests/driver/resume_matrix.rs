@@ -399,7 +399,7 @@ enum Body {
 struct Scenario {
     name: &'static str,
     /// Each buffer with the image it holds before every run.
-    bufs: Vec<(TBuf, Vec<u8>)>,
+    bufs: Vec<(TestBuffer, Vec<u8>)>,
     body: Body,
     outputs: Vec<(u64, usize)>,
     operands: Vec<Operand>,
@@ -415,7 +415,7 @@ impl Scenario {
             b.write(0, img);
         }
     }
-    fn find(&self, addr: u64, len: usize) -> (&TBuf, usize) {
+    fn find(&self, addr: u64, len: usize) -> (&TestBuffer, usize) {
         self.bufs
             .iter()
             .map(|(b, _)| b)
@@ -453,7 +453,7 @@ impl Memory for Scenario {
 struct Env {
     rig: Rig,
     sub: Submitter,
-    cr: TBuf,
+    cr: TestBuffer,
 }
 
 impl Env {
@@ -824,12 +824,12 @@ fn run_driver(env: &mut Env, sc: &Scenario, hole: &Hole, problems: &mut Vec<Stri
 
 struct Builder<'a> {
     plat: &'a Arc<SimPlatform>,
-    bufs: Vec<(TBuf, Vec<u8>)>,
+    bufs: Vec<(TestBuffer, Vec<u8>)>,
 }
 
 impl Builder<'_> {
     /// A buffer of `pages` pages holding `img` (zero-padded).
-    fn buf(&mut self, pages: usize, img: Vec<u8>) -> TBuf {
+    fn buf(&mut self, pages: usize, img: Vec<u8>) -> TestBuffer {
         let b = self.plat.buf(SP, pages * PAGE as usize);
         let mut img = img;
         img.resize(b.len, 0);
