@@ -814,8 +814,8 @@ struct RacySink {
 }
 
 impl ims::CompletionSink for RacySink {
-    fn poll(&self) -> u32 {
-        self.inner.poll()
+    fn poll(&self, delivered: &std::sync::atomic::AtomicU64) -> u32 {
+        self.inner.poll(delivered)
     }
     fn outstanding(&self) -> bool {
         let r = self.inner.outstanding();

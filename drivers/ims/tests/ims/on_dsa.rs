@@ -279,6 +279,53 @@ fn completion_at_the_portal_store_is_delivered_by_its_interrupt() {
     drop(guards);
 }
 
+/// A completion is in the handle's `delivered` count by the time its callback runs, so the
+/// callback, and any thread it signals, never reads a count without its own completion.
+#[test]
+fn a_callback_sees_its_own_completion_counted() {
+    let e = env(1, Exec::Deterministic, VectorMode::Shared, true, 8);
+    let mut sub = submitter(&e.rig, 5, 8);
+    let h = Arc::new(e.ims.allocate(&client(5), 0, &sub).unwrap());
+    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+    for _ in 0..3 {
+        let (h2, seen) = (h.clone(), seen.clone());
+        e.ims
+            .submit(&mut sub, &h.armer(), &Work::noop(), move |r| {
+                assert!(r.is_ok());
+                seen.lock().unwrap().push(h2.delivered());
+            })
+            .unwrap();
+        e.rig.run();
+    }
+    assert_eq!(*seen.lock().unwrap(), vec![1, 2, 3]);
+    assert_eq!(h.delivered(), 3);
+}
+
+/// The sink's side of it: several completions reaped by one pass are each counted before
+/// their own callback runs.
+#[test]
+fn one_reap_counts_each_completion_before_its_callback() {
+    let e = env(1, Exec::Deterministic, VectorMode::Shared, true, 8);
+    let mut sub = submitter(&e.rig, 5, 8);
+    let count = Arc::new(AtomicU64::new(0));
+    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+    for _ in 0..4 {
+        let (count, seen) = (count.clone(), seen.clone());
+        sub.submit_with_callback(&Work::noop(), Notify::Poll, move |r| {
+            assert!(r.is_ok());
+            seen.lock().unwrap().push(count.load(SeqCst));
+        })
+        .unwrap();
+    }
+    e.rig.run();
+    assert_eq!(
+        sub.reaper().reap_counting(&count),
+        4,
+        "one pass reaps all four"
+    );
+    assert_eq!(*seen.lock().unwrap(), vec![1, 2, 3, 4]);
+}
+
 #[test]
 fn masked_handle_delivers_after_unmask_via_the_pending_bit() {
     let e = env(2, Exec::Deterministic, VectorMode::Shared, true, 8);
