@@ -283,9 +283,12 @@ pub fn start_aps() -> Result<SmpReport, SmpError> {
         Some(Ok(v)) if v <= 1_000_000 => v,
         _ => 10_000,
     };
+    // An AP's check-in normally takes milliseconds; the bound (10 s, as Linux waits for an
+    // AP's callin) only matters for a dead CPU, and an emulated one on a loaded host can
+    // take far longer than hardware to run its first instructions.
     let timeout_ms = match crate::cmdline::number("smp.timeout_ms") {
         Some(Ok(v)) if (1..=60_000).contains(&v) => v,
-        _ => 1000,
+        _ => 10_000,
     };
 
     for c in targets {

@@ -25,11 +25,11 @@ use crate::ims::{self as kims, Client};
 use crate::ktest;
 use crate::ktest::Outcome;
 
-/// Bound on a wait for one event (a completion, a recovery): only a hang reaches it. QEMU's
-/// TCG vCPUs and device threads can be descheduled for seconds on a loaded host.
-const WAIT: Duration = Duration::from_secs(60);
+const WAIT: Duration = super::HANG;
 /// Bound on a stream's lack of progress (no completion, no confirmed retarget).
-const PROGRESS: Duration = Duration::from_secs(60);
+const PROGRESS: Duration = super::HANG;
+/// [`WAIT`] for the driver's own bounded waits.
+const WAIT_NS: u64 = WAIT.as_nanos() as u64;
 
 /// A device clients can use with IMS: a shared WQ the CPU can feed, an IMS table, the
 /// system domain.
@@ -60,7 +60,7 @@ fn small() -> SubmitterOptions {
     SubmitterOptions {
         slots: 4,
         max_batch: 0,
-        timeout_ns: 5_000_000_000,
+        timeout_ns: WAIT_NS,
     }
 }
 
@@ -331,7 +331,7 @@ ktest!(
                 .submit(&Work::noop(), Notify::Handle(bh))
                 .unwrap();
             assert_eq!(
-                qa.submitter_mut().wait(t, 5_000_000_000),
+                qa.submitter_mut().wait(t, WAIT_NS),
                 Err(OpError::Status { code: 0x19 })
             );
         }
@@ -387,7 +387,7 @@ ktest!(
             SubmitterOptions {
                 slots: 32,
                 max_batch: 0,
-                timeout_ns: 5_000_000_000,
+                timeout_ns: WAIT_NS,
             },
         ) else {
             return Outcome::Fail("queue".into());
@@ -609,10 +609,7 @@ ktest!(
             Err(OpError::InterruptUnavailable("the IMS handle was released"))
         );
         let t = sa.submit(&Work::noop(), Notify::Handle(old_dh)).unwrap();
-        assert_eq!(
-            sa.wait(t, 5_000_000_000),
-            Err(OpError::Status { code: 0x19 })
-        );
+        assert_eq!(sa.wait(t, WAIT_NS), Err(OpError::Status { code: 0x19 }));
         crate::time::delay_us(20_000);
         assert_eq!(qb.handle().delivered(), 0, "B received A's completion");
         assert_eq!(

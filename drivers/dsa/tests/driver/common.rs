@@ -393,6 +393,17 @@ pub const ALL_PCI: u32 = pci::BME | pci::PASID_ENABLE | pci::PASID_PRIV;
 
 impl Rig {
     pub fn new(cfg: Config, exec: Exec, pci_flags: u32) -> Rig {
+        Rig::build(cfg, exec, pci_flags, exec == Exec::Threaded)
+    }
+
+    /// A threaded rig whose engine threads start only at [`Rig::start_workers`]: until then
+    /// the device holds everything submitted (nothing executes), by construction rather than
+    /// by a delay the host might outrun.
+    pub fn held(cfg: Config, pci_flags: u32) -> Rig {
+        Rig::build(cfg, Exec::Threaded, pci_flags, false)
+    }
+
+    fn build(cfg: Config, exec: Exec, pci_flags: u32, start: bool) -> Rig {
         let plat = Plat::new();
         let msix = cfg.msix_entries as u16;
         let model =
@@ -424,7 +435,7 @@ impl Rig {
             pci,
             workers: Vec::new(),
         };
-        if exec == Exec::Threaded {
+        if start {
             r.start_workers();
         }
         r
@@ -503,9 +514,30 @@ pub fn model_cfg() -> Config {
 pub fn up(exec: Exec) -> (Rig, Arc<Device>) {
     let rig = Rig::new(model_cfg(), exec, ALL_PCI);
     let dev = rig
-        .driver(0, ConfigSource::Default, DeviceOptions::default())
+        .driver(0, ConfigSource::Default, test_options())
+        .expect("bring-up");
+    (rig, dev)
+}
+
+/// The driver's defaults, with commands (a drain waits for the engine threads) bounded like
+/// the tests' own waits: only a hang reaches [`WAIT`].
+pub fn test_options() -> DeviceOptions {
+    DeviceOptions {
+        command_timeout_ns: WAIT,
+        ..DeviceOptions::default()
+    }
+}
+
+/// [`up`] on a [`Rig::held`] rig: the engine threads start at [`Rig::start_workers`].
+pub fn up_held() -> (Rig, Arc<Device>) {
+    let rig = Rig::held(model_cfg(), ALL_PCI);
+    let dev = rig
+        .driver(0, ConfigSource::Default, test_options())
         .expect("bring-up");
     (rig, dev)
 }
 
 pub const SECOND: u64 = 1_000_000_000;
+/// Bound on a test's wait for an operation: only a hang reaches it (a loaded host can stall
+/// a test thread or a worker for seconds; no test asserts that anything happens quickly).
+pub const WAIT: u64 = 60 * SECOND;
