@@ -261,17 +261,29 @@ fn pasids_are_isolated() {
     let _ = PASID;
 }
 
-#[test]
-fn shared_wq_full_is_retried_then_succeeds() {
-    let rig = Rig::new(model_cfg(), Exec::Deterministic, ALL_PCI);
+/// A driver on a device whose shared WQ 1 holds 4 descriptors.
+fn small_shared_wq(rig: &Rig, opts: DeviceOptions) -> Arc<dsa::Device> {
     let mut cfg = dsa::DeviceConfig::default_for(
         &dsa::Capabilities::read(&*rig.hardware().regs, 9).unwrap(),
         &dsa::Pci::info(&*rig.pci),
     );
     cfg.wqs[1].size = 4;
-    let dev = rig
-        .driver(0, ConfigSource::Config(cfg), DeviceOptions::default())
-        .unwrap();
+    rig.driver(0, ConfigSource::Config(cfg), opts).unwrap()
+}
+
+#[test]
+fn shared_wq_full_is_retried_then_succeeds() {
+    let rig = Rig::new(model_cfg(), Exec::Deterministic, ALL_PCI);
+    // The engines run again after a number of back-off steps, not after some time: the
+    // submit timeout only bounds a hang (back-off sleeps can take far longer than asked on
+    // a loaded host).
+    let dev = small_shared_wq(
+        &rig,
+        DeviceOptions {
+            submit_timeout_ns: WAIT,
+            ..DeviceOptions::default()
+        },
+    );
     let mut s = Submitter::new(&dev, 1, Client::pasid(3, true), Default::default()).unwrap();
     // Fill the WQ while the engines do not run.
     rig.clock.frozen.store(true, Ordering::Relaxed);
@@ -291,7 +303,15 @@ fn shared_wq_full_is_retried_then_succeeds() {
     for t in toks.into_iter().chain([t5]) {
         assert_eq!(s.wait(t, WAIT).unwrap(), Output::Done);
     }
-    // Never draining: the bounded retry ends in QueueFull.
+}
+
+#[test]
+fn shared_wq_never_draining_ends_in_queue_full() {
+    // The driver's default submit timeout (10 ms): the engines never run meanwhile, so the
+    // bounded retry ends in QueueFull however long the host takes.
+    let rig = Rig::new(model_cfg(), Exec::Deterministic, ALL_PCI);
+    let dev = small_shared_wq(&rig, DeviceOptions::default());
+    let mut s = Submitter::new(&dev, 1, Client::pasid(3, true), Default::default()).unwrap();
     rig.clock.frozen.store(true, Ordering::Relaxed);
     let toks: Vec<_> = (0..4)
         .map(|_| s.submit(&Work::noop(), Notify::Poll).unwrap())
@@ -300,6 +320,7 @@ fn shared_wq_full_is_retried_then_succeeds() {
         s.submit(&Work::noop(), Notify::Poll).unwrap_err(),
         OpError::QueueFull
     );
+    assert!(dev.enqcmds_retries() > 0);
     rig.clock.frozen.store(false, Ordering::Relaxed);
     for t in toks {
         assert_eq!(s.wait(t, WAIT).unwrap(), Output::Done);
