@@ -130,7 +130,7 @@ fn ims_bench_through_qemu_run() {
         "--smp",
         "2",
         "--timeout",
-        "300",
+        "900",
         "--append",
         "ims.bench.rounds=8",
         "--chart",
@@ -349,7 +349,7 @@ fn ims_bench_runs_without_icount_and_says_so() {
         .arg("ims.bench")
         .arg("ims.bench.cpus=1")
         .arg("ims.bench.rounds=2")
-        .timeout(Duration::from_secs(300))
+        .timeout(Duration::from_secs(900))
         .run();
     r.expect_pass()
         .expect_serial("costs in TSC cycles (no icount: not instruction counts)");

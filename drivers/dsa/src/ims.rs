@@ -23,6 +23,7 @@
 //!   handle whose watched records' status bytes are still zero.
 
 use alloc::sync::Arc;
+use core::sync::atomic::AtomicU64;
 
 use dsa_spec::WqMode;
 use dsa_spec::tables::{IMS_ADDR_RESET, IMS_ENTRY_SIZE, ImsCtrl, ImsEntry};
@@ -201,8 +202,8 @@ impl ImsStorage for DsaImsStorage {
 /// A submitter's completions as an IMS completion source: polling reaps (callbacks run,
 /// each operation exactly once whoever reaps), outstanding counts submitted operations.
 impl CompletionSink for Reaper {
-    fn poll(&self) -> u32 {
-        self.reap() as u32
+    fn poll(&self, delivered: &AtomicU64) -> u32 {
+        self.reap_counting(delivered) as u32
     }
     fn outstanding(&self) -> bool {
         Reaper::outstanding(self) != 0

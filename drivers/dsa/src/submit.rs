@@ -23,7 +23,7 @@ use crate::ops::{self, Output, Resume, ValidationError, Work};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use dsa_spec::completion::CR_SIZE;
 use dsa_spec::desc::DESC_SIZE;
 use dsa_spec::status as st;
@@ -165,17 +165,22 @@ impl Shared {
     /// Visits the watched slots only: a slot is watched from before its portal store until
     /// it is claimed, so one the device may have written is never missed.
     pub(crate) fn reap(&self, dev: &Device) -> usize {
+        self.reap_counting(dev, None)
+    }
+
+    /// [`Shared::reap`], adding one to `count` for each operation before its callback runs.
+    pub(crate) fn reap_counting(&self, dev: &Device, count: Option<&AtomicU64>) -> usize {
         let mut n = 0;
         self.watch.for_each_watched(|i| {
-            if self.try_finish(dev, i) {
+            if self.try_finish(dev, i, count) {
                 n += 1;
             }
         });
         n
     }
 
-    /// Finishes slot `i` if it is PENDING and complete.
-    fn try_finish(&self, dev: &Device, i: usize) -> bool {
+    /// Finishes slot `i` if it is PENDING and complete (counted into `count`).
+    fn try_finish(&self, dev: &Device, i: usize, count: Option<&AtomicU64>) -> bool {
         let Some(s) = self.slots.get(i) else {
             return false;
         };
@@ -185,7 +190,7 @@ impl Shared {
         {
             return false;
         }
-        self.finish(dev, i, None);
+        self.finish(dev, i, None, count);
         true
     }
 
@@ -216,14 +221,15 @@ impl Shared {
                 continue;
             }
             let written = self.crs.load_status(Self::cr_off(i)) != st::NOT_COMPLETE;
-            self.finish(dev, i, (!written).then_some(OpError::Aborted));
+            self.finish(dev, i, (!written).then_some(OpError::Aborted), None);
             n += 1;
         }
         n
     }
 
-    /// Completes a CLAIMED slot: decodes (or takes `err`), returns the credit, delivers.
-    fn finish(&self, dev: &Device, i: usize, err: Option<OpError>) {
+    /// Completes a CLAIMED slot: decodes (or takes `err`), returns the credit, counts the
+    /// delivery into `count` (before the callback can observe it), delivers.
+    fn finish(&self, dev: &Device, i: usize, err: Option<OpError>, count: Option<&AtomicU64>) {
         let s = &self.slots[i];
         let mut d = s.data.lock();
         let result = match err {
@@ -248,6 +254,9 @@ impl Shared {
         }
         d.kind = Kind::None;
         self.pending.fetch_sub(1, Ordering::AcqRel);
+        if let Some(c) = count {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(cb) = d.callback.take() {
             drop(d);
             s.state.store(FREE, Ordering::Release);
@@ -313,6 +322,11 @@ impl Reaper {
     /// Finishes every completed operation (callbacks run here). Never blocks.
     pub fn reap(&self) -> usize {
         self.shared.reap(&self.dev)
+    }
+    /// [`Reaper::reap`], adding one to `count` for each operation before its callback runs
+    /// (or its result becomes visible to the owner).
+    pub fn reap_counting(&self, count: &AtomicU64) -> usize {
+        self.shared.reap_counting(&self.dev, Some(count))
     }
     /// Operations submitted and not yet finished (counted before the portal store).
     pub fn outstanding(&self) -> u32 {
@@ -769,7 +783,7 @@ impl Submitter {
                     return Some(r.unwrap_or(Err(OpError::BadToken)));
                 }
                 PENDING => {
-                    if !self.shared.try_finish(&self.dev, t.slot as usize) {
+                    if !self.shared.try_finish(&self.dev, t.slot as usize, None) {
                         return None;
                     }
                 }

@@ -436,8 +436,7 @@ impl DomainInner {
             if h2.blocked() {
                 return 0;
             }
-            let n = h2.sink.poll();
-            h2.delivered.fetch_add(n as u64, Ordering::Relaxed);
+            let n = h2.sink.poll(&h2.delivered);
             if let Some(slot) = slot
                 && !h2.busy()
             {
@@ -497,13 +496,11 @@ impl DomainInner {
             // Masked or being released: stays armed; unmask re-polls.
             return;
         }
-        let n = h.sink.poll();
+        let n = h.sink.poll(&h.delivered);
         d.polled += 1;
         d.delivered += n;
         if n == 0 {
             d.empty_polls += 1;
-        } else {
-            h.delivered.fetch_add(n as u64, Ordering::Relaxed);
         }
         if !h.busy() {
             // Disarm, then look again: an arming between the check and the clear (its
@@ -525,11 +522,10 @@ impl DomainInner {
         // A vector left behind by a retarget or release: the handle lives elsewhere now.
         if h.loc.load(SeqCst) == loc(cpu, vector as u32) && !h.blocked() {
             let _t = st.table.lock();
-            let n = h.sink.poll();
+            let n = h.sink.poll(&h.delivered);
             d.polled = 1;
             d.delivered = n;
             d.empty_polls = (n == 0) as u32;
-            h.delivered.fetch_add(n as u64, Ordering::Relaxed);
         }
         let spent = self.platform.cycles().wrapping_sub(t0);
         st.counters.add(&d, spent);

@@ -44,7 +44,8 @@ pub(crate) struct HandleInner {
     pub loc: AtomicU64,
     /// What descriptors carry to name the entry.
     pub dev_handle: AtomicU32,
-    /// Completions delivered through the chip (handler and re-polls).
+    /// Completions delivered through the chip (handler and re-polls), counted by the sink
+    /// before each callback runs.
     pub delivered: AtomicU64,
     pub ctl: spin::Mutex<Ctl>,
 }
@@ -213,7 +214,8 @@ impl ImsHandle {
     pub fn is_masked(&self) -> bool {
         self.h.flags.load(SeqCst) & MASKED != 0
     }
-    /// Completions the chip delivered for this handle.
+    /// Completions the chip delivered for this handle. Each is counted before its callback
+    /// runs: a callback (or a thread it signalled) sees its own completion in the count.
     pub fn delivered(&self) -> u64 {
         self.h.delivered.load(Ordering::Relaxed)
     }
@@ -465,8 +467,7 @@ fn release(h: &Arc<HandleInner>) -> Result<(), ImsError> {
     let left = d.on_cpu(cpu, move || {
         let st = &d2.cpus[cpu];
         let mut t = st.table.lock();
-        let n = h2.sink.poll();
-        h2.delivered.fetch_add(n as u64, Ordering::Relaxed);
+        h2.sink.poll(&h2.delivered);
         if mode == VectorMode::Shared {
             let r = t.remove(slot, &h2);
             if r {

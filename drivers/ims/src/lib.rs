@@ -64,7 +64,8 @@
 //!   progress (`arming > 0`), which will watch its record before the device can write it —
 //!   is left armed without touching its sink: its completion comes with an interrupt of its
 //!   own. The others take the **full path**: skip handles that are masked or being
-//!   released, otherwise `sink.poll()` (runs each completed operation's callback once) and,
+//!   released, otherwise `sink.poll()` (counts each completed operation into the handle's
+//!   `delivered`, then runs its callback, once) and,
 //!   if the handle is no longer busy (`arming == 0` and nothing outstanding), clear its bit
 //!   and check once more (an arming racing with the clear re-sets it). A handle with
 //!   nothing completed gets no callback; several completions coalesced into one interrupt,

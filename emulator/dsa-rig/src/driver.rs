@@ -249,6 +249,17 @@ pub struct Rig {
 
 impl Rig {
     pub fn new(cfg: Config, exec: Exec, pci_flags: u32) -> Rig {
+        Rig::build(cfg, exec, pci_flags, exec == Exec::Threaded)
+    }
+
+    /// A threaded rig whose engine threads start only at [`Rig::start_workers`]: until then
+    /// the device holds everything submitted (nothing executes), by construction rather than
+    /// by a delay the host might outrun.
+    pub fn held(cfg: Config, pci_flags: u32) -> Rig {
+        Rig::build(cfg, Exec::Threaded, pci_flags, false)
+    }
+
+    fn build(cfg: Config, exec: Exec, pci_flags: u32, start: bool) -> Rig {
         let plat = Arc::new(SimPlatform::new());
         let msix = cfg.msix_entries as u16;
         let model =
@@ -281,7 +292,7 @@ impl Rig {
             pci,
             workers: Vec::new(),
         };
-        if exec == Exec::Threaded {
+        if start {
             r.start_workers();
         }
         r

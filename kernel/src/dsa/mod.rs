@@ -261,6 +261,9 @@ fn default_options(kernel_pasid: Option<u32>) -> DeviceOptions {
         // Under TCG several CPUs share few host cores: waits for credits or an accepting
         // shared WQ can take far longer than on hardware.
         submit_timeout_ns: 2_000_000_000,
+        // Likewise a command (a drain waits for the work in flight) on a loaded host: only
+        // a hung device should reach this bound.
+        command_timeout_ns: 10_000_000_000,
         // Each IMS handle's completions come from a submitter (the DSA IMS table has 2048
         // entries): room for a whole table of single-handle clients plus the kernel's own.
         max_submitters: MAX_SUBMITTERS,

@@ -55,8 +55,9 @@ use crate::sync::IrqMutex;
 
 /// Handles one PASID may hold per device unless `ims.quota=N` says otherwise.
 pub const DEFAULT_QUOTA: u32 = 64;
-/// Bound on each cross-CPU call of the control path.
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on each cross-CPU call of the control path: a hung CPU, not a slow one (an emulated
+/// CPU on a loaded host can take seconds to take the call's IPI).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------------
 // The platform
