@@ -234,8 +234,9 @@ fn icount_costs_are_guest_instructions_and_repeatable() {
     assert_eq!(a, run());
     for (s, c) in &a {
         let (s, c): (f64, f64) = (s.parse().unwrap(), c.parse().unwrap());
+        // Plausible per-descriptor instruction counts (a polled batch member costs ~20).
         assert!(
-            (50.0..20_000.0).contains(&s) && (50.0..20_000.0).contains(&c),
+            (5.0..20_000.0).contains(&s) && (5.0..20_000.0).contains(&c),
             "{s} {c}"
         );
     }

@@ -19,6 +19,7 @@ const ONE_DEVICE: &[&str] = &[
     "ims::masked_handle_delivers_after_unmask",
     "ims::per_handle_vector_mode_runs_out_at_the_allocator_limit",
     "ims::halt_recovery_restores_ims_entries",
+    "ims::bound_queue_delivers_fn_callbacks_exactly_once",
 ];
 
 fn num(json: &str, key: &str) -> u64 {

@@ -72,6 +72,17 @@
 //!   in any order within a handle (every outstanding record is watched, not one), are all
 //!   delivered by the one poll.
 //!
+//! **Sinks that deliver directly** ([`CompletionSink::delivers_directly`], DSA's submission
+//! rings) replace the watch check and the poll with one call per armed handle,
+//! [`CompletionSink::deliver`]: the sink looks at its own records (the chip reads none of
+//! the device's memory), delivers what completed and, when nothing is outstanding, names a
+//! word (its submission counter) that stays unchanged while it is idle. The handler then
+//! disarms the handle and re-reads that word: a submission racing with the disarm changed
+//! it before arming ([`Armer::arm_published`], which such a submitter calls after making
+//! its record visible to the sink and before the portal store), so the handle is armed
+//! again. The per-handle delivery is one function, separate from the armed-set scan, so a
+//! notification that names the handles (posted interrupts) can call it directly.
+//!
 //! The skip is safe because a record is watched from before the device can write it until
 //! the party that claims its completion (and delivers it) unwatches it: an interrupt's pass
 //! always finds its completion either as a watched record with a non-zero status or
@@ -160,7 +171,7 @@ pub use domain::{
 pub use error::ImsError;
 pub use handle::{ArmGuard, Armer, ImsHandle};
 pub use platform::{ImsPlatform, MsiMessage, PlatformError, Route};
-pub use sink::CompletionSink;
+pub use sink::{CompletionSink, Delivery};
 pub use storage::{ImsStorage, StorageError};
 pub use watch::{CompletionWatch, WatchState};
 

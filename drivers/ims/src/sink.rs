@@ -3,7 +3,7 @@
 //! callbacks it feeds (for DSA: a submitter's completion records, `dsa::Reaper`).
 
 use alloc::sync::Arc;
-use core::sync::atomic::AtomicU64;
+use core::sync::atomic::{AtomicU32, AtomicU64};
 
 use crate::watch::CompletionWatch;
 
@@ -39,4 +39,46 @@ pub trait CompletionSink: Send + Sync {
     fn watch(&self) -> Option<Arc<CompletionWatch>> {
         None
     }
+    /// True for a sink that checks its own completions cheaply: the demultiplexer then
+    /// makes exactly one call per armed handle, [`deliver`](CompletionSink::deliver), and
+    /// never reads the sink's memory itself (no watch). Must not change over the sink's life.
+    fn delivers_directly(&self) -> bool {
+        false
+    }
+    /// One look and delivery (sinks with [`delivers_directly`](CompletionSink::delivers_directly)):
+    /// delivers what completed, exactly once and counted into `delivered` before each
+    /// callback, like [`poll`](CompletionSink::poll), and says whether anything is still
+    /// outstanding. Interrupt context; must be cheap when nothing completed.
+    fn deliver(&self, delivered: &AtomicU64) -> Delivery<'_> {
+        let delivered = self.poll(delivered);
+        Delivery {
+            delivered,
+            idle: None,
+        }
+    }
+    /// For sinks that deliver directly: the word their [`Delivery::idle`] names (always the
+    /// same one, at a fixed address for the sink's whole life). The demultiplexer keeps the
+    /// last idle value and skips the call for a handle that is armed only by an arming guard
+    /// while the word still reads it: nothing was submitted since the sink was idle.
+    fn idle_word(&self) -> Option<&AtomicU32> {
+        None
+    }
+    /// True while a submission of this sink is between its checks and its portal store
+    /// (submissions that arm with [`Armer::arm_published`](crate::Armer::arm_published));
+    /// release waits for it after refusing new ones.
+    fn submitting(&self) -> bool {
+        false
+    }
+}
+
+/// What one [`CompletionSink::deliver`] call did.
+#[derive(Clone, Copy, Debug)]
+pub struct Delivery<'a> {
+    /// Completions delivered by the call.
+    pub delivered: u32,
+    /// Nothing outstanding: `Some((word, value))`, and the sink stays idle while `word` still
+    /// reads `value` (a submission changes it before arming). The demultiplexer disarms the
+    /// handle, then re-reads the word: a submission racing with the disarm is seen either
+    /// there or by its own arming.
+    pub idle: Option<(&'a AtomicU32, u32)>,
 }
