@@ -7,7 +7,8 @@
 #                                      (each run builds the kernel flavour it needs: see --help)
 #   ./qemu-run.sh --workload SPEC      run a chosen DSA workload (README: "DSA workloads")
 #   ./qemu-run.sh --ktest              run every kernel test   (--ktest=smp,vector: filter)
-#   ./qemu-run.sh --ims-bench          the IMS benchmark: shared vector vs. one vector per handle
+#   ./qemu-run.sh --ims-bench          the IMS benchmark: shared vector vs. one vector per handle,
+#                                      and its chart (build/ims-bench.svg, --chart FILE)
 #   ./qemu-run.sh --help               all options
 #
 # Exit status: 0 the kernel reported success (isa-debug-exit 0x10 → QEMU 33),
@@ -15,6 +16,7 @@
 #              2 usage or environment error (QEMU missing/too old, build failed),
 #              3 QEMU ended without a verdict (triple fault / reset under -no-reboot, shutdown),
 #              4 QEMU itself failed (bad arguments, missing firmware, crash),
+#              5 --ims-bench: the run passed but its chart could not be written (reason printed),
 #            124 timeout.
 set -euo pipefail
 
@@ -64,6 +66,8 @@ Kernel command line:
   --ims-bench          the IMS benchmark (README "IMS benchmark"): both designs, same workload,
                        1..2048 handles per CPU; implies --icount, 4 CPUs unless --smp/SMP
                        says otherwise, and no DSA workload unless --workload is given
+  --chart FILE|none    with --ims-bench: after a passing run, draw the SVG chart of its
+                       RESULT lines (tests/ims-chart) to FILE [default build/ims-bench.svg]
 
   Extra QEMU arguments: after --, or in QEMU_ARGS (split on spaces).
   QEMU binary: $QEMU if set; else emulator/qemu/build.sh --ensure if present; else the
@@ -76,6 +80,7 @@ die() { echo "$PROG: $*" >&2; exit 2; }
 SMP_SET="${SMP:+1}"
 SMP="${SMP:-4}"
 IMS_BENCH=0
+CHART=""
 WORKLOAD_SET=0
 MEM="${MEM:-512M}"
 ACCEL="${ACCEL:-tcg}"
@@ -117,6 +122,7 @@ while [ $# -gt 0 ]; do
     --workload) [ $# -ge 2 ] || die "--workload needs a spec"; KARGS="${KARGS:+$KARGS }workload=$2"; WORKLOAD_SET=1; shift 2 ;;
     --ims-bench) IMS_BENCH=1; shift ;;
     --posted-intr) [ $# -ge 2 ] || die "--posted-intr needs on or off"; POSTED_INTR="$2"; POSTED_SET=1; shift 2 ;;
+    --chart) [ $# -ge 2 ] || die "--chart needs a file (or none)"; CHART="$2"; shift 2 ;;
     --icount) ICOUNT=1; shift ;;
     --gdb) GDB_PORT=1234; shift ;;
     --gdb=*) GDB_PORT="${1#--gdb=}"; shift ;;
@@ -149,6 +155,7 @@ case "$IOMMU" in on|off) ;; *) die "IOMMU must be on or off, not '$IOMMU'" ;; es
 if [ "$ICOUNT" = 1 ] && [ "$ACCEL" != tcg ]; then die "--icount needs ACCEL=tcg"; fi
 if [ -n "$ISO" ] && [ -n "$KERNEL" ]; then die "--iso and --kernel are exclusive"; fi
 if [ "$UEFI" = 1 ] && [ -z "$ISO" ]; then die "--uefi needs --iso"; fi
+if [ -n "$CHART" ] && [ "$IMS_BENCH" != 1 ]; then die "--chart needs --ims-bench"; fi
 [[ "$DSA_OPTS" =~ ^[A-Za-z0-9_.,=-]*$ ]] || die "--dsa-opts takes prop=value[,prop=value…], not '$DSA_OPTS'"
 if [ -n "$DSA_CONFIG" ]; then
   [ -f "$DSA_CONFIG" ] || die "--dsa-config: '$DSA_CONFIG' not found"
@@ -319,6 +326,17 @@ ARGS+=("${ENV_EXTRA[@]}" "${EXTRA[@]}")
 
 echo "$PROG: $QEMU_BIN ${ARGS[*]}" >&2
 
+# --- IMS benchmark chart (1/2): keep a copy of the serial output for the chart -------------
+# stdout (QEMU's serial console) goes on to the terminal unchanged, through tee.
+CHART_LOG=""
+if [ "$IMS_BENCH" = 1 ] && [ "$CHART" != none ]; then
+  CHART="${CHART:-$ROOT/build/ims-bench.svg}"
+  case "$CHART" in /*) ;; *) CHART="$PWD/$CHART" ;; esac
+  CHART_LOG="$(mktemp "${TMPDIR:-/tmp}/ims-bench-serial.XXXXXX")"
+  exec 3>&1 > >(tee "$CHART_LOG")
+  CHART_TEE=$!
+fi
+
 set +e
 if [ "$TIMEOUT" -gt 0 ]; then
   timeout --foreground -k 5 "$TIMEOUT" "$QEMU_BIN" "${ARGS[@]}"
@@ -327,6 +345,22 @@ else
 fi
 status=$?
 set -e
+
+# --- IMS benchmark chart (2/2): after a passing run, the chart of its RESULT lines ----------
+if [ -n "$CHART_LOG" ]; then
+  exec 1>&3 3>&-
+  wait "$CHART_TEE" 2>/dev/null || true
+  chart_ok=1
+  if [ "$status" = 33 ]; then
+    mkdir -p "$(dirname "$CHART")" &&
+      (cd "$ROOT" && cargo run -q -p ims-chart -- -o "$CHART" "$CHART_LOG") || chart_ok=0
+  fi
+  rm -f "$CHART_LOG"
+  if [ "$chart_ok" = 0 ]; then
+    echo "$PROG: the benchmark passed but its chart could not be written to $CHART (reason above)" >&2
+    exit 5
+  fi
+fi
 
 case $status in
   33) exit 0 ;;

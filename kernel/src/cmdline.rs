@@ -97,7 +97,10 @@ pub const SMP_TIMEOUT_MS: NumberArg = NumberArg {
     min: 1,
     max: 60_000,
     pow2: false,
-    default: 1000,
+    // An AP's check-in normally takes milliseconds; the bound (10 s, as Linux waits for an
+    // AP's callin) only matters for a dead CPU, and an emulated one on a loaded host can
+    // take far longer than hardware to run its first instructions.
+    default: 10_000,
 };
 pub const TSC_CALIBRATE_MS: NumberArg = NumberArg {
     key: "tsc.calibrate_ms",

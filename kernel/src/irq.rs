@@ -16,10 +16,18 @@
 //!
 //! A handler is any `Fn(&IrqContext) + Send + Sync` closure; it runs on the target CPU
 //! with interrupts disabled, and the dispatcher sends the EOI after it returns.
+//!
+//! Dispatch takes no lock and no reference count: each CPU has a static table of handler
+//! pointers, loaded with one atomic read. Replacing or removing a handler swaps the pointer
+//! and frees the old handler only after every other CPU has taken an interrupt since (an IPI
+//! each, [`quiesce_handlers`]): handlers run with interrupts off and do not nest, so none
+//! can still be running the old one. Per-vector counts are written only by their CPU's
+//! dispatcher (plain increments).
 
-use alloc::sync::Arc;
+use alloc::boxed::Box;
 use core::fmt;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use klib::vectors::{CpuVectorReport, VectorError, VectorMatrix};
 use spin::Once;
@@ -53,21 +61,73 @@ pub struct IrqContext {
 }
 
 /// An interrupt handler.
-pub type Handler = Arc<dyn Fn(&IrqContext) + Send + Sync>;
+pub type Handler = Box<dyn Fn(&IrqContext) + Send + Sync>;
 
 /// Per-CPU interrupt state (lives in [`percpu::PerCpu`]).
 pub struct CpuIrq {
-    handlers: IrqMutex<[Option<Handler>; 256]>,
+    /// `Box::into_raw` of a `Box<Handler>`, or null.
+    handlers: [AtomicPtr<Handler>; 256],
+    /// Serializes handler replacement on this CPU's table.
+    replace: IrqMutex<()>,
     counts: [AtomicU64; 256],
 }
 
 impl CpuIrq {
     pub(crate) const fn new() -> Self {
         Self {
-            handlers: IrqMutex::new([const { None }; 256]),
+            handlers: [const { AtomicPtr::new(ptr::null_mut()) }; 256],
+            replace: IrqMutex::new(()),
             counts: [const { AtomicU64::new(0) }; 256],
         }
     }
+
+    /// Installs `h` (or none) for `vector` and frees the previous handler once no CPU can
+    /// still run it (or leaks it if that cannot be established).
+    fn swap(&self, vector: u8, h: Option<Handler>) {
+        let new = h.map_or(ptr::null_mut(), |h| Box::into_raw(Box::new(h)));
+        let old = {
+            let _g = self.replace.lock();
+            self.handlers[vector as usize].swap(new, Ordering::AcqRel)
+        };
+        if old.is_null() {
+            return;
+        }
+        if quiesce_handlers(core::time::Duration::from_secs(2)) {
+            // SAFETY: `old` came from `Box::into_raw` above (an earlier call) and is no longer
+            // in the table; every CPU took an interrupt since the swap, so no handler
+            // invocation that loaded it is still running.
+            drop(unsafe { Box::from_raw(old) });
+        } else {
+            log::warn!(
+                "irq: handler of vector {vector:#04x} replaced while a CPU did not answer; leaked"
+            );
+        }
+    }
+}
+
+/// Waits until every other online CPU has taken an interrupt (an IPI is sent to each):
+/// afterwards no interrupt handler that started before the call is still running anywhere
+/// but on the calling CPU. False if a CPU did not answer within `timeout`.
+pub fn quiesce_handlers(timeout: core::time::Duration) -> bool {
+    let me = percpu::current_index();
+    let n = percpu::cpu_count();
+    let deadline = crate::time::Deadline::after(timeout);
+    for c in (0..n).filter(|&c| c != me) {
+        let Some(pc) = percpu::get(c).filter(|p| p.is_online()) else {
+            continue;
+        };
+        let before = pc.irq.counts[CALL_VECTOR as usize].load(Ordering::Acquire);
+        if send_ipi(c, CALL_VECTOR).is_err() {
+            return false;
+        }
+        while pc.irq.counts[CALL_VECTOR as usize].load(Ordering::Acquire) == before {
+            if deadline.expired() {
+                return false;
+            }
+            core::hint::spin_loop();
+        }
+    }
+    true
 }
 
 /// Errors of the interrupt layer.
@@ -125,13 +185,25 @@ pub fn init(max_cpus: usize) {
 /// Installs the kernel's handlers for the system vectors on the executing CPU.
 pub fn init_cpu() {
     let cpu = percpu::current();
-    let mut h = cpu.irq.handlers.lock();
-    h[TIMER_VECTOR as usize] = Some(Arc::new(|_: &IrqContext| crate::time::on_timer_interrupt()));
-    h[CALL_VECTOR as usize] = Some(Arc::new(|_: &IrqContext| crate::arch::smp::on_call_ipi()));
-    h[ERROR_VECTOR as usize] = Some(Arc::new(|c: &IrqContext| {
-        let esr = crate::arch::apic::take_error_status();
-        log::warn!("local APIC error on CPU {}: ESR {esr:#x}", c.cpu);
-    }));
+    let set = |v: u8, h: Handler| {
+        let old = cpu.irq.handlers[v as usize].swap(Box::into_raw(Box::new(h)), Ordering::AcqRel);
+        debug_assert!(old.is_null(), "system vectors are installed once");
+    };
+    set(
+        TIMER_VECTOR,
+        Box::new(|_: &IrqContext| crate::time::on_timer_interrupt()),
+    );
+    set(
+        CALL_VECTOR,
+        Box::new(|_: &IrqContext| crate::arch::smp::on_call_ipi()),
+    );
+    set(
+        ERROR_VECTOR,
+        Box::new(|c: &IrqContext| {
+            let esr = crate::arch::apic::take_error_status();
+            log::warn!("local APIC error on CPU {}: ESR {esr:#x}", c.cpu);
+        }),
+    );
 }
 
 fn check_cpu(cpu: usize) -> Result<&'static percpu::PerCpu, IrqError> {
@@ -175,16 +247,16 @@ pub fn set_handler(
         Some(klib::vectors::Slot::Allocated(_)) => {}
         _ => return Err(IrqError::Vector(VectorError::NotAllocated { cpu, vector })),
     }
-    c.irq.handlers.lock()[vector as usize] = Some(Arc::new(handler));
+    c.irq.swap(vector, Some(Box::new(handler)));
     Ok(())
 }
 
 /// Frees a vector and removes its handler. A handler already running on the target CPU
-/// finishes (it is reference-counted).
+/// finishes before the handler is freed ([`quiesce_handlers`]).
 pub fn free_vector(cpu: usize, vector: u8) -> Result<(), IrqError> {
     let c = check_cpu(cpu)?;
     matrix()?.lock().free(cpu, vector)?;
-    c.irq.handlers.lock()[vector as usize] = None;
+    c.irq.swap(vector, None);
     Ok(())
 }
 
@@ -218,7 +290,9 @@ pub fn send_ipi(cpu: usize, vector: u8) -> Result<(), IrqError> {
 pub(crate) fn dispatch(frame: &mut TrapFrame) {
     let v = frame.vector as u8;
     let cpu = percpu::current();
-    cpu.irq.counts[v as usize].fetch_add(1, Ordering::Relaxed);
+    // Only this CPU's dispatcher writes its counts (interrupts off, no nesting).
+    let count = &cpu.irq.counts[v as usize];
+    count.store(count.load(Ordering::Relaxed) + 1, Ordering::Release);
     if v == SPURIOUS_VECTOR {
         return; // no EOI for the LAPIC spurious vector
     }
@@ -230,8 +304,10 @@ pub(crate) fn dispatch(frame: &mut TrapFrame) {
         }
         return;
     }
-    let h = cpu.irq.handlers.lock()[v as usize].clone();
-    match h {
+    let h = cpu.irq.handlers[v as usize].load(Ordering::Acquire);
+    // SAFETY: a non-null entry is a live `Box<Handler>` that `CpuIrq::swap` frees only after
+    // every CPU took an interrupt since removing it; this invocation started before that.
+    match unsafe { h.as_ref() } {
         Some(h) => h(&IrqContext {
             cpu: cpu.index(),
             vector: v,

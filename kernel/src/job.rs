@@ -91,6 +91,8 @@ fn bring_up_dsa() -> Result<(), crate::dsa::DsaInitError> {
     match crate::dsa::init() {
         Ok(r) if r.devices > 0 => {
             log::info!("dsa: {} device(s) up ({})", r.devices, r.origin);
+            // Every device's IMS table in the one system-wide shared-vector domain.
+            crate::ims::init(crate::dsa::devices());
             match crate::dsa::init_error() {
                 Some(e) => Err(crate::dsa::DsaInitError::Earlier(e.into())),
                 None => Ok(()),

@@ -409,12 +409,13 @@ fn tsc_against(reference: &Reference, window_ms: u64) -> Result<(u64, u64), Time
 
 /// Measures the LAPIC timer rate against the TSC.
 ///
-/// Default: read the current-count register at both ends of the window — immune to the
-/// vCPU being descheduled by the host, which only delays *interrupts*. Under QEMU
-/// `-icount`, reading that register through the x2APIC MSR aborts QEMU ("Bad icount
-/// read"), so `lapic.calibrate=irq` (added by `qemu-run.sh --icount`) times one-shot
-/// interrupts instead: the count doubles until one interval is at least half the window,
-/// then the shortest of three intervals at that count is used.
+/// Default: read the current-count register at both ends of the window, each read paired
+/// with the TSC like the reference reads — immune to the vCPU being descheduled by the host,
+/// which only delays *interrupts*. Under QEMU `-icount`, reading that register through the
+/// x2APIC MSR aborts QEMU ("Bad icount read"), so `lapic.calibrate=irq` (added by
+/// `qemu-run.sh --icount`) times one-shot interrupts instead: the count doubles until one
+/// interval is at least half the window, then the shortest of three intervals at that
+/// count is used.
 fn lapic_against_tsc(tsc_hz: u64, window_ms: u64) -> Result<u64, TimeError> {
     let by_irq =
         apic::mode() == apic::Mode::X2Apic && crate::cmdline::get("lapic.calibrate") == Some("irq");
@@ -425,14 +426,29 @@ fn lapic_against_tsc(tsc_hz: u64, window_ms: u64) -> Result<u64, TimeError> {
             apic::LVT_MASKED | crate::irq::TIMER_VECTOR as u32,
         );
         apic::write(reg::TIMER_INITIAL, u32::MAX);
-        let t0 = rdtsc();
-        let l0 = apic::read(reg::TIMER_CURRENT);
+        // Each count read bracketed by two TSC reads, the tightest pair of a few tries: a
+        // vCPU preempted between a TSC read and its count read would skew the rate.
+        let paired_count = || {
+            let mut best = (0u32, 0u64, u64::MAX);
+            for _ in 0..64 {
+                let a = rdtsc();
+                let l = apic::read(reg::TIMER_CURRENT);
+                let b = rdtsc();
+                if b - a < best.2 {
+                    best = (l, a + (b - a) / 2, b - a);
+                }
+                if b - a < 100_000 {
+                    break;
+                }
+            }
+            (best.0, best.1)
+        };
+        let (l0, t0) = paired_count();
         let end = t0 + tsc_hz * window_ms / 1000;
         while rdtsc() < end {
             core::hint::spin_loop();
         }
-        let t1 = rdtsc();
-        let l1 = apic::read(reg::TIMER_CURRENT);
+        let (l1, t1) = paired_count();
         stop_timer();
         return Ok(
             (l0.wrapping_sub(l1) as u128 * tsc_hz as u128 / (t1 - t0).max(1) as u128) as u64,

@@ -229,6 +229,11 @@ pub enum Image {
     },
 }
 
+/// QEMU timeout of a boot unless the test sets one: a bound for hangs only. Boots take
+/// seconds to a minute on an idle host, several times that on a loaded 2-core machine where
+/// TCG vCPU threads share the cores with builds and other VMs.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// One boot configuration.
 #[derive(Debug, Clone)]
 pub struct Boot {
@@ -260,7 +265,7 @@ impl Boot {
             accel: None,
             kernel_args: Vec::new(),
             qemu_args: Vec::new(),
-            timeout: Duration::from_secs(120),
+            timeout: DEFAULT_TIMEOUT,
             dsa: 0,
             dsa_opts: None,
             posted_intr: None,

@@ -4,8 +4,6 @@
 //! default and explicit workloads, accel-config from fw_cfg and the command line, and the
 //! rejection of bad configurations and workload specs.
 
-use std::time::Duration;
-
 use qemu_tests::{Boot, BootResult, TestStatus, json_field as field};
 
 /// Kernel tests that must pass (not skip) with one fault-injection-capable device.
@@ -94,10 +92,26 @@ fn dsa_kernel_tests_with_fault_injection() {
         // The page fault as the IOMMU reported it, and the recovery from the forced halt.
         .expect_serial("reason 0x71 (first-stage entry not present)")
         .expect_serial("SWERR 0x21 (hardware write error)")
-        .expect_serial("recovered; 8 in-flight operation(s) finished or failed back")
         .expect_serial("dsa0: 15 of 15 operations in OPCAP ran on both WQs")
         .expect_serial("movdir64b atomicity: 4000 stores");
     r.expect_tests_ok(ONE_DEVICE);
+    // The recovery accounted for in-flight work (how many of the 8 had already completed
+    // and been collected before the halt depends on the host; the kernel test checks that
+    // none is lost and that the halt hit some).
+    let swept: Vec<u64> = r
+        .serial
+        .lines()
+        .filter_map(|l| {
+            let (_, tail) = l.split_once("dsa0: recovered; ")?;
+            tail.strip_suffix(" in-flight operation(s) finished or failed back")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(
+        swept.iter().any(|&n| (1..=8).contains(&n)),
+        "no recovery with in-flight work: {swept:?}"
+    );
     assert!(matches!(
         r.report
             .status_of("ktests::dsa::two_devices_work_in_parallel"),
@@ -134,11 +148,7 @@ fn dsa_two_devices() {
 #[test]
 fn default_workload_runs_and_ends_with_the_summary() {
     // What a plain ./qemu-run.sh does (it defaults to one device).
-    let r = Boot::kernel()
-        .smp(4)
-        .dsa(1)
-        .timeout(Duration::from_secs(180))
-        .run();
+    let r = Boot::kernel().smp(4).dsa(1).run();
     r.expect_pass()
         .expect_serial("dsa: 1 device(s) up (default layout)")
         .expect_serial("DSA workload summary (64 case(s)")
@@ -224,8 +234,9 @@ fn icount_costs_are_guest_instructions_and_repeatable() {
     assert_eq!(a, run());
     for (s, c) in &a {
         let (s, c): (f64, f64) = (s.parse().unwrap(), c.parse().unwrap());
+        // Plausible per-descriptor instruction counts (a polled batch member costs ~20).
         assert!(
-            (50.0..20_000.0).contains(&s) && (50.0..20_000.0).contains(&c),
+            (5.0..20_000.0).contains(&s) && (5.0..20_000.0).contains(&c),
             "{s} {c}"
         );
     }

@@ -19,6 +19,7 @@ const ONE_DEVICE: &[&str] = &[
     "ims::masked_handle_delivers_after_unmask",
     "ims::per_handle_vector_mode_runs_out_at_the_allocator_limit",
     "ims::halt_recovery_restores_ims_entries",
+    "ims::bound_queue_delivers_fn_callbacks_exactly_once",
 ];
 
 fn num(json: &str, key: &str) -> u64 {
@@ -117,18 +118,24 @@ fn pasid_clients_take_completion_interrupts_through_ims() {
 
 /// `./qemu-run.sh --ims-bench` itself (it builds the bench flavour; icount and the benchmark
 /// are implied): every figure is there, the shared design keeps one vector per CPU at every
-/// count, the per-handle design runs out of vectors, and the measured costs follow the designs.
+/// count, the per-handle design runs out of vectors, and the measured costs follow the designs;
+/// and the chart it draws from the run has a line per mode and panel with a point per figure.
 #[test]
 fn ims_bench_through_qemu_run() {
+    let chart =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ims-bench-through-qemu-run.svg");
+    let _ = std::fs::remove_file(&chart);
     let mut cmd = Command::new(workspace_root().join("qemu-run.sh"));
     cmd.args([
         "--ims-bench",
         "--smp",
         "2",
         "--timeout",
-        "300",
+        "900",
         "--append",
         "ims.bench.rounds=8",
+        "--chart",
+        &chart.display().to_string(),
     ])
     .current_dir(workspace_root())
     .env_remove("CARGO_MAKEFLAGS")
@@ -252,6 +259,85 @@ fn ims_bench_through_qemu_run() {
     assert_eq!(field(summary, "ok"), Some("true"), "{summary}");
     assert!(serial.contains("IMS allocation: N handles requested on one CPU"));
     assert!(serial.contains("IMS demultiplexing cost per delivered completion"));
+    check_chart(&chart, &figs, &stderr);
+}
+
+/// The chart `qemu-run.sh --ims-bench` wrote for a run whose figures are `figs`: the
+/// account it printed names, per mode (in the order the modes first appear), the A values
+/// of the demux figures with every handle armed and a cost, and the N values of the
+/// allocation figures; the SVG has one mode line (a polyline wider than the 1 px mesh and
+/// axes) per mode and panel, with one point per such value.
+fn check_chart(chart: &std::path::Path, figs: &[&String], stderr: &str) {
+    let mut modes: Vec<&str> = Vec::new();
+    for j in figs {
+        let m = field(j, "mode").unwrap();
+        if !modes.contains(&m) {
+            modes.push(m);
+        }
+    }
+    assert_eq!(modes, ["shared", "per-handle"]);
+    let values = |mode: &str, demux: bool| -> Vec<u64> {
+        let mut v: Vec<u64> = figs
+            .iter()
+            .filter(|j| field(j, "mode") == Some(mode))
+            .filter_map(|j| {
+                if demux {
+                    (field(j, "figure") == Some("demux")
+                        && num(j, "handles") == num(j, "armed")
+                        && field(j, "cost_per_completion") != Some("null"))
+                    .then(|| num(j, "armed"))
+                } else {
+                    (field(j, "figure") == Some("allocation")).then(|| num(j, "handles_requested"))
+                }
+            })
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let list = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
+    let part = |demux: bool| {
+        modes
+            .iter()
+            .map(|m| format!("{m} [{}]", list(&values(m, demux))))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let account = format!(
+        "ims-chart: wrote {}: modes {}; CPUs 0–1; demux A: {}; allocation N: {}",
+        chart.display(),
+        modes.join(", "),
+        part(true),
+        part(false)
+    );
+    assert!(stderr.contains(&account), "want '{account}' in:\n{stderr}");
+
+    let svg = std::fs::read_to_string(chart).expect("qemu-run.sh --ims-bench wrote the chart");
+    assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"));
+    let mut lines: Vec<usize> = svg
+        .split("<polyline ")
+        .skip(1)
+        .map(|e| &e[..e.find('>').unwrap()])
+        .filter(|e| !e.contains("stroke-width=\"1\""))
+        .map(|e| {
+            let pts = &e[e.find("points=\"").unwrap() + 8..];
+            pts[..pts.find('"').unwrap()].split_whitespace().count()
+        })
+        .collect();
+    lines.sort_unstable();
+    let mut want: Vec<usize> = modes
+        .iter()
+        .flat_map(|m| [values(m, true).len(), values(m, false).len()])
+        .filter(|&n| n > 0)
+        .collect();
+    want.sort_unstable();
+    assert_eq!(lines, want, "mode lines and their points");
+    for m in &modes {
+        assert!(
+            svg.contains(&format!("\n{m}\n")) || svg.contains(&format!("\n{m} (")),
+            "legend for {m}"
+        );
+    }
 }
 
 #[test]
@@ -264,7 +350,7 @@ fn ims_bench_runs_without_icount_and_says_so() {
         .arg("ims.bench")
         .arg("ims.bench.cpus=1")
         .arg("ims.bench.rounds=2")
-        .timeout(Duration::from_secs(300))
+        .timeout(Duration::from_secs(900))
         .run();
     r.expect_pass()
         .expect_serial("costs in TSC cycles (no icount: not instruction counts)");

@@ -49,7 +49,7 @@ fn serial_verdict_agrees_with_qemu_exit_status() {
 
     // Streaming from stdin (how a serial device is read) stops at the exit line.
     let mut child = Command::new(env!("CARGO_BIN_EXE_serial-verdict"))
-        .args(["--quiet", "--timeout", "20", "-"])
+        .args(["--quiet", "--timeout", "300", "-"])
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -4,10 +4,10 @@
 
 use crate::caps::Capabilities;
 use crate::config::{DeviceConfig, WqConfig};
-use crate::error::{DsaError, OpError};
+use crate::error::DsaError;
 use crate::hw::{AddressSpace, Clock, DmaMemory, Pci, PciInfo, Portals, Registers};
 use crate::ops::WqLimits;
-use crate::submit::Shared;
+use crate::queue::{Credits, Queues, Ring};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use bitflags::bitflags;
@@ -202,10 +202,8 @@ pub struct Wq {
     pub msix_pasid: Option<u32>,
     /// Interrupt handle for `msix_entry` (the index, or what Request Int Handle returned).
     pub(crate) int_handle: AtomicU32,
-    /// Descriptors outstanding on a dedicated WQ (never more than the WQ size).
-    pub(crate) credits: AtomicU32,
-    /// Most credits ever in use at once.
-    pub(crate) credits_peak: AtomicU32,
+    /// Dedicated WQ: the credit pool (descriptors the WQ may hold, handed to submitters).
+    pub credits: Credits,
 }
 
 impl Wq {
@@ -236,134 +234,22 @@ impl Wq {
         };
         portal_offset(self.config.id as u32, kind)
     }
+    /// Dedicated-WQ credits held by submitters now (each descriptor the device may hold
+    /// needs one; submitters take them in chunks).
     pub fn credits_in_use(&self) -> u32 {
-        self.credits.load(Ordering::Acquire)
+        self.credits.in_use()
     }
+    /// Most credits ever held at once (never above the WQ size).
     pub fn credits_peak(&self) -> u32 {
-        self.credits_peak.load(Ordering::Relaxed)
+        self.credits.peak()
     }
     pub(crate) fn int_handle(&self) -> Option<u16> {
         let h = self.int_handle.load(Ordering::Acquire);
         (h <= 0xFFFF).then_some(h as u16)
     }
-    /// Takes a dedicated-WQ credit if one is free.
-    pub(crate) fn try_credit(&self) -> bool {
-        let size = self.config.size as u32;
-        let r = self
-            .credits
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < size).then_some(n + 1)
-            });
-        if let Ok(n) = r {
-            self.credits_peak.fetch_max(n + 1, Ordering::Relaxed);
-        }
-        r.is_ok()
-    }
-    pub(crate) fn put_credit(&self) {
-        let _ = self
-            .credits
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-    }
 }
 
 const NO_HANDLE: u32 = u32::MAX;
-
-/// The submitters interrupts and recovery reach, with a two-level bitmap of occupied
-/// entries (one summary bit per 64 entries) so the interrupt path visits live submitters
-/// only and its scan does not grow with `max_submitters` (thousands, when every IMS handle
-/// has a submitter of its own).
-pub(crate) struct Registry<T = Shared> {
-    entries: Vec<spin::Mutex<Option<Arc<T>>>>,
-    occupied: Vec<AtomicU64>,
-    /// Bit w: `occupied[w]` may be non-zero.
-    summary: Vec<AtomicU64>,
-}
-
-impl<T> Registry<T> {
-    fn new(n: usize) -> Registry<T> {
-        let words = n.div_ceil(64);
-        Registry {
-            entries: (0..n).map(|_| spin::Mutex::new(None)).collect(),
-            occupied: (0..words).map(|_| AtomicU64::new(0)).collect(),
-            summary: (0..words.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
-        }
-    }
-
-    /// Registers `s`; the entry index, or None when every entry is taken.
-    pub(crate) fn insert(&self, s: &Arc<T>) -> Option<usize> {
-        let i = self.entries.iter().position(|e| {
-            let mut g = e.lock();
-            if g.is_none() {
-                *g = Some(s.clone());
-                true
-            } else {
-                false
-            }
-        })?;
-        let w = i / 64;
-        // Entry bit first, then the summary bit: a scan that clears a stale summary bit
-        // re-reads the word afterwards, so one of the two sees the other.
-        self.occupied[w].fetch_or(1 << (i % 64), Ordering::AcqRel);
-        self.summary[w / 64].fetch_or(1 << (w % 64), Ordering::AcqRel);
-        Some(i)
-    }
-
-    pub(crate) fn remove(&self, i: usize) {
-        if let Some(e) = self.entries.get(i) {
-            // The summary bit is cleaned lazily by the next scan.
-            self.occupied[i / 64].fetch_and(!(1 << (i % 64)), Ordering::AcqRel);
-            *e.lock() = None;
-        }
-    }
-
-    /// Calls `f` for every registered submitter. `blocking`: wait for entries being
-    /// changed (thread context); else skip them (interrupt context never spins on them).
-    pub(crate) fn for_each(&self, blocking: bool, mut f: impl FnMut(&Arc<T>)) {
-        for (si, sw) in self.summary.iter().enumerate() {
-            let mut sbits = sw.load(Ordering::Acquire);
-            while sbits != 0 {
-                let b = sbits.trailing_zeros();
-                sbits &= sbits - 1;
-                let w = si * 64 + b as usize;
-                let Some(word) = self.occupied.get(w) else {
-                    continue;
-                };
-                let mut m = word.load(Ordering::Acquire);
-                if m == 0 {
-                    // Possibly stale: clear it, then look again (an insert racing with the
-                    // clear sets the summary bit after its entry bit).
-                    sw.fetch_and(!(1 << b), Ordering::AcqRel);
-                    m = word.load(Ordering::Acquire);
-                    if m == 0 {
-                        continue;
-                    }
-                    sw.fetch_or(1 << b, Ordering::AcqRel);
-                }
-                while m != 0 {
-                    let i = w * 64 + m.trailing_zeros() as usize;
-                    m &= m - 1;
-                    let s = if blocking {
-                        self.entries[i].lock().clone()
-                    } else {
-                        self.entries[i].try_lock().and_then(|g| g.clone())
-                    };
-                    if let Some(s) = s {
-                        f(&s);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Occupied-bitmap words the next scan reads (tests).
-    #[cfg(test)]
-    fn scanned_words(&self) -> usize {
-        self.summary
-            .iter()
-            .map(|s| s.load(Ordering::Acquire).count_ones() as usize)
-            .sum()
-    }
-}
 
 /// Counters for tests and diagnostics.
 pub struct Stats {
@@ -407,9 +293,8 @@ pub struct Device {
     recovery_hooks: spin::Mutex<Vec<RecoveryHook>>,
     state: AtomicU8,
     pub(crate) epoch: AtomicU64,
-    /// Submissions between their state check and their portal store.
-    pub(crate) submitting: AtomicU32,
-    pub(crate) registry: Registry,
+    /// Submission rings by WQ, credits' owner, the registry interrupts and recovery walk.
+    pub(crate) queues: Queues,
     pub(crate) stats: Stats,
 }
 
@@ -489,11 +374,14 @@ impl Device {
                 msix_entry,
                 msix_pasid: if pasid_en { options.kernel_pasid } else { None },
                 int_handle: AtomicU32::new(NO_HANDLE),
-                credits: AtomicU32::new(0),
-                credits_peak: AtomicU32::new(0),
+                credits: Credits::new(w.size as u32),
             });
         }
-        let registry = Registry::new(options.max_submitters);
+        let queues = Queues::new(
+            wqs.iter().flatten().map(|w| (w.config.id, true)),
+            wqs.len(),
+            options.max_submitters,
+        );
         let dev = Arc::new(Device {
             hw,
             index,
@@ -506,8 +394,7 @@ impl Device {
             recovery_hooks: spin::Mutex::new(Vec::new()),
             state: AtomicU8::new(RunState::Quiescing as u8),
             epoch: AtomicU64::new(0),
-            submitting: AtomicU32::new(0),
-            registry,
+            queues,
             stats: Stats::new(),
         });
         dev.configure()?;
@@ -537,8 +424,14 @@ impl Device {
     pub fn options(&self) -> &DeviceOptions {
         &self.options
     }
+    #[inline]
     pub fn state(&self) -> RunState {
         RunState::from_u8(self.state.load(Ordering::Acquire))
+    }
+    /// Whether submissions are accepted now (the submit path's check).
+    #[inline(always)]
+    pub(crate) fn is_running(&self) -> bool {
+        self.state.load(Ordering::Acquire) == RunState::Running as u8
     }
     pub(crate) fn set_state(&self, s: RunState) {
         self.state.store(s as u8, Ordering::Release);
@@ -814,11 +707,11 @@ impl Device {
             clock.relax();
         }
         let guard = QuiesceGuard { dev: self };
-        while self.submitting.load(Ordering::SeqCst) != 0 {
-            if clock.now_ns() >= deadline {
-                return Err(DsaError::QuiesceTimeout);
-            }
+        if !self.queues.wait_submissions(|| {
             clock.relax();
+            clock.now_ns() < deadline
+        }) {
+            return Err(DsaError::QuiesceTimeout);
         }
         Ok(guard)
     }
@@ -868,29 +761,14 @@ impl Device {
     /// Reaps every submitter matching `filter`; with `fail`, pending operations without a
     /// completion record are failed as aborted (only valid once the device can no longer
     /// write them: after an abort command or a reset).
-    fn sweep(&self, filter: impl Fn(&Shared) -> bool, fail: bool) -> usize {
-        let mut n = 0;
-        self.registry.for_each(true, |s| {
-            if filter(s) {
-                n += s.reap(self);
-                if fail {
-                    n += s.fail_pending(self, |_| true);
-                }
-            }
-        });
-        n
+    fn sweep(&self, filter: impl Fn(&Ring) -> bool, fail: bool) -> usize {
+        self.queues.sweep(filter, fail) as usize
     }
 
-    /// Reaps completions of every submitter on `wq` (used by interrupts and when a
-    /// dedicated WQ runs out of credits). Never blocks: entries being changed are skipped.
+    /// Delivers the completed callback operations of every submitter on `wq` (interrupts;
+    /// a dedicated WQ out of credits). Never blocks.
     pub fn reap_wq(&self, wq: u8) -> usize {
-        let mut n = 0;
-        self.registry.for_each(false, |s| {
-            if s.wq == wq {
-                n += s.reap(self);
-            }
-        });
-        n
+        self.queues.reap_wq(wq) as usize
     }
 
     // ------------------------------------------------------------------ interrupts
@@ -901,8 +779,13 @@ impl Device {
         if entry == 0 {
             return self.handle_misc_interrupt();
         }
-        if let Some(w) = self.wqs().find(|w| w.msix_entry == Some(entry)) {
-            self.reap_wq(w.config.id);
+        // Entry w + 1 is WQ w's (see `Device::new`).
+        let wq = (entry - 1) as u8;
+        if (entry as usize) <= self.wqs.len()
+            && let Some(Some(w)) = self.wqs.get(wq as usize)
+            && w.msix_entry == Some(entry)
+        {
+            self.queues.reap_wq(wq);
         }
         MiscEvents::empty()
     }
@@ -978,14 +861,7 @@ impl Device {
             dsa_spec::status::CR_PAGE_FAULT | dsa_spec::status::CR_ALIGN
         ) && let Some(wq) = e.wq
         {
-            self.registry.for_each(false, |sh| {
-                if sh.wq == wq {
-                    sh.fail_pending(self, |cr| {
-                        cr <= e.fault_addr
-                            && e.fault_addr < cr + dsa_spec::completion::CR_SIZE as u64
-                    });
-                }
-            });
+            self.queues.fail_record(wq, e.fault_addr);
         }
     }
 
@@ -1021,12 +897,12 @@ impl Device {
         let deadline = clock
             .now_ns()
             .saturating_add(self.options.command_timeout_ns);
-        while self.submitting.load(Ordering::SeqCst) != 0 {
-            if clock.now_ns() >= deadline {
-                self.set_state(RunState::Halted);
-                return Err(DsaError::QuiesceTimeout);
-            }
+        if !self.queues.wait_submissions(|| {
             clock.relax();
+            clock.now_ns() < deadline
+        }) {
+            self.set_state(RunState::Halted);
+            return Err(DsaError::QuiesceTimeout);
         }
         warn!(
             "dsa{}: recovering (halted: {halted}, WQ disabled: {wq_lost})",
@@ -1119,16 +995,6 @@ impl Device {
         let op = dsa_spec::int_handle_operand(index, ims);
         self.command(Command::ReleaseIntHandle, op, &[]).map(|_| ())
     }
-
-    /// Checks that the device can take a submission now.
-    pub(crate) fn enter_submit(&self) -> Result<SubmitGuard<'_>, OpError> {
-        self.submitting.fetch_add(1, Ordering::SeqCst);
-        if self.state() != RunState::Running {
-            self.submitting.fetch_sub(1, Ordering::SeqCst);
-            return Err(OpError::DeviceUnavailable);
-        }
-        Ok(SubmitGuard { dev: self })
-    }
 }
 
 /// Restores the run state after a drain/abort.
@@ -1144,67 +1010,5 @@ impl Drop for QuiesceGuard<'_> {
             Ordering::AcqRel,
             Ordering::Acquire,
         );
-    }
-}
-
-/// Marks a submission in progress (recovery waits for these).
-pub(crate) struct SubmitGuard<'a> {
-    dev: &'a Device,
-}
-impl Drop for SubmitGuard<'_> {
-    fn drop(&mut self) {
-        self.dev.submitting.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-#[cfg(test)]
-mod registry_tests {
-    use super::Registry;
-    use alloc::sync::Arc;
-    use alloc::vec::Vec;
-
-    fn ids(r: &Registry<u32>) -> Vec<u32> {
-        let mut v = Vec::new();
-        r.for_each(true, |x| v.push(**x));
-        v
-    }
-
-    #[test]
-    fn visits_every_live_entry_once_and_only_occupied_words() {
-        let r: Registry<u32> = Registry::new(4352);
-        let idx: Vec<usize> = (0..3000u32)
-            .map(|n| r.insert(&Arc::new(n)).unwrap())
-            .collect();
-        assert_eq!(idx[2999], 2999, "lowest free entry first");
-        assert_eq!(ids(&r), (0..3000).collect::<Vec<_>>());
-        assert_eq!(r.scanned_words(), 47);
-        // Free all but a few: the scan shrinks to the words still in use.
-        for &i in &idx {
-            if i % 1000 != 7 {
-                r.remove(i);
-            }
-        }
-        assert_eq!(ids(&r), vec![7, 1007, 2007]);
-        assert_eq!(
-            r.scanned_words(),
-            3,
-            "stale summary bits cleaned by the scan"
-        );
-        r.remove(1007);
-        assert_eq!(ids(&r), vec![7, 2007]);
-        // Re-inserting reuses the lowest free entry and is seen by the next scan.
-        assert_eq!(r.insert(&Arc::new(99)), Some(0));
-        assert_eq!(ids(&r), vec![99, 7, 2007]);
-    }
-
-    #[test]
-    fn full_registry_refuses() {
-        let r: Registry<u32> = Registry::new(65);
-        for n in 0..65 {
-            assert!(r.insert(&Arc::new(n)).is_some());
-        }
-        assert_eq!(r.insert(&Arc::new(65)), None);
-        r.remove(64);
-        assert_eq!(r.insert(&Arc::new(66)), Some(64));
     }
 }

@@ -76,10 +76,12 @@ impl DmaBuf {
     }
 
     /// Device address of byte `off`.
+    #[inline(always)]
     pub fn dev_addr(&self, off: usize) -> u64 {
         self.dev + off as u64
     }
 
+    #[inline(always)]
     fn in_bounds(&self, off: usize, n: usize) -> bool {
         off.checked_add(n).is_some_and(|e| e <= self.len)
     }
@@ -123,7 +125,74 @@ impl DmaBuf {
         self.status(off).store(0, Ordering::Release);
     }
 
+    /// Volatile read of the 64-bit word at `off` (a multiple of 8; 0 if out of range): whole
+    /// words of completion records and descriptor lists.
+    #[inline(always)]
+    pub fn word(&self, off: usize) -> u64 {
+        if !off.is_multiple_of(8) || !self.in_bounds(off, 8) {
+            debug_assert!(false, "DMA word read out of bounds");
+            return 0;
+        }
+        // SAFETY: in bounds and 8-byte aligned (the region is at least 64-byte aligned); the
+        // device's writes are ordered before the acquire load of the status byte that made
+        // the caller read this word; volatile keeps the read from being cached or torn.
+        unsafe { core::ptr::read_volatile(self.cpu.add(off) as *const u64) }
+    }
+
+    /// Stores the 64-bit word at `off` (a multiple of 8). Used to zero a record's first word
+    /// (its status byte included) before the record is handed to the device.
+    #[inline(always)]
+    pub fn set_word(&self, off: usize, v: u64) {
+        if !off.is_multiple_of(8) || !self.in_bounds(off, 8) {
+            debug_assert!(false, "DMA word write out of bounds");
+            return;
+        }
+        // SAFETY: in bounds and aligned; the caller owns this range (slot protocol: the
+        // record is not published and nothing else reads it); a single aligned 8-byte
+        // store, so a concurrent atomic status-byte load sees old or new, never a mix.
+        unsafe { core::ptr::write_volatile(self.cpu.add(off) as *mut u64, v) };
+    }
+
+    /// Lets `f` write the 64-byte descriptor at `off` (64-byte aligned) in place.
+    #[inline(always)]
+    pub fn with_desc(&self, off: usize, f: impl FnOnce(&mut [u64; 8])) {
+        if !off.is_multiple_of(64) || !self.in_bounds(off, 64) {
+            debug_assert!(false, "DMA descriptor write out of bounds");
+            return;
+        }
+        // SAFETY: in bounds and 64-byte aligned; the caller owns this range (slot protocol:
+        // a batch list the device reads only after the portal store that follows), so the
+        // exclusive borrow aliases nothing for its duration.
+        f(unsafe { &mut *(self.cpu.add(off) as *mut [u64; 8]) })
+    }
+
+    /// Lets `f` write `n` consecutive 64-byte descriptors at `off` (64-byte aligned) in place:
+    /// one bounds check for a whole batch list. Does nothing if out of range.
+    #[inline(always)]
+    pub fn with_descs(&self, off: usize, n: usize, f: impl FnOnce(&mut [[u64; 8]])) {
+        if !off.is_multiple_of(64) || n.checked_mul(64).is_none_or(|b| !self.in_bounds(off, b)) {
+            debug_assert!(false, "DMA descriptor list out of bounds");
+            return;
+        }
+        // SAFETY: in bounds and aligned; the caller owns this range until it hands it to the
+        // device (slot protocol), so the exclusive borrow aliases nothing for its duration.
+        f(unsafe { core::slice::from_raw_parts_mut(self.cpu.add(off) as *mut [u64; 8], n) })
+    }
+
+    /// Lets `f` write `n` consecutive 32-byte completion records at `off` (32-byte aligned)
+    /// before they are handed to the device. Does nothing if out of range.
+    #[inline(always)]
+    pub fn with_records(&self, off: usize, n: usize, f: impl FnOnce(&mut [[u64; 4]])) {
+        if !off.is_multiple_of(32) || n.checked_mul(32).is_none_or(|b| !self.in_bounds(off, b)) {
+            debug_assert!(false, "DMA record range out of bounds");
+            return;
+        }
+        // SAFETY: as `with_descs`: owned by the caller, not yet given to the device.
+        f(unsafe { core::slice::from_raw_parts_mut(self.cpu.add(off) as *mut [u64; 4], n) })
+    }
+
     /// Acquire load of the status byte at `off` (0 if out of range).
+    #[inline(always)]
     pub fn load_status(&self, off: usize) -> u8 {
         if !self.in_bounds(off, 1) {
             return 0;
@@ -131,36 +200,11 @@ impl DmaBuf {
         self.status(off).load(Ordering::Acquire)
     }
 
+    #[inline(always)]
     fn status(&self, off: usize) -> &AtomicU8 {
         // SAFETY: callers checked `off` is in bounds; the byte stays valid while `self`
         // lives, u8 has alignment 1, and all concurrent accesses to it are atomic.
         unsafe { AtomicU8::from_ptr(self.cpu.add(off)) }
-    }
-
-    /// An IMS completion watch over the status bytes at `first`, `first + stride`, … (`records`
-    /// of them) of this buffer, keeping the buffer alive. None if they are not all in bounds.
-    pub fn completion_watch(
-        self: &Arc<Self>,
-        first: usize,
-        stride: usize,
-        records: usize,
-    ) -> Option<ims::CompletionWatch> {
-        let last = records
-            .checked_sub(1)
-            .and_then(|n| n.checked_mul(stride))
-            .and_then(|o| o.checked_add(first))
-            .unwrap_or(first);
-        if !self.in_bounds(last, 1) || !self.in_bounds(first, 1) {
-            return None;
-        }
-        // `first` is in bounds of the region, so the pointer is non-null like the region's.
-        let status0 = core::ptr::NonNull::new(self.cpu.wrapping_add(first))?;
-        let memory: Arc<dyn core::any::Any + Send + Sync> = self.clone();
-        // SAFETY: every watched byte is in bounds (checked above) of this region, which stays
-        // valid while the watch holds `memory` (a reference to this buffer; a leaked buffer
-        // is never returned at all). They are status bytes: the driver writes them only with
-        // `zero`'s atomic store of byte `off`, the device by DMA.
-        Some(unsafe { ims::CompletionWatch::new(memory, status0, stride, records) })
     }
 
     /// Marks the memory as never to be returned (the device may still write into it).

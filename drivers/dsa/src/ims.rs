@@ -15,26 +15,30 @@
 //!   Ignore/pending interaction is UNCONFIRMED, and clear reports a pending bit that survives.)
 //! * Handles in descriptors: the index, or with CMDCAP bit 13 what Request Interrupt Handle
 //!   returned for (index, IMS).
-//! * Submission: [`DsaIms::submit`] arms the handle before the descriptor goes to the WQ's IMS
-//!   portal carrying the handle, and keeps it armed until the submit call returned.
-//! * Completions: the sink is the submitter's [`Reaper`]; its completion-record watch
-//!   (`ims::CompletionWatch`: a slot is watched from before its portal store until its
-//!   completion is claimed) lets the shared-vector handler skip the reap of every armed
-//!   handle whose watched records' status bytes are still zero.
+//! * Submission: [`DsaIms::allocate_bound`] checks device and PASID once and binds the handle
+//!   to the submitter: its `Notify::Ims` submissions then publish their ring slot, arm the
+//!   handle (`ims::Armer::arm_published`) and store the descriptor through the WQ's IMS portal.
+//!   [`DsaIms::submit`] (any submitter of the handle's PASID) checks on every call and arms
+//!   with a guard held across the submit call.
+//! * Completions: the sink is the submitter's [`Reaper`], which delivers directly: the
+//!   demultiplexer makes one call per armed handle, the ring checks its own records
+//!   (`[tail, head)`, status bytes) and reports idleness by its head index.
 
 use alloc::sync::Arc;
+use core::sync::atomic::AtomicU64;
 
 use dsa_spec::WqMode;
 use dsa_spec::tables::{IMS_ADDR_RESET, IMS_ENTRY_SIZE, ImsCtrl, ImsEntry};
 use ims::{
-    Armer, CarvedStorage, ChipOptions, CompletionSink, CompletionWatch, ImsChip, ImsClient,
-    ImsDomain, ImsError, ImsHandle, ImsStorage, MsiMessage, StorageError,
+    Armer, CarvedStorage, ChipOptions, CompletionSink, Delivery, ImsChip, ImsClient, ImsDomain,
+    ImsError, ImsHandle, ImsStorage, MsiMessage, StorageError,
 };
 use log::error;
 
 use crate::device::Device;
 use crate::error::{DsaError, OpError};
 use crate::ops::{Output, Work};
+use crate::queue::Callback;
 use crate::submit::{Notify, Reaper, Submitter, Token};
 
 /// Offset of the control word in an entry.
@@ -198,20 +202,29 @@ impl ImsStorage for DsaImsStorage {
     }
 }
 
-/// A submitter's completions as an IMS completion source: polling reaps (callbacks run,
-/// each operation exactly once whoever reaps), outstanding counts submitted operations.
+/// A submitter's completions as an IMS completion source: each call looks at the ring's
+/// outstanding slots only and delivers what the device wrote (callbacks run, each operation
+/// exactly once whoever reaps).
 impl CompletionSink for Reaper {
-    fn poll(&self) -> u32 {
-        self.reap() as u32
+    fn poll(&self, delivered: &AtomicU64) -> u32 {
+        self.reap_counting(delivered) as u32
     }
     fn outstanding(&self) -> bool {
         Reaper::outstanding(self) != 0
     }
-    /// The submitter's completion-record watch: every slot is watched from before its
-    /// portal store until its completion is claimed, so the demultiplexer skips this sink's
-    /// reap while no watched record has been written.
-    fn watch(&self) -> Option<Arc<CompletionWatch>> {
-        Some(self.completion_watch().clone())
+    fn delivers_directly(&self) -> bool {
+        true
+    }
+    #[inline]
+    fn deliver(&self, count: &AtomicU64) -> Delivery<'_> {
+        let (delivered, idle) = Reaper::deliver(self, Some(count));
+        Delivery { delivered, idle }
+    }
+    fn submitting(&self) -> bool {
+        Reaper::submitting(self)
+    }
+    fn idle_word(&self) -> Option<&core::sync::atomic::AtomicU32> {
+        Some(self.head_word())
     }
 }
 
@@ -242,7 +255,7 @@ fn effective_pasid(sub: &Submitter) -> Option<u32> {
     let wq = sub.device().wq(sub.wq())?;
     match wq.mode() {
         WqMode::Dedicated => wq.space.and_then(|s| s.pasid()),
-        WqMode::Shared => sub.client().space.pasid(),
+        WqMode::Shared => sub.effective_pasid(),
     }
 }
 
@@ -333,6 +346,25 @@ impl DsaIms {
         self.chip.allocate(client, cpu, Arc::new(sub.reaper()))
     }
 
+    /// Allocates a handle like [`DsaIms::allocate`] and binds it to `sub`: the device and
+    /// PASID checks are made once, here, and `sub`'s [`Notify::Ims`] submissions then carry
+    /// the handle and arm it without further checks.
+    pub fn allocate_bound(
+        &self,
+        client: &ImsClient,
+        cpu: usize,
+        sub: &mut Submitter,
+    ) -> Result<ImsHandle, ImsError> {
+        let h = self.allocate(client, cpu, sub)?;
+        let armer = h.armer();
+        self.check(sub, &armer)
+            .and_then(|_| sub.bind_ims(armer))
+            .map_err(|_| {
+                ImsError::Mismatch("the handle cannot name this submitter's descriptors")
+            })?;
+        Ok(h)
+    }
+
     /// Checks that `armer`'s handle may name `sub`'s descriptors; returns the descriptor
     /// handle.
     fn check(&self, sub: &Submitter, armer: &Armer) -> Result<u16, OpError> {
@@ -362,6 +394,19 @@ impl DsaIms {
         let h = self.check(sub, armer)?;
         let _armed = armer.arm().map_err(|_| released())?;
         sub.submit_with_callback(work, Notify::Handle(h), cb)
+    }
+
+    /// As [`DsaIms::submit`] with a function-pointer callback (no allocation).
+    pub fn submit_cb(
+        &self,
+        sub: &mut Submitter,
+        armer: &Armer,
+        work: &Work,
+        cb: Callback,
+    ) -> Result<(), OpError> {
+        let h = self.check(sub, armer)?;
+        let _armed = armer.arm().map_err(|_| released())?;
+        sub.submit_cb(work, Notify::Handle(h), cb)
     }
 
     /// As [`DsaIms::submit`], returning a token (the demultiplexer reaps; the owner polls).

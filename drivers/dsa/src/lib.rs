@@ -10,9 +10,12 @@
 //!   finished or failed back.
 //! * [`config`] / [`accel_config`]: the default layout and accel-config JSON files,
 //!   validated against the capabilities before the device is touched.
-//! * [`submit::Submitter`]: per-CPU submission contexts (own completion records in the
-//!   client's address space), credit-based MOVDIR64B for dedicated WQs, ENQCMDS with bounded
-//!   retry for shared WQs, tokens with poll/wait/callback, interrupt reaping.
+//! * [`queue`]: the one owner of completion state: per-submitter rings (slots, records,
+//!   exactly-once claims), dedicated-WQ credit pools, and the per-WQ registry interrupts
+//!   and recovery walk.
+//! * [`submit::Submitter`]: the owner side of a ring: descriptors encoded in place
+//!   ([`encode`]), credit chunks for dedicated WQs, ENQCMDS with bounded retry for shared
+//!   WQs, tokens with poll/wait, callbacks as a function pointer and a cookie.
 //! * [`ops`]: typed builders for every DSA 1.0 operation and batches, validation, result
 //!   decoding and page-fault resume.
 //! * [`ims`]: the device's IMS table as `ims::ImsStorage`, submission through an IMS handle.
@@ -26,11 +29,13 @@ pub mod caps;
 pub mod config;
 pub mod device;
 pub mod dma;
+pub mod encode;
 pub mod error;
 pub mod hw;
 pub mod ims;
 pub mod json;
 pub mod ops;
+pub mod queue;
 pub mod submit;
 
 pub use accel_config::AccelConfig;
@@ -45,4 +50,5 @@ pub use hw::{
 };
 pub use ims::{DsaIms, DsaImsStorage};
 pub use ops::{DifDest, DifFormat, DifSource, DifTags, Op, Output, Resume, ValidationError, Work};
+pub use queue::{Callback, Completed, Members};
 pub use submit::{Client, Notify, Reaper, Submitter, SubmitterOptions, Token};

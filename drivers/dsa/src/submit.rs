@@ -1,40 +1,42 @@
-//! Submission contexts and completion tracking.
+//! Submission contexts: the owner side of a [`queue`](crate::queue) ring.
 //!
 //! A [`Submitter`] is one CPU's (or one thread's) private path to one WQ for one client
-//! (address space + privilege): its own completion-record pool and batch lists in the
-//! client's address space, so submitting takes no lock shared with other CPUs. The only
-//! shared state on the submit path is the WQ's credit counter (an atomic) and the device's
-//! run state.
+//! (address space + privilege): its own ring of completion records, descriptor images and
+//! batch lists in the client's address space. Submitting takes no lock and allocates
+//! nothing: the descriptor is encoded directly into its 64-byte slot image from a template
+//! of the submitter's fixed fields, then stored through the portal (MOVDIR64B for a dedicated
+//! WQ, ENQCMDS for a shared one). Shared state touched per submission: one exchange on the
+//! ring's own `in_submit` flag (what recovery waits for) and, with a bound IMS handle, the
+//! handle's armed bit.
 //!
-//! Each completion-record slot moves through FREE → PENDING → CLAIMED → DONE → FREE (or
-//! CLAIMED → FREE when a callback consumes the result). Only the owning submitter takes a
-//! FREE slot; whoever wins the PENDING → CLAIMED compare-exchange (the owner polling, an
-//! interrupt handler reaping, recovery failing it back) alone finishes it, so a slot's data
-//! lock is never contended. A slot is *watched* ([`ims::CompletionWatch`]) from just before
-//! its portal store until it is claimed: reaping visits only watched slots, and the IMS
-//! demultiplexer reads the watched slots' status bytes to tell whether a reap would find
-//! anything.
+//! Flow control on dedicated WQs: the submitter holds credits taken from the WQ's pool in
+//! chunks (never more than the WQ size over all submitters); a descriptor needs one of them
+//! while the device may hold it (its record not yet written). Credits go back to the pool
+//! when the submitter finds its ring empty, and when it is dropped.
+//!
+//! Completions: [`Submitter::poll`] returns the result directly to the caller that finds the
+//! record written (no read-modify-write); callbacks ([`Callback`]: a function pointer and a
+//! cookie) are claimed once by whoever notices the completion first (interrupt, IMS pass,
+//! the owner's reap, recovery). `submit_with_callback` and the other closure forms are
+//! conveniences that box the closure; the hot paths use the function-pointer forms.
 
-use crate::device::{Device, Wq};
+use crate::device::{Device, RunState, Wq};
 use crate::dma::DmaBuf;
+use crate::encode::{self, Template};
 use crate::error::{DsaError, OpError, PageFault};
-use crate::hw::AddressSpace;
-use crate::ops::{self, Output, Resume, ValidationError, Work};
+use crate::hw::{AddressSpace, EnqStatus};
+use crate::ops::{Output, Resume, ValidationError, Work, WqLimits};
+use crate::queue::{
+    Callback, Completed, DONE, FREE, K_BATCH, K_SINGLE, PENDING_CB, PENDING_CBQ, PENDING_POLL, Ring,
+};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
-use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use core::sync::atomic::Ordering;
 use dsa_spec::completion::CR_SIZE;
 use dsa_spec::desc::DESC_SIZE;
 use dsa_spec::status as st;
-use dsa_spec::{CompletionRecord, DescFlags, Descriptor, Opcode, WqMode};
-use ims::CompletionWatch;
+use dsa_spec::{CompletionRecord, GenCap, Opcode, WqMode};
 use log::{error, warn};
-
-const FREE: u8 = 0;
-const PENDING: u8 = 1;
-const CLAIMED: u8 = 2;
-const DONE: u8 = 3;
 
 /// Whose descriptors these are: the address space their addresses (and completion records)
 /// live in, and the privilege they run with on shared WQs.
@@ -68,14 +70,19 @@ pub enum Notify {
     /// The WQ's MSI-X vector ([`Device::handle_msix`]).
     Msix,
     /// A caller-supplied interrupt handle (IMS): the descriptor goes through the WQ's IMS
-    /// portal and carries this handle; the caller's interrupt path calls [`Reaper::reap`].
+    /// portal and carries this handle; the caller arms the handle and its interrupt path
+    /// calls [`Reaper::reap`].
     Handle(u16),
+    /// The IMS handle bound with [`Submitter::bind_ims`]: checked once at binding, armed by
+    /// the submission itself.
+    Ims,
 }
 
 /// Submitter sizing.
 #[derive(Clone, Copy, Debug)]
 pub struct SubmitterOptions {
-    /// Completion-record slots (operations in flight at once from this submitter).
+    /// Completion-record slots (operations in flight at once from this submitter); rounded
+    /// up to a power of two.
     pub slots: u16,
     /// Largest batch this submitter builds (0 = no batches).
     pub max_batch: u16,
@@ -100,249 +107,110 @@ pub struct Token {
     seq: u32,
 }
 
-type Callback = Box<dyn FnOnce(Result<Output, OpError>) + Send>;
-
-enum Kind {
-    None,
-    Single {
-        work: Work,
-        original: Work,
-        done: u64,
-    },
-    Batch(Vec<Work>),
+/// An IMS handle bound to a submitter (see [`Submitter::bind_ims`]).
+struct ImsBinding {
+    armer: ims::Armer,
+    template: Template,
 }
 
-struct SlotData {
-    kind: Kind,
-    callback: Option<Callback>,
-    result: Option<Result<Output, OpError>>,
-    credit: bool,
-}
-
-struct Slot {
-    state: AtomicU8,
-    seq: AtomicU32,
-    data: spin::Mutex<SlotData>,
-}
-
-/// The part of a submitter other parties (interrupts, recovery) reach.
-pub struct Shared {
-    pub(crate) wq: u8,
-    /// The PASID the device applies to these descriptors (None: no PASID).
-    pub(crate) eff_pasid: Option<u32>,
-    client: Client,
-    slots: Vec<Slot>,
-    crs: Arc<DmaBuf>,
-    /// Which slots' completion records the device may still write (set before the portal
-    /// store, cleared by whoever claims the completion): what the IMS demultiplexer checks
-    /// without calling into the sink, and what `reap` visits.
-    watch: Arc<CompletionWatch>,
-    lists: Option<DmaBuf>,
-    member_crs: Option<DmaBuf>,
-    max_batch: usize,
-    pending: AtomicU32,
-}
-
-impl Shared {
-    fn cr_off(i: usize) -> usize {
-        i * CR_SIZE
-    }
-    fn list_off(&self, i: usize, j: usize) -> usize {
-        (i * self.max_batch + j) * DESC_SIZE
-    }
-    fn mcr_off(&self, i: usize, j: usize) -> usize {
-        (i * self.max_batch + j) * CR_SIZE
-    }
-
-    fn read_cr(buf: &DmaBuf, off: usize) -> CompletionRecord {
-        let mut b = [0u8; CR_SIZE];
-        buf.read(off, &mut b);
-        CompletionRecord::from_bytes(&b)
-    }
-
-    /// Finishes every PENDING slot whose completion record was written. Interrupt safe.
-    ///
-    /// Visits the watched slots only: a slot is watched from before its portal store until
-    /// it is claimed, so one the device may have written is never missed.
-    pub(crate) fn reap(&self, dev: &Device) -> usize {
-        let mut n = 0;
-        self.watch.for_each_watched(|i| {
-            if self.try_finish(dev, i) {
-                n += 1;
-            }
-        });
-        n
-    }
-
-    /// Finishes slot `i` if it is PENDING and complete.
-    fn try_finish(&self, dev: &Device, i: usize) -> bool {
-        let Some(s) = self.slots.get(i) else {
-            return false;
-        };
-        if s.state.load(Ordering::Acquire) != PENDING
-            || self.crs.load_status(Self::cr_off(i)) == st::NOT_COMPLETE
-            || !self.claim(i)
-        {
-            return false;
-        }
-        self.finish(dev, i, None);
-        true
-    }
-
-    /// PENDING → CLAIMED: the caller alone finishes slot `i` now. The slot stops being
-    /// watched (its completion is the claimer's to deliver).
-    fn claim(&self, i: usize) -> bool {
-        let won = self.slots[i]
-            .state
-            .compare_exchange(PENDING, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok();
-        if won {
-            self.watch.unwatch(i);
-        }
-        won
-    }
-
-    /// Fails every PENDING slot without a completion record whose record address matches
-    /// `pick` (completed ones are finished normally). Only valid when the device can no
-    /// longer write those records.
-    pub(crate) fn fail_pending(&self, dev: &Device, pick: impl Fn(u64) -> bool) -> usize {
-        let mut n = 0;
-        for i in 0..self.slots.len() {
-            let s = &self.slots[i];
-            if s.state.load(Ordering::Acquire) != PENDING
-                || !pick(self.crs.dev_addr(Self::cr_off(i)))
-                || !self.claim(i)
-            {
-                continue;
-            }
-            let written = self.crs.load_status(Self::cr_off(i)) != st::NOT_COMPLETE;
-            self.finish(dev, i, (!written).then_some(OpError::Aborted));
-            n += 1;
-        }
-        n
-    }
-
-    /// Completes a CLAIMED slot: decodes (or takes `err`), returns the credit, delivers.
-    fn finish(&self, dev: &Device, i: usize, err: Option<OpError>) {
-        let s = &self.slots[i];
-        let mut d = s.data.lock();
-        let result = match err {
-            Some(e) => Err(e),
-            None => {
-                let cr = Self::read_cr(&self.crs, Self::cr_off(i));
-                match d.kind {
-                    Kind::Single {
-                        ref work,
-                        ref original,
-                        done,
-                    } => ops::decode(work, original, done, &cr),
-                    Kind::Batch(ref members) => self.decode_batch(i, members, &cr),
-                    Kind::None => Err(OpError::BadToken),
-                }
-            }
-        };
-        if core::mem::take(&mut d.credit)
-            && let Some(wq) = dev.wq(self.wq)
-        {
-            wq.put_credit();
-        }
-        d.kind = Kind::None;
-        self.pending.fetch_sub(1, Ordering::AcqRel);
-        if let Some(cb) = d.callback.take() {
-            drop(d);
-            s.state.store(FREE, Ordering::Release);
-            cb(result);
-        } else {
-            d.result = Some(result);
-            drop(d);
-            s.state.store(DONE, Ordering::Release);
-        }
-    }
-
-    fn decode_batch(
-        &self,
-        i: usize,
-        members: &[Work],
-        cr: &CompletionRecord,
-    ) -> Result<Output, OpError> {
-        let code = cr.status_code();
-        match code {
-            st::SUCCESS | st::BATCH_FAIL => {}
-            st::BATCH_PAGE_FAULT => {
-                return Err(OpError::PageFault(PageFault {
-                    addr: cr.fault_addr,
-                    write: cr.fault_is_write(),
-                    completed: cr.bytes_completed as u64,
-                    resume: None,
-                }));
-            }
-            st::INVALID_FLAGS => {
-                return Err(OpError::InvalidFlags {
-                    bits: cr.invalid_flags() & 0xFF_FFFF,
-                });
-            }
-            _ => return Err(OpError::Status { code }),
-        }
-        let Some(mcrs) = &self.member_crs else {
-            return Err(OpError::BadToken);
-        };
-        let out = members
-            .iter()
-            .enumerate()
-            .map(|(j, m)| {
-                let mcr = Self::read_cr(mcrs, self.mcr_off(i, j));
-                if mcr.status_code() == st::NOT_COMPLETE {
-                    Err(OpError::Abandoned)
-                } else {
-                    ops::decode(m, m, 0, &mcr)
-                }
-            })
-            .collect();
-        Ok(Output::Batch(out))
-    }
+/// Validation shortcuts decided once per submitter (the full check runs otherwise, and for
+/// every refusal, so the errors are the same).
+#[derive(Clone, Copy)]
+struct Fast {
+    memmove: bool,
+    fill: bool,
+    noop: bool,
+    overlap_ok: bool,
 }
 
 /// Reaps one submitter's completions from an interrupt path (e.g. the IMS demultiplexer).
 #[derive(Clone)]
 pub struct Reaper {
-    dev: Arc<Device>,
-    shared: Arc<Shared>,
+    ring: Arc<Ring>,
 }
 
 impl Reaper {
-    /// Finishes every completed operation (callbacks run here). Never blocks.
+    /// Delivers every completed callback operation (callbacks run here). Never blocks.
     pub fn reap(&self) -> usize {
-        self.shared.reap(&self.dev)
+        self.ring.reap().0 as usize
     }
-    /// Operations submitted and not yet finished (counted before the portal store).
+    /// [`Reaper::reap`], adding one to `count` for each operation before its callback runs.
+    pub fn reap_counting(&self, count: &core::sync::atomic::AtomicU64) -> usize {
+        self.ring.reap_counting(count).0 as usize
+    }
+    /// Operations submitted and not yet finished.
     pub fn outstanding(&self) -> u32 {
-        self.shared.pending.load(Ordering::Acquire)
+        self.ring.outstanding()
     }
-    /// Which of the submitter's completion records the device may still write (the IMS
-    /// demultiplexer's check).
-    pub fn completion_watch(&self) -> &Arc<CompletionWatch> {
-        &self.shared.watch
+    /// One look and delivery for an interrupt path: delivered, and when nothing is
+    /// outstanding the submission counter it was idle at (it stays idle while that word
+    /// keeps the value).
+    #[inline]
+    pub fn deliver(
+        &self,
+        count: Option<&core::sync::atomic::AtomicU64>,
+    ) -> (u32, Option<(&core::sync::atomic::AtomicU32, u32)>) {
+        let (n, outstanding, head) = self.ring.reap_once(count);
+        (n, (!outstanding).then_some((&self.ring.head, head)))
+    }
+    /// The ring's head index: every submission changes it before it can complete (the
+    /// word `deliver` reports idleness by).
+    pub fn head_word(&self) -> &core::sync::atomic::AtomicU32 {
+        &self.ring.head
+    }
+    /// Whether a submission is between its run-state check and its portal store.
+    pub fn submitting(&self) -> bool {
+        self.ring.in_submit.load(Ordering::SeqCst)
     }
 }
 
 /// One CPU's submission context on one WQ for one client.
 pub struct Submitter {
     dev: Arc<Device>,
-    shared: Arc<Shared>,
+    ring: Arc<Ring>,
     reg: usize,
-    cursor: usize,
-    portal_slot: u64,
+    client: Client,
+    dedicated: bool,
+    /// Owner copies of the ring indices.
+    head: u32,
+    tail: u32,
+    /// Dedicated WQ: credits held, the most this submitter may hold, and the chunk size.
+    credits: u32,
+    credit_max: u32,
+    chunk: u32,
+    portal: u64,
+    ims_portal: u64,
+    portal_slot: u32,
+    tmpl: Template,
+    /// Record 0's device address (record i is `CR_SIZE * i` further).
+    cr0: u64,
+    limits: WqLimits,
+    fast: Fast,
+    ims: Option<ImsBinding>,
     timeout_ns: u64,
+    /// The MSI-X template and the device epoch it was made in (recovery may change the WQ's
+    /// interrupt handle).
+    msix: Option<(u64, Template)>,
+    /// Refused ENQCMDS attempts of the submission in progress, and its retry deadline.
+    retries: u32,
+    retry_deadline: Option<u64>,
 }
 
 impl core::fmt::Debug for Submitter {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Submitter")
             .field("dsa", &self.dev.index())
-            .field("wq", &self.shared.wq)
-            .field("client", &self.shared.client)
+            .field("wq", &self.ring.wq)
+            .field("client", &self.client)
             .finish_non_exhaustive()
     }
+}
+
+/// A submission's kind of completion (the slot state it is published with).
+#[derive(Clone, Copy)]
+enum Deliver {
+    Poll,
+    Callback(Callback),
 }
 
 impl Submitter {
@@ -376,13 +244,9 @@ impl Submitter {
                 Some(p)
             }
         };
-        let nslots = opts.slots.clamp(1, 4096) as usize;
+        let nslots = (opts.slots.clamp(1, 4096) as usize).next_power_of_two();
         let dma = &dev.hw.dma;
-        let crs = Arc::new(DmaBuf::new(dma, client.space, nslots * CR_SIZE, 64)?);
-        let watch = Arc::new(
-            crs.completion_watch(0, CR_SIZE, nslots)
-                .ok_or(DsaError::Dma(crate::hw::DmaError::BadRegion))?,
-        );
+        let crs = DmaBuf::new(dma, client.space, nslots * CR_SIZE, 64)?;
         let max_batch = (opts.max_batch as u32)
             .min(w.limits.max_batch)
             .min(dev.caps.max_batch()) as usize;
@@ -405,41 +269,52 @@ impl Submitter {
         } else {
             (None, None, 0)
         };
-        let slots = (0..nslots)
-            .map(|_| Slot {
-                state: AtomicU8::new(FREE),
-                seq: AtomicU32::new(0),
-                data: spin::Mutex::new(SlotData {
-                    kind: Kind::None,
-                    callback: None,
-                    result: None,
-                    credit: false,
-                }),
-            })
-            .collect();
-        let shared = Arc::new(Shared {
-            wq,
-            eff_pasid,
-            client,
-            slots,
-            crs,
-            watch,
-            lists,
-            member_crs,
-            max_batch,
-            pending: AtomicU32::new(0),
-        });
+        let cr0 = crs.dev_addr(0);
+        let ring = Arc::new(Ring::new(
+            wq, eff_pasid, nslots, crs, lists, member_crs, max_batch,
+        ));
         let reg = dev
-            .registry
-            .insert(&shared)
+            .queues
+            .registry(wq)
+            .and_then(|r| r.insert(&ring))
             .ok_or(DsaError::TooManySubmitters)?;
+        let dedicated = w.mode() == WqMode::Dedicated;
+        let size = w.size() as u32;
+        let tmpl = if dedicated {
+            Template::new(0, false, None)
+        } else {
+            Template::new(eff_pasid.unwrap_or(0), client.privileged, None)
+        };
+        let g = dev.caps.gencap;
+        let fast = Fast {
+            memmove: dev.caps.supports(Opcode::MemMove),
+            fill: dev.caps.supports(Opcode::Fill),
+            noop: dev.caps.supports(Opcode::Noop),
+            overlap_ok: g.contains(GenCap::OVERLAPPING_COPY),
+        };
         Ok(Submitter {
             dev: dev.clone(),
-            shared,
+            ring,
             reg,
-            cursor: 0,
+            client,
+            dedicated,
+            head: 0,
+            tail: 0,
+            credits: 0,
+            credit_max: size.min(nslots as u32),
+            chunk: (size / 4).max(1),
+            portal: w.portal(),
+            ims_portal: w.ims_portal(),
             portal_slot: 0,
+            tmpl,
+            cr0,
+            limits: w.limits,
+            fast,
+            ims: None,
             timeout_ns: opts.timeout_ns,
+            msix: None,
+            retries: 0,
+            retry_deadline: None,
         })
     }
 
@@ -447,223 +322,447 @@ impl Submitter {
         &self.dev
     }
     pub fn wq(&self) -> u8 {
-        self.shared.wq
+        self.ring.wq
     }
     pub fn client(&self) -> Client {
-        self.shared.client
+        self.client
+    }
+    /// The PASID the device applies to this submitter's descriptors (None: no PASID).
+    pub fn effective_pasid(&self) -> Option<u32> {
+        self.ring.eff_pasid
     }
     /// Largest batch [`Submitter::submit_batch`] accepts.
     pub fn max_batch(&self) -> usize {
-        self.shared.max_batch
+        self.ring.max_batch
+    }
+    /// Completion-record slots (operations in flight at once).
+    pub fn capacity(&self) -> usize {
+        self.ring.cap()
     }
     /// Operations submitted and not yet finished.
     pub fn outstanding(&self) -> u32 {
-        self.shared.pending.load(Ordering::Acquire)
+        self.ring.outstanding()
     }
-    /// Finishes completed operations (polling mode).
-    pub fn reap(&self) -> usize {
-        self.shared.reap(&self.dev)
+    /// Dedicated-WQ credits this submitter holds now.
+    pub fn credits_held(&self) -> u32 {
+        self.credits
+    }
+    /// Delivers completed callback operations (polling mode); returns how many.
+    pub fn reap(&mut self) -> usize {
+        let n = self.ring.reap_from(false).0 as usize;
+        self.advance_tail();
+        self.return_idle_credits();
+        n
     }
     /// A handle for an interrupt path to reap this submitter.
     pub fn reaper(&self) -> Reaper {
         Reaper {
-            dev: self.dev.clone(),
-            shared: self.shared.clone(),
+            ring: self.ring.clone(),
         }
     }
 
-    fn route(&self, wq: &Wq, notify: Notify) -> Result<(u64, Option<u16>), OpError> {
+    /// Binds an IMS handle: checked once here (its device handle fits a descriptor); then
+    /// [`Notify::Ims`] submissions carry it through the WQ's IMS portal and arm it
+    /// themselves. The caller (`DsaIms::bind`) checks device and PASID.
+    pub(crate) fn bind_ims(&mut self, armer: ims::Armer) -> Result<(), OpError> {
+        let h = u16::try_from(armer.device_handle())
+            .map_err(|_| OpError::InterruptUnavailable("IMS handle out of range"))?;
+        let template = if self.dedicated {
+            Template::new(0, false, Some(h))
+        } else {
+            Template::new(
+                self.ring.eff_pasid.unwrap_or(0),
+                self.client.privileged,
+                Some(h),
+            )
+        };
+        self.ims = Some(ImsBinding { armer, template });
+        Ok(())
+    }
+
+    /// The bound IMS handle's arming capability, if any.
+    pub fn bound_ims(&self) -> Option<&ims::Armer> {
+        self.ims.as_ref().map(|b| &b.armer)
+    }
+
+    // ------------------------------------------------------------------ slots and credits
+
+    /// Moves the owner's tail over slots that are free again.
+    #[inline]
+    fn advance_tail(&mut self) {
+        let t0 = self.tail;
+        while self.tail != self.head
+            && self.ring.slots[(self.tail & self.ring.mask) as usize]
+                .state
+                .load(Ordering::Acquire)
+                == FREE
+        {
+            self.tail = self.tail.wrapping_add(1);
+        }
+        if self.tail != t0 {
+            self.ring.tail.store(self.tail, Ordering::Release);
+        }
+    }
+
+    /// An empty ring gives its credits back (others may need them).
+    #[inline]
+    fn return_idle_credits(&mut self) {
+        if self.credits != 0 && self.head == self.tail {
+            if let Some(w) = self.dev.wq(self.ring.wq) {
+                w.credits.give(self.credits);
+            }
+            self.credits = 0;
+        }
+    }
+
+    /// The next slot, with room in the ring and (dedicated WQ) a credit for it.
+    #[inline(always)]
+    fn next_slot(&mut self) -> Result<usize, OpError> {
+        // Keep the tail close (callbacks free slots behind the owner's back): interrupt
+        // paths scan from it.
+        if self.tail != self.head
+            && self.ring.slots[(self.tail & self.ring.mask) as usize]
+                .state
+                .load(Ordering::Acquire)
+                == FREE
+        {
+            self.advance_tail();
+        }
+        let used = self.head.wrapping_sub(self.tail);
+        let limit = if self.dedicated {
+            self.credits
+        } else {
+            self.ring.mask + 1
+        };
+        if used < limit {
+            return Ok((self.head & self.ring.mask) as usize);
+        }
+        self.next_slot_slow()
+    }
+
+    #[inline(never)]
+    fn next_slot_slow(&mut self) -> Result<usize, OpError> {
+        let dev = self.dev.clone();
+        let clock = dev.clock();
+        let mut deadline = None;
+        let mut waited = false;
+        let cap = self.ring.mask + 1;
+        loop {
+            self.advance_tail();
+            let used = self.head.wrapping_sub(self.tail);
+            if used >= cap {
+                // Every slot holds an unfinished or uncollected operation.
+                self.ring.reap();
+                self.advance_tail();
+                if self.head.wrapping_sub(self.tail) >= cap {
+                    return Err(OpError::NoFreeSlot);
+                }
+                continue;
+            }
+            if !self.dedicated || used < self.credits {
+                return Ok((self.head & self.ring.mask) as usize);
+            }
+            // Another chunk while this submitter is below its share.
+            let wq = dev.wq(self.ring.wq).ok_or(OpError::DeviceUnavailable)?;
+            let want = self.chunk.min(self.credit_max.saturating_sub(self.credits));
+            if want > 0 {
+                let got = wq.credits.take(want);
+                if got > 0 {
+                    self.credits += got;
+                    continue;
+                }
+            }
+            // Finished operations waiting to be collected hold no WQ entry.
+            if self.ring.in_device() < self.credits {
+                return Ok((self.head & self.ring.mask) as usize);
+            }
+            if !waited {
+                waited = true;
+                dev.stats.credit_waits.fetch_add(1, Ordering::Relaxed);
+            }
+            // Credits come back as completions are reaped, by anyone.
+            if dev.queues.reap_wq(self.ring.wq) == 0 {
+                let now = clock.now_ns();
+                if now >= *deadline.get_or_insert(now.saturating_add(dev.options.submit_timeout_ns))
+                {
+                    return Err(OpError::QueueFull);
+                }
+                clock.relax();
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ validation
+
+    /// Validates `w`; returns its descriptor flag bits (for [`encode::encode_flags`]).
+    #[inline(always)]
+    fn check(&self, w: &Work, in_batch: bool) -> Result<u64, OpError> {
+        let flags = encode::work_flags(w);
+        let fence = dsa_spec::DescFlags::FENCE.bits() as u64;
+        // No option flags (a fence only inside a batch): the common operations' checks here.
+        if flags & !fence == 0 && (in_batch || flags == 0) {
+            let max = self.limits.max_transfer;
+            let ok = match w.op {
+                crate::ops::Op::MemMove { src, dst, len } => {
+                    let l = len as u64;
+                    self.fast.memmove
+                        && l <= max
+                        && src.checked_add(l).is_some()
+                        && dst.checked_add(l).is_some()
+                        && (self.fast.overlap_ok
+                            || l == 0
+                            || src >= dst.wrapping_add(l)
+                            || dst >= src.wrapping_add(l))
+                }
+                crate::ops::Op::Fill { dst, len, .. } => {
+                    self.fast.fill && (len as u64) <= max && dst.checked_add(len as u64).is_some()
+                }
+                crate::ops::Op::Noop => self.fast.noop,
+                _ => false,
+            };
+            if ok {
+                return Ok(flags);
+            }
+        }
+        self.check_slow(w, in_batch).map(|()| flags)
+    }
+
+    #[inline(never)]
+    fn check_slow(&self, w: &Work, in_batch: bool) -> Result<(), OpError> {
+        w.validate(&self.dev.caps, &self.limits, in_batch)
+            .map_err(OpError::from)
+    }
+
+    // ------------------------------------------------------------------ the store
+
+    /// Template and portal for `notify` (the bound IMS handle's, the WQ's MSI-X handle's…).
+    #[inline(always)]
+    fn route(&mut self, notify: Notify) -> Result<(Template, u64, bool), OpError> {
         match notify {
-            Notify::Poll => Ok((wq.portal(), None)),
+            Notify::Poll => Ok((self.tmpl, self.portal, false)),
+            Notify::Ims => match &self.ims {
+                Some(b) => Ok((b.template, self.ims_portal, true)),
+                None => Err(OpError::InterruptUnavailable("no IMS handle bound")),
+            },
+            Notify::Msix => {
+                let epoch = self.dev.epoch.load(Ordering::Acquire);
+                match self.msix {
+                    Some((e, t)) if e == epoch => Ok((t, self.portal, false)),
+                    _ => {
+                        let (t, p) = self.route_slow(notify)?;
+                        self.msix = Some((epoch, t));
+                        Ok((t, p, false))
+                    }
+                }
+            }
+            _ => self.route_slow(notify).map(|(t, p)| (t, p, false)),
+        }
+    }
+
+    #[inline(never)]
+    fn route_slow(&self, notify: Notify) -> Result<(Template, u64), OpError> {
+        let wq: &Wq = self
+            .dev
+            .wq(self.ring.wq)
+            .ok_or(OpError::DeviceUnavailable)?;
+        let with = |h: u16| {
+            let t = Template::new(0, false, Some(h));
+            Template {
+                w0: self.tmpl.w0 | t.w0,
+                w4: t.w4,
+            }
+        };
+        match notify {
             Notify::Msix => {
                 let h = wq
                     .int_handle()
                     .ok_or(OpError::InterruptUnavailable("no MSI-X vector for this WQ"))?;
                 let pasid_enabled = wq.space != Some(AddressSpace::NoPasid);
-                if pasid_enabled && wq.msix_pasid != self.shared.eff_pasid {
+                if pasid_enabled && wq.msix_pasid != self.ring.eff_pasid {
                     return Err(OpError::InterruptUnavailable(
                         "the WQ's MSI-X entry is bound to another PASID (poll or use an IMS handle)",
                     ));
                 }
-                Ok((wq.portal(), Some(h)))
+                Ok((with(h), self.portal))
             }
             Notify::Handle(h) => {
                 if self.dev.caps.ims_entries == 0 {
                     return Err(OpError::InterruptUnavailable("the device has no IMS"));
                 }
-                Ok((wq.ims_portal(), Some(h)))
+                Ok((with(h), self.ims_portal))
             }
+            Notify::Poll => Ok((self.tmpl, self.portal)),
+            Notify::Ims => Err(OpError::InterruptUnavailable("no IMS handle bound")),
         }
     }
 
-    fn alloc_slot(&mut self) -> Result<usize, OpError> {
-        let n = self.shared.slots.len();
-        for pass in 0..2 {
-            for k in 0..n {
-                let i = (self.cursor + k) % n;
-                if self.shared.slots[i].state.load(Ordering::Acquire) == FREE {
-                    self.cursor = (i + 1) % n;
-                    return Ok(i);
-                }
-            }
-            if pass == 0 {
-                self.shared.reap(&self.dev);
-            }
-        }
-        Err(OpError::NoFreeSlot)
-    }
-
-    fn finish_descriptor(&self, d: &mut Descriptor, i: usize, handle: Option<u16>) {
-        d.completion_addr = self.shared.crs.dev_addr(Shared::cr_off(i));
-        if self
-            .dev
-            .wq(self.shared.wq)
-            .is_some_and(|w| w.mode() == WqMode::Shared)
-        {
-            d.pasid = self.shared.eff_pasid.unwrap_or(0);
-            d.privileged = self.shared.client.privileged;
-        }
-        if let Some(h) = handle {
-            d.flags |= DescFlags::RCI;
-            d.int_handle = h;
-        }
-    }
-
-    /// Stores `d` in slot `i` through the portal: takes a dedicated-WQ credit first, retries
-    /// a shared WQ with back-off, all bounded by the submit timeout.
-    fn push(&mut self, i: usize, d: &Descriptor, portal: u64) -> Result<(), OpError> {
-        let dev = self.dev.clone();
-        let wq = dev.wq(self.shared.wq).ok_or(OpError::DeviceUnavailable)?;
-        let bytes = d.to_bytes();
-        let clock = dev.clock();
-        // The clock is read only once a submission has to wait: the common path (a credit
-        // or an accepting WQ at once) never pays for it.
-        let mut deadline = None;
-        let mut expired = || {
-            let now = clock.now_ns();
-            now >= *deadline.get_or_insert(now.saturating_add(dev.options.submit_timeout_ns))
-        };
-        let slot = &self.shared.slots[i];
-        let mut tries = 0u32;
-        let mut backoff = 1u32;
+    /// Publishes slot `k` (whose descriptor image and record are ready) and stores its
+    /// descriptor through the portal. Dedicated WQ: the caller holds a credit for it.
+    /// Shared WQ: retried (with back-off past `enqcmds_retries`) within the submit timeout.
+    #[inline(always)]
+    fn push(&mut self, k: usize, state: u8, portal: u64, arm: bool) -> Result<(), OpError> {
         loop {
-            let guard = dev.enter_submit()?;
-            // Spread stores over the 64 equivalent slots of the portal page (bits 11:6).
-            let off = portal + (self.portal_slot % 64) * 64;
-            if wq.mode() == WqMode::Dedicated {
-                if !wq.try_credit() {
-                    drop(guard);
-                    dev.stats.credit_waits.fetch_add(1, Ordering::Relaxed);
-                    // Credits come back as completions are reaped, by anyone.
-                    if dev.reap_wq(wq.id()) == 0 {
-                        if expired() {
-                            return Err(OpError::QueueFull);
-                        }
-                        clock.relax();
-                    }
-                    continue;
-                }
-                slot.data.lock().credit = true;
-                self.shared.pending.fetch_add(1, Ordering::AcqRel);
-                slot.state.store(PENDING, Ordering::Release);
-                // Watched before the device can write the record (see `Shared::watch`).
-                self.shared.watch.watch(i);
-                self.portal_slot += 1;
-                dev.hw.portals.movdir64b(off, &bytes);
-                return Ok(());
+            let Submitter {
+                dev,
+                ring,
+                head,
+                portal_slot,
+                ims,
+                dedicated,
+                ..
+            } = self;
+            let ring = &**ring;
+            let slot = &ring.slots[k];
+            // Recovery and drains set the run state first, then wait for this flag.
+            ring.in_submit.swap(true, Ordering::SeqCst);
+            if !dev.is_running() {
+                ring.in_submit.store(false, Ordering::Release);
+                return Err(OpError::DeviceUnavailable);
             }
-            self.shared.pending.fetch_add(1, Ordering::AcqRel);
-            slot.state.store(PENDING, Ordering::Release);
-            self.shared.watch.watch(i);
-            self.portal_slot += 1;
-            if dev.hw.portals.enqcmds(off, &bytes) == crate::hw::EnqStatus::Accepted {
-                return Ok(());
-            }
-            // Not queued: take the slot back (nobody claims a record that was never
-            // written; recovery waits for `guard`).
-            if slot
-                .state
-                .compare_exchange(PENDING, FREE, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
+            slot.state.store(state, Ordering::Release);
+            let next = head.wrapping_add(1);
+            ring.head.store(next, Ordering::Release);
+            // Armed after the slot is visible to the handle's sink and before the device
+            // can complete it: the demultiplexer either sees the new head when it disarms
+            // or this sets the bit again.
+            if arm
+                && let Some(b) = ims
+                && b.armer.arm_published().is_err()
             {
+                slot.state.store(FREE, Ordering::Release);
+                ring.head.store(*head, Ordering::Release);
+                ring.in_submit.store(false, Ordering::Release);
+                return Err(OpError::InterruptUnavailable("the IMS handle was released"));
+            }
+            // Spread stores over the 64 equivalent slots of the portal page (bits 11:6).
+            let off = portal + ((*portal_slot & 63) as u64) * 64;
+            *portal_slot = portal_slot.wrapping_add(1);
+            // SAFETY: the image is this slot's, written by this owner before publication and
+            // not changed until the slot is free again; 64 bytes, 64-byte aligned.
+            let bytes = unsafe { &*(slot.desc.get() as *const [u8; 64]) };
+            let accepted = if *dedicated {
+                dev.hw.portals.movdir64b(off, bytes);
+                true
+            } else {
+                dev.hw.portals.enqcmds(off, bytes) == EnqStatus::Accepted
+            };
+            if accepted {
+                *head = next;
+                ring.in_submit.store(false, Ordering::Release);
                 return Ok(());
             }
-            self.shared.watch.unwatch(i);
-            self.shared.pending.fetch_sub(1, Ordering::AcqRel);
-            drop(guard);
-            dev.stats.enq_retries.fetch_add(1, Ordering::Relaxed);
-            tries += 1;
-            if tries > dev.options.enqcmds_retries {
-                if expired() {
-                    return Err(OpError::QueueFull);
-                }
-                clock.delay_us(backoff);
-                backoff = (backoff * 2).min(64);
-            }
+            // Not queued: take the slot back (nobody claims a record that is unwritten, and
+            // recovery waits for `in_submit`).
+            slot.state.store(FREE, Ordering::Release);
+            ring.head.store(*head, Ordering::Release);
+            ring.in_submit.store(false, Ordering::Release);
+            self.retry_wait()?;
         }
     }
 
-    fn release_slot(&self, i: usize) {
-        let mut d = self.shared.slots[i].data.lock();
-        d.kind = Kind::None;
-        d.callback = None;
-        d.credit = false;
+    /// Between refused ENQCMDS attempts: immediate retries first, then exponential back-off,
+    /// bounded by the submit timeout.
+    #[inline(never)]
+    fn retry_wait(&mut self) -> Result<(), OpError> {
+        let dev = self.dev.clone();
+        dev.stats.enq_retries.fetch_add(1, Ordering::Relaxed);
+        self.retries += 1;
+        let tries = self.retries;
+        if tries <= dev.options.enqcmds_retries {
+            return Ok(());
+        }
+        let clock = dev.clock();
+        let now = clock.now_ns();
+        let deadline = *self
+            .retry_deadline
+            .get_or_insert(now.saturating_add(dev.options.submit_timeout_ns));
+        if now >= deadline {
+            self.retry_deadline = None;
+            self.retries = 0;
+            return Err(OpError::QueueFull);
+        }
+        let backoff = 1u32 << (tries - dev.options.enqcmds_retries - 1).min(6);
+        clock.delay_us(backoff);
+        Ok(())
     }
 
+    // ------------------------------------------------------------------ single operations
+
+    #[inline(always)]
     fn submit_single(
         &mut self,
-        work: Work,
-        original: Work,
-        done: u64,
+        work: &Work,
+        resumed: Option<(Work, u64)>,
         notify: Notify,
-        callback: Option<Callback>,
+        deliver: Deliver,
     ) -> Result<Token, OpError> {
-        let dev = self.dev.clone();
-        let wq = dev.wq(self.shared.wq).ok_or(OpError::DeviceUnavailable)?;
-        work.validate(&self.dev.caps, &wq.limits, false)?;
-        let (portal, handle) = self.route(wq, notify)?;
-        let i = self.alloc_slot()?;
-        let slot = &self.shared.slots[i];
-        let seq = slot.seq.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
-        self.shared.crs.zero(Shared::cr_off(i), CR_SIZE);
-        let mut d = work.descriptor();
-        self.finish_descriptor(&mut d, i, handle);
-        {
-            let mut g = slot.data.lock();
-            g.kind = Kind::Single {
-                work,
-                original,
-                done,
-            };
-            g.callback = callback;
-            g.result = None;
-            g.credit = false;
+        let flags = self.check(work, false)?;
+        let (tmpl, portal, arm) = self.route(notify)?;
+        let k = self.next_slot()?;
+        let ring = &*self.ring;
+        let cr_off = Ring::cr_off(k);
+        ring.crs.set_word(cr_off, 0);
+        let slot = &ring.slots[k];
+        // SAFETY: slot `k` is FREE and owned by this submitter until published (slot
+        // protocol): nothing else reads its image or metadata now.
+        let (desc, meta) = unsafe { (&mut *slot.desc.get(), &mut *slot.meta.get()) };
+        encode::encode_flags(work, flags, &tmpl, self.cr0 + cr_off as u64, desc);
+        let seq = self.head;
+        meta.kind = K_SINGLE;
+        meta.plain = crate::queue::plain_op(&work.op);
+        meta.seq = seq;
+        let state = match deliver {
+            Deliver::Poll => {
+                meta.cb = None;
+                PENDING_POLL
+            }
+            Deliver::Callback(cb) => {
+                meta.cb = Some(cb);
+                if matches!(notify, Notify::Poll) {
+                    PENDING_CBQ
+                } else {
+                    PENDING_CB
+                }
+            }
+        };
+        if resumed.is_some() || meta.resumed {
+            meta.resumed = resumed.is_some();
+            // SAFETY: slot `k` is FREE and owned by this submitter until published.
+            unsafe { (*ring.extra[k].get()).resumed = resumed };
         }
-        if let Err(e) = self.push(i, &d, portal) {
-            self.release_slot(i);
-            return Err(e);
-        }
+        self.retries = 0;
+        self.retry_deadline = None;
+        self.push(k, state, portal, arm)?;
         Ok(Token {
-            slot: i as u16,
+            slot: k as u16,
             seq,
         })
     }
 
     /// Submits one operation; the token is then polled or waited for.
+    #[inline]
     pub fn submit(&mut self, work: &Work, notify: Notify) -> Result<Token, OpError> {
-        self.submit_single(*work, *work, 0, notify, None)
+        self.submit_single(work, None, notify, Deliver::Poll)
     }
 
     /// Submits one operation whose result goes to `cb` (run by whoever notices the
-    /// completion: an interrupt handler, a poller, or recovery).
+    /// completion first: an interrupt handler, the owner's reap, or recovery). Allocates
+    /// nothing.
+    #[inline]
+    pub fn submit_cb(&mut self, work: &Work, notify: Notify, cb: Callback) -> Result<(), OpError> {
+        self.submit_single(work, None, notify, Deliver::Callback(cb))
+            .map(|_| ())
+    }
+
+    /// [`Submitter::submit_cb`] with a closure (boxed: one allocation per operation).
     pub fn submit_with_callback(
         &mut self,
         work: &Work,
         notify: Notify,
         cb: impl FnOnce(Result<Output, OpError>) + Send + 'static,
     ) -> Result<(), OpError> {
-        self.submit_single(*work, *work, 0, notify, Some(Box::new(cb)))
-            .map(|_| ())
+        let (cb, undo) = boxed(cb);
+        self.submit_cb(work, notify, cb).inspect_err(|_| undo())
     }
 
     /// Continues an operation that stopped at a page fault (after the mapping was fixed);
@@ -673,38 +772,21 @@ impl Submitter {
         rem.fence = false;
         let mut orig = r.original;
         orig.fence = false;
-        self.submit_single(rem, orig, r.done(), notify, None)
+        self.submit_single(&rem, Some((orig, r.done())), notify, Deliver::Poll)
     }
 
-    /// Submits a batch of 2..=max members (members may carry `fence`).
-    pub fn submit_batch(&mut self, members: &[Work], notify: Notify) -> Result<Token, OpError> {
-        self.submit_batch_inner(members, notify, None)
-    }
-
-    /// Submits a batch whose result ([`Output::Batch`]) goes to `cb`, like
-    /// [`Submitter::submit_with_callback`].
-    pub fn submit_batch_with_callback(
-        &mut self,
-        members: &[Work],
-        notify: Notify,
-        cb: impl FnOnce(Result<Output, OpError>) + Send + 'static,
-    ) -> Result<(), OpError> {
-        self.submit_batch_inner(members, notify, Some(Box::new(cb)))
-            .map(|_| ())
-    }
+    // ------------------------------------------------------------------ batches
 
     fn submit_batch_inner(
         &mut self,
         members: &[Work],
         notify: Notify,
-        callback: Option<Callback>,
+        deliver: Deliver,
     ) -> Result<Token, OpError> {
-        let dev = self.dev.clone();
-        let wq = dev.wq(self.shared.wq).ok_or(OpError::DeviceUnavailable)?;
-        if !self.dev.caps.supports(Opcode::Batch) {
+        let max = self.ring.max_batch;
+        if max == 0 || !self.dev.caps.supports(Opcode::Batch) {
             return Err(ValidationError::Unsupported(Opcode::Batch).into());
         }
-        let max = self.shared.max_batch;
         if members.len() < 2 || members.len() > max {
             return Err(ValidationError::BatchSize {
                 count: members.len(),
@@ -713,86 +795,267 @@ impl Submitter {
             }
             .into());
         }
+        let mut all_flags = 0u64;
         for m in members {
-            m.validate(&self.dev.caps, &wq.limits, true)?;
+            all_flags |= self.check(m, true)?;
         }
-        let (portal, handle) = self.route(wq, notify)?;
-        let i = self.alloc_slot()?;
-        let (Some(lists), Some(mcrs)) = (&self.shared.lists, &self.shared.member_crs) else {
+        let (tmpl, portal, arm) = self.route(notify)?;
+        let k = self.next_slot()?;
+        let ring = &*self.ring;
+        let (Some(lists), Some(mcrs)) = (&ring.lists, &ring.member_crs) else {
             return Err(ValidationError::Unsupported(Opcode::Batch).into());
         };
-        let slot = &self.shared.slots[i];
-        let seq = slot.seq.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
-        self.shared.crs.zero(Shared::cr_off(i), CR_SIZE);
-        for (j, m) in members.iter().enumerate() {
-            let mo = self.shared.mcr_off(i, j);
-            mcrs.zero(mo, CR_SIZE);
-            let mut md = m.descriptor();
-            md.completion_addr = mcrs.dev_addr(mo);
-            lists.write(self.shared.list_off(i, j), &md.to_bytes());
-        }
-        let mut d = Descriptor::new(Opcode::Batch);
-        d.flags = DescFlags::CRAV | DescFlags::RCR;
-        d.addr1 = lists.dev_addr(self.shared.list_off(i, 0));
-        d.size = members.len() as u32;
-        self.finish_descriptor(&mut d, i, handle);
-        {
-            let mut g = slot.data.lock();
-            g.kind = Kind::Batch(members.to_vec());
-            g.callback = callback;
-            g.result = None;
-            g.credit = false;
-        }
-        if let Err(e) = self.push(i, &d, portal) {
-            self.release_slot(i);
-            return Err(e);
-        }
+        // Members: no interrupt of their own; PASID and privilege come from the batch.
+        let member_tmpl = Template::new(0, false, None);
+        let list0 = ring.list_off(k, 0);
+        let mcr0 = ring.mcr_off(k, 0);
+        let mcr_dev = mcrs.dev_addr(mcr0);
+        let mut plain = true;
+        let n = members.len();
+        mcrs.with_records(mcr0, n, |recs| {
+            for r in recs.iter_mut() {
+                // Status (and result) zeroed: an abandoned member leaves it so.
+                r[0] = 0;
+            }
+        });
+        lists.with_descs(list0, n, |descs| {
+            let mut cr = mcr_dev;
+            for (d, m) in descs.iter_mut().zip(members) {
+                let f = if all_flags == 0 {
+                    0
+                } else {
+                    encode::work_flags(m)
+                };
+                encode::encode_flags(m, f, &member_tmpl, cr, d);
+                plain &= crate::queue::plain_op(&m.op);
+                cr += CR_SIZE as u64;
+            }
+        });
+        let cr_off = Ring::cr_off(k);
+        ring.crs.set_word(cr_off, 0);
+        let slot = &ring.slots[k];
+        // SAFETY: slot `k` is FREE and owned by this submitter until published.
+        let (desc, meta) = unsafe { (&mut *slot.desc.get(), &mut *slot.meta.get()) };
+        *desc = [
+            tmpl.w0 | ((Opcode::Batch as u64) << 56),
+            self.cr0 + cr_off as u64,
+            lists.dev_addr(list0),
+            0,
+            members.len() as u64 | tmpl.w4,
+            0,
+            0,
+            0,
+        ];
+        let seq = self.head;
+        meta.kind = K_BATCH;
+        meta.members = members.len() as u16;
+        meta.plain = plain;
+        meta.seq = seq;
+        meta.resumed = false;
+        let state = match deliver {
+            Deliver::Poll => {
+                meta.cb = None;
+                PENDING_POLL
+            }
+            Deliver::Callback(cb) => {
+                meta.cb = Some(cb);
+                if matches!(notify, Notify::Poll) {
+                    PENDING_CBQ
+                } else {
+                    PENDING_CB
+                }
+            }
+        };
+        self.retries = 0;
+        self.retry_deadline = None;
+        self.push(k, state, portal, arm)?;
         Ok(Token {
-            slot: i as u16,
+            slot: k as u16,
             seq,
         })
     }
 
-    /// The result if the operation finished (None while in flight).
-    pub fn poll(&mut self, t: Token) -> Option<Result<Output, OpError>> {
-        let Some(s) = self.shared.slots.get(t.slot as usize) else {
-            return Some(Err(OpError::BadToken));
-        };
-        if s.seq.load(Ordering::Relaxed) != t.seq {
+    /// Submits a batch of 2..=max members (members may carry `fence`).
+    pub fn submit_batch(&mut self, members: &[Work], notify: Notify) -> Result<Token, OpError> {
+        self.submit_batch_inner(members, notify, Deliver::Poll)
+    }
+
+    /// Submits a batch whose completion goes to `cb` (members through
+    /// [`Completed::members`]). Allocates nothing.
+    pub fn submit_batch_cb(
+        &mut self,
+        members: &[Work],
+        notify: Notify,
+        cb: Callback,
+    ) -> Result<(), OpError> {
+        self.submit_batch_inner(members, notify, Deliver::Callback(cb))
+            .map(|_| ())
+    }
+
+    /// Submits a batch whose result ([`Output::Batch`]) goes to a closure (boxed).
+    pub fn submit_batch_with_callback(
+        &mut self,
+        members: &[Work],
+        notify: Notify,
+        cb: impl FnOnce(Result<Output, OpError>) + Send + 'static,
+    ) -> Result<(), OpError> {
+        let (cb, undo) = boxed(cb);
+        self.submit_batch_cb(members, notify, cb)
+            .inspect_err(|_| undo())
+    }
+
+    // ------------------------------------------------------------------ completion
+
+    /// Finishes slot `k` of token `t` if its record is written: the result goes straight to
+    /// the caller. `out` receives batch members.
+    #[inline(always)]
+    fn take(
+        &mut self,
+        t: Token,
+        out: Option<&mut [Result<Output, OpError>]>,
+    ) -> Option<Result<Completed2, OpError>> {
+        let k = t.slot as usize;
+        let ring = &*self.ring;
+        let slot = ring.slots.get(k)?;
+        // SAFETY: only the owner writes metadata, and only while a slot is FREE: reading
+        // `seq` of one of its own slots races with nobody.
+        let meta = unsafe { &*slot.meta.get() };
+        if meta.seq != t.seq {
             return Some(Err(OpError::BadToken));
         }
-        loop {
-            match s.state.load(Ordering::Acquire) {
-                DONE => {
-                    let r = s.data.lock().result.take();
-                    s.state.store(FREE, Ordering::Release);
-                    return Some(r.unwrap_or(Err(OpError::BadToken)));
+        let r = match slot.state.load(Ordering::Acquire) {
+            PENDING_POLL => {
+                if ring.status(k) == st::NOT_COMPLETE {
+                    return None;
                 }
-                PENDING => {
-                    if !self.shared.try_finish(&self.dev, t.slot as usize) {
-                        return None;
+                // Written records are never claimed by a sweep: the slot is the owner's.
+                let done = ring.completed(k, meta);
+                let r = if done.is_batch() {
+                    match done.result() {
+                        Ok(_) => {
+                            let n = match out {
+                                Some(o) => done.members().write_to(o),
+                                None => 0,
+                            };
+                            Ok(Completed2::Batch(n, done.members().len()))
+                        }
+                        Err(e) => Err(e),
                     }
+                } else {
+                    done.result().map(Completed2::Single)
+                };
+                slot.state.store(FREE, Ordering::Release);
+                r
+            }
+            DONE => {
+                // SAFETY: the sweep stored `parked` before its DONE release store.
+                let e = unsafe { (*ring.extra[k].get()).parked.take() };
+                slot.state.store(FREE, Ordering::Release);
+                Err(e.unwrap_or(OpError::Aborted))
+            }
+            crate::queue::CLAIMED => return None,
+            _ => return Some(Err(OpError::BadToken)),
+        };
+        if (self.tail & ring.mask) as usize == k {
+            self.advance_tail();
+            self.return_idle_credits();
+        }
+        Some(r)
+    }
+
+    /// The result if the operation finished (None while in flight). A batch's result is
+    /// [`Output::Batch`] (allocated; [`Submitter::poll_batch`] allocates nothing).
+    #[inline]
+    pub fn poll(&mut self, t: Token) -> Option<Result<Output, OpError>> {
+        let k = t.slot as usize;
+        // The common case first: a single operation whose record says plain success.
+        if let Some(s) = self.ring.slots.get(k) {
+            // SAFETY: the owner's own metadata (see `take`).
+            let meta = unsafe { &*s.meta.get() };
+            if meta.seq == t.seq
+                && meta.kind == K_SINGLE
+                && s.state.load(Ordering::Acquire) == PENDING_POLL
+            {
+                let w0 = self.ring.crs.word(Ring::cr_off(k));
+                if w0 as u8 == st::SUCCESS && meta.plain {
+                    s.state.store(FREE, Ordering::Release);
+                    if (self.tail & self.ring.mask) as usize == k {
+                        // Oldest first (the usual order): one step; others catch up later.
+                        self.tail = self.tail.wrapping_add(1);
+                        self.ring.tail.store(self.tail, Ordering::Release);
+                        if self.tail == self.head {
+                            self.return_idle_credits();
+                        }
+                    }
+                    return Some(Ok(Output::Done));
                 }
-                CLAIMED => return None,
-                _ => return Some(Err(OpError::BadToken)),
+                if w0 as u8 == st::NOT_COMPLETE {
+                    return None;
+                }
             }
         }
+        self.poll_slow(t)
+    }
+
+    #[inline(never)]
+    fn poll_slow(&mut self, t: Token) -> Option<Result<Output, OpError>> {
+        let k = t.slot as usize;
+        let is_batch = self
+            .ring
+            .slots
+            .get(k)
+            // SAFETY: the owner's own metadata (see `take`).
+            .is_some_and(|s| unsafe { (*s.meta.get()).kind } == K_BATCH);
+        if !is_batch {
+            return self.take(t, None).map(|r| {
+                r.map(|c| match c {
+                    Completed2::Single(o) => o,
+                    Completed2::Batch(..) => Output::Done,
+                })
+            });
+        }
+        let n = self.ring.max_batch;
+        let mut v: alloc::vec::Vec<Result<Output, OpError>> =
+            (0..n).map(|_| Ok(Output::Done)).collect();
+        let r = self.take(t, Some(&mut v))?;
+        Some(r.map(|c| match c {
+            Completed2::Batch(k, _) => {
+                v.truncate(k);
+                Output::Batch(v)
+            }
+            Completed2::Single(o) => o,
+        }))
+    }
+
+    /// A batch's result if it finished: member results go into `out` (one per member, at
+    /// most `out.len()`), and the number of members is returned. Allocates nothing.
+    #[inline]
+    pub fn poll_batch(
+        &mut self,
+        t: Token,
+        out: &mut [Result<Output, OpError>],
+    ) -> Option<Result<usize, OpError>> {
+        self.take(t, Some(out)).map(|r| {
+            r.map(|c| match c {
+                Completed2::Batch(_, n) => n,
+                Completed2::Single(_) => 1,
+            })
+        })
     }
 
     /// The raw completion record of a finished operation, as the device wrote it (None
     /// while in flight or for a stale token). Valid until the slot is reused by a later
     /// submission of this submitter.
     pub fn completion_record(&self, t: Token) -> Option<CompletionRecord> {
-        let s = self.shared.slots.get(t.slot as usize)?;
-        if s.seq.load(Ordering::Relaxed) != t.seq {
+        let k = t.slot as usize;
+        let s = self.ring.slots.get(k)?;
+        // SAFETY: the owner's own metadata (see `take`).
+        if unsafe { (*s.meta.get()).seq } != t.seq {
             return None;
         }
         match s.state.load(Ordering::Acquire) {
-            PENDING | CLAIMED => None,
-            _ => Some(Shared::read_cr(
-                &self.shared.crs,
-                Shared::cr_off(t.slot as usize),
-            )),
+            FREE | DONE => Some(read_record(&self.ring.crs, Ring::cr_off(k))),
+            _ => None,
         }
     }
 
@@ -800,14 +1063,11 @@ impl Submitter {
     /// [`Submitter::completion_record`]).
     pub fn batch_member_record(&self, t: Token, j: usize) -> Option<CompletionRecord> {
         self.completion_record(t)?;
-        if j >= self.shared.max_batch {
+        if j >= self.ring.max_batch {
             return None;
         }
-        let mcrs = self.shared.member_crs.as_ref()?;
-        Some(Shared::read_cr(
-            mcrs,
-            self.shared.mcr_off(t.slot as usize, j),
-        ))
+        let mcrs = self.ring.member_crs.as_ref()?;
+        Some(read_record(mcrs, self.ring.mcr_off(t.slot as usize, j)))
     }
 
     /// Waits (bounded) for an operation. On `Timeout` the token stays valid. A halt noticed
@@ -819,7 +1079,7 @@ impl Submitter {
             if let Some(r) = self.poll(t) {
                 return r;
             }
-            if self.dev.state() == crate::device::RunState::Halted
+            if self.dev.state() == RunState::Halted
                 && let Err(e) = self.dev.recover()
             {
                 warn!(
@@ -874,13 +1134,46 @@ impl Submitter {
     }
 }
 
+/// What `take` found.
+enum Completed2 {
+    Single(Output),
+    /// Members written to `out`, members.
+    Batch(usize, usize),
+}
+
+fn read_record(buf: &DmaBuf, off: usize) -> CompletionRecord {
+    let mut b = [0u8; CR_SIZE];
+    for i in 0..CR_SIZE / 8 {
+        b[8 * i..8 * i + 8].copy_from_slice(&buf.word(off + 8 * i).to_le_bytes());
+    }
+    CompletionRecord::from_bytes(&b)
+}
+
+type Boxed = Box<dyn FnOnce(Result<Output, OpError>) + Send>;
+
+/// A closure as a [`Callback`] (one allocation), and how to free it if the submission fails.
+fn boxed(cb: impl FnOnce(Result<Output, OpError>) + Send + 'static) -> (Callback, impl FnOnce()) {
+    fn call(cookie: usize, done: &Completed<'_>) {
+        // SAFETY: `cookie` is the `Box<Boxed>` leaked by `boxed`; a callback runs exactly
+        // once (slot claim), so the box is taken back exactly once.
+        let f = unsafe { Box::from_raw(cookie as *mut Boxed) };
+        f(done.into_result());
+    }
+    let b: Box<Boxed> = Box::new(Box::new(cb));
+    let cookie = Box::into_raw(b) as usize;
+    (Callback { f: call, cookie }, move || {
+        // SAFETY: the submission failed, so the callback will never run: reclaim the box.
+        drop(unsafe { Box::from_raw(cookie as *mut Boxed) });
+    })
+}
+
 impl Drop for Submitter {
     fn drop(&mut self) {
         let clock = self.dev.hw.clock.clone();
         let deadline = clock.now_ns().saturating_add(self.timeout_ns);
-        while self.shared.pending.load(Ordering::Acquire) != 0 {
-            self.shared.reap(&self.dev);
-            if self.dev.state() == crate::device::RunState::Halted {
+        while self.ring.outstanding() != 0 {
+            self.ring.reap_from(false);
+            if self.dev.state() == RunState::Halted {
                 let _ = self.dev.recover();
             }
             if clock.now_ns() >= deadline {
@@ -888,19 +1181,30 @@ impl Drop for Submitter {
             }
             clock.relax();
         }
-        self.dev.registry.remove(self.reg);
-        let left = self.shared.pending.load(Ordering::Acquire);
-        if left != 0 {
+        self.ims = None;
+        let left = self.ring.in_device();
+        if let Some(r) = self.dev.queues.registry(self.ring.wq) {
+            let deadline = clock.now_ns().saturating_add(self.timeout_ns);
+            r.remove(self.reg, || {
+                clock.relax();
+                clock.now_ns() < deadline
+            });
+        }
+        if let Some(w) = self.dev.wq(self.ring.wq) {
+            // Credits of descriptors the device may still hold stay taken.
+            w.credits.give(self.credits.saturating_sub(left));
+        }
+        if left != 0 || self.ring.outstanding() != 0 {
             // The device may still write these records: never give the memory back.
             error!(
                 "dsa{}: submitter dropped with {left} operation(s) in flight; leaking its DMA memory",
                 self.dev.index()
             );
-            self.shared.crs.leak();
-            if let Some(b) = &self.shared.lists {
+            self.ring.crs.leak();
+            if let Some(b) = &self.ring.lists {
                 b.leak();
             }
-            if let Some(b) = &self.shared.member_crs {
+            if let Some(b) = &self.ring.member_crs {
                 b.leak();
             }
         }

@@ -41,6 +41,7 @@ impl ArmedSet {
     ///
     /// The word bit is set before the summary bit; [`scan`](Self::scan) clears a summary bit
     /// before re-reading its word, so one of the two always sees the other.
+    #[inline]
     pub fn set(&self, slot: u32) {
         let w = slot as usize / 64;
         let Some(word) = self.words.get(w) else {
@@ -48,7 +49,12 @@ impl ArmedSet {
         };
         word.fetch_or(1 << (slot % 64), SeqCst);
         if let Some(s) = self.summary.get(w / 64) {
-            s.fetch_or(1 << (w % 64), SeqCst);
+            // Already set (the usual case): nothing to do. A scan clearing it concurrently
+            // re-reads the word after its clear (both sequentially consistent) and sees the
+            // bit just set, so skipping the store cannot lose the arming.
+            if s.load(SeqCst) & (1 << (w % 64)) == 0 {
+                s.fetch_or(1 << (w % 64), SeqCst);
+            }
         }
     }
 
@@ -68,16 +74,21 @@ impl ArmedSet {
     /// Calls `f` for every slot armed when its word is read. `f` may clear or set bits
     /// (including its own); a bit set during the scan may or may not be visited (the arming
     /// party's interrupt comes later and causes another scan).
+    #[inline(always)]
     pub fn scan(&self, mut f: impl FnMut(u32)) -> ScanCost {
         let mut cost = ScanCost::default();
-        for (si, s) in self.summary.iter().enumerate() {
+        let summary = &*self.summary;
+        let words = &*self.words;
+        let mut si = 0;
+        while si < summary.len() {
+            let s = &summary[si];
             cost.summary_words += 1;
             let mut sbits = s.load(SeqCst);
             while sbits != 0 {
                 let b = sbits.trailing_zeros();
                 sbits &= sbits - 1;
                 let wi = si * 64 + b as usize;
-                let Some(word) = self.words.get(wi) else {
+                let Some(word) = words.get(wi) else {
                     continue;
                 };
                 cost.words += 1;
@@ -98,6 +109,7 @@ impl ArmedSet {
                     f((wi * 64) as u32 + t);
                 }
             }
+            si += 1;
         }
         cost
     }

@@ -280,7 +280,14 @@ impl ChipInner {
                 return Err(e.into());
             }
         };
+        let direct = sink.delivers_directly();
+        let idle_word = sink
+            .idle_word()
+            .map(|w| crate::handle::IdleWord(core::ptr::NonNull::from(w)));
         let h = Arc::new(HandleInner {
+            direct,
+            idle_word,
+            idle_mark: AtomicU64::new(0),
             watch: sink
                 .watch()
                 .unwrap_or_else(|| Arc::new(CompletionWatch::always())),

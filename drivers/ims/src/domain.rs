@@ -80,6 +80,9 @@ impl DemuxStats {
     }
 }
 
+/// One CPU's counters. Written only by that CPU's demultiplexing passes, which hold the
+/// CPU's table lock, so plain relaxed load + store pairs (no locked instruction) are exact;
+/// readers on other CPUs see each counter's latest value.
 #[derive(Default)]
 struct Counters {
     interrupts: AtomicU64,
@@ -89,6 +92,11 @@ struct Counters {
     completions: AtomicU64,
     words_scanned: AtomicU64,
     cycles: AtomicU64,
+}
+
+#[inline(always)]
+fn bump(a: &AtomicU64, n: u64) {
+    a.store(a.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
 }
 
 impl Counters {
@@ -117,21 +125,16 @@ impl Counters {
             a.store(0, Ordering::Relaxed);
         }
     }
-    /// Only the CPU's own handler updates these, so relaxed load+store pairs suffice where
-    /// a single writer is guaranteed; `fetch_add` keeps them exact in host fakes too.
+    /// Call with the CPU's table lock held (single writer).
+    #[inline(always)]
     fn add(&self, d: &Demux, spent: u64) {
-        self.interrupts.fetch_add(1, Ordering::Relaxed);
-        if d.delivered == 0 {
-            self.spurious.fetch_add(1, Ordering::Relaxed);
-        }
-        self.polls.fetch_add(d.polled as u64, Ordering::Relaxed);
-        self.empty_polls
-            .fetch_add(d.empty_polls as u64, Ordering::Relaxed);
-        self.completions
-            .fetch_add(d.delivered as u64, Ordering::Relaxed);
-        self.words_scanned
-            .fetch_add(d.words_scanned as u64, Ordering::Relaxed);
-        self.cycles.fetch_add(spent, Ordering::Relaxed);
+        bump(&self.interrupts, 1);
+        bump(&self.spurious, (d.delivered == 0) as u64);
+        bump(&self.polls, d.polled as u64);
+        bump(&self.empty_polls, d.empty_polls as u64);
+        bump(&self.completions, d.delivered as u64);
+        bump(&self.words_scanned, d.words_scanned as u64);
+        bump(&self.cycles, spent);
     }
 }
 
@@ -436,8 +439,7 @@ impl DomainInner {
             if h2.blocked() {
                 return 0;
             }
-            let n = h2.sink.poll();
-            h2.delivered.fetch_add(n as u64, Ordering::Relaxed);
+            let n = h2.sink.poll(&h2.delivered);
             if let Some(slot) = slot
                 && !h2.busy()
             {
@@ -464,28 +466,73 @@ impl DomainInner {
             return d;
         };
         let t0 = self.platform.cycles();
-        {
-            let table = st.table.lock();
-            let slots: &[Option<Arc<HandleInner>>] = &table.slots;
-            let cost = st.armed.scan(|slot| match slots.get(slot as usize) {
-                Some(Some(h)) => {
-                    // Left armed without a sink call: the completion it waits for comes with
-                    // an interrupt of its own, and its record is watched before the device
-                    // can write it.
-                    if !h.nothing_to_deliver() {
-                        Self::poll_armed(st, h, slot, &mut d);
-                    }
-                }
-                _ => {
-                    // A stale bit (an arming that raced with a move or a release).
-                    st.armed.clear(slot);
-                }
-            });
-            d.words_scanned = cost.summary_words + cost.words;
-        }
+        let table = st.table.lock();
+        let slots: &[Option<Arc<HandleInner>>] = &table.slots;
+        let cost = st.armed.scan(|slot| match slots.get(slot as usize) {
+            Some(Some(h)) => Self::deliver_one(st, h, slot, &mut d),
+            _ => {
+                // A stale bit (an arming that raced with a move or a release).
+                st.armed.clear(slot);
+            }
+        });
+        d.words_scanned = cost.summary_words + cost.words;
         let spent = self.platform.cycles().wrapping_sub(t0);
         st.counters.add(&d, spent);
+        drop(table);
         d
+    }
+
+    /// Delivery for one armed handle of the shared-vector scan: the one call per handle. A
+    /// sink that delivers directly gets exactly one call (it checks its own completions);
+    /// otherwise the handle's watch is read first and the sink is polled only when it shows
+    /// a completion (or nothing left to wait for). Either way the handle is disarmed when
+    /// nothing is outstanding. A posted-interrupt mode would call this for the handles its
+    /// descriptor names instead of scanning the armed set.
+    #[inline(always)]
+    fn deliver_one(st: &CpuState, h: &HandleInner, slot: u32, d: &mut Demux) {
+        if !h.direct {
+            // Left armed without a sink call: the completion it waits for comes with an
+            // interrupt of its own, and its record is watched before the device can write it.
+            if !h.nothing_to_deliver() {
+                Self::poll_armed(st, h, slot, d);
+            }
+            return;
+        }
+        if h.blocked() {
+            // Masked or being released: stays armed; unmask re-polls.
+            return;
+        }
+        // Armed only by an arming guard, with nothing submitted since the sink was idle:
+        // nothing to deliver (the submission the guard covers changes the word first).
+        if h.still_idle() {
+            return;
+        }
+        let r = h.sink.deliver(&h.delivered);
+        let n = r.delivered;
+        d.delivered += n;
+        if n != 0 {
+            d.polled += 1;
+        }
+        match r.idle {
+            Some((_, value)) if h.idle_word.is_some() => {
+                h.idle_mark.store(1 << 32 | value as u64, Ordering::Relaxed);
+            }
+            _ => h.idle_mark.store(0, Ordering::Relaxed),
+        }
+        if let Some((word, value)) = r.idle
+            && h.arming.load(SeqCst) == 0
+        {
+            if n == 0 {
+                d.polled += 1;
+                d.empty_polls += 1;
+            }
+            // Disarm, then look again: a submission between the sink's look and the clear
+            // changed the word before arming, and an arming guard raises `arming` first.
+            st.armed.clear(slot);
+            if word.load(SeqCst) != value || h.arming.load(SeqCst) > 0 {
+                st.armed.set(slot);
+            }
+        }
     }
 
     /// The full path for one armed handle of the shared handler: poll it unless blocked,
@@ -497,13 +544,11 @@ impl DomainInner {
             // Masked or being released: stays armed; unmask re-polls.
             return;
         }
-        let n = h.sink.poll();
+        let n = h.sink.poll(&h.delivered);
         d.polled += 1;
         d.delivered += n;
         if n == 0 {
             d.empty_polls += 1;
-        } else {
-            h.delivered.fetch_add(n as u64, Ordering::Relaxed);
         }
         if !h.busy() {
             // Disarm, then look again: an arming between the check and the clear (its
@@ -522,17 +567,17 @@ impl DomainInner {
             return d;
         };
         let t0 = self.platform.cycles();
+        let t = st.table.lock();
         // A vector left behind by a retarget or release: the handle lives elsewhere now.
         if h.loc.load(SeqCst) == loc(cpu, vector as u32) && !h.blocked() {
-            let _t = st.table.lock();
-            let n = h.sink.poll();
+            let n = h.sink.poll(&h.delivered);
             d.polled = 1;
             d.delivered = n;
             d.empty_polls = (n == 0) as u32;
-            h.delivered.fetch_add(n as u64, Ordering::Relaxed);
         }
         let spent = self.platform.cycles().wrapping_sub(t0);
         st.counters.add(&d, spent);
+        drop(t);
         d
     }
 }

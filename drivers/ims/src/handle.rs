@@ -25,6 +25,16 @@ pub(crate) struct Ctl {
     pub slot: u32,
 }
 
+/// A sink's idle word ([`CompletionSink::idle_word`]), kept as a pointer because the sink
+/// behind `HandleInner::sink` owns it.
+pub(crate) struct IdleWord(pub core::ptr::NonNull<AtomicU32>);
+
+// SAFETY: it points to an `AtomicU32` (itself Send + Sync) that the handle's sink keeps at
+// a fixed address while the handle, which holds the sink, lives.
+unsafe impl Send for IdleWord {}
+// SAFETY: as above; only atomic loads go through it.
+unsafe impl Sync for IdleWord {}
+
 /// `repr(C)`: the fields the shared-vector handler reads for every armed handle (`watch`,
 /// `arming`, `flags`) share the first cache line with the reference counts.
 #[repr(C)]
@@ -35,6 +45,12 @@ pub(crate) struct HandleInner {
     /// Submissions between `arm` and the end of their submit call.
     pub arming: AtomicU32,
     pub flags: AtomicU8,
+    /// The sink delivers directly ([`CompletionSink::delivers_directly`]).
+    pub direct: bool,
+    /// The sink's [`CompletionSink::idle_word`] (kept alive by `sink`), and the value it
+    /// had when the sink last reported idle (bit 32 set: valid).
+    pub idle_word: Option<IdleWord>,
+    pub idle_mark: AtomicU64,
     pub chip: Arc<ChipInner>,
     pub index: u32,
     pub pasid: u32,
@@ -44,12 +60,26 @@ pub(crate) struct HandleInner {
     pub loc: AtomicU64,
     /// What descriptors carry to name the entry.
     pub dev_handle: AtomicU32,
-    /// Completions delivered through the chip (handler and re-polls).
+    /// Completions delivered through the chip (handler and re-polls), counted by the sink
+    /// before each callback runs.
     pub delivered: AtomicU64,
     pub ctl: spin::Mutex<Ctl>,
 }
 
 impl HandleInner {
+    /// The sink reported idle at the value its idle word still has: nothing was submitted
+    /// since, so there is nothing to deliver.
+    #[inline(always)]
+    pub fn still_idle(&self) -> bool {
+        let mark = self.idle_mark.load(Ordering::Relaxed);
+        match &self.idle_word {
+            // SAFETY: the word belongs to `sink`, which this handle keeps alive, and the
+            // sink guarantees its address for its whole life (`CompletionSink::idle_word`).
+            Some(w) if mark >> 32 != 0 => unsafe { w.0.as_ref() }.load(SeqCst) == mark as u32,
+            _ => false,
+        }
+    }
+
     /// Masked or being released: the demultiplexer leaves it alone.
     #[inline]
     pub fn blocked(&self) -> bool {
@@ -91,6 +121,23 @@ impl HandleInner {
             st.armed.set(slot);
         }
         Ok(guard)
+    }
+
+    /// Sets the armed bit of a submission its sink already counts (see
+    /// [`Armer::arm_published`]).
+    #[inline]
+    fn arm_published(&self) -> Result<(), ImsError> {
+        if self.flags.load(SeqCst) & DEAD != 0 {
+            return Err(ImsError::Released);
+        }
+        let d = &self.chip.domain;
+        if d.config.mode == VectorMode::Shared
+            && let Some((cpu, slot)) = unloc(self.loc.load(SeqCst))
+            && let Some(st) = d.cpus.get(cpu)
+        {
+            st.armed.set(slot);
+        }
+        Ok(())
     }
 }
 
@@ -136,6 +183,17 @@ impl Armer {
     pub fn arm(&self) -> Result<ArmGuard<'_>, ImsError> {
         self.h.arm()
     }
+    /// Arms the handle for a submission that its sink already shows as outstanding (the
+    /// sink's [`Delivery::idle`](crate::Delivery) word changed and its `outstanding` is true)
+    /// and that has not reached the device yet: the lock-free fast path of sinks that
+    /// deliver directly, instead of an [`ArmGuard`] around the submit call. The caller must
+    /// have raised its sink's [`submitting`](crate::CompletionSink::submitting) flag before
+    /// checking here (release sets DEAD, then waits for that flag). Fails once the handle
+    /// is being released.
+    #[inline]
+    pub fn arm_published(&self) -> Result<(), ImsError> {
+        self.h.arm_published()
+    }
     /// What descriptors carry to name the entry.
     pub fn device_handle(&self) -> u32 {
         self.h.dev_handle.load(SeqCst)
@@ -149,6 +207,10 @@ impl Armer {
     /// [`ImsChip::id`](crate::ImsChip::id) of the device the handle belongs to.
     pub fn chip_id(&self) -> u64 {
         self.h.chip.id
+    }
+    /// Whether two armers name the same handle.
+    pub fn same_handle(&self, other: &Armer) -> bool {
+        Arc::ptr_eq(&self.h, &other.h)
     }
     /// True once release started.
     pub fn is_released(&self) -> bool {
@@ -213,7 +275,8 @@ impl ImsHandle {
     pub fn is_masked(&self) -> bool {
         self.h.flags.load(SeqCst) & MASKED != 0
     }
-    /// Completions the chip delivered for this handle.
+    /// Completions the chip delivered for this handle. Each is counted before its callback
+    /// runs: a callback (or a thread it signalled) sees its own completion in the count.
     pub fn delivered(&self) -> u64 {
         self.h.delivered.load(Ordering::Relaxed)
     }
@@ -431,7 +494,7 @@ fn release(h: &Arc<HandleInner>) -> Result<(), ImsError> {
     // Submissions that armed before DEAD finish their portal store first (they are then
     // covered by the drain); a late one is refused by the device after unbind anyway.
     if let Err(e) = d.wait_until("submissions in progress on a released handle", || {
-        h.arming.load(SeqCst) == 0
+        h.arming.load(SeqCst) == 0 && !h.sink.submitting()
     }) {
         log::warn!("ims: entry {}: {e}", h.index);
     }
@@ -465,8 +528,7 @@ fn release(h: &Arc<HandleInner>) -> Result<(), ImsError> {
     let left = d.on_cpu(cpu, move || {
         let st = &d2.cpus[cpu];
         let mut t = st.table.lock();
-        let n = h2.sink.poll();
-        h2.delivered.fetch_add(n as u64, Ordering::Relaxed);
+        h2.sink.poll(&h2.delivered);
         if mode == VectorMode::Shared {
             let r = t.remove(slot, &h2);
             if r {

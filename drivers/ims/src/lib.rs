@@ -64,12 +64,24 @@
 //!   progress (`arming > 0`), which will watch its record before the device can write it —
 //!   is left armed without touching its sink: its completion comes with an interrupt of its
 //!   own. The others take the **full path**: skip handles that are masked or being
-//!   released, otherwise `sink.poll()` (runs each completed operation's callback once) and,
+//!   released, otherwise `sink.poll()` (counts each completed operation into the handle's
+//!   `delivered`, then runs its callback, once) and,
 //!   if the handle is no longer busy (`arming == 0` and nothing outstanding), clear its bit
 //!   and check once more (an arming racing with the clear re-sets it). A handle with
 //!   nothing completed gets no callback; several completions coalesced into one interrupt,
 //!   in any order within a handle (every outstanding record is watched, not one), are all
 //!   delivered by the one poll.
+//!
+//! **Sinks that deliver directly** ([`CompletionSink::delivers_directly`], DSA's submission
+//! rings) replace the watch check and the poll with one call per armed handle,
+//! [`CompletionSink::deliver`]: the sink looks at its own records (the chip reads none of
+//! the device's memory), delivers what completed and, when nothing is outstanding, names a
+//! word (its submission counter) that stays unchanged while it is idle. The handler then
+//! disarms the handle and re-reads that word: a submission racing with the disarm changed
+//! it before arming ([`Armer::arm_published`], which such a submitter calls after making
+//! its record visible to the sink and before the portal store), so the handle is armed
+//! again. The per-handle delivery is one function, separate from the armed-set scan, so a
+//! notification that names the handles (posted interrupts) can call it directly.
 //!
 //! The skip is safe because a record is watched from before the device can write it until
 //! the party that claims its completion (and delivers it) unwatches it: an interrupt's pass
@@ -159,7 +171,7 @@ pub use domain::{
 pub use error::ImsError;
 pub use handle::{ArmGuard, Armer, ImsHandle};
 pub use platform::{ImsPlatform, MsiMessage, PlatformError, Route};
-pub use sink::CompletionSink;
+pub use sink::{CompletionSink, Delivery};
 pub use storage::{ImsStorage, StorageError};
 pub use watch::{CompletionWatch, WatchState};
 

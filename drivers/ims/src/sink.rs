@@ -3,6 +3,7 @@
 //! callbacks it feeds (for DSA: a submitter's completion records, `dsa::Reaper`).
 
 use alloc::sync::Arc;
+use core::sync::atomic::{AtomicU32, AtomicU64};
 
 use crate::watch::CompletionWatch;
 
@@ -16,6 +17,10 @@ use crate::watch::CompletionWatch;
 ///   from thread context. It runs in interrupt context: it must not block or allocate
 ///   unboundedly, and it should be cheap when nothing completed (without a watch, the
 ///   demultiplexer polls every armed handle on every interrupt).
+/// * `poll` adds one to its `delivered` argument (the handle's
+///   [`delivered`](crate::ImsHandle::delivered) count) for each completion **before** that
+///   completion's callback runs, so a callback — and whoever it signals — never sees a count
+///   that lacks its own completion.
 /// * [`outstanding`](CompletionSink::outstanding) is true from the moment a submission is
 ///   counted (before its portal store) until its completion has been delivered.
 /// * [`watch`](CompletionSink::watch), if the sink gives one, follows the
@@ -24,8 +29,9 @@ use crate::watch::CompletionWatch;
 ///   The shared-vector handler then skips the poll of an armed handle whose watch shows no
 ///   completion. Each call returns the same watch.
 pub trait CompletionSink: Send + Sync {
-    /// Delivers what completed; returns how many completions were delivered.
-    fn poll(&self) -> u32;
+    /// Delivers what completed, counting each completion into `delivered` before its
+    /// callback runs; returns how many completions were delivered.
+    fn poll(&self, delivered: &AtomicU64) -> u32;
     /// True while submitted work has not been delivered.
     fn outstanding(&self) -> bool;
     /// The sink's completion watch (None: the demultiplexer polls the sink on every pass
@@ -33,4 +39,46 @@ pub trait CompletionSink: Send + Sync {
     fn watch(&self) -> Option<Arc<CompletionWatch>> {
         None
     }
+    /// True for a sink that checks its own completions cheaply: the demultiplexer then
+    /// makes exactly one call per armed handle, [`deliver`](CompletionSink::deliver), and
+    /// never reads the sink's memory itself (no watch). Must not change over the sink's life.
+    fn delivers_directly(&self) -> bool {
+        false
+    }
+    /// One look and delivery (sinks with [`delivers_directly`](CompletionSink::delivers_directly)):
+    /// delivers what completed, exactly once and counted into `delivered` before each
+    /// callback, like [`poll`](CompletionSink::poll), and says whether anything is still
+    /// outstanding. Interrupt context; must be cheap when nothing completed.
+    fn deliver(&self, delivered: &AtomicU64) -> Delivery<'_> {
+        let delivered = self.poll(delivered);
+        Delivery {
+            delivered,
+            idle: None,
+        }
+    }
+    /// For sinks that deliver directly: the word their [`Delivery::idle`] names (always the
+    /// same one, at a fixed address for the sink's whole life). The demultiplexer keeps the
+    /// last idle value and skips the call for a handle that is armed only by an arming guard
+    /// while the word still reads it: nothing was submitted since the sink was idle.
+    fn idle_word(&self) -> Option<&AtomicU32> {
+        None
+    }
+    /// True while a submission of this sink is between its checks and its portal store
+    /// (submissions that arm with [`Armer::arm_published`](crate::Armer::arm_published));
+    /// release waits for it after refusing new ones.
+    fn submitting(&self) -> bool {
+        false
+    }
+}
+
+/// What one [`CompletionSink::deliver`] call did.
+#[derive(Clone, Copy, Debug)]
+pub struct Delivery<'a> {
+    /// Completions delivered by the call.
+    pub delivered: u32,
+    /// Nothing outstanding: `Some((word, value))`, and the sink stays idle while `word` still
+    /// reads `value` (a submission changes it before arming). The demultiplexer disarms the
+    /// handle, then re-reads the word: a submission racing with the disarm is seen either
+    /// there or by its own arming.
+    pub idle: Option<(&'a AtomicU32, u32)>,
 }

@@ -254,6 +254,14 @@ impl IoPageTable {
         len: u64,
         tables: &mut Vec<u64>,
     ) -> Result<u64, VtdError> {
+        // Nothing lives beyond the table's input width, as in `map` (the fuzz harness found
+        // the walk's skip to the next top-level slot overflowing at the top of 2^64).
+        if !iova
+            .checked_add(len.max(1) - 1)
+            .is_some_and(|last| fits_bits(last, self.input_bits()))
+        {
+            return Err(VtdError::IovaTooWide { iova });
+        }
         let mut mem = Tables::new(mem, phys_bits);
         let mut keep = |r: Released| {
             if let Released::Table(p) = r {

@@ -120,6 +120,25 @@ impl dsa::Registers for Regs {
     }
 }
 
+thread_local! {
+    /// Set while this thread runs the device model on the driver's behalf (a portal store):
+    /// what the model allocates is the device's business, not the driver's (the driver's
+    /// allocation test).
+    static IN_DEVICE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is inside the model's side of a portal store.
+pub fn in_device() -> bool {
+    IN_DEVICE.try_with(|c| c.get()).unwrap_or(false)
+}
+
+fn device_side<R>(f: impl FnOnce() -> R) -> R {
+    let prev = IN_DEVICE.with(|c| c.replace(true));
+    let r = f();
+    IN_DEVICE.with(|c| c.set(prev));
+    r
+}
+
 /// BAR2 over the model; counts stores. With `sync` set the model executes right at the
 /// store, so a completion (record and interrupt) happens while the driver is still inside
 /// its submit call.
@@ -143,12 +162,12 @@ impl dsa::Portals for Portal {
     }
     fn movdir64b(&self, off: u64, desc: &[u8; 64]) {
         self.posted.fetch_add(1, Ordering::Relaxed);
-        self.model.portal_submit(off, desc, StoreKind::Posted);
+        device_side(|| self.model.portal_submit(off, desc, StoreKind::Posted));
         self.after_store();
     }
     fn enqcmds(&self, off: u64, desc: &[u8; 64]) -> EnqStatus {
         self.enq.fetch_add(1, Ordering::Relaxed);
-        let r = match self.model.portal_submit(off, desc, StoreKind::DmWr) {
+        let r = match device_side(|| self.model.portal_submit(off, desc, StoreKind::DmWr)) {
             PortalResult::Accepted => EnqStatus::Accepted,
             PortalResult::Retry => {
                 self.enq_retry.fetch_add(1, Ordering::Relaxed);
@@ -249,6 +268,17 @@ pub struct Rig {
 
 impl Rig {
     pub fn new(cfg: Config, exec: Exec, pci_flags: u32) -> Rig {
+        Rig::build(cfg, exec, pci_flags, exec == Exec::Threaded)
+    }
+
+    /// A threaded rig whose engine threads start only at [`Rig::start_workers`]: until then
+    /// the device holds everything submitted (nothing executes), by construction rather than
+    /// by a delay the host might outrun.
+    pub fn held(cfg: Config, pci_flags: u32) -> Rig {
+        Rig::build(cfg, Exec::Threaded, pci_flags, false)
+    }
+
+    fn build(cfg: Config, exec: Exec, pci_flags: u32, start: bool) -> Rig {
         let plat = Arc::new(SimPlatform::new());
         let msix = cfg.msix_entries as u16;
         let model =
@@ -281,7 +311,7 @@ impl Rig {
             pci,
             workers: Vec::new(),
         };
-        if exec == Exec::Threaded {
+        if start {
             r.start_workers();
         }
         r

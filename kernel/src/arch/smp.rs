@@ -145,8 +145,9 @@ unsafe extern "C" {
 
 /// Kernel stack of each AP.
 pub const AP_STACK_SIZE: u64 = 128 * 1024;
-/// Default timeout of [`run_on`].
-pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default timeout of [`run_on`]: a hung CPU, not a slow one (an emulated CPU on a loaded
+/// host can take seconds to take the call's IPI).
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// SMP errors.
 #[derive(Debug, Clone, PartialEq, Eq)]

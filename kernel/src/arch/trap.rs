@@ -166,13 +166,16 @@ unsafe extern "C" fn trap_dispatch(frame: *mut TrapFrame) {
     // SAFETY: `trap_common` passes the frame it just pushed on this stack.
     let frame = unsafe { &mut *frame };
     let cpu = percpu::current();
-    let depth = cpu.trap_depth.fetch_add(1, Ordering::Relaxed);
+    // Only this CPU changes its depth, and a nested trap restores it before returning:
+    // plain load + store (no locked instruction on every interrupt).
+    let depth = cpu.trap_depth.load(Ordering::Relaxed);
+    cpu.trap_depth.store(depth + 1, Ordering::Relaxed);
     if frame.vector < 32 {
         handle_exception(frame, depth);
     } else {
         crate::irq::dispatch(frame);
     }
-    cpu.trap_depth.fetch_sub(1, Ordering::Relaxed);
+    cpu.trap_depth.store(depth, Ordering::Relaxed);
 }
 
 fn handle_exception(frame: &mut TrapFrame, depth: u32) {

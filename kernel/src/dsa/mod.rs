@@ -32,7 +32,7 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 use dsa::{Client, ConfigSource, DeviceOptions, Hardware, MiscEvents};
 use dsa_spec::WqMode;
@@ -129,17 +129,68 @@ pub struct EntryStats {
 }
 
 /// What an interrupt handler reaches: the current driver instance (replaced by
-/// [`DsaDevice::reconfigure`]; none while it is being replaced) and the recovery state.
+/// [`DsaDevice::reconfigure`] once the new one is up) and the recovery state.
+///
+/// Handlers read the instance with one atomic load and no reference count; a replaced
+/// instance is released only after every CPU has taken an interrupt since the swap
+/// (`irq::quiesce_handlers`), so no handler can still be using it (or it is kept forever).
 struct Slot {
     index: u32,
-    driver: IrqMutex<Option<Arc<dsa::Device>>>,
+    /// `Arc::into_raw` of the current instance (null before bring-up finishes).
+    current: AtomicPtr<dsa::Device>,
+    /// Serializes replacement and thread-context clones.
+    replace: IrqMutex<()>,
     recovery_pending: AtomicBool,
     entries: Vec<EntryStats>,
 }
 
 impl Slot {
+    /// The current instance, for thread context.
     fn driver(&self) -> Option<Arc<dsa::Device>> {
-        self.driver.lock().clone()
+        let _g = self.replace.lock();
+        let p = self.current.load(Ordering::Acquire);
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: `p` is the slot's own reference (from `Arc::into_raw` in `install`), which
+        // stays alive while `replace` is held; the new reference is counted.
+        unsafe {
+            Arc::increment_strong_count(p);
+            Some(Arc::from_raw(p))
+        }
+    }
+
+    /// The current instance for an interrupt handler (no reference count; see the type).
+    #[inline(always)]
+    fn with_driver<R>(&self, f: impl FnOnce(&dsa::Device) -> R) -> Option<R> {
+        let p = self.current.load(Ordering::Acquire);
+        // SAFETY: a non-null pointer is a live instance: `install` releases a replaced one
+        // only after every CPU took an interrupt since the swap, and this handler runs with
+        // interrupts off, having loaded `p` before that.
+        unsafe { p.as_ref() }.map(f)
+    }
+
+    /// Makes `d` the current instance; the previous one is released once no handler can
+    /// use it.
+    fn install(&self, d: Arc<dsa::Device>) {
+        let old = {
+            let _g = self.replace.lock();
+            self.current
+                .swap(Arc::into_raw(d) as *mut dsa::Device, Ordering::AcqRel)
+        };
+        if old.is_null() {
+            return;
+        }
+        if crate::irq::quiesce_handlers(core::time::Duration::from_secs(2)) {
+            // SAFETY: `old` was the slot's reference (from `Arc::into_raw`) and no handler
+            // can still use it (see above).
+            drop(unsafe { Arc::from_raw(old) });
+        } else {
+            log::warn!(
+                "dsa{}: a CPU did not answer; the old driver instance is kept",
+                self.index
+            );
+        }
     }
 }
 
@@ -178,11 +229,15 @@ impl fmt::Debug for DsaDevice {
 }
 
 impl DsaDevice {
-    /// The driver instance now in charge of the device.
+    /// The driver instance now in charge of the device (after a failed
+    /// [`reconfigure`](Self::reconfigure), the one that could be brought back, or the old,
+    /// shut-down one: submissions then fail with `DeviceUnavailable`).
     pub fn driver(&self) -> Arc<dsa::Device> {
-        self.slot
-            .driver()
-            .expect("a DsaDevice always has a driver after init")
+        match self.slot.driver() {
+            Some(d) => d,
+            // `bring_up` installs an instance before the DsaDevice exists.
+            None => unreachable!("a DsaDevice always has a driver instance"),
+        }
     }
 
     /// The kernel as a client of this device: its PASID (pass-through) when it uses one.
@@ -228,22 +283,50 @@ impl DsaDevice {
 
     /// Shuts the current driver instance down (every submitter must be gone) and brings the
     /// device up again with `source` and `options` (the kernel PASID is filled in).
+    ///
+    /// The old instance stays installed until the new one is up. If the new configuration
+    /// fails, the old configuration is brought up again (and installed) and the error is
+    /// returned; if even that fails, the old (shut-down) instance stays, and submissions to
+    /// it fail cleanly.
     pub fn reconfigure(
         &self,
         source: ConfigSource,
         mut options: DeviceOptions,
     ) -> Result<Arc<dsa::Device>, DsaInitError> {
-        let old = self.slot.driver.lock().take();
-        if let Some(d) = old
-            && let Err(e) = d.shutdown()
-        {
-            log::warn!("dsa{}: shutdown before reconfiguring: {e}", self.index);
-        }
         options.kernel_pasid = self.kernel_pasid;
         check_shared(&source, self.enqcmds)?;
-        let d = dsa::Device::new(self.hw.clone(), self.index, source, options)?;
-        *self.slot.driver.lock() = Some(d.clone());
-        Ok(d)
+        let old = self.driver();
+        if let Err(e) = old.shutdown() {
+            log::warn!("dsa{}: shutdown before reconfiguring: {e}", self.index);
+        }
+        match dsa::Device::new(self.hw.clone(), self.index, source, options) {
+            Ok(d) => {
+                self.slot.install(d.clone());
+                Ok(d)
+            }
+            Err(e) => {
+                let back = dsa::Device::new(
+                    self.hw.clone(),
+                    self.index,
+                    ConfigSource::Config(old.config().clone()),
+                    old.options().clone(),
+                );
+                match back {
+                    Ok(d) => {
+                        log::warn!(
+                            "dsa{}: reconfiguration failed ({e}); previous configuration restored",
+                            self.index
+                        );
+                        self.slot.install(d);
+                    }
+                    Err(e2) => log::error!(
+                        "dsa{}: reconfiguration failed ({e}) and the previous configuration could not be restored ({e2})",
+                        self.index
+                    ),
+                }
+                Err(e.into())
+            }
+        }
     }
 
     /// The default driver options of this kernel.
@@ -261,6 +344,9 @@ fn default_options(kernel_pasid: Option<u32>) -> DeviceOptions {
         // Under TCG several CPUs share few host cores: waits for credits or an accepting
         // shared WQ can take far longer than on hardware.
         submit_timeout_ns: 2_000_000_000,
+        // Likewise a command (a drain waits for the work in flight) on a loaded host: only
+        // a hung device should reach this bound.
+        command_timeout_ns: 10_000_000_000,
         // Each IMS handle's completions come from a submitter (the DSA IMS table has 2048
         // entries): room for a whole table of single-handle clients plus the kernel's own.
         max_submitters: MAX_SUBMITTERS,
@@ -372,14 +458,17 @@ fn schedule_recovery(slot: &Arc<Slot>) {
 
 fn handle(slot: &Arc<Slot>, entry: u16) {
     let t0 = crate::arch::rdtsc();
-    // Cloned out of the lock: the driver's handler may take a while (callbacks).
-    let drv = slot.driver();
-    let ev = drv.map(|d| d.handle_msix(entry));
+    let ev = slot.with_driver(|d| d.handle_msix(entry));
     let t1 = crate::arch::rdtsc();
     if let Some(s) = slot.entries.get(entry as usize) {
-        s.interrupts.fetch_add(1, Ordering::Relaxed);
-        s.handler_tsc
-            .fetch_add(t1.wrapping_sub(t0), Ordering::Relaxed);
+        // One CPU takes entry `entry`'s interrupts (its vector is on one CPU; a retarget
+        // moves it with the old CPU quiet): plain increments.
+        s.interrupts
+            .store(s.interrupts.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        s.handler_tsc.store(
+            s.handler_tsc.load(Ordering::Relaxed) + t1.wrapping_sub(t0),
+            Ordering::Relaxed,
+        );
     }
     if ev.is_some_and(|e| e.contains(MiscEvents::HALTED)) {
         schedule_recovery(slot);
@@ -420,7 +509,8 @@ fn bring_up(
     let nent = msix.table_size();
     let slot = Arc::new(Slot {
         index,
-        driver: IrqMutex::new(None),
+        current: AtomicPtr::new(core::ptr::null_mut()),
+        replace: IrqMutex::new(()),
         recovery_pending: AtomicBool::new(false),
         entries: (0..nent).map(|_| EntryStats::default()).collect(),
     });
@@ -467,7 +557,7 @@ fn bring_up(
     };
     let source = resolve_for_cpu(source, &hw, index, enqcmds)?;
     let d = dsa::Device::new(hw.clone(), index, source, default_options(kernel_pasid))?;
-    *slot.driver.lock() = Some(d);
+    slot.install(d);
     Ok(DsaDevice {
         index,
         pci: dev,
@@ -597,8 +687,6 @@ fn init_once() -> Result<InitReport, DsaInitError> {
     for d in devs {
         print_summary(d);
     }
-    // Every device's IMS table in the one system-wide shared-vector domain.
-    crate::ims::init(devs);
     Ok(InitReport {
         devices: devs.len(),
         origin,

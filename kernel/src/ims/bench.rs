@@ -49,7 +49,7 @@ use core::fmt::Write;
 use core::sync::atomic::{AtomicU32, Ordering};
 use core::time::Duration;
 
-use dsa::{DsaIms, OpError, Output, Submitter, SubmitterOptions, Work};
+use dsa::{DsaIms, OpError, Submitter, SubmitterOptions, Work};
 use ims::{ArmGuard, Armer, DemuxStats, ImsDomain, ImsError, ImsHandle, VectorMode};
 use klib::json::Escaped;
 use x86_64::instructions::interrupts;
@@ -255,10 +255,27 @@ fn window_baseline() -> u64 {
     best
 }
 
+/// What the completion callbacks count.
+struct Counts {
+    done: AtomicU32,
+    failed: AtomicU32,
+}
+
+/// The benchmark's completion callback (a function pointer and a cookie, as the driver's hot
+/// path takes them): the cookie is the round's `Counts`.
+fn on_complete(cookie: usize, c: &dsa::Completed<'_>) {
+    // SAFETY: the cookie is the address of the `Counts` in the `Arc` that `measure` holds
+    // until every submission it made has completed (or leaks when a round fails).
+    let counts = unsafe { &*(cookie as *const Counts) };
+    if !c.plain_success() {
+        counts.failed.fetch_add(1, Ordering::Relaxed);
+    }
+    counts.done.fetch_add(1, Ordering::Release);
+}
+
 /// Callbacks' counters and the measuring window's own cost.
 struct Tally {
-    done: Arc<AtomicU32>,
-    failed: Arc<AtomicU32>,
+    counts: Arc<Counts>,
     baseline: u64,
 }
 
@@ -275,25 +292,20 @@ fn pending_round(
     drainer: &mut Submitter,
     tally: &Tally,
 ) -> Result<(DemuxStats, u64, bool), String> {
-    let Tally {
-        done,
-        failed,
-        baseline,
-    } = tally;
+    let Tally { counts, baseline } = tally;
+    let done = &counts.done;
     let baseline = *baseline;
     let target = done.load(Ordering::Acquire) + subs.len() as u32;
     let before = ctx.domain.stats(cpu).map_err(|e| e.to_string())?;
     interrupts::disable();
     let queued = (|| {
+        let cb = dsa::Callback {
+            f: on_complete,
+            cookie: Arc::as_ptr(counts) as usize,
+        };
         for (sub, armer) in subs.iter_mut().zip(armers) {
-            let (d, f) = (done.clone(), failed.clone());
             ctx.chip
-                .submit(sub, armer, &Work::noop(), move |res| {
-                    if res != Ok(Output::Done) {
-                        f.fetch_add(1, Ordering::Relaxed);
-                    }
-                    d.fetch_add(1, Ordering::Release);
-                })
+                .submit_cb(sub, armer, &Work::noop(), cb)
                 .map_err(|e: OpError| format!("submit: {e}"))?;
         }
         let t = drainer
@@ -356,8 +368,10 @@ fn measure(
         .collect::<Result<_, _>>()
         .map_err(|e| format!("arming: {e}"))?;
     let tally = Tally {
-        done: Arc::new(AtomicU32::new(0)),
-        failed: Arc::new(AtomicU32::new(0)),
+        counts: Arc::new(Counts {
+            done: AtomicU32::new(0),
+            failed: AtomicU32::new(0),
+        }),
         baseline: window_baseline(),
     };
     let per_round = active.len() as u64;
@@ -366,7 +380,14 @@ fn measure(
         ..Cost::default()
     };
     for r in 0..=rounds {
-        let (d, path, in_window) = pending_round(ctx, cpu, subs, &armers, drainer, &tally)?;
+        let (d, path, in_window) = match pending_round(ctx, cpu, subs, &armers, drainer, &tally) {
+            Ok(x) => x,
+            Err(e) => {
+                // Callbacks of this round may still come: keep their counters alive.
+                core::mem::forget(tally.counts.clone());
+                return Err(e);
+            }
+        };
         if r == 0 {
             continue; // warm-up
         }
@@ -385,7 +406,7 @@ fn measure(
         }
     }
     drop(guards);
-    if tally.failed.load(Ordering::Relaxed) > 0 {
+    if tally.counts.failed.load(Ordering::Relaxed) > 0 {
         return Err("a no-op completed with an error".into());
     }
     if cost.completions != u64::from(rounds) * per_round {

@@ -55,8 +55,9 @@ use crate::sync::IrqMutex;
 
 /// Handles one PASID may hold per device unless `ims.quota=N` says otherwise.
 pub const DEFAULT_QUOTA: u32 = 64;
-/// Bound on each cross-CPU call of the control path.
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on each cross-CPU call of the control path: a hung CPU, not a slow one (an emulated
+/// CPU on a loaded host can take seconds to take the call's IPI).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------------
 // The platform
@@ -342,7 +343,22 @@ fn register(sys: &System, d: &DsaDevice) -> Result<Arc<DsaIms>, ImsUnavailable> 
 
 /// Creates the system domain and registers every device's IMS table with it (called once the
 /// DSA devices are up). Failures are logged; [`device_ims`] reports them.
+/// Creates the system domain and registers every device's IMS table (once; later calls do
+/// nothing). The main job calls it after bringing the DSA devices up; [`system`] and
+/// [`device_ims`] call it on first use.
 pub fn init(devs: &[DsaDevice]) {
+    static INIT: Once<()> = Once::new();
+    INIT.call_once(|| init_once(devs));
+}
+
+/// [`init`] with the kernel's devices, if it has not run yet.
+fn ensure() {
+    if SYSTEM.get().is_none() {
+        init(crate::dsa::devices());
+    }
+}
+
+fn init_once(devs: &[DsaDevice]) {
     if devs.is_empty() {
         return;
     }
@@ -379,6 +395,7 @@ pub fn init(devs: &[DsaDevice]) {
 
 /// The system-wide shared-vector domain.
 pub fn system() -> Result<&'static ImsDomain, ImsUnavailable> {
+    ensure();
     match SYSTEM.get() {
         Some(Ok(s)) => Ok(&s.domain),
         Some(Err(e)) => Err(ImsUnavailable::NoDomain(*e)),
@@ -389,6 +406,7 @@ pub fn system() -> Result<&'static ImsDomain, ImsUnavailable> {
 /// The IMS chip of `d` in the system domain (registered again if the device was
 /// reconfigured since: the new driver instance starts with a reset table).
 pub fn device_ims(d: &DsaDevice) -> Result<Arc<DsaIms>, ImsUnavailable> {
+    ensure();
     let sys = match SYSTEM.get() {
         Some(Ok(s)) => s,
         Some(Err(e)) => return Err(ImsUnavailable::NoDomain(*e)),
@@ -542,7 +560,19 @@ impl Client {
         Ok(ims.allocate(&self.id, cpu, sub)?)
     }
 
-    /// A submitter plus a handle on `cpu`: the usual way to get completion callbacks.
+    /// Same as [`Client::allocate_on`], and binds the handle to `sub`: device and PASID are
+    /// checked once, here; `sub`'s `Notify::Ims` submissions then carry and arm it.
+    pub fn allocate_bound_on(
+        &self,
+        ims: &DsaIms,
+        cpu: usize,
+        sub: &mut Submitter,
+    ) -> Result<ImsHandle, ClientError> {
+        Ok(ims.allocate_bound(&self.id, cpu, sub)?)
+    }
+
+    /// A submitter plus a handle on `cpu`, bound together: the usual way to get completion
+    /// callbacks.
     pub fn queue(
         &self,
         d: &DsaDevice,
@@ -550,8 +580,8 @@ impl Client {
         opts: SubmitterOptions,
     ) -> Result<Queue, ClientError> {
         let ims = device_ims(d)?;
-        let sub = self.submitter(d, opts)?;
-        let handle = ims.allocate(&self.id, cpu, &sub)?;
+        let mut sub = self.submitter(d, opts)?;
+        let handle = ims.allocate_bound(&self.id, cpu, &mut sub)?;
         Ok(Queue { ims, sub, handle })
     }
 }
@@ -572,24 +602,34 @@ impl fmt::Debug for Queue {
 }
 
 impl Queue {
-    /// Submits `work`; `cb` gets the result.
+    /// Submits `work`; `cb` (a function pointer and a cookie) gets the result, in the
+    /// demultiplexer on the handle's CPU. Allocates nothing.
+    pub fn submit_cb(&mut self, work: &Work, cb: dsa::Callback) -> Result<(), OpError> {
+        self.sub.submit_cb(work, dsa::Notify::Ims, cb)
+    }
+
+    /// Submits a batch; `cb` gets its completion (members through `Completed::members`).
+    pub fn submit_batch_cb(&mut self, members: &[Work], cb: dsa::Callback) -> Result<(), OpError> {
+        self.sub.submit_batch_cb(members, dsa::Notify::Ims, cb)
+    }
+
+    /// Submits `work`; the closure gets the result (boxed: one allocation per operation).
     pub fn submit(
         &mut self,
         work: &Work,
         cb: impl FnOnce(Result<Output, OpError>) + Send + 'static,
     ) -> Result<(), OpError> {
-        self.ims
-            .submit(&mut self.sub, &self.handle.armer(), work, cb)
+        self.sub.submit_with_callback(work, dsa::Notify::Ims, cb)
     }
 
-    /// Submits a batch; `cb` gets its result.
+    /// Submits a batch; the closure gets its result ([`Output::Batch`], allocated).
     pub fn submit_batch(
         &mut self,
         members: &[Work],
         cb: impl FnOnce(Result<Output, OpError>) + Send + 'static,
     ) -> Result<(), OpError> {
-        self.ims
-            .submit_batch_with_callback(&mut self.sub, &self.handle.armer(), members, cb)
+        self.sub
+            .submit_batch_with_callback(members, dsa::Notify::Ims, cb)
     }
 
     pub fn handle(&self) -> &ImsHandle {

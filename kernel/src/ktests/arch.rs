@@ -1,7 +1,6 @@
 //! Exceptions, fixups, per-CPU data.
 
 use alloc::boxed::Box;
-use core::time::Duration;
 
 use crate::arch::fault::{probe_read_u8, probe_read_u64, probe_write_u64};
 use crate::arch::{apic, percpu, smp};
@@ -77,10 +76,7 @@ ktest!(
 
 ktest!(
     fn percpu_index_and_apic_id_agree() {
-        let r = smp::run_on_all(Duration::from_secs(2), || {
-            (percpu::current_index(), apic::id())
-        })
-        .unwrap();
+        let r = smp::run_on_all(super::HANG, || (percpu::current_index(), apic::id())).unwrap();
         assert_eq!(r.len(), percpu::cpu_count());
         for (i, (idx, id)) in r.iter().enumerate() {
             assert_eq!(*idx, i);
@@ -100,7 +96,7 @@ ktest!(
         };
         assert_eq!(apic::mode(), want);
         // Spurious-interrupt vector register: enabled, vector 0xff, on every CPU.
-        let svrs = smp::run_on_all(Duration::from_secs(2), || apic::read(apic::reg::SVR)).unwrap();
+        let svrs = smp::run_on_all(super::HANG, || apic::read(apic::reg::SVR)).unwrap();
         for (cpu, svr) in svrs.iter().enumerate() {
             assert_eq!(
                 svr & 0x1ff,

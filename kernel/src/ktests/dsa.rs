@@ -9,7 +9,6 @@ use alloc::string::ToString;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use core::time::Duration;
 
 use bench::workload::{WlOp, WorkloadSpec};
 use dsa::{Client, Notify, OpError, Output, PageFault, Submitter, SubmitterOptions, Work};
@@ -24,7 +23,7 @@ use crate::ktest::Outcome;
 use crate::sync::IrqMutex;
 use crate::workload::ops::OpSlot;
 
-const WAIT_NS: u64 = 5_000_000_000;
+const WAIT_NS: u64 = super::HANG.as_nanos() as u64;
 
 fn devices() -> Result<&'static [DsaDevice], Outcome> {
     let d = crate::dsa::devices();
@@ -55,7 +54,10 @@ fn kernel_submitter(d: &DsaDevice, mode: WqMode) -> Submitter {
         &d.driver(),
         wq,
         d.kernel_client(),
-        SubmitterOptions::default(),
+        SubmitterOptions {
+            timeout_ns: WAIT_NS,
+            ..SubmitterOptions::default()
+        },
     )
     .unwrap_or_else(|e| panic!("dsa{} submitter on wq{wq}: {e}", d.index))
 }
@@ -384,7 +386,7 @@ ktest!(
                 })
                 .unwrap();
             }
-            crate::time::wait_until(Duration::from_secs(5), || {
+            crate::time::wait_until(super::HANG, || {
                 (done.load(Ordering::Acquire) == 4).then_some(())
             })
             .unwrap_or_else(|_| {
@@ -424,7 +426,10 @@ fn client(d: &DsaDevice) -> (Arc<ClientSpace>, Submitter) {
         &d.driver(),
         wq,
         Client::pasid(c.pasid(), false),
-        SubmitterOptions::default(),
+        SubmitterOptions {
+            timeout_ns: WAIT_NS,
+            ..SubmitterOptions::default()
+        },
     )
     .expect("client submitter");
     (c, s)
@@ -476,7 +481,7 @@ ktest!(
             other => panic!("A read B's IOVA: {other:?}"),
         }
         let f = watch
-            .next_from(Some(d.pci.address()), Duration::from_secs(2))
+            .next_from(Some(d.pci.address()), super::HANG)
             .expect("IOMMU fault record");
         assert_eq!(f.pasid, Some(ca.pasid()), "{f:?}");
         assert_eq!(f.address, b_src.dev_addr(0) & !0xfff, "{f:?}");
@@ -587,7 +592,7 @@ ktest!(
         assert_eq!((cr.bytes_completed, cr.fault_addr), (8192, hole));
         // The IOMMU recorded it for this device and PASID.
         let f = watch
-            .next_from(Some(d.pci.address()), Duration::from_secs(2))
+            .next_from(Some(d.pci.address()), super::HANG)
             .expect("fault record");
         assert_eq!(
             (f.pasid, f.address, f.write),
@@ -725,7 +730,7 @@ ktest!(
                         "{what}: fault {pf:?}, absent page {hole:#x}"
                     );
                     let f = watch
-                        .next_from(Some(d.pci.address()), Duration::from_secs(2))
+                        .next_from(Some(d.pci.address()), super::HANG)
                         .expect("IOMMU fault record");
                     assert_eq!(
                         (f.pasid, f.address, f.write),
@@ -792,41 +797,54 @@ ktest!(
         };
         let drv = d.driver();
         let _undo = NoDelay(&inj);
-        // Slow completions so the queues really fill.
-        inj.delay_us(2000);
         for mode in [WqMode::Shared, WqMode::Dedicated] {
             let wq = d.wq_id(mode).unwrap();
             let size = drv.wq(wq).unwrap().size() as usize;
             let n = size + size / 2;
-            let (retries, waits) = (drv.enqcmds_retries(), drv.credit_waits());
-            let opts = SubmitterOptions {
-                slots: n as u16 + 1,
-                ..SubmitterOptions::default()
-            };
-            let mut s = Submitter::new(&drv, wq, d.kernel_client(), opts).unwrap();
-            let mut src = DmaBuffer::kernel(n * 64, true).unwrap();
-            let dst = DmaBuffer::kernel(n * 64, true).unwrap();
-            src.bytes_mut().copy_from_slice(&pattern(n * 64, 9));
-            let toks: Vec<_> = (0..n)
-                .map(|i| {
-                    s.submit(
-                        &Work::memmove(src.dev_addr(i * 64), dst.dev_addr(i * 64), 64),
-                        Notify::Poll,
-                    )
-                    .unwrap_or_else(|e| panic!("{mode:?} submission {i}: {e}"))
-                })
-                .collect();
-            for t in toks {
-                assert_eq!(s.wait(t, WAIT_NS), Ok(Output::Done));
+            // Slow completions so the queue really fills. That it did is observed (a refused
+            // ENQCMDS, a wait for a credit), not assumed: a host that kept this vCPU slower
+            // than the delayed device gets the round again with a 4× longer delay.
+            let mut filled = false;
+            for delay_us in [2_000, 8_000, 32_000, 128_000] {
+                inj.delay_us(delay_us);
+                let (retries, waits) = (drv.enqcmds_retries(), drv.credit_waits());
+                let opts = SubmitterOptions {
+                    slots: n as u16 + 1,
+                    timeout_ns: WAIT_NS,
+                    ..SubmitterOptions::default()
+                };
+                let mut s = Submitter::new(&drv, wq, d.kernel_client(), opts).unwrap();
+                let mut src = DmaBuffer::kernel(n * 64, true).unwrap();
+                let dst = DmaBuffer::kernel(n * 64, true).unwrap();
+                src.bytes_mut().copy_from_slice(&pattern(n * 64, 9));
+                let toks: Vec<_> = (0..n)
+                    .map(|i| {
+                        s.submit(
+                            &Work::memmove(src.dev_addr(i * 64), dst.dev_addr(i * 64), 64),
+                            Notify::Poll,
+                        )
+                        .unwrap_or_else(|e| panic!("{mode:?} submission {i}: {e}"))
+                    })
+                    .collect();
+                for t in toks {
+                    assert_eq!(s.wait(t, WAIT_NS), Ok(Output::Done));
+                }
+                assert_eq!(dst.bytes(), src.bytes());
+                filled = match mode {
+                    WqMode::Shared => drv.enqcmds_retries() > retries,
+                    WqMode::Dedicated => drv.credit_waits() > waits,
+                };
+                if filled {
+                    break;
+                }
             }
-            assert_eq!(dst.bytes(), src.bytes());
             match mode {
                 WqMode::Shared => assert!(
-                    drv.enqcmds_retries() > retries,
+                    filled,
                     "{n} submissions to a {size}-entry shared WQ were never refused"
                 ),
                 WqMode::Dedicated => {
-                    assert!(drv.credit_waits() > waits, "dedicated WQ never full");
+                    assert!(filled, "dedicated WQ never full");
                     assert_eq!(drv.wq(wq).unwrap().credits_peak() as usize, size);
                     assert_eq!(drv.swerr_count(dsa_spec::regs::swerr_code::DWQ_FULL), 0);
                 }
@@ -851,48 +869,57 @@ ktest!(
         let code = dsa_spec::status::INVALID_FLAGS;
         let n0 = drv.swerr_count(code);
         inj.write(fi::FI_FORCE_SWERR, code as u32);
-        crate::time::wait_until(Duration::from_secs(2), || {
-            (drv.swerr_count(code) > n0).then_some(())
-        })
-        .expect("SWERR seen by the misc interrupt");
+        crate::time::wait_until(super::HANG, || (drv.swerr_count(code) > n0).then_some(()))
+            .expect("SWERR seen by the misc interrupt");
         assert_eq!(drv.last_swerr().map(|e| e.code), Some(code));
         let misc = &d.routes()[0];
         assert!(crate::irq::count(misc.cpu, misc.vector) > 0);
         // A halt with descriptors in flight: recovery resets and reconfigures the device;
-        // every in-flight operation completes or fails back as Aborted, none is lost.
+        // every in-flight operation completes or fails back as Aborted, none is lost. That
+        // the halt hit work in flight is observed (an Aborted operation); a host that let
+        // every delayed operation finish before the halt gets the round again with a 4×
+        // longer delay.
         let _undo = NoDelay(&inj);
-        inj.delay_us(20_000);
-        let recoveries = drv.recovery_count();
-        let mut s = kernel_submitter(d, WqMode::Dedicated);
         let mut src = DmaBuffer::kernel(8 * 1024, true).unwrap();
         let dst = DmaBuffer::kernel(8 * 1024, true).unwrap();
         src.bytes_mut().copy_from_slice(&pattern(8192, 4));
-        let toks: Vec<_> = (0..8)
-            .map(|k| {
-                s.submit(
-                    &Work::memmove(src.dev_addr(k * 1024), dst.dev_addr(k * 1024), 1024),
-                    Notify::Poll,
-                )
-                .unwrap()
+        let mut aborted = 0;
+        for delay_us in [20_000, 80_000, 320_000] {
+            inj.delay_us(delay_us);
+            let recoveries = drv.recovery_count();
+            let mut s = kernel_submitter(d, WqMode::Dedicated);
+            let toks: Vec<_> = (0..8)
+                .map(|k| {
+                    s.submit(
+                        &Work::memmove(src.dev_addr(k * 1024), dst.dev_addr(k * 1024), 1024),
+                        Notify::Poll,
+                    )
+                    .unwrap()
+                })
+                .collect();
+            // Halt as on a fatal hardware write error (logged with SWERR code 0x21).
+            inj.write(fi::FI_FORCE_HALT, dsa_spec::status::HW_WRITE_ERROR as u32);
+            let mut done = 0;
+            aborted = 0;
+            for t in toks {
+                match s.wait(t, WAIT_NS) {
+                    Ok(Output::Done) => done += 1,
+                    Err(OpError::Aborted) => aborted += 1,
+                    other => panic!("in-flight operation after a halt: {other:?}"),
+                }
+            }
+            assert_eq!(done + aborted, 8);
+            crate::time::wait_until(super::HANG, || {
+                (drv.state() == dsa::RunState::Running).then_some(())
             })
-            .collect();
-        // Halt as on a fatal hardware write error (logged with SWERR code 0x21).
-        inj.write(fi::FI_FORCE_HALT, dsa_spec::status::HW_WRITE_ERROR as u32);
-        let (mut done, mut aborted) = (0, 0);
-        for t in toks {
-            match s.wait(t, WAIT_NS) {
-                Ok(Output::Done) => done += 1,
-                Err(OpError::Aborted) => aborted += 1,
-                other => panic!("in-flight operation after a halt: {other:?}"),
+            .expect("device running again");
+            assert!(drv.recovery_count() > recoveries);
+            drop(s);
+            if aborted > 0 {
+                break;
             }
         }
-        assert_eq!(done + aborted, 8);
         assert!(aborted > 0, "the halt hit no descriptor in flight");
-        crate::time::wait_until(Duration::from_secs(5), || {
-            (drv.state() == dsa::RunState::Running).then_some(())
-        })
-        .expect("device running again");
-        assert!(drv.recovery_count() > recoveries);
         assert!(drv.halt_count() > 0);
         assert!(
             drv.swerr_count(dsa_spec::status::HW_WRITE_ERROR) > 0,
@@ -906,7 +933,6 @@ ktest!(
             assert_eq!(s2.run(&w), Ok(Output::Done), "{mode:?} after recovery");
         }
         assert_eq!(dst.bytes(), src.bytes());
-        drop(s);
         Outcome::Pass
     }
 );
@@ -938,21 +964,29 @@ ktest!(
                 "drained operation not complete"
             );
         }
-        // Abort PASID: queued operations are dropped and fail back as Aborted.
-        let toks: Vec<_> = (0..12)
-            .map(|_| s.submit(&Work::noop(), Notify::Poll).unwrap())
-            .collect();
+        // Abort PASID: queued operations are dropped and fail back as Aborted. That some
+        // were still queued is observed; a host that let all twelve finish before the abort
+        // gets the round again with a 4× longer delay.
         let kp = d.kernel_client().space.pasid();
-        match kp {
-            Some(p) => drv.abort_pasid(p).unwrap(),
-            None => drv.abort_wq(wq).unwrap(),
-        }
         let mut aborted = 0;
-        for t in toks {
-            match s.wait(t, WAIT_NS) {
-                Ok(Output::Done) => {}
-                Err(OpError::Aborted) => aborted += 1,
-                other => panic!("after abort: {other:?}"),
+        for delay_us in [5_000, 20_000, 80_000, 320_000] {
+            inj.delay_us(delay_us);
+            let toks: Vec<_> = (0..12)
+                .map(|_| s.submit(&Work::noop(), Notify::Poll).unwrap())
+                .collect();
+            match kp {
+                Some(p) => drv.abort_pasid(p).unwrap(),
+                None => drv.abort_wq(wq).unwrap(),
+            }
+            for t in toks {
+                match s.wait(t, WAIT_NS) {
+                    Ok(Output::Done) => {}
+                    Err(OpError::Aborted) => aborted += 1,
+                    other => panic!("after abort: {other:?}"),
+                }
+            }
+            if aborted > 0 {
+                break;
             }
         }
         assert!(aborted > 0, "abort dropped nothing");
@@ -1017,7 +1051,7 @@ ktest!(
         })
         .unwrap();
         one_device_burst(&devs[0], &counts[0]);
-        h.join(Duration::from_secs(30)).unwrap();
+        h.join(super::HANG).unwrap();
         assert_eq!(counts[0].load(Ordering::Relaxed), 16);
         assert_eq!(counts[1].load(Ordering::Relaxed), 16);
         Outcome::Pass

@@ -103,10 +103,8 @@ ktest!(
             "-cpu max of the patched QEMU has both (movdir64b={m} enqcmd={e})"
         );
         // The same on every CPU (the kernel assumes symmetric features).
-        let all = smp::run_on_all(core::time::Duration::from_secs(2), || {
-            __cpuid_count(7, 0).ecx & (3 << 28)
-        })
-        .expect("run_on_all");
+        let all = smp::run_on_all(super::HANG, || __cpuid_count(7, 0).ecx & (3 << 28))
+            .expect("run_on_all");
         assert!(
             all.iter().all(|&x| x == 3 << 28),
             "per-CPU CPUID.7.ECX: {all:x?}"
@@ -217,8 +215,7 @@ ktest!(
             return ktest::skip("no ENQCMD (no IA32_PASID)");
         }
         // Reset value, on every CPU (nothing in the kernel writes it).
-        let all =
-            smp::run_on_all(core::time::Duration::from_secs(2), read_pasid).expect("run_on_all");
+        let all = smp::run_on_all(super::HANG, read_pasid).expect("run_on_all");
         assert!(all.iter().all(|&v| v == 0), "IA32_PASID at reset: {all:x?}");
         let _reset = PasidReset;
         for v in [PASID_VALID | 0x1234, 0xF_FFFF, PASID_VALID | 0xF_FFFF, 0] {
@@ -422,17 +419,21 @@ ktest!(
         s.page.as_mut_slice()[DST_OFF..DST_OFF + 64].fill(0);
         let (src, dst) = (s.src(0), s.dst());
         const STORES: u64 = 4000;
-        // The reader's progress: every 100 stores the writer waits (bounded) until the reader
-        // has read again, so the two overlap however the host schedules the vCPU threads.
-        let progress = alloc::sync::Arc::new(core::sync::atomic::AtomicU64::new(0));
-        let seen = progress.clone();
+        // Handshake every 100 stores: the writer publishes a checkpoint and waits until the
+        // reader has started a read after it, so the two overlap however the host schedules
+        // the vCPU threads (the reader sees line 100·c − 1 at checkpoint c: at least two
+        // distinct lines by construction).
+        use core::sync::atomic::{AtomicU64, Ordering::Acquire, Ordering::Release};
+        let checkpoint = alloc::sync::Arc::new(AtomicU64::new(0));
+        let reached = alloc::sync::Arc::new(AtomicU64::new(0));
+        let (cp, rd) = (checkpoint.clone(), reached.clone());
         let writer = smp::spawn_on(1, move || {
             for k in 1..=STORES {
                 if k % 100 == 0 {
-                    let before = seen.load(core::sync::atomic::Ordering::Acquire);
-                    let _ = crate::time::wait_until(core::time::Duration::from_millis(200), || {
-                        (seen.load(core::sync::atomic::Ordering::Acquire) > before).then_some(())
-                    });
+                    let c = k / 100;
+                    cp.store(c, Release);
+                    crate::time::wait_until(super::HANG, || (rd.load(Acquire) >= c).then_some(()))
+                        .expect("the reader never read after checkpoint");
                 }
                 let line = [k; 8];
                 // SAFETY: `src` is 64 readable bytes of the scratch page (kept alive by the
@@ -453,9 +454,10 @@ ktest!(
         let (mut reads, mut torn, mut distinct, mut last) = (0u64, 0u64, 0u64, 0u64);
         let mut first_torn = None;
         while !writer.is_done() {
+            let c = checkpoint.load(Acquire);
             let q = read_line(dst);
             reads += 1;
-            progress.store(reads, core::sync::atomic::Ordering::Release);
+            reached.store(c, Release);
             if q.iter().any(|&v| v != q[0]) {
                 torn += 1;
                 first_torn.get_or_insert(q);
@@ -464,9 +466,7 @@ ktest!(
                 last = q[0];
             }
         }
-        writer
-            .join(core::time::Duration::from_secs(60))
-            .expect("writer finished");
+        writer.join(super::HANG).expect("writer finished");
         log::info!(
             "movdir64b atomicity: {STORES} stores, {reads} reads, {distinct} distinct lines seen, {torn} torn"
         );

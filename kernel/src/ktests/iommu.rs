@@ -56,10 +56,15 @@ impl Edu {
     }
 
     fn wait_idle(&self) -> Result<(), String> {
-        crate::time::wait_until(Duration::from_secs(2), || {
+        crate::time::wait_until(super::HANG, || {
             (self.mmio.read64(edu_reg::DMA_CMD) & edu_reg::CMD_RUN == 0).then_some(())
         })
-        .map_err(|_| String::from("edu DMA did not complete within 2 s"))
+        .map_err(|_| {
+            format!(
+                "edu DMA did not complete within {} s",
+                super::HANG.as_secs()
+            )
+        })
     }
 
     /// One DMA transfer; `to_ram`: buffer[off] → IOVA, else IOVA → buffer[off]. The device
@@ -102,7 +107,7 @@ fn edu_or_skip() -> Result<Edu, ktest::Outcome> {
 
 /// The next fault from `dev`, through the fault-event interrupt.
 fn next_fault(w: &mut iommu::FaultWatch, dev: PciAddress) -> iommu::FaultInfo {
-    w.next_from(Some(dev), Duration::from_secs(2))
+    w.next_from(Some(dev), super::HANG)
         .unwrap_or_else(|e| panic!("{e} (fault events so far: {})", iommu::fault_events()))
 }
 
@@ -281,7 +286,7 @@ ktest!(
         let before = iommu::pasids_in_use();
         // Each CPU builds, checks and tears down its own space and interrupt routes while the
         // others do the same: every call serialises on the unit's lock.
-        let results = crate::arch::smp::run_on_all(Duration::from_secs(10), move || {
+        let results = crate::arch::smp::run_on_all(super::HANG, move || {
             let cpu = percpu::current_index();
             let frames = mm::alloc_frames(64 * 4096, 4096).map_err(|e| format!("{e}"))?;
             let mut pasids = Vec::new();
@@ -622,8 +627,7 @@ ktest!(
         msi.set_enabled(true).unwrap();
         assert_eq!(msi.message().unwrap(), route.message());
         let wait = |i: usize, n: u64| {
-            crate::time::wait_until(Duration::from_secs(1), || (count(i) >= n).then_some(()))
-                .is_ok()
+            crate::time::wait_until(super::HANG, || (count(i) >= n).then_some(())).is_ok()
         };
         edu.raise_irq();
         assert!(

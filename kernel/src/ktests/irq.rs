@@ -3,7 +3,6 @@
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use core::time::Duration;
 
 use klib::vectors::VectorError;
 
@@ -87,7 +86,7 @@ ktest!(
             .unwrap();
             let before = irq::count(cpu, v);
             irq::send_ipi(cpu, v).unwrap();
-            crate::time::wait_until(Duration::from_secs(1), || {
+            crate::time::wait_until(super::HANG, || {
                 (hits[cpu].load(Ordering::SeqCst) == 1).then_some(())
             })
             .unwrap_or_else(|_| panic!("IPI vector {v:#x} never reached CPU {cpu}"));
@@ -103,10 +102,8 @@ ktest!(
             irq::free_vector(cpu, v).unwrap();
             // After free, a stray interrupt is counted but no longer reaches the handler.
             irq::send_ipi(cpu, v).unwrap();
-            crate::time::wait_until(Duration::from_secs(1), || {
-                (irq::count(cpu, v) >= 2).then_some(())
-            })
-            .unwrap();
+            crate::time::wait_until(super::HANG, || (irq::count(cpu, v) >= 2).then_some(()))
+                .unwrap();
             assert_eq!(hits[cpu].load(Ordering::SeqCst), 1);
         }
     }
@@ -144,7 +141,7 @@ ktest!(
         })
         .unwrap()
         .unwrap();
-        crate::time::wait_until(Duration::from_secs(1), || {
+        crate::time::wait_until(super::HANG, || {
             (hits.load(Ordering::SeqCst) == 1).then_some(())
         })
         .unwrap();

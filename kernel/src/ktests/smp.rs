@@ -48,13 +48,13 @@ ktest!(
 ktest!(
     fn run_on_all_runs_in_parallel() {
         let n = percpu::cpu_count();
-        let start = crate::time::now_ns();
-        // Each CPU waits until all have started: only possible if they run concurrently.
+        // Each CPU waits until all have started: only possible if they run concurrently
+        // (however long the host takes to schedule them; the bound only catches a hang).
         static ARRIVED: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
         ARRIVED.store(0, Ordering::SeqCst);
-        let r = smp::run_on_all(Duration::from_secs(5), move || {
+        let r = smp::run_on_all(2 * super::HANG, move || {
             ARRIVED.fetch_add(1, Ordering::SeqCst);
-            crate::time::wait_until(Duration::from_secs(2), || {
+            crate::time::wait_until(super::HANG, || {
                 (ARRIVED.load(Ordering::SeqCst) == n).then_some(())
             })
             .is_ok()
@@ -64,7 +64,6 @@ ktest!(
             r.iter().all(|&ok| ok),
             "not all CPUs were running at the same time: {r:?}"
         );
-        assert!(crate::time::now_ns() - start < 2_000_000_000);
     }
 );
 
@@ -76,27 +75,31 @@ ktest!(
         }
         let target = n - 1;
         static RELEASE: AtomicBool = AtomicBool::new(false);
+        static BUSY: AtomicBool = AtomicBool::new(false);
         RELEASE.store(false, Ordering::SeqCst);
+        BUSY.store(false, Ordering::SeqCst);
         let busy = smp::spawn_on(target, || {
             // Busy with interrupts off until released (bounded).
             x86_64::instructions::interrupts::without_interrupts(|| {
-                crate::time::wait_until(Duration::from_secs(5), || {
+                BUSY.store(true, Ordering::SeqCst);
+                crate::time::wait_until(super::HANG, || {
                     RELEASE.load(Ordering::SeqCst).then_some(())
                 })
                 .is_ok()
             })
         })
         .unwrap();
+        // The call is made only once the target is busy with interrupts off.
+        crate::time::wait_until(super::HANG, || BUSY.load(Ordering::SeqCst).then_some(()))
+            .expect("the busy job started");
         let t0 = crate::time::now_ns();
         let r = smp::run_on_timeout(target, Duration::from_millis(20), || 7);
         let waited = crate::time::now_ns() - t0;
         assert_eq!(r, Err(smp::SmpError::CallTimeout { cpu: target }));
-        assert!(
-            (20_000_000..1_000_000_000).contains(&waited),
-            "waited {waited} ns"
-        );
+        // Not before its time; how much later depends on the host.
+        assert!(waited >= 20_000_000, "waited {waited} ns");
         RELEASE.store(true, Ordering::SeqCst);
-        assert_eq!(busy.join(Duration::from_secs(5)), Ok(true));
+        assert_eq!(busy.join(super::HANG), Ok(true));
         // The queue keeps working after a timeout.
         assert_eq!(smp::run_on(target, || 9), Ok(9));
         ktest::Outcome::Pass

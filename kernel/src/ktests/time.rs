@@ -17,7 +17,7 @@ ktest!(
                 let (t0, _) = time::timer_ticks(me);
                 let start = time::now_ns();
                 time::arm_oneshot(2_000_000).expect("arm");
-                let r = time::wait_until(Duration::from_secs(1), || {
+                let r = time::wait_until(super::HANG, || {
                     let (t, at) = time::timer_ticks(me);
                     (t > t0).then(|| (t - t0, at.saturating_sub(start)))
                 });
@@ -25,7 +25,7 @@ ktest!(
                 r
             })
             .unwrap()
-            .unwrap_or_else(|_| panic!("no LAPIC timer interrupt on CPU {cpu} within 1 s"));
+            .unwrap_or_else(|_| panic!("no LAPIC timer interrupt on CPU {cpu}"));
             assert_eq!(ticks, 1, "one-shot fired once on CPU {cpu}");
             // Calibration sanity: not (much) earlier than programmed.
             assert!(
@@ -52,14 +52,14 @@ ktest!(
                 c2.fetch_add(1, Ordering::SeqCst);
             })));
             time::arm_periodic(1_000_000).expect("arm");
-            let got = time::wait_until(Duration::from_secs(2), || {
+            let got = time::wait_until(super::HANG, || {
                 (time::timer_ticks(me).0 - t0 >= 5).then_some(())
             });
             time::stop_timer();
             time::set_timer_callback(None);
             got
         });
-        r.unwrap().expect("5 periodic ticks within 2 s");
+        r.unwrap().expect("5 periodic ticks");
         let after_stop = count.load(Ordering::SeqCst);
         assert!(after_stop >= 5);
         time::delay(Duration::from_millis(10));
@@ -91,11 +91,14 @@ ktest!(
 
 ktest!(
     fn delays_and_deadlines_are_bounded() {
+        // Never shorter than asked. How much longer depends on how the host schedules the
+        // vCPU, so the upper bound only catches a hang (or a clock off by orders of
+        // magnitude); the clock's rate is checked against the HPET below.
         let t0 = time::now_ns();
         time::delay_us(3_000);
         let d = time::now_ns() - t0;
         assert!(
-            (3_000_000..500_000_000).contains(&d),
+            (3_000_000..super::HANG.as_nanos() as u64).contains(&d),
             "delay_us(3000) took {d} ns"
         );
         let t0 = time::now_ns();
@@ -103,12 +106,17 @@ ktest!(
         let d = time::now_ns() - t0;
         assert_eq!(r, Err(Timeout));
         assert!(
-            (5_000_000..500_000_000).contains(&d),
+            (5_000_000..super::HANG.as_nanos() as u64).contains(&d),
             "5 ms timeout took {d} ns"
         );
         let dl = Deadline::after_ms(50);
-        assert!(!dl.expired());
         assert!(dl.remaining() <= Duration::from_millis(50));
+        time::delay(Duration::from_millis(50));
+        assert!(dl.expired(), "a 50 ms deadline after 50 ms");
+        assert_eq!(dl.remaining(), Duration::ZERO);
+        let far = Deadline::after(super::HANG);
+        assert!(!far.expired());
+        assert!(far.remaining() > Duration::ZERO && far.remaining() <= super::HANG);
     }
 );
 
@@ -122,6 +130,8 @@ ktest!(
         let read = |off: u64| unsafe { ((base + off) as *const u64).read_volatile() };
         let period_fs = read(0) >> 32;
         // Read both clocks as close together as possible (retry if preempted in between).
+        // Returns the HPET count, the TSC time at the middle of the pair and the pair's
+        // half-width: the HPET was read at most that far from the time given.
         let pair = || {
             let mut best = (0, 0, u64::MAX);
             for _ in 0..64 {
@@ -135,16 +145,27 @@ ktest!(
                     break;
                 }
             }
-            (best.0, best.1)
+            (best.0, best.1, best.2.div_ceil(2))
         };
-        let (h0, t0) = pair();
+        let (h0, t0, e0) = pair();
         time::delay(Duration::from_millis(30));
-        let (h1, t1) = pair();
+        let (h1, t1, e1) = pair();
         let hpet_ns = (h1.wrapping_sub(h0) & 0xffff_ffff) as u128 * period_fs as u128 / 1_000_000;
         let tsc_ns = (t1 - t0) as u128;
-        let ratio = tsc_ns * 1000 / hpet_ns.max(1);
-        crate::println!("ktest-info: 30 ms by TSC = {} us by HPET", hpet_ns / 1000);
-        assert!((950..=1050).contains(&ratio), "TSC/HPET ratio {ratio}/1000");
+        // 5 % of the interval, plus what the reads themselves could not pin down (a vCPU
+        // preempted inside every one of a pair's 64 tries widens it; the rate is still
+        // checked, just with the error bars the host left us).
+        let slack = hpet_ns / 20 + (e0 + e1) as u128;
+        crate::println!(
+            "ktest-info: {} us by TSC = {} us by HPET (reads within ±{} us)",
+            tsc_ns / 1000,
+            hpet_ns / 1000,
+            (e0 + e1) / 1000
+        );
+        assert!(
+            tsc_ns.abs_diff(hpet_ns) <= slack,
+            "TSC {tsc_ns} ns vs HPET {hpet_ns} ns (allowed ±{slack})"
+        );
         ktest::Outcome::Pass
     }
 );

@@ -9,18 +9,22 @@
 //! DSA glue per MSI-X entry (`dsa::EntryStats`), for client PASIDs the IMS demultiplexer's
 //! passes on the case's CPUs (`ims::DemuxStats::cycles`; the handle is this CPU's own).
 
+use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use bench::workload::{Case, Completion};
-use dsa::{Client, Notify, OpError, Output, Submitter, SubmitterOptions, Work};
+use dsa::{
+    Callback, Client, Completed, Notify, OpError, Output, Submitter, SubmitterOptions, Work,
+};
 
 use super::ops::{Mismatch, OpSlot};
 use crate::arch::rdtsc;
 use crate::dsa::{ClientSpace, DsaDevice};
-use crate::sync::IrqMutex;
 use x86_64::instructions::interrupts::without_interrupts;
 
 /// Bound on waiting for one completion.
@@ -72,7 +76,37 @@ impl CpuResult {
     }
 }
 
-type Queue = Arc<IrqMutex<VecDeque<(usize, Result<Output, OpError>)>>>;
+/// Where an interrupt-mode completion of group `g` lands: written by the completion
+/// callback (the function pointer + cookie the driver calls), read by this CPU's loop.
+struct GroupDone {
+    ready: AtomicBool,
+    result: UnsafeCell<Result<Output, OpError>>,
+    /// Batch members (preallocated, one per member).
+    members: UnsafeCell<Vec<Result<Output, OpError>>>,
+}
+
+// SAFETY: `result` and `members` have one writer at a time: the callback of the group's one
+// submission in flight writes them before its release store of `ready`; the loop reads them
+// after an acquire load of `ready` and before resubmitting the group.
+unsafe impl Sync for GroupDone {}
+
+/// The completion callback of interrupt mode: the cookie is the group's `GroupDone`.
+fn on_complete(cookie: usize, done: &Completed<'_>) {
+    // SAFETY: the cookie is the address of a `GroupDone` in the board `run` keeps alive
+    // until every submission completed (or leaks when it gives up); see `GroupDone`.
+    let g = unsafe { &*(cookie as *const GroupDone) };
+    // SAFETY: this callback is the group's only writer now (see `GroupDone`).
+    unsafe {
+        if done.is_batch() {
+            done.members().write_to(&mut *g.members.get());
+        }
+        let r = &mut *g.result.get();
+        if !(done.plain_success() && matches!(r, Ok(Output::Done))) {
+            *r = done.result();
+        }
+    }
+    g.ready.store(true, Ordering::Release);
+}
 
 /// Runs the plan on the current CPU.
 pub fn run(p: Plan) -> CpuResult {
@@ -117,7 +151,7 @@ pub fn run(p: Plan) -> CpuResult {
     // Client PASIDs: an IMS handle of their own on this CPU (bound to their PASID); the
     // kernel: the WQ's MSI-X entry.
     let ims = match (&p.space, irq) {
-        (Some(space), true) => match ims_handle(&p, space, &sub) {
+        (Some(space), true) => match ims_handle(&p, space, &mut sub) {
             Ok(x) => Some(x),
             Err(e) => {
                 res.errors += 1;
@@ -128,10 +162,22 @@ pub fn run(p: Plan) -> CpuResult {
         _ => None,
     };
     let total = (p.descs as usize).div_ceil(batch);
-    let queue: Queue = Arc::new(IrqMutex::new(VecDeque::new()));
+    // One completion board entry per group, and one member buffer per group for polled
+    // batches: allocated here, before anything is measured.
+    let board: Box<[GroupDone]> = (0..p.groups)
+        .map(|_| GroupDone {
+            ready: AtomicBool::new(false),
+            result: UnsafeCell::new(Ok(Output::Done)),
+            members: UnsafeCell::new((0..batch).map(|_| Ok(Output::Done)).collect()),
+        })
+        .collect();
+    let mut polled_members: Vec<Vec<Result<Output, OpError>>> = (0..p.groups)
+        .map(|_| (0..batch).map(|_| Ok(Output::Done)).collect())
+        .collect();
+    let mut works: Vec<Work> = Vec::with_capacity(batch);
     let mut free: Vec<usize> = (0..p.groups).rev().collect();
-    let mut inflight: VecDeque<(dsa::Token, usize)> = VecDeque::new();
-    let mut in_irq = 0usize;
+    let mut inflight: VecDeque<(dsa::Token, usize)> = VecDeque::with_capacity(p.groups);
+    let mut in_irq: VecDeque<usize> = VecDeque::with_capacity(p.groups);
     let (mut issued, mut done) = (0usize, 0usize);
     let mut stuck = false;
     let start = crate::time::now_ns();
@@ -140,23 +186,26 @@ pub fn run(p: Plan) -> CpuResult {
         // Fill the pipeline.
         while issued < total && !free.is_empty() {
             let g = free.pop().unwrap_or(0);
-            let works: Vec<Work> = (0..batch)
-                .map(|j| slots[g * batch + j].prepare(seq0 + (issued * batch + j) as u64))
-                .collect();
+            works.clear();
+            works.extend(
+                (0..batch)
+                    .map(|j| slots[g * batch + j].prepare(seq0 + (issued * batch + j) as u64)),
+            );
             let r = if irq {
-                let q = queue.clone();
-                let cb = move |r| q.lock().push_back((g, r));
+                board[g].ready.store(false, Ordering::Relaxed);
+                let cb = Callback {
+                    f: on_complete,
+                    cookie: &board[g] as *const GroupDone as usize,
+                };
                 // Interrupts off: a completion interrupt must not land inside the
                 // measured submit section (its cost is the completion path's).
                 let (r, t0, t1) = without_interrupts(|| {
                     let t0 = rdtsc();
-                    let r = match (&ims, batch) {
-                        (Some((chip, _, a)), 1) => chip.submit(&mut sub, a, &works[0], cb),
-                        (Some((chip, _, a)), _) => {
-                            chip.submit_batch_with_callback(&mut sub, a, &works, cb)
-                        }
-                        (None, 1) => sub.submit_with_callback(&works[0], Notify::Msix, cb),
-                        (None, _) => sub.submit_batch_with_callback(&works, Notify::Msix, cb),
+                    let r = match (ims.is_some(), batch) {
+                        (true, 1) => sub.submit_cb(&works[0], Notify::Ims, cb),
+                        (true, _) => sub.submit_batch_cb(&works, Notify::Ims, cb),
+                        (false, 1) => sub.submit_cb(&works[0], Notify::Msix, cb),
+                        (false, _) => sub.submit_batch_cb(&works, Notify::Msix, cb),
                     };
                     (r, t0, rdtsc())
                 });
@@ -181,7 +230,7 @@ pub fn run(p: Plan) -> CpuResult {
                     res.submit_tsc += dt;
                     match tok {
                         Some(t) => inflight.push_back((t, g)),
-                        None => in_irq += 1,
+                        None => in_irq.push_back(g),
                     }
                 }
                 Err(e) => {
@@ -203,13 +252,21 @@ pub fn run(p: Plan) -> CpuResult {
         // Take one completion.
         let deadline = crate::time::now_ns().saturating_add(COMPLETION_TIMEOUT_NS);
         let (g, r) = if irq {
-            if in_irq == 0 {
+            if in_irq.is_empty() {
                 continue;
             }
             loop {
-                if let Some(x) = queue.lock().pop_front() {
-                    in_irq -= 1;
-                    break x;
+                if let Some(i) = in_irq
+                    .iter()
+                    .position(|&g| board[g].ready.load(Ordering::Acquire))
+                {
+                    let g = in_irq.remove(i).unwrap_or(usize::MAX);
+                    // SAFETY: `ready` was set by the group's callback, which wrote the result
+                    // before it (see `GroupDone`); the group is not resubmitted yet.
+                    let r = unsafe {
+                        core::mem::replace(&mut *board[g].result.get(), Ok(Output::Done))
+                    };
+                    break (g, r);
                 }
                 if crate::time::now_ns() > deadline {
                     stuck = true;
@@ -221,10 +278,15 @@ pub fn run(p: Plan) -> CpuResult {
             let Some(&(tok, g)) = inflight.front() else {
                 continue;
             };
+            let out = &mut polled_members[g];
             loop {
                 let (r, t0, t1) = without_interrupts(|| {
                     let t0 = rdtsc();
-                    let r = sub.poll(tok);
+                    let r = if batch == 1 {
+                        sub.poll(tok)
+                    } else {
+                        sub.poll_batch(tok, out).map(|r| r.map(|_| Output::Done))
+                    };
                     (r, t0, rdtsc())
                 });
                 if let Some(r) = r {
@@ -247,10 +309,19 @@ pub fn run(p: Plan) -> CpuResult {
             res.note(|| "completion timed out".to_string());
             break;
         }
+        let members: &[Result<Output, OpError>] = if batch == 1 {
+            &[]
+        } else if irq {
+            // SAFETY: as above: written by the callback before `ready`, not resubmitted yet.
+            unsafe { &*board[g].members.get() }
+        } else {
+            &polled_members[g]
+        };
         settle(
             &mut res,
             &slots[g * batch..(g + 1) * batch],
             r,
+            members,
             p.verify,
             p.case.size,
         );
@@ -260,7 +331,7 @@ pub fn run(p: Plan) -> CpuResult {
     if irq {
         res.completion_descs = res.ops;
     }
-    if let Some((_, h, _)) = ims
+    if let Some(h) = ims
         && let Err(e) = h.release()
     {
         res.errors += 1;
@@ -268,63 +339,60 @@ pub fn run(p: Plan) -> CpuResult {
     }
     drop(sub);
     if stuck {
-        // Descriptors may still be in flight: the device could write these buffers later.
+        // Descriptors may still be in flight: the device could write these buffers later,
+        // and their callbacks may still write the board.
         core::mem::forget(slots);
+        core::mem::forget(board);
     }
     res
 }
 
-/// Accounts one finished submission (single or batch).
+/// Accounts one finished submission (single or batch: `members` holds its results).
 fn settle(
     res: &mut CpuResult,
     slots: &[OpSlot],
     r: Result<Output, OpError>,
+    members: &[Result<Output, OpError>],
     verify: bool,
     size: u32,
 ) {
     let n = slots.len();
     res.ops += n as u64;
-    let members: Vec<Result<Output, OpError>> = if n == 1 {
-        alloc::vec![r]
-    } else {
-        match r {
-            Ok(Output::Batch(v)) if v.len() == n => v,
-            Ok(o) => {
-                res.errors += n as u64;
-                res.note(|| alloc::format!("batch: unexpected result {o:?}"));
-                return;
-            }
-            Err(e) => {
-                res.errors += n as u64;
-                res.note(|| alloc::format!("batch: {e}"));
-                return;
-            }
-        }
-    };
-    for (s, m) in slots.iter().zip(members) {
-        if let Err(e) = &m {
+    if let Err(e) = &r {
+        res.errors += n as u64;
+        res.note(|| alloc::format!("{}: {e}", if n == 1 { "operation" } else { "batch" }));
+        return;
+    }
+    let single = [r];
+    let results: &[Result<Output, OpError>] = if n == 1 { &single } else { members };
+    if results.len() != n {
+        res.errors += n as u64;
+        res.note(|| alloc::format!("batch: {} results for {n} members", results.len()));
+        return;
+    }
+    for (s, m) in slots.iter().zip(results) {
+        if let Err(e) = m {
             res.errors += 1;
             res.note(|| alloc::format!("operation: {e}"));
             continue;
         }
         res.bytes += size as u64;
-        if verify && let Err(Mismatch(why)) = s.verify(&m) {
+        if verify && let Err(Mismatch(why)) = s.verify(m) {
             res.verify_failures += 1;
             res.note(|| alloc::format!("verification: {why}"));
         }
     }
 }
 
-/// An IMS handle for the client owning `space` on the current CPU, fed by `sub`.
+/// An IMS handle for the client owning `space` on the current CPU, fed by and bound to
+/// `sub` (its `Notify::Ims` submissions carry and arm it).
 fn ims_handle(
     p: &Plan,
     space: &Arc<ClientSpace>,
-    sub: &Submitter,
-) -> Result<(Arc<dsa::DsaIms>, ims::ImsHandle, ims::Armer), crate::ims::ClientError> {
+    sub: &mut Submitter,
+) -> Result<ims::ImsHandle, crate::ims::ClientError> {
     let chip = crate::ims::device_ims(p.dev)?;
     let client = crate::ims::Client::new(space.clone())?;
     let cpu = crate::arch::percpu::current_index();
-    let h = client.allocate_on(&chip, cpu, sub)?;
-    let armer = h.armer();
-    Ok((chip, h, armer))
+    client.allocate_bound_on(&chip, cpu, sub)
 }

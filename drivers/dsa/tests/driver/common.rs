@@ -27,9 +27,30 @@ pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
 pub fn up(exec: Exec) -> (Rig, Arc<Device>) {
     let rig = Rig::new(model_cfg(), exec, ALL_PCI);
     let dev = rig
-        .driver(0, ConfigSource::Default, DeviceOptions::default())
+        .driver(0, ConfigSource::Default, test_options())
+        .expect("bring-up");
+    (rig, dev)
+}
+
+/// The driver's defaults, with commands (a drain waits for the engine threads) bounded like
+/// the tests' own waits: only a hang reaches [`WAIT`].
+pub fn test_options() -> DeviceOptions {
+    DeviceOptions {
+        command_timeout_ns: WAIT,
+        ..DeviceOptions::default()
+    }
+}
+
+/// [`up`] on a [`Rig::held`] rig: the engine threads start at [`Rig::start_workers`].
+pub fn up_held() -> (Rig, Arc<Device>) {
+    let rig = Rig::held(model_cfg(), ALL_PCI);
+    let dev = rig
+        .driver(0, ConfigSource::Default, test_options())
         .expect("bring-up");
     (rig, dev)
 }
 
 pub const SECOND: u64 = 1_000_000_000;
+/// Bound on a test's wait for an operation: only a hang reaches it (a loaded host can stall
+/// a test thread or a worker for seconds; no test asserts that anything happens quickly).
+pub const WAIT: u64 = 60 * SECOND;

@@ -43,7 +43,7 @@ fn fault_and_resume(
     );
     p.set_mapped(buf.space, at, 4096, true);
     let t = s.submit_resume(&r);
-    (s.wait(t, 5 * SECOND).unwrap(), completed)
+    (s.wait(t, WAIT).unwrap(), completed)
 }
 
 trait ResumeExt {
@@ -309,7 +309,7 @@ fn batch_member_fault_and_resume() {
     rig.plat
         .set_mapped(AddressSpace::NoPasid, dst.at(3 * 4096), 4096, true);
     let t = s.resume(r, Notify::Poll).unwrap();
-    assert_eq!(s.wait(t, SECOND).unwrap(), Output::Done);
+    assert_eq!(s.wait(t, WAIT).unwrap(), Output::Done);
     assert_eq!(dst.all(), data);
 }
 
@@ -354,7 +354,13 @@ fn forced_error_status_is_reported() {
 }
 
 fn halt_with_in_flight(exec: Exec) {
-    let (rig, dev) = up(exec);
+    // Threaded: the engine threads start only after the halt, so the late work is in
+    // flight when it comes however the host schedules this thread (a completion delay
+    // alone can run out before the halt on a loaded host).
+    let (mut rig, dev) = match exec {
+        Exec::Deterministic => up(exec),
+        Exec::Threaded => up_held(),
+    };
     let mut s = Submitter::new(&dev, 0, Client::kernel(), Default::default()).unwrap();
     let mut sh = Submitter::new(&dev, 1, Client::pasid(4, true), Default::default()).unwrap();
     let src = rig.plat.buf(AddressSpace::NoPasid, 65536);
@@ -364,16 +370,8 @@ fn halt_with_in_flight(exec: Exec) {
     let early = s
         .submit(&Work::memmove(src.at(0), dst.at(0), 4096), Notify::Poll)
         .unwrap();
-    match exec {
-        Exec::Deterministic => rig.model.run_until_idle(),
-        Exec::Threaded => {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-            while dst.read(0, 4096) != src.read(0, 4096) {
-                assert!(std::time::Instant::now() < deadline);
-                std::thread::yield_now();
-            }
-        }
-    }
+    rig.model.run_until_idle();
+    assert_eq!(dst.read(0, 4096), src.read(0, 4096));
     // Slow the engines down (threaded) / stop them (deterministic) and queue more work.
     rig.inject(fi::FI_DELAY_US, 2000);
     rig.clock.frozen.store(true, Ordering::Relaxed);
@@ -395,6 +393,9 @@ fn halt_with_in_flight(exec: Exec) {
     })
     .unwrap();
     rig.inject(fi::FI_FORCE_HALT, 0);
+    if exec == Exec::Threaded {
+        rig.start_workers();
+    }
     assert_eq!(dev.state(), RunState::Halted);
     assert_eq!(dev.halt_count(), 1);
     // Submissions are refused until recovery.
@@ -405,10 +406,10 @@ fn halt_with_in_flight(exec: Exec) {
     rig.inject(fi::FI_DELAY_US, 0);
     rig.clock.frozen.store(false, Ordering::Relaxed);
     // Waiting notices the halt and recovers; every operation is accounted for.
-    assert_eq!(s.wait(early, 5 * SECOND).unwrap(), Output::Done);
+    assert_eq!(s.wait(early, WAIT).unwrap(), Output::Done);
     let mut aborted = 0;
     for t in late {
-        match s.wait(t, 5 * SECOND) {
+        match s.wait(t, WAIT) {
             Ok(Output::Done) => {}
             Err(OpError::Aborted) => aborted += 1,
             other => panic!("lost or wrong: {other:?}"),
@@ -457,7 +458,7 @@ fn abort_wq_fails_queued_work_back() {
     dev.abort_wq(0).unwrap();
     rig.clock.frozen.store(false, Ordering::Relaxed);
     for t in toks {
-        assert_eq!(s.wait(t, SECOND).unwrap_err(), OpError::Aborted);
+        assert_eq!(s.wait(t, WAIT).unwrap_err(), OpError::Aborted);
     }
     assert_eq!(dev.wq(0).unwrap().credits_in_use(), 0);
     assert_eq!(s.run(&Work::noop()).unwrap(), Output::Done);
@@ -467,7 +468,7 @@ fn abort_wq_fails_queued_work_back() {
     let t = sh.submit(&Work::noop(), Notify::Poll).unwrap();
     dev.abort_pasid(6).unwrap();
     rig.clock.frozen.store(false, Ordering::Relaxed);
-    assert_eq!(sh.wait(t, SECOND).unwrap_err(), OpError::Aborted);
+    assert_eq!(sh.wait(t, WAIT).unwrap_err(), OpError::Aborted);
     // Drain WQ completes queued work.
     rig.clock.frozen.store(true, Ordering::Relaxed);
     let t = s.submit(&Work::noop(), Notify::Poll).unwrap();
@@ -487,7 +488,7 @@ fn wait_times_out_and_token_stays_valid() {
     let t = s.submit(&Work::noop(), Notify::Poll).unwrap();
     assert_eq!(s.wait(t, 1_000_000).unwrap_err(), OpError::Timeout);
     rig.clock.frozen.store(false, Ordering::Relaxed);
-    assert_eq!(s.wait(t, SECOND).unwrap(), Output::Done);
+    assert_eq!(s.wait(t, WAIT).unwrap(), Output::Done);
     // Collected tokens are not valid any more.
     assert_eq!(s.poll(t), Some(Err(OpError::BadToken)));
 }

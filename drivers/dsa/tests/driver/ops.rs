@@ -457,10 +457,10 @@ fn noop_drain_cache_flush() {
             })
             .collect();
         let d = s.submit(&Work::drain(), dsa::Notify::Poll).unwrap();
-        assert_eq!(s.wait(d, 5 * SECOND).unwrap(), Output::Done);
+        assert_eq!(s.wait(d, WAIT).unwrap(), Output::Done);
         assert_eq!(dst.all(), data);
         for t in toks {
-            assert_eq!(s.wait(t, SECOND).unwrap(), Output::Done);
+            assert_eq!(s.wait(t, WAIT).unwrap(), Output::Done);
         }
         // Options the device supports pass; fence outside a batch does not.
         let w = Work::memmove(src.at(0), dst.at(0), 64)
@@ -576,7 +576,7 @@ fn raw_completion_records_of_single_and_batch_operations() {
             )
             .unwrap();
         assert_eq!(s.completion_record(t), None, "in flight or not yet reaped");
-        assert_eq!(s.wait(t, SECOND).unwrap(), Output::Done);
+        assert_eq!(s.wait(t, WAIT).unwrap(), Output::Done);
         let cr = s
             .completion_record(t)
             .expect("record of a finished operation");
@@ -590,7 +590,7 @@ fn raw_completion_records_of_single_and_batch_operations() {
             )
             .unwrap();
         assert!(matches!(
-            s.wait(t, SECOND).unwrap(),
+            s.wait(t, WAIT).unwrap(),
             Output::Compare {
                 equal: false,
                 first_difference: Some(4096),
@@ -605,7 +605,7 @@ fn raw_completion_records_of_single_and_batch_operations() {
             Work::compare(src.at(0), dst.at(0), 8192),
         ];
         let t = s.submit_batch(&members, dsa::Notify::Poll).unwrap();
-        s.wait(t, SECOND).unwrap();
+        s.wait(t, WAIT).unwrap();
         let cr = s.completion_record(t).unwrap();
         assert_eq!(
             (cr.status_code(), cr.bytes_completed),

@@ -93,13 +93,15 @@ fn msix_completion_through_the_interrupt_entry_point() {
     assert!(r.iter().all(|(_, x)| *x == Ok(Output::Done)));
     assert_eq!(s.outstanding(), 0);
     assert_eq!(dst.all(), src.all());
-    // Without dispatch the same submissions stay outstanding until polled.
+    // Without dispatch a polled submission's result waits for its poll (the interrupt
+    // delivers nothing; the device finished it, so it no longer counts as outstanding).
     rig.plat.dispatch.store(false, Ordering::Relaxed);
     let t = s.submit(&Work::noop(), Notify::Msix).unwrap();
     rig.model.run_until_idle();
     assert_eq!(rig.irqs(1), 5);
-    assert_eq!(s.outstanding(), 1);
-    assert_eq!(s.wait(t, SECOND).unwrap(), Output::Done);
+    assert_eq!(s.outstanding(), 0);
+    assert!(s.completion_record(t).is_none(), "not collected yet");
+    assert_eq!(s.wait(t, WAIT).unwrap(), Output::Done);
 }
 
 #[test]
@@ -147,11 +149,11 @@ fn msix_on_shared_wq_is_bound_to_the_kernel_pasid() {
     let mut k = Submitter::new(&dev, 0, Client::pasid(7, true), Default::default()).unwrap();
     assert!(Submitter::new(&dev, 0, Client::kernel(), Default::default()).is_err());
     let t = k.submit(&Work::noop(), Notify::Msix).unwrap();
-    assert_eq!(k.wait(t, 5 * SECOND).unwrap(), Output::Done);
+    assert_eq!(k.wait(t, WAIT).unwrap(), Output::Done);
     // Shared WQ: the kernel PASID may use MSI-X, another PASID may not (MSIXPERM).
     let mut ks = Submitter::new(&dev, 1, Client::pasid(7, true), Default::default()).unwrap();
     let t = ks.submit(&Work::noop(), Notify::Msix).unwrap();
-    assert_eq!(ks.wait(t, 5 * SECOND).unwrap(), Output::Done);
+    assert_eq!(ks.wait(t, WAIT).unwrap(), Output::Done);
     let mut other = Submitter::new(&dev, 1, Client::pasid(9, false), Default::default()).unwrap();
     assert!(matches!(
         other.submit(&Work::noop(), Notify::Msix),
@@ -159,7 +161,7 @@ fn msix_on_shared_wq_is_bound_to_the_kernel_pasid() {
     ));
     // An unprivileged client still runs (polling).
     assert_eq!(other.run(&Work::noop()).unwrap(), Output::Done);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while rig.irqs(1) < 1 || rig.irqs(2) < 1 {
         assert!(std::time::Instant::now() < deadline, "interrupts missing");
         std::thread::yield_now();
@@ -213,7 +215,7 @@ fn requested_interrupt_handles_with_cmdcap() {
     assert!(dev.caps().requires_int_handles());
     let mut s = Submitter::new(&dev, 0, Client::kernel(), Default::default()).unwrap();
     let t = s.submit(&Work::noop(), Notify::Msix).unwrap();
-    assert_eq!(s.wait(t, SECOND).unwrap(), Output::Done);
+    assert_eq!(s.wait(t, WAIT).unwrap(), Output::Done);
     // The model only honours handles it handed out: the interrupt arrived on entry 1.
     assert_eq!(rig.irqs(1), 1);
     dev.shutdown().unwrap();
@@ -261,17 +263,29 @@ fn pasids_are_isolated() {
     let _ = PASID;
 }
 
-#[test]
-fn shared_wq_full_is_retried_then_succeeds() {
-    let rig = Rig::new(model_cfg(), Exec::Deterministic, ALL_PCI);
+/// A driver on a device whose shared WQ 1 holds 4 descriptors.
+fn small_shared_wq(rig: &Rig, opts: DeviceOptions) -> Arc<dsa::Device> {
     let mut cfg = dsa::DeviceConfig::default_for(
         &dsa::Capabilities::read(&*rig.hardware().regs, 9).unwrap(),
         &dsa::Pci::info(&*rig.pci),
     );
     cfg.wqs[1].size = 4;
-    let dev = rig
-        .driver(0, ConfigSource::Config(cfg), DeviceOptions::default())
-        .unwrap();
+    rig.driver(0, ConfigSource::Config(cfg), opts).unwrap()
+}
+
+#[test]
+fn shared_wq_full_is_retried_then_succeeds() {
+    let rig = Rig::new(model_cfg(), Exec::Deterministic, ALL_PCI);
+    // The engines run again after a number of back-off steps, not after some time: the
+    // submit timeout only bounds a hang (back-off sleeps can take far longer than asked on
+    // a loaded host).
+    let dev = small_shared_wq(
+        &rig,
+        DeviceOptions {
+            submit_timeout_ns: WAIT,
+            ..DeviceOptions::default()
+        },
+    );
     let mut s = Submitter::new(&dev, 1, Client::pasid(3, true), Default::default()).unwrap();
     // Fill the WQ while the engines do not run.
     rig.clock.frozen.store(true, Ordering::Relaxed);
@@ -289,9 +303,17 @@ fn shared_wq_full_is_retried_then_succeeds() {
     // The driver counts every refused ENQCMDS it retried.
     assert_eq!(dev.enqcmds_retries(), retries);
     for t in toks.into_iter().chain([t5]) {
-        assert_eq!(s.wait(t, SECOND).unwrap(), Output::Done);
+        assert_eq!(s.wait(t, WAIT).unwrap(), Output::Done);
     }
-    // Never draining: the bounded retry ends in QueueFull.
+}
+
+#[test]
+fn shared_wq_never_draining_ends_in_queue_full() {
+    // The driver's default submit timeout (10 ms): the engines never run meanwhile, so the
+    // bounded retry ends in QueueFull however long the host takes.
+    let rig = Rig::new(model_cfg(), Exec::Deterministic, ALL_PCI);
+    let dev = small_shared_wq(&rig, DeviceOptions::default());
+    let mut s = Submitter::new(&dev, 1, Client::pasid(3, true), Default::default()).unwrap();
     rig.clock.frozen.store(true, Ordering::Relaxed);
     let toks: Vec<_> = (0..4)
         .map(|_| s.submit(&Work::noop(), Notify::Poll).unwrap())
@@ -300,21 +322,25 @@ fn shared_wq_full_is_retried_then_succeeds() {
         s.submit(&Work::noop(), Notify::Poll).unwrap_err(),
         OpError::QueueFull
     );
+    assert!(dev.enqcmds_retries() > 0);
     rig.clock.frozen.store(false, Ordering::Relaxed);
     for t in toks {
-        assert_eq!(s.wait(t, SECOND).unwrap(), Output::Done);
+        assert_eq!(s.wait(t, WAIT).unwrap(), Output::Done);
     }
 }
 
 #[test]
 fn dedicated_credits_are_never_exceeded_under_a_flood() {
-    let rig = Rig::new(model_cfg(), Exec::Threaded, ALL_PCI);
+    // The engines start only once the flood has filled the WQ (every credit taken and a
+    // submitter waiting for one): full by construction, however the host schedules the
+    // threads; from then on the device and the four submitters run concurrently.
+    let mut rig = Rig::held(model_cfg(), ALL_PCI);
     let opts = DeviceOptions {
         submit_timeout_ns: 200_000_000,
         ..Default::default()
     };
     let dev = rig.driver(0, ConfigSource::Default, opts).unwrap();
-    // Slow completions so the WQ (size 32) really fills up.
+    // Slow completions so the WQ (size 32) keeps filling up once the engines run.
     rig.inject(dsa_model::fault_inject::FI_DELAY_US, 20);
     let size = u32::from(dev.wq(0).unwrap().size());
     let threads: Vec<_> = (0..4u32)
@@ -343,7 +369,7 @@ fn dedicated_credits_are_never_exceeded_under_a_flood() {
                             // Back-pressure: collect the oldest result and retry.
                             Err(OpError::NoFreeSlot | OpError::QueueFull) => {
                                 if let Some(tok) = toks.pop_front() {
-                                    s.wait(tok, 10 * SECOND).unwrap();
+                                    s.wait(tok, WAIT).unwrap();
                                 }
                             }
                             Err(e) => panic!("{e}"),
@@ -351,16 +377,25 @@ fn dedicated_credits_are_never_exceeded_under_a_flood() {
                     }
                 }
                 for tok in toks {
-                    s.wait(tok, 10 * SECOND).unwrap();
+                    s.wait(tok, WAIT).unwrap();
                 }
                 assert_eq!(dst.all(), data);
             })
         })
         .collect();
+    let wq = dev.wq(0).unwrap();
+    let t0 = std::time::Instant::now();
+    while dev.credit_waits() == 0 || wq.credits_in_use() < size {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "the flood never filled the held WQ"
+        );
+        std::thread::yield_now();
+    }
+    rig.start_workers();
     for t in threads {
         t.join().unwrap();
     }
-    let wq = dev.wq(0).unwrap();
     assert!(wq.credits_peak() <= size);
     assert_eq!(wq.credits_peak(), size, "the flood never filled the WQ");
     assert!(

@@ -55,6 +55,11 @@ impl DsaRig {
             .id()
     }
 
+    /// Whether the model still has work queued or executing.
+    pub fn busy(&self) -> bool {
+        self.rig.model.busy()
+    }
+
     /// Writes a fault-injection register of the model.
     pub fn inject(&self, reg: u64, v: u32) {
         self.rig.inject(reg, v);

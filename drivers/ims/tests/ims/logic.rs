@@ -550,10 +550,15 @@ fn arming_races_never_lose_a_wakeup() {
             let mut held = Vec::new();
             let mut x = 12345u32;
             loop {
-                match rx.recv_timeout(Duration::from_millis(200)) {
-                    Ok(i) => held.push(i),
-                    Err(_) if held.is_empty() => return,
-                    Err(_) => {}
+                // Idle: block until the next submission, or return once every submitter
+                // is gone (not after a quiet spell: a loaded host can stall all four).
+                if held.is_empty() {
+                    match rx.recv() {
+                        Ok(i) => held.push(i),
+                        Err(_) => return,
+                    }
+                } else if let Ok(i) = rx.try_recv() {
+                    held.push(i);
                 }
                 // Complete a pseudo-random held descriptor (often immediately).
                 while !held.is_empty() {
@@ -624,19 +629,23 @@ fn retarget_stream(remapping: bool, mode: VectorMode) {
                 let n = done.fetch_add(1, SeqCst) + 1;
                 // Back-pressure, as a device's queue depth gives: without it the fake CPU
                 // that services this stream's interrupts never gets out of its handler.
-                let t = Instant::now();
-                while s.claimed() + 64 < n && t.elapsed() < Duration::from_secs(10) {
+                while s.claimed() + 64 < n && !stop.load(SeqCst) {
                     thread::yield_now();
                 }
             }
         })
     };
     let mut moves = 0;
-    let t0 = Instant::now();
     while moves < 300 || done.load(SeqCst) < 20_000 {
-        // Let the stream make progress at every position (the host may starve a thread).
+        // Let the stream make progress at every position (the host may starve a thread):
+        // a stall is a minute without a single completion, not a slow host.
         let mark = done.load(SeqCst);
+        let (mut seen, mut t0) = (mark, Instant::now());
         while done.load(SeqCst) < mark + 20 {
+            let now = done.load(SeqCst);
+            if now != seen {
+                (seen, t0) = (now, Instant::now());
+            }
             assert!(t0.elapsed() < Duration::from_secs(60), "stream stalled");
             thread::yield_now();
         }
@@ -648,7 +657,6 @@ fn retarget_stream(remapping: bool, mode: VectorMode) {
             h.unmask().unwrap();
         }
         moves += 1;
-        assert!(t0.elapsed() < Duration::from_secs(60), "stream too slow");
     }
     stop.store(true, SeqCst);
     stream.join().unwrap();
@@ -814,8 +822,8 @@ struct RacySink {
 }
 
 impl ims::CompletionSink for RacySink {
-    fn poll(&self) -> u32 {
-        self.inner.poll()
+    fn poll(&self, delivered: &std::sync::atomic::AtomicU64) -> u32 {
+        self.inner.poll(delivered)
     }
     fn outstanding(&self) -> bool {
         let r = self.inner.outstanding();
@@ -927,7 +935,8 @@ fn restore_during_an_allocation_covers_the_new_entry() {
 }
 
 /// Runs `round` (which returns how many times it saw a bad entry) at least `rounds` times
-/// while another thread keeps calling `chip.restore()` (at least 1000 passes, 20 s at most).
+/// while another thread keeps calling `chip.restore()`, until that thread made at least 1000
+/// passes (however long the host takes; a minute without a pass is a hang).
 /// Returns (bad sightings, rounds, restore passes).
 fn race_with_restore(
     chip: &ImsChip,
@@ -946,10 +955,14 @@ fn race_with_restore(
         })
     };
     let (mut bad, mut done) = (0, 0);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while (done < rounds || passes.load(SeqCst) < 1000) && Instant::now() < deadline {
+    let (mut seen, mut t0) = (0, Instant::now());
+    while (done < rounds || passes.load(SeqCst) < 1000) && t0.elapsed() < Duration::from_secs(60) {
         bad += round();
         done += 1;
+        let p = passes.load(SeqCst);
+        if p != seen {
+            (seen, t0) = (p, Instant::now());
+        }
     }
     stop.store(true, SeqCst);
     restorer.join().unwrap();

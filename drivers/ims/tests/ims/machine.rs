@@ -204,6 +204,20 @@ impl Machine {
         }
     }
 
+    /// Runs `f` with `cpu`'s interrupts "disabled": messages raised meanwhile stay pending
+    /// until [`Machine::take_pending`] (or the next message) lets the CPU take them.
+    #[allow(dead_code)] // the allocation test
+    pub fn with_irqs_off<R>(&self, cpu: usize, f: impl FnOnce() -> R) -> R {
+        let _g = self.cpus[cpu].lock.lock().unwrap();
+        f()
+    }
+
+    /// Lets `cpu` take what is pending now.
+    #[allow(dead_code)] // the allocation test
+    pub fn take_pending(&self, cpu: usize) {
+        self.service(cpu);
+    }
+
     /// Interrupts `cpu` took on `vector`.
     pub fn taken(&self, cpu: usize, vector: u8) -> u64 {
         self.cpus[cpu].taken[vector as usize].load(SeqCst)

@@ -213,7 +213,7 @@ impl SoftSink {
 }
 
 impl CompletionSink for SoftSink {
-    fn poll(&self) -> u32 {
+    fn poll(&self, delivered: &AtomicU64) -> u32 {
         // One pass over what is written now, like a real sink's scan of its records: a
         // producer completing continuously must not keep the poller here forever (its later
         // completions raise interrupts of their own).
@@ -229,6 +229,7 @@ impl CompletionSink for SoftSink {
                 .compare_exchange(c, c + 1, SeqCst, SeqCst)
                 .is_ok()
             {
+                delivered.fetch_add(1, SeqCst);
                 self.log.lock().unwrap().push((c, current_cpu()));
                 n += 1;
             }
@@ -336,7 +337,7 @@ impl RecordSink {
 }
 
 impl CompletionSink for RecordSink {
-    fn poll(&self) -> u32 {
+    fn poll(&self, delivered: &AtomicU64) -> u32 {
         self.polls.fetch_add(1, SeqCst);
         let mut n = 0;
         self.watch.for_each_watched(|i| {
@@ -348,6 +349,7 @@ impl CompletionSink for RecordSink {
                 .is_ok()
             {
                 self.watch.unwatch(i);
+                delivered.fetch_add(1, SeqCst);
                 self.log.lock().unwrap().push((i, current_cpu()));
                 self.state[i].store(FREE, SeqCst);
                 n += 1;

@@ -169,7 +169,13 @@ fn idle_handles_are_disarmed_once_nothing_is_left() {
     let ga = hg.armer();
     let guard = ga.arm().unwrap();
     s.write(r);
-    assert_eq!(ims::CompletionSink::poll(&*s), 1, "the owner reaps it");
+    let owner_count = std::sync::atomic::AtomicU64::new(0);
+    assert_eq!(
+        ims::CompletionSink::poll(&*s, &owner_count),
+        1,
+        "the owner reaps it"
+    );
+    assert_eq!(h.delivered(), 0, "not through the chip");
     assert_eq!(d.cpu_report(0).unwrap().armed, 2);
     let ro = other.submit(&ho.armer()).unwrap();
     assert!(other.complete(&ims, ho.index(), PASID, ro));

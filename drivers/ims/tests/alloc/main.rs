@@ -1,0 +1,279 @@
+//! The hot paths allocate nothing: 10,000 submit/complete cycles of every kind (single and
+//! batch, dedicated and shared WQ, polled, MSI-X callback, IMS callback through the shared
+//! vector's demultiplexer) under a global allocator that counts every allocation, reallocation
+//! and free made by this thread while a driver call is in progress. The device model runs
+//! between the counted calls (its own allocations are not the driver's), and interrupts are
+//! held pending while it runs so that the MSI-X handler and the demultiplexing pass are
+//! counted. The model's side of a portal store (the test rig's portal calls into the
+//! model) is not counted either.
+
+#[allow(dead_code)]
+#[path = "../ims/dsa_rig.rs"]
+mod dsa_rig;
+#[allow(dead_code)]
+#[path = "../ims/machine.rs"]
+mod machine;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+
+use dsa::hw::{AddressSpace, DmaMemory, DmaRegion};
+use dsa::{Callback, Client, Completed, DsaIms, Notify, Output, Submitter, SubmitterOptions, Work};
+use dsa_rig::{DsaRig, Exec, model_cfg};
+use ims::{ChipOptions, DomainConfig, ImsClient, ImsDomain};
+use machine::Machine;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static EVENTS: Cell<u64> = const { Cell::new(0) };
+}
+
+struct Counting;
+
+fn note() {
+    // `try_with`: the allocator may run while thread-locals are being torn down.
+    let _ = COUNTING.try_with(|c| {
+        if c.get() && !::dsa_rig::driver::in_device() {
+            let _ = EVENTS.try_with(|e| e.set(e.get() + 1));
+        }
+    });
+}
+
+// SAFETY: forwards every call to the system allocator unchanged; the bookkeeping touches
+// only const-initialized thread-local cells (no allocation, no reentrancy).
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        note();
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        note();
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc_zeroed(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        note();
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        note();
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// Runs `f` with this thread's allocations counted; returns its result.
+fn counted<R>(f: impl FnOnce() -> R) -> R {
+    COUNTING.with(|c| c.set(true));
+    let r = f();
+    COUNTING.with(|c| c.set(false));
+    r
+}
+
+fn events() -> u64 {
+    EVENTS.with(|e| e.get())
+}
+
+const CYCLES: usize = 10_000;
+const BATCH: usize = 32;
+const SID: u16 = 0x0108;
+const PASID: u32 = 0x42;
+
+static DELIVERED: AtomicU64 = AtomicU64::new(0);
+static FAILED: AtomicU64 = AtomicU64::new(0);
+
+/// The callback every kind uses: a function pointer and a cookie (the expected members).
+fn on_done(cookie: usize, c: &Completed<'_>) {
+    let ok = c.result() == Ok(Output::Done)
+        && c.members().len() == cookie
+        && (0..c.members().len()).all(|j| c.members().get(j) == Ok(Output::Done));
+    if !ok {
+        FAILED.fetch_add(1, SeqCst);
+    }
+    DELIVERED.fetch_add(1, SeqCst);
+}
+
+struct Bufs {
+    src: DmaRegion,
+    dst: DmaRegion,
+}
+
+fn bufs(rig: &DsaRig, space: AddressSpace) -> Bufs {
+    let a = |n| DmaMemory::alloc(&*rig.plat, space, n, 4096).unwrap();
+    Bufs {
+        src: a(64 * BATCH),
+        dst: a(64 * BATCH),
+    }
+}
+
+fn works(b: &Bufs) -> Vec<Work> {
+    (0..BATCH)
+        .map(|j| Work::memmove(b.src.dev + 64 * j as u64, b.dst.dev + 64 * j as u64, 64))
+        .collect()
+}
+
+fn opts() -> SubmitterOptions {
+    SubmitterOptions {
+        slots: 8,
+        max_batch: BATCH as u16,
+        timeout_ns: 5_000_000_000,
+    }
+}
+
+/// One kind: `submit` (counted), the device runs with CPU 0's interrupts held, then
+/// `complete` (counted: a poll, the MSI-X handler, or the pending IMS interrupt).
+fn cycles(
+    name: &str,
+    m: &Machine,
+    rig: &DsaRig,
+    mut submit: impl FnMut(),
+    mut complete: impl FnMut() -> bool,
+) {
+    // Warm-up outside the count (first-use allocations of the test scaffolding).
+    for _ in 0..4 {
+        submit();
+        m.with_irqs_off(0, || rig.run());
+        assert!(complete(), "{name}: warm-up completion");
+    }
+    let before = events();
+    for i in 0..CYCLES {
+        counted(&mut submit);
+        m.with_irqs_off(0, || rig.run());
+        assert!(counted(&mut complete), "{name}: completion {i} missing");
+    }
+    let n = events() - before;
+    assert_eq!(
+        n, 0,
+        "{name}: {n} heap operation(s) in {CYCLES} submit/complete cycles"
+    );
+}
+
+#[test]
+fn hot_paths_allocate_nothing() {
+    let m = Machine::new(1, true);
+    let rig = DsaRig::new(&m, SID, model_cfg(), Exec::Deterministic);
+    let domain = ImsDomain::new(m.clone(), DomainConfig::default()).unwrap();
+    let chip = DsaIms::register(&domain, &rig.dev, ChipOptions::new("dsa0", SID)).unwrap();
+    let dwq = rig
+        .dev
+        .wq_of_mode(dsa_spec::WqMode::Dedicated)
+        .expect("a dedicated WQ")
+        .id();
+    let swq = rig.shared_wq();
+    let kernel = bufs(&rig, AddressSpace::NoPasid);
+    let client = bufs(&rig, AddressSpace::Pasid(PASID));
+    let kw = works(&kernel);
+    let cw = works(&client);
+    let mut out: Vec<_> = (0..BATCH).map(|_| Ok(Output::Done)).collect();
+    let single_cb = Callback {
+        f: on_done,
+        cookie: 0,
+    };
+    let batch_cb = Callback {
+        f: on_done,
+        cookie: BATCH,
+    };
+
+    // Polled: single and batch, dedicated and shared WQ.
+    for (wq, client_id, w) in [
+        (dwq, Client::kernel(), &kw),
+        (swq, Client::pasid(PASID, true), &cw),
+    ] {
+        let s = RefCell::new(Submitter::new(&rig.dev, wq, client_id, opts()).unwrap());
+        let tok = Cell::new(None);
+        cycles(
+            "poll single",
+            &m,
+            &rig,
+            || tok.set(Some(s.borrow_mut().submit(&w[0], Notify::Poll).unwrap())),
+            || s.borrow_mut().poll(tok.get().unwrap()) == Some(Ok(Output::Done)),
+        );
+        let out = RefCell::new(&mut out);
+        cycles(
+            "poll batch",
+            &m,
+            &rig,
+            || tok.set(Some(s.borrow_mut().submit_batch(w, Notify::Poll).unwrap())),
+            || {
+                let mut o = out.borrow_mut();
+                s.borrow_mut().poll_batch(tok.get().unwrap(), &mut o) == Some(Ok(BATCH))
+                    && o.iter().all(|r| *r == Ok(Output::Done))
+            },
+        );
+    }
+
+    // MSI-X: the WQ's interrupt handler entry point reaps and runs the callbacks.
+    let entry = rig.dev.wq(dwq).unwrap().msix_entry.expect("an MSI-X entry");
+    let mut s = Submitter::new(&rig.dev, dwq, Client::kernel(), opts()).unwrap();
+    for (batch, cb) in [(false, single_cb), (true, batch_cb)] {
+        let want = Cell::new(DELIVERED.load(SeqCst));
+        let sa = &mut s;
+        cycles(
+            if batch { "msix batch" } else { "msix single" },
+            &m,
+            &rig,
+            || {
+                want.set(want.get() + 1);
+                if batch {
+                    sa.submit_batch_cb(&kw, Notify::Msix, cb).unwrap();
+                } else {
+                    sa.submit_cb(&kw[0], Notify::Msix, cb).unwrap();
+                }
+            },
+            || {
+                rig.dev.handle_msix(entry);
+                DELIVERED.load(SeqCst) == want.get()
+            },
+        );
+    }
+
+    // IMS: a client queue (submitter + bound handle on CPU 0); the device's message is
+    // taken by CPU 0's shared vector and demultiplexed.
+    let mut q = Submitter::new(&rig.dev, swq, Client::pasid(PASID, false), opts()).unwrap();
+    let ic = ImsClient::new(1, PASID).unwrap();
+    let handle = chip.allocate_bound(&ic, 0, &mut q).unwrap();
+    for (batch, cb) in [(false, single_cb), (true, batch_cb)] {
+        let want = Cell::new(DELIVERED.load(SeqCst));
+        let qa = &mut q;
+        cycles(
+            if batch { "ims batch" } else { "ims single" },
+            &m,
+            &rig,
+            || {
+                want.set(want.get() + 1);
+                if batch {
+                    qa.submit_batch_cb(&cw, Notify::Ims, cb).unwrap();
+                } else {
+                    qa.submit_cb(&cw[0], Notify::Ims, cb).unwrap();
+                }
+            },
+            || {
+                m.take_pending(0);
+                DELIVERED.load(SeqCst) == want.get()
+            },
+        );
+    }
+    assert_eq!(FAILED.load(SeqCst), 0, "a callback saw a wrong result");
+    assert_eq!(
+        domain.stats(0).unwrap().completions,
+        2 * (CYCLES as u64 + 4),
+        "every IMS completion came through the demultiplexer"
+    );
+    handle.release().unwrap();
+    drop(q);
+    drop(s);
+}
+
+#[test]
+fn the_counter_sees_allocations() {
+    // The check above can fail: a boxed closure callback allocates.
+    let before = events();
+    counted(|| drop(std::hint::black_box(Box::new(7u64))));
+    assert_eq!(events() - before, 2, "one allocation and one free");
+}
