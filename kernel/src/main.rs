@@ -19,7 +19,11 @@ mod console;
 // the levels they were written under: dead code allowed outside the ktest flavour, and the
 // workspace's cast and formatting lints that still fire in them (listed per module).
 #[cfg_attr(not(feature = "ktest"), allow(dead_code, unused_imports))]
-#[allow(clippy::cast_lossless, clippy::semicolon_if_nothing_returned)]
+#[allow(
+    clippy::cast_lossless,
+    clippy::ptr_cast_constness,
+    clippy::semicolon_if_nothing_returned
+)]
 mod dsa;
 mod exit;
 mod fail;
@@ -52,7 +56,7 @@ mod sync;
 #[allow(clippy::cast_lossless, clippy::semicolon_if_nothing_returned)]
 mod time;
 #[cfg(feature = "bench")]
-#[allow(clippy::cast_lossless)]
+#[allow(clippy::borrow_as_ptr, clippy::cast_lossless, clippy::ref_as_ptr)]
 mod workload;
 
 use alloc::vec::Vec;

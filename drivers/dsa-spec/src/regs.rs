@@ -3,7 +3,6 @@
 
 use crate::{field64, set_field64};
 use bitflags::bitflags;
-use hwio::Value;
 
 /// BAR index of the MMIO registers.
 pub const BAR_MMIO: u8 = 0;
@@ -592,40 +591,8 @@ impl SwErr {
     }
 }
 
-/// `bitflags` registers: unknown bits survive (`from_bits_retain`).
-macro_rules! flags_value {
-    ($($t:ty: $raw:ty),* $(,)?) => {$(
-        impl Value for $t {
-            type Raw = $raw;
-            fn from_raw(raw: $raw) -> Self {
-                <$t>::from_bits_retain(raw)
-            }
-            fn to_raw(self) -> $raw {
-                self.bits()
-            }
-        }
-    )*};
-}
-pub(crate) use flags_value;
-
-/// Registers kept as a newtype over their raw value.
-macro_rules! newtype_value {
-    ($($t:ident: $raw:ty),* $(,)?) => {$(
-        impl Value for $t {
-            type Raw = $raw;
-            fn from_raw(raw: $raw) -> Self {
-                $t(raw)
-            }
-            fn to_raw(self) -> $raw {
-                self.0
-            }
-        }
-    )*};
-}
-pub(crate) use newtype_value;
-
-flags_value!(GenCap: u64, WqCap: u64, GrpCap: u64, GenCfg: u32, GenCtrl: u32, IntCause: u32);
-newtype_value!(
+hwio::flags_value!(GenCap: u64, WqCap: u64, GrpCap: u64, GenCfg: u32, GenCtrl: u32, IntCause: u32);
+hwio::newtype_value!(
     Version: u32,
     EngCap: u64,
     OpCap: [u64; 4],

@@ -2,7 +2,6 @@
 //! MSIXPERM, IMS. OFFSETS locates each table; the registers below are declared relative to
 //! one entry (`Reg::at(entry_base)` or a `Block` of the entry reaches them).
 
-use crate::regs::{flags_value, newtype_value};
 use crate::{field64, set_field64};
 use bitflags::bitflags;
 use hwio::Value;
@@ -374,8 +373,8 @@ hwio::register_map! {
     }
 }
 
-flags_value!(GroupFlags: u64, MsixPerm: u32, ImsCtrl: u32);
-newtype_value!(WqCfg: [u32; 8]);
+hwio::flags_value!(GroupFlags: u64, MsixPerm: u32, ImsCtrl: u32);
+hwio::newtype_value!(WqCfg: [u32; 8]);
 
 impl Value for GrpCfg {
     type Raw = [u64; 8];

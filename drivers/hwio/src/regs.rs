@@ -353,6 +353,48 @@ impl Table {
     }
 }
 
+/// Implements [`Value`] for `bitflags` types over a raw register value: `from_bits_retain`, so
+/// bits the type does not name survive a read-modify-write.
+///
+/// ```
+/// bitflags::bitflags! {
+///     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///     pub struct Ctl: u32 { const GO = 1; const _ = !0; }
+/// }
+/// hwio::flags_value!(Ctl: u32);
+/// assert_eq!(<Ctl as hwio::Value>::from_raw(0x11).bits(), 0x11);
+/// ```
+#[macro_export]
+macro_rules! flags_value {
+    ($($t:ty: $raw:ty),* $(,)?) => {$(
+        impl $crate::Value for $t {
+            type Raw = $raw;
+            fn from_raw(raw: $raw) -> Self {
+                <$t>::from_bits_retain(raw)
+            }
+            fn to_raw(self) -> $raw {
+                self.bits()
+            }
+        }
+    )*};
+}
+
+/// Implements [`Value`] for newtypes over a raw register value (`struct GenSts(pub u32)`).
+#[macro_export]
+macro_rules! newtype_value {
+    ($($t:ident: $raw:ty),* $(,)?) => {$(
+        impl $crate::Value for $t {
+            type Raw = $raw;
+            fn from_raw(raw: $raw) -> Self {
+                $t(raw)
+            }
+            fn to_raw(self) -> $raw {
+                self.0
+            }
+        }
+    )*};
+}
+
 /// Declares a register map: one module with one [`Reg`] constant per register (offset, value
 /// type, access), checked at compile time for alignment, ascending order and overlaps, plus a
 /// sub-module `off` with the bare offsets and a `LAYOUT` table of `(offset, bytes)` for models

@@ -96,22 +96,7 @@ pub mod frcd {
     pub const F_CLEAR: Reg<u32, WriteOneToClear> = Reg::new(0xc);
 }
 
-/// `bitflags` registers as typed register values (unknown bits survive).
-macro_rules! flags_value {
-    ($($t:ty: $raw:ty),* $(,)?) => {$(
-        impl hwio::Value for $t {
-            type Raw = $raw;
-            fn from_raw(raw: $raw) -> Self {
-                <$t>::from_bits_retain(raw)
-            }
-            fn to_raw(self) -> $raw {
-                self.bits()
-            }
-        }
-    )*};
-}
-
-flags_value!(Cap: u64, Ecap: u64, Gcmd: u32, Gsts: u32, Fsts: u32, EventCtl: u32, Ics: u32);
+hwio::flags_value!(Cap: u64, Ecap: u64, Gcmd: u32, Gsts: u32, Fsts: u32, EventCtl: u32, Ics: u32);
 
 bitflags! {
     /// Capability register (0x08), §11.4.2.
