@@ -101,7 +101,7 @@ impl<M: Registers> Ecam<M> {
         &self.windows
     }
 
-    /// The segment ranges to hand to [`crate::enumerate`].
+    /// The segment ranges to hand to [`crate::enumerate()`].
     pub fn segment_ranges(&self) -> Vec<crate::SegmentRange> {
         self.windows
             .iter()

@@ -1,8 +1,8 @@
 //! PCIe extended capabilities (config offsets 0x100–0xFFF): a bounded, loop-safe walker and
 //! typed PASID (0x1B), ATS (0x0F), PRI (0x13) and DVSEC (0x23) access.
 //!
-//! Header dword: [15:0] capability ID, [19:16] version, [31:20] next offset (dword aligned).
-//! A header of 0 or all-ones at 0x100 means "no extended capabilities" (conventional PCI
+//! Header dword: bits 15:0 capability ID, bits 19:16 version, bits 31:20 next offset (dword
+//! aligned). A header of 0 or all-ones at 0x100 means "no extended capabilities" (conventional PCI
 //! functions and q35 root-bus integrated endpoints read 0 there).
 
 use crate::{PciError, cfg_read, cfg_write, cfg_write_upper16};
@@ -278,8 +278,8 @@ impl PasidCap {
 }
 
 /// ATS extended capability (0x0F; PCIe Base Specification rev 6.0, §10.5.1). Capability +4
-/// [4:0] invalidate queue depth, [5] page aligned request, [6] global invalidate; control +6
-/// [4:0] STU, [15] enable.
+/// bits 4:0 invalidate queue depth, bit 5 page aligned request, bit 6 global invalidate;
+/// control +6 bits 4:0 STU, bit 15 enable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AtsCap {
     /// The function the capability belongs to.
@@ -326,9 +326,10 @@ impl AtsCap {
     }
 }
 
-/// PRI extended capability (0x13; PCIe Base Specification rev 6.0, §10.5.2). Control +4 [0] enable, [1] reset; status +6 [0] response
-/// failure, [1] unexpected PRG index, [8] stopped, [15] PRG response PASID required;
-/// +8 outstanding page request capacity; +0xC allocation.
+/// PRI extended capability (0x13; PCIe Base Specification rev 6.0, §10.5.2). Control +4 bit 0
+/// enable, bit 1 reset; status +6 bit 0 response failure, bit 1 unexpected PRG index, bit 8
+/// stopped, bit 15 PRG response PASID required; +8 outstanding page request capacity; +0xC
+/// allocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PriCap {
     /// The function the capability belongs to.

@@ -29,19 +29,21 @@ pub use pci_types::{ConfigRegionAccess, PciAddress};
 /// Config-space offsets of the type-0/type-1 header fields this crate touches directly
 /// (PCI Express Base Specification rev 6.0, §7.5.1).
 pub mod regs {
-    /// Vendor ID [15:0], Device ID [31:16].
+    /// Vendor ID (bits 15:0), Device ID (bits 31:16).
     pub const VENDOR_DEVICE: u16 = 0x00;
-    /// Command [15:0], Status [31:16] (Status bits are RW1C: write only the command half).
+    /// Command (bits 15:0), Status (bits 31:16); Status bits are RW1C, so write only the
+    /// command half.
     pub const COMMAND_STATUS: u16 = 0x04;
-    /// Revision ID [7:0], Programming Interface [15:8], Sub-Class [23:16], Base Class [31:24].
+    /// Revision ID (bits 7:0), Programming Interface (bits 15:8), Sub-Class (bits 23:16),
+    /// Base Class (bits 31:24).
     pub const CLASS_REV: u16 = 0x08;
-    /// Cache Line Size, Latency Timer, Header Type [23:16] (bit 23: multi-function), BIST.
+    /// Cache Line Size, Latency Timer, Header Type (bits 23:16) (bit 23: multi-function), BIST.
     pub const HEADER_TYPE_DW: u16 = 0x0C;
     /// Base Address Register 0; BAR n is at `BAR0 + 4n` (§7.5.1.2.1).
     pub const BAR0: u16 = 0x10;
-    /// Type 1: primary [7:0], secondary [15:8], subordinate [23:16].
+    /// Type 1: primary (bits 7:0), secondary (bits 15:8), subordinate (bits 23:16).
     pub const BUS_NUMBERS: u16 = 0x18;
-    /// Capabilities Pointer [7:0] (types 0 and 1; bits 1:0 reserved).
+    /// Capabilities Pointer (bits 7:0) (types 0 and 1; bits 1:0 reserved).
     pub const CAP_PTR: u16 = 0x34;
     /// Status register bit 4 (in the COMMAND_STATUS dword: bit 20).
     pub const STATUS_CAP_LIST: u32 = 1 << 20;
