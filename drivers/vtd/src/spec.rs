@@ -616,7 +616,8 @@ impl FaultReason {
         }
     }
 
-    /// Interrupt-remapping faults carry the interrupt index in FI[63:48] instead of an address.
+    /// Interrupt-remapping faults carry the interrupt index in FI (bits 63:48) instead of an
+    /// address.
     pub fn is_interrupt_fault(code: u8) -> bool {
         (0x20..=0x2f).contains(&code)
     }
@@ -970,7 +971,7 @@ pub const PTE_ADDR_MASK: u64 = x86_paging::ADDR_MASK;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InvDesc(pub [u64; 4]);
 
-/// Descriptor type codes (qw0[3:0] | qw0[11:9] << 4).
+/// Descriptor type codes (qword 0 bits 3:0, with bits 11:9 as bits 6:4 of the code).
 pub mod inv_type {
     /// Context-cache invalidation.
     pub const CONTEXT_CACHE: u8 = 0x01;
@@ -1234,7 +1235,7 @@ pub struct Irte {
     pub avail: u8,
     /// V (bits 23:16): the vector.
     pub vector: u8,
-    /// Destination APIC ID (8-bit xAPIC placed at [47:40], or 32-bit x2APIC at [63:32]).
+    /// Destination APIC ID (8-bit xAPIC placed at bits 47:40, or 32-bit x2APIC at bits 63:32).
     pub destination: u32,
     /// Whether `destination` is in x2APIC format (IRTA.EIME).
     pub x2apic: bool,
