@@ -196,6 +196,17 @@ pub fn parse(
     }
 }
 
+/// `len` bytes at `addr`, or [`BootError::Unreadable`] naming `what` and `addr`.
+fn read<'m>(
+    mem: &'m dyn PhysMemory,
+    addr: u64,
+    len: usize,
+    what: &'static str,
+) -> Result<&'m [u8], BootError> {
+    mem.read(addr, len)
+        .ok_or(BootError::Unreadable { what, addr })
+}
+
 fn copy_cstr(mem: &dyn PhysMemory, addr: u64, dst: &mut [u8]) -> Result<(usize, bool), BootError> {
     // Read in small chunks so a string near the end of readable memory still works.
     let mut n = 0;
@@ -215,10 +226,7 @@ fn copy_cstr(mem: &dyn PhysMemory, addr: u64, dst: &mut [u8]) -> Result<(usize, 
 
 fn parse_pvh(info: u64, mem: &dyn PhysMemory, out: &mut BootInfo) -> Result<(), BootError> {
     out.protocol = Protocol::Pvh;
-    let hdr = mem.read(info, 40).ok_or(BootError::Unreadable {
-        what: "PVH start info",
-        addr: info,
-    })?;
+    let hdr = read(mem, info, 40, "PVH start info")?;
     let version = u32_at(hdr, 4);
     let cmdline = u64_at(hdr, 24);
     let rsdp = u64_at(hdr, 32);
@@ -234,10 +242,7 @@ fn parse_pvh(info: u64, mem: &dyn PhysMemory, out: &mut BootInfo) -> Result<(), 
     if version < 1 {
         return Err(BootError::PvhNoMemoryMap);
     }
-    let hdr = mem.read(info, 56).ok_or(BootError::Unreadable {
-        what: "PVH start info",
-        addr: info,
-    })?;
+    let hdr = read(mem, info, 56, "PVH start info")?;
     let map = u64_at(hdr, 40);
     let entries = u32_at(hdr, 48) as usize;
     if map == 0 || entries == 0 {
@@ -245,10 +250,7 @@ fn parse_pvh(info: u64, mem: &dyn PhysMemory, out: &mut BootInfo) -> Result<(), 
     }
     for i in 0..entries {
         let at = map + 24 * i as u64;
-        let e = mem.read(at, 24).ok_or(BootError::Unreadable {
-            what: "PVH memory map",
-            addr: at,
-        })?;
+        let e = read(mem, at, 24, "PVH memory map")?;
         out.memmap.push(
             u64_at(e, 0),
             u64_at(e, 8),
@@ -272,20 +274,12 @@ mod mb2tag {
 
 fn parse_mb2(info: u64, mem: &dyn PhysMemory, out: &mut BootInfo) -> Result<(), BootError> {
     out.protocol = Protocol::Multiboot2;
-    let head = mem.read(info, 8).ok_or(BootError::Unreadable {
-        what: "Multiboot2 information",
-        addr: info,
-    })?;
+    let head = read(mem, info, 8, "Multiboot2 information")?;
     let total = u32_at(head, 0);
     if !(16..=MB2_MAX_INFO).contains(&total) {
         return Err(BootError::Mb2BadSize(total));
     }
-    let b = mem
-        .read(info, total as usize)
-        .ok_or(BootError::Unreadable {
-            what: "Multiboot2 information",
-            addr: info,
-        })?;
+    let b = read(mem, info, total as usize, "Multiboot2 information")?;
     out.info_range = (info, info + u64::from(total));
     let mut off = 8usize;
     let mut have_map = false;

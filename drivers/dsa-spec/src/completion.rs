@@ -7,34 +7,64 @@ pub const CR_ALIGN: u64 = 32;
 
 /// Completion status codes (byte 0 & 0x3F; §8.2.1, §5.8.1 Table 5-6).
 pub mod status {
+    /// 0x00: not yet complete (software's initial value; never written by the device).
     pub const NOT_COMPLETE: u8 = 0x00;
+    /// 0x01: success.
     pub const SUCCESS: u8 = 0x01;
+    /// 0x02: success with a false predicate (Check Result set and the result differs).
     pub const SUCCESS_FALSE_PREDICATE: u8 = 0x02;
+    /// 0x03: partial completion after a page fault (block-on-fault off); bytes completed and
+    /// fault address are valid.
     pub const PAGE_FAULT_PARTIAL: u8 = 0x03;
+    /// 0x04: page fault that the page request could not resolve.
     pub const PAGE_FAULT_PRS: u8 = 0x04;
+    /// 0x05: batch: one or more members failed.
     pub const BATCH_FAIL: u8 = 0x05;
+    /// 0x06: batch: page fault reading the descriptor list.
     pub const BATCH_PAGE_FAULT: u8 = 0x06;
+    /// 0x07: Apply Delta: offsets not increasing.
     pub const DELTA_OFFSET_ORDER: u8 = 0x07;
+    /// 0x08: Apply Delta: an offset at or beyond the transfer size.
     pub const DELTA_OFFSET_RANGE: u8 = 0x08;
+    /// 0x09: DIF error (see the DIF status byte, [`dif_status`](super::dif_status)).
     pub const DIF_ERROR: u8 = 0x09;
+    /// 0x10: unsupported opcode (also a Batch or Drain inside a batch).
     pub const UNSUPPORTED_OPCODE: u8 = 0x10;
+    /// 0x11: invalid flags.
     pub const INVALID_FLAGS: u8 = 0x11;
+    /// 0x12: non-zero reserved field.
     pub const NONZERO_RESERVED: u8 = 0x12;
+    /// 0x13: transfer size out of range.
     pub const INVALID_XFER_SIZE: u8 = 0x13;
+    /// 0x14: descriptor count out of range (batch).
     pub const INVALID_DESC_COUNT: u8 = 0x14;
+    /// 0x15: delta record size or maximum delta size invalid.
     pub const INVALID_DELTA_SIZE: u8 = 0x15;
+    /// 0x16: buffers overlap where overlap is not allowed.
     pub const OVERLAP: u8 = 0x16;
+    /// 0x17: Dualcast: the destinations' bits 11:0 differ.
     pub const DUALCAST_ALIGN: u8 = 0x17;
+    /// 0x18: descriptor list not 64-byte aligned.
     pub const LIST_ALIGN: u8 = 0x18;
+    /// 0x19: invalid completion interrupt handle.
     pub const INVALID_INT_HANDLE: u8 = 0x19;
+    /// 0x1A: page fault on the completion record address (reported in SWERROR).
     pub const CR_PAGE_FAULT: u8 = 0x1A;
+    /// 0x1B: completion record address not 32-byte aligned (reported in SWERROR).
     pub const CR_ALIGN: u8 = 0x1B;
+    /// 0x1C: misaligned address (delta operations, CRC seed address).
     pub const MISALIGNED_ADDR: u8 = 0x1C;
+    /// 0x1D: privileged descriptor while privileged mode is not enabled.
     pub const PRIVILEGE: u8 = 0x1D;
+    /// 0x1E: traffic class not valid for the group.
     pub const TRAFFIC_CLASS: u8 = 0x1E;
+    /// 0x1F: page fault on a Drain readback address.
     pub const DRAIN_READBACK_FAULT: u8 = 0x1F;
+    /// 0x20: hardware error on read.
     pub const HW_READ_ERROR: u8 = 0x20;
+    /// 0x21: hardware error on write or destination readback.
     pub const HW_WRITE_ERROR: u8 = 0x21;
+    /// 0x22: address translation failure.
     pub const TRANSLATION_FAILURE: u8 = 0x22;
     /// Software only: Linux marks descriptors it aborted with this value.
     pub const SW_ABORTED: u8 = 0xFF;
@@ -82,9 +112,13 @@ pub mod status {
 
 /// DIF status bits (CR byte 1 for DIF operations).
 pub mod dif_status {
+    /// Bit 0: guard tag (CRC) mismatch.
     pub const GUARD_MISMATCH: u8 = 1 << 0;
+    /// Bit 1: application tag mismatch.
     pub const APP_TAG_MISMATCH: u8 = 1 << 1;
+    /// Bit 2: reference tag mismatch.
     pub const REF_TAG_MISMATCH: u8 = 1 << 2;
+    /// Bit 3: all-F detect error (tags all ones where the flags forbid it).
     pub const ALL_F_ERROR: u8 = 1 << 3;
 }
 
@@ -124,6 +158,7 @@ macro_rules! cr_field {
 }
 
 impl CompletionRecord {
+    /// Decodes the 32 little-endian bytes the device wrote.
     pub fn from_bytes(b: &[u8; CR_SIZE]) -> Self {
         let mut op_specific = [0u8; 16];
         op_specific.copy_from_slice(&b[16..32]);
@@ -138,6 +173,7 @@ impl CompletionRecord {
             op_specific,
         }
     }
+    /// The record as 32 little-endian bytes.
     pub fn to_bytes(&self) -> [u8; CR_SIZE] {
         let mut b = [0u8; CR_SIZE];
         b[0] = self.status;

@@ -120,6 +120,7 @@ pub struct Crc32c {
 }
 
 impl Crc32c {
+    /// A CRC started from the descriptor's seed under `mode`.
     pub fn new(seed: u32, mode: CrcMode) -> Self {
         let r = if mode.bypass_inv_refl {
             seed.reverse_bits()
@@ -128,6 +129,7 @@ impl Crc32c {
         };
         Crc32c { r, mode }
     }
+    /// Feeds `data`.
     pub fn update(&mut self, data: &[u8]) {
         self.r = if self.mode.bypass_data_refl {
             crc32c_raw_rev_bytes(self.r, data)

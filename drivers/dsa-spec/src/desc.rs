@@ -10,7 +10,9 @@ bitflags! {
     /// several constants share a bit and are named after their operation.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
     pub struct DescFlags: u32 {
+        /// Bit 0: fence, the descriptor waits for the earlier members of its batch.
         const FENCE = 1 << 0;
+        /// Bit 1: block on page faults instead of completing partially.
         const BLOCK_ON_FAULT = 1 << 1;
         /// Completion record address valid.
         const CRAV = 1 << 2;
@@ -20,13 +22,20 @@ bitflags! {
         const RCI = 1 << 4;
         /// Linux `CRSTS`; spec 3.0 cache control bit 3. Reserved on DSA 1.0.
         const CACHE_CONTROL_3 = 1 << 5;
+        /// Bit 7: Compare/Compare Pattern/CRC: report a false predicate (status 0x02) when the
+        /// result differs from the expected one.
         const CHECK_RESULT = 1 << 7;
         /// Cache control bit 1 (Linux `CC`): destination writes allocate in the LLC.
         const CACHE_CONTROL = 1 << 8;
+        /// Bit 9: operand 1 accesses use traffic class B.
         const ADDR1_TC_B = 1 << 9;
+        /// Bit 10: operand 2 accesses use traffic class B.
         const ADDR2_TC_B = 1 << 10;
+        /// Bit 11: operand 3 accesses use traffic class B.
         const ADDR3_TC_B = 1 << 11;
+        /// Bit 12: the completion record write uses traffic class B.
         const CR_TC_B = 1 << 12;
+        /// Bit 13: destination writes are strictly ordered.
         const STRICT_ORDERING = 1 << 13;
         /// Destination readback (Linux `DRDBK`, GENCAP.8); spec 3.0 cache control bit 2.
         const DEST_READBACK = 1 << 14;
@@ -37,9 +46,11 @@ bitflags! {
         const BATCH_ERROR = 1 << 16;
         /// Drain: readback address 1 / 2 valid (GENCAP.9, DSA 2.0).
         const DRAIN_READBACK_ADDR1 = 1 << 16;
+        /// Drain bit 17: readback address 2 valid (GENCAP.9, DSA 2.0).
         const DRAIN_READBACK_ADDR2 = 1 << 17;
         /// Drain: suppress the implicit readback on TC-A / TC-B.
         const DRAIN_SUPPRESS_TC_A = 1 << 18;
+        /// Drain bit 19: suppress the implicit readback on TC-B.
         const DRAIN_SUPPRESS_TC_B = 1 << 19;
         /// Fill: 16-byte pattern (GENCAP.10).
         const FILL_16B = 1 << 18;
@@ -64,28 +75,48 @@ pub const FLAGS_MASK: u32 = 0xFF_FFFF;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Opcode {
+    /// No operation (completes; useful for fences and completion interrupts).
     Noop = 0x00,
+    /// Batch: process a list of descriptors.
     Batch = 0x01,
+    /// Drain: wait until earlier descriptors (of the PASID or WQ) completed.
     Drain = 0x02,
+    /// Memory Move (copy `size` bytes from source to destination).
     MemMove = 0x03,
+    /// Fill memory with an 8- or 16-byte pattern.
     Fill = 0x04,
+    /// Compare two buffers.
     Compare = 0x05,
+    /// Compare a buffer with an 8-byte pattern.
     ComparePattern = 0x06,
+    /// Create a delta record of two buffers.
     CreateDelta = 0x07,
+    /// Apply a delta record to a buffer.
     ApplyDelta = 0x08,
+    /// Copy one source to two destinations.
     Dualcast = 0x09,
+    /// Translation fetch: prefetch address translations (DSA 2.0).
     TranslationFetch = 0x0A,
+    /// CRC generation (CRC-32C, or CRC64 with GENCAP.CRC64).
     CrcGen = 0x10,
+    /// Copy with CRC generation.
     CopyCrc = 0x11,
+    /// DIF check (T10 protection information).
     DifCheck = 0x12,
+    /// DIF insert.
     DifInsert = 0x13,
+    /// DIF strip.
     DifStrip = 0x14,
+    /// DIF update.
     DifUpdate = 0x15,
+    /// DIX generate (separate protection-information buffer; DSA 2.0).
     DixGenerate = 0x17,
+    /// Cache flush of a memory range.
     CacheFlush = 0x20,
 }
 
 impl Opcode {
+    /// The opcode for a byte, `None` for unknown opcodes.
     pub const fn from_u8(v: u8) -> Option<Opcode> {
         use Opcode::*;
         Some(match v {
@@ -144,6 +175,7 @@ pub struct Descriptor {
     pub reserved_pasid_bits: u16,
     /// Bit 31 of bytes 0–3: U/S (1 = supervisor).
     pub privileged: bool,
+    /// Bytes 4–6: flags.
     pub flags: DescFlags,
     /// Raw opcode byte.
     pub opcode: u8,
@@ -213,6 +245,7 @@ macro_rules! op_field {
 }
 
 impl Descriptor {
+    /// A zeroed descriptor with opcode `op`.
     pub fn new(op: Opcode) -> Self {
         Descriptor {
             opcode: op as u8,
@@ -220,6 +253,7 @@ impl Descriptor {
         }
     }
 
+    /// Decodes 64 little-endian bytes.
     pub fn from_bytes(b: &[u8; DESC_SIZE]) -> Self {
         let w0 = rd_u32(b, 0);
         let mut op_specific = [0u8; 24];
@@ -240,6 +274,7 @@ impl Descriptor {
         }
     }
 
+    /// The descriptor as 64 little-endian bytes (what the portal write carries).
     pub fn to_bytes(&self) -> [u8; DESC_SIZE] {
         let mut b = [0u8; DESC_SIZE];
         let w0 = (self.pasid & 0xF_FFFF)
@@ -265,6 +300,7 @@ impl Descriptor {
             .copied()
             .unwrap_or(0)
     }
+    /// Sets byte `i` (40..64) of the operation-specific area (other indices are ignored).
     pub fn set_op_byte(&mut self, i: usize, v: u8) -> &mut Self {
         if let Some(b) = self.op_specific.get_mut(i.wrapping_sub(40)) {
             *b = v;
@@ -272,10 +308,11 @@ impl Descriptor {
         self
     }
 
-    // Memory Move / Copy CRC / Dualcast / DIF: operand 1 is the source, operand 2 the destination.
+    /// Memory Move, Copy with CRC, Dualcast, DIF: the source address (operand 1).
     pub fn src(&self) -> u64 {
         self.addr1
     }
+    /// Memory Move, Copy with CRC, Dualcast, DIF: the destination address (operand 2).
     pub fn dst(&self) -> u64 {
         self.addr2
     }
@@ -291,6 +328,7 @@ impl Descriptor {
     pub fn batch_list(&self) -> u64 {
         self.addr1
     }
+    /// Batch: number of descriptors in the list.
     pub fn batch_count(&self) -> u32 {
         self.size
     }

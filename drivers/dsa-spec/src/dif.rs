@@ -9,12 +9,17 @@ pub const PI_SIZE: usize = 8;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum DifBlockSize {
+    /// 512-byte blocks.
     B512 = 0,
+    /// 520-byte blocks.
     B520 = 1,
+    /// 4096-byte blocks.
     B4096 = 2,
+    /// 4104-byte blocks.
     B4104 = 3,
 }
 impl DifBlockSize {
+    /// Block size in bytes.
     pub const fn bytes(self) -> u32 {
         match self {
             DifBlockSize::B512 => 512,
@@ -23,6 +28,7 @@ impl DifBlockSize {
             DifBlockSize::B4104 => 4104,
         }
     }
+    /// The block size selected by DIF flags bits 1:0.
     pub const fn from_flags(f: DifFlags) -> Self {
         match f.bits() & 3 {
             0 => DifBlockSize::B512,
@@ -51,6 +57,8 @@ bitflags! {
     pub struct SrcDifFlags: u8 {
         /// All-F detected (whole tuple 0xFF) raises the all-F error (with ALL_F_DETECT).
         const ENABLE_ALL_F_ERROR = 1 << 0;
+        /// Bit 1: detect source tuples that are all ones (checks of such blocks are skipped,
+        /// or raise the all-F error with ENABLE_ALL_F_ERROR).
         const ALL_F_DETECT = 1 << 1;
         /// Skip the checks of a block whose app tag is 0xFFFF.
         const APP_F_DETECT = 1 << 2;
@@ -58,7 +66,9 @@ bitflags! {
         const APP_REF_F_DETECT = 1 << 3;
         /// Application tag increments per block.
         const APP_TAG_INCREMENT = 1 << 4;
+        /// Bit 5: do not check the guard tag.
         const GUARD_CHECK_DISABLE = 1 << 5;
+        /// Bit 6: do not check the reference tag.
         const REF_TAG_CHECK_DISABLE = 1 << 6;
         /// Reference tag fixed (otherwise it increments per block).
         const REF_TAG_FIXED = 1 << 7;
@@ -70,10 +80,15 @@ bitflags! {
     /// Destination DIF flags (descriptor byte 41).
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
     pub struct DestDifFlags: u8 {
+        /// Bit 3: copy the source application tag instead of computing it.
         const APP_TAG_PASSTHROUGH = 1 << 3;
+        /// Bit 4: the application tag increments per block.
         const APP_TAG_INCREMENT = 1 << 4;
+        /// Bit 5: copy the source guard tag instead of computing it.
         const GUARD_PASSTHROUGH = 1 << 5;
+        /// Bit 6: copy the source reference tag instead of computing it.
         const REF_TAG_PASSTHROUGH = 1 << 6;
+        /// Bit 7: the reference tag stays fixed (otherwise it increments per block).
         const REF_TAG_FIXED = 1 << 7;
         const _ = !0;
     }
@@ -82,11 +97,15 @@ bitflags! {
 /// Protection information tuple: big-endian in the data stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Pi {
+    /// Guard tag: the T10-DIF CRC16 of the block (bytes 0–1).
     pub guard: u16,
+    /// Application tag (bytes 2–3).
     pub app_tag: u16,
+    /// Reference tag (bytes 4–7), usually the low 32 bits of the block's LBA.
     pub ref_tag: u32,
 }
 impl Pi {
+    /// The tuple as the 8 big-endian bytes of the data stream.
     pub fn to_bytes(&self) -> [u8; PI_SIZE] {
         let mut b = [0u8; PI_SIZE];
         b[0..2].copy_from_slice(&self.guard.to_be_bytes());
@@ -94,6 +113,7 @@ impl Pi {
         b[4..8].copy_from_slice(&self.ref_tag.to_be_bytes());
         b
     }
+    /// Decodes the 8 big-endian bytes of the data stream.
     pub fn from_bytes(b: &[u8; PI_SIZE]) -> Self {
         Pi {
             guard: u16::from_be_bytes([b[0], b[1]]),
@@ -122,7 +142,9 @@ pub fn guard(flags: DifFlags, block: &[u8]) -> u16 {
 /// destination block gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct BlockTags {
+    /// Reference tag.
     pub ref_tag: u32,
+    /// Application tag.
     pub app_tag: u16,
 }
 

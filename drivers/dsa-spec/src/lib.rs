@@ -22,6 +22,7 @@
 //! and writes typed values. Descriptors and completion records convert to and from
 //! little-endian bytes (`to_bytes`/`from_bytes`).
 #![cfg_attr(not(test), no_std)]
+#![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod completion;

@@ -20,6 +20,7 @@ pub enum PortalKind {
 }
 
 impl PortalKind {
+    /// The kind of portal page `page` (0..=3; higher bits ignored).
     pub const fn from_page(page: u8) -> PortalKind {
         match page & 3 {
             0 => PortalKind::UnlimitedMsix,
@@ -28,9 +29,11 @@ impl PortalKind {
             _ => PortalKind::LimitedIms,
         }
     }
+    /// Whether completion interrupts of descriptors submitted here go through IMS.
     pub const fn is_ims(self) -> bool {
         matches!(self, PortalKind::UnlimitedIms | PortalKind::LimitedIms)
     }
+    /// Whether the page accepts only while occupancy is below the WQ threshold.
     pub const fn is_limited(self) -> bool {
         matches!(self, PortalKind::LimitedMsix | PortalKind::LimitedIms)
     }

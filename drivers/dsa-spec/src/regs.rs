@@ -57,11 +57,15 @@ pub const TABLE_MULT: u64 = 0x100;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Version(pub u32);
 impl Version {
+    /// DSA 1.0 (Sapphire Rapids, Emerald Rapids).
     pub const DSA_1_0: Version = Version(0x100);
+    /// DSA 2.0 (Granite Rapids).
     pub const DSA_2_0: Version = Version(0x200);
+    /// Major version (bits 15:8).
     pub const fn major(self) -> u8 {
         (self.0 >> 8) as u8
     }
+    /// Minor version (bits 7:0).
     pub const fn minor(self) -> u8 {
         self.0 as u8
     }
@@ -71,21 +75,37 @@ bitflags! {
     /// GENCAP (0x10, §9.2.2). Multi-bit fields through the accessor methods.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct GenCap: u64 {
+        /// Bit 0: block-on-fault supported (descriptor flag and WQCFG).
         const BLOCK_ON_FAULT = 1 << 0;
+        /// Bit 1: Memory Move may have overlapping buffers.
         const OVERLAPPING_COPY = 1 << 1;
+        /// Bit 2: cache control supported (descriptor flag bit 8).
         const CACHE_CONTROL_MEM = 1 << 2;
+        /// Bit 3: Linux `cache_control_cache` (reserved in rev 3.0).
         const CACHE_CONTROL_CACHE = 1 << 3;
+        /// Bit 4: CMDCAP is valid (and interrupt handles come from commands).
         const CMD_CAP = 1 << 4;
+        /// Bit 5: durable-write cache-control encodings supported (rev 3.0).
         const DURABLE_WRITE = 1 << 5;
+        /// Bit 6: inter-domain operations supported (DSA 2.0).
         const INTER_DOMAIN = 1 << 6;
+        /// Bit 7: translation-fetch stride supported (DSA 2.0).
         const TRANSL_FETCH_STRIDE = 1 << 7;
+        /// Bit 8: destination readback supported (descriptor flag bit 14).
         const DEST_READBACK = 1 << 8;
+        /// Bit 9: Drain readback addresses supported (DSA 2.0).
         const DRAIN_READBACK = 1 << 9;
+        /// Bit 10: 16-byte fill patterns supported (rev 3.0).
         const FILL_16B = 1 << 10;
+        /// Bit 11: CRC64 supported (rev 3.0).
         const CRC64 = 1 << 11;
+        /// Bit 12: the completion record carries fault information (rev 3.0).
         const CR_FAULT_INFO = 1 << 12;
+        /// Bit 15: batch continuation supported.
         const BATCH_CONTINUATION = 1 << 15;
+        /// Bit 31: GRPCFG, WQCFG and GENCFG are writable (0: fixed configuration).
         const CONFIG_SUPPORT = 1 << 31;
+        /// Bit 32: event-log overflow supported (rev 3.0).
         const EVL_OVERFLOW = 1 << 32;
         const _ = !0;
     }
@@ -112,9 +132,11 @@ impl GenCap {
     pub const fn ims_entries(self) -> u32 {
         self.ims_size_field() as u32 * 256
     }
+    /// This value with the max transfer shift field (bits 20:16) set to `s`.
     pub const fn with_max_xfer_shift(self, s: u8) -> Self {
         Self::from_bits_retain(set_field64(self.bits(), 16, 5, s as u64))
     }
+    /// This value with the max batch shift field (bits 24:21) set to `s`.
     pub const fn with_max_batch_shift(self, s: u8) -> Self {
         Self::from_bits_retain(set_field64(self.bits(), 21, 4, s as u64))
     }
@@ -128,22 +150,32 @@ bitflags! {
     /// WQCAP (0x20, §9.2.3).
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct WqCap: u64 {
+        /// Bit 48: shared WQs supported.
         const SHARED_MODE = 1 << 48;
+        /// Bit 49: dedicated WQs supported.
         const DEDICATED_MODE = 1 << 49;
+        /// Bit 50: per-WQ ATS disable supported.
         const WQ_ATS_DISABLE = 1 << 50;
+        /// Bit 51: WQ priority supported (WQCFG priority must be non-zero).
         const PRIORITY = 1 << 51;
+        /// Bit 52: WQ occupancy reporting supported.
         const OCCUPANCY = 1 << 52;
+        /// Bit 53: WQ occupancy interrupt supported.
         const OCCUPANCY_INT = 1 << 53;
+        /// Bit 54: per-WQ operation configuration supported (DSA 2.0).
         const OPCFG = 1 << 54;
+        /// Bit 55: per-WQ page-request disable supported (DSA 2.0).
         const WQ_PRS_DISABLE = 1 << 55;
         const _ = !0;
     }
 }
 
 impl WqCap {
+    /// Total WQ size (bits 15:0): WQ entries shared by all WQs.
     pub const fn total_wq_size(self) -> u16 {
         field64(self.bits(), 0, 16) as u16
     }
+    /// Number of WQs (bits 23:16).
     pub const fn num_wqs(self) -> u8 {
         field64(self.bits(), 16, 8) as u8
     }
@@ -155,12 +187,15 @@ impl WqCap {
     pub const fn wqcfg_entry_size(self) -> u64 {
         1u64 << (self.wqcfg_size_code() as u32 + 5)
     }
+    /// This value with the total WQ size field (bits 15:0) set to `n`.
     pub const fn with_total_wq_size(self, n: u16) -> Self {
         Self::from_bits_retain(set_field64(self.bits(), 0, 16, n as u64))
     }
+    /// This value with the number-of-WQs field (bits 23:16) set to `n`.
     pub const fn with_num_wqs(self, n: u8) -> Self {
         Self::from_bits_retain(set_field64(self.bits(), 16, 8, n as u64))
     }
+    /// This value with the WQCFG entry size code (bits 27:24) set to `n`.
     pub const fn with_wqcfg_size_code(self, n: u8) -> Self {
         Self::from_bits_retain(set_field64(self.bits(), 24, 4, n as u64))
     }
@@ -170,24 +205,32 @@ bitflags! {
     /// GRPCAP (0x30, §9.2.4).
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct GrpCap: u64 {
+        /// Bit 16: the group read-buffer fields of GRPCFG are writable.
         const RDBUF_CTRL = 1 << 16;
+        /// Bit 17: GENCFG's global read-buffer limit supported.
         const RDBUF_GLOBAL_LIMIT = 1 << 17;
+        /// Bit 18: per-group descriptor-in-progress limits supported.
         const DESC_IN_PROGRESS_LIMIT = 1 << 18;
+        /// Bit 19: per-group bandwidth limit supported (rev 3.0).
         const BANDWIDTH_LIMIT = 1 << 19;
         const _ = !0;
     }
 }
 
 impl GrpCap {
+    /// Number of groups (bits 7:0).
     pub const fn num_groups(self) -> u8 {
         field64(self.bits(), 0, 8) as u8
     }
+    /// Total read buffers (bits 15:8), shared by all groups.
     pub const fn total_rdbufs(self) -> u8 {
         field64(self.bits(), 8, 8) as u8
     }
+    /// This value with the number-of-groups field (bits 7:0) set to `n`.
     pub const fn with_num_groups(self, n: u8) -> Self {
         Self::from_bits_retain(set_field64(self.bits(), 0, 8, n as u64))
     }
+    /// This value with the total read buffers field (bits 15:8) set to `n`.
     pub const fn with_total_rdbufs(self, n: u8) -> Self {
         Self::from_bits_retain(set_field64(self.bits(), 8, 8, n as u64))
     }
@@ -197,15 +240,19 @@ impl GrpCap {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EngCap(pub u64);
 impl EngCap {
+    /// Number of engines (bits 7:0).
     pub const fn num_engines(self) -> u8 {
         field64(self.0, 0, 8) as u8
     }
+    /// Maximum work descriptors in progress per engine (bits 15:8).
     pub const fn max_work_desc_per_engine(self) -> u8 {
         field64(self.0, 8, 8) as u8
     }
+    /// Maximum batch descriptors in progress per engine (bits 23:16).
     pub const fn max_batch_desc_per_engine(self) -> u8 {
         field64(self.0, 16, 8) as u8
     }
+    /// The register for `engines` engines and the given per-engine limits.
     pub const fn new(engines: u8, work: u8, batch: u8) -> Self {
         EngCap(engines as u64 | (work as u64) << 8 | (batch as u64) << 16)
     }
@@ -215,9 +262,11 @@ impl EngCap {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct OpCap(pub [u64; 4]);
 impl OpCap {
+    /// Whether opcode `opcode` is supported.
     pub const fn supports(&self, opcode: u8) -> bool {
         (self.0[(opcode / 64) as usize] >> (opcode % 64)) & 1 == 1
     }
+    /// This value with opcode `opcode` marked supported.
     pub const fn with(mut self, opcode: u8) -> Self {
         self.0[(opcode / 64) as usize] |= 1 << (opcode % 64);
         self
@@ -231,21 +280,27 @@ impl Offsets {
     const fn unit(&self, idx: u32) -> u64 {
         field64(self.0[(idx / 4) as usize], (idx % 4) * 16, 16) * TABLE_MULT
     }
+    /// Byte offset of the GRPCFG table in BAR0 (bits 15:0 × 0x100).
     pub const fn grpcfg(&self) -> u64 {
         self.unit(0)
     }
+    /// Byte offset of the WQCFG table in BAR0 (bits 31:16 × 0x100).
     pub const fn wqcfg(&self) -> u64 {
         self.unit(1)
     }
+    /// Byte offset of the MSI-X permissions table in BAR0 (bits 47:32 × 0x100).
     pub const fn msixperm(&self) -> u64 {
         self.unit(2)
     }
+    /// Byte offset of the IMS table in BAR0 (bits 63:48 × 0x100).
     pub const fn ims(&self) -> u64 {
         self.unit(3)
     }
+    /// Byte offset of the performance-monitoring registers in BAR0 (bits 79:64 × 0x100).
     pub const fn perfmon(&self) -> u64 {
         self.unit(4)
     }
+    /// Byte offset of the inter-domain permission table in BAR0 (bits 95:80 × 0x100; DSA 2.0).
     pub const fn idpt(&self) -> u64 {
         self.unit(5)
     }
@@ -263,12 +318,15 @@ bitflags! {
     /// GENCFG (0x80, RWL, §9.2.8).
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
     pub struct GenCfg: u32 {
+        /// Bit 12: user-mode (unprivileged) descriptors may request completion interrupts.
         const USER_INT_ENABLE = 1 << 12;
+        /// Bit 13: event log enabled (DSA 2.0).
         const EVL_ENABLE = 1 << 13;
         const _ = !0;
     }
 }
 impl GenCfg {
+    /// Global read-buffer limit (bits 7:0; needs GRPCAP.RDBUF_GLOBAL_LIMIT).
     pub const fn global_rdbuf_limit(self) -> u8 {
         self.bits() as u8
     }
@@ -278,8 +336,11 @@ bitflags! {
     /// GENCTRL (0x88, §9.2.9).
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
     pub struct GenCtrl: u32 {
+        /// Bit 0: interrupt on a software error (INTCAUSE.SOFTWARE_ERROR).
         const SWERR_INT_ENABLE = 1 << 0;
+        /// Bit 1: interrupt when the device halts (INTCAUSE.HALTED).
         const HALT_INT_ENABLE = 1 << 1;
+        /// Bit 2: event-log interrupt (INTCAUSE.EVL).
         const EVL_INT_ENABLE = 1 << 2;
         const _ = !0;
     }
@@ -289,9 +350,13 @@ bitflags! {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum DeviceState {
+    /// 0: disabled (configuration registers writable).
     Disabled = 0,
+    /// 1: enabled.
     Enabled = 1,
+    /// 2: a disable or reset is in progress.
     Draining = 2,
+    /// 3: halted after an error; leave with the reset of [`GenSts::reset_type`].
     Halted = 3,
 }
 
@@ -299,9 +364,13 @@ pub enum DeviceState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum ResetType {
+    /// 0: a Reset Device command is enough.
     Software = 0,
+    /// 1: a function-level reset.
     Flr = 1,
+    /// 2: a warm reset of the platform.
     Warm = 2,
+    /// 3: a cold reset of the platform.
     Cold = 3,
 }
 
@@ -309,6 +378,7 @@ pub enum ResetType {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct GenSts(pub u32);
 impl GenSts {
+    /// Device state (bits 1:0).
     pub const fn state(self) -> DeviceState {
         match self.0 & 3 {
             0 => DeviceState::Disabled,
@@ -317,6 +387,7 @@ impl GenSts {
             _ => DeviceState::Halted,
         }
     }
+    /// Reset type needed to leave Halt (bits 3:2).
     pub const fn reset_type(self) -> ResetType {
         match (self.0 >> 2) & 3 {
             0 => ResetType::Software,
@@ -325,6 +396,7 @@ impl GenSts {
             _ => ResetType::Cold,
         }
     }
+    /// The register for a state and a reset type.
     pub const fn new(state: DeviceState, reset: ResetType) -> Self {
         GenSts(state as u32 | (reset as u32) << 2)
     }
@@ -334,12 +406,19 @@ bitflags! {
     /// INTCAUSE (0x98, RW1C, §9.2.11). Every cause signals MSI-X entry 0.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
     pub struct IntCause: u32 {
+        /// Bit 0: SWERROR or the event log has a new entry.
         const SOFTWARE_ERROR = 1 << 0;
+        /// Bit 1: a command that requested an interrupt completed.
         const COMMAND_COMPLETED = 1 << 1;
+        /// Bit 2: a WQ's occupancy fell below its limit.
         const OCCUPANCY = 1 << 2;
+        /// Bit 3: a performance counter overflowed.
         const PERFMON_OVERFLOW = 1 << 3;
+        /// Bit 4: the device entered the halted state.
         const HALTED = 1 << 4;
+        /// Bit 5: event-log interrupt.
         const EVL = 1 << 5;
+        /// Bit 31: interrupt handles were revoked (request them again).
         const INT_HANDLES_REVOKED = 1 << 31;
         const _ = !0;
     }
@@ -349,26 +428,44 @@ bitflags! {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Command {
+    /// Enable the device (operand 0).
     EnableDevice = 0x01,
+    /// Disable the device: drain and disable every WQ, then the device (operand 0).
     DisableDevice = 0x02,
+    /// Wait for every descriptor submitted before the command (operand 0).
     DrainAll = 0x03,
+    /// Abort every descriptor in progress (operand 0).
     AbortAll = 0x04,
+    /// Return every configuration register to its reset value (operand 0).
     ResetDevice = 0x05,
+    /// Enable one WQ (operand: WQ index).
     EnableWq = 0x06,
+    /// Disable WQs (operand: WQ bitmap, [`wq_bitmap_operand`]).
     DisableWq = 0x07,
+    /// Drain WQs (operand: WQ bitmap).
     DrainWq = 0x08,
+    /// Abort WQs (operand: WQ bitmap).
     AbortWq = 0x09,
+    /// Reset WQs' configuration except their size (operand: WQ bitmap).
     ResetWq = 0x0A,
+    /// Drain one PASID (operand: the PASID).
     DrainPasid = 0x0B,
+    /// Abort one PASID (operand: the PASID).
     AbortPasid = 0x0C,
+    /// Request an interrupt handle (operand: [`int_handle_operand`]; handle in CMDSTATUS.result).
     RequestIntHandle = 0x0D,
+    /// Release an interrupt handle (operand: [`int_handle_operand`]).
     ReleaseIntHandle = 0x0E,
+    /// Request an inter-domain permission table handle (DSA 2.0).
     RequestIdptHandle = 0x0F,
+    /// Release an inter-domain permission table handle (DSA 2.0).
     ReleaseIdptHandle = 0x10,
+    /// Invalidate the submitter-bitmap cache (parameters in CMDPARAM; rev 3.0).
     InvalidateSubmitterCache = 0x11,
 }
 
 impl Command {
+    /// The command for a code (CMD bits 24:20), `None` for unknown codes.
     pub const fn from_code(code: u8) -> Option<Command> {
         use Command::*;
         Some(match code {
@@ -405,8 +502,11 @@ impl Command {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CmdReg(pub u32);
 impl CmdReg {
+    /// Bit 31: request a completion interrupt (INTCAUSE.COMMAND_COMPLETED on MSI-X entry 0).
     pub const REQUEST_INT: u32 = 1 << 31;
+    /// Bits 30:25: reserved (must be zero).
     pub const RESERVED_MASK: u32 = 0x3F << 25;
+    /// The register value for `cmd` with `operand` (bits 19:0).
     pub const fn new(cmd: Command, operand: u32, request_int: bool) -> Self {
         CmdReg(
             (operand & 0xF_FFFF)
@@ -414,15 +514,19 @@ impl CmdReg {
                 | if request_int { Self::REQUEST_INT } else { 0 },
         )
     }
+    /// Operand (bits 19:0).
     pub const fn operand(self) -> u32 {
         self.0 & 0xF_FFFF
     }
+    /// Command code (bits 24:20).
     pub const fn code(self) -> u8 {
         ((self.0 >> 20) & 0x1F) as u8
     }
+    /// Whether bit 31 (request completion interrupt) is set.
     pub const fn request_int(self) -> bool {
         self.0 & Self::REQUEST_INT != 0
     }
+    /// The reserved bits (30:25) as set.
     pub const fn reserved(self) -> u32 {
         self.0 & Self::RESERVED_MASK
     }
@@ -447,16 +551,21 @@ pub const fn int_handle_operand(index: u16, ims: bool) -> u32 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CmdStatus(pub u32);
 impl CmdStatus {
+    /// Bit 31: a command is in progress.
     pub const ACTIVE: u32 = 1 << 31;
+    /// Error code (bits 7:0; 0 = success, [`cmd_err`]).
     pub const fn error(self) -> u8 {
         self.0 as u8
     }
+    /// Result (bits 23:8): the interrupt or IDPT handle of a request command.
     pub const fn result(self) -> u16 {
         (self.0 >> 8) as u16
     }
+    /// Whether a command is in progress (bit 31).
     pub const fn active(self) -> bool {
         self.0 & Self::ACTIVE != 0
     }
+    /// The register for an error code, a result and the active bit.
     pub const fn new(error: u8, result: u16, active: bool) -> Self {
         CmdStatus(error as u32 | (result as u32) << 8 | if active { Self::ACTIVE } else { 0 })
     }
@@ -464,41 +573,77 @@ impl CmdStatus {
 
 /// CMDSTATUS error codes (§5.8.3, Table 5-8).
 pub mod cmd_err {
+    /// Success.
     pub const SUCCESS: u8 = 0x00;
+    /// Invalid command code (or one CMDCAP does not list).
     pub const INVALID_COMMAND: u8 = 0x01;
+    /// Invalid WQ index or bitmap.
     pub const INVALID_WQ: u8 = 0x02;
+    /// Internal hardware error.
     pub const INTERNAL: u8 = 0x03;
+    /// A reserved field of CMD is not zero (rev 3.0).
     pub const RESERVED_FIELD: u8 = 0x04;
+    /// Command not allowed while the device is halted (rev 3.0).
     pub const HALTED: u8 = 0x05;
+    /// Enable Device: the device is not disabled.
     pub const DEV_ENABLED: u8 = 0x10;
+    /// Enable Device: configuration error.
     pub const DEV_CONFIG: u8 = 0x11;
+    /// Enable Device: Bus Master Enable is 0.
     pub const BUS_MASTER_EN: u8 = 0x12;
+    /// Enable Device: PASID or page-request allocation configuration invalid.
     pub const PASID_INVAL: u8 = 0x13;
+    /// Enable Device: the WQ sizes add up to more than WQCAP's total.
     pub const WQ_SIZE_TOTAL: u8 = 0x14;
+    /// Enable Device: group configuration error (a WQ or engine in several groups, and similar).
     pub const GRP_CONFIG: u8 = 0x15;
+    /// Enable Device: group configuration error (second kind).
     pub const GRP_CONFIG2: u8 = 0x16;
+    /// Enable Device: group configuration error (third kind).
     pub const GRP_CONFIG3: u8 = 0x17;
+    /// Enable Device: read-buffer or bandwidth configuration invalid.
     pub const RDBUF_CONFIG: u8 = 0x18;
+    /// Enable Device: event-log configuration invalid (DSA 2.0).
     pub const EVL_CONFIG: u8 = 0x19;
+    /// Enable Device: ATS configuration invalid (rev 3.0).
     pub const ATS_CONFIG: u8 = 0x1A;
+    /// Enable Device: PASID configuration invalid (rev 3.0).
     pub const DEV_PASID_CONFIG: u8 = 0x1B;
+    /// Enable WQ: the device is not enabled.
     pub const DEV_NOT_EN: u8 = 0x20;
+    /// Enable WQ: the WQ is already enabled.
     pub const WQ_ENABLED: u8 = 0x21;
+    /// Enable WQ: WQ size 0.
     pub const WQ_SIZE: u8 = 0x22;
+    /// Enable WQ: priority 0 where priority is supported.
     pub const WQ_PRIOR: u8 = 0x23;
+    /// Enable WQ: invalid mode (unsupported, or shared without PASID enable).
     pub const WQ_MODE: u8 = 0x24;
+    /// Enable WQ: block-on-fault enabled but not supported.
     pub const BOF_EN: u8 = 0x25;
+    /// Enable WQ: PASID enable invalid.
     pub const PASID_EN: u8 = 0x26;
+    /// Enable WQ: max batch shift invalid (0 or above GENCAP's).
     pub const MAX_BATCH_SIZE: u8 = 0x27;
+    /// Enable WQ: max transfer shift invalid.
     pub const MAX_XFER_SIZE: u8 = 0x28;
+    /// Enable WQ: privilege setting invalid.
     pub const WQ_PRIV: u8 = 0x2A;
+    /// Enable WQ: occupancy-interrupt configuration invalid.
     pub const OCC_INT: u8 = 0x2B;
+    /// Enable WQ: ATS-disable invalid.
     pub const ATS_DISABLE: u8 = 0x2C;
+    /// Enable WQ: OPCFG invalid (DSA 2.0).
     pub const OPCFG: u8 = 0x2D;
+    /// Enable WQ: PRS-disable invalid (DSA 2.0).
     pub const PRS_DISABLE: u8 = 0x2E;
+    /// Disable Device: the device was not enabled.
     pub const DIS_DEV_EN: u8 = 0x31;
+    /// Disable/Drain/Abort/Reset WQ: a named WQ is not enabled.
     pub const WQ_NOT_EN: u8 = 0x32;
+    /// Request/Release Interrupt Handle: index out of range.
     pub const INVAL_INT_IDX: u8 = 0x41;
+    /// Request Interrupt Handle: no handle available.
     pub const NO_HANDLE: u8 = 0x42;
 }
 
@@ -506,6 +651,7 @@ pub mod cmd_err {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CmdCap(pub u64);
 impl CmdCap {
+    /// Whether command code `code` is supported.
     pub const fn supports(self, code: u8) -> bool {
         code < 64 && (self.0 >> code) & 1 == 1
     }
@@ -515,13 +661,21 @@ bitflags! {
     /// SWERROR word 0 flag bits (§9.2.15); code/WQ/opcode/PASID through [`SwErr`].
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
     pub struct SwErrFlags: u64 {
+        /// Bit 0: an error is recorded (RW1C).
         const VALID = 1 << 0;
+        /// Bit 1: a further error arrived while VALID was set (RW1C).
         const OVERFLOW = 1 << 1;
+        /// Bit 2: the descriptor fields (opcode, PASID, privilege) are meaningful.
         const DESC_VALID = 1 << 2;
+        /// Bit 3: the WQ index is meaningful.
         const WQ_INDEX_VALID = 1 << 3;
+        /// Bit 4: the error was in a batch member (the batch index is meaningful).
         const BATCH = 1 << 4;
+        /// Bit 5: the faulting access was a write.
         const FAULT_RW = 1 << 5;
+        /// Bit 6: the descriptor was privileged.
         const PRIV = 1 << 6;
+        /// Bit 7: qword 1's error info is meaningful.
         const ERROR_INFO_VALID = 1 << 7;
         const _ = !0;
     }
@@ -550,27 +704,35 @@ impl SwErr {
     pub const fn ack(&self) -> SwErr {
         SwErr([self.0[0] & Self::ACK_MASK, 0, 0, 0])
     }
+    /// The flag bits of qword 0 (bits 7:0).
     pub const fn flags(&self) -> SwErrFlags {
         SwErrFlags::from_bits_retain(self.0[0] & 0xFF)
     }
+    /// Valid (qword 0 bit 0): an error is recorded.
     pub const fn valid(&self) -> bool {
         self.0[0] & 1 != 0
     }
+    /// Overflow (qword 0 bit 1): a further error arrived while Valid was set.
     pub const fn overflow(&self) -> bool {
         self.0[0] & 2 != 0
     }
+    /// Error code (qword 0 bits 15:8): a completion status or a [`swerr_code`].
     pub const fn code(&self) -> u8 {
         field64(self.0[0], 8, 8) as u8
     }
+    /// WQ index (qword 0 bits 23:16; valid with WQ_INDEX_VALID).
     pub const fn wq(&self) -> u8 {
         field64(self.0[0], 16, 8) as u8
     }
+    /// Opcode of the descriptor (qword 0 bits 39:32; valid with DESC_VALID).
     pub const fn opcode(&self) -> u8 {
         field64(self.0[0], 32, 8) as u8
     }
+    /// PASID of the descriptor (qword 0 bits 59:40; valid with DESC_VALID).
     pub const fn pasid(&self) -> u32 {
         field64(self.0[0], 40, 20) as u32
     }
+    /// Position of the failing descriptor in its batch (qword 1 bits 15:0; valid with BATCH).
     pub const fn batch_index(&self) -> u16 {
         self.0[1] as u16
     }
@@ -578,6 +740,7 @@ impl SwErr {
     pub const fn error_info(&self) -> u32 {
         (self.0[1] >> 32) as u32
     }
+    /// Faulting address (qword 2; bits 11:0 may read as 0).
     pub const fn fault_addr(&self) -> u64 {
         self.0[2]
     }

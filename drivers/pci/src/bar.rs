@@ -10,10 +10,15 @@ use alloc::vec::Vec;
 use core::fmt;
 use pci_types::{CommandRegister, ConfigRegionAccess, PciAddress};
 
+/// What a BAR decodes (PCI Express Base Specification rev 6.0, §7.5.1.2.1, Base Address
+/// Register bits 0 and 2:1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BarKind {
+    /// I/O space (bit 0 = 1); the address is bits 31:2.
     Io,
+    /// 32-bit memory space (type 00b); the address is bits 31:4.
     Mem32,
+    /// 64-bit memory space (type 10b); the BAR and the next slot hold the address.
     Mem64,
 }
 
@@ -22,13 +27,19 @@ pub enum BarKind {
 pub struct BarInfo {
     /// BAR slot (0..=5 for endpoints, 0..=1 for bridges). A 64-bit BAR occupies `slot` and `slot + 1`.
     pub slot: u8,
+    /// I/O, 32-bit or 64-bit memory.
     pub kind: BarKind,
+    /// The programmed base address (bus address; for memory BARs also the CPU's physical
+    /// address on this platform), aligned to `size`.
     pub address: u64,
+    /// Window size in bytes: a power of two, at least 16 for memory and 4 for I/O BARs.
     pub size: u64,
+    /// Memory BAR bit 3: reads have no side effects, so the window may be mapped write-combining.
     pub prefetchable: bool,
 }
 
 impl BarInfo {
+    /// Whether the BAR decodes memory space (32- or 64-bit) rather than I/O space.
     pub fn is_memory(&self) -> bool {
         self.kind != BarKind::Io
     }
@@ -59,7 +70,7 @@ impl fmt::Display for BarInfo {
 }
 
 /// Number of BAR slots for a header type (0 endpoint: 6, 1 bridge: 2, other: 0).
-pub fn bar_slots(header_type: u8) -> u8 {
+pub(crate) fn bar_slots(header_type: u8) -> u8 {
     match header_type & 0x7f {
         0 => 6,
         1 => 2,
@@ -79,6 +90,21 @@ fn size_from_mask(mask: u64, width_mask: u64) -> Option<u64> {
         return None;
     }
     Some(size)
+}
+
+/// The size of a BAR from its size mask: `Ok(None)` for an unimplemented BAR (no bit stuck),
+/// [`PciError::BarBadSizeMask`] for a mask that is not a contiguous run of ones from the top.
+fn bar_size(
+    addr: PciAddress,
+    slot: u8,
+    mask: u64,
+    width_mask: u64,
+) -> Result<Option<u64>, PciError> {
+    match size_from_mask(mask, width_mask) {
+        None => Err(PciError::BarBadSizeMask { addr, slot, mask }),
+        Some(0) => Ok(None),
+        Some(size) => Ok(Some(size)),
+    }
 }
 
 /// Probes one BAR slot. Decode must already be disabled by the caller ([`probe_bars`] does it).
@@ -103,16 +129,9 @@ fn probe_slot(
         } else {
             m
         };
-        let Some(size) = size_from_mask(m, 0xffff_ffff) else {
-            return Err(PciError::BarBadSizeMask {
-                addr,
-                slot,
-                mask: m,
-            });
-        };
-        if size == 0 {
+        let Some(size) = bar_size(addr, slot, m, 0xffff_ffff)? else {
             return Ok(None);
-        }
+        };
         let address = u64::from(orig & 0xffff_fffc);
         return finish(addr, slot, BarKind::Io, address, size, false, 0xffff_ffff);
     }
@@ -120,16 +139,9 @@ fn probe_slot(
     match (orig >> 1) & 0b11 {
         0b00 => {
             let m = u64::from(mask_lo & 0xffff_fff0);
-            let Some(size) = size_from_mask(m, 0xffff_ffff) else {
-                return Err(PciError::BarBadSizeMask {
-                    addr,
-                    slot,
-                    mask: m,
-                });
-            };
-            if size == 0 {
+            let Some(size) = bar_size(addr, slot, m, 0xffff_ffff)? else {
                 return Ok(None);
-            }
+            };
             finish(
                 addr,
                 slot,
@@ -150,16 +162,9 @@ fn probe_slot(
             let mask_hi = cfg_read(access, addr, off_hi);
             cfg_write(access, addr, off_hi, orig_hi);
             let m = (u64::from(mask_hi) << 32) | u64::from(mask_lo & 0xffff_fff0);
-            let Some(size) = size_from_mask(m, u64::MAX) else {
-                return Err(PciError::BarBadSizeMask {
-                    addr,
-                    slot,
-                    mask: m,
-                });
-            };
-            if size == 0 {
+            let Some(size) = bar_size(addr, slot, m, u64::MAX)? else {
                 return Ok(None);
-            }
+            };
             let address = (u64::from(orig_hi) << 32) | u64::from(orig & 0xffff_fff0);
             finish(
                 addr,
@@ -210,7 +215,9 @@ fn finish(
 /// Result of probing all BARs of a function: the good ones and a per-slot error list.
 #[derive(Debug, Clone, Default)]
 pub struct BarProbe {
+    /// The implemented BARs that decoded cleanly, in slot order.
     pub bars: Vec<BarInfo>,
+    /// One error per BAR slot that could not be decoded (reserved type, bad mask, misaligned…).
     pub errors: Vec<PciError>,
 }
 

@@ -6,16 +6,26 @@
 use crate::{PciError, cfg_read, regs};
 use pci_types::{ConfigRegionAccess, PciAddress};
 
+// Capability IDs: PCI Code and ID Assignment Specification rev 1.16, §2; the structures are
+// in the PCI Express Base Specification rev 6.0 at the sections named below.
+
+/// PCI Power Management (PCIe Base Specification rev 6.0, §7.5.2).
 pub const CAP_ID_PM: u8 = 0x01;
+/// MSI (PCIe Base Specification rev 6.0, §7.7.1).
 pub const CAP_ID_MSI: u8 = 0x05;
+/// Vendor-specific capability (PCIe Base Specification rev 6.0, §7.9.4).
 pub const CAP_ID_VENDOR: u8 = 0x09;
+/// PCI Express Capability (PCIe Base Specification rev 6.0, §7.5.3).
 pub const CAP_ID_PCIE: u8 = 0x10;
+/// MSI-X (PCIe Base Specification rev 6.0, §7.7.2).
 pub const CAP_ID_MSIX: u8 = 0x11;
 
 /// One entry of the standard capability list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capability {
+    /// Capability ID, header bits 7:0 (`CAP_ID_*`).
     pub id: u8,
+    /// Config-space offset of the capability (0x40..=0xFC, dword aligned).
     pub offset: u16,
     /// Bits 31:16 of the header dword (the capability's control/extension word).
     pub extension: u16,
@@ -36,6 +46,8 @@ pub struct CapabilityWalker<'a, A: ConfigRegionAccess> {
 }
 
 impl<'a, A: ConfigRegionAccess> CapabilityWalker<'a, A> {
+    /// A walk of `addr`'s list from the Capabilities Pointer (0x34, or 0x14 for a CardBus
+    /// bridge); empty if Status bit 4 (Capabilities List) is clear or the function is absent.
     pub fn new(access: &'a A, addr: PciAddress) -> Self {
         let cs = cfg_read(access, addr, regs::COMMAND_STATUS);
         let header = (cfg_read(access, addr, regs::HEADER_TYPE_DW) >> 16) as u8 & 0x7f;
@@ -108,7 +120,8 @@ pub fn find_capability(
     Ok(None)
 }
 
-pub fn cap_name(id: u8) -> &'static str {
+/// Short lower-case name of a capability ID for the boot inventory ("cap" for IDs without one).
+pub(crate) fn cap_name(id: u8) -> &'static str {
     match id {
         0x01 => "pm",
         0x03 => "vpd",

@@ -4,12 +4,13 @@
 use crate::{cfg_read, cfg_write, regs};
 use pci_types::{CommandRegister, ConfigRegionAccess, PciAddress};
 
+/// Reads the Command register (PCI Express Base Specification rev 6.0, §7.5.1.1.3).
 pub fn read_command(access: &impl ConfigRegionAccess, addr: PciAddress) -> CommandRegister {
     CommandRegister::from_bits_retain(cfg_read(access, addr, regs::COMMAND_STATUS) as u16)
 }
 
 /// Writes the command register without touching status. Returns the previous value.
-pub fn write_command(
+pub(crate) fn write_command(
     access: &impl ConfigRegionAccess,
     addr: PciAddress,
     value: CommandRegister,
@@ -20,7 +21,7 @@ pub fn write_command(
 }
 
 /// Sets `set` and clears `clear` in the command register. Returns the previous value.
-pub fn update_command(
+pub(crate) fn update_command(
     access: &impl ConfigRegionAccess,
     addr: PciAddress,
     set: CommandRegister,
@@ -42,39 +43,30 @@ pub fn enable_memory_and_bus_master(access: &impl ConfigRegionAccess, addr: PciA
     );
 }
 
+/// Sets or clears Bus Master Enable (command bit 2): whether the function may issue memory
+/// requests (DMA, MSI writes).
 pub fn set_bus_master(access: &impl ConfigRegionAccess, addr: PciAddress, enable: bool) {
-    if enable {
-        update_command(
-            access,
-            addr,
-            CommandRegister::BUS_MASTER_ENABLE,
-            CommandRegister::empty(),
-        );
-    } else {
-        update_command(
-            access,
-            addr,
-            CommandRegister::empty(),
-            CommandRegister::BUS_MASTER_ENABLE,
-        );
-    }
+    set_command_bits(access, addr, CommandRegister::BUS_MASTER_ENABLE, enable);
 }
 
+/// Sets or clears Memory Space Enable (command bit 1): whether the function decodes its memory
+/// BARs.
 pub fn set_memory_enable(access: &impl ConfigRegionAccess, addr: PciAddress, enable: bool) {
+    set_command_bits(access, addr, CommandRegister::MEMORY_ENABLE, enable);
+}
+
+/// Sets (`enable`) or clears `bits` in the command register.
+fn set_command_bits(
+    access: &impl ConfigRegionAccess,
+    addr: PciAddress,
+    bits: CommandRegister,
+    enable: bool,
+) {
+    let none = CommandRegister::empty();
     if enable {
-        update_command(
-            access,
-            addr,
-            CommandRegister::MEMORY_ENABLE,
-            CommandRegister::empty(),
-        );
+        update_command(access, addr, bits, none);
     } else {
-        update_command(
-            access,
-            addr,
-            CommandRegister::empty(),
-            CommandRegister::MEMORY_ENABLE,
-        );
+        update_command(access, addr, none, bits);
     }
 }
 

@@ -1,4 +1,5 @@
-//! ECAM (PCIe enhanced configuration access mechanism) windows.
+//! ECAM (PCIe enhanced configuration access mechanism; PCI Express Base Specification rev 6.0,
+//! §7.2.2) windows, one per MCFG allocation (PCI Firmware Specification rev 3.3, §4.1.2).
 //!
 //! One MCFG allocation = one [`EcamWindow`]: a base address, a segment and a bus range. Function
 //! `seg:bus:dev.fn` register `off` lives at `base + ((bus - start) << 20 | dev << 15 | fn << 12 | off)`.
@@ -18,8 +19,11 @@ pub const fn ecam_size(bus_start: u8, bus_end: u8) -> usize {
 #[derive(Debug, Clone)]
 pub struct EcamWindow<M: Registers> {
     mmio: M,
+    /// PCI segment group number (MCFG "PCI Segment Group Number").
     pub segment: u16,
+    /// First bus decoded by the window (MCFG "Start Bus Number").
     pub bus_start: u8,
+    /// Last bus decoded by the window, inclusive (MCFG "End Bus Number").
     pub bus_end: u8,
 }
 
@@ -36,6 +40,7 @@ impl<M: Registers> EcamWindow<M> {
         }
     }
 
+    /// Whether `addr` is in this window's segment and bus range.
     pub fn covers(&self, addr: PciAddress) -> bool {
         addr.segment() == self.segment && (self.bus_start..=self.bus_end).contains(&addr.bus())
     }
@@ -79,21 +84,24 @@ pub struct Ecam<M: Registers> {
 }
 
 impl<M: Registers> Ecam<M> {
+    /// No windows: every access reads all-ones until [`Ecam::add`].
     pub fn new() -> Self {
         Self {
             windows: Vec::new(),
         }
     }
 
+    /// Adds one MCFG allocation.
     pub fn add(&mut self, window: EcamWindow<M>) {
         self.windows.push(window);
     }
 
+    /// The windows, in the order they were added.
     pub fn windows(&self) -> &[EcamWindow<M>] {
         &self.windows
     }
 
-    /// The segment ranges to hand to [`crate::enumerate`].
+    /// The segment ranges to hand to [`crate::enumerate()`].
     pub fn segment_ranges(&self) -> Vec<crate::SegmentRange> {
         self.windows
             .iter()

@@ -13,32 +13,50 @@ use pci_types::{ConfigRegionAccess, HeaderType, PciAddress, PciHeader, PciPciBri
 /// One MCFG allocation's reach: the buses of a segment that ECAM decodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentRange {
+    /// PCI segment group number.
     pub segment: u16,
+    /// First bus decoded (the root bus enumeration starts from).
     pub bus_start: u8,
+    /// Last bus decoded, inclusive.
     pub bus_end: u8,
 }
 
+/// The bus numbers of a PCI-PCI bridge (type 1 header offset 0x18; PCI Express Base
+/// Specification rev 6.0, §7.5.1.3.2–§7.5.1.3.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BridgeInfo {
+    /// Primary Bus Number: the bus the bridge sits on.
     pub primary: u8,
+    /// Secondary Bus Number: the bus directly below the bridge.
     pub secondary: u8,
+    /// Subordinate Bus Number: the highest bus number below the bridge.
     pub subordinate: u8,
 }
 
 /// A present PCI function and what was learnt about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PciFunction {
+    /// Segment, bus, device and function number.
     pub addr: PciAddress,
+    /// Vendor ID (config offset 0x00).
     pub vendor: u16,
+    /// Device ID (config offset 0x02).
     pub device: u16,
+    /// Base Class Code (config offset 0x0B).
     pub class: u8,
+    /// Sub-Class Code (config offset 0x0A).
     pub subclass: u8,
+    /// Programming Interface (config offset 0x09).
     pub prog_if: u8,
+    /// Revision ID (config offset 0x08).
     pub revision: u8,
     /// Header type without the multi-function bit.
     pub header_type: u8,
+    /// Header Type bit 7: the device implements functions 1–7 too.
     pub multifunction: bool,
+    /// Bus numbers, for a PCI-PCI bridge (header type 1).
     pub bridge: Option<BridgeInfo>,
+    /// Implemented BARs (empty when enumeration did not size BARs).
     pub bars: Vec<BarInfo>,
     /// Standard capability IDs with their offsets.
     pub caps: Vec<(u8, u16)>,
@@ -46,6 +64,7 @@ pub struct PciFunction {
     pub ext_caps: Vec<(u16, u16)>,
     /// MSI-X table size, when the capability validated.
     pub msix_vectors: Option<u16>,
+    /// Max PASID Width in bits, when the function has a PASID capability.
     pub pasid_width: Option<u8>,
     /// (vendor, DVSEC ID) pairs.
     pub dvsecs: Vec<(u16, u16)>,
@@ -54,17 +73,26 @@ pub struct PciFunction {
     pub pcie_type: Option<u8>,
 }
 
-/// PCIe Device/Port Type values (PCIe base spec, PCI Express Capabilities register).
+/// PCIe Device/Port Type values (PCI Express Base Specification rev 6.0, §7.5.3.2, PCI Express
+/// Capabilities register bits 7:4).
 pub mod pcie_type {
+    /// PCI Express Endpoint.
     pub const ENDPOINT: u8 = 0x0;
+    /// Legacy PCI Express Endpoint (may use I/O requests and locked transactions).
     pub const LEGACY_ENDPOINT: u8 = 0x1;
+    /// Root Port of a Root Complex.
     pub const ROOT_PORT: u8 = 0x4;
+    /// Upstream Port of a switch.
     pub const UPSTREAM_PORT: u8 = 0x5;
+    /// Downstream Port of a switch.
     pub const DOWNSTREAM_PORT: u8 = 0x6;
     /// PCI Express to PCI/PCI-X bridge: owns the requests of the conventional devices below.
     pub const PCIE_TO_PCI_BRIDGE: u8 = 0x7;
+    /// PCI/PCI-X to PCI Express bridge (reverse bridge).
     pub const PCI_TO_PCIE_BRIDGE: u8 = 0x8;
+    /// Root Complex Integrated Endpoint.
     pub const RC_INTEGRATED_ENDPOINT: u8 = 0x9;
+    /// Root Complex Event Collector.
     pub const RC_EVENT_COLLECTOR: u8 = 0xa;
 }
 
@@ -75,6 +103,8 @@ impl PciFunction {
             | (u16::from(self.addr.device()) << 3)
             | u16::from(self.addr.function())
     }
+
+    /// Whether the function is a PCI-PCI bridge (header type 1).
     pub fn is_bridge(&self) -> bool {
         self.header_type == 1
     }
@@ -85,15 +115,31 @@ impl PciFunction {
 pub enum EnumIssue {
     /// A PCI-PCI bridge whose bus numbers were not assigned by firmware (secondary 0) or are
     /// inconsistent (secondary ≤ own bus, subordinate < secondary, or outside the segment).
-    BridgeUnconfigured { addr: PciAddress, bus: BridgeInfo },
+    BridgeUnconfigured {
+        /// The bridge.
+        addr: PciAddress,
+        /// Its bus numbers as read.
+        bus: BridgeInfo,
+    },
     /// A secondary bus already scanned through another bridge (overlapping ranges).
-    BusAlreadyScanned { addr: PciAddress, bus: u8 },
+    BusAlreadyScanned {
+        /// The second bridge that leads to the bus.
+        addr: PciAddress,
+        /// The bus number.
+        bus: u8,
+    },
     /// A malformed BAR or capability list; the function is still listed.
     Function(PciError),
     /// Devices found on a bus no configured bridge leads to (only with `scan_all_buses`).
-    OrphanBus { segment: u16, bus: u8 },
+    OrphanBus {
+        /// The segment.
+        segment: u16,
+        /// The bus number.
+        bus: u8,
+    },
 }
 
+/// What [`enumerate_with`] does beyond reading IDs and capabilities.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EnumOptions {
     /// Size BARs (writes config space; decode disabled while probing).
@@ -111,16 +157,23 @@ impl Default for EnumOptions {
     }
 }
 
+/// The result of an enumeration: every present function and what was odd.
 #[derive(Debug, Clone, Default)]
 pub struct Enumeration {
+    /// Present functions, depth first: a bus's devices in ascending order, each bridge's
+    /// subtree after the whole bus that holds it.
     pub functions: Vec<PciFunction>,
+    /// Problems that did not stop the enumeration.
     pub issues: Vec<EnumIssue>,
 }
 
 impl Enumeration {
+    /// The function at `addr`, if it is present.
     pub fn find(&self, addr: PciAddress) -> Option<&PciFunction> {
         self.functions.iter().find(|f| f.addr == addr)
     }
+
+    /// Every function with this vendor and device ID.
     pub fn find_id(&self, vendor: u16, device: u16) -> impl Iterator<Item = &PciFunction> {
         self.functions
             .iter()
@@ -195,6 +248,8 @@ pub fn enumerate(access: &impl ConfigRegionAccess, ranges: &[SegmentRange]) -> E
     enumerate_with(access, ranges, EnumOptions::default())
 }
 
+/// Enumerates every segment range: from each range's start bus through the configured
+/// bridges (and, with [`EnumOptions::scan_all_buses`], every other bus of the range).
 pub fn enumerate_with(
     access: &impl ConfigRegionAccess,
     ranges: &[SegmentRange],
@@ -372,7 +427,7 @@ fn probe_function(
 }
 
 /// Short name of a base class (PCI code and ID assignment spec).
-pub fn class_name(class: u8, subclass: u8) -> &'static str {
+pub(crate) fn class_name(class: u8, subclass: u8) -> &'static str {
     match (class, subclass) {
         (0x01, 0x06) => "sata",
         (0x01, 0x08) => "nvme",
@@ -466,6 +521,13 @@ mod tests {
     use super::*;
     use crate::fake::FakeConfigSpace;
 
+    /// Segment 0, buses 0..=0xFF.
+    const ALL_BUSES: [SegmentRange; 1] = [SegmentRange {
+        segment: 0,
+        bus_start: 0,
+        bus_end: 0xff,
+    }];
+
     fn a(bus: u8, dev: u8, func: u8) -> PciAddress {
         PciAddress::new(0, bus, dev, func)
     }
@@ -517,14 +579,7 @@ mod tests {
         pcie(a(0, 6, 0), 4);
         f.add_function(a(6, 0, 0), 0x8086, 0x0b25, (8, 0x80, 0), 0);
         pcie(a(6, 0, 0), 0);
-        let e = enumerate(
-            &f,
-            &[SegmentRange {
-                segment: 0,
-                bus_start: 0,
-                bus_end: 0xff,
-            }],
-        );
+        let e = enumerate(&f, &ALL_BUSES);
         assert_eq!(
             e.find(a(0, 3, 0)).unwrap().pcie_type,
             Some(pcie_type::ROOT_PORT)
@@ -556,14 +611,7 @@ mod tests {
     #[test]
     fn enumerates_through_bridges_depth_first() {
         let f = hierarchy();
-        let e = enumerate(
-            &f,
-            &[SegmentRange {
-                segment: 0,
-                bus_start: 0,
-                bus_end: 0xff,
-            }],
-        );
+        let e = enumerate(&f, &ALL_BUSES);
         let addrs: Vec<_> = e.functions.iter().map(|x| x.addr).collect();
         assert_eq!(
             addrs,
@@ -604,11 +652,7 @@ mod tests {
         // The orphan bus is only found with scan_all_buses, and reported.
         let e2 = enumerate_with(
             &f,
-            &[SegmentRange {
-                segment: 0,
-                bus_start: 0,
-                bus_end: 0xff,
-            }],
+            &ALL_BUSES,
             EnumOptions {
                 probe_bars: false,
                 scan_all_buses: true,
@@ -680,14 +724,7 @@ mod tests {
             &[0x00c1_8086, 0x23],
         );
         f.put_ext_cap(d, 0x130, crate::ext_caps::EXT_CAP_ID_ATS, 1, 0, &[]);
-        let e = enumerate(
-            &f,
-            &[SegmentRange {
-                segment: 0,
-                bus_start: 0,
-                bus_end: 0xff,
-            }],
-        );
+        let e = enumerate(&f, &ALL_BUSES);
         let line = format!("{}", e.find(d).unwrap());
         assert_eq!(
             line,
@@ -695,14 +732,7 @@ mod tests {
         );
         // Now make the standard list loop: enumeration still finishes and reports it.
         f.with(d, |x| x.cfg[0x51] = 0x40);
-        let e = enumerate(
-            &f,
-            &[SegmentRange {
-                segment: 0,
-                bus_start: 0,
-                bus_end: 0xff,
-            }],
-        );
+        let e = enumerate(&f, &ALL_BUSES);
         assert!(
             e.issues
                 .iter()

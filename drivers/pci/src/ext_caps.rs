@@ -1,29 +1,44 @@
 //! PCIe extended capabilities (config offsets 0x100–0xFFF): a bounded, loop-safe walker and
 //! typed PASID (0x1B), ATS (0x0F), PRI (0x13) and DVSEC (0x23) access.
 //!
-//! Header dword: [15:0] capability ID, [19:16] version, [31:20] next offset (dword aligned).
-//! A header of 0 or all-ones at 0x100 means "no extended capabilities" (conventional PCI
+//! Header dword: bits 15:0 capability ID, bits 19:16 version, bits 31:20 next offset (dword
+//! aligned). A header of 0 or all-ones at 0x100 means "no extended capabilities" (conventional PCI
 //! functions and q35 root-bus integrated endpoints read 0 there).
 
-use crate::{PciError, cfg_read, cfg_write};
+use crate::{PciError, cfg_read, cfg_write, cfg_write_upper16};
 use pci_types::{ConfigRegionAccess, PciAddress};
 
+// Extended capability IDs: PCI Code and ID Assignment Specification rev 1.16, §7; the
+// structures are in the PCI Express Base Specification rev 6.0 at the sections named below.
+
+/// Advanced Error Reporting (PCIe Base Specification rev 6.0, §7.8.4).
 pub const EXT_CAP_ID_AER: u16 = 0x0001;
+/// Access Control Services (PCIe Base Specification rev 6.0, §7.7.11).
 pub const EXT_CAP_ID_ACS: u16 = 0x000d;
+/// Address Translation Services (PCIe Base Specification rev 6.0, §10.5.1).
 pub const EXT_CAP_ID_ATS: u16 = 0x000f;
+/// Single Root I/O Virtualization (PCIe Base Specification rev 6.0, §9.3.3).
 pub const EXT_CAP_ID_SRIOV: u16 = 0x0010;
+/// Page Request Interface (PCIe Base Specification rev 6.0, §10.5.2).
 pub const EXT_CAP_ID_PRI: u16 = 0x0013;
+/// Process Address Space ID (PCIe Base Specification rev 6.0, §7.8.8).
 pub const EXT_CAP_ID_PASID: u16 = 0x001b;
+/// Designated Vendor-Specific Extended Capability (PCIe Base Specification rev 6.0, §7.9.6).
 pub const EXT_CAP_ID_DVSEC: u16 = 0x0023;
 
 const EXT_START: u16 = 0x100;
 /// (0x1000 − 0x100) / 4 possible header positions: the walk can never be longer.
 const MAX_EXT_CAPS: usize = 960;
 
+/// One entry of the extended capability list, from its header dword (PCIe Base Specification
+/// rev 6.0, §7.6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExtCapability {
+    /// Capability ID, header bits 15:0 (`EXT_CAP_ID_*`); never 0 (placeholders are skipped).
     pub id: u16,
+    /// Capability version, header bits 19:16 (0..=15).
     pub version: u8,
+    /// Config-space offset of the header (0x100..=0xFFC, dword aligned).
     pub offset: u16,
 }
 
@@ -39,6 +54,7 @@ pub struct ExtCapabilityWalker<'a, A: ConfigRegionAccess> {
 }
 
 impl<'a, A: ConfigRegionAccess> ExtCapabilityWalker<'a, A> {
+    /// A walk of `addr`'s list, starting at the header at offset 0x100.
     pub fn new(access: &'a A, addr: PciAddress) -> Self {
         Self {
             access,
@@ -97,6 +113,8 @@ impl<A: ConfigRegionAccess> Iterator for ExtCapabilityWalker<'_, A> {
     }
 }
 
+/// The first extended capability with ID `id`, `Ok(None)` if the list has none; a malformed
+/// list before it is an error.
 pub fn find_ext_capability(
     access: &impl ConfigRegionAccess,
     addr: PciAddress,
@@ -111,7 +129,9 @@ pub fn find_ext_capability(
     Ok(None)
 }
 
-pub fn ext_cap_name(id: u16) -> &'static str {
+/// Short lower-case name of an extended capability ID for the boot inventory ("ext" for IDs
+/// without one).
+pub(crate) fn ext_cap_name(id: u16) -> &'static str {
     match id {
         0x0001 => "aer",
         0x0002 | 0x0009 => "vc",
@@ -146,45 +166,68 @@ fn check_fits(addr: PciAddress, cap: &ExtCapability, len: u16) -> Result<(), Pci
     Ok(())
 }
 
+/// [`find_ext_capability`], then [`check_fits`] for a fixed layout of `len` bytes.
+fn find_fitting(
+    access: &impl ConfigRegionAccess,
+    addr: PciAddress,
+    id: u16,
+    len: u16,
+) -> Result<Option<ExtCapability>, PciError> {
+    let found = find_ext_capability(access, addr, id)?;
+    if let Some(c) = &found {
+        check_fits(addr, c, len)?;
+    }
+    Ok(found)
+}
+
 bitflags::bitflags! {
-    /// PASID Capability register (+4, 16 bits).
+    /// PASID Capability register (+4, 16 bits; PCIe Base Specification rev 6.0, §7.8.8.2).
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct PasidCapability: u16 {
+        /// Bit 1: the function can issue requests with the Execute Requested bit.
         const EXECUTE = 1 << 1;
+        /// Bit 2: the function can issue requests with the Privileged Mode Requested bit.
         const PRIVILEGED = 1 << 2;
+        /// Bits 12:8: Max PASID Width (read it with [`PasidCap::max_pasid_width`]).
         const MAX_PASID_WIDTH = 0x1f << 8;
         const _ = !0;
     }
 }
 
 bitflags::bitflags! {
-    /// PASID Control register (+6, 16 bits).
+    /// PASID Control register (+6, 16 bits; PCIe Base Specification rev 6.0, §7.8.8.3).
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct PasidControl: u16 {
+        /// Bit 0: PASID Enable (the function may emit PASID TLP prefixes).
         const ENABLE = 1 << 0;
+        /// Bit 1: Execute Permission Enable.
         const EXECUTE_ENABLE = 1 << 1;
+        /// Bit 2: Privileged Mode Enable.
         const PRIVILEGED_ENABLE = 1 << 2;
         const _ = !0;
     }
 }
 
-/// PASID extended capability (0x1B).
+/// PASID extended capability (0x1B; PCIe Base Specification rev 6.0, §7.8.8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PasidCap {
+    /// The function the capability belongs to.
     pub addr: PciAddress,
+    /// Config-space offset of the capability header.
     pub offset: u16,
+    /// The (read-only) PASID Capability register as read by [`PasidCap::find`].
     pub capability: PasidCapability,
 }
 
 impl PasidCap {
+    /// Finds the function's PASID capability (`Ok(None)` if it has none).
     pub fn find(
         access: &impl ConfigRegionAccess,
         addr: PciAddress,
     ) -> Result<Option<Self>, PciError> {
-        let Some(c) = find_ext_capability(access, addr, EXT_CAP_ID_PASID)? else {
+        let Some(c) = find_fitting(access, addr, EXT_CAP_ID_PASID, 8)? else {
             return Ok(None);
         };
-        check_fits(addr, &c, 8)?;
         let d = cfg_read(access, addr, c.offset + 4);
         Ok(Some(Self {
             addr,
@@ -199,19 +242,13 @@ impl PasidCap {
         (((self.capability.bits() >> 8) & 0x1f) as u8).min(20)
     }
 
+    /// Reads the PASID Control register.
     pub fn control(&self, access: &impl ConfigRegionAccess) -> PasidControl {
         PasidControl::from_bits_retain((cfg_read(access, self.addr, self.offset + 4) >> 16) as u16)
     }
 
     fn write_control(&self, access: &impl ConfigRegionAccess, c: PasidControl) {
-        // The low half (capability) is read-only: writing it back is harmless.
-        let d = cfg_read(access, self.addr, self.offset + 4);
-        cfg_write(
-            access,
-            self.addr,
-            self.offset + 4,
-            (d & 0xffff) | (u32::from(c.bits()) << 16),
-        );
+        cfg_write_upper16(access, self.addr, self.offset + 4, c.bits());
     }
 
     /// Enables PASID (the spec requires doing this before ATS is enabled, while the function is
@@ -234,31 +271,39 @@ impl PasidCap {
         Ok(())
     }
 
+    /// Clears PASID Control (enable, execute and privileged); the function must be idle.
     pub fn disable(&self, access: &impl ConfigRegionAccess) {
         self.write_control(access, PasidControl::empty());
     }
 }
 
-/// ATS extended capability (0x0F). Capability +4 [4:0] invalidate queue depth, [5] page aligned
-/// request, [6] global invalidate; control +6 [4:0] STU, [15] enable.
+/// ATS extended capability (0x0F; PCIe Base Specification rev 6.0, §10.5.1). Capability +4
+/// bits 4:0 invalidate queue depth, bit 5 page aligned request, bit 6 global invalidate;
+/// control +6 bits 4:0 STU, bit 15 enable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AtsCap {
+    /// The function the capability belongs to.
     pub addr: PciAddress,
+    /// Config-space offset of the capability header.
     pub offset: u16,
+    /// Invalidate Queue Depth, capability bits 4:0 (0 means 32 outstanding invalidations).
     pub invalidate_queue_depth: u8,
+    /// Page Aligned Request, capability bit 5: untranslated addresses in translation requests
+    /// are 4 KiB aligned.
     pub page_aligned_request: bool,
+    /// Global Invalidate Supported, capability bit 6.
     pub global_invalidate: bool,
 }
 
 impl AtsCap {
+    /// Finds the function's ATS capability (`Ok(None)` if it has none).
     pub fn find(
         access: &impl ConfigRegionAccess,
         addr: PciAddress,
     ) -> Result<Option<Self>, PciError> {
-        let Some(c) = find_ext_capability(access, addr, EXT_CAP_ID_ATS)? else {
+        let Some(c) = find_fitting(access, addr, EXT_CAP_ID_ATS, 8)? else {
             return Ok(None);
         };
-        check_fits(addr, &c, 8)?;
         let d = cfg_read(access, addr, c.offset + 4);
         Ok(Some(Self {
             addr,
@@ -269,38 +314,44 @@ impl AtsCap {
         }))
     }
 
+    /// Reads ATS Control bit 15 (Enable).
     pub fn enabled(&self, access: &impl ConfigRegionAccess) -> bool {
         cfg_read(access, self.addr, self.offset + 4) & (1 << 31) != 0
     }
 
     /// `stu` = smallest translation unit as log2(bytes) − 12.
     pub fn set_enabled(&self, access: &impl ConfigRegionAccess, enabled: bool, stu: u8) {
-        let d = cfg_read(access, self.addr, self.offset + 4) & 0xffff;
-        let ctl = u32::from(stu & 0x1f) | if enabled { 1 << 15 } else { 0 };
-        cfg_write(access, self.addr, self.offset + 4, d | (ctl << 16));
+        let ctl = u16::from(stu & 0x1f) | if enabled { 1 << 15 } else { 0 };
+        cfg_write_upper16(access, self.addr, self.offset + 4, ctl);
     }
 }
 
-/// PRI extended capability (0x13). Control +4 [0] enable, [1] reset; status +6 [0] response
-/// failure, [1] unexpected PRG index, [8] stopped, [15] PRG response PASID required;
-/// +8 outstanding page request capacity; +0xC allocation.
+/// PRI extended capability (0x13; PCIe Base Specification rev 6.0, §10.5.2). Control +4 bit 0
+/// enable, bit 1 reset; status +6 bit 0 response failure, bit 1 unexpected PRG index, bit 8
+/// stopped, bit 15 PRG response PASID required; +8 outstanding page request capacity; +0xC
+/// allocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PriCap {
+    /// The function the capability belongs to.
     pub addr: PciAddress,
+    /// Config-space offset of the capability header.
     pub offset: u16,
+    /// Outstanding Page Request Capacity (+8): the most page requests the function can have
+    /// outstanding.
     pub outstanding_capacity: u32,
+    /// Status bit 15: page request group responses must carry the request's PASID.
     pub prg_response_pasid_required: bool,
 }
 
 impl PriCap {
+    /// Finds the function's PRI capability (`Ok(None)` if it has none).
     pub fn find(
         access: &impl ConfigRegionAccess,
         addr: PciAddress,
     ) -> Result<Option<Self>, PciError> {
-        let Some(c) = find_ext_capability(access, addr, EXT_CAP_ID_PRI)? else {
+        let Some(c) = find_fitting(access, addr, EXT_CAP_ID_PRI, 0x10)? else {
             return Ok(None);
         };
-        check_fits(addr, &c, 0x10)?;
         let cs = cfg_read(access, addr, c.offset + 4);
         Ok(Some(Self {
             addr,
@@ -310,6 +361,7 @@ impl PriCap {
         }))
     }
 
+    /// Reads PRI Status bit 8 (Stopped): no page request is outstanding since the last disable.
     pub fn stopped(&self, access: &impl ConfigRegionAccess) -> bool {
         cfg_read(access, self.addr, self.offset + 4) & (1 << 24) != 0
     }
@@ -327,19 +379,25 @@ impl PriCap {
         cfg_write(access, self.addr, self.offset + 4, 1);
     }
 
+    /// Clears PRI Control (Enable); poll [`PriCap::stopped`] before reusing the function.
     pub fn disable(&self, access: &impl ConfigRegionAccess) {
         cfg_write(access, self.addr, self.offset + 4, 0);
     }
 }
 
-/// Designated vendor-specific extended capability (0x23).
+/// Designated vendor-specific extended capability (0x23; PCIe Base Specification rev 6.0,
+/// §7.9.6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dvsec {
+    /// Config-space offset of the capability header.
     pub offset: u16,
+    /// DVSEC Vendor ID (header 1 bits 15:0): the vendor that defined `dvsec_id`.
     pub vendor: u16,
+    /// DVSEC Revision (header 1 bits 19:16), defined by the vendor.
     pub revision: u8,
     /// Whole length in bytes, including the 10-byte header.
     pub length: u16,
+    /// DVSEC ID (header 2 bits 15:0), the vendor's structure type (Intel Scalable IOV: 5).
     pub dvsec_id: u16,
 }
 

@@ -11,9 +11,13 @@ use alloc::vec::Vec;
 use core::cell::RefCell;
 use pci_types::{ConfigRegionAccess, PciAddress};
 
+/// One fake function's 4 KiB configuration space.
 pub struct FakeFunction {
+    /// The register bytes, as a read returns them.
     pub cfg: Vec<u8>,
+    /// Per-byte write mask: a write changes only the bits set here.
     pub wmask: Vec<u8>,
+    /// Per-byte write-1-to-clear mask: writing 1 to these bits clears them.
     pub w1c: Vec<u8>,
 }
 
@@ -25,18 +29,23 @@ impl FakeFunction {
             w1c: vec![0; 4096],
         }
     }
+    /// The dword at byte `off` (all-ones past the end).
     pub fn read32(&self, off: usize) -> u32 {
         u32::from_le_bytes(self.cfg[off..off + 4].try_into().unwrap_or([0xff; 4]))
     }
+    /// Sets the dword at byte `off`, ignoring the write masks.
     pub fn set32(&mut self, off: usize, v: u32) {
         self.cfg[off..off + 4].copy_from_slice(&v.to_le_bytes());
     }
+    /// Sets the word at byte `off`, ignoring the write masks.
     pub fn set16(&mut self, off: usize, v: u16) {
         self.cfg[off..off + 2].copy_from_slice(&v.to_le_bytes());
     }
+    /// Sets the byte at `off`, ignoring the write masks.
     pub fn set8(&mut self, off: usize, v: u8) {
         self.cfg[off] = v;
     }
+    /// Sets the write mask of the dword at byte `off`.
     pub fn set_wmask32(&mut self, off: usize, m: u32) {
         self.wmask[off..off + 4].copy_from_slice(&m.to_le_bytes());
     }
@@ -45,20 +54,28 @@ impl FakeFunction {
 /// One logged config write: (function, offset, value, command register before the write).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteRecord {
+    /// The function written.
     pub addr: PciAddress,
+    /// Config-space offset (dword aligned).
     pub offset: u16,
+    /// The dword written, before the write masks apply.
     pub value: u32,
+    /// The function's command register when the write arrived.
     pub command_before: u16,
 }
 
+/// A configuration space of fake functions; absent functions read all-ones.
 #[derive(Default)]
 pub struct FakeConfigSpace {
     funcs: RefCell<BTreeMap<PciAddress, FakeFunction>>,
+    /// Every write, in order.
     pub writes: RefCell<Vec<WriteRecord>>,
+    /// Number of reads so far.
     pub reads: RefCell<usize>,
 }
 
 impl FakeConfigSpace {
+    /// An empty configuration space.
     pub fn new() -> Self {
         Self::default()
     }
@@ -94,12 +111,14 @@ impl FakeConfigSpace {
         self.funcs.borrow_mut().insert(addr, f);
     }
 
+    /// Runs `f` on the function at `addr` (panics if it was not added).
     pub fn with<R>(&self, addr: PciAddress, f: impl FnOnce(&mut FakeFunction) -> R) -> R {
         let mut funcs = self.funcs.borrow_mut();
         let func = funcs.get_mut(&addr).expect("fake function not added");
         f(func)
     }
 
+    /// Sets a bridge's primary, secondary and subordinate bus numbers.
     pub fn set_bridge_buses(&self, addr: PciAddress, primary: u8, secondary: u8, subordinate: u8) {
         self.with(addr, |f| {
             f.set8(0x18, primary);
@@ -132,6 +151,7 @@ impl FakeConfigSpace {
         });
     }
 
+    /// An I/O BAR of `size` bytes (power of two ≥ 4) at `slot`, programmed to `port`.
     pub fn add_io_bar(&self, addr: PciAddress, slot: usize, size: u32, port: u32) {
         self.with(addr, |f| {
             let off = 0x10 + 4 * slot;
@@ -188,6 +208,7 @@ impl FakeConfigSpace {
         });
     }
 
+    /// Reads a dword without counting it in [`FakeConfigSpace::reads`].
     pub fn raw_read(&self, addr: PciAddress, offset: u16) -> u32 {
         self.funcs
             .borrow()

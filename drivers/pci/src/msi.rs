@@ -7,14 +7,16 @@
 
 use crate::bar::{BarInfo, find_bar};
 use crate::caps::{CAP_ID_MSI, CAP_ID_MSIX, find_capability};
-use crate::{PciError, cfg_read, cfg_write};
+use crate::{PciError, cfg_read, cfg_write, cfg_write_upper16};
 use hwio::{Registers, RegistersExt};
 use pci_types::{ConfigRegionAccess, PciAddress};
 
 /// A message as the device writes it: 32-bit data to a 64-bit address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MsiMessage {
+    /// Message Address (for x86: 0xFEEx_xxxx, or a remappable-format address under VT-d).
     pub address: u64,
+    /// Message Data (MSI: bits 15:0 only; MSI-X: 32 bits).
     pub data: u32,
 }
 
@@ -37,26 +39,38 @@ hwio::register_map! {
 pub const MASKED: u32 = 1;
 
 bitflags::bitflags! {
-    /// MSI Message Control (capability +2, here as bits of the header dword >> 16).
+    /// MSI Message Control (capability +2, here as bits of the header dword >> 16; PCI Express
+    /// Base Specification rev 6.0, §7.7.1.2).
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct MsiControl: u16 {
+        /// Bit 0: MSI Enable.
         const ENABLE = 1 << 0;
+        /// Bits 3:1: Multiple Message Capable, log2 of the vectors the function can use.
         const MMC = 0b111 << 1;
+        /// Bits 6:4: Multiple Message Enable, log2 of the vectors software allocated.
         const MME = 0b111 << 4;
+        /// Bit 7: 64 Bit Address Capable (the capability has a Message Upper Address).
         const ADDR64 = 1 << 7;
+        /// Bit 8: Per-Vector Masking Capable (Mask and Pending Bits registers exist).
         const PER_VECTOR_MASK = 1 << 8;
         const _ = !0;
     }
 }
 
+/// An MSI capability (PCI Express Base Specification rev 6.0, §7.7.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MsiCap {
+    /// The function the capability belongs to.
     pub addr: PciAddress,
+    /// Config-space offset of the capability.
     pub offset: u16,
+    /// Message Control as read by [`MsiCap::find`] (its read-only capability bits are what
+    /// the methods use).
     pub control: MsiControl,
 }
 
 impl MsiCap {
+    /// Finds the function's MSI capability (`Ok(None)` if it has none).
     pub fn find(
         access: &impl ConfigRegionAccess,
         addr: PciAddress,
@@ -74,6 +88,7 @@ impl MsiCap {
         1 << mmc.min(5)
     }
 
+    /// Whether the capability has a Message Upper Address (64-bit message addresses).
     pub fn is_64bit(&self) -> bool {
         self.control.contains(MsiControl::ADDR64)
     }
@@ -90,14 +105,7 @@ impl MsiCap {
     }
 
     fn write_control(&self, access: &impl ConfigRegionAccess, control: MsiControl) {
-        // The low half is ID/next (read-only); keep it as read.
-        let h = cfg_read(access, self.addr, self.offset);
-        cfg_write(
-            access,
-            self.addr,
-            self.offset,
-            (h & 0xffff) | (u32::from(control.bits()) << 16),
-        );
+        cfg_write_upper16(access, self.addr, self.offset, control.bits());
     }
 
     fn read_control(&self, access: &impl ConfigRegionAccess) -> MsiControl {
@@ -145,12 +153,14 @@ impl MsiCap {
         Ok(())
     }
 
+    /// Sets or clears MSI Enable.
     pub fn set_enabled(&self, access: &impl ConfigRegionAccess, enabled: bool) {
         let mut ctl = self.read_control(access);
         ctl.set(MsiControl::ENABLE, enabled);
         self.write_control(access, ctl);
     }
 
+    /// Reads back the programmed message (data: the 16-bit Message Data).
     pub fn message(&self, access: &impl ConfigRegionAccess) -> MsiMessage {
         let lo = u64::from(cfg_read(access, self.addr, self.offset + 4));
         let hi = if self.is_64bit() {
@@ -166,11 +176,14 @@ impl MsiCap {
 }
 
 bitflags::bitflags! {
-    /// MSI-X Message Control.
+    /// MSI-X Message Control (capability +2; PCI Express Base Specification rev 6.0, §7.7.2.2).
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct MsixControl: u16 {
+        /// Bits 10:0: Table Size, the number of entries minus one (read-only).
         const TABLE_SIZE = 0x7ff;
+        /// Bit 14: Function Mask, masks every vector regardless of its own mask bit.
         const FUNCTION_MASK = 1 << 14;
+        /// Bit 15: MSI-X Enable.
         const ENABLE = 1 << 15;
         const _ = !0;
     }
@@ -179,19 +192,27 @@ bitflags::bitflags! {
 /// An MSI-X capability whose table and PBA have been validated against the BARs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MsixCap {
+    /// The function the capability belongs to.
     pub addr: PciAddress,
+    /// Config-space offset of the capability.
     pub offset: u16,
-    /// Number of table entries (Table Size + 1).
+    /// Number of table entries (Table Size + 1, 1..=2048).
     pub table_size: u16,
+    /// Table BIR: the BAR slot (0..=5) that holds the table.
     pub table_bir: u8,
+    /// Byte offset of the table inside its BAR (8-byte aligned).
     pub table_offset: u32,
+    /// PBA BIR: the BAR slot (0..=5) that holds the Pending Bit Array.
     pub pba_bir: u8,
+    /// Byte offset of the Pending Bit Array inside its BAR (8-byte aligned).
     pub pba_offset: u32,
     /// Physical address of the table (BAR base + offset).
     pub table_address: u64,
+    /// Physical address of the Pending Bit Array (BAR base + offset).
     pub pba_address: u64,
 }
 
+/// Size in bytes of one MSI-X table entry (PCI Express Base Specification rev 6.0, §7.7.2).
 pub const MSIX_ENTRY_SIZE: u64 = 16;
 
 impl MsixCap {
@@ -264,14 +285,10 @@ impl MsixCap {
     ) {
         let h = cfg_read(access, self.addr, self.offset);
         let ctl = f(MsixControl::from_bits_retain((h >> 16) as u16));
-        cfg_write(
-            access,
-            self.addr,
-            self.offset,
-            (h & 0xffff) | (u32::from(ctl.bits()) << 16),
-        );
+        cfg_write_upper16(access, self.addr, self.offset, ctl.bits());
     }
 
+    /// Sets or clears MSI-X Enable.
     pub fn set_enabled(&self, access: &impl ConfigRegionAccess, enabled: bool) {
         self.update_control(access, |mut c| {
             c.set(MsixControl::ENABLE, enabled);
@@ -279,6 +296,7 @@ impl MsixCap {
         });
     }
 
+    /// Sets or clears Function Mask (all vectors masked while set).
     pub fn set_function_mask(&self, access: &impl ConfigRegionAccess, masked: bool) {
         self.update_control(access, |mut c| {
             c.set(MsixControl::FUNCTION_MASK, masked);
@@ -316,6 +334,8 @@ impl MsixCap {
         Ok(())
     }
 
+    /// Sets or clears the Mask bit of entry `index` through `table` (a window mapped at
+    /// `table_address`).
     pub fn set_entry_masked(
         &self,
         table: &impl Registers,

@@ -9,67 +9,95 @@
 use alloc::vec::Vec;
 use core::fmt;
 
+/// Length of the standard ACPI system description table header (ACPI 6.5, §5.2.6).
 pub const SDT_HEADER_LEN: usize = 36;
+/// Length of the DMAR header: the SDT header, Host Address Width, Flags and 10 reserved bytes
+/// (Intel VT-d Architecture Specification rev 4.1, §8.1).
 pub const DMAR_HEADER_LEN: usize = 48;
 
+/// Why a DMAR table was rejected; offsets are byte offsets from the start of the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DmarError {
     /// Fewer bytes than the 48-byte DMAR header.
     TruncatedHeader {
+        /// Bytes given.
         len: usize,
     },
+    /// The first four bytes are not "DMAR".
     BadSignature,
     /// The header's length field is smaller than the header or larger than the bytes given.
     BadTableLength {
+        /// The header's length field.
         declared: u32,
+        /// Bytes given.
         available: usize,
     },
+    /// The bytes of the table do not sum to zero (mod 256).
     BadChecksum {
+        /// The sum of all bytes.
         sum: u8,
     },
     /// A structure header (type + length) does not fit in the remaining bytes.
     TruncatedStructure {
+        /// Offset of the structure.
         offset: usize,
     },
     /// A structure's length is smaller than its type's fixed part (includes length 0).
     StructureTooShort {
+        /// Offset of the structure.
         offset: usize,
+        /// Structure type ([`structure_type`]).
         ty: u16,
+        /// Structure length field, bytes.
         length: u16,
     },
     /// A structure's length runs past the end of the table.
     StructureOverrun {
+        /// Offset of the structure.
         offset: usize,
+        /// Structure type ([`structure_type`]).
         ty: u16,
+        /// Structure length field, bytes.
         length: u16,
     },
     /// A device scope header does not fit in its structure.
     TruncatedScope {
+        /// Offset of the scope.
         offset: usize,
     },
     /// A device scope's length is < 6, leaves an odd path, or has no path hop.
     BadScopeLength {
+        /// Offset of the scope.
         offset: usize,
+        /// Scope length field, bytes.
         length: u8,
     },
     /// A device scope runs past the end of its structure.
     ScopeOverrun {
+        /// Offset of the scope.
         offset: usize,
+        /// Scope length field, bytes.
         length: u8,
     },
     /// A DRHD register base of 0 or not 4 KiB aligned.
     BadRegisterBase {
+        /// Offset of the DRHD.
         offset: usize,
+        /// Register Base Address field.
         base: u64,
     },
     /// RMRR with base > limit, or not 4 KiB granular.
     BadRmrrRange {
+        /// Offset of the RMRR.
         offset: usize,
+        /// Reserved Memory Region Base Address.
         base: u64,
+        /// Reserved Memory Region Limit Address (inclusive).
         limit: u64,
     },
     /// An ANDD whose object name is not NUL-terminated inside the structure.
     BadAnddName {
+        /// Offset of the ANDD.
         offset: usize,
     },
 }
@@ -147,21 +175,33 @@ fn u64_at(b: &[u8], o: usize) -> Option<u64> {
 }
 
 bitflags::bitflags! {
+    /// The DMAR header's Flags byte (§8.1).
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct DmarFlags: u8 {
+        /// Bit 0: the platform supports interrupt remapping.
         const INTR_REMAP = 1 << 0;
+        /// Bit 1: firmware asks the OS not to enable x2APIC mode.
         const X2APIC_OPT_OUT = 1 << 1;
+        /// Bit 2: firmware set up the IOMMU to protect memory during boot (OS
+        /// should keep DMA remapping on).
         const DMA_CTRL_PLATFORM_OPT_IN = 1 << 2;
         const _ = !0;
     }
 }
 
+/// Remapping structure types (Intel VT-d Architecture Specification rev 4.1, §8.2).
 pub mod structure_type {
+    /// DMA Remapping Hardware Unit Definition (§8.3).
     pub const DRHD: u16 = 0;
+    /// Reserved Memory Region Reporting (§8.4).
     pub const RMRR: u16 = 1;
+    /// Root Port ATS Capability Reporting (§8.5).
     pub const ATSR: u16 = 2;
+    /// Remapping Hardware Static Affinity (§8.6).
     pub const RHSA: u16 = 3;
+    /// ACPI Name-space Device Declaration (§8.7).
     pub const ANDD: u16 = 4;
+    /// SoC Integrated Address Translation Cache (§8.8).
     pub const SATC: u16 = 5;
 }
 
@@ -190,10 +230,13 @@ pub struct Dmar<'a> {
     bytes: &'a [u8],
     /// Host address width in bits (the field holds HAW − 1).
     pub host_address_width: u8,
+    /// DMAR Flags (byte 37).
     pub flags: DmarFlags,
 }
 
 impl<'a> Dmar<'a> {
+    /// Validates the whole table (header, checksum, every structure and device scope); after
+    /// that the iterators cannot fail.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, DmarError> {
         if bytes.len() < DMAR_HEADER_LEN {
             return Err(DmarError::TruncatedHeader { len: bytes.len() });
@@ -298,10 +341,12 @@ impl<'a> Dmar<'a> {
         Ok(())
     }
 
+    /// The table's bytes, as given to [`Dmar::parse`].
     pub fn bytes(&self) -> &'a [u8] {
         self.bytes
     }
 
+    /// Every remapping structure, in table order.
     pub fn structures(&self) -> Structures<'a> {
         Structures {
             bytes: self.bytes,
@@ -309,6 +354,7 @@ impl<'a> Dmar<'a> {
         }
     }
 
+    /// The DRHDs, in table order (the unit index used by [`DeviceUnitMap`]).
     pub fn drhds(&self) -> impl Iterator<Item = Drhd<'a>> + 'a {
         self.structures().filter_map(|s| match s {
             RemappingStructure::Drhd(d) => Some(d),
@@ -320,32 +366,46 @@ impl<'a> Dmar<'a> {
 /// A DMAR remapping structure.
 #[derive(Debug, Clone, Copy)]
 pub enum RemappingStructure<'a> {
+    /// Type 0: a remapping unit.
     Drhd(Drhd<'a>),
+    /// Type 1: memory firmware DMA uses, to be identity-mapped.
     Rmrr(Rmrr<'a>),
+    /// Type 2: root ports that support ATS.
     Atsr(Atsr<'a>),
+    /// Type 3: the NUMA proximity domain of a unit.
     Rhsa(Rhsa),
+    /// Type 4: an ACPI namespace device that issues DMA.
     Andd(Andd<'a>),
+    /// Type 5: SoC-integrated devices with address translation caches.
     Satc(Satc<'a>),
     /// SIDP (6) and anything newer: skipped by length.
     Unknown {
+        /// Structure type.
         ty: u16,
+        /// Structure length, bytes.
         length: u16,
     },
 }
 
+/// DMA Remapping Hardware Unit Definition (§8.3).
 #[derive(Debug, Clone, Copy)]
 pub struct Drhd<'a> {
     /// Byte offset of the structure in the table (a stable identifier of the unit).
     pub offset: usize,
+    /// Flags bit 0 (INCLUDE_PCI_ALL): the unit covers every device of its segment not claimed by
+    /// another unit's scopes.
     pub include_pci_all: bool,
     /// Register set size: 2^size 4 KiB pages (0 on older tables and QEMU).
     pub size: u8,
+    /// PCI segment number.
     pub segment: u16,
+    /// Physical address of the unit's register set (4 KiB aligned).
     pub register_base: u64,
     scopes: &'a [u8],
 }
 
 impl<'a> Drhd<'a> {
+    /// The unit's device scopes (§8.3.1).
     pub fn scopes(&self) -> DeviceScopes<'a> {
         DeviceScopes {
             bytes: self.scopes,
@@ -358,9 +418,13 @@ impl<'a> Drhd<'a> {
     }
 }
 
+/// Reserved Memory Region Reporting (§8.4): memory the devices in scope may DMA to before and
+/// after the OS takes over.
 #[derive(Debug, Clone, Copy)]
 pub struct Rmrr<'a> {
+    /// PCI segment number.
     pub segment: u16,
+    /// First byte of the region (4 KiB aligned).
     pub base: u64,
     /// Inclusive last byte.
     pub limit: u64,
@@ -368,6 +432,7 @@ pub struct Rmrr<'a> {
 }
 
 impl<'a> Rmrr<'a> {
+    /// The devices that use the region.
     pub fn scopes(&self) -> DeviceScopes<'a> {
         DeviceScopes {
             bytes: self.scopes,
@@ -376,14 +441,18 @@ impl<'a> Rmrr<'a> {
     }
 }
 
+/// Root Port ATS Capability Reporting (§8.5).
 #[derive(Debug, Clone, Copy)]
 pub struct Atsr<'a> {
+    /// Flags bit 0 (ALL_PORTS): every root port of the segment supports ATS.
     pub all_ports: bool,
+    /// PCI segment number.
     pub segment: u16,
     scopes: &'a [u8],
 }
 
 impl<'a> Atsr<'a> {
+    /// The root ports in scope (when not `all_ports`).
     pub fn scopes(&self) -> DeviceScopes<'a> {
         DeviceScopes {
             bytes: self.scopes,
@@ -392,27 +461,36 @@ impl<'a> Atsr<'a> {
     }
 }
 
+/// Remapping Hardware Static Affinity (§8.6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rhsa {
+    /// Register base of the unit it describes.
     pub register_base: u64,
+    /// ACPI proximity domain of the unit.
     pub proximity_domain: u32,
 }
 
+/// ACPI Name-space Device Declaration (§8.7).
 #[derive(Debug, Clone, Copy)]
 pub struct Andd<'a> {
+    /// ACPI Device Number, the enumeration ID device scopes of type ACPI_NAMESPACE refer to.
     pub device_number: u8,
     /// ACPI object path without the terminating NUL.
     pub object_name: &'a [u8],
 }
 
+/// SoC Integrated Address Translation Cache (§8.8).
 #[derive(Debug, Clone, Copy)]
 pub struct Satc<'a> {
+    /// Flags bit 0 (ATC_REQUIRED): the devices must use their ATC for correct operation.
     pub atc_required: bool,
+    /// PCI segment number.
     pub segment: u16,
     scopes: &'a [u8],
 }
 
 impl<'a> Satc<'a> {
+    /// The SoC-integrated devices in scope.
     pub fn scopes(&self) -> DeviceScopes<'a> {
         DeviceScopes {
             bytes: self.scopes,
@@ -421,6 +499,7 @@ impl<'a> Satc<'a> {
     }
 }
 
+/// Iterator over the remapping structures of a validated table ([`Dmar::structures`]).
 pub struct Structures<'a> {
     bytes: &'a [u8],
     off: usize,
@@ -483,13 +562,20 @@ impl<'a> Iterator for Structures<'a> {
     }
 }
 
+/// Device scope entry type (§8.3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScopeType {
+    /// 1: a PCI endpoint.
     PciEndpoint,
+    /// 2: a PCI-PCI bridge and every device below it.
     PciSubHierarchy,
+    /// 3: an I/O APIC (enumeration ID = I/O APIC ID).
     IoApic,
+    /// 4: an HPET (enumeration ID = HPET number).
     Hpet,
+    /// 5: an ACPI namespace device (enumeration ID = ANDD device number).
     AcpiNamespace,
+    /// A type this crate does not name.
     Other(u8),
 }
 
@@ -506,11 +592,16 @@ impl ScopeType {
     }
 }
 
+/// One device scope entry (§8.3.1).
 #[derive(Debug, Clone, Copy)]
 pub struct DeviceScope<'a> {
+    /// Scope type.
     pub ty: ScopeType,
+    /// Flags byte (byte 2; not interpreted here).
     pub flags: u8,
+    /// Enumeration ID (I/O APIC ID, HPET number or ANDD device number).
     pub enumeration_id: u8,
+    /// The bus the path starts on.
     pub start_bus: u8,
     /// Path hops as (device, function) byte pairs; at least one.
     path: &'a [u8],
@@ -519,12 +610,16 @@ pub struct DeviceScope<'a> {
 /// A bus:device.function on one segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Bdf {
+    /// Bus number.
     pub bus: u8,
+    /// Device number (0..=31).
     pub dev: u8,
+    /// Function number (0..=7).
     pub func: u8,
 }
 
 impl Bdf {
+    /// The address, with `dev` and `func` cut to their 5 and 3 bits.
     pub const fn new(bus: u8, dev: u8, func: u8) -> Self {
         Self {
             bus,
@@ -536,6 +631,7 @@ impl Bdf {
     pub const fn sid(&self) -> u16 {
         ((self.bus as u16) << 8) | ((self.dev as u16) << 3) | self.func as u16
     }
+    /// The address a source ID (bus << 8 | dev << 3 | fn) names.
     pub const fn from_sid(sid: u16) -> Self {
         Self {
             bus: (sid >> 8) as u8,
@@ -543,6 +639,7 @@ impl Bdf {
             func: (sid & 7) as u8,
         }
     }
+    /// Device and function as one byte (dev << 3 | fn).
     pub const fn devfn(&self) -> u8 {
         (self.dev << 3) | self.func
     }
@@ -555,6 +652,7 @@ impl fmt::Display for Bdf {
 }
 
 impl<'a> DeviceScope<'a> {
+    /// The path as (device, function) pairs; every pair but the last names a bridge.
     pub fn hops(&self) -> impl Iterator<Item = (u8, u8)> + 'a {
         self.path.chunks_exact(2).map(|c| (c[0], c[1]))
     }
@@ -578,6 +676,7 @@ impl<'a> DeviceScope<'a> {
     }
 }
 
+/// Iterator over a structure's device scopes.
 pub struct DeviceScopes<'a> {
     bytes: &'a [u8],
     off: usize,
@@ -612,7 +711,9 @@ impl<'a> Iterator for DeviceScopes<'a> {
 /// Bridge bus numbers the mapper needs from PCI enumeration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BridgeBuses {
+    /// Secondary bus number.
     pub secondary: u8,
+    /// Subordinate (highest) bus number.
     pub subordinate: u8,
 }
 
@@ -621,9 +722,13 @@ pub struct BridgeBuses {
 pub struct UnitScope {
     /// Index of the DRHD in table order.
     pub unit: usize,
+    /// Physical address of the unit's register set.
     pub register_base: u64,
+    /// PCI segment number.
     pub segment: u16,
+    /// INCLUDE_PCI_ALL: the unit also covers every device no other unit claims.
     pub include_pci_all: bool,
+    /// Endpoints in scope (resolved through bridges).
     pub endpoints: Vec<Bdf>,
     /// Bridges whose whole sub-hierarchy belongs to the unit: (bridge, secondary..=subordinate).
     pub bridges: Vec<(Bdf, u8, u8)>,
@@ -636,14 +741,21 @@ pub struct UnitScope {
 /// A scope that could not be resolved (device/bridge absent); ignored like Linux does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnresolvedScope {
+    /// Index of the DRHD in table order.
     pub unit: usize,
+    /// Scope type.
     pub ty: ScopeType,
+    /// The bus the scope's path starts on.
     pub start_bus: u8,
 }
 
+/// Which remapping unit translates which device: the DRHD scopes resolved against the PCI
+/// topology ([`DeviceUnitMap::build`]).
 #[derive(Debug, Clone, Default)]
 pub struct DeviceUnitMap {
+    /// One entry per DRHD, in table order.
     pub units: Vec<UnitScope>,
+    /// Scopes that named absent devices or bridges.
     pub unresolved: Vec<UnresolvedScope>,
 }
 
@@ -725,6 +837,7 @@ impl DeviceUnitMap {
         units().find(|u| u.include_pci_all).map(|u| u.unit)
     }
 
+    /// The source ID the DRHDs give I/O APIC `ioapic_id` (IRTE source validation), if any.
     pub fn ioapic_sid(&self, ioapic_id: u8) -> Option<u16> {
         self.units
             .iter()
@@ -739,6 +852,7 @@ impl DeviceUnitMap {
 pub mod builder {
     use alloc::vec::Vec;
 
+    /// A device scope of type `ty` with the given path.
     pub fn scope(ty: u8, enum_id: u8, start_bus: u8, path: &[(u8, u8)]) -> Vec<u8> {
         let mut v = alloc::vec![ty, (6 + 2 * path.len()) as u8, 0, 0, enum_id, start_bus];
         for (d, f) in path {
@@ -748,6 +862,7 @@ pub mod builder {
         v
     }
 
+    /// A DRHD with its scopes.
     pub fn drhd(flags: u8, segment: u16, base: u64, scopes: &[Vec<u8>]) -> Vec<u8> {
         let body: Vec<u8> = scopes.concat();
         let mut v = Vec::new();
@@ -761,6 +876,7 @@ pub mod builder {
         v
     }
 
+    /// An RMRR for `base..=limit` with its scopes.
     pub fn rmrr(segment: u16, base: u64, limit: u64, scopes: &[Vec<u8>]) -> Vec<u8> {
         let body: Vec<u8> = scopes.concat();
         let mut v = Vec::new();
@@ -787,6 +903,7 @@ pub mod builder {
         v
     }
 
+    /// An RHSA.
     pub fn rhsa(base: u64, domain: u32) -> Vec<u8> {
         let mut v = Vec::new();
         v.extend_from_slice(&3u16.to_le_bytes());
@@ -797,6 +914,7 @@ pub mod builder {
         v
     }
 
+    /// An ANDD with object name `name` (the NUL is added).
     pub fn andd(dev: u8, name: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();
         v.extend_from_slice(&4u16.to_le_bytes());

@@ -43,8 +43,10 @@ impl fmt::Display for Requirement {
     }
 }
 
+/// What went wrong driving a remapping unit or one of its address spaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VtdError {
+    /// The unit lacks a capability the driver needs.
     Missing(Requirement),
     /// A capability field holds a value no VT-d implementation can have (Intel VT-d
     /// Architecture Specification rev 4.1, §11.4.2).
@@ -58,84 +60,119 @@ pub enum VtdError {
     },
     /// A GCMD command whose status bit did not follow in time.
     CommandTimeout {
+        /// The GCMD value written.
         command: u32,
     },
     /// An invalidation wait descriptor whose status write did not arrive in time.
     InvalidationTimeout,
     /// The unit rejected a descriptor (FSTS.IQE); the queue was recovered.
     DescriptorRejected {
+        /// Descriptor qword 0.
         qw0: u64,
+        /// Descriptor qword 1.
         qw1: u64,
     },
     /// IQE recovery failed repeatedly; the queue is unusable.
     InvalidationQueueStuck,
+    /// The DMA memory allocator had no block for a table.
     OutOfDmaMemory,
     /// The DMA allocator returned memory the unit cannot address (above HAW) or misaligned.
     BadDmaBlock {
+        /// The block's physical address.
         phys: u64,
     },
+    /// Every domain ID the unit supports (CAP.ND) is in use.
     DomainIdsExhausted,
+    /// Every PASID of the configured width is in use.
     PasidsExhausted,
+    /// A PASID at or beyond 2^`Config::pasid_bits`.
     PasidOutOfRange {
+        /// The PASID.
         pasid: u32,
     },
+    /// The PASID already names an address space.
     PasidInUse {
+        /// The PASID.
         pasid: u32,
     },
+    /// No address space has this PASID.
     NoSuchAddressSpace {
+        /// The PASID.
         pasid: u32,
     },
+    /// The address space was revoked; it can only be destroyed.
     AddressSpaceRevoked {
+        /// The PASID.
         pasid: u32,
     },
     /// Map/unmap on a pass-through space.
     NoPageTable {
+        /// The PASID.
         pasid: u32,
     },
     /// Address, size or physical address not 4 KiB aligned, or empty/overflowing range.
     BadRange {
+        /// Start of the range (I/O virtual address).
         iova: u64,
+        /// Length in bytes.
         len: u64,
     },
     /// IOVA beyond the input width of the page-table format.
     IovaTooWide {
+        /// The I/O virtual address.
         iova: u64,
     },
     /// Physical address beyond the unit's address width.
     PhysTooWide {
+        /// The physical address.
         phys: u64,
     },
     /// The range overlaps the interrupt window 0xFEE0_0000–0xFEEF_FFFF (IOVA or output).
     InterruptWindow {
+        /// The offending address.
         addr: u64,
     },
+    /// A page of the range is mapped already.
     AlreadyMapped {
+        /// The first I/O virtual address found mapped.
         iova: u64,
     },
     /// The device has this PASID slot attached to another space, or not attached at all.
     NotAttached {
+        /// Source ID of the device.
         sid: u16,
+        /// The PASID slot.
         pasid: u32,
     },
+    /// The device already has this PASID slot attached.
     AlreadyAttached {
+        /// Source ID of the device.
         sid: u16,
+        /// The PASID slot.
         pasid: u32,
     },
     /// Operation needs a state the unit is not in (e.g. IR before init).
     NotEnabled(&'static str),
+    /// Every IRTE of the table is in use (or no aligned block of the requested count is free).
     IrteExhausted,
+    /// The handle names no allocated IRTE (or not the first of its block).
     BadIrteHandle {
+        /// The handle.
         handle: u16,
     },
     /// APIC ID too wide for the destination format (8-bit xAPIC / compatibility MSI).
     ApicIdTooWide {
+        /// The APIC ID.
         apic_id: u32,
     },
     /// Vectors 0–15 are reserved.
     BadVector {
+        /// The vector.
         vector: u8,
     },
+    /// A count that must be a power of two in range (IRTE block, PASID width, table order) is not.
     BadCount {
+        /// The count given.
         count: u32,
     },
     /// Firmware left translation or IR enabled and it could not be turned off.
@@ -143,14 +180,17 @@ pub enum VtdError {
     /// A posted-interrupt descriptor address that is not 64-byte aligned, is zero, or lies
     /// beyond the unit's address width.
     BadPostedDescriptor {
+        /// The descriptor address.
         addr: u64,
     },
     /// The operation needs the other IRTE format (e.g. `retarget_irte` on a posted entry).
     WrongIrteFormat {
+        /// The handle.
         handle: u16,
     },
     /// A 128-bit IRTE update found the entry changed under it.
     IrteChanged {
+        /// The handle.
         handle: u16,
     },
 }

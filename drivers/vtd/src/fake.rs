@@ -37,17 +37,23 @@ impl<T> FakeState<T> {
     }
 }
 
+/// The fake DMA memory's state.
 #[derive(Default)]
 pub struct MemInner {
     /// Qwords, so that page tables can be reached by pointer and updated atomically.
     blocks: BTreeMap<u64, Box<[AtomicU64]>>,
     next: u64,
+    /// Blocks allocated so far.
     pub allocs: usize,
+    /// Blocks freed so far.
     pub frees: usize,
+    /// If set, this many more allocations succeed and every later one fails (to test
+    /// out-of-memory paths).
     pub fail_after: Option<usize>,
     /// A 16-byte entry whose every state after a write is recorded in `watched` (what the
     /// unit could read between two stores).
     pub watch: Option<u64>,
+    /// Every state of the watched entry, in order.
     pub watched: Vec<[u64; 2]>,
     /// 128-bit compare-and-exchanges done.
     pub cmpxchg128: usize,
@@ -58,11 +64,13 @@ pub struct MemInner {
 pub struct FakeMem(pub Arc<FakeState<MemInner>>);
 
 impl FakeMem {
+    /// Empty memory; blocks get physical addresses from 4 GiB up.
     pub fn new() -> Self {
         let m = Self::default();
         m.0.borrow_mut().next = 0x1_0000_0000;
         m
     }
+    /// Blocks allocated and not freed.
     pub fn live_blocks(&self) -> usize {
         self.0.borrow().blocks.len()
     }
@@ -174,27 +182,42 @@ impl UnitMemory128 for FakeMem {
     }
 }
 
+/// One register access, as logged by [`FakeRegs`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
+    /// 32-bit read at an offset.
     R32(u64),
+    /// 64-bit read at an offset.
     R64(u64),
+    /// 32-bit write of a value at an offset.
     W32(u64, u32),
+    /// 64-bit write of a value at an offset.
     W64(u64, u64),
 }
 
+/// The fake unit's register state.
 pub struct RegsInner {
+    /// The CAP value reported.
     pub cap: u64,
+    /// The ECAP value reported.
     pub ecap: u64,
+    /// The GSTS value (updated by GCMD writes).
     pub gsts: u32,
+    /// Plain registers by offset (the last value written).
     pub values: BTreeMap<u64, u64>,
+    /// Every access, in order.
     pub log: Vec<Access>,
     /// Every descriptor the fake unit executed, in order.
     pub executed: Vec<[u64; 4]>,
     /// Descriptor types (qw0 & 0xf) the fake rejects with IQE, once each.
     pub reject_once: Vec<u8>,
+    /// FSTS (IQE set on a rejected descriptor).
     pub fsts: u32,
+    /// IQH as a 256-bit slot index.
     pub iqh: usize,
+    /// IQA as latched by the last QIE enable.
     pub iqa_latched: u64,
+    /// Fault-recording registers (low, high qword), CAP.NFR + 1 of them.
     pub frcd: Vec<(u64, u64)>,
     /// GCMD writes, in order.
     pub gcmd_writes: Vec<u32>,
@@ -204,12 +227,15 @@ pub struct RegsInner {
     pub hold_queue: bool,
 }
 
+/// A fake register block of one remapping unit, running its invalidation queue in [`FakeMem`].
 #[derive(Clone)]
 pub struct FakeRegs {
+    /// The state, for tests to inspect and change.
     pub inner: Arc<FakeState<RegsInner>>,
     mem: FakeMem,
 }
 
+/// CAP of QEMU 10.0.2's `intel-iommu` with aw-bits=48 and DMA draining.
 pub const QEMU_CAP: u64 = 0x00d2_008c_222f_0606;
 /// x-flts=on + IR + x-pasid-mode.
 pub const QEMU_ECAP_FS: u64 = 0x0000_8800_00f0_0f4a | 0x0100_0000_0000;
@@ -217,6 +243,7 @@ pub const QEMU_ECAP_FS: u64 = 0x0000_8800_00f0_0f4a | 0x0100_0000_0000;
 pub const QEMU_ECAP_SS: u64 = 0x0000_4800_80f0_0f4a;
 
 impl FakeRegs {
+    /// A unit reporting `cap` and `ecap` whose queue runs in `mem`.
     pub fn new(mem: FakeMem, cap: u64, ecap: u64) -> Self {
         let frcd = vec![(0, 0); ((cap >> 40) & 0xff) as usize + 1];
         Self {
@@ -339,9 +366,11 @@ impl FakeRegs {
         }
     }
 
+    /// Every descriptor executed so far.
     pub fn executed(&self) -> Vec<[u64; 4]> {
         self.inner.borrow().executed.clone()
     }
+    /// Forgets the executed descriptors, the access log and the GCMD writes.
     pub fn clear_log(&self) {
         let mut r = self.inner.borrow_mut();
         r.executed.clear();
@@ -458,6 +487,7 @@ impl Registers for FakeRegs {
 pub struct FakeClock(pub AtomicU64);
 
 impl FakeClock {
+    /// A clock at 0.
     pub fn new() -> Self {
         Self(AtomicU64::new(0))
     }

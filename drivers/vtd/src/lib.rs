@@ -27,6 +27,7 @@
 //! with interrupts disabled (invalidation waits are short but must not be interrupted by a
 //! handler spinning on the same lock).
 #![cfg_attr(not(test), no_std)]
+#![warn(missing_docs)]
 
 extern crate alloc;
 /// The fakes share their state through `std`'s mutex (they are `Send + Sync`).

@@ -16,32 +16,43 @@ use core::sync::atomic::AtomicU64;
 use hwio::dma::UnitMemory;
 use x86_paging::{Config, Format, MapError, PageTable, Released, TableMemory, X86};
 
+/// 4 KiB, the smallest page.
 pub const PAGE_4K: u64 = 1 << 12;
+/// 2 MiB, the large page of the page directory level.
 pub const PAGE_2M: u64 = 1 << 21;
 /// 0xFEE0_0000–0xFEEF_FFFF: never mapped as IOVA nor as output (interrupt requests).
 pub const INTERRUPT_WINDOW: core::ops::Range<u64> = 0xfee0_0000..0xfef0_0000;
 
+/// Access a mapping grants a device (execute is never granted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Perm {
+    /// Reads allowed.
     pub read: bool,
+    /// Writes allowed.
     pub write: bool,
 }
 
 impl Perm {
+    /// Read-only.
     pub const RO: Perm = Perm {
         read: true,
         write: false,
     };
+    /// Read and write.
     pub const RW: Perm = Perm {
         read: true,
         write: true,
     };
 }
 
+/// What an I/O virtual address translates to in a unit's tables (`IoPageTable::translate`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Translation {
+    /// Physical address of the byte (the page's frame plus the offset).
     pub phys: u64,
+    /// Access the leaf grants.
     pub perm: Perm,
+    /// Size in bytes of the page that maps it (4 KiB, 2 MiB or 1 GiB).
     pub page_size: u64,
 }
 

@@ -102,25 +102,46 @@ bitflags! {
     /// Capability register (0x08), §11.4.2.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct Cap: u64 {
+        /// Bit 3: advanced fault logging supported.
         const AFL = 1 << 3;
+        /// Bit 4: required write-buffer flushing (software must flush before invalidating).
         const RWBF = 1 << 4;
+        /// Bit 5: protected low-memory region supported.
         const PLMR = 1 << 5;
+        /// Bit 6: protected high-memory region supported.
         const PHMR = 1 << 6;
+        /// Bit 7: caching mode, the unit may cache not-present and invalid entries
+        /// (invalidate after making an entry present too).
         const CM = 1 << 7;
+        /// Bit 9 (SAGAW bit 1): 39-bit, 3-level second-stage tables supported.
         const SAGAW_39 = 1 << 9;
+        /// Bit 10 (SAGAW bit 2): 48-bit, 4-level second-stage tables supported.
         const SAGAW_48 = 1 << 10;
+        /// Bit 11 (SAGAW bit 3): 57-bit, 5-level second-stage tables supported.
         const SAGAW_57 = 1 << 11;
+        /// Bit 22: zero-length reads supported.
         const ZLR = 1 << 22;
+        /// Bit 34 (SSLPS bit 0): 2 MiB second-stage pages supported.
         const SSLPS_2M = 1 << 34;
+        /// Bit 35 (SSLPS bit 1): 1 GiB second-stage pages supported.
         const SSLPS_1G = 1 << 35;
+        /// Bit 39: page-selective IOTLB invalidation supported.
         const PSI = 1 << 39;
+        /// Bit 54: write draining supported.
         const DWD = 1 << 54;
+        /// Bit 55: read draining supported.
         const DRD = 1 << 55;
+        /// Bit 56: 1 GiB first-stage pages supported.
         const FS1GP = 1 << 56;
+        /// Bit 59: posted interrupts supported.
         const PI = 1 << 59;
+        /// Bit 60: 5-level first-stage paging supported.
         const FS5LP = 1 << 60;
+        /// Bit 61: enhanced command supported.
         const ECMDS = 1 << 61;
+        /// Bit 62: SIRTP also invalidates the interrupt entry cache.
         const ESIRTPS = 1 << 62;
+        /// Bit 63: SRTP also invalidates the context, PASID and IOTLB caches.
         const ESRTPS = 1 << 63;
         const _ = !0;
     }
@@ -131,6 +152,8 @@ impl Cap {
     pub fn domain_id_bits(self) -> u32 {
         4 + 2 * (self.bits() & 0x7) as u32
     }
+    /// Supported adjusted guest address widths (SAGAW, bits 12:8): bit 1 = 39-bit (3-level),
+    /// bit 2 = 48-bit (4-level), bit 3 = 57-bit (5-level) second-stage tables.
     pub fn sagaw(self) -> u8 {
         ((self.bits() >> 8) & 0x1f) as u8
     }
@@ -164,33 +187,61 @@ bitflags! {
     /// Extended capability register (0x10), §11.4.3.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct Ecap: u64 {
+        /// Bit 0: page-walk coherency for the legacy-mode structures.
         const C = 1 << 0;
+        /// Bit 1: queued invalidation supported.
         const QI = 1 << 1;
+        /// Bit 2: device-TLB (ATS) supported.
         const DT = 1 << 2;
+        /// Bit 3: interrupt remapping supported.
         const IR = 1 << 3;
+        /// Bit 4: extended interrupt mode (32-bit x2APIC destinations in IRTEs).
         const EIM = 1 << 4;
+        /// Bit 6: pass-through translation supported.
         const PT = 1 << 6;
+        /// Bit 7: snoop control supported.
         const SC = 1 << 7;
+        /// Bit 25: memory-type support.
         const MTS = 1 << 25;
+        /// Bit 26: nested translation supported.
         const NEST = 1 << 26;
+        /// Bit 29: page requests supported.
         const PRS = 1 << 29;
+        /// Bit 30: execute requests supported.
         const ERS = 1 << 30;
+        /// Bit 31: supervisor requests supported.
         const SRS = 1 << 31;
+        /// Bit 33: no-write flag supported.
         const NWFS = 1 << 33;
+        /// Bit 34: extended-accessed flag supported.
         const EAFS = 1 << 34;
+        /// Bit 40: requests with PASID supported.
         const PASID = 1 << 40;
+        /// Bit 41: device-TLB invalidation throttling (PFSID fields are valid).
         const DIT = 1 << 41;
+        /// Bit 42: page-request drain supported.
         const PDS = 1 << 42;
+        /// Bit 43: scalable-mode translation supported.
         const SMTS = 1 << 43;
+        /// Bit 44: virtual command supported.
         const VCS = 1 << 44;
+        /// Bit 45: second-stage accessed/dirty flags supported.
         const SSADS = 1 << 45;
+        /// Bit 46: second-stage translation supported in scalable mode.
         const SSTS = 1 << 46;
+        /// Bit 47: first-stage translation supported.
         const FSTS = 1 << 47;
+        /// Bit 48: page-walk coherency for the scalable-mode structures.
         const SMPWCS = 1 << 48;
+        /// Bit 49: the context entry's RID_PASID field is supported.
         const RPS = 1 << 49;
+        /// Bit 51: performance monitoring supported.
         const PMS = 1 << 51;
+        /// Bit 52: abort-DMA mode supported.
         const ADMS = 1 << 52;
+        /// Bit 53: the context entry's RID_PRIV field is supported.
         const RPRIVS = 1 << 53;
+        /// Bit 58: stop-marker page requests supported.
         const SMS = 1 << 58;
         const _ = !0;
     }
@@ -215,14 +266,23 @@ bitflags! {
     /// Global command register (0x18, write-only), §11.4.4.1.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct Gcmd: u32 {
+        /// Bit 31: translation enable (persistent).
         const TE = 1 << 31;
+        /// Bit 30: set root table pointer from RTADDR (one-shot).
         const SRTP = 1 << 30;
+        /// Bit 29: set fault log (one-shot).
         const SFL = 1 << 29;
+        /// Bit 28: enable advanced fault logging (persistent).
         const EAFL = 1 << 28;
+        /// Bit 27: write-buffer flush (one-shot).
         const WBF = 1 << 27;
+        /// Bit 26: queued invalidation enable (persistent).
         const QIE = 1 << 26;
+        /// Bit 25: interrupt remapping enable (persistent).
         const IRE = 1 << 25;
+        /// Bit 24: set interrupt remapping table pointer from IRTA (one-shot).
         const SIRTP = 1 << 24;
+        /// Bit 23: compatibility-format interrupts allowed while IRE=1 (persistent).
         const CFI = 1 << 23;
         const _ = !0;
     }
@@ -232,14 +292,23 @@ bitflags! {
     /// Global status register (0x1C), §11.4.4.2.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct Gsts: u32 {
+        /// Bit 31: translation enabled.
         const TES = 1 << 31;
+        /// Bit 30: root table pointer set (completion of SRTP).
         const RTPS = 1 << 30;
+        /// Bit 29: fault log set.
         const FLS = 1 << 29;
+        /// Bit 28: advanced fault logging enabled.
         const AFLS = 1 << 28;
+        /// Bit 27: write-buffer flush still pending.
         const WBFS = 1 << 27;
+        /// Bit 26: queued invalidation enabled.
         const QIES = 1 << 26;
+        /// Bit 25: interrupt remapping enabled.
         const IRES = 1 << 25;
+        /// Bit 24: interrupt remapping table pointer set (completion of SIRTP).
         const IRTPS = 1 << 24;
+        /// Bit 23: compatibility-format interrupts allowed.
         const CFIS = 1 << 23;
         const _ = !0;
     }
@@ -270,8 +339,11 @@ pub fn gcmd_value(gsts: Gsts, cmd: Gcmd, enable: bool) -> Gcmd {
 
 /// Root-table address register (0x20), §11.4.5.
 pub mod rtaddr {
+    /// TTM = 00b: legacy-mode root and context tables.
     pub const TTM_LEGACY: u64 = 0b00 << 10;
+    /// TTM = 01b: scalable-mode root and context tables (bits 11:10).
     pub const TTM_SCALABLE: u64 = 0b01 << 10;
+    /// RTADDR value for a 4 KiB-aligned root table at `root_pa` with translation table mode `ttm`.
     pub const fn encode(root_pa: u64, ttm: u64) -> u64 {
         (root_pa & !0xfff) | ttm
     }
@@ -281,10 +353,15 @@ bitflags! {
     /// Fault status register (0x34), §11.4.7.1.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct Fsts: u32 {
+        /// Bit 0: primary fault overflow, a fault was lost because every FRCD was full (RW1C).
         const PFO = 1 << 0;
+        /// Bit 1: primary pending fault, some FRCD has F set (read-only).
         const PPF = 1 << 1;
+        /// Bit 4: invalidation queue error, IQH points at the bad descriptor (RW1C).
         const IQE = 1 << 4;
+        /// Bit 5: invalidation completion error (device-TLB invalidation timed out; RW1C).
         const ICE = 1 << 5;
+        /// Bit 6: invalidation time-out error (RW1C).
         const ITE = 1 << 6;
         const _ = !0;
     }
@@ -301,7 +378,9 @@ bitflags! {
     /// Fault event control (0x38) and invalidation event control (0xA0).
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct EventCtl: u32 {
+        /// Bit 31: interrupt mask, no event message is sent while set.
         const IM = 1 << 31;
+        /// Bit 30: interrupt pending, an event arrived while masked (read-only).
         const IP = 1 << 30;
         const _ = !0;
     }
@@ -311,6 +390,7 @@ bitflags! {
     /// Invalidation completion status (0x9C).
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct Ics: u32 {
+        /// Bit 0: invalidation wait descriptor complete (RW1C).
         const IWC = 1 << 0;
         const _ = !0;
     }
@@ -318,7 +398,10 @@ bitflags! {
 
 /// Invalidation queue address register (0x90), §11.4.9.3.
 pub mod iqa {
+    /// DW (bit 11): the queue holds 256-bit descriptors.
     pub const DW_256: u64 = 1 << 11;
+    /// IQA value for a 4 KiB-aligned queue at `queue_pa`: DW = `dw256`, QS = `qs` (the queue is
+    /// 2^QS 4 KiB pages).
     pub const fn encode(queue_pa: u64, dw256: bool, qs: u8) -> u64 {
         (queue_pa & !0xfff) | if dw256 { DW_256 } else { 0 } | (qs as u64 & 0x7)
     }
@@ -338,11 +421,13 @@ pub mod iqa {
 
 /// Interrupt remapping table address register (0xB8), §11.4.10.
 pub mod irta {
+    /// EIME (bit 11): IRTE destinations are 32-bit x2APIC IDs.
     pub const EIME: u64 = 1 << 11;
     /// `s`: table has 2^(s+1) entries.
     pub const fn encode(irt_pa: u64, x2apic: bool, s: u8) -> u64 {
         (irt_pa & !0xfff) | if x2apic { EIME } else { 0 } | (s as u64 & 0xf)
     }
+    /// Number of IRTEs for a size field `s` (S, bits 3:0): 2^(s+1).
     pub const fn entries(s: u8) -> usize {
         1 << (s as usize + 1)
     }
@@ -366,48 +451,84 @@ pub const fn event_msi_address(apic_id: u8) -> u32 {
 /// request). All of 0x22, 0x24, 0x26, 0x27 and 0x28 are qualified: IRTE.FPD suppresses them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum FaultReason {
+    /// 0x01: the root entry of the requester's bus is not present.
     RootEntryNotPresent,
+    /// 0x02: the context entry of the requester is not present.
     ContextEntryNotPresent,
+    /// 0x03: the context entry is invalid (reserved or unsupported values).
     InvalidContext,
+    /// 0x04: the input address is beyond what the translation allows (MGAW / AW).
     AddressBeyondMgaw,
+    /// 0x05: a write to a page without write permission.
     WriteNotPermitted,
+    /// 0x06: a read from a page without read permission.
     ReadNotPermitted,
+    /// 0x07: a second-stage paging entry could not be read.
     SsPagingEntryUnreadable,
+    /// 0x08: the root table could not be read.
     RootTableUnreadable,
+    /// 0x09: the context table could not be read.
     ContextTableUnreadable,
+    /// 0x0A: reserved bits set in a root entry.
     RootEntryReserved,
+    /// 0x0B: reserved bits set in a context entry.
     ContextEntryReserved,
+    /// 0x0C: reserved bits set in a second-stage paging entry.
     SsEntryReserved,
+    /// 0x0E: the translated address falls in the interrupt range 0xFEEx_xxxx.
     OutputInInterruptRange,
+    /// 0x20: reserved bits set in an interrupt request (remappable MSI address/data).
     IrRequestReserved,
+    /// 0x21: the interrupt index is beyond the IR table size.
     IrIndexBeyondTable,
+    /// 0x22: the IRTE is not present.
     IrteNotPresent,
+    /// 0x23: the IR table could not be read.
     IrTableUnreadable,
+    /// 0x24: reserved bits set in the IRTE.
     IrteReserved,
+    /// 0x25: a compatibility-format interrupt while IRE=1 and CFIS=0.
     CompatInterruptBlocked,
+    /// 0x26: the requester failed the IRTE's source validation (SVT/SQ/SID).
     IrSourceIdCheckFailed,
     /// 0x27: the posted-interrupt descriptor could not be accessed at the IRTE's PDA.
     PostedDescriptorUnreadable,
     /// 0x28: a reserved field of the posted-interrupt descriptor is not zero.
     PostedDescriptorReserved,
+    /// 0x50: the PASID directory entry could not be read.
     PasidDirEntryUnreadable,
+    /// 0x51: the PASID directory entry is not present.
     PasidDirEntryNotPresent,
+    /// 0x58: the PASID table entry could not be read.
     PasidEntryUnreadable,
+    /// 0x59: the PASID table entry is not present.
     PasidEntryNotPresent,
+    /// 0x5B: the PASID table entry is invalid (reserved or unsupported values, e.g. PGTT).
     InvalidPasidEntry,
+    /// 0x70: a first-stage paging entry could not be read.
     FsPagingEntryUnreadable,
+    /// 0x71: a first-stage paging entry is not present.
     FsEntryNotPresent,
+    /// 0x72: reserved bits set in a first-stage paging entry.
     FsEntryReserved,
+    /// 0x73: the first-stage root (FSPTPTR) could not be read.
     FsRootUnreadable,
+    /// 0x80: the first-stage input address is not canonical.
     FsInputNotCanonical,
+    /// 0x81: a user-mode request to a supervisor page.
     UserSupervisorViolation,
+    /// 0x85: a write to a page without write permission (scalable mode).
     SmWriteNotPermitted,
+    /// 0x87: the output address is in the interrupt range (scalable mode).
     SmOutputInInterruptRange,
+    /// 0x91: the hardware could not set a first-stage accessed/dirty flag.
     FsAccessDirtyUpdateFailed,
+    /// A code this crate does not name.
     Other(u8),
 }
 
 impl FaultReason {
+    /// The reason for a fault reason code (FRCD bits 103:96).
     pub fn from_code(code: u8) -> Self {
         use FaultReason::*;
         match code {
@@ -451,6 +572,7 @@ impl FaultReason {
         }
     }
 
+    /// A short lower-case description for logs.
     pub fn name(self) -> &'static str {
         use FaultReason::*;
         match self {
@@ -494,7 +616,8 @@ impl FaultReason {
         }
     }
 
-    /// Interrupt-remapping faults carry the interrupt index in FI[63:48] instead of an address.
+    /// Interrupt-remapping faults carry the interrupt index in FI (bits 63:48) instead of an
+    /// address.
     pub fn is_interrupt_fault(code: u8) -> bool {
         (0x20..=0x2f).contains(&code)
     }
@@ -507,12 +630,18 @@ pub struct FaultRecord {
     pub address: u64,
     /// Interrupt index for IR faults.
     pub interrupt_index: Option<u16>,
+    /// Source ID (bus << 8 | device << 3 | function) of the faulting request.
     pub source_id: u16,
+    /// The request's PASID, when it carried one (PP set).
     pub pasid: Option<u32>,
+    /// The fault reason code (FR).
     pub code: u8,
+    /// [`FaultReason::from_code`] of `code`.
     pub reason: FaultReason,
     /// T: true = read request, false = write request.
     pub is_read: bool,
+    /// AT (bits 125:124): the request's address type (00 untranslated, 01 translation request,
+    /// 10 translated).
     pub address_type: u8,
 }
 
@@ -565,17 +694,21 @@ impl FaultRecord {
 /// Scalable-mode root entry (128 bits): LP/LCTP (devfn 0–127), UP/UCTP (devfn 128–255).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RootEntry {
+    /// LCTP: the context table for devfn 0–127, `None` when LP is clear.
     pub lower: Option<u64>,
+    /// UCTP: the context table for devfn 128–255, `None` when UP is clear.
     pub upper: Option<u64>,
 }
 
 impl RootEntry {
+    /// The entry as two qwords (present bit set for each `Some` half).
     pub fn encode(&self) -> [u64; 2] {
         [
             self.lower.map_or(0, |pa| (pa & !0xfff) | 1),
             self.upper.map_or(0, |pa| (pa & !0xfff) | 1),
         ]
     }
+    /// Decodes two qwords; a half whose present bit is clear is `None`.
     pub fn decode(q: [u64; 2]) -> Self {
         Self {
             lower: (q[0] & 1 != 0).then_some(q[0] & !0xfff),
@@ -587,19 +720,28 @@ impl RootEntry {
 /// Scalable-mode context entry (256 bits), §9.4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ContextEntry {
+    /// P (bit 0).
     pub present: bool,
+    /// FPD (bit 1): fault processing disable, faults through this entry are not recorded.
     pub fpd: bool,
+    /// DTE (bit 2): device-TLB (ATS) translation requests allowed.
     pub dte: bool,
+    /// PASIDE (bit 3): requests with PASID are allowed.
     pub pasid_enable: bool,
+    /// PRE (bit 4): page requests allowed.
     pub pre: bool,
     /// PASID directory has 2^(PDTS+7) entries.
     pub pdts: u8,
+    /// PASIDDIRPTR (bits 63:12): the PASID directory's physical address.
     pub pasid_dir: u64,
+    /// RID_PASID (bits 83:64): the PASID used for requests without PASID.
     pub rid_pasid: u32,
+    /// RID_PRIV (bit 84): requests without PASID are treated as supervisor requests.
     pub rid_priv: bool,
 }
 
 impl ContextEntry {
+    /// The entry as four qwords.
     pub fn encode(&self) -> [u64; 4] {
         let q0 = (self.pasid_dir & !0xfff)
             | (u64::from(self.pdts & 7) << 9)
@@ -611,6 +753,8 @@ impl ContextEntry {
         let q1 = u64::from(self.rid_pasid & 0xf_ffff) | (u64::from(self.rid_priv) << 20);
         [q0, q1, 0, 0]
     }
+    /// Decodes four qwords (reserved bits are not checked: see
+    /// [`ContextEntry::reserved_bits_clear`]).
     pub fn decode(q: [u64; 4]) -> Self {
         Self {
             present: q[0] & 1 != 0,
@@ -632,11 +776,15 @@ impl ContextEntry {
 
 /// PASID directory entry (64 bits), §9.5.
 pub mod pasid_dir_entry {
+    /// P (bit 0): present.
     pub const P: u64 = 1;
+    /// FPD (bit 1): fault processing disable.
     pub const FPD: u64 = 2;
+    /// The entry for a 4 KiB-aligned PASID table at `pasid_table_pa`, present.
     pub const fn encode(pasid_table_pa: u64) -> u64 {
         (pasid_table_pa & !0xfff) | P
     }
+    /// The PASID table address, `None` when not present.
     pub const fn decode(e: u64) -> Option<u64> {
         if e & P != 0 { Some(e & !0xfff) } else { None }
     }
@@ -645,13 +793,18 @@ pub mod pasid_dir_entry {
 /// PASID-granular translation type (PGTT, bits 8:6 of a PASID entry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pgtt {
+    /// 001b: first-stage translation only.
     FirstStage = 0b001,
+    /// 010b: second-stage translation only.
     SecondStage = 0b010,
+    /// 011b: nested (first stage, then second stage).
     Nested = 0b011,
+    /// 100b: pass-through (no translation).
     PassThrough = 0b100,
 }
 
 impl Pgtt {
+    /// The type for a PGTT field value, `None` for reserved encodings.
     pub fn from_bits(b: u8) -> Option<Self> {
         match b {
             0b001 => Some(Pgtt::FirstStage),
@@ -665,23 +818,35 @@ impl Pgtt {
 
 /// AW field: 001 = 39-bit (3-level), 010 = 48-bit (4-level), 011 = 57-bit (5-level).
 pub const AW_39: u8 = 0b001;
+/// 48-bit, 4-level (AW = 010b).
 pub const AW_48: u8 = 0b010;
 
 /// Scalable-mode PASID table entry (512 bits), §9.6.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PasidEntry {
+    /// P (bit 0).
     pub present: bool,
+    /// FPD (bit 1): faults through this entry are not recorded.
     pub fpd: bool,
+    /// AW (bits 4:2): second-stage address width ([`AW_39`], [`AW_48`]).
     pub aw: u8,
+    /// PGTT (bits 8:6): which stages translate.
     pub pgtt: Pgtt,
+    /// SSPTPTR (bits 63:12): second-stage table root.
     pub ss_root: u64,
+    /// DID (bits 79:64): domain ID that tags the unit's caches for this entry.
     pub did: u16,
+    /// PGSNP (bit 88): page snoop, all requests are snooped.
     pub pgsnp: bool,
+    /// SRE (bit 128): supervisor requests enabled.
     pub sre: bool,
+    /// WPE (bit 132): write protect enforced for supervisor requests.
     pub wpe: bool,
+    /// NXE (bit 133): execute-disable bits honoured in first-stage entries.
     pub nxe: bool,
     /// FS paging mode: 0 = 4-level, 1 = 5-level.
     pub fspm: u8,
+    /// FSPTPTR (bits 191:140): first-stage table root (PML4 or PML5).
     pub fs_root: u64,
 }
 
@@ -703,6 +868,7 @@ impl PasidEntry {
             fs_root: fs_pml4,
         }
     }
+    /// Second-stage (PGTT=010) over the table at `ss_root`, address width `aw`.
     pub fn second_stage(did: u16, ss_root: u64, aw: u8) -> Self {
         Self {
             present: true,
@@ -719,6 +885,7 @@ impl PasidEntry {
             fs_root: 0,
         }
     }
+    /// Pass-through (PGTT=100): requests keep their address.
     pub fn pass_through(did: u16) -> Self {
         Self {
             present: true,
@@ -736,6 +903,7 @@ impl PasidEntry {
         }
     }
 
+    /// The entry as eight qwords (qwords 3–7 are zero).
     pub fn encode(&self) -> [u64; 8] {
         let q0 = (self.ss_root & !0xfff)
             | ((self.pgtt as u64) << 6)
@@ -778,10 +946,15 @@ bitflags! {
     /// Second-stage paging entry bits, §9.8.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct SsPte: u64 {
+        /// Bit 0: read permitted.
         const R = 1 << 0;
+        /// Bit 1: write permitted.
         const W = 1 << 1;
+        /// Bit 2: execute permitted.
         const X = 1 << 2;
+        /// Bit 7: page size, the entry maps a 2 MiB or 1 GiB page.
         const PS = 1 << 7;
+        /// Bit 11: snoop, the access is made coherent regardless of the device.
         const SNP = 1 << 11;
         const _ = !0;
     }
@@ -798,31 +971,44 @@ pub const PTE_ADDR_MASK: u64 = x86_paging::ADDR_MASK;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InvDesc(pub [u64; 4]);
 
-/// Descriptor type codes (qw0[3:0] | qw0[11:9] << 4).
+/// Descriptor type codes (qword 0 bits 3:0, with bits 11:9 as bits 6:4 of the code).
 pub mod inv_type {
+    /// Context-cache invalidation.
     pub const CONTEXT_CACHE: u8 = 0x01;
+    /// IOTLB invalidation.
     pub const IOTLB: u8 = 0x02;
+    /// Device-TLB (ATS) invalidation.
     pub const DEVICE_TLB: u8 = 0x03;
+    /// Interrupt entry cache invalidation.
     pub const IEC: u8 = 0x04;
+    /// Invalidation wait.
     pub const WAIT: u8 = 0x05;
+    /// PASID-based IOTLB invalidation.
     pub const PASID_IOTLB: u8 = 0x06;
+    /// PASID cache invalidation.
     pub const PASID_CACHE: u8 = 0x07;
+    /// PASID-based device-TLB invalidation.
     pub const PASID_DEVICE_TLB: u8 = 0x08;
 }
 
 /// Granularities.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CcGranularity {
+    /// Every context entry of the unit.
     Global,
+    /// The entries tagged with this domain ID.
     Domain(u16),
     /// Device-selective: source ID and function mask (0 = exact).
     Device {
+        /// Source ID (bus << 8 | devfn).
         sid: u16,
+        /// Function mask (bits of the function number ignored).
         fm: u8,
     },
 }
 
 impl InvDesc {
+    /// The descriptor's type code ([`inv_type`]).
     pub fn desc_type(&self) -> u8 {
         ((self.0[0] & 0xf) | ((self.0[0] >> 9) & 0x7) << 4) as u8
     }
@@ -843,9 +1029,11 @@ impl InvDesc {
     pub fn pasid_cache_global() -> Self {
         Self([0x07 | (0b11 << 4), 0, 0, 0])
     }
+    /// PASID-cache invalidation of every PASID of domain `did`.
     pub fn pasid_cache_domain(did: u16) -> Self {
         Self([0x07 | (u64::from(did) << 16), 0, 0, 0])
     }
+    /// PASID-cache invalidation of one PASID of domain `did`.
     pub fn pasid_cache_pasid(did: u16, pasid: u32) -> Self {
         Self([
             0x07 | (0b01 << 4) | (u64::from(did) << 16) | (u64::from(pasid & 0xf_ffff) << 32),
@@ -859,9 +1047,12 @@ impl InvDesc {
     pub fn iotlb_global() -> Self {
         Self([0x02 | (0b01 << 4), 0, 0, 0])
     }
+    /// Domain-selective IOTLB invalidation.
     pub fn iotlb_domain(did: u16) -> Self {
         Self([0x02 | (0b10 << 4) | (u64::from(did) << 16), 0, 0, 0])
     }
+    /// Page-selective IOTLB invalidation of 2^`am` pages at `addr` (aligned to that size);
+    /// `ih`: the non-leaf entries stay cached.
     pub fn iotlb_page(did: u16, addr: u64, am: u8, ih: bool) -> Self {
         Self([
             0x02 | (0b11 << 4) | (u64::from(did) << 16),
@@ -880,6 +1071,8 @@ impl InvDesc {
             0,
         ])
     }
+    /// Page-selective PASID-based IOTLB invalidation of 2^`am` pages at `addr` for
+    /// (`did`, `pasid`).
     pub fn piotlb_page(did: u16, pasid: u32, addr: u64, am: u8, ih: bool) -> Self {
         Self([
             0x06 | (0b11 << 4) | (u64::from(did) << 16) | (u64::from(pasid & 0xf_ffff) << 32),
@@ -922,6 +1115,7 @@ impl InvDesc {
     pub fn iec_global() -> Self {
         Self([0x04, 0, 0, 0])
     }
+    /// Index-selective IEC invalidation of 2^`im` entries from `index` (aligned to that count).
     pub fn iec_index(index: u16, im: u8) -> Self {
         Self([
             0x04 | (1 << 4) | (u64::from(im & 0x1f) << 27) | (u64::from(index) << 32),
@@ -953,26 +1147,37 @@ impl InvDesc {
 /// Delivery mode of an IRTE / MSI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeliveryMode {
+    /// Fixed: the vector to the destination(s).
     Fixed = 0b000,
+    /// Lowest priority among the destinations.
     LowestPriority = 0b001,
+    /// System management interrupt.
     Smi = 0b010,
+    /// Non-maskable interrupt.
     Nmi = 0b100,
+    /// INIT.
     Init = 0b101,
+    /// External interrupt (8259-compatible).
     ExtInt = 0b111,
 }
 
 /// Source validation of an IRTE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceValidation {
+    /// SVT=00: no validation.
     None,
     /// SVT=01: compare the requester ID; `sq` ignores SID bits (00 all, 01 bit 2, 10 bits 2:1, 11 bits 2:0).
     RequesterId {
+        /// The expected requester ID.
         sid: u16,
+        /// SID qualifier (which low bits of the function number to ignore).
         sq: u8,
     },
     /// SVT=10: bus range (QEMU 10.0.2 decodes it reversed; use start == end there).
     BusRange {
+        /// First bus number allowed.
         start: u8,
+        /// Last bus number allowed.
         end: u8,
     },
 }
@@ -981,6 +1186,7 @@ impl SourceValidation {
     /// Bits 19:0 of IRTE qword 1 (SID, SQ, SVT), the same in both IRTE formats.
     pub const QWORD1_MASK: u64 = 0xf_ffff;
 
+    /// The SID/SQ/SVT bits (19:0) of IRTE qword 1.
     pub fn qword1(self) -> u64 {
         match self {
             SourceValidation::None => 0,
@@ -993,6 +1199,7 @@ impl SourceValidation {
         }
     }
 
+    /// Decodes the SID/SQ/SVT bits of IRTE qword 1 (the reserved SVT 11b reads as `None`).
     pub fn from_qword1(q1: u64) -> Self {
         let sid = q1 as u16;
         match (q1 >> 18) & 3 {
@@ -1012,21 +1219,32 @@ impl SourceValidation {
 /// A remapped-format IRTE (128 bits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Irte {
+    /// P (bit 0).
     pub present: bool,
+    /// FPD (bit 1): faults on this entry are not recorded.
     pub fpd: bool,
+    /// DM (bit 2): logical destination mode.
     pub logical: bool,
+    /// RH (bit 3): redirection hint (lowest priority among the destinations).
     pub redirection_hint: bool,
+    /// TM (bit 4): level triggered.
     pub level_triggered: bool,
+    /// DLM (bits 7:5).
     pub delivery: DeliveryMode,
+    /// AVAIL (bits 11:8): free for software.
     pub avail: u8,
+    /// V (bits 23:16): the vector.
     pub vector: u8,
-    /// Destination APIC ID (8-bit xAPIC placed at [47:40], or 32-bit x2APIC at [63:32]).
+    /// Destination APIC ID (8-bit xAPIC placed at bits 47:40, or 32-bit x2APIC at bits 63:32).
     pub destination: u32,
+    /// Whether `destination` is in x2APIC format (IRTA.EIME).
     pub x2apic: bool,
+    /// SID, SQ, SVT (bits 83:64).
     pub svt: SourceValidation,
 }
 
 impl Irte {
+    /// A present, fixed, physical, edge-triggered entry.
     pub fn fixed(vector: u8, destination: u32, x2apic: bool, svt: SourceValidation) -> Self {
         Self {
             present: true,
@@ -1043,6 +1261,7 @@ impl Irte {
         }
     }
 
+    /// The entry as two qwords.
     pub fn encode(&self) -> [u64; 2] {
         let dst = if self.x2apic {
             u64::from(self.destination) << 32
@@ -1061,6 +1280,7 @@ impl Irte {
         [q0, self.svt.qword1()]
     }
 
+    /// Decodes two qwords; `x2apic` says which destination format the table uses.
     pub fn decode(q: [u64; 2], x2apic: bool) -> Self {
         let delivery = match (q[0] >> 5) & 7 {
             0b001 => DeliveryMode::LowestPriority,
@@ -1107,8 +1327,11 @@ pub const IRTE_IM: u64 = 1 << 15;
 /// format; DST, DM, RH, TM and DLM do not exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PostedIrte {
+    /// P (bit 0).
     pub present: bool,
+    /// FPD (bit 1): faults on this entry are not recorded.
     pub fpd: bool,
+    /// AVAIL (bits 11:8): free for software.
     pub avail: u8,
     /// URG (bit 14): notify even when the descriptor's SN is set.
     pub urgent: bool,
@@ -1117,6 +1340,7 @@ pub struct PostedIrte {
     /// PDA: the descriptor's address, 64-byte aligned; bits 31:6 are IRTE bits 63:38 (PDAL),
     /// bits 63:32 are IRTE bits 127:96 (PDAH), so it spans both qwords.
     pub descriptor: u64,
+    /// SID, SQ, SVT (bits 83:64), as in the remapped format.
     pub svt: SourceValidation,
 }
 
@@ -1126,6 +1350,7 @@ impl PostedIrte {
     /// Reserved bits of qword 1: 95:84 (qword bits 31:20).
     pub const RESERVED_HI: u64 = 0xfff0_0000;
 
+    /// A present entry posting `vector` to the descriptor at `descriptor` (64-byte aligned).
     pub fn new(descriptor: u64, vector: u8, urgent: bool, svt: SourceValidation) -> Self {
         Self {
             present: true,
@@ -1177,17 +1402,21 @@ impl PostedIrte {
 /// An IRTE in either format, by its IM bit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IrteFormat {
+    /// IM = 0.
     Remapped(Irte),
+    /// IM = 1.
     Posted(PostedIrte),
 }
 
 impl IrteFormat {
+    /// Decodes by the IM bit.
     pub fn decode(q: [u64; 2], x2apic: bool) -> Self {
         match PostedIrte::decode(q) {
             Some(p) => IrteFormat::Posted(p),
             None => IrteFormat::Remapped(Irte::decode(q, x2apic)),
         }
     }
+    /// The entry as two qwords.
     pub fn encode(&self) -> [u64; 2] {
         match self {
             IrteFormat::Remapped(e) => e.encode(),
@@ -1234,12 +1463,14 @@ pub struct PidControl {
 }
 
 impl PidControl {
+    /// The control qword.
     pub fn encode(&self) -> u64 {
         u64::from(self.on)
             | (u64::from(self.sn) << 1)
             | (u64::from(self.nv) << 16)
             | (u64::from(self.ndst) << 32)
     }
+    /// Decodes the control qword.
     pub fn decode(c: u64) -> Self {
         Self {
             on: c & pid::ON != 0,
@@ -1248,6 +1479,7 @@ impl PidControl {
             ndst: (c >> 32) as u32,
         }
     }
+    /// Whether the reserved control bits are zero.
     pub fn reserved_bits_clear(c: u64) -> bool {
         c & pid::CONTROL_RESERVED == 0
     }
@@ -1269,12 +1501,16 @@ impl PidControl {
 /// Remappable-format MSI for handle `h` with SHV=1 and subhandle 0 (§5.1.2.2, §5.1.5.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RemappableMsi {
+    /// Address bits 31:0: 0xFEE, the handle, SHV (bit 3) and the interrupt format bit (bit 4).
     pub address_lo: u32,
+    /// Address bits 63:32 (0).
     pub address_hi: u32,
+    /// Data: the subhandle (0).
     pub data: u32,
 }
 
 impl RemappableMsi {
+    /// The message for IRTE `handle` (0..=65535).
     pub fn for_handle(handle: u16) -> Self {
         let h = u32::from(handle);
         Self {
@@ -1283,6 +1519,7 @@ impl RemappableMsi {
             data: 0,
         }
     }
+    /// The 64-bit message address.
     pub fn address(&self) -> u64 {
         (u64::from(self.address_hi) << 32) | u64::from(self.address_lo)
     }

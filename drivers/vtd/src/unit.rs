@@ -37,6 +37,7 @@ pub enum RidDefault {
     PassThrough,
 }
 
+/// How a unit is set up ([`RemappingUnit::new`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Config {
     /// PASIDs handed out are < 2^pasid_bits; sizes the per-device PASID directory
@@ -46,10 +47,13 @@ pub struct Config {
     pub ir_table_order: u8,
     /// Use x2APIC (32-bit) IRTE destinations when ECAP.EIM allows it.
     pub x2apic: bool,
+    /// Set up interrupt remapping (needs ECAP.IR).
     pub interrupt_remapping: bool,
+    /// What requests without PASID (RID_PASID) reach before a space is attached for them.
     pub rid_default: RidDefault,
     /// Map with 2 MiB leaves where IOVA, address and length allow.
     pub large_pages: bool,
+    /// Bound of every hardware wait (GCMD status, invalidation wait), in nanoseconds.
     pub timeout_ns: u64,
 }
 
@@ -75,6 +79,7 @@ pub const IR_TABLE_MAX_ENTRIES: u32 = 1 << 16;
 pub struct IrTableSize {
     /// IRTA.S: the table holds 2^(order+1) entries ([`Config::ir_table_order`]).
     pub order: u8,
+    /// Number of entries: 2^(order+1).
     pub entries: u32,
     /// The need exceeded [`IR_TABLE_MAX_ENTRIES`]: some messages will find no entry.
     pub capped: bool,
@@ -98,7 +103,9 @@ pub fn ir_table_size_for(messages: u64, floor: u32) -> IrTableSize {
 /// The translation stage this unit uses for translated spaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StageKind {
+    /// First stage (PGTT=001): the CPU's 4-level format (needs ECAP.FSTS).
     FirstStage,
+    /// Second stage (PGTT=010): the VT-d format, 3 or 4 levels (needs ECAP.SSTS).
     SecondStage,
 }
 
@@ -118,27 +125,35 @@ pub struct AddressSpaceId(pub u32);
 /// First IRTE index of an allocation, and how many contiguous entries it spans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IrteHandle {
+    /// First IRTE index (the handle in the remappable MSI address).
     pub index: u16,
+    /// Number of contiguous entries (a power of two).
     pub count: u16,
 }
 
 /// Fault statistics since init.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FaultCounters {
+    /// Fault records read.
     pub total: u64,
     /// Times FSTS.PFO was found set (faults were dropped).
     pub overflows: u64,
+    /// Faults per source ID.
     pub per_source: BTreeMap<u16, u64>,
+    /// Faults per PASID (requests that carried one).
     pub per_pasid: BTreeMap<u32, u64>,
+    /// Faults per fault reason code.
     pub per_reason: BTreeMap<u8, u64>,
 }
 
 /// What [`RemappingUnit::hardware_walk_traced`] read on its way.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WalkTrace {
+    /// The requester's context entry.
     pub context_entry: [u64; 4],
     /// The PASID looked up: the request's, or the context entry's RID_PASID.
     pub pasid: u32,
+    /// The PASID entry used.
     pub pasid_entry: [u64; 8],
     /// Paging entries from the top level down: (level, physical address, value).
     pub paging: Vec<(u8, u64, u64)>,
@@ -147,7 +162,9 @@ pub struct WalkTrace {
 /// What one [`RemappingUnit::handle_faults`] call found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FaultBatch {
+    /// Fault records read (and cleared), oldest first.
     pub records: Vec<FaultRecord>,
+    /// FSTS.PFO was set: at least one fault was lost.
     pub overflow: bool,
     /// FSTS.IQE was set (handled by the invalidation path, left for it).
     pub queue_error: bool,
@@ -199,12 +216,17 @@ const MAX_PSI_DESCS: usize = 16;
 const MIN_MGAW: u8 = 39;
 const MAX_MGAW: u8 = 57;
 
+/// The driver of one remapping unit (Intel VT-d Architecture Specification rev 4.1): its root,
+/// context and PASID tables, page tables, invalidation queue, fault records and interrupt
+/// remapping table. Not internally locked (see the crate documentation).
 pub struct RemappingUnit<R: Registers, M: UnitMemory, C: Clock> {
     regs: R,
     mem: M,
     clock: C,
     cfg: Config,
+    /// The capability register as read at [`RemappingUnit::new`].
     pub cap: Cap,
+    /// The extended capability register as read at [`RemappingUnit::new`].
     pub ecap: Ecap,
     stage: StageKind,
     ss_levels: u8,
@@ -317,21 +339,27 @@ impl<R: Registers, M: UnitMemory, C: Clock> RemappingUnit<R, M, C> {
         })
     }
 
+    /// The translation stage used for translated spaces.
     pub fn stage(&self) -> StageKind {
         self.stage
     }
+    /// The configuration the unit was created with.
     pub fn config(&self) -> &Config {
         &self.cfg
     }
+    /// The unit's DMA memory.
     pub fn memory(&self) -> &M {
         &self.mem
     }
+    /// The unit's register window.
     pub fn registers(&self) -> &R {
         &self.regs
     }
+    /// Physical address of the root table, once set up.
     pub fn root_table(&self) -> Option<u64> {
         self.root
     }
+    /// Whether IRTE destinations are 32-bit x2APIC IDs (IRTA.EIME); false before IR is set up.
     pub fn x2apic_irtes(&self) -> bool {
         self.ir.as_ref().is_some_and(|i| i.x2apic)
     }
@@ -359,6 +387,7 @@ impl<R: Registers, M: UnitMemory, C: Clock> RemappingUnit<R, M, C> {
         })
     }
 
+    /// The global status register (GSTS).
     pub fn status(&self) -> Gsts {
         self.regs.read(reg::GSTS)
     }
@@ -416,6 +445,8 @@ impl<R: Registers, M: UnitMemory, C: Clock> RemappingUnit<R, M, C> {
         Ok(())
     }
 
+    /// Sets up the invalidation queue (IQA, QIE; §6.5.2) if it is not yet; every later
+    /// invalidation goes through it.
     pub fn enable_queued_invalidation(&mut self) -> Result<(), VtdError> {
         if self.qi.is_some() {
             return Ok(());
@@ -891,6 +922,7 @@ impl<R: Registers, M: UnitMemory, C: Clock> RemappingUnit<R, M, C> {
         Ok(AddressSpaceId(pasid))
     }
 
+    /// The domain ID that tags the space's entries in the unit's caches.
     pub fn domain_id(&self, id: AddressSpaceId) -> Option<u16> {
         self.spaces.get(&id.0).map(|s| s.did)
     }
@@ -1057,6 +1089,8 @@ impl<R: Registers, M: UnitMemory, C: Clock> RemappingUnit<R, M, C> {
         Ok(())
     }
 
+    /// Detaches space `id` from PASID slot `id` of device `bdf` and invalidates what the unit
+    /// cached for it.
     pub fn detach(&mut self, bdf: Bdf, id: AddressSpaceId) -> Result<(), VtdError> {
         self.detach_slot(bdf.sid(), id, id.0, SlotUse::Default)
     }
@@ -1325,6 +1359,7 @@ impl<R: Registers, M: UnitMemory, C: Clock> RemappingUnit<R, M, C> {
         *self.faults.per_reason.entry(r.code).or_default() += 1;
     }
 
+    /// Fault statistics since init.
     pub fn fault_counters(&self) -> &FaultCounters {
         &self.faults
     }
@@ -1442,6 +1477,8 @@ impl<R: Registers, M: UnitMemory, C: Clock> RemappingUnit<R, M, C> {
         Ok(spec::ioapic_rte(h.index, e.vector, level_triggered, masked))
     }
 
+    /// Reads the remapped-format IRTE at `index` (a posted-format entry decodes as garbage: use
+    /// [`spec::IrteFormat::decode`] on the raw qwords for those).
     pub fn read_irte(&self, index: u16) -> Result<Irte, VtdError> {
         let ir = self.ir()?;
         if usize::from(index) >= ir.entries {
