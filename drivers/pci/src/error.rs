@@ -179,8 +179,132 @@ pub enum PciError {
 
 impl fmt::Display for PciError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
+        use PciError as E;
+        match *self {
+            E::CapPointerOutOfRange { addr, offset } => write!(
+                f,
+                "{addr}: capability pointer {offset:#x} outside 0x40..0x100"
+            ),
+            E::CapLoop { addr, offset } => {
+                write!(f, "{addr}: capability list loops back to {offset:#x}")
+            }
+            E::ExtCapPointerOutOfRange { addr, offset } => write!(
+                f,
+                "{addr}: extended capability pointer {offset:#x} below 0x100"
+            ),
+            E::ExtCapLoop { addr, offset } => write!(
+                f,
+                "{addr}: extended capability list loops back to {offset:#x}"
+            ),
+            E::CapTooShort { addr, offset, id } => write!(
+                f,
+                "{addr}: capability {id:#x} at {offset:#x} is shorter than its layout"
+            ),
+            E::CapPastConfigSpace { addr, offset, id } => write!(
+                f,
+                "{addr}: capability {id:#x} at {offset:#x} runs past the end of config space"
+            ),
+            E::BarReservedType { addr, slot } => {
+                write!(f, "{addr}: BAR{slot} has a reserved memory type")
+            }
+            E::Bar64InLastSlot { addr, slot } => write!(
+                f,
+                "{addr}: BAR{slot} is 64-bit but has no slot for its upper half"
+            ),
+            E::BarBadSizeMask { addr, slot, mask } => write!(
+                f,
+                "{addr}: BAR{slot} size mask {mask:#x} is not a contiguous run of ones"
+            ),
+            E::BarMisaligned {
+                addr,
+                slot,
+                address,
+                size,
+            } => write!(
+                f,
+                "{addr}: BAR{slot} address {address:#x} is not aligned to its size {size:#x}"
+            ),
+            E::BarAddressOverflow { addr, slot } => write!(
+                f,
+                "{addr}: BAR{slot} address + size overflows the BAR's address space"
+            ),
+            E::MsixBadBir { addr, bir } => {
+                write!(f, "{addr}: MSI-X names BAR{bir}, which cannot exist")
+            }
+            E::MsixBarNotMemory { addr, bir } => write!(
+                f,
+                "{addr}: MSI-X names BAR{bir}, which is not an implemented memory BAR"
+            ),
+            E::MsixTableOutsideBar {
+                addr,
+                bir,
+                offset,
+                bytes,
+                bar_size,
+            } => write!(
+                f,
+                "{addr}: MSI-X table at BAR{bir}+{offset:#x} ({bytes} bytes) does not fit the BAR ({bar_size:#x} bytes)"
+            ),
+            E::MsixPbaOutsideBar {
+                addr,
+                bir,
+                offset,
+                bytes,
+                bar_size,
+            } => write!(
+                f,
+                "{addr}: MSI-X pending-bit array at BAR{bir}+{offset:#x} ({bytes} bytes) does not fit the BAR ({bar_size:#x} bytes)"
+            ),
+            E::MsixIndexOutOfRange { addr, index, size } => write!(
+                f,
+                "{addr}: MSI-X entry {index} requested, the table has {size}"
+            ),
+            E::MsiAddressTooWide { addr, address } => write!(
+                f,
+                "{addr}: MSI address {address:#x} needs 64 bits, the capability has 32"
+            ),
+            E::MsiBadVectorCount {
+                addr,
+                requested,
+                capable,
+            } => write!(
+                f,
+                "{addr}: {requested} MSI vectors requested, the function offers {capable} (a power of two)"
+            ),
+            E::PasidFeatureUnsupported { addr } => write!(
+                f,
+                "{addr}: PASID execute/privileged mode requested but not offered"
+            ),
+            E::NoFunction { addr } => write!(f, "{addr}: no function (vendor ID 0xffff)"),
+            E::WrongHeaderType { addr, header_type } => write!(
+                f,
+                "{addr}: operation not possible for header type {header_type:#x}"
+            ),
+        }
     }
 }
 
 impl core::error::Error for PciError {}
+
+#[cfg(test)]
+mod tests {
+    use super::PciError;
+    use pci_types::PciAddress;
+
+    /// Operators read these lines: the function address and the fault in words, never the
+    /// variant's debug form.
+    #[test]
+    fn display_names_the_function_and_the_fault() {
+        let addr = PciAddress::new(0, 1, 2, 3);
+        let e = PciError::BarMisaligned {
+            addr,
+            slot: 2,
+            address: 0x1000,
+            size: 0x4000,
+        };
+        let s = e.to_string();
+        assert!(s.contains("01:02.3"), "{s}");
+        assert!(s.contains("BAR2") && s.contains("0x1000") && s.contains("0x4000"), "{s}");
+        assert!(!s.contains("BarMisaligned"), "{s}");
+    }
+}
