@@ -233,7 +233,7 @@ impl ChipInner {
         }
         // Cheap early refusal; the insertion on the CPU re-checks exactly.
         let cap = d.config.max_handles_per_cpu;
-        if d.config.mode == VectorMode::Shared && st.handles.load(SeqCst) >= cap {
+        if d.config.mode.one_vector_per_cpu() && st.handles.load(SeqCst) >= cap {
             return Err(ImsError::CpuFull { cpu, capacity: cap });
         }
         let index = self.reserve(client.pasid)?;
@@ -243,8 +243,8 @@ impl ChipInner {
         // Each step undoes the ones before it on failure: a refused allocation leaves no
         // vector, route, entry or quota behind.
         let (vector, own_vector) = match (d.config.mode, st.vector) {
-            (VectorMode::Shared, Some(v)) => (v, false),
-            (VectorMode::Shared, None) => {
+            (VectorMode::Shared | VectorMode::Posted, Some(v)) => (v, false),
+            (VectorMode::Shared | VectorMode::Posted, None) => {
                 self.unreserve(index, pasid, true);
                 return Err(ImsError::BadStorage("shared vector missing"));
             }
@@ -310,6 +310,18 @@ impl ChipInner {
         });
         let placed = match d.config.mode {
             VectorMode::Shared => d.insert_on(cpu, &h).map(|slot| h.ctl.lock().slot = slot),
+            // The route posts to the slot's descriptor bit before the entry is unmasked.
+            VectorMode::Posted => d.insert_on(cpu, &h).and_then(|slot| {
+                h.ctl.lock().slot = slot;
+                let posted = d.slot_target(cpu, slot).and_then(|(pid, bit)| {
+                    let mut c = h.ctl.lock();
+                    Ok(plat.post_route(&mut c.route, &pid, bit)?)
+                });
+                if posted.is_err() {
+                    let _ = d.remove_on(cpu, slot, &h);
+                }
+                posted
+            }),
             VectorMode::PerHandle => {
                 h.loc.store(loc(cpu, vector as u32), SeqCst);
                 plat.set_handler(cpu, vector, VectorHandler::direct(d, &h, cpu, vector))

@@ -11,12 +11,15 @@ use crate::chip::{ChipInner, ChipOptions, ImsChip};
 use crate::error::ImsError;
 use crate::handle::HandleInner;
 use crate::platform::ImsPlatform;
+use crate::posted::{CpuPids, PidRef, slot_pid};
 use crate::storage::ImsStorage;
 
 /// Owner name of the one shared vector per CPU (vector reports count by this prefix).
 pub const OWNER_SHARED: &str = "ims-shared";
 /// Owner name of a per-handle vector (comparison mode).
 pub const OWNER_PER_HANDLE: &str = "ims-handle";
+/// Owner name of the one vector per CPU of a posted-mode domain (its descriptors' NV).
+pub const OWNER_POSTED: &str = "ims-posted";
 
 /// How handles get their interrupt vector.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +30,27 @@ pub enum VectorMode {
     /// One vector per handle on its target CPU (the Linux IMS series' model), for comparison:
     /// vector → handle directly, and the vector allocator is the limit.
     PerHandle,
+    /// One vector per CPU as in `Shared`, but each handle's route posts (VT-d posted
+    /// interrupts): it sets the handle's bit in one of the CPU's posted-interrupt descriptors
+    /// (256 handles each, allocated on demand) whose notification is the CPU's vector, and
+    /// the handler delivers to exactly the handles whose bits it takes ([`crate::posted`]).
+    /// Needs [`ImsPlatform::posted_interrupts`].
+    Posted,
+}
+
+impl VectorMode {
+    /// One vector per CPU for every handle (`Shared`, `Posted`).
+    pub fn one_vector_per_cpu(self) -> bool {
+        matches!(self, VectorMode::Shared | VectorMode::Posted)
+    }
+    /// The owner name of the mode's vectors.
+    pub fn owner(self) -> &'static str {
+        match self {
+            VectorMode::Shared => OWNER_SHARED,
+            VectorMode::PerHandle => OWNER_PER_HANDLE,
+            VectorMode::Posted => OWNER_POSTED,
+        }
+    }
 }
 
 /// Domain policy.
@@ -67,8 +91,10 @@ pub struct DemuxStats {
     pub empty_polls: u64,
     /// Completions delivered by the handler.
     pub completions: u64,
-    /// Bitmap words the scans read (summary + slot words).
+    /// Bitmap words the scans read (summary + slot words; posted mode: PIR words read).
     pub words_scanned: u64,
+    /// Posted mode: descriptors looked at (one control-word load each).
+    pub pids_scanned: u64,
     /// Sum of [`ImsPlatform::cycles`] deltas over handler runs.
     pub cycles: u64,
 }
@@ -91,6 +117,7 @@ struct Counters {
     empty_polls: AtomicU64,
     completions: AtomicU64,
     words_scanned: AtomicU64,
+    pids_scanned: AtomicU64,
     cycles: AtomicU64,
 }
 
@@ -109,6 +136,7 @@ impl Counters {
             empty_polls: l(&self.empty_polls),
             completions: l(&self.completions),
             words_scanned: l(&self.words_scanned),
+            pids_scanned: l(&self.pids_scanned),
             cycles: l(&self.cycles),
         }
     }
@@ -120,6 +148,7 @@ impl Counters {
             &self.empty_polls,
             &self.completions,
             &self.words_scanned,
+            &self.pids_scanned,
             &self.cycles,
         ] {
             a.store(0, Ordering::Relaxed);
@@ -134,6 +163,7 @@ impl Counters {
         bump(&self.empty_polls, d.empty_polls as u64);
         bump(&self.completions, d.delivered as u64);
         bump(&self.words_scanned, d.words_scanned as u64);
+        bump(&self.pids_scanned, d.pids_scanned as u64);
         bump(&self.cycles, spent);
     }
 }
@@ -145,6 +175,7 @@ pub struct Demux {
     pub empty_polls: u32,
     pub delivered: u32,
     pub words_scanned: u32,
+    pub pids_scanned: u32,
 }
 
 /// The handles of one CPU, indexed by slot. Touched only with interrupts disabled on the
@@ -191,15 +222,29 @@ impl CpuTable {
 /// Cache-line aligned: each CPU's handler writes its own counters and lock word only.
 #[repr(align(64))]
 pub(crate) struct CpuState {
-    /// The shared vector (Shared mode).
+    /// The CPU's one vector (Shared and Posted modes).
     pub vector: Option<u8>,
     pub armed: ArmedSet,
+    /// Posted mode: the CPU's descriptors (slot s ↔ descriptor s / 256, bit s % 256).
+    pub pids: CpuPids,
     pub table: spin::Mutex<CpuTable>,
     /// Vectors the domain holds on this CPU.
     pub vectors: AtomicU32,
     /// Handles targeting this CPU.
     pub handles: AtomicU32,
     counters: Counters,
+}
+
+impl CpuState {
+    /// A slot left the CPU (on the CPU): its armed bit, or in posted mode its descriptor
+    /// bit, is cleared so that the slot's next owner starts clean.
+    pub fn clear_slot(&self, slot: u32) {
+        self.armed.clear(slot);
+        let (i, bit) = slot_pid(slot);
+        if let Some(pid) = self.pids.get(i) {
+            pid.clear_bit(bit);
+        }
+    }
 }
 
 pub(crate) struct DomainInner {
@@ -221,6 +266,10 @@ enum HandlerKind {
         domain: Arc<DomainInner>,
         cpu: usize,
     },
+    Posted {
+        domain: Arc<DomainInner>,
+        cpu: usize,
+    },
     Direct {
         domain: Arc<DomainInner>,
         handle: Arc<HandleInner>,
@@ -233,6 +282,7 @@ impl core::fmt::Debug for VectorHandler {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match &self.kind {
             HandlerKind::Shared { cpu, .. } => write!(f, "VectorHandler(shared, cpu {cpu})"),
+            HandlerKind::Posted { cpu, .. } => write!(f, "VectorHandler(posted, cpu {cpu})"),
             HandlerKind::Direct {
                 cpu,
                 vector,
@@ -268,6 +318,7 @@ impl VectorHandler {
     pub fn run(&self) -> Demux {
         match &self.kind {
             HandlerKind::Shared { domain, cpu } => domain.demux_shared(*cpu),
+            HandlerKind::Posted { domain, cpu } => domain.demux_posted(*cpu),
             HandlerKind::Direct {
                 domain,
                 handle,
@@ -282,8 +333,11 @@ impl VectorHandler {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuReport {
     pub cpu: usize,
-    /// Vectors the domain holds on this CPU (Shared mode: 1, PerHandle: one per handle).
+    /// Vectors the domain holds on this CPU (Shared and Posted modes: 1, PerHandle: one per
+    /// handle).
     pub vectors: u32,
+    /// Posted-interrupt descriptors of this CPU (Posted mode).
+    pub pids: u32,
     /// Live handles targeting this CPU.
     pub handles: u32,
     /// Armed handle slots right now.
@@ -408,7 +462,7 @@ impl DomainInner {
             let st = &d.cpus[cpu];
             let r = st.table.lock().remove(slot, &h2);
             if r {
-                st.armed.clear(slot);
+                st.clear_slot(slot);
             }
             r
         })?;
@@ -451,6 +505,24 @@ impl DomainInner {
             }
             n
         })
+    }
+
+    /// Posted mode: the (descriptor, bit) of `slot` on `cpu`, allocating the CPU's
+    /// descriptors up to it (control path, thread context).
+    pub fn slot_target(&self, cpu: usize, slot: u32) -> Result<(PidRef, u8), ImsError> {
+        let st = self.cpu(cpu)?;
+        let vector = st
+            .vector
+            .ok_or(ImsError::BadStorage("shared vector missing"))?;
+        let (i, bit) = slot_pid(slot);
+        let pid = st
+            .pids
+            .ensure(i, || self.platform.alloc_pid(cpu, vector))
+            .ok_or(ImsError::CpuFull {
+                cpu,
+                capacity: self.config.max_handles_per_cpu,
+            })??;
+        Ok((pid, bit))
     }
 
     /// A no-op on `cpu`: when it returns, any handler pass that was running there finished.
@@ -560,6 +632,51 @@ impl DomainInner {
         }
     }
 
+    /// The posted-mode handler: for each of the CPU's descriptors with ON set, clear ON, take
+    /// its PIR words and deliver to the handles whose bits were set (see [`crate::posted`]
+    /// for why nothing is lost or delivered twice). No armed set is scanned.
+    fn demux_posted(&self, cpu: usize) -> Demux {
+        let mut d = Demux::default();
+        let Some(st) = self.cpus.get(cpu) else {
+            return d;
+        };
+        let t0 = self.platform.cycles();
+        let table = st.table.lock();
+        let slots: &[Option<Arc<HandleInner>>] = &table.slots;
+        for (p, pid) in st.pids.iter().enumerate() {
+            d.pids_scanned += 1;
+            let base = p as u32 * crate::posted::SLOTS_PER_PID;
+            d.words_scanned += pid.harvest(|bit| {
+                // An empty slot: a late post of a handle that left (its completion is
+                // re-polled where the handle went).
+                if let Some(Some(h)) = slots.get((base + bit) as usize) {
+                    Self::deliver_posted(h, &mut d);
+                }
+            });
+        }
+        let spent = self.platform.cycles().wrapping_sub(t0);
+        st.counters.add(&d, spent);
+        drop(table);
+        d
+    }
+
+    /// Delivery for one handle a posted descriptor named: one call of its sink.
+    #[inline(always)]
+    fn deliver_posted(h: &HandleInner, d: &mut Demux) {
+        if h.blocked() {
+            // Masked or being released: unmask re-polls, release delivers one last time.
+            return;
+        }
+        let n = if h.direct {
+            h.sink.deliver(&h.delivered).delivered
+        } else {
+            h.sink.poll(&h.delivered)
+        };
+        d.polled += 1;
+        d.delivered += n;
+        d.empty_polls += (n == 0) as u32;
+    }
+
     /// A per-handle vector's handler: the vector names the handle.
     fn demux_direct(&self, h: &Arc<HandleInner>, cpu: usize, vector: u8) -> Demux {
         let mut d = Demux::default();
@@ -613,10 +730,13 @@ impl ImsDomain {
                 "max_handles_per_cpu must be in 1..=2^24",
             ));
         }
+        if config.mode == VectorMode::Posted && !platform.posted_interrupts() {
+            return Err(ImsError::PostedUnsupported);
+        }
         let mut vectors = Vec::with_capacity(n);
-        if config.mode == VectorMode::Shared {
+        if config.mode.one_vector_per_cpu() {
             for cpu in 0..n {
-                match platform.alloc_vector(cpu, OWNER_SHARED) {
+                match platform.alloc_vector(cpu, config.mode.owner()) {
                     Ok(v) => vectors.push(Some(v)),
                     Err(e) => {
                         for (c, v) in vectors.iter().enumerate() {
@@ -634,7 +754,16 @@ impl ImsDomain {
         let cpus: Vec<CpuState> = (0..n)
             .map(|cpu| CpuState {
                 vector: vectors[cpu],
-                armed: ArmedSet::new(config.max_handles_per_cpu),
+                armed: ArmedSet::new(if config.mode == VectorMode::Shared {
+                    config.max_handles_per_cpu
+                } else {
+                    1
+                }),
+                pids: CpuPids::new(if config.mode == VectorMode::Posted {
+                    config.max_handles_per_cpu
+                } else {
+                    0
+                }),
                 table: spin::Mutex::new(CpuTable {
                     slots: Vec::new(),
                     free: Vec::new(),
@@ -651,15 +780,15 @@ impl ImsDomain {
             cpus: cpus.into_boxed_slice(),
             next_chip: AtomicU64::new(1),
         });
-        if config.mode == VectorMode::Shared {
+        if config.mode.one_vector_per_cpu() {
             let shared: Vec<u8> = vectors.iter().map(|v| v.unwrap_or_default()).collect();
             for (cpu, &v) in shared.iter().enumerate() {
-                let h = VectorHandler {
-                    kind: HandlerKind::Shared {
-                        domain: inner.clone(),
-                        cpu,
-                    },
+                let domain = inner.clone();
+                let kind = match config.mode {
+                    VectorMode::Posted => HandlerKind::Posted { domain, cpu },
+                    _ => HandlerKind::Shared { domain, cpu },
                 };
+                let h = VectorHandler { kind };
                 if let Err(e) = platform.set_handler(cpu, v, h) {
                     for (c, &v) in shared.iter().enumerate() {
                         if c < cpu {
@@ -670,7 +799,12 @@ impl ImsDomain {
                     return Err(e.into());
                 }
             }
-            log::info!("ims: shared mode, one vector per CPU on {n} CPU(s)");
+            match config.mode {
+                VectorMode::Posted => log::info!(
+                    "ims: posted mode, one vector per CPU on {n} CPU(s), descriptors of 256 handles allocated on demand"
+                ),
+                _ => log::info!("ims: shared mode, one vector per CPU on {n} CPU(s)"),
+            }
         } else {
             log::info!("ims: per-handle-vector mode on {n} CPU(s)");
         }
@@ -685,7 +819,12 @@ impl ImsDomain {
         self.inner.cpus.len()
     }
 
-    /// The shared vector of `cpu` (Shared mode).
+    /// The owner name of the domain's vectors.
+    pub fn owner(&self) -> &'static str {
+        self.inner.config.mode.owner()
+    }
+
+    /// The one vector of `cpu` (Shared and Posted modes).
     pub fn shared_vector(&self, cpu: usize) -> Option<u8> {
         self.inner.cpus.get(cpu).and_then(|c| c.vector)
     }
@@ -706,6 +845,7 @@ impl ImsDomain {
             cpu,
             vectors: c.vectors.load(SeqCst),
             handles: c.handles.load(SeqCst),
+            pids: c.pids.count(),
             armed: c.armed.count(),
             stats: c.counters.snapshot(),
         })

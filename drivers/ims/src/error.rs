@@ -38,6 +38,9 @@ pub enum ImsError {
     },
     /// The handle was released (arming after release).
     Released,
+    /// Posted mode was asked for, but the platform cannot post (no VT-d CAP.PI on every
+    /// remapping unit, or no interrupt remapping at all).
+    PostedUnsupported,
     /// The storage reports an unusable table.
     BadStorage(&'static str),
     /// The completion source does not match the device or the client's PASID.
@@ -87,6 +90,10 @@ impl fmt::Display for ImsError {
                 )
             }
             ImsError::Released => write!(f, "the IMS handle was released"),
+            ImsError::PostedUnsupported => write!(
+                f,
+                "posted interrupts are not available (every remapping unit needs VT-d CAP.PI)"
+            ),
             ImsError::BadStorage(why) => write!(f, "unusable IMS storage: {why}"),
             ImsError::Mismatch(why) => write!(f, "mismatch: {why}"),
             ImsError::Timeout(what) => write!(f, "timed out: {what}"),

@@ -351,7 +351,7 @@ impl ImsHandle {
         let mode = d.config.mode;
         // 1. Join the new CPU (location moves there; arming goes there from now on).
         let (new_vector, new_slot) = match mode {
-            VectorMode::Shared => {
+            VectorMode::Shared | VectorMode::Posted => {
                 let v = new_st
                     .vector
                     .ok_or(ImsError::BadStorage("shared vector missing"))?;
@@ -371,7 +371,7 @@ impl ImsHandle {
         };
         let undo_join = || {
             match mode {
-                VectorMode::Shared => {
+                VectorMode::Shared | VectorMode::Posted => {
                     h.loc.store(loc(old_cpu, old_slot), SeqCst);
                     if let Err(e) = d.remove_on(cpu, new_slot, &h) {
                         log::error!("ims: entry {}: undoing a retarget: {e}", h.index);
@@ -388,11 +388,20 @@ impl ImsHandle {
             // Whatever completed meanwhile is still delivered on the old CPU.
             let _ = d.repoll_on(old_cpu, &h);
         };
-        // 2. Route the messages there.
+        // 2. Route the messages there (posted: to the new slot's descriptor bit; the old
+        // CPU clears the old bit when the handle leaves it in step 3).
         let mut route = old_route;
-        if let Err(e) = plat.retarget_route(&mut route, cpu, new_vector) {
+        let routed = match mode {
+            VectorMode::Posted => d
+                .slot_target(cpu, new_slot)
+                .and_then(|(pid, bit)| Ok(plat.post_route(&mut route, &pid, bit)?)),
+            _ => plat
+                .retarget_route(&mut route, cpu, new_vector)
+                .map_err(ImsError::from),
+        };
+        if let Err(e) = routed {
             undo_join();
-            return Err(e.into());
+            return Err(e);
         }
         let written = {
             // The entry write and the new route together under `ctl`: a concurrent restore
@@ -432,7 +441,7 @@ impl ImsHandle {
         // 3. Leave the old CPU, on the old CPU (its handler is not running this handle after).
         let old_st = &d.cpus[old_cpu];
         let left = match mode {
-            VectorMode::Shared => d.remove_on(old_cpu, old_slot, &h),
+            VectorMode::Shared | VectorMode::Posted => d.remove_on(old_cpu, old_slot, &h),
             VectorMode::PerHandle => {
                 let r = d.barrier(old_cpu);
                 plat.clear_handler(old_cpu, old_vector);
@@ -529,10 +538,10 @@ fn release(h: &Arc<HandleInner>) -> Result<(), ImsError> {
         let st = &d2.cpus[cpu];
         let mut t = st.table.lock();
         h2.sink.poll(&h2.delivered);
-        if mode == VectorMode::Shared {
+        if mode.one_vector_per_cpu() {
             let r = t.remove(slot, &h2);
             if r {
-                st.armed.clear(slot);
+                st.clear_slot(slot);
             }
             r
         } else {

@@ -159,18 +159,20 @@ pub mod domain;
 pub mod error;
 pub mod handle;
 pub mod platform;
+pub mod posted;
 pub mod sink;
 pub mod storage;
 pub mod watch;
 
 pub use chip::{CarvedStorage, ChipOptions, ImsChip, ImsClient, PASID_LIMIT, WeakChip};
 pub use domain::{
-    CpuReport, Demux, DemuxStats, DomainConfig, ImsDomain, OWNER_PER_HANDLE, OWNER_SHARED,
-    VectorHandler, VectorMode,
+    CpuReport, Demux, DemuxStats, DomainConfig, ImsDomain, OWNER_PER_HANDLE, OWNER_POSTED,
+    OWNER_SHARED, VectorHandler, VectorMode,
 };
 pub use error::ImsError;
 pub use handle::{ArmGuard, Armer, ImsHandle};
 pub use platform::{ImsPlatform, MsiMessage, PlatformError, Route};
+pub use posted::PidRef;
 pub use sink::{CompletionSink, Delivery};
 pub use storage::{ImsStorage, StorageError};
 pub use watch::{CompletionWatch, WatchState};

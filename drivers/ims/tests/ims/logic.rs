@@ -606,7 +606,11 @@ fn arming_races_never_lose_a_wakeup() {
 }
 
 fn retarget_stream(remapping: bool, mode: VectorMode) {
-    let m = Machine::new(4, remapping);
+    let m = if mode == VectorMode::Posted {
+        Machine::with_posting(4)
+    } else {
+        Machine::new(4, remapping)
+    };
     let d = domain(&m, mode);
     let ims = SoftIms::new(&m, SID, 256);
     let c = chip(&d, &ims, 64);
@@ -671,7 +675,7 @@ fn retarget_stream(remapping: bool, mode: VectorMode) {
     );
     assert_eq!(m.ir_faults.load(SeqCst), 0);
     match mode {
-        VectorMode::Shared => assert_eq!(d.vectors_used(), 4),
+        VectorMode::Shared | VectorMode::Posted => assert_eq!(d.vectors_used(), 4),
         VectorMode::PerHandle => assert_eq!(d.vectors_used(), 5, "h + 4 bystanders"),
     }
     drop(bystanders);
@@ -687,6 +691,11 @@ fn retarget_under_a_stream_loses_and_duplicates_nothing() {
 #[test]
 fn retarget_without_remapping_rewrites_the_entry() {
     retarget_stream(false, VectorMode::Shared);
+}
+
+#[test]
+fn retarget_in_posted_mode() {
+    retarget_stream(true, VectorMode::Posted);
 }
 
 #[test]
