@@ -216,6 +216,22 @@ impl Armer {
     pub fn is_released(&self) -> bool {
         self.h.flags.load(SeqCst) & DEAD != 0
     }
+    /// Posted mode: whether a post for the handle waits in its descriptor (its PIR bit is
+    /// set; the handler has not taken it yet). False in the other modes. For the benchmark,
+    /// which waits for its posts before it opens the measuring window.
+    pub fn post_pending(&self) -> bool {
+        let d = &self.h.chip.domain;
+        if d.config.mode != VectorMode::Posted {
+            return false;
+        }
+        unloc(self.h.loc.load(SeqCst)).is_some_and(|(cpu, slot)| {
+            let (i, bit) = crate::posted::slot_pid(slot);
+            d.cpus
+                .get(cpu)
+                .and_then(|c| c.pids.get(i))
+                .is_some_and(|p| p.bit(bit))
+        })
+    }
 }
 
 /// An IMS interrupt handle: one entry of one device, bound to one PASID and one target CPU,
