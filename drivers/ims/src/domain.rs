@@ -185,6 +185,9 @@ pub(crate) struct CpuTable {
     pub slots: Vec<Option<Arc<HandleInner>>>,
     free: Vec<u32>,
     pub live: u32,
+    /// Posted mode: the CPU's descriptors as the handler walks them (a plain copy of
+    /// `CpuState::pids`, extended on the CPU before a route posts to a new descriptor).
+    pub pids: Vec<PidRef>,
 }
 
 impl CpuTable {
@@ -227,6 +230,8 @@ pub(crate) struct CpuState {
     pub armed: ArmedSet,
     /// Posted mode: the CPU's descriptors (slot s ↔ descriptor s / 256, bit s % 256).
     pub pids: CpuPids,
+    /// Descriptors copied into the table's handler list.
+    pub pids_in_table: AtomicU32,
     pub table: spin::Mutex<CpuTable>,
     /// Vectors the domain holds on this CPU.
     pub vectors: AtomicU32,
@@ -249,6 +254,8 @@ impl CpuState {
 
 pub(crate) struct DomainInner {
     pub platform: Arc<dyn ImsPlatform>,
+    /// [`ImsPlatform::cycles_are_tsc`], read once: the handler reads the TSC inline.
+    tsc: bool,
     pub config: DomainConfig,
     pub cpus: Box<[CpuState]>,
     pub next_chip: AtomicU64,
@@ -365,6 +372,19 @@ struct Call<R> {
 }
 
 impl DomainInner {
+    /// The platform's cycle counter: its plain function when it has one (no dynamic call
+    /// on the interrupt path), else [`ImsPlatform::cycles`].
+    #[inline(always)]
+    fn cycles(&self) -> u64 {
+        #[cfg(target_arch = "x86_64")]
+        if self.tsc {
+            // SAFETY: RDTSC reads a counter and has no memory effects; the platform said
+            // its cycle counter is the TSC (so nothing disabled it with CR4.TSD).
+            return unsafe { core::arch::x86_64::_rdtsc() };
+        }
+        self.platform.cycles()
+    }
+
     /// Runs `f` on `cpu` (interrupts disabled there) and returns its result. Either `f` ran to
     /// completion, or it never will: a call the platform timed out is cancelled unless it
     /// already started, in which case it is waited for.
@@ -509,7 +529,7 @@ impl DomainInner {
 
     /// Posted mode: the (descriptor, bit) of `slot` on `cpu`, allocating the CPU's
     /// descriptors up to it (control path, thread context).
-    pub fn slot_target(&self, cpu: usize, slot: u32) -> Result<(PidRef, u8), ImsError> {
+    pub fn slot_target(self: &Arc<Self>, cpu: usize, slot: u32) -> Result<(PidRef, u8), ImsError> {
         let st = self.cpu(cpu)?;
         let vector = st
             .vector
@@ -522,6 +542,20 @@ impl DomainInner {
                 cpu,
                 capacity: self.config.max_handles_per_cpu,
             })??;
+        if i as u32 >= st.pids_in_table.load(SeqCst) {
+            // The handler walks the table's copy: extend it (on the CPU, under its lock)
+            // before any route posts to the new descriptor.
+            let d = self.clone();
+            let n = self.on_cpu(cpu, move || {
+                let st = &d.cpus[cpu];
+                let mut t = st.table.lock();
+                while let Some(p) = st.pids.get(t.pids.len()) {
+                    t.pids.push(*p);
+                }
+                t.pids.len() as u32
+            })?;
+            st.pids_in_table.fetch_max(n, SeqCst);
+        }
         Ok((pid, bit))
     }
 
@@ -537,7 +571,7 @@ impl DomainInner {
         let Some(st) = self.cpus.get(cpu) else {
             return d;
         };
-        let t0 = self.platform.cycles();
+        let t0 = self.cycles();
         let table = st.table.lock();
         let slots: &[Option<Arc<HandleInner>>] = &table.slots;
         let cost = st.armed.scan(|slot| match slots.get(slot as usize) {
@@ -548,7 +582,7 @@ impl DomainInner {
             }
         });
         d.words_scanned = cost.summary_words + cost.words;
-        let spent = self.platform.cycles().wrapping_sub(t0);
+        let spent = self.cycles().wrapping_sub(t0);
         st.counters.add(&d, spent);
         drop(table);
         d
@@ -640,12 +674,12 @@ impl DomainInner {
         let Some(st) = self.cpus.get(cpu) else {
             return d;
         };
-        let t0 = self.platform.cycles();
+        let t0 = self.cycles();
         let table = st.table.lock();
         let slots: &[Option<Arc<HandleInner>>] = &table.slots;
-        for (p, pid) in st.pids.iter().enumerate() {
+        let mut base = 0;
+        for pid in table.pids.iter() {
             d.pids_scanned += 1;
-            let base = p as u32 * crate::posted::SLOTS_PER_PID;
             d.words_scanned += pid.harvest(|bit| {
                 // An empty slot: a late post of a handle that left (its completion is
                 // re-polled where the handle went).
@@ -653,8 +687,9 @@ impl DomainInner {
                     Self::deliver_posted(h, &mut d);
                 }
             });
+            base += crate::posted::SLOTS_PER_PID;
         }
-        let spent = self.platform.cycles().wrapping_sub(t0);
+        let spent = self.cycles().wrapping_sub(t0);
         st.counters.add(&d, spent);
         drop(table);
         d
@@ -683,7 +718,7 @@ impl DomainInner {
         let Some(st) = self.cpus.get(cpu) else {
             return d;
         };
-        let t0 = self.platform.cycles();
+        let t0 = self.cycles();
         let t = st.table.lock();
         // A vector left behind by a retarget or release: the handle lives elsewhere now.
         if h.loc.load(SeqCst) == loc(cpu, vector as u32) && !h.blocked() {
@@ -692,7 +727,7 @@ impl DomainInner {
             d.delivered = n;
             d.empty_polls = (n == 0) as u32;
         }
-        let spent = self.platform.cycles().wrapping_sub(t0);
+        let spent = self.cycles().wrapping_sub(t0);
         st.counters.add(&d, spent);
         drop(t);
         d
@@ -768,13 +803,16 @@ impl ImsDomain {
                     slots: Vec::new(),
                     free: Vec::new(),
                     live: 0,
+                    pids: Vec::new(),
                 }),
+                pids_in_table: AtomicU32::new(0),
                 vectors: AtomicU32::new(vectors[cpu].is_some() as u32),
                 handles: AtomicU32::new(0),
                 counters: Counters::default(),
             })
             .collect();
         let inner = Arc::new(DomainInner {
+            tsc: platform.cycles_are_tsc(),
             platform: platform.clone(),
             config,
             cpus: cpus.into_boxed_slice(),

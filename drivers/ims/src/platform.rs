@@ -145,4 +145,10 @@ pub trait ImsPlatform: Send + Sync {
     fn cycles(&self) -> u64 {
         0
     }
+
+    /// True if [`ImsPlatform::cycles`] is the x86 time-stamp counter (`rdtsc`): the
+    /// handler then reads it inline instead of calling through the trait object.
+    fn cycles_are_tsc(&self) -> bool {
+        false
+    }
 }

@@ -90,17 +90,20 @@ impl PidRef {
             return 0;
         }
         self.control.fetch_and(!ON, SeqCst);
-        for (q, w) in self.pir.iter().enumerate() {
-            if w.load(SeqCst) == 0 {
-                continue;
+        let mut take = |q: u32| {
+            let w = &self.pir[q as usize];
+            if w.load(SeqCst) != 0 {
+                let mut bits = w.swap(0, SeqCst);
+                while bits != 0 {
+                    f(q * 64 + bits.trailing_zeros());
+                    bits &= bits - 1;
+                }
             }
-            let mut bits = w.swap(0, SeqCst);
-            while bits != 0 {
-                let b = bits.trailing_zeros();
-                bits &= bits - 1;
-                f(q as u32 * 64 + b);
-            }
-        }
+        };
+        take(0);
+        take(1);
+        take(2);
+        take(3);
         4
     }
 }
@@ -135,14 +138,6 @@ impl CpuPids {
     /// Descriptors allocated.
     pub fn count(&self) -> u32 {
         self.count.load(SeqCst)
-    }
-
-    /// The allocated descriptors, in order.
-    #[inline(always)]
-    pub fn iter(&self) -> impl Iterator<Item = &PidRef> {
-        self.pids[..self.count() as usize]
-            .iter()
-            .filter_map(spin::Once::get)
     }
 
     /// Descriptor `i`, allocating descriptors up to it with `alloc` (control path).

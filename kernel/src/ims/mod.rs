@@ -320,6 +320,10 @@ impl ImsPlatform for KernelPlatform {
         // Under `-icount shift=0` the TSC counts guest instructions.
         crate::arch::rdtsc()
     }
+
+    fn cycles_are_tsc(&self) -> bool {
+        true
+    }
 }
 
 static PLATFORM: Once<Arc<KernelPlatform>> = Once::new();
