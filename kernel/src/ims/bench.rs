@@ -255,6 +255,13 @@ fn run_quiet<R: Send + 'static>(
         .map_err(|e| format!("cpu{cpu}: {e}"))
 }
 
+/// Whether `vector` waits in this CPU's local APIC (its IRR bit).
+fn irr_pending(vector: u8) -> bool {
+    use crate::arch::apic;
+    let reg = apic::reg::IRR + 0x10 * u32::from(vector / 32);
+    apic::read(reg) & (1 << (vector % 32)) != 0
+}
+
 /// Instructions (or cycles) of `rdtsc; sti; pause; rdtsc` with nothing pending: subtracted
 /// from the measured interrupt path.
 fn window_baseline() -> u64 {
@@ -337,12 +344,14 @@ fn pending_round(
         }
         // Posted mode: QEMU may make a device thread's post a little after the record
         // write (without parallel TCG, when the vCPU yields); wait (briefly, bounded) until
-        // every handle's bit is in its descriptor, so that the notification is pending
-        // when the window opens. A post still missing then is taken after the window (the
-        // round's path is not counted).
+        // every handle's bit is in its descriptor and the notification in the local APIC's
+        // IRR, so that it is pending when the window opens. A post still missing then is
+        // taken after the window (the round's path is not counted).
         if ctx.mode == VectorMode::Posted {
             let deadline = crate::time::Deadline::after(POST_WAIT);
-            while !armers.iter().all(Armer::post_pending) && !deadline.expired() {
+            let vector = ctx.domain.shared_vector(cpu).unwrap_or(0);
+            let posted = || armers.iter().all(Armer::post_pending) && irr_pending(vector);
+            while !posted() && !deadline.expired() {
                 core::hint::spin_loop();
             }
         }
