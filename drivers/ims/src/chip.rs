@@ -286,6 +286,7 @@ impl ChipInner {
             .map(|w| crate::handle::IdleWord(core::ptr::NonNull::from(w)));
         let h = Arc::new(HandleInner {
             direct,
+            arms: d.config.mode == VectorMode::Shared,
             idle_word,
             idle_mark: AtomicU64::new(0),
             watch: sink

@@ -702,11 +702,9 @@ impl DomainInner {
             // Masked or being released: unmask re-polls, release delivers one last time.
             return;
         }
-        let n = if h.direct {
-            h.sink.deliver(&h.delivered).delivered
-        } else {
-            h.sink.poll(&h.delivered)
-        };
+        // `poll`, not `deliver`: nothing here needs the sink's idle report (the handle is
+        // never disarmed; the next post names it again).
+        let n = h.sink.poll(&h.delivered);
         d.polled += 1;
         d.delivered += n;
         d.empty_polls += (n == 0) as u32;

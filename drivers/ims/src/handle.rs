@@ -47,6 +47,9 @@ pub(crate) struct HandleInner {
     pub flags: AtomicU8,
     /// The sink delivers directly ([`CompletionSink::delivers_directly`]).
     pub direct: bool,
+    /// Arming sets a bit in the CPU's armed set (shared mode only: posted mode needs no
+    /// arming, the IOMMU names the handle; per-handle vectors name it too).
+    pub arms: bool,
     /// The sink's [`CompletionSink::idle_word`] (kept alive by `sink`), and the value it
     /// had when the sink last reported idle (bit 32 set: valid).
     pub idle_word: Option<IdleWord>,
@@ -113,14 +116,21 @@ impl HandleInner {
         if self.flags.load(SeqCst) & DEAD != 0 {
             return Err(ImsError::Released);
         }
+        if self.arms {
+            self.set_armed();
+        }
+        Ok(guard)
+    }
+
+    /// Sets the handle's bit in its CPU's armed set (shared mode).
+    #[inline]
+    fn set_armed(&self) {
         let d = &self.chip.domain;
-        if d.config.mode == VectorMode::Shared
-            && let Some((cpu, slot)) = unloc(self.loc.load(SeqCst))
+        if let Some((cpu, slot)) = unloc(self.loc.load(SeqCst))
             && let Some(st) = d.cpus.get(cpu)
         {
             st.armed.set(slot);
         }
-        Ok(guard)
     }
 
     /// Sets the armed bit of a submission its sink already counts (see
@@ -130,12 +140,8 @@ impl HandleInner {
         if self.flags.load(SeqCst) & DEAD != 0 {
             return Err(ImsError::Released);
         }
-        let d = &self.chip.domain;
-        if d.config.mode == VectorMode::Shared
-            && let Some((cpu, slot)) = unloc(self.loc.load(SeqCst))
-            && let Some(st) = d.cpus.get(cpu)
-        {
-            st.armed.set(slot);
+        if self.arms {
+            self.set_armed();
         }
         Ok(())
     }
