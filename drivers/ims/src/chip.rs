@@ -6,7 +6,7 @@ use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::SeqCst};
 
-use crate::domain::{DomainInner, OWNER_PER_HANDLE, VectorHandler, VectorMode, loc};
+use crate::domain::{DomainInner, HandleLocation, OWNER_PER_HANDLE, VectorHandler, VectorMode};
 use crate::error::ImsError;
 use crate::handle::{Ctl, HandleInner, ImsHandle};
 use crate::platform::MsiMessage;
@@ -297,7 +297,7 @@ impl ChipInner {
             pasid,
             client: client.id,
             sink,
-            loc: AtomicU64::new(crate::domain::NOWHERE),
+            loc: AtomicU64::new(HandleLocation::NOWHERE),
             flags: AtomicU8::new(0),
             arming: AtomicU32::new(0),
             dev_handle: AtomicU32::new(dev_handle),
@@ -324,7 +324,8 @@ impl ChipInner {
                 posted
             }),
             VectorMode::PerHandle => {
-                h.loc.store(loc(cpu, vector as u32), SeqCst);
+                h.loc
+                    .store(HandleLocation::new(cpu, u32::from(vector)).pack(), SeqCst);
                 plat.set_handler(cpu, vector, VectorHandler::direct(d, &h, cpu, vector))
                     .map(|()| {
                         st.vectors.fetch_add(1, SeqCst);
@@ -334,7 +335,7 @@ impl ChipInner {
             }
         };
         if let Err(e) = placed {
-            h.loc.store(crate::domain::NOWHERE, SeqCst);
+            h.loc.store(HandleLocation::NOWHERE, SeqCst);
             let reuse = self.retire_entry(index, pasid);
             plat.free_route(route);
             undo_vector();

@@ -158,12 +158,12 @@ impl Counters {
     #[inline(always)]
     fn add(&self, d: &Demux, spent: u64) {
         bump(&self.interrupts, 1);
-        bump(&self.spurious, (d.delivered == 0) as u64);
-        bump(&self.polls, d.polled as u64);
-        bump(&self.empty_polls, d.empty_polls as u64);
-        bump(&self.completions, d.delivered as u64);
-        bump(&self.words_scanned, d.words_scanned as u64);
-        bump(&self.pids_scanned, d.pids_scanned as u64);
+        bump(&self.spurious, u64::from(d.delivered == 0));
+        bump(&self.polls, u64::from(d.polled));
+        bump(&self.empty_polls, u64::from(d.empty_polls));
+        bump(&self.completions, u64::from(d.delivered));
+        bump(&self.words_scanned, u64::from(d.words_scanned));
+        bump(&self.pids_scanned, u64::from(d.pids_scanned));
         bump(&self.cycles, spent);
     }
 }
@@ -352,13 +352,34 @@ pub struct CpuReport {
     pub stats: DemuxStats,
 }
 
-/// Location word of a handle: CPU in the high half, slot (Shared) or vector (PerHandle) low.
-pub(crate) const NOWHERE: u64 = u64::MAX;
-pub(crate) fn loc(cpu: usize, low: u32) -> u64 {
-    (cpu as u64) << 32 | low as u64
+/// Where a handle is: its CPU and, in the one-vector modes, its slot there (armed bit, or
+/// posted-descriptor bit), per handle its vector. Kept packed in one atomic word (CPU in the
+/// high half), [`HandleLocation::NOWHERE`] once released.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HandleLocation {
+    pub cpu: usize,
+    /// Slot (Shared, Posted) or vector (PerHandle).
+    pub low: u32,
 }
-pub(crate) fn unloc(l: u64) -> Option<(usize, u32)> {
-    (l != NOWHERE).then_some(((l >> 32) as usize, l as u32))
+
+impl HandleLocation {
+    /// The packed word of no location.
+    pub const NOWHERE: u64 = u64::MAX;
+
+    pub fn new(cpu: usize, low: u32) -> HandleLocation {
+        HandleLocation { cpu, low }
+    }
+    /// The location as one word.
+    pub fn pack(self) -> u64 {
+        (self.cpu as u64) << 32 | u64::from(self.low)
+    }
+    /// The location of a packed word (None: [`HandleLocation::NOWHERE`]).
+    pub fn unpack(word: u64) -> Option<HandleLocation> {
+        (word != Self::NOWHERE).then_some(HandleLocation {
+            cpu: (word >> 32) as usize,
+            low: word as u32,
+        })
+    }
 }
 
 const CALL_IDLE: u8 = 0;
@@ -461,7 +482,7 @@ impl DomainInner {
         let slot = self.on_cpu(cpu, move || {
             let st = &d.cpus[cpu];
             let slot = st.table.lock().insert(h2.clone(), cap)?;
-            h2.loc.store(loc(cpu, slot), SeqCst);
+            h2.loc.store(HandleLocation::new(cpu, slot).pack(), SeqCst);
             Some(slot)
         })?;
         let slot = slot.ok_or(ImsError::CpuFull { cpu, capacity: cap })?;
@@ -501,8 +522,8 @@ impl DomainInner {
             // Held like the handler holds it, so no demultiplexing pass of this CPU runs
             // concurrently (matters in host fakes; on hardware interrupts are off anyway).
             let _t = st.table.lock();
-            let slot = match (d.config.mode, unloc(h2.loc.load(SeqCst))) {
-                (VectorMode::Shared, Some((c, slot))) if c == cpu => Some(slot),
+            let slot = match (d.config.mode, HandleLocation::unpack(h2.loc.load(SeqCst))) {
+                (VectorMode::Shared, Some(l)) if l.cpu == cpu => Some(l.low),
                 _ => None,
             };
             if let Some(slot) = slot
@@ -621,7 +642,8 @@ impl DomainInner {
         }
         match r.idle {
             Some((_, value)) if h.idle_word.is_some() => {
-                h.idle_mark.store(1 << 32 | value as u64, Ordering::Relaxed);
+                h.idle_mark
+                    .store(1 << 32 | u64::from(value), Ordering::Relaxed);
             }
             _ => h.idle_mark.store(0, Ordering::Relaxed),
         }
@@ -707,7 +729,7 @@ impl DomainInner {
         let n = h.sink.poll(&h.delivered);
         d.polled += 1;
         d.delivered += n;
-        d.empty_polls += (n == 0) as u32;
+        d.empty_polls += u32::from(n == 0);
     }
 
     /// A per-handle vector's handler: the vector names the handle.
@@ -719,11 +741,12 @@ impl DomainInner {
         let t0 = self.cycles();
         let t = st.table.lock();
         // A vector left behind by a retarget or release: the handle lives elsewhere now.
-        if h.loc.load(SeqCst) == loc(cpu, vector as u32) && !h.blocked() {
+        if h.loc.load(SeqCst) == HandleLocation::new(cpu, u32::from(vector)).pack() && !h.blocked()
+        {
             let n = h.sink.poll(&h.delivered);
             d.polled = 1;
             d.delivered = n;
-            d.empty_polls = (n == 0) as u32;
+            d.empty_polls = u32::from(n == 0);
         }
         let spent = self.cycles().wrapping_sub(t0);
         st.counters.add(&d, spent);
@@ -804,7 +827,7 @@ impl ImsDomain {
                     pids: Vec::new(),
                 }),
                 pids_in_table: AtomicU32::new(0),
-                vectors: AtomicU32::new(vectors[cpu].is_some() as u32),
+                vectors: AtomicU32::new(u32::from(vectors[cpu].is_some())),
                 handles: AtomicU32::new(0),
                 counters: Counters::default(),
             })

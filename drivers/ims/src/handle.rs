@@ -5,7 +5,7 @@ use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering, Ordering::SeqCst};
 
 use crate::chip::ChipInner;
-use crate::domain::{NOWHERE, VectorHandler, VectorMode, loc, unloc};
+use crate::domain::{HandleLocation, VectorHandler, VectorMode};
 use crate::error::ImsError;
 use crate::platform::Route;
 use crate::sink::CompletionSink;
@@ -59,7 +59,7 @@ pub(crate) struct HandleInner {
     pub pasid: u32,
     pub client: u64,
     pub sink: Arc<dyn CompletionSink>,
-    /// Where arming sets its bit: `loc(cpu, slot)` (Shared) or `loc(cpu, vector)`.
+    /// Where the handle is: a packed [`HandleLocation`] (CPU and slot, or CPU and vector).
     pub loc: AtomicU64,
     /// What descriptors carry to name the entry.
     pub dev_handle: AtomicU32,
@@ -126,10 +126,10 @@ impl HandleInner {
     #[inline]
     fn set_armed(&self) {
         let d = &self.chip.domain;
-        if let Some((cpu, slot)) = unloc(self.loc.load(SeqCst))
-            && let Some(st) = d.cpus.get(cpu)
+        if let Some(l) = HandleLocation::unpack(self.loc.load(SeqCst))
+            && let Some(st) = d.cpus.get(l.cpu)
         {
-            st.armed.set(slot);
+            st.armed.set(l.low);
         }
     }
 
@@ -230,10 +230,10 @@ impl Armer {
         if d.config.mode != VectorMode::Posted {
             return false;
         }
-        unloc(self.h.loc.load(SeqCst)).is_some_and(|(cpu, slot)| {
-            let (i, bit) = crate::posted::slot_pid(slot);
+        HandleLocation::unpack(self.h.loc.load(SeqCst)).is_some_and(|l| {
+            let (i, bit) = crate::posted::slot_pid(l.low);
             d.cpus
-                .get(cpu)
+                .get(l.cpu)
                 .and_then(|c| c.pids.get(i))
                 .is_some_and(|p| p.bit(bit))
         })
@@ -305,9 +305,9 @@ impl ImsHandle {
     /// True if the handle is armed on its CPU now (diagnostics).
     pub fn is_armed(&self) -> bool {
         let d = &self.h.chip.domain;
-        match unloc(self.h.loc.load(SeqCst)) {
-            Some((cpu, slot)) if d.config.mode == VectorMode::Shared => {
-                d.cpus.get(cpu).is_some_and(|c| c.armed.is_set(slot))
+        match HandleLocation::unpack(self.h.loc.load(SeqCst)) {
+            Some(l) if d.config.mode == VectorMode::Shared => {
+                d.cpus.get(l.cpu).is_some_and(|c| c.armed.is_set(l.low))
             }
             _ => false,
         }
@@ -387,20 +387,25 @@ impl ImsHandle {
                 }
                 new_st.vectors.fetch_add(1, SeqCst);
                 new_st.handles.fetch_add(1, SeqCst);
-                h.loc.store(loc(cpu, v as u32), SeqCst);
+                h.loc
+                    .store(HandleLocation::new(cpu, u32::from(v)).pack(), SeqCst);
                 (v, 0)
             }
         };
         let undo_join = || {
             match mode {
                 VectorMode::Shared | VectorMode::Posted => {
-                    h.loc.store(loc(old_cpu, old_slot), SeqCst);
+                    h.loc
+                        .store(HandleLocation::new(old_cpu, old_slot).pack(), SeqCst);
                     if let Err(e) = d.remove_on(cpu, new_slot, &h) {
                         log::error!("ims: entry {}: undoing a retarget: {e}", h.index);
                     }
                 }
                 VectorMode::PerHandle => {
-                    h.loc.store(loc(old_cpu, old_vector as u32), SeqCst);
+                    h.loc.store(
+                        HandleLocation::new(old_cpu, u32::from(old_vector)).pack(),
+                        SeqCst,
+                    );
                     plat.clear_handler(cpu, new_vector);
                     plat.free_vector(cpu, new_vector);
                     new_st.vectors.fetch_sub(1, SeqCst);
@@ -570,7 +575,7 @@ fn release(h: &Arc<HandleInner>) -> Result<(), ImsError> {
             false
         }
     });
-    h.loc.store(NOWHERE, SeqCst);
+    h.loc.store(HandleLocation::NOWHERE, SeqCst);
     let st = &d.cpus[cpu];
     match left {
         Ok(removed) => {

@@ -494,6 +494,6 @@ impl ImsPlatform for Machine {
 fn compat(cpu: usize, vector: u8) -> MsiMessage {
     MsiMessage {
         addr: 0xFEE0_0000 | (cpu as u64) << 12,
-        data: vector as u32,
+        data: u32::from(vector),
     }
 }

@@ -92,7 +92,7 @@ fn submitter(rig: &DsaRig, pasid: u32, slots: u16) -> Submitter {
 }
 
 fn client(pasid: u32) -> ImsClient {
-    ImsClient::new(pasid as u64, pasid).unwrap()
+    ImsClient::new(u64::from(pasid), pasid).unwrap()
 }
 
 /// Callback results: (operation id, CPU the callback ran on, success).
@@ -191,7 +191,7 @@ fn all_ims_entries_across_cpus_use_one_vector_per_cpu() {
     }
     for cpu in 0..cpus {
         let st = e.domain.stats(cpu).unwrap();
-        assert_eq!(st.completions, (n / cpus as u32) as u64);
+        assert_eq!(st.completions, u64::from(n / cpus as u32));
         assert_eq!(
             e.m.taken(cpu, e.domain.shared_vector(cpu).unwrap()),
             st.interrupts

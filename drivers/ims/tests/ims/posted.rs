@@ -37,7 +37,7 @@ fn chip(d: &ImsDomain, ims: &Arc<SoftIms>, quota: u32) -> ImsChip {
 }
 
 fn client(pasid: u32) -> ImsClient {
-    ImsClient::new(pasid as u64 + 1000, pasid).unwrap()
+    ImsClient::new(u64::from(pasid) + 1000, pasid).unwrap()
 }
 
 #[test]

@@ -36,7 +36,7 @@ fn setup(cpus: usize, entries: u32) -> (Arc<Machine>, ImsDomain, Arc<SoftIms>, I
 }
 
 fn client(pasid: u32) -> ImsClient {
-    ImsClient::new(pasid as u64 + 1000, pasid).unwrap()
+    ImsClient::new(u64::from(pasid) + 1000, pasid).unwrap()
 }
 
 const PASID: u32 = 7;
