@@ -33,8 +33,8 @@ use dsa_spec::WqMode;
 use dsa_spec::tables::{IMS_ADDR_RESET, IMS_ENTRY_SIZE, ImsCtrl, ImsEntry, ims as entry};
 use hwio::{Block, Registers, RegistersExt, Table};
 use ims::{
-    Armer, CarvedStorage, ChipOptions, CompletionSink, Delivery, ImsChip, ImsClient, ImsDomain,
-    ImsError, ImsHandle, ImsStorage, MsiMessage, StorageError,
+    Armer, CarvedStorage, ChipOptions, CompletionSink, Delivery, ImsChip, ImsDomain, ImsError,
+    ImsHandle, ImsStorage, MsiMessage, OwnerId, StorageError,
 };
 use log::error;
 
@@ -328,7 +328,7 @@ impl DsaIms {
     /// must belong to this device and run with the client's PASID.
     pub fn allocate(
         &self,
-        client: &ImsClient,
+        client: &OwnerId,
         cpu: usize,
         sub: &Submitter,
     ) -> Result<ImsHandle, ImsError> {
@@ -350,7 +350,7 @@ impl DsaIms {
     /// the handle and arm it without further checks.
     pub fn allocate_bound(
         &self,
-        client: &ImsClient,
+        client: &OwnerId,
         cpu: usize,
         sub: &mut Submitter,
     ) -> Result<ImsHandle, ImsError> {

@@ -20,21 +20,21 @@ const MAX_ENTRIES: u32 = 1 << 16;
 /// PASIDs are 20 bits.
 pub const PASID_LIMIT: u32 = 1 << 20;
 
-/// Who asks for a handle: an identity and the PASID of its address space. The kernel builds
+/// Who owns a handle (formerly `ImsClient`): an identity and the PASID of its address space. The kernel builds
 /// it from the client's own bound PASID, so a handle can only ever be bound to the PASID of
 /// the client that holds it (there is no separate PASID argument to get wrong).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ImsClient {
+pub struct OwnerId {
     id: u64,
     pasid: u32,
 }
 
-impl ImsClient {
-    pub fn new(id: u64, pasid: u32) -> Result<ImsClient, ImsError> {
+impl OwnerId {
+    pub fn new(id: u64, pasid: u32) -> Result<OwnerId, ImsError> {
         if pasid >= PASID_LIMIT {
             return Err(ImsError::BadPasid { pasid });
         }
-        Ok(ImsClient { id, pasid })
+        Ok(OwnerId { id, pasid })
     }
     pub fn id(&self) -> u64 {
         self.id
@@ -220,7 +220,7 @@ impl ChipInner {
 
     fn allocate(
         self: &Arc<Self>,
-        client: &ImsClient,
+        client: &OwnerId,
         cpu: usize,
         sink: Arc<dyn CompletionSink>,
     ) -> Result<ImsHandle, ImsError> {
@@ -417,7 +417,7 @@ impl ImsChip {
     /// [`ImsError::CpuFull`] — leave nothing allocated and affect no other PASID.
     pub fn allocate(
         &self,
-        client: &ImsClient,
+        client: &OwnerId,
         cpu: usize,
         sink: Arc<dyn CompletionSink>,
     ) -> Result<ImsHandle, ImsError> {

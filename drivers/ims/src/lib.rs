@@ -155,7 +155,7 @@
 //!
 //! # Policy
 //!
-//! [`ImsClient`] carries the client's own PASID; there is no way to allocate a handle bound
+//! [`OwnerId`] carries the client's own PASID; there is no way to allocate a handle bound
 //! to another PASID. Each PASID may hold [`ChipOptions::pasid_quota`] handles per device
 //! (overridable per PASID); the table size bounds the rest. Refusals are
 //! [`ImsError::QuotaExceeded`] / [`ImsError::TableFull`], returned before any vector, route
@@ -175,7 +175,7 @@ pub mod sink;
 pub mod storage;
 pub mod watch;
 
-pub use chip::{CarvedStorage, ChipOptions, ImsChip, ImsClient, PASID_LIMIT, WeakChip};
+pub use chip::{CarvedStorage, ChipOptions, ImsChip, OwnerId, PASID_LIMIT, WeakChip};
 pub use domain::{
     CpuReport, Demux, DemuxStats, DomainConfig, ImsDomain, OWNER_PER_HANDLE, OWNER_POSTED,
     OWNER_SHARED, VectorHandler, VectorMode,
@@ -206,9 +206,9 @@ mod tests {
 
     #[test]
     fn client_pasid_is_20_bits() {
-        assert!(ImsClient::new(1, PASID_LIMIT - 1).is_ok());
+        assert!(OwnerId::new(1, PASID_LIMIT - 1).is_ok());
         assert_eq!(
-            ImsClient::new(1, PASID_LIMIT),
+            OwnerId::new(1, PASID_LIMIT),
             Err(ImsError::BadPasid { pasid: PASID_LIMIT })
         );
     }

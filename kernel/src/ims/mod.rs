@@ -588,7 +588,7 @@ static NEXT_CLIENT: AtomicU64 = AtomicU64::new(1);
 /// to that PASID — the API takes no PASID argument, so nothing can be allocated on behalf of
 /// a client without its own PASID.
 pub struct Client {
-    id: ims::ImsClient,
+    id: ims::OwnerId,
     space: Arc<ClientSpace>,
 }
 
@@ -601,7 +601,7 @@ impl fmt::Debug for Client {
 impl Client {
     /// The client owning `space`.
     pub fn new(space: Arc<ClientSpace>) -> Result<Client, ClientError> {
-        let id = ims::ImsClient::new(NEXT_CLIENT.fetch_add(1, Ordering::Relaxed), space.pasid())?;
+        let id = ims::OwnerId::new(NEXT_CLIENT.fetch_add(1, Ordering::Relaxed), space.pasid())?;
         Ok(Client { id, space })
     }
 

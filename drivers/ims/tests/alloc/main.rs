@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use dsa::hw::{AddressSpace, DmaMemory, DmaRegion};
 use dsa::{Callback, Client, Completed, DsaIms, Notify, Output, Submitter, SubmitterOptions, Work};
 use dsa_rig::{DsaRig, Exec, model_cfg};
-use ims::{ChipOptions, DomainConfig, ImsClient, ImsDomain, VectorMode};
+use ims::{ChipOptions, DomainConfig, ImsDomain, OwnerId, VectorMode};
 use machine::Machine;
 
 thread_local! {
@@ -236,7 +236,7 @@ fn hot_paths_allocate_nothing() {
     // IMS: a client queue (submitter + bound handle on CPU 0); the device's message is
     // taken by CPU 0's shared vector and demultiplexed.
     let mut q = Submitter::new(&rig.dev, swq, Client::pasid(PASID, false), opts()).unwrap();
-    let ic = ImsClient::new(1, PASID).unwrap();
+    let ic = OwnerId::new(1, PASID).unwrap();
     let handle = chip.allocate_bound(&ic, 0, &mut q).unwrap();
     for (batch, cb) in [(false, single_cb), (true, batch_cb)] {
         let want = Cell::new(DELIVERED.load(SeqCst));

@@ -4,8 +4,8 @@
 use crate::machine::Machine;
 use crate::soft::{SoftIms, SoftSink, complete, submit};
 use ims::{
-    ChipOptions, DomainConfig, ImsChip, ImsClient, ImsDomain, ImsError, ImsHandle, ImsPlatform,
-    OWNER_PER_HANDLE, OWNER_SHARED, PlatformError, StorageError, VectorMode,
+    ChipOptions, DomainConfig, ImsChip, ImsDomain, ImsError, ImsHandle, ImsPlatform,
+    OWNER_PER_HANDLE, OWNER_SHARED, OwnerId, PlatformError, StorageError, VectorMode,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
@@ -36,8 +36,8 @@ fn chip(d: &ImsDomain, ims: &Arc<SoftIms>, quota: u32) -> ImsChip {
     .expect("register")
 }
 
-fn client(pasid: u32) -> ImsClient {
-    ImsClient::new(u64::from(pasid) + 1000, pasid).unwrap()
+fn client(pasid: u32) -> OwnerId {
+    OwnerId::new(u64::from(pasid) + 1000, pasid).unwrap()
 }
 
 /// Everything a refused allocation must leave untouched.
@@ -226,7 +226,7 @@ fn refused_allocations_leave_nothing_behind() {
             c.allocate(&client(8), 5, SoftSink::new()).unwrap_err(),
             ImsError::NoSuchCpu { cpu: 5, cpus: 2 }
         );
-        assert!(ImsClient::new(1, 1 << 20).is_err());
+        assert!(OwnerId::new(1, 1 << 20).is_err());
         if mode == VectorMode::Shared {
             assert_eq!(
                 c.allocate(&client(8), 0, SoftSink::new()).unwrap_err(),

@@ -7,7 +7,7 @@ use crate::machine::{Machine, current_cpu};
 use dsa::{Client, DsaIms, Notify, OpError, Output, Submitter, SubmitterOptions, Work};
 use dsa_spec::tables::ImsCtrl;
 use ims::{
-    ChipOptions, DomainConfig, ImsClient, ImsDomain, ImsError, ImsHandle, OWNER_PER_HANDLE,
+    ChipOptions, DomainConfig, ImsDomain, ImsError, ImsHandle, OWNER_PER_HANDLE, OwnerId,
     VectorMode,
 };
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::SeqCst};
@@ -91,8 +91,8 @@ fn submitter(rig: &DsaRig, pasid: u32, slots: u16) -> Submitter {
     .unwrap()
 }
 
-fn client(pasid: u32) -> ImsClient {
-    ImsClient::new(u64::from(pasid), pasid).unwrap()
+fn client(pasid: u32) -> OwnerId {
+    OwnerId::new(u64::from(pasid), pasid).unwrap()
 }
 
 /// Callback results: (operation id, CPU the callback ran on, success).

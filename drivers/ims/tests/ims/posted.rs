@@ -6,8 +6,8 @@
 use crate::machine::Machine;
 use crate::soft::{SoftIms, SoftSink, complete, submit};
 use ims::{
-    ChipOptions, CompletionSink, DomainConfig, ImsChip, ImsClient, ImsDomain, ImsError, ImsHandle,
-    OWNER_POSTED, OWNER_SHARED, VectorMode,
+    ChipOptions, CompletionSink, DomainConfig, ImsChip, ImsDomain, ImsError, ImsHandle,
+    OWNER_POSTED, OWNER_SHARED, OwnerId, VectorMode,
 };
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -36,8 +36,8 @@ fn chip(d: &ImsDomain, ims: &Arc<SoftIms>, quota: u32) -> ImsChip {
     .expect("register")
 }
 
-fn client(pasid: u32) -> ImsClient {
-    ImsClient::new(u64::from(pasid) + 1000, pasid).unwrap()
+fn client(pasid: u32) -> OwnerId {
+    OwnerId::new(u64::from(pasid) + 1000, pasid).unwrap()
 }
 
 #[test]
