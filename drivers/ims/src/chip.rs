@@ -529,16 +529,7 @@ impl ImsChip {
         let mut n = 0;
         let mut first_err = None;
         for h in live {
-            let deadline = d.platform.now_ns().saturating_add(d.config.call_timeout_ns);
-            let c = loop {
-                if let Some(c) = h.ctl.try_lock() {
-                    break Some(c);
-                }
-                if d.platform.now_ns() >= deadline {
-                    break None;
-                }
-                core::hint::spin_loop();
-            };
+            let c = d.wait_for(|| h.ctl.try_lock());
             let Some(c) = c else {
                 log::error!(
                     "ims: {}: entry {} not restored: its handle stayed locked",

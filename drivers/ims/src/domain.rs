@@ -261,6 +261,15 @@ pub(crate) struct DomainInner {
     pub next_chip: AtomicU64,
 }
 
+/// The platform's clock as the bounded wait's (`hwio::wait_until`).
+struct PlatformClock<'a>(&'a dyn ImsPlatform);
+
+impl hwio::Clock for PlatformClock<'_> {
+    fn now_ns(&self) -> u64 {
+        self.0.now_ns()
+    }
+}
+
 /// Runs a demultiplexing pass when the platform calls it (see [`ImsPlatform::set_handler`]).
 #[derive(Clone)]
 pub struct VectorHandler {
@@ -453,19 +462,19 @@ impl DomainInner {
 
     /// Spins (bounded by the call timeout) until `done` holds.
     pub fn wait_until(&self, what: &'static str, done: impl Fn() -> bool) -> Result<(), ImsError> {
-        let deadline = self
-            .platform
-            .now_ns()
-            .saturating_add(self.config.call_timeout_ns);
-        loop {
-            if done() {
-                return Ok(());
-            }
-            if self.platform.now_ns() >= deadline {
-                return Err(ImsError::Timeout(what));
-            }
-            core::hint::spin_loop();
-        }
+        self.wait_for(|| done().then_some(()))
+            .ok_or(ImsError::Timeout(what))
+    }
+
+    /// `poll`'s first `Some` within the call timeout (`hwio::wait_until` on the platform's
+    /// clock), or None.
+    pub fn wait_for<T>(&self, poll: impl FnMut() -> Option<T>) -> Option<T> {
+        hwio::wait_until(
+            &PlatformClock(&*self.platform),
+            self.config.call_timeout_ns,
+            poll,
+        )
+        .ok()
     }
 
     pub fn cpu(&self, cpu: usize) -> Result<&CpuState, ImsError> {
