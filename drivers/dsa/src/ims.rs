@@ -141,9 +141,9 @@ impl ImsStorage for DsaImsStorage {
         let h = self
             .dev
             .request_int_handle(index as u16, true)
-            .map_err(|e| {
-                error!("dsa{}: IMS entry {index}: {e}", self.dev.index());
-                StorageError::Command("Request Interrupt Handle")
+            .map_err(|e| StorageError::Device {
+                what: "Request Interrupt Handle",
+                cause: ims::Cause::new(e),
             })?;
         Ok(h as u32)
     }
@@ -173,13 +173,12 @@ impl ImsStorage for DsaImsStorage {
     }
 
     fn quiesce(&self, _index: u32, pasid: u32) -> Result<(), StorageError> {
-        self.dev.drain_pasid(pasid).map_err(|e| {
-            error!(
-                "dsa{}: Drain PASID {pasid:#x} for an IMS release: {e}",
-                self.dev.index()
-            );
-            StorageError::QuiesceFailed("Drain PASID failed")
-        })
+        self.dev
+            .drain_pasid(pasid)
+            .map_err(|e| StorageError::Device {
+                what: "Drain PASID (quiescing an IMS entry)",
+                cause: ims::Cause::new(e),
+            })
     }
 
     fn clear(&self, index: u32) -> Result<(), StorageError> {
@@ -194,9 +193,9 @@ impl ImsStorage for DsaImsStorage {
         if self.ctrl(&e).contains(ImsCtrl::PENDING) {
             return Err(StorageError::Readback { index });
         }
-        released.map_err(|e| {
-            error!("dsa{}: IMS entry {index}: {e}", self.dev.index());
-            StorageError::Command("Release Interrupt Handle")
+        released.map_err(|e| StorageError::Device {
+            what: "Release Interrupt Handle",
+            cause: ims::Cause::new(e),
         })
     }
 }

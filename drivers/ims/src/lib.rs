@@ -180,7 +180,7 @@ pub use domain::{
     CpuReport, Demux, DemuxStats, DomainConfig, ImsDomain, OWNER_PER_HANDLE, OWNER_POSTED,
     OWNER_SHARED, VectorHandler, VectorMode,
 };
-pub use error::ImsError;
+pub use error::{Cause, ImsError};
 pub use handle::{ArmGuard, Armer, ImsHandle};
 pub use platform::{ImsPlatform, MsiMessage, PlatformError, Route};
 pub use posted::PidRef;
@@ -202,6 +202,35 @@ mod tests {
         send_sync::<VectorHandler>();
         send_sync::<CarvedStorage>();
         send_sync::<WeakChip>();
+    }
+
+    #[test]
+    fn lower_layer_errors_stay_typed_in_the_source_chain() {
+        use core::error::Error;
+        #[derive(Debug, PartialEq)]
+        struct DrainFailed(u32);
+        impl core::fmt::Display for DrainFailed {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                write!(f, "drain of PASID {} timed out", self.0)
+            }
+        }
+        impl Error for DrainFailed {}
+        let e = ImsError::Storage(StorageError::Device {
+            what: "Drain PASID",
+            cause: Cause::new(DrainFailed(7)),
+        });
+        assert_eq!(
+            e.to_string(),
+            "Drain PASID failed: drain of PASID 7 timed out"
+        );
+        let storage = e.source().expect("the storage error");
+        let device = storage.source().expect("the device driver's error");
+        assert_eq!(device.downcast_ref::<DrainFailed>(), Some(&DrainFailed(7)));
+        let p = ImsError::Platform(PlatformError::Kernel {
+            what: "cross-CPU call",
+            cause: Cause::new(DrainFailed(1)),
+        });
+        assert!(p.source().and_then(Error::source).is_some());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use alloc::boxed::Box;
 use core::fmt;
 
 use crate::domain::VectorHandler;
+use crate::error::Cause;
 use crate::posted::PidRef;
 
 /// An MSI as a device writes it: address and data (x86: address 0xFEEx_xxxx).
@@ -30,7 +31,7 @@ pub struct Route {
 }
 
 /// Why the platform could not do something.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PlatformError {
     /// The vector allocator has no free vector on this CPU.
     VectorsExhausted { cpu: usize },
@@ -42,6 +43,8 @@ pub enum PlatformError {
     Timeout { cpu: usize },
     /// Anything else (the platform logs the details).
     Failed(&'static str),
+    /// A kernel layer failed `what` with `cause` (kept whole: its `source()` chain).
+    Kernel { what: &'static str, cause: Cause },
 }
 
 impl fmt::Display for PlatformError {
@@ -54,6 +57,16 @@ impl fmt::Display for PlatformError {
             PlatformError::NoSuchCpu { cpu } => write!(f, "no CPU {cpu}"),
             PlatformError::Timeout { cpu } => write!(f, "cross-CPU call to CPU {cpu} timed out"),
             PlatformError::Failed(why) => write!(f, "platform failure: {why}"),
+            PlatformError::Kernel { what, cause } => write!(f, "{what} failed: {cause}"),
+        }
+    }
+}
+
+impl core::error::Error for PlatformError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            PlatformError::Kernel { cause, .. } => Some(cause.error()),
+            _ => None,
         }
     }
 }

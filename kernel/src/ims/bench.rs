@@ -501,7 +501,11 @@ fn cpu_program(
                 .map_or(0, |r| r.count_owned_by(ims::OWNER_POSTED)),
             pids: rep.map_or(0, |r| r.pids),
             free: irq.as_ref().map_or(0, |r| r.free),
-            stopped: if (hs.len() as u32) < n { stopped } else { None },
+            stopped: if (hs.len() as u32) < n {
+                stopped.clone()
+            } else {
+                None
+            },
         };
         crate::println!("RESULT {}", alloc_json(&fig));
         allocs.push(fig);
@@ -512,7 +516,10 @@ fn cpu_program(
                     Err(format!(
                         "only {} handle(s) could be allocated on CPU {cpu}{}",
                         hs.len(),
-                        stopped.map(|e| format!(" ({e})")).unwrap_or_default()
+                        stopped
+                            .as_ref()
+                            .map(|e| format!(" ({e})"))
+                            .unwrap_or_default()
                     ))
                 } else {
                     let (first, rest) = pool.split_at_mut(1);
@@ -602,7 +609,7 @@ fn alloc_json(f: &AllocFig) -> String {
         f.pids,
         f.free
     );
-    match f.stopped {
+    match &f.stopped {
         Some(e) => {
             let _ = write!(s, "\"{}\"}}", Escaped(&e.to_string()));
         }
@@ -1009,7 +1016,7 @@ fn print_tables(cpus: &[usize], allocs: &[AllocFig], demux: &[DemuxFig]) {
             let _ = write!(
                 row,
                 "  {total:>7}  {}",
-                last.and_then(|f| f.stopped)
+                last.and_then(|f| f.stopped.as_ref())
                     .map_or(String::from("-"), |e| e.to_string())
             );
             crate::println!("{row}");

@@ -166,10 +166,10 @@ fn iommu_err(e: IommuError) -> PlatformError {
             ..
         } => PlatformError::RoutesExhausted,
         IommuError::NoSuchCpu(cpu) => PlatformError::NoSuchCpu { cpu },
-        e => {
-            log::error!("ims: interrupt remapping: {e}");
-            PlatformError::Failed("interrupt remapping error (logged)")
-        }
+        e => PlatformError::Kernel {
+            what: "interrupt remapping",
+            cause: ims::Cause::new(e),
+        },
     }
 }
 
@@ -305,10 +305,10 @@ impl ImsPlatform for KernelPlatform {
         smp::run_on_timeout(cpu, CALL_TIMEOUT, move || without_interrupts(f)).map_err(|e| match e {
             SmpError::NoSuchCpu(cpu) => PlatformError::NoSuchCpu { cpu },
             SmpError::CallTimeout { cpu } => PlatformError::Timeout { cpu },
-            e => {
-                log::error!("ims: cross-CPU call to CPU {cpu}: {e}");
-                PlatformError::Failed("cross-CPU call failed (logged)")
-            }
+            e => PlatformError::Kernel {
+                what: "cross-CPU call",
+                cause: ims::Cause::new(e),
+            },
         })
     }
 
@@ -496,7 +496,7 @@ pub fn system() -> Result<&'static ImsDomain, ImsUnavailable> {
     ensure();
     match SYSTEM.get() {
         Some(Ok(s)) => Ok(&s.domain),
-        Some(Err(e)) => Err(ImsUnavailable::NoDomain(*e)),
+        Some(Err(e)) => Err(ImsUnavailable::NoDomain(e.clone())),
         None => Err(ImsUnavailable::NotInitialized),
     }
 }
@@ -507,7 +507,7 @@ pub fn device_ims(d: &DsaDevice) -> Result<Arc<DsaIms>, ImsUnavailable> {
     ensure();
     let sys = match SYSTEM.get() {
         Some(Ok(s)) => s,
-        Some(Err(e)) => return Err(ImsUnavailable::NoDomain(*e)),
+        Some(Err(e)) => return Err(ImsUnavailable::NoDomain(e.clone())),
         None => return Err(ImsUnavailable::NotInitialized),
     };
     let drv = d.driver();
