@@ -264,9 +264,12 @@ impl DsaIms {
         dev: &Arc<Device>,
         options: ChipOptions,
     ) -> Result<DsaIms, ImsError> {
-        let storage = Arc::new(
-            DsaImsStorage::new(dev).map_err(|_| ImsError::BadStorage("the device has no IMS"))?,
-        );
+        let storage = Arc::new(DsaImsStorage::new(dev).map_err(|e| {
+            ImsError::Storage(StorageError::Device {
+                what: "the IMS table",
+                cause: ims::Cause::new(e),
+            })
+        })?);
         let chip = domain.register(storage.clone(), options)?;
         hook_recovery(dev, &chip);
         Ok(DsaIms {

@@ -363,6 +363,15 @@ impl fmt::Display for ImsUnavailable {
     }
 }
 
+impl core::error::Error for ImsUnavailable {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::NoDomain(err) | Self::Register { err, .. } => Some(err),
+            Self::NotInitialized | Self::NoTable { .. } => None,
+        }
+    }
+}
+
 struct System {
     domain: ImsDomain,
     /// By DSA index: the chip of the device's current driver instance.
@@ -557,6 +566,17 @@ impl fmt::Display for ClientError {
             Self::Space(e) => write!(f, "{e}"),
             Self::Driver(e) => write!(f, "dsa: {e}"),
             Self::NoSharedWq { dsa } => write!(f, "dsa{dsa} has no usable shared WQ"),
+        }
+    }
+}
+
+impl core::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::Unavailable(e) => Some(e),
+            Self::Ims(e) => Some(e),
+            Self::Driver(e) => Some(e),
+            Self::Space(_) | Self::NoSharedWq { .. } => None,
         }
     }
 }
