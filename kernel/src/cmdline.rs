@@ -132,6 +132,10 @@ pub const IOMMU_IRTES: NumberArg = NumberArg {
     default: 0,
 };
 
+/// What `ims.mode=` accepts: the system IMS domain's mode (`auto`: posted when every
+/// remapping unit has CAP.PI, else shared).
+pub const IMS_MODES: &[&str] = &["auto", "posted", "shared"];
+
 /// Log levels `loglevel=` accepts.
 pub const LOG_LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
 
@@ -172,6 +176,10 @@ pub const ARGS: &[Arg] = &[
     Arg {
         key: "ims.bench",
         kind: ArgKind::Flag,
+    },
+    Arg {
+        key: "ims.mode",
+        kind: ArgKind::Choice(IMS_MODES),
     },
     Arg {
         key: "ktest.list",

@@ -93,6 +93,10 @@ fn bring_up_dsa() -> Result<(), crate::dsa::DsaInitError> {
             log::info!("dsa: {} device(s) up ({})", r.devices, r.origin);
             // Every device's IMS table in the one system-wide shared-vector domain.
             crate::ims::init(crate::dsa::devices());
+            // `ims.mode=posted` on a platform that cannot post fails the run here.
+            if let Err(e) = crate::ims::system_mode() {
+                crate::exit::fail(format_args!("ims.mode: {e}"));
+            }
             match crate::dsa::init_error() {
                 Some(e) => Err(crate::dsa::DsaInitError::Earlier(e.into())),
                 None => Ok(()),

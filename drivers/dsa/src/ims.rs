@@ -1,9 +1,11 @@
-//! DSA as an IMS device (dsa.md §4.3–§4.4): the [`ims::ImsStorage`] implementation over the
-//! device's IMS table, completion sinks over submitters, and submission through a handle.
+//! DSA as an IMS device (Intel DSA Architecture Specification rev 3.0, §9.2.28: the IMS
+//! table): the [`ims::ImsStorage`] implementation over the device's IMS table, completion
+//! sinks over submitters, and submission through a handle.
 //!
 //! * Table: at OFFSETS[63:48] × 0x100 in BAR0, GENCAP[30:25] × 256 entries of 16 bytes
-//!   (both validated by [`Capabilities::read`](crate::Capabilities::read)); reset state is
-//!   masked. Messages must be 0xFEEx_xxxx (the device ignores other address writes, so every
+//!   (both validated by [`Capabilities::read`](crate::Capabilities::read); the entry's
+//!   registers are `dsa_spec::tables::ims`, reached through `Capabilities::ims_table`);
+//!   reset state is masked. Messages must be 0xFEEx_xxxx (the device ignores other address writes, so every
 //!   write is read back).
 //! * Binding: an entry's PASID-enable + PASID make the device refuse (status 0x19, no
 //!   interrupt) any descriptor whose effective PASID differs. Unbinding clears PASID-enable,
@@ -28,10 +30,11 @@ use alloc::sync::Arc;
 use core::sync::atomic::AtomicU64;
 
 use dsa_spec::WqMode;
-use dsa_spec::tables::{IMS_ADDR_RESET, IMS_ENTRY_SIZE, ImsCtrl, ImsEntry};
+use dsa_spec::tables::{IMS_ADDR_RESET, IMS_ENTRY_SIZE, ImsCtrl, ImsEntry, ims as entry};
+use hwio::{Block, Registers, RegistersExt, Table};
 use ims::{
-    Armer, CarvedStorage, ChipOptions, CompletionSink, Delivery, ImsChip, ImsClient, ImsDomain,
-    ImsError, ImsHandle, ImsStorage, MsiMessage, StorageError,
+    Armer, CarvedStorage, ChipOptions, CompletionSink, Delivery, ImsChip, ImsDomain, ImsError,
+    ImsHandle, ImsStorage, MsiMessage, OwnerId, StorageError,
 };
 use log::error;
 
@@ -41,15 +44,10 @@ use crate::ops::{Output, Work};
 use crate::queue::Callback;
 use crate::submit::{Notify, Reaper, Submitter, Token};
 
-/// Offset of the control word in an entry.
-const CTRL: u64 = 0xC;
-/// Offset of the data word in an entry.
-const DATA: u64 = 0x8;
-
-/// One DSA device's IMS table.
+/// One DSA device's IMS table (entries as `dsa_spec::tables::ims` declares them).
 pub struct DsaImsStorage {
     dev: Arc<Device>,
-    base: u64,
+    table: Table,
     entries: u32,
 }
 
@@ -70,7 +68,7 @@ impl DsaImsStorage {
         }
         Ok(DsaImsStorage {
             dev: dev.clone(),
-            base: dev.caps().offsets.ims(),
+            table: dev.caps().ims_table(),
             entries,
         })
     }
@@ -79,44 +77,46 @@ impl DsaImsStorage {
         &self.dev
     }
 
-    fn off(&self, index: u32) -> Result<u64, StorageError> {
-        if index >= self.entries {
-            return Err(StorageError::BadIndex { index });
-        }
-        Ok(self.base + index as u64 * IMS_ENTRY_SIZE)
+    /// Entry `index` as a register block of its own.
+    fn off(&self, index: u32) -> Result<Block<'_, dyn Registers>, StorageError> {
+        let off = self
+            .table
+            .entry(u64::from(index))
+            .ok_or(StorageError::BadIndex { index })?;
+        Ok(self.dev.hw.regs.block(off, IMS_ENTRY_SIZE))
     }
 
     /// The entry as the device holds it (diagnostics, tests).
     pub fn read_entry(&self, index: u32) -> Option<ImsEntry> {
-        let off = self.off(index).ok()?;
-        let r = &*self.dev.hw.regs;
+        let e = self.off(index).ok()?;
         Some(ImsEntry {
-            addr: r.read64(off),
-            data: r.read32(off + DATA),
-            ctrl: ImsCtrl::from_bits_retain(r.read32(off + CTRL)),
+            addr: e.read(entry::ADDR),
+            data: e.read(entry::DATA),
+            ctrl: e.read(entry::CTRL),
         })
     }
 
-    fn ctrl(&self, off: u64) -> ImsCtrl {
-        ImsCtrl::from_bits_retain(self.dev.hw.regs.read32(off + CTRL))
+    fn ctrl(&self, e: &Block<'_, dyn Registers>) -> ImsCtrl {
+        e.read(entry::CTRL)
     }
 
-    fn set_ctrl(&self, off: u64, c: ImsCtrl) {
+    fn set_ctrl(&self, e: &Block<'_, dyn Registers>, c: ImsCtrl) {
         // Pending is read-only; never write it back.
-        self.dev
-            .hw
-            .regs
-            .write32(off + CTRL, (c - ImsCtrl::PENDING).bits());
+        e.write(entry::CTRL, c - ImsCtrl::PENDING);
     }
 
-    fn write_message(&self, index: u32, off: u64, msg: MsiMessage) -> Result<(), StorageError> {
+    fn write_message(
+        &self,
+        index: u32,
+        e: &Block<'_, dyn Registers>,
+        msg: MsiMessage,
+    ) -> Result<(), StorageError> {
         if !ImsEntry::addr_valid(msg.addr) {
             return Err(StorageError::AddressRejected { addr: msg.addr });
         }
-        let r = &*self.dev.hw.regs;
-        r.write64(off, msg.addr);
-        r.write32(off + DATA, msg.data);
-        if r.read64(off) != msg.addr || r.read32(off + DATA) != msg.data {
+        e.write(entry::ADDR, msg.addr);
+        e.write(entry::DATA, msg.data);
+        if e.read(entry::ADDR) != msg.addr || e.read(entry::DATA) != msg.data {
             return Err(StorageError::Readback { index });
         }
         Ok(())
@@ -129,75 +129,73 @@ impl ImsStorage for DsaImsStorage {
     }
 
     fn program(&self, index: u32, msg: MsiMessage, pasid: u32) -> Result<u32, StorageError> {
-        let off = self.off(index)?;
-        self.set_ctrl(off, ImsCtrl::MASK);
-        self.write_message(index, off, msg)?;
+        let e = self.off(index)?;
+        self.set_ctrl(&e, ImsCtrl::MASK);
+        self.write_message(index, &e, msg)?;
         let want = (ImsCtrl::MASK | ImsCtrl::PASID_EN).with_pasid(pasid);
-        self.set_ctrl(off, want);
-        let got = self.ctrl(off) - ImsCtrl::PENDING;
+        self.set_ctrl(&e, want);
+        let got = self.ctrl(&e) - ImsCtrl::PENDING;
         if got != want {
             return Err(StorageError::Readback { index });
         }
         let h = self
             .dev
             .request_int_handle(index as u16, true)
-            .map_err(|e| {
-                error!("dsa{}: IMS entry {index}: {e}", self.dev.index());
-                StorageError::Command("Request Interrupt Handle")
+            .map_err(|e| StorageError::Device {
+                what: "Request Interrupt Handle",
+                cause: ims::Cause::new(e),
             })?;
         Ok(h as u32)
     }
 
     fn set_message(&self, index: u32, msg: MsiMessage) -> Result<(), StorageError> {
-        let off = self.off(index)?;
-        self.write_message(index, off, msg)
+        let e = self.off(index)?;
+        self.write_message(index, &e, msg)
     }
 
     fn set_masked(&self, index: u32, masked: bool) {
-        if let Ok(off) = self.off(index) {
-            let mut c = self.ctrl(off);
+        if let Ok(e) = self.off(index) {
+            let mut c = self.ctrl(&e);
             c.set(ImsCtrl::MASK, masked);
-            self.set_ctrl(off, c);
+            self.set_ctrl(&e, c);
         }
     }
 
     fn pending(&self, index: u32) -> bool {
         self.off(index)
-            .is_ok_and(|off| self.ctrl(off).contains(ImsCtrl::PENDING))
+            .is_ok_and(|e| self.ctrl(&e).contains(ImsCtrl::PENDING))
     }
 
     fn unbind(&self, index: u32) {
-        if let Ok(off) = self.off(index) {
-            self.set_ctrl(off, ImsCtrl::MASK);
+        if let Ok(e) = self.off(index) {
+            self.set_ctrl(&e, ImsCtrl::MASK);
         }
     }
 
     fn quiesce(&self, _index: u32, pasid: u32) -> Result<(), StorageError> {
-        self.dev.drain_pasid(pasid).map_err(|e| {
-            error!(
-                "dsa{}: Drain PASID {pasid:#x} for an IMS release: {e}",
-                self.dev.index()
-            );
-            StorageError::QuiesceFailed("Drain PASID failed")
-        })
+        self.dev
+            .drain_pasid(pasid)
+            .map_err(|e| StorageError::Device {
+                what: "Drain PASID (quiescing an IMS entry)",
+                cause: ims::Cause::new(e),
+            })
     }
 
     fn clear(&self, index: u32) -> Result<(), StorageError> {
-        let off = self.off(index)?;
+        let e = self.off(index)?;
         // Unmask with Ignore set: a pending message is dropped instead of sent.
-        self.set_ctrl(off, ImsCtrl::MASK | ImsCtrl::IGNORE);
-        self.set_ctrl(off, ImsCtrl::IGNORE);
-        self.set_ctrl(off, ImsCtrl::MASK);
-        let r = &*self.dev.hw.regs;
-        r.write64(off, IMS_ADDR_RESET);
-        r.write32(off + DATA, 0);
+        self.set_ctrl(&e, ImsCtrl::MASK | ImsCtrl::IGNORE);
+        self.set_ctrl(&e, ImsCtrl::IGNORE);
+        self.set_ctrl(&e, ImsCtrl::MASK);
+        e.write(entry::ADDR, IMS_ADDR_RESET);
+        e.write(entry::DATA, 0);
         let released = self.dev.release_int_handle(index as u16, true);
-        if self.ctrl(off).contains(ImsCtrl::PENDING) {
+        if self.ctrl(&e).contains(ImsCtrl::PENDING) {
             return Err(StorageError::Readback { index });
         }
-        released.map_err(|e| {
-            error!("dsa{}: IMS entry {index}: {e}", self.dev.index());
-            StorageError::Command("Release Interrupt Handle")
+        released.map_err(|e| StorageError::Device {
+            what: "Release Interrupt Handle",
+            cause: ims::Cause::new(e),
         })
     }
 }
@@ -266,9 +264,12 @@ impl DsaIms {
         dev: &Arc<Device>,
         options: ChipOptions,
     ) -> Result<DsaIms, ImsError> {
-        let storage = Arc::new(
-            DsaImsStorage::new(dev).map_err(|_| ImsError::BadStorage("the device has no IMS"))?,
-        );
+        let storage = Arc::new(DsaImsStorage::new(dev).map_err(|e| {
+            ImsError::Storage(StorageError::Device {
+                what: "the IMS table",
+                cause: ims::Cause::new(e),
+            })
+        })?);
         let chip = domain.register(storage.clone(), options)?;
         hook_recovery(dev, &chip);
         Ok(DsaIms {
@@ -329,7 +330,7 @@ impl DsaIms {
     /// must belong to this device and run with the client's PASID.
     pub fn allocate(
         &self,
-        client: &ImsClient,
+        client: &OwnerId,
         cpu: usize,
         sub: &Submitter,
     ) -> Result<ImsHandle, ImsError> {
@@ -351,7 +352,7 @@ impl DsaIms {
     /// the handle and arm it without further checks.
     pub fn allocate_bound(
         &self,
-        client: &ImsClient,
+        client: &OwnerId,
         cpu: usize,
         sub: &mut Submitter,
     ) -> Result<ImsHandle, ImsError> {

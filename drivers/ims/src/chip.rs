@@ -6,7 +6,7 @@ use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::SeqCst};
 
-use crate::domain::{DomainInner, OWNER_PER_HANDLE, VectorHandler, VectorMode, loc};
+use crate::domain::{DomainInner, HandleLocation, OWNER_PER_HANDLE, VectorHandler, VectorMode};
 use crate::error::ImsError;
 use crate::handle::{Ctl, HandleInner, ImsHandle};
 use crate::platform::MsiMessage;
@@ -20,21 +20,21 @@ const MAX_ENTRIES: u32 = 1 << 16;
 /// PASIDs are 20 bits.
 pub const PASID_LIMIT: u32 = 1 << 20;
 
-/// Who asks for a handle: an identity and the PASID of its address space. The kernel builds
+/// Who owns a handle (formerly `ImsClient`): an identity and the PASID of its address space. The kernel builds
 /// it from the client's own bound PASID, so a handle can only ever be bound to the PASID of
 /// the client that holds it (there is no separate PASID argument to get wrong).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ImsClient {
+pub struct OwnerId {
     id: u64,
     pasid: u32,
 }
 
-impl ImsClient {
-    pub fn new(id: u64, pasid: u32) -> Result<ImsClient, ImsError> {
+impl OwnerId {
+    pub fn new(id: u64, pasid: u32) -> Result<OwnerId, ImsError> {
         if pasid >= PASID_LIMIT {
             return Err(ImsError::BadPasid { pasid });
         }
-        Ok(ImsClient { id, pasid })
+        Ok(OwnerId { id, pasid })
     }
     pub fn id(&self) -> u64 {
         self.id
@@ -220,7 +220,7 @@ impl ChipInner {
 
     fn allocate(
         self: &Arc<Self>,
-        client: &ImsClient,
+        client: &OwnerId,
         cpu: usize,
         sink: Arc<dyn CompletionSink>,
     ) -> Result<ImsHandle, ImsError> {
@@ -233,7 +233,7 @@ impl ChipInner {
         }
         // Cheap early refusal; the insertion on the CPU re-checks exactly.
         let cap = d.config.max_handles_per_cpu;
-        if d.config.mode == VectorMode::Shared && st.handles.load(SeqCst) >= cap {
+        if d.config.mode.one_vector_per_cpu() && st.handles.load(SeqCst) >= cap {
             return Err(ImsError::CpuFull { cpu, capacity: cap });
         }
         let index = self.reserve(client.pasid)?;
@@ -243,8 +243,8 @@ impl ChipInner {
         // Each step undoes the ones before it on failure: a refused allocation leaves no
         // vector, route, entry or quota behind.
         let (vector, own_vector) = match (d.config.mode, st.vector) {
-            (VectorMode::Shared, Some(v)) => (v, false),
-            (VectorMode::Shared, None) => {
+            (VectorMode::Shared | VectorMode::Posted, Some(v)) => (v, false),
+            (VectorMode::Shared | VectorMode::Posted, None) => {
                 self.unreserve(index, pasid, true);
                 return Err(ImsError::BadStorage("shared vector missing"));
             }
@@ -286,6 +286,7 @@ impl ChipInner {
             .map(|w| crate::handle::IdleWord(core::ptr::NonNull::from(w)));
         let h = Arc::new(HandleInner {
             direct,
+            arms: d.config.mode == VectorMode::Shared,
             idle_word,
             idle_mark: AtomicU64::new(0),
             watch: sink
@@ -296,7 +297,7 @@ impl ChipInner {
             pasid,
             client: client.id,
             sink,
-            loc: AtomicU64::new(crate::domain::NOWHERE),
+            loc: AtomicU64::new(HandleLocation::NOWHERE),
             flags: AtomicU8::new(0),
             arming: AtomicU32::new(0),
             dev_handle: AtomicU32::new(dev_handle),
@@ -310,8 +311,21 @@ impl ChipInner {
         });
         let placed = match d.config.mode {
             VectorMode::Shared => d.insert_on(cpu, &h).map(|slot| h.ctl.lock().slot = slot),
+            // The route posts to the slot's descriptor bit before the entry is unmasked.
+            VectorMode::Posted => d.insert_on(cpu, &h).and_then(|slot| {
+                h.ctl.lock().slot = slot;
+                let posted = d.slot_target(cpu, slot).and_then(|(pid, bit)| {
+                    let mut c = h.ctl.lock();
+                    Ok(plat.post_route(&mut c.route, &pid, bit)?)
+                });
+                if posted.is_err() {
+                    let _ = d.remove_on(cpu, slot, &h);
+                }
+                posted
+            }),
             VectorMode::PerHandle => {
-                h.loc.store(loc(cpu, vector as u32), SeqCst);
+                h.loc
+                    .store(HandleLocation::new(cpu, u32::from(vector)).pack(), SeqCst);
                 plat.set_handler(cpu, vector, VectorHandler::direct(d, &h, cpu, vector))
                     .map(|()| {
                         st.vectors.fetch_add(1, SeqCst);
@@ -321,7 +335,7 @@ impl ChipInner {
             }
         };
         if let Err(e) = placed {
-            h.loc.store(crate::domain::NOWHERE, SeqCst);
+            h.loc.store(HandleLocation::NOWHERE, SeqCst);
             let reuse = self.retire_entry(index, pasid);
             plat.free_route(route);
             undo_vector();
@@ -403,7 +417,7 @@ impl ImsChip {
     /// [`ImsError::CpuFull`] — leave nothing allocated and affect no other PASID.
     pub fn allocate(
         &self,
-        client: &ImsClient,
+        client: &OwnerId,
         cpu: usize,
         sink: Arc<dyn CompletionSink>,
     ) -> Result<ImsHandle, ImsError> {
@@ -515,16 +529,7 @@ impl ImsChip {
         let mut n = 0;
         let mut first_err = None;
         for h in live {
-            let deadline = d.platform.now_ns().saturating_add(d.config.call_timeout_ns);
-            let c = loop {
-                if let Some(c) = h.ctl.try_lock() {
-                    break Some(c);
-                }
-                if d.platform.now_ns() >= deadline {
-                    break None;
-                }
-                core::hint::spin_loop();
-            };
+            let c = d.wait_for(|| h.ctl.try_lock());
             let Some(c) = c else {
                 log::error!(
                     "ims: {}: entry {} not restored: its handle stayed locked",

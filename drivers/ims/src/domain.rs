@@ -11,12 +11,15 @@ use crate::chip::{ChipInner, ChipOptions, ImsChip};
 use crate::error::ImsError;
 use crate::handle::HandleInner;
 use crate::platform::ImsPlatform;
+use crate::posted::{CpuPids, PidRef, slot_pid};
 use crate::storage::ImsStorage;
 
 /// Owner name of the one shared vector per CPU (vector reports count by this prefix).
 pub const OWNER_SHARED: &str = "ims-shared";
 /// Owner name of a per-handle vector (comparison mode).
 pub const OWNER_PER_HANDLE: &str = "ims-handle";
+/// Owner name of the one vector per CPU of a posted-mode domain (its descriptors' NV).
+pub const OWNER_POSTED: &str = "ims-posted";
 
 /// How handles get their interrupt vector.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +30,27 @@ pub enum VectorMode {
     /// One vector per handle on its target CPU (the Linux IMS series' model), for comparison:
     /// vector → handle directly, and the vector allocator is the limit.
     PerHandle,
+    /// One vector per CPU as in `Shared`, but each handle's route posts (VT-d posted
+    /// interrupts): it sets the handle's bit in one of the CPU's posted-interrupt descriptors
+    /// (256 handles each, allocated on demand) whose notification is the CPU's vector, and
+    /// the handler delivers to exactly the handles whose bits it takes ([`crate::posted`]).
+    /// Needs [`ImsPlatform::posted_interrupts`].
+    Posted,
+}
+
+impl VectorMode {
+    /// One vector per CPU for every handle (`Shared`, `Posted`).
+    pub fn one_vector_per_cpu(self) -> bool {
+        matches!(self, VectorMode::Shared | VectorMode::Posted)
+    }
+    /// The owner name of the mode's vectors.
+    pub fn owner(self) -> &'static str {
+        match self {
+            VectorMode::Shared => OWNER_SHARED,
+            VectorMode::PerHandle => OWNER_PER_HANDLE,
+            VectorMode::Posted => OWNER_POSTED,
+        }
+    }
 }
 
 /// Domain policy.
@@ -67,8 +91,10 @@ pub struct DemuxStats {
     pub empty_polls: u64,
     /// Completions delivered by the handler.
     pub completions: u64,
-    /// Bitmap words the scans read (summary + slot words).
+    /// Bitmap words the scans read (summary + slot words; posted mode: PIR words read).
     pub words_scanned: u64,
+    /// Posted mode: descriptors looked at (one control-word load each).
+    pub pids_scanned: u64,
     /// Sum of [`ImsPlatform::cycles`] deltas over handler runs.
     pub cycles: u64,
 }
@@ -91,6 +117,7 @@ struct Counters {
     empty_polls: AtomicU64,
     completions: AtomicU64,
     words_scanned: AtomicU64,
+    pids_scanned: AtomicU64,
     cycles: AtomicU64,
 }
 
@@ -109,6 +136,7 @@ impl Counters {
             empty_polls: l(&self.empty_polls),
             completions: l(&self.completions),
             words_scanned: l(&self.words_scanned),
+            pids_scanned: l(&self.pids_scanned),
             cycles: l(&self.cycles),
         }
     }
@@ -120,6 +148,7 @@ impl Counters {
             &self.empty_polls,
             &self.completions,
             &self.words_scanned,
+            &self.pids_scanned,
             &self.cycles,
         ] {
             a.store(0, Ordering::Relaxed);
@@ -129,11 +158,12 @@ impl Counters {
     #[inline(always)]
     fn add(&self, d: &Demux, spent: u64) {
         bump(&self.interrupts, 1);
-        bump(&self.spurious, (d.delivered == 0) as u64);
-        bump(&self.polls, d.polled as u64);
-        bump(&self.empty_polls, d.empty_polls as u64);
-        bump(&self.completions, d.delivered as u64);
-        bump(&self.words_scanned, d.words_scanned as u64);
+        bump(&self.spurious, u64::from(d.delivered == 0));
+        bump(&self.polls, u64::from(d.polled));
+        bump(&self.empty_polls, u64::from(d.empty_polls));
+        bump(&self.completions, u64::from(d.delivered));
+        bump(&self.words_scanned, u64::from(d.words_scanned));
+        bump(&self.pids_scanned, u64::from(d.pids_scanned));
         bump(&self.cycles, spent);
     }
 }
@@ -145,6 +175,7 @@ pub struct Demux {
     pub empty_polls: u32,
     pub delivered: u32,
     pub words_scanned: u32,
+    pub pids_scanned: u32,
 }
 
 /// The handles of one CPU, indexed by slot. Touched only with interrupts disabled on the
@@ -154,6 +185,9 @@ pub(crate) struct CpuTable {
     pub slots: Vec<Option<Arc<HandleInner>>>,
     free: Vec<u32>,
     pub live: u32,
+    /// Posted mode: the CPU's descriptors as the handler walks them (a plain copy of
+    /// `CpuState::pids`, extended on the CPU before a route posts to a new descriptor).
+    pub pids: Vec<PidRef>,
 }
 
 impl CpuTable {
@@ -191,9 +225,13 @@ impl CpuTable {
 /// Cache-line aligned: each CPU's handler writes its own counters and lock word only.
 #[repr(align(64))]
 pub(crate) struct CpuState {
-    /// The shared vector (Shared mode).
+    /// The CPU's one vector (Shared and Posted modes).
     pub vector: Option<u8>,
     pub armed: ArmedSet,
+    /// Posted mode: the CPU's descriptors (slot s ↔ descriptor s / 256, bit s % 256).
+    pub pids: CpuPids,
+    /// Descriptors copied into the table's handler list.
+    pub pids_in_table: AtomicU32,
     pub table: spin::Mutex<CpuTable>,
     /// Vectors the domain holds on this CPU.
     pub vectors: AtomicU32,
@@ -202,11 +240,34 @@ pub(crate) struct CpuState {
     counters: Counters,
 }
 
+impl CpuState {
+    /// A slot left the CPU (on the CPU): its armed bit, or in posted mode its descriptor
+    /// bit, is cleared so that the slot's next owner starts clean.
+    pub fn clear_slot(&self, slot: u32) {
+        self.armed.clear(slot);
+        let (i, bit) = slot_pid(slot);
+        if let Some(pid) = self.pids.get(i) {
+            pid.clear_bit(bit);
+        }
+    }
+}
+
 pub(crate) struct DomainInner {
     pub platform: Arc<dyn ImsPlatform>,
+    /// [`ImsPlatform::cycles_are_tsc`], read once: the handler reads the TSC inline.
+    tsc: bool,
     pub config: DomainConfig,
     pub cpus: Box<[CpuState]>,
     pub next_chip: AtomicU64,
+}
+
+/// The platform's clock as the bounded wait's (`hwio::wait_until`).
+struct PlatformClock<'a>(&'a dyn ImsPlatform);
+
+impl hwio::Clock for PlatformClock<'_> {
+    fn now_ns(&self) -> u64 {
+        self.0.now_ns()
+    }
 }
 
 /// Runs a demultiplexing pass when the platform calls it (see [`ImsPlatform::set_handler`]).
@@ -218,6 +279,10 @@ pub struct VectorHandler {
 #[derive(Clone)]
 enum HandlerKind {
     Shared {
+        domain: Arc<DomainInner>,
+        cpu: usize,
+    },
+    Posted {
         domain: Arc<DomainInner>,
         cpu: usize,
     },
@@ -233,6 +298,7 @@ impl core::fmt::Debug for VectorHandler {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match &self.kind {
             HandlerKind::Shared { cpu, .. } => write!(f, "VectorHandler(shared, cpu {cpu})"),
+            HandlerKind::Posted { cpu, .. } => write!(f, "VectorHandler(posted, cpu {cpu})"),
             HandlerKind::Direct {
                 cpu,
                 vector,
@@ -268,6 +334,7 @@ impl VectorHandler {
     pub fn run(&self) -> Demux {
         match &self.kind {
             HandlerKind::Shared { domain, cpu } => domain.demux_shared(*cpu),
+            HandlerKind::Posted { domain, cpu } => domain.demux_posted(*cpu),
             HandlerKind::Direct {
                 domain,
                 handle,
@@ -282,8 +349,11 @@ impl VectorHandler {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuReport {
     pub cpu: usize,
-    /// Vectors the domain holds on this CPU (Shared mode: 1, PerHandle: one per handle).
+    /// Vectors the domain holds on this CPU (Shared and Posted modes: 1, PerHandle: one per
+    /// handle).
     pub vectors: u32,
+    /// Posted-interrupt descriptors of this CPU (Posted mode).
+    pub pids: u32,
     /// Live handles targeting this CPU.
     pub handles: u32,
     /// Armed handle slots right now.
@@ -291,13 +361,34 @@ pub struct CpuReport {
     pub stats: DemuxStats,
 }
 
-/// Location word of a handle: CPU in the high half, slot (Shared) or vector (PerHandle) low.
-pub(crate) const NOWHERE: u64 = u64::MAX;
-pub(crate) fn loc(cpu: usize, low: u32) -> u64 {
-    (cpu as u64) << 32 | low as u64
+/// Where a handle is: its CPU and, in the one-vector modes, its slot there (armed bit, or
+/// posted-descriptor bit), per handle its vector. Kept packed in one atomic word (CPU in the
+/// high half), [`HandleLocation::NOWHERE`] once released.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HandleLocation {
+    pub cpu: usize,
+    /// Slot (Shared, Posted) or vector (PerHandle).
+    pub low: u32,
 }
-pub(crate) fn unloc(l: u64) -> Option<(usize, u32)> {
-    (l != NOWHERE).then_some(((l >> 32) as usize, l as u32))
+
+impl HandleLocation {
+    /// The packed word of no location.
+    pub const NOWHERE: u64 = u64::MAX;
+
+    pub fn new(cpu: usize, low: u32) -> HandleLocation {
+        HandleLocation { cpu, low }
+    }
+    /// The location as one word.
+    pub fn pack(self) -> u64 {
+        (self.cpu as u64) << 32 | u64::from(self.low)
+    }
+    /// The location of a packed word (None: [`HandleLocation::NOWHERE`]).
+    pub fn unpack(word: u64) -> Option<HandleLocation> {
+        (word != Self::NOWHERE).then_some(HandleLocation {
+            cpu: (word >> 32) as usize,
+            low: word as u32,
+        })
+    }
 }
 
 const CALL_IDLE: u8 = 0;
@@ -311,6 +402,19 @@ struct Call<R> {
 }
 
 impl DomainInner {
+    /// The platform's cycle counter: its plain function when it has one (no dynamic call
+    /// on the interrupt path), else [`ImsPlatform::cycles`].
+    #[inline(always)]
+    fn cycles(&self) -> u64 {
+        #[cfg(target_arch = "x86_64")]
+        if self.tsc {
+            // SAFETY: RDTSC reads a counter and has no memory effects; the platform said
+            // its cycle counter is the TSC (so nothing disabled it with CR4.TSD).
+            return unsafe { core::arch::x86_64::_rdtsc() };
+        }
+        self.platform.cycles()
+    }
+
     /// Runs `f` on `cpu` (interrupts disabled there) and returns its result. Either `f` ran to
     /// completion, or it never will: a call the platform timed out is cancelled unless it
     /// already started, in which case it is waited for.
@@ -358,19 +462,19 @@ impl DomainInner {
 
     /// Spins (bounded by the call timeout) until `done` holds.
     pub fn wait_until(&self, what: &'static str, done: impl Fn() -> bool) -> Result<(), ImsError> {
-        let deadline = self
-            .platform
-            .now_ns()
-            .saturating_add(self.config.call_timeout_ns);
-        loop {
-            if done() {
-                return Ok(());
-            }
-            if self.platform.now_ns() >= deadline {
-                return Err(ImsError::Timeout(what));
-            }
-            core::hint::spin_loop();
-        }
+        self.wait_for(|| done().then_some(()))
+            .ok_or(ImsError::Timeout(what))
+    }
+
+    /// `poll`'s first `Some` within the call timeout (`hwio::wait_until` on the platform's
+    /// clock), or None.
+    pub fn wait_for<T>(&self, poll: impl FnMut() -> Option<T>) -> Option<T> {
+        hwio::wait_until(
+            &PlatformClock(&*self.platform),
+            self.config.call_timeout_ns,
+            poll,
+        )
+        .ok()
     }
 
     pub fn cpu(&self, cpu: usize) -> Result<&CpuState, ImsError> {
@@ -387,7 +491,7 @@ impl DomainInner {
         let slot = self.on_cpu(cpu, move || {
             let st = &d.cpus[cpu];
             let slot = st.table.lock().insert(h2.clone(), cap)?;
-            h2.loc.store(loc(cpu, slot), SeqCst);
+            h2.loc.store(HandleLocation::new(cpu, slot).pack(), SeqCst);
             Some(slot)
         })?;
         let slot = slot.ok_or(ImsError::CpuFull { cpu, capacity: cap })?;
@@ -408,7 +512,7 @@ impl DomainInner {
             let st = &d.cpus[cpu];
             let r = st.table.lock().remove(slot, &h2);
             if r {
-                st.armed.clear(slot);
+                st.clear_slot(slot);
             }
             r
         })?;
@@ -427,8 +531,8 @@ impl DomainInner {
             // Held like the handler holds it, so no demultiplexing pass of this CPU runs
             // concurrently (matters in host fakes; on hardware interrupts are off anyway).
             let _t = st.table.lock();
-            let slot = match (d.config.mode, unloc(h2.loc.load(SeqCst))) {
-                (VectorMode::Shared, Some((c, slot))) if c == cpu => Some(slot),
+            let slot = match (d.config.mode, HandleLocation::unpack(h2.loc.load(SeqCst))) {
+                (VectorMode::Shared, Some(l)) if l.cpu == cpu => Some(l.low),
                 _ => None,
             };
             if let Some(slot) = slot
@@ -453,6 +557,38 @@ impl DomainInner {
         })
     }
 
+    /// Posted mode: the (descriptor, bit) of `slot` on `cpu`, allocating the CPU's
+    /// descriptors up to it (control path, thread context).
+    pub fn slot_target(self: &Arc<Self>, cpu: usize, slot: u32) -> Result<(PidRef, u8), ImsError> {
+        let st = self.cpu(cpu)?;
+        let vector = st
+            .vector
+            .ok_or(ImsError::BadStorage("shared vector missing"))?;
+        let (i, bit) = slot_pid(slot);
+        let pid = st
+            .pids
+            .ensure(i, || self.platform.alloc_pid(cpu, vector))
+            .ok_or(ImsError::CpuFull {
+                cpu,
+                capacity: self.config.max_handles_per_cpu,
+            })??;
+        if i as u32 >= st.pids_in_table.load(SeqCst) {
+            // The handler walks the table's copy: extend it (on the CPU, under its lock)
+            // before any route posts to the new descriptor.
+            let d = self.clone();
+            let n = self.on_cpu(cpu, move || {
+                let st = &d.cpus[cpu];
+                let mut t = st.table.lock();
+                while let Some(p) = st.pids.get(t.pids.len()) {
+                    t.pids.push(*p);
+                }
+                t.pids.len() as u32
+            })?;
+            st.pids_in_table.fetch_max(n, SeqCst);
+        }
+        Ok((pid, bit))
+    }
+
     /// A no-op on `cpu`: when it returns, any handler pass that was running there finished.
     pub fn barrier(&self, cpu: usize) -> Result<(), ImsError> {
         self.on_cpu(cpu, || ())
@@ -465,7 +601,7 @@ impl DomainInner {
         let Some(st) = self.cpus.get(cpu) else {
             return d;
         };
-        let t0 = self.platform.cycles();
+        let t0 = self.cycles();
         let table = st.table.lock();
         let slots: &[Option<Arc<HandleInner>>] = &table.slots;
         let cost = st.armed.scan(|slot| match slots.get(slot as usize) {
@@ -476,7 +612,7 @@ impl DomainInner {
             }
         });
         d.words_scanned = cost.summary_words + cost.words;
-        let spent = self.platform.cycles().wrapping_sub(t0);
+        let spent = self.cycles().wrapping_sub(t0);
         st.counters.add(&d, spent);
         drop(table);
         d
@@ -515,7 +651,8 @@ impl DomainInner {
         }
         match r.idle {
             Some((_, value)) if h.idle_word.is_some() => {
-                h.idle_mark.store(1 << 32 | value as u64, Ordering::Relaxed);
+                h.idle_mark
+                    .store(1 << 32 | u64::from(value), Ordering::Relaxed);
             }
             _ => h.idle_mark.store(0, Ordering::Relaxed),
         }
@@ -560,22 +697,67 @@ impl DomainInner {
         }
     }
 
+    /// The posted-mode handler: for each of the CPU's descriptors with ON set, clear ON, take
+    /// its PIR words and deliver to the handles whose bits were set (see [`crate::posted`]
+    /// for why nothing is lost or delivered twice). No armed set is scanned.
+    fn demux_posted(&self, cpu: usize) -> Demux {
+        let mut d = Demux::default();
+        let Some(st) = self.cpus.get(cpu) else {
+            return d;
+        };
+        let t0 = self.cycles();
+        let table = st.table.lock();
+        let slots: &[Option<Arc<HandleInner>>] = &table.slots;
+        let mut base = 0;
+        for pid in table.pids.iter() {
+            d.pids_scanned += 1;
+            d.words_scanned += pid.harvest(|bit| {
+                // An empty slot: a late post of a handle that left (its completion is
+                // re-polled where the handle went).
+                if let Some(Some(h)) = slots.get((base + bit) as usize) {
+                    Self::deliver_posted(h, &mut d);
+                }
+            });
+            base += crate::posted::SLOTS_PER_PID;
+        }
+        let spent = self.cycles().wrapping_sub(t0);
+        st.counters.add(&d, spent);
+        drop(table);
+        d
+    }
+
+    /// Delivery for one handle a posted descriptor named: one call of its sink.
+    #[inline(always)]
+    fn deliver_posted(h: &HandleInner, d: &mut Demux) {
+        if h.blocked() {
+            // Masked or being released: unmask re-polls, release delivers one last time.
+            return;
+        }
+        // `poll`, not `deliver`: nothing here needs the sink's idle report (the handle is
+        // never disarmed; the next post names it again).
+        let n = h.sink.poll(&h.delivered);
+        d.polled += 1;
+        d.delivered += n;
+        d.empty_polls += u32::from(n == 0);
+    }
+
     /// A per-handle vector's handler: the vector names the handle.
     fn demux_direct(&self, h: &Arc<HandleInner>, cpu: usize, vector: u8) -> Demux {
         let mut d = Demux::default();
         let Some(st) = self.cpus.get(cpu) else {
             return d;
         };
-        let t0 = self.platform.cycles();
+        let t0 = self.cycles();
         let t = st.table.lock();
         // A vector left behind by a retarget or release: the handle lives elsewhere now.
-        if h.loc.load(SeqCst) == loc(cpu, vector as u32) && !h.blocked() {
+        if h.loc.load(SeqCst) == HandleLocation::new(cpu, u32::from(vector)).pack() && !h.blocked()
+        {
             let n = h.sink.poll(&h.delivered);
             d.polled = 1;
             d.delivered = n;
-            d.empty_polls = (n == 0) as u32;
+            d.empty_polls = u32::from(n == 0);
         }
-        let spent = self.platform.cycles().wrapping_sub(t0);
+        let spent = self.cycles().wrapping_sub(t0);
         st.counters.add(&d, spent);
         drop(t);
         d
@@ -613,10 +795,13 @@ impl ImsDomain {
                 "max_handles_per_cpu must be in 1..=2^24",
             ));
         }
+        if config.mode == VectorMode::Posted && !platform.posted_interrupts() {
+            return Err(ImsError::PostedUnsupported);
+        }
         let mut vectors = Vec::with_capacity(n);
-        if config.mode == VectorMode::Shared {
+        if config.mode.one_vector_per_cpu() {
             for cpu in 0..n {
-                match platform.alloc_vector(cpu, OWNER_SHARED) {
+                match platform.alloc_vector(cpu, config.mode.owner()) {
                     Ok(v) => vectors.push(Some(v)),
                     Err(e) => {
                         for (c, v) in vectors.iter().enumerate() {
@@ -634,32 +819,44 @@ impl ImsDomain {
         let cpus: Vec<CpuState> = (0..n)
             .map(|cpu| CpuState {
                 vector: vectors[cpu],
-                armed: ArmedSet::new(config.max_handles_per_cpu),
+                armed: ArmedSet::new(if config.mode == VectorMode::Shared {
+                    config.max_handles_per_cpu
+                } else {
+                    1
+                }),
+                pids: CpuPids::new(if config.mode == VectorMode::Posted {
+                    config.max_handles_per_cpu
+                } else {
+                    0
+                }),
                 table: spin::Mutex::new(CpuTable {
                     slots: Vec::new(),
                     free: Vec::new(),
                     live: 0,
+                    pids: Vec::new(),
                 }),
-                vectors: AtomicU32::new(vectors[cpu].is_some() as u32),
+                pids_in_table: AtomicU32::new(0),
+                vectors: AtomicU32::new(u32::from(vectors[cpu].is_some())),
                 handles: AtomicU32::new(0),
                 counters: Counters::default(),
             })
             .collect();
         let inner = Arc::new(DomainInner {
+            tsc: platform.cycles_are_tsc(),
             platform: platform.clone(),
             config,
             cpus: cpus.into_boxed_slice(),
             next_chip: AtomicU64::new(1),
         });
-        if config.mode == VectorMode::Shared {
+        if config.mode.one_vector_per_cpu() {
             let shared: Vec<u8> = vectors.iter().map(|v| v.unwrap_or_default()).collect();
             for (cpu, &v) in shared.iter().enumerate() {
-                let h = VectorHandler {
-                    kind: HandlerKind::Shared {
-                        domain: inner.clone(),
-                        cpu,
-                    },
+                let domain = inner.clone();
+                let kind = match config.mode {
+                    VectorMode::Posted => HandlerKind::Posted { domain, cpu },
+                    _ => HandlerKind::Shared { domain, cpu },
                 };
+                let h = VectorHandler { kind };
                 if let Err(e) = platform.set_handler(cpu, v, h) {
                     for (c, &v) in shared.iter().enumerate() {
                         if c < cpu {
@@ -670,7 +867,12 @@ impl ImsDomain {
                     return Err(e.into());
                 }
             }
-            log::info!("ims: shared mode, one vector per CPU on {n} CPU(s)");
+            match config.mode {
+                VectorMode::Posted => log::info!(
+                    "ims: posted mode, one vector per CPU on {n} CPU(s), descriptors of 256 handles allocated on demand"
+                ),
+                _ => log::info!("ims: shared mode, one vector per CPU on {n} CPU(s)"),
+            }
         } else {
             log::info!("ims: per-handle-vector mode on {n} CPU(s)");
         }
@@ -685,7 +887,12 @@ impl ImsDomain {
         self.inner.cpus.len()
     }
 
-    /// The shared vector of `cpu` (Shared mode).
+    /// The owner name of the domain's vectors.
+    pub fn owner(&self) -> &'static str {
+        self.inner.config.mode.owner()
+    }
+
+    /// The one vector of `cpu` (Shared and Posted modes).
     pub fn shared_vector(&self, cpu: usize) -> Option<u8> {
         self.inner.cpus.get(cpu).and_then(|c| c.vector)
     }
@@ -706,6 +913,7 @@ impl ImsDomain {
             cpu,
             vectors: c.vectors.load(SeqCst),
             handles: c.handles.load(SeqCst),
+            pids: c.pids.count(),
             armed: c.armed.count(),
             stats: c.counters.snapshot(),
         })

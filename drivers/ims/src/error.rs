@@ -1,12 +1,49 @@
 //! Errors of the irqchip. Every allocation failure leaves nothing behind: no vector, no IMS
 //! entry, no route, no quota.
 
+use alloc::sync::Arc;
 use core::fmt;
 
 use crate::platform::PlatformError;
 use crate::storage::StorageError;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A lower layer's error kept whole (with its own `source()` chain): what the device driver
+/// or the kernel reported under a [`StorageError`] or [`PlatformError`]. Two causes are
+/// equal when they are the same report.
+#[derive(Clone)]
+pub struct Cause(Arc<dyn core::error::Error + Send + Sync>);
+
+impl Cause {
+    pub fn new(e: impl core::error::Error + Send + Sync + 'static) -> Cause {
+        Cause(Arc::new(e))
+    }
+    /// The error itself.
+    pub fn error(&self) -> &(dyn core::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
+impl fmt::Debug for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl PartialEq for Cause {
+    fn eq(&self, other: &Cause) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Cause {}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ImsError {
     /// The CPU index is outside `0..cpus`.
     NoSuchCpu {
@@ -38,6 +75,9 @@ pub enum ImsError {
     },
     /// The handle was released (arming after release).
     Released,
+    /// Posted mode was asked for, but the platform cannot post (no VT-d CAP.PI on every
+    /// remapping unit, or no interrupt remapping at all).
+    PostedUnsupported,
     /// The storage reports an unusable table.
     BadStorage(&'static str),
     /// The completion source does not match the device or the client's PASID.
@@ -87,11 +127,25 @@ impl fmt::Display for ImsError {
                 )
             }
             ImsError::Released => write!(f, "the IMS handle was released"),
+            ImsError::PostedUnsupported => write!(
+                f,
+                "posted interrupts are not available (every remapping unit needs VT-d CAP.PI)"
+            ),
             ImsError::BadStorage(why) => write!(f, "unusable IMS storage: {why}"),
             ImsError::Mismatch(why) => write!(f, "mismatch: {why}"),
             ImsError::Timeout(what) => write!(f, "timed out: {what}"),
             ImsError::Platform(e) => write!(f, "{e}"),
             ImsError::Storage(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl core::error::Error for ImsError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            ImsError::Platform(e) => Some(e),
+            ImsError::Storage(e) => Some(e),
+            _ => None,
         }
     }
 }

@@ -5,7 +5,7 @@ use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering, Ordering::SeqCst};
 
 use crate::chip::ChipInner;
-use crate::domain::{NOWHERE, VectorHandler, VectorMode, loc, unloc};
+use crate::domain::{HandleLocation, VectorHandler, VectorMode};
 use crate::error::ImsError;
 use crate::platform::Route;
 use crate::sink::CompletionSink;
@@ -47,6 +47,9 @@ pub(crate) struct HandleInner {
     pub flags: AtomicU8,
     /// The sink delivers directly ([`CompletionSink::delivers_directly`]).
     pub direct: bool,
+    /// Arming sets a bit in the CPU's armed set (shared mode only: posted mode needs no
+    /// arming, the IOMMU names the handle; per-handle vectors name it too).
+    pub arms: bool,
     /// The sink's [`CompletionSink::idle_word`] (kept alive by `sink`), and the value it
     /// had when the sink last reported idle (bit 32 set: valid).
     pub idle_word: Option<IdleWord>,
@@ -56,7 +59,7 @@ pub(crate) struct HandleInner {
     pub pasid: u32,
     pub client: u64,
     pub sink: Arc<dyn CompletionSink>,
-    /// Where arming sets its bit: `loc(cpu, slot)` (Shared) or `loc(cpu, vector)`.
+    /// Where the handle is: a packed [`HandleLocation`] (CPU and slot, or CPU and vector).
     pub loc: AtomicU64,
     /// What descriptors carry to name the entry.
     pub dev_handle: AtomicU32,
@@ -113,14 +116,21 @@ impl HandleInner {
         if self.flags.load(SeqCst) & DEAD != 0 {
             return Err(ImsError::Released);
         }
-        let d = &self.chip.domain;
-        if d.config.mode == VectorMode::Shared
-            && let Some((cpu, slot)) = unloc(self.loc.load(SeqCst))
-            && let Some(st) = d.cpus.get(cpu)
-        {
-            st.armed.set(slot);
+        if self.arms {
+            self.set_armed();
         }
         Ok(guard)
+    }
+
+    /// Sets the handle's bit in its CPU's armed set (shared mode).
+    #[inline]
+    fn set_armed(&self) {
+        let d = &self.chip.domain;
+        if let Some(l) = HandleLocation::unpack(self.loc.load(SeqCst))
+            && let Some(st) = d.cpus.get(l.cpu)
+        {
+            st.armed.set(l.low);
+        }
     }
 
     /// Sets the armed bit of a submission its sink already counts (see
@@ -130,12 +140,8 @@ impl HandleInner {
         if self.flags.load(SeqCst) & DEAD != 0 {
             return Err(ImsError::Released);
         }
-        let d = &self.chip.domain;
-        if d.config.mode == VectorMode::Shared
-            && let Some((cpu, slot)) = unloc(self.loc.load(SeqCst))
-            && let Some(st) = d.cpus.get(cpu)
-        {
-            st.armed.set(slot);
+        if self.arms {
+            self.set_armed();
         }
         Ok(())
     }
@@ -216,6 +222,22 @@ impl Armer {
     pub fn is_released(&self) -> bool {
         self.h.flags.load(SeqCst) & DEAD != 0
     }
+    /// Posted mode: whether a post for the handle waits in its descriptor (its PIR bit is
+    /// set; the handler has not taken it yet). False in the other modes. For the benchmark,
+    /// which waits for its posts before it opens the measuring window.
+    pub fn post_pending(&self) -> bool {
+        let d = &self.h.chip.domain;
+        if d.config.mode != VectorMode::Posted {
+            return false;
+        }
+        HandleLocation::unpack(self.h.loc.load(SeqCst)).is_some_and(|l| {
+            let (i, bit) = crate::posted::slot_pid(l.low);
+            d.cpus
+                .get(l.cpu)
+                .and_then(|c| c.pids.get(i))
+                .is_some_and(|p| p.bit(bit))
+        })
+    }
 }
 
 /// An IMS interrupt handle: one entry of one device, bound to one PASID and one target CPU,
@@ -283,9 +305,9 @@ impl ImsHandle {
     /// True if the handle is armed on its CPU now (diagnostics).
     pub fn is_armed(&self) -> bool {
         let d = &self.h.chip.domain;
-        match unloc(self.h.loc.load(SeqCst)) {
-            Some((cpu, slot)) if d.config.mode == VectorMode::Shared => {
-                d.cpus.get(cpu).is_some_and(|c| c.armed.is_set(slot))
+        match HandleLocation::unpack(self.h.loc.load(SeqCst)) {
+            Some(l) if d.config.mode == VectorMode::Shared => {
+                d.cpus.get(l.cpu).is_some_and(|c| c.armed.is_set(l.low))
             }
             _ => false,
         }
@@ -351,7 +373,7 @@ impl ImsHandle {
         let mode = d.config.mode;
         // 1. Join the new CPU (location moves there; arming goes there from now on).
         let (new_vector, new_slot) = match mode {
-            VectorMode::Shared => {
+            VectorMode::Shared | VectorMode::Posted => {
                 let v = new_st
                     .vector
                     .ok_or(ImsError::BadStorage("shared vector missing"))?;
@@ -365,20 +387,25 @@ impl ImsHandle {
                 }
                 new_st.vectors.fetch_add(1, SeqCst);
                 new_st.handles.fetch_add(1, SeqCst);
-                h.loc.store(loc(cpu, v as u32), SeqCst);
+                h.loc
+                    .store(HandleLocation::new(cpu, u32::from(v)).pack(), SeqCst);
                 (v, 0)
             }
         };
         let undo_join = || {
             match mode {
-                VectorMode::Shared => {
-                    h.loc.store(loc(old_cpu, old_slot), SeqCst);
+                VectorMode::Shared | VectorMode::Posted => {
+                    h.loc
+                        .store(HandleLocation::new(old_cpu, old_slot).pack(), SeqCst);
                     if let Err(e) = d.remove_on(cpu, new_slot, &h) {
                         log::error!("ims: entry {}: undoing a retarget: {e}", h.index);
                     }
                 }
                 VectorMode::PerHandle => {
-                    h.loc.store(loc(old_cpu, old_vector as u32), SeqCst);
+                    h.loc.store(
+                        HandleLocation::new(old_cpu, u32::from(old_vector)).pack(),
+                        SeqCst,
+                    );
                     plat.clear_handler(cpu, new_vector);
                     plat.free_vector(cpu, new_vector);
                     new_st.vectors.fetch_sub(1, SeqCst);
@@ -388,11 +415,20 @@ impl ImsHandle {
             // Whatever completed meanwhile is still delivered on the old CPU.
             let _ = d.repoll_on(old_cpu, &h);
         };
-        // 2. Route the messages there.
+        // 2. Route the messages there (posted: to the new slot's descriptor bit; the old
+        // CPU clears the old bit when the handle leaves it in step 3).
         let mut route = old_route;
-        if let Err(e) = plat.retarget_route(&mut route, cpu, new_vector) {
+        let routed = match mode {
+            VectorMode::Posted => d
+                .slot_target(cpu, new_slot)
+                .and_then(|(pid, bit)| Ok(plat.post_route(&mut route, &pid, bit)?)),
+            _ => plat
+                .retarget_route(&mut route, cpu, new_vector)
+                .map_err(ImsError::from),
+        };
+        if let Err(e) = routed {
             undo_join();
-            return Err(e.into());
+            return Err(e);
         }
         let written = {
             // The entry write and the new route together under `ctl`: a concurrent restore
@@ -432,7 +468,7 @@ impl ImsHandle {
         // 3. Leave the old CPU, on the old CPU (its handler is not running this handle after).
         let old_st = &d.cpus[old_cpu];
         let left = match mode {
-            VectorMode::Shared => d.remove_on(old_cpu, old_slot, &h),
+            VectorMode::Shared | VectorMode::Posted => d.remove_on(old_cpu, old_slot, &h),
             VectorMode::PerHandle => {
                 let r = d.barrier(old_cpu);
                 plat.clear_handler(old_cpu, old_vector);
@@ -529,17 +565,17 @@ fn release(h: &Arc<HandleInner>) -> Result<(), ImsError> {
         let st = &d2.cpus[cpu];
         let mut t = st.table.lock();
         h2.sink.poll(&h2.delivered);
-        if mode == VectorMode::Shared {
+        if mode.one_vector_per_cpu() {
             let r = t.remove(slot, &h2);
             if r {
-                st.armed.clear(slot);
+                st.clear_slot(slot);
             }
             r
         } else {
             false
         }
     });
-    h.loc.store(NOWHERE, SeqCst);
+    h.loc.store(HandleLocation::NOWHERE, SeqCst);
     let st = &d.cpus[cpu];
     match left {
         Ok(removed) => {

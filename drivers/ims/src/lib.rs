@@ -1,4 +1,5 @@
-//! Generic IMS irqchip: one shared vector per CPU, per-handle demultiplexing, per-PASID quotas.
+//! Generic IMS irqchip: one vector per CPU (posted interrupts naming the handle, or a shared
+//! vector demultiplexed in software), per-PASID quotas.
 //!
 //! # The problem
 //!
@@ -36,6 +37,14 @@
 //! never changes while the handle lives (retargeting rewrites the IRTE). Without remapping
 //! the entry holds a compatibility-format message and retargeting rewrites it (masked).
 //!
+//! [`VectorMode::Posted`] keeps the one vector per CPU and lets the IOMMU name the handle
+//! (VT-d posted interrupts; see [`posted`]): each CPU has posted-interrupt descriptors
+//! (PIDs) of 256 handle slots, allocated on demand, whose notification vector is the CPU's
+//! vector; a handle's route is a posted-format IRTE (same source-ID check) that sets its
+//! (PID, bit); the handler clears each PID's ON, takes its PIR words with `xchg` and calls
+//! exactly the named handles — no armed set, no scan, and arming is unnecessary. It is the
+//! kernel's default when every remapping unit reports CAP.PI ([`ImsPlatform::posted_interrupts`]).
+//!
 //! [`VectorMode::PerHandle`] is the comparison mode of the Linux IMS series: one vector per
 //! handle on its target CPU, vector → handle directly, same API. It runs out exactly where
 //! the vector allocator does and reports [`ImsError::VectorsExhausted`] cleanly. Both modes
@@ -43,7 +52,7 @@
 //! table as a [`CarvedStorage`] to register with another domain (the owner names of their
 //! vectors, [`OWNER_SHARED`] and [`OWNER_PER_HANDLE`], keep them apart in vector reports).
 //!
-//! # Demultiplexing
+//! # Demultiplexing (shared mode)
 //!
 //! The interrupt carries only the vector, so what completed must be read from memory the
 //! device wrote (completion records). Each CPU has an **armed set**: a two-level atomic
@@ -99,8 +108,8 @@
 //! [`ImsDomain::stats`] exposes interrupts, polls, empty polls, completions, words scanned
 //! and platform cycles so that the kernel benchmark measures cycles (instructions under
 //! `-icount`) per delivered completion at 1, 16, 256 and 2048 armed handles.
-//! (Posted-interrupt descriptors would let the IOMMU name the handle and make the cost
-//! proportional to `C` alone; QEMU's VT-d does not implement them.)
+//! Posted mode ([`posted`]) makes the cost proportional to `C` (plus one control-word load
+//! per descriptor of the CPU): the IOMMU names the handles.
 //!
 //! # Concurrency
 //!
@@ -132,7 +141,9 @@
 //!   callback runs. Unmask lets the entry send its pending message and re-polls the handle
 //!   on its CPU, which also covers completions whose interrupt arrived while masked.
 //! * **retarget**: join the new CPU's set and move the location (arming goes there), rewrite
-//!   the route, leave the old CPU's set on the old CPU, re-poll on the new CPU. A completion
+//!   the route (posted mode: to a (PID, bit) of the new CPU, one atomic 128-bit IRTE update
+//!   and an IEC invalidation), leave the old CPU's set on the old CPU (posted mode: clearing
+//!   the old bit), re-poll on the new CPU. A completion
 //!   whose interrupt went to the old CPU wrote its record before the route moved, so the
 //!   re-poll sees it; the sink's exactly-once delivery makes the overlap harmless.
 //! * **release**: refuse arming, mask, let in-progress submissions finish, quiesce the device
@@ -144,7 +155,7 @@
 //!
 //! # Policy
 //!
-//! [`ImsClient`] carries the client's own PASID; there is no way to allocate a handle bound
+//! [`OwnerId`] carries the client's own PASID; there is no way to allocate a handle bound
 //! to another PASID. Each PASID may hold [`ChipOptions::pasid_quota`] handles per device
 //! (overridable per PASID); the table size bounds the rest. Refusals are
 //! [`ImsError::QuotaExceeded`] / [`ImsError::TableFull`], returned before any vector, route
@@ -159,18 +170,20 @@ pub mod domain;
 pub mod error;
 pub mod handle;
 pub mod platform;
+pub mod posted;
 pub mod sink;
 pub mod storage;
 pub mod watch;
 
-pub use chip::{CarvedStorage, ChipOptions, ImsChip, ImsClient, PASID_LIMIT, WeakChip};
+pub use chip::{CarvedStorage, ChipOptions, ImsChip, OwnerId, PASID_LIMIT, WeakChip};
 pub use domain::{
-    CpuReport, Demux, DemuxStats, DomainConfig, ImsDomain, OWNER_PER_HANDLE, OWNER_SHARED,
-    VectorHandler, VectorMode,
+    CpuReport, Demux, DemuxStats, DomainConfig, ImsDomain, OWNER_PER_HANDLE, OWNER_POSTED,
+    OWNER_SHARED, VectorHandler, VectorMode,
 };
-pub use error::ImsError;
+pub use error::{Cause, ImsError};
 pub use handle::{ArmGuard, Armer, ImsHandle};
 pub use platform::{ImsPlatform, MsiMessage, PlatformError, Route};
+pub use posted::PidRef;
 pub use sink::{CompletionSink, Delivery};
 pub use storage::{ImsStorage, StorageError};
 pub use watch::{CompletionWatch, WatchState};
@@ -192,10 +205,39 @@ mod tests {
     }
 
     #[test]
-    fn client_pasid_is_20_bits() {
-        assert!(ImsClient::new(1, PASID_LIMIT - 1).is_ok());
+    fn lower_layer_errors_stay_typed_in_the_source_chain() {
+        use core::error::Error;
+        #[derive(Debug, PartialEq)]
+        struct DrainFailed(u32);
+        impl core::fmt::Display for DrainFailed {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                write!(f, "drain of PASID {} timed out", self.0)
+            }
+        }
+        impl Error for DrainFailed {}
+        let e = ImsError::Storage(StorageError::Device {
+            what: "Drain PASID",
+            cause: Cause::new(DrainFailed(7)),
+        });
         assert_eq!(
-            ImsClient::new(1, PASID_LIMIT),
+            e.to_string(),
+            "Drain PASID failed: drain of PASID 7 timed out"
+        );
+        let storage = e.source().expect("the storage error");
+        let device = storage.source().expect("the device driver's error");
+        assert_eq!(device.downcast_ref::<DrainFailed>(), Some(&DrainFailed(7)));
+        let p = ImsError::Platform(PlatformError::Kernel {
+            what: "cross-CPU call",
+            cause: Cause::new(DrainFailed(1)),
+        });
+        assert!(p.source().and_then(Error::source).is_some());
+    }
+
+    #[test]
+    fn client_pasid_is_20_bits() {
+        assert!(OwnerId::new(1, PASID_LIMIT - 1).is_ok());
+        assert_eq!(
+            OwnerId::new(1, PASID_LIMIT),
             Err(ImsError::BadPasid { pasid: PASID_LIMIT })
         );
     }

@@ -7,6 +7,8 @@ use alloc::boxed::Box;
 use core::fmt;
 
 use crate::domain::VectorHandler;
+use crate::error::Cause;
+use crate::posted::PidRef;
 
 /// An MSI as a device writes it: address and data (x86: address 0xFEEx_xxxx).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -29,7 +31,7 @@ pub struct Route {
 }
 
 /// Why the platform could not do something.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PlatformError {
     /// The vector allocator has no free vector on this CPU.
     VectorsExhausted { cpu: usize },
@@ -41,6 +43,8 @@ pub enum PlatformError {
     Timeout { cpu: usize },
     /// Anything else (the platform logs the details).
     Failed(&'static str),
+    /// A kernel layer failed `what` with `cause` (kept whole: its `source()` chain).
+    Kernel { what: &'static str, cause: Cause },
 }
 
 impl fmt::Display for PlatformError {
@@ -53,6 +57,16 @@ impl fmt::Display for PlatformError {
             PlatformError::NoSuchCpu { cpu } => write!(f, "no CPU {cpu}"),
             PlatformError::Timeout { cpu } => write!(f, "cross-CPU call to CPU {cpu} timed out"),
             PlatformError::Failed(why) => write!(f, "platform failure: {why}"),
+            PlatformError::Kernel { what, cause } => write!(f, "{what} failed: {cause}"),
+        }
+    }
+}
+
+impl core::error::Error for PlatformError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            PlatformError::Kernel { cause, .. } => Some(cause.error()),
+            _ => None,
         }
     }
 }
@@ -113,9 +127,41 @@ pub trait ImsPlatform: Send + Sync {
     /// Monotonic nanoseconds, for bounded waits on the control path.
     fn now_ns(&self) -> u64;
 
+    /// Whether routes can post ([`VectorMode::Posted`](crate::VectorMode::Posted)): every
+    /// interrupt-remapping unit supports posted interrupts (VT-d CAP.PI) and the platform
+    /// implements [`ImsPlatform::alloc_pid`] and [`ImsPlatform::post_route`].
+    fn posted_interrupts(&self) -> bool {
+        false
+    }
+
+    /// Allocates a posted-interrupt descriptor (64 bytes, 64-byte aligned, in memory the
+    /// remapping unit can write and no device can) whose notifications go to `vector` on
+    /// `cpu` (NV, NDST in the units' destination format), everything else zero. It is never
+    /// freed (a unit may post into it at any time); the chip reuses its descriptors.
+    fn alloc_pid(&self, cpu: usize, vector: u8) -> Result<PidRef, PlatformError> {
+        let _ = (cpu, vector);
+        Err(PlatformError::Failed("posted interrupts not supported"))
+    }
+
+    /// Makes `route` post: from now on the device's message sets bit `bit` of `pid` (and
+    /// notifies as the descriptor says) after the same source check. A remapped route is
+    /// converted in place, a posted one retargeted; the message (`route.msg`) does not
+    /// change. Returns only when every message from now on uses the new entry (atomic
+    /// 128-bit IRTE update, interrupt-entry-cache invalidation waited for).
+    fn post_route(&self, route: &mut Route, pid: &PidRef, bit: u8) -> Result<(), PlatformError> {
+        let _ = (route, pid, bit);
+        Err(PlatformError::Failed("posted interrupts not supported"))
+    }
+
     /// A cheap cycle (or, under `-icount`, instruction) counter read around every
     /// demultiplexing pass; 0 disables the measurement.
     fn cycles(&self) -> u64 {
         0
+    }
+
+    /// True if [`ImsPlatform::cycles`] is the x86 time-stamp counter (`rdtsc`): the
+    /// handler then reads it inline instead of calling through the trait object.
+    fn cycles_are_tsc(&self) -> bool {
+        false
     }
 }

@@ -4,10 +4,11 @@
 
 use core::fmt;
 
+use crate::error::Cause;
 use crate::platform::MsiMessage;
 
 /// Why the device refused an IMS operation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StorageError {
     /// The index is outside the table.
     BadIndex { index: u32 },
@@ -19,6 +20,8 @@ pub enum StorageError {
     Command(&'static str),
     /// The device could not guarantee that no work naming the entry is in flight.
     QuiesceFailed(&'static str),
+    /// The device driver failed `what` with `cause` (kept whole: its `source()` chain).
+    Device { what: &'static str, cause: Cause },
 }
 
 impl fmt::Display for StorageError {
@@ -33,6 +36,16 @@ impl fmt::Display for StorageError {
             }
             StorageError::Command(why) => write!(f, "device command failed: {why}"),
             StorageError::QuiesceFailed(why) => write!(f, "quiesce failed: {why}"),
+            StorageError::Device { what, cause } => write!(f, "{what} failed: {cause}"),
+        }
+    }
+}
+
+impl core::error::Error for StorageError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            StorageError::Device { cause, .. } => Some(cause.error()),
+            _ => None,
         }
     }
 }

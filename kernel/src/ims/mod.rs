@@ -39,7 +39,7 @@ use core::time::Duration;
 use dsa::{DsaIms, OpError, Output, Submitter, SubmitterOptions, Work};
 use dsa_spec::WqMode;
 use ims::{
-    ChipOptions, DomainConfig, ImsDomain, ImsError, ImsHandle, ImsPlatform, MsiMessage,
+    ChipOptions, DomainConfig, ImsDomain, ImsError, ImsHandle, ImsPlatform, MsiMessage, PidRef,
     PlatformError, Route, VectorHandler, VectorMode,
 };
 use spin::Once;
@@ -48,7 +48,7 @@ use x86_64::instructions::interrupts::without_interrupts;
 use crate::arch::percpu;
 use crate::arch::smp::{self, SmpError};
 use crate::dsa::{ClientSpace, DsaDevice, SpaceError};
-use crate::iommu::{IommuError, MsiRoute};
+use crate::iommu::{IommuError, MsiRoute, PostedDescriptor, PostedRoute};
 use crate::irq::IrqError;
 use crate::pci::PciAddress;
 use crate::sync::IrqMutex;
@@ -68,8 +68,32 @@ pub struct KernelPlatform {
     /// Requester ID → device, for routes (the chip names devices by requester ID).
     sources: IrqMutex<BTreeMap<u16, PciAddress>>,
     /// Live routes by id.
-    routes: IrqMutex<BTreeMap<u32, MsiRoute>>,
+    routes: IrqMutex<BTreeMap<u32, KRoute>>,
     next_route: AtomicU32,
+    /// Posted-interrupt descriptors handed out ([`ImsPlatform::alloc_pid`]), by address.
+    pids: IrqMutex<BTreeMap<u64, &'static PostedDescriptor>>,
+}
+
+/// A route as the kernel holds it: remapped (an IRTE delivering a vector) or posted (the
+/// same IRTE in posted format, setting a descriptor bit).
+enum KRoute {
+    Remapped(MsiRoute),
+    Posted(PostedRoute),
+}
+
+impl KRoute {
+    fn irte_index(&self) -> Option<u16> {
+        match self {
+            KRoute::Remapped(r) => r.irte_index(),
+            KRoute::Posted(r) => Some(r.irte_index()),
+        }
+    }
+    fn free(self) -> Result<(), IommuError> {
+        match self {
+            KRoute::Remapped(r) => r.free(),
+            KRoute::Posted(r) => r.free(),
+        }
+    }
 }
 
 impl fmt::Debug for KernelPlatform {
@@ -97,6 +121,7 @@ impl KernelPlatform {
             sources: IrqMutex::new(BTreeMap::new()),
             routes: IrqMutex::new(BTreeMap::new()),
             next_route: AtomicU32::new(1),
+            pids: IrqMutex::new(BTreeMap::new()),
         }
     }
 
@@ -141,10 +166,10 @@ fn iommu_err(e: IommuError) -> PlatformError {
             ..
         } => PlatformError::RoutesExhausted,
         IommuError::NoSuchCpu(cpu) => PlatformError::NoSuchCpu { cpu },
-        e => {
-            log::error!("ims: interrupt remapping: {e}");
-            PlatformError::Failed("interrupt remapping error (logged)")
-        }
+        e => PlatformError::Kernel {
+            what: "interrupt remapping",
+            cause: ims::Cause::new(e),
+        },
     }
 }
 
@@ -193,7 +218,7 @@ impl ImsPlatform for KernelPlatform {
             id,
             msg: msi(r.message()),
         };
-        self.routes.lock().insert(id, r);
+        self.routes.lock().insert(id, KRoute::Remapped(r));
         Ok(route)
     }
 
@@ -207,10 +232,60 @@ impl ImsPlatform for KernelPlatform {
         let r = routes
             .get_mut(&route.id)
             .ok_or(PlatformError::Failed("unknown route"))?;
+        let KRoute::Remapped(r) = r else {
+            return Err(PlatformError::Failed(
+                "a posted route retargeted as remapped",
+            ));
+        };
         // Remapped: one 64-bit IRTE store plus an IEC invalidation, message unchanged.
         r.retarget(cpu, vector).map_err(iommu_err)?;
         route.msg = msi(r.message());
         Ok(())
+    }
+
+    fn posted_interrupts(&self) -> bool {
+        crate::iommu::posted_supported()
+    }
+
+    fn alloc_pid(&self, cpu: usize, vector: u8) -> Result<PidRef, PlatformError> {
+        // Kernel RAM, identity-mapped (address = physical address), 64-byte aligned by its
+        // type, in no device's address space but pass-through ones; never freed (the unit
+        // may post into it at any time; the chip keeps reusing it).
+        let pid: &'static PostedDescriptor = Box::leak(Box::new(PostedDescriptor::new()));
+        pid.set_notification(cpu, vector).map_err(iommu_err)?;
+        self.pids.lock().insert(pid.addr(), pid);
+        Ok(PidRef {
+            pir: pid.pir_words(),
+            control: pid.control_word(),
+            id: pid.addr(),
+        })
+    }
+
+    fn post_route(&self, route: &mut Route, pid: &PidRef, bit: u8) -> Result<(), PlatformError> {
+        let target = self
+            .pids
+            .lock()
+            .get(&pid.id)
+            .copied()
+            .ok_or(PlatformError::Failed("unknown posted-interrupt descriptor"))?;
+        let mut routes = self.routes.lock();
+        let r = routes
+            .remove(&route.id)
+            .ok_or(PlatformError::Failed("unknown route"))?;
+        // One atomic 128-bit IRTE update and an IEC invalidation, waited for; the message
+        // (naming the IRTE) stays the same.
+        let (kept, result) = match r {
+            KRoute::Remapped(r) => match r.into_posted(target, bit) {
+                Ok(p) => (KRoute::Posted(p), Ok(())),
+                Err((r, e)) => (KRoute::Remapped(r), Err(e)),
+            },
+            KRoute::Posted(mut p) => {
+                let res = p.retarget_posted(target, bit).map(|_| ());
+                (KRoute::Posted(p), res)
+            }
+        };
+        routes.insert(route.id, kept);
+        result.map_err(iommu_err)
     }
 
     fn free_route(&self, route: Route) {
@@ -230,10 +305,10 @@ impl ImsPlatform for KernelPlatform {
         smp::run_on_timeout(cpu, CALL_TIMEOUT, move || without_interrupts(f)).map_err(|e| match e {
             SmpError::NoSuchCpu(cpu) => PlatformError::NoSuchCpu { cpu },
             SmpError::CallTimeout { cpu } => PlatformError::Timeout { cpu },
-            e => {
-                log::error!("ims: cross-CPU call to CPU {cpu}: {e}");
-                PlatformError::Failed("cross-CPU call failed (logged)")
-            }
+            e => PlatformError::Kernel {
+                what: "cross-CPU call",
+                cause: ims::Cause::new(e),
+            },
         })
     }
 
@@ -244,6 +319,10 @@ impl ImsPlatform for KernelPlatform {
     fn cycles(&self) -> u64 {
         // Under `-icount shift=0` the TSC counts guest instructions.
         crate::arch::rdtsc()
+    }
+
+    fn cycles_are_tsc(&self) -> bool {
+        true
     }
 }
 
@@ -280,6 +359,15 @@ impl fmt::Display for ImsUnavailable {
             Self::NotInitialized => write!(f, "IMS is not initialised (no DSA device)"),
             Self::NoTable { dsa } => write!(f, "dsa{dsa} has no IMS table"),
             Self::Register { dsa, err } => write!(f, "registering dsa{dsa}'s IMS table: {err}"),
+        }
+    }
+}
+
+impl core::error::Error for ImsUnavailable {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::NoDomain(err) | Self::Register { err, .. } => Some(err),
+            Self::NotInitialized | Self::NoTable { .. } => None,
         }
     }
 }
@@ -358,12 +446,27 @@ fn ensure() {
     }
 }
 
+/// The system domain's mode: `ims.mode=posted|shared`, or (`auto`, the default) posted when
+/// every remapping unit has CAP.PI (and the CPU CMPXCHG16B), shared-scan otherwise. Posted
+/// asked for on a platform without it is [`ImsError::PostedUnsupported`].
+pub fn system_mode() -> Result<VectorMode, ImsError> {
+    let posted = crate::iommu::posted_supported();
+    match crate::cmdline::get("ims.mode") {
+        Some("posted") if !posted => Err(ImsError::PostedUnsupported),
+        Some("posted") => Ok(VectorMode::Posted),
+        Some("shared") => Ok(VectorMode::Shared),
+        // `auto`, absent (other values fail the run at boot: `cmdline::ARGS`).
+        _ if posted => Ok(VectorMode::Posted),
+        _ => Ok(VectorMode::Shared),
+    }
+}
+
 fn init_once(devs: &[DsaDevice]) {
     if devs.is_empty() {
         return;
     }
     let sys = SYSTEM.call_once(|| {
-        new_domain(VectorMode::Shared).map(|domain| System {
+        system_mode().and_then(new_domain).map(|domain| System {
             domain,
             chips: IrqMutex::new(BTreeMap::new()),
         })
@@ -384,10 +487,14 @@ fn init_once(devs: &[DsaDevice]) {
         }
     }
     log::info!(
-        "ims: system domain: {} vector(s) on {} CPU(s) (one per CPU, owner {}), {} device(s), PASID quota {}",
+        "ims: system domain: {} mode, {} vector(s) on {} CPU(s) (one per CPU, owner {}), {} device(s), PASID quota {}",
+        match sys.domain.mode() {
+            VectorMode::Posted => "posted",
+            _ => "shared-scan",
+        },
         sys.domain.vectors_used(),
         sys.domain.cpu_count(),
-        ims::OWNER_SHARED,
+        sys.domain.owner(),
         sys.chips.lock().len(),
         quota()
     );
@@ -398,7 +505,7 @@ pub fn system() -> Result<&'static ImsDomain, ImsUnavailable> {
     ensure();
     match SYSTEM.get() {
         Some(Ok(s)) => Ok(&s.domain),
-        Some(Err(e)) => Err(ImsUnavailable::NoDomain(*e)),
+        Some(Err(e)) => Err(ImsUnavailable::NoDomain(e.clone())),
         None => Err(ImsUnavailable::NotInitialized),
     }
 }
@@ -409,7 +516,7 @@ pub fn device_ims(d: &DsaDevice) -> Result<Arc<DsaIms>, ImsUnavailable> {
     ensure();
     let sys = match SYSTEM.get() {
         Some(Ok(s)) => s,
-        Some(Err(e)) => return Err(ImsUnavailable::NoDomain(*e)),
+        Some(Err(e)) => return Err(ImsUnavailable::NoDomain(e.clone())),
         None => return Err(ImsUnavailable::NotInitialized),
     };
     let drv = d.driver();
@@ -463,6 +570,17 @@ impl fmt::Display for ClientError {
     }
 }
 
+impl core::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::Unavailable(e) => Some(e),
+            Self::Ims(e) => Some(e),
+            Self::Driver(e) => Some(e),
+            Self::Space(_) | Self::NoSharedWq { .. } => None,
+        }
+    }
+}
+
 impl From<ImsUnavailable> for ClientError {
     fn from(e: ImsUnavailable) -> Self {
         Self::Unavailable(e)
@@ -490,7 +608,7 @@ static NEXT_CLIENT: AtomicU64 = AtomicU64::new(1);
 /// to that PASID — the API takes no PASID argument, so nothing can be allocated on behalf of
 /// a client without its own PASID.
 pub struct Client {
-    id: ims::ImsClient,
+    id: ims::OwnerId,
     space: Arc<ClientSpace>,
 }
 
@@ -503,7 +621,7 @@ impl fmt::Debug for Client {
 impl Client {
     /// The client owning `space`.
     pub fn new(space: Arc<ClientSpace>) -> Result<Client, ClientError> {
-        let id = ims::ImsClient::new(NEXT_CLIENT.fetch_add(1, Ordering::Relaxed), space.pasid())?;
+        let id = ims::OwnerId::new(NEXT_CLIENT.fetch_add(1, Ordering::Relaxed), space.pasid())?;
         Ok(Client { id, space })
     }
 

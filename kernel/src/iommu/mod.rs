@@ -37,8 +37,6 @@
 
 mod faults;
 mod glue;
-// Posted interrupts have no user outside the kernel tests yet.
-#[cfg(feature = "ktest")]
 mod posted;
 
 use alloc::collections::{BTreeMap, BTreeSet};
@@ -60,7 +58,6 @@ pub use faults::{
 };
 #[cfg(feature = "ktest")]
 pub use glue::STRAY_ACCESSES;
-#[cfg(feature = "ktest")]
 pub use posted::{PostedDescriptor, PostedRoute, posted_supported};
 #[cfg(feature = "ktest")]
 pub use vtd::spec::FaultReason;

@@ -22,11 +22,17 @@
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use vtd::spec::{IrteFormat, PidControl, SourceValidation, pid};
+#[cfg(feature = "ktest")]
+use vtd::spec::{IrteFormat, SourceValidation};
+use vtd::spec::{PidControl, pid};
 use vtd::{IrteHandle, VtdError};
 
-use super::{IommuError, MsiRoute, apic_of, iommu, rid};
-use crate::pci::{MsiMessage, PciAddress};
+#[cfg(feature = "ktest")]
+use super::rid;
+use super::{IommuError, MsiRoute, apic_of, iommu};
+#[cfg(feature = "ktest")]
+use crate::pci::MsiMessage;
+use crate::pci::PciAddress;
 
 /// A posted-interrupt descriptor (§9.11) in kernel memory. RAM is identity-mapped, so its
 /// address is its physical address. It must not be reachable by any device's DMA (§5.2.5:
@@ -108,39 +114,46 @@ impl PostedDescriptor {
         Ok(())
     }
 
+    #[cfg(feature = "ktest")]
     /// The notification's (NV, destination APIC ID), NDST decoded in the units' format.
     pub fn notification(&self) -> Result<(u8, u32), IommuError> {
         let c = self.control();
         Ok((c.nv, PidControl::apic_id(c.ndst, ndst_x2apic()?)))
     }
 
+    #[cfg(feature = "ktest")]
     /// Outstanding notification (ON).
     pub fn on(&self) -> bool {
         self.control.load(Ordering::SeqCst) & pid::ON != 0
     }
 
+    #[cfg(feature = "ktest")]
     /// Suppress notification (SN).
     pub fn sn(&self) -> bool {
         self.control.load(Ordering::SeqCst) & pid::SN != 0
     }
 
+    #[cfg(feature = "ktest")]
     /// Clears ON (`lock and`); returns whether it was set. The receiver does this before it
     /// harvests PIR, so a post after the harvest notifies again.
     pub fn test_and_clear_on(&self) -> bool {
         self.control.fetch_and(!pid::ON, Ordering::SeqCst) & pid::ON != 0
     }
 
+    #[cfg(feature = "ktest")]
     /// Sets ON (`lock or`); returns whether it was set. Software that clears SN with requests
     /// pending sets ON itself and, if it was clear, notifies (posts under SN leave ON clear).
     pub fn test_and_set_on(&self) -> bool {
         self.control.fetch_or(pid::ON, Ordering::SeqCst) & pid::ON != 0
     }
 
+    #[cfg(feature = "ktest")]
     /// Sets SN: later non-urgent posts set their PIR bit and notify nobody.
     pub fn set_sn(&self) {
         self.control.fetch_or(pid::SN, Ordering::SeqCst);
     }
 
+    #[cfg(feature = "ktest")]
     /// Clears SN. Requests posted meanwhile stay in PIR with ON clear: see
     /// [`PostedDescriptor::test_and_set_on`].
     pub fn clear_sn(&self) {
@@ -152,17 +165,20 @@ impl PostedDescriptor {
         self.pir.get(q).map_or(0, |w| w.load(Ordering::SeqCst))
     }
 
+    #[cfg(feature = "ktest")]
     /// Takes PIR qword `q`: swaps in zero (`xchg`) and returns what was set.
     pub fn take_pir(&self, q: usize) -> u64 {
         self.pir.get(q).map_or(0, |w| w.swap(0, Ordering::SeqCst))
     }
 
+    #[cfg(feature = "ktest")]
     /// Whether PIR bit `v` is set.
     pub fn pir_bit(&self, v: u8) -> bool {
         let (q, m) = pid::pir_bit(v);
         self.pir(q) & m != 0
     }
 
+    #[cfg(feature = "ktest")]
     /// Sets PIR bit `v` (`lock or`), e.g. to move a request found at the old descriptor
     /// after a retarget; returns whether it was set.
     pub fn set_pir_bit(&self, v: u8) -> bool {
@@ -170,15 +186,27 @@ impl PostedDescriptor {
         self.pir[q].fetch_or(m, Ordering::SeqCst) & m != 0
     }
 
+    #[cfg(feature = "ktest")]
     /// Clears PIR bit `v` (`lock and`); returns whether it was set.
     pub fn clear_pir_bit(&self, v: u8) -> bool {
         let (q, m) = pid::pir_bit(v);
         self.pir[q].fetch_and(!m, Ordering::SeqCst) & m != 0
     }
 
+    #[cfg(feature = "ktest")]
     /// Whether no PIR bit is set.
     pub fn pir_is_empty(&self) -> bool {
         (0..pid::PIR_QWORDS).all(|q| self.pir(q) == 0)
+    }
+
+    /// The four PIR words (the IMS chip's handler takes them with `xchg`).
+    pub fn pir_words(&self) -> &[AtomicU64; pid::PIR_QWORDS] {
+        &self.pir
+    }
+
+    /// The control word (ON, SN, NV, NDST; the IMS chip's handler clears ON in it).
+    pub fn control_word(&self) -> &AtomicU64 {
+        &self.control
     }
 }
 
@@ -238,6 +266,7 @@ fn posted_error(unit: usize, err: VtdError) -> IommuError {
 }
 
 impl PostedRoute {
+    #[cfg(feature = "ktest")]
     /// Routes `dev`'s message to PIR bit `vector` of `pid` (non-urgent). `pid` needs its
     /// notification set ([`PostedDescriptor::set_notification`]). Fails with
     /// [`IommuError::PostedUnsupported`] when the device's unit has no CAP.PI.
@@ -266,6 +295,7 @@ impl PostedRoute {
         })
     }
 
+    #[cfg(feature = "ktest")]
     /// The address/data the device must send (remappable format, naming the IRTE).
     pub fn message(&self) -> MsiMessage {
         let m = vtd::spec::RemappableMsi::for_handle(self.irte.index);
@@ -280,21 +310,25 @@ impl PostedRoute {
         self.irte.index
     }
 
+    #[cfg(feature = "ktest")]
     /// The device.
     pub fn device(&self) -> PciAddress {
         self.dev
     }
 
+    #[cfg(feature = "ktest")]
     /// The descriptor posted to.
     pub fn descriptor(&self) -> &'static PostedDescriptor {
         self.pid
     }
 
+    #[cfg(feature = "ktest")]
     /// The PIR bit set.
     pub fn vector(&self) -> u8 {
         self.vector
     }
 
+    #[cfg(feature = "ktest")]
     /// Whether posts notify even when the descriptor's SN is set (URG).
     pub fn urgent(&self) -> bool {
         self.urgent
@@ -332,11 +366,13 @@ impl PostedRoute {
         Ok(old)
     }
 
+    #[cfg(feature = "ktest")]
     /// Sets or clears URG (notify despite SN, §9.10).
     pub fn set_urgent(&mut self, urgent: bool) -> Result<(), IommuError> {
         self.write(self.pid, self.vector, urgent)
     }
 
+    #[cfg(feature = "ktest")]
     /// Changes the requester ID the IRTE accepts (as [`MsiRoute::set_source_id`]).
     pub fn set_source_id(&mut self, sid: u16) -> Result<(), IommuError> {
         let s = &iommu()?.units[self.unit];
@@ -346,6 +382,7 @@ impl PostedRoute {
         )
     }
 
+    #[cfg(feature = "ktest")]
     /// The IRTE as the unit holds it (diagnostics).
     pub fn irte(&self) -> Option<IrteFormat> {
         iommu().ok()?.units[self.unit]
@@ -354,6 +391,7 @@ impl PostedRoute {
             .ok()
     }
 
+    #[cfg(feature = "ktest")]
     /// Writes raw bits into the IRTE (atomically, then IEC), for tests that need entries the
     /// API refuses to build (reserved bits, a descriptor in MMIO); the route's own view of
     /// its target is not updated.
@@ -366,6 +404,7 @@ impl PostedRoute {
         s.vtd(unsafe { s.lock().write_irte_raw(self.irte, q) })
     }
 
+    #[cfg(feature = "ktest")]
     /// Converts the IRTE back to the remapped format, delivering `vector` on `cpu` (same
     /// IRTE, same message; one atomic update and an IEC invalidation). On error the route
     /// comes back unchanged.
@@ -420,6 +459,7 @@ impl Drop for PostedRoute {
 }
 
 impl MsiRoute {
+    #[cfg(feature = "ktest")]
     /// As [`PostedRoute::write_irte_raw`], for a remapped route (its own view of its target is
     /// not updated).
     ///

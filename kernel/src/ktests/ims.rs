@@ -17,7 +17,7 @@ use dsa::{Notify, OpError, Output, SubmitterOptions, Work};
 use dsa_fault_inject as fi;
 use dsa_spec::WqMode;
 use dsa_spec::tables::ImsCtrl;
-use ims::{ImsError, ImsHandle, OWNER_PER_HANDLE, OWNER_SHARED, VectorMode};
+use ims::{ImsError, ImsHandle, OWNER_PER_HANDLE, VectorMode};
 
 use crate::arch::{percpu, smp};
 use crate::dsa::{DmaBuffer, DsaDevice};
@@ -161,7 +161,7 @@ ktest!(
         );
         for cpu in 0..ncpu {
             let r = crate::irq::report(cpu).unwrap();
-            assert_eq!(r.count_owned_by(OWNER_SHARED), 1, "{r}");
+            assert_eq!(r.count_owned_by(domain.owner()), 1, "{r}");
             assert_eq!(r.count_owned_by(OWNER_PER_HANDLE), 0, "{r}");
             let rep = domain.cpu_report(cpu).unwrap();
             assert_eq!(rep.vectors, 1);
@@ -735,10 +735,11 @@ ktest!(
         }
         let full = crate::irq::report(cpu).unwrap();
         crate::println!(
-            "ktest-info: per-handle mode: {} handles on CPU {cpu}, then {err}; vectors: {} {OWNER_PER_HANDLE}, {} {OWNER_SHARED}, {} free of {}",
+            "ktest-info: per-handle mode: {} handles on CPU {cpu}, then {err}; vectors: {} {OWNER_PER_HANDLE}, {} {}, {} free of {}",
             hs.len(),
             full.count_owned_by(OWNER_PER_HANDLE),
-            full.count_owned_by(OWNER_SHARED),
+            full.count_owned_by(kims::system().unwrap().owner()),
+            kims::system().unwrap().owner(),
             full.free,
             full.allocatable
         );

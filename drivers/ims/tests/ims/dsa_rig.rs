@@ -32,8 +32,8 @@ impl DsaRig {
             ..DeviceOptions::default()
         };
         // MSI-X messages are only counted here: these tests complete through IMS.
-        let dev =
-            Device::new(rig.hardware(), sid as u32, ConfigSource::Default, opts).expect("bring-up");
+        let dev = Device::new(rig.hardware(), u32::from(sid), ConfigSource::Default, opts)
+            .expect("bring-up");
         DsaRig {
             plat: rig.plat.clone(),
             dev,

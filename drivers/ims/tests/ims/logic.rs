@@ -4,8 +4,8 @@
 use crate::machine::Machine;
 use crate::soft::{SoftIms, SoftSink, complete, submit};
 use ims::{
-    ChipOptions, DomainConfig, ImsChip, ImsClient, ImsDomain, ImsError, ImsHandle, ImsPlatform,
-    OWNER_PER_HANDLE, OWNER_SHARED, PlatformError, StorageError, VectorMode,
+    ChipOptions, DomainConfig, ImsChip, ImsDomain, ImsError, ImsHandle, ImsPlatform,
+    OWNER_PER_HANDLE, OWNER_SHARED, OwnerId, PlatformError, StorageError, VectorMode,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
@@ -36,8 +36,8 @@ fn chip(d: &ImsDomain, ims: &Arc<SoftIms>, quota: u32) -> ImsChip {
     .expect("register")
 }
 
-fn client(pasid: u32) -> ImsClient {
-    ImsClient::new(pasid as u64 + 1000, pasid).unwrap()
+fn client(pasid: u32) -> OwnerId {
+    OwnerId::new(u64::from(pasid) + 1000, pasid).unwrap()
 }
 
 /// Everything a refused allocation must leave untouched.
@@ -226,7 +226,7 @@ fn refused_allocations_leave_nothing_behind() {
             c.allocate(&client(8), 5, SoftSink::new()).unwrap_err(),
             ImsError::NoSuchCpu { cpu: 5, cpus: 2 }
         );
-        assert!(ImsClient::new(1, 1 << 20).is_err());
+        assert!(OwnerId::new(1, 1 << 20).is_err());
         if mode == VectorMode::Shared {
             assert_eq!(
                 c.allocate(&client(8), 0, SoftSink::new()).unwrap_err(),
@@ -606,7 +606,11 @@ fn arming_races_never_lose_a_wakeup() {
 }
 
 fn retarget_stream(remapping: bool, mode: VectorMode) {
-    let m = Machine::new(4, remapping);
+    let m = if mode == VectorMode::Posted {
+        Machine::with_posting(4)
+    } else {
+        Machine::new(4, remapping)
+    };
     let d = domain(&m, mode);
     let ims = SoftIms::new(&m, SID, 256);
     let c = chip(&d, &ims, 64);
@@ -671,7 +675,7 @@ fn retarget_stream(remapping: bool, mode: VectorMode) {
     );
     assert_eq!(m.ir_faults.load(SeqCst), 0);
     match mode {
-        VectorMode::Shared => assert_eq!(d.vectors_used(), 4),
+        VectorMode::Shared | VectorMode::Posted => assert_eq!(d.vectors_used(), 4),
         VectorMode::PerHandle => assert_eq!(d.vectors_used(), 5, "h + 4 bystanders"),
     }
     drop(bystanders);
@@ -687,6 +691,11 @@ fn retarget_under_a_stream_loses_and_duplicates_nothing() {
 #[test]
 fn retarget_without_remapping_rewrites_the_entry() {
     retarget_stream(false, VectorMode::Shared);
+}
+
+#[test]
+fn retarget_in_posted_mode() {
+    retarget_stream(true, VectorMode::Posted);
 }
 
 #[test]

@@ -7,7 +7,7 @@
 //! passes hold it, so they never overlap on one CPU, and an interrupt raised meanwhile stays
 //! in the IRR until the holder lets go (exactly how a real CPU defers it).
 
-use ims::{ImsPlatform, MsiMessage, PlatformError, Route, VectorHandler};
+use ims::{ImsPlatform, MsiMessage, PidRef, PlatformError, Route, VectorHandler};
 use klib::vectors::VectorMatrix;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -88,6 +88,15 @@ pub struct Irte {
     pub cpu: usize,
     pub vector: u8,
     pub sid: u16,
+    /// Posted format: (descriptor id, PIR bit) instead of (cpu, vector).
+    pub post: Option<(u64, u8)>,
+}
+
+/// A posted-interrupt descriptor of the fake (leaked: never freed, like the kernel's).
+#[repr(C, align(64))]
+struct Pid {
+    pir: [AtomicU64; 4],
+    control: AtomicU64,
 }
 
 pub struct Machine {
@@ -106,6 +115,13 @@ pub struct Machine {
     /// While set, `run_on` fails with a timeout without running the closure.
     pub fail_run_on: AtomicBool,
     pub run_on_calls: AtomicU32,
+    /// The IOMMU posts (CAP.PI): [`Machine::with_posting`].
+    pub posting: AtomicBool,
+    /// Descriptors by id: (descriptor, notification CPU, vector).
+    pids: Mutex<HashMap<u64, (&'static Pid, usize, u8)>>,
+    /// Posts made, and notifications they sent.
+    pub posts: AtomicU64,
+    pub notifications: AtomicU64,
 }
 
 impl Machine {
@@ -128,7 +144,33 @@ impl Machine {
             delivered: AtomicU64::new(0),
             fail_run_on: AtomicBool::new(false),
             run_on_calls: AtomicU32::new(0),
+            posting: AtomicBool::new(false),
+            pids: Mutex::new(HashMap::new()),
+            posts: AtomicU64::new(0),
+            notifications: AtomicU64::new(0),
         })
+    }
+
+    /// A machine with interrupt remapping whose IOMMU posts.
+    #[allow(dead_code)] // not every test binary
+    pub fn with_posting(cpus: usize) -> Arc<Machine> {
+        let m = Machine::new(cpus, true);
+        m.posting.store(true, SeqCst);
+        m
+    }
+
+    /// The post of VT-d §5.2.3: PIR bit, then ON test-and-set; notify if ON was clear.
+    fn post(&self, pid: u64, bit: u8) {
+        let Some((p, cpu, vector)) = self.pids.lock().unwrap().get(&pid).copied() else {
+            self.ir_faults.fetch_add(1, SeqCst);
+            return;
+        };
+        self.posts.fetch_add(1, SeqCst);
+        p.pir[bit as usize / 64].fetch_or(1 << (bit % 64), SeqCst);
+        if p.control.fetch_or(ims::posted::ON, SeqCst) & ims::posted::ON == 0 {
+            self.notifications.fetch_add(1, SeqCst);
+            self.raise(cpu, vector);
+        }
     }
 
     /// A message written by the device with requester ID `sid`.
@@ -151,6 +193,11 @@ impl Machine {
                 let idx = handle as usize + sub as usize;
                 let e = self.irtes.lock().unwrap().get(idx).copied().flatten();
                 match e {
+                    Some(Irte {
+                        sid: s,
+                        post: Some((pid, bit)),
+                        ..
+                    }) if s == sid => self.post(pid, bit),
                     Some(e) if e.sid == sid => self.raise(e.cpu, e.vector),
                     _ => {
                         self.ir_faults.fetch_add(1, SeqCst);
@@ -319,6 +366,7 @@ impl ImsPlatform for Machine {
             cpu,
             vector,
             sid: source_id,
+            post: None,
         };
         let idx = match t.iter().position(Option::is_none) {
             Some(i) => {
@@ -361,6 +409,45 @@ impl ImsPlatform for Machine {
             Some(Some(e)) => {
                 e.cpu = cpu;
                 e.vector = vector;
+                e.post = None;
+                Ok(())
+            }
+            _ => Err(PlatformError::Failed("no such IRTE")),
+        }
+    }
+
+    fn posted_interrupts(&self) -> bool {
+        self.remapping && self.posting.load(SeqCst)
+    }
+
+    fn alloc_pid(&self, cpu: usize, vector: u8) -> Result<PidRef, PlatformError> {
+        if cpu >= self.cpus.len() {
+            return Err(PlatformError::NoSuchCpu { cpu });
+        }
+        let p: &'static Pid = Box::leak(Box::new(Pid {
+            pir: Default::default(),
+            control: AtomicU64::new(0),
+        }));
+        let id = std::ptr::from_ref(p) as u64;
+        self.pids.lock().unwrap().insert(id, (p, cpu, vector));
+        Ok(PidRef {
+            pir: &p.pir,
+            control: &p.control,
+            id,
+        })
+    }
+
+    fn post_route(&self, route: &mut Route, pid: &PidRef, bit: u8) -> Result<(), PlatformError> {
+        if !self.posted_interrupts() {
+            return Err(PlatformError::Failed("no posting"));
+        }
+        if !self.pids.lock().unwrap().contains_key(&pid.id) {
+            return Err(PlatformError::Failed("unknown descriptor"));
+        }
+        let mut t = self.irtes.lock().unwrap();
+        match t.get_mut(route.id as usize) {
+            Some(Some(e)) => {
+                e.post = Some((pid.id, bit));
                 Ok(())
             }
             _ => Err(PlatformError::Failed("no such IRTE")),
@@ -407,6 +494,6 @@ impl ImsPlatform for Machine {
 fn compat(cpu: usize, vector: u8) -> MsiMessage {
     MsiMessage {
         addr: 0xFEE0_0000 | (cpu as u64) << 12,
-        data: vector as u32,
+        data: u32::from(vector),
     }
 }

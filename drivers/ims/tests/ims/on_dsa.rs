@@ -7,8 +7,8 @@ use crate::machine::{Machine, current_cpu};
 use dsa::{Client, DsaIms, Notify, OpError, Output, Submitter, SubmitterOptions, Work};
 use dsa_spec::tables::ImsCtrl;
 use ims::{
-    ChipOptions, DomainConfig, ImsClient, ImsDomain, ImsError, ImsHandle, OWNER_PER_HANDLE,
-    OWNER_SHARED, VectorMode,
+    ChipOptions, DomainConfig, ImsDomain, ImsError, ImsHandle, OWNER_PER_HANDLE, OwnerId,
+    VectorMode,
 };
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -24,6 +24,16 @@ struct Env {
     ims: DsaIms,
 }
 
+/// This file is compiled twice (`main.rs`): as `on_dsa` in shared-scan mode and as
+/// `on_dsa_posted` in posted mode (a posting IOMMU; without remapping it runs shared).
+fn mode() -> VectorMode {
+    if module_path!().ends_with("posted") {
+        VectorMode::Posted
+    } else {
+        VectorMode::Shared
+    }
+}
+
 fn env(cpus: usize, exec: Exec, mode: VectorMode, remapping: bool, quota: u32) -> Env {
     env_cfg(cpus, exec, mode, remapping, quota, model_cfg())
 }
@@ -37,6 +47,10 @@ fn env_cfg(
     cfg: dsa_model::Config,
 ) -> Env {
     let m = Machine::new(cpus, remapping);
+    let mode = if remapping { mode } else { VectorMode::Shared };
+    if mode == VectorMode::Posted {
+        m.posting.store(true, SeqCst);
+    }
     let rig = DsaRig::new(&m, SID, cfg, exec);
     let domain = ImsDomain::new(
         m.clone(),
@@ -77,8 +91,8 @@ fn submitter(rig: &DsaRig, pasid: u32, slots: u16) -> Submitter {
     .unwrap()
 }
 
-fn client(pasid: u32) -> ImsClient {
-    ImsClient::new(pasid as u64, pasid).unwrap()
+fn client(pasid: u32) -> OwnerId {
+    OwnerId::new(u64::from(pasid), pasid).unwrap()
 }
 
 /// Callback results: (operation id, CPU the callback ran on, success).
@@ -100,7 +114,7 @@ fn wait_for(what: &str, timeout: Duration, f: impl Fn() -> bool) {
 #[test]
 fn all_ims_entries_across_cpus_use_one_vector_per_cpu() {
     let cpus = 4;
-    let e = env(cpus, Exec::Deterministic, VectorMode::Shared, true, 128);
+    let e = env(cpus, Exec::Deterministic, mode(), true, 128);
     let n = e.ims.chip().entries();
     assert_eq!(n, 2048, "the model's IMS table (GENCAP[30:25] × 256)");
     let log: Log = Arc::default();
@@ -140,7 +154,7 @@ fn all_ims_entries_across_cpus_use_one_vector_per_cpu() {
             r.handles
         );
         assert_eq!((r.vectors, r.handles), (1, n / cpus as u32));
-        assert_eq!(e.m.vectors_owned(r.cpu, OWNER_SHARED), 1);
+        assert_eq!(e.m.vectors_owned(r.cpu, mode().owner()), 1);
         assert_eq!(e.m.vectors_owned(r.cpu, "ims"), 1);
     }
     assert_eq!(e.domain.vectors_used(), cpus as u32);
@@ -177,7 +191,7 @@ fn all_ims_entries_across_cpus_use_one_vector_per_cpu() {
     }
     for cpu in 0..cpus {
         let st = e.domain.stats(cpu).unwrap();
-        assert_eq!(st.completions, (n / cpus as u32) as u64);
+        assert_eq!(st.completions, u64::from(n / cpus as u32));
         assert_eq!(
             e.m.taken(cpu, e.domain.shared_vector(cpu).unwrap()),
             st.interrupts
@@ -189,7 +203,7 @@ fn all_ims_entries_across_cpus_use_one_vector_per_cpu() {
 
 #[test]
 fn cross_pasid_handle_use_is_refused_by_the_device() {
-    let e = env(2, Exec::Deterministic, VectorMode::Shared, true, 8);
+    let e = env(2, Exec::Deterministic, mode(), true, 8);
     let (pa, pb) = (0x1A, 0x2B);
     let mut sa = submitter(&e.rig, pa, 8);
     let sb = submitter(&e.rig, pb, 8);
@@ -243,7 +257,7 @@ fn cross_pasid_handle_use_is_refused_by_the_device() {
 /// Idle armed handles on the same CPU are checked without a poll.
 #[test]
 fn completion_at_the_portal_store_is_delivered_by_its_interrupt() {
-    let e = env(1, Exec::Deterministic, VectorMode::Shared, true, 64);
+    let e = env(1, Exec::Deterministic, mode(), true, 64);
     let log: Log = Arc::default();
     let idle: Vec<(Submitter, ImsHandle)> = (0..8)
         .map(|_| {
@@ -289,7 +303,7 @@ fn completion_at_the_portal_store_is_delivered_by_its_interrupt() {
 /// callback, and any thread it signals, never reads a count without its own completion.
 #[test]
 fn a_callback_sees_its_own_completion_counted() {
-    let e = env(1, Exec::Deterministic, VectorMode::Shared, true, 8);
+    let e = env(1, Exec::Deterministic, mode(), true, 8);
     let mut sub = submitter(&e.rig, 5, 8);
     let h = Arc::new(e.ims.allocate(&client(5), 0, &sub).unwrap());
     let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
@@ -311,7 +325,7 @@ fn a_callback_sees_its_own_completion_counted() {
 /// their own callback runs.
 #[test]
 fn one_reap_counts_each_completion_before_its_callback() {
-    let e = env(1, Exec::Deterministic, VectorMode::Shared, true, 8);
+    let e = env(1, Exec::Deterministic, mode(), true, 8);
     let mut sub = submitter(&e.rig, 5, 8);
     let count = Arc::new(AtomicU64::new(0));
     let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
@@ -334,7 +348,7 @@ fn one_reap_counts_each_completion_before_its_callback() {
 
 #[test]
 fn masked_handle_delivers_after_unmask_via_the_pending_bit() {
-    let e = env(2, Exec::Deterministic, VectorMode::Shared, true, 8);
+    let e = env(2, Exec::Deterministic, mode(), true, 8);
     let mut sub = submitter(&e.rig, 5, 8);
     let mut h = e.ims.allocate(&client(5), 1, &sub).unwrap();
     let log: Log = Arc::default();
@@ -364,7 +378,7 @@ fn masked_handle_delivers_after_unmask_via_the_pending_bit() {
 
 fn retarget_under_stream(remapping: bool) {
     let cpus = 4;
-    let e = env(cpus, Exec::Threaded, VectorMode::Shared, remapping, 8);
+    let e = env(cpus, Exec::Threaded, mode(), remapping, 8);
     let sub = submitter(&e.rig, 7, 32);
     let mut h = e.ims.allocate(&client(7), 0, &sub).unwrap();
     let total = 3000u64;
@@ -458,7 +472,7 @@ fn retarget_under_a_stream_without_remapping() {
 
 #[test]
 fn released_and_reallocated_entry_never_delivers_the_old_owners_completion() {
-    let e = env(3, Exec::Deterministic, VectorMode::Shared, true, 8);
+    let e = env(3, Exec::Deterministic, mode(), true, 8);
     let (pa, pb) = (0xA, 0xB);
     let mut sa = submitter(&e.rig, pa, 8);
     let sb = submitter(&e.rig, pb, 8);
@@ -520,7 +534,7 @@ fn released_and_reallocated_entry_never_delivers_the_old_owners_completion() {
 /// delivers it to the old owner, and the next owner of the entry hears nothing of it.
 #[test]
 fn release_drains_work_in_flight_before_the_entry_is_reused() {
-    let e = env(3, Exec::Threaded, VectorMode::Shared, true, 8);
+    let e = env(3, Exec::Threaded, mode(), true, 8);
     let (pa, pb) = (0xA, 0xB);
     let mut sa = submitter(&e.rig, pa, 8);
     let sb = submitter(&e.rig, pb, 8);
@@ -607,7 +621,11 @@ fn two_devices_share_the_per_cpu_vector() {
 #[test]
 fn per_handle_vectors_run_out_while_shared_keeps_one() {
     let mut results = Vec::new();
-    for mode in [VectorMode::PerHandle, VectorMode::Shared] {
+    for mode in [
+        VectorMode::PerHandle,
+        VectorMode::Shared,
+        VectorMode::Posted,
+    ] {
         let e = env(2, Exec::Deterministic, mode, true, 4096);
         let mut sub = submitter(&e.rig, 4, 8);
         let mut hs = Vec::new();
@@ -633,7 +651,7 @@ fn per_handle_vectors_run_out_while_shared_keeps_one() {
                     "the refusal kept no entry"
                 );
             }
-            VectorMode::Shared => {
+            VectorMode::Shared | VectorMode::Posted => {
                 assert_eq!(err, ImsError::TableFull { entries: 2048 });
                 assert_eq!(hs.len(), 2048);
                 assert_eq!(used, 1);
@@ -653,7 +671,8 @@ fn per_handle_vectors_run_out_while_shared_keeps_one() {
         results,
         vec![
             (VectorMode::PerHandle, 192, 192),
-            (VectorMode::Shared, 2048, 1)
+            (VectorMode::Shared, 2048, 1),
+            (VectorMode::Posted, 2048, 1)
         ]
     );
 }
@@ -664,7 +683,7 @@ fn device_issued_handles_with_cmdcap() {
         cmdcap: true,
         ..model_cfg()
     };
-    let e = env_cfg(2, Exec::Deterministic, VectorMode::Shared, true, 8, cfg);
+    let e = env_cfg(2, Exec::Deterministic, mode(), true, 8, cfg);
     assert!(e.rig.dev.caps().requires_int_handles());
     let mut sub = submitter(&e.rig, 6, 4);
     let h = e.ims.allocate(&client(6), 1, &sub).unwrap();
@@ -692,7 +711,7 @@ fn device_issued_handles_with_cmdcap() {
 
 #[test]
 fn restore_after_device_recovery() {
-    let e = env(2, Exec::Deterministic, VectorMode::Shared, true, 8);
+    let e = env(2, Exec::Deterministic, mode(), true, 8);
     let mut sub = submitter(&e.rig, 6, 4);
     let mut h = e.ims.allocate(&client(6), 1, &sub).unwrap();
     let masked = e.ims.allocate(&client(6), 0, &sub).unwrap();
@@ -730,7 +749,7 @@ fn restore_after_device_recovery() {
 #[test]
 fn threaded_many_handles_exactly_once() {
     let cpus = 4;
-    let e = env(cpus, Exec::Threaded, VectorMode::Shared, true, 64);
+    let e = env(cpus, Exec::Threaded, mode(), true, 64);
     let ims = Arc::new(e.ims);
     let per_client = 200u64;
     let stop = Arc::new(AtomicBool::new(false));
@@ -788,7 +807,7 @@ fn threaded_many_handles_exactly_once() {
 /// is gone (and only then).
 #[test]
 fn carved_per_handle_domain_next_to_the_shared_one() {
-    let e = env(2, Exec::Deterministic, VectorMode::Shared, true, 64);
+    let e = env(2, Exec::Deterministic, mode(), true, 64);
     let per = ImsDomain::new(
         e.m.clone(),
         DomainConfig {
@@ -826,8 +845,8 @@ fn carved_per_handle_domain_next_to_the_shared_one() {
     let ent = cmp.read_entry(&h).unwrap();
     assert_eq!(ent.ctrl, ImsCtrl::PASID_EN.with_pasid(5));
     assert_eq!(e.m.vectors_owned(0, OWNER_PER_HANDLE), 1);
-    assert_eq!(e.m.vectors_owned(0, OWNER_SHARED), 1);
-    assert_eq!(e.m.vectors_owned(1, OWNER_SHARED), 1);
+    assert_eq!(e.m.vectors_owned(0, mode().owner()), 1);
+    assert_eq!(e.m.vectors_owned(1, mode().owner()), 1);
     let log: Log = Arc::default();
     cmp.submit(&mut sub, &h.armer(), &Work::noop(), record(&log, 1))
         .unwrap();
@@ -855,7 +874,7 @@ fn carved_per_handle_domain_next_to_the_shared_one() {
 /// Batches through a handle deliver their result to a callback, through the chip.
 #[test]
 fn batch_with_callback_through_a_handle() {
-    let e = env(2, Exec::Deterministic, VectorMode::Shared, true, 8);
+    let e = env(2, Exec::Deterministic, mode(), true, 8);
     let mut sub = Submitter::new(
         &e.rig.dev,
         e.rig.shared_wq(),

@@ -4,7 +4,7 @@
 
 use crate::machine::Machine;
 use crate::soft::{RecordSink, SoftIms};
-use ims::{ChipOptions, DomainConfig, ImsChip, ImsClient, ImsDomain, ImsHandle, VectorMode};
+use ims::{ChipOptions, DomainConfig, ImsChip, ImsDomain, ImsHandle, OwnerId, VectorMode};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -35,8 +35,8 @@ fn setup(cpus: usize, entries: u32) -> (Arc<Machine>, ImsDomain, Arc<SoftIms>, I
     (m, d, ims, c)
 }
 
-fn client(pasid: u32) -> ImsClient {
-    ImsClient::new(pasid as u64 + 1000, pasid).unwrap()
+fn client(pasid: u32) -> OwnerId {
+    OwnerId::new(u64::from(pasid) + 1000, pasid).unwrap()
 }
 
 const PASID: u32 = 7;
