@@ -154,6 +154,16 @@ impl fmt::Display for IrqError {
     }
 }
 
+impl core::error::Error for IrqError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::Vector(e) => Some(e),
+            Self::Ipi(e) => Some(e),
+            Self::NoSuchCpu(_) | Self::NotInitialized => None,
+        }
+    }
+}
+
 impl From<VectorError> for IrqError {
     fn from(e: VectorError) -> Self {
         Self::Vector(e)

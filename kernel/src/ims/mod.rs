@@ -152,10 +152,10 @@ fn irq_err(e: IrqError) -> PlatformError {
             PlatformError::VectorsExhausted { cpu }
         }
         IrqError::NoSuchCpu(cpu) => PlatformError::NoSuchCpu { cpu },
-        e => {
-            log::error!("ims: interrupt layer: {e}");
-            PlatformError::Failed("interrupt layer error (logged)")
-        }
+        e => PlatformError::Kernel {
+            what: "interrupt layer",
+            cause: ims::Cause::new(e),
+        },
     }
 }
 
