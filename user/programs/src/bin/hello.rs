@@ -1,4 +1,6 @@
-//! Prints one line with its pid and CPU, exits with status `arg`.
+//! Prints one line with its pid and CPU, exits with status `arg`; with `arg` = `u64::MAX`
+//! it then spins forever without a system call (only preemption lets its CPU do anything
+//! else, only a kill ends it).
 #![no_std]
 #![no_main]
 
@@ -10,6 +12,11 @@ fn main(arg: u64) -> u64 {
         user_rt::getpid(),
         user_rt::cpu()
     );
+    if arg == u64::MAX {
+        loop {
+            core::hint::spin_loop();
+        }
+    }
     arg
 }
 
