@@ -271,15 +271,22 @@ ktest!(
     }
 );
 
+/// One `RESULT {"kind":"proc-cost",…}` line: `op`, `cost` (average per operation),
+/// `cost_unit` (`guest_instructions` under `icount`, else `tsc_cycles`), `icount`, `build`.
 fn result(op: &str, value: u64) {
+    let icount = crate::cmdline::has("icount");
+    let unit = if icount {
+        "guest_instructions"
+    } else {
+        "tsc_cycles"
+    };
+    let build = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
     crate::println!(
-        "RESULT {{\"kind\":\"proc-cost\",\"op\":\"{op}\",\"cycles\":{value},\"unit\":\"{}\",\"debug\":{}}}",
-        if crate::cmdline::has("icount") {
-            "guest-instructions"
-        } else {
-            "tsc-cycles"
-        },
-        cfg!(debug_assertions)
+        "RESULT {{\"kind\":\"proc-cost\",\"op\":\"{op}\",\"cost\":{value},\"cost_unit\":\"{unit}\",\"icount\":{icount},\"build\":\"{build}\"}}"
     );
 }
 
