@@ -62,7 +62,7 @@ fn build_user_programs(root: &Path) {
         .env_remove("CARGO_TARGET_DIR")
         .env(
             "RUSTFLAGS",
-            "-C relocation-model=pic -C code-model=small -C force-frame-pointers=yes -C debuginfo=0",
+            "-C relocation-model=pic -C code-model=small -C force-frame-pointers=yes -C debuginfo=0 -C strip=debuginfo",
         );
     let status = cmd
         .status()

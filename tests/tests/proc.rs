@@ -1,5 +1,6 @@
-//! Ring-3 processes: the `proc::` kernel tests on 4 CPUs (x2APIC, SMEP/SMAP/UMIP) and on
-//! `qemu64` (no SMAP: that test skips, the rest pass), the one-line report of a user fault,
+//! Ring-3 processes: the `proc::` kernel tests on 4 CPUs with one DSA (x2APIC,
+//! SMEP/SMAP/UMIP, a process PASID) and on `qemu64` without DSA (no SMAP: that test skips,
+//! the rest pass), the one-line report of a user fault,
 //! and the process costs under `-icount` (guest instructions).
 
 use qemu_tests::{Boot, json_field as field};
@@ -17,11 +18,13 @@ const PROC_TESTS: &[&str] = &[
     "proc::ring3_setup_is_on_every_cpu",
     "proc::smap_stops_kernel_reads_of_user_memory_outside_the_checked_copy",
     "proc::checked_copies_refuse_kernel_and_wrapping_ranges",
+    "proc::sva_pasid_points_at_the_process_root_and_is_freed_at_exit",
 ];
 
 #[test]
 fn process_tests_smp4() {
-    let r = Boot::kernel().smp(4).ktest("proc::").run();
+    // With one DSA device: the SVA test attaches a process's PASID to it.
+    let r = Boot::kernel().smp(4).dsa(1).ktest("proc::").run();
     r.expect_pass();
     r.expect_tests_ok(PROC_TESTS);
     // One report line per user fault: vector, RIP, address, pid.
@@ -40,7 +43,7 @@ fn process_tests_without_smap() {
     let without_smap: Vec<&str> = PROC_TESTS
         .iter()
         .copied()
-        .filter(|t| !t.contains("smap"))
+        .filter(|t| !t.contains("smap") && !t.contains("sva"))
         .collect();
     r.expect_tests_ok(&without_smap);
     assert!(matches!(

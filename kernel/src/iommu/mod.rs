@@ -726,6 +726,22 @@ impl AddressSpace {
         first_err.map(|()| done)
     }
 
+    /// Invalidates `[iova, iova + len)` wherever the space is attached, on every unit, and
+    /// waits (a [`SpaceKind::Shared`] space after its owner changed its tables, before a page
+    /// is freed).
+    pub fn invalidate(&self, iova: u64, len: u64) -> Result<(), IommuError> {
+        let io = iommu()?;
+        let mut first_err = Ok(());
+        for s in &io.units {
+            if let Err(e) = s.vtd(s.lock().invalidate_range(self.id(), iova, len))
+                && first_err.is_ok()
+            {
+                first_err = Err(e);
+            }
+        }
+        first_err
+    }
+
     /// Software walk of the space's page tables (first unit's copy).
     #[cfg(feature = "ktest")]
     pub fn translate(&self, iova: u64) -> Option<Translation> {

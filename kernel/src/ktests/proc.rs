@@ -306,3 +306,63 @@ ktest!(
         }
     }
 );
+
+ktest!(
+    fn sva_pasid_points_at_the_process_root_and_is_freed_at_exit() -> crate::ktest::Outcome {
+        let Some(dev) = crate::dsa::devices().first() else {
+            return crate::ktest::skip("no DSA device");
+        };
+        if !crate::iommu::is_enabled() {
+            return crate::ktest::skip("no IOMMU");
+        }
+        let addr = dev.pci.address();
+        let before = crate::iommu::pasids_in_use();
+        let p = spawn("hello", Some(cpus() - 1), u64::MAX);
+        let pasid = match proc::sva_attach(&p, dev) {
+            Ok(v) => v,
+            Err(proc::ProcError::Iommu(crate::iommu::IommuError::Vtd {
+                err: crate::iommu::VtdError::Missing(_),
+                ..
+            })) => {
+                proc::kill(&p);
+                wait(&p);
+                return crate::ktest::skip("the IOMMU does not translate with the first stage");
+            }
+            Err(e) => panic!("sva_attach: {e}"),
+        };
+        assert_eq!(p.pasid(), Some(pasid));
+        assert_eq!(
+            proc::sva_attach(&p, dev).unwrap(),
+            pasid,
+            "one PASID per process"
+        );
+        assert_eq!(crate::iommu::pasids_in_use(), before + 1);
+        // The device's PASID entry: first stage through the process's own PML4 (its CR3),
+        // NXE=1, supervisor requests refused.
+        let (_, trace) =
+            crate::iommu::hardware_walk(addr, Some(pasid), user_abi::USER_BASE + 0x10_0000, false)
+                .expect("walk");
+        let e = vtd::spec::PasidEntry::decode(&trace.pasid_entry).expect("a PASID entry");
+        assert_eq!(e.pgtt, vtd::spec::Pgtt::FirstStage);
+        assert_eq!(e.fs_root, p.root(), "FSPTPTR = the process's root");
+        assert!(e.nxe && !e.sre, "{e:?}");
+        proc::kill(&p);
+        assert_eq!(wait(&p), user_abi::STATUS_KILLED);
+        // Drained, revoked and freed with the process.
+        assert_eq!(p.pasid(), None);
+        assert_eq!(
+            crate::iommu::pasids_in_use(),
+            before,
+            "the PASID is free again"
+        );
+        let (_, trace) =
+            crate::iommu::hardware_walk(addr, Some(pasid), user_abi::USER_BASE + 0x10_0000, false)
+                .expect("walk");
+        assert_eq!(trace.pasid_entry[0], 0, "the PASID entry is cleared");
+        assert!(matches!(
+            proc::sva_attach(&p, dev),
+            Err(proc::ProcError::Ended)
+        ));
+        crate::ktest::Outcome::Pass
+    }
+);

@@ -79,6 +79,10 @@ pub enum ProcError {
     Unsupported(&'static str),
     /// A wait ran out of time.
     Timeout,
+    /// The process has ended.
+    Ended,
+    /// The IOMMU refused (shared virtual addressing).
+    Iommu(crate::iommu::IommuError),
 }
 
 impl fmt::Display for ProcError {
@@ -91,6 +95,8 @@ impl fmt::Display for ProcError {
             Self::Limit => write!(f, "process or thread limit reached"),
             Self::Unsupported(why) => write!(f, "processes are not supported here: {why}"),
             Self::Timeout => write!(f, "timed out"),
+            Self::Ended => write!(f, "the process has ended"),
+            Self::Iommu(e) => write!(f, "IOMMU: {e}"),
         }
     }
 }
@@ -100,6 +106,7 @@ impl core::error::Error for ProcError {
         match self {
             Self::Elf(e) => Some(e),
             Self::Mm(e) => Some(e),
+            Self::Iommu(e) => Some(e),
             _ => None,
         }
     }
@@ -114,6 +121,8 @@ impl ProcError {
             Self::Mm(_) => E::NoMemory,
             Self::NoSuchCpu(_) => E::NoSuchCpu,
             Self::Limit | Self::Timeout => E::Limit,
+            Self::Ended => E::Killed,
+            Self::Iommu(_) => E::NoMemory,
         }
     }
 }
@@ -155,6 +164,21 @@ pub struct Process {
     fault: IrqMutex<Option<FaultReport>>,
     /// Threads waiting for this process to end.
     waiters: IrqMutex<Vec<Arc<Thread>>>,
+    /// Its PASID for shared virtual addressing, once it has one.
+    sva: spin::Mutex<Sva>,
+}
+
+/// A process's PASID: one `iommu` address space whose PASID entries point first-stage
+/// translation at the process's own root (the CR3 value), and the DSA devices it is
+/// attached to (drained before the PASID goes).
+enum Sva {
+    None,
+    Live {
+        space: crate::iommu::AddressSpace,
+        devices: Vec<(crate::pci::PciAddress, Arc<dsa::Device>)>,
+    },
+    /// The process ended: no PASID any more, none to be had.
+    Released,
 }
 
 impl Process {
@@ -173,6 +197,17 @@ impl Process {
     /// Exit status (meaningful once [`Process::ended`]).
     pub fn status(&self) -> u64 {
         self.status.load(Ordering::Acquire)
+    }
+    /// Root of its page tables: CR3, and the first-stage root of its PASID.
+    pub fn root(&self) -> u64 {
+        self.root
+    }
+    /// Its PASID, if it has one.
+    pub fn pasid(&self) -> Option<u32> {
+        match &*self.sva.lock() {
+            Sva::Live { space, .. } => Some(space.pasid()),
+            _ => None,
+        }
     }
     /// The fault that killed it, if one did.
     pub fn fault(&self) -> Option<FaultReport> {
@@ -318,6 +353,7 @@ pub fn spawn_as(
             ended: AtomicBool::new(false),
             fault: IrqMutex::new(None),
             waiters: IrqMutex::new(Vec::new()),
+            sva: spin::Mutex::new(Sva::None),
         });
         procs.insert(pid, p.clone());
         p
@@ -409,6 +445,9 @@ fn terminate(t: &Arc<Thread>) {
     if p.live.fetch_sub(1, Ordering::AcqRel) == 1 {
         // Last thread: the process has ended.
         WORDS.lock().retain(|k, _| k.0 != p.pid);
+        // No thread of it runs any more: its DMA is drained and its PASID freed before its
+        // waiters learn that it ended (and long before its tables are freed).
+        sva_release(p);
         p.ended.store(true, Ordering::Release);
         let waiters = core::mem::take(&mut *p.waiters.lock());
         for w in &waiters {
@@ -784,4 +823,72 @@ pub fn with_scratch_space<R>(value: u64, f: impl FnOnce(u64) -> R) -> Result<R, 
     }
     drop(s);
     Ok(r)
+}
+
+/// Gives process `p` a PASID for shared virtual addressing (the first call creates it: a
+/// `SpaceKind::Shared` space whose first-stage root is `p`'s root) and attaches it to DSA
+/// device `dev`. Returns the PASID. The device then reaches exactly `p`'s user pages
+/// (U=1; kernel pages are supervisor-only and the entry refuses supervisor requests).
+pub fn sva_attach(p: &Arc<Process>, dev: &crate::dsa::DsaDevice) -> Result<u32, ProcError> {
+    use crate::iommu::{AddressSpace, SpaceKind};
+    let mut g = p.sva.lock();
+    if matches!(*g, Sva::Released) || p.dying.load(Ordering::Acquire) {
+        return Err(ProcError::Ended);
+    }
+    if matches!(*g, Sva::None) {
+        let space =
+            AddressSpace::new(SpaceKind::Shared { fs_root: p.root }).map_err(ProcError::Iommu)?;
+        *g = Sva::Live {
+            space,
+            devices: Vec::new(),
+        };
+    }
+    let Sva::Live { space, devices } = &mut *g else {
+        return Err(ProcError::Ended);
+    };
+    let addr = dev.pci.address();
+    if !devices.iter().any(|(a, _)| *a == addr) {
+        space.attach(addr).map_err(ProcError::Iommu)?;
+        devices.push((addr, dev.driver()));
+    }
+    Ok(space.pasid())
+}
+
+/// After a change to `p`'s tables (and the CPU shootdown): the IOTLB entries of its PASID for
+/// the range go too (PASID-selective, waited for). False if the IOMMU did not confirm (the
+/// caller must not free the pages).
+fn sva_invalidate(p: &Process, start: u64, len: u64) -> bool {
+    match &*p.sva.lock() {
+        Sva::Live { space, .. } => match space.invalidate(start, len) {
+            Ok(()) => true,
+            Err(e) => {
+                log::error!(
+                    "pid {}: PASID {} invalidation failed: {e}",
+                    p.pid,
+                    space.pasid()
+                );
+                false
+            }
+        },
+        _ => true,
+    }
+}
+
+/// At the end of `p`: every device drains the PASID's work (Drain PASID), then the PASID
+/// entries are cleared and invalidated and the PASID is free again.
+fn sva_release(p: &Process) {
+    let old = core::mem::replace(&mut *p.sva.lock(), Sva::Released);
+    if let Sva::Live { space, devices } = old {
+        let pasid = space.pasid();
+        for (addr, d) in &devices {
+            if let Err(e) = d.drain_pasid(pasid) {
+                log::error!(
+                    "pid {}: drain of PASID {pasid} on {addr} failed: {e}",
+                    p.pid
+                );
+            }
+        }
+        // Dropping the space revokes every entry (invalidated) and frees the PASID.
+        drop(space);
+    }
 }

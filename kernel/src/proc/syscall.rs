@@ -114,8 +114,10 @@ fn munmap(t: &Thread, addr: u64, len: u64) -> Result<u64, Error> {
     }
     let mut freed = Vec::new();
     t.process.space.lock().munmap(addr, len, &mut freed)?;
-    // The leaves are clear; no frame is freed before every TLB that may hold them is.
-    if super::shootdown(&t.process, addr, len) {
+    // The leaves are clear; no frame is freed before every TLB that may hold them is: the
+    // CPUs' (shootdown) and the IOMMU's for the process's PASID.
+    let cpus = super::shootdown(&t.process, addr, len);
+    if cpus && super::sva_invalidate(&t.process, addr, len) {
         super::space::free_released(freed);
     } else {
         log::error!(
