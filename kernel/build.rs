@@ -16,7 +16,9 @@ use std::path::Path;
 use std::process::Command;
 
 /// The embedded programs (bins of `user/programs`).
-const PROGRAMS: &[&str] = &["hello", "yielder", "faulter", "abuser", "memory", "parent"];
+const PROGRAMS: &[&str] = &[
+    "hello", "yielder", "faulter", "abuser", "memory", "parent", "sva",
+];
 
 const BEGIN: &str = "/* KTEST-BEGIN */";
 const END: &str = "/* KTEST-END */";

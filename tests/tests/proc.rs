@@ -19,6 +19,8 @@ const PROC_TESTS: &[&str] = &[
     "proc::smap_stops_kernel_reads_of_user_memory_outside_the_checked_copy",
     "proc::checked_copies_refuse_kernel_and_wrapping_ranges",
     "proc::sva_pasid_points_at_the_process_root_and_is_freed_at_exit",
+    "proc::sva_process_submits_dsa_work_on_its_own_pasid",
+    "proc::sva_munmap_invalidates_the_iotlb_before_the_frame_is_freed",
 ];
 
 #[test]
@@ -32,7 +34,9 @@ fn process_tests_smp4() {
         .expect_serial("(faulter) killed by #PF page fault: vector 14, rip 0x4000")
         .expect_serial("address 0x500000000000, error code 0x4")
         .expect_serial("abuser: 47 cases refused as expected")
-        .expect_serial("parent: all checks passed");
+        .expect_serial("parent: all checks passed")
+        .expect_serial("sva: memmove on pasid-forced descriptor ok, 10 refusals")
+        .expect_serial("sva: memmove to the unmapped page: page fault");
 }
 
 #[test]
@@ -57,6 +61,7 @@ fn process_tests_without_smap() {
 fn process_costs_are_guest_instructions() {
     let r = Boot::kernel()
         .smp(2)
+        .dsa(1)
         .ktest("ktests::proc::costs")
         .arg("lapic.calibrate=irq")
         .arg("icount")
@@ -72,7 +77,8 @@ fn process_costs_are_guest_instructions() {
             "null-syscall",
             "yield-round-trip",
             "lazy-page-fault",
-            "munmap-shootdown-1-remote"
+            "munmap-shootdown-1-remote",
+            "dsa-submit-syscall"
         ],
         "{res:#?}"
     );

@@ -15,6 +15,7 @@ pub mod buddy;
 pub mod heap;
 pub mod json;
 pub mod userelf;
+pub mod usersubmit;
 pub mod vectors;
 
 /// Size of a base page / frame.

@@ -304,6 +304,9 @@ ktest!(
         if cpus() > 1 {
             result("munmap-shootdown-1-remote", wait(&spawn("memory", Some(0), 2)));
         }
+        if crate::dsa::devices().first().is_some_and(|d| d.has_enqcmds()) {
+            result("dsa-submit-syscall", wait(&spawn("sva", Some(cpu), 2)));
+        }
     }
 );
 
@@ -363,6 +366,49 @@ ktest!(
             proc::sva_attach(&p, dev),
             Err(proc::ProcError::Ended)
         ));
+        crate::ktest::Outcome::Pass
+    }
+);
+
+ktest!(
+    fn sva_process_submits_dsa_work_on_its_own_pasid() -> crate::ktest::Outcome {
+        let Some(dev) = crate::dsa::devices().first() else {
+            return crate::ktest::skip("no DSA device");
+        };
+        if !dev.has_enqcmds() || !crate::iommu::is_enabled() {
+            return crate::ktest::skip("no shared WQ or no IOMMU");
+        }
+        // user/programs/src/bin/sva.rs case 0: a memmove between its own virtual addresses
+        // with a forged dword 0 (kernel PASID, privileged), checked byte for byte, then each
+        // refusal of the submit call.
+        let p = spawn("sva", None, 0);
+        assert_eq!(wait(&p), 0, "sva(0): failing step (see its output)");
+        assert!(p.fault().is_none());
+        crate::ktest::Outcome::Pass
+    }
+);
+
+ktest!(
+    fn sva_munmap_invalidates_the_iotlb_before_the_frame_is_freed() -> crate::ktest::Outcome {
+        let Some(dev) = crate::dsa::devices().first() else {
+            return crate::ktest::skip("no DSA device");
+        };
+        if !dev.has_enqcmds() || !crate::iommu::is_enabled() {
+            return crate::ktest::skip("no shared WQ or no IOMMU");
+        }
+        let before = crate::iommu::pasids_in_use();
+        let p = spawn("sva", None, 1);
+        let s = wait(&p);
+        assert_ne!(
+            s, 3,
+            "the device wrote through a stale IOTLB entry after munmap"
+        );
+        assert_eq!(s, 0, "sva(1): failing step (see its output)");
+        assert_eq!(
+            crate::iommu::pasids_in_use(),
+            before,
+            "the PASID went with the process"
+        );
         crate::ktest::Outcome::Pass
     }
 );

@@ -18,6 +18,7 @@ pub static PROGRAMS: &[(&str, &[u8])] = &[
     program!("abuser"),
     program!("memory"),
     program!("parent"),
+    program!("sva"),
 ];
 
 /// The image of program `name`.

@@ -52,7 +52,41 @@ pub(crate) fn dispatch(t: &Arc<Thread>, regs: &mut UserRegs) -> Action {
         Sys::Kill => ret(kill(t, a[0])),
         Sys::ThreadSpawn => ret(thread_spawn(t, a[0], a[1], a[2], a[3])),
         Sys::ThreadExit => Action::ExitThread,
+        Sys::DsaSubmit => ret(dsa_submit(t, a[0], a[1])),
     }
+}
+
+fn dsa_submit(t: &Thread, desc: u64, device: u64) -> Result<u64, Error> {
+    use klib::usersubmit::{DescError, Limits, validate};
+    let devs = crate::dsa::devices();
+    let dev = usize::try_from(device)
+        .ok()
+        .and_then(|i| devs.get(i))
+        .ok_or(Error::NoDevice)?;
+    if !user_range_ok(desc, 64) {
+        return Err(Error::BadAddress);
+    }
+    // One copy; only the copy is validated and submitted.
+    let mut raw = [0u8; 64];
+    uaccess::copy_from_user(Some(&t.process), &mut raw, desc)?;
+    let pasid = super::sva_attach(&t.process, dev).map_err(|e| e.abi())?;
+    let limits = Limits {
+        max_transfer: dev.max_transfer(),
+    };
+    let d = validate(&raw, pasid, &limits).map_err(|e| match e {
+        DescError::Batch => Error::NoBatch,
+        DescError::Opcode(_) => Error::BadOpcode,
+        DescError::Flags(_) => Error::BadFlags,
+        DescError::Completion(_) => Error::BadCompletion,
+        DescError::Size(_) => Error::TooLarge,
+        DescError::Address(_) => Error::BadAddress,
+        DescError::Reserved => Error::BadArgument,
+    })?;
+    dev.submit_user(&d).map_err(|e| match e {
+        crate::dsa::UserSubmitError::NoSharedWq => Error::NoDevice,
+        crate::dsa::UserSubmitError::Busy => Error::Busy,
+    })?;
+    Ok(0)
 }
 
 fn write(t: &Thread, ptr: u64, len: u64) -> Result<u64, Error> {

@@ -56,10 +56,16 @@ pub enum Sys {
     ThreadExit = 13,
     /// `cpu() -> index`: the CPU the caller runs on (for tests).
     Cpu = 14,
+    /// `dsa_submit(desc_ptr, device) -> 0`: submits the 64-byte DSA work descriptor at
+    /// `desc_ptr` to DSA device `device` (0-based) on the caller's PASID (shared virtual
+    /// addressing: its addresses are the process's). The kernel copies it once, validates
+    /// the copy and forces PASID and privilege (see the kernel's `klib::usersubmit`); the
+    /// process polls the completion record (32-byte aligned, in its memory, CRAV|RCR).
+    DsaSubmit = 15,
 }
 
 /// Number of system calls (one past the largest number).
-pub const SYS_COUNT: u64 = 15;
+pub const SYS_COUNT: u64 = 16;
 
 impl Sys {
     /// The call with number `n`.
@@ -80,6 +86,7 @@ impl Sys {
             12 => Self::ThreadSpawn,
             13 => Self::ThreadExit,
             14 => Self::Cpu,
+            15 => Self::DsaSubmit,
             _ => return None,
         })
     }
@@ -121,11 +128,26 @@ pub enum Error {
     WouldBlock = 15,
     /// The process is being killed (returned to blocked threads as they end).
     Killed = 16,
+    /// No such device (or it cannot take work from processes).
+    NoDevice = 17,
+    /// A descriptor's opcode is not accepted from processes.
+    BadOpcode = 18,
+    /// A descriptor's flags are not accepted (CRAV and RCR required, only cache control
+    /// may be added).
+    BadFlags = 19,
+    /// A descriptor's completion record is not 32-byte aligned in the user half.
+    BadCompletion = 20,
+    /// A transfer size is 0 or above the device's maximum.
+    TooLarge = 21,
+    /// The device's queue stayed full; try again.
+    Busy = 22,
+    /// Batch descriptors are not accepted from processes.
+    NoBatch = 23,
 }
 
 impl Error {
     /// Every code, in numbering order.
-    pub const ALL: [Error; 16] = [
+    pub const ALL: [Error; 23] = [
         Self::NoSys,
         Self::BadAddress,
         Self::Misaligned,
@@ -142,6 +164,13 @@ impl Error {
         Self::NotUtf8,
         Self::WouldBlock,
         Self::Killed,
+        Self::NoDevice,
+        Self::BadOpcode,
+        Self::BadFlags,
+        Self::BadCompletion,
+        Self::TooLarge,
+        Self::Busy,
+        Self::NoBatch,
     ];
 
     /// The stable code.
@@ -176,6 +205,13 @@ impl Error {
             Self::NotUtf8 => "not UTF-8",
             Self::WouldBlock => "would block",
             Self::Killed => "killed",
+            Self::NoDevice => "no such device",
+            Self::BadOpcode => "opcode not accepted",
+            Self::BadFlags => "descriptor flags not accepted",
+            Self::BadCompletion => "bad completion record address",
+            Self::TooLarge => "transfer size 0 or too large",
+            Self::Busy => "device queue full",
+            Self::NoBatch => "batch descriptors not accepted",
         }
     }
 }

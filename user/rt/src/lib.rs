@@ -159,6 +159,11 @@ pub fn thread_spawn(
     )
 }
 
+/// Submits the DSA descriptor `desc` to device `device` (0-based) on this process's PASID.
+pub fn dsa_submit(desc: &[u8; 64], device: u64) -> Result<u64, Error> {
+    call(Sys::DsaSubmit, [desc.as_ptr() as u64, device, 0, 0, 0, 0])
+}
+
 /// Ends the calling thread.
 pub fn thread_exit() -> ! {
     let _ = call(Sys::ThreadExit, [0; 6]);
