@@ -160,6 +160,9 @@ fn main(_: u64) -> u64 {
             sys(Sys::Sleep, &[abi::SLEEP_MAX_NS + 1]),
             Err(Error::BadArgument),
         ),
+        // A real sleep (blocked, woken by the timer tick) and a zero one (a yield).
+        ("sleep 1 ms", sys(Sys::Sleep, &[1_000_000]), Ok(0)),
+        ("sleep 0", sys(Sys::Sleep, &[0]), Ok(0)),
         (
             "wait_word null",
             sys(Sys::WaitWord, &[0, 0]),
