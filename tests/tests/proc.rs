@@ -18,6 +18,7 @@ const PROC_TESTS: &[&str] = &[
     "proc::ring3_setup_is_on_every_cpu",
     "proc::smap_stops_kernel_reads_of_user_memory_outside_the_checked_copy",
     "proc::checked_copies_refuse_kernel_and_wrapping_ranges",
+    "proc::an_nmi_with_the_user_gs_loaded_finds_the_kernel_gs",
     "proc::sva_pasid_points_at_the_process_root_and_is_freed_at_exit",
     "proc::sva_process_submits_dsa_work_on_its_own_pasid",
     "proc::sva_munmap_invalidates_the_iotlb_before_the_frame_is_freed",

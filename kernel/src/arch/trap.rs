@@ -63,6 +63,27 @@ trap_common:
     pushq %r15
     movq %rsp, %rdi
     movq %rsp, %rbx
+    // NMI, #DF, #MC from ring 0 may land between SYSCALL and its SWAPGS or between the exit
+    // SWAPGS and SYSRETQ/IRETQ, where GS is the user's (base 0, always: arch::user). Then
+    // swap here and back on the way out (r12, saved above, says so).
+    xorl %r12d, %r12d
+    movq 120(%rsp), %rax
+    cmpq $2, %rax
+    je 3f
+    cmpq $8, %rax
+    je 3f
+    cmpq $18, %rax
+    jne 4f
+3:
+    testb $3, 144(%rsp)
+    jnz 4f
+    movl $0xC0000101, %ecx
+    rdmsr
+    orl %edx, %eax
+    jnz 4f
+    swapgs
+    movl $1, %r12d
+4:
     andq $-16, %rsp
     cld
     // Event delivery leaves RFLAGS.AC as it was: clear it, or SMAP would be off here.
@@ -75,6 +96,10 @@ trap_common:
     testq %rax, %rax
     jnz user_return_to_kernel
     movq %rbx, %rsp
+    testl %r12d, %r12d
+    jz 5f
+    swapgs
+5:
     popq %r15
     popq %r14
     popq %r13
@@ -217,6 +242,15 @@ unsafe extern "C" fn trap_dispatch(frame: *mut TrapFrame) -> u64 {
     leave
 }
 
+/// NMIs handled (all CPUs).
+static NMIS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// NMIs handled so far (kernel tests).
+#[cfg(feature = "ktest")]
+pub fn nmis() -> u64 {
+    NMIS.load(Ordering::Relaxed)
+}
+
 fn handle_exception(frame: &mut TrapFrame, depth: u32) {
     let v = frame.vector as u8;
     let cpu = percpu::current();
@@ -227,6 +261,7 @@ fn handle_exception(frame: &mut TrapFrame, depth: u32) {
             return;
         }
         2 => {
+            NMIS.fetch_add(1, Ordering::Relaxed);
             if crate::fail::stopping() {
                 super::halt_forever();
             }

@@ -412,3 +412,35 @@ ktest!(
         crate::ktest::Outcome::Pass
     }
 );
+
+ktest!(
+    fn an_nmi_with_the_user_gs_loaded_finds_the_kernel_gs() {
+        // The window between SYSCALL and its SWAPGS (or the exit SWAPGS and SYSRETQ): CPL 0
+        // with the user's GS base (0). Made here with a SWAPGS and interrupts off, then an NMI
+        // to this CPU: the handler must swap for itself (it reads per-CPU data through GS)
+        // and swap back, so that the second SWAPGS restores the kernel's GS.
+        use crate::arch::apic;
+        let me = percpu::current_index();
+        let id = apic::id();
+        let before = crate::arch::trap::nmis();
+        let mut seen = false;
+        x86_64::instructions::interrupts::without_interrupts(|| {
+            // SAFETY: IF = 0 and nothing between the two SWAPGS touches GS except the NMI
+            // handler under test; KERNEL_GS_BASE holds this CPU's block (`arch::user`).
+            unsafe { core::arch::asm!("swapgs", options(nostack, preserves_flags)) };
+            let sent = apic::send_ipi(id, 0, apic::Delivery::Nmi, apic::Shorthand::None).is_ok();
+            // Bounded only against a lost NMI (no time source without GS: iterations).
+            for _ in 0..50_000_000u64 {
+                if !sent || crate::arch::trap::nmis() != before {
+                    break;
+                }
+                core::hint::spin_loop();
+            }
+            seen = crate::arch::trap::nmis() != before;
+            // SAFETY: back to the kernel's GS.
+            unsafe { core::arch::asm!("swapgs", options(nostack, preserves_flags)) };
+        });
+        assert_eq!(percpu::current_index(), me, "GS is the kernel's again");
+        assert!(seen, "the NMI was handled");
+    }
+);
