@@ -39,22 +39,31 @@ fn wr(a: u64, v: u8) {
     unsafe { core::ptr::write_volatile(a as *mut u8, v) }
 }
 
+/// Waits for the status byte at `cr`: yields first, then 1 ms sleeps, 60 s at most (only a
+/// lost completion reaches that; the device model may be descheduled for seconds). 0 on a
+/// timeout.
+fn await_status(cr: u64) -> u8 {
+    for i in 0..61_000u32 {
+        let s = rd(cr);
+        if s != 0 {
+            return s;
+        }
+        if i < 1000 {
+            user_rt::yield_now();
+        } else {
+            let _ = user_rt::sleep_ns(1_000_000);
+        }
+    }
+    0
+}
+
 /// Clears the record, submits, waits for the status byte; returns it (0 on a timeout).
 fn run(d: &[u8; 64], cr: u64) -> Result<u8, Error> {
     for i in 0..32 {
         wr(cr + i, 0);
     }
     user_rt::dsa_submit(d, 0)?;
-    for i in 0..2_000_000u32 {
-        let s = rd(cr);
-        if s != 0 {
-            return Ok(s);
-        }
-        if i % 64 == 63 {
-            user_rt::yield_now();
-        }
-    }
-    Ok(0)
+    Ok(await_status(cr))
 }
 
 fn main(arg: u64) -> u64 {
@@ -189,15 +198,8 @@ fn main(arg: u64) -> u64 {
                     return 1;
                 }
                 total += user_rt::rdtsc() - t0;
-                let mut k = 0u32;
-                while rd(cr) == 0 {
-                    k += 1;
-                    if k.is_multiple_of(64) {
-                        user_rt::yield_now();
-                    }
-                    if k > 2_000_000 {
-                        return 2;
-                    }
+                if await_status(cr) == 0 {
+                    return 2;
                 }
             }
             total / n
