@@ -1293,6 +1293,11 @@ fn shared_space_entry_points_at_the_owners_root_and_is_invalidated_by_range() {
     u.attach(DEV, a).unwrap();
     let mut t = WalkTrace::default();
     let _ = u.hardware_walk_traced(DEV, Some(a.0), 0x4000_0000_0000, false, &mut t);
+    assert_eq!(
+        u.pasid_entry(DEV, a.0),
+        Some(t.pasid_entry),
+        "as the walk read it"
+    );
     let e = PasidEntry::decode(&t.pasid_entry).expect("a PASID entry");
     assert_eq!(e.pgtt, Pgtt::FirstStage);
     assert_eq!(e.fs_root, root, "FSPTPTR = the owner's root");
@@ -1319,9 +1324,11 @@ fn shared_space_entry_points_at_the_owners_root_and_is_invalidated_by_range() {
     let blocks = m.live_blocks();
     u.destroy_address_space(a).unwrap();
     assert_eq!(m.live_blocks(), blocks, "no unit memory was the owner's");
-    let mut t = WalkTrace::default();
-    let _ = u.hardware_walk_traced(DEV, Some(a.0), 0x4000_0000_0000, false, &mut t);
-    assert_eq!(t.pasid_entry[0], 0, "the PASID entry is gone");
+    assert_eq!(
+        u.pasid_entry(DEV, a.0).map(|e| e[0]),
+        Some(0),
+        "the PASID entry is gone"
+    );
 }
 
 #[test]

@@ -1212,6 +1212,14 @@ impl<R: Registers, M: UnitMemory, C: Clock> RemappingUnit<R, M, C> {
         Ok(())
     }
 
+    /// The PASID-table entry of `bdf` for `pasid` as stored (None: no PASID table covers it
+    /// yet). Reads only the unit's own tables, unlike a walk through a shared space.
+    pub fn pasid_entry(&self, bdf: Bdf, pasid: u32) -> Option<[u64; 8]> {
+        let dev = self.devices.get(&bdf.sid())?;
+        let table = *dev.tables.get(&(pasid >> 6))?;
+        Some(self.read_pasid_entry(table + 64 * u64::from(pasid & 0x3f)))
+    }
+
     /// Walks the unit's structures from the root table exactly as the hardware does for a
     /// request from `bdf` (with `pasid`, or none → RID_PASID), returning the translation or
     /// the fault reason the unit would record. Diagnostics and tests.

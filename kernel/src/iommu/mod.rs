@@ -618,6 +618,13 @@ pub fn hardware_walk(
     Ok((r, t))
 }
 
+/// `dev`'s PASID-table entry for `pasid` as stored in its unit's tables.
+#[cfg(feature = "ktest")]
+pub fn pasid_entry(dev: PciAddress, pasid: u32) -> Result<Option<[u64; 8]>, IommuError> {
+    let s = iommu()?.unit_of(dev)?;
+    Ok(s.lock().pasid_entry(rid(dev), pasid))
+}
+
 /// Puts `dev`'s requests without PASID back to the default (pass-through), e.g. after the
 /// space it was attached to was revoked.
 #[cfg(feature = "ktest")]

@@ -343,10 +343,10 @@ ktest!(
         assert_eq!(crate::iommu::pasids_in_use(), before + 1);
         // The device's PASID entry: first stage through the process's own PML4 (its CR3),
         // NXE=1, supervisor requests refused.
-        let (_, trace) =
-            crate::iommu::hardware_walk(addr, Some(pasid), user_abi::USER_BASE + 0x10_0000, false)
-                .expect("walk");
-        let e = vtd::spec::PasidEntry::decode(&trace.pasid_entry).expect("a PASID entry");
+        let raw = crate::iommu::pasid_entry(addr, pasid)
+            .expect("unit")
+            .expect("a PASID table");
+        let e = vtd::spec::PasidEntry::decode(&raw).expect("a PASID entry");
         assert_eq!(e.pgtt, vtd::spec::Pgtt::FirstStage);
         assert_eq!(e.fs_root, p.root(), "FSPTPTR = the process's root");
         assert!(e.nxe && !e.sre, "{e:?}");
@@ -359,10 +359,8 @@ ktest!(
             before,
             "the PASID is free again"
         );
-        let (_, trace) =
-            crate::iommu::hardware_walk(addr, Some(pasid), user_abi::USER_BASE + 0x10_0000, false)
-                .expect("walk");
-        assert_eq!(trace.pasid_entry[0], 0, "the PASID entry is cleared");
+        let raw = crate::iommu::pasid_entry(addr, pasid).expect("unit");
+        assert_eq!(raw.map(|e| e[0]), Some(0), "the PASID entry is cleared");
         assert!(matches!(
             proc::sva_attach(&p, dev),
             Err(proc::ProcError::Ended)
