@@ -4,7 +4,21 @@
 //! Without the `ktest` feature the script's `.ktest` registry (the lines from the
 //! `/* KTEST-BEGIN */` line to the `/* KTEST-END */` line) is left out, so that a product
 //! kernel has no `.ktest` section; the script actually used is written to `OUT_DIR`.
+//!
+//! It also builds the ring-3 programs (`user/programs`, release, for x86_64-unknown-none,
+//! in their own target directory `target/user` so that the outer build's lock and flags
+//! are not shared) and tells the kernel where they are (`USER_PROGRAMS_DIR`), for
+//! `include_bytes!` in `kernel/src/proc/programs.rs`. The programs live in the user half
+//! (0x4000_0000_0000 and up), beyond the reach of the kernel code model that the workspace
+//! flags give the kernel: they are built position-independent with the small code model
+//! and linked static at a fixed address by `user/programs/user.ld`.
 use std::path::Path;
+use std::process::Command;
+
+/// The embedded programs (bins of `user/programs`).
+const PROGRAMS: &[&str] = &[
+    "hello", "yielder", "faulter", "abuser", "memory", "parent", "sva",
+];
 
 const BEGIN: &str = "/* KTEST-BEGIN */";
 const END: &str = "/* KTEST-END */";
@@ -25,10 +39,46 @@ fn main() {
     } else {
         without_ktest(&text).unwrap_or_else(|e| panic!("{}: {e}", script.display()))
     };
+    build_user_programs(Path::new(&dir).join("..").as_path());
     let out = Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("kernel.ld");
     std::fs::write(&out, text).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
     println!("cargo:rustc-link-arg-bins=-T{}", out.display());
     println!("cargo:rustc-link-arg-bins=--no-pie");
+}
+
+fn build_user_programs(root: &Path) {
+    for d in ["user/abi", "user/rt", "user/programs", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", root.join(d).display());
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target_dir = root.join("target/user");
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root)
+        .args(["build", "-p", "user-programs", "--release"])
+        .args(["--target", "x86_64-unknown-none", "--target-dir"])
+        .arg(&target_dir)
+        // The outer build's flags and wrappers (clippy's) are not the programs'.
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CARGO_TARGET_DIR")
+        .env(
+            "RUSTFLAGS",
+            "-C relocation-model=pic -C code-model=small -C force-frame-pointers=yes -C debuginfo=0 -C strip=debuginfo",
+        );
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo for the user programs: {e}"));
+    assert!(
+        status.success(),
+        "building the user programs failed: cargo build -p user-programs --release --target x86_64-unknown-none"
+    );
+    let bin = target_dir.join("x86_64-unknown-none/release");
+    for p in PROGRAMS {
+        let f = bin.join(p);
+        assert!(f.exists(), "user program {} was not built", f.display());
+    }
+    println!("cargo:rustc-env=USER_PROGRAMS_DIR={}", bin.display());
 }
 
 /// The script without the lines from [`BEGIN`] to [`END`] (both included).

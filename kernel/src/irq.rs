@@ -8,7 +8,8 @@
 //! | 0x00–0x1f    | CPU exceptions                                              |
 //! | 0x20–0x2f    | legacy 8259 range (PICs remapped here and masked; spurious) |
 //! | 0x30–0xef    | allocatable per CPU ([`alloc_vector`])                      |
-//! | 0xf0–0xfb    | unavailable (room for more system vectors)                  |
+//! | 0xf0–0xfa    | unavailable (room for more system vectors)                  |
+//! | 0xfb         | reschedule / TLB shootdown IPI (processes)                  |
 //! | 0xfc         | LAPIC timer                                                 |
 //! | 0xfd         | cross-CPU call IPI                                          |
 //! | 0xfe         | LAPIC error                                                 |
@@ -40,6 +41,8 @@ use crate::sync::IrqMutex;
 pub const FIRST_ALLOCATABLE: u8 = 0x30;
 /// Last allocatable vector.
 pub const LAST_ALLOCATABLE: u8 = 0xef;
+/// Reschedule / TLB-shootdown IPI of the process scheduler (`crate::proc`).
+pub const SCHED_VECTOR: u8 = 0xfb;
 /// LAPIC timer.
 pub const TIMER_VECTOR: u8 = 0xfc;
 /// Cross-CPU call IPI.
@@ -206,6 +209,10 @@ pub fn init_cpu() {
     set(
         CALL_VECTOR,
         Box::new(|_: &IrqContext| crate::arch::smp::on_call_ipi()),
+    );
+    set(
+        SCHED_VECTOR,
+        Box::new(|_: &IrqContext| crate::proc::on_sched_ipi()),
     );
     set(
         ERROR_VECTOR,

@@ -51,6 +51,9 @@ mod ktests;
 mod logger;
 mod mm;
 mod pci;
+// The product kernel has no caller of process creation yet (kernel tests and benchmarks do).
+#[cfg_attr(not(feature = "ktest"), allow(dead_code, unused_imports))]
+mod proc;
 mod sync;
 #[cfg_attr(not(feature = "ktest"), allow(dead_code, unused_imports))]
 #[allow(clippy::cast_lossless, clippy::semicolon_if_nothing_returned)]
@@ -187,6 +190,7 @@ fn bring_up() -> Result<(), BringUpError> {
     irq::init(max_cpus);
     arch::percpu::mark_online(arch::apic::id());
     irq::init_cpu();
+    step("ring 3", arch::user::init_cpu())?;
     let cal = step("clock calibration", time::init())?;
     log::info!(
         "time: TSC {}.{:03} MHz, LAPIC timer {}.{:03} MHz (divide 16), calibrated against the {} over {} ms{}",

@@ -23,6 +23,8 @@ pub enum Requirement {
     RegisterLayout,
     /// CAP.PI for posted-format IRTEs.
     PostedInterrupts,
+    /// Shared virtual addressing needs the unit to translate with the first stage.
+    SharedFirstStage,
 }
 
 impl fmt::Display for Requirement {
@@ -39,6 +41,7 @@ impl fmt::Display for Requirement {
                 "fault-recording and IOTLB registers inside the register page (CAP.FRO/NFR, ECAP.IRO)"
             }
             Self::PostedInterrupts => "posted interrupts (CAP.PI)",
+            Self::SharedFirstStage => "first-stage translation (shared virtual addressing)",
         })
     }
 }

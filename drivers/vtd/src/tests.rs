@@ -1273,3 +1273,77 @@ fn ir_table_sizing_covers_every_message_up_to_the_architectural_maximum() {
         assert!(s.order <= 15);
     }
 }
+
+#[test]
+fn shared_space_entry_points_at_the_owners_root_and_is_invalidated_by_range() {
+    let (mut u, r, m) = fs_unit();
+    let root = 0x7654_3000;
+    let a = u
+        .create_address_space(SpaceKind::Shared { fs_root: root }, None)
+        .unwrap();
+    // Tables are the owner's: the unit neither maps nor unmaps in them.
+    assert_eq!(
+        u.map(a, 0x1000, 0x2000, 0x1000, Perm::RW),
+        Err(VtdError::NoPageTable { pasid: a.0 })
+    );
+    assert_eq!(
+        u.unmap(a, 0x1000, 0x1000),
+        Err(VtdError::NoPageTable { pasid: a.0 })
+    );
+    u.attach(DEV, a).unwrap();
+    let mut t = WalkTrace::default();
+    let _ = u.hardware_walk_traced(DEV, Some(a.0), 0x4000_0000_0000, false, &mut t);
+    assert_eq!(
+        u.pasid_entry(DEV, a.0),
+        Some(t.pasid_entry),
+        "as the walk read it"
+    );
+    let e = PasidEntry::decode(&t.pasid_entry).expect("a PASID entry");
+    assert_eq!(e.pgtt, Pgtt::FirstStage);
+    assert_eq!(e.fs_root, root, "FSPTPTR = the owner's root");
+    assert!(e.nxe && e.wpe && !e.sre, "NXE=1 WPE=1 SRE=0: {e:?}");
+    let did = u.domain_id(a).unwrap();
+    r.clear_log();
+    u.invalidate_range(a, 0x4000_0000_0000, 0x2000).unwrap();
+    let ex = descs(&r);
+    assert_eq!(
+        ex,
+        [
+            InvDesc::piotlb_page(did, a.0, 0x4000_0000_0000, 1, false).0,
+            WAIT
+        ]
+    );
+    assert_eq!(
+        u.invalidate_range(a, u64::MAX, 2),
+        Err(VtdError::BadRange {
+            iova: u64::MAX,
+            len: 2
+        })
+    );
+    // Destroying clears the entry; the owner's root is never freed by the unit.
+    let blocks = m.live_blocks();
+    u.destroy_address_space(a).unwrap();
+    assert_eq!(m.live_blocks(), blocks, "no unit memory was the owner's");
+    assert_eq!(
+        u.pasid_entry(DEV, a.0).map(|e| e[0]),
+        Some(0),
+        "the PASID entry is gone"
+    );
+}
+
+#[test]
+fn shared_spaces_need_a_first_stage_unit_and_an_aligned_root() {
+    let (mut u, _r, _m) = unit_with(QEMU_ECAP_SS, QEMU_CAP, Config::default());
+    u.init().unwrap();
+    assert_eq!(
+        u.create_address_space(SpaceKind::Shared { fs_root: 0x1000 }, None),
+        Err(VtdError::Missing(Requirement::SharedFirstStage))
+    );
+    let (mut u, _r, _m) = fs_unit();
+    for bad in [0, 0x1234, 1 << 60] {
+        assert!(matches!(
+            u.create_address_space(SpaceKind::Shared { fs_root: bad }, None),
+            Err(VtdError::BadRange { .. })
+        ));
+    }
+}

@@ -116,6 +116,17 @@ pub enum SpaceKind {
     Translated,
     /// Untranslated (PGTT=100).
     PassThrough,
+    /// Shared virtual addressing: first-stage translation through page tables the caller
+    /// owns (a process's PML4, also its CR3), never changed through the unit. The PASID entry
+    /// has PGTT=001, NXE=1 (W^X leaves carry XD, reserved when NXE=0), WPE=1 and SRE=0: a
+    /// supervisor request is refused and user requests reach only U=1 pages (VT-d rev 4.1
+    /// §3.6.1–3.6.2, §9.6). Needs a first-stage unit. The owner calls
+    /// [`RemappingUnit::invalidate_range`] after every change other than not-present →
+    /// present, before it frees a page.
+    Shared {
+        /// Physical address of the 4-level root (FSPTPTR).
+        fs_root: u64,
+    },
 }
 
 /// An address space is named by its PASID.
@@ -784,6 +795,13 @@ impl<R: Registers, M: UnitMemory, C: Clock> RemappingUnit<R, M, C> {
             .ok_or(VtdError::NoSuchAddressSpace { pasid })?;
         Ok(match (&sp.kind, &sp.pt) {
             (SpaceKind::Translated, Some(pt)) => self.translated_entry(sp.did, pt.root()),
+            (SpaceKind::Shared { fs_root }, _) => {
+                let mut e = PasidEntry::first_stage(sp.did, *fs_root);
+                e.nxe = true;
+                e.wpe = true;
+                e.sre = false;
+                e
+            }
             _ => PasidEntry::pass_through(sp.did),
         })
     }
@@ -886,6 +904,17 @@ impl<R: Registers, M: UnitMemory, C: Clock> RemappingUnit<R, M, C> {
         if kind == SpaceKind::PassThrough && !self.ecap.contains(Ecap::PT) {
             return Err(VtdError::Missing(Requirement::PassThrough));
         }
+        if let SpaceKind::Shared { fs_root } = kind {
+            if self.stage != StageKind::FirstStage {
+                return Err(VtdError::Missing(Requirement::SharedFirstStage));
+            }
+            if !fs_root.is_multiple_of(4096) || fs_root == 0 || fs_root >> self.phys_bits != 0 {
+                return Err(VtdError::BadRange {
+                    iova: fs_root,
+                    len: 4096,
+                });
+            }
+        }
         let limit = self.pasid_limit();
         let pasid = match pasid {
             Some(p) if p == 0 || p >= limit => return Err(VtdError::PasidOutOfRange { pasid: p }),
@@ -906,7 +935,7 @@ impl<R: Registers, M: UnitMemory, C: Clock> RemappingUnit<R, M, C> {
                     return Err(e);
                 }
             },
-            SpaceKind::PassThrough => None,
+            SpaceKind::PassThrough | SpaceKind::Shared { .. } => None,
         };
         self.spaces.insert(
             pasid,
@@ -1003,6 +1032,26 @@ impl<R: Registers, M: UnitMemory, C: Clock> RemappingUnit<R, M, C> {
         let done = unmapped?;
         flushed?;
         Ok(done)
+    }
+
+    /// Invalidates `[iova, iova + len)` of a [`SpaceKind::Shared`] space wherever it is
+    /// attached (PASID-selective IOTLB, page-selective in chunks or the whole PASID, IH=0 so
+    /// paging-structure caches go too), and waits for the invalidation to complete. The
+    /// owner of the tables calls it after clearing entries and before freeing the pages.
+    pub fn invalidate_range(
+        &mut self,
+        id: AddressSpaceId,
+        iova: u64,
+        len: u64,
+    ) -> Result<(), VtdError> {
+        if len == 0 || iova.checked_add(len).is_none() {
+            return Err(VtdError::BadRange { iova, len });
+        }
+        self.flush_range(
+            id.0,
+            iova & !0xfff,
+            (len + (iova & 0xfff)).next_multiple_of(4096),
+        )
     }
 
     /// §6.5.3.3 (paging-entry changes): PASID-based IOTLB page-selective per attached slot (first stage) or IOTLB
@@ -1195,6 +1244,14 @@ impl<R: Registers, M: UnitMemory, C: Clock> RemappingUnit<R, M, C> {
         }
         self.free_did(sp.did);
         Ok(())
+    }
+
+    /// The PASID-table entry of `bdf` for `pasid` as stored (None: no PASID table covers it
+    /// yet). Reads only the unit's own tables, unlike a walk through a shared space.
+    pub fn pasid_entry(&self, bdf: Bdf, pasid: u32) -> Option<[u64; 8]> {
+        let dev = self.devices.get(&bdf.sid())?;
+        let table = *dev.tables.get(&(pasid >> 6))?;
+        Some(self.read_pasid_entry(table + 64 * u64::from(pasid & 0x3f)))
     }
 
     /// Walks the unit's structures from the root table exactly as the hardware does for a

@@ -14,6 +14,8 @@ pub mod acpi;
 pub mod buddy;
 pub mod heap;
 pub mod json;
+pub mod userelf;
+pub mod usersubmit;
 pub mod vectors;
 
 /// Size of a base page / frame.

@@ -1,8 +1,12 @@
 //! Per-CPU GDT and TSS with IST stacks for #DF, NMI and #MC.
 //!
 //! Selectors are the same on every CPU and match the boot stub's GDT: kernel code 0x08,
-//! kernel data 0x10, TSS 0x18. Each CPU needs its own TSS because `ltr` marks the
-//! descriptor busy.
+//! kernel data 0x10, TSS 0x18 (16 bytes), then the ring-3 block SYSRET needs (Intel SDM
+//! Vol. 2B SYSRET: CS = STAR[63:48] + 16, SS = STAR[63:48] + 8): a null placeholder for a
+//! 32-bit user code segment at 0x28 (none exists: ring 3 cannot enter compatibility mode),
+//! user data 0x30 and user 64-bit code 0x38 (RPL 3: 0x33, 0x3b). Each CPU needs its own TSS
+//! because `ltr` marks the descriptor busy; its RSP0 is the stack ring-3 interrupts arrive
+//! on ([`set_rsp0`]).
 
 use core::cell::UnsafeCell;
 
@@ -15,6 +19,14 @@ use x86_64::structures::tss::TaskStateSegment;
 
 /// Kernel code selector.
 pub const KERNEL_CS: u16 = 0x08;
+/// Kernel data selector (SYSCALL's SS = STAR[47:32] + 8).
+pub const KERNEL_DS: u16 = 0x10;
+/// STAR[63:48]: the base of the ring-3 block (the null 32-bit code placeholder, RPL 3).
+pub const USER_BASE_SEL: u16 = 0x2b;
+/// User data (stack) selector with RPL 3.
+pub const USER_DS: u16 = 0x33;
+/// User 64-bit code selector with RPL 3.
+pub const USER_CS: u16 = 0x3b;
 /// IST slot (1-based as in the TSS) for #DF.
 pub const IST_DOUBLE_FAULT: u8 = 1;
 /// IST slot for NMI.
@@ -46,6 +58,36 @@ static BSP_IST: BspIstStacks = BspIstStacks(UnsafeCell::new([[0; IST_STACK_SIZE]
 static BSP_TSS: BspTss = BspTss(UnsafeCell::new(TaskStateSegment::new()));
 static BSP_GDT: Once<GlobalDescriptorTable> = Once::new();
 
+use super::percpu::MAX_CPUS;
+
+/// Each CPU's TSS (null until its GDT is loaded), for [`set_rsp0`].
+static TSS_OF: [core::sync::atomic::AtomicPtr<TaskStateSegment>; MAX_CPUS] =
+    [const { core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
+
+/// Sets the executing CPU's TSS.RSP0: the stack an interrupt or exception from ring 3
+/// arrives on (Intel SDM Vol. 3A §6.12.1). False if the CPU has no TSS of its own yet.
+pub fn set_rsp0(top: u64) -> bool {
+    let i = super::percpu::current_index();
+    let p = if i == 0 {
+        BSP_TSS.0.get()
+    } else {
+        TSS_OF.get(i).map_or(core::ptr::null_mut(), |t| {
+            t.load(core::sync::atomic::Ordering::Acquire)
+        })
+    };
+    if p.is_null() {
+        return false;
+    }
+    // SAFETY: `p` is this CPU's TSS (static or leaked); only this CPU writes its RSP0, with a
+    // raw unaligned store (the TSS is packed); the CPU reads it on a ring change.
+    unsafe {
+        core::ptr::addr_of_mut!((*p).privilege_stack_table)
+            .cast::<VirtAddr>()
+            .write_unaligned(VirtAddr::new(top));
+    }
+    true
+}
+
 fn build_tss(tops: [u64; 3]) -> TaskStateSegment {
     let mut tss = TaskStateSegment::new();
     for (i, top) in tops.into_iter().enumerate() {
@@ -64,7 +106,15 @@ fn gdt_with_tss(tss: Descriptor) -> (GlobalDescriptorTable, [SegmentSelector; 3]
     let code = gdt.append(Descriptor::kernel_code_segment());
     let data = gdt.append(Descriptor::kernel_data_segment());
     let tss_sel = gdt.append(tss);
+    // The ring-3 block: 0x28 null (no 32-bit user code), 0x30 data, 0x38 64-bit code.
+    let user32 = gdt.append(Descriptor::UserSegment(0));
+    let udata = gdt.append(Descriptor::user_data_segment());
+    let ucode = gdt.append(Descriptor::user_code_segment());
     debug_assert_eq!(code.0, KERNEL_CS);
+    debug_assert_eq!(data.0, KERNEL_DS);
+    debug_assert_eq!(user32.0 & !3, USER_BASE_SEL & !3);
+    debug_assert_eq!(udata.0, USER_DS);
+    debug_assert_eq!(ucode.0, USER_CS);
     (gdt, [code, data, tss_sel])
 }
 
@@ -117,9 +167,14 @@ pub fn guard_bsp_ist(tops: [u64; 3]) {
 
 /// Builds and loads an AP's GDT/TSS with its IST stacks (#DF, NMI, #MC tops).
 pub fn init_ap(ist_tops: [u64; 3]) {
-    let tss: &'static TaskStateSegment =
+    let tss: &'static mut TaskStateSegment =
         alloc::boxed::Box::leak(alloc::boxed::Box::new(build_tss(ist_tops)));
-    let (g, s) = build_gdt(tss);
+    let tss_ptr: *mut TaskStateSegment = tss;
+    TSS_OF[super::percpu::current_index().min(MAX_CPUS - 1)]
+        .store(tss_ptr, core::sync::atomic::Ordering::Release);
+    // SAFETY: the TSS is leaked (lives forever); the CPU reads it, and `set_rsp0` writes
+    // only its RSP0 field through the raw pointer, never through this reference.
+    let (g, s) = build_gdt(unsafe { &*tss_ptr });
     let gdt: &'static GlobalDescriptorTable = alloc::boxed::Box::leak(alloc::boxed::Box::new(g));
     load(gdt, s);
 }

@@ -22,6 +22,7 @@ pub mod percpu;
 pub mod smp;
 #[allow(clippy::cast_lossless)]
 pub mod trap;
+pub mod user;
 
 use core::arch::x86_64::{__cpuid, __cpuid_count};
 use spin::Once;

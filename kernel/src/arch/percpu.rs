@@ -39,6 +39,12 @@ pub(crate) struct Job {
 pub struct PerCpu {
     /// Must stay the first field: read through `%gs:0`.
     index: usize,
+    /// Ring-3 entry (`arch::user`, fixed offsets used by its assembly): the kernel RSP to
+    /// return to when the CPU leaves ring 3 (`%gs:8`), the running thread's register block
+    /// (`%gs:16`), a scratch slot for the user RSP (`%gs:24`).
+    pub(crate) user_kernel_rsp: AtomicU64,
+    pub(crate) user_regs: AtomicU64,
+    pub(crate) user_scratch: AtomicU64,
     apic_id: AtomicU32,
     online: AtomicBool,
     /// Interrupt handlers and counters of this CPU.
@@ -61,6 +67,9 @@ impl PerCpu {
     const fn new(index: usize) -> Self {
         Self {
             index,
+            user_kernel_rsp: AtomicU64::new(0),
+            user_regs: AtomicU64::new(0),
+            user_scratch: AtomicU64::new(0),
             apic_id: AtomicU32::new(u32::MAX),
             online: AtomicBool::new(false),
             irq: crate::irq::CpuIrq::new(),
@@ -98,6 +107,12 @@ impl PerCpu {
         self.breakpoints.load(Ordering::Relaxed)
     }
 }
+
+const _: () = {
+    assert!(core::mem::offset_of!(PerCpu, user_kernel_rsp) == 8);
+    assert!(core::mem::offset_of!(PerCpu, user_regs) == 16);
+    assert!(core::mem::offset_of!(PerCpu, user_scratch) == 24);
+};
 
 static BSP: PerCpu = PerCpu::new(0);
 /// Placeholder for APs between reset and getting their own block (logs show `cpu512`

@@ -405,23 +405,35 @@ extern "C" fn ap_entry64(boot: &'static ApBoot) -> ! {
     super::idt::load();
     apic::init_local();
     crate::irq::init_cpu();
+    if let Err(e) = super::user::init_cpu() {
+        log::warn!("cpu{}: ring 3 not set up: {e}", cpu.index());
+    }
     cpu.jobs_in_idle_loop.store(true, Ordering::Release);
     percpu::mark_online(apic::id());
     boot.online.store(true, Ordering::Release);
     idle_loop(cpu)
 }
 
+/// An AP's loop: cross-CPU calls first, then the threads of its run queue
+/// (`crate::proc`), else halt.
 fn idle_loop(cpu: &'static percpu::PerCpu) -> ! {
     loop {
         interrupts::disable();
         let job = cpu.jobs.lock().pop_front();
-        match job {
-            Some(j) => {
-                interrupts::enable();
-                run_job(&j);
-            }
+        if let Some(j) = job {
+            interrupts::enable();
+            run_job(&j);
+            continue;
+        }
+        interrupts::enable();
+        if crate::proc::run_once() {
+            continue;
+        }
+        crate::proc::idle(cpu.index());
+        interrupts::disable();
+        if cpu.jobs.lock().is_empty() && !crate::proc::has_work() {
             // `sti; hlt`: an interrupt between the check and the halt still wakes us.
-            None => interrupts::enable_and_hlt(),
+            interrupts::enable_and_hlt();
         }
     }
 }

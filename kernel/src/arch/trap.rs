@@ -41,6 +41,11 @@ trap_stubs:
 
     .balign 16
 trap_common:
+    // From ring 3 (saved CS RPL 3): the kernel's GS first (arch::user).
+    testb $3, 24(%rsp)
+    jz 1f
+    swapgs
+1:
     pushq %rax
     pushq %rbx
     pushq %rcx
@@ -58,10 +63,43 @@ trap_common:
     pushq %r15
     movq %rsp, %rdi
     movq %rsp, %rbx
+    // NMI, #DF, #MC from ring 0 may land between SYSCALL and its SWAPGS or between the exit
+    // SWAPGS and SYSRETQ/IRETQ, where GS is the user's (base 0, always: arch::user). Then
+    // swap here and back on the way out (r12, saved above, says so).
+    xorl %r12d, %r12d
+    movq 120(%rsp), %rax
+    cmpq $2, %rax
+    je 3f
+    cmpq $8, %rax
+    je 3f
+    cmpq $18, %rax
+    jne 4f
+3:
+    testb $3, 144(%rsp)
+    jnz 4f
+    movl $0xC0000101, %ecx
+    rdmsr
+    orl %edx, %eax
+    jnz 4f
+    swapgs
+    movl $1, %r12d
+4:
     andq $-16, %rsp
     cld
+    // Event delivery leaves RFLAGS.AC as it was: clear it, or SMAP would be off here.
+    pushfq
+    andq $~0x40000, (%rsp)
+    popfq
     call trap_dispatch
+    // Non-zero: a ring-3 trap the scheduler must see (registers saved by the dispatcher):
+    // leave this stack for the parked scheduler loop.
+    testq %rax, %rax
+    jnz user_return_to_kernel
     movq %rbx, %rsp
+    testl %r12d, %r12d
+    jz 5f
+    swapgs
+5:
     popq %r15
     popq %r14
     popq %r13
@@ -78,6 +116,10 @@ trap_common:
     popq %rbx
     popq %rax
     addq $16, %rsp
+    testb $3, 8(%rsp)
+    jz 2f
+    swapgs
+2:
     iretq
 "#,
     options(att_syntax)
@@ -157,12 +199,15 @@ fn read_cr2() -> u64 {
     x86_64::registers::control::Cr2::read_raw()
 }
 
-/// Rust side of the trap entry.
+/// Rust side of the trap entry. Returns non-zero when a trap from ring 3 goes to the
+/// scheduler loop (the registers are saved in the thread's block, `arch::user`): every
+/// exception but NMI/#DF/#MC, and the interrupts after which the scheduler must look
+/// (timer, cross-CPU call, reschedule/shootdown IPI).
 ///
 /// # Safety
 /// Called only by `trap_common` with a pointer to the frame it saved.
 #[unsafe(no_mangle)]
-unsafe extern "C" fn trap_dispatch(frame: *mut TrapFrame) {
+unsafe extern "C" fn trap_dispatch(frame: *mut TrapFrame) -> u64 {
     // SAFETY: `trap_common` passes the frame it just pushed on this stack.
     let frame = unsafe { &mut *frame };
     let cpu = percpu::current();
@@ -170,12 +215,40 @@ unsafe extern "C" fn trap_dispatch(frame: *mut TrapFrame) {
     // plain load + store (no locked instruction on every interrupt).
     let depth = cpu.trap_depth.load(Ordering::Relaxed);
     cpu.trap_depth.store(depth + 1, Ordering::Relaxed);
+    let from_user = frame.cs & 3 == 3;
+    let mut leave = 0;
     if frame.vector < 32 {
-        handle_exception(frame, depth);
+        if from_user && !matches!(frame.vector, 2 | 8 | 18) {
+            let addr = if frame.vector == 14 { read_cr2() } else { 0 };
+            super::user::save_trap(frame, super::user::Exit::Exception, addr);
+            leave = 1;
+        } else {
+            handle_exception(frame, depth);
+        }
     } else {
         crate::irq::dispatch(frame);
+        let v = frame.vector as u8;
+        if from_user
+            && matches!(
+                v,
+                crate::irq::TIMER_VECTOR | crate::irq::CALL_VECTOR | crate::irq::SCHED_VECTOR
+            )
+        {
+            super::user::save_trap(frame, super::user::Exit::Interrupt, 0);
+            leave = 1;
+        }
     }
     cpu.trap_depth.store(depth, Ordering::Relaxed);
+    leave
+}
+
+/// NMIs handled (all CPUs).
+static NMIS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// NMIs handled so far (kernel tests).
+#[cfg(feature = "ktest")]
+pub fn nmis() -> u64 {
+    NMIS.load(Ordering::Relaxed)
 }
 
 fn handle_exception(frame: &mut TrapFrame, depth: u32) {
@@ -188,6 +261,7 @@ fn handle_exception(frame: &mut TrapFrame, depth: u32) {
             return;
         }
         2 => {
+            NMIS.fetch_add(1, Ordering::Relaxed);
             if crate::fail::stopping() {
                 super::halt_forever();
             }

@@ -209,6 +209,26 @@ impl Route {
     }
 }
 
+/// Why [`DsaDevice::submit_user`] did not submit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserSubmitError {
+    /// The device has no shared WQ (or the CPU no ENQCMDS).
+    NoSharedWq,
+    /// The WQ kept refusing (full).
+    Busy,
+}
+
+impl fmt::Display for UserSubmitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoSharedWq => write!(f, "no shared WQ to submit to"),
+            Self::Busy => write!(f, "the shared WQ stayed full"),
+        }
+    }
+}
+
+impl core::error::Error for UserSubmitError {}
+
 /// One DSA device as the kernel sees it.
 pub struct DsaDevice {
     /// N of `dsaN` (enumeration order).
@@ -255,6 +275,34 @@ impl DsaDevice {
     /// Whether the CPU can feed shared WQs.
     pub fn has_enqcmds(&self) -> bool {
         self.enqcmds
+    }
+
+    /// Submits a descriptor a process handed in, already validated and with dword 0 forced
+    /// to the process's PASID and privilege 0 (`klib::usersubmit`), to the first shared WQ
+    /// through its portal (the limited one when the WQ has a threshold, so the kernel's own
+    /// submissions keep room): SFENCE + ENQCMDS, 32 immediate retries, then
+    /// [`UserSubmitError::Busy`]. The process polls the completion record in its memory.
+    pub fn submit_user(&self, desc: &[u8; 64]) -> Result<(), UserSubmitError> {
+        if !self.enqcmds {
+            return Err(UserSubmitError::NoSharedWq);
+        }
+        let d = self.driver();
+        let portal = d
+            .wq_of_mode(WqMode::Shared)
+            .map(|w| w.portal())
+            .ok_or(UserSubmitError::NoSharedWq)?;
+        for _ in 0..32 {
+            if self.hw.portals.enqcmds(portal, desc) == dsa::EnqStatus::Accepted {
+                return Ok(());
+            }
+            core::hint::spin_loop();
+        }
+        Err(UserSubmitError::Busy)
+    }
+
+    /// The largest transfer size the device accepts.
+    pub fn max_transfer(&self) -> u64 {
+        self.driver().caps().max_transfer()
     }
 
     /// First configured WQ of `mode`.

@@ -615,6 +615,13 @@ pub fn hardware_walk(
     Ok((r, t))
 }
 
+/// `dev`'s PASID-table entry for `pasid` as stored in its unit's tables.
+#[cfg(feature = "ktest")]
+pub fn pasid_entry(dev: PciAddress, pasid: u32) -> Result<Option<[u64; 8]>, IommuError> {
+    let s = iommu()?.unit_of(dev)?;
+    Ok(s.lock().pasid_entry(rid(dev), pasid))
+}
+
 /// Puts `dev`'s requests without PASID back to the default (pass-through), e.g. after the
 /// space it was attached to was revoked.
 #[cfg(feature = "ktest")]
@@ -721,6 +728,22 @@ impl AddressSpace {
             }
         }
         first_err.map(|()| done)
+    }
+
+    /// Invalidates `[iova, iova + len)` wherever the space is attached, on every unit, and
+    /// waits (a [`SpaceKind::Shared`] space after its owner changed its tables, before a page
+    /// is freed).
+    pub fn invalidate(&self, iova: u64, len: u64) -> Result<(), IommuError> {
+        let io = iommu()?;
+        let mut first_err = Ok(());
+        for s in &io.units {
+            if let Err(e) = s.vtd(s.lock().invalidate_range(self.id(), iova, len))
+                && first_err.is_ok()
+            {
+                first_err = Err(e);
+            }
+        }
+        first_err
     }
 
     /// Software walk of the space's page tables (first unit's copy).

@@ -334,14 +334,16 @@ ktest!(
         mm::check_kernel_half(&space).unwrap();
 
         // On the CPU: with the new root in CR3, the kernel keeps running (code, stack and
-        // data are the shared half) and the user page reads the frame. (This reads a user
-        // page at CPL 0: with SMAP on it needs STAC.)
+        // data are the shared half) and the user page reads the frame, through the checked
+        // user copy (a plain read at CPL 0 faults under SMAP: ktests::proc).
         SHARED_PROBE.store(0x1234, core::sync::atomic::Ordering::SeqCst);
         // SAFETY: the kernel half was just checked to be the kernel's.
         let (user, kernel) = unsafe {
             with_cr3(space.root(), || {
+                let mut b = [0u8; 8];
                 (
-                    crate::arch::fault::probe_read_u64(USER),
+                    crate::proc::uaccess::copy_from_user(None, &mut b, USER)
+                        .map(|()| u64::from_le_bytes(b)),
                     crate::arch::fault::probe_read_u64(SHARED_PROBE.as_ptr() as u64),
                 )
             })

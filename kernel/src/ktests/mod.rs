@@ -10,6 +10,7 @@ mod iommu;
 mod irq;
 mod mm;
 mod pci;
+mod proc;
 mod smp;
 mod sync;
 mod time;

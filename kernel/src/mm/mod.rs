@@ -24,11 +24,9 @@ use x86_paging::MapError;
 pub use frames::alloc_frames_below;
 pub use frames::{FrameBlock, alloc_frames, alloc_frames_uninit, frame_stats};
 pub use mmio::Mmio;
+pub use paging::{TableFrames, kernel_root, map_firmware, map_mmio, new_address_space};
 #[cfg(feature = "ktest")]
-pub use paging::{
-    TableFrames, check_kernel_half, freeze_kernel_half, new_address_space, translate,
-};
-pub use paging::{kernel_root, map_firmware, map_mmio};
+pub use paging::{check_kernel_half, freeze_kernel_half, translate};
 
 /// Memory-management errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -272,7 +272,6 @@ pub fn translate(virt: u64) -> Option<Translation> {
 
 /// The PML4 slots of the kernel half: the identity map of physical memory (slots
 /// 0 … K−1, K = ⌈2^MAXPHYADDR / 512 GiB⌉, at most the lower half) and the stacks' slot.
-#[cfg(feature = "ktest")]
 fn kernel_slots() -> impl Iterator<Item = usize> {
     let ext_max = core::arch::x86_64::__cpuid(0x8000_0000).eax;
     let phys_bits = if ext_max >= 0x8000_0008 {
@@ -288,7 +287,6 @@ fn kernel_slots() -> impl Iterator<Item = usize> {
 /// no kernel PML4 entry changes (a mapping that would need a new one fails with
 /// `MapError::TopLevelFrozen`), so copies of them in other roots stay exact. Idempotent;
 /// done by the first [`new_address_space`].
-#[cfg(feature = "ktest")]
 pub fn freeze_kernel_half() -> Result<(), MmError> {
     let mut g = KERNEL.lock();
     let m = g.as_mut().ok_or(MmError::NotInitialized)?;
@@ -303,7 +301,6 @@ pub fn freeze_kernel_half() -> Result<(), MmError> {
 /// PML4 entries, after [`freeze_kernel_half`]); `cfg` governs its own half (a process:
 /// `Config::user(cap_fs1gp && page_1g)`). Map into it with [`TableFrames`]; free what
 /// `unmap`/`teardown` release with `TableFrames.free_table` after the invalidation.
-#[cfg(feature = "ktest")]
 pub fn new_address_space(cfg: Config) -> Result<PageTable, MmError> {
     freeze_kernel_half()?;
     let g = KERNEL.lock();

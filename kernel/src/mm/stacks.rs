@@ -17,7 +17,6 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use super::{MmError, frames, paging};
 
 /// The stack region's PML4 slot (the kernel uses nothing else in the upper half).
-#[cfg(feature = "ktest")]
 pub(super) const PML4_SLOT: usize = 510;
 /// Start of the stack region: PML4 slot 510.
 const REGION_START: u64 = 0xffff_ff00_0000_0000;

@@ -1,0 +1,249 @@
+//! Validation of a DSA work descriptor that a ring-3 process hands to the submit system call
+//! (the default user path: direct portal access is subject to Intel's erratum advisory
+//! INTEL-SA-01084, and Linux treats every DSA as unsafe for it).
+//!
+//! The kernel copies the 64 bytes once and validates only the copy, here; what it submits is
+//! the descriptor this function returns, rebuilt from the decoded fields:
+//! * dword 0 is forced: PASID = the caller's, privilege 0, bits 30:20 zero (ENQCMDS #GPs
+//!   otherwise) — whatever the process wrote there;
+//! * opcodes: a whitelist of operations whose every address operand is checked here
+//!   (No-op, Memory Move, Fill, Compare, Compare Pattern, CRC Generation, Copy with CRC);
+//!   Batch is refused (on DSA 1.x always: members inherit the batch's PASID and privilege
+//!   and would need the same validation, DSA spec §8.8; this kernel refuses it on every
+//!   version), everything else is refused;
+//! * flags: CRAV and RCR required, cache control allowed, nothing else (no fence outside a
+//!   batch, no block-on-fault, no completion interrupt: processes have no interrupt
+//!   handles yet, no operation-specific flag that would name another address);
+//! * the completion record: 32-byte aligned (DSA spec §8.1.4; Linux refuses a misaligned one
+//!   as a security issue for the engine), inside the user half;
+//! * the transfer size: non-zero and at most the device's maximum transfer size;
+//! * every address operand `[addr, addr + size)` inside the user half (the IOMMU would refuse
+//!   kernel pages anyway: they are supervisor-only and the PASID entry refuses supervisor
+//!   requests; this gives the process a clean error instead of a page fault);
+//! * reserved fields zero, interrupt handle zero.
+
+use core::fmt;
+
+use dsa_spec::{DescFlags, Descriptor, Opcode};
+use user_abi::user_range_ok;
+
+/// Bytes of a DSA completion record and its alignment.
+pub const COMPLETION_ALIGN: u64 = 32;
+
+/// What the device allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest transfer size (GENCAP / WQCFG maximum).
+    pub max_transfer: u64,
+}
+
+/// Why a descriptor was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DescError {
+    /// Batch descriptors are not accepted from processes.
+    Batch,
+    /// An opcode outside the whitelist.
+    Opcode(u8),
+    /// Flags outside CRAV | RCR | cache control, or CRAV/RCR missing.
+    Flags(u32),
+    /// Completion record not 32-byte aligned or outside the user half.
+    Completion(u64),
+    /// Transfer size 0 or above the device's maximum.
+    Size(u32),
+    /// An address operand outside the user half (or wrapping).
+    Address(u64),
+    /// A non-zero interrupt handle or reserved field.
+    Reserved,
+}
+
+impl fmt::Display for DescError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Batch => write!(f, "batch descriptors are not accepted from processes"),
+            Self::Opcode(o) => write!(f, "opcode {o:#04x} is not accepted from processes"),
+            Self::Flags(fl) => write!(
+                f,
+                "flags {fl:#08x}: CRAV and RCR are required, only cache control may be added"
+            ),
+            Self::Completion(a) => write!(
+                f,
+                "completion record {a:#x} is not 32-byte aligned in the user half"
+            ),
+            Self::Size(s) => write!(f, "transfer size {s:#x} is 0 or above the device's maximum"),
+            Self::Address(a) => write!(f, "operand {a:#x} is not a user-half range"),
+            Self::Reserved => write!(f, "interrupt handle or reserved field is not zero"),
+        }
+    }
+}
+
+impl core::error::Error for DescError {}
+
+/// Which of operands 1 and 2 are addresses of `size` bytes.
+fn address_operands(op: Opcode) -> Option<(bool, bool)> {
+    Some(match op {
+        Opcode::Noop => (false, false),
+        // addr1 = source, addr2 = destination.
+        Opcode::MemMove | Opcode::CopyCrc => (true, true),
+        // addr1 = pattern, addr2 = destination.
+        Opcode::Fill => (false, true),
+        // addr1, addr2 = the two sources.
+        Opcode::Compare => (true, true),
+        // addr1 = source, addr2 = pattern.
+        Opcode::ComparePattern => (true, false),
+        // addr1 = source.
+        Opcode::CrcGen => (true, false),
+        _ => return None,
+    })
+}
+
+/// Validates `raw` for a process with `pasid` and returns the descriptor to submit.
+pub fn validate(raw: &[u8; 64], pasid: u32, limits: &Limits) -> Result<[u8; 64], DescError> {
+    let d = Descriptor::from_bytes(raw);
+    let op = match Opcode::from_u8(d.opcode) {
+        Some(Opcode::Batch) => return Err(DescError::Batch),
+        Some(op) => op,
+        None => return Err(DescError::Opcode(d.opcode)),
+    };
+    let (a1, a2) = address_operands(op).ok_or(DescError::Opcode(d.opcode))?;
+    let required = DescFlags::CRAV | DescFlags::RCR;
+    let allowed = required | DescFlags::CACHE_CONTROL;
+    if !d.flags.contains(required) || !allowed.contains(d.flags) {
+        return Err(DescError::Flags(d.flags.bits()));
+    }
+    let cr = d.completion_addr;
+    if !cr.is_multiple_of(COMPLETION_ALIGN) || !user_range_ok(cr, COMPLETION_ALIGN) {
+        return Err(DescError::Completion(cr));
+    }
+    if d.int_handle != 0 || d.reserved38 != 0 {
+        return Err(DescError::Reserved);
+    }
+    let size = u64::from(d.size);
+    if op != Opcode::Noop && (size == 0 || size > limits.max_transfer) {
+        return Err(DescError::Size(d.size));
+    }
+    for (is_addr, addr) in [(a1, d.addr1), (a2, d.addr2)] {
+        if is_addr && !user_range_ok(addr, size) {
+            return Err(DescError::Address(addr));
+        }
+    }
+    let mut out = d;
+    out.pasid = pasid & 0xf_ffff;
+    out.reserved_pasid_bits = 0;
+    out.privileged = false;
+    Ok(out.to_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use user_abi::{USER_BASE, USER_TOP};
+
+    const LIM: Limits = Limits {
+        max_transfer: 1 << 20,
+    };
+    const SRC: u64 = USER_BASE + 0x1000_0000;
+    const DST: u64 = USER_BASE + 0x2000_0000;
+    const CR: u64 = USER_BASE + 0x3000_0040;
+
+    fn memmove() -> Descriptor {
+        let mut d = Descriptor::new(Opcode::MemMove);
+        d.flags = DescFlags::CRAV | DescFlags::RCR;
+        d.completion_addr = CR;
+        d.addr1 = SRC;
+        d.addr2 = DST;
+        d.size = 4096;
+        d
+    }
+
+    /// A change to a valid descriptor.
+    type Edit = fn(&mut Descriptor);
+
+    fn check(d: &Descriptor) -> Result<Descriptor, DescError> {
+        validate(&d.to_bytes(), 77, &LIM).map(|b| Descriptor::from_bytes(&b))
+    }
+
+    #[test]
+    fn pasid_and_privilege_are_forced_to_the_callers() {
+        let mut d = memmove();
+        d.pasid = 1; // the kernel's
+        d.privileged = true;
+        d.reserved_pasid_bits = 0x7ff;
+        let out = check(&d).unwrap();
+        assert_eq!(
+            (out.pasid, out.privileged, out.reserved_pasid_bits),
+            (77, false, 0)
+        );
+        let raw = validate(&d.to_bytes(), 77, &LIM).unwrap();
+        assert_eq!(
+            u32::from_le_bytes(raw[0..4].try_into().unwrap()),
+            77,
+            "dword 0"
+        );
+        // Everything else is what the process asked for.
+        assert_eq!(
+            (
+                out.opcode,
+                out.addr1,
+                out.addr2,
+                out.size,
+                out.completion_addr
+            ),
+            (d.opcode, d.addr1, d.addr2, d.size, d.completion_addr)
+        );
+    }
+
+    #[test]
+    fn each_bad_field_is_refused_with_its_reason() {
+        let ok = memmove();
+        let cases: [(Edit, DescError); 14] = [
+            (|d| d.opcode = Opcode::Batch as u8, DescError::Batch),
+            (|d| d.opcode = Opcode::Drain as u8, DescError::Opcode(2)),
+            (
+                |d| d.opcode = Opcode::CacheFlush as u8,
+                DescError::Opcode(0x20),
+            ),
+            (|d| d.opcode = 0xff, DescError::Opcode(0xff)),
+            (
+                |d| d.flags = DescFlags::CRAV,
+                DescError::Flags(DescFlags::CRAV.bits()),
+            ),
+            (
+                |d| d.flags |= DescFlags::RCI,
+                DescError::Flags((DescFlags::CRAV | DescFlags::RCR | DescFlags::RCI).bits()),
+            ),
+            (
+                |d| d.flags |= DescFlags::BLOCK_ON_FAULT,
+                DescError::Flags(
+                    (DescFlags::CRAV | DescFlags::RCR | DescFlags::BLOCK_ON_FAULT).bits(),
+                ),
+            ),
+            (
+                |d| d.completion_addr = CR + 8,
+                DescError::Completion(CR + 8),
+            ),
+            (
+                |d| d.completion_addr = 0x20_0000,
+                DescError::Completion(0x20_0000),
+            ),
+            (|d| d.size = 0, DescError::Size(0)),
+            (|d| d.size = (1 << 20) + 1, DescError::Size((1 << 20) + 1)),
+            (|d| d.addr1 = 0x10_0000, DescError::Address(0x10_0000)),
+            (|d| d.addr2 = USER_TOP - 8, DescError::Address(USER_TOP - 8)),
+            (|d| d.int_handle = 3, DescError::Reserved),
+        ];
+        for (f, want) in cases {
+            let mut d = ok;
+            f(&mut d);
+            assert_eq!(check(&d).map(|_| ()), Err(want), "{want}");
+        }
+        // Operands that are not addresses are not range-checked: a fill pattern.
+        let mut d = ok;
+        d.opcode = Opcode::Fill as u8;
+        d.addr1 = 0xdead_beef_dead_beef;
+        assert!(check(&d).is_ok());
+        // Cache control is allowed.
+        let mut d = ok;
+        d.flags |= DescFlags::CACHE_CONTROL;
+        assert!(check(&d).is_ok());
+    }
+}

@@ -1,0 +1,27 @@
+//! The ring-3 programs carried in the kernel image (built by `kernel/build.rs` from
+//! `user/programs`).
+
+macro_rules! program {
+    ($name:literal) => {
+        (
+            $name,
+            include_bytes!(concat!(env!("USER_PROGRAMS_DIR"), "/", $name)).as_slice(),
+        )
+    };
+}
+
+/// (name, ELF image).
+pub static PROGRAMS: &[(&str, &[u8])] = &[
+    program!("hello"),
+    program!("yielder"),
+    program!("faulter"),
+    program!("abuser"),
+    program!("memory"),
+    program!("parent"),
+    program!("sva"),
+];
+
+/// The image of program `name`.
+pub fn find(name: &str) -> Option<&'static [u8]> {
+    PROGRAMS.iter().find(|(n, _)| *n == name).map(|(_, i)| *i)
+}

@@ -1,0 +1,218 @@
+//! DSA from ring 3 through the submit system call, on the process's own PASID (its virtual
+//! addresses), chosen by `arg`:
+//! * 0: a 4 KiB memmove between its own pages (dword 0 set to the kernel's PASID with the
+//!   privilege bit: the kernel must force both to this process's), checked byte for byte;
+//!   then every refusal of the call with its error. Exits 0, else the failing step.
+//! * 1: munmap invalidates the IOMMU: a memmove into a page (the IOTLB now holds it), munmap
+//!   of that page, the same memmove again: it must end in a page fault (status 0x03), never
+//!   succeed (exit 3: the device wrote through a stale translation into a freed frame).
+//! * 2: cost: exits with the average TSC delta of one submit system call (a No-op
+//!   descriptor, each completed before the next).
+#![no_std]
+#![no_main]
+
+use user_rt::abi::{Error, PAGE, PROT_READ, PROT_WRITE};
+use user_rt::println;
+
+const MEMMOVE: u8 = 0x03;
+const CRAV_RCR: u32 = (1 << 2) | (1 << 3);
+
+fn desc(op: u8, flags: u32, cr: u64, src: u64, dst: u64, size: u32, dword0: u32) -> [u8; 64] {
+    let mut d = [0u8; 64];
+    d[0..4].copy_from_slice(&dword0.to_le_bytes());
+    d[4..7].copy_from_slice(&flags.to_le_bytes()[..3]);
+    d[7] = op;
+    d[8..16].copy_from_slice(&cr.to_le_bytes());
+    d[16..24].copy_from_slice(&src.to_le_bytes());
+    d[24..32].copy_from_slice(&dst.to_le_bytes());
+    d[32..36].copy_from_slice(&size.to_le_bytes());
+    d
+}
+
+fn rd(a: u64) -> u8 {
+    // SAFETY: `a` is inside a mapping of this process.
+    unsafe { core::ptr::read_volatile(a as *const u8) }
+}
+
+fn wr(a: u64, v: u8) {
+    // SAFETY: as in `rd`.
+    unsafe { core::ptr::write_volatile(a as *mut u8, v) }
+}
+
+/// Waits for the status byte at `cr`: yields first, then 1 ms sleeps, 60 s at most (only a
+/// lost completion reaches that; the device model may be descheduled for seconds). 0 on a
+/// timeout.
+fn await_status(cr: u64) -> u8 {
+    for i in 0..61_000u32 {
+        let s = rd(cr);
+        if s != 0 {
+            return s;
+        }
+        if i < 1000 {
+            user_rt::yield_now();
+        } else {
+            let _ = user_rt::sleep_ns(1_000_000);
+        }
+    }
+    0
+}
+
+/// Clears the record, submits, waits for the status byte; returns it (0 on a timeout).
+fn run(d: &[u8; 64], cr: u64) -> Result<u8, Error> {
+    for i in 0..32 {
+        wr(cr + i, 0);
+    }
+    user_rt::dsa_submit(d, 0)?;
+    Ok(await_status(cr))
+}
+
+fn main(arg: u64) -> u64 {
+    let Ok(buf) = user_rt::mmap(0, 4 * PAGE, PROT_READ | PROT_WRITE) else {
+        return 90;
+    };
+    let (src, dst, cr) = (buf, buf + PAGE, buf + 2 * PAGE);
+    // Touch every page (lazy mappings): the device does not fault pages in.
+    for i in 0..PAGE {
+        wr(src + i, (i * 7 + 1) as u8);
+        wr(dst + i, 0);
+    }
+    wr(cr, 0);
+    let forged = 0x8000_0001u32 | (0x7ff << 20);
+    let mv = desc(MEMMOVE, CRAV_RCR, cr, src, dst, PAGE as u32, forged);
+    match arg {
+        0 => {
+            match run(&mv, cr) {
+                Ok(1) => {}
+                other => {
+                    println!("sva: memmove status {other:?}");
+                    return 1;
+                }
+            }
+            for i in 0..PAGE {
+                if rd(dst + i) != rd(src + i) {
+                    println!("sva: byte {i} differs");
+                    return 2;
+                }
+            }
+            let refusals: [(&str, [u8; 64], u64, Error); 9] = [
+                (
+                    "batch",
+                    desc(0x01, CRAV_RCR, cr, src, 0, 2, 0),
+                    0,
+                    Error::NoBatch,
+                ),
+                (
+                    "cache flush",
+                    desc(0x20, CRAV_RCR, cr, src, 0, 64, 0),
+                    0,
+                    Error::BadOpcode,
+                ),
+                (
+                    "no RCR",
+                    desc(MEMMOVE, 1 << 2, cr, src, dst, 64, 0),
+                    0,
+                    Error::BadFlags,
+                ),
+                (
+                    "interrupt",
+                    desc(MEMMOVE, CRAV_RCR | (1 << 4), cr, src, dst, 64, 0),
+                    0,
+                    Error::BadFlags,
+                ),
+                (
+                    "misaligned record",
+                    desc(MEMMOVE, CRAV_RCR, cr + 8, src, dst, 64, 0),
+                    0,
+                    Error::BadCompletion,
+                ),
+                (
+                    "size 0",
+                    desc(MEMMOVE, CRAV_RCR, cr, src, dst, 0, 0),
+                    0,
+                    Error::TooLarge,
+                ),
+                (
+                    "huge size",
+                    desc(MEMMOVE, CRAV_RCR, cr, src, dst, u32::MAX, 0),
+                    0,
+                    Error::TooLarge,
+                ),
+                (
+                    "kernel source",
+                    desc(MEMMOVE, CRAV_RCR, cr, 0x20_0000, dst, 64, 0),
+                    0,
+                    Error::BadAddress,
+                ),
+                ("no device", mv, 99, Error::NoDevice),
+            ];
+            for (i, (what, d, dev, want)) in refusals.iter().enumerate() {
+                let got = user_rt::dsa_submit(d, *dev);
+                if got != Err(*want) {
+                    println!("sva: {what}: got {got:?}, want {want:?}");
+                    return 10 + i as u64;
+                }
+            }
+            // A descriptor pointer into the kernel.
+            // SAFETY: the kernel refuses it before reading anything.
+            let got = user_abi_raw_submit(0x20_0000);
+            if got != Err(Error::BadAddress) {
+                return 30;
+            }
+            println!(
+                "sva: memmove on pasid-forced descriptor ok, {} refusals",
+                refusals.len() + 1
+            );
+            0
+        }
+        1 => {
+            if run(&mv, cr) != Ok(1) {
+                return 1;
+            }
+            // SAFETY: nothing uses the page any more (but the device's IOTLB may).
+            if unsafe { user_rt::munmap(dst, PAGE) }.is_err() {
+                return 4;
+            }
+            match run(&mv, cr) {
+                Ok(1) => {
+                    println!("sva: the device wrote to an unmapped page (stale IOTLB)");
+                    3
+                }
+                Ok(s) if s & 0x3f == 0x03 => {
+                    println!("sva: memmove to the unmapped page: page fault (status {s:#x})");
+                    0
+                }
+                other => {
+                    println!("sva: memmove to the unmapped page: {other:?}");
+                    5
+                }
+            }
+        }
+        2 => {
+            let nop = desc(0x00, CRAV_RCR, cr, 0, 0, 0, 0);
+            let n = 64;
+            let mut total = 0;
+            for _ in 0..n {
+                wr(cr, 0);
+                let t0 = user_rt::rdtsc();
+                if user_rt::dsa_submit(&nop, 0).is_err() {
+                    return 1;
+                }
+                total += user_rt::rdtsc() - t0;
+                if await_status(cr) == 0 {
+                    return 2;
+                }
+            }
+            total / n
+        }
+        _ => 99,
+    }
+}
+
+fn user_abi_raw_submit(ptr: u64) -> Result<u64, Error> {
+    // SAFETY: the kernel checks the pointer before it reads.
+    user_rt::abi::decode(unsafe {
+        user_rt::syscall6(user_rt::abi::Sys::DsaSubmit as u64, [ptr, 0, 0, 0, 0, 0])
+    })
+}
+
+user_rt::entry!(main);
