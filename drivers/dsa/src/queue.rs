@@ -55,7 +55,7 @@ use dsa_spec::desc::DESC_SIZE;
 use dsa_spec::status as st;
 use dsa_spec::{CompletionRecord, Descriptor, Opcode};
 
-use crate::dma::DmaBuf;
+use crate::dma::{DmaBuf, Records};
 use crate::error::{OpError, PageFault};
 use crate::ops::{self, Output, Work};
 
@@ -254,9 +254,12 @@ pub(crate) struct Ring {
     pub wq: u8,
     /// The PASID the device applies to these descriptors (None: no PASID).
     pub eff_pasid: Option<u32>,
-    pub slots: Box<[Slot]>,
+    /// `mask + 1` slots (never replaced: [`Ring::slot`] relies on the length).
+    slots: Box<[Slot]>,
     pub extra: Box<[UnsafeCell<Extra>]>,
     pub crs: DmaBuf,
+    /// `crs` as `mask + 1` records indexed modulo the ring size.
+    pub recs: Records,
     pub lists: Option<DmaBuf>,
     pub member_crs: Option<DmaBuf>,
     pub max_batch: usize,
@@ -279,9 +282,12 @@ impl Ring {
         lists: Option<DmaBuf>,
         member_crs: Option<DmaBuf>,
         max_batch: usize,
-    ) -> Ring {
-        debug_assert!(cap.is_power_of_two());
-        Ring {
+    ) -> Option<Ring> {
+        if !cap.is_power_of_two() || cap > 1 << 16 {
+            return None;
+        }
+        let recs = crs.records(cap)?;
+        Some(Ring {
             head: AtomicU32::new(0),
             tail: AtomicU32::new(0),
             in_submit: AtomicBool::new(false),
@@ -311,10 +317,27 @@ impl Ring {
                 })
                 .collect(),
             crs,
+            recs,
             lists,
             member_crs,
             max_batch,
-        }
+        })
+    }
+
+    /// Slot `i mod cap`.
+    #[inline(always)]
+    pub fn slot(&self, i: u32) -> &Slot {
+        let k = (i & self.mask) as usize;
+        debug_assert!(k < self.slots.len());
+        // SAFETY: `slots` has `mask + 1` entries (`new`; the field is private and never
+        // replaced), so `i & mask` is in bounds.
+        unsafe { self.slots.get_unchecked(k) }
+    }
+
+    /// Slot `k` if it exists (a caller's token).
+    #[inline(always)]
+    pub fn slot_at(&self, k: usize) -> Option<&Slot> {
+        self.slots.get(k)
     }
 
     pub fn cap(&self) -> usize {
@@ -348,7 +371,7 @@ impl Ring {
     /// Status byte of slot `i`'s completion record.
     #[inline(always)]
     pub fn status(&self, i: usize) -> u8 {
-        self.crs.load_status(Self::cr_off(i))
+        self.recs.status(i)
     }
 
     /// Reaps every callback slot whose record was written (the callbacks run here), in
@@ -396,7 +419,7 @@ impl Ring {
         while i != head {
             let k = (i & self.mask) as usize;
             i = i.wrapping_add(1);
-            let s = self.slots[k].state.load(Ordering::Acquire);
+            let s = self.slot(k as u32).state.load(Ordering::Acquire);
             if s == FREE || s == DONE {
                 continue;
             }
@@ -433,7 +456,7 @@ impl Ring {
         let mut n = 0;
         while i != head {
             let k = (i & self.mask) as usize;
-            let s = self.slots[k].state.load(Ordering::Acquire);
+            let s = self.slot(k as u32).state.load(Ordering::Acquire);
             if s == PENDING_CB
                 || s == PENDING_CBQ
                 || s == CLAIMED
@@ -452,7 +475,7 @@ impl Ring {
         let mut n = 0;
         while i != head {
             let k = (i & self.mask) as usize;
-            let s = self.slots[k].state.load(Ordering::Acquire);
+            let s = self.slot(k as u32).state.load(Ordering::Acquire);
             if matches!(s, PENDING_POLL | PENDING_CB | PENDING_CBQ)
                 && self.status(k) == st::NOT_COMPLETE
             {
@@ -465,7 +488,7 @@ impl Ring {
 
     #[inline(always)]
     fn claim(&self, i: usize, from: u8) -> bool {
-        self.slots[i]
+        self.slot(i as u32)
             .state
             .compare_exchange(from, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
@@ -477,7 +500,7 @@ impl Ring {
     pub fn fail_unwritten(&self, pick: impl Fn(u64) -> bool) -> u32 {
         let mut n = 0;
         for k in 0..self.slots.len() {
-            let s = self.slots[k].state.load(Ordering::Acquire);
+            let s = self.slot(k as u32).state.load(Ordering::Acquire);
             if s != PENDING_POLL && s != PENDING_CB && s != PENDING_CBQ {
                 continue;
             }
@@ -500,7 +523,7 @@ impl Ring {
                 // SAFETY: this party won the claim; the owner reads `parked` only after
                 // the DONE store below (slot protocol).
                 unsafe { (*self.extra[k].get()).parked = Some(OpError::Aborted) };
-                self.slots[k].state.store(DONE, Ordering::Release);
+                self.slot(k as u32).state.store(DONE, Ordering::Release);
             }
             n += 1;
         }
@@ -514,7 +537,7 @@ impl Ring {
         // SAFETY: the caller won the claim of slot `k`: the owner does not touch its metadata
         // until it is FREE again, and no other party reads it. (`cb` is left in place: the
         // owner rewrites it with the slot's next submission.)
-        let meta = unsafe { &*self.slots[k].meta.get() };
+        let meta = unsafe { &*self.slot(k as u32).meta.get() };
         if let Some(cb) = meta.cb {
             let done = Completed {
                 ring: self,
@@ -526,7 +549,7 @@ impl Ring {
             };
             (cb.f)(cb.cookie, &done);
         }
-        self.slots[k].state.store(FREE, Ordering::Release);
+        self.slot(k as u32).state.store(FREE, Ordering::Release);
     }
 
     /// The completion of slot `k` (owned by the caller; record written).
@@ -535,7 +558,7 @@ impl Ring {
         Completed {
             ring: self,
             slot: k as u32,
-            status: (self.crs.word(Self::cr_off(k)) as u8) & st::CODE_MASK,
+            status: self.recs.status(k) & st::CODE_MASK,
             kind: meta.kind,
             plain: meta.plain,
             members: meta.members,
@@ -548,7 +571,7 @@ impl Ring {
         let code = (w0 as u8) & st::CODE_MASK;
         // SAFETY: the descriptor image is written by the owner before publication and read
         // here by the party finishing the slot (slot protocol).
-        let desc = unsafe { &*self.slots[k].desc.get() };
+        let desc = unsafe { &*self.slot(k as u32).desc.get() };
         let opcode = (desc[0] >> 56) as u8;
         if code == st::SUCCESS && plain_opcode(opcode) {
             return Ok(Output::Done);

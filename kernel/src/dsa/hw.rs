@@ -140,6 +140,20 @@ impl dsa::Portals for Portals {
         };
     }
 
+    fn direct(&self) -> Option<dsa::hw::DirectPortals> {
+        // SAFETY: `bar` is the device's BAR2 mapped uncached at `phys()` (virtual == physical) for `len()` bytes
+        // (4 KiB aligned: checked in `new`); kernel MMIO mappings are never removed, and the
+        // device keeps this `Portals` alive while it is used; MOVDIR64B was checked in
+        // `new`, ENQCMDS is allowed exactly when CPUID has it (the kernel runs at CPL 0).
+        Some(unsafe {
+            dsa::hw::DirectPortals::new(
+                self.bar.phys() as *mut u8,
+                self.bar.len() as u64,
+                self.enqcmd,
+            )
+        })
+    }
+
     fn enqcmds(&self, off: u64, desc: &[u8; 64]) -> EnqStatus {
         if !self.enqcmd {
             if !self.warned.swap(true, Ordering::Relaxed) {

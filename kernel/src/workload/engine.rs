@@ -198,28 +198,43 @@ pub fn run(p: Plan) -> CpuResult {
                     cookie: &board[g] as *const GroupDone as usize,
                 };
                 // Interrupts off: a completion interrupt must not land inside the
-                // measured submit section (its cost is the completion path's).
-                let (r, t0, t1) = without_interrupts(|| {
-                    let t0 = rdtsc();
-                    let r = match (ims.is_some(), batch) {
-                        (true, 1) => sub.submit_cb(&works[0], Notify::Ims, cb),
-                        (true, _) => sub.submit_batch_cb(&works, Notify::Ims, cb),
-                        (false, 1) => sub.submit_cb(&works[0], Notify::Msix, cb),
-                        (false, _) => sub.submit_batch_cb(&works, Notify::Msix, cb),
-                    };
-                    (r, t0, rdtsc())
-                });
+                // measured submit section (its cost is the completion path's). The
+                // section is the driver call alone (the case's choices are made first).
+                let notify = if ims.is_some() {
+                    Notify::Ims
+                } else {
+                    Notify::Msix
+                };
+                let (r, t0, t1) = if batch == 1 {
+                    let w = &works[0];
+                    without_interrupts(|| {
+                        let t0 = rdtsc();
+                        let r = sub.submit_cb(w, notify, cb);
+                        (r, t0, rdtsc())
+                    })
+                } else {
+                    without_interrupts(|| {
+                        let t0 = rdtsc();
+                        let r = sub.submit_batch_cb(&works, notify, cb);
+                        (r, t0, rdtsc())
+                    })
+                };
                 r.map(|()| (None, t1.wrapping_sub(t0)))
             } else {
-                let (r, t0, t1) = without_interrupts(|| {
-                    let t0 = rdtsc();
-                    let r = if batch == 1 {
-                        sub.submit(&works[0], Notify::Poll)
-                    } else {
-                        sub.submit_batch(&works, Notify::Poll)
-                    };
-                    (r, t0, rdtsc())
-                });
+                let (r, t0, t1) = if batch == 1 {
+                    let w = &works[0];
+                    without_interrupts(|| {
+                        let t0 = rdtsc();
+                        let r = sub.submit(w, Notify::Poll);
+                        (r, t0, rdtsc())
+                    })
+                } else {
+                    without_interrupts(|| {
+                        let t0 = rdtsc();
+                        let r = sub.submit_batch(&works, Notify::Poll);
+                        (r, t0, rdtsc())
+                    })
+                };
                 r.map(|t| (Some(t), t1.wrapping_sub(t0)))
             };
             issued += 1;
@@ -280,15 +295,20 @@ pub fn run(p: Plan) -> CpuResult {
             };
             let out = &mut polled_members[g];
             loop {
-                let (r, t0, t1) = without_interrupts(|| {
-                    let t0 = rdtsc();
-                    let r = if batch == 1 {
-                        sub.poll(tok)
-                    } else {
-                        sub.poll_batch(tok, out).map(|r| r.map(|_| Output::Done))
-                    };
-                    (r, t0, rdtsc())
-                });
+                let (r, t0, t1) = if batch == 1 {
+                    without_interrupts(|| {
+                        let t0 = rdtsc();
+                        let r = sub.poll(tok);
+                        (r, t0, rdtsc())
+                    })
+                } else {
+                    let (r, t0, t1) = without_interrupts(|| {
+                        let t0 = rdtsc();
+                        let r = sub.poll_batch(tok, out);
+                        (r, t0, rdtsc())
+                    });
+                    (r.map(|r| r.map(|_| Output::Done)), t0, t1)
+                };
                 if let Some(r) = r {
                     res.completion_tsc += t1.wrapping_sub(t0);
                     res.completion_descs += batch as u64;
