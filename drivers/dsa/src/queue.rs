@@ -98,22 +98,20 @@ pub struct Completed<'a> {
     slot: u32,
     /// The record's status byte, or `status::SW_ABORTED` when failed back without one.
     status: u8,
-    kind: u8,
-    plain: bool,
-    members: u16,
+    tag: Tag,
 }
 
 impl<'a> Completed<'a> {
     /// Whether this was a batch.
     #[inline]
     pub fn is_batch(&self) -> bool {
-        self.kind == K_BATCH
+        self.tag.kind() == K_BATCH
     }
     /// True when the operation succeeded (a batch: every member succeeded) and its result
     /// carries nothing but success: `result()` is `Ok(Output::Done)`.
     #[inline]
     pub fn plain_success(&self) -> bool {
-        self.status == st::SUCCESS && (self.plain || self.is_batch())
+        self.status == st::SUCCESS && (self.tag.plain() || self.is_batch())
     }
     /// A single operation's result; for a batch, `Ok(Output::Done)` when the batch
     /// descriptor completed (members may still have failed: see [`Completed::members`]) or
@@ -145,12 +143,12 @@ impl<'a> Completed<'a> {
             ring: self.ring,
             slot: self.slot as usize,
             count: if self.is_batch() && self.status != st::SW_ABORTED {
-                self.members as usize
+                self.tag.members() as usize
             } else {
                 0
             },
             all_ok: self.is_batch() && self.status == st::SUCCESS,
-            plain: self.plain,
+            plain: self.tag.plain(),
         }
     }
     /// The result in the allocating form of the convenience API (`Output::Batch` with every
@@ -218,15 +216,47 @@ impl<'a> Members<'a> {
 
 /// Owner-written metadata of one slot (see the module documentation for who reads it when).
 pub(crate) struct Meta {
-    pub kind: u8,
-    /// Single: an operation whose success result is `Output::Done`; batch: every member is.
-    pub plain: bool,
-    /// `Extra::resumed` holds the original operation.
-    pub resumed: bool,
-    /// Batch: member count.
-    pub members: u16,
-    pub seq: u32,
+    /// The submission's [`Tag`]: written with one store, checked by a poll with one compare.
+    pub tag: Tag,
     pub cb: Option<Callback>,
+}
+
+/// What a slot holds, packed into one word: bits 31:0 the submission's sequence number
+/// (the owner's head index), 39:32 its kind (`K_SINGLE`, `K_BATCH`), bit 40 plain (single:
+/// an operation whose successful result is `Output::Done`; batch: every member is), bit 41
+/// resumed (`Extra::resumed` holds the original operation), 63:48 a batch's member count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Tag(pub u64);
+
+impl Tag {
+    #[inline(always)]
+    pub const fn new(seq: u32, kind: u8, plain: bool, resumed: bool, members: u16) -> Tag {
+        Tag(seq as u64
+            | (kind as u64) << 32
+            | (plain as u64) << 40
+            | (resumed as u64) << 41
+            | (members as u64) << 48)
+    }
+    #[inline(always)]
+    pub const fn seq(self) -> u32 {
+        self.0 as u32
+    }
+    #[inline(always)]
+    pub const fn kind(self) -> u8 {
+        (self.0 >> 32) as u8
+    }
+    #[inline(always)]
+    pub const fn plain(self) -> bool {
+        self.0 & 1 << 40 != 0
+    }
+    #[inline(always)]
+    pub const fn resumed(self) -> bool {
+        self.0 & 1 << 41 != 0
+    }
+    #[inline(always)]
+    pub const fn members(self) -> u16 {
+        (self.0 >> 48) as u16
+    }
 }
 
 /// Rarely used per-slot data, out of the hot slot.
@@ -299,11 +329,7 @@ impl Ring {
                     desc: UnsafeCell::new([0; 8]),
                     state: AtomicU8::new(FREE),
                     meta: UnsafeCell::new(Meta {
-                        kind: K_SINGLE,
-                        plain: false,
-                        resumed: false,
-                        members: 0,
-                        seq: 0,
+                        tag: Tag::new(0, K_SINGLE, false, false, 0),
                         cb: None,
                     }),
                 })
@@ -543,9 +569,7 @@ impl Ring {
                 ring: self,
                 slot: k as u32,
                 status,
-                kind: meta.kind,
-                plain: meta.plain,
-                members: meta.members,
+                tag: meta.tag,
             };
             (cb.f)(cb.cookie, &done);
         }
@@ -559,9 +583,7 @@ impl Ring {
             ring: self,
             slot: k as u32,
             status: self.recs.status(k) & st::CODE_MASK,
-            kind: meta.kind,
-            plain: meta.plain,
-            members: meta.members,
+            tag: meta.tag,
         }
     }
 

@@ -27,7 +27,8 @@ use crate::error::{DsaError, OpError, PageFault};
 use crate::hw::{AddressSpace, DmaError, EnqStatus, PortalPage};
 use crate::ops::{Output, Resume, ValidationError, Work, WqLimits};
 use crate::queue::{
-    Callback, Completed, DONE, FREE, K_BATCH, K_SINGLE, PENDING_CB, PENDING_CBQ, PENDING_POLL, Ring,
+    Callback, Completed, DONE, FREE, K_BATCH, K_SINGLE, PENDING_CB, PENDING_CBQ, PENDING_POLL,
+    Ring, Tag,
 };
 use alloc::boxed::Box;
 use alloc::sync::Arc;
@@ -523,9 +524,6 @@ impl Submitter {
 
     /// Validates `w` and writes its descriptor with completion record `cr` into `out`;
     /// returns whether its successful result is plain success ([`crate::queue::plain_op`]).
-    /// The common operations without option flags (a fence only inside a batch) are checked
-    /// and encoded here in one pass; everything else, and every refusal, goes through the
-    /// full validation (so the errors are the same).
     #[inline(always)]
     fn build(
         &self,
@@ -535,38 +533,58 @@ impl Submitter {
         cr: u64,
         out: &mut [u64; 8],
     ) -> Result<bool, OpError> {
-        let options = w.block_on_fault | w.cache_write | w.strict_ordering | w.dest_readback;
-        if !options && (in_batch || !w.fence) {
-            let fence = (w.fence as u64) * ((dsa_spec::DescFlags::FENCE.bits() as u64) << 32);
-            let head = |op: Opcode| t.w0 | fence | ((op as u64) << 56);
-            match w.op {
-                // Addresses below 2^63 and a 32-bit length cannot overflow; others (and
-                // every refusal) get the exact checks of the full validation.
-                crate::ops::Op::MemMove { src, dst, len } => {
-                    let l = len as u64;
-                    if l < self.fast.memmove_lim
-                        && (src | dst) >> 63 == 0
-                        && (self.fast.overlap_ok || src >= dst + l || dst >= src + l)
-                    {
-                        *out = [head(Opcode::MemMove), cr, src, dst, l | t.w4, 0, 0, 0];
-                        return Ok(true);
-                    }
-                }
-                crate::ops::Op::Fill { dst, len, pattern } => {
-                    let l = len as u64;
-                    if l < self.fast.fill_lim && dst >> 63 == 0 {
-                        *out = [head(Opcode::Fill), cr, pattern, dst, l | t.w4, 0, 0, 0];
-                        return Ok(true);
-                    }
-                }
-                crate::ops::Op::Noop if self.fast.noop => {
-                    *out = [head(Opcode::Noop), cr, 0, 0, t.w4, 0, 0, 0];
-                    return Ok(true);
-                }
-                _ => {}
-            }
+        if self.build_fast(w, in_batch, t, cr, out) {
+            return Ok(true);
         }
         self.build_slow(w, in_batch, t, cr, out)
+    }
+
+    /// The common operations without option flags (a fence only inside a batch), checked
+    /// and encoded in one pass: true when `w` was one of them, valid, and written (its
+    /// result is plain). Everything else, and every refusal, goes through the full
+    /// validation of `build_slow` (so the errors are the same).
+    #[inline(always)]
+    fn build_fast(
+        &self,
+        w: &Work,
+        in_batch: bool,
+        t: &Template,
+        cr: u64,
+        out: &mut [u64; 8],
+    ) -> bool {
+        let options = w.block_on_fault | w.cache_write | w.strict_ordering | w.dest_readback;
+        if options || (w.fence && !in_batch) {
+            return false;
+        }
+        let fence = (w.fence as u64) * ((dsa_spec::DescFlags::FENCE.bits() as u64) << 32);
+        let head = |op: Opcode| t.w0 | fence | ((op as u64) << 56);
+        match w.op {
+            // Addresses below 2^63 and a 32-bit length cannot overflow; others get the
+            // exact checks of the full validation.
+            crate::ops::Op::MemMove { src, dst, len } => {
+                let l = len as u64;
+                let ok = l < self.fast.memmove_lim
+                    && (src | dst) >> 63 == 0
+                    && (self.fast.overlap_ok || src >= dst + l || dst >= src + l);
+                if ok {
+                    *out = [head(Opcode::MemMove), cr, src, dst, l | t.w4, 0, 0, 0];
+                }
+                ok
+            }
+            crate::ops::Op::Fill { dst, len, pattern } => {
+                let l = len as u64;
+                let ok = l < self.fast.fill_lim && dst >> 63 == 0;
+                if ok {
+                    *out = [head(Opcode::Fill), cr, pattern, dst, l | t.w4, 0, 0, 0];
+                }
+                ok
+            }
+            crate::ops::Op::Noop if self.fast.noop => {
+                *out = [head(Opcode::Noop), cr, 0, 0, t.w4, 0, 0, 0];
+                true
+            }
+            _ => false,
+        }
     }
 
     #[inline(never)]
@@ -797,11 +815,8 @@ impl Submitter {
         let plain = self.build(work, false, &tmpl, self.cr0 + (k * CR_SIZE) as u64, desc)?;
         ring.recs.clear(k);
         let seq = self.head;
-        let had_resumed = meta.resumed;
-        meta.seq = seq;
-        meta.kind = K_SINGLE;
-        meta.plain = plain;
-        meta.resumed = resumed.is_some();
+        let had_resumed = meta.tag.resumed();
+        meta.tag = Tag::new(seq, K_SINGLE, plain, resumed.is_some(), 0);
         let state = match deliver {
             Deliver::Poll => {
                 meta.cb = None;
@@ -906,11 +921,13 @@ impl Submitter {
                 let mut cr = mcr_dev;
                 for ((d, r), m) in descs.iter_mut().zip(recs.iter_mut()).zip(members) {
                     r[0] = 0;
-                    match self.build(m, true, &member_tmpl, cr, d) {
-                        Ok(p) => plain &= p,
-                        Err(e) => {
-                            refused = Some(e);
-                            return;
+                    if !self.build_fast(m, true, &member_tmpl, cr, d) {
+                        match self.build_slow(m, true, &member_tmpl, cr, d) {
+                            Ok(p) => plain &= p,
+                            Err(e) => {
+                                refused = Some(e);
+                                return;
+                            }
                         }
                     }
                     cr += CR_SIZE as u64;
@@ -925,7 +942,7 @@ impl Submitter {
         let slot = ring.slot(k as u32);
         // SAFETY: slot `k` is FREE and owned by this submitter until published.
         let (desc, meta) = unsafe { (&mut *slot.desc.get(), &mut *slot.meta.get()) };
-        if meta.resumed {
+        if meta.tag.resumed() {
             // SAFETY: as above.
             unsafe { (*ring.extra[k].get()).resumed = None };
         }
@@ -940,11 +957,7 @@ impl Submitter {
             0,
         ];
         let seq = self.head;
-        meta.kind = K_BATCH;
-        meta.members = members.len() as u16;
-        meta.plain = plain;
-        meta.seq = seq;
-        meta.resumed = false;
+        meta.tag = Tag::new(seq, K_BATCH, plain, false, members.len() as u16);
         let state = match deliver {
             Deliver::Poll => {
                 meta.cb = None;
@@ -1011,7 +1024,7 @@ impl Submitter {
         // SAFETY: only the owner writes metadata, and only while a slot is FREE: reading
         // `seq` of one of its own slots races with nobody.
         let meta = unsafe { &*slot.meta.get() };
-        if meta.seq != t.seq {
+        if meta.tag.seq() != t.seq {
             return Some(Err(OpError::BadToken));
         }
         let r = match slot.state.load(Ordering::Acquire) {
@@ -1063,13 +1076,13 @@ impl Submitter {
         if let Some(s) = self.ring.slot_at(k) {
             // SAFETY: the owner's own metadata (see `take`).
             let meta = unsafe { &*s.meta.get() };
-            if meta.seq == t.seq
-                && meta.kind == K_SINGLE
+            // One compare: this submission, a single operation, plain, not resumed.
+            if meta.tag == Tag::new(t.seq, K_SINGLE, true, false, 0)
                 && s.state.load(Ordering::Acquire) == PENDING_POLL
             {
                 // A successful plain operation reads only its status byte.
                 let status = self.ring.recs.status(k);
-                if status == st::SUCCESS && meta.plain {
+                if status == st::SUCCESS {
                     s.state.store(FREE, Ordering::Release);
                     if (self.tail & self.ring.mask) as usize == k {
                         // Oldest first (the usual order): one step; others catch up later.
@@ -1096,7 +1109,7 @@ impl Submitter {
             .ring
             .slot_at(k)
             // SAFETY: the owner's own metadata (see `take`).
-            .is_some_and(|s| unsafe { (*s.meta.get()).kind } == K_BATCH);
+            .is_some_and(|s| unsafe { (*s.meta.get()).tag.kind() } == K_BATCH);
         if !is_batch {
             return self.take(t, None).map(|r| {
                 r.map(|c| match c {
@@ -1141,7 +1154,7 @@ impl Submitter {
         let k = t.slot as usize;
         let s = self.ring.slot_at(k)?;
         // SAFETY: the owner's own metadata (see `take`).
-        if unsafe { (*s.meta.get()).seq } != t.seq {
+        if unsafe { (*s.meta.get()).tag.seq() } != t.seq {
             return None;
         }
         match s.state.load(Ordering::Acquire) {
