@@ -378,7 +378,7 @@ impl Device {
             });
         }
         let queues = Queues::new(
-            wqs.iter().flatten().map(|w| (w.config.id, true)),
+            wqs.iter().flatten().map(|w| (w.config.id, w.msix_entry)),
             wqs.len(),
             options.max_submitters,
         );
@@ -775,18 +775,13 @@ impl Device {
 
     /// MSI-X entry point: the kernel's handler for vector `entry` of this device calls it
     /// (interrupt context; never blocks). Entry 0 is the misc vector.
+    #[inline]
     pub fn handle_msix(&self, entry: u16) -> MiscEvents {
         if entry == 0 {
             return self.handle_misc_interrupt();
         }
-        // Entry w + 1 is WQ w's (see `Device::new`).
-        let wq = (entry - 1) as u8;
-        if (entry as usize) <= self.wqs.len()
-            && let Some(Some(w)) = self.wqs.get(wq as usize)
-            && w.msix_entry == Some(entry)
-        {
-            self.queues.reap_wq(wq);
-        }
+        // The WQ whose completion entry this is (see `Device::new`).
+        self.queues.reap_msix(entry);
         MiscEvents::empty()
     }
 

@@ -48,7 +48,9 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{
+    AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
 
 use dsa_spec::completion::CR_SIZE;
 use dsa_spec::desc::DESC_SIZE;
@@ -778,6 +780,8 @@ pub(crate) struct Registry<T = Ring> {
     occupied: Box<[AtomicU64]>,
     /// Bit w: `occupied[w]` may be non-zero.
     summary: Box<[AtomicU64]>,
+    /// Summary words ever used (walks look no further).
+    top: AtomicUsize,
     /// Walks in progress (interrupt paths); removal waits for them.
     readers: AtomicU32,
     insert: spin::Mutex<()>,
@@ -791,6 +795,7 @@ impl<T> Registry<T> {
             entries: (0..n).map(|_| AtomicPtr::new(ptr::null_mut())).collect(),
             occupied: mk(words),
             summary: mk(words.div_ceil(64)),
+            top: AtomicUsize::new(0),
             readers: AtomicU32::new(0),
             insert: spin::Mutex::new(()),
         }
@@ -809,6 +814,7 @@ impl<T> Registry<T> {
         // re-reads the word afterwards, so one of the two sees the other.
         self.occupied[w].fetch_or(1 << (i % 64), Ordering::SeqCst);
         self.summary[w / 64].fetch_or(1 << (w % 64), Ordering::SeqCst);
+        self.top.fetch_max(w / 64 + 1, Ordering::SeqCst);
         Some(i)
     }
 
@@ -841,7 +847,8 @@ impl<T> Registry<T> {
     #[inline]
     pub fn for_each(&self, mut f: impl FnMut(&T)) {
         self.readers.fetch_add(1, Ordering::SeqCst);
-        for (si, sw) in self.summary.iter().enumerate() {
+        let top = self.top.load(Ordering::SeqCst).min(self.summary.len());
+        for (si, sw) in self.summary[..top].iter().enumerate() {
             let mut sbits = sw.load(Ordering::Acquire);
             while sbits != 0 {
                 let b = sbits.trailing_zeros();
@@ -902,21 +909,50 @@ impl<T> Drop for Registry<T> {
 pub(crate) struct Queues {
     /// Indexed by WQ id (None: unconfigured).
     wqs: Vec<Option<Registry>>,
+    /// MSI-X entry → the WQ whose completion interrupt it is (`NO_WQ`: none).
+    by_entry: Box<[u8]>,
 }
 
+const NO_WQ: u8 = u8::MAX;
+
 impl Queues {
+    /// `configured`: each configured WQ's id and its MSI-X entry, if any.
     pub fn new(
-        configured: impl Iterator<Item = (u8, bool)>,
+        configured: impl Iterator<Item = (u8, Option<u16>)>,
         num_wqs: usize,
         per_wq: usize,
     ) -> Queues {
         let mut wqs: Vec<Option<Registry>> = (0..num_wqs).map(|_| None).collect();
-        for (id, on) in configured {
-            if on && let Some(w) = wqs.get_mut(id as usize) {
+        let mut by_entry = Vec::new();
+        for (id, entry) in configured {
+            if let Some(w) = wqs.get_mut(id as usize) {
                 *w = Some(Registry::new(per_wq));
+                if let Some(e) = entry.map(usize::from)
+                    && id != NO_WQ
+                {
+                    if by_entry.len() <= e {
+                        by_entry.resize(e + 1, NO_WQ);
+                    }
+                    by_entry[e] = id;
+                }
             }
         }
-        Queues { wqs }
+        Queues {
+            wqs,
+            by_entry: by_entry.into_boxed_slice(),
+        }
+    }
+
+    /// Reaps the callback slots of every ring on the WQ whose MSI-X entry is `entry`
+    /// (nothing for other entries). Interrupt safe.
+    #[inline]
+    pub fn reap_msix(&self, entry: u16) {
+        let wq = self.by_entry.get(entry as usize).copied().unwrap_or(NO_WQ);
+        if let Some(Some(r)) = self.wqs.get(wq as usize) {
+            r.for_each(|ring| {
+                ring.reap();
+            });
+        }
     }
 
     pub fn registry(&self, wq: u8) -> Option<&Registry> {
