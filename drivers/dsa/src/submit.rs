@@ -1084,14 +1084,7 @@ impl Submitter {
                 let status = self.ring.recs.status(k);
                 if status == st::SUCCESS {
                     s.state.store(FREE, Ordering::Release);
-                    if (self.tail & self.ring.mask) as usize == k {
-                        // Oldest first (the usual order): one step; others catch up later.
-                        self.tail = self.tail.wrapping_add(1);
-                        self.ring.tail.store(self.tail, Ordering::Release);
-                        if self.tail == self.head {
-                            self.return_idle_credits();
-                        }
-                    }
+                    self.collected(k);
                     return Some(Ok(Output::Done));
                 }
                 if status == st::NOT_COMPLETE {
@@ -1100,6 +1093,64 @@ impl Submitter {
             }
         }
         self.poll_slow(t)
+    }
+
+    /// The owner freed slot `k`: move the tail past it if it is the oldest (the usual
+    /// order: one step; others catch up later), and give idle credits back.
+    #[inline(always)]
+    fn collected(&mut self, k: usize) {
+        if (self.tail & self.ring.mask) as usize == k {
+            self.tail = self.tail.wrapping_add(1);
+            self.ring.tail.store(self.tail, Ordering::Release);
+            if self.tail == self.head {
+                self.return_idle_credits();
+            }
+        }
+    }
+
+    /// A batch's outcome if it finished (None while in flight). When the batch completed
+    /// with status Success and every member's successful result is plain success, nothing
+    /// is read or written per member: the answer is [`BatchDone`] with `all_ok` (every
+    /// member's result is `Ok(Output::Done)`) and `out` is left as it was. Otherwise the
+    /// member results go into `out` as with [`Submitter::poll_batch`]. Allocates nothing.
+    #[inline]
+    pub fn poll_batch_summary(
+        &mut self,
+        t: Token,
+        out: &mut [Result<Output, OpError>],
+    ) -> Option<Result<BatchDone, OpError>> {
+        let k = t.slot as usize;
+        if let Some(s) = self.ring.slot_at(k) {
+            // SAFETY: the owner's own metadata (see `take`).
+            let meta = unsafe { &*s.meta.get() };
+            // One compare: this submission, a batch, every member plain, not resumed (the
+            // member count above bit 48 is left out).
+            let head = meta.tag.0 & ((1 << 48) - 1);
+            if head == Tag::new(t.seq, K_BATCH, true, false, 0).0
+                && s.state.load(Ordering::Acquire) == PENDING_POLL
+            {
+                // A batch's status Success means every member succeeded.
+                let status = self.ring.recs.status(k);
+                if status == st::SUCCESS {
+                    let members = meta.tag.members() as usize;
+                    s.state.store(FREE, Ordering::Release);
+                    self.collected(k);
+                    return Some(Ok(BatchDone {
+                        members,
+                        all_ok: true,
+                    }));
+                }
+                if status == st::NOT_COMPLETE {
+                    return None;
+                }
+            }
+        }
+        self.poll_batch(t, out).map(|r| {
+            r.map(|members| BatchDone {
+                members,
+                all_ok: false,
+            })
+        })
     }
 
     #[inline(never)]
@@ -1236,6 +1287,16 @@ impl Submitter {
         }
         r
     }
+}
+
+/// What [`Submitter::poll_batch_summary`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchDone {
+    /// Members of the batch.
+    pub members: usize,
+    /// Every member succeeded with result `Ok(Output::Done)`; the caller's member slice was
+    /// not written.
+    pub all_ok: bool,
 }
 
 /// What `take` found.
