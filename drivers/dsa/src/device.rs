@@ -203,7 +203,7 @@ pub struct Wq {
     /// Interrupt handle for `msix_entry` (the index, or what Request Int Handle returned).
     pub(crate) int_handle: AtomicU32,
     /// Dedicated WQ: the credit pool (descriptors the WQ may hold, handed to submitters).
-    pub credits: Credits,
+    pub credits: Arc<Credits>,
 }
 
 impl Wq {
@@ -374,7 +374,7 @@ impl Device {
                 msix_entry,
                 msix_pasid: if pasid_en { options.kernel_pasid } else { None },
                 int_handle: AtomicU32::new(NO_HANDLE),
-                credits: Credits::new(w.size as u32),
+                credits: Arc::new(Credits::new(w.size as u32)),
             });
         }
         let queues = Queues::new(

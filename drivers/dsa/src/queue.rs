@@ -736,6 +736,7 @@ impl Credits {
         self.size
     }
     /// Takes up to `want` credits (at least one unless none is free); returns how many.
+    #[inline]
     pub(crate) fn take(&self, want: u32) -> u32 {
         let mut got = 0;
         let r = self
@@ -753,6 +754,7 @@ impl Credits {
         }
     }
     /// Returns `n` credits to the pool.
+    #[inline]
     pub(crate) fn give(&self, n: u32) {
         if n > 0 {
             let _ = self

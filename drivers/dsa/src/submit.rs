@@ -27,8 +27,8 @@ use crate::error::{DsaError, OpError, PageFault};
 use crate::hw::{AddressSpace, DmaError, EnqStatus, PortalPage};
 use crate::ops::{Output, Resume, ValidationError, Work, WqLimits};
 use crate::queue::{
-    Callback, Completed, DONE, FREE, K_BATCH, K_SINGLE, PENDING_CB, PENDING_CBQ, PENDING_POLL,
-    Ring, Tag,
+    Callback, Completed, Credits, DONE, FREE, K_BATCH, K_SINGLE, PENDING_CB, PENDING_CBQ,
+    PENDING_POLL, Ring, Tag,
 };
 use alloc::boxed::Box;
 use alloc::sync::Arc;
@@ -185,7 +185,9 @@ pub struct Submitter {
     /// Owner copies of the ring indices.
     head: u32,
     tail: u32,
-    /// Dedicated WQ: credits held, the most this submitter may hold, and the chunk size.
+    /// Dedicated WQ: the WQ's credit pool, the credits held, the most this submitter may
+    /// hold, and the chunk size.
+    pool: Option<Arc<Credits>>,
     credits: u32,
     /// Descriptors in flight the fast path allows: the credits held (dedicated WQ) or the
     /// ring's capacity (shared WQ).
@@ -334,6 +336,7 @@ impl Submitter {
             dedicated,
             head: 0,
             tail: 0,
+            pool: dedicated.then(|| w.credits.clone()),
             credits: 0,
             room: if dedicated { 0 } else { nslots as u32 },
             credit_max: size.min(nslots as u32),
@@ -437,11 +440,11 @@ impl Submitter {
     }
 
     /// An empty ring gives its credits back (others may need them).
-    #[inline]
+    #[inline(never)]
     fn return_idle_credits(&mut self) {
         if self.credits != 0 && self.head == self.tail {
-            if let Some(w) = self.dev.wq(self.ring.wq) {
-                w.credits.give(self.credits);
+            if let Some(p) = &self.pool {
+                p.give(self.credits);
             }
             self.credits = 0;
             self.room = 0;
@@ -461,8 +464,22 @@ impl Submitter {
         {
             self.advance_tail();
         }
-        if self.head.wrapping_sub(self.tail) < self.room {
+        let used = self.head.wrapping_sub(self.tail);
+        if used < self.room {
             return Ok((self.head & self.ring.mask) as usize);
+        }
+        // Dedicated WQ at its credits: another chunk while below its share (the common
+        // case after the ring went idle and gave its credits back).
+        if let Some(p) = &self.pool
+            && used < self.credit_max
+            && used == self.credits
+        {
+            let got = p.take(self.chunk.min(self.credit_max - self.credits));
+            if got > 0 {
+                self.credits += got;
+                self.room = self.credits;
+                return Ok((self.head & self.ring.mask) as usize);
+            }
         }
         self.next_slot_slow()
     }
