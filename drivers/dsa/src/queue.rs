@@ -265,7 +265,8 @@ impl Tag {
 pub(crate) struct Extra {
     /// Set by a sweep (DONE).
     pub parked: Option<OpError>,
-    /// A resumed operation: the original and the units done before this descriptor.
+    /// A resumed operation: the original and the units done before this descriptor (valid
+    /// only while the slot's tag says resumed; see `Ring::decode_single`).
     pub resumed: Option<(Work, u64)>,
 }
 
@@ -604,8 +605,18 @@ impl Ring {
         let Some(work) = work_of(desc) else {
             return Err(OpError::Status { code });
         };
-        // SAFETY: as above (written with the slot, before publication).
-        match unsafe { &(*self.extra[k].get()).resumed } {
+        // SAFETY: as above (the tag and `Extra::resumed` are written with the slot, before
+        // publication). `Extra::resumed` counts only when the tag says so: a later
+        // submission in the slot leaves a stale value there rather than clearing it.
+        let resumed = unsafe {
+            let tag = (*self.slot(k as u32).meta.get()).tag;
+            if tag.resumed() {
+                (*self.extra[k].get()).resumed.as_ref()
+            } else {
+                None
+            }
+        };
+        match resumed {
             Some((original, done)) => ops::decode(&work, original, *done, &cr),
             None => ops::decode(&work, &work, 0, &cr),
         }

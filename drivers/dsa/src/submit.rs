@@ -832,13 +832,10 @@ impl Submitter {
         let plain = self.build(work, false, &tmpl, self.cr0 + (k * CR_SIZE) as u64, desc)?;
         ring.recs.clear(k);
         let seq = self.head;
-        let had_resumed = meta.tag.resumed();
         meta.tag = Tag::new(seq, K_SINGLE, plain, resumed.is_some(), 0);
+        // A polled slot's callback is never read (only claims of callback slots call one).
         let state = match deliver {
-            Deliver::Poll => {
-                meta.cb = None;
-                PENDING_POLL
-            }
+            Deliver::Poll => PENDING_POLL,
             Deliver::Callback(cb) => {
                 meta.cb = Some(cb);
                 if matches!(notify, Notify::Poll) {
@@ -848,7 +845,7 @@ impl Submitter {
                 }
             }
         };
-        if resumed.is_some() || had_resumed {
+        if resumed.is_some() {
             // SAFETY: slot `k` is FREE and owned by this submitter until published.
             unsafe { (*ring.extra[k].get()).resumed = resumed };
         }
@@ -959,10 +956,6 @@ impl Submitter {
         let slot = ring.slot(k as u32);
         // SAFETY: slot `k` is FREE and owned by this submitter until published.
         let (desc, meta) = unsafe { (&mut *slot.desc.get(), &mut *slot.meta.get()) };
-        if meta.tag.resumed() {
-            // SAFETY: as above.
-            unsafe { (*ring.extra[k].get()).resumed = None };
-        }
         *desc = [
             tmpl.w0 | ((Opcode::Batch as u64) << 56),
             self.cr0 + cr_off as u64,
@@ -975,11 +968,9 @@ impl Submitter {
         ];
         let seq = self.head;
         meta.tag = Tag::new(seq, K_BATCH, plain, false, members.len() as u16);
+        // A polled slot's callback is never read (only claims of callback slots call one).
         let state = match deliver {
-            Deliver::Poll => {
-                meta.cb = None;
-                PENDING_POLL
-            }
+            Deliver::Poll => PENDING_POLL,
             Deliver::Callback(cb) => {
                 meta.cb = Some(cb);
                 if matches!(notify, Notify::Poll) {
