@@ -762,11 +762,7 @@ impl Submitter {
                 ring.in_submit.store(false, Ordering::Release);
                 return Ok(true);
             }
-            // Not queued: take the slot back (nobody claims a record that is unwritten, and
-            // recovery waits for `in_submit`).
-            slot.state.store(FREE, Ordering::Release);
-            ring.head.store(head, Ordering::Release);
-            ring.in_submit.store(false, Ordering::Release);
+            refused(ring, slot, head);
             Ok(false)
         }
     }
@@ -822,15 +818,16 @@ impl Submitter {
         notify: Notify,
         deliver: Deliver,
     ) -> Result<Token, OpError> {
-        let (tmpl, ims, arm) = self.route(notify)?;
         let k = self.next_slot(matches!(deliver, Deliver::Callback(_)))?;
+        let (tmpl, ims, arm) = self.route(notify)?;
         let ring = &*self.ring;
         let slot = ring.slot(k as u32);
         // SAFETY: slot `k` is FREE and owned by this submitter until published (slot
         // protocol): nothing else reads its image or metadata now.
         let (desc, meta) = unsafe { (&mut *slot.desc.get(), &mut *slot.meta.get()) };
-        let plain = self.build(work, false, &tmpl, self.cr0 + (k * CR_SIZE) as u64, desc)?;
+        // The record is zeroed first (harmless if `work` is refused: the slot stays FREE).
         ring.recs.clear(k);
+        let plain = self.build(work, false, &tmpl, self.cr0 + (k * CR_SIZE) as u64, desc)?;
         let seq = self.head;
         meta.tag = Tag::new(seq, K_SINGLE, plain, resumed.is_some(), 0);
         // A polled slot's callback is never read (only claims of callback slots call one).
@@ -1295,6 +1292,17 @@ impl Submitter {
         }
         r
     }
+}
+
+/// A shared WQ refused a descriptor: take its slot back (nobody claims a record that is
+/// unwritten, and recovery waits for `in_submit`). Out of line and cold, so the accepted
+/// store is the straight path.
+#[cold]
+#[inline(never)]
+fn refused(ring: &Ring, slot: &crate::queue::Slot, head: u32) {
+    slot.state.store(FREE, Ordering::Release);
+    ring.head.store(head, Ordering::Release);
+    ring.in_submit.store(false, Ordering::Release);
 }
 
 /// What [`Submitter::poll_batch_summary`] found.
