@@ -736,14 +736,14 @@ impl Device {
     /// Drain PASID: every descriptor of `pasid` has completed.
     pub fn drain_pasid(&self, pasid: u32) -> Result<(), DsaError> {
         self.command(Command::DrainPasid, pasid & 0xF_FFFF, &[])?;
-        self.sweep(|s| s.eff_pasid == Some(pasid), false);
+        self.sweep(|s| s.request_pasid == Some(pasid), false);
         Ok(())
     }
     /// Abort PASID: queued descriptors of `pasid` are dropped and fail with `Aborted`.
     pub fn abort_pasid(&self, pasid: u32) -> Result<(), DsaError> {
         let _q = self.quiesce()?;
         self.command(Command::AbortPasid, pasid & 0xF_FFFF, &[])?;
-        self.sweep(|s| s.eff_pasid == Some(pasid), true);
+        self.sweep(|s| s.request_pasid == Some(pasid), true);
         Ok(())
     }
     pub fn drain_all(&self) -> Result<(), DsaError> {

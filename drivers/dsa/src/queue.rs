@@ -272,7 +272,7 @@ pub(crate) struct Extra {
 
 /// One slot: its descriptor image and state in one 128-byte block.
 #[repr(C, align(128))]
-pub(crate) struct Slot {
+pub(crate) struct RecordSlot {
     pub desc: UnsafeCell<[u64; 8]>,
     pub state: AtomicU8,
     pub meta: UnsafeCell<Meta>,
@@ -286,9 +286,9 @@ pub(crate) struct Ring {
     pub mask: u32,
     pub wq: u8,
     /// The PASID the device applies to these descriptors (None: no PASID).
-    pub eff_pasid: Option<u32>,
+    pub request_pasid: Option<u32>,
     /// `mask + 1` slots (never replaced: [`Ring::slot`] relies on the length).
-    slots: Box<[Slot]>,
+    slots: Box<[RecordSlot]>,
     pub extra: Box<[UnsafeCell<Extra>]>,
     pub crs: DmaBuf,
     /// `crs` as `mask + 1` records indexed modulo the ring size.
@@ -309,7 +309,7 @@ unsafe impl Send for Ring {}
 impl Ring {
     pub fn new(
         wq: u8,
-        eff_pasid: Option<u32>,
+        request_pasid: Option<u32>,
         cap: usize,
         crs: DmaBuf,
         lists: Option<DmaBuf>,
@@ -326,9 +326,9 @@ impl Ring {
             in_submit: AtomicBool::new(false),
             mask: cap as u32 - 1,
             wq,
-            eff_pasid,
+            request_pasid,
             slots: (0..cap)
-                .map(|_| Slot {
+                .map(|_| RecordSlot {
                     desc: UnsafeCell::new([0; 8]),
                     state: AtomicU8::new(FREE),
                     meta: UnsafeCell::new(Meta {
@@ -355,7 +355,7 @@ impl Ring {
 
     /// Slot `i mod cap`.
     #[inline(always)]
-    pub fn slot(&self, i: u32) -> &Slot {
+    pub fn slot(&self, i: u32) -> &RecordSlot {
         let k = (i & self.mask) as usize;
         debug_assert!(k < self.slots.len());
         // SAFETY: `slots` has `mask + 1` entries (`new`; the field is private and never
@@ -365,7 +365,7 @@ impl Ring {
 
     /// Slot `k` if it exists (a caller's token).
     #[inline(always)]
-    pub fn slot_at(&self, k: usize) -> Option<&Slot> {
+    pub fn slot_at(&self, k: usize) -> Option<&RecordSlot> {
         self.slots.get(k)
     }
 

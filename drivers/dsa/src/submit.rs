@@ -239,7 +239,7 @@ impl Submitter {
         opts: SubmitterOptions,
     ) -> Result<Submitter, DsaError> {
         let w = dev.wq(wq).ok_or(DsaError::NoSuchWq(wq))?;
-        let eff_pasid = match w.mode() {
+        let request_pasid = match w.mode() {
             WqMode::Dedicated => {
                 if w.space != Some(client.space) {
                     return Err(DsaError::ClientMismatch(
@@ -287,7 +287,7 @@ impl Submitter {
         };
         let cr0 = crs.dev_addr(0);
         let ring = Arc::new(
-            Ring::new(wq, eff_pasid, nslots, crs, lists, member_crs, max_batch)
+            Ring::new(wq, request_pasid, nslots, crs, lists, member_crs, max_batch)
                 .ok_or(DmaError::BadRegion)?,
         );
         let reg = dev
@@ -312,7 +312,7 @@ impl Submitter {
         let tmpl = if dedicated {
             Template::new(0, false, None)
         } else {
-            Template::new(eff_pasid.unwrap_or(0), client.privileged, None)
+            Template::new(request_pasid.unwrap_or(0), client.privileged, None)
         };
         let g = dev.caps.gencap;
         let lim = |op: Opcode| {
@@ -367,7 +367,7 @@ impl Submitter {
     }
     /// The PASID the device applies to this submitter's descriptors (None: no PASID).
     pub fn effective_pasid(&self) -> Option<u32> {
-        self.ring.eff_pasid
+        self.ring.request_pasid
     }
     /// Largest batch [`Submitter::submit_batch`] accepts.
     pub fn max_batch(&self) -> usize {
@@ -409,7 +409,7 @@ impl Submitter {
             Template::new(0, false, Some(h))
         } else {
             Template::new(
-                self.ring.eff_pasid.unwrap_or(0),
+                self.ring.request_pasid.unwrap_or(0),
                 self.client.privileged,
                 Some(h),
             )
@@ -672,7 +672,7 @@ impl Submitter {
                     .int_handle()
                     .ok_or(OpError::InterruptUnavailable("no MSI-X vector for this WQ"))?;
                 let pasid_enabled = wq.space != Some(AddressSpace::NoPasid);
-                if pasid_enabled && wq.msix_pasid != self.ring.eff_pasid {
+                if pasid_enabled && wq.msix_pasid != self.ring.request_pasid {
                     return Err(OpError::InterruptUnavailable(
                         "the WQ's MSI-X entry is bound to another PASID (poll or use an IMS handle)",
                     ));
@@ -1299,7 +1299,7 @@ impl Submitter {
 /// store is the straight path.
 #[cold]
 #[inline(never)]
-fn refused(ring: &Ring, slot: &crate::queue::Slot, head: u32) {
+fn refused(ring: &Ring, slot: &crate::queue::RecordSlot, head: u32) {
     slot.state.store(FREE, Ordering::Release);
     ring.head.store(head, Ordering::Release);
     ring.in_submit.store(false, Ordering::Release);
