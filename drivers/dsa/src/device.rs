@@ -1,4 +1,4 @@
-//! One DSA device: bring-up (dsa.md §9.1–§9.2), commands, WQ runtime state, the misc
+//! One DSA device: bring-up (DSA spec rev 3.0: GENSTS §9.2.10, the commands of §9.2.12, GRPCFG/WQCFG §9.2.23–§9.2.24), commands, WQ runtime state, the misc
 //! interrupt (§9.4), halt recovery, drain and abort. No global state: every device is an
 //! independent [`Device`].
 
@@ -111,7 +111,7 @@ bitflags! {
     }
 }
 
-/// A decoded SWERROR record (dsa.md §2.15).
+/// A decoded SWERROR record (DSA spec rev 3.0, §9.2.15).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SwError {
     pub code: u8,
@@ -566,7 +566,7 @@ impl Device {
         }
     }
 
-    /// Reset, program, enable (dsa.md §9.1 steps 3, 8 and §9.2).
+    /// Reset, program, enable (DSA spec rev 3.0: Reset Device and Enable Device/WQ, §9.2.12; GRPCFG/WQCFG, §9.2.23–§9.2.24).
     fn configure(&self) -> Result<(), DsaError> {
         let regs = &*self.hw.regs;
         self.reset_device()?;
@@ -785,7 +785,7 @@ impl Device {
         MiscEvents::empty()
     }
 
-    /// Misc interrupt (dsa.md §9.4): acknowledges INTCAUSE, decodes and logs SWERR, notes a
+    /// Misc interrupt (DSA spec rev 3.0: INTCAUSE §9.2.11, SWERROR §9.2.15): acknowledges INTCAUSE, decodes and logs SWERR, notes a
     /// halt. Recovery itself runs later in thread context ([`Device::recover`]).
     pub fn handle_misc_interrupt(&self) -> MiscEvents {
         self.stats.misc_interrupts.fetch_add(1, Ordering::Relaxed);
@@ -862,7 +862,7 @@ impl Device {
 
     // ------------------------------------------------------------------ recovery
 
-    /// Recovers a halted device (dsa.md §9.4 step 7): Reset Device, rewrite the whole
+    /// Recovers a halted device (GENSTS Halted, DSA spec rev 3.0 §9.2.10; the device needs a Reset Device, §9.2.12): Reset Device, rewrite the whole
     /// configuration, enable the device and every WQ; then every operation that was in
     /// flight either completes (its record was written before the halt) or fails with
     /// `Aborted`. Also usable to re-check a device believed healthy (no-op then).
@@ -943,7 +943,7 @@ impl Device {
         self.recovery_hooks.lock().push(hook);
     }
 
-    /// Orderly shutdown (dsa.md §9.5): drain and disable every WQ, disable and reset the
+    /// Orderly shutdown (DSA spec rev 3.0: Drain/Disable WQ and Disable/Reset Device commands, §9.2.12): drain and disable every WQ, disable and reset the
     /// device. Submitters must be dropped first.
     pub fn shutdown(&self) -> Result<(), DsaError> {
         let _q = self.quiesce()?;

@@ -107,8 +107,9 @@ impl Portals {
 }
 
 /// Store fence: the descriptor's buffers, its zeroed completion record and any batch list
-/// must be globally visible before the device can read the descriptor (instructions.md §3,
-/// §6: neither MOVDIR64B nor ENQCMDS is ordered after older stores).
+/// must be globally visible before the device can read the descriptor: neither MOVDIR64B
+/// nor ENQCMDS is ordered after older stores (Intel SDM Vol. 2A/2B, "ENQCMDS" and
+/// "MOVDIR64B", their ordering notes).
 #[inline(always)]
 fn sfence() {
     // SAFETY: SFENCE only orders stores; it touches no memory or registers.

@@ -45,8 +45,8 @@ use crate::sync::IrqMutex;
 
 pub use spaces::{ClientSpace, DmaBuffer, SpaceError};
 
-/// Intel DSA device IDs (dsa.md §1.1): SPR/EMR (and likely GNR) 0x0B25, GNR-D 0x11FB,
-/// DMR 0x1212. Features come from VERSION and the capability registers, never from these.
+/// Intel DSA device IDs (those the Linux idxd driver binds, drivers/dma/idxd/init.c):
+/// SPR/EMR (and likely GNR) 0x0B25, GNR-D 0x11FB, DMR 0x1212. Features come from VERSION and the capability registers, never from these.
 pub const DSA_DEVICE_IDS: &[u16] = &[0x0B25, 0x11FB, 0x1212];
 const INTEL: u16 = 0x8086;
 /// Class 0x08 (system peripheral), subclass 0x80 (other).
