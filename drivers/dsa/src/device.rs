@@ -223,7 +223,7 @@ impl Wq {
         } else {
             PortalKind::UnlimitedMsix
         };
-        portal_offset(self.config.id as u32, kind)
+        portal_offset(u32::from(self.config.id), kind)
     }
     /// Portal page for descriptors carrying an IMS interrupt handle.
     pub fn ims_portal(&self) -> u64 {
@@ -232,7 +232,7 @@ impl Wq {
         } else {
             PortalKind::UnlimitedIms
         };
-        portal_offset(self.config.id as u32, kind)
+        portal_offset(u32::from(self.config.id), kind)
     }
     /// Dedicated-WQ credits held by submitters now (each descriptor the device may hold
     /// needs one; submitters take them in chunks).
@@ -327,7 +327,7 @@ impl Device {
         }
         let pci = hw.pci.info();
         let caps = Capabilities::read(&*hw.regs, pci.msix_entries)?;
-        let need = caps.num_wqs as u64 * WQ_PORTAL_STRIDE;
+        let need = u64::from(caps.num_wqs) * WQ_PORTAL_STRIDE;
         if hw.portals.size() < need {
             return Err(DsaError::PortalBarTooSmall {
                 have: hw.portals.size(),
@@ -359,7 +359,7 @@ impl Device {
                 },
                 WqMode::Shared => (None, false),
             };
-            let entry = w.id as u16 + 1;
+            let entry = u16::from(w.id) + 1;
             let msix_entry = (entry < pci.msix_entries).then_some(entry);
             let pasid_en = space != Some(AddressSpace::NoPasid);
             wqs[w.id as usize] = Some(Wq {
@@ -374,7 +374,7 @@ impl Device {
                 msix_entry,
                 msix_pasid: if pasid_en { options.kernel_pasid } else { None },
                 int_handle: AtomicU32::new(NO_HANDLE),
-                credits: Arc::new(Credits::new(w.size as u32)),
+                credits: Arc::new(Credits::new(u32::from(w.size))),
             });
         }
         let queues = Queues::new(
@@ -575,7 +575,7 @@ impl Device {
             (GenCtrl::SWERR_INT_ENABLE | GenCtrl::HALT_INT_ENABLE).bits(),
         );
         let any_pasid = self.wqs().any(|w| w.space != Some(AddressSpace::NoPasid));
-        let mut gencfg = GenCfg::from_bits_retain(self.config.read_buffer_limit as u32);
+        let mut gencfg = GenCfg::from_bits_retain(u32::from(self.config.read_buffer_limit));
         if any_pasid {
             // Unprivileged PASID clients may request completion interrupts (§4.5).
             gencfg |= GenCfg::USER_INT_ENABLE;
@@ -593,11 +593,11 @@ impl Device {
                     .with_tc_a(gc.tc_a.unwrap_or(1))
                     .with_tc_b(gc.tc_b.unwrap_or(1));
                 let raw = flags.bits()
-                    | (gc.use_read_buffer_limit as u64) << 7
-                    | (gc.read_buffers_reserved as u64) << 8
-                    | (gc.read_buffers_allowed as u64) << 20
-                    | (gc.desc_progress_limit as u64) << 32
-                    | (gc.batch_progress_limit as u64) << 36;
+                    | u64::from(gc.use_read_buffer_limit) << 7
+                    | u64::from(gc.read_buffers_reserved) << 8
+                    | u64::from(gc.read_buffers_allowed) << 20
+                    | u64::from(gc.desc_progress_limit) << 32
+                    | u64::from(gc.batch_progress_limit) << 36;
                 flags = GroupFlags::from_bits_retain(raw);
                 e.flags = flags;
             }
@@ -662,9 +662,9 @@ impl Device {
                 } else {
                     entry
                 };
-                w.int_handle.store(handle as u32, Ordering::Release);
+                w.int_handle.store(u32::from(handle), Ordering::Release);
             }
-            self.command(Command::EnableWq, id as u32, &[cmd_err::WQ_ENABLED])?;
+            self.command(Command::EnableWq, u32::from(id), &[cmd_err::WQ_ENABLED])?;
             let st = self.read_wqcfg(id).state();
             if st != WqState::Enabled {
                 return Err(DsaError::UnexpectedState {

@@ -150,7 +150,7 @@ impl DmaBuf {
         // SAFETY: in bounds and aligned; the caller owns this range (slot protocol: the
         // record is not published and nothing else reads it); a single aligned 8-byte
         // store, so a concurrent atomic status-byte load sees old or new, never a mix.
-        unsafe { core::ptr::write_volatile(self.cpu.add(off) as *mut u64, v) };
+        unsafe { core::ptr::write_volatile(self.cpu.add(off).cast::<u64>(), v) };
     }
 
     /// Lets `f` write the 64-byte descriptor at `off` (64-byte aligned) in place.
@@ -163,7 +163,7 @@ impl DmaBuf {
         // SAFETY: in bounds and 64-byte aligned; the caller owns this range (slot protocol:
         // a batch list the device reads only after the portal store that follows), so the
         // exclusive borrow aliases nothing for its duration.
-        f(unsafe { &mut *(self.cpu.add(off) as *mut [u64; 8]) })
+        f(unsafe { &mut *self.cpu.add(off).cast::<[u64; 8]>() });
     }
 
     /// Lets `f` write `n` consecutive 64-byte descriptors at `off` (64-byte aligned) in place:
@@ -176,7 +176,7 @@ impl DmaBuf {
         }
         // SAFETY: in bounds and aligned; the caller owns this range until it hands it to the
         // device (slot protocol), so the exclusive borrow aliases nothing for its duration.
-        f(unsafe { core::slice::from_raw_parts_mut(self.cpu.add(off) as *mut [u64; 8], n) })
+        f(unsafe { core::slice::from_raw_parts_mut(self.cpu.add(off).cast::<[u64; 8]>(), n) });
     }
 
     /// Lets `f` write `n` consecutive 32-byte completion records at `off` (32-byte aligned)
@@ -188,7 +188,7 @@ impl DmaBuf {
             return;
         }
         // SAFETY: as `with_descs`: owned by the caller, not yet given to the device.
-        f(unsafe { core::slice::from_raw_parts_mut(self.cpu.add(off) as *mut [u64; 4], n) })
+        f(unsafe { core::slice::from_raw_parts_mut(self.cpu.add(off).cast::<[u64; 4]>(), n) });
     }
 
     /// Acquire load of the status byte at `off` (0 if out of range).
@@ -275,6 +275,6 @@ impl Records {
     pub fn clear(&self, i: usize) {
         // SAFETY: in bounds and aligned; the caller owns the record (slot protocol: not
         // published, nothing else reads it but atomically).
-        unsafe { core::ptr::write_volatile(self.word0_ptr(i) as *mut u64, 0) };
+        unsafe { core::ptr::write_volatile(self.word0_ptr(i).cast::<u64>(), 0) };
     }
 }

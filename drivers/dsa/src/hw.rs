@@ -112,7 +112,7 @@ impl PortalPage {
                 d = in(reg) self.slot(n),
                 s = in(reg) desc.as_ptr(),
                 options(nostack, preserves_flags),
-            )
+            );
         };
     }
 
@@ -132,7 +132,7 @@ impl PortalPage {
                 s = in(reg) desc.as_ptr(),
                 z = out(reg_byte) retry,
                 options(nostack),
-            )
+            );
         };
         retry == 0
     }

@@ -643,7 +643,7 @@ impl Ring {
                 Err(OpError::PageFault(PageFault {
                     addr: cr.fault_addr,
                     write: cr.fault_is_write(),
-                    completed: cr.bytes_completed as u64,
+                    completed: u64::from(cr.bytes_completed),
                     resume: None,
                 }))
             }
@@ -821,7 +821,7 @@ impl<T> Registry<T> {
             .entries
             .iter()
             .position(|e| e.load(Ordering::Acquire).is_null())?;
-        self.entries[i].store(Arc::into_raw(s.clone()) as *mut T, Ordering::Release);
+        self.entries[i].store(Arc::into_raw(s.clone()).cast_mut(), Ordering::Release);
         let w = i / 64;
         // Entry bit first, then the summary bit: a walk that clears a stale summary bit
         // re-reads the word afterwards, so one of the two sees the other.

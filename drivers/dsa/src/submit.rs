@@ -263,7 +263,7 @@ impl Submitter {
         let nslots = (opts.slots.clamp(1, 4096) as usize).next_power_of_two();
         let dma = &dev.hw.dma;
         let crs = DmaBuf::new(dma, client.space, nslots * CR_SIZE, 64)?;
-        let max_batch = (opts.max_batch as u32)
+        let max_batch = u32::from(opts.max_batch)
             .min(w.limits.max_batch)
             .min(dev.caps.max_batch()) as usize;
         let (lists, member_crs, max_batch) = if max_batch >= 2 && dev.caps.supports(Opcode::Batch) {
@@ -296,7 +296,7 @@ impl Submitter {
             .and_then(|r| r.insert(&ring))
             .ok_or(DsaError::TooManySubmitters)?;
         let dedicated = w.mode() == WqMode::Dedicated;
-        let size = w.size() as u32;
+        let size = u32::from(w.size());
         // Direct stores when the portals allow them (and ENQCMDS for a shared WQ).
         let direct = dev
             .hw
@@ -317,7 +317,7 @@ impl Submitter {
         let g = dev.caps.gencap;
         let lim = |op: Opcode| {
             if dev.caps.supports(op) {
-                w.limits.max_transfer.min(u32::MAX as u64) + 1
+                w.limits.max_transfer.min(u64::from(u32::MAX)) + 1
             } else {
                 0
             }
@@ -573,13 +573,13 @@ impl Submitter {
         if options || (w.fence && !in_batch) {
             return false;
         }
-        let fence = (w.fence as u64) * ((dsa_spec::DescFlags::FENCE.bits() as u64) << 32);
+        let fence = u64::from(w.fence) * (u64::from(dsa_spec::DescFlags::FENCE.bits()) << 32);
         let head = |op: Opcode| t.w0 | fence | ((op as u64) << 56);
         match w.op {
             // Addresses below 2^63 and a 32-bit length cannot overflow; others get the
             // exact checks of the full validation.
             crate::ops::Op::MemMove { src, dst, len } => {
-                let l = len as u64;
+                let l = u64::from(len);
                 let ok = l < self.fast.memmove_lim
                     && (src | dst) >> 63 == 0
                     && (self.fast.overlap_ok || src >= dst + l || dst >= src + l);
@@ -589,7 +589,7 @@ impl Submitter {
                 ok
             }
             crate::ops::Op::Fill { dst, len, pattern } => {
-                let l = len as u64;
+                let l = u64::from(len);
                 let ok = l < self.fast.fill_lim && dst >> 63 == 0;
                 if ok {
                     *out = [head(Opcode::Fill), cr, pattern, dst, l | t.w4, 0, 0, 0];
@@ -648,7 +648,7 @@ impl Submitter {
                     }
                 }
             }
-            _ => self.route_slow(notify).map(|(t, p)| (t, p, false)),
+            Notify::Handle(_) => self.route_slow(notify).map(|(t, p)| (t, p, false)),
         }
     }
 
@@ -770,7 +770,7 @@ impl Submitter {
     /// The store through the `Portals` trait (portals without direct stores: host fakes).
     #[inline(never)]
     fn store_slow(&self, ims: bool, n: u32, desc: &[u64; 8]) -> bool {
-        let off = if ims { self.ims_portal } else { self.portal } + ((n & 63) as u64) * 64;
+        let off = if ims { self.ims_portal } else { self.portal } + u64::from(n & 63) * 64;
         let mut bytes = [0u8; 64];
         for (b, w) in bytes.chunks_exact_mut(8).zip(desc) {
             b.copy_from_slice(&w.to_le_bytes());
@@ -943,7 +943,7 @@ impl Submitter {
                     }
                     cr += CR_SIZE as u64;
                 }
-            })
+            });
         });
         if let Some(e) = refused {
             return Err(e);
