@@ -14,12 +14,13 @@ use bitflags::bitflags;
 use core::fmt;
 use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use dsa_spec::portal::{PortalKind, WQ_PORTAL_STRIDE, portal_offset};
-use dsa_spec::regs::{cmd_err, off};
-use dsa_spec::tables::{MsixPerm, wqcfg};
+use dsa_spec::regs::{bar0, cmd_err};
+use dsa_spec::tables::{MsixPerm, grpcfg, msixperm, wqcfg, wqcfg_entry};
 use dsa_spec::{
-    CmdReg, CmdStatus, Command, DeviceState, GenCfg, GenCtrl, GenSts, GroupFlags, GrpCfg, IntCause,
+    CmdReg, CmdStatus, Command, DeviceState, GenCfg, GenCtrl, GroupFlags, GrpCfg, IntCause,
     ResetType, SwErr, SwErrFlags, WqCfg, WqMode, WqState,
 };
+use hwio::RegistersExt;
 use log::{debug, error, info, warn};
 
 /// Work to redo after a recovery (see [`Device::add_recovery_hook`]); returns `false` once it
@@ -319,7 +320,7 @@ impl Device {
         source: ConfigSource,
         options: DeviceOptions,
     ) -> Result<Arc<Device>, DsaError> {
-        let gensts = GenSts(hw.regs.read32(off::GENSTS));
+        let gensts = hw.regs.read(bar0::GENSTS);
         if gensts.state() == DeviceState::Halted {
             return Err(DsaError::Halted {
                 reset: gensts.reset_type(),
@@ -494,15 +495,15 @@ impl Device {
             .now_ns()
             .saturating_add(self.options.command_timeout_ns);
         // A command still active (from before a reset, say) would make ours be dropped.
-        while CmdStatus(regs.read32(off::CMDSTATUS)).active() {
+        while regs.read(bar0::CMDSTATUS).active() {
             if clock.now_ns() >= deadline {
                 return Err(DsaError::CommandTimeout { cmd, operand });
             }
             clock.relax();
         }
-        regs.write32(off::CMD, CmdReg::new(cmd, operand, false).0);
+        regs.write(bar0::CMD, CmdReg::new(cmd, operand, false));
         loop {
-            let s = CmdStatus(regs.read32(off::CMDSTATUS));
+            let s = regs.read(bar0::CMDSTATUS);
             if !s.active() {
                 debug!(
                     "dsa{}: {:?} {:#x} -> {:#04x}",
@@ -536,7 +537,7 @@ impl Device {
 
     fn reset_device(&self) -> Result<(), DsaError> {
         self.command(Command::ResetDevice, 0, &[])?;
-        let s = GenSts(self.hw.regs.read32(off::GENSTS));
+        let s = self.hw.regs.read(bar0::GENSTS);
         if s.state() != DeviceState::Disabled {
             return Err(DsaError::UnexpectedState {
                 what: "device after reset",
@@ -546,23 +547,20 @@ impl Device {
         Ok(())
     }
 
+    /// WQ `id`'s WQCFG entry (the eight dwords of DSA 1.0; all-ones outside the table).
     fn read_wqcfg(&self, id: u8) -> WqCfg {
-        let base = self.caps.wqcfg_off(id);
-        let mut c = WqCfg::default();
-        for (i, dw) in c.0.iter_mut().enumerate() {
-            *dw = self.hw.regs.read32(base + 4 * i as u64);
+        match self.caps.wqcfg_table().entry(u64::from(id)) {
+            Some(base) => self.hw.regs.block(base, 32).read(wqcfg_entry::ENTRY),
+            None => WqCfg([u32::MAX; 8]),
         }
-        c
     }
 
     fn write_wqcfg(&self, id: u8, c: &WqCfg) {
-        let base = self.caps.wqcfg_off(id);
-        let n = (self.caps.wqcfg_entry_size / 4).min(8) as usize;
-        for (i, dw) in c.0.iter().enumerate().take(n) {
-            // Dwords 6–7 hold status and reserved bits: never written.
-            if i < wqcfg::DW_STATUS {
-                self.hw.regs.write32(base + 4 * i as u64, *dw);
-            }
+        // Dwords 6–7 hold status and reserved bits: never written (the block ends before
+        // them, and before the end of a smaller entry).
+        let len = (self.caps.wqcfg_entry_size).min(4 * wqcfg::DW_STATUS as u64);
+        if let Some(base) = self.caps.wqcfg_table().entry(u64::from(id)) {
+            self.hw.regs.block(base, len).write(wqcfg_entry::ENTRY, *c);
         }
     }
 
@@ -570,9 +568,9 @@ impl Device {
     fn configure(&self) -> Result<(), DsaError> {
         let regs = &*self.hw.regs;
         self.reset_device()?;
-        regs.write32(
-            off::GENCTRL,
-            (GenCtrl::SWERR_INT_ENABLE | GenCtrl::HALT_INT_ENABLE).bits(),
+        regs.write(
+            bar0::GENCTRL,
+            GenCtrl::SWERR_INT_ENABLE | GenCtrl::HALT_INT_ENABLE,
         );
         let any_pasid = self.wqs().any(|w| w.space != Some(AddressSpace::NoPasid));
         let mut gencfg = GenCfg::from_bits_retain(u32::from(self.config.read_buffer_limit));
@@ -580,7 +578,7 @@ impl Device {
             // Unprivileged PASID clients may request completion interrupts (§4.5).
             gencfg |= GenCfg::USER_INT_ENABLE;
         }
-        regs.write32(off::GENCFG, gencfg.bits());
+        regs.write(bar0::GENCFG, gencfg);
         for g in 0..self.caps.num_groups {
             let mut e = GrpCfg::default();
             if let Some(gc) = self.config.groups.iter().find(|x| x.id == g) {
@@ -601,9 +599,9 @@ impl Device {
                 flags = GroupFlags::from_bits_retain(raw);
                 e.flags = flags;
             }
-            let base = self.caps.grpcfg_off(g);
-            for (i, q) in e.to_qwords().iter().enumerate().take(6) {
-                regs.write64(base + 8 * i as u64, *q);
+            // Qwords 6–7 are reserved: the block ends before them.
+            if let Some(base) = self.caps.grpcfg_table().entry(u64::from(g)) {
+                regs.block(base, 48).write(grpcfg::ENTRY, e);
             }
         }
         for id in 0..self.caps.num_wqs {
@@ -638,7 +636,7 @@ impl Device {
             self.write_wqcfg(id, &c);
         }
         self.command(Command::EnableDevice, 0, &[cmd_err::DEV_ENABLED])?;
-        let s = GenSts(regs.read32(off::GENSTS));
+        let s = regs.read(bar0::GENSTS);
         if s.state() != DeviceState::Enabled {
             return Err(DsaError::UnexpectedState {
                 what: "device after enable",
@@ -652,7 +650,8 @@ impl Device {
                     Some(p) => MsixPerm::PASID_EN.with_pasid(p),
                     None => MsixPerm::empty(),
                 };
-                regs.write32(self.caps.msixperm_off(entry), perm.bits());
+                regs.block(self.caps.msixperm_off(entry), 8)
+                    .write(msixperm::ENTRY, perm);
                 let handle = if self.caps.requires_int_handles() {
                     self.command(
                         Command::RequestIntHandle,
@@ -695,7 +694,7 @@ impl Device {
                 Ok(_) => break,
                 Err(v) if v == RunState::Quiescing as u8 => {}
                 Err(_) => {
-                    let s = GenSts(self.hw.regs.read32(off::GENSTS));
+                    let s = self.hw.regs.read(bar0::GENSTS);
                     return Err(DsaError::Halted {
                         reset: s.reset_type(),
                     });
@@ -790,9 +789,9 @@ impl Device {
     pub fn handle_misc_interrupt(&self) -> MiscEvents {
         self.stats.misc_interrupts.fetch_add(1, Ordering::Relaxed);
         let regs = &*self.hw.regs;
-        let cause = IntCause::from_bits_retain(regs.read32(off::INTCAUSE));
+        let cause = regs.read(bar0::INTCAUSE);
         if !cause.is_empty() {
-            regs.write32(off::INTCAUSE, cause.bits());
+            regs.write(bar0::INTCAUSE, cause);
         }
         let mut ev = MiscEvents::empty();
         if cause.contains(IntCause::SOFTWARE_ERROR) {
@@ -814,7 +813,7 @@ impl Device {
             ev |= MiscEvents::OTHER;
         }
         let halted = cause.contains(IntCause::HALTED)
-            || GenSts(regs.read32(off::GENSTS)).state() == DeviceState::Halted;
+            || regs.read(bar0::GENSTS).state() == DeviceState::Halted;
         if halted {
             ev |= MiscEvents::HALTED;
             self.mark_halted();
@@ -826,7 +825,7 @@ impl Device {
         let prev = self.state.swap(RunState::Halted as u8, Ordering::AcqRel);
         if prev != RunState::Halted as u8 {
             self.stats.halts.fetch_add(1, Ordering::Relaxed);
-            let s = GenSts(self.hw.regs.read32(off::GENSTS));
+            let s = self.hw.regs.read(bar0::GENSTS);
             error!(
                 "dsa{}: device halted (GENSTS {:#x}, needs {:?} reset)",
                 self.index,
@@ -838,12 +837,13 @@ impl Device {
 
     fn service_swerr(&self) {
         let regs = &*self.hw.regs;
-        let w: [u64; 4] = core::array::from_fn(|i| regs.read64(off::SWERROR + 8 * i as u64));
-        let s = SwErr(w);
+        let s = regs.read(bar0::SWERROR);
+        let w = s.0;
         if !s.valid() {
             return;
         }
-        regs.write64(off::SWERROR, w[0] & SwErr::ACK_MASK);
+        // Clears Valid and Overflow (qword 0 bits 1:0, RW1C); the other qwords are RO.
+        regs.write(bar0::SWERROR, s.ack());
         let e = SwError::decode(&s);
         self.stats.swerr_by_code[e.code as usize].fetch_add(1, Ordering::Relaxed);
         for (i, v) in w.iter().enumerate() {
@@ -871,7 +871,7 @@ impl Device {
         let Some(_r) = self.recover_lock.try_lock() else {
             return Ok(false);
         };
-        let gensts = GenSts(self.hw.regs.read32(off::GENSTS));
+        let gensts = self.hw.regs.read(bar0::GENSTS);
         let halted = gensts.state() == DeviceState::Halted;
         let wq_lost = self
             .wqs()
@@ -961,13 +961,16 @@ impl Device {
                         &[],
                     )?;
                 }
-                self.hw.regs.write32(self.caps.msixperm_off(e), 0);
+                self.hw
+                    .regs
+                    .block(self.caps.msixperm_off(e), 8)
+                    .write(msixperm::ENTRY, MsixPerm::empty());
             }
             self.command(Command::DisableWq, op, &[cmd_err::WQ_NOT_EN])?;
         }
         self.command(Command::DisableDevice, 0, &[cmd_err::DIS_DEV_EN])?;
         self.reset_device()?;
-        self.hw.regs.write32(off::GENCTRL, 0);
+        self.hw.regs.write(bar0::GENCTRL, GenCtrl::empty());
         self.set_state(RunState::Failed);
         Ok(())
     }

@@ -1,5 +1,6 @@
-//! The kernel's implementations of the `dsa` crate's hardware traits: BAR0 registers over an
-//! uncached mapping, the submission instructions on BAR2, the calibrated clock, and DMA
+//! The kernel's implementations of the `dsa` crate's hardware traits (BAR0 is the kernel's
+//! MMIO window itself, `pci::Mmio`, which implements `hwio::Registers`): the submission
+//! instructions on BAR2, the calibrated clock, and DMA
 //! memory from the frame allocator (no PASID, the kernel PASID, or a client's PASID
 //! address space through [`super::spaces`]).
 
@@ -13,36 +14,6 @@ use pci_types::CommandRegister;
 
 use crate::mm::{self, FrameBlock};
 use crate::pci;
-
-/// BAR0: every access is exactly one naturally aligned access of the named width
-/// (`pci::Mmio` reads all-ones and drops writes outside the window, like a master abort).
-pub struct Registers {
-    bar: pci::Mmio,
-}
-
-impl Registers {
-    pub fn new(bar: pci::Mmio) -> Registers {
-        Registers { bar }
-    }
-}
-
-impl dsa::Registers for Registers {
-    fn size(&self) -> u64 {
-        self.bar.len() as u64
-    }
-    fn read32(&self, off: u64) -> u32 {
-        self.bar.read32(off as usize)
-    }
-    fn read64(&self, off: u64) -> u64 {
-        self.bar.read64(off as usize)
-    }
-    fn write32(&self, off: u64, value: u32) {
-        self.bar.write32(off as usize, value)
-    }
-    fn write64(&self, off: u64, value: u64) {
-        self.bar.write64(off as usize, value)
-    }
-}
 
 /// Why the submission instructions cannot be used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

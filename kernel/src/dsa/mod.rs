@@ -482,7 +482,7 @@ fn bring_up(
     accel: &Option<dsa::AccelConfig>,
     origin: &config::Origin,
 ) -> Result<DsaDevice, DsaInitError> {
-    let regs = Arc::new(hw::Registers::new(dev.map_bar(0)?));
+    let regs = Arc::new(dev.map_bar(0)?);
     let portals = hw::Portals::new(dev.map_bar(2)?).map_err(DsaInitError::Insn)?;
     let enqcmds = portals.has_enqcmds();
     dev.disable_intx()?;
