@@ -491,34 +491,27 @@ impl Device {
         let _g = self.cmd_lock.lock();
         let regs = &*self.hw.regs;
         let clock = self.clock();
-        let deadline = clock
-            .now_ns()
-            .saturating_add(self.options.command_timeout_ns);
-        // A command still active (from before a reset, say) would make ours be dropped.
-        while regs.read(bar0::CMDSTATUS).active() {
-            if clock.now_ns() >= deadline {
-                return Err(DsaError::CommandTimeout { cmd, operand });
-            }
-            clock.relax();
-        }
-        regs.write(bar0::CMD, CmdReg::new(cmd, operand, false));
-        loop {
+        let timeout = self.options.command_timeout_ns;
+        let start = clock.now_ns();
+        let timed_out = |_| DsaError::CommandTimeout { cmd, operand };
+        let done = || {
             let s = regs.read(bar0::CMDSTATUS);
-            if !s.active() {
-                debug!(
-                    "dsa{}: {:?} {:#x} -> {:#04x}",
-                    self.index,
-                    cmd,
-                    operand,
-                    s.error()
-                );
-                return Ok(s);
-            }
-            if clock.now_ns() >= deadline {
-                return Err(DsaError::CommandTimeout { cmd, operand });
-            }
-            clock.relax();
-        }
+            (!s.active()).then_some(s)
+        };
+        // A command still active (from before a reset, say) would make ours be dropped.
+        hwio::wait_until(clock, timeout, done).map_err(timed_out)?;
+        regs.write(bar0::CMD, CmdReg::new(cmd, operand, false));
+        // One bound for both waits.
+        let left = timeout.saturating_sub(clock.now_ns().saturating_sub(start));
+        let s = hwio::wait_until(clock, left, done).map_err(timed_out)?;
+        debug!(
+            "dsa{}: {:?} {:#x} -> {:#04x}",
+            self.index,
+            cmd,
+            operand,
+            s.error()
+        );
+        Ok(s)
     }
 
     /// Runs a command, accepting the listed error codes besides success.
@@ -684,27 +677,23 @@ impl Device {
         let deadline = clock
             .now_ns()
             .saturating_add(self.options.command_timeout_ns);
-        loop {
+        // Running → Quiescing (another quiescer: wait for it to finish; anything else: the
+        // device is not usable).
+        hwio::wait_until(clock, self.options.command_timeout_ns, || {
             match self.state.compare_exchange(
                 RunState::Running as u8,
                 RunState::Quiescing as u8,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => break,
-                Err(v) if v == RunState::Quiescing as u8 => {}
-                Err(_) => {
-                    let s = self.hw.regs.read(bar0::GENSTS);
-                    return Err(DsaError::Halted {
-                        reset: s.reset_type(),
-                    });
-                }
+                Ok(_) => Some(Ok(())),
+                Err(v) if v == RunState::Quiescing as u8 => None,
+                Err(_) => Some(Err(DsaError::Halted {
+                    reset: self.hw.regs.read(bar0::GENSTS).reset_type(),
+                })),
             }
-            if clock.now_ns() >= deadline {
-                return Err(DsaError::QuiesceTimeout);
-            }
-            clock.relax();
-        }
+        })
+        .map_err(|_| DsaError::QuiesceTimeout)??;
         let guard = QuiesceGuard { dev: self };
         if !self.queues.wait_submissions(|| {
             clock.relax();

@@ -1234,12 +1234,10 @@ impl Submitter {
     /// while waiting triggers recovery, which finishes or fails back every operation.
     pub fn wait(&mut self, t: Token, timeout_ns: u64) -> Result<Output, OpError> {
         let clock = self.dev.hw.clock.clone();
-        let deadline = clock.now_ns().saturating_add(timeout_ns);
-        loop {
-            if let Some(r) = self.poll(t) {
-                return r;
-            }
-            if self.dev.state() == RunState::Halted
+        hwio::wait_until(&*clock, timeout_ns, || {
+            let r = self.poll(t);
+            if r.is_none()
+                && self.dev.state() == RunState::Halted
                 && let Err(e) = self.dev.recover()
             {
                 warn!(
@@ -1247,11 +1245,9 @@ impl Submitter {
                     self.dev.index()
                 );
             }
-            if clock.now_ns() >= deadline {
-                return Err(OpError::Timeout);
-            }
-            clock.relax();
-        }
+            r
+        })
+        .unwrap_or(Err(OpError::Timeout))
     }
 
     /// Synchronous helper: submit (polling) and wait with the default timeout.
@@ -1351,17 +1347,17 @@ fn boxed(cb: impl FnOnce(Result<Output, OpError>) + Send + 'static) -> (Callback
 impl Drop for Submitter {
     fn drop(&mut self) {
         let clock = self.dev.hw.clock.clone();
-        let deadline = clock.now_ns().saturating_add(self.timeout_ns);
-        while self.ring.outstanding() != 0 {
+        // Bounded: what is still outstanding afterwards is accounted for below.
+        let _ = hwio::wait_until(&*clock, self.timeout_ns, || {
+            if self.ring.outstanding() == 0 {
+                return Some(());
+            }
             self.ring.reap_from(false);
             if self.dev.state() == RunState::Halted {
                 let _ = self.dev.recover();
             }
-            if clock.now_ns() >= deadline {
-                break;
-            }
-            clock.relax();
-        }
+            None
+        });
         self.ims = None;
         let left = self.ring.in_device();
         if let Some(r) = self.dev.queues.registry(self.ring.wq) {

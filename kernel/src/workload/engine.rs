@@ -16,6 +16,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, Ordering};
+use core::time::Duration;
 
 use bench::workload::{Case, Completion};
 use dsa::{
@@ -267,37 +268,38 @@ pub fn run(p: Plan) -> CpuResult {
         if stuck || done >= total {
             break;
         }
-        // Take one completion.
-        let deadline = crate::time::now_ns().saturating_add(COMPLETION_TIMEOUT_NS);
+        // Take one completion (bounded waits: a completion that never comes ends the case).
+        let bound = Duration::from_nanos(COMPLETION_TIMEOUT_NS);
         let (g, r) = if irq {
             if in_irq.is_empty() {
                 continue;
             }
-            loop {
-                if let Some(i) = in_irq
+            let ready = crate::time::wait_until(bound, || {
+                in_irq
                     .iter()
                     .position(|&g| board[g].ready.load(Ordering::Acquire))
-                {
+            });
+            match ready {
+                Ok(i) => {
                     let g = in_irq.remove(i).unwrap_or(usize::MAX);
                     // SAFETY: `ready` was set by the group's callback, which wrote the result
                     // before it (see `GroupDone`); the group is not resubmitted yet.
                     let r = unsafe {
                         core::mem::replace(&mut *board[g].result.get(), Ok(Output::Done))
                     };
-                    break (g, r);
+                    (g, r)
                 }
-                if crate::time::now_ns() > deadline {
+                Err(_) => {
                     stuck = true;
-                    break (usize::MAX, Err(OpError::Timeout));
+                    (usize::MAX, Err(OpError::Timeout))
                 }
-                core::hint::spin_loop();
             }
         } else {
             let Some(&(tok, g)) = inflight.front() else {
                 continue;
             };
             let out = &mut polled_members[g];
-            loop {
+            let polled = crate::time::wait_until(bound, || {
                 let (r, t0, t1) = if batch == 1 {
                     timed::poll(&mut sub, tok)
                 } else {
@@ -308,17 +310,20 @@ pub fn run(p: Plan) -> CpuResult {
                     };
                     (r.map(|r| r.map(|_| Output::Done)), t0, t1)
                 };
-                if let Some(r) = r {
-                    res.completion_tsc += t1.wrapping_sub(t0);
+                // Only the call that finds the operation done is counted.
+                r.map(|r| (r, t1.wrapping_sub(t0)))
+            });
+            match polled {
+                Ok((r, dt)) => {
+                    res.completion_tsc += dt;
                     res.completion_descs += batch as u64;
                     inflight.pop_front();
-                    break (g, r);
+                    (g, r)
                 }
-                if crate::time::now_ns() > deadline {
+                Err(_) => {
                     stuck = true;
-                    break (usize::MAX, Err(OpError::Timeout));
+                    (usize::MAX, Err(OpError::Timeout))
                 }
-                core::hint::spin_loop();
             }
         };
         done += 1;
