@@ -1,5 +1,7 @@
-//! One DSA device: bring-up (DSA spec rev 3.0: GENSTS §9.2.10, the commands of §9.2.12, GRPCFG/WQCFG §9.2.23–§9.2.24), commands, WQ runtime state, the misc
-//! interrupt (§9.4), halt recovery, drain and abort. No global state: every device is an
+//! One DSA device (Intel DSA Architecture Specification rev 3.0, "DSA spec": GENSTS §9.2.10,
+//! the commands of §9.2.12, GRPCFG/WQCFG §9.2.23–§9.2.24): bring-up, commands, WQ runtime
+//! state, the misc interrupt (INTCAUSE §9.2.11, SWERROR §9.2.15), halt recovery, drain and
+//! abort. No global state: every device is an
 //! independent [`Device`].
 
 use crate::caps::Capabilities;
@@ -557,7 +559,8 @@ impl Device {
         }
     }
 
-    /// Reset, program, enable (DSA spec rev 3.0: Reset Device and Enable Device/WQ, §9.2.12; GRPCFG/WQCFG, §9.2.23–§9.2.24).
+    /// Reset, program, enable (DSA spec: Reset Device and Enable Device/WQ, §9.2.12;
+    /// GRPCFG/WQCFG, §9.2.23–§9.2.24).
     fn configure(&self) -> Result<(), DsaError> {
         let regs = &*self.hw.regs;
         self.reset_device()?;
@@ -773,8 +776,8 @@ impl Device {
         MiscEvents::empty()
     }
 
-    /// Misc interrupt (DSA spec rev 3.0: INTCAUSE §9.2.11, SWERROR §9.2.15): acknowledges INTCAUSE, decodes and logs SWERR, notes a
-    /// halt. Recovery itself runs later in thread context ([`Device::recover`]).
+    /// Misc interrupt (DSA spec: INTCAUSE §9.2.11, SWERROR §9.2.15): acknowledges INTCAUSE,
+    /// decodes and logs SWERR, notes a halt. Recovery itself runs later in thread context ([`Device::recover`]).
     pub fn handle_misc_interrupt(&self) -> MiscEvents {
         self.stats.misc_interrupts.fetch_add(1, Ordering::Relaxed);
         let regs = &*self.hw.regs;
@@ -851,8 +854,8 @@ impl Device {
 
     // ------------------------------------------------------------------ recovery
 
-    /// Recovers a halted device (GENSTS Halted, DSA spec rev 3.0 §9.2.10; the device needs a Reset Device, §9.2.12): Reset Device, rewrite the whole
-    /// configuration, enable the device and every WQ; then every operation that was in
+    /// Recovers a halted device (GENSTS Halted, DSA spec §9.2.10; it needs a Reset Device,
+    /// §9.2.12): Reset Device, rewrite the whole configuration, enable the device and every WQ; then every operation that was in
     /// flight either completes (its record was written before the halt) or fails with
     /// `Aborted`. Also usable to re-check a device believed healthy (no-op then).
     pub fn recover(&self) -> Result<bool, DsaError> {
@@ -932,8 +935,8 @@ impl Device {
         self.recovery_hooks.lock().push(hook);
     }
 
-    /// Orderly shutdown (DSA spec rev 3.0: Drain/Disable WQ and Disable/Reset Device commands, §9.2.12): drain and disable every WQ, disable and reset the
-    /// device. Submitters must be dropped first.
+    /// Orderly shutdown (DSA spec: the Drain/Disable WQ and Disable/Reset Device commands,
+    /// §9.2.12): drain and disable every WQ, disable and reset the device. Submitters must be dropped first.
     pub fn shutdown(&self) -> Result<(), DsaError> {
         let _q = self.quiesce()?;
         for w in self.wqs() {

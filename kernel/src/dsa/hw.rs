@@ -113,8 +113,8 @@ impl dsa::Portals for Portals {
     }
 
     fn direct(&self) -> Option<dsa::hw::DirectPortals> {
-        // SAFETY: `bar` is the device's BAR2 mapped uncached at `phys()` (virtual == physical) for `len()` bytes
-        // (4 KiB aligned: checked in `new`); kernel MMIO mappings are never removed, and the
+        // SAFETY: `bar` is the device's BAR2 mapped uncached at `phys()` (virtual ==
+        // physical) for `len()` bytes (4 KiB aligned: checked in `new`); kernel MMIO mappings are never removed, and the
         // device keeps this `Portals` alive while it is used; MOVDIR64B was checked in
         // `new`, ENQCMDS is allowed exactly when CPUID has it (the kernel runs at CPL 0).
         Some(unsafe {
