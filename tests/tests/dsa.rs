@@ -234,9 +234,11 @@ fn icount_costs_are_guest_instructions_and_repeatable() {
     assert_eq!(a, run());
     for (s, c) in &a {
         let (s, c): (f64, f64) = (s.parse().unwrap(), c.parse().unwrap());
-        // Plausible per-descriptor instruction counts (a polled batch member costs ~20).
+        // Plausible per-descriptor instruction counts: a submission is tens of
+        // instructions or more, a polled batch whose members all succeeded costs only a few
+        // per member (one status byte for the whole batch), never zero.
         assert!(
-            (5.0..20_000.0).contains(&s) && (5.0..20_000.0).contains(&c),
+            (5.0..20_000.0).contains(&s) && (0.5..20_000.0).contains(&c),
             "{s} {c}"
         );
     }

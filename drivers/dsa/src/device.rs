@@ -1,5 +1,7 @@
-//! One DSA device: bring-up (dsa.md §9.1–§9.2), commands, WQ runtime state, the misc
-//! interrupt (§9.4), halt recovery, drain and abort. No global state: every device is an
+//! One DSA device (Intel DSA Architecture Specification rev 3.0, "DSA spec": GENSTS §9.2.10,
+//! the commands of §9.2.12, GRPCFG/WQCFG §9.2.23–§9.2.24): bring-up, commands, WQ runtime
+//! state, the misc interrupt (INTCAUSE §9.2.11, SWERROR §9.2.15), halt recovery, drain and
+//! abort. No global state: every device is an
 //! independent [`Device`].
 
 use crate::caps::Capabilities;
@@ -14,12 +16,13 @@ use bitflags::bitflags;
 use core::fmt;
 use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use dsa_spec::portal::{PortalKind, WQ_PORTAL_STRIDE, portal_offset};
-use dsa_spec::regs::{cmd_err, off};
-use dsa_spec::tables::{MsixPerm, wqcfg};
+use dsa_spec::regs::{bar0, cmd_err};
+use dsa_spec::tables::{MsixPerm, grpcfg, msixperm, wqcfg, wqcfg_entry};
 use dsa_spec::{
-    CmdReg, CmdStatus, Command, DeviceState, GenCfg, GenCtrl, GenSts, GroupFlags, GrpCfg, IntCause,
+    CmdReg, CmdStatus, Command, DeviceState, GenCfg, GenCtrl, GroupFlags, GrpCfg, IntCause,
     ResetType, SwErr, SwErrFlags, WqCfg, WqMode, WqState,
 };
+use hwio::RegistersExt;
 use log::{debug, error, info, warn};
 
 /// Work to redo after a recovery (see [`Device::add_recovery_hook`]); returns `false` once it
@@ -111,7 +114,7 @@ bitflags! {
     }
 }
 
-/// A decoded SWERROR record (dsa.md §2.15).
+/// A decoded SWERROR record (DSA spec rev 3.0, §9.2.15).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SwError {
     pub code: u8,
@@ -203,7 +206,7 @@ pub struct Wq {
     /// Interrupt handle for `msix_entry` (the index, or what Request Int Handle returned).
     pub(crate) int_handle: AtomicU32,
     /// Dedicated WQ: the credit pool (descriptors the WQ may hold, handed to submitters).
-    pub credits: Credits,
+    pub credits: Arc<Credits>,
 }
 
 impl Wq {
@@ -223,7 +226,7 @@ impl Wq {
         } else {
             PortalKind::UnlimitedMsix
         };
-        portal_offset(self.config.id as u32, kind)
+        portal_offset(u32::from(self.config.id), kind)
     }
     /// Portal page for descriptors carrying an IMS interrupt handle.
     pub fn ims_portal(&self) -> u64 {
@@ -232,7 +235,7 @@ impl Wq {
         } else {
             PortalKind::UnlimitedIms
         };
-        portal_offset(self.config.id as u32, kind)
+        portal_offset(u32::from(self.config.id), kind)
     }
     /// Dedicated-WQ credits held by submitters now (each descriptor the device may hold
     /// needs one; submitters take them in chunks).
@@ -319,7 +322,7 @@ impl Device {
         source: ConfigSource,
         options: DeviceOptions,
     ) -> Result<Arc<Device>, DsaError> {
-        let gensts = GenSts(hw.regs.read32(off::GENSTS));
+        let gensts = hw.regs.read(bar0::GENSTS);
         if gensts.state() == DeviceState::Halted {
             return Err(DsaError::Halted {
                 reset: gensts.reset_type(),
@@ -327,7 +330,7 @@ impl Device {
         }
         let pci = hw.pci.info();
         let caps = Capabilities::read(&*hw.regs, pci.msix_entries)?;
-        let need = caps.num_wqs as u64 * WQ_PORTAL_STRIDE;
+        let need = u64::from(caps.num_wqs) * WQ_PORTAL_STRIDE;
         if hw.portals.size() < need {
             return Err(DsaError::PortalBarTooSmall {
                 have: hw.portals.size(),
@@ -359,7 +362,7 @@ impl Device {
                 },
                 WqMode::Shared => (None, false),
             };
-            let entry = w.id as u16 + 1;
+            let entry = u16::from(w.id) + 1;
             let msix_entry = (entry < pci.msix_entries).then_some(entry);
             let pasid_en = space != Some(AddressSpace::NoPasid);
             wqs[w.id as usize] = Some(Wq {
@@ -374,11 +377,11 @@ impl Device {
                 msix_entry,
                 msix_pasid: if pasid_en { options.kernel_pasid } else { None },
                 int_handle: AtomicU32::new(NO_HANDLE),
-                credits: Credits::new(w.size as u32),
+                credits: Arc::new(Credits::new(u32::from(w.size))),
             });
         }
         let queues = Queues::new(
-            wqs.iter().flatten().map(|w| (w.config.id, true)),
+            wqs.iter().flatten().map(|w| (w.config.id, w.msix_entry)),
             wqs.len(),
             options.max_submitters,
         );
@@ -490,34 +493,27 @@ impl Device {
         let _g = self.cmd_lock.lock();
         let regs = &*self.hw.regs;
         let clock = self.clock();
-        let deadline = clock
-            .now_ns()
-            .saturating_add(self.options.command_timeout_ns);
+        let timeout = self.options.command_timeout_ns;
+        let start = clock.now_ns();
+        let timed_out = |_| DsaError::CommandTimeout { cmd, operand };
+        let done = || {
+            let s = regs.read(bar0::CMDSTATUS);
+            (!s.active()).then_some(s)
+        };
         // A command still active (from before a reset, say) would make ours be dropped.
-        while CmdStatus(regs.read32(off::CMDSTATUS)).active() {
-            if clock.now_ns() >= deadline {
-                return Err(DsaError::CommandTimeout { cmd, operand });
-            }
-            clock.relax();
-        }
-        regs.write32(off::CMD, CmdReg::new(cmd, operand, false).0);
-        loop {
-            let s = CmdStatus(regs.read32(off::CMDSTATUS));
-            if !s.active() {
-                debug!(
-                    "dsa{}: {:?} {:#x} -> {:#04x}",
-                    self.index,
-                    cmd,
-                    operand,
-                    s.error()
-                );
-                return Ok(s);
-            }
-            if clock.now_ns() >= deadline {
-                return Err(DsaError::CommandTimeout { cmd, operand });
-            }
-            clock.relax();
-        }
+        hwio::wait_until(clock, timeout, done).map_err(timed_out)?;
+        regs.write(bar0::CMD, CmdReg::new(cmd, operand, false));
+        // One bound for both waits.
+        let left = timeout.saturating_sub(clock.now_ns().saturating_sub(start));
+        let s = hwio::wait_until(clock, left, done).map_err(timed_out)?;
+        debug!(
+            "dsa{}: {:?} {:#x} -> {:#04x}",
+            self.index,
+            cmd,
+            operand,
+            s.error()
+        );
+        Ok(s)
     }
 
     /// Runs a command, accepting the listed error codes besides success.
@@ -536,7 +532,7 @@ impl Device {
 
     fn reset_device(&self) -> Result<(), DsaError> {
         self.command(Command::ResetDevice, 0, &[])?;
-        let s = GenSts(self.hw.regs.read32(off::GENSTS));
+        let s = self.hw.regs.read(bar0::GENSTS);
         if s.state() != DeviceState::Disabled {
             return Err(DsaError::UnexpectedState {
                 what: "device after reset",
@@ -546,41 +542,39 @@ impl Device {
         Ok(())
     }
 
+    /// WQ `id`'s WQCFG entry (the eight dwords of DSA 1.0; all-ones outside the table).
     fn read_wqcfg(&self, id: u8) -> WqCfg {
-        let base = self.caps.wqcfg_off(id);
-        let mut c = WqCfg::default();
-        for (i, dw) in c.0.iter_mut().enumerate() {
-            *dw = self.hw.regs.read32(base + 4 * i as u64);
+        match self.caps.wqcfg_table().entry(u64::from(id)) {
+            Some(base) => self.hw.regs.block(base, 32).read(wqcfg_entry::ENTRY),
+            None => WqCfg([u32::MAX; 8]),
         }
-        c
     }
 
     fn write_wqcfg(&self, id: u8, c: &WqCfg) {
-        let base = self.caps.wqcfg_off(id);
-        let n = (self.caps.wqcfg_entry_size / 4).min(8) as usize;
-        for (i, dw) in c.0.iter().enumerate().take(n) {
-            // Dwords 6–7 hold status and reserved bits: never written.
-            if i < wqcfg::DW_STATUS {
-                self.hw.regs.write32(base + 4 * i as u64, *dw);
-            }
+        // Dwords 6–7 hold status and reserved bits: never written (the block ends before
+        // them, and before the end of a smaller entry).
+        let len = (self.caps.wqcfg_entry_size).min(4 * wqcfg::DW_STATUS as u64);
+        if let Some(base) = self.caps.wqcfg_table().entry(u64::from(id)) {
+            self.hw.regs.block(base, len).write(wqcfg_entry::ENTRY, *c);
         }
     }
 
-    /// Reset, program, enable (dsa.md §9.1 steps 3, 8 and §9.2).
+    /// Reset, program, enable (DSA spec: Reset Device and Enable Device/WQ, §9.2.12;
+    /// GRPCFG/WQCFG, §9.2.23–§9.2.24).
     fn configure(&self) -> Result<(), DsaError> {
         let regs = &*self.hw.regs;
         self.reset_device()?;
-        regs.write32(
-            off::GENCTRL,
-            (GenCtrl::SWERR_INT_ENABLE | GenCtrl::HALT_INT_ENABLE).bits(),
+        regs.write(
+            bar0::GENCTRL,
+            GenCtrl::SWERR_INT_ENABLE | GenCtrl::HALT_INT_ENABLE,
         );
         let any_pasid = self.wqs().any(|w| w.space != Some(AddressSpace::NoPasid));
-        let mut gencfg = GenCfg::from_bits_retain(self.config.read_buffer_limit as u32);
+        let mut gencfg = GenCfg::from_bits_retain(u32::from(self.config.read_buffer_limit));
         if any_pasid {
             // Unprivileged PASID clients may request completion interrupts (§4.5).
             gencfg |= GenCfg::USER_INT_ENABLE;
         }
-        regs.write32(off::GENCFG, gencfg.bits());
+        regs.write(bar0::GENCFG, gencfg);
         for g in 0..self.caps.num_groups {
             let mut e = GrpCfg::default();
             if let Some(gc) = self.config.groups.iter().find(|x| x.id == g) {
@@ -593,17 +587,17 @@ impl Device {
                     .with_tc_a(gc.tc_a.unwrap_or(1))
                     .with_tc_b(gc.tc_b.unwrap_or(1));
                 let raw = flags.bits()
-                    | (gc.use_read_buffer_limit as u64) << 7
-                    | (gc.read_buffers_reserved as u64) << 8
-                    | (gc.read_buffers_allowed as u64) << 20
-                    | (gc.desc_progress_limit as u64) << 32
-                    | (gc.batch_progress_limit as u64) << 36;
+                    | u64::from(gc.use_read_buffer_limit) << 7
+                    | u64::from(gc.read_buffers_reserved) << 8
+                    | u64::from(gc.read_buffers_allowed) << 20
+                    | u64::from(gc.desc_progress_limit) << 32
+                    | u64::from(gc.batch_progress_limit) << 36;
                 flags = GroupFlags::from_bits_retain(raw);
                 e.flags = flags;
             }
-            let base = self.caps.grpcfg_off(g);
-            for (i, q) in e.to_qwords().iter().enumerate().take(6) {
-                regs.write64(base + 8 * i as u64, *q);
+            // Qwords 6–7 are reserved: the block ends before them.
+            if let Some(base) = self.caps.grpcfg_table().entry(u64::from(g)) {
+                regs.block(base, 48).write(grpcfg::ENTRY, e);
             }
         }
         for id in 0..self.caps.num_wqs {
@@ -638,7 +632,7 @@ impl Device {
             self.write_wqcfg(id, &c);
         }
         self.command(Command::EnableDevice, 0, &[cmd_err::DEV_ENABLED])?;
-        let s = GenSts(regs.read32(off::GENSTS));
+        let s = regs.read(bar0::GENSTS);
         if s.state() != DeviceState::Enabled {
             return Err(DsaError::UnexpectedState {
                 what: "device after enable",
@@ -652,7 +646,8 @@ impl Device {
                     Some(p) => MsixPerm::PASID_EN.with_pasid(p),
                     None => MsixPerm::empty(),
                 };
-                regs.write32(self.caps.msixperm_off(entry), perm.bits());
+                regs.block(self.caps.msixperm_off(entry), 8)
+                    .write(msixperm::ENTRY, perm);
                 let handle = if self.caps.requires_int_handles() {
                     self.command(
                         Command::RequestIntHandle,
@@ -662,9 +657,9 @@ impl Device {
                 } else {
                     entry
                 };
-                w.int_handle.store(handle as u32, Ordering::Release);
+                w.int_handle.store(u32::from(handle), Ordering::Release);
             }
-            self.command(Command::EnableWq, id as u32, &[cmd_err::WQ_ENABLED])?;
+            self.command(Command::EnableWq, u32::from(id), &[cmd_err::WQ_ENABLED])?;
             let st = self.read_wqcfg(id).state();
             if st != WqState::Enabled {
                 return Err(DsaError::UnexpectedState {
@@ -685,27 +680,23 @@ impl Device {
         let deadline = clock
             .now_ns()
             .saturating_add(self.options.command_timeout_ns);
-        loop {
+        // Running → Quiescing (another quiescer: wait for it to finish; anything else: the
+        // device is not usable).
+        hwio::wait_until(clock, self.options.command_timeout_ns, || {
             match self.state.compare_exchange(
                 RunState::Running as u8,
                 RunState::Quiescing as u8,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => break,
-                Err(v) if v == RunState::Quiescing as u8 => {}
-                Err(_) => {
-                    let s = GenSts(self.hw.regs.read32(off::GENSTS));
-                    return Err(DsaError::Halted {
-                        reset: s.reset_type(),
-                    });
-                }
+                Ok(_) => Some(Ok(())),
+                Err(v) if v == RunState::Quiescing as u8 => None,
+                Err(_) => Some(Err(DsaError::Halted {
+                    reset: self.hw.regs.read(bar0::GENSTS).reset_type(),
+                })),
             }
-            if clock.now_ns() >= deadline {
-                return Err(DsaError::QuiesceTimeout);
-            }
-            clock.relax();
-        }
+        })
+        .map_err(|_| DsaError::QuiesceTimeout)??;
         let guard = QuiesceGuard { dev: self };
         if !self.queues.wait_submissions(|| {
             clock.relax();
@@ -736,14 +727,14 @@ impl Device {
     /// Drain PASID: every descriptor of `pasid` has completed.
     pub fn drain_pasid(&self, pasid: u32) -> Result<(), DsaError> {
         self.command(Command::DrainPasid, pasid & 0xF_FFFF, &[])?;
-        self.sweep(|s| s.eff_pasid == Some(pasid), false);
+        self.sweep(|s| s.request_pasid == Some(pasid), false);
         Ok(())
     }
     /// Abort PASID: queued descriptors of `pasid` are dropped and fail with `Aborted`.
     pub fn abort_pasid(&self, pasid: u32) -> Result<(), DsaError> {
         let _q = self.quiesce()?;
         self.command(Command::AbortPasid, pasid & 0xF_FFFF, &[])?;
-        self.sweep(|s| s.eff_pasid == Some(pasid), true);
+        self.sweep(|s| s.request_pasid == Some(pasid), true);
         Ok(())
     }
     pub fn drain_all(&self) -> Result<(), DsaError> {
@@ -775,29 +766,24 @@ impl Device {
 
     /// MSI-X entry point: the kernel's handler for vector `entry` of this device calls it
     /// (interrupt context; never blocks). Entry 0 is the misc vector.
+    #[inline]
     pub fn handle_msix(&self, entry: u16) -> MiscEvents {
         if entry == 0 {
             return self.handle_misc_interrupt();
         }
-        // Entry w + 1 is WQ w's (see `Device::new`).
-        let wq = (entry - 1) as u8;
-        if (entry as usize) <= self.wqs.len()
-            && let Some(Some(w)) = self.wqs.get(wq as usize)
-            && w.msix_entry == Some(entry)
-        {
-            self.queues.reap_wq(wq);
-        }
+        // The WQ whose completion entry this is (see `Device::new`).
+        self.queues.reap_msix(entry);
         MiscEvents::empty()
     }
 
-    /// Misc interrupt (dsa.md §9.4): acknowledges INTCAUSE, decodes and logs SWERR, notes a
-    /// halt. Recovery itself runs later in thread context ([`Device::recover`]).
+    /// Misc interrupt (DSA spec: INTCAUSE §9.2.11, SWERROR §9.2.15): acknowledges INTCAUSE,
+    /// decodes and logs SWERR, notes a halt. Recovery itself runs later in thread context ([`Device::recover`]).
     pub fn handle_misc_interrupt(&self) -> MiscEvents {
         self.stats.misc_interrupts.fetch_add(1, Ordering::Relaxed);
         let regs = &*self.hw.regs;
-        let cause = IntCause::from_bits_retain(regs.read32(off::INTCAUSE));
+        let cause = regs.read(bar0::INTCAUSE);
         if !cause.is_empty() {
-            regs.write32(off::INTCAUSE, cause.bits());
+            regs.write(bar0::INTCAUSE, cause);
         }
         let mut ev = MiscEvents::empty();
         if cause.contains(IntCause::SOFTWARE_ERROR) {
@@ -819,7 +805,7 @@ impl Device {
             ev |= MiscEvents::OTHER;
         }
         let halted = cause.contains(IntCause::HALTED)
-            || GenSts(regs.read32(off::GENSTS)).state() == DeviceState::Halted;
+            || regs.read(bar0::GENSTS).state() == DeviceState::Halted;
         if halted {
             ev |= MiscEvents::HALTED;
             self.mark_halted();
@@ -831,7 +817,7 @@ impl Device {
         let prev = self.state.swap(RunState::Halted as u8, Ordering::AcqRel);
         if prev != RunState::Halted as u8 {
             self.stats.halts.fetch_add(1, Ordering::Relaxed);
-            let s = GenSts(self.hw.regs.read32(off::GENSTS));
+            let s = self.hw.regs.read(bar0::GENSTS);
             error!(
                 "dsa{}: device halted (GENSTS {:#x}, needs {:?} reset)",
                 self.index,
@@ -843,12 +829,13 @@ impl Device {
 
     fn service_swerr(&self) {
         let regs = &*self.hw.regs;
-        let w: [u64; 4] = core::array::from_fn(|i| regs.read64(off::SWERROR + 8 * i as u64));
-        let s = SwErr(w);
+        let s = regs.read(bar0::SWERROR);
+        let w = s.0;
         if !s.valid() {
             return;
         }
-        regs.write64(off::SWERROR, w[0] & SwErr::ACK_MASK);
+        // Clears Valid and Overflow (qword 0 bits 1:0, RW1C); the other qwords are RO.
+        regs.write(bar0::SWERROR, s.ack());
         let e = SwError::decode(&s);
         self.stats.swerr_by_code[e.code as usize].fetch_add(1, Ordering::Relaxed);
         for (i, v) in w.iter().enumerate() {
@@ -867,8 +854,8 @@ impl Device {
 
     // ------------------------------------------------------------------ recovery
 
-    /// Recovers a halted device (dsa.md §9.4 step 7): Reset Device, rewrite the whole
-    /// configuration, enable the device and every WQ; then every operation that was in
+    /// Recovers a halted device (GENSTS Halted, DSA spec §9.2.10; it needs a Reset Device,
+    /// §9.2.12): Reset Device, rewrite the whole configuration, enable the device and every WQ; then every operation that was in
     /// flight either completes (its record was written before the halt) or fails with
     /// `Aborted`. Also usable to re-check a device believed healthy (no-op then).
     pub fn recover(&self) -> Result<bool, DsaError> {
@@ -876,7 +863,7 @@ impl Device {
         let Some(_r) = self.recover_lock.try_lock() else {
             return Ok(false);
         };
-        let gensts = GenSts(self.hw.regs.read32(off::GENSTS));
+        let gensts = self.hw.regs.read(bar0::GENSTS);
         let halted = gensts.state() == DeviceState::Halted;
         let wq_lost = self
             .wqs()
@@ -948,8 +935,8 @@ impl Device {
         self.recovery_hooks.lock().push(hook);
     }
 
-    /// Orderly shutdown (dsa.md §9.5): drain and disable every WQ, disable and reset the
-    /// device. Submitters must be dropped first.
+    /// Orderly shutdown (DSA spec: the Drain/Disable WQ and Disable/Reset Device commands,
+    /// §9.2.12): drain and disable every WQ, disable and reset the device. Submitters must be dropped first.
     pub fn shutdown(&self) -> Result<(), DsaError> {
         let _q = self.quiesce()?;
         for w in self.wqs() {
@@ -966,13 +953,16 @@ impl Device {
                         &[],
                     )?;
                 }
-                self.hw.regs.write32(self.caps.msixperm_off(e), 0);
+                self.hw
+                    .regs
+                    .block(self.caps.msixperm_off(e), 8)
+                    .write(msixperm::ENTRY, MsixPerm::empty());
             }
             self.command(Command::DisableWq, op, &[cmd_err::WQ_NOT_EN])?;
         }
         self.command(Command::DisableDevice, 0, &[cmd_err::DIS_DEV_EN])?;
         self.reset_device()?;
-        self.hw.regs.write32(off::GENCTRL, 0);
+        self.hw.regs.write(bar0::GENCTRL, GenCtrl::empty());
         self.set_state(RunState::Failed);
         Ok(())
     }

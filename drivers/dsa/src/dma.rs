@@ -150,7 +150,7 @@ impl DmaBuf {
         // SAFETY: in bounds and aligned; the caller owns this range (slot protocol: the
         // record is not published and nothing else reads it); a single aligned 8-byte
         // store, so a concurrent atomic status-byte load sees old or new, never a mix.
-        unsafe { core::ptr::write_volatile(self.cpu.add(off) as *mut u64, v) };
+        unsafe { core::ptr::write_volatile(self.cpu.add(off).cast::<u64>(), v) };
     }
 
     /// Lets `f` write the 64-byte descriptor at `off` (64-byte aligned) in place.
@@ -163,7 +163,7 @@ impl DmaBuf {
         // SAFETY: in bounds and 64-byte aligned; the caller owns this range (slot protocol:
         // a batch list the device reads only after the portal store that follows), so the
         // exclusive borrow aliases nothing for its duration.
-        f(unsafe { &mut *(self.cpu.add(off) as *mut [u64; 8]) })
+        f(unsafe { &mut *self.cpu.add(off).cast::<[u64; 8]>() });
     }
 
     /// Lets `f` write `n` consecutive 64-byte descriptors at `off` (64-byte aligned) in place:
@@ -176,7 +176,7 @@ impl DmaBuf {
         }
         // SAFETY: in bounds and aligned; the caller owns this range until it hands it to the
         // device (slot protocol), so the exclusive borrow aliases nothing for its duration.
-        f(unsafe { core::slice::from_raw_parts_mut(self.cpu.add(off) as *mut [u64; 8], n) })
+        f(unsafe { core::slice::from_raw_parts_mut(self.cpu.add(off).cast::<[u64; 8]>(), n) });
     }
 
     /// Lets `f` write `n` consecutive 32-byte completion records at `off` (32-byte aligned)
@@ -188,7 +188,7 @@ impl DmaBuf {
             return;
         }
         // SAFETY: as `with_descs`: owned by the caller, not yet given to the device.
-        f(unsafe { core::slice::from_raw_parts_mut(self.cpu.add(off) as *mut [u64; 4], n) })
+        f(unsafe { core::slice::from_raw_parts_mut(self.cpu.add(off).cast::<[u64; 4]>(), n) });
     }
 
     /// Acquire load of the status byte at `off` (0 if out of range).
@@ -205,6 +205,19 @@ impl DmaBuf {
         // SAFETY: callers checked `off` is in bounds; the byte stays valid while `self`
         // lives, u8 has alignment 1, and all concurrent accesses to it are atomic.
         unsafe { AtomicU8::from_ptr(self.cpu.add(off)) }
+    }
+
+    /// The first `n` (a power of two) 32-byte completion records of this buffer as an array
+    /// indexed modulo `n`, so its accessors need no bounds check (None if they do not fit).
+    /// The view must not outlive the buffer (its owner keeps both).
+    pub(crate) fn records(&self, n: usize) -> Option<Records> {
+        let fits = n.is_power_of_two()
+            && n.checked_mul(RECORD).is_some_and(|b| self.in_bounds(0, b))
+            && (self.cpu as usize).is_multiple_of(RECORD);
+        fits.then_some(Records {
+            base: self.cpu,
+            mask: n - 1,
+        })
     }
 
     /// Marks the memory as never to be returned (the device may still write into it).
@@ -225,5 +238,43 @@ impl Drop for DmaBuf {
         {
             self.mem.free(r);
         }
+    }
+}
+
+/// Size of one completion record (Intel DSA Architecture Specification rev 3.0, §8.2).
+const RECORD: usize = dsa_spec::completion::CR_SIZE;
+
+/// `n` completion records of a [`DmaBuf`] (see [`DmaBuf::records`]): record `i` is record
+/// `i mod n`, so every access is in bounds without a check. Word 0 holds the status byte.
+#[derive(Clone, Copy)]
+pub(crate) struct Records {
+    base: *mut u8,
+    mask: usize,
+}
+
+impl Records {
+    #[inline(always)]
+    fn word0_ptr(&self, i: usize) -> *mut u8 {
+        // `wrapping_add` keeps this safe; the offset is below `n * 32`, inside the buffer
+        // (checked by `DmaBuf::records`).
+        self.base.wrapping_add((i & self.mask) * RECORD)
+    }
+
+    /// Acquire load of record `i`'s status byte.
+    #[inline(always)]
+    pub fn status(&self, i: usize) -> u8 {
+        // SAFETY: in bounds and aligned (`DmaBuf::records`); the buffer lives as long as its
+        // owner, which keeps this view; the device writes the byte concurrently, so every
+        // access to it is atomic.
+        unsafe { AtomicU8::from_ptr(self.word0_ptr(i)) }.load(Ordering::Acquire)
+    }
+
+    /// Zeroes record `i`'s word 0 (status byte included) before the record is handed to the
+    /// device: one aligned 8-byte store, so a concurrent status load sees old or new.
+    #[inline(always)]
+    pub fn clear(&self, i: usize) {
+        // SAFETY: in bounds and aligned; the caller owns the record (slot protocol: not
+        // published, nothing else reads it but atomically).
+        unsafe { core::ptr::write_volatile(self.word0_ptr(i).cast::<u64>(), 0) };
     }
 }

@@ -36,17 +36,17 @@ impl Template {
 /// Flags a [`Work`] adds (bits 0–15 of the flags field).
 #[inline(always)]
 pub fn work_flags(w: &Work) -> u64 {
-    ((w.fence as u64) * DescFlags::FENCE.bits() as u64)
-        | ((w.block_on_fault as u64) * DescFlags::BLOCK_ON_FAULT.bits() as u64)
-        | ((w.cache_write as u64) * DescFlags::CACHE_CONTROL.bits() as u64)
-        | ((w.strict_ordering as u64) * DescFlags::STRICT_ORDERING.bits() as u64)
-        | ((w.dest_readback as u64) * DescFlags::DEST_READBACK.bits() as u64)
+    (u64::from(w.fence) * u64::from(DescFlags::FENCE.bits()))
+        | (u64::from(w.block_on_fault) * u64::from(DescFlags::BLOCK_ON_FAULT.bits()))
+        | (u64::from(w.cache_write) * u64::from(DescFlags::CACHE_CONTROL.bits()))
+        | (u64::from(w.strict_ordering) * u64::from(DescFlags::STRICT_ORDERING.bits()))
+        | (u64::from(w.dest_readback) * u64::from(DescFlags::DEST_READBACK.bits()))
 }
 
 /// Writes `w`'s descriptor with completion record `cr` into `out`.
 #[inline(always)]
 pub fn encode(w: &Work, t: &Template, cr: u64, out: &mut [u64; 8]) {
-    encode_flags(w, work_flags(w), t, cr, out)
+    encode_flags(w, work_flags(w), t, cr, out);
 }
 
 /// [`encode`] with `w`'s [`work_flags`] already computed.
@@ -60,7 +60,7 @@ pub fn encode_flags(w: &Work, flags: u64, t: &Template, cr: u64, out: &mut [u64;
                 cr,
                 src,
                 dst,
-                len as u64 | t.w4,
+                u64::from(len) | t.w4,
                 0,
                 0,
                 0,
@@ -72,7 +72,7 @@ pub fn encode_flags(w: &Work, flags: u64, t: &Template, cr: u64, out: &mut [u64;
                 cr,
                 pattern,
                 dst,
-                len as u64 | t.w4,
+                u64::from(len) | t.w4,
                 0,
                 0,
                 0,

@@ -145,7 +145,7 @@ impl ImsStorage for DsaImsStorage {
                 what: "Request Interrupt Handle",
                 cause: ims::Cause::new(e),
             })?;
-        Ok(h as u32)
+        Ok(u32::from(h))
     }
 
     fn set_message(&self, index: u32, msg: MsiMessage) -> Result<(), StorageError> {

@@ -4,8 +4,10 @@
 //! memory, a clock, PCI state), which the kernel implements and host tests implement over
 //! the `dsa-model` crate. Everything else is logic:
 //!
-//! * [`device::Device`]: bring-up per dsa.md §9 (halt check, capabilities, configuration,
-//!   reset, groups/engines/WQs, enable and verify), commands, drain/abort of WQs and PASIDs,
+//! * [`device::Device`]: bring-up (Intel DSA Architecture Specification rev 3.0: the Reset
+//!   Device, Enable Device and Enable WQ commands of §9.2.12, GRPCFG/WQCFG of
+//!   §9.2.23–§9.2.24; halt check, capabilities, configuration, reset, groups/engines/WQs,
+//!   enable and verify), commands, drain/abort of WQs and PASIDs,
 //!   the misc interrupt (SWERR, halt), recovery from a halt with in-flight operations
 //!   finished or failed back.
 //! * [`config`] / [`accel_config`]: the default layout and accel-config JSON files,
@@ -51,4 +53,4 @@ pub use hw::{
 pub use ims::{DsaIms, DsaImsStorage};
 pub use ops::{DifDest, DifFormat, DifSource, DifTags, Op, Output, Resume, ValidationError, Work};
 pub use queue::{Callback, Completed, Members};
-pub use submit::{Client, Notify, Reaper, Submitter, SubmitterOptions, Token};
+pub use submit::{BatchDone, Client, Notify, Reaper, Submitter, SubmitterOptions, Token};

@@ -48,14 +48,16 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{
+    AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
 
 use dsa_spec::completion::CR_SIZE;
 use dsa_spec::desc::DESC_SIZE;
 use dsa_spec::status as st;
 use dsa_spec::{CompletionRecord, Descriptor, Opcode};
 
-use crate::dma::DmaBuf;
+use crate::dma::{DmaBuf, Records};
 use crate::error::{OpError, PageFault};
 use crate::ops::{self, Output, Work};
 
@@ -98,22 +100,20 @@ pub struct Completed<'a> {
     slot: u32,
     /// The record's status byte, or `status::SW_ABORTED` when failed back without one.
     status: u8,
-    kind: u8,
-    plain: bool,
-    members: u16,
+    tag: Tag,
 }
 
 impl<'a> Completed<'a> {
     /// Whether this was a batch.
     #[inline]
     pub fn is_batch(&self) -> bool {
-        self.kind == K_BATCH
+        self.tag.kind() == K_BATCH
     }
     /// True when the operation succeeded (a batch: every member succeeded) and its result
     /// carries nothing but success: `result()` is `Ok(Output::Done)`.
     #[inline]
     pub fn plain_success(&self) -> bool {
-        self.status == st::SUCCESS && (self.plain || self.is_batch())
+        self.status == st::SUCCESS && (self.tag.plain() || self.is_batch())
     }
     /// A single operation's result; for a batch, `Ok(Output::Done)` when the batch
     /// descriptor completed (members may still have failed: see [`Completed::members`]) or
@@ -145,12 +145,12 @@ impl<'a> Completed<'a> {
             ring: self.ring,
             slot: self.slot as usize,
             count: if self.is_batch() && self.status != st::SW_ABORTED {
-                self.members as usize
+                self.tag.members() as usize
             } else {
                 0
             },
             all_ok: self.is_batch() && self.status == st::SUCCESS,
-            plain: self.plain,
+            plain: self.tag.plain(),
         }
     }
     /// The result in the allocating form of the convenience API (`Output::Batch` with every
@@ -218,28 +218,61 @@ impl<'a> Members<'a> {
 
 /// Owner-written metadata of one slot (see the module documentation for who reads it when).
 pub(crate) struct Meta {
-    pub kind: u8,
-    /// Single: an operation whose success result is `Output::Done`; batch: every member is.
-    pub plain: bool,
-    /// `Extra::resumed` holds the original operation.
-    pub resumed: bool,
-    /// Batch: member count.
-    pub members: u16,
-    pub seq: u32,
+    /// The submission's [`Tag`]: written with one store, checked by a poll with one compare.
+    pub tag: Tag,
     pub cb: Option<Callback>,
+}
+
+/// What a slot holds, packed into one word: bits 31:0 the submission's sequence number
+/// (the owner's head index), 39:32 its kind (`K_SINGLE`, `K_BATCH`), bit 40 plain (single:
+/// an operation whose successful result is `Output::Done`; batch: every member is), bit 41
+/// resumed (`Extra::resumed` holds the original operation), 63:48 a batch's member count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Tag(pub u64);
+
+impl Tag {
+    #[inline(always)]
+    pub const fn new(seq: u32, kind: u8, plain: bool, resumed: bool, members: u16) -> Tag {
+        Tag(seq as u64
+            | (kind as u64) << 32
+            | (plain as u64) << 40
+            | (resumed as u64) << 41
+            | (members as u64) << 48)
+    }
+    #[inline(always)]
+    pub const fn seq(self) -> u32 {
+        self.0 as u32
+    }
+    #[inline(always)]
+    pub const fn kind(self) -> u8 {
+        (self.0 >> 32) as u8
+    }
+    #[inline(always)]
+    pub const fn plain(self) -> bool {
+        self.0 & 1 << 40 != 0
+    }
+    #[inline(always)]
+    pub const fn resumed(self) -> bool {
+        self.0 & 1 << 41 != 0
+    }
+    #[inline(always)]
+    pub const fn members(self) -> u16 {
+        (self.0 >> 48) as u16
+    }
 }
 
 /// Rarely used per-slot data, out of the hot slot.
 pub(crate) struct Extra {
     /// Set by a sweep (DONE).
     pub parked: Option<OpError>,
-    /// A resumed operation: the original and the units done before this descriptor.
+    /// A resumed operation: the original and the units done before this descriptor (valid
+    /// only while the slot's tag says resumed; see `Ring::decode_single`).
     pub resumed: Option<(Work, u64)>,
 }
 
 /// One slot: its descriptor image and state in one 128-byte block.
 #[repr(C, align(128))]
-pub(crate) struct Slot {
+pub(crate) struct RecordSlot {
     pub desc: UnsafeCell<[u64; 8]>,
     pub state: AtomicU8,
     pub meta: UnsafeCell<Meta>,
@@ -253,10 +286,13 @@ pub(crate) struct Ring {
     pub mask: u32,
     pub wq: u8,
     /// The PASID the device applies to these descriptors (None: no PASID).
-    pub eff_pasid: Option<u32>,
-    pub slots: Box<[Slot]>,
+    pub request_pasid: Option<u32>,
+    /// `mask + 1` slots (never replaced: [`Ring::slot`] relies on the length).
+    slots: Box<[RecordSlot]>,
     pub extra: Box<[UnsafeCell<Extra>]>,
     pub crs: DmaBuf,
+    /// `crs` as `mask + 1` records indexed modulo the ring size.
+    pub recs: Records,
     pub lists: Option<DmaBuf>,
     pub member_crs: Option<DmaBuf>,
     pub max_batch: usize,
@@ -273,31 +309,30 @@ unsafe impl Send for Ring {}
 impl Ring {
     pub fn new(
         wq: u8,
-        eff_pasid: Option<u32>,
+        request_pasid: Option<u32>,
         cap: usize,
         crs: DmaBuf,
         lists: Option<DmaBuf>,
         member_crs: Option<DmaBuf>,
         max_batch: usize,
-    ) -> Ring {
-        debug_assert!(cap.is_power_of_two());
-        Ring {
+    ) -> Option<Ring> {
+        if !cap.is_power_of_two() || cap > 1 << 16 {
+            return None;
+        }
+        let recs = crs.records(cap)?;
+        Some(Ring {
             head: AtomicU32::new(0),
             tail: AtomicU32::new(0),
             in_submit: AtomicBool::new(false),
             mask: cap as u32 - 1,
             wq,
-            eff_pasid,
+            request_pasid,
             slots: (0..cap)
-                .map(|_| Slot {
+                .map(|_| RecordSlot {
                     desc: UnsafeCell::new([0; 8]),
                     state: AtomicU8::new(FREE),
                     meta: UnsafeCell::new(Meta {
-                        kind: K_SINGLE,
-                        plain: false,
-                        resumed: false,
-                        members: 0,
-                        seq: 0,
+                        tag: Tag::new(0, K_SINGLE, false, false, 0),
                         cb: None,
                     }),
                 })
@@ -311,10 +346,27 @@ impl Ring {
                 })
                 .collect(),
             crs,
+            recs,
             lists,
             member_crs,
             max_batch,
-        }
+        })
+    }
+
+    /// Slot `i mod cap`.
+    #[inline(always)]
+    pub fn slot(&self, i: u32) -> &RecordSlot {
+        let k = (i & self.mask) as usize;
+        debug_assert!(k < self.slots.len());
+        // SAFETY: `slots` has `mask + 1` entries (`new`; the field is private and never
+        // replaced), so `i & mask` is in bounds.
+        unsafe { self.slots.get_unchecked(k) }
+    }
+
+    /// Slot `k` if it exists (a caller's token).
+    #[inline(always)]
+    pub fn slot_at(&self, k: usize) -> Option<&RecordSlot> {
+        self.slots.get(k)
     }
 
     pub fn cap(&self) -> usize {
@@ -348,7 +400,7 @@ impl Ring {
     /// Status byte of slot `i`'s completion record.
     #[inline(always)]
     pub fn status(&self, i: usize) -> u8 {
-        self.crs.load_status(Self::cr_off(i))
+        self.recs.status(i)
     }
 
     /// Reaps every callback slot whose record was written (the callbacks run here), in
@@ -396,7 +448,7 @@ impl Ring {
         while i != head {
             let k = (i & self.mask) as usize;
             i = i.wrapping_add(1);
-            let s = self.slots[k].state.load(Ordering::Acquire);
+            let s = self.slot(k as u32).state.load(Ordering::Acquire);
             if s == FREE || s == DONE {
                 continue;
             }
@@ -433,7 +485,7 @@ impl Ring {
         let mut n = 0;
         while i != head {
             let k = (i & self.mask) as usize;
-            let s = self.slots[k].state.load(Ordering::Acquire);
+            let s = self.slot(k as u32).state.load(Ordering::Acquire);
             if s == PENDING_CB
                 || s == PENDING_CBQ
                 || s == CLAIMED
@@ -452,7 +504,7 @@ impl Ring {
         let mut n = 0;
         while i != head {
             let k = (i & self.mask) as usize;
-            let s = self.slots[k].state.load(Ordering::Acquire);
+            let s = self.slot(k as u32).state.load(Ordering::Acquire);
             if matches!(s, PENDING_POLL | PENDING_CB | PENDING_CBQ)
                 && self.status(k) == st::NOT_COMPLETE
             {
@@ -465,7 +517,7 @@ impl Ring {
 
     #[inline(always)]
     fn claim(&self, i: usize, from: u8) -> bool {
-        self.slots[i]
+        self.slot(i as u32)
             .state
             .compare_exchange(from, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
@@ -477,7 +529,7 @@ impl Ring {
     pub fn fail_unwritten(&self, pick: impl Fn(u64) -> bool) -> u32 {
         let mut n = 0;
         for k in 0..self.slots.len() {
-            let s = self.slots[k].state.load(Ordering::Acquire);
+            let s = self.slot(k as u32).state.load(Ordering::Acquire);
             if s != PENDING_POLL && s != PENDING_CB && s != PENDING_CBQ {
                 continue;
             }
@@ -500,7 +552,7 @@ impl Ring {
                 // SAFETY: this party won the claim; the owner reads `parked` only after
                 // the DONE store below (slot protocol).
                 unsafe { (*self.extra[k].get()).parked = Some(OpError::Aborted) };
-                self.slots[k].state.store(DONE, Ordering::Release);
+                self.slot(k as u32).state.store(DONE, Ordering::Release);
             }
             n += 1;
         }
@@ -514,19 +566,17 @@ impl Ring {
         // SAFETY: the caller won the claim of slot `k`: the owner does not touch its metadata
         // until it is FREE again, and no other party reads it. (`cb` is left in place: the
         // owner rewrites it with the slot's next submission.)
-        let meta = unsafe { &*self.slots[k].meta.get() };
+        let meta = unsafe { &*self.slot(k as u32).meta.get() };
         if let Some(cb) = meta.cb {
             let done = Completed {
                 ring: self,
                 slot: k as u32,
                 status,
-                kind: meta.kind,
-                plain: meta.plain,
-                members: meta.members,
+                tag: meta.tag,
             };
             (cb.f)(cb.cookie, &done);
         }
-        self.slots[k].state.store(FREE, Ordering::Release);
+        self.slot(k as u32).state.store(FREE, Ordering::Release);
     }
 
     /// The completion of slot `k` (owned by the caller; record written).
@@ -535,10 +585,8 @@ impl Ring {
         Completed {
             ring: self,
             slot: k as u32,
-            status: (self.crs.word(Self::cr_off(k)) as u8) & st::CODE_MASK,
-            kind: meta.kind,
-            plain: meta.plain,
-            members: meta.members,
+            status: self.recs.status(k) & st::CODE_MASK,
+            tag: meta.tag,
         }
     }
 
@@ -548,7 +596,7 @@ impl Ring {
         let code = (w0 as u8) & st::CODE_MASK;
         // SAFETY: the descriptor image is written by the owner before publication and read
         // here by the party finishing the slot (slot protocol).
-        let desc = unsafe { &*self.slots[k].desc.get() };
+        let desc = unsafe { &*self.slot(k as u32).desc.get() };
         let opcode = (desc[0] >> 56) as u8;
         if code == st::SUCCESS && plain_opcode(opcode) {
             return Ok(Output::Done);
@@ -557,8 +605,18 @@ impl Ring {
         let Some(work) = work_of(desc) else {
             return Err(OpError::Status { code });
         };
-        // SAFETY: as above (written with the slot, before publication).
-        match unsafe { &(*self.extra[k].get()).resumed } {
+        // SAFETY: as above (the tag and `Extra::resumed` are written with the slot, before
+        // publication). `Extra::resumed` counts only when the tag says so: a later
+        // submission in the slot leaves a stale value there rather than clearing it.
+        let resumed = unsafe {
+            let tag = (*self.slot(k as u32).meta.get()).tag;
+            if tag.resumed() {
+                (*self.extra[k].get()).resumed.as_ref()
+            } else {
+                None
+            }
+        };
+        match resumed {
             Some((original, done)) => ops::decode(&work, original, *done, &cr),
             None => ops::decode(&work, &work, 0, &cr),
         }
@@ -585,7 +643,7 @@ impl Ring {
                 Err(OpError::PageFault(PageFault {
                     addr: cr.fault_addr,
                     write: cr.fault_is_write(),
-                    completed: cr.bytes_completed as u64,
+                    completed: u64::from(cr.bytes_completed),
                     resume: None,
                 }))
             }
@@ -689,6 +747,7 @@ impl Credits {
         self.size
     }
     /// Takes up to `want` credits (at least one unless none is free); returns how many.
+    #[inline]
     pub(crate) fn take(&self, want: u32) -> u32 {
         let mut got = 0;
         let r = self
@@ -706,6 +765,7 @@ impl Credits {
         }
     }
     /// Returns `n` credits to the pool.
+    #[inline]
     pub(crate) fn give(&self, n: u32) {
         if n > 0 {
             let _ = self
@@ -733,6 +793,8 @@ pub(crate) struct Registry<T = Ring> {
     occupied: Box<[AtomicU64]>,
     /// Bit w: `occupied[w]` may be non-zero.
     summary: Box<[AtomicU64]>,
+    /// Summary words ever used (walks look no further).
+    top: AtomicUsize,
     /// Walks in progress (interrupt paths); removal waits for them.
     readers: AtomicU32,
     insert: spin::Mutex<()>,
@@ -746,6 +808,7 @@ impl<T> Registry<T> {
             entries: (0..n).map(|_| AtomicPtr::new(ptr::null_mut())).collect(),
             occupied: mk(words),
             summary: mk(words.div_ceil(64)),
+            top: AtomicUsize::new(0),
             readers: AtomicU32::new(0),
             insert: spin::Mutex::new(()),
         }
@@ -758,12 +821,13 @@ impl<T> Registry<T> {
             .entries
             .iter()
             .position(|e| e.load(Ordering::Acquire).is_null())?;
-        self.entries[i].store(Arc::into_raw(s.clone()) as *mut T, Ordering::Release);
+        self.entries[i].store(Arc::into_raw(s.clone()).cast_mut(), Ordering::Release);
         let w = i / 64;
         // Entry bit first, then the summary bit: a walk that clears a stale summary bit
         // re-reads the word afterwards, so one of the two sees the other.
         self.occupied[w].fetch_or(1 << (i % 64), Ordering::SeqCst);
         self.summary[w / 64].fetch_or(1 << (w % 64), Ordering::SeqCst);
+        self.top.fetch_max(w / 64 + 1, Ordering::SeqCst);
         Some(i)
     }
 
@@ -796,7 +860,8 @@ impl<T> Registry<T> {
     #[inline]
     pub fn for_each(&self, mut f: impl FnMut(&T)) {
         self.readers.fetch_add(1, Ordering::SeqCst);
-        for (si, sw) in self.summary.iter().enumerate() {
+        let top = self.top.load(Ordering::SeqCst).min(self.summary.len());
+        for (si, sw) in self.summary[..top].iter().enumerate() {
             let mut sbits = sw.load(Ordering::Acquire);
             while sbits != 0 {
                 let b = sbits.trailing_zeros();
@@ -857,21 +922,50 @@ impl<T> Drop for Registry<T> {
 pub(crate) struct Queues {
     /// Indexed by WQ id (None: unconfigured).
     wqs: Vec<Option<Registry>>,
+    /// MSI-X entry → the WQ whose completion interrupt it is (`NO_WQ`: none).
+    by_entry: Box<[u8]>,
 }
 
+const NO_WQ: u8 = u8::MAX;
+
 impl Queues {
+    /// `configured`: each configured WQ's id and its MSI-X entry, if any.
     pub fn new(
-        configured: impl Iterator<Item = (u8, bool)>,
+        configured: impl Iterator<Item = (u8, Option<u16>)>,
         num_wqs: usize,
         per_wq: usize,
     ) -> Queues {
         let mut wqs: Vec<Option<Registry>> = (0..num_wqs).map(|_| None).collect();
-        for (id, on) in configured {
-            if on && let Some(w) = wqs.get_mut(id as usize) {
+        let mut by_entry = Vec::new();
+        for (id, entry) in configured {
+            if let Some(w) = wqs.get_mut(id as usize) {
                 *w = Some(Registry::new(per_wq));
+                if let Some(e) = entry.map(usize::from)
+                    && id != NO_WQ
+                {
+                    if by_entry.len() <= e {
+                        by_entry.resize(e + 1, NO_WQ);
+                    }
+                    by_entry[e] = id;
+                }
             }
         }
-        Queues { wqs }
+        Queues {
+            wqs,
+            by_entry: by_entry.into_boxed_slice(),
+        }
+    }
+
+    /// Reaps the callback slots of every ring on the WQ whose MSI-X entry is `entry`
+    /// (nothing for other entries). Interrupt safe.
+    #[inline]
+    pub fn reap_msix(&self, entry: u16) {
+        let wq = self.by_entry.get(entry as usize).copied().unwrap_or(NO_WQ);
+        if let Some(Some(r)) = self.wqs.get(wq as usize) {
+            r.for_each(|ring| {
+                ring.reap();
+            });
+        }
     }
 
     pub fn registry(&self, wq: u8) -> Option<&Registry> {

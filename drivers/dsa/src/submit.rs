@@ -24,10 +24,11 @@ use crate::device::{Device, RunState, Wq};
 use crate::dma::DmaBuf;
 use crate::encode::{self, Template};
 use crate::error::{DsaError, OpError, PageFault};
-use crate::hw::{AddressSpace, EnqStatus};
+use crate::hw::{AddressSpace, DmaError, EnqStatus, PortalPage};
 use crate::ops::{Output, Resume, ValidationError, Work, WqLimits};
 use crate::queue::{
-    Callback, Completed, DONE, FREE, K_BATCH, K_SINGLE, PENDING_CB, PENDING_CBQ, PENDING_POLL, Ring,
+    Callback, Completed, Credits, DONE, FREE, K_BATCH, K_SINGLE, PENDING_CB, PENDING_CBQ,
+    PENDING_POLL, Ring, Tag,
 };
 use alloc::boxed::Box;
 use alloc::sync::Arc;
@@ -117,10 +118,20 @@ struct ImsBinding {
 /// every refusal, so the errors are the same).
 #[derive(Clone, Copy)]
 struct Fast {
-    memmove: bool,
-    fill: bool,
+    /// One more than the largest Memory Move / Fill transfer (0: not supported).
+    memmove_lim: u64,
+    fill_lim: u64,
     noop: bool,
     overlap_ok: bool,
+}
+
+/// How a descriptor reaches a portal page.
+#[derive(Clone, Copy)]
+enum Store {
+    Movdir64b(PortalPage),
+    Enqcmds(PortalPage),
+    /// Through the `Portals` trait (no direct stores: host fakes, or no ENQCMDS).
+    Trait,
 }
 
 /// Reaps one submitter's completions from an interrupt path (e.g. the IMS demultiplexer).
@@ -174,12 +185,20 @@ pub struct Submitter {
     /// Owner copies of the ring indices.
     head: u32,
     tail: u32,
-    /// Dedicated WQ: credits held, the most this submitter may hold, and the chunk size.
+    /// Dedicated WQ: the WQ's credit pool, the credits held, the most this submitter may
+    /// hold, and the chunk size.
+    pool: Option<Arc<Credits>>,
     credits: u32,
+    /// Descriptors in flight the fast path allows: the credits held (dedicated WQ) or the
+    /// ring's capacity (shared WQ).
+    room: u32,
     credit_max: u32,
     chunk: u32,
     portal: u64,
     ims_portal: u64,
+    /// How descriptors reach the WQ's portal page and its IMS portal page.
+    store: Store,
+    ims_store: Store,
     portal_slot: u32,
     tmpl: Template,
     /// Record 0's device address (record i is `CR_SIZE * i` further).
@@ -191,9 +210,6 @@ pub struct Submitter {
     /// The MSI-X template and the device epoch it was made in (recovery may change the WQ's
     /// interrupt handle).
     msix: Option<(u64, Template)>,
-    /// Refused ENQCMDS attempts of the submission in progress, and its retry deadline.
-    retries: u32,
-    retry_deadline: Option<u64>,
 }
 
 impl core::fmt::Debug for Submitter {
@@ -223,7 +239,7 @@ impl Submitter {
         opts: SubmitterOptions,
     ) -> Result<Submitter, DsaError> {
         let w = dev.wq(wq).ok_or(DsaError::NoSuchWq(wq))?;
-        let eff_pasid = match w.mode() {
+        let request_pasid = match w.mode() {
             WqMode::Dedicated => {
                 if w.space != Some(client.space) {
                     return Err(DsaError::ClientMismatch(
@@ -247,7 +263,7 @@ impl Submitter {
         let nslots = (opts.slots.clamp(1, 4096) as usize).next_power_of_two();
         let dma = &dev.hw.dma;
         let crs = DmaBuf::new(dma, client.space, nslots * CR_SIZE, 64)?;
-        let max_batch = (opts.max_batch as u32)
+        let max_batch = u32::from(opts.max_batch)
             .min(w.limits.max_batch)
             .min(dev.caps.max_batch()) as usize;
         let (lists, member_crs, max_batch) = if max_batch >= 2 && dev.caps.supports(Opcode::Batch) {
@@ -270,25 +286,45 @@ impl Submitter {
             (None, None, 0)
         };
         let cr0 = crs.dev_addr(0);
-        let ring = Arc::new(Ring::new(
-            wq, eff_pasid, nslots, crs, lists, member_crs, max_batch,
-        ));
+        let ring = Arc::new(
+            Ring::new(wq, request_pasid, nslots, crs, lists, member_crs, max_batch)
+                .ok_or(DmaError::BadRegion)?,
+        );
         let reg = dev
             .queues
             .registry(wq)
             .and_then(|r| r.insert(&ring))
             .ok_or(DsaError::TooManySubmitters)?;
         let dedicated = w.mode() == WqMode::Dedicated;
-        let size = w.size() as u32;
+        let size = u32::from(w.size());
+        // Direct stores when the portals allow them (and ENQCMDS for a shared WQ).
+        let direct = dev
+            .hw
+            .portals
+            .direct()
+            .filter(|d| dedicated || d.has_enqcmds());
+        let store = |off: u64| match direct.and_then(|d| d.page(off)) {
+            Some(p) if dedicated => Store::Movdir64b(p),
+            Some(p) => Store::Enqcmds(p),
+            None => Store::Trait,
+        };
+        let (main_store, ims_store) = (store(w.portal()), store(w.ims_portal()));
         let tmpl = if dedicated {
             Template::new(0, false, None)
         } else {
-            Template::new(eff_pasid.unwrap_or(0), client.privileged, None)
+            Template::new(request_pasid.unwrap_or(0), client.privileged, None)
         };
         let g = dev.caps.gencap;
+        let lim = |op: Opcode| {
+            if dev.caps.supports(op) {
+                w.limits.max_transfer.min(u64::from(u32::MAX)) + 1
+            } else {
+                0
+            }
+        };
         let fast = Fast {
-            memmove: dev.caps.supports(Opcode::MemMove),
-            fill: dev.caps.supports(Opcode::Fill),
+            memmove_lim: lim(Opcode::MemMove),
+            fill_lim: lim(Opcode::Fill),
             noop: dev.caps.supports(Opcode::Noop),
             overlap_ok: g.contains(GenCap::OVERLAPPING_COPY),
         };
@@ -300,11 +336,15 @@ impl Submitter {
             dedicated,
             head: 0,
             tail: 0,
+            pool: dedicated.then(|| w.credits.clone()),
             credits: 0,
+            room: if dedicated { 0 } else { nslots as u32 },
             credit_max: size.min(nslots as u32),
             chunk: (size / 4).max(1),
             portal: w.portal(),
             ims_portal: w.ims_portal(),
+            store: main_store,
+            ims_store,
             portal_slot: 0,
             tmpl,
             cr0,
@@ -313,8 +353,6 @@ impl Submitter {
             ims: None,
             timeout_ns: opts.timeout_ns,
             msix: None,
-            retries: 0,
-            retry_deadline: None,
         })
     }
 
@@ -329,7 +367,7 @@ impl Submitter {
     }
     /// The PASID the device applies to this submitter's descriptors (None: no PASID).
     pub fn effective_pasid(&self) -> Option<u32> {
-        self.ring.eff_pasid
+        self.ring.request_pasid
     }
     /// Largest batch [`Submitter::submit_batch`] accepts.
     pub fn max_batch(&self) -> usize {
@@ -371,7 +409,7 @@ impl Submitter {
             Template::new(0, false, Some(h))
         } else {
             Template::new(
-                self.ring.eff_pasid.unwrap_or(0),
+                self.ring.request_pasid.unwrap_or(0),
                 self.client.privileged,
                 Some(h),
             )
@@ -392,10 +430,7 @@ impl Submitter {
     fn advance_tail(&mut self) {
         let t0 = self.tail;
         while self.tail != self.head
-            && self.ring.slots[(self.tail & self.ring.mask) as usize]
-                .state
-                .load(Ordering::Acquire)
-                == FREE
+            && self.ring.slot(self.tail).state.load(Ordering::Acquire) == FREE
         {
             self.tail = self.tail.wrapping_add(1);
         }
@@ -405,37 +440,46 @@ impl Submitter {
     }
 
     /// An empty ring gives its credits back (others may need them).
-    #[inline]
+    #[inline(never)]
     fn return_idle_credits(&mut self) {
         if self.credits != 0 && self.head == self.tail {
-            if let Some(w) = self.dev.wq(self.ring.wq) {
-                w.credits.give(self.credits);
+            if let Some(p) = &self.pool {
+                p.give(self.credits);
             }
             self.credits = 0;
+            self.room = 0;
         }
     }
 
-    /// The next slot, with room in the ring and (dedicated WQ) a credit for it.
+    /// The next slot, with room in the ring and (dedicated WQ) a credit for it. `cb`: the
+    /// submission's completion goes to a callback.
     #[inline(always)]
-    fn next_slot(&mut self) -> Result<usize, OpError> {
-        // Keep the tail close (callbacks free slots behind the owner's back): interrupt
-        // paths scan from it.
-        if self.tail != self.head
-            && self.ring.slots[(self.tail & self.ring.mask) as usize]
-                .state
-                .load(Ordering::Acquire)
-                == FREE
+    fn next_slot(&mut self, cb: bool) -> Result<usize, OpError> {
+        // Keep the tail close behind callback slots (reapers free them behind the owner's
+        // back, and interrupt paths scan from the tail). Polled slots move the tail when
+        // they are collected; a lagging tail is caught up below when the room runs out.
+        if cb
+            && self.tail != self.head
+            && self.ring.slot(self.tail).state.load(Ordering::Acquire) == FREE
         {
             self.advance_tail();
         }
         let used = self.head.wrapping_sub(self.tail);
-        let limit = if self.dedicated {
-            self.credits
-        } else {
-            self.ring.mask + 1
-        };
-        if used < limit {
+        if used < self.room {
             return Ok((self.head & self.ring.mask) as usize);
+        }
+        // Dedicated WQ at its credits: another chunk while below its share (the common
+        // case after the ring went idle and gave its credits back).
+        if let Some(p) = &self.pool
+            && used < self.credit_max
+            && used == self.credits
+        {
+            let got = p.take(self.chunk.min(self.credit_max - self.credits));
+            if got > 0 {
+                self.credits += got;
+                self.room = self.credits;
+                return Ok((self.head & self.ring.mask) as usize);
+            }
         }
         self.next_slot_slow()
     }
@@ -469,6 +513,7 @@ impl Submitter {
                 let got = wq.credits.take(want);
                 if got > 0 {
                     self.credits += got;
+                    self.room = self.credits;
                     continue;
                 }
             }
@@ -494,37 +539,83 @@ impl Submitter {
 
     // ------------------------------------------------------------------ validation
 
-    /// Validates `w`; returns its descriptor flag bits (for [`encode::encode_flags`]).
+    /// Validates `w` and writes its descriptor with completion record `cr` into `out`;
+    /// returns whether its successful result is plain success ([`crate::queue::plain_op`]).
     #[inline(always)]
-    fn check(&self, w: &Work, in_batch: bool) -> Result<u64, OpError> {
-        let flags = encode::work_flags(w);
-        let fence = dsa_spec::DescFlags::FENCE.bits() as u64;
-        // No option flags (a fence only inside a batch): the common operations' checks here.
-        if flags & !fence == 0 && (in_batch || flags == 0) {
-            let max = self.limits.max_transfer;
-            let ok = match w.op {
-                crate::ops::Op::MemMove { src, dst, len } => {
-                    let l = len as u64;
-                    self.fast.memmove
-                        && l <= max
-                        && src.checked_add(l).is_some()
-                        && dst.checked_add(l).is_some()
-                        && (self.fast.overlap_ok
-                            || l == 0
-                            || src >= dst.wrapping_add(l)
-                            || dst >= src.wrapping_add(l))
-                }
-                crate::ops::Op::Fill { dst, len, .. } => {
-                    self.fast.fill && (len as u64) <= max && dst.checked_add(len as u64).is_some()
-                }
-                crate::ops::Op::Noop => self.fast.noop,
-                _ => false,
-            };
-            if ok {
-                return Ok(flags);
-            }
+    fn build(
+        &self,
+        w: &Work,
+        in_batch: bool,
+        t: &Template,
+        cr: u64,
+        out: &mut [u64; 8],
+    ) -> Result<bool, OpError> {
+        if self.build_fast(w, in_batch, t, cr, out) {
+            return Ok(true);
         }
-        self.check_slow(w, in_batch).map(|()| flags)
+        self.build_slow(w, in_batch, t, cr, out)
+    }
+
+    /// The common operations without option flags (a fence only inside a batch), checked
+    /// and encoded in one pass: true when `w` was one of them, valid, and written (its
+    /// result is plain). Everything else, and every refusal, goes through the full
+    /// validation of `build_slow` (so the errors are the same).
+    #[inline(always)]
+    fn build_fast(
+        &self,
+        w: &Work,
+        in_batch: bool,
+        t: &Template,
+        cr: u64,
+        out: &mut [u64; 8],
+    ) -> bool {
+        let options = w.block_on_fault | w.cache_write | w.strict_ordering | w.dest_readback;
+        if options || (w.fence && !in_batch) {
+            return false;
+        }
+        let fence = u64::from(w.fence) * (u64::from(dsa_spec::DescFlags::FENCE.bits()) << 32);
+        let head = |op: Opcode| t.w0 | fence | ((op as u64) << 56);
+        match w.op {
+            // Addresses below 2^63 and a 32-bit length cannot overflow; others get the
+            // exact checks of the full validation.
+            crate::ops::Op::MemMove { src, dst, len } => {
+                let l = u64::from(len);
+                let ok = l < self.fast.memmove_lim
+                    && (src | dst) >> 63 == 0
+                    && (self.fast.overlap_ok || src >= dst + l || dst >= src + l);
+                if ok {
+                    *out = [head(Opcode::MemMove), cr, src, dst, l | t.w4, 0, 0, 0];
+                }
+                ok
+            }
+            crate::ops::Op::Fill { dst, len, pattern } => {
+                let l = u64::from(len);
+                let ok = l < self.fast.fill_lim && dst >> 63 == 0;
+                if ok {
+                    *out = [head(Opcode::Fill), cr, pattern, dst, l | t.w4, 0, 0, 0];
+                }
+                ok
+            }
+            crate::ops::Op::Noop if self.fast.noop => {
+                *out = [head(Opcode::Noop), cr, 0, 0, t.w4, 0, 0, 0];
+                true
+            }
+            _ => false,
+        }
+    }
+
+    #[inline(never)]
+    fn build_slow(
+        &self,
+        w: &Work,
+        in_batch: bool,
+        t: &Template,
+        cr: u64,
+        out: &mut [u64; 8],
+    ) -> Result<bool, OpError> {
+        self.check_slow(w, in_batch)?;
+        encode::encode(w, t, cr, out);
+        Ok(crate::queue::plain_op(&w.op))
     }
 
     #[inline(never)]
@@ -536,18 +627,20 @@ impl Submitter {
     // ------------------------------------------------------------------ the store
 
     /// Template and portal for `notify` (the bound IMS handle's, the WQ's MSI-X handle's…).
+    /// Returns the template, whether the IMS portal is used, and whether to arm the bound
+    /// IMS handle.
     #[inline(always)]
-    fn route(&mut self, notify: Notify) -> Result<(Template, u64, bool), OpError> {
+    fn route(&mut self, notify: Notify) -> Result<(Template, bool, bool), OpError> {
         match notify {
-            Notify::Poll => Ok((self.tmpl, self.portal, false)),
+            Notify::Poll => Ok((self.tmpl, false, false)),
             Notify::Ims => match &self.ims {
-                Some(b) => Ok((b.template, self.ims_portal, true)),
+                Some(b) => Ok((b.template, true, true)),
                 None => Err(OpError::InterruptUnavailable("no IMS handle bound")),
             },
             Notify::Msix => {
                 let epoch = self.dev.epoch.load(Ordering::Acquire);
                 match self.msix {
-                    Some((e, t)) if e == epoch => Ok((t, self.portal, false)),
+                    Some((e, t)) if e == epoch => Ok((t, false, false)),
                     _ => {
                         let (t, p) = self.route_slow(notify)?;
                         self.msix = Some((epoch, t));
@@ -555,12 +648,13 @@ impl Submitter {
                     }
                 }
             }
-            _ => self.route_slow(notify).map(|(t, p)| (t, p, false)),
+            Notify::Handle(_) => self.route_slow(notify).map(|(t, p)| (t, p, false)),
         }
     }
 
+    /// The template of `notify` and whether it goes through the IMS portal.
     #[inline(never)]
-    fn route_slow(&self, notify: Notify) -> Result<(Template, u64), OpError> {
+    fn route_slow(&self, notify: Notify) -> Result<(Template, bool), OpError> {
         let wq: &Wq = self
             .dev
             .wq(self.ring.wq)
@@ -578,107 +672,135 @@ impl Submitter {
                     .int_handle()
                     .ok_or(OpError::InterruptUnavailable("no MSI-X vector for this WQ"))?;
                 let pasid_enabled = wq.space != Some(AddressSpace::NoPasid);
-                if pasid_enabled && wq.msix_pasid != self.ring.eff_pasid {
+                if pasid_enabled && wq.msix_pasid != self.ring.request_pasid {
                     return Err(OpError::InterruptUnavailable(
                         "the WQ's MSI-X entry is bound to another PASID (poll or use an IMS handle)",
                     ));
                 }
-                Ok((with(h), self.portal))
+                Ok((with(h), false))
             }
             Notify::Handle(h) => {
                 if self.dev.caps.ims_entries == 0 {
                     return Err(OpError::InterruptUnavailable("the device has no IMS"));
                 }
-                Ok((with(h), self.ims_portal))
+                Ok((with(h), true))
             }
-            Notify::Poll => Ok((self.tmpl, self.portal)),
+            Notify::Poll => Ok((self.tmpl, false)),
             Notify::Ims => Err(OpError::InterruptUnavailable("no IMS handle bound")),
         }
     }
 
     /// Publishes slot `k` (whose descriptor image and record are ready) and stores its
-    /// descriptor through the portal. Dedicated WQ: the caller holds a credit for it.
-    /// Shared WQ: retried (with back-off past `enqcmds_retries`) within the submit timeout.
+    /// descriptor through the portal (`ims`: the WQ's IMS portal). Dedicated WQ: the caller
+    /// holds a credit for it. Shared WQ: retried (with back-off past `enqcmds_retries`)
+    /// within the submit timeout.
     #[inline(always)]
-    fn push(&mut self, k: usize, state: u8, portal: u64, arm: bool) -> Result<(), OpError> {
+    fn push(&mut self, k: u32, state: u8, ims: bool, arm: bool) -> Result<(), OpError> {
+        if self.try_push(k, state, ims, arm)? {
+            return Ok(());
+        }
+        self.push_retry(k, state, ims, arm)
+    }
+
+    /// A shared WQ refused the descriptor: retry within the bounds of `retry_wait`.
+    #[inline(never)]
+    fn push_retry(&mut self, k: u32, state: u8, ims: bool, arm: bool) -> Result<(), OpError> {
+        let mut retry = (0, None);
         loop {
-            let Submitter {
-                dev,
-                ring,
-                head,
-                portal_slot,
-                ims,
-                dedicated,
-                ..
-            } = self;
-            let ring = &**ring;
-            let slot = &ring.slots[k];
+            self.retry_wait(&mut retry)?;
+            if self.try_push(k, state, ims, arm)? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One attempt of [`Submitter::push`]: false if the shared WQ refused the descriptor
+    /// (the slot is taken back).
+    #[inline(always)]
+    fn try_push(&mut self, k: u32, state: u8, ims: bool, arm: bool) -> Result<bool, OpError> {
+        {
+            let ring = &*self.ring;
+            let slot = ring.slot(k);
             // Recovery and drains set the run state first, then wait for this flag.
             ring.in_submit.swap(true, Ordering::SeqCst);
-            if !dev.is_running() {
+            if !self.dev.is_running() {
                 ring.in_submit.store(false, Ordering::Release);
                 return Err(OpError::DeviceUnavailable);
             }
             slot.state.store(state, Ordering::Release);
+            let head = self.head;
             let next = head.wrapping_add(1);
             ring.head.store(next, Ordering::Release);
             // Armed after the slot is visible to the handle's sink and before the device
             // can complete it: the demultiplexer either sees the new head when it disarms
             // or this sets the bit again.
             if arm
-                && let Some(b) = ims
+                && let Some(b) = &self.ims
                 && b.armer.arm_published().is_err()
             {
                 slot.state.store(FREE, Ordering::Release);
-                ring.head.store(*head, Ordering::Release);
+                ring.head.store(head, Ordering::Release);
                 ring.in_submit.store(false, Ordering::Release);
                 return Err(OpError::InterruptUnavailable("the IMS handle was released"));
             }
             // Spread stores over the 64 equivalent slots of the portal page (bits 11:6).
-            let off = portal + ((*portal_slot & 63) as u64) * 64;
-            *portal_slot = portal_slot.wrapping_add(1);
+            let n = self.portal_slot;
+            self.portal_slot = n.wrapping_add(1);
             // SAFETY: the image is this slot's, written by this owner before publication and
-            // not changed until the slot is free again; 64 bytes, 64-byte aligned.
-            let bytes = unsafe { &*(slot.desc.get() as *const [u8; 64]) };
-            let accepted = if *dedicated {
-                dev.hw.portals.movdir64b(off, bytes);
-                true
-            } else {
-                dev.hw.portals.enqcmds(off, bytes) == EnqStatus::Accepted
+            // not changed until the slot is free again.
+            let desc = unsafe { &*slot.desc.get() };
+            let accepted = match if ims { self.ims_store } else { self.store } {
+                Store::Movdir64b(p) => {
+                    p.movdir64b(n, desc);
+                    true
+                }
+                Store::Enqcmds(p) => p.enqcmds(n, desc),
+                Store::Trait => self.store_slow(ims, n, desc),
             };
             if accepted {
-                *head = next;
+                self.head = next;
                 ring.in_submit.store(false, Ordering::Release);
-                return Ok(());
+                return Ok(true);
             }
-            // Not queued: take the slot back (nobody claims a record that is unwritten, and
-            // recovery waits for `in_submit`).
-            slot.state.store(FREE, Ordering::Release);
-            ring.head.store(*head, Ordering::Release);
-            ring.in_submit.store(false, Ordering::Release);
-            self.retry_wait()?;
+            refused(ring, slot, head);
+            Ok(false)
+        }
+    }
+
+    /// The store through the `Portals` trait (portals without direct stores: host fakes).
+    #[inline(never)]
+    fn store_slow(&self, ims: bool, n: u32, desc: &[u64; 8]) -> bool {
+        let off = if ims { self.ims_portal } else { self.portal } + u64::from(n & 63) * 64;
+        let mut bytes = [0u8; 64];
+        for (b, w) in bytes.chunks_exact_mut(8).zip(desc) {
+            b.copy_from_slice(&w.to_le_bytes());
+        }
+        if self.dedicated {
+            self.dev.hw.portals.movdir64b(off, &bytes);
+            true
+        } else {
+            self.dev.hw.portals.enqcmds(off, &bytes) == EnqStatus::Accepted
         }
     }
 
     /// Between refused ENQCMDS attempts: immediate retries first, then exponential back-off,
     /// bounded by the submit timeout.
+    /// `retry`: this submission's refused attempts and its deadline.
     #[inline(never)]
-    fn retry_wait(&mut self) -> Result<(), OpError> {
-        let dev = self.dev.clone();
+    fn retry_wait(&self, retry: &mut (u32, Option<u64>)) -> Result<(), OpError> {
+        let dev = &*self.dev;
         dev.stats.enq_retries.fetch_add(1, Ordering::Relaxed);
-        self.retries += 1;
-        let tries = self.retries;
+        retry.0 += 1;
+        let tries = retry.0;
         if tries <= dev.options.enqcmds_retries {
             return Ok(());
         }
         let clock = dev.clock();
         let now = clock.now_ns();
-        let deadline = *self
-            .retry_deadline
+        let deadline = *retry
+            .1
             .get_or_insert(now.saturating_add(dev.options.submit_timeout_ns));
         if now >= deadline {
-            self.retry_deadline = None;
-            self.retries = 0;
             return Err(OpError::QueueFull);
         }
         let backoff = 1u32 << (tries - dev.options.enqcmds_retries - 1).min(6);
@@ -696,26 +818,21 @@ impl Submitter {
         notify: Notify,
         deliver: Deliver,
     ) -> Result<Token, OpError> {
-        let flags = self.check(work, false)?;
-        let (tmpl, portal, arm) = self.route(notify)?;
-        let k = self.next_slot()?;
+        let k = self.next_slot(matches!(deliver, Deliver::Callback(_)))?;
+        let (tmpl, ims, arm) = self.route(notify)?;
         let ring = &*self.ring;
-        let cr_off = Ring::cr_off(k);
-        ring.crs.set_word(cr_off, 0);
-        let slot = &ring.slots[k];
+        let slot = ring.slot(k as u32);
         // SAFETY: slot `k` is FREE and owned by this submitter until published (slot
         // protocol): nothing else reads its image or metadata now.
         let (desc, meta) = unsafe { (&mut *slot.desc.get(), &mut *slot.meta.get()) };
-        encode::encode_flags(work, flags, &tmpl, self.cr0 + cr_off as u64, desc);
+        // The record is zeroed first (harmless if `work` is refused: the slot stays FREE).
+        ring.recs.clear(k);
+        let plain = self.build(work, false, &tmpl, self.cr0 + (k * CR_SIZE) as u64, desc)?;
         let seq = self.head;
-        meta.kind = K_SINGLE;
-        meta.plain = crate::queue::plain_op(&work.op);
-        meta.seq = seq;
+        meta.tag = Tag::new(seq, K_SINGLE, plain, resumed.is_some(), 0);
+        // A polled slot's callback is never read (only claims of callback slots call one).
         let state = match deliver {
-            Deliver::Poll => {
-                meta.cb = None;
-                PENDING_POLL
-            }
+            Deliver::Poll => PENDING_POLL,
             Deliver::Callback(cb) => {
                 meta.cb = Some(cb);
                 if matches!(notify, Notify::Poll) {
@@ -725,14 +842,11 @@ impl Submitter {
                 }
             }
         };
-        if resumed.is_some() || meta.resumed {
-            meta.resumed = resumed.is_some();
+        if resumed.is_some() {
             // SAFETY: slot `k` is FREE and owned by this submitter until published.
             unsafe { (*ring.extra[k].get()).resumed = resumed };
         }
-        self.retries = 0;
-        self.retry_deadline = None;
-        self.push(k, state, portal, arm)?;
+        self.push(k as u32, state, ims, arm)?;
         Ok(Token {
             slot: k as u16,
             seq,
@@ -783,8 +897,9 @@ impl Submitter {
         notify: Notify,
         deliver: Deliver,
     ) -> Result<Token, OpError> {
+        // `max_batch` is 0 when the device or the WQ cannot run batches (`new`).
         let max = self.ring.max_batch;
-        if max == 0 || !self.dev.caps.supports(Opcode::Batch) {
+        if max == 0 {
             return Err(ValidationError::Unsupported(Opcode::Batch).into());
         }
         if members.len() < 2 || members.len() > max {
@@ -795,45 +910,47 @@ impl Submitter {
             }
             .into());
         }
-        let mut all_flags = 0u64;
-        for m in members {
-            all_flags |= self.check(m, true)?;
-        }
-        let (tmpl, portal, arm) = self.route(notify)?;
-        let k = self.next_slot()?;
+        let (tmpl, ims, arm) = self.route(notify)?;
+        let k = self.next_slot(matches!(deliver, Deliver::Callback(_)))?;
         let ring = &*self.ring;
         let (Some(lists), Some(mcrs)) = (&ring.lists, &ring.member_crs) else {
             return Err(ValidationError::Unsupported(Opcode::Batch).into());
         };
-        // Members: no interrupt of their own; PASID and privilege come from the batch.
+        // Members: no interrupt of their own; PASID and privilege come from the batch. One
+        // pass validates and encodes each member into the slot's list and zeroes its record
+        // (status and result: an abandoned member leaves it so); nothing is published if a
+        // member is refused.
         let member_tmpl = Template::new(0, false, None);
         let list0 = ring.list_off(k, 0);
         let mcr0 = ring.mcr_off(k, 0);
         let mcr_dev = mcrs.dev_addr(mcr0);
         let mut plain = true;
+        let mut refused = None;
         let n = members.len();
-        mcrs.with_records(mcr0, n, |recs| {
-            for r in recs.iter_mut() {
-                // Status (and result) zeroed: an abandoned member leaves it so.
-                r[0] = 0;
-            }
-        });
         lists.with_descs(list0, n, |descs| {
-            let mut cr = mcr_dev;
-            for (d, m) in descs.iter_mut().zip(members) {
-                let f = if all_flags == 0 {
-                    0
-                } else {
-                    encode::work_flags(m)
-                };
-                encode::encode_flags(m, f, &member_tmpl, cr, d);
-                plain &= crate::queue::plain_op(&m.op);
-                cr += CR_SIZE as u64;
-            }
+            mcrs.with_records(mcr0, n, |recs| {
+                let mut cr = mcr_dev;
+                for ((d, r), m) in descs.iter_mut().zip(recs.iter_mut()).zip(members) {
+                    r[0] = 0;
+                    if !self.build_fast(m, true, &member_tmpl, cr, d) {
+                        match self.build_slow(m, true, &member_tmpl, cr, d) {
+                            Ok(p) => plain &= p,
+                            Err(e) => {
+                                refused = Some(e);
+                                return;
+                            }
+                        }
+                    }
+                    cr += CR_SIZE as u64;
+                }
+            });
         });
+        if let Some(e) = refused {
+            return Err(e);
+        }
         let cr_off = Ring::cr_off(k);
-        ring.crs.set_word(cr_off, 0);
-        let slot = &ring.slots[k];
+        ring.recs.clear(k);
+        let slot = ring.slot(k as u32);
         // SAFETY: slot `k` is FREE and owned by this submitter until published.
         let (desc, meta) = unsafe { (&mut *slot.desc.get(), &mut *slot.meta.get()) };
         *desc = [
@@ -847,16 +964,10 @@ impl Submitter {
             0,
         ];
         let seq = self.head;
-        meta.kind = K_BATCH;
-        meta.members = members.len() as u16;
-        meta.plain = plain;
-        meta.seq = seq;
-        meta.resumed = false;
+        meta.tag = Tag::new(seq, K_BATCH, plain, false, members.len() as u16);
+        // A polled slot's callback is never read (only claims of callback slots call one).
         let state = match deliver {
-            Deliver::Poll => {
-                meta.cb = None;
-                PENDING_POLL
-            }
+            Deliver::Poll => PENDING_POLL,
             Deliver::Callback(cb) => {
                 meta.cb = Some(cb);
                 if matches!(notify, Notify::Poll) {
@@ -866,9 +977,7 @@ impl Submitter {
                 }
             }
         };
-        self.retries = 0;
-        self.retry_deadline = None;
-        self.push(k, state, portal, arm)?;
+        self.push(k as u32, state, ims, arm)?;
         Ok(Token {
             slot: k as u16,
             seq,
@@ -916,11 +1025,11 @@ impl Submitter {
     ) -> Option<Result<Completed2, OpError>> {
         let k = t.slot as usize;
         let ring = &*self.ring;
-        let slot = ring.slots.get(k)?;
+        let slot = ring.slot_at(k)?;
         // SAFETY: only the owner writes metadata, and only while a slot is FREE: reading
         // `seq` of one of its own slots races with nobody.
         let meta = unsafe { &*slot.meta.get() };
-        if meta.seq != t.seq {
+        if meta.tag.seq() != t.seq {
             return Some(Err(OpError::BadToken));
         }
         let r = match slot.state.load(Ordering::Acquire) {
@@ -969,27 +1078,21 @@ impl Submitter {
     pub fn poll(&mut self, t: Token) -> Option<Result<Output, OpError>> {
         let k = t.slot as usize;
         // The common case first: a single operation whose record says plain success.
-        if let Some(s) = self.ring.slots.get(k) {
+        if let Some(s) = self.ring.slot_at(k) {
             // SAFETY: the owner's own metadata (see `take`).
             let meta = unsafe { &*s.meta.get() };
-            if meta.seq == t.seq
-                && meta.kind == K_SINGLE
+            // One compare: this submission, a single operation, plain, not resumed.
+            if meta.tag == Tag::new(t.seq, K_SINGLE, true, false, 0)
                 && s.state.load(Ordering::Acquire) == PENDING_POLL
             {
-                let w0 = self.ring.crs.word(Ring::cr_off(k));
-                if w0 as u8 == st::SUCCESS && meta.plain {
+                // A successful plain operation reads only its status byte.
+                let status = self.ring.recs.status(k);
+                if status == st::SUCCESS {
                     s.state.store(FREE, Ordering::Release);
-                    if (self.tail & self.ring.mask) as usize == k {
-                        // Oldest first (the usual order): one step; others catch up later.
-                        self.tail = self.tail.wrapping_add(1);
-                        self.ring.tail.store(self.tail, Ordering::Release);
-                        if self.tail == self.head {
-                            self.return_idle_credits();
-                        }
-                    }
+                    self.collected(k);
                     return Some(Ok(Output::Done));
                 }
-                if w0 as u8 == st::NOT_COMPLETE {
+                if status == st::NOT_COMPLETE {
                     return None;
                 }
             }
@@ -997,15 +1100,72 @@ impl Submitter {
         self.poll_slow(t)
     }
 
+    /// The owner freed slot `k`: move the tail past it if it is the oldest (the usual
+    /// order: one step; others catch up later), and give idle credits back.
+    #[inline(always)]
+    fn collected(&mut self, k: usize) {
+        if (self.tail & self.ring.mask) as usize == k {
+            self.tail = self.tail.wrapping_add(1);
+            self.ring.tail.store(self.tail, Ordering::Release);
+            if self.tail == self.head {
+                self.return_idle_credits();
+            }
+        }
+    }
+
+    /// A batch's outcome if it finished (None while in flight). When the batch completed
+    /// with status Success and every member's successful result is plain success, nothing
+    /// is read or written per member: the answer is [`BatchDone`] with `all_ok` (every
+    /// member's result is `Ok(Output::Done)`) and `out` is left as it was. Otherwise the
+    /// member results go into `out` as with [`Submitter::poll_batch`]. Allocates nothing.
+    #[inline]
+    pub fn poll_batch_summary(
+        &mut self,
+        t: Token,
+        out: &mut [Result<Output, OpError>],
+    ) -> Option<Result<BatchDone, OpError>> {
+        let k = t.slot as usize;
+        if let Some(s) = self.ring.slot_at(k) {
+            // SAFETY: the owner's own metadata (see `take`).
+            let meta = unsafe { &*s.meta.get() };
+            // One compare: this submission, a batch, every member plain, not resumed (the
+            // member count above bit 48 is left out).
+            let head = meta.tag.0 & ((1 << 48) - 1);
+            if head == Tag::new(t.seq, K_BATCH, true, false, 0).0
+                && s.state.load(Ordering::Acquire) == PENDING_POLL
+            {
+                // A batch's status Success means every member succeeded.
+                let status = self.ring.recs.status(k);
+                if status == st::SUCCESS {
+                    let members = meta.tag.members() as usize;
+                    s.state.store(FREE, Ordering::Release);
+                    self.collected(k);
+                    return Some(Ok(BatchDone {
+                        members,
+                        all_ok: true,
+                    }));
+                }
+                if status == st::NOT_COMPLETE {
+                    return None;
+                }
+            }
+        }
+        self.poll_batch(t, out).map(|r| {
+            r.map(|members| BatchDone {
+                members,
+                all_ok: false,
+            })
+        })
+    }
+
     #[inline(never)]
     fn poll_slow(&mut self, t: Token) -> Option<Result<Output, OpError>> {
         let k = t.slot as usize;
         let is_batch = self
             .ring
-            .slots
-            .get(k)
+            .slot_at(k)
             // SAFETY: the owner's own metadata (see `take`).
-            .is_some_and(|s| unsafe { (*s.meta.get()).kind } == K_BATCH);
+            .is_some_and(|s| unsafe { (*s.meta.get()).tag.kind() } == K_BATCH);
         if !is_batch {
             return self.take(t, None).map(|r| {
                 r.map(|c| match c {
@@ -1048,9 +1208,9 @@ impl Submitter {
     /// submission of this submitter.
     pub fn completion_record(&self, t: Token) -> Option<CompletionRecord> {
         let k = t.slot as usize;
-        let s = self.ring.slots.get(k)?;
+        let s = self.ring.slot_at(k)?;
         // SAFETY: the owner's own metadata (see `take`).
-        if unsafe { (*s.meta.get()).seq } != t.seq {
+        if unsafe { (*s.meta.get()).tag.seq() } != t.seq {
             return None;
         }
         match s.state.load(Ordering::Acquire) {
@@ -1074,12 +1234,10 @@ impl Submitter {
     /// while waiting triggers recovery, which finishes or fails back every operation.
     pub fn wait(&mut self, t: Token, timeout_ns: u64) -> Result<Output, OpError> {
         let clock = self.dev.hw.clock.clone();
-        let deadline = clock.now_ns().saturating_add(timeout_ns);
-        loop {
-            if let Some(r) = self.poll(t) {
-                return r;
-            }
-            if self.dev.state() == RunState::Halted
+        hwio::wait_until(&*clock, timeout_ns, || {
+            let r = self.poll(t);
+            if r.is_none()
+                && self.dev.state() == RunState::Halted
                 && let Err(e) = self.dev.recover()
             {
                 warn!(
@@ -1087,11 +1245,9 @@ impl Submitter {
                     self.dev.index()
                 );
             }
-            if clock.now_ns() >= deadline {
-                return Err(OpError::Timeout);
-            }
-            clock.relax();
-        }
+            r
+        })
+        .unwrap_or(Err(OpError::Timeout))
     }
 
     /// Synchronous helper: submit (polling) and wait with the default timeout.
@@ -1134,6 +1290,27 @@ impl Submitter {
     }
 }
 
+/// A shared WQ refused a descriptor: take its slot back (nobody claims a record that is
+/// unwritten, and recovery waits for `in_submit`). Out of line and cold, so the accepted
+/// store is the straight path.
+#[cold]
+#[inline(never)]
+fn refused(ring: &Ring, slot: &crate::queue::RecordSlot, head: u32) {
+    slot.state.store(FREE, Ordering::Release);
+    ring.head.store(head, Ordering::Release);
+    ring.in_submit.store(false, Ordering::Release);
+}
+
+/// What [`Submitter::poll_batch_summary`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchDone {
+    /// Members of the batch.
+    pub members: usize,
+    /// Every member succeeded with result `Ok(Output::Done)`; the caller's member slice was
+    /// not written.
+    pub all_ok: bool,
+}
+
 /// What `take` found.
 enum Completed2 {
     Single(Output),
@@ -1170,17 +1347,17 @@ fn boxed(cb: impl FnOnce(Result<Output, OpError>) + Send + 'static) -> (Callback
 impl Drop for Submitter {
     fn drop(&mut self) {
         let clock = self.dev.hw.clock.clone();
-        let deadline = clock.now_ns().saturating_add(self.timeout_ns);
-        while self.ring.outstanding() != 0 {
+        // Bounded: what is still outstanding afterwards is accounted for below.
+        let _ = hwio::wait_until(&*clock, self.timeout_ns, || {
+            if self.ring.outstanding() == 0 {
+                return Some(());
+            }
             self.ring.reap_from(false);
             if self.dev.state() == RunState::Halted {
                 let _ = self.dev.recover();
             }
-            if clock.now_ns() >= deadline {
-                break;
-            }
-            clock.relax();
-        }
+            None
+        });
         self.ims = None;
         let left = self.ring.in_device();
         if let Some(r) = self.dev.queues.registry(self.ring.wq) {

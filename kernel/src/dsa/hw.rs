@@ -1,5 +1,6 @@
-//! The kernel's implementations of the `dsa` crate's hardware traits: BAR0 registers over an
-//! uncached mapping, the submission instructions on BAR2, the calibrated clock, and DMA
+//! The kernel's implementations of the `dsa` crate's hardware traits (BAR0 is the kernel's
+//! MMIO window itself, `pci::Mmio`, which implements `hwio::Registers`): the submission
+//! instructions on BAR2, the calibrated clock, and DMA
 //! memory from the frame allocator (no PASID, the kernel PASID, or a client's PASID
 //! address space through [`super::spaces`]).
 
@@ -13,36 +14,6 @@ use pci_types::CommandRegister;
 
 use crate::mm::{self, FrameBlock};
 use crate::pci;
-
-/// BAR0: every access is exactly one naturally aligned access of the named width
-/// (`pci::Mmio` reads all-ones and drops writes outside the window, like a master abort).
-pub struct Registers {
-    bar: pci::Mmio,
-}
-
-impl Registers {
-    pub fn new(bar: pci::Mmio) -> Registers {
-        Registers { bar }
-    }
-}
-
-impl dsa::Registers for Registers {
-    fn size(&self) -> u64 {
-        self.bar.len() as u64
-    }
-    fn read32(&self, off: u64) -> u32 {
-        self.bar.read32(off as usize)
-    }
-    fn read64(&self, off: u64) -> u64 {
-        self.bar.read64(off as usize)
-    }
-    fn write32(&self, off: u64, value: u32) {
-        self.bar.write32(off as usize, value)
-    }
-    fn write64(&self, off: u64, value: u64) {
-        self.bar.write64(off as usize, value)
-    }
-}
 
 /// Why the submission instructions cannot be used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,8 +78,9 @@ impl Portals {
 }
 
 /// Store fence: the descriptor's buffers, its zeroed completion record and any batch list
-/// must be globally visible before the device can read the descriptor (instructions.md §3,
-/// §6: neither MOVDIR64B nor ENQCMDS is ordered after older stores).
+/// must be globally visible before the device can read the descriptor: neither MOVDIR64B
+/// nor ENQCMDS is ordered after older stores (Intel SDM Vol. 2A/2B, "ENQCMDS" and
+/// "MOVDIR64B", their ordering notes).
 #[inline(always)]
 fn sfence() {
     // SAFETY: SFENCE only orders stores; it touches no memory or registers.
@@ -138,6 +110,20 @@ impl dsa::Portals for Portals {
                 options(nostack, preserves_flags),
             )
         };
+    }
+
+    fn direct(&self) -> Option<dsa::hw::DirectPortals> {
+        // SAFETY: `bar` is the device's BAR2 mapped uncached at `phys()` (virtual ==
+        // physical) for `len()` bytes (4 KiB aligned: checked in `new`); kernel MMIO mappings are never removed, and the
+        // device keeps this `Portals` alive while it is used; MOVDIR64B was checked in
+        // `new`, ENQCMDS is allowed exactly when CPUID has it (the kernel runs at CPL 0).
+        Some(unsafe {
+            dsa::hw::DirectPortals::new(
+                self.bar.phys() as *mut u8,
+                self.bar.len() as u64,
+                self.enqcmd,
+            )
+        })
     }
 
     fn enqcmds(&self, off: u64, desc: &[u8; 64]) -> EnqStatus {

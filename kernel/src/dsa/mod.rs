@@ -45,8 +45,8 @@ use crate::sync::IrqMutex;
 
 pub use spaces::{ClientSpace, DmaBuffer, SpaceError};
 
-/// Intel DSA device IDs (dsa.md §1.1): SPR/EMR (and likely GNR) 0x0B25, GNR-D 0x11FB,
-/// DMR 0x1212. Features come from VERSION and the capability registers, never from these.
+/// Intel DSA device IDs (those the Linux idxd driver binds, drivers/dma/idxd/init.c):
+/// SPR/EMR (and likely GNR) 0x0B25, GNR-D 0x11FB, DMR 0x1212. Features come from VERSION and the capability registers, never from these.
 pub const DSA_DEVICE_IDS: &[u16] = &[0x0B25, 0x11FB, 0x1212];
 const INTEL: u16 = 0x8086;
 /// Class 0x08 (system peripheral), subclass 0x80 (other).
@@ -134,7 +134,7 @@ pub struct EntryStats {
 /// Handlers read the instance with one atomic load and no reference count; a replaced
 /// instance is released only after every CPU has taken an interrupt since the swap
 /// (`irq::quiesce_handlers`), so no handler can still be using it (or it is kept forever).
-struct Slot {
+struct DeviceIrqState {
     index: u32,
     /// `Arc::into_raw` of the current instance (null before bring-up finishes).
     current: AtomicPtr<dsa::Device>,
@@ -144,7 +144,7 @@ struct Slot {
     entries: Vec<EntryStats>,
 }
 
-impl Slot {
+impl DeviceIrqState {
     /// The current instance, for thread context.
     fn driver(&self) -> Option<Arc<dsa::Device>> {
         let _g = self.replace.lock();
@@ -234,7 +234,7 @@ pub struct DsaDevice {
     /// N of `dsaN` (enumeration order).
     pub index: u32,
     pub pci: pci::Device,
-    slot: Arc<Slot>,
+    slot: Arc<DeviceIrqState>,
     hw: Hardware,
     routes: Vec<Route>,
     kernel_pasid: Option<u32>,
@@ -480,7 +480,7 @@ fn entry_cpu(index: u32, entry: u16, ncpus: usize) -> usize {
 
 /// Recovery runs in thread context on another CPU when one exists (an AP's idle loop),
 /// else inline; waiters on the device also recover it.
-fn schedule_recovery(slot: &Arc<Slot>) {
+fn schedule_recovery(slot: &Arc<DeviceIrqState>) {
     if slot.recovery_pending.swap(true, Ordering::AcqRel) {
         return;
     }
@@ -504,7 +504,7 @@ fn schedule_recovery(slot: &Arc<Slot>) {
     }
 }
 
-fn handle(slot: &Arc<Slot>, entry: u16) {
+fn handle(slot: &Arc<DeviceIrqState>, entry: u16) {
     let t0 = crate::arch::rdtsc();
     let ev = slot.with_driver(|d| d.handle_msix(entry));
     let t1 = crate::arch::rdtsc();
@@ -530,7 +530,7 @@ fn bring_up(
     accel: &Option<dsa::AccelConfig>,
     origin: &config::Origin,
 ) -> Result<DsaDevice, DsaInitError> {
-    let regs = Arc::new(hw::Registers::new(dev.map_bar(0)?));
+    let regs = Arc::new(dev.map_bar(0)?);
     let portals = hw::Portals::new(dev.map_bar(2)?).map_err(DsaInitError::Insn)?;
     let enqcmds = portals.has_enqcmds();
     dev.disable_intx()?;
@@ -555,7 +555,7 @@ fn bring_up(
     // MSI-X: every entry gets a vector and an IRTE before the table is enabled.
     let msix = dev.msix()?;
     let nent = msix.table_size();
-    let slot = Arc::new(Slot {
+    let slot = Arc::new(DeviceIrqState {
         index,
         current: AtomicPtr::new(core::ptr::null_mut()),
         replace: IrqMutex::new(()),

@@ -541,3 +541,56 @@ fn recovery_hooks_run_before_submissions_resume() {
         states.lock().unwrap()
     );
 }
+
+#[test]
+fn a_slot_reused_after_a_resumed_operation_decodes_its_own_operation() {
+    // One slot: every submission reuses it. A resumed operation leaves its original in the
+    // slot's rarely used data; a later batch and then a single operation in the same slot
+    // must decode against their own descriptors (a stale original once made the single
+    // decode as the resumed memmove's continuation).
+    let (rig, dev) = up(Exec::Deterministic);
+    let opts = dsa::SubmitterOptions {
+        slots: 1,
+        ..Default::default()
+    };
+    let mut s = Submitter::new(&dev, 0, Client::kernel(), opts).unwrap();
+    assert_eq!(s.capacity(), 1);
+    let src = rig.plat.buf(AddressSpace::NoPasid, 3 * 4096);
+    let dst = rig.plat.buf(AddressSpace::NoPasid, 3 * 4096);
+    src.write(0, &pattern(3 * 4096, 5));
+    rig.plat
+        .set_mapped(AddressSpace::NoPasid, src.at(4096), 4096, false);
+    let plat = rig.plat.clone();
+    let out = s
+        .run_resuming(
+            &Work::memmove(src.at(0), dst.at(0), 3 * 4096),
+            move |addr, _| {
+                plat.set_mapped(AddressSpace::NoPasid, addr & !4095, 4096, true);
+                true
+            },
+            4,
+        )
+        .unwrap();
+    assert_eq!(out, Output::Done);
+    let batch = [
+        Work::memmove(src.at(0), dst.at(0), 64),
+        Work::memmove(src.at(64), dst.at(64), 64),
+    ];
+    assert!(matches!(s.run_batch(&batch), Ok(Output::Batch(_))));
+    // A Compare whose first difference is at byte 100: decoded against a stale original it
+    // would report 4096 + 100 (the resumed memmove's bytes done).
+    dst.write(0, &src.read(0, 512));
+    dst.write(100, &[!src.read(100, 1)[0]]);
+    let r = s.run(&Work::compare(src.at(0), dst.at(0), 512)).unwrap();
+    assert!(
+        matches!(
+            r,
+            Output::Compare {
+                equal: false,
+                first_difference: Some(100),
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+}

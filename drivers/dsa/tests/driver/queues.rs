@@ -418,3 +418,54 @@ fn dedicated_credits_are_never_exceeded_under_a_flood() {
     assert!(dev.swerr_count(swerr_code::DWQ_FULL) >= 1);
     assert_eq!(dev.last_swerr().unwrap().code, swerr_code::DWQ_FULL);
 }
+
+#[test]
+fn batch_summary_reports_all_ok_without_member_writes_and_details_otherwise() {
+    let (rig, dev) = up(Exec::Deterministic);
+    for (wq, client) in [(0u8, Client::kernel()), (1, Client::pasid(PASID, true))] {
+        let mut s = Submitter::new(&dev, wq, client, Default::default()).unwrap();
+        let src = rig.plat.buf(client.space, 8192);
+        let dst = rig.plat.buf(client.space, 8192);
+        let copies: Vec<Work> = (0..4)
+            .map(|k| Work::memmove(src.at(k * 1024), dst.at(k * 1024), 1024))
+            .collect();
+        // A marker the summary must leave alone when every member succeeded plainly.
+        let mut out: Vec<_> = (0..4).map(|_| Err(OpError::Timeout)).collect();
+        let t = s.submit_batch(&copies, Notify::Poll).unwrap();
+        assert_eq!(s.poll_batch_summary(t, &mut out), None, "in flight");
+        rig.run();
+        let all_ok = dsa::BatchDone {
+            members: 4,
+            all_ok: true,
+        };
+        assert_eq!(s.poll_batch_summary(t, &mut out), Some(Ok(all_ok)));
+        assert!(
+            out.iter().all(|r| *r == Err(OpError::Timeout)),
+            "not written"
+        );
+        assert_eq!(
+            s.poll_batch_summary(t, &mut out),
+            Some(Err(OpError::BadToken)),
+            "collected once"
+        );
+        // A member with a result of its own (Compare): the members are written out.
+        src.write(0, &[1; 64]);
+        dst.write(4096, &[2; 64]);
+        let mixed = [
+            Work::memmove(src.at(0), dst.at(0), 64),
+            Work::compare(src.at(0), dst.at(4096), 64),
+        ];
+        let t = s.submit_batch(&mixed, Notify::Poll).unwrap();
+        rig.run();
+        let d = s.poll_batch_summary(t, &mut out);
+        assert_eq!(
+            d,
+            Some(Ok(dsa::BatchDone {
+                members: 2,
+                all_ok: false
+            }))
+        );
+        assert_eq!(out[0], Ok(Output::Done));
+        assert!(matches!(out[1], Ok(Output::Compare { equal: false, .. })));
+    }
+}
