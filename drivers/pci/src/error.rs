@@ -304,7 +304,10 @@ mod tests {
         };
         let s = e.to_string();
         assert!(s.contains("01:02.3"), "{s}");
-        assert!(s.contains("BAR2") && s.contains("0x1000") && s.contains("0x4000"), "{s}");
+        assert!(
+            s.contains("BAR2") && s.contains("0x1000") && s.contains("0x4000"),
+            "{s}"
+        );
         assert!(!s.contains("BarMisaligned"), "{s}");
     }
 }
