@@ -52,8 +52,11 @@ struct WaitState {
     count: u64,
     /// Descriptors with RCI submitted and not yet delivered.
     inflight: u64,
-    /// The thread blocked in `ims_wait` (at most one is woken per delivery; others re-wait).
+    /// Threads blocked in `ims_wait` (all are woken by a delivery and decide again).
     waiters: alloc::vec::Vec<Arc<Thread>>,
+    /// The handle was released: `ims_wait` answers `BadHandle` (also to a thread that looked
+    /// the id up just before the release).
+    released: bool,
 }
 
 /// A process handle's completion source: the status bytes of its in-flight records.
@@ -71,6 +74,7 @@ impl UserSink {
                 count: 0,
                 inflight: 0,
                 waiters: alloc::vec::Vec::new(),
+                released: false,
             }),
         }
     }
@@ -100,8 +104,13 @@ impl UserSink {
         }
     }
 
+    /// After the release: every waiter is woken and learns it.
     fn wake_all(&self) {
-        let w = core::mem::take(&mut self.state.lock().waiters);
+        let w = {
+            let mut st = self.state.lock();
+            st.released = true;
+            core::mem::take(&mut st.waiters)
+        };
         for t in &w {
             super::wake(t);
         }
@@ -251,6 +260,9 @@ pub(super) fn wait(t: &Arc<Thread>, regs: &mut UserRegs, id: u64) -> Action {
         Err(e) => return ret(Err(e)),
     };
     let mut st = h.sink.state.lock();
+    if st.released {
+        return ret(Err(Error::BadHandle));
+    }
     if st.count > 0 {
         return ret(Ok(core::mem::take(&mut st.count)));
     }
