@@ -102,7 +102,8 @@ fn process_costs_are_guest_instructions() {
             "yield-round-trip",
             "lazy-page-fault",
             "munmap-shootdown-1-remote",
-            "dsa-submit-syscall"
+            "dsa-submit-syscall",
+            "ims-submit-to-wakeup"
         ],
         "{res:#?}"
     );

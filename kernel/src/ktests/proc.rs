@@ -307,6 +307,9 @@ ktest!(
         }
         if crate::dsa::devices().first().is_some_and(|d| d.has_enqcmds()) {
             result("dsa-submit-syscall", wait(&spawn("sva", Some(cpu), 2)));
+            if crate::iommu::is_enabled() && crate::ims::system().is_ok() {
+                result("ims-submit-to-wakeup", wait(&spawn("ims", Some(cpu), 3)));
+            }
         }
     }
 );

@@ -10,6 +10,9 @@
 //! * 2: ids it does not hold (another process's `1`, 0, huge) and bad CPUs and devices,
 //!   each refused with its error; then one handle of its own (another PASID's quota being
 //!   exhausted does not matter). Exits 0, else the failing step.
+//! * 3: cost: exits with the average TSC delta (guest instructions under `-icount`) from a
+//!   No-op descriptor with a completion interrupt submitted to the return of the `ims_wait`
+//!   that counted it (submit call, device, IMS message, demultiplexer, wake-up, switch back).
 #![no_std]
 #![no_main]
 
@@ -282,11 +285,33 @@ fn abuse() -> u64 {
     0
 }
 
+fn cost() -> u64 {
+    let Ok(buf) = user_rt::mmap(0, PAGE, PROT_READ | PROT_WRITE) else {
+        return u64::MAX;
+    };
+    let Ok(h) = user_rt::ims_alloc(0, CURRENT_CPU) else {
+        return u64::MAX - 1;
+    };
+    let mut nop = desc(CRAV_RCR | FLAG_RCI, buf, 0, 0, 0, h as u16);
+    nop[7] = 0x00;
+    let n = 64;
+    let mut total = 0;
+    for _ in 0..n {
+        let t0 = user_rt::rdtsc();
+        if user_rt::dsa_submit(&nop, 0).is_err() || wait_for(h, 1).is_err() {
+            return u64::MAX - 2;
+        }
+        total += user_rt::rdtsc() - t0;
+    }
+    total / n
+}
+
 fn main(arg: u64) -> u64 {
     match arg {
         0 => functional(),
         1 => hog(),
         2 => abuse(),
+        3 => cost(),
         _ => 99,
     }
 }
