@@ -111,7 +111,13 @@ fn process_costs_are_guest_instructions() {
         assert_eq!(field(j, "cost_unit"), Some("guest_instructions"), "{j}");
         let c: u64 = field(j, "cost").unwrap().parse().unwrap();
         // Plausible instruction counts, not speeds: each is at least an entry and an exit,
-        // and far below anything that would mean a lost event.
-        assert!((50..10_000_000).contains(&c), "{j}");
+        // and far below anything that would mean a lost event. The IMS round trip includes
+        // the device model's latency (a host thread outside `-icount`: a wait that spans
+        // scheduler ticks counts their instructions), so only its lower bound is checked.
+        if field(j, "op") == Some("ims-submit-to-wakeup") {
+            assert!(c >= 50, "{j}");
+        } else {
+            assert!((50..10_000_000).contains(&c), "{j}");
+        }
     }
 }
