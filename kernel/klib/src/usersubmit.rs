@@ -11,16 +11,20 @@
 //!   Batch is refused (on DSA 1.x always: members inherit the batch's PASID and privilege
 //!   and would need the same validation, DSA spec §8.8; this kernel refuses it on every
 //!   version), everything else is refused;
-//! * flags: CRAV and RCR required, cache control allowed, nothing else (no fence outside a
-//!   batch, no block-on-fault, no completion interrupt: processes have no interrupt
-//!   handles yet, no operation-specific flag that would name another address);
+//! * flags: CRAV and RCR required, cache control and Request Completion Interrupt allowed,
+//!   nothing else (no fence outside a batch, no block-on-fault, no operation-specific flag
+//!   that would name another address);
+//! * the interrupt handle: with RCI, the field holds one of the process's own handle ids,
+//!   which the caller's translation turns into the device's interrupt handle (an id the
+//!   process does not hold is refused: a process can never name a raw device handle);
+//!   without RCI it must be zero;
 //! * the completion record: 32-byte aligned (DSA spec §8.1.4; Linux refuses a misaligned one
 //!   as a security issue for the engine), inside the user half;
 //! * the transfer size: non-zero and at most the device's maximum transfer size;
 //! * every address operand `[addr, addr + size)` inside the user half (the IOMMU would refuse
 //!   kernel pages anyway: they are supervisor-only and the PASID entry refuses supervisor
 //!   requests; this gives the process a clean error instead of a page fault);
-//! * reserved fields zero, interrupt handle zero.
+//! * reserved fields zero.
 
 use core::fmt;
 
@@ -52,8 +56,10 @@ pub enum DescError {
     Size(u32),
     /// An address operand outside the user half (or wrapping).
     Address(u64),
-    /// A non-zero interrupt handle or reserved field.
+    /// A non-zero interrupt handle without RCI, or a non-zero reserved field.
     Reserved,
+    /// RCI with an interrupt-handle id the process does not hold (on this device).
+    Handle(u16),
 }
 
 impl fmt::Display for DescError {
@@ -72,6 +78,7 @@ impl fmt::Display for DescError {
             Self::Size(s) => write!(f, "transfer size {s:#x} is 0 or above the device's maximum"),
             Self::Address(a) => write!(f, "operand {a:#x} is not a user-half range"),
             Self::Reserved => write!(f, "interrupt handle or reserved field is not zero"),
+            Self::Handle(h) => write!(f, "interrupt handle {h} is not one of the process's"),
         }
     }
 }
@@ -97,7 +104,14 @@ fn address_operands(op: Opcode) -> Option<(bool, bool)> {
 }
 
 /// Validates `raw` for a process with `pasid` and returns the descriptor to submit.
-pub fn validate(raw: &[u8; 64], pasid: u32, limits: &Limits) -> Result<[u8; 64], DescError> {
+/// `handle` translates the process's interrupt-handle id of a descriptor with RCI into the
+/// device's interrupt handle (None: the process holds no such handle on this device).
+pub fn validate(
+    raw: &[u8; 64],
+    pasid: u32,
+    limits: &Limits,
+    handle: impl FnOnce(u16) -> Option<u16>,
+) -> Result<[u8; 64], DescError> {
     let d = Descriptor::from_bytes(raw);
     let op = match Opcode::from_u8(d.opcode) {
         Some(Opcode::Batch) => return Err(DescError::Batch),
@@ -106,7 +120,7 @@ pub fn validate(raw: &[u8; 64], pasid: u32, limits: &Limits) -> Result<[u8; 64],
     };
     let (a1, a2) = address_operands(op).ok_or(DescError::Opcode(d.opcode))?;
     let required = DescFlags::CRAV | DescFlags::RCR;
-    let allowed = required | DescFlags::CACHE_CONTROL;
+    let allowed = required | DescFlags::CACHE_CONTROL | DescFlags::RCI;
     if !d.flags.contains(required) || !allowed.contains(d.flags) {
         return Err(DescError::Flags(d.flags.bits()));
     }
@@ -114,7 +128,8 @@ pub fn validate(raw: &[u8; 64], pasid: u32, limits: &Limits) -> Result<[u8; 64],
     if !cr.is_multiple_of(COMPLETION_ALIGN) || !user_range_ok(cr, COMPLETION_ALIGN) {
         return Err(DescError::Completion(cr));
     }
-    if d.int_handle != 0 || d.reserved38 != 0 {
+    let interrupt = d.flags.contains(DescFlags::RCI);
+    if (!interrupt && d.int_handle != 0) || d.reserved38 != 0 {
         return Err(DescError::Reserved);
     }
     let size = u64::from(d.size);
@@ -127,6 +142,9 @@ pub fn validate(raw: &[u8; 64], pasid: u32, limits: &Limits) -> Result<[u8; 64],
         }
     }
     let mut out = d;
+    if interrupt {
+        out.int_handle = handle(d.int_handle).ok_or(DescError::Handle(d.int_handle))?;
+    }
     out.pasid = pasid & 0xf_ffff;
     out.reserved_pasid_bits = 0;
     out.privileged = false;
@@ -159,7 +177,24 @@ mod tests {
     type Edit = fn(&mut Descriptor);
 
     fn check(d: &Descriptor) -> Result<Descriptor, DescError> {
-        validate(&d.to_bytes(), 77, &LIM).map(|b| Descriptor::from_bytes(&b))
+        validate(&d.to_bytes(), 77, &LIM, |_| None).map(|b| Descriptor::from_bytes(&b))
+    }
+
+    #[test]
+    fn an_interrupt_names_a_process_handle_translated_to_the_devices() {
+        let mut d = memmove();
+        d.flags |= DescFlags::RCI;
+        d.int_handle = 3;
+        let raw = validate(&d.to_bytes(), 77, &LIM, |id| (id == 3).then_some(0x1234)).unwrap();
+        let out = Descriptor::from_bytes(&raw);
+        assert_eq!(out.int_handle, 0x1234, "the device's handle, not the id");
+        assert!(out.flags.contains(DescFlags::RCI));
+        // A raw device handle (or any id the process does not hold) is refused.
+        d.int_handle = 0x1234;
+        assert_eq!(
+            validate(&d.to_bytes(), 77, &LIM, |id| (id == 3).then_some(0x1234)),
+            Err(DescError::Handle(0x1234))
+        );
     }
 
     #[test]
@@ -173,7 +208,7 @@ mod tests {
             (out.pasid, out.privileged, out.reserved_pasid_bits),
             (77, false, 0)
         );
-        let raw = validate(&d.to_bytes(), 77, &LIM).unwrap();
+        let raw = validate(&d.to_bytes(), 77, &LIM, |_| None).unwrap();
         assert_eq!(
             u32::from_le_bytes(raw[0..4].try_into().unwrap()),
             77,
@@ -207,10 +242,7 @@ mod tests {
                 |d| d.flags = DescFlags::CRAV,
                 DescError::Flags(DescFlags::CRAV.bits()),
             ),
-            (
-                |d| d.flags |= DescFlags::RCI,
-                DescError::Flags((DescFlags::CRAV | DescFlags::RCR | DescFlags::RCI).bits()),
-            ),
+            (|d| d.flags |= DescFlags::RCI, DescError::Handle(0)),
             (
                 |d| d.flags |= DescFlags::BLOCK_ON_FAULT,
                 DescError::Flags(

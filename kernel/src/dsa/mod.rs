@@ -287,9 +287,11 @@ impl DsaDevice {
             return Err(UserSubmitError::NoSharedWq);
         }
         let d = self.driver();
+        // A completion interrupt names an IMS handle: the WQ's IMS portal (DSA spec §9.3).
+        let ims = desc[4] & dsa_spec::DescFlags::RCI.bits() as u8 != 0;
         let portal = d
             .wq_of_mode(WqMode::Shared)
-            .map(|w| w.portal())
+            .map(|w| if ims { w.ims_portal() } else { w.portal() })
             .ok_or(UserSubmitError::NoSharedWq)?;
         for _ in 0..32 {
             if self.hw.portals.enqcmds(portal, desc) == dsa::EnqStatus::Accepted {

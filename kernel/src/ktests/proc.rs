@@ -307,6 +307,9 @@ ktest!(
         }
         if crate::dsa::devices().first().is_some_and(|d| d.has_enqcmds()) {
             result("dsa-submit-syscall", wait(&spawn("sva", Some(cpu), 2)));
+            if crate::iommu::is_enabled() && crate::ims::system().is_ok() {
+                result("ims-submit-to-wakeup", wait(&spawn("ims", Some(cpu), 3)));
+            }
         }
     }
 );
@@ -441,5 +444,143 @@ ktest!(
         });
         assert_eq!(percpu::current_index(), me, "GS is the kernel's again");
         assert!(seen, "the NMI was handled");
+    }
+);
+
+/// What the IMS side of a device holds now: (live handles, free entries, live routes).
+fn ims_counts(ims: &dsa::DsaIms) -> (u32, u32, usize) {
+    (
+        ims.chip().live_handles(),
+        ims.chip().free_entries(),
+        crate::ims::platform().live_routes(),
+    )
+}
+
+/// Vectors allocated on every CPU (the IMS domain's and everyone else's).
+fn vectors_per_cpu() -> Vec<usize> {
+    (0..crate::arch::percpu::cpu_count())
+        .map(|c| crate::irq::report(c).map_or(usize::MAX, |r| r.allocated))
+        .collect()
+}
+
+/// The first DSA device, its IMS chip and the system domain, when processes can use them.
+fn ims_setup() -> Result<
+    (
+        &'static crate::dsa::DsaDevice,
+        Arc<dsa::DsaIms>,
+        &'static ims::ImsDomain,
+    ),
+    crate::ktest::Outcome,
+> {
+    let Some(dev) = crate::dsa::devices().first() else {
+        return Err(crate::ktest::skip("no DSA device"));
+    };
+    if !dev.has_enqcmds() || !crate::iommu::is_enabled() {
+        return Err(crate::ktest::skip("no shared WQ or no IOMMU"));
+    }
+    let chip = crate::ims::device_ims(dev)
+        .map_err(|e| crate::ktest::skip(alloc::format!("no IMS: {e}")))?;
+    let domain = crate::ims::system()
+        .map_err(|e| crate::ktest::skip(alloc::format!("no IMS domain: {e}")))?;
+    Ok((dev, chip, domain))
+}
+
+ktest!(
+    fn ims_process_blocks_until_its_completion_interrupt() -> crate::ktest::Outcome {
+        let (_, chip, domain) = match ims_setup() {
+            Ok(s) => s,
+            Err(o) => return o,
+        };
+        let base = ims_counts(&chip);
+        let vectors = vectors_per_cpu();
+        let delivered = |d: &ims::ImsDomain| -> u64 {
+            (0..d.cpu_count())
+                .filter_map(|c| d.stats(c).ok())
+                .map(|s| s.completions)
+                .sum()
+        };
+        let before = delivered(domain);
+        // user/programs/src/bin/ims.rs case 0: 1, then 4 in flight, then 2 after a retarget;
+        // each round's ims_wait returns only with the record written.
+        let cpu = if cpus() > 1 { Some(1) } else { None };
+        let p = spawn("ims", cpu, 0);
+        assert_eq!(wait(&p), 0, "ims(0): failing step (see its output)");
+        assert!(p.fault().is_none());
+        // The completions reached the thread through the demultiplexer of the CPU's one
+        // IMS vector (the sink is only ever polled there).
+        let after = delivered(domain);
+        assert!(
+            after >= before + 7,
+            "demultiplexer delivered {} completions for 7 descriptors",
+            after - before
+        );
+        assert_eq!(ims_counts(&chip), base, "handles, entries, routes back");
+        assert_eq!(vectors_per_cpu(), vectors, "no vector allocated or freed");
+        crate::ktest::Outcome::Pass
+    }
+);
+
+ktest!(
+    fn ims_quota_refuses_only_the_process_and_kill_returns_its_handles() -> crate::ktest::Outcome {
+        let (_, chip, domain) = match ims_setup() {
+            Ok(s) => s,
+            Err(o) => return o,
+        };
+        let base = ims_counts(&chip);
+        let vectors = vectors_per_cpu();
+        let domain_vectors = domain.vectors_used();
+        let quota = crate::ims::quota();
+        let expect = quota.min(base.1);
+        // user/programs/src/bin/ims.rs case 1: allocates until refused (HandleQuota, else it
+        // exits), then sleeps holding every handle.
+        let cpu = cpus() - 1;
+        let hog = spawn("ims", Some(cpu), 1);
+        let deadline = crate::time::now_ns().saturating_add(hang_ns());
+        proc::run_until(
+            || hog.ended() || chip.chip().live_handles() == base.0 + expect,
+            deadline,
+        )
+        .expect("the hog allocates its handles");
+        assert!(
+            !hog.ended(),
+            "ims(1) ended with status {} before holding its quota",
+            hog.status()
+        );
+        let pasid = hog.pasid().expect("the hog has a PASID");
+        assert_eq!(
+            chip.chip().usage(pasid),
+            expect,
+            "handles of the hog's PASID"
+        );
+        crate::println!(
+            "ktest-info: a process got {expect} IMS handles before HandleQuota (quota {quota}, {} free entries before)",
+            base.1
+        );
+        // No vector anywhere: one IMS vector per CPU, as at boot.
+        assert_eq!(vectors_per_cpu(), vectors, "vectors per CPU unchanged");
+        assert_eq!(domain.vectors_used(), domain_vectors);
+        for r in domain.report() {
+            assert_eq!(r.vectors, 1, "IMS vectors on CPU {}", r.cpu);
+        }
+        // case 2, meanwhile: another process is refused the hog's ids (and bad ids, CPUs,
+        // devices), and gets a handle of its own on its own PASID.
+        let other = spawn("ims", Some(0), 2);
+        assert_eq!(wait(&other), 0, "ims(2): failing step (see its output)");
+        assert_eq!(
+            chip.chip().usage(pasid),
+            expect,
+            "the hog keeps its handles"
+        );
+        // Killed while holding them: everything comes back.
+        proc::kill(&hog);
+        assert_eq!(wait(&hog), user_abi::STATUS_KILLED);
+        assert_eq!(chip.chip().usage(pasid), 0);
+        assert_eq!(
+            ims_counts(&chip),
+            base,
+            "live handles, free entries, routes (IRTEs) back to baseline"
+        );
+        assert_eq!(vectors_per_cpu(), vectors);
+        crate::ktest::Outcome::Pass
     }
 );

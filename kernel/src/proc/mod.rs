@@ -29,6 +29,7 @@
 //! freed only after every acknowledgement (waited for with interrupts on, so two CPUs
 //! shooting at each other both progress).
 
+mod ims;
 pub mod programs;
 mod space;
 mod syscall;
@@ -166,6 +167,8 @@ pub struct Process {
     waiters: IrqMutex<Vec<Arc<Thread>>>,
     /// Its PASID for shared virtual addressing, once it has one.
     sva: spin::Mutex<Sva>,
+    /// Its interrupt handles by id (`ims_alloc`).
+    ims: spin::Mutex<ims::Table>,
 }
 
 /// A process's PASID: one `iommu` address space whose PASID entries point first-stage
@@ -354,6 +357,7 @@ pub fn spawn_as(
             fault: IrqMutex::new(None),
             waiters: IrqMutex::new(Vec::new()),
             sva: spin::Mutex::new(Sva::None),
+            ims: spin::Mutex::new(ims::Table::new()),
         });
         procs.insert(pid, p.clone());
         p
@@ -874,8 +878,9 @@ fn sva_invalidate(p: &Process, start: u64, len: u64) -> bool {
     }
 }
 
-/// At the end of `p`: every device drains the PASID's work (Drain PASID), then the PASID
-/// entries are cleared and invalidated and the PASID is free again.
+/// At the end of `p`: every device drains the PASID's work (Drain PASID), its interrupt
+/// handles are released, then the PASID entries are cleared and invalidated and the PASID
+/// is free again.
 fn sva_release(p: &Process) {
     let old = core::mem::replace(&mut *p.sva.lock(), Sva::Released);
     if let Sva::Live { space, devices } = old {
@@ -888,6 +893,9 @@ fn sva_release(p: &Process) {
                 );
             }
         }
+        // Entries, IRTEs and quota back (each release drains the PASID once more: work
+        // validated before its unbind).
+        ims::release_all(p);
         // Dropping the space revokes every entry (invalidated) and frees the PASID.
         drop(space);
     }

@@ -19,6 +19,7 @@ pub static PROGRAMS: &[(&str, &[u8])] = &[
     program!("memory"),
     program!("parent"),
     program!("sva"),
+    program!("ims"),
 ];
 
 /// The image of program `name`.

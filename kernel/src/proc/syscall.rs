@@ -14,7 +14,7 @@ use user_abi::{
 use super::{Action, BLOCKED, CPUS, PROCS, RESUME_RESTART, RESUME_RETURN, Thread, WORDS, uaccess};
 use crate::arch::user::UserRegs;
 
-fn ret(r: Result<u64, Error>) -> Action {
+pub(super) fn ret(r: Result<u64, Error>) -> Action {
     Action::Return(user_abi::encode(r))
 }
 
@@ -53,6 +53,10 @@ pub(crate) fn dispatch(t: &Arc<Thread>, regs: &mut UserRegs) -> Action {
         Sys::ThreadSpawn => ret(thread_spawn(t, a[0], a[1], a[2], a[3])),
         Sys::ThreadExit => Action::ExitThread,
         Sys::DsaSubmit => ret(dsa_submit(t, a[0], a[1])),
+        Sys::ImsAlloc => ret(super::ims::alloc(t, a[0], a[1])),
+        Sys::ImsWait => super::ims::wait(t, regs, a[0]),
+        Sys::ImsSetAffinity => ret(super::ims::set_affinity(t, a[0], a[1])),
+        Sys::ImsRelease => ret(super::ims::release(t, a[0])),
     }
 }
 
@@ -73,7 +77,15 @@ fn dsa_submit(t: &Thread, desc: u64, device: u64) -> Result<u64, Error> {
     let limits = Limits {
         max_transfer: dev.max_transfer(),
     };
-    let d = validate(&raw, pasid, &limits).map_err(|e| match e {
+    // With RCI the interrupt handle field holds one of the process's ids on this device.
+    let mut handle = None;
+    let d = validate(&raw, pasid, &limits, |id| {
+        let h = super::ims::device_handle(&t.process, device as usize, id)?;
+        let dh = h.device_handle();
+        handle = Some(h);
+        Some(dh)
+    })
+    .map_err(|e| match e {
         DescError::Batch => Error::NoBatch,
         DescError::Opcode(_) => Error::BadOpcode,
         DescError::Flags(_) => Error::BadFlags,
@@ -81,7 +93,11 @@ fn dsa_submit(t: &Thread, desc: u64, device: u64) -> Result<u64, Error> {
         DescError::Size(_) => Error::TooLarge,
         DescError::Address(_) => Error::BadAddress,
         DescError::Reserved => Error::BadArgument,
+        DescError::Handle(_) => Error::BadHandle,
     })?;
+    if let Some(h) = handle {
+        return super::ims::submit(&t.process, dev, &h, &d).map(|()| 0);
+    }
     dev.submit_user(&d).map_err(|e| match e {
         crate::dsa::UserSubmitError::NoSharedWq => Error::NoDevice,
         crate::dsa::UserSubmitError::Busy => Error::Busy,
@@ -164,7 +180,7 @@ fn munmap(t: &Thread, addr: u64, len: u64) -> Result<u64, Error> {
 }
 
 /// Marks `t` blocked, to resume with `resume` (return RAX as set, or restart the call).
-fn block(t: &Thread, regs: &mut UserRegs, resume: u8) {
+pub(super) fn block(t: &Thread, regs: &mut UserRegs, resume: u8) {
     if resume == RESUME_RESTART {
         // Back onto the 2-byte `syscall` with RAX still the call number.
         regs.rip -= 2;

@@ -60,12 +60,35 @@ pub enum Sys {
     /// `desc_ptr` to DSA device `device` (0-based) on the caller's PASID (shared virtual
     /// addressing: its addresses are the process's). The kernel copies it once, validates
     /// the copy and forces PASID and privilege (see the kernel's `klib::usersubmit`); the
-    /// process polls the completion record (32-byte aligned, in its memory, CRAV|RCR).
+    /// process polls the completion record (32-byte aligned, in its memory, CRAV|RCR), or,
+    /// with [`FLAG_RCI`] and one of its interrupt-handle ids in the interrupt handle field
+    /// (bytes 36–37), waits with `ims_wait` (the kernel puts the device's handle there; an id
+    /// that is not the caller's is refused with [`Error::BadHandle`] and never reaches the
+    /// device). At most [`IMS_INFLIGHT_MAX`] such descriptors in flight per handle
+    /// ([`Error::Busy`] beyond).
     DsaSubmit = 15,
+    /// `ims_alloc(device, cpu) -> handle`: an interrupt handle on DSA device `device`, bound
+    /// to the caller's own PASID (there is no way to name another), whose interrupts go to
+    /// CPU `cpu` ([`CURRENT_CPU`]: the CPU the caller runs on). The handle id (≥ 1) is this
+    /// process's only; put it in a descriptor's interrupt handle field with the Request
+    /// Completion Interrupt flag and `dsa_submit` translates it. [`Error::HandleQuota`] when
+    /// the PASID's quota or the device's table is exhausted (nothing else is affected).
+    ImsAlloc = 16,
+    /// `ims_wait(handle) -> count`: blocks until a completion interrupt of `handle` has been
+    /// delivered; returns the completions delivered since the last `ims_wait` (≥ 1), at once
+    /// if there are some. [`Error::WouldBlock`] if there are none and nothing is in flight.
+    ImsWait = 17,
+    /// `ims_set_affinity(handle, cpu) -> 0`: the handle's interrupts go to CPU `cpu` from now
+    /// on ([`CURRENT_CPU`]: the caller's).
+    ImsSetAffinity = 18,
+    /// `ims_release(handle) -> 0`: work already submitted with the handle completes first;
+    /// then the id is no longer valid (a thread blocked in `ims_wait` on it returns
+    /// [`Error::BadHandle`]).
+    ImsRelease = 19,
 }
 
 /// Number of system calls (one past the largest number).
-pub const SYS_COUNT: u64 = 16;
+pub const SYS_COUNT: u64 = 20;
 
 impl Sys {
     /// The call with number `n`.
@@ -87,6 +110,10 @@ impl Sys {
             13 => Self::ThreadExit,
             14 => Self::Cpu,
             15 => Self::DsaSubmit,
+            16 => Self::ImsAlloc,
+            17 => Self::ImsWait,
+            18 => Self::ImsSetAffinity,
+            19 => Self::ImsRelease,
             _ => return None,
         })
     }
@@ -143,11 +170,17 @@ pub enum Error {
     Busy = 22,
     /// Batch descriptors are not accepted from processes.
     NoBatch = 23,
+    /// No interrupt handle with that id in this process (or it belongs to another device),
+    /// also when a descriptor names it.
+    BadHandle = 24,
+    /// The process's interrupt-handle quota on the device, or the device's IMS table, is
+    /// exhausted.
+    HandleQuota = 25,
 }
 
 impl Error {
     /// Every code, in numbering order.
-    pub const ALL: [Error; 23] = [
+    pub const ALL: [Error; 25] = [
         Self::NoSys,
         Self::BadAddress,
         Self::Misaligned,
@@ -171,6 +204,8 @@ impl Error {
         Self::TooLarge,
         Self::Busy,
         Self::NoBatch,
+        Self::BadHandle,
+        Self::HandleQuota,
     ];
 
     /// The stable code.
@@ -212,6 +247,8 @@ impl Error {
             Self::TooLarge => "transfer size 0 or too large",
             Self::Busy => "device queue full",
             Self::NoBatch => "batch descriptors not accepted",
+            Self::BadHandle => "no such interrupt handle",
+            Self::HandleQuota => "interrupt handle quota exhausted",
         }
     }
 }
@@ -264,6 +301,15 @@ pub const PROT_READ: u64 = 1;
 pub const PROT_WRITE: u64 = 2;
 /// `spawn` / `thread_spawn`: let the kernel choose the CPU.
 pub const ANY_CPU: u64 = u64::MAX;
+/// `ims_alloc` / `ims_set_affinity`: the CPU the caller runs on.
+pub const CURRENT_CPU: u64 = u64::MAX;
+/// Most interrupt handles one process holds at once (all devices; the per-device PASID
+/// quota usually ends allocation first).
+pub const IMS_HANDLES_MAX: u64 = 256;
+/// Descriptor flag Request Completion Interrupt (DSA spec §8.1.3, bit 4 of the flags).
+pub const FLAG_RCI: u32 = 1 << 4;
+/// Most descriptors with a completion interrupt in flight on one handle.
+pub const IMS_INFLIGHT_MAX: u64 = 32;
 /// Exit status of a process ended by a fault or by `kill`.
 pub const STATUS_KILLED: u64 = 0x8000_0000;
 /// Where the stack of a process's first thread ends (grows down from here).

@@ -164,6 +164,27 @@ pub fn dsa_submit(desc: &[u8; 64], device: u64) -> Result<u64, Error> {
     call(Sys::DsaSubmit, [desc.as_ptr() as u64, device, 0, 0, 0, 0])
 }
 
+/// An interrupt handle on DSA device `device` for this process's PASID, targeting `cpu`
+/// ([`abi::CURRENT_CPU`]: this thread's CPU). Returns its id.
+pub fn ims_alloc(device: u64, cpu: u64) -> Result<u64, Error> {
+    call(Sys::ImsAlloc, [device, cpu, 0, 0, 0, 0])
+}
+
+/// Blocks until `handle` delivered a completion interrupt; completions since the last wait.
+pub fn ims_wait(handle: u64) -> Result<u64, Error> {
+    call(Sys::ImsWait, [handle, 0, 0, 0, 0, 0])
+}
+
+/// Sends `handle`'s interrupts to `cpu`.
+pub fn ims_set_affinity(handle: u64, cpu: u64) -> Result<u64, Error> {
+    call(Sys::ImsSetAffinity, [handle, cpu, 0, 0, 0, 0])
+}
+
+/// Releases `handle`.
+pub fn ims_release(handle: u64) -> Result<u64, Error> {
+    call(Sys::ImsRelease, [handle, 0, 0, 0, 0, 0])
+}
+
 /// Ends the calling thread.
 pub fn thread_exit() -> ! {
     let _ = call(Sys::ThreadExit, [0; 6]);

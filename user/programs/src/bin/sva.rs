@@ -114,10 +114,10 @@ fn main(arg: u64) -> u64 {
                     Error::BadFlags,
                 ),
                 (
-                    "interrupt",
+                    "interrupt naming no handle of its own",
                     desc(MEMMOVE, CRAV_RCR | (1 << 4), cr, src, dst, 64, 0),
                     0,
-                    Error::BadFlags,
+                    Error::BadHandle,
                 ),
                 (
                     "misaligned record",

@@ -1,0 +1,319 @@
+//! Interrupt handles from ring 3 (`ims_alloc`, `ims_wait`, `ims_set_affinity`,
+//! `ims_release`, and `dsa_submit` with a completion interrupt), chosen by `arg`:
+//! * 0: a handle on this CPU; a memmove with RCI naming it, `ims_wait` (blocks until the
+//!   interrupt; the record must then be written and the bytes equal); four memmoves in
+//!   flight at once, waits until all four are counted; retarget to another CPU and again;
+//!   release, after which the id is refused everywhere. Exits 0, else the failing step.
+//! * 1: allocates handles until refused: the refusal must be `HandleQuota`; then sleeps
+//!   holding them all until killed (the kernel test counts and kills it). Exits non-zero
+//!   only on a failure.
+//! * 2: ids it does not hold (another process's `1`, 0, huge) and bad CPUs and devices,
+//!   each refused with its error; then one handle of its own (another PASID's quota being
+//!   exhausted does not matter). Exits 0, else the failing step.
+//! * 3: cost: exits with the average TSC delta (guest instructions under `-icount`) from a
+//!   No-op descriptor with a completion interrupt submitted to the return of the `ims_wait`
+//!   that counted it (submit call, device, IMS message, demultiplexer, wake-up, switch back).
+#![no_std]
+#![no_main]
+
+use user_rt::abi::{CURRENT_CPU, Error, FLAG_RCI, PAGE, PROT_READ, PROT_WRITE, SLEEP_MAX_NS};
+use user_rt::println;
+
+const MEMMOVE: u8 = 0x03;
+const CRAV_RCR: u32 = (1 << 2) | (1 << 3);
+
+fn desc(flags: u32, cr: u64, src: u64, dst: u64, size: u32, handle: u16) -> [u8; 64] {
+    let mut d = [0u8; 64];
+    d[4..7].copy_from_slice(&flags.to_le_bytes()[..3]);
+    d[7] = MEMMOVE;
+    d[8..16].copy_from_slice(&cr.to_le_bytes());
+    d[16..24].copy_from_slice(&src.to_le_bytes());
+    d[24..32].copy_from_slice(&dst.to_le_bytes());
+    d[32..36].copy_from_slice(&size.to_le_bytes());
+    d[36..38].copy_from_slice(&handle.to_le_bytes());
+    d
+}
+
+fn rd(a: u64) -> u8 {
+    // SAFETY: `a` is inside a mapping of this process.
+    unsafe { core::ptr::read_volatile(a as *const u8) }
+}
+
+fn wr(a: u64, v: u8) {
+    // SAFETY: as in `rd`.
+    unsafe { core::ptr::write_volatile(a as *mut u8, v) }
+}
+
+/// Waits (blocking in the kernel) until `want` completions of `h` were counted.
+fn wait_for(h: u64, want: u64) -> Result<(), u64> {
+    let mut got = 0;
+    while got < want {
+        match user_rt::ims_wait(h) {
+            Ok(n) if n >= 1 => got += n,
+            other => {
+                println!("ims: ims_wait after {got}/{want}: {other:?}");
+                return Err(1);
+            }
+        }
+    }
+    if got != want {
+        println!("ims: {got} completions counted for {want} descriptors");
+        return Err(2);
+    }
+    Ok(())
+}
+
+/// `n` memmoves of a page each (page i of `src` to page i of `dst`, record i), with a
+/// completion interrupt through `h`; waits for them; checks records and bytes.
+fn round(h: u64, n: u64, src: u64, dst: u64, cr: u64, seed: u64) -> Result<(), u64> {
+    for i in 0..n * PAGE {
+        wr(src + i, (i * 13 + seed) as u8);
+        wr(dst + i, 0);
+    }
+    for i in 0..n {
+        let d = desc(
+            CRAV_RCR | FLAG_RCI,
+            cr + 32 * i,
+            src + i * PAGE,
+            dst + i * PAGE,
+            PAGE as u32,
+            h as u16,
+        );
+        if let Err(e) = user_rt::dsa_submit(&d, 0) {
+            println!("ims: submit {i}: {e}");
+            return Err(3);
+        }
+    }
+    wait_for(h, n)?;
+    for i in 0..n {
+        // The kernel counted the completion only once the status byte was written.
+        let s = rd(cr + 32 * i);
+        if s != 1 {
+            println!("ims: record {i} status {s:#x} after ims_wait");
+            return Err(4);
+        }
+    }
+    for i in 0..n * PAGE {
+        if rd(dst + i) != rd(src + i) {
+            println!("ims: byte {i} differs");
+            return Err(5);
+        }
+    }
+    Ok(())
+}
+
+fn expect(what: &str, got: Result<u64, Error>, want: Error) -> Result<(), ()> {
+    if got == Err(want) {
+        Ok(())
+    } else {
+        println!("ims: {what}: got {got:?}, want {want:?}");
+        Err(())
+    }
+}
+
+fn functional() -> u64 {
+    let Ok(buf) = user_rt::mmap(0, 9 * PAGE, PROT_READ | PROT_WRITE) else {
+        return 90;
+    };
+    let (src, dst, cr) = (buf, buf + 4 * PAGE, buf + 8 * PAGE);
+    let h = match user_rt::ims_alloc(0, CURRENT_CPU) {
+        Ok(h) => h,
+        Err(e) => {
+            println!("ims: ims_alloc: {e}");
+            return 10;
+        }
+    };
+    if let Err(e) = round(h, 1, src, dst, cr, 1) {
+        return 20 + e;
+    }
+    if let Err(e) = round(h, 4, src, dst, cr, 2) {
+        return 30 + e;
+    }
+    // Nothing in flight, nothing counted: ims_wait would wait for nothing.
+    if expect("ims_wait idle", user_rt::ims_wait(h), Error::WouldBlock).is_err() {
+        return 40;
+    }
+    let here = user_rt::cpu();
+    let other = if here == 0 { 1 } else { 0 };
+    match user_rt::ims_set_affinity(h, other) {
+        Ok(_) => {}
+        // A machine with one CPU: stay.
+        Err(Error::NoSuchCpu) if here == 0 => {}
+        Err(e) => {
+            println!("ims: ims_set_affinity({other}): {e}");
+            return 41;
+        }
+    }
+    if let Err(e) = round(h, 2, src, dst, cr, 3) {
+        return 50 + e;
+    }
+    if expect(
+        "affinity to a bad CPU",
+        user_rt::ims_set_affinity(h, 4096),
+        Error::NoSuchCpu,
+    )
+    .is_err()
+    {
+        return 60;
+    }
+    if user_rt::ims_release(h).is_err() {
+        return 61;
+    }
+    let d = desc(CRAV_RCR | FLAG_RCI, cr, src, dst, PAGE as u32, h as u16);
+    let after: [(&str, Result<u64, Error>); 4] = [
+        ("wait after release", user_rt::ims_wait(h)),
+        ("release twice", user_rt::ims_release(h)),
+        (
+            "affinity after release",
+            user_rt::ims_set_affinity(h, CURRENT_CPU),
+        ),
+        ("submit after release", user_rt::dsa_submit(&d, 0)),
+    ];
+    for (i, (what, got)) in after.into_iter().enumerate() {
+        if expect(what, got, Error::BadHandle).is_err() {
+            return 70 + i as u64;
+        }
+    }
+    println!("ims: interrupts delivered through handle {h}, released");
+    0
+}
+
+fn hog() -> u64 {
+    let mut n = 0u64;
+    loop {
+        match user_rt::ims_alloc(0, CURRENT_CPU) {
+            Ok(_) => n += 1,
+            Err(Error::HandleQuota) => break,
+            Err(e) => {
+                println!("ims: allocation {n} refused with {e}");
+                return 2;
+            }
+        }
+        if n > 4096 {
+            return 3;
+        }
+    }
+    if user_rt::ims_alloc(0, CURRENT_CPU) != Err(Error::HandleQuota) {
+        return 4;
+    }
+    println!("ims: {n} handles allocated, then HandleQuota");
+    loop {
+        let _ = user_rt::sleep_ns(SLEEP_MAX_NS);
+    }
+}
+
+fn abuse() -> u64 {
+    let Ok(buf) = user_rt::mmap(0, 3 * PAGE, PROT_READ | PROT_WRITE) else {
+        return 90;
+    };
+    let (src, dst, cr) = (buf, buf + PAGE, buf + 2 * PAGE);
+    for i in 0..PAGE {
+        wr(src + i, i as u8);
+    }
+    // Ids this process does not hold: `1` is the other process's first handle.
+    for (i, id) in [1u64, 0, 2, 255, 256, 65_537, u64::MAX]
+        .into_iter()
+        .enumerate()
+    {
+        let d = desc(CRAV_RCR | FLAG_RCI, cr, src, dst, PAGE as u32, id as u16);
+        let r = [
+            expect("ims_wait", user_rt::ims_wait(id), Error::BadHandle),
+            expect("ims_release", user_rt::ims_release(id), Error::BadHandle),
+            expect(
+                "ims_set_affinity",
+                user_rt::ims_set_affinity(id, CURRENT_CPU),
+                Error::BadHandle,
+            ),
+            expect(
+                "dsa_submit naming it",
+                user_rt::dsa_submit(&d, 0),
+                Error::BadHandle,
+            ),
+        ];
+        if r.iter().any(Result::is_err) {
+            println!("ims: (id {id})");
+            return 10 + i as u64;
+        }
+    }
+    if expect(
+        "ims_alloc bad CPU",
+        user_rt::ims_alloc(0, 4096),
+        Error::NoSuchCpu,
+    )
+    .is_err()
+        || expect(
+            "ims_alloc CPU 2^40",
+            user_rt::ims_alloc(0, 1 << 40),
+            Error::NoSuchCpu,
+        )
+        .is_err()
+        || expect(
+            "ims_alloc bad device",
+            user_rt::ims_alloc(99, 0),
+            Error::NoDevice,
+        )
+        .is_err()
+    {
+        return 30;
+    }
+    // A handle of its own: the other PASID's exhausted quota does not matter.
+    let h = match user_rt::ims_alloc(0, CURRENT_CPU) {
+        Ok(h) => h,
+        Err(e) => {
+            println!("ims: own ims_alloc: {e}");
+            return 40;
+        }
+    };
+    // Its id on another device is not a handle there.
+    let d = desc(CRAV_RCR | FLAG_RCI, cr, src, dst, PAGE as u32, h as u16);
+    let got = user_rt::dsa_submit(&d, 1);
+    if got != Err(Error::BadHandle) && got != Err(Error::NoDevice) {
+        println!("ims: handle {h} named on device 1: {got:?}");
+        return 42;
+    }
+    if expect(
+        "bad CPU",
+        user_rt::ims_set_affinity(h, 4096),
+        Error::NoSuchCpu,
+    )
+    .is_err()
+        || expect("wait idle", user_rt::ims_wait(h), Error::WouldBlock).is_err()
+    {
+        return 41;
+    }
+    println!("ims: refusals ok, own handle {h}");
+    0
+}
+
+fn cost() -> u64 {
+    let Ok(buf) = user_rt::mmap(0, PAGE, PROT_READ | PROT_WRITE) else {
+        return u64::MAX;
+    };
+    let Ok(h) = user_rt::ims_alloc(0, CURRENT_CPU) else {
+        return u64::MAX - 1;
+    };
+    let mut nop = desc(CRAV_RCR | FLAG_RCI, buf, 0, 0, 0, h as u16);
+    nop[7] = 0x00;
+    let n = 64;
+    let mut total = 0;
+    for _ in 0..n {
+        let t0 = user_rt::rdtsc();
+        if user_rt::dsa_submit(&nop, 0).is_err() || wait_for(h, 1).is_err() {
+            return u64::MAX - 2;
+        }
+        total += user_rt::rdtsc() - t0;
+    }
+    total / n
+}
+
+fn main(arg: u64) -> u64 {
+    match arg {
+        0 => functional(),
+        1 => hog(),
+        2 => abuse(),
+        3 => cost(),
+        _ => 99,
+    }
+}
+
+user_rt::entry!(main);
