@@ -943,10 +943,10 @@ impl Device {
             let op = dsa_spec::wq_bitmap_operand(w.config.id);
             self.command(Command::DrainWq, op, &[cmd_err::WQ_NOT_EN])?;
             if let Some(e) = w.msix_entry {
-                if self.caps.requires_int_handles()
-                    && let Some(h) = w.int_handle()
-                {
-                    let _ = h;
+                // The operand names the table entry, as Request Interrupt Handle's does (our
+                // reading of the DSA specification's command table, and the model's; Linux
+                // idxd passes the handle value instead: unconfirmed which real devices want).
+                if self.caps.requires_int_handles() && w.int_handle().is_some() {
                     self.command(
                         Command::ReleaseIntHandle,
                         dsa_spec::int_handle_operand(e, false),
