@@ -2,7 +2,7 @@
 //! demultiplexing, arming races, mask/unmask, retarget, release.
 
 use crate::machine::Machine;
-use crate::soft::{SoftIms, SoftSink, complete, submit};
+use crate::soft::{SID, SoftIms, SoftSink, chip, client, complete, domain, submit};
 use ims::{
     ChipOptions, DomainConfig, ImsChip, ImsDomain, ImsError, ImsHandle, ImsPlatform,
     OWNER_PER_HANDLE, OWNER_SHARED, OwnerId, PlatformError, StorageError, VectorMode,
@@ -11,34 +11,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::thread;
 use std::time::{Duration, Instant};
-
-const SID: u16 = 0x0100;
-
-fn domain(m: &Arc<Machine>, mode: VectorMode) -> ImsDomain {
-    ImsDomain::new(
-        m.clone(),
-        DomainConfig {
-            mode,
-            ..DomainConfig::default()
-        },
-    )
-    .expect("domain")
-}
-
-fn chip(d: &ImsDomain, ims: &Arc<SoftIms>, quota: u32) -> ImsChip {
-    d.register(
-        ims.clone(),
-        ChipOptions {
-            pasid_quota: quota,
-            ..ChipOptions::new("soft0", SID)
-        },
-    )
-    .expect("register")
-}
-
-fn client(pasid: u32) -> OwnerId {
-    OwnerId::new(u64::from(pasid) + 1000, pasid).unwrap()
-}
 
 /// Everything a refused allocation must leave untouched.
 #[derive(Debug, PartialEq, Eq)]

@@ -4,41 +4,13 @@
 //! the handler took its word raises a new notification).
 
 use crate::machine::Machine;
-use crate::soft::{SoftIms, SoftSink, complete, submit};
+use crate::soft::{SID, SoftIms, SoftSink, chip, client, complete, domain, submit};
 use ims::{
-    ChipOptions, CompletionSink, DomainConfig, ImsChip, ImsDomain, ImsError, ImsHandle,
-    OWNER_POSTED, OWNER_SHARED, OwnerId, VectorMode,
+    CompletionSink, DomainConfig, ImsDomain, ImsError, ImsHandle, OWNER_POSTED, OWNER_SHARED,
+    VectorMode,
 };
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
-
-const SID: u16 = 0x0100;
-
-fn domain(m: &Arc<Machine>) -> ImsDomain {
-    ImsDomain::new(
-        m.clone(),
-        DomainConfig {
-            mode: VectorMode::Posted,
-            ..DomainConfig::default()
-        },
-    )
-    .expect("domain")
-}
-
-fn chip(d: &ImsDomain, ims: &Arc<SoftIms>, quota: u32) -> ImsChip {
-    d.register(
-        ims.clone(),
-        ChipOptions {
-            pasid_quota: quota,
-            ..ChipOptions::new("soft0", SID)
-        },
-    )
-    .expect("register")
-}
-
-fn client(pasid: u32) -> OwnerId {
-    OwnerId::new(u64::from(pasid) + 1000, pasid).unwrap()
-}
 
 #[test]
 fn posted_mode_needs_a_posting_iommu() {
@@ -60,7 +32,7 @@ fn posted_mode_needs_a_posting_iommu() {
 #[test]
 fn one_vector_per_cpu_and_descriptors_on_demand() {
     let m = Machine::with_posting(2);
-    let d = domain(&m);
+    let d = domain(&m, VectorMode::Posted);
     assert_eq!(d.owner(), OWNER_POSTED);
     let ims = SoftIms::new(&m, SID, 2048);
     let c = chip(&d, &ims, 4096);
@@ -91,7 +63,7 @@ fn one_vector_per_cpu_and_descriptors_on_demand() {
 #[test]
 fn delivers_to_posted_handles_only() {
     let m = Machine::with_posting(2);
-    let d = domain(&m);
+    let d = domain(&m, VectorMode::Posted);
     let ims = SoftIms::new(&m, SID, 1024);
     let c = chip(&d, &ims, 1024);
     let sinks: Vec<Arc<SoftSink>> = (0..600).map(|_| SoftSink::new()).collect();
@@ -134,7 +106,7 @@ fn delivers_to_posted_handles_only() {
 #[test]
 fn posts_coalesce_into_one_notification() {
     let m = Machine::with_posting(1);
-    let d = domain(&m);
+    let d = domain(&m, VectorMode::Posted);
     let ims = SoftIms::new(&m, SID, 512);
     let c = chip(&d, &ims, 512);
     let sinks: Vec<Arc<SoftSink>> = (0..300).map(|_| SoftSink::new()).collect();
@@ -191,7 +163,7 @@ impl CompletionSink for HookSink {
 #[test]
 fn a_post_after_the_harvest_raises_a_new_notification() {
     let m = Machine::with_posting(1);
-    let d = domain(&m);
+    let d = domain(&m, VectorMode::Posted);
     let ims = SoftIms::new(&m, SID, 64);
     let c = chip(&d, &ims, 64);
     let (a, b) = (SoftSink::new(), SoftSink::new());
@@ -229,7 +201,7 @@ fn a_post_after_the_harvest_raises_a_new_notification() {
 #[test]
 fn retarget_moves_the_bit_and_delivers_a_completion_posted_to_the_old_one() {
     let m = Machine::with_posting(2);
-    let d = domain(&m);
+    let d = domain(&m, VectorMode::Posted);
     let ims = SoftIms::new(&m, SID, 64);
     let c = chip(&d, &ims, 64);
     let s = SoftSink::new();
@@ -267,7 +239,7 @@ fn retarget_moves_the_bit_and_delivers_a_completion_posted_to_the_old_one() {
 #[test]
 fn masked_handle_delivers_after_unmask() {
     let m = Machine::with_posting(1);
-    let d = domain(&m);
+    let d = domain(&m, VectorMode::Posted);
     let ims = SoftIms::new(&m, SID, 64);
     let c = chip(&d, &ims, 64);
     let s = SoftSink::new();

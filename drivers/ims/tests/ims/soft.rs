@@ -3,7 +3,10 @@
 //! completion source whose records are a counter the "device" advances.
 
 use crate::machine::{Machine, current_cpu};
-use ims::{Armer, CompletionSink, CompletionWatch, ImsError, ImsStorage, MsiMessage, StorageError};
+use ims::{
+    Armer, ChipOptions, CompletionSink, CompletionWatch, DomainConfig, ImsChip, ImsDomain,
+    ImsError, ImsStorage, MsiMessage, OwnerId, StorageError, VectorMode,
+};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -363,4 +366,36 @@ impl CompletionSink for RecordSink {
     fn watch(&self) -> Option<Arc<CompletionWatch>> {
         Some(self.watch.clone())
     }
+}
+
+/// Requester ID of the software IMS device in the chip-level tests.
+pub const SID: u16 = 0x0100;
+
+/// A system domain of `mode` on `m`.
+pub fn domain(m: &Arc<Machine>, mode: VectorMode) -> ImsDomain {
+    ImsDomain::new(
+        m.clone(),
+        DomainConfig {
+            mode,
+            ..DomainConfig::default()
+        },
+    )
+    .expect("domain")
+}
+
+/// `ims` registered with `d` as "soft0" (requester [`SID`]) with a per-PASID quota.
+pub fn chip(d: &ImsDomain, ims: &Arc<SoftIms>, quota: u32) -> ImsChip {
+    d.register(
+        ims.clone(),
+        ChipOptions {
+            pasid_quota: quota,
+            ..ChipOptions::new("soft0", SID)
+        },
+    )
+    .expect("register")
+}
+
+/// The owner of a test client of `pasid` (owner ids 1000 + PASID).
+pub fn client(pasid: u32) -> OwnerId {
+    OwnerId::new(u64::from(pasid) + 1000, pasid).unwrap()
 }

@@ -3,14 +3,12 @@
 //! submit call, out-of-order completions within one handle, masking and disarming.
 
 use crate::machine::Machine;
-use crate::soft::{RecordSink, SoftIms};
-use ims::{ChipOptions, DomainConfig, ImsChip, ImsDomain, ImsHandle, OwnerId, VectorMode};
+use crate::soft::{RecordSink, SID, SoftIms, client};
+use ims::{ChipOptions, DomainConfig, ImsChip, ImsDomain, ImsHandle, VectorMode};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
-
-const SID: u16 = 0x0100;
 
 fn setup(cpus: usize, entries: u32) -> (Arc<Machine>, ImsDomain, Arc<SoftIms>, ImsChip) {
     let m = Machine::new(cpus, true);
@@ -33,10 +31,6 @@ fn setup(cpus: usize, entries: u32) -> (Arc<Machine>, ImsDomain, Arc<SoftIms>, I
         )
         .expect("register");
     (m, d, ims, c)
-}
-
-fn client(pasid: u32) -> OwnerId {
-    OwnerId::new(u64::from(pasid) + 1000, pasid).unwrap()
 }
 
 const PASID: u32 = 7;
