@@ -445,6 +445,26 @@ impl Submitter {
         }
     }
 
+    /// [`Submitter::advance_tail`] for callback submissions, on locals (the owner's indices
+    /// and the ring's slot table are loaded once; `advance_tail`'s field updates through
+    /// `self` reload them on every step).
+    #[inline(always)]
+    fn advance_tail_cb(&mut self) {
+        let (mut t, h) = (self.tail, self.head);
+        let ring = &*self.ring;
+        if t == h || ring.slot(t).state.load(Ordering::Acquire) != FREE {
+            return;
+        }
+        loop {
+            t = t.wrapping_add(1);
+            if t == h || ring.slot(t).state.load(Ordering::Acquire) != FREE {
+                break;
+            }
+        }
+        self.tail = t;
+        ring.tail.store(t, Ordering::Release);
+    }
+
     /// An empty ring gives its credits back (others may need them).
     #[inline(never)]
     fn return_idle_credits(&mut self) {
@@ -464,11 +484,8 @@ impl Submitter {
         // Keep the tail close behind callback slots (reapers free them behind the owner's
         // back, and interrupt paths scan from the tail). Polled slots move the tail when
         // they are collected; a lagging tail is caught up below when the room runs out.
-        if cb
-            && self.tail != self.head
-            && self.ring.slot(self.tail).state.load(Ordering::Acquire) == FREE
-        {
-            self.advance_tail();
+        if cb {
+            self.advance_tail_cb();
         }
         let used = self.head.wrapping_sub(self.tail);
         if used < self.room {
@@ -739,14 +756,13 @@ impl Submitter {
             // Armed after the slot is visible to the handle's sink and before the device
             // can complete it: the demultiplexer either sees the new head when it disarms
             // or this sets the bit again.
+            // (A match, so the Ok path runs no drop glue of the error type.)
             if arm
                 && let Some(b) = &self.ims
-                && b.armer.arm_published().is_err()
+                && let Err(e) = b.armer.arm_published()
             {
-                slot.state.store(FREE, Ordering::Release);
-                ring.head.store(head, Ordering::Release);
-                ring.in_submit.store(false, Ordering::Release);
-                return Err(OpError::InterruptUnavailable("the IMS handle was released"));
+                drop(e);
+                return Err(self.unpublish(k, head));
             }
             // Spread stores over the 64 equivalent slots of the portal page (bits 11:6).
             let n = self.portal_slot;
@@ -770,6 +786,18 @@ impl Submitter {
             refused(ring, slot, head);
             Ok(false)
         }
+    }
+
+    /// The bound IMS handle was released between publication and the store: take slot `k`
+    /// back (nothing was stored).
+    #[cold]
+    #[inline(never)]
+    fn unpublish(&self, k: u32, head: u32) -> OpError {
+        let ring = &*self.ring;
+        ring.slot(k).state.store(FREE, Ordering::Release);
+        ring.head.store(head, Ordering::Release);
+        ring.in_submit.store(false, Ordering::Release);
+        OpError::InterruptUnavailable("the IMS handle was released")
     }
 
     /// The store through the `Portals` trait (portals without direct stores: host fakes).
