@@ -238,11 +238,13 @@ impl Op {
 }
 
 /// An operation plus its descriptor options.
+///
+/// `repr(C)` with the four option flags adjacent (after the 8-aligned `Op`, so 4-aligned):
+/// [`Work::options`] reads them as one 32-bit word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
 pub struct Work {
     pub op: Op,
-    /// Batch members only: wait for every earlier member; abandoned if one failed.
-    pub fence: bool,
     /// Destination writes allocate in the LLC (flag 8, GENCAP.2). Not for Cache Flush
     /// (use its `keep`).
     pub cache_write: bool,
@@ -251,6 +253,8 @@ pub struct Work {
     pub strict_ordering: bool,
     /// Block on fault (flag 1; needs GENCAP.0 and a WQ configured with block_on_fault).
     pub block_on_fault: bool,
+    /// Batch members only: wait for every earlier member; abandoned if one failed.
+    pub fence: bool,
 }
 
 impl From<Op> for Work {
@@ -260,6 +264,17 @@ impl From<Op> for Work {
 }
 
 impl Work {
+    /// Non-zero when any option flag other than `fence` is set (one 32-bit load: the four
+    /// flags are adjacent and 4-aligned, see the type's layout).
+    #[inline(always)]
+    pub fn options(&self) -> u32 {
+        u32::from_le_bytes([
+            u8::from(self.cache_write),
+            u8::from(self.dest_readback),
+            u8::from(self.strict_ordering),
+            u8::from(self.block_on_fault),
+        ])
+    }
     pub const fn new(op: Op) -> Self {
         Work {
             op,

@@ -445,10 +445,16 @@ impl Ring {
     ) -> (u32, bool) {
         let mut n = 0;
         let mut outstanding = false;
+        // Read once: after each acquire load below the compiler would reload them.
+        let mask = self.mask;
+        let slots = &*self.slots;
         while i != head {
-            let k = (i & self.mask) as usize;
+            let k = (i & mask) as usize;
             i = i.wrapping_add(1);
-            let s = self.slot(k as u32).state.load(Ordering::Acquire);
+            // SAFETY: `slots` has `mask + 1` entries (`new`; the field is private and never
+            // replaced), so `k` is in bounds (as in `slot`).
+            let slot = unsafe { slots.get_unchecked(k) };
+            let s = slot.state.load(Ordering::Acquire);
             if s == FREE || s == DONE {
                 continue;
             }
@@ -456,12 +462,16 @@ impl Ring {
             let written = status != st::NOT_COMPLETE;
             if s == PENDING_CB || s == PENDING_CBQ {
                 if written {
-                    if self.claim(k, s) {
+                    if slot
+                        .state
+                        .compare_exchange(s, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
                         if let Some(c) = count {
                             // Counted before the callback can observe it.
                             c.fetch_add(1, Ordering::Relaxed);
                         }
-                        self.finish_cb(k, status & st::CODE_MASK);
+                        self.finish_slot(slot, k, status & st::CODE_MASK);
                         n += 1;
                     }
                 } else {
@@ -563,10 +573,16 @@ impl Ring {
     #[inline]
     /// `status`: the record's status code, or `SW_ABORTED` when failed back without one.
     fn finish_cb(&self, k: usize, status: u8) {
+        self.finish_slot(self.slot(k as u32), k, status);
+    }
+
+    /// [`Ring::finish_cb`] with the slot already looked up (`slot` is slot `k`).
+    #[inline(always)]
+    fn finish_slot(&self, slot: &RecordSlot, k: usize, status: u8) {
         // SAFETY: the caller won the claim of slot `k`: the owner does not touch its metadata
         // until it is FREE again, and no other party reads it. (`cb` is left in place: the
         // owner rewrites it with the slot's next submission.)
-        let meta = unsafe { &*self.slot(k as u32).meta.get() };
+        let meta = unsafe { &*slot.meta.get() };
         if let Some(cb) = meta.cb {
             let done = Completed {
                 ring: self,
@@ -576,7 +592,7 @@ impl Ring {
             };
             (cb.f)(cb.cookie, &done);
         }
-        self.slot(k as u32).state.store(FREE, Ordering::Release);
+        slot.state.store(FREE, Ordering::Release);
     }
 
     /// The completion of slot `k` (owned by the caller; record written).

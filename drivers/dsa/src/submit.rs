@@ -210,6 +210,10 @@ pub struct Submitter {
     /// The MSI-X template and the device epoch it was made in (recovery may change the WQ's
     /// interrupt handle).
     msix: Option<(u64, Template)>,
+    /// Per slot: its batch list may hold non-zero words 5–7 (a member encoded by the general
+    /// encoder). Lists start zeroed (`DmaBuf::new`) and the member fast path writes words
+    /// 0–4 only, so a marked list is zeroed again before its next batch.
+    list_dirty: Box<[bool]>,
 }
 
 impl core::fmt::Debug for Submitter {
@@ -353,6 +357,8 @@ impl Submitter {
             ims: None,
             timeout_ns: opts.timeout_ns,
             msix: None,
+            list_dirty: alloc::vec![false; if max_batch >= 2 { nslots } else { 0 }]
+                .into_boxed_slice(),
         })
     }
 
@@ -439,6 +445,26 @@ impl Submitter {
         }
     }
 
+    /// [`Submitter::advance_tail`] for callback submissions, on locals (the owner's indices
+    /// and the ring's slot table are loaded once; `advance_tail`'s field updates through
+    /// `self` reload them on every step).
+    #[inline(always)]
+    fn advance_tail_cb(&mut self) {
+        let (mut t, h) = (self.tail, self.head);
+        let ring = &*self.ring;
+        if t == h || ring.slot(t).state.load(Ordering::Acquire) != FREE {
+            return;
+        }
+        loop {
+            t = t.wrapping_add(1);
+            if t == h || ring.slot(t).state.load(Ordering::Acquire) != FREE {
+                break;
+            }
+        }
+        self.tail = t;
+        ring.tail.store(t, Ordering::Release);
+    }
+
     /// An empty ring gives its credits back (others may need them).
     #[inline(never)]
     fn return_idle_credits(&mut self) {
@@ -458,11 +484,8 @@ impl Submitter {
         // Keep the tail close behind callback slots (reapers free them behind the owner's
         // back, and interrupt paths scan from the tail). Polled slots move the tail when
         // they are collected; a lagging tail is caught up below when the room runs out.
-        if cb
-            && self.tail != self.head
-            && self.ring.slot(self.tail).state.load(Ordering::Acquire) == FREE
-        {
-            self.advance_tail();
+        if cb {
+            self.advance_tail_cb();
         }
         let used = self.head.wrapping_sub(self.tail);
         if used < self.room {
@@ -569,8 +592,7 @@ impl Submitter {
         cr: u64,
         out: &mut [u64; 8],
     ) -> bool {
-        let options = w.block_on_fault | w.cache_write | w.strict_ordering | w.dest_readback;
-        if options || (w.fence && !in_batch) {
+        if w.options() != 0 || (w.fence && !in_batch) {
             return false;
         }
         let fence = u64::from(w.fence) * (u64::from(dsa_spec::DescFlags::FENCE.bits()) << 32);
@@ -734,14 +756,13 @@ impl Submitter {
             // Armed after the slot is visible to the handle's sink and before the device
             // can complete it: the demultiplexer either sees the new head when it disarms
             // or this sets the bit again.
+            // (A match, so the Ok path runs no drop glue of the error type.)
             if arm
                 && let Some(b) = &self.ims
-                && b.armer.arm_published().is_err()
+                && let Err(e) = b.armer.arm_published()
             {
-                slot.state.store(FREE, Ordering::Release);
-                ring.head.store(head, Ordering::Release);
-                ring.in_submit.store(false, Ordering::Release);
-                return Err(OpError::InterruptUnavailable("the IMS handle was released"));
+                drop(e);
+                return Err(self.unpublish(k, head));
             }
             // Spread stores over the 64 equivalent slots of the portal page (bits 11:6).
             let n = self.portal_slot;
@@ -765,6 +786,18 @@ impl Submitter {
             refused(ring, slot, head);
             Ok(false)
         }
+    }
+
+    /// The bound IMS handle was released between publication and the store: take slot `k`
+    /// back (nothing was stored).
+    #[cold]
+    #[inline(never)]
+    fn unpublish(&self, k: u32, head: u32) -> OpError {
+        let ring = &*self.ring;
+        ring.slot(k).state.store(FREE, Ordering::Release);
+        ring.head.store(head, Ordering::Release);
+        ring.in_submit.store(false, Ordering::Release);
+        OpError::InterruptUnavailable("the IMS handle was released")
     }
 
     /// The store through the `Portals` trait (portals without direct stores: host fakes).
@@ -924,16 +957,31 @@ impl Submitter {
         let list0 = ring.list_off(k, 0);
         let mcr0 = ring.mcr_off(k, 0);
         let mcr_dev = mcrs.dev_addr(mcr0);
+        // Words 5–7 of a memmove, fill or no-op member are zero: the fast encoding leaves
+        // them as they are, so a list the general encoder wrote is zeroed first (rare).
+        if self.list_dirty[k] {
+            lists.zero(list0, max * DESC_SIZE);
+            self.list_dirty[k] = false;
+        }
         let mut plain = true;
         let mut refused = None;
+        let mut dirty = false;
         let n = members.len();
+        let this = &*self;
         lists.with_descs(list0, n, |descs| {
             mcrs.with_records(mcr0, n, |recs| {
-                let mut cr = mcr_dev;
-                for ((d, r), m) in descs.iter_mut().zip(recs.iter_mut()).zip(members) {
+                // The common case first: a run of plain memmoves, in a loop of its own.
+                let done = encode_memmoves(descs, recs, members, mcr_dev, &this.fast);
+                let mut cr = mcr_dev + (done * CR_SIZE) as u64;
+                let rest = descs[done..]
+                    .iter_mut()
+                    .zip(recs[done..].iter_mut())
+                    .zip(&members[done..]);
+                for ((d, r), m) in rest {
                     r[0] = 0;
-                    if !self.build_fast(m, true, &member_tmpl, cr, d) {
-                        match self.build_slow(m, true, &member_tmpl, cr, d) {
+                    if !this.build_fast(m, true, &member_tmpl, cr, d) {
+                        dirty = true;
+                        match this.build_slow(m, true, &member_tmpl, cr, d) {
                             Ok(p) => plain &= p,
                             Err(e) => {
                                 refused = Some(e);
@@ -945,6 +993,9 @@ impl Submitter {
                 }
             });
         });
+        if dirty {
+            self.list_dirty[k] = true;
+        }
         if let Some(e) = refused {
             return Err(e);
         }
@@ -1288,6 +1339,51 @@ impl Submitter {
         }
         r
     }
+}
+
+/// Encodes the leading run of `members` that are memmoves without option flags (a fence
+/// allowed) and pass `build_fast`'s checks into `descs` (words 0–4: words 5–7 of the list
+/// are zero, see `Submitter::list_dirty`) and zeroes their records' first words; the
+/// records' device addresses start at `cr`. Returns how many it encoded: the caller
+/// handles the rest (and every refusal) the general way. Kept out of line so its loop holds
+/// everything in registers.
+#[inline(never)]
+fn encode_memmoves(
+    descs: &mut [[u64; 8]],
+    recs: &mut [[u64; 4]],
+    members: &[Work],
+    mut cr: u64,
+    fast: &Fast,
+) -> usize {
+    // Batch members: no interrupt of their own, PASID and privilege from the batch
+    // (`Template::new(0, false, None)`), so word 0 is CRAV | RCR, the opcode and the fence.
+    let head = Template::new(0, false, None).w0 | ((Opcode::MemMove as u64) << 56);
+    let fence_bit = u64::from(dsa_spec::DescFlags::FENCE.bits()) << 32;
+    let (lim, overlap_ok) = (fast.memmove_lim, fast.overlap_ok);
+    let mut done = 0;
+    for ((d, r), m) in descs.iter_mut().zip(recs.iter_mut()).zip(members) {
+        let crate::ops::Op::MemMove { src, dst, len } = m.op else {
+            break;
+        };
+        let l = u64::from(len);
+        // Addresses below 2^63 and a 32-bit length cannot overflow.
+        let ok = m.options() == 0
+            && l < lim
+            && (src | dst) >> 63 == 0
+            && (overlap_ok || src >= dst + l || dst >= src + l);
+        if !ok {
+            break;
+        }
+        r[0] = 0;
+        d[0] = head | (u64::from(m.fence) * fence_bit);
+        d[1] = cr;
+        d[2] = src;
+        d[3] = dst;
+        d[4] = l;
+        cr += CR_SIZE as u64;
+        done += 1;
+    }
+    done
 }
 
 /// A shared WQ refused a descriptor: take its slot back (nobody claims a record that is

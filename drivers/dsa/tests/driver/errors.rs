@@ -594,3 +594,44 @@ fn a_slot_reused_after_a_resumed_operation_decodes_its_own_operation() {
         "{r:?}"
     );
 }
+
+#[test]
+fn a_batch_list_reused_after_a_member_with_high_words_holds_zero_reserved_fields() {
+    // One slot: every batch reuses its list. A memmove member writes words 0–4 of its list
+    // entry only (words 5–7 are kept zero); a CRC member writes its seed into word 5, so
+    // the list must be zeroed again before the next batch, or the memmove that takes that
+    // entry next carries a non-zero reserved field (the model refuses it).
+    let (rig, dev) = up(Exec::Deterministic);
+    let opts = dsa::SubmitterOptions {
+        slots: 1,
+        ..Default::default()
+    };
+    let mut s = Submitter::new(&dev, 0, Client::kernel(), opts).unwrap();
+    let src = rig.plat.buf(AddressSpace::NoPasid, 8192);
+    let dst = rig.plat.buf(AddressSpace::NoPasid, 8192);
+    src.write(0, &pattern(8192, 9));
+    let first = [
+        Work::crc(src.at(0), 64, 0xFFFF_FFFF),
+        Work::copy_crc(src.at(64), dst.at(64), 64, 0x1234_5678),
+        Work::memmove(src.at(128), dst.at(128), 64),
+    ];
+    let Output::Batch(r) = s.run_batch(&first).unwrap() else {
+        panic!("not a batch result");
+    };
+    assert!(r.iter().all(|m| m.is_ok()), "{r:?}");
+    for round in 0..2 {
+        let batch = [
+            Work::memmove(src.at(0), dst.at(0), 4096),
+            Work::memmove(src.at(4096), dst.at(4096), 4096),
+            Work::memmove(src.at(256), dst.at(256), 64),
+        ];
+        let Output::Batch(r) = s.run_batch(&batch).unwrap() else {
+            panic!("not a batch result");
+        };
+        assert!(
+            r.iter().all(|m| *m == Ok(Output::Done)),
+            "round {round}: {r:?}"
+        );
+    }
+    assert_eq!(dst.all(), src.all());
+}
