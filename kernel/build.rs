@@ -39,7 +39,11 @@ fn main() {
     } else {
         without_ktest(&text).unwrap_or_else(|e| panic!("{}: {e}", script.display()))
     };
-    build_user_programs(Path::new(&dir).join("..").as_path());
+    // The programs are the kernel tests' (kernel/src/proc/programs.rs): only the ktest
+    // flavour embeds them.
+    if std::env::var_os("CARGO_FEATURE_KTEST").is_some() {
+        build_user_programs(Path::new(&dir).join("..").as_path());
+    }
     let out = Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("kernel.ld");
     std::fs::write(&out, text).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
     println!("cargo:rustc-link-arg-bins=-T{}", out.display());

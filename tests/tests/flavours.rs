@@ -106,6 +106,19 @@ fn product_kernel_has_no_test_benchmark_or_workload_code() {
         p_symbols.iter().any(|s| s == "kernel_main64"),
         "symbols missing"
     );
+    // The kernel tests' ring-3 programs are data, not kernel symbols: look for their text.
+    let contains = |image: &[u8], needle: &[u8]| image.windows(needle.len()).any(|w| w == needle);
+    for program in [&b"faulter: case "[..], b"abuser: case "] {
+        assert!(
+            contains(&ktest, program),
+            "ktest kernel lacks its test programs"
+        );
+        assert!(
+            !contains(&product, program),
+            "a test program ({}) in the product kernel",
+            String::from_utf8_lossy(program)
+        );
+    }
 }
 
 #[test]

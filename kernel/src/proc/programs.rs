@@ -1,6 +1,9 @@
 //! The ring-3 programs carried in the kernel image (built by `kernel/build.rs` from
-//! `user/programs`).
+//! `user/programs`). They are the kernel tests' programs (victims, abusers, faulters), so
+//! only the ktest flavour carries them; the product kernel has none (and its process code
+//! finds no program to start).
 
+#[cfg(feature = "ktest")]
 macro_rules! program {
     ($name:literal) => {
         (
@@ -11,6 +14,11 @@ macro_rules! program {
 }
 
 /// (name, ELF image).
+#[cfg(not(feature = "ktest"))]
+pub static PROGRAMS: &[(&str, &[u8])] = &[];
+
+/// (name, ELF image).
+#[cfg(feature = "ktest")]
 pub static PROGRAMS: &[(&str, &[u8])] = &[
     program!("hello"),
     program!("yielder"),
