@@ -261,12 +261,13 @@ fi
 # === Device arguments: add devices here ====================================================
 # The IOMMU comes first so that it covers every PCI device added after it. Posted interrupts
 # (CAP.PI) exist only in the patched QEMU (emulator/qemu): without them the default quietly
-# stays off, an explicit --posted-intr on fails.
+# stays off, an explicit --posted-intr on fails. (grep reads to the end, not -q: with
+# pipefail, QEMU killed by SIGPIPE after an early match would read as "absent".)
 DEVICE_ARGS=()
 if [ "$IOMMU" = on ]; then
   IOMMU_DEV="intel-iommu,intremap=on,x-scalable-mode=on,x-flts=on,x-pasid-mode=on,aw-bits=48"
   if [ "$POSTED_INTR" = on ]; then
-    if "$QEMU_BIN" -device intel-iommu,help 2>/dev/null | grep -q 'x-posted-intr='; then
+    if "$QEMU_BIN" -device intel-iommu,help 2>/dev/null | grep 'x-posted-intr=' >/dev/null; then
       IOMMU_DEV="$IOMMU_DEV,x-posted-intr=on"
     elif [ -n "$POSTED_SET" ]; then
       die "--posted-intr on: $QEMU_BIN's intel-iommu has no x-posted-intr (use emulator/qemu/build.sh)"
@@ -280,7 +281,7 @@ DEVICE_ARGS+=(-device isa-debug-exit,iobase=0xf4,iosize=0x04)
 # DSA=<count>: intel-dsa instances, each behind its own pcie-root-port (so they get PCIe
 # extended config space). Only the patched QEMU (emulator/qemu) has the device.
 if [ "$DSA" -gt 0 ]; then
-  if "$QEMU_BIN" -device help 2>/dev/null | grep -q '"intel-dsa"'; then
+  if "$QEMU_BIN" -device help 2>/dev/null | grep '"intel-dsa"' >/dev/null; then
     for ((i = 0; i < DSA; i++)); do
       DEVICE_ARGS+=(-device "pcie-root-port,id=dsa_rp$i,chassis=$((10 + i)),slot=$((10 + i))"
                     -device "intel-dsa,bus=dsa_rp$i${DSA_OPTS:+,$DSA_OPTS}")

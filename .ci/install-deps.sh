@@ -93,7 +93,7 @@ want_pkgs=(qemu-system-x86 grub-common grub-pc-bin grub-efi-amd64-bin xorriso mt
            patch pkg-config gcc make)
 missing=()
 for p in "${want_pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep "install ok installed" >/dev/null || missing+=("$p")
 done
 qemu_ok=0
 if command -v qemu-system-x86_64 >/dev/null; then
@@ -111,11 +111,11 @@ if [ ${#missing[@]} -gt 0 ] || [ $qemu_ok -eq 0 ]; then
 fi
 
 # --- Rust target ---------------------------------------------------------------------------
-if ! rustup target list --installed | grep -qx x86_64-unknown-none; then
+if ! rustup target list --installed | grep -x x86_64-unknown-none >/dev/null; then
   log "rustup target add x86_64-unknown-none"
   rustup target add x86_64-unknown-none
 fi
 for c in rustfmt clippy; do
-  rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+  rustup component list --installed 2>/dev/null | grep "^$c" >/dev/null || rustup component add "$c"
 done
 log "done"

@@ -112,8 +112,10 @@ missing_prereqs() {
   [ -f /usr/include/libfdt.h ] || m+=("libfdt-dev")
   [ -f /usr/share/seabios/bios-256k.bin ] || m+=("firmware:/usr/share/seabios/bios-256k.bin")
   [ -f /usr/share/qemu/pvh.bin ] || m+=("firmware:/usr/share/qemu/pvh.bin")
-  # The source comes through apt unless the verified tarball is already here.
-  if ! tarball_ok && ! apt-cache showsrc qemu 2>/dev/null | grep -qxF "Version: $DEB_VERSION"; then
+  # The source comes through apt unless the verified tarball is already here. (No `grep -q`
+  # after a pipe anywhere in our scripts: it exits at the first match, the writer then dies
+  # of SIGPIPE and `pipefail` turns a found line into a failure, at random.)
+  if ! tarball_ok && ! apt-cache showsrc qemu 2>/dev/null | grep -xF "Version: $DEB_VERSION" >/dev/null; then
     m+=("apt:deb-src-bookworm-backports(qemu=$DEB_VERSION)")
   fi
   printf '%s\n' "${m[@]}"
