@@ -7,5 +7,6 @@
 //! * [`driver`]: the DSA driver's hardware traits over a model device on that platform
 //!   ([`driver::Rig`]), deterministic or with worker threads.
 
+pub mod alloc_count;
 pub mod driver;
 pub mod sim;

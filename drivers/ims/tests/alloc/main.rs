@@ -14,71 +14,18 @@ mod dsa_rig;
 #[path = "../ims/machine.rs"]
 mod machine;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
+use ::dsa_rig::alloc_count::{Counting, counted, events};
 use dsa::hw::{AddressSpace, DmaMemory, DmaRegion};
 use dsa::{Callback, Client, Completed, DsaIms, Notify, Output, Submitter, SubmitterOptions, Work};
 use dsa_rig::{DsaRig, Exec, model_cfg};
 use ims::{ChipOptions, DomainConfig, ImsDomain, OwnerId, VectorMode};
 use machine::Machine;
 
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static EVENTS: Cell<u64> = const { Cell::new(0) };
-}
-
-struct Counting;
-
-fn note() {
-    // `try_with`: the allocator may run while thread-locals are being torn down.
-    let _ = COUNTING.try_with(|c| {
-        if c.get() && !::dsa_rig::driver::in_device() {
-            let _ = EVENTS.try_with(|e| e.set(e.get() + 1));
-        }
-    });
-}
-
-// SAFETY: forwards every call to the system allocator unchanged; the bookkeeping touches
-// only const-initialized thread-local cells (no allocation, no reentrancy).
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        note();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        note();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc_zeroed(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        note();
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        note();
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
-
 #[global_allocator]
 static ALLOC: Counting = Counting;
-
-/// Runs `f` with this thread's allocations counted; returns its result.
-fn counted<R>(f: impl FnOnce() -> R) -> R {
-    COUNTING.with(|c| c.set(true));
-    let r = f();
-    COUNTING.with(|c| c.set(false));
-    r
-}
-
-fn events() -> u64 {
-    EVENTS.with(|e| e.get())
-}
 
 const CYCLES: usize = 10_000;
 const BATCH: usize = 32;
@@ -325,4 +272,13 @@ fn the_counter_sees_allocations() {
     let before = events();
     counted(|| drop(std::hint::black_box(Box::new(7u64))));
     assert_eq!(events() - before, 2, "one allocation and one free");
+}
+
+/// The zero counts above mean something only if the allocator sees allocations: one box
+/// made and dropped inside `counted` is two events (the allocation and the free).
+#[test]
+fn the_counting_allocator_counts() {
+    let before = events();
+    counted(|| drop(std::hint::black_box(Box::new(7u64))));
+    assert_eq!(events() - before, 2);
 }
