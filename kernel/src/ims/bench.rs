@@ -67,8 +67,11 @@ const DEFAULT_ROUNDS: u32 = 32;
 const BURST_ROUNDS: u32 = 4;
 /// One completion should take microseconds; a wait this long is a failure.
 const COMPLETION_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a posted-mode round waits for its posts to reach the descriptors.
-const POST_WAIT: Duration = Duration::from_millis(20);
+/// How long a posted-mode round waits for its posts to reach the descriptors: a bound for
+/// hangs only. (It was 20 ms, and a loaded host's device thread can take longer than that
+/// to make a post; the window then opened with posts missing, a second notification came
+/// after it, and the burst figures' one-interrupt-per-round property failed at random.)
+const POST_WAIT: Duration = COMPLETION_TIMEOUT;
 /// Wake-up period of the waits in `hlt` (only matters when something is wrong or slow).
 const WAKE_NS: u64 = 50_000_000;
 
@@ -343,7 +346,7 @@ fn pending_round(
             }
         }
         // Posted mode: QEMU may make a device thread's post a little after the record
-        // write (without parallel TCG, when the vCPU yields); wait (briefly, bounded) until
+        // write (without parallel TCG, when the vCPU yields); wait (bounded for hangs) until
         // every handle's bit is in its descriptor and the notification in the local APIC's
         // IRR, so that it is pending when the window opens. A post still missing then is
         // taken after the window (the round's path is not counted).
