@@ -13,6 +13,7 @@ use crate::iommu::{self, AddressSpace, FaultReason, MsiRoute, Perm, SpaceKind};
 use crate::ktest;
 use crate::mm::{self, FrameBlock};
 use crate::pci::{self, PciAddress};
+use hwio::Registers as _;
 
 mod posted;
 
@@ -23,14 +24,14 @@ struct Edu {
 }
 
 mod edu_reg {
-    pub const ID: usize = 0x00;
-    pub const IRQ_STATUS: usize = 0x24;
-    pub const IRQ_RAISE: usize = 0x60;
-    pub const IRQ_ACK: usize = 0x64;
-    pub const DMA_SRC: usize = 0x80;
-    pub const DMA_DST: usize = 0x88;
-    pub const DMA_COUNT: usize = 0x90;
-    pub const DMA_CMD: usize = 0x98;
+    pub const ID: u64 = 0x00;
+    pub const IRQ_STATUS: u64 = 0x24;
+    pub const IRQ_RAISE: u64 = 0x60;
+    pub const IRQ_ACK: u64 = 0x64;
+    pub const DMA_SRC: u64 = 0x80;
+    pub const DMA_DST: u64 = 0x88;
+    pub const DMA_COUNT: u64 = 0x90;
+    pub const DMA_CMD: u64 = 0x98;
     pub const CMD_RUN: u64 = 1;
     /// Direction: set = device buffer → RAM, clear = RAM → device buffer.
     pub const CMD_TO_RAM: u64 = 2;

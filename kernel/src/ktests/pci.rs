@@ -2,6 +2,8 @@
 
 use alloc::vec::Vec;
 
+use hwio::Registers as _;
+
 use ::pci::BarKind;
 use ::pci::msi::MsiMessage;
 
@@ -154,7 +156,7 @@ ktest!(
                 assert!(crate::mm::translate(b.address + b.size - 1).is_some());
                 // Registers are not read (side effects on real devices); outside the window
                 // an access never reaches the bus.
-                assert_eq!(m.read32(b.size as usize), u32::MAX);
+                assert_eq!(m.read32(b.size), u32::MAX);
                 mapped += 1;
                 if b.address >= 1 << 32 {
                     high += 1;

@@ -71,50 +71,51 @@ impl Mmio {
     }
 
     /// 32-bit read.
-    pub fn read32(&self, offset: usize) -> u32 {
+    fn read32_at(&self, offset: usize) -> u32 {
         self.reg::<u32>(offset).map_or(u32::MAX, |r| r.read())
     }
 
     /// 32-bit write.
-    pub fn write32(&self, offset: usize, value: u32) {
+    fn write32_at(&self, offset: usize, value: u32) {
         if let Some(r) = self.reg::<u32>(offset) {
             r.write(value);
         }
     }
 
     /// 64-bit read (one access).
-    pub fn read64(&self, offset: usize) -> u64 {
+    fn read64_at(&self, offset: usize) -> u64 {
         self.reg::<u64>(offset).map_or(u64::MAX, |r| r.read())
     }
 
     /// 64-bit write (one access).
-    pub fn write64(&self, offset: usize, value: u64) {
+    fn write64_at(&self, offset: usize, value: u64) {
         if let Some(r) = self.reg::<u64>(offset) {
             r.write(value);
         }
     }
 }
 
-/// Offsets that do not fit a `usize` are outside every window: they read all-ones and drop
-/// writes like any other access outside it.
+/// The only way to reach the registers (u64 offsets, like every driver crate's). Offsets that
+/// do not fit a `usize` are outside every window: they read all-ones and drop writes like any
+/// other access outside it.
 impl hwio::Registers for Mmio {
     fn size(&self) -> u64 {
         self.len as u64
     }
     fn read32(&self, offset: u64) -> u32 {
-        usize::try_from(offset).map_or(u32::MAX, |o| Mmio::read32(self, o))
+        usize::try_from(offset).map_or(u32::MAX, |o| self.read32_at(o))
     }
     fn read64(&self, offset: u64) -> u64 {
-        usize::try_from(offset).map_or(u64::MAX, |o| Mmio::read64(self, o))
+        usize::try_from(offset).map_or(u64::MAX, |o| self.read64_at(o))
     }
     fn write32(&self, offset: u64, value: u32) {
         if let Ok(o) = usize::try_from(offset) {
-            Mmio::write32(self, o, value);
+            self.write32_at(o, value);
         }
     }
     fn write64(&self, offset: u64, value: u64) {
         if let Ok(o) = usize::try_from(offset) {
-            Mmio::write64(self, o, value);
+            self.write64_at(o, value);
         }
     }
 }

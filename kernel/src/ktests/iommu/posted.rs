@@ -16,6 +16,7 @@ use alloc::format;
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use core::time::Duration;
+use hwio::Registers as _;
 
 use vtd::spec::{IrteFormat, PidControl, PostedIrte, SourceValidation};
 use x86_64::instructions::interrupts::without_interrupts;
@@ -29,8 +30,8 @@ use crate::mm::{self, FrameBlock};
 use crate::pci::{Msi, MsiMessage};
 
 /// `edu` registers beyond the ones the parent module names.
-const EDU_FACTORIAL: usize = 0x08;
-const EDU_STATUS: usize = 0x20;
+const EDU_FACTORIAL: u64 = 0x08;
+const EDU_STATUS: u64 = 0x20;
 /// Status bit 7: raise an interrupt when a factorial is done (from the device's thread).
 const EDU_STATUS_IRQFACT: u32 = 0x80;
 
@@ -797,11 +798,11 @@ ktest!(
         msix.write_entry(0, route.message(), false).unwrap();
         msix.set_enabled(true).unwrap();
         let cmd = dsa_spec::regs::CmdReg::new(dsa_spec::regs::Command::DrainAll, 0, true);
-        regs.write32(dsa_spec::regs::off::CMD as usize, cmd.0);
+        regs.write32(dsa_spec::regs::off::CMD, cmd.0);
         let arrived = n.wait(1);
-        let status = regs.read32(dsa_spec::regs::off::CMDSTATUS as usize);
+        let status = regs.read32(dsa_spec::regs::off::CMDSTATUS);
         let cause = dsa_spec::regs::IntCause::COMMAND_COMPLETED.bits();
-        regs.write32(dsa_spec::regs::off::INTCAUSE as usize, cause);
+        regs.write32(dsa_spec::regs::off::INTCAUSE, cause);
         msix.set_enabled(false).unwrap();
         msix.write_entry(0, saved.0, saved.1).unwrap();
         assert!(
