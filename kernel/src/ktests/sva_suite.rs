@@ -1,0 +1,222 @@
+//! The hostile-process suite (`sva.suite` on the command line, `./qemu-run.sh --sva-suite`):
+//! ring-3 victim and attacker programs (user/programs) run side by side; each attack prints
+//! one `RESULT {"kind":"sva-attack",...}` line with `outcome` `refused` or `succeeded`, and
+//! the run ends with one `RESULT {"kind":"sva-suite-summary",...}` line and `kernel-exit`
+//! pass (no attack succeeded and every CPU still has exactly one IMS vector) or fail.
+
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+use crate::proc::{self, Process};
+
+use super::HANG;
+
+fn hang_ns() -> u64 {
+    HANG.as_nanos() as u64
+}
+
+/// The suite's tally.
+struct Suite {
+    processes: u64,
+    attacks: u64,
+    refused: u64,
+    succeeded: u64,
+    /// Highest number of IMS vectors on any CPU seen after an attack (the summary's `V`).
+    vectors_max: usize,
+    /// Lowest, likewise (V = 1 means both are 1).
+    vectors_min: usize,
+    domain: &'static ims::ImsDomain,
+}
+
+/// Why an attack counts as succeeded (the attacker got what it should not have, or the
+/// victim or the kernel's counts changed).
+type Verdict = Result<String, String>;
+
+impl Suite {
+    fn spawn(&mut self, name: &str, cpu: Option<usize>, arg: u64) -> Result<Arc<Process>, String> {
+        let p =
+            proc::spawn(name, cpu, arg).map_err(|e| alloc::format!("spawn {name}({arg}): {e}"))?;
+        self.processes += 1;
+        Ok(p)
+    }
+
+    fn record(&mut self, attack: &str, v: Verdict) {
+        self.attacks += 1;
+        for r in self.domain.report() {
+            self.vectors_max = self.vectors_max.max(r.vectors as usize);
+            self.vectors_min = self.vectors_min.min(r.vectors as usize);
+        }
+        let (outcome, detail) = match v {
+            Ok(d) => {
+                self.refused += 1;
+                ("refused", d)
+            }
+            Err(d) => {
+                self.succeeded += 1;
+                ("succeeded", d)
+            }
+        };
+        crate::println!(
+            "RESULT {{\"kind\":\"sva-attack\",\"attack\":\"{attack}\",\"outcome\":\"{outcome}\",\"detail\":\"{}\"}}",
+            json_escape(&detail)
+        );
+    }
+}
+
+fn json_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn wait(p: &Arc<Process>) -> Result<u64, String> {
+    proc::wait(p, hang_ns())
+        .map_err(|e| alloc::format!("wait for {} (pid {}): {e}", p.name(), p.pid()))
+}
+
+fn kill_and_wait(p: &Arc<Process>) -> Result<u64, String> {
+    proc::kill(p);
+    wait(p)
+}
+
+/// Live handles, free entries, live routes (IRTEs), PASIDs in use.
+fn counts(chip: &dsa::DsaIms) -> (u32, u32, usize, usize) {
+    (
+        chip.chip().live_handles(),
+        chip.chip().free_entries(),
+        crate::ims::platform().live_routes(),
+        crate::iommu::pasids_in_use(),
+    )
+}
+
+/// Vectors allocated on every CPU (the IMS domain's and everyone else's).
+fn vectors_per_cpu() -> Vec<usize> {
+    (0..crate::arch::percpu::cpu_count())
+        .map(|c| crate::irq::report(c).map_or(usize::MAX, |r| r.allocated))
+        .collect()
+}
+
+fn cpus() -> usize {
+    crate::arch::percpu::cpu_count().min(proc::MAX_CPUS)
+}
+
+/// Attack 1: handles allocated in a loop until refused. Refused when the attacker stops at
+/// `HandleQuota` holding its quota, no CPU's vector count moved, and the victim still gets a
+/// handle and a memmove completed by its interrupt; then everything is back at baseline.
+fn handle_exhaustion(s: &mut Suite, chip: &Arc<dsa::DsaIms>) -> Verdict {
+    let base = counts(chip);
+    let vectors = vectors_per_cpu();
+    let quota = crate::ims::quota();
+    let expect = quota.min(base.1);
+    let cpu = cpus() - 1;
+    // user/programs/src/bin/ims.rs case 1: allocates until HandleQuota, then sleeps.
+    let hog = s.spawn("ims", Some(cpu), 1)?;
+    let deadline = crate::time::now_ns().saturating_add(hang_ns());
+    proc::run_until(
+        || hog.ended() || chip.chip().live_handles() == base.0 + expect,
+        deadline,
+    )
+    .map_err(|e| alloc::format!("the attacker never reached its quota: {e}"))?;
+    if hog.ended() {
+        return Err(alloc::format!(
+            "the attacker ended with status {} before holding its quota",
+            hog.status()
+        ));
+    }
+    let pasid = hog.pasid().ok_or("the attacker has no PASID")?;
+    let held = chip.chip().usage(pasid);
+    if held != expect {
+        return Err(alloc::format!(
+            "the attacker holds {held} handles, quota {expect}"
+        ));
+    }
+    if vectors_per_cpu() != vectors {
+        return Err(alloc::format!(
+            "vectors per CPU moved: {vectors:?} -> {:?}",
+            vectors_per_cpu()
+        ));
+    }
+    // The victim, meanwhile: a handle, memmoves completed by its interrupt (ims.rs case 0).
+    let victim = s.spawn("ims", Some(0), 0)?;
+    let v = wait(&victim)?;
+    if v != 0 || victim.fault().is_some() {
+        return Err(alloc::format!(
+            "the victim failed (status {v}) while the attacker held {held} handles"
+        ));
+    }
+    let k = kill_and_wait(&hog)?;
+    if k != user_abi::STATUS_KILLED {
+        return Err(alloc::format!(
+            "the attacker ended with {k} before the kill"
+        ));
+    }
+    let after = counts(chip);
+    if after != base || vectors_per_cpu() != vectors {
+        return Err(alloc::format!(
+            "not back to baseline after the kill: (handles, free entries, routes, pasids) {base:?} -> {after:?}"
+        ));
+    }
+    Ok(alloc::format!(
+        "attacker got {held} handles then HandleQuota (quota {quota}); vectors per CPU unchanged {vectors:?}; victim allocated and completed memmoves by interrupt; counts back to baseline"
+    ))
+}
+
+/// Runs the suite and ends the run.
+pub fn run() -> ! {
+    let Some(dev) = crate::dsa::devices().first() else {
+        crate::exit::fail(format_args!("sva.suite: no DSA device"));
+    };
+    if !dev.has_enqcmds() || !crate::iommu::is_enabled() {
+        crate::exit::fail(format_args!("sva.suite: needs a shared WQ and the IOMMU"));
+    }
+    let chip = crate::ims::device_ims(dev)
+        .unwrap_or_else(|e| crate::exit::fail(format_args!("sva.suite: no IMS: {e}")));
+    let domain = crate::ims::system()
+        .unwrap_or_else(|e| crate::exit::fail(format_args!("sva.suite: no IMS domain: {e}")));
+    let mut s = Suite {
+        processes: 0,
+        attacks: 0,
+        refused: 0,
+        succeeded: 0,
+        vectors_max: 0,
+        vectors_min: usize::MAX,
+        domain,
+    };
+    crate::println!("sva-suite: {} CPUs, DSA {}", cpus(), dev.pci.address());
+    let v = handle_exhaustion(&mut s, &chip);
+    s.record("handle-exhaustion", v);
+    let v_ok = s.vectors_min == 1 && s.vectors_max == 1;
+    let ok = s.succeeded == 0 && v_ok && s.attacks > 0;
+    let v = if v_ok {
+        1
+    } else {
+        s.vectors_max.max(if s.vectors_min == usize::MAX {
+            0
+        } else {
+            s.vectors_min
+        })
+    };
+    crate::println!(
+        "RESULT {{\"kind\":\"sva-suite-summary\",\"processes\":{},\"attacks\":{},\"refused\":{},\"succeeded\":{},\"ims_vectors_per_cpu\":{v},\"ok\":{ok}}}",
+        s.processes,
+        s.attacks,
+        s.refused,
+        s.succeeded
+    );
+    if ok {
+        crate::exit::pass()
+    } else {
+        crate::exit::fail(format_args!(
+            "sva.suite: {} of {} attacks succeeded, IMS vectors per CPU {}..{}",
+            s.succeeded, s.attacks, s.vectors_min, s.vectors_max
+        ))
+    }
+}
