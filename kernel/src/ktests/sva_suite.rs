@@ -169,6 +169,60 @@ fn handle_exhaustion(s: &mut Suite, chip: &Arc<dsa::DsaIms>) -> Verdict {
     ))
 }
 
+/// Attack 2: ENQCMDS, WRMSR to IA32_PASID and a read of the DSA's MMIO BAR from ring 3.
+/// Refused when each attacker is killed by #GP or #PF (the kernel's one-line report), a
+/// bystander victim on the same CPU keeps running, and the victim completes DSA work after.
+fn privileged_instructions(s: &mut Suite, dev: &crate::dsa::DsaDevice) -> Verdict {
+    let bar = dev
+        .pci
+        .bar(0)
+        .map(|b| b.address)
+        .ok_or("the DSA has no BAR 0")?;
+    let cpu = if cpus() > 1 { 1 } else { 0 };
+    let bystander = s.spawn("hello", Some(cpu), u64::MAX)?;
+    let mut seen = Vec::new();
+    // user/programs/src/bin/faulter.rs: 6 ENQCMDS, 7 WRMSR 0xD93, else a read at `arg`.
+    for (what, arg, vector) in [
+        ("ENQCMDS", 6u64, 13u8),
+        ("WRMSR IA32_PASID", 7, 13),
+        ("read of the MMIO BAR", bar, 14),
+    ] {
+        let p = s.spawn("faulter", Some(cpu), arg)?;
+        let st = wait(&p)?;
+        if st != user_abi::STATUS_KILLED {
+            return Err(alloc::format!(
+                "{what}: the attacker exited with {st}, not killed"
+            ));
+        }
+        let f = p
+            .fault()
+            .ok_or_else(|| alloc::format!("{what}: killed without a fault report"))?;
+        if f.vector != vector {
+            return Err(alloc::format!(
+                "{what}: vector {}, expected {vector}",
+                f.vector
+            ));
+        }
+        if bystander.ended() {
+            return Err(alloc::format!("{what}: the bystander on CPU {cpu} ended"));
+        }
+        seen.push(alloc::format!(
+            "{what} #{}",
+            if vector == 13 { "GP" } else { "PF" }
+        ));
+    }
+    kill_and_wait(&bystander)?;
+    let victim = s.spawn("ims", Some(cpu), 0)?;
+    let v = wait(&victim)?;
+    if v != 0 || victim.fault().is_some() {
+        return Err(alloc::format!("the victim failed afterwards (status {v})"));
+    }
+    Ok(alloc::format!(
+        "attackers killed: {} (BAR {bar:#x}); bystander on cpu {cpu} survived; victim completed memmoves by interrupt after",
+        seen.join(", ")
+    ))
+}
+
 /// Runs the suite and ends the run.
 pub fn run() -> ! {
     let Some(dev) = crate::dsa::devices().first() else {
@@ -193,6 +247,8 @@ pub fn run() -> ! {
     crate::println!("sva-suite: {} CPUs, DSA {}", cpus(), dev.pci.address());
     let v = handle_exhaustion(&mut s, &chip);
     s.record("handle-exhaustion", v);
+    let v = privileged_instructions(&mut s, dev);
+    s.record("privileged-instructions", v);
     let v_ok = s.vectors_min == 1 && s.vectors_max == 1;
     let ok = s.succeeded == 0 && v_ok && s.attacks > 0;
     let v = if v_ok {
