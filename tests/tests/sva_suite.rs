@@ -5,7 +5,11 @@
 use qemu_tests::{Boot, json_field as field};
 
 /// The attacks the suite implements, in the order it runs them.
-const ATTACKS: &[&str] = &["handle-exhaustion", "privileged-instructions"];
+const ATTACKS: &[&str] = &[
+    "handle-exhaustion",
+    "privileged-instructions",
+    "kernel-and-victim-addresses",
+];
 
 #[test]
 fn sva_suite_refuses_every_attack() {

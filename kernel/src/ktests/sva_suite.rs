@@ -223,6 +223,78 @@ fn privileged_instructions(s: &mut Suite, dev: &crate::dsa::DsaDevice) -> Verdic
     ))
 }
 
+/// The victim's page (user/programs/src/bin/sva.rs `VICTIM_PAGE`) and its pattern.
+const VICTIM_PAGE: u64 = 0x6000_0000_0000;
+fn victim_byte(i: usize) -> u8 {
+    (i * 13 + 5) as u8
+}
+
+/// FNV-1a over `bytes`.
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+#[repr(C, align(4096))]
+struct KernelPage([u8; 4096]);
+
+/// Attack 3: `dsa_submit` memmoves with a kernel address (a page the suite owns) and with
+/// the victim's buffer address as destination. Refused when each is refused by the call
+/// or ends in a fault status, and both pages keep their checksums.
+fn kernel_and_victim_addresses(s: &mut Suite) -> Verdict {
+    let mut page = alloc::boxed::Box::new(KernelPage([0; 4096]));
+    for (i, b) in page.0.iter_mut().enumerate() {
+        *b = (i * 31 + 7) as u8;
+    }
+    let kernel_sum = checksum(&page.0);
+    // The kernel's identity map: this virtual address is also the physical one.
+    let kernel_addr = page.0.as_ptr() as u64;
+    let cpu = if cpus() > 2 { 2 } else { 0 };
+    let victim = s.spawn("sva", Some(cpu), 3)?;
+    let victim_page = || -> Option<&'static [u8]> {
+        let phys = victim.translate(VICTIM_PAGE)?;
+        // SAFETY: a frame of the victim's live space (identity-mapped RAM); only read,
+        // while the victim is alive (it is killed only after the last read).
+        Some(unsafe { core::slice::from_raw_parts(phys as *const u8, 4096) })
+    };
+    let deadline = crate::time::now_ns().saturating_add(hang_ns());
+    proc::run_until(
+        || victim.ended() || victim_page().is_some_and(|p| p[4095] == victim_byte(4095)),
+        deadline,
+    )
+    .map_err(|e| alloc::format!("the victim never filled its page: {e}"))?;
+    if victim.ended() {
+        return Err(alloc::format!("the victim ended with {}", victim.status()));
+    }
+    let victim_sum = victim_page()
+        .map(checksum)
+        .ok_or("the victim's page is gone")?;
+    let attacker = s.spawn("sva", Some(cpus() - 1), kernel_addr)?;
+    let st = wait(&attacker)?;
+    let kernel_after = checksum(&page.0);
+    let victim_after = victim_page().map(checksum);
+    let alive = !victim.ended();
+    kill_and_wait(&victim)?;
+    if st != 0 {
+        return Err(alloc::format!(
+            "the attacker's memmove to the {} address completed (status {st})",
+            if st == 1 { "kernel" } else { "victim" }
+        ));
+    }
+    if kernel_after != kernel_sum {
+        return Err(alloc::format!(
+            "the kernel page at {kernel_addr:#x} changed"
+        ));
+    }
+    if victim_after != Some(victim_sum) || !alive {
+        return Err("the victim's page changed or the victim ended".into());
+    }
+    Ok(alloc::format!(
+        "memmoves to kernel page {kernel_addr:#x} and victim page {VICTIM_PAGE:#x} refused or faulted; checksums unchanged (kernel {kernel_sum:#x}, victim {victim_sum:#x})"
+    ))
+}
+
 /// Runs the suite and ends the run.
 pub fn run() -> ! {
     let Some(dev) = crate::dsa::devices().first() else {
@@ -249,6 +321,8 @@ pub fn run() -> ! {
     s.record("handle-exhaustion", v);
     let v = privileged_instructions(&mut s, dev);
     s.record("privileged-instructions", v);
+    let v = kernel_and_victim_addresses(&mut s);
+    s.record("kernel-and-victim-addresses", v);
     let v_ok = s.vectors_min == 1 && s.vectors_max == 1;
     let ok = s.succeeded == 0 && v_ok && s.attacks > 0;
     let v = if v_ok {
