@@ -9,6 +9,7 @@ const ATTACKS: &[&str] = &[
     "handle-exhaustion",
     "privileged-instructions",
     "kernel-and-victim-addresses",
+    "exit-with-handles",
 ];
 
 #[test]

@@ -295,6 +295,69 @@ fn kernel_and_victim_addresses(s: &mut Suite) -> Verdict {
     ))
 }
 
+/// Attack 4: exit, and be killed, holding interrupt handles with memmoves in flight.
+/// Refused when live handles, free IMS entries, routes (IRTEs) and PASIDs are back to the
+/// baseline after each, the vectors per CPU never moved, and a new process then gets a
+/// handle and completes memmoves by interrupt.
+fn exit_with_handles(s: &mut Suite, chip: &Arc<dsa::DsaIms>) -> Verdict {
+    let base = counts(chip);
+    let vectors = vectors_per_cpu();
+    let cpu = if cpus() > 1 { 1 } else { 0 };
+    // user/programs/src/bin/ims.rs case 4: exits with the work in flight.
+    let p = s.spawn("ims", Some(cpu), 4)?;
+    let st = wait(&p)?;
+    if st != 0 {
+        return Err(alloc::format!("ims(4) failed to set up (status {st})"));
+    }
+    let after_exit = counts(chip);
+    if after_exit != base {
+        return Err(alloc::format!(
+            "after exit with work in flight: (handles, free entries, routes, pasids) {base:?} -> {after_exit:?}"
+        ));
+    }
+    // case 5: killed holding the handles, work in flight.
+    let p = s.spawn("ims", Some(cpu), 5)?;
+    let deadline = crate::time::now_ns().saturating_add(hang_ns());
+    proc::run_until(
+        || p.ended() || chip.chip().live_handles() == base.0 + 4,
+        deadline,
+    )
+    .map_err(|e| alloc::format!("ims(5) never held its 4 handles: {e}"))?;
+    if p.ended() {
+        return Err(alloc::format!(
+            "ims(5) ended with {} before the kill",
+            p.status()
+        ));
+    }
+    if kill_and_wait(&p)? != user_abi::STATUS_KILLED {
+        return Err("ims(5) was not killed".into());
+    }
+    let after_kill = counts(chip);
+    if after_kill != base {
+        return Err(alloc::format!(
+            "after kill with work in flight: (handles, free entries, routes, pasids) {base:?} -> {after_kill:?}"
+        ));
+    }
+    if vectors_per_cpu() != vectors {
+        return Err(alloc::format!(
+            "vectors per CPU moved: {vectors:?} -> {:?}",
+            vectors_per_cpu()
+        ));
+    }
+    // A new process (likely given the same PASID and entries) works normally.
+    let next = s.spawn("ims", Some(cpu), 0)?;
+    let v = wait(&next)?;
+    if v != 0 || next.fault().is_some() {
+        return Err(alloc::format!("the next process failed (status {v})"));
+    }
+    if counts(chip) != base {
+        return Err("counts not at baseline after the next process".into());
+    }
+    Ok(alloc::format!(
+        "exit with 4 handles and 4 memmoves in flight, kill once it held 4 handles (its submits may still be under way): (handles, free entries, routes, pasids) back to {base:?} each time; the next process completed memmoves by interrupt"
+    ))
+}
+
 /// Runs the suite and ends the run.
 pub fn run() -> ! {
     let Some(dev) = crate::dsa::devices().first() else {
@@ -323,6 +386,8 @@ pub fn run() -> ! {
     s.record("privileged-instructions", v);
     let v = kernel_and_victim_addresses(&mut s);
     s.record("kernel-and-victim-addresses", v);
+    let v = exit_with_handles(&mut s, &chip);
+    s.record("exit-with-handles", v);
     let v_ok = s.vectors_min == 1 && s.vectors_max == 1;
     let ok = s.succeeded == 0 && v_ok && s.attacks > 0;
     let v = if v_ok {
