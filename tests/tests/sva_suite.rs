@@ -10,6 +10,7 @@ const ATTACKS: &[&str] = &[
     "privileged-instructions",
     "kernel-and-victim-addresses",
     "exit-with-handles",
+    "pasid-loop",
 ];
 
 #[test]

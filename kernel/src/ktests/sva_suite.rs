@@ -358,6 +358,77 @@ fn exit_with_handles(s: &mut Suite, chip: &Arc<dsa::DsaIms>) -> Verdict {
     ))
 }
 
+/// Attack 5: processes created, each given a PASID on the DSA, in a loop until creation or
+/// attachment is refused. Refused when the refusal is a clean limit error (the process
+/// table's [`proc::MAX_PROCESSES`] or the IOMMU's PASIDs), every PASID was distinct, and
+/// after they are killed processes, PASIDs and IMS counts are back to the baseline.
+fn pasid_loop(s: &mut Suite, dev: &crate::dsa::DsaDevice, chip: &Arc<dsa::DsaIms>) -> Verdict {
+    let base = counts(chip);
+    let procs_before = proc::process_count();
+    let mut live: Vec<Arc<Process>> = Vec::new();
+    let mut pasids: Vec<u32> = Vec::new();
+    let mut limit = None;
+    // Bounded: the process table holds MAX_PROCESSES.
+    for i in 0..=proc::MAX_PROCESSES + 1 {
+        // user/programs/src/bin/sva.rs case 3 sleeps until killed (it maps its page first).
+        let p = match proc::spawn("sva", Some(i % cpus()), 3) {
+            Ok(p) => p,
+            Err(e) => {
+                limit = Some(alloc::format!("spawn {}: {e}", i + 1));
+                break;
+            }
+        };
+        s.processes += 1;
+        live.push(p.clone());
+        match proc::sva_attach(&p, dev) {
+            Ok(pasid) => pasids.push(pasid),
+            Err(e) => {
+                limit = Some(alloc::format!("PASID {}: {e}", i + 1));
+                break;
+            }
+        }
+    }
+    let mut ended_early = 0;
+    for p in &live {
+        if p.ended() {
+            ended_early += 1;
+        }
+        proc::kill(p);
+    }
+    for p in &live {
+        wait(p)?;
+    }
+    let limit = limit.ok_or("no limit reached")?;
+    let clean = limit.contains("limit reached") || limit.contains("xhausted");
+    let mut sorted = pasids.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let after = counts(chip);
+    if !clean {
+        return Err(alloc::format!(
+            "the loop ended with an unexpected error: {limit}"
+        ));
+    }
+    if sorted.len() != pasids.len() {
+        return Err("a PASID was handed out twice".into());
+    }
+    if ended_early != 0 {
+        return Err(alloc::format!(
+            "{ended_early} sleeping processes ended before the kill"
+        ));
+    }
+    if after != base || proc::process_count() != procs_before {
+        return Err(alloc::format!(
+            "leak: (handles, free entries, routes, pasids) {base:?} -> {after:?}, processes {procs_before} -> {}",
+            proc::process_count()
+        ));
+    }
+    Ok(alloc::format!(
+        "{} processes with distinct PASIDs, then '{limit}'; after the kill processes, PASIDs and IMS counts back to baseline",
+        pasids.len()
+    ))
+}
+
 /// Runs the suite and ends the run.
 pub fn run() -> ! {
     let Some(dev) = crate::dsa::devices().first() else {
@@ -388,6 +459,8 @@ pub fn run() -> ! {
     s.record("kernel-and-victim-addresses", v);
     let v = exit_with_handles(&mut s, &chip);
     s.record("exit-with-handles", v);
+    let v = pasid_loop(&mut s, dev, &chip);
+    s.record("pasid-loop", v);
     let v_ok = s.vectors_min == 1 && s.vectors_max == 1;
     let ok = s.succeeded == 0 && v_ok && s.attacks > 0;
     let v = if v_ok {
