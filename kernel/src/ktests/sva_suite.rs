@@ -119,6 +119,24 @@ fn handle_exhaustion(s: &mut Suite, chip: &Arc<dsa::DsaIms>) -> Verdict {
     let cpu = cpus() - 1;
     // user/programs/src/bin/ims.rs case 1: allocates until HandleQuota, then sleeps.
     let hog = s.spawn("ims", Some(cpu), 1)?;
+    let v = exhaust(s, chip, &hog, base, &vectors, expect);
+    if !hog.ended() {
+        // Only on a failure path: the success path killed it already.
+        proc::kill(&hog);
+        wait(&hog)?;
+    }
+    v
+}
+
+fn exhaust(
+    s: &mut Suite,
+    chip: &Arc<dsa::DsaIms>,
+    hog: &Arc<Process>,
+    base: (u32, u32, usize, usize),
+    vectors: &[usize],
+    expect: u32,
+) -> Verdict {
+    let quota = crate::ims::quota();
     let deadline = crate::time::now_ns().saturating_add(hang_ns());
     proc::run_until(
         || hog.ended() || chip.chip().live_handles() == base.0 + expect,
@@ -152,7 +170,7 @@ fn handle_exhaustion(s: &mut Suite, chip: &Arc<dsa::DsaIms>) -> Verdict {
             "the victim failed (status {v}) while the attacker held {held} handles"
         ));
     }
-    let k = kill_and_wait(&hog)?;
+    let k = kill_and_wait(hog)?;
     if k != user_abi::STATUS_KILLED {
         return Err(alloc::format!(
             "the attacker ended with {k} before the kill"
