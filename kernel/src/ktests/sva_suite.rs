@@ -115,7 +115,8 @@ fn handle_exhaustion(s: &mut Suite, chip: &Arc<dsa::DsaIms>) -> Verdict {
     let base = counts(chip);
     let vectors = vectors_per_cpu();
     let quota = crate::ims::quota();
-    let expect = quota.min(base.1);
+    // What stops it: the PASID's quota, the free entries or the process's id table.
+    let expect = quota.min(base.1).min(user_abi::IMS_HANDLES_MAX as u32);
     let cpu = cpus() - 1;
     // user/programs/src/bin/ims.rs case 1: allocates until HandleQuota, then sleeps.
     let hog = s.spawn("ims", Some(cpu), 1)?;
@@ -183,7 +184,8 @@ fn exhaust(
         ));
     }
     Ok(alloc::format!(
-        "attacker got {held} handles then HandleQuota (quota {quota}); vectors per CPU unchanged {vectors:?}; victim allocated and completed memmoves by interrupt; counts back to baseline"
+        "attacker got {held} handles then HandleQuota (quota {quota}, id table {}); vectors per CPU unchanged {vectors:?}; victim allocated and completed memmoves by interrupt; counts back to baseline",
+        user_abi::IMS_HANDLES_MAX
     ))
 }
 
