@@ -57,6 +57,9 @@ Machine (each also settable through the environment variable in brackets):
 Kernel command line:
   --append "ARGS"      kernel arguments (PVH boots only)      [KARGS]
   --ktest[=FILTER]     run the kernel tests (adds ktest[=FILTER] to the arguments)
+  --sva-suite          the hostile-process suite (README "SVA suite"): ring-3 attackers
+                       against a victim, one RESULT line per attack; 4 CPUs, one DSA, ktest
+                       flavour (adds sva.suite to the arguments)
   --workload SPEC      DSA workload instead of the default (adds workload=SPEC), e.g.
                        'memmove,crc:size=4k,64k:mode=dwq,swq:batch=1,32:completion=poll,irq:cpus=all'
                        ('none' skips it)
@@ -80,6 +83,7 @@ die() { echo "$PROG: $*" >&2; exit 2; }
 SMP_SET="${SMP:+1}"
 SMP="${SMP:-4}"
 IMS_BENCH=0
+SVA_SUITE=0
 CHART=""
 WORKLOAD_SET=0
 MEM="${MEM:-512M}"
@@ -129,6 +133,7 @@ while [ $# -gt 0 ]; do
     --timeout) [ $# -ge 2 ] || die "--timeout needs seconds"; TIMEOUT="$2"; shift 2 ;;
     --append) [ $# -ge 2 ] || die "--append needs arguments"; KARGS="${KARGS:+$KARGS }$2"; shift 2 ;;
     --ktest) KARGS="${KARGS:+$KARGS }ktest"; shift ;;
+    --sva-suite) SVA_SUITE=1; shift ;;
     --ktest=*) KARGS="${KARGS:+$KARGS }ktest=${1#--ktest=}"; shift ;;
     --) shift; EXTRA+=("$@"); break ;;
     *) die "unknown option '$1' (see --help)" ;;
@@ -143,6 +148,13 @@ if [ "$IMS_BENCH" = 1 ]; then
   [ -n "$SMP_SET" ] || SMP=4
   [ "$WORKLOAD_SET" = 1 ] || KARGS="${KARGS:+$KARGS }workload=none"
   KARGS="${KARGS:+$KARGS }ims.bench"
+  [ "$DSA" -ge 1 ] 2>/dev/null || DSA=1
+fi
+# --sva-suite: the hostile-process suite (README "SVA suite"): 4 CPUs and one DSA unless
+# --smp/SMP and --dsa say otherwise; its programs are in the ktest flavour.
+if [ "$SVA_SUITE" = 1 ]; then
+  [ -n "$SMP_SET" ] || SMP=4
+  KARGS="${KARGS:+$KARGS }sva.suite"
   [ "$DSA" -ge 1 ] 2>/dev/null || DSA=1
 fi
 [[ "$SMP" =~ ^[1-9][0-9]*$ ]] || die "SMP must be a positive number, not '$SMP'"
@@ -215,7 +227,7 @@ needed_flavour() {
   set -f
   for t in $KARGS; do
     case "$t" in
-      ktest|ktest=*|ktest.list|ktest.list=*) tests=1 ;;
+      ktest|ktest=*|ktest.list|ktest.list=*|sva.suite) tests=1 ;;
       ims.bench|ims.bench=*|ims.bench.*) bench=1 ;;
       workload) wl="" ;;
       workload=*) wl="${t#workload=}" ;;

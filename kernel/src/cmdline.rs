@@ -185,6 +185,10 @@ pub const ARGS: &[Arg] = &[
         key: "ktest.list",
         kind: ArgKind::Flag,
     },
+    Arg {
+        key: "sva.suite",
+        kind: ArgKind::Flag,
+    },
 ];
 
 /// Everything wrong with the command line as the boot loader passed it: values the keys

@@ -37,6 +37,9 @@ pub enum Missing {
     /// `ims.bench…`: needs the `bench` feature.
     #[cfg_attr(feature = "bench", allow(dead_code))] // only a kernel without it lacks it
     ImsBench,
+    /// `sva.suite`: the hostile-process suite runs the ktest flavour's ring-3 programs.
+    #[cfg_attr(feature = "ktest", allow(dead_code))] // only a kernel without it lacks it
+    SvaSuite,
 }
 
 impl fmt::Display for Missing {
@@ -50,6 +53,12 @@ impl fmt::Display for Missing {
                 "--workload",
             ),
             Missing::ImsBench => ("ims.bench", "the IMS benchmark", "bench", "--ims-bench"),
+            Missing::SvaSuite => (
+                "sva.suite",
+                "the hostile-process suite",
+                "ktest",
+                "--sva-suite",
+            ),
         };
         write!(
             f,
@@ -71,5 +80,17 @@ pub fn run_ktests() -> ! {
     #[cfg(not(feature = "ktest"))]
     {
         crate::exit::fail(format_args!("{}", Missing::KernelTests))
+    }
+}
+
+/// Runs the hostile-process suite (`sva.suite` on the command line).
+pub fn run_sva_suite() -> ! {
+    #[cfg(feature = "ktest")]
+    {
+        crate::ktests::sva_suite::run()
+    }
+    #[cfg(not(feature = "ktest"))]
+    {
+        crate::exit::fail(format_args!("{}", Missing::SvaSuite))
     }
 }

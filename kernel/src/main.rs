@@ -138,6 +138,8 @@ extern "C" fn main_on_guarded_stack() -> ! {
     }
     if cmdline::has("ktest") || cmdline::has("ktest.list") {
         flavour::run_ktests()
+    } else if cmdline::has("sva.suite") {
+        flavour::run_sva_suite()
     } else {
         job::main_job()
     }

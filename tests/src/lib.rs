@@ -99,7 +99,7 @@ impl Flavour {
         {
             let (key, value) = t.split_once('=').map_or((t, None), |(k, v)| (k, Some(v)));
             match key {
-                "ktest" | "ktest.list" => tests = true,
+                "ktest" | "ktest.list" | "sva.suite" => tests = true,
                 k if k == "ims.bench" || k.starts_with("ims.bench.") => bench = true,
                 "workload" => workload = value,
                 _ => {}

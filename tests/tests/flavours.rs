@@ -128,6 +128,7 @@ fn product_kernel_refuses_what_it_was_built_without() {
         ("ktest.list", "built without the kernel tests"),
         ("workload=memmove", "built without the DSA workload runner"),
         ("workload=none ims.bench", "built without the IMS benchmark"),
+        ("sva.suite", "built without the hostile-process suite"),
     ] {
         let r = Boot::flavour(Flavour::Product).smp(1).arg(args).run();
         assert_eq!(r.status, Some(1), "{args}: {}", r.serial);

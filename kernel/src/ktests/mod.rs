@@ -12,6 +12,7 @@ mod mm;
 mod pci;
 mod proc;
 mod smp;
+pub mod sva_suite;
 mod sync;
 mod time;
 

@@ -212,6 +212,11 @@ impl Process {
             _ => None,
         }
     }
+    /// The physical address its user address `virt` maps to (tests read a victim's page).
+    #[cfg(feature = "ktest")]
+    pub fn translate(&self, virt: u64) -> Option<u64> {
+        self.space.lock().translate(virt)
+    }
     /// The fault that killed it, if one did.
     pub fn fault(&self) -> Option<FaultReport> {
         *self.fault.lock()

@@ -10,6 +10,9 @@
 //! * 2: ids it does not hold (another process's `1`, 0, huge) and bad CPUs and devices,
 //!   each refused with its error; then one handle of its own (another PASID's quota being
 //!   exhausted does not matter). Exits 0, else the failing step.
+//! * 4, 5: attacker of the hostile-process suite: 4 handles, then 4 memmoves of a page each
+//!   with a completion interrupt per handle, submitted and not waited for; then 4 exits at
+//!   once (work in flight), 5 sleeps until killed. Exits non-zero only on a failure to set up.
 //! * 3: cost: exits with the average TSC delta (guest instructions under `-icount`) from a
 //!   No-op descriptor with a completion interrupt submitted to the return of the `ims_wait`
 //!   that counted it (submit call, device, IMS message, demultiplexer, wake-up, switch back).
@@ -306,8 +309,59 @@ fn cost() -> u64 {
     total / n
 }
 
+fn in_flight(exit: bool) -> u64 {
+    let Ok(buf) = user_rt::mmap(0, 9 * PAGE, PROT_READ | PROT_WRITE) else {
+        return 90;
+    };
+    let (src, dst, cr) = (buf, buf + 4 * PAGE, buf + 8 * PAGE);
+    for i in 0..4 * PAGE {
+        wr(src + i, i as u8);
+        wr(dst + i, 0);
+    }
+    for i in 0..PAGE {
+        wr(cr + i, 0);
+    }
+    for i in 0..4 {
+        let h = match user_rt::ims_alloc(0, CURRENT_CPU) {
+            Ok(h) => h,
+            Err(e) => {
+                println!("ims: allocation {i}: {e}");
+                return 91;
+            }
+        };
+        let d = desc(
+            CRAV_RCR | FLAG_RCI,
+            cr + 32 * i,
+            src + i * PAGE,
+            dst + i * PAGE,
+            PAGE as u32,
+            h as u16,
+        );
+        if let Err(e) = user_rt::dsa_submit(&d, 0) {
+            println!("ims: submit {i}: {e}");
+            return 92;
+        }
+    }
+    println!(
+        "ims: 4 handles, 4 memmoves in flight, {}",
+        if exit {
+            "exiting"
+        } else {
+            "waiting to be killed"
+        }
+    );
+    if exit {
+        return 0;
+    }
+    loop {
+        let _ = user_rt::sleep_ns(SLEEP_MAX_NS);
+    }
+}
+
 fn main(arg: u64) -> u64 {
     match arg {
+        4 => in_flight(true),
+        5 => in_flight(false),
         0 => functional(),
         1 => hog(),
         2 => abuse(),

@@ -8,6 +8,12 @@
 //!   succeed (exit 3: the device wrote through a stale translation into a freed frame).
 //! * 2: cost: exits with the average TSC delta of one submit system call (a No-op
 //!   descriptor, each completed before the next).
+//! * 3: victim of the hostile-process suite: maps one page at [`VICTIM_PAGE`], fills it with
+//!   a pattern (last byte last) and sleeps until killed; the suite checks the page.
+//! * any `arg` ≥ 0x1000: attacker of the suite: memmoves of its own page with `arg` (a
+//!   kernel address) as destination, then with [`VICTIM_PAGE`] (the victim's address, not
+//!   mapped here) as destination. Exits 0 when each is refused by the call or ends in a
+//!   fault status, 1 or 2 when one completed.
 #![no_std]
 #![no_main]
 
@@ -15,6 +21,8 @@ use user_rt::abi::{Error, PAGE, PROT_READ, PROT_WRITE};
 use user_rt::println;
 
 const MEMMOVE: u8 = 0x03;
+/// The suite's victim page (another process's address; kernel/src/ktests/sva_suite.rs).
+const VICTIM_PAGE: u64 = 0x6000_0000_0000;
 const CRAV_RCR: u32 = (1 << 2) | (1 << 3);
 
 fn desc(op: u8, flags: u32, cr: u64, src: u64, dst: u64, size: u32, dword0: u32) -> [u8; 64] {
@@ -66,7 +74,22 @@ fn run(d: &[u8; 64], cr: u64) -> Result<u8, Error> {
     Ok(await_status(cr))
 }
 
+fn victim() -> u64 {
+    if user_rt::mmap(VICTIM_PAGE, PAGE, PROT_READ | PROT_WRITE) != Ok(VICTIM_PAGE) {
+        return 90;
+    }
+    for i in 0..PAGE {
+        wr(VICTIM_PAGE + i, (i * 13 + 5) as u8);
+    }
+    loop {
+        let _ = user_rt::sleep_ns(1_000_000);
+    }
+}
+
 fn main(arg: u64) -> u64 {
+    if arg == 3 {
+        return victim();
+    }
     let Ok(buf) = user_rt::mmap(0, 4 * PAGE, PROT_READ | PROT_WRITE) else {
         return 90;
     };
@@ -203,6 +226,24 @@ fn main(arg: u64) -> u64 {
                 }
             }
             total / n
+        }
+        kernel if kernel >= 0x1000 => {
+            let mut failed = 0;
+            for (i, (what, target)) in [("kernel", kernel), ("victim", VICTIM_PAGE)]
+                .into_iter()
+                .enumerate()
+            {
+                let d = desc(MEMMOVE, CRAV_RCR, cr, src, target, 64, 0);
+                match run(&d, cr) {
+                    Ok(1) => {
+                        println!("sva: memmove to the {what} address {target:#x} completed");
+                        failed = i as u64 + 1;
+                    }
+                    Ok(s) => println!("sva: memmove to the {what} address: status {s:#x}"),
+                    Err(e) => println!("sva: memmove to the {what} address refused: {e}"),
+                }
+            }
+            failed
         }
         _ => 99,
     }
