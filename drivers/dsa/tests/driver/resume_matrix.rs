@@ -8,13 +8,17 @@
 //! * once through the driver (`Submitter::run`, `PageFault::resume`, `Submitter::resume`),
 //!
 //! and the final bytes, CRC, compare result, delta record and DIF tags must equal a run of
-//! the same descriptor without faults (the model is its own reference here). Where the
-//! driver continues an operation, its continuation descriptor must also equal the one the
-//! specification's routine builds from the same completion record. The whole matrix runs
-//! with the model's default DMA chunk and with 4 KiB chunks (pieces that straddle pages).
+//! the same descriptor without faults. That fault-free run must in turn equal the CPU
+//! reference (`bench::reference`, which shares no CRC, DIF or delta code with the model), so
+//! a model that is wrong consistently with itself (the source images' guards are made with
+//! `dsa_spec::dif`, which the model also runs) still fails. Where the driver continues an
+//! operation, its continuation descriptor must also equal the one the specification's
+//! routine builds from the same completion record. The whole matrix runs with the model's
+//! default DMA chunk and with 4 KiB chunks (pieces that straddle pages).
 
 use crate::common::*;
 use crate::spec_resume::{self as spec, Cr, Desc, Memory, cr, d, flag, op};
+use bench::reference as cpu;
 use dsa::ops::CrcSeed;
 use dsa::{
     AddressSpace, Client, ConfigSource, DeviceOptions, DifDest, DifFormat, DifSource, Notify, Op,
@@ -261,23 +265,7 @@ impl Opn {
     }
 
     fn work(&self) -> Work {
-        let format = DifFormat {
-            block: DifBlockSize::B512,
-            invert_seed: true,
-            invert_result: false,
-        };
-        let source = |s: Tags| DifSource {
-            flags: SrcDifFlags::from_bits_retain(DIF_SRC_FLAGS),
-            ref_tag: s.ref_tag,
-            app_tag_mask: s.app_mask,
-            app_tag: s.app,
-        };
-        let dest = |t: Tags| DifDest {
-            flags: DestDifFlags::from_bits_retain(DIF_DEST_FLAGS),
-            ref_tag: t.ref_tag,
-            app_tag_mask: t.app_mask,
-            app_tag: t.app,
-        };
+        let format = dif_format();
         match *self {
             Opn::MemMove { src, dst, len } => Work::memmove(src, dst, len),
             Opn::Fill { dst, len, pattern } => Work::fill(dst, len, pattern),
@@ -325,6 +313,33 @@ impl Opn {
                 t,
             } => Work::dif_update(src, dst, len, format, source(s), dest(t)),
         }
+    }
+}
+
+/// The DIF format of [`DIF_FLAGS`], and the source and destination parameters of
+/// [`DIF_SRC_FLAGS`] / [`DIF_DEST_FLAGS`] with `Tags`, as the driver and the CPU reference
+/// take them.
+fn dif_format() -> DifFormat {
+    DifFormat {
+        block: DifBlockSize::B512,
+        invert_seed: true,
+        invert_result: false,
+    }
+}
+fn source(s: Tags) -> DifSource {
+    DifSource {
+        flags: SrcDifFlags::from_bits_retain(DIF_SRC_FLAGS),
+        ref_tag: s.ref_tag,
+        app_tag_mask: s.app_mask,
+        app_tag: s.app,
+    }
+}
+fn dest(t: Tags) -> DifDest {
+    DifDest {
+        flags: DestDifFlags::from_bits_retain(DIF_DEST_FLAGS),
+        ref_tag: t.ref_tag,
+        app_tag_mask: t.app_mask,
+        app_tag: t.app,
     }
 }
 
@@ -1277,6 +1292,182 @@ fn scenarios(plat: &Arc<SimPlatform>) -> Vec<Scenario> {
     v
 }
 
+// ---- the CPU reference ---------------------------------------------------------------------
+
+/// The scenario's buffers as plain host memory, holding the images every run starts from.
+struct CpuMem(Vec<(u64, Vec<u8>)>);
+
+impl CpuMem {
+    fn of(sc: &Scenario) -> CpuMem {
+        CpuMem(
+            sc.bufs
+                .iter()
+                .map(|(b, img)| (b.iova, img.clone()))
+                .collect(),
+        )
+    }
+    fn slot(&mut self, addr: u64, len: usize) -> &mut [u8] {
+        let (base, v) = self
+            .0
+            .iter_mut()
+            .find(|(b, v)| addr >= *b && addr + len as u64 <= *b + v.len() as u64)
+            .unwrap_or_else(|| panic!("CPU reference: no buffer holds {addr:#x}+{len:#x}"));
+        let off = (addr - *base) as usize;
+        &mut v[off..off + len]
+    }
+    fn get(&mut self, addr: u64, len: u32) -> Vec<u8> {
+        self.slot(addr, len as usize).to_vec()
+    }
+    fn put(&mut self, addr: u64, data: &[u8]) {
+        self.slot(addr, data.len()).copy_from_slice(data);
+    }
+}
+
+/// One operation computed by the CPU reference (`bench::reference`: its own CRC-32C,
+/// T10-DIF, delta and pattern code, nothing shared with the model's `dsa_spec::crc` /
+/// `dsa_spec::dif`). Sources are read whole before anything is written, so an overlapping
+/// Memory Move copies as if through a temporary buffer (the specification's semantics).
+fn cpu_op(m: &mut CpuMem, o: &Opn) -> Res {
+    let tags = |t: dsa::ops::DifTags| Some((t.ref_tag, t.app_tag));
+    let dif_ok = |r: &cpu::DifRef| {
+        assert_eq!(r.error, None, "CPU reference: {o:?} fails its DIF check");
+    };
+    match *o {
+        Opn::MemMove { src, dst, len } => {
+            let s = m.get(src, len);
+            cpu::memmove(&s, m.slot(dst, len as usize));
+            Res::Done
+        }
+        Opn::Fill { dst, len, pattern } => {
+            cpu::fill(m.slot(dst, len as usize), pattern);
+            Res::Done
+        }
+        Opn::Compare { a, b, len } => {
+            let at = cpu::compare(&m.get(a, len), &m.get(b, len));
+            Res::Compare {
+                equal: at.is_none(),
+                at: at.map(|x| x as u64),
+            }
+        }
+        Opn::ComparePattern { src, len, pattern } => {
+            let at = cpu::compare_pattern(&m.get(src, len), pattern);
+            Res::Compare {
+                equal: at.is_none(),
+                at: at.map(|x| x as u64),
+            }
+        }
+        Opn::Crc { src, len, seed_at } => {
+            let seed = u32::from_le_bytes(m.get(seed_at, 4).try_into().unwrap());
+            Res::Crc(cpu::crc32c(seed, &m.get(src, len), CrcMode::default()))
+        }
+        Opn::CopyCrc {
+            src,
+            dst,
+            len,
+            seed,
+        } => {
+            let s = m.get(src, len);
+            m.put(dst, &s);
+            Res::Crc(cpu::crc32c(seed, &s, CrcMode::default()))
+        }
+        Opn::Dualcast {
+            src,
+            dst1,
+            dst2,
+            len,
+        } => {
+            let s = m.get(src, len);
+            let (mut a, mut b) = (m.get(dst1, len), m.get(dst2, len));
+            cpu::dualcast(&s, &mut a, &mut b);
+            m.put(dst1, &a);
+            m.put(dst2, &b);
+            Res::Done
+        }
+        Opn::CreateDelta {
+            a,
+            b,
+            len,
+            rec,
+            max,
+        } => {
+            let r = cpu::create_delta(&m.get(a, len), &m.get(b, len), max as usize);
+            m.put(rec, &r.record);
+            Res::Delta {
+                result: r.result as u8,
+                size: r.record.len() as u32,
+            }
+        }
+        Opn::ApplyDelta {
+            rec,
+            rec_len,
+            dst,
+            len,
+        } => {
+            let r = m.get(rec, rec_len);
+            cpu::apply_delta(&r, m.slot(dst, len as usize))
+                .unwrap_or_else(|e| panic!("CPU reference: {o:?} fails with {e:?}"));
+            Res::Done
+        }
+        Opn::DifCheck { src, len, s } => {
+            let r = cpu::dif_check(&m.get(src, len), &dif_format(), &source(s));
+            dif_ok(&r);
+            Res::Dif {
+                src: tags(r.source),
+                dst: None,
+            }
+        }
+        Opn::DifInsert { src, dst, len, t } => {
+            let r = cpu::dif_insert(&m.get(src, len), &dif_format(), &dest(t));
+            m.put(dst, &r.out);
+            Res::Dif {
+                src: None,
+                dst: tags(r.dest),
+            }
+        }
+        Opn::DifStrip { src, dst, len, s } => {
+            let r = cpu::dif_strip(&m.get(src, len), &dif_format(), &source(s));
+            dif_ok(&r);
+            m.put(dst, &r.out);
+            Res::Dif {
+                src: tags(r.source),
+                dst: None,
+            }
+        }
+        Opn::DifUpdate {
+            src,
+            dst,
+            len,
+            s,
+            t,
+        } => {
+            let r = cpu::dif_update(&m.get(src, len), &dif_format(), &source(s), &dest(t));
+            dif_ok(&r);
+            m.put(dst, &r.out);
+            Res::Dif {
+                src: tags(r.source),
+                dst: tags(r.dest),
+            }
+        }
+    }
+}
+
+/// What the scenario must produce, computed on the CPU from the images it starts from (a
+/// batch's members in order: without faults every member succeeds, so Fence changes
+/// nothing).
+fn cpu_outcome(sc: &Scenario) -> Outcome {
+    let mut m = CpuMem::of(sc);
+    let results = match &sc.body {
+        Body::Single(o) => vec![cpu_op(&mut m, o)],
+        Body::Batch { members, .. } => members.iter().map(|(o, _)| cpu_op(&mut m, o)).collect(),
+    };
+    let outputs = sc
+        .outputs
+        .iter()
+        .map(|&(a, n)| m.slot(a, n).to_vec())
+        .collect();
+    Outcome { outputs, results }
+}
+
 /// Runs the matrix on a device with DMA pieces of `chunk` bytes; returns the number of
 /// cases and the problems found.
 fn matrix(chunk: usize) -> (usize, Vec<String>) {
@@ -1294,6 +1485,14 @@ fn matrix(chunk: usize) -> (usize, Vec<String>) {
             p.is_empty() && none.faults.get() == 0,
             "{}: the fault-free run failed: {p:?}",
             sc.name
+        );
+        // The model's fault-free run is the reference only because it equals the CPU's.
+        let cpu = cpu_outcome(&sc);
+        assert!(
+            reference == cpu,
+            "{}: the fault-free run differs from the CPU reference: {}",
+            sc.name,
+            diff(&reference, &cpu)
         );
         // The driver agrees without faults too.
         sc.reset();
