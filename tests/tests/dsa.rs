@@ -16,6 +16,7 @@ const ONE_DEVICE: &[&str] = &[
     "dsa::pasid_clients_see_only_their_own_memory",
     "dsa::same_iova_in_two_pasids_reaches_different_memory",
     "dsa::page_fault_partial_completion_is_resumed_to_the_right_result",
+    "dsa::faults_on_each_operand_are_resumed",
     "dsa::full_shared_wq_is_retried_and_dedicated_credits_hold",
     "dsa::forced_swerr_is_decoded_and_a_halt_is_recovered",
     "dsa::drain_and_abort_of_wqs_and_pasids",
