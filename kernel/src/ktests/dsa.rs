@@ -615,12 +615,14 @@ ktest!(
 );
 
 /// One operation of [`faults_on_each_operand_are_resumed`]: the work over buffers of the
-/// test, its operands as (buffer, offset, length, written) and its output regions.
+/// test, its operands as (buffer, offset, length, written), its output regions, and what
+/// the CPU reference (`bench::reference`) says they and the output must be.
 struct FaultCase {
     name: &'static str,
     work: Work,
     operands: Vec<(usize, usize, usize, bool)>,
     outputs: Vec<(usize, usize, usize)>,
+    cpu: (Vec<Vec<u8>>, Output),
 }
 
 const CASE_BUF: usize = 16384;
@@ -654,12 +656,15 @@ ktest!(
             app_tag: 0x1234,
             ..Default::default()
         };
+        let copied = data[0x100..0x100 + len].to_vec();
+        let inserted = bench::reference::dif_insert(&data[0x40..0x40 + blocks * 512], &dif, &tags);
         let cases = [
             FaultCase {
                 name: "memmove",
                 work: Work::memmove(at(&bufs, 0, 0x100), at(&bufs, 1, 0x700), len as u32),
                 operands: alloc::vec![(0, 0x100, len, false), (1, 0x700, len, true)],
                 outputs: alloc::vec![(1, 0x700, len)],
+                cpu: (alloc::vec![copied.clone()], Output::Done),
             },
             FaultCase {
                 name: "dualcast",
@@ -675,6 +680,7 @@ ktest!(
                     (2, 0x600, len, true)
                 ],
                 outputs: alloc::vec![(1, 0x600, len), (2, 0x600, len)],
+                cpu: (alloc::vec![copied.clone(), copied], Output::Done),
             },
             FaultCase {
                 name: "dif insert",
@@ -690,6 +696,13 @@ ktest!(
                     (3, 0x300, blocks * 520, true)
                 ],
                 outputs: alloc::vec![(3, 0x300, blocks * 520)],
+                cpu: (
+                    alloc::vec![inserted.out],
+                    Output::Dif {
+                        source: None,
+                        dest: Some(inserted.dest),
+                    },
+                ),
             },
         ];
         let reset = |bufs: &mut [DmaBuffer]| {
@@ -713,6 +726,13 @@ ktest!(
                 .run(&case.work)
                 .unwrap_or_else(|e| panic!("{}: {e}", case.name));
             let want = snapshot(&bufs, &case.outputs);
+            // The run without faults is the reference only because it is the CPU's result.
+            assert!(
+                want == case.cpu.0 && want_out == case.cpu.1,
+                "{}: the run without faults differs from the CPU reference ({want_out:?}, want {:?})",
+                case.name,
+                case.cpu.1
+            );
             for (k, &(buf, off, n, write)) in case.operands.iter().enumerate() {
                 let mut page = off & !0xFFF;
                 while page < off + n {
