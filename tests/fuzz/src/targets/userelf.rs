@@ -8,6 +8,15 @@
 //! "Program Header") must agree: the accepted segments are exactly the image's `PT_LOAD`
 //! entries, and for an image whose header the reference reads fully (no section table or a
 //! plain one, no `PN_XNUM`), the reference's verdict (accept/refuse) is the parser's.
+//!
+//! Seeds (`corpus/userelf/`): `hello.elf` is the real `hello` program (`cargo build -p
+//! user-programs --release --target x86_64-unknown-none` with the kernel build's RUSTFLAGS,
+//! then `strip -s`); the others are hand-made headers-only images (their `PT_LOAD` file
+//! bytes are the headers themselves, so most mutations land on a field): `tiny` (one
+//! segment), `three` (text, rodata, bss with a 2 MiB alignment, plus ignored `PT_NOTE` and
+//! `PT_GNU_STACK`), `sections` (a section header table), `eight` ([`MAX_SEGMENTS`]
+//! adjacent segments), `bounds` (a segment at `USER_BASE` and one ending at the stack
+//! area). `cargo test -p fuzz` checks that each is accepted.
 
 use klib::userelf::{self, MAX_SEGMENTS, Program, STACK_BOTTOM};
 use user_abi::{PAGE, USER_BASE};
@@ -181,6 +190,19 @@ fn check_accepted(p: &Program, image: &[u8]) {
             .and_then(|(a, b)| image.get(a..b));
         assert!(bytes.is_some(), "{s:?}: file bytes outside the image");
         assert!(!(s.writable && s.executable), "{s:?}: W+X");
+        // The kernel's loader (`Space::load`) copies page by page: its arithmetic, run on the
+        // pages that hold file bytes (the rest are only zeroed), stays inside the image.
+        let mut page = s.vaddr;
+        while page < s.end_page() && page - s.vaddr < s.file_size {
+            let lo = page - s.vaddr;
+            let hi = (lo + PAGE).min(s.file_size);
+            let (a, b) = (s.file_offset + lo, s.file_offset + hi);
+            assert!(
+                a < b && b <= image.len() as u64,
+                "{s:?}: page {page:#x} copies {a}..{b}"
+            );
+            page += PAGE;
+        }
     }
     for w in segs.windows(2) {
         assert!(

@@ -13,6 +13,11 @@
 //! in the user half (§8.1.4), a transfer size of 1 ..= the device's maximum, and every
 //! address operand inside the user half. A reference validator written here from the
 //! descriptor layout (§8.1, Table 8-1) must give the same verdict and the same bytes.
+//!
+//! Seeds (`corpus/usersubmit/`): one accepted descriptor per whitelisted opcode (PASID 5,
+//! the 2 MiB limit, handle id 3 held and mapped to device handle 0x1234), No-op and Memory
+//! Move also with RCI, and `top` with its operands and completion record ending at
+//! `USER_TOP`. `cargo test -p fuzz` checks that each is accepted.
 
 use dsa_spec::{DescFlags, Opcode};
 use klib::usersubmit::{COMPLETION_ALIGN, DescError, Limits, validate};
