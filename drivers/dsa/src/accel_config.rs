@@ -62,6 +62,7 @@ pub struct DeviceEntry {
 /// A parsed accel-config file.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct AccelConfig {
+    /// The devices the file lists, in file order.
     pub devices: Vec<DeviceEntry>,
 }
 
@@ -464,6 +465,8 @@ impl AccelConfig {
 }
 
 impl DeviceEntry {
+    /// This entry as a device configuration for a device with `caps`, device-dependent
+    /// defaults filled in (missing WQ size = total / number of WQs, as accel-config does).
     pub fn resolve(&self, caps: &Capabilities) -> Result<DeviceConfig, ConfigError> {
         let default_size = (caps.total_wq_size / u16::from(caps.num_wqs.max(1))).max(1);
         let mut wqs = Vec::new();

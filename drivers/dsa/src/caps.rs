@@ -18,22 +18,37 @@ const MAX_GROUPS: u8 = 64;
 /// The device's capabilities, with the derived limits the driver uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Capabilities {
+    /// VERSION (DSA spec §9.2.1): major 1 or 2.
     pub version: Version,
+    /// GENCAP (§9.2.2): general capabilities (maximum transfer and batch, IMS size, ...).
     pub gencap: GenCap,
+    /// WQCAP (§9.2.3): WQ count, total WQ size, supported modes, WQCFG entry size.
     pub wqcap: WqCap,
+    /// GRPCAP (§9.2.4): number of groups, read buffers.
     pub grpcap: GrpCap,
+    /// ENGCAP (§9.2.5): number of engines.
     pub engcap: EngCap,
+    /// OPCAP (§9.2.6): bit n set when opcode n is supported.
     pub opcap: OpCap,
+    /// OFFSETS (§9.2.7): where the GRPCFG, WQCFG, MSIXPERM and IMS tables are in BAR0.
     pub offsets: Offsets,
     /// Valid only when GENCAP.CMD_CAP; otherwise commands 1–12 only.
     pub cmdcap: Option<CmdCap>,
+    /// Number of WQs (WQCAP, §9.2.3), 1 ..= 64.
     pub num_wqs: u8,
+    /// Number of engines (ENGCAP, §9.2.5), 1 ..= 64.
     pub num_engines: u8,
+    /// Number of groups (GRPCAP, §9.2.4), 1 ..= 64.
     pub num_groups: u8,
+    /// Total WQ space to share between the WQs, in descriptor entries (WQCAP, §9.2.3).
     pub total_wq_size: u16,
+    /// log2 of the maximum transfer size in bytes (GENCAP, §9.2.2).
     pub max_transfer_shift: u8,
+    /// log2 of the maximum batch size in descriptors (GENCAP, §9.2.2).
     pub max_batch_shift: u8,
+    /// Bytes of one WQCFG entry (WQCAP's entry-size code, §9.2.3; 32 on DSA 1.0).
     pub wqcfg_entry_size: u64,
+    /// Entries of the IMS table (GENCAP, §9.2.2); 0 without IMS.
     pub ims_entries: u32,
 }
 
@@ -177,6 +192,7 @@ impl Capabilities {
     pub fn max_batch(&self) -> u32 {
         1u32 << self.max_batch_shift
     }
+    /// True if OPCAP (§9.2.6) lists `op`.
     pub fn supports(&self, op: Opcode) -> bool {
         self.opcap.supports(op as u8)
     }
@@ -185,6 +201,8 @@ impl Capabilities {
         self.cmdcap
             .is_some_and(|c| c.supports(dsa_spec::Command::RequestIntHandle as u8))
     }
+    /// True if the device accepts command `cmd` (§9.2.12): codes 1–12 always, later
+    /// ones when CMDCAP (§9.2.14) lists them.
     pub fn command_supported(&self, cmd: dsa_spec::Command) -> bool {
         let code = cmd as u8;
         (1..=12).contains(&code) || self.cmdcap.is_some_and(|c| c.supports(code))

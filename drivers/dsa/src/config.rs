@@ -11,34 +11,51 @@ use dsa_spec::{GenCap, GrpCap, WqCap, WqMode};
 /// What a WQ is meant for (accel-config's `type`; informational here).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum WqType {
+    /// `"kernel"`: used by the kernel's own clients (the default).
     #[default]
     Kernel,
+    /// `"user"`: meant for ring-3 clients.
     User,
+    /// `"none"`: no declared use.
     None,
 }
 
-/// One WQ.
+/// One WQ: the fields of its WQCFG entry (DSA spec §9.2.24) and accel-config's labels.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WqConfig {
+    /// WQ index, `0 .. num_wqs`.
     pub id: u8,
+    /// Index of the group the WQ belongs to (GRPCFG WQ bitmap, §9.2.23).
     pub group: u8,
+    /// Dedicated or shared (WQCFG dw2 bit 0).
     pub mode: WqMode,
+    /// Descriptor entries of the device's total WQ space (WQCFG dw0).
     pub size: u16,
     /// Shared WQ: limited-portal threshold (0 = the driver uses the unlimited portal).
     pub threshold: u16,
+    /// WQ priority, 1 ..= 15 (WQCFG dw2 bits 7:4): engines serve higher first.
     pub priority: u8,
+    /// Block on page faults instead of completing partially (WQCFG dw2 bit 1; needs
+    /// GENCAP's block-on-fault support).
     pub block_on_fault: bool,
     /// Bytes; rounded up to a power of two (as Linux does).
     pub max_transfer_size: u64,
     /// Descriptors; rounded up to a power of two.
     pub max_batch_size: u32,
+    /// Disable ATS for this WQ (WQCFG dw2 bit 2; needs WQCAP's ATS-disable support).
     pub ats_disable: bool,
+    /// Disable page requests for this WQ (WQCFG dw2 bit 3; needs WQCAP's PRS-disable
+    /// support).
     pub prs_disable: bool,
+    /// accel-config's `name` (informational).
     pub name: String,
+    /// accel-config's `type` (informational).
     pub wq_type: WqType,
 }
 
 impl WqConfig {
+    /// A kernel WQ `id` in `group` with `mode` and `size` entries; priority 1, 2 MiB
+    /// maximum transfer, batches of up to 32, no threshold and no optional features.
     pub fn new(id: u8, group: u8, mode: WqMode, size: u16) -> Self {
         WqConfig {
             id,
@@ -70,27 +87,39 @@ impl WqConfig {
     }
 }
 
-/// One group.
+/// One group: the fields of its GRPCFG entry (DSA spec §9.2.23).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct GroupConfig {
+    /// Group index, `0 .. num_groups`.
     pub id: u8,
     /// Engine bitmap.
     pub engines: u64,
-    /// Traffic class A/B (None = driver default 1).
+    /// Traffic class A, 0 ..= 7 (None = driver default 1).
     pub tc_a: Option<u8>,
+    /// Traffic class B, 0 ..= 7 (None = driver default 1).
     pub tc_b: Option<u8>,
+    /// Read buffers reserved for this group (GRPCFG flags bits 15:8; needs GRPCAP's
+    /// read-buffer control).
     pub read_buffers_reserved: u8,
-    /// 0 = no limit.
+    /// Read buffers the group may use (GRPCFG flags bits 27:20); 0 = no limit.
     pub read_buffers_allowed: u8,
+    /// The group's reads count against GENCFG's global read-buffer limit (GRPCFG flags
+    /// bit 7).
     pub use_read_buffer_limit: bool,
+    /// Work descriptors in progress limit, 0 ..= 3: 0 = the maximum, n = 1/2^n of it
+    /// (GRPCFG flags bits 33:32).
     pub desc_progress_limit: u8,
+    /// Batch descriptors in progress limit, 0 ..= 3, encoded as `desc_progress_limit`
+    /// (GRPCFG flags bits 37:36).
     pub batch_progress_limit: u8,
 }
 
 /// The whole device configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct DeviceConfig {
+    /// The groups to configure (others stay empty).
     pub groups: Vec<GroupConfig>,
+    /// The WQs to configure and enable (others stay disabled, size 0).
     pub wqs: Vec<WqConfig>,
     /// GENCFG global read-buffer limit (needs GRPCAP.17).
     pub read_buffer_limit: u8,
@@ -103,105 +132,175 @@ pub enum ConfigError {
     Syntax(crate::json::SyntaxError),
     /// A key the parser does not know.
     UnknownField {
+        /// The object it appears in (`dsa0`, `wq0.1`, ...).
         object: String,
+        /// The key.
         key: String,
     },
     /// A field with a value of the wrong type or out of range.
     BadValue {
+        /// The object it appears in.
         object: String,
+        /// The key.
         key: String,
+        /// What is wrong with the value.
         why: &'static str,
     },
     /// A `dev` name that does not parse or does not belong where it appears.
     BadName {
+        /// The name as written.
         name: String,
+        /// What is wrong with it.
         why: &'static str,
     },
+    /// No WQ is configured.
     NoWqs,
+    /// A WQ index past the device's WQs (WQCAP, §9.2.3).
     WqIndex {
+        /// The index.
         wq: u8,
+        /// The device's WQ count.
         max: u8,
     },
+    /// A group index past the device's groups (GRPCAP, §9.2.4).
     GroupIndex {
+        /// The index.
         group: u8,
+        /// The device's group count.
         max: u8,
     },
+    /// An engine index past the device's engines (ENGCAP, §9.2.5).
     EngineIndex {
+        /// The index.
         engine: u8,
+        /// The device's engine count.
         max: u8,
     },
+    /// A WQ listed in two groups.
     WqInTwoGroups {
+        /// The WQ.
         wq: u8,
     },
+    /// A WQ configured twice.
     WqListedTwice {
+        /// The WQ.
         wq: u8,
     },
+    /// An engine listed in two groups.
     EngineInTwoGroups {
+        /// The engine.
         engine: u8,
     },
+    /// A group with WQs but no engine (its descriptors would never run).
     GroupWithoutEngines {
+        /// The group.
         group: u8,
     },
+    /// A configured WQ of size 0.
     WqSizeZero {
+        /// The WQ.
         wq: u8,
     },
+    /// The WQ sizes add up to more than the device's total WQ size (WQCAP, §9.2.3).
     WqSizesOverTotal {
+        /// Sum of the sizes, entries.
         sum: u32,
+        /// The device's total, entries.
         total: u16,
     },
+    /// A WQ mode the device does not offer (WQCAP, §9.2.3).
     ModeUnsupported {
+        /// The WQ.
         wq: u8,
+        /// The mode asked for.
         mode: WqMode,
     },
+    /// A shared WQ without PASID support in the device or PASID enabled in PCI.
     SharedWqWithoutPasid {
+        /// The WQ.
         wq: u8,
     },
+    /// A shared WQ's threshold above its size.
     ThresholdOverSize {
+        /// The WQ.
         wq: u8,
+        /// The threshold, entries.
         threshold: u16,
+        /// The WQ's size, entries.
         size: u16,
     },
+    /// A threshold on a dedicated WQ (it applies to shared WQs only).
     ThresholdOnDedicated {
+        /// The WQ.
         wq: u8,
     },
+    /// A priority outside 1 ..= 15.
     Priority {
+        /// The WQ.
         wq: u8,
+        /// The priority asked for.
         priority: u8,
     },
+    /// Block on fault asked for, but GENCAP (§9.2.2) does not offer it.
     BlockOnFaultUnsupported {
+        /// The WQ.
         wq: u8,
     },
+    /// A maximum transfer size of 0 or above the device's (GENCAP, §9.2.2).
     MaxTransfer {
+        /// The WQ.
         wq: u8,
+        /// The size asked for, bytes.
         value: u64,
+        /// The device's maximum, bytes.
         max: u64,
     },
+    /// A maximum batch size of 0 or above the device's (GENCAP, §9.2.2).
     MaxBatch {
+        /// The WQ.
         wq: u8,
+        /// The size asked for, descriptors.
         value: u32,
+        /// The device's maximum, descriptors.
         max: u32,
     },
+    /// ATS disable asked for, but WQCAP (§9.2.3) does not offer it.
     AtsDisableUnsupported {
+        /// The WQ.
         wq: u8,
     },
+    /// PRS disable asked for, but WQCAP (§9.2.3) does not offer it.
     PrsDisableUnsupported {
+        /// The WQ.
         wq: u8,
     },
+    /// A traffic class outside 0 ..= 7.
     TrafficClass {
+        /// The group.
         group: u8,
+        /// The class asked for.
         tc: u8,
     },
+    /// Read-buffer controls asked for, but GRPCAP (§9.2.4) does not offer them.
     ReadBuffersUnsupported {
+        /// The group.
         group: u8,
     },
+    /// The groups reserve more read buffers than the device has (GRPCAP, §9.2.4).
     ReadBuffersOverTotal {
+        /// Read buffers reserved by all groups.
         sum: u32,
+        /// The device's read buffers.
         total: u8,
     },
+    /// Progress limits outside 0 ..= 3, or asked for on a device without them.
     ProgressLimit {
+        /// The group.
         group: u8,
     },
+    /// A feature this driver does not configure.
     Unsupported {
+        /// The feature.
         what: &'static str,
     },
 }

@@ -62,12 +62,15 @@ impl DmaBuf {
         Ok(buf)
     }
 
+    /// Bytes of the buffer (at least the requested size).
     pub fn len(&self) -> usize {
         self.len
     }
+    /// True for a buffer of 0 bytes.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// The address space (no PASID or a PASID) the device reaches the buffer in.
     pub fn space(&self) -> AddressSpace {
         self.region
             .as_ref()

@@ -10,49 +10,73 @@ use dsa_spec::{Command, ResetType};
 /// Device-level errors.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DsaError {
-    /// GENSTS says Halted; `reset` is the reset type needed to leave it.
+    /// GENSTS says Halted (DSA spec §9.2.10); `reset` is the reset type needed to leave it.
     Halted {
+        /// GENSTS's reset type: what brings the device back.
         reset: ResetType,
     },
+    /// VERSION (§9.2.1) names a major version this driver does not drive (raw register).
     UnsupportedVersion(u32),
+    /// A capability register (§9.2.2–§9.2.7) is inconsistent: which check failed.
     BadCapability(&'static str),
+    /// A count in the capability registers is 0 or past the driver's limit.
     BadCount {
+        /// What was counted (WQs, engines, groups, ...).
         what: &'static str,
+        /// The count the device reported.
         value: u64,
     },
+    /// A table of OFFSETS (§9.2.7) lies inside the fixed registers or past BAR0.
     BadTableOffset {
+        /// The table (GRPCFG, WQCFG, MSIXPERM, IMS).
         table: &'static str,
+        /// Its offset in BAR0, bytes.
         offset: u64,
+        /// Its length, bytes.
         len: u64,
     },
+    /// Two tables of OFFSETS (§9.2.7) overlap.
     TablesOverlap {
+        /// The lower table.
         a: &'static str,
+        /// The table that starts inside it.
         b: &'static str,
     },
     /// BAR2 cannot hold the portals of every WQ.
     PortalBarTooSmall {
+        /// BAR2's size, bytes.
         have: u64,
+        /// Bytes the WQs' portals need.
         need: u64,
     },
+    /// The configuration does not fit the device (see [`ConfigError`]).
     Config(ConfigError),
     /// A command finished with a non-accepted CMDSTATUS error code.
     Command {
+        /// The command (§9.2.12).
         cmd: Command,
+        /// Its operand field.
         operand: u32,
+        /// CMDSTATUS's error code (§5.8.3, Table 5-8).
         status: u8,
     },
     /// A command's CMDSTATUS.active did not clear in time.
     CommandTimeout {
+        /// The command (§9.2.12).
         cmd: Command,
+        /// Its operand field.
         operand: u32,
     },
     /// The device does not implement this command (CMDCAP).
     CommandUnsupported(Command),
     /// A state check after a command failed.
     UnexpectedState {
+        /// The state read (device, WQ n, ...).
         what: &'static str,
+        /// The raw value found.
         value: u32,
     },
+    /// Allocating DMA memory for the driver's tables or records failed.
     Dma(DmaError),
     /// Every submitter registry slot is taken.
     TooManySubmitters,
@@ -60,6 +84,7 @@ pub enum DsaError {
     NoSuchWq(u8),
     /// The device was halted and could not be recovered (needs FLR or platform reset).
     Unrecoverable {
+        /// GENSTS's reset type (§9.2.10) the halt asked for.
         reset: ResetType,
     },
     /// Submissions did not quiesce before recovery.
@@ -210,23 +235,31 @@ pub enum OpError {
     DeviceUnavailable,
     /// Completion did not arrive in time (the operation may still complete later).
     Timeout,
+    /// A page fault the operation could not get past (completion status 0x03/0x04/0x06,
+    /// DSA spec §8.2.1, §5.8.1 Table 5-6).
     PageFault(PageFault),
     /// DIF check failed: status bits (byte 1) and the source offset of the failing block.
     Dif {
+        /// The completion record's DIF status bits (byte 1).
         bits: u8,
+        /// Byte offset in the source of the block that failed.
         offset: u32,
     },
     /// Apply Delta: offsets not increasing (0x07) or out of range (0x08), at record offset.
     DeltaRecord {
+        /// The completion status (0x07 or 0x08).
         status: u8,
+        /// Byte offset in the delta record of the bad entry.
         offset: u32,
     },
     /// Status 0x11 with the invalid flag bits the device named.
     InvalidFlags {
+        /// The flag bits the completion record reports as invalid.
         bits: u32,
     },
     /// Any other error status of the completion record.
     Status {
+        /// The completion status code (§8.2.1, §5.8.1 Table 5-6).
         code: u8,
     },
     /// A batch member was skipped because an earlier member failed before a fence

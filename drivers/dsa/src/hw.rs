@@ -15,7 +15,9 @@ pub use hwio::dma::{AddressSpace, DmaError, DmaMemory, DmaRegion};
 /// Outcome of an ENQCMDS (ZF = 1 means the device did not take the descriptor).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EnqStatus {
+    /// ZF = 0: the WQ accepted the descriptor.
     Accepted,
+    /// ZF = 1: the shared WQ was full (or the device refused); submit again later.
     Retry,
 }
 
@@ -153,5 +155,6 @@ pub struct PciInfo {
 
 /// Source of [`PciInfo`]. Read at bring-up and at every reconfiguration.
 pub trait Pci: Send + Sync {
+    /// The device's PCI state now.
     fn info(&self) -> PciInfo;
 }

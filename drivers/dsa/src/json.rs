@@ -17,17 +17,25 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 /// Deepest nesting of arrays and objects accepted.
 pub const MAX_DEPTH: usize = 32;
 
+/// A JSON value as accel-config files use them: numbers are integers only.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Value {
+    /// `null`.
     Null,
+    /// `true` or `false`.
     Bool(bool),
+    /// An integer that fits `i64` (fractions and exponents are refused).
     Int(i64),
+    /// A string, escapes decoded.
     Str(String),
+    /// An array, in order.
     Array(Vec<Value>),
+    /// An object's members in file order (duplicate keys kept).
     Object(Vec<(String, Value)>),
 }
 
 impl Value {
+    /// The kind of value with its article, for error messages ("a string").
     pub fn type_name(&self) -> &'static str {
         match self {
             Value::Null => "null",
@@ -44,8 +52,11 @@ impl Value {
 /// counts them) and what.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SyntaxError {
+    /// 1-based line.
     pub line: usize,
+    /// 1-based column.
     pub column: usize,
+    /// What is wrong there.
     pub what: String,
 }
 

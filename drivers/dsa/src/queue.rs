@@ -83,7 +83,9 @@ pub(crate) const K_BATCH: u8 = 1;
 /// block and must not submit on the same submitter.
 #[derive(Clone, Copy)]
 pub struct Callback {
+    /// Called once with the cookie and the completed operation.
     pub f: fn(cookie: usize, done: &Completed<'_>),
+    /// Passed to `f` unchanged (typically a pointer or an index of the caller's).
     pub cookie: usize,
 }
 
@@ -177,9 +179,11 @@ pub struct Members<'a> {
 }
 
 impl<'a> Members<'a> {
+    /// Number of members (the batch's descriptor count).
     pub fn len(&self) -> usize {
         self.count
     }
+    /// True for an empty member list (not a batch).
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
@@ -759,6 +763,7 @@ impl Credits {
             peak: AtomicU32::new(0),
         }
     }
+    /// Credits in the pool: the WQ's size in descriptors.
     pub fn size(&self) -> u32 {
         self.size
     }

@@ -6,8 +6,8 @@ use crate::ops::on_both;
 use bench::reference as cpu;
 use dsa::ops::CrcSeed;
 use dsa::{
-    AddressSpace, Client, DifDest, DifFormat, DifSource, Notify, OpError, Output, PageFault,
-    RunState, Submitter, Work,
+    AddressSpace, Client, Device, DifDest, DifFormat, DifSource, Notify, OpError, Output,
+    PageFault, RunState, Submitter, Work,
 };
 use dsa_model::fault_inject as fi;
 use dsa_spec::crc::CrcMode;
@@ -542,22 +542,30 @@ fn recovery_hooks_run_before_submissions_resume() {
     );
 }
 
+/// The driver up (deterministic) with a kernel submitter on WQ 0 that has one slot, so every
+/// submission reuses its completion record, its rarely used data and its batch list; a
+/// source of `len` pattern bytes (`seed`) and a zeroed destination.
+fn one_slot(len: usize, seed: u32) -> (Rig, Arc<Device>, Submitter, TestBuffer, TestBuffer) {
+    let (rig, dev) = up(Exec::Deterministic);
+    let opts = dsa::SubmitterOptions {
+        slots: 1,
+        ..Default::default()
+    };
+    let s = Submitter::new(&dev, 0, Client::kernel(), opts).unwrap();
+    assert_eq!(s.capacity(), 1);
+    let src = rig.plat.buf(AddressSpace::NoPasid, len);
+    let dst = rig.plat.buf(AddressSpace::NoPasid, len);
+    src.write(0, &pattern(len, seed));
+    (rig, dev, s, src, dst)
+}
+
 #[test]
 fn a_slot_reused_after_a_resumed_operation_decodes_its_own_operation() {
     // One slot: every submission reuses it. A resumed operation leaves its original in the
     // slot's rarely used data; a later batch and then a single operation in the same slot
     // must decode against their own descriptors (a stale original once made the single
     // decode as the resumed memmove's continuation).
-    let (rig, dev) = up(Exec::Deterministic);
-    let opts = dsa::SubmitterOptions {
-        slots: 1,
-        ..Default::default()
-    };
-    let mut s = Submitter::new(&dev, 0, Client::kernel(), opts).unwrap();
-    assert_eq!(s.capacity(), 1);
-    let src = rig.plat.buf(AddressSpace::NoPasid, 3 * 4096);
-    let dst = rig.plat.buf(AddressSpace::NoPasid, 3 * 4096);
-    src.write(0, &pattern(3 * 4096, 5));
+    let (rig, _dev, mut s, src, dst) = one_slot(3 * 4096, 5);
     rig.plat
         .set_mapped(AddressSpace::NoPasid, src.at(4096), 4096, false);
     let plat = rig.plat.clone();
@@ -601,15 +609,7 @@ fn a_batch_list_reused_after_a_member_with_high_words_holds_zero_reserved_fields
     // entry only (words 5–7 are kept zero); a CRC member writes its seed into word 5, so
     // the list must be zeroed again before the next batch, or the memmove that takes that
     // entry next carries a non-zero reserved field (the model refuses it).
-    let (rig, dev) = up(Exec::Deterministic);
-    let opts = dsa::SubmitterOptions {
-        slots: 1,
-        ..Default::default()
-    };
-    let mut s = Submitter::new(&dev, 0, Client::kernel(), opts).unwrap();
-    let src = rig.plat.buf(AddressSpace::NoPasid, 8192);
-    let dst = rig.plat.buf(AddressSpace::NoPasid, 8192);
-    src.write(0, &pattern(8192, 9));
+    let (_rig, _dev, mut s, src, dst) = one_slot(8192, 9);
     let first = [
         Work::crc(src.at(0), 64, 0xFFFF_FFFF),
         Work::copy_crc(src.at(64), dst.at(64), 64, 0x1234_5678),

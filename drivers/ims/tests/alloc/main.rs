@@ -101,6 +101,41 @@ fn cycles(
     );
 }
 
+/// The IMS kinds of one queue: `q` submits `w[0]` (then the batch `w`) with an IMS
+/// completion interrupt and callback `cbs[0]` (`cbs[1]`); the completion is CPU 0's pending
+/// interrupt taken (the shared vector's demultiplexer or posted mode's harvest), which must
+/// deliver exactly that callback.
+fn ims_cycles(
+    names: [&str; 2],
+    m: &Machine,
+    rig: &DsaRig,
+    q: &mut Submitter,
+    w: &[Work],
+    cbs: [Callback; 2],
+) {
+    for (batch, cb) in [(false, cbs[0]), (true, cbs[1])] {
+        let want = Cell::new(DELIVERED.load(SeqCst));
+        let qa = &mut *q;
+        cycles(
+            names[usize::from(batch)],
+            m,
+            rig,
+            || {
+                want.set(want.get() + 1);
+                if batch {
+                    qa.submit_batch_cb(w, Notify::Ims, cb).unwrap();
+                } else {
+                    qa.submit_cb(&w[0], Notify::Ims, cb).unwrap();
+                }
+            },
+            || {
+                m.take_pending(0);
+                DELIVERED.load(SeqCst) == want.get()
+            },
+        );
+    }
+}
+
 #[test]
 fn hot_paths_allocate_nothing() {
     let m = Machine::with_posting(1);
@@ -185,27 +220,14 @@ fn hot_paths_allocate_nothing() {
     let mut q = Submitter::new(&rig.dev, swq, Client::pasid(PASID, false), opts()).unwrap();
     let ic = OwnerId::new(1, PASID).unwrap();
     let handle = chip.allocate_bound(&ic, 0, &mut q).unwrap();
-    for (batch, cb) in [(false, single_cb), (true, batch_cb)] {
-        let want = Cell::new(DELIVERED.load(SeqCst));
-        let qa = &mut q;
-        cycles(
-            if batch { "ims batch" } else { "ims single" },
-            &m,
-            &rig,
-            || {
-                want.set(want.get() + 1);
-                if batch {
-                    qa.submit_batch_cb(&cw, Notify::Ims, cb).unwrap();
-                } else {
-                    qa.submit_cb(&cw[0], Notify::Ims, cb).unwrap();
-                }
-            },
-            || {
-                m.take_pending(0);
-                DELIVERED.load(SeqCst) == want.get()
-            },
-        );
-    }
+    ims_cycles(
+        ["ims single", "ims batch"],
+        &m,
+        &rig,
+        &mut q,
+        &cw,
+        [single_cb, batch_cb],
+    );
     assert_eq!(
         domain.stats(0).unwrap().completions,
         2 * (CYCLES as u64 + 4),
@@ -229,31 +251,14 @@ fn hot_paths_allocate_nothing() {
         .unwrap();
     let mut q = Submitter::new(&rig.dev, swq, Client::pasid(PASID, false), opts()).unwrap();
     let handle = pchip.allocate_bound(&ic, 0, &mut q).unwrap();
-    for (batch, cb) in [(false, single_cb), (true, batch_cb)] {
-        let want = Cell::new(DELIVERED.load(SeqCst));
-        let qa = &mut q;
-        cycles(
-            if batch {
-                "posted batch"
-            } else {
-                "posted single"
-            },
-            &m,
-            &rig,
-            || {
-                want.set(want.get() + 1);
-                if batch {
-                    qa.submit_batch_cb(&cw, Notify::Ims, cb).unwrap();
-                } else {
-                    qa.submit_cb(&cw[0], Notify::Ims, cb).unwrap();
-                }
-            },
-            || {
-                m.take_pending(0);
-                DELIVERED.load(SeqCst) == want.get()
-            },
-        );
-    }
+    ims_cycles(
+        ["posted single", "posted batch"],
+        &m,
+        &rig,
+        &mut q,
+        &cw,
+        [single_cb, batch_cb],
+    );
     assert_eq!(
         posted.stats(0).unwrap().completions,
         2 * (CYCLES as u64 + 4),

@@ -10,6 +10,8 @@ mod dmar;
 mod dsa_regs;
 mod memmap;
 mod pci_caps;
+mod userelf;
+mod usersubmit;
 mod vtd_regs;
 mod workload;
 
@@ -86,6 +88,18 @@ pub const ALL: &[Target] = &[
         run: vtd_regs::run,
         dict: &[],
     },
+    Target {
+        name: "userelf",
+        about: "a ring-3 program's ELF image (klib::userelf), checked against the loader's promises and a reference reader",
+        run: userelf::run,
+        dict: &[],
+    },
+    Target {
+        name: "usersubmit",
+        about: "a DSA descriptor from ring 3 (klib::usersubmit), checked against the forced fields and a reference validator",
+        run: usersubmit::run,
+        dict: &[],
+    },
 ];
 
 /// Little-endian integer readers that never fail (missing bytes read as 0), for targets
@@ -122,4 +136,28 @@ pub fn fix_table(t: &mut [u8], flags: u8, checksum_at: usize) {
         let sum = t.iter().fold(0u8, |s, &b| s.wrapping_add(b));
         t[checksum_at] = 0u8.wrapping_sub(sum);
     }
+}
+
+/// `n` inputs mutated from target `name`'s committed corpus with seed 1, as the harness
+/// derives them (for tests that check what a target's runs reach).
+#[cfg(test)]
+pub fn mutated(name: &str, n: usize) -> Vec<Vec<u8>> {
+    use crate::mutate::{Rng, mutate};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("corpus")
+        .join(name);
+    let mut corpus: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    corpus.sort();
+    let mut rng = Rng::new(1);
+    (0..n)
+        .map(|_| {
+            let mut input = corpus[rng.below(corpus.len())].clone();
+            let other = corpus[rng.below(corpus.len())].clone();
+            mutate(&mut rng, &mut input, &other, &[]);
+            input
+        })
+        .collect()
 }
