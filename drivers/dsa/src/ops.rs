@@ -15,6 +15,7 @@ use dsa_spec::{CompletionRecord, DescFlags, Descriptor, GenCap, Opcode};
 /// Where the CRC seed comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CrcSeed {
+    /// The seed itself, in descriptor bytes 40–43 (DSA spec §8.3.12).
     Value(u32),
     /// Device address of a 4-byte-aligned u32 (flag 16).
     Memory(u64),
@@ -23,32 +24,46 @@ pub enum CrcSeed {
 /// Source-side protection information parameters (Check, Strip, Update).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct DifSource {
+    /// Source DIF flags (descriptor byte 40, DSA spec §8.3.14): which checks run, how the
+    /// tags advance from block to block, all-F detection.
     pub flags: SrcDifFlags,
+    /// Reference tag expected in the first source block (descriptor bytes 48–51).
     pub ref_tag: u32,
-    /// Bits set are not compared.
+    /// Application tag bits that are not compared: a set bit is ignored (bytes 52–53).
     pub app_tag_mask: u16,
+    /// Application tag expected in the first source block (bytes 54–55).
     pub app_tag: u16,
 }
 
 /// Destination-side protection information parameters (Insert, Update).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct DifDest {
+    /// Destination DIF flags (descriptor byte 41, DSA spec §8.3.15): which tags are
+    /// passed through from the source and how generated tags advance per block.
     pub flags: DestDifFlags,
+    /// Reference tag written into the first destination block (descriptor bytes 56–59).
     pub ref_tag: u32,
+    /// Application tag mask of the destination side (descriptor bytes 60–61).
     pub app_tag_mask: u16,
+    /// Application tag written into the first destination block (bytes 62–63).
     pub app_tag: u16,
 }
 
 /// DIF block format shared by the four DIF ops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DifFormat {
+    /// Data bytes per protection-information tuple: 512, 520, 4096 or 4104 (DIF flags
+    /// bits 1:0, descriptor byte 42; DSA spec §8.3.14).
     pub block: DifBlockSize,
-    /// Guard seed/result inversion (bits 2 and 3 of the DIF flags byte).
+    /// Guard seed/result inversion (bits 2 and 3 of the DIF flags byte): start the guard
+    /// CRC-16 from 0xFFFF instead of 0.
     pub invert_seed: bool,
+    /// Invert the guard CRC-16 before it is stored or compared (DIF flags bit 3).
     pub invert_result: bool,
 }
 
 impl DifFormat {
+    /// A format with `block`-sized blocks and neither guard inversion.
     pub fn new(block: DifBlockSize) -> Self {
         DifFormat {
             block,
@@ -56,12 +71,14 @@ impl DifFormat {
             invert_result: false,
         }
     }
+    /// The DIF flags byte (descriptor byte 42) this format encodes to.
     pub fn flags(&self) -> DifFlags {
         let mut f = DifFlags::from_bits_retain(self.block as u8);
         f.set(DifFlags::INVERT_CRC_SEED, self.invert_seed);
         f.set(DifFlags::INVERT_CRC_RESULT, self.invert_result);
         f
     }
+    /// Data bytes of one block, without the 8-byte protection information.
     pub fn block_bytes(&self) -> u32 {
         self.block.bytes()
     }
@@ -70,105 +87,199 @@ impl DifFormat {
 /// One operation, with device addresses in the submitter's address space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
+    /// No-op (opcode 0x00, DSA spec §8.3.1): does no work and only writes its completion
+    /// record; the cheapest descriptor, for measuring and testing the submission path.
     Noop,
     /// Completes after every earlier descriptor of this WQ (dedicated) or of this PASID in
     /// this WQ (shared).
     Drain,
+    /// Memory Move (0x03, DSA spec §8.3.4): copies `len` bytes from `src` to `dst`.
+    /// Overlapping buffers need GENCAP's overlapping-copy capability.
     MemMove {
+        /// Source address (descriptor bytes 16–23).
         src: u64,
+        /// Destination address (bytes 24–31).
         dst: u64,
+        /// Bytes to copy.
         len: u32,
     },
+    /// Fill (0x04, DSA spec §8.3.5): writes the 8-byte `pattern` repeatedly over `len`
+    /// bytes at `dst`.
     Fill {
+        /// Destination address.
         dst: u64,
+        /// Bytes to write (need not be a multiple of 8: the last copy is cut short).
         len: u32,
+        /// The pattern, little-endian: bits 7:0 go to the first destination byte.
         pattern: u64,
     },
-    /// `expect_equal`: use Check Result (the result is a predicate for fenced batches).
+    /// Compare (0x05, DSA spec §8.3.6): compares `len` bytes at `src1` and `src2`; the
+    /// completion record tells whether they are equal and where they first differ.
     Compare {
+        /// First source address.
         src1: u64,
+        /// Second source address.
         src2: u64,
+        /// Bytes to compare.
         len: u32,
+        /// `Some(expected)` sets Check Result (flag 7, §8.1.3): the descriptor succeeds
+        /// only if equality is `expected`, otherwise it completes with a false predicate,
+        /// which makes a later fenced batch member abandon the rest of the batch.
         expect_equal: Option<bool>,
     },
+    /// Compare Pattern (0x06, DSA spec §8.3.7): compares `len` bytes at `src` with the
+    /// 8-byte `pattern` repeated.
     ComparePattern {
+        /// Source address.
         src: u64,
+        /// Bytes to compare.
         len: u32,
+        /// The pattern value itself (descriptor bytes 24–31, not an address), little-endian.
         pattern: u64,
+        /// Check Result, as for [`Op::Compare`].
         expect_equal: Option<bool>,
     },
-    /// `expect_mask`: Check Result with a mask of acceptable results (bit 0 identical,
-    /// bit 1 record written, bit 2 overflow).
+    /// Create Delta Record (0x07, DSA spec §8.3.8): compares `src1` (the original) with
+    /// `src2` (the new data) in 8-byte words and writes a record of the words that differ
+    /// (10-byte entries: offset in 8-byte units, then the new word).
     CreateDelta {
+        /// The original data; 8-byte aligned.
         src1: u64,
+        /// The new data; 8-byte aligned.
         src2: u64,
+        /// Bytes to compare: a multiple of 8, at most 512 KiB.
         len: u32,
+        /// Where the delta record is written (descriptor bytes 40–47).
         record: u64,
+        /// Room for the record in bytes: a multiple of 10, at least 80 (bytes 48–51).
         record_max: u32,
+        /// `Some(mask)` sets Check Result with a mask of acceptable results (descriptor
+        /// byte 56; bit 0 identical, bit 1 record written, bit 2 overflow).
         expect_mask: Option<u8>,
     },
+    /// Apply Delta Record (0x08, DSA spec §8.3.9): writes each entry of a record made by
+    /// Create Delta into `dst`, turning a copy of the original into the new data.
     ApplyDelta {
+        /// Address of the delta record (descriptor bytes 16–23).
         record: u64,
+        /// Bytes of the record: a multiple of 10, at least 10 (bytes 40–43).
         record_len: u32,
+        /// Destination to patch; 8-byte aligned.
         dst: u64,
+        /// Bytes of the destination region (a multiple of 8): every entry's offset must
+        /// lie inside it.
         len: u32,
     },
+    /// Memory Copy with Dualcast (0x09, DSA spec §8.3.10): copies `len` bytes from `src`
+    /// to both `dst1` and `dst2`.
     Dualcast {
+        /// Source address.
         src: u64,
+        /// First destination (descriptor bytes 24–31).
         dst1: u64,
+        /// Second destination (bytes 40–47); bits 11:0 must equal those of `dst1`.
         dst2: u64,
+        /// Bytes to copy to each destination.
         len: u32,
     },
+    /// CRC Generation (0x10, DSA spec §8.3.12): the CRC-32C of `len` bytes at `src`,
+    /// returned in the completion record.
     CrcGen {
+        /// Source address.
         src: u64,
+        /// Bytes to checksum.
         len: u32,
+        /// Initial CRC value, in the descriptor or in memory.
         seed: CrcSeed,
+        /// Inversion and reflection bypasses (flags 17 and 18); the default is standard
+        /// CRC-32C.
         mode: CrcMode,
     },
+    /// Copy with CRC Generation (0x11, DSA spec §8.3.13): [`Op::MemMove`] and
+    /// [`Op::CrcGen`] of the source in one pass; `src` and `dst` must not overlap.
     CopyCrc {
+        /// Source address.
         src: u64,
+        /// Destination address.
         dst: u64,
+        /// Bytes to copy and checksum.
         len: u32,
+        /// Initial CRC value.
         seed: CrcSeed,
+        /// Inversion and reflection bypasses, as for [`Op::CrcGen`].
         mode: CrcMode,
     },
+    /// DIF Check (0x12, DSA spec §8.3.14): verifies the T10 protection information of
+    /// every block at `src`; nothing is written but the completion record.
     DifCheck {
+        /// Source: blocks of data each followed by its 8-byte protection information.
         src: u64,
+        /// Source bytes: a multiple of block size + 8.
         len: u32,
+        /// Block size and guard inversion.
         format: DifFormat,
+        /// What to check and the first block's expected tags.
         source: DifSource,
     },
+    /// DIF Insert (0x13, DSA spec §8.3.15): copies plain blocks from `src` to `dst`,
+    /// appending generated protection information to each.
     DifInsert {
+        /// Source: plain data blocks.
         src: u64,
+        /// Destination: each block followed by 8 bytes of protection information.
         dst: u64,
+        /// Source bytes: a multiple of the block size.
         len: u32,
+        /// Block size and guard inversion.
         format: DifFormat,
+        /// The tags to generate for the first block and how they advance.
         dest: DifDest,
     },
+    /// DIF Strip (0x14, DSA spec §8.3.16): checks the protection information at `src` and
+    /// copies only the data blocks to `dst`.
     DifStrip {
+        /// Source: blocks each followed by 8 bytes of protection information.
         src: u64,
+        /// Destination: plain data blocks.
         dst: u64,
+        /// Source bytes: a multiple of block size + 8.
         len: u32,
+        /// Block size and guard inversion.
         format: DifFormat,
+        /// What to check and the first block's expected tags.
         source: DifSource,
     },
+    /// DIF Update (0x15, DSA spec §8.3.17): checks the source protection information and
+    /// copies the blocks with new (or passed-through) tags.
     DifUpdate {
+        /// Source: blocks each followed by 8 bytes of protection information.
         src: u64,
+        /// Destination, same layout and size as the source.
         dst: u64,
+        /// Source bytes: a multiple of block size + 8.
         len: u32,
+        /// Block size and guard inversion (both sides).
         format: DifFormat,
+        /// What to check on the source side.
         source: DifSource,
+        /// What to write on the destination side.
         dest: DifDest,
     },
-    /// `keep`: write back but keep the lines cached (flag 8).
+    /// Cache Flush (0x20, DSA spec §8.3): writes back the CPU cache lines covering
+    /// `len` bytes at `addr`, so that a later non-coherent reader sees the data.
     CacheFlush {
+        /// Start of the range (descriptor bytes 24–31).
         addr: u64,
+        /// Bytes of the range.
         len: u32,
+        /// Write back but keep the lines cached (flag 8; needs GENCAP's cache-control
+        /// capability); false invalidates them too.
         keep: bool,
     },
 }
 
 impl Op {
+    /// The descriptor opcode (byte 7, DSA spec §8.1.2) of this operation.
     pub fn opcode(&self) -> Opcode {
         match self {
             Op::Noop => Opcode::Noop,
@@ -210,6 +321,7 @@ impl Op {
             | Op::CacheFlush { len, .. } => len,
         }
     }
+    /// True when the transfer size is 0 (always for No-op and Drain).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -244,12 +356,15 @@ impl Op {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
 pub struct Work {
+    /// The operation and its operands.
     pub op: Op,
     /// Destination writes allocate in the LLC (flag 8, GENCAP.2). Not for Cache Flush
     /// (use its `keep`).
     pub cache_write: bool,
     /// Destination readback before completion (flag 14, GENCAP.8).
     pub dest_readback: bool,
+    /// Destination writes become globally visible in address order (flag 13); slower,
+    /// for consumers that poll the destination itself.
     pub strict_ordering: bool,
     /// Block on fault (flag 1; needs GENCAP.0 and a WQ configured with block_on_fault).
     pub block_on_fault: bool,
@@ -275,6 +390,8 @@ impl Work {
             u8::from(self.block_on_fault),
         ])
     }
+    /// `op` with every option off (no fence, no cache control, no readback, relaxed
+    /// ordering, faults complete partially).
     pub const fn new(op: Op) -> Self {
         Work {
             op,
@@ -285,18 +402,23 @@ impl Work {
             block_on_fault: false,
         }
     }
+    /// A No-op ([`Op::Noop`]).
     pub const fn noop() -> Self {
         Self::new(Op::Noop)
     }
+    /// A Drain descriptor ([`Op::Drain`]); not valid inside a batch.
     pub const fn drain() -> Self {
         Self::new(Op::Drain)
     }
+    /// Copy `len` bytes from `src` to `dst` ([`Op::MemMove`]).
     pub const fn memmove(src: u64, dst: u64, len: u32) -> Self {
         Self::new(Op::MemMove { src, dst, len })
     }
+    /// Fill `len` bytes at `dst` with the 8-byte `pattern` ([`Op::Fill`]).
     pub const fn fill(dst: u64, len: u32, pattern: u64) -> Self {
         Self::new(Op::Fill { dst, len, pattern })
     }
+    /// Compare `len` bytes at `src1` and `src2`, without Check Result ([`Op::Compare`]).
     pub const fn compare(src1: u64, src2: u64, len: u32) -> Self {
         Self::new(Op::Compare {
             src1,
@@ -305,6 +427,8 @@ impl Work {
             expect_equal: None,
         })
     }
+    /// Compare `len` bytes at `src` with `pattern` repeated, without Check Result
+    /// ([`Op::ComparePattern`]).
     pub const fn compare_pattern(src: u64, len: u32, pattern: u64) -> Self {
         Self::new(Op::ComparePattern {
             src,
@@ -313,6 +437,8 @@ impl Work {
             expect_equal: None,
         })
     }
+    /// Record the 8-byte words where `src2` differs from `src1` into at most `record_max`
+    /// bytes at `record`, without Check Result ([`Op::CreateDelta`]).
     pub const fn create_delta(
         src1: u64,
         src2: u64,
@@ -329,6 +455,8 @@ impl Work {
             expect_mask: None,
         })
     }
+    /// Apply the `record_len`-byte delta record at `record` to the `len` bytes at `dst`
+    /// ([`Op::ApplyDelta`]).
     pub const fn apply_delta(record: u64, record_len: u32, dst: u64, len: u32) -> Self {
         Self::new(Op::ApplyDelta {
             record,
@@ -337,6 +465,7 @@ impl Work {
             len,
         })
     }
+    /// Copy `len` bytes from `src` to both `dst1` and `dst2` ([`Op::Dualcast`]).
     pub const fn dualcast(src: u64, dst1: u64, dst2: u64, len: u32) -> Self {
         Self::new(Op::Dualcast {
             src,
@@ -345,6 +474,8 @@ impl Work {
             len,
         })
     }
+    /// Standard CRC-32C of `len` bytes at `src`, starting from `seed` (0 for a fresh CRC,
+    /// an earlier result to chain) ([`Op::CrcGen`]).
     pub const fn crc(src: u64, len: u32, seed: u32) -> Self {
         Self::new(Op::CrcGen {
             src,
@@ -356,6 +487,8 @@ impl Work {
             },
         })
     }
+    /// Copy `len` bytes from `src` to `dst` and return their standard CRC-32C, starting
+    /// from `seed` ([`Op::CopyCrc`]).
     pub const fn copy_crc(src: u64, dst: u64, len: u32, seed: u32) -> Self {
         Self::new(Op::CopyCrc {
             src,
@@ -368,6 +501,7 @@ impl Work {
             },
         })
     }
+    /// Check the protection information of the `len` bytes at `src` ([`Op::DifCheck`]).
     pub const fn dif_check(src: u64, len: u32, format: DifFormat, source: DifSource) -> Self {
         Self::new(Op::DifCheck {
             src,
@@ -376,6 +510,8 @@ impl Work {
             source,
         })
     }
+    /// Copy `len` bytes of plain blocks from `src` to `dst`, inserting protection
+    /// information ([`Op::DifInsert`]).
     pub const fn dif_insert(
         src: u64,
         dst: u64,
@@ -391,6 +527,8 @@ impl Work {
             dest,
         })
     }
+    /// Check the protected blocks at `src` and copy their data to `dst` without the
+    /// protection information ([`Op::DifStrip`]).
     pub const fn dif_strip(
         src: u64,
         dst: u64,
@@ -406,6 +544,8 @@ impl Work {
             source,
         })
     }
+    /// Check the protected blocks at `src` and copy them to `dst` with updated tags
+    /// ([`Op::DifUpdate`]).
     pub const fn dif_update(
         src: u64,
         dst: u64,
@@ -423,25 +563,32 @@ impl Work {
             dest,
         })
     }
+    /// Write back the cache lines of `len` bytes at `addr`; `keep` leaves them cached
+    /// ([`Op::CacheFlush`]).
     pub const fn cache_flush(addr: u64, len: u32, keep: bool) -> Self {
         Self::new(Op::CacheFlush { addr, len, keep })
     }
+    /// Sets Fence ([`Work::fence`]); batch members only.
     pub const fn with_fence(mut self) -> Self {
         self.fence = true;
         self
     }
+    /// Sets cache control ([`Work::cache_write`]).
     pub const fn with_cache_write(mut self) -> Self {
         self.cache_write = true;
         self
     }
+    /// Sets destination readback ([`Work::dest_readback`]).
     pub const fn with_dest_readback(mut self) -> Self {
         self.dest_readback = true;
         self
     }
+    /// Sets strict ordering ([`Work::strict_ordering`]).
     pub const fn with_strict_ordering(mut self) -> Self {
         self.strict_ordering = true;
         self
     }
+    /// Sets block on fault ([`Work::block_on_fault`]).
     pub const fn with_block_on_fault(mut self) -> Self {
         self.block_on_fault = true;
         self
@@ -453,18 +600,31 @@ impl Work {
 pub enum ValidationError {
     /// Not in OPCAP.
     Unsupported(Opcode),
+    /// The transfer size exceeds the WQ's maximum transfer size (WQCFG, DSA spec §9.2.24);
+    /// the device would complete with status 0x13.
     TooLarge {
+        /// The operation's transfer size in bytes.
         len: u64,
+        /// The WQ's limit in bytes.
         max: u64,
     },
+    /// Size 0 where the operation needs data (Create/Apply Delta, the DIF operations).
     ZeroLength,
+    /// An address the operation requires aligned is not (status 0x1C on the device).
     Misaligned {
+        /// Which operand, for the message.
         what: &'static str,
+        /// The misaligned address.
         addr: u64,
+        /// The required alignment in bytes.
         align: u64,
     },
+    /// The transfer size is not a whole number of the operation's units (8-byte words for
+    /// the delta operations, blocks for DIF).
     LengthNotMultiple {
+        /// The transfer size in bytes.
         len: u32,
+        /// The unit it must be a multiple of, in bytes.
         of: u32,
     },
     /// A buffer wraps past the end of the address space.
@@ -473,18 +633,28 @@ pub enum ValidationError {
     Overlap,
     /// Dualcast destinations must agree in address bits 11:0.
     DualcastAddress {
+        /// First destination.
         dst1: u64,
+        /// Second destination.
         dst2: u64,
     },
+    /// Create Delta's maximum record size (bytes) is not a multiple of 10 of at least 80
+    /// (DSA spec §8.3.8).
     DeltaRecordMax(u32),
+    /// Apply Delta's record size (bytes) is not a non-zero multiple of 10 (§8.3.9).
     DeltaRecordLen(u32),
     /// Create Delta covers at most 512 KiB (16-bit offsets in 8-byte units).
     DeltaTooLong(u32),
     /// A descriptor flag the device or WQ does not support.
     FlagUnsupported(&'static str),
+    /// A batch's descriptor count is outside what the device and WQ accept (DSA spec
+    /// §8.3.2; status 0x14 on the device).
     BatchSize {
+        /// Descriptors in the batch.
         count: usize,
+        /// Fewest the device accepts.
         min: usize,
+        /// Most the WQ accepts (its maximum batch size).
         max: usize,
     },
     /// Drain cannot be a batch member.
@@ -530,8 +700,11 @@ impl core::error::Error for ValidationError {}
 /// What validation needs to know about the target WQ.
 #[derive(Clone, Copy, Debug)]
 pub struct WqLimits {
+    /// Largest transfer size in bytes (2^WQCFG max transfer shift, DSA spec §9.2.24).
     pub max_transfer: u64,
+    /// Most descriptors in one batch (2^WQCFG max batch shift).
     pub max_batch: u32,
+    /// The WQ is configured to honour Block On Fault (WQCFG block-on-fault enable).
     pub block_on_fault: bool,
 }
 
@@ -921,7 +1094,9 @@ impl Work {
 /// Create Delta outcome (CR byte 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeltaResult {
+    /// The sources are equal: the record is empty (result 0).
     Identical,
+    /// The sources differ and the record lists every difference (result 1).
     Written,
     /// The record reached its maximum size; `bytes_compared` tells how far it got.
     Overflow,
@@ -930,31 +1105,51 @@ pub enum DeltaResult {
 /// DIF tags for the block after the last one processed (CR bytes 16–23 / 24–31).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DifTags {
+    /// Reference tag of the next block.
     pub ref_tag: u32,
+    /// Application tag mask as the device carried it.
     pub app_tag_mask: u16,
+    /// Application tag of the next block.
     pub app_tag: u16,
 }
 
 /// Decoded result of a successful operation.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Output {
+    /// Success, and the operation returns nothing but its effect on memory (Memory Move,
+    /// Fill, Apply Delta, Dualcast, Cache Flush, No-op, Drain).
     Done,
     /// `first_difference`: offset of the first differing byte (Compare Pattern may round it
     /// down to a multiple of 8). `predicate`: Check Result outcome, when requested.
     Compare {
+        /// The buffers (or buffer and pattern) are equal (completion record result 0).
         equal: bool,
+        /// Byte offset from the start of the original operation; `None` when equal.
         first_difference: Option<u32>,
+        /// `Some(true)` when the result matched the expected one, `Some(false)` for a false
+        /// predicate (status 0x02); `None` without Check Result.
         predicate: Option<bool>,
     },
+    /// CRC Generation / Copy with CRC: the CRC-32C of the source (completion record bytes
+    /// 16–19); chain it as the seed of the next part.
     Crc(u32),
+    /// Create Delta (completion record, DSA spec §8.3.8).
     Delta {
+        /// Whether the sources were equal, the record complete, or the record overflowed.
         result: DeltaResult,
+        /// Bytes of delta record written (completion record bytes 16–19): a multiple of 10.
         record_size: u32,
+        /// Source bytes compared: all of them unless the record overflowed.
         bytes_compared: u32,
+        /// Check Result outcome, as for [`Output::Compare`].
         predicate: Option<bool>,
     },
+    /// A DIF operation: the tags the block after the last one would carry, so that a
+    /// following operation on the next blocks can continue the sequence.
     Dif {
+        /// Source-side tags (DIF Check, Strip, Update).
         source: Option<DifTags>,
+        /// Destination-side tags (DIF Insert, Update).
         dest: Option<DifTags>,
     },
     /// One entry per member, in list order.
@@ -973,9 +1168,13 @@ pub struct Resume {
 }
 
 impl Resume {
+    /// The descriptor to submit next: the part of the operation not yet done.
     pub fn remaining(&self) -> &Work {
         &self.remaining
     }
+    /// Progress of the original operation before `remaining` starts, in the units the
+    /// device counts (source bytes; delta-record bytes for Apply Delta; whole blocks' bytes
+    /// for DIF; 0 for a backward Memory Move, whose tail was done first).
     pub fn done(&self) -> u64 {
         self.done
     }
