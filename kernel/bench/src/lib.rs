@@ -7,6 +7,7 @@
 //!   runner and the tests check device results against.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 extern crate alloc;
 

@@ -50,7 +50,10 @@ pub fn compare_pattern(src: &[u8], pattern: u64) -> Option<usize> {
 /// Result of [`create_delta`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeltaRef {
+    /// The delta record: 10-byte entries (offset in 8-byte units, then the new word), at
+    /// most `max_record` bytes.
     pub record: Vec<u8>,
+    /// Identical, written, or overflowed, as the completion record reports it.
     pub result: DeltaResult,
     /// Bytes compared (the whole length unless the record overflowed).
     pub bytes_compared: usize,
@@ -304,8 +307,10 @@ fn dif_block_status(
 pub struct DifRef {
     /// Destination bytes produced (empty for Check).
     pub out: Vec<u8>,
-    /// Tags for the next block (source side, destination side).
+    /// Source-side tags of the block after the last one processed (what the completion
+    /// record reports at bytes 16–23).
     pub source: DifTags,
+    /// Destination-side tags of the next block likewise (completion record bytes 24–31).
     pub dest: DifTags,
     /// First failing block: (status bits, source offset).
     pub error: Option<(u8, usize)>,
@@ -394,15 +399,22 @@ fn dif_run(op: DifOp, src: &[u8], f: &DifFormat, s: &DifSource, d: &DifDest) -> 
     }
 }
 
+/// DIF Check (DSA spec §8.3.14) of the protected blocks `src`: no output bytes, the first
+/// failing block if any, and the next-block source tags.
 pub fn dif_check(src: &[u8], f: &DifFormat, s: &DifSource) -> DifRef {
     dif_run(DifOp::Check, src, f, s, &DifDest::default())
 }
+/// DIF Insert (§8.3.15): the plain blocks `src` with generated protection information
+/// appended to each.
 pub fn dif_insert(src: &[u8], f: &DifFormat, d: &DifDest) -> DifRef {
     dif_run(DifOp::Insert, src, f, &DifSource::default(), d)
 }
+/// DIF Strip (§8.3.16): checks the protected blocks `src` and returns their data alone.
 pub fn dif_strip(src: &[u8], f: &DifFormat, s: &DifSource) -> DifRef {
     dif_run(DifOp::Strip, src, f, s, &DifDest::default())
 }
+/// DIF Update (§8.3.17): checks the protected blocks `src` and returns them with the
+/// destination-side tags.
 pub fn dif_update(src: &[u8], f: &DifFormat, s: &DifSource, d: &DifDest) -> DifRef {
     dif_run(DifOp::Update, src, f, s, d)
 }

@@ -34,24 +34,41 @@ use core::fmt;
 /// Operations a workload can run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum WlOp {
+    /// `noop`: No-op (opcode 0x00, DSA spec §8.3.1); measures the submission and
+    /// completion path alone.
     Noop,
+    /// `memmove`: Memory Move (0x03, §8.3.4).
     MemMove,
+    /// `fill`: Fill with an 8-byte pattern (0x04, §8.3.5).
     Fill,
+    /// `compare`: Compare two buffers (0x05, §8.3.6).
     Compare,
+    /// `cpattern`: Compare Pattern (0x06, §8.3.7).
     ComparePattern,
+    /// `dualcast`: Memory Copy with Dualcast (0x09, §8.3.10).
     Dualcast,
+    /// `crc`: CRC Generation, CRC-32C (0x10, §8.3.12).
     CrcGen,
+    /// `copycrc`: Copy with CRC Generation (0x11, §8.3.13).
     CopyCrc,
+    /// `flush`: Cache Flush (0x20, §8.3).
     CacheFlush,
+    /// `cdelta`: Create Delta Record (0x07, §8.3.8).
     CreateDelta,
+    /// `adelta`: Apply Delta Record (0x08, §8.3.9).
     ApplyDelta,
+    /// `difchk`: DIF Check (0x12, §8.3.14).
     DifCheck,
+    /// `difins`: DIF Insert (0x13, §8.3.15).
     DifInsert,
+    /// `difstrip`: DIF Strip (0x14, §8.3.16).
     DifStrip,
+    /// `difupd`: DIF Update (0x15, §8.3.17).
     DifUpdate,
 }
 
 impl WlOp {
+    /// Every operation, in declaration order (the order names and opcodes are looked up in).
     pub const ALL: [WlOp; 15] = [
         WlOp::Noop,
         WlOp::MemMove,
@@ -139,6 +156,7 @@ pub enum QueueMode {
 }
 
 impl QueueMode {
+    /// Name in specs and results (`dwq`, `swq`).
     pub fn name(self) -> &'static str {
         match self {
             QueueMode::Dedicated => "dwq",
@@ -150,11 +168,15 @@ impl QueueMode {
 /// How completions are noticed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Completion {
+    /// The submitting CPU spins on the completion record's status byte.
     Poll,
+    /// Descriptors request a completion interrupt (flag RCI); the CPU waits for it, then
+    /// reads the records.
     Interrupt,
 }
 
 impl Completion {
+    /// Name in specs and results (`poll`, `irq`).
     pub fn name(self) -> &'static str {
         match self {
             Completion::Poll => "poll",
@@ -173,6 +195,7 @@ pub enum ClientKind {
 }
 
 impl ClientKind {
+    /// Name in specs and results (`kernel`, `pasid`).
     pub fn name(self) -> &'static str {
         match self {
             ClientKind::Kernel => "kernel",
@@ -184,7 +207,9 @@ impl ClientKind {
 /// `all` or an explicit list (sorted, deduplicated).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Selection {
+    /// Every CPU or device present.
     All,
+    /// These indices (sorted, deduplicated; entries that do not exist are reported, not run).
     List(Vec<u32>),
 }
 
@@ -226,17 +251,31 @@ impl fmt::Display for Selection {
 /// One parsed spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkloadSpec {
+    /// Operations to run (`op`), sorted and deduplicated.
     pub ops: Vec<WlOp>,
+    /// Transfer sizes in bytes (`size`), 1 ..= [`MAX_SIZE`].
     pub sizes: Vec<u32>,
+    /// Queue kinds (`mode`).
     pub modes: Vec<QueueMode>,
+    /// Descriptors per submission (`batch`): 1 submits single descriptors, more submits a
+    /// Batch descriptor with that many members; at most [`MAX_BATCH`].
     pub batches: Vec<u16>,
+    /// How completions are noticed (`completion`).
     pub completions: Vec<Completion>,
+    /// CPUs that submit (`cpus`); every case runs on all of them at once.
     pub cpus: Selection,
+    /// DSA devices used, by enumeration index (`devices`).
     pub devices: Selection,
+    /// Submissions in flight per CPU (`depth`), 1 ..= [`MAX_DEPTH`]; the runner clamps it
+    /// further to the CPU's share of the WQ and to memory.
     pub depth: u16,
+    /// Work descriptors per CPU per case (`iters`), 1 ..= [`MAX_ITERS`].
     pub iters: u32,
+    /// Buffer alignment in bytes (`align`), a power of two up to 4096.
     pub align: u32,
+    /// Check every result against the CPU reference (`verify`).
     pub verify: bool,
+    /// Whose address space the descriptors use (`client`).
     pub client: ClientKind,
 }
 
@@ -262,10 +301,15 @@ impl Default for WorkloadSpec {
 /// One case of a spec.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Case {
+    /// The operation.
     pub op: WlOp,
+    /// Transfer size of each work descriptor in bytes.
     pub size: u32,
+    /// Queue kind.
     pub mode: QueueMode,
+    /// Descriptors per submission (1 = no Batch descriptor).
     pub batch: u16,
+    /// How completions are noticed.
     pub completion: Completion,
 }
 
@@ -273,7 +317,9 @@ pub struct Case {
 pub const MAX_SIZE: u32 = 1 << 30;
 /// Largest batch (DSA 1.0 maximum).
 pub const MAX_BATCH: u16 = 1024;
+/// Largest `depth`: submissions in flight per CPU.
 pub const MAX_DEPTH: u16 = 4096;
+/// Largest `iters`: work descriptors per CPU per case (bounds a case's run time).
 pub const MAX_ITERS: u32 = 1 << 24;
 /// Most cases one `workload=` may expand to (all specs together): far more than any
 /// measurement needs, far fewer than a run can finish before its timeout.
@@ -282,35 +328,57 @@ pub const MAX_CASES: u64 = 4096;
 /// Why a spec was rejected.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SpecError {
+    /// No spec at all (empty string, or only `;` and spaces).
     Empty,
     /// A field is not `key=value` (and not the leading operation list).
     NotKeyValue(String),
+    /// A key not in the table of the module documentation.
     UnknownKey(String),
+    /// A key (or its alias) given twice in one spec.
     DuplicateKey(String),
+    /// A key with an empty value or an empty list entry (`size=4k,`).
     EmptyValue(String),
+    /// An operation that is neither a known name nor the opcode of one.
     UnknownOp(String),
+    /// A value that should be a number (decimal or 0x-hex, optional k/m/g suffix) is not.
     BadNumber {
+        /// The key as written.
         key: String,
+        /// The offending value.
         value: String,
     },
+    /// A value that is not one of the key's choices.
     BadChoice {
+        /// The key.
         key: &'static str,
+        /// The offending value.
         value: String,
+        /// The accepted values, for the message.
         allowed: &'static str,
     },
+    /// A number outside the key's limits.
     OutOfRange {
+        /// The key.
         key: &'static str,
+        /// The number given.
         value: u64,
+        /// Smallest accepted.
         min: u64,
+        /// Largest accepted.
         max: u64,
     },
+    /// A `cpus`/`devices` entry that is not an index or an ascending range below 4096.
     BadRange(String),
+    /// `align` is not a power of two.
     NotPowerOfTwo {
+        /// The key.
         key: &'static str,
+        /// The number given.
         value: u64,
     },
     /// The specs expand to more than [`MAX_CASES`] cases.
     TooManyCases {
+        /// How many cases the specs expand to.
         cases: u64,
     },
 }
