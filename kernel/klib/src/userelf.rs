@@ -8,8 +8,6 @@
 //! `[USER_BASE, USER_TOP)` below the stack area, not both writable and executable, no two
 //! segments sharing a page; the entry point inside an executable segment.
 
-#![allow(missing_docs)] // error-variant fields are named after the ELF fields they report
-
 use core::fmt;
 
 use elf::ElfBytes;
@@ -90,30 +88,63 @@ pub enum ElfError {
     /// No `PT_LOAD`, or more than [`MAX_SEGMENTS`].
     SegmentCount(usize),
     /// Segment `index`: `p_filesz > p_memsz`.
-    FileLargerThanMemory { index: usize, file: u64, mem: u64 },
+    FileLargerThanMemory {
+        /// Index of the segment among the `PT_LOAD` segments (from 0).
+        index: usize,
+        /// `p_filesz`, bytes.
+        file: u64,
+        /// `p_memsz`, bytes.
+        mem: u64,
+    },
     /// Segment `index`: `p_memsz` is 0.
-    Empty { index: usize },
+    Empty {
+        /// Index of the segment among the `PT_LOAD` segments (from 0).
+        index: usize,
+    },
     /// Segment `index`: `p_vaddr` not page-aligned, `p_offset` not congruent, or `p_align`
     /// not a power of two of at least a page.
     Alignment {
+        /// Index of the segment among the `PT_LOAD` segments (from 0).
         index: usize,
+        /// `p_vaddr`.
         vaddr: u64,
+        /// `p_offset`, bytes into the image.
         offset: u64,
+        /// `p_align`, bytes.
         align: u64,
     },
     /// Segment `index` reaches outside the user half, wraps, or into the stack area.
-    OutsideUserHalf { index: usize, vaddr: u64, mem: u64 },
+    OutsideUserHalf {
+        /// Index of the segment among the `PT_LOAD` segments (from 0).
+        index: usize,
+        /// `p_vaddr`.
+        vaddr: u64,
+        /// `p_memsz`, bytes.
+        mem: u64,
+    },
     /// Segment `index`'s file bytes reach past the image (or wrap).
     FileRange {
+        /// Index of the segment among the `PT_LOAD` segments (from 0).
         index: usize,
+        /// `p_offset`, bytes into the image.
         offset: u64,
+        /// `p_filesz`, bytes.
         size: u64,
+        /// Length of the whole image, bytes.
         image: u64,
     },
     /// Segment `index` is writable and executable.
-    WriteExecute { index: usize },
+    WriteExecute {
+        /// Index of the segment among the `PT_LOAD` segments (from 0).
+        index: usize,
+    },
     /// Segments `a` and `b` share a page.
-    Overlap { a: usize, b: usize },
+    Overlap {
+        /// Index of the earlier `PT_LOAD` segment.
+        a: usize,
+        /// Index of the later `PT_LOAD` segment.
+        b: usize,
+    },
     /// The entry point is not inside an executable segment.
     Entry(u64),
 }
