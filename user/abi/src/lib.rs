@@ -8,6 +8,7 @@
 //!
 //! Numbers and error codes are stable: never renumber, only append.
 #![no_std]
+#![warn(missing_docs)]
 
 use core::fmt;
 

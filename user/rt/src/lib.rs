@@ -6,6 +6,7 @@
 //! and the return value is the exit status. `_start` (here) aligns the stack, calls it and
 //! exits; a panic prints its message and exits with status 101.
 #![no_std]
+#![warn(missing_docs)]
 
 pub use user_abi as abi;
 use user_abi::{Error, Sys};
