@@ -448,6 +448,7 @@ impl Ring {
         // Read once: after each acquire load below the compiler would reload them.
         let mask = self.mask;
         let slots = &*self.slots;
+        let recs = self.recs;
         while i != head {
             let k = (i & mask) as usize;
             i = i.wrapping_add(1);
@@ -458,7 +459,7 @@ impl Ring {
             if s == FREE || s == DONE {
                 continue;
             }
-            let status = self.status(k);
+            let status = recs.status(k);
             let written = status != st::NOT_COMPLETE;
             if s == PENDING_CB || s == PENDING_CBQ {
                 if written {

@@ -153,6 +153,10 @@ impl Reaper {
     pub fn outstanding(&self) -> u32 {
         self.ring.outstanding()
     }
+    /// The ring (alive as long as this reaper).
+    pub(crate) fn ring_ptr(&self) -> *const crate::queue::Ring {
+        Arc::as_ptr(&self.ring)
+    }
     /// One look and delivery for an interrupt path: delivered, and when nothing is
     /// outstanding the submission counter it was idle at (it stays idle while that word
     /// keeps the value).
