@@ -294,10 +294,11 @@ impl Submitter {
             (None, None, 0)
         };
         let cr0 = crs.dev_addr(0);
-        let ring = Arc::new(
-            Ring::new(wq, request_pasid, nslots, crs, lists, member_crs, max_batch)
-                .ok_or(DmaError::BadRegion)?,
-        );
+        let mut ring = Ring::new(wq, request_pasid, nslots, crs, lists, member_crs, max_batch)
+            .ok_or(DmaError::BadRegion)?;
+        // The condition under which `route_slow` gives this ring MSI-X completions.
+        ring.msix = w.space == Some(AddressSpace::NoPasid) || w.msix_pasid == request_pasid;
+        let ring = Arc::new(ring);
         let reg = dev
             .queues
             .registry(wq)
