@@ -303,7 +303,39 @@ pub fn send_ipi(cpu: usize, vector: u8) -> Result<(), IrqError> {
     crate::arch::apic::send_fixed(c.apic_id(), vector).map_err(IrqError::Ipi)
 }
 
-/// Entry from the trap stub for vectors 32–255.
+/// Entry for the device vectors ([`FIRST_ALLOCATABLE`]..=[`LAST_ALLOCATABLE`]) from their
+/// own stub (`arch::trap::irq_entry`): count, run the handler, EOI. None of the checks of
+/// [`dispatch`] apply (not spurious, not a PIC vector).
+#[inline(always)]
+pub(crate) fn dispatch_device(cpu: &percpu::PerCpu, v: u8) {
+    // Only this CPU's dispatcher writes its counts (interrupts off, no nesting).
+    let count = &cpu.irq.counts[v as usize];
+    count.store(count.load(Ordering::Relaxed) + 1, Ordering::Release);
+    let h = cpu.irq.handlers[v as usize].load(Ordering::Acquire);
+    // SAFETY: as in `dispatch`.
+    match unsafe { h.as_ref() } {
+        Some(h) => h(&IrqContext {
+            cpu: cpu.index(),
+            vector: v,
+        }),
+        None => unhandled(cpu, v),
+    }
+    crate::arch::apic::eoi();
+}
+
+#[cold]
+#[inline(never)]
+fn unhandled(cpu: &percpu::PerCpu, v: u8) {
+    let n = cpu.irq.counts[v as usize].load(Ordering::Relaxed);
+    if n.is_power_of_two() {
+        log::warn!(
+            "unhandled interrupt vector {v:#04x} on CPU {} ({n} so far)",
+            cpu.index()
+        );
+    }
+}
+
+/// Entry from the trap stub for the other vectors from 32 (system and PIC vectors).
 pub(crate) fn dispatch(frame: &mut TrapFrame) {
     let v = frame.vector as u8;
     let cpu = percpu::current();
@@ -329,15 +361,7 @@ pub(crate) fn dispatch(frame: &mut TrapFrame) {
             cpu: cpu.index(),
             vector: v,
         }),
-        None => {
-            let n = cpu.irq.counts[v as usize].load(Ordering::Relaxed);
-            if n.is_power_of_two() {
-                log::warn!(
-                    "unhandled interrupt vector {v:#04x} on CPU {} ({n} so far)",
-                    cpu.index()
-                );
-            }
-        }
+        None => unhandled(cpu, v),
     }
     crate::arch::apic::eoi();
 }

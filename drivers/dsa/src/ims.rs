@@ -224,6 +224,22 @@ impl CompletionSink for Reaper {
     fn idle_word(&self) -> Option<&core::sync::atomic::AtomicU32> {
         Some(self.head_word())
     }
+    fn raw_poll(&self) -> Option<ims::RawPoll> {
+        Some(ims::RawPoll {
+            f: ring_poll,
+            arg: self.ring_ptr().cast(),
+        })
+    }
+}
+
+/// [`Reaper`]'s `poll` on its ring ([`CompletionSink::raw_poll`]).
+///
+/// # Safety
+/// `ring` is a live `Ring` (the reaper's, which its `Arc` keeps alive).
+unsafe fn ring_poll(ring: *const (), delivered: &AtomicU64) -> u32 {
+    // SAFETY: the caller's contract.
+    let ring = unsafe { &*ring.cast::<crate::queue::Ring>() };
+    ring.reap_counting(delivered).0
 }
 
 /// A DSA device registered with an IMS domain: allocation of handles whose completions come

@@ -291,6 +291,12 @@ pub(crate) struct Ring {
     pub wq: u8,
     /// The PASID the device applies to these descriptors (None: no PASID).
     pub request_pasid: Option<u32>,
+    /// Whether the WQ's MSI-X entry can serve this ring (its PASID is the one the entry is
+    /// bound to, or the WQ has none: `Submitter::route_slow` refuses MSI-X otherwise). A
+    /// ring it cannot serve never holds MSI-X-notified work (a client PASID's: IMS or
+    /// polling only), so MSI-X interrupts skip it ([`Queues::reap_msix`]): its completions
+    /// stay with their IMS handle (or its owner, or a sweep).
+    pub msix: bool,
     /// `mask + 1` slots (never replaced: [`Ring::slot`] relies on the length).
     slots: Box<[RecordSlot]>,
     pub extra: Box<[UnsafeCell<Extra>]>,
@@ -331,6 +337,7 @@ impl Ring {
             mask: cap as u32 - 1,
             wq,
             request_pasid,
+            msix: true,
             slots: (0..cap)
                 .map(|_| RecordSlot {
                     desc: UnsafeCell::new([0; 8]),
@@ -452,6 +459,7 @@ impl Ring {
         // Read once: after each acquire load below the compiler would reload them.
         let mask = self.mask;
         let slots = &*self.slots;
+        let recs = self.recs;
         while i != head {
             let k = (i & mask) as usize;
             i = i.wrapping_add(1);
@@ -462,7 +470,7 @@ impl Ring {
             if s == FREE || s == DONE {
                 continue;
             }
-            let status = self.status(k);
+            let status = recs.status(k);
             let written = status != st::NOT_COMPLETE;
             if s == PENDING_CB || s == PENDING_CBQ {
                 if written {
@@ -978,13 +986,16 @@ impl Queues {
     }
 
     /// Reaps the callback slots of every ring on the WQ whose MSI-X entry is `entry`
-    /// (nothing for other entries). Interrupt safe.
+    /// (nothing for other entries) that the entry can serve ([`Ring::msix`]). Interrupt
+    /// safe.
     #[inline]
     pub fn reap_msix(&self, entry: u16) {
         let wq = self.by_entry.get(entry as usize).copied().unwrap_or(NO_WQ);
         if let Some(Some(r)) = self.wqs.get(wq as usize) {
             r.for_each(|ring| {
-                ring.reap();
+                if ring.msix {
+                    ring.reap();
+                }
             });
         }
     }

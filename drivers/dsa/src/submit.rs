@@ -153,6 +153,10 @@ impl Reaper {
     pub fn outstanding(&self) -> u32 {
         self.ring.outstanding()
     }
+    /// The ring (alive as long as this reaper).
+    pub(crate) fn ring_ptr(&self) -> *const crate::queue::Ring {
+        Arc::as_ptr(&self.ring)
+    }
     /// One look and delivery for an interrupt path: delivered, and when nothing is
     /// outstanding the submission counter it was idle at (it stays idle while that word
     /// keeps the value).
@@ -290,10 +294,11 @@ impl Submitter {
             (None, None, 0)
         };
         let cr0 = crs.dev_addr(0);
-        let ring = Arc::new(
-            Ring::new(wq, request_pasid, nslots, crs, lists, member_crs, max_batch)
-                .ok_or(DmaError::BadRegion)?,
-        );
+        let mut ring = Ring::new(wq, request_pasid, nslots, crs, lists, member_crs, max_batch)
+            .ok_or(DmaError::BadRegion)?;
+        // The condition under which `route_slow` gives this ring MSI-X completions.
+        ring.msix = w.space == Some(AddressSpace::NoPasid) || w.msix_pasid == request_pasid;
+        let ring = Arc::new(ring);
         let reg = dev
             .queues
             .registry(wq)

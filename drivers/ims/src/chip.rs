@@ -296,6 +296,7 @@ impl ChipInner {
             index,
             pasid,
             client: client.id,
+            raw: sink.raw_poll(),
             sink,
             loc: AtomicU64::new(HandleLocation::NOWHERE),
             flags: AtomicU8::new(0),

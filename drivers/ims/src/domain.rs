@@ -331,6 +331,7 @@ impl VectorHandler {
     }
 
     /// The interrupt entry point: call on the handler's CPU with interrupts disabled.
+    #[inline]
     pub fn run(&self) -> Demux {
         match &self.kind {
             HandlerKind::Shared { domain, cpu } => domain.demux_shared(*cpu),
@@ -681,7 +682,7 @@ impl DomainInner {
             // Masked or being released: stays armed; unmask re-polls.
             return;
         }
-        let n = h.sink.poll(&h.delivered);
+        let n = h.poll_sink();
         d.polled += 1;
         d.delivered += n;
         if n == 0 {
@@ -735,7 +736,7 @@ impl DomainInner {
         }
         // `poll`, not `deliver`: nothing here needs the sink's idle report (the handle is
         // never disarmed; the next post names it again).
-        let n = h.sink.poll(&h.delivered);
+        let n = h.poll_sink();
         d.polled += 1;
         d.delivered += n;
         d.empty_polls += u32::from(n == 0);
@@ -752,7 +753,7 @@ impl DomainInner {
         // A vector left behind by a retarget or release: the handle lives elsewhere now.
         if h.loc.load(SeqCst) == HandleLocation::new(cpu, u32::from(vector)).pack() && !h.blocked()
         {
-            let n = h.sink.poll(&h.delivered);
+            let n = h.poll_sink();
             d.polled = 1;
             d.delivered = n;
             d.empty_polls = u32::from(n == 0);

@@ -59,6 +59,8 @@ pub(crate) struct HandleInner {
     pub pasid: u32,
     pub client: u64,
     pub sink: Arc<dyn CompletionSink>,
+    /// The sink's [`CompletionSink::raw_poll`] (its argument kept alive by `sink`).
+    pub raw: Option<crate::sink::RawPoll>,
     /// Where the handle is: a packed [`HandleLocation`] (CPU and slot, or CPU and vector).
     pub loc: AtomicU64,
     /// What descriptors carry to name the entry.
@@ -70,6 +72,18 @@ pub(crate) struct HandleInner {
 }
 
 impl HandleInner {
+    /// The sink's `poll` into the handle's delivered count, through its plain function when
+    /// it has one.
+    #[inline(always)]
+    pub fn poll_sink(&self) -> u32 {
+        match self.raw {
+            // SAFETY: the sink's own `poll` as a function and argument (`raw_poll`'s
+            // contract); `sink` keeps the argument alive.
+            Some(r) => unsafe { (r.f)(r.arg, &self.delivered) },
+            None => self.sink.poll(&self.delivered),
+        }
+    }
+
     /// The sink reported idle at the value its idle word still has: nothing was submitted
     /// since, so there is nothing to deliver.
     #[inline(always)]

@@ -184,7 +184,7 @@ pub use error::{Cause, ImsError};
 pub use handle::{ArmGuard, Armer, ImsHandle};
 pub use platform::{ImsPlatform, MsiMessage, PlatformError, Route};
 pub use posted::PidRef;
-pub use sink::{CompletionSink, Delivery};
+pub use sink::{CompletionSink, Delivery, RawPoll};
 pub use storage::{ImsStorage, StorageError};
 pub use watch::{CompletionWatch, WatchState};
 

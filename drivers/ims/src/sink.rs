@@ -69,7 +69,29 @@ pub trait CompletionSink: Send + Sync {
     fn submitting(&self) -> bool {
         false
     }
+    /// [`poll`](CompletionSink::poll) as a plain function and its argument, for the
+    /// interrupt path (no dynamic call, no `Arc<dyn>` data offset): `(f)(arg, delivered)`
+    /// must do exactly what `poll(delivered)` does, and `arg` must stay valid while the sink
+    /// lives. Asked once, when a handle is created.
+    fn raw_poll(&self) -> Option<RawPoll> {
+        None
+    }
 }
+
+/// A sink's [`poll`](CompletionSink::poll) as a function pointer and argument
+/// ([`CompletionSink::raw_poll`]).
+#[derive(Clone, Copy, Debug)]
+pub struct RawPoll {
+    /// Called as `f(arg, delivered)`: the sink's `poll(delivered)`.
+    pub f: unsafe fn(*const (), &AtomicU64) -> u32,
+    pub arg: *const (),
+}
+
+// SAFETY: `arg` points at data the sink (Send + Sync) owns and keeps alive; `f` only reads it
+// the way the sink's own `poll` (callable from any thread) does.
+unsafe impl Send for RawPoll {}
+// SAFETY: as above.
+unsafe impl Sync for RawPoll {}
 
 /// What one [`CompletionSink::deliver`] call did.
 #[derive(Clone, Copy, Debug)]

@@ -63,6 +63,7 @@ static BUILT: AtomicBool = AtomicBool::new(false);
 /// Fills the IDT (BSP, once) and loads it on this CPU.
 pub fn init_bsp() {
     if !BUILT.swap(true, Ordering::AcqRel) {
+        super::trap::init_irq_entry();
         // SAFETY: single writer before any `lidt` of this table (see `Idt`).
         let gates = unsafe { &mut *IDT.0.get() };
         for (v, g) in gates.iter_mut().enumerate() {

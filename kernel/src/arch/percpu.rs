@@ -45,6 +45,9 @@ pub struct PerCpu {
     pub(crate) user_kernel_rsp: AtomicU64,
     pub(crate) user_regs: AtomicU64,
     pub(crate) user_scratch: AtomicU64,
+    /// This block's own address (`%gs:32`, set with the GS base): the device-interrupt entry
+    /// reaches its CPU's block with one load ([`current_in_irq`]).
+    this: AtomicPtr<PerCpu>,
     apic_id: AtomicU32,
     online: AtomicBool,
     /// Interrupt handlers and counters of this CPU.
@@ -70,6 +73,7 @@ impl PerCpu {
             user_kernel_rsp: AtomicU64::new(0),
             user_regs: AtomicU64::new(0),
             user_scratch: AtomicU64::new(0),
+            this: AtomicPtr::new(core::ptr::null_mut()),
             apic_id: AtomicU32::new(u32::MAX),
             online: AtomicBool::new(false),
             irq: crate::irq::CpuIrq::new(),
@@ -112,6 +116,7 @@ const _: () = {
     assert!(core::mem::offset_of!(PerCpu, user_kernel_rsp) == 8);
     assert!(core::mem::offset_of!(PerCpu, user_regs) == 16);
     assert!(core::mem::offset_of!(PerCpu, user_scratch) == 24);
+    assert!(core::mem::offset_of!(PerCpu, this) == 32);
 };
 
 static BSP: PerCpu = PerCpu::new(0);
@@ -124,6 +129,8 @@ static NEXT_INDEX: AtomicUsize = AtomicUsize::new(1);
 static ONLINE: AtomicUsize = AtomicUsize::new(0);
 
 fn set_gs_base(p: &'static PerCpu) {
+    p.this
+        .store(p as *const PerCpu as *mut PerCpu, Ordering::Release);
     // SAFETY: IA32_GS_BASE exists on every x86-64 CPU; the block is 'static.
     unsafe { super::wrmsr(IA32_GS_BASE, p as *const PerCpu as u64) };
 }
@@ -171,6 +178,20 @@ pub fn current_index() -> usize {
         core::arch::asm!("mov {}, gs:[0]", out(reg) i, options(nostack, readonly, preserves_flags))
     };
     i
+}
+
+/// The executing CPU's block, in a device-interrupt handler (one `%gs:32` load; vectors
+/// 0x30–0xef arrive only after the CPU's GS base points at a block: `init_bsp`, `enter_ap_early`).
+#[inline(always)]
+pub(crate) fn current_in_irq() -> &'static PerCpu {
+    let p: *const PerCpu;
+    // SAFETY: GS base points at this CPU's PerCpu, whose `this` (offset 32) was stored before
+    // the GS base was set.
+    unsafe {
+        core::arch::asm!("mov {}, gs:[32]", out(reg) p, options(nostack, readonly, preserves_flags))
+    };
+    // SAFETY: `this` holds the 'static block's own address.
+    unsafe { &*p }
 }
 
 /// The executing CPU's block.

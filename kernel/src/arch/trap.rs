@@ -27,6 +27,12 @@ trap_stubs:
     .set vec, 0
     .rept 256
     .balign 16
+    .if vec >= 0x30 && vec <= 0xef
+    // Device vectors: the vector alone, then the entry `IRQ_ENTRY` names (`irq_common` or,
+    // with SMAP, `irq_common_clac`).
+    pushq $vec
+    jmp *IRQ_ENTRY(%rip)
+    .else
     .if vec < 32
     .if ((0x60227d00 >> vec) & 1) == 0
     pushq $0
@@ -36,8 +42,59 @@ trap_stubs:
     .endif
     pushq $vec
     jmp trap_common
+    .endif
     .set vec, vec + 1
     .endr
+
+    // Device vectors (0x30-0xef, `irq::FIRST_ALLOCATABLE..=LAST_ALLOCATABLE`): never an
+    // exception and never a reason for the scheduler to look (`trap_dispatch` leaves ring 3
+    // only for the timer, call and reschedule vectors), so only the registers the Rust ABI
+    // lets `irq_entry` clobber are saved, and the return is always IRETQ to the interrupted
+    // code. Stack: the CPU aligned RSP to 16 before pushing its 5-word frame (Intel SDM
+    // Vol. 3A 6.14.2), the stub pushed the vector, 9 registers and 8 bytes of padding make
+    // the call 16-byte aligned. RFLAGS.AC: CLAC where SMAP is on (a STAC window of a checked
+    // copy, or ring 3, may have left it set); without SMAP, AC has no effect at CPL 0.
+    // DF: clear at CPL 0 always (the Rust ABI), so CLD only for ring 3. No NMI-window check:
+    // these interrupts are maskable, and the SYSCALL/exit windows run with IF clear.
+    .balign 16
+    .global irq_common_clac
+irq_common_clac:
+    clac
+    .global irq_common
+irq_common:
+    testb $3, 16(%rsp)
+    jz 1f
+    swapgs
+    cld
+1:
+    pushq %rax
+    pushq %rcx
+    pushq %rdx
+    pushq %rsi
+    pushq %rdi
+    pushq %r8
+    pushq %r9
+    pushq %r10
+    pushq %r11
+    movl 72(%rsp), %edi
+    subq $8, %rsp
+    call irq_entry
+    addq $8, %rsp
+    popq %r11
+    popq %r10
+    popq %r9
+    popq %r8
+    popq %rdi
+    popq %rsi
+    popq %rdx
+    popq %rcx
+    popq %rax
+    addq $8, %rsp
+    testb $3, 8(%rsp)
+    jz 2f
+    swapgs
+2:
+    iretq
 
     .balign 16
 trap_common:
@@ -127,6 +184,34 @@ trap_common:
 
 unsafe extern "C" {
     static trap_stubs: u8;
+    fn irq_common();
+    fn irq_common_clac();
+}
+
+/// The device vectors' common entry (read by every device-vector stub's indirect jump):
+/// `irq_common`, or `irq_common_clac` once the BSP found SMAP ([`use_clac`]).
+#[unsafe(no_mangle)]
+static IRQ_ENTRY: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Points the device vectors at `irq_common` (BSP, before the IDT is loaded).
+pub fn init_irq_entry() {
+    IRQ_ENTRY.store(irq_common as *const () as u64, Ordering::Release);
+}
+
+/// The CPUs have SMAP (CLAC is defined whatever CR4.SMAP says: Intel SDM Vol. 2A CLAC):
+/// device interrupts clear RFLAGS.AC on entry. Called by the BSP before any ring-3 code or
+/// checked copy runs.
+pub fn use_clac() {
+    IRQ_ENTRY.store(irq_common_clac as *const () as u64, Ordering::Release);
+}
+
+/// Rust side of the device-vector entry (`irq_common`): dispatch, EOI.
+///
+/// # Safety
+/// Called only by `irq_common`, with interrupts disabled, with the vector its stub pushed.
+#[unsafe(no_mangle)]
+unsafe extern "C" fn irq_entry(vector: u32) {
+    crate::irq::dispatch_device(percpu::current_in_irq(), vector as u8);
 }
 
 /// Address of the entry stub of `vector`.

@@ -362,6 +362,9 @@ pub fn init_cpu() -> Result<(), crate::mm::MmError> {
     unsafe { x86_64::registers::control::Cr4::write_raw(cr4) };
     if cpu == 0 {
         SMAP.store(want.smap, Ordering::Relaxed);
+        if want.smap {
+            super::trap::use_clac();
+        }
     }
     Ok(())
 }

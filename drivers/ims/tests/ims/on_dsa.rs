@@ -909,3 +909,40 @@ fn batch_with_callback_through_a_handle() {
     assert_eq!(*got.lock().unwrap(), vec![(Some(1), 3)]);
     assert_eq!(h.delivered(), 1);
 }
+
+/// Issue 13: an MSI-X interrupt of the WQ reaps only the rings its entry can serve. A client
+/// PASID's ring never holds MSI-X-notified work (the entry is bound to the kernel PASID), so
+/// its completions stay with its IMS handle: here the handle is masked when the operation
+/// completes, the MSI-X handler runs (another submitter's interrupt on the same WQ), and the
+/// callback must still come from the handle (its unmask re-poll), counted as the handle's.
+#[test]
+fn an_msix_interrupt_of_the_wq_leaves_a_client_rings_completions_to_its_handle() {
+    let e = env(1, Exec::Deterministic, mode(), true, 8);
+    let log: Log = Arc::default();
+    let mut sub = submitter(&e.rig, 5, 4);
+    let mut h = e.ims.allocate(&client(5), 0, &sub).unwrap();
+    h.mask().unwrap();
+    e.ims
+        .submit(&mut sub, &h.armer(), &Work::noop(), record(&log, 1))
+        .unwrap();
+    e.rig.run();
+    let entry = e
+        .rig
+        .dev
+        .wq(e.rig.shared_wq())
+        .unwrap()
+        .msix_entry
+        .expect("an MSI-X entry");
+    e.rig.dev.handle_msix(entry);
+    assert!(
+        log.lock().unwrap().is_empty(),
+        "the WQ's MSI-X reap delivered a client ring's IMS completion"
+    );
+    h.unmask().unwrap();
+    wait_for("the re-poll", Duration::from_secs(5), || {
+        log.lock().unwrap().len() == 1
+    });
+    assert_eq!(log.lock().unwrap()[0].0, 1);
+    assert_eq!(h.delivered(), 1, "delivered through the handle");
+    h.release().unwrap();
+}
