@@ -17,7 +17,7 @@ use std::process::Command;
 
 /// The embedded programs (bins of `user/programs`).
 const PROGRAMS: &[&str] = &[
-    "hello", "yielder", "faulter", "abuser", "memory", "parent", "sva", "ims",
+    "hello", "yielder", "faulter", "abuser", "memory", "parent", "sva", "ims", "enq",
 ];
 
 const BEGIN: &str = "/* KTEST-BEGIN */";

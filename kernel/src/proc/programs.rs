@@ -28,6 +28,7 @@ pub static PROGRAMS: &[(&str, &[u8])] = &[
     program!("parent"),
     program!("sva"),
     program!("ims"),
+    program!("enq"),
 ];
 
 /// The image of program `name`.

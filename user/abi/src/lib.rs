@@ -85,10 +85,21 @@ pub enum Sys {
     /// then the id is no longer valid (a thread blocked in `ims_wait` on it returns
     /// [`Error::BadHandle`]).
     ImsRelease = 19,
+    /// `dsa_portal(device) -> addr`: maps the submission portal of DSA device `device`'s
+    /// shared WQ (one page, uncached, write-only use: 64-byte ENQCMD stores) into the
+    /// caller and gives the process its PASID, which the kernel keeps in IA32_PASID
+    /// whenever one of its threads runs. The process then submits with ENQCMD from ring
+    /// 3, unchecked by the kernel: descriptors carry its PASID (set by the CPU) and
+    /// privilege 0. Intel's advisory INTEL-SA-01084 makes direct submission unsafe on DSA
+    /// 1.0, so this is kernel policy, off by default (`sva.direct=on` enables it):
+    /// [`Error::Denied`] when off. The page is an IMS portal when the device has IMS
+    /// (completion interrupt handles are then checked against the PASID by the device).
+    /// Calling it again returns the same address.
+    DsaPortal = 20,
 }
 
 /// Number of system calls (one past the largest number).
-pub const SYS_COUNT: u64 = 20;
+pub const SYS_COUNT: u64 = 21;
 
 impl Sys {
     /// The call with number `n`.
@@ -114,6 +125,7 @@ impl Sys {
             17 => Self::ImsWait,
             18 => Self::ImsSetAffinity,
             19 => Self::ImsRelease,
+            20 => Self::DsaPortal,
             _ => return None,
         })
     }
@@ -176,11 +188,13 @@ pub enum Error {
     /// The process's interrupt-handle quota on the device, or the device's IMS table, is
     /// exhausted.
     HandleQuota = 25,
+    /// Kernel policy refuses the request (e.g. a direct portal while `sva.direct` is off).
+    Denied = 26,
 }
 
 impl Error {
     /// Every code, in numbering order.
-    pub const ALL: [Error; 25] = [
+    pub const ALL: [Error; 26] = [
         Self::NoSys,
         Self::BadAddress,
         Self::Misaligned,
@@ -206,6 +220,7 @@ impl Error {
         Self::NoBatch,
         Self::BadHandle,
         Self::HandleQuota,
+        Self::Denied,
     ];
 
     /// The stable code.
@@ -249,6 +264,7 @@ impl Error {
             Self::NoBatch => "batch descriptors not accepted",
             Self::BadHandle => "no such interrupt handle",
             Self::HandleQuota => "interrupt handle quota exhausted",
+            Self::Denied => "refused by kernel policy",
         }
     }
 }

@@ -1,0 +1,173 @@
+//! Submission from ring 3 (issue 10): IA32_PASID switched per process, ENQCMD through a
+//! mapped portal under the `sva.direct` policy, and what ring 3 must not do (ENQCMD
+//! without a PASID, ENQCMDS). The ring-3 side is user/programs/src/bin/enq.rs.
+
+use alloc::sync::Arc;
+
+use user_abi::STATUS_KILLED;
+
+use crate::arch::percpu;
+use crate::ktest;
+use crate::ktest::{Outcome, skip};
+use crate::proc::{self, Process};
+
+use super::HANG;
+
+fn spawn(name: &str, cpu: Option<usize>, arg: u64) -> Arc<Process> {
+    proc::spawn(name, cpu, arg).unwrap_or_else(|e| panic!("spawn {name}({arg}): {e}"))
+}
+
+fn wait(p: &Arc<Process>) -> u64 {
+    proc::wait(p, HANG.as_nanos() as u64)
+        .unwrap_or_else(|e| panic!("wait for pid {} ({}): {e}", p.pid(), p.name()))
+}
+
+/// A CPU other than the BSP when there is one (the BSP runs threads only while it waits).
+fn test_cpu() -> usize {
+    if percpu::cpu_count().min(proc::MAX_CPUS) > 1 {
+        1
+    } else {
+        0
+    }
+}
+
+/// The policy for the duration of a test, restored (to the command line's) on drop.
+struct Policy;
+
+impl Policy {
+    fn set(on: bool) -> Policy {
+        proc::set_direct_for_tests(Some(on));
+        Policy
+    }
+}
+
+impl Drop for Policy {
+    fn drop(&mut self) {
+        proc::set_direct_for_tests(None);
+    }
+}
+
+fn direct_capable() -> Result<(), Outcome> {
+    let Some(dev) = crate::dsa::devices().first() else {
+        return Err(skip("no DSA device"));
+    };
+    if !crate::iommu::is_enabled() {
+        return Err(skip("no IOMMU"));
+    }
+    if dev.user_portal_page().is_none() {
+        return Err(skip("no shared WQ or no ENQCMD"));
+    }
+    if crate::ims::device_ims(dev).is_err() {
+        return Err(skip("no IMS (no IMS portal to map)"));
+    }
+    Ok(())
+}
+
+ktest!(
+    fn dsa_portal_is_refused_while_sva_direct_is_off() -> Outcome {
+        if let Err(o) = direct_capable() {
+            return o;
+        }
+        let _p = Policy::set(false);
+        let before = crate::iommu::pasids_in_use();
+        let p = spawn("enq", None, 3);
+        assert_eq!(wait(&p), 0, "enq(3): dsa_portal not refused with Denied");
+        assert_eq!(
+            crate::iommu::pasids_in_use(),
+            before,
+            "a refused dsa_portal allocated no PASID"
+        );
+        Outcome::Pass
+    }
+);
+
+ktest!(
+    fn enqcmd_from_ring3_carries_each_process_pasid_on_one_cpu() -> Outcome {
+        if let Err(o) = direct_capable() {
+            return o;
+        }
+        let _p = Policy::set(true);
+        let cpu = test_cpu();
+        let writes = crate::arch::user::ia32_pasid_writes(cpu);
+        let before = crate::iommu::pasids_in_use();
+        // Two processes on one CPU, interleaved by their yields: each maps the portal (so
+        // each has a PASID), yields, then submits memmoves between the same virtual
+        // addresses as the other. Only IA32_PASID tells the device whose tables to use.
+        let rounds = 8;
+        let a = spawn("enq", Some(cpu), rounds << 8);
+        let b = spawn("enq", Some(cpu), rounds << 8);
+        let (sa, sb) = (wait(&a), wait(&b));
+        assert_eq!(
+            sa,
+            0,
+            "enq(0) pid {}: failing step (see its output)",
+            a.pid()
+        );
+        assert_eq!(
+            sb,
+            0,
+            "enq(0) pid {}: failing step (see its output)",
+            b.pid()
+        );
+        assert!(a.fault().is_none() && b.fault().is_none());
+        let w = crate::arch::user::ia32_pasid_writes(cpu) - writes;
+        assert!(
+            w >= 2,
+            "IA32_PASID written {w} time(s) on cpu {cpu} for two processes with PASIDs"
+        );
+        assert_eq!(
+            crate::iommu::pasids_in_use(),
+            before,
+            "the PASIDs went with the processes"
+        );
+        Outcome::Pass
+    }
+);
+
+ktest!(
+    fn enqcmd_without_a_pasid_is_killed_by_gp() -> Outcome {
+        if !crate::arch::features().enqcmd {
+            return skip("no ENQCMD");
+        }
+        let p = spawn("enq", Some(test_cpu()), 1);
+        assert_eq!(wait(&p), STATUS_KILLED, "enq(1) survived its ENQCMD");
+        let f = p.fault().expect("a fault report");
+        assert_eq!(
+            f.vector, 13,
+            "ENQCMD with IA32_PASID not valid: #GP, got {f:?}"
+        );
+        Outcome::Pass
+    }
+);
+
+ktest!(
+    fn enqcmds_from_ring3_is_killed_by_gp() -> Outcome {
+        if !crate::arch::features().enqcmd {
+            return skip("no ENQCMD");
+        }
+        let p = spawn("enq", Some(test_cpu()), 2);
+        assert_eq!(wait(&p), STATUS_KILLED, "enq(2) survived its ENQCMDS");
+        let f = p.fault().expect("a fault report");
+        assert_eq!(f.vector, 13, "ENQCMDS at CPL 3: #GP, got {f:?}");
+        Outcome::Pass
+    }
+);
+
+ktest!(
+    fn ia32_pasid_is_written_only_when_it_changes() -> Outcome {
+        if !crate::arch::features().enqcmd {
+            return skip("no ENQCMD");
+        }
+        let cpu = test_cpu();
+        // Two processes without PASIDs switching 200 times: the value is 0 throughout, so
+        // at most one write (from whatever the CPU held before to 0).
+        let writes = crate::arch::user::ia32_pasid_writes(cpu);
+        let a = spawn("yielder", Some(cpu), 100);
+        let b = spawn("yielder", Some(cpu), 100);
+        wait(&a);
+        wait(&b);
+        let w = crate::arch::user::ia32_pasid_writes(cpu) - writes;
+        assert!(w <= 1, "{w} IA32_PASID writes for processes without PASIDs");
+        Outcome::Pass
+    }
+);

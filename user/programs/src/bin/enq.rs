@@ -1,0 +1,260 @@
+//! DSA from ring 3 with ENQCMD through a portal page the kernel mapped (`dsa_portal`, kernel
+//! policy `sva.direct=on`), and the submit system call for comparison. Case in bits 7:0 of
+//! `arg`:
+//! * 0: `rounds` (bits 31:8, at least 1) 4 KiB memmoves by ENQCMD on device 0, each with a
+//!   pattern of this process's pid, a `yield` after each submission (another process on
+//!   the CPU runs between the ENQCMD and the completion, and between the portal mapping
+//!   and the first ENQCMD); completion record and bytes checked. The PASID comes from
+//!   IA32_PASID, which the kernel switches: with another process's PASID the device would
+//!   translate this process's addresses in that process's tables (the same addresses in
+//!   both, so its memory, not ours, would change) and the completion never arrive here.
+//!   Exits 0, else the failing step.
+//! * 1: ENQCMD without a PASID (no `dsa_portal`, no `dsa_submit` ever): IA32_PASID is not
+//!   valid, so ENQCMD must #GP and the kernel kill the process. Exit 1 if it survives.
+//! * 2: ENQCMDS from ring 3 (#GP at CPL 3): killed. Exit 1 if it survives.
+//! * 3: `dsa_portal` must be refused with `Denied` (policy off): exit 0, else 1.
+//! * 4: cost, for the workload runner (`client=process` / `client=direct`): bits 15:8 the
+//!   path (0 the submit system call, 1 ENQCMD), bits 47:16 the descriptors, bits 63:48 the
+//!   size in KiB; memmoves on device 0, each completed (polled) and checked before the
+//!   next. Exits with [`COST_OK`] | the sum of the TSC deltas of the submissions (guest
+//!   instructions under icount), or a small failure code.
+#![no_std]
+#![no_main]
+
+use user_rt::abi::{Error, PAGE, PROT_READ, PROT_WRITE};
+use user_rt::println;
+
+const MEMMOVE: u8 = 0x03;
+const CRAV_RCR: u32 = (1 << 2) | (1 << 3);
+/// Bit 63 of a cost exit status: the run succeeded (a killed process ends with
+/// `STATUS_KILLED`, which lacks it).
+const COST_OK: u64 = 1 << 63;
+
+fn desc(op: u8, flags: u32, cr: u64, src: u64, dst: u64, size: u32) -> [u8; 64] {
+    let mut d = [0u8; 64];
+    d[4..7].copy_from_slice(&flags.to_le_bytes()[..3]);
+    d[7] = op;
+    d[8..16].copy_from_slice(&cr.to_le_bytes());
+    d[16..24].copy_from_slice(&src.to_le_bytes());
+    d[24..32].copy_from_slice(&dst.to_le_bytes());
+    d[32..36].copy_from_slice(&size.to_le_bytes());
+    d
+}
+
+fn rd(a: u64) -> u8 {
+    // SAFETY: `a` is inside a mapping of this process.
+    unsafe { core::ptr::read_volatile(a as *const u8) }
+}
+
+fn wr(a: u64, v: u8) {
+    // SAFETY: as in `rd`.
+    unsafe { core::ptr::write_volatile(a as *mut u8, v) }
+}
+
+/// The status byte at `cr` once it is set: spins with yields, then 1 ms sleeps, 10 s at
+/// most (a completion that went elsewhere). 0 on a timeout.
+fn await_status(cr: u64, yields: bool) -> u8 {
+    for i in 0..1_000_000u32 {
+        let s = rd(cr);
+        if s != 0 {
+            return s;
+        }
+        if i < 10_000 {
+            if yields {
+                user_rt::yield_now();
+            } else {
+                core::hint::spin_loop();
+            }
+        } else if i < 20_000 {
+            let _ = user_rt::sleep_ns(1_000_000);
+        } else {
+            return 0;
+        }
+    }
+    0
+}
+
+/// ENQCMD with bounded retries (the shared WQ may be full).
+fn enqcmd(portal: u64, d: &[u8; 64]) -> bool {
+    for _ in 0..10_000 {
+        if user_rt::enqcmd(portal, d) {
+            return true;
+        }
+        user_rt::yield_now();
+    }
+    false
+}
+
+fn memmoves(rounds: u64) -> u64 {
+    let Ok(buf) = user_rt::mmap(0, 3 * PAGE, PROT_READ | PROT_WRITE) else {
+        return 90;
+    };
+    let (src, dst, cr) = (buf, buf + PAGE, buf + 2 * PAGE);
+    let portal = match user_rt::dsa_portal(0) {
+        Ok(p) => p,
+        Err(e) => {
+            println!("enq: dsa_portal: {e}");
+            return 91;
+        }
+    };
+    // Let the other process of the test map its portal (and take its PASID) now.
+    user_rt::yield_now();
+    let seed = user_rt::getpid() as u8;
+    for r in 0..rounds {
+        for i in 0..PAGE {
+            wr(
+                src + i,
+                (i as u8).wrapping_mul(3).wrapping_add(seed ^ r as u8),
+            );
+            wr(dst + i, 0);
+        }
+        for i in 0..32 {
+            wr(cr + i, 0);
+        }
+        let d = desc(MEMMOVE, CRAV_RCR, cr, src, dst, PAGE as u32);
+        if !enqcmd(portal, &d) {
+            println!("enq: ENQCMD kept being refused");
+            return 2;
+        }
+        match await_status(cr, true) {
+            1 => {}
+            0 => {
+                println!("enq: round {r}: no completion in this process");
+                return 3;
+            }
+            s => {
+                println!("enq: round {r}: status {s:#x}");
+                return 4;
+            }
+        }
+        for i in 0..PAGE {
+            if rd(dst + i) != rd(src + i) {
+                println!("enq: round {r}: byte {i} differs");
+                return 5;
+            }
+        }
+    }
+    println!("enq: {rounds} memmove(s) by ENQCMD on this process's PASID");
+    0
+}
+
+fn cost(enq: bool, n: u64, size: u64) -> u64 {
+    if n == 0 || size == 0 || size > (16 << 20) {
+        return 80;
+    }
+    let Ok(buf) = user_rt::mmap(0, 2 * size + PAGE, PROT_READ | PROT_WRITE) else {
+        return 90;
+    };
+    let (src, dst, cr) = (buf, buf + size, buf + 2 * size);
+    for i in 0..size {
+        wr(src + i, (i as u8).wrapping_mul(7).wrapping_add(1));
+    }
+    for i in (0..size).step_by(PAGE as usize) {
+        wr(dst + i, 0);
+    }
+    let portal = if enq {
+        match user_rt::dsa_portal(0) {
+            Ok(p) => p,
+            Err(e) => {
+                println!("enq: dsa_portal: {e}");
+                return 91;
+            }
+        }
+    } else {
+        0
+    };
+    let d = desc(MEMMOVE, CRAV_RCR, cr, src, dst, size as u32);
+    let mut total = 0u64;
+    for k in 0..n {
+        wr(dst + (k % size), 0);
+        wr(cr, 0);
+        let t0 = user_rt::rdtsc();
+        let ok = if enq {
+            enqcmd(portal, &d)
+        } else {
+            let mut r = user_rt::dsa_submit(&d, 0);
+            while r == Err(Error::Busy) {
+                r = user_rt::dsa_submit(&d, 0);
+            }
+            if let Err(e) = r {
+                println!("enq: dsa_submit: {e}");
+            }
+            r.is_ok()
+        };
+        total += user_rt::rdtsc() - t0;
+        if !ok {
+            return 2;
+        }
+        match await_status(cr, false) {
+            1 => {}
+            0 => return 3,
+            s => {
+                println!("enq: status {s:#x}");
+                return 4;
+            }
+        }
+        let j = k % size;
+        if rd(dst + j) != rd(src + j) {
+            println!("enq: byte {j} differs");
+            return 5;
+        }
+    }
+    for i in 0..size {
+        if rd(dst + i) != rd(src + i) {
+            println!("enq: byte {i} differs at the end");
+            return 6;
+        }
+    }
+    COST_OK | total.min(COST_OK - 1)
+}
+
+fn main(arg: u64) -> u64 {
+    match arg & 0xff {
+        0 => memmoves(((arg >> 8) & 0xff_ffff).max(1)),
+        1 => {
+            let Ok(page) = user_rt::mmap(0, PAGE, PROT_READ | PROT_WRITE) else {
+                return 90;
+            };
+            wr(page, 0);
+            let d = [0u8; 64];
+            // IA32_PASID is not valid for this process: #GP before anything is stored.
+            let _ = user_rt::enqcmd(page, &d);
+            println!("enq: ENQCMD without a PASID did not fault");
+            1
+        }
+        2 => {
+            let Ok(page) = user_rt::mmap(0, PAGE, PROT_READ | PROT_WRITE) else {
+                return 90;
+            };
+            wr(page, 0);
+            let d = [0u8; 64];
+            // SAFETY: ENQCMDS #GPs at CPL 3 (Intel SDM Vol. 2A ENQCMDS): nothing happens
+            // but the fault.
+            unsafe {
+                core::arch::asm!(
+                    "enqcmds {p}, zmmword ptr [{d}]",
+                    p = in(reg) page,
+                    d = in(reg) d.as_ptr(),
+                    options(nostack),
+                );
+            }
+            println!("enq: ENQCMDS from ring 3 did not fault");
+            1
+        }
+        3 => match user_rt::dsa_portal(0) {
+            Err(Error::Denied) => 0,
+            other => {
+                println!("enq: dsa_portal with sva.direct off: {other:?}");
+                1
+            }
+        },
+        4 => cost(
+            (arg >> 8) & 0xff == 1,
+            (arg >> 16) & 0xffff_ffff,
+            (arg >> 48) << 10,
+        ),
+        _ => 99,
+    }
+}
+
+user_rt::entry!(main);
