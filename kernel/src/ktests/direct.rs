@@ -171,3 +171,64 @@ ktest!(
         Outcome::Pass
     }
 );
+
+ktest!(
+    fn the_portal_is_one_uncached_user_page_of_the_portal_bar() -> Outcome {
+        if let Err(o) = direct_capable() {
+            return o;
+        }
+        use x86_paging::PteFlags as F;
+        let _p = Policy::set(true);
+        let dev = &crate::dsa::devices()[0];
+        let page = dev.user_portal_page().expect("checked");
+        let p = spawn("enq", Some(test_cpu()), 5);
+        // The program maps the portal, checks munmap and a second call, then sleeps.
+        let deadline = crate::time::now_ns() + HANG.as_nanos() as u64;
+        let maps = loop {
+            let m = p.portal_mappings();
+            if !m.is_empty() || p.ended() {
+                break m;
+            }
+            assert!(
+                crate::time::now_ns() < deadline,
+                "enq(5) never mapped its portal"
+            );
+            let _ = proc::run_until(|| false, crate::time::now_ns() + 1_000_000);
+        };
+        assert_eq!(maps.len(), 1, "one portal page: {maps:x?}");
+        let (va, phys, flags) = maps[0];
+        assert_eq!(phys, page, "the shared WQ's IMS portal page");
+        let bar = |n| dev.pci.bar(n).map(|b| (b.address, b.size));
+        if let Some((b, len)) = bar(0) {
+            assert!(phys < b || phys >= b + len, "never the register BAR");
+        }
+        let (b2, len2) = bar(2).expect("the portal BAR");
+        assert!(phys >= b2 && phys < b2 + len2, "inside the portal BAR");
+        for (f, what) in [
+            (F::PRESENT, "present"),
+            (F::USER, "user"),
+            (F::WRITABLE, "writable (enqueue stores)"),
+            (F::NO_CACHE, "PCD"),
+            (F::WRITE_THROUGH, "PWT"),
+        ] {
+            assert!(
+                flags.contains(f),
+                "portal at {va:#x}: not {what}: {flags:?}"
+            );
+        }
+        if crate::arch::features().nx {
+            assert!(
+                flags.contains(F::NO_EXECUTE),
+                "portal executable: {flags:?}"
+            );
+        }
+        assert!(!flags.contains(F::GLOBAL));
+        proc::kill(&p);
+        assert_eq!(
+            wait(&p),
+            STATUS_KILLED,
+            "enq(5) failed a check (see its output)"
+        );
+        Outcome::Pass
+    }
+);

@@ -220,6 +220,11 @@ impl Process {
     pub fn translate(&self, virt: u64) -> Option<u64> {
         self.space.lock().translate(virt)
     }
+    /// Its mapped device portals: (user address, physical page, leaf flags).
+    #[cfg(feature = "ktest")]
+    pub fn portal_mappings(&self) -> Vec<(u64, u64, x86_paging::PteFlags)> {
+        self.space.lock().portal_mappings()
+    }
     /// The fault that killed it, if one did.
     pub fn fault(&self) -> Option<FaultReport> {
         *self.fault.lock()

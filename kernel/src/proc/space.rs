@@ -206,6 +206,18 @@ impl Space {
         Ok(va)
     }
 
+    /// The portal pages mapped: (user address, physical page, leaf flags).
+    #[cfg(feature = "ktest")]
+    pub fn portal_mappings(&self) -> Vec<(u64, u64, PteFlags)> {
+        self.portals
+            .iter()
+            .filter_map(|&(va, _)| {
+                let t = self.pt.as_ref()?.translate(va, &TableFrames)?;
+                Some((va, t.phys, t.flags))
+            })
+            .collect()
+    }
+
     /// The next free range of `len` bytes above [`MMAP_BASE`].
     fn pick(&self, len: u64) -> Result<u64, Error> {
         let mut a = self.next_mmap;

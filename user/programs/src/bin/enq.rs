@@ -13,6 +13,9 @@
 //!   valid, so ENQCMD must #GP and the kernel kill the process. Exit 1 if it survives.
 //! * 2: ENQCMDS from ring 3 (#GP at CPL 3): killed. Exit 1 if it survives.
 //! * 3: `dsa_portal` must be refused with `Denied` (policy off): exit 0, else 1.
+//! * 5: maps the portal of device 0, checks that `munmap` refuses it (`NotMapped`: not
+//!   anonymous memory) and that a second `dsa_portal` returns the same address, then sleeps
+//!   until killed (the kernel test inspects the mapping). Exits 1–3 on a failed check.
 //! * 4: cost, for the workload runner (`client=process` / `client=direct`): bits 15:8 the
 //!   path (0 the submit system call, 1 ENQCMD), bits 47:16 the descriptors, bits 63:48 the
 //!   size in KiB; memmoves on device 0, each completed (polled) and checked before the
@@ -248,6 +251,24 @@ fn main(arg: u64) -> u64 {
                 1
             }
         },
+        5 => {
+            let Ok(portal) = user_rt::dsa_portal(0) else {
+                return 1;
+            };
+            // SAFETY: refused (the portal is not anonymous memory); nothing is unmapped.
+            let r = unsafe { user_rt::munmap(portal, PAGE) };
+            if r != Err(Error::NotMapped) {
+                println!("enq: munmap of the portal: {r:?}");
+                return 2;
+            }
+            if user_rt::dsa_portal(0) != Ok(portal) {
+                return 3;
+            }
+            println!("enq: portal at {portal:#x}");
+            loop {
+                let _ = user_rt::sleep_ns(1_000_000);
+            }
+        }
         4 => cost(
             (arg >> 8) & 0xff == 1,
             (arg >> 16) & 0xffff_ffff,
