@@ -727,8 +727,10 @@ fn user_fault(t: &Arc<Thread>, regs: &UserRegs) -> bool {
         // this thread was in ring 3 (another thread's call on another CPU) reaches this
         // CPU's MSR only at the next entry: resume once it is there (Linux's
         // `try_fixup_enqcmd_gp` does the same lazily). Any other #GP kills.
+        // (Only with ENQCMD: without it the MSR, and its shadow, never change, and every
+        // #GP would be resumed forever.)
         let want = p.pasid_msr.load(Ordering::Acquire);
-        if want != 0 && crate::arch::user::ia32_pasid() != want {
+        if want != 0 && crate::arch::features().enqcmd && crate::arch::user::ia32_pasid() != want {
             return true;
         }
     }
