@@ -321,6 +321,28 @@ impl DsaDevice {
             .then_some(base + off)
     }
 
+    /// Lends a free user dedicated WQ (accel-config `type` `user`) to `pasid`
+    /// (`dsa::Device::lend_wq`): (WQ id, its size, the physical page a process maps for
+    /// MOVDIR64B — the WQ's unlimited IMS portal, so that an interrupt handle in a
+    /// descriptor resolves in the PASID-checked IMS table). `Ok(None)`: none free.
+    pub fn lend_wq(&self, pasid: u32) -> Result<Option<(u8, u16, u64)>, dsa::DsaError> {
+        let d = self.driver();
+        let Some(id) = d.lend_wq(pasid)? else {
+            return Ok(None);
+        };
+        let size = d.wq(id).map_or(0, |w| w.size());
+        let off = dsa_spec::portal::portal_offset(
+            u32::from(id),
+            dsa_spec::portal::PortalKind::UnlimitedIms,
+        );
+        let (base, len) = self.portal_bar;
+        if off.checked_add(4096).is_none_or(|e| e > len) {
+            let _ = d.reclaim_wq(id);
+            return Ok(None);
+        }
+        Ok(Some((id, size, base + off)))
+    }
+
     /// The largest transfer size the device accepts.
     pub fn max_transfer(&self) -> u64 {
         self.driver().caps().max_transfer()

@@ -232,3 +232,62 @@ ktest!(
         Outcome::Pass
     }
 );
+
+ktest!(
+    fn a_dedicated_wq_runs_in_one_process_pasid_within_its_credits() -> Outcome {
+        if let Err(o) = direct_capable() {
+            return o;
+        }
+        let d = &crate::dsa::devices()[0];
+        // A configuration with a user dedicated WQ (accel-config type "user") next to the
+        // kernel's two.
+        let json = alloc::format!(
+            r#"[{{"dev":"dsa{n}","groups":[{{"dev":"group{n}.0","grouped_workqueues":[{{"dev":"wq{n}.0","mode":"dedicated","size":16,"group_id":0,"type":"kernel","name":"ded"}},{{"dev":"wq{n}.1","mode":"shared","size":16,"group_id":0,"type":"kernel","name":"sh","threshold":16}},{{"dev":"wq{n}.2","mode":"dedicated","size":8,"group_id":0,"type":"user","name":"user"}}],"grouped_engines":[{{"dev":"engine{n}.0","group_id":0}},{{"dev":"engine{n}.1","group_id":0}}]}}]}}]"#,
+            n = d.index
+        );
+        let cfg = dsa::AccelConfig::parse(&json).expect("valid accel-config");
+        let drv = d
+            .reconfigure(dsa::ConfigSource::AccelConfig(cfg), d.default_options())
+            .unwrap_or_else(|e| panic!("reconfigure: {e}"));
+        let user = drv.wq(2).expect("wq2");
+        assert!(user.is_user_dedicated() && user.lent_to().is_none());
+        assert_ne!(
+            drv.wq_of_mode(dsa_spec::WqMode::Dedicated).map(|w| w.id()),
+            Some(2),
+            "the kernel never submits to a user WQ"
+        );
+        let dropped = drv.swerr_count(0x53);
+        {
+            let _p = Policy::set(false);
+            // Direct submission policy off: no WQ either (the enq step 10, Denied).
+            let p = spawn("enq", Some(test_cpu()), 6);
+            assert_eq!(wait(&p), 10, "dsa_wq_take with sva.direct off");
+        }
+        let _p = Policy::set(true);
+        for round in 0..2 {
+            let p = spawn("enq", Some(test_cpu()), 6);
+            assert_eq!(
+                wait(&p),
+                0,
+                "enq(6) round {round}: failing step (see its output)"
+            );
+            assert!(
+                drv.wq(2).unwrap().lent_to().is_none(),
+                "the WQ is given back when the process ends"
+            );
+        }
+        assert_eq!(
+            drv.swerr_count(0x53),
+            dropped,
+            "no descriptor dropped by a full dedicated WQ (credits kept)"
+        );
+        // Back to what the kernel was booted with.
+        let (orig, _) = crate::dsa::config::load().unwrap();
+        let src = match orig {
+            Some(a) => dsa::ConfigSource::AccelConfig(a),
+            None => dsa::ConfigSource::Default,
+        };
+        d.reconfigure(src, d.default_options()).unwrap();
+        Outcome::Pass
+    }
+);

@@ -170,6 +170,8 @@ pub struct Process {
     /// What IA32_PASID holds while its threads run: `pasid | PASID_VALID` once it has a
     /// PASID, 0 before and after (its ENQCMD then #GPs). Read on every entry to ring 3.
     pasid_msr: AtomicU64,
+    /// User dedicated WQs lent to it (`dsa_wq_take`), given back at its end.
+    lent_wqs: spin::Mutex<Vec<(Arc<dsa::Device>, u8)>>,
     /// Its interrupt handles by id (`ims_alloc`).
     ims: spin::Mutex<ims::Table>,
 }
@@ -371,6 +373,7 @@ pub fn spawn_as(
             waiters: IrqMutex::new(Vec::new()),
             sva: spin::Mutex::new(Sva::None),
             pasid_msr: AtomicU64::new(0),
+            lent_wqs: spin::Mutex::new(Vec::new()),
             ims: spin::Mutex::new(ims::Table::new()),
         });
         procs.insert(pid, p.clone());
@@ -945,6 +948,13 @@ fn sva_invalidate(p: &Process, start: u64, len: u64) -> bool {
 fn sva_release(p: &Process) {
     let old = core::mem::replace(&mut *p.sva.lock(), Sva::Released);
     p.pasid_msr.store(0, Ordering::Release);
+    // Its dedicated WQs first: Disable WQ finishes what they hold (no thread can submit
+    // any more), and nothing runs in the PASID on them after.
+    for (d, wq) in core::mem::take(&mut *p.lent_wqs.lock()) {
+        if let Err(e) = d.reclaim_wq(wq) {
+            log::error!("pid {}: taking back dsa{} wq{wq}: {e}", p.pid, d.index());
+        }
+    }
     if let Sva::Live { space, devices } = old {
         let pasid = space.pasid();
         for (addr, d) in &devices {

@@ -96,10 +96,20 @@ pub enum Sys {
     /// (completion interrupt handles are then checked against the PASID by the device).
     /// Calling it again returns the same address.
     DsaPortal = 20,
+    /// `dsa_wq_take(device, size_ptr) -> addr`: lends the caller a dedicated WQ of DSA
+    /// device `device` (one configured with accel-config `type` `user`) running in the
+    /// caller's PASID (WQCFG PASID = the process's, privilege 0), maps its portal page and
+    /// writes the WQ size (its credits) as a `u64` at `size_ptr`. The process submits with
+    /// MOVDIR64B and must itself keep at most that many descriptors in flight (the device
+    /// drops the excess with a software error): the WQ is the process's alone, so the
+    /// credits are its own. Direct submission: policy `sva.direct=on` only
+    /// ([`Error::Denied`]); [`Error::Busy`] when no user WQ is free. The WQ is disabled
+    /// (its work finished) and free again when the process ends.
+    DsaWqTake = 21,
 }
 
 /// Number of system calls (one past the largest number).
-pub const SYS_COUNT: u64 = 21;
+pub const SYS_COUNT: u64 = 22;
 
 impl Sys {
     /// The call with number `n`.
@@ -126,6 +136,7 @@ impl Sys {
             18 => Self::ImsSetAffinity,
             19 => Self::ImsRelease,
             20 => Self::DsaPortal,
+            21 => Self::DsaWqTake,
             _ => return None,
         })
     }

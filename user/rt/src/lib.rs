@@ -216,6 +216,30 @@ pub fn enqcmd(portal: u64, desc: &[u8; 64]) -> bool {
     retry == 0
 }
 
+/// A dedicated WQ of DSA device `device` for this process: (portal address, size).
+pub fn dsa_wq_take(device: u64) -> Result<(u64, u64), Error> {
+    let mut size = 0u64;
+    let a = call(Sys::DsaWqTake, [device, (&raw mut size) as u64, 0, 0, 0, 0])?;
+    Ok((a, size))
+}
+
+/// MOVDIR64B of `desc` to the dedicated-WQ portal at `portal` (a posted 64-byte store: no
+/// answer; a full WQ drops it). SFENCE first for the buffers and completion record.
+#[inline(always)]
+pub fn movdir64b(portal: u64, desc: &[u8; 64]) {
+    // SAFETY: one 64-byte store to `portal` (a mapped portal page, else a fault), reading
+    // the live array `desc`.
+    unsafe {
+        core::arch::asm!(
+            "sfence",
+            "movdir64b {p}, zmmword ptr [{d}]",
+            p = in(reg) portal,
+            d = in(reg) desc.as_ptr(),
+            options(nostack),
+        );
+    }
+}
+
 /// Ends the calling thread.
 pub fn thread_exit() -> ! {
     let _ = call(Sys::ThreadExit, [0; 6]);

@@ -16,6 +16,10 @@
 //! * 5: maps the portal of device 0, checks that `munmap` refuses it (`NotMapped`: not
 //!   anonymous memory) and that a second `dsa_portal` returns the same address, then sleeps
 //!   until killed (the kernel test inspects the mapping). Exits 1–3 on a failed check.
+//! * 6: takes a dedicated WQ of device 0 (`dsa_wq_take`) and runs 3 × its size 64-byte
+//!   memmoves by MOVDIR64B, never more in flight than the WQ size it was told (one credit
+//!   per descriptor, returned when its completion record is seen), each checked. Exits 0,
+//!   else the failing step (10 + step).
 //! * 4: cost, for the workload runner (`client=process` / `client=direct`): bits 15:8 the
 //!   path (0 the submit system call, 1 ENQCMD), bits 47:16 the descriptors, bits 63:48 the
 //!   size in KiB; memmoves on device 0, each completed (polled) and checked before the
@@ -211,6 +215,94 @@ fn cost(enq: bool, n: u64, size: u64) -> u64 {
     COST_OK | total.min(COST_OK - 1)
 }
 
+fn dedicated() -> u64 {
+    let (portal, size) = match user_rt::dsa_wq_take(0) {
+        Ok(x) => x,
+        Err(e) => {
+            println!("enq: dsa_wq_take: {e}");
+            return 10;
+        }
+    };
+    if size == 0 || size > 128 {
+        return 11;
+    }
+    // src: one page; dst: one 64-byte slot per credit; one 32-byte record per credit.
+    let Ok(buf) = user_rt::mmap(0, 4 * PAGE, PROT_READ | PROT_WRITE) else {
+        return 90;
+    };
+    let (src, dst, crs) = (buf, buf + PAGE, buf + 2 * PAGE);
+    for i in 0..4 * PAGE {
+        wr(buf + i, 0);
+    }
+    let total = 3 * size;
+    let mut in_flight = 0u64;
+    let mut peak = 0u64;
+    // Slot k holds descriptor i with i % size == k; it is reused only after its completion.
+    let mut pending = [u64::MAX; 128];
+    let finish = |slot: u64, i: u64| -> u64 {
+        match await_status(crs + 32 * slot, false) {
+            1 => {}
+            0 => return 12,
+            s => {
+                println!("enq: dedicated descriptor {i}: status {s:#x}");
+                return 13;
+            }
+        }
+        for b in 0..64 {
+            if rd(dst + 64 * slot + b) != (i as u8).wrapping_add(b as u8) {
+                println!("enq: dedicated descriptor {i}: byte {b} differs");
+                return 14;
+            }
+        }
+        0
+    };
+    for i in 0..total {
+        let slot = i % size;
+        if pending[slot as usize] != u64::MAX {
+            let r = finish(slot, pending[slot as usize]);
+            if r != 0 {
+                return r;
+            }
+            in_flight -= 1;
+        }
+        // Source bytes for descriptor i in the slot's part of the source page.
+        for b in 0..64 {
+            wr(src + 64 * slot + b, (i as u8).wrapping_add(b as u8));
+            wr(dst + 64 * slot + b, 0);
+        }
+        for b in 0..32 {
+            wr(crs + 32 * slot + b, 0);
+        }
+        let d = desc(
+            MEMMOVE,
+            CRAV_RCR,
+            crs + 32 * slot,
+            src + 64 * slot,
+            dst + 64 * slot,
+            64,
+        );
+        user_rt::movdir64b(portal, &d);
+        pending[slot as usize] = i;
+        in_flight += 1;
+        peak = peak.max(in_flight);
+        if in_flight > size {
+            return 15;
+        }
+    }
+    for slot in 0..size {
+        if pending[slot as usize] != u64::MAX {
+            let r = finish(slot, pending[slot as usize]);
+            if r != 0 {
+                return r;
+            }
+        }
+    }
+    println!(
+        "enq: {total} MOVDIR64B memmoves on a dedicated WQ of {size}, at most {peak} in flight"
+    );
+    0
+}
+
 fn main(arg: u64) -> u64 {
     match arg & 0xff {
         0 => memmoves(((arg >> 8) & 0xff_ffff).max(1)),
@@ -269,6 +361,7 @@ fn main(arg: u64) -> u64 {
                 let _ = user_rt::sleep_ns(1_000_000);
             }
         }
+        6 => dedicated(),
         4 => cost(
             (arg >> 8) & 0xff == 1,
             (arg >> 16) & 0xffff_ffff,
