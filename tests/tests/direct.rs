@@ -11,6 +11,7 @@ const DIRECT_TESTS: &[&str] = &[
     "direct::enqcmds_from_ring3_is_killed_by_gp",
     "direct::ia32_pasid_is_written_only_when_it_changes",
     "direct::the_portal_is_one_uncached_user_page_of_the_portal_bar",
+    "direct::a_dedicated_wq_runs_in_one_process_pasid_within_its_credits",
 ];
 
 #[test]
@@ -19,7 +20,8 @@ fn ring3_submission_tests() {
     r.expect_pass();
     r.expect_tests_ok(DIRECT_TESTS);
     r.expect_serial("enq: 8 memmove(s) by ENQCMD on this process's PASID")
-        .expect_serial("(enq) killed by #GP general protection: vector 13");
+        .expect_serial("(enq) killed by #GP general protection: vector 13")
+        .expect_serial("enq: 24 MOVDIR64B memmoves on a dedicated WQ of 8");
 }
 
 #[test]
