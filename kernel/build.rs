@@ -5,7 +5,7 @@
 //! `/* KTEST-BEGIN */` line to the `/* KTEST-END */` line) is left out, so that a product
 //! kernel has no `.ktest` section; the script actually used is written to `OUT_DIR`.
 //!
-//! It also builds the ring-3 programs (`user/programs`, release, for x86_64-unknown-none,
+//! With the `bench` feature (also implied by `ktest`) it also builds the ring-3 programs (`user/programs`, release, for x86_64-unknown-none,
 //! in their own target directory `target/user` so that the outer build's lock and flags
 //! are not shared) and tells the kernel where they are (`USER_PROGRAMS_DIR`), for
 //! `include_bytes!` in `kernel/src/proc/programs.rs`. The programs live in the user half
@@ -17,7 +17,7 @@ use std::process::Command;
 
 /// The embedded programs (bins of `user/programs`).
 const PROGRAMS: &[&str] = &[
-    "hello", "yielder", "faulter", "abuser", "memory", "parent", "sva", "ims",
+    "hello", "yielder", "faulter", "abuser", "memory", "parent", "sva", "ims", "enq",
 ];
 
 const BEGIN: &str = "/* KTEST-BEGIN */";
@@ -39,9 +39,10 @@ fn main() {
     } else {
         without_ktest(&text).unwrap_or_else(|e| panic!("{}: {e}", script.display()))
     };
-    // The programs are the kernel tests' (kernel/src/proc/programs.rs): only the ktest
-    // flavour embeds them.
-    if std::env::var_os("CARGO_FEATURE_KTEST").is_some() {
+    // The programs are the kernel tests' and the workload runner's
+    // (kernel/src/proc/programs.rs): the ktest and bench flavours embed them (ktest implies
+    // bench), the product kernel none.
+    if std::env::var_os("CARGO_FEATURE_BENCH").is_some() {
         build_user_programs(Path::new(&dir).join("..").as_path());
     }
     let out = Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("kernel.ld");

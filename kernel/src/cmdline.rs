@@ -189,7 +189,19 @@ pub const ARGS: &[Arg] = &[
         key: "sva.suite",
         kind: ArgKind::Flag,
     },
+    Arg {
+        key: "sva.direct",
+        kind: ArgKind::Choice(&["on", "off"]),
+    },
 ];
+
+/// `sva.direct=on|off` (default off): whether processes may map a DSA portal and submit
+/// with ENQCMD from ring 3 (`dsa_portal`). Off by default because of Intel's erratum
+/// advisory INTEL-SA-01084 (direct user submission to DSA 1.0 can hang the device; Linux
+/// treats every DSA as unsafe for it); the submit system call is the user path then.
+pub fn sva_direct() -> bool {
+    get("sva.direct") == Some("on")
+}
 
 /// Everything wrong with the command line as the boot loader passed it: values the keys
 /// of [`ARGS`] do not accept, an unterminated quote, bytes that are not UTF-8 (the line

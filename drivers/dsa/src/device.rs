@@ -5,7 +5,7 @@
 //! independent [`Device`].
 
 use crate::caps::Capabilities;
-use crate::config::{DeviceConfig, WqConfig};
+use crate::config::{DeviceConfig, WqConfig, WqType};
 use crate::error::DsaError;
 use crate::hw::{AddressSpace, Clock, DmaMemory, Pci, PciInfo, Portals, Registers};
 use crate::ops::WqLimits;
@@ -207,6 +207,8 @@ pub struct Wq {
     pub(crate) int_handle: AtomicU32,
     /// Dedicated WQ: the credit pool (descriptors the WQ may hold, handed to submitters).
     pub credits: Arc<Credits>,
+    /// User dedicated WQ: `LENT | pasid` while lent to a process, else 0.
+    lent: AtomicU32,
 }
 
 impl Wq {
@@ -237,6 +239,17 @@ impl Wq {
         };
         portal_offset(u32::from(self.config.id), kind)
     }
+    /// A dedicated WQ of accel-config `type` `user`: configured (size, group) but left
+    /// disabled at bring-up and never used by the kernel's submitters; it is lent to one
+    /// process at a time ([`Device::lend_wq`]), running in that process's PASID.
+    pub fn is_user_dedicated(&self) -> bool {
+        self.config.wq_type == WqType::User && self.config.mode == WqMode::Dedicated
+    }
+    /// The PASID this user WQ is lent to, if it is.
+    pub fn lent_to(&self) -> Option<u32> {
+        let v = self.lent.load(Ordering::Acquire);
+        (v & LENT != 0).then_some(v & 0xF_FFFF)
+    }
     /// Dedicated-WQ credits held by submitters now (each descriptor the device may hold
     /// needs one; submitters take them in chunks).
     pub fn credits_in_use(&self) -> u32 {
@@ -253,6 +266,8 @@ impl Wq {
 }
 
 const NO_HANDLE: u32 = u32::MAX;
+/// `Wq::lent`: the WQ is lent (bits 19:0 the PASID).
+const LENT: u32 = 1 << 31;
 
 /// Counters for tests and diagnostics.
 pub struct Stats {
@@ -363,7 +378,10 @@ impl Device {
                 WqMode::Shared => (None, false),
             };
             let entry = u16::from(w.id) + 1;
-            let msix_entry = (entry < pci.msix_entries).then_some(entry);
+            // A user WQ never interrupts the kernel: no MSI-X entry (its process's
+            // descriptors use IMS handles, checked against its PASID).
+            let user = w.wq_type == WqType::User && w.mode == WqMode::Dedicated;
+            let msix_entry = (entry < pci.msix_entries && !user).then_some(entry);
             let pasid_en = space != Some(AddressSpace::NoPasid);
             wqs[w.id as usize] = Some(Wq {
                 config: w.clone(),
@@ -378,6 +396,7 @@ impl Device {
                 msix_pasid: if pasid_en { options.kernel_pasid } else { None },
                 int_handle: AtomicU32::new(NO_HANDLE),
                 credits: Arc::new(Credits::new(u32::from(w.size))),
+                lent: AtomicU32::new(0),
             });
         }
         let queues = Queues::new(
@@ -447,9 +466,63 @@ impl Device {
     pub fn wqs(&self) -> impl Iterator<Item = &Wq> {
         self.wqs.iter().flatten()
     }
-    /// First configured WQ of the given mode.
+    /// First configured WQ of the given mode (user WQs excluded: they are not the kernel's).
     pub fn wq_of_mode(&self, mode: WqMode) -> Option<&Wq> {
-        self.wqs().find(|w| w.mode() == mode)
+        self.wqs()
+            .find(|w| w.mode() == mode && !w.is_user_dedicated())
+    }
+
+    /// Lends a free user dedicated WQ (accel-config `type` `user`) to the process with
+    /// `pasid`: WQCFG PASID = `pasid` with PASID enable, privilege 0 (written while the WQ is
+    /// disabled: DSA spec §9.2.24), then Enable WQ (§9.2.12). The process then submits with
+    /// MOVDIR64B to the WQ's portal; the device takes PASID and privilege from WQCFG, never
+    /// from the descriptor (§3.2). Returns the WQ id; `None` when no user WQ is free.
+    pub fn lend_wq(&self, pasid: u32) -> Result<Option<u8>, DsaError> {
+        if pasid >= 1 << 20 {
+            return Err(DsaError::BadCapability("PASID wider than 20 bits"));
+        }
+        for w in self.wqs().filter(|w| w.is_user_dedicated()) {
+            if w.lent
+                .compare_exchange(0, LENT | pasid, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                continue;
+            }
+            let id = w.config.id;
+            let c = self.read_wqcfg(id).with_pasid(pasid, true).with_priv(false);
+            self.write_wqcfg(id, &c);
+            let r = self
+                .command(Command::EnableWq, u32::from(id), &[])
+                .and_then(|_| match self.read_wqcfg(id).state() {
+                    WqState::Enabled => Ok(()),
+                    st => Err(DsaError::UnexpectedState {
+                        what: "user WQ after enable",
+                        value: st as u32,
+                    }),
+                });
+            if let Err(e) = r {
+                w.lent.store(0, Ordering::Release);
+                return Err(e);
+            }
+            return Ok(Some(id));
+        }
+        Ok(None)
+    }
+
+    /// Takes user WQ `wq` back: Disable WQ (the device finishes the descriptors it holds
+    /// first, DSA spec §9.2.12), then it is free for the next process.
+    pub fn reclaim_wq(&self, wq: u8) -> Result<(), DsaError> {
+        let w = self.wq(wq).ok_or(DsaError::NoSuchWq(wq))?;
+        if !w.is_user_dedicated() || w.lent_to().is_none() {
+            return Err(DsaError::NoSuchWq(wq));
+        }
+        let r = self.command(
+            Command::DisableWq,
+            dsa_spec::wq_bitmap_operand(wq),
+            &[cmd_err::WQ_NOT_EN],
+        );
+        w.lent.store(0, Ordering::Release);
+        r.map(|_| ())
     }
     pub(crate) fn clock(&self) -> &dyn Clock {
         &*self.hw.clock
@@ -641,6 +714,11 @@ impl Device {
         }
         for w in self.wqs() {
             let id = w.config.id;
+            if w.is_user_dedicated() {
+                // Enabled only when lent; a reconfiguration (reset) ends any lending.
+                w.lent.store(0, Ordering::Release);
+                continue;
+            }
             if let Some(entry) = w.msix_entry {
                 let perm = match w.msix_pasid {
                     Some(p) => MsixPerm::PASID_EN.with_pasid(p),
@@ -865,9 +943,9 @@ impl Device {
         };
         let gensts = self.hw.regs.read(bar0::GENSTS);
         let halted = gensts.state() == DeviceState::Halted;
-        let wq_lost = self
-            .wqs()
-            .any(|w| self.read_wqcfg(w.config.id).state() != WqState::Enabled);
+        let wq_lost = self.wqs().any(|w| {
+            !w.is_user_dedicated() && self.read_wqcfg(w.config.id).state() != WqState::Enabled
+        });
         if !halted && !wq_lost && self.state() != RunState::Halted {
             return Ok(false);
         }

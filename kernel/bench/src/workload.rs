@@ -22,7 +22,7 @@
 //! | `iters` | work descriptors per CPU per case (rounded up to whole batches) | `256` |
 //! | `align` | buffer alignment in bytes: addresses are multiples of it and, below 4096, not of twice it | `4096` |
 //! | `verify` | `on`/`off`: compare every result with the CPU reference | `on` |
-//! | `client` | `kernel` (the kernel's PASID or no PASID), `pasid` (each CPU a client PASID of its own with first-stage tables; shared WQs, polling) | `kernel` |
+//! | `client` | `kernel` (the kernel's PASID or no PASID), `pasid` (each CPU a client PASID of its own with first-stage tables; shared WQs, polling), `process` (each CPU a ring-3 process submitting through the `dsa_submit` system call), `direct` (each CPU a ring-3 process submitting with ENQCMD to its mapped portal; needs the kernel policy `sva.direct=on`); `process` and `direct` run memmove on a shared WQ of device 0, batch 1, polling, one descriptor in flight, sizes in whole KiB | `kernel` |
 //!
 //! Cases are the cartesian product op × size × mode × batch × completion, in that nesting
 //! order; every case runs on all selected CPUs at once.
@@ -192,6 +192,10 @@ pub enum ClientKind {
     Kernel,
     /// A client PASID per CPU, with its own address space.
     Pasid,
+    /// A ring-3 process per CPU submitting through the submit system call.
+    Process,
+    /// A ring-3 process per CPU submitting with ENQCMD through its mapped portal.
+    Direct,
 }
 
 impl ClientKind {
@@ -200,6 +204,8 @@ impl ClientKind {
         match self {
             ClientKind::Kernel => "kernel",
             ClientKind::Pasid => "pasid",
+            ClientKind::Process => "process",
+            ClientKind::Direct => "direct",
         }
     }
 }
@@ -603,11 +609,13 @@ impl WorkloadSpec {
                     w.client = match val {
                         "kernel" => ClientKind::Kernel,
                         "pasid" | "user" => ClientKind::Pasid,
+                        "process" => ClientKind::Process,
+                        "direct" => ClientKind::Direct,
                         _ => {
                             return Err(SpecError::BadChoice {
                                 key: "client",
                                 value: val.into(),
-                                allowed: "kernel, pasid",
+                                allowed: "kernel, pasid, process, direct",
                             });
                         }
                     }
@@ -738,6 +746,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(w.client, ClientKind::Pasid);
+        for (name, kind) in [
+            ("process", ClientKind::Process),
+            ("direct", ClientKind::Direct),
+        ] {
+            let p =
+                WorkloadSpec::parse_one(&alloc::format!("memmove:mode=swq:client={name}")).unwrap();
+            assert_eq!((p.client, p.client.name()), (kind, name));
+        }
         assert_eq!(w.ops, [WlOp::MemMove, WlOp::ComparePattern, WlOp::CrcGen]);
         assert_eq!(w.completions, [Completion::Interrupt]);
         assert_eq!(w.cpus, Selection::List(alloc::vec![1, 3]));

@@ -64,6 +64,11 @@ pub struct PerCpu {
     pub(crate) timer: crate::time::CpuTimer,
     /// Trap nesting depth (detects faults inside the fault handler).
     pub(crate) trap_depth: AtomicU32,
+    /// Shadow of this CPU's IA32_PASID MSR (`arch::user::set_ia32_pasid`; 0 = the reset
+    /// value, no valid PASID).
+    pub(crate) ia32_pasid: AtomicU64,
+    /// WRMSRs of IA32_PASID on this CPU (the shadow changed).
+    pub(crate) ia32_pasid_writes: AtomicU64,
 }
 
 impl PerCpu {
@@ -88,6 +93,8 @@ impl PerCpu {
             breakpoints: AtomicU64::new(0),
             timer: crate::time::CpuTimer::new(),
             trap_depth: AtomicU32::new(0),
+            ia32_pasid: AtomicU64::new(0),
+            ia32_pasid_writes: AtomicU64::new(0),
         }
     }
 

@@ -34,6 +34,11 @@ const IA32_LSTAR: u32 = 0xC000_0082;
 const IA32_CSTAR: u32 = 0xC000_0083;
 const IA32_FMASK: u32 = 0xC000_0084;
 const IA32_KERNEL_GS_BASE: u32 = 0xC000_0102;
+/// IA32_PASID (Intel SDM Vol. 4, MSR 0xD93; exists iff CPUID.(7,0):ECX.ENQCMD[29]): bits
+/// 19:0 the PASID ENQCMD puts in its command, bit 31 valid (ENQCMD #GPs while it is 0).
+const IA32_PASID: u32 = 0xD93;
+/// IA32_PASID bit 31: the PASID field is valid.
+pub const PASID_VALID: u64 = 1 << 31;
 const EFER_SCE: u64 = 1;
 /// RFLAGS bits SYSCALL clears (see the module documentation).
 pub const FMASK: u64 = 0x0025_7fd5;
@@ -242,6 +247,44 @@ pub fn enter_user(regs: &mut UserRegs) {
     unsafe { enter_user_asm(regs, u64::from(sysret)) };
 }
 
+/// Makes this CPU's IA32_PASID `value` (`pasid | PASID_VALID` for a process with a PASID,
+/// 0 for one without: its ENQCMD then #GPs) before a thread enters ring 3. Writes the MSR
+/// only when the per-CPU shadow differs (a context switch between two processes with the
+/// same value, or back into the same process, costs one compare). Interrupts must be off
+/// (or the caller the only one that writes the MSR on this CPU: the scheduler loop).
+///
+/// The MSR is the CPU's, not the thread's: the scheduler calls this on every entry to ring
+/// 3 so that a thread never runs with another process's PASID (Intel SDM Vol. 2A ENQCMD:
+/// the command carries IA32_PASID[19:0] as it is when ENQCMD executes).
+pub fn set_ia32_pasid(value: u64) {
+    let pc = percpu::current();
+    if pc.ia32_pasid.load(Ordering::Relaxed) == value {
+        return;
+    }
+    if !crate::arch::features().enqcmd {
+        // No ENQCMD: the MSR does not exist and ring 3 cannot enqueue at all.
+        return;
+    }
+    debug_assert!(value & !(PASID_VALID | 0xf_ffff) == 0);
+    // SAFETY: IA32_PASID exists (CPUID ENQCMD, checked above); `value` has only bits 31 and
+    // 19:0 (WRMSR #GPs on the reserved ones). The kernel never executes ENQCMD (it submits
+    // with ENQCMDS, which ignores the MSR), so the value matters to ring 3 only.
+    unsafe { super::wrmsr(IA32_PASID, value & (PASID_VALID | 0xf_ffff)) };
+    pc.ia32_pasid.store(value, Ordering::Relaxed);
+    pc.ia32_pasid_writes.fetch_add(1, Ordering::Relaxed);
+}
+
+/// This CPU's IA32_PASID as last written (its shadow).
+pub fn ia32_pasid() -> u64 {
+    percpu::current().ia32_pasid.load(Ordering::Relaxed)
+}
+
+/// IA32_PASID writes on CPU `cpu` so far (for tests: writes happen only on a change).
+#[cfg(feature = "ktest")]
+pub fn ia32_pasid_writes(cpu: usize) -> u64 {
+    percpu::get(cpu).map_or(0, |c| c.ia32_pasid_writes.load(Ordering::Relaxed))
+}
+
 /// Fills the current thread's register block from a trap frame taken in ring 3 (called by
 /// the trap dispatcher before it leaves for the scheduler loop).
 pub(crate) fn save_trap(frame: &super::trap::TrapFrame, exit: Exit, address: u64) {
@@ -345,6 +388,11 @@ pub fn init_cpu() -> Result<(), crate::mm::MmError> {
         super::wrmsr(IA32_KERNEL_GS_BASE, 0);
         let efer = super::rdmsr(IA32_EFER);
         super::wrmsr(IA32_EFER, efer | EFER_SCE);
+    }
+    if crate::arch::features().enqcmd {
+        // The shadow starts at 0: make the MSR match whatever firmware left in it.
+        // SAFETY: IA32_PASID exists with ENQCMD; 0 is its initial configuration.
+        unsafe { super::wrmsr(IA32_PASID, 0) };
     }
     let want = cpu_protection();
     let mut cr4 = x86_64::registers::control::Cr4::read_raw();

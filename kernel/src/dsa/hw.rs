@@ -62,6 +62,11 @@ impl Portals {
         })
     }
 
+    /// Physical base and length of BAR2.
+    pub fn bar(&self) -> (u64, u64) {
+        (self.bar.phys(), self.bar.len() as u64)
+    }
+
     /// Whether ENQCMDS can be executed (CPUID.(7,0):ECX[29]).
     pub fn has_enqcmds(&self) -> bool {
         self.enqcmd

@@ -239,6 +239,8 @@ pub struct DsaDevice {
     routes: Vec<Route>,
     kernel_pasid: Option<u32>,
     enqcmds: bool,
+    /// BAR2 (the portals): physical base and length.
+    portal_bar: (u64, u64),
     pub config_origin: config::Origin,
 }
 
@@ -300,6 +302,45 @@ impl DsaDevice {
             core::hint::spin_loop();
         }
         Err(UserSubmitError::Busy)
+    }
+
+    /// The physical page a process maps to submit with ENQCMD itself (`dsa_portal`): the
+    /// first shared WQ's IMS portal (the limited one when the WQ has a threshold, as for
+    /// [`submit_user`](Self::submit_user)). The IMS flavour because a completion
+    /// interrupt handle then resolves in the IMS table, whose entries the device checks
+    /// against the descriptor's PASID (DSA spec §9.3, the IMS entry's PASID fields); an
+    /// MSI-X portal would let any handle raise the kernel's MSI-X entries. Only this page
+    /// of BAR2, never BAR0. `None` without a shared WQ or ENQCMD.
+    pub fn user_portal_page(&self) -> Option<u64> {
+        if !self.enqcmds {
+            return None;
+        }
+        let off = self.driver().wq_of_mode(WqMode::Shared)?.ims_portal();
+        let (base, len) = self.portal_bar;
+        (off.is_multiple_of(4096) && off.checked_add(4096).is_some_and(|e| e <= len))
+            .then_some(base + off)
+    }
+
+    /// Lends a free user dedicated WQ (accel-config `type` `user`) to `pasid`
+    /// (`dsa::Device::lend_wq`): (WQ id, its size, the physical page a process maps for
+    /// MOVDIR64B — the WQ's unlimited IMS portal, so that an interrupt handle in a
+    /// descriptor resolves in the PASID-checked IMS table). `Ok(None)`: none free.
+    pub fn lend_wq(&self, pasid: u32) -> Result<Option<(u8, u16, u64)>, dsa::DsaError> {
+        let d = self.driver();
+        let Some(id) = d.lend_wq(pasid)? else {
+            return Ok(None);
+        };
+        let size = d.wq(id).map_or(0, |w| w.size());
+        let off = dsa_spec::portal::portal_offset(
+            u32::from(id),
+            dsa_spec::portal::PortalKind::UnlimitedIms,
+        );
+        let (base, len) = self.portal_bar;
+        if off.checked_add(4096).is_none_or(|e| e > len) {
+            let _ = d.reclaim_wq(id);
+            return Ok(None);
+        }
+        Ok(Some((id, size, base + off)))
     }
 
     /// The largest transfer size the device accepts.
@@ -534,6 +575,7 @@ fn bring_up(
 ) -> Result<DsaDevice, DsaInitError> {
     let regs = Arc::new(dev.map_bar(0)?);
     let portals = hw::Portals::new(dev.map_bar(2)?).map_err(DsaInitError::Insn)?;
+    let portal_bar = portals.bar();
     let enqcmds = portals.has_enqcmds();
     dev.disable_intx()?;
     dev.enable_memory_and_bus_master()?;
@@ -616,6 +658,7 @@ fn bring_up(
         routes,
         kernel_pasid,
         enqcmds,
+        portal_bar,
         config_origin: origin,
     })
 }

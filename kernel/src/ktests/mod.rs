@@ -2,6 +2,7 @@
 
 mod acpi;
 mod arch;
+mod direct;
 mod dsa;
 mod framework;
 mod ims;

@@ -167,6 +167,11 @@ pub struct Process {
     waiters: IrqMutex<Vec<Arc<Thread>>>,
     /// Its PASID for shared virtual addressing, once it has one.
     sva: spin::Mutex<Sva>,
+    /// What IA32_PASID holds while its threads run: `pasid | PASID_VALID` once it has a
+    /// PASID, 0 before and after (its ENQCMD then #GPs). Read on every entry to ring 3.
+    pasid_msr: AtomicU64,
+    /// User dedicated WQs lent to it (`dsa_wq_take`), given back at its end.
+    lent_wqs: spin::Mutex<Vec<(Arc<dsa::Device>, u8)>>,
     /// Its interrupt handles by id (`ims_alloc`).
     ims: spin::Mutex<ims::Table>,
 }
@@ -216,6 +221,11 @@ impl Process {
     #[cfg(feature = "ktest")]
     pub fn translate(&self, virt: u64) -> Option<u64> {
         self.space.lock().translate(virt)
+    }
+    /// Its mapped device portals: (user address, physical page, leaf flags).
+    #[cfg(feature = "ktest")]
+    pub fn portal_mappings(&self) -> Vec<(u64, u64, x86_paging::PteFlags)> {
+        self.space.lock().portal_mappings()
     }
     /// The fault that killed it, if one did.
     pub fn fault(&self) -> Option<FaultReport> {
@@ -362,6 +372,8 @@ pub fn spawn_as(
             fault: IrqMutex::new(None),
             waiters: IrqMutex::new(Vec::new()),
             sva: spin::Mutex::new(Sva::None),
+            pasid_msr: AtomicU64::new(0),
+            lent_wqs: spin::Mutex::new(Vec::new()),
             ims: spin::Mutex::new(ims::Table::new()),
         });
         procs.insert(pid, p.clone());
@@ -641,6 +653,9 @@ fn run_thread(me: usize, t: &Arc<Thread>) {
     loop {
         // SAFETY: this CPU is the thread's home and the only one touching its registers.
         let regs = unsafe { &mut *t.regs.get() };
+        // IA32_PASID is the CPU's: this process's value (its PASID, valid; or 0) on every
+        // entry, written only when it differs from what the CPU holds.
+        crate::arch::user::set_ia32_pasid(p.pasid_msr.load(Ordering::Acquire));
         crate::arch::user::enter_user(regs);
         interrupts::enable();
         match regs.exit {
@@ -708,6 +723,18 @@ fn user_fault(t: &Arc<Thread>, regs: &UserRegs) -> bool {
                 return false;
             }
             FaultOutcome::Invalid => {}
+        }
+    }
+    if v == 13 {
+        // ENQCMD #GPs while IA32_PASID is not valid. A PASID given to the process while
+        // this thread was in ring 3 (another thread's call on another CPU) reaches this
+        // CPU's MSR only at the next entry: resume once it is there (Linux's
+        // `try_fixup_enqcmd_gp` does the same lazily). Any other #GP kills.
+        // (Only with ENQCMD: without it the MSR, and its shadow, never change, and every
+        // #GP would be resumed forever.)
+        let want = p.pasid_msr.load(Ordering::Acquire);
+        if want != 0 && crate::arch::features().enqcmd && crate::arch::user::ia32_pasid() != want {
+            return true;
         }
     }
     let (mn, name) = crate::arch::trap::exception_name(v);
@@ -834,6 +861,33 @@ pub fn with_scratch_space<R>(value: u64, f: impl FnOnce(u64) -> R) -> Result<R, 
     Ok(r)
 }
 
+/// Kernel policy `sva.direct` (default off; INTEL-SA-01084): whether a process may map a
+/// DSA portal and submit with ENQCMD from ring 3 (`dsa_portal`). Kernel tests may
+/// override it ([`set_direct_for_tests`]).
+pub fn direct_submission_allowed() -> bool {
+    #[cfg(feature = "ktest")]
+    match DIRECT_FOR_TESTS.load(Ordering::Relaxed) {
+        1 => return false,
+        2 => return true,
+        _ => {}
+    }
+    crate::cmdline::sva_direct()
+}
+
+#[cfg(feature = "ktest")]
+static DIRECT_FOR_TESTS: AtomicU8 = AtomicU8::new(0);
+
+/// Overrides the `sva.direct` policy (`None`: the command line's again).
+#[cfg(feature = "ktest")]
+pub fn set_direct_for_tests(on: Option<bool>) {
+    let v = match on {
+        None => 0,
+        Some(false) => 1,
+        Some(true) => 2,
+    };
+    DIRECT_FOR_TESTS.store(v, Ordering::Relaxed);
+}
+
 /// Gives process `p` a PASID for shared virtual addressing (the first call creates it: a
 /// `SpaceKind::Shared` space whose first-stage root is `p`'s root) and attaches it to DSA
 /// device `dev`. Returns the PASID. The device then reaches exactly `p`'s user pages
@@ -860,7 +914,12 @@ pub fn sva_attach(p: &Arc<Process>, dev: &crate::dsa::DsaDevice) -> Result<u32, 
         space.attach(addr).map_err(ProcError::Iommu)?;
         devices.push((addr, dev.driver()));
     }
-    Ok(space.pasid())
+    let pasid = space.pasid();
+    p.pasid_msr.store(
+        u64::from(pasid) | crate::arch::user::PASID_VALID,
+        Ordering::Release,
+    );
+    Ok(pasid)
 }
 
 /// After a change to `p`'s tables (and the CPU shootdown): the IOTLB entries of its PASID for
@@ -888,6 +947,14 @@ fn sva_invalidate(p: &Process, start: u64, len: u64) -> bool {
 /// is free again.
 fn sva_release(p: &Process) {
     let old = core::mem::replace(&mut *p.sva.lock(), Sva::Released);
+    p.pasid_msr.store(0, Ordering::Release);
+    // Its dedicated WQs first: Disable WQ finishes what they hold (no thread can submit
+    // any more), and nothing runs in the PASID on them after.
+    for (d, wq) in core::mem::take(&mut *p.lent_wqs.lock()) {
+        if let Err(e) = d.reclaim_wq(wq) {
+            log::error!("pid {}: taking back dsa{} wq{wq}: {e}", p.pid, d.index());
+        }
+    }
     if let Sva::Live { space, devices } = old {
         let pasid = space.pasid();
         for (addr, d) in &devices {

@@ -1,9 +1,10 @@
 //! The ring-3 programs carried in the kernel image (built by `kernel/build.rs` from
 //! `user/programs`). They are the kernel tests' programs (victims, abusers, faulters), so
-//! only the ktest flavour carries them; the product kernel has none (and its process code
-//! finds no program to start).
+//! the ktest flavour carries them all; the bench flavour carries the workload runner's
+//! ring-3 client (`enq`, for `client=process` and `client=direct`) only; the product
+//! kernel has none (and its process code finds no program to start).
 
-#[cfg(feature = "ktest")]
+#[cfg(feature = "bench")]
 macro_rules! program {
     ($name:literal) => {
         (
@@ -14,8 +15,12 @@ macro_rules! program {
 }
 
 /// (name, ELF image).
-#[cfg(not(feature = "ktest"))]
+#[cfg(not(feature = "bench"))]
 pub static PROGRAMS: &[(&str, &[u8])] = &[];
+
+/// (name, ELF image).
+#[cfg(all(feature = "bench", not(feature = "ktest")))]
+pub static PROGRAMS: &[(&str, &[u8])] = &[program!("enq")];
 
 /// (name, ELF image).
 #[cfg(feature = "ktest")]
@@ -28,6 +33,7 @@ pub static PROGRAMS: &[(&str, &[u8])] = &[
     program!("parent"),
     program!("sva"),
     program!("ims"),
+    program!("enq"),
 ];
 
 /// The image of program `name`.

@@ -49,6 +49,9 @@ pub struct Space {
     areas: BTreeMap<u64, Area>,
     next_mmap: u64,
     anon: u64,
+    /// Device portal pages mapped into the user half: (user address, physical page). Not
+    /// RAM: never freed as frames, unmapped before the tables go.
+    portals: Vec<(u64, u64)>,
 }
 
 fn nx() -> bool {
@@ -66,6 +69,7 @@ impl Space {
             areas: BTreeMap::new(),
             next_mmap: MMAP_BASE,
             anon: 0,
+            portals: Vec::new(),
         })
     }
 
@@ -168,26 +172,73 @@ impl Space {
         Ok(())
     }
 
+    /// Maps the device portal page at physical `phys` (MMIO, never RAM) into the user half,
+    /// once: the address it already has if it was mapped before. Flags `P|RW|U|PCD|PWT|NX|
+    /// A|D`: uncached (Intel SDM Vol. 3A §11.12: PCD|PWT with the reset PAT is UC; enqueue
+    /// stores ignore the memory type, and no speculative read may reach the device), never
+    /// executable. The area is not anonymous: `munmap` refuses it and a fault in it kills.
+    pub fn map_portal(&mut self, phys: u64) -> Result<u64, Error> {
+        if !phys.is_multiple_of(PAGE) {
+            return Err(Error::Misaligned);
+        }
+        if let Some(&(va, _)) = self.portals.iter().find(|(_, p)| *p == phys) {
+            return Ok(va);
+        }
+        let va = self.pick(PAGE)?;
+        let flags = PteFlags::user_leaf(true, false, nx())
+            .union(PteFlags::NO_CACHE)
+            .union(PteFlags::WRITE_THROUGH);
+        self.pt()
+            .map_err(|_| Error::NoMemory)?
+            .map(va, phys, PAGE, flags, &mut TableFrames)
+            .map_err(|_| Error::NoMemory)?;
+        self.areas.insert(
+            va,
+            Area {
+                end: va + PAGE,
+                writable: true,
+                executable: false,
+                anonymous: false,
+            },
+        );
+        self.portals.push((va, phys));
+        self.next_mmap = va + 2 * PAGE;
+        Ok(va)
+    }
+
+    /// The portal pages mapped: (user address, physical page, leaf flags).
+    #[cfg(feature = "ktest")]
+    pub fn portal_mappings(&self) -> Vec<(u64, u64, PteFlags)> {
+        self.portals
+            .iter()
+            .filter_map(|&(va, _)| {
+                let t = self.pt.as_ref()?.translate(va, &TableFrames)?;
+                Some((va, t.phys, t.flags))
+            })
+            .collect()
+    }
+
+    /// The next free range of `len` bytes above [`MMAP_BASE`].
+    fn pick(&self, len: u64) -> Result<u64, Error> {
+        let mut a = self.next_mmap;
+        // Skip areas in the way (bounded: each step passes one area).
+        while self.overlaps(a, a.checked_add(len).ok_or(Error::NoMemory)?) {
+            let (_, area) = self
+                .area_at(a)
+                .or_else(|| self.areas.range(a..).next().map(|(s, ar)| (*s, *ar)))
+                .ok_or(Error::NoMemory)?;
+            a = area.end;
+        }
+        if !user_range_ok(a, len) || a + len > STACK_TOP - STACK_SIZE {
+            return Err(Error::NoMemory);
+        }
+        Ok(a)
+    }
+
     /// `mmap`: arguments already checked for alignment and range by the caller;
     /// `addr` = 0 picks the next free range above [`MMAP_BASE`].
     pub fn mmap(&mut self, addr: u64, len: u64, writable: bool) -> Result<u64, Error> {
-        let start = if addr != 0 {
-            addr
-        } else {
-            let mut a = self.next_mmap;
-            // Skip areas in the way (bounded: each step passes one area).
-            while self.overlaps(a, a.checked_add(len).ok_or(Error::NoMemory)?) {
-                let (_, area) = self
-                    .area_at(a)
-                    .or_else(|| self.areas.range(a..).next().map(|(s, ar)| (*s, *ar)))
-                    .ok_or(Error::NoMemory)?;
-                a = area.end;
-            }
-            if !user_range_ok(a, len) || a + len > STACK_TOP - STACK_SIZE {
-                return Err(Error::NoMemory);
-            }
-            a
-        };
+        let start = if addr != 0 { addr } else { self.pick(len)? };
         self.add_anonymous(start, len, writable)?;
         if addr == 0 {
             // One guard page between consecutive mappings.
@@ -284,8 +335,20 @@ impl Drop for Space {
     fn drop(&mut self) {
         // Only reached once no CPU has the root loaded (the scheduler holds a reference
         // while it is in CR3; a CR3 switch flushed the non-global TLB entries).
-        if let Some(pt) = self.pt.take() {
+        if let Some(mut pt) = self.pt.take() {
             let mut freed = Vec::new();
+            // Portal pages first: their leaves are device memory, not frames to free (the
+            // table pages an unmap unlinks are ours).
+            for (va, _) in core::mem::take(&mut self.portals) {
+                if let Err(e) = pt.unmap(va, PAGE, &mut TableFrames, &mut |r| {
+                    if matches!(r, Released::Table(_)) {
+                        freed.push(r);
+                    }
+                }) {
+                    log::error!("portal unmap at {va:#x} failed ({e}); the tables are leaked");
+                    return;
+                }
+            }
             if let Err(e) = pt.teardown(&mut TableFrames, &mut |r| freed.push(r)) {
                 log::error!("address space teardown failed ({e}); its memory is leaked");
                 return;

@@ -57,7 +57,72 @@ pub(crate) fn dispatch(t: &Arc<Thread>, regs: &mut UserRegs) -> Action {
         Sys::ImsWait => super::ims::wait(t, regs, a[0]),
         Sys::ImsSetAffinity => ret(super::ims::set_affinity(t, a[0], a[1])),
         Sys::ImsRelease => ret(super::ims::release(t, a[0])),
+        Sys::DsaPortal => ret(dsa_portal(t, a[0])),
+        Sys::DsaWqTake => ret(dsa_wq_take(t, a[0], a[1])),
     }
+}
+
+/// `dsa_portal`: only with `sva.direct=on` (INTEL-SA-01084: direct submission is kernel
+/// policy, off by default). The PASID exists before the page is mapped, so the thread's
+/// next entry to ring 3 already carries it in IA32_PASID.
+fn dsa_portal(t: &Thread, device: u64) -> Result<u64, Error> {
+    if !super::direct_submission_allowed() {
+        return Err(Error::Denied);
+    }
+    let devs = crate::dsa::devices();
+    let dev = usize::try_from(device)
+        .ok()
+        .and_then(|i| devs.get(i))
+        .ok_or(Error::NoDevice)?;
+    let phys = dev.user_portal_page().ok_or(Error::NoDevice)?;
+    if crate::ims::device_ims(dev).is_err() {
+        // Without IMS the only portals are MSI-X ones, where a descriptor's interrupt
+        // handle names the kernel's MSI-X entries unchecked.
+        return Err(Error::NoDevice);
+    }
+    super::sva_attach(&t.process, dev).map_err(|e| e.abi())?;
+    t.process.space.lock().map_portal(phys)
+}
+
+/// `dsa_wq_take`: a user dedicated WQ lent to the caller's PASID, its portal mapped, its
+/// size written to `size_ptr`. Policy `sva.direct` (MOVDIR64B from ring 3 is direct
+/// submission too).
+fn dsa_wq_take(t: &Thread, device: u64, size_ptr: u64) -> Result<u64, Error> {
+    if !super::direct_submission_allowed() {
+        return Err(Error::Denied);
+    }
+    if !user_range_ok(size_ptr, 8) {
+        return Err(Error::BadAddress);
+    }
+    if !size_ptr.is_multiple_of(8) {
+        return Err(Error::Misaligned);
+    }
+    let devs = crate::dsa::devices();
+    let idx = usize::try_from(device)
+        .ok()
+        .filter(|&i| i < devs.len())
+        .ok_or(Error::NoDevice)?;
+    let dev = &devs[idx];
+    if crate::ims::device_ims(dev).is_err() {
+        return Err(Error::NoDevice);
+    }
+    let pasid = super::sva_attach(&t.process, dev).map_err(|e| e.abi())?;
+    let (wq, size, phys) = match dev.lend_wq(pasid) {
+        Ok(Some(x)) => x,
+        Ok(None) => return Err(Error::Busy),
+        Err(e) => {
+            log::warn!(
+                "pid {}: lending a WQ of dsa{}: {e}",
+                t.process.pid,
+                dev.index
+            );
+            return Err(Error::NoDevice);
+        }
+    };
+    // Recorded before anything can fail: the process's end gives it back.
+    t.process.lent_wqs.lock().push((dev.driver(), wq));
+    uaccess::copy_to_user(Some(&t.process), size_ptr, &u64::from(size).to_le_bytes())?;
+    t.process.space.lock().map_portal(phys)
 }
 
 fn dsa_submit(t: &Thread, desc: u64, device: u64) -> Result<u64, Error> {

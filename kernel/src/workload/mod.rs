@@ -11,6 +11,10 @@
 //! (`client=pasid`) each allocate an IMS handle on their own CPU from the system IMS domain
 //! and submit through the WQ's IMS portal (the MSI-X entries are bound to the kernel PASID).
 //!
+//! Ring-3 clients (`client=process`: the submit system call; `client=direct`: ENQCMD from
+//! ring 3 through a mapped portal, policy `sva.direct=on`) run one process per CPU
+//! (`process.rs`).
+//!
 //! Output: a summary table, and one `RESULT {json}` line per case with `kind
 //! "dsa-workload"`. The cost fields are TSC ticks per descriptor of the CPU-side submit
 //! path and completion path; `"icount": true` (the kernel was booted with `icount`, as
@@ -18,6 +22,7 @@
 
 mod engine;
 pub mod ops;
+mod process;
 
 use alloc::format;
 use alloc::string::String;
@@ -41,7 +46,7 @@ pub const DEFAULT_SPEC: &str = "memmove,fill,crc:size=4k,64k:mode=dwq,swq:batch=
      memmove,crc:size=4k,64k:mode=swq:batch=1,32:completion=poll,irq:cpus=all:iters=64:client=pasid";
 
 /// Bound on one case on one CPU.
-const CASE_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const CASE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Outcome of one case.
 #[derive(Clone, Debug)]
@@ -71,7 +76,7 @@ pub struct CaseResult {
 }
 
 impl CaseResult {
-    fn skipped(case: Case, spec: &WorkloadSpec, why: String) -> CaseResult {
+    pub(crate) fn skipped(case: Case, spec: &WorkloadSpec, why: String) -> CaseResult {
         CaseResult {
             case,
             client: spec.client,
@@ -198,6 +203,9 @@ fn run_case(
     cpus: &[usize],
     devs: &[&'static DsaDevice],
 ) -> CaseResult {
+    if matches!(spec.client, ClientKind::Process | ClientKind::Direct) {
+        return process::run_case(spec, case, cpus, devs);
+    }
     let mode = wq_mode(case.mode);
     if spec.client == ClientKind::Pasid {
         let why = if !crate::iommu::is_enabled() {
@@ -301,7 +309,10 @@ fn run_case(
     let mut mine = None;
     for (k, &(cpu, d, wq)) in plan.iter().enumerate() {
         let (client, space) = match spec.client {
-            ClientKind::Kernel => (d.kernel_client(), None),
+            // (Ring-3 clients returned above.)
+            ClientKind::Kernel | ClientKind::Process | ClientKind::Direct => {
+                (d.kernel_client(), None)
+            }
             ClientKind::Pasid => {
                 let c = match ClientSpace::new().and_then(|c| d.attach(&c).map(|()| c)) {
                     Ok(c) => c,
@@ -464,6 +475,8 @@ pub fn result_json(r: &CaseResult) -> String {
             (Completion::Poll, _) => "none",
             (Completion::Interrupt, ClientKind::Pasid) => "ims",
             (Completion::Interrupt, ClientKind::Kernel) => "msix",
+            // Ring-3 clients poll (interrupt cases are skipped).
+            (Completion::Interrupt, ClientKind::Process | ClientKind::Direct) => "none",
         },
         r.cpus,
         r.devices,

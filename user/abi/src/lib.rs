@@ -86,10 +86,31 @@ pub enum Sys {
     /// then the id is no longer valid (a thread blocked in `ims_wait` on it returns
     /// [`Error::BadHandle`]).
     ImsRelease = 19,
+    /// `dsa_portal(device) -> addr`: maps the submission portal of DSA device `device`'s
+    /// shared WQ (one page, uncached, write-only use: 64-byte ENQCMD stores) into the
+    /// caller and gives the process its PASID, which the kernel keeps in IA32_PASID
+    /// whenever one of its threads runs. The process then submits with ENQCMD from ring
+    /// 3, unchecked by the kernel: descriptors carry its PASID (set by the CPU) and
+    /// privilege 0. Intel's advisory INTEL-SA-01084 makes direct submission unsafe on DSA
+    /// 1.0, so this is kernel policy, off by default (`sva.direct=on` enables it):
+    /// [`Error::Denied`] when off. The page is an IMS portal when the device has IMS
+    /// (completion interrupt handles are then checked against the PASID by the device).
+    /// Calling it again returns the same address.
+    DsaPortal = 20,
+    /// `dsa_wq_take(device, size_ptr) -> addr`: lends the caller a dedicated WQ of DSA
+    /// device `device` (one configured with accel-config `type` `user`) running in the
+    /// caller's PASID (WQCFG PASID = the process's, privilege 0), maps its portal page and
+    /// writes the WQ size (its credits) as a `u64` at `size_ptr`. The process submits with
+    /// MOVDIR64B and must itself keep at most that many descriptors in flight (the device
+    /// drops the excess with a software error): the WQ is the process's alone, so the
+    /// credits are its own. Direct submission: policy `sva.direct=on` only
+    /// ([`Error::Denied`]); [`Error::Busy`] when no user WQ is free. The WQ is disabled
+    /// (its work finished) and free again when the process ends.
+    DsaWqTake = 21,
 }
 
 /// Number of system calls (one past the largest number).
-pub const SYS_COUNT: u64 = 20;
+pub const SYS_COUNT: u64 = 22;
 
 impl Sys {
     /// The call with number `n`.
@@ -115,6 +136,8 @@ impl Sys {
             17 => Self::ImsWait,
             18 => Self::ImsSetAffinity,
             19 => Self::ImsRelease,
+            20 => Self::DsaPortal,
+            21 => Self::DsaWqTake,
             _ => return None,
         })
     }
@@ -177,11 +200,13 @@ pub enum Error {
     /// The process's interrupt-handle quota on the device, or the device's IMS table, is
     /// exhausted.
     HandleQuota = 25,
+    /// Kernel policy refuses the request (e.g. a direct portal while `sva.direct` is off).
+    Denied = 26,
 }
 
 impl Error {
     /// Every code, in numbering order.
-    pub const ALL: [Error; 25] = [
+    pub const ALL: [Error; 26] = [
         Self::NoSys,
         Self::BadAddress,
         Self::Misaligned,
@@ -207,6 +232,7 @@ impl Error {
         Self::NoBatch,
         Self::BadHandle,
         Self::HandleQuota,
+        Self::Denied,
     ];
 
     /// The stable code.
@@ -250,6 +276,7 @@ impl Error {
             Self::NoBatch => "batch descriptors not accepted",
             Self::BadHandle => "no such interrupt handle",
             Self::HandleQuota => "interrupt handle quota exhausted",
+            Self::Denied => "refused by kernel policy",
         }
     }
 }

@@ -186,6 +186,61 @@ pub fn ims_release(handle: u64) -> Result<u64, Error> {
     call(Sys::ImsRelease, [handle, 0, 0, 0, 0, 0])
 }
 
+/// Maps the shared-WQ portal of DSA device `device` for ENQCMD from ring 3 (kernel policy
+/// `sva.direct`); returns its address.
+pub fn dsa_portal(device: u64) -> Result<u64, Error> {
+    call(Sys::DsaPortal, [device, 0, 0, 0, 0, 0])
+}
+
+/// ENQCMD of the 64-byte descriptor `desc` to the portal at `portal`: true when the
+/// device accepted it (ZF = 0), false for a retry (WQ full, or not an enqueue register).
+/// The descriptor's dword 0 must be 0 (ENQCMD #GPs otherwise); the CPU puts the PASID of
+/// IA32_PASID there and privilege 0 (Intel SDM Vol. 2A, ENQCMD). An SFENCE first makes the
+/// descriptor's buffers and zeroed completion record visible to the device.
+#[inline(always)]
+pub fn enqcmd(portal: u64, desc: &[u8; 64]) -> bool {
+    let retry: u8;
+    // SAFETY: ENQCMD reads 64 bytes at `desc` (a live array) and makes one enqueue store to
+    // `portal`; an unmapped or non-portal destination faults or reports a retry, nothing
+    // else in this process changes.
+    unsafe {
+        core::arch::asm!(
+            "sfence",
+            "enqcmd {p}, zmmword ptr [{d}]",
+            "setz {r}",
+            p = in(reg) portal,
+            d = in(reg) desc.as_ptr(),
+            r = out(reg_byte) retry,
+            options(nostack),
+        );
+    }
+    retry == 0
+}
+
+/// A dedicated WQ of DSA device `device` for this process: (portal address, size).
+pub fn dsa_wq_take(device: u64) -> Result<(u64, u64), Error> {
+    let mut size = 0u64;
+    let a = call(Sys::DsaWqTake, [device, (&raw mut size) as u64, 0, 0, 0, 0])?;
+    Ok((a, size))
+}
+
+/// MOVDIR64B of `desc` to the dedicated-WQ portal at `portal` (a posted 64-byte store: no
+/// answer; a full WQ drops it). SFENCE first for the buffers and completion record.
+#[inline(always)]
+pub fn movdir64b(portal: u64, desc: &[u8; 64]) {
+    // SAFETY: one 64-byte store to `portal` (a mapped portal page, else a fault), reading
+    // the live array `desc`.
+    unsafe {
+        core::arch::asm!(
+            "sfence",
+            "movdir64b {p}, zmmword ptr [{d}]",
+            p = in(reg) portal,
+            d = in(reg) desc.as_ptr(),
+            options(nostack),
+        );
+    }
+}
+
 /// Ends the calling thread.
 pub fn thread_exit() -> ! {
     let _ = call(Sys::ThreadExit, [0; 6]);

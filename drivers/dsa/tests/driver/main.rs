@@ -3,6 +3,7 @@
 mod bringup;
 mod common;
 mod errors;
+mod lend;
 mod ops;
 mod queues;
 mod resume_matrix;
