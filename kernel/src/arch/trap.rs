@@ -199,8 +199,8 @@ pub fn init_irq_entry() {
 }
 
 /// The CPUs have SMAP (CLAC is defined whatever CR4.SMAP says: Intel SDM Vol. 2A CLAC):
-/// device interrupts clear RFLAGS.AC on entry. Called by the BSP before any ring-3 code or
-/// checked copy runs.
+/// device interrupts clear RFLAGS.AC on entry. Called by every CPU that turns SMAP on, before
+/// it runs ring 3 or a checked copy (idempotent; CPUID is the same on every CPU).
 pub fn use_clac() {
     IRQ_ENTRY.store(irq_common_clac as *const () as u64, Ordering::Release);
 }

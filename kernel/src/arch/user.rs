@@ -408,11 +408,12 @@ pub fn init_cpu() -> Result<(), crate::mm::MmError> {
     // SAFETY: only bits CPUID reports are set; the kernel never executes or (outside the
     // checked copies, which STAC) touches user pages, and runs no UMIP instruction at CPL3.
     unsafe { x86_64::registers::control::Cr4::write_raw(cr4) };
+    if want.smap {
+        // Every CPU with SMAP (the same CPUID everywhere) before it can run ring 3.
+        super::trap::use_clac();
+    }
     if cpu == 0 {
         SMAP.store(want.smap, Ordering::Relaxed);
-        if want.smap {
-            super::trap::use_clac();
-        }
     }
     Ok(())
 }
