@@ -256,13 +256,174 @@ fn checksum(bytes: &[u8]) -> u64 {
     })
 }
 
+/// The device-level attacker's pages (user/programs/src/bin/sva.rs `ATTACKER_PAGE`): a
+/// source with [`attacker_byte`], a page of completion records, a destination.
+const ATTACKER_PAGE: u64 = 0x6100_0000_0000;
+const PAGE: u64 = 4096;
+fn attacker_byte(i: usize) -> u8 {
+    (i * 3 + 1) as u8
+}
+
+/// Byte `i` of the user page at `va` of `p` (identity-mapped RAM), None if not mapped.
+fn user_byte(p: &Process, va: u64) -> Option<u8> {
+    let pa = p.translate(va)?;
+    // SAFETY: a byte of a frame of `p`'s live space (identity-mapped RAM), read once.
+    Some(unsafe { core::ptr::read_volatile(pa as *const u8) })
+}
+
+/// A process whose PASID the suite uses to store descriptors as a ring-3 ENQCMD would:
+/// `sva(4)`, its pages filled, its PASID attached to `dev`.
+fn device_attacker(
+    s: &mut Suite,
+    dev: &crate::dsa::DsaDevice,
+    cpu: usize,
+) -> Result<(Arc<Process>, u32), String> {
+    let p = s.spawn("sva", Some(cpu), 4)?;
+    let deadline = crate::time::now_ns().saturating_add(hang_ns());
+    let last = ATTACKER_PAGE + PAGE - 1;
+    proc::run_until(
+        || p.ended() || user_byte(&p, last) == Some(attacker_byte(PAGE as usize - 1)),
+        deadline,
+    )
+    .map_err(|e| alloc::format!("the device-level attacker never filled its pages: {e}"))?;
+    if p.ended() {
+        return Err(alloc::format!(
+            "the device-level attacker ended with {}",
+            p.status()
+        ));
+    }
+    let pasid = proc::sva_attach(&p, dev).map_err(|e| alloc::format!("attacker PASID: {e}"))?;
+    Ok((p, pasid))
+}
+
+/// Stores `d` on `pasid` through the shared WQ exactly as the process's own ENQCMD would
+/// (PASID = its, user privilege; no system call validates it: the device and the IOMMU are
+/// all that stand in the way), with its completion record in `p`'s record page, and waits
+/// for the record. Returns the status byte and the record's fault address (bytes 8–15).
+fn device_submit(
+    dev: &crate::dsa::DsaDevice,
+    p: &Process,
+    pasid: u32,
+    mut d: dsa_spec::Descriptor,
+) -> Result<(u8, u64), String> {
+    use dsa_spec::DescFlags;
+    let cr = ATTACKER_PAGE + PAGE;
+    let cr_pa = p
+        .translate(cr)
+        .ok_or("the attacker's record page is gone")?;
+    let rec = cr_pa as *mut u8;
+    for i in 0..32 {
+        // SAFETY: the record bytes in a frame of `p`'s live space (identity-mapped RAM).
+        unsafe { core::ptr::write_volatile(rec.add(i), 0) };
+    }
+    d.pasid = pasid;
+    d.reserved_pasid_bits = 0;
+    d.privileged = false;
+    d.flags |= DescFlags::CRAV | DescFlags::RCR;
+    d.completion_addr = cr;
+    dev.submit_user(&d.to_bytes())
+        .map_err(|e| alloc::format!("the portal refused the descriptor: {e:?}"))?;
+    // SAFETY: as above; the device writes the record, the kernel only reads it.
+    let status = || unsafe { core::ptr::read_volatile(rec) };
+    let deadline = crate::time::now_ns().saturating_add(hang_ns());
+    proc::run_until(|| status() != 0, deadline)
+        .map_err(|e| alloc::format!("no completion record: {e}"))?;
+    let mut fault = [0u8; 8];
+    for (i, b) in fault.iter_mut().enumerate() {
+        // SAFETY: as above.
+        *b = unsafe { core::ptr::read_volatile(rec.add(8 + i)) };
+    }
+    Ok((status(), u64::from_le_bytes(fault)))
+}
+
+fn memmove(src: u64, dst: u64, size: u32) -> dsa_spec::Descriptor {
+    dsa_spec::Descriptor {
+        opcode: dsa_spec::Opcode::MemMove as u8,
+        addr1: src,
+        addr2: dst,
+        size,
+        ..Default::default()
+    }
+}
+
+/// The device-level half of attack 3: memmoves of the attacker's page to `targets` stored on
+/// its PASID without validation. Each must end in a page fault (status 0x03) with a fault
+/// record of the IOMMU for that PASID and the target's page; the detail names them.
+fn device_level_addresses(
+    s: &mut Suite,
+    dev: &crate::dsa::DsaDevice,
+    targets: &[(&str, u64)],
+) -> Verdict {
+    let cpu = if cpus() > 1 { 1 } else { 0 };
+    let (attacker, pasid) = device_attacker(s, dev, cpu)?;
+    let v = device_level_faults(dev, &attacker, pasid, targets);
+    kill_and_wait(&attacker)?;
+    v
+}
+
+fn device_level_faults(
+    dev: &crate::dsa::DsaDevice,
+    attacker: &Process,
+    pasid: u32,
+    targets: &[(&str, u64)],
+) -> Verdict {
+    let bdf = dev.pci.address();
+    let mut seen = Vec::new();
+    for &(what, target) in targets {
+        let watch = crate::iommu::watch_faults();
+        let before = crate::iommu::fault_count_pasid(bdf, pasid);
+        let (st, addr) = device_submit(dev, attacker, pasid, memmove(ATTACKER_PAGE, target, 64))?;
+        if st & 0x3f != 0x03 {
+            return Err(alloc::format!(
+                "device level: memmove to the {what} address {target:#x} on PASID {pasid} ended with status {st:#x}, not a page fault"
+            ));
+        }
+        let deadline = crate::time::now_ns().saturating_add(hang_ns());
+        proc::run_until(
+            || crate::iommu::fault_count_pasid(bdf, pasid) > before,
+            deadline,
+        )
+        .map_err(|e| {
+            alloc::format!(
+                "device level: status {st:#x} for the {what} address but the IOMMU recorded no fault for PASID {pasid}: {e}"
+            )
+        })?;
+        let rec = watch
+            .seen()
+            .into_iter()
+            .rev()
+            .find(|f| f.pasid == Some(pasid) && f.address == target & !(PAGE - 1));
+        let reason = rec.map_or_else(
+            || String::from("record not kept"),
+            |f| {
+                alloc::format!(
+                    "{} {:#x}: {}",
+                    if f.write { "write" } else { "read" },
+                    f.code,
+                    f.reason.name()
+                )
+            },
+        );
+        seen.push(alloc::format!(
+            "{what} {target:#x}: status {st:#x}, record fault address {addr:#x}, IOMMU fault on PASID {pasid} ({reason})"
+        ));
+    }
+    Ok(seen.join("; "))
+}
+
 #[repr(C, align(4096))]
 struct KernelPage([u8; 4096]);
 
-/// Attack 3: `dsa_submit` memmoves with a kernel address (a page the suite owns) and with
-/// the victim's buffer address as destination. Refused when each is refused by the call
-/// or ends in a fault status, and both pages keep their checksums.
-fn kernel_and_victim_addresses(s: &mut Suite) -> Verdict {
+/// Attack 3: memmoves with a kernel address (a page the suite owns) and with the victim's
+/// buffer address as destination, twice: through `dsa_submit` (the call refuses the kernel
+/// address, BadAddress; the victim's address passes its checks and the IOMMU faults it),
+/// and at the device level — stored on the attacker's PASID without any validation, as a
+/// ring-3 ENQCMD would — where the IOMMU must be what refuses both: the attacker's first
+/// stage (its PML4) maps kernel memory supervisor-only and never the victim's pages. Refused
+/// when nothing completes, each device-level memmove ends in a page fault (0x03) with an
+/// IOMMU fault record for the attacker's PASID and the target page, and both pages keep their
+/// checksums.
+fn kernel_and_victim_addresses(s: &mut Suite, dev: &crate::dsa::DsaDevice) -> Verdict {
     let mut page = alloc::boxed::Box::new(KernelPage([0; 4096]));
     for (i, b) in page.0.iter_mut().enumerate() {
         *b = (i * 31 + 7) as u8;
@@ -292,6 +453,8 @@ fn kernel_and_victim_addresses(s: &mut Suite) -> Verdict {
         .ok_or("the victim's page is gone")?;
     let attacker = s.spawn("sva", Some(cpus() - 1), kernel_addr)?;
     let st = wait(&attacker)?;
+    let device =
+        device_level_addresses(s, dev, &[("kernel", kernel_addr), ("victim", VICTIM_PAGE)]);
     let kernel_after = checksum(&page.0);
     let victim_after = victim_page().map(checksum);
     let alive = !victim.ended();
@@ -310,8 +473,89 @@ fn kernel_and_victim_addresses(s: &mut Suite) -> Verdict {
     if victim_after != Some(victim_sum) || !alive {
         return Err("the victim's page changed or the victim ended".into());
     }
+    let device = device?;
     Ok(alloc::format!(
-        "memmoves to kernel page {kernel_addr:#x} and victim page {VICTIM_PAGE:#x} refused or faulted; checksums unchanged (kernel {kernel_sum:#x}, victim {victim_sum:#x})"
+        "system call: memmoves to kernel page {kernel_addr:#x} and victim page {VICTIM_PAGE:#x} refused or faulted; device level (no validation): {device}; checksums unchanged (kernel {kernel_sum:#x}, victim {victim_sum:#x})"
+    ))
+}
+
+/// Attack: the victim's interrupt handle named in a descriptor. Through `dsa_submit` a
+/// process can only name its own ids (user/programs ims(2) checks the refusals); at the
+/// device level the suite stores, on the attacker's PASID, a memmove with RCI whose raw
+/// interrupt handle field is the victim's device handle. The IMS entry is bound to the
+/// victim's PASID (PASID enable set, drivers/dsa `ImsStorage::program`), so the device must
+/// refuse the handle: status 0x19, no interrupt (DSA spec §5.4: the interrupt handle's
+/// PASID must match the descriptor's). Refused when the status is 0x19, after a Drain PASID
+/// of the attacker (every descriptor of it done, its interrupts sent) the demultiplexer of
+/// the victim's CPU took no interrupt, the victim's handle delivered and counted nothing, and
+/// the victim is alive.
+fn victim_interrupt_handle(s: &mut Suite, dev: &crate::dsa::DsaDevice) -> Verdict {
+    let vcpu = cpus() - 1;
+    // user/programs/src/bin/ims.rs case 6: one handle on its CPU, sleeps.
+    let victim = s.spawn("ims", Some(vcpu), 6)?;
+    let deadline = crate::time::now_ns().saturating_add(hang_ns());
+    proc::run_until(
+        || victim.ended() || !victim.ims_handles().is_empty(),
+        deadline,
+    )
+    .map_err(|e| alloc::format!("the victim never got its handle: {e}"))?;
+    let v = name_victim_handle(s, dev, &victim, vcpu);
+    kill_and_wait(&victim)?;
+    v
+}
+
+fn name_victim_handle(
+    s: &mut Suite,
+    dev: &crate::dsa::DsaDevice,
+    victim: &Arc<Process>,
+    vcpu: usize,
+) -> Verdict {
+    let vh = *victim
+        .ims_handles()
+        .first()
+        .ok_or_else(|| alloc::format!("the victim ended with {}", victim.status()))?;
+    let acpu = if cpus() > 1 { 0 } else { vcpu };
+    let (attacker, pasid) = device_attacker(s, dev, acpu)?;
+    let domain = s.domain;
+    let irqs = |c| domain.stats(c).map_or(u64::MAX, |st| st.interrupts);
+    let before = irqs(vcpu);
+    let mut d = memmove(ATTACKER_PAGE, ATTACKER_PAGE + 2 * PAGE, 64);
+    d.flags = dsa_spec::DescFlags::RCI;
+    d.int_handle = vh.device_handle;
+    let r = device_submit(dev, &attacker, pasid, d);
+    // Every descriptor of the attacker's PASID done (and its interrupt, if any, sent).
+    let drained = dev.driver().drain_pasid(pasid);
+    let after = irqs(vcpu);
+    let vh_after = victim.ims_handles().first().copied();
+    kill_and_wait(&attacker)?;
+    let (st, _) = r?;
+    drained.map_err(|e| alloc::format!("Drain PASID {pasid}: {e}"))?;
+    if st & 0x3f != 0x19 {
+        return Err(alloc::format!(
+            "the descriptor naming the victim's device handle {:#x} on PASID {pasid} ended with status {st:#x}, not 0x19",
+            vh.device_handle
+        ));
+    }
+    if after != before {
+        return Err(alloc::format!(
+            "the victim's CPU {vcpu} took {} IMS interrupts",
+            after.wrapping_sub(before)
+        ));
+    }
+    let Some(vh_after) = vh_after.filter(|h| h.delivered == vh.delivered && h.counted == 0) else {
+        return Err(alloc::format!(
+            "the victim's handle moved: {vh:?} -> {vh_after:?}"
+        ));
+    };
+    if victim.ended() {
+        return Err("the victim ended".into());
+    }
+    Ok(alloc::format!(
+        "memmove with RCI and the victim's device handle {:#x} (id {}, CPU {vcpu}) stored on the attacker's PASID {pasid}: status {st:#x}; victim's CPU IMS interrupts {before} -> {after}, its handle delivered {} counted {}",
+        vh.device_handle,
+        vh.id,
+        vh_after.delivered,
+        vh_after.counted
     ))
 }
 
@@ -475,7 +719,9 @@ pub fn run() -> ! {
     s.record("handle-exhaustion", v);
     let v = privileged_instructions(&mut s, dev);
     s.record("privileged-instructions", v);
-    let v = kernel_and_victim_addresses(&mut s);
+    let v = victim_interrupt_handle(&mut s, dev);
+    s.record("victim-interrupt-handle", v);
+    let v = kernel_and_victim_addresses(&mut s, dev);
     s.record("kernel-and-victim-addresses", v);
     let v = exit_with_handles(&mut s, &chip);
     s.record("exit-with-handles", v);

@@ -370,3 +370,43 @@ pub(super) fn submit(
         }
     })
 }
+
+/// One handle of a process as the hostile-process suite sees it.
+#[cfg(feature = "ktest")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HandleInfo {
+    /// The process's id of it.
+    pub id: u16,
+    /// The device's interrupt handle (what the kernel puts in the descriptors).
+    pub device_handle: u16,
+    /// Where its interrupts go (None once released).
+    pub cpu: Option<usize>,
+    /// Completions the demultiplexer delivered through it.
+    pub delivered: u64,
+    /// Completions counted for `ims_wait` and not yet returned by it.
+    pub counted: u64,
+}
+
+/// The handles `p` holds, by id.
+#[cfg(feature = "ktest")]
+pub(super) fn handles(p: &Process) -> alloc::vec::Vec<HandleInfo> {
+    let table: alloc::vec::Vec<(u16, Arc<UserHandle>)> =
+        p.ims.lock().iter().map(|(k, v)| (*k, v.clone())).collect();
+    table
+        .into_iter()
+        .map(|(id, h)| {
+            let (cpu, delivered) = h
+                .handle
+                .lock()
+                .as_ref()
+                .map_or((None, 0), |x| (Some(x.cpu()), x.delivered()));
+            HandleInfo {
+                id,
+                device_handle: h.device_handle,
+                cpu,
+                delivered,
+                counted: h.sink.state.lock().count,
+            }
+        })
+        .collect()
+}

@@ -217,6 +217,11 @@ impl Process {
     pub fn translate(&self, virt: u64) -> Option<u64> {
         self.space.lock().translate(virt)
     }
+    /// The interrupt handles it holds (the hostile-process suite).
+    #[cfg(feature = "ktest")]
+    pub fn ims_handles(&self) -> Vec<ims::HandleInfo> {
+        ims::handles(self)
+    }
     /// The fault that killed it, if one did.
     pub fn fault(&self) -> Option<FaultReport> {
         *self.fault.lock()

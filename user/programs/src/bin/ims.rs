@@ -16,10 +16,21 @@
 //! * 3: cost: exits with the average TSC delta (guest instructions under `-icount`) from a
 //!   No-op descriptor with a completion interrupt submitted to the return of the `ims_wait`
 //!   that counted it (submit call, device, IMS message, demultiplexer, wake-up, switch back).
+//!   The suite's interrupt-storm victim too.
+//! * 6: victim of the suite's interrupt-handle attack: maps 3 pages at the address the
+//!   device-level attacker uses (`sva.rs` `ATTACKER_PAGE`, so that the suite's mutation check
+//!   — the same descriptor on this PASID — runs to completion), one handle on this CPU, then
+//!   sleeps until killed (the suite names the handle's device handle in another PASID's
+//!   descriptor).
+//! * `8 | cpu << 8`: interrupt storm of the suite: one handle whose interrupts go to CPU
+//!   `cpu`, then No-op descriptors with a completion interrupt as fast as it can
+//!   ([`IMS_INFLIGHT_MAX`] in flight, reaped with `ims_wait`) until killed.
 #![no_std]
 #![no_main]
 
-use user_rt::abi::{CURRENT_CPU, Error, FLAG_RCI, PAGE, PROT_READ, PROT_WRITE, SLEEP_MAX_NS};
+use user_rt::abi::{
+    CURRENT_CPU, Error, FLAG_RCI, IMS_INFLIGHT_MAX, PAGE, PROT_READ, PROT_WRITE, SLEEP_MAX_NS,
+};
 use user_rt::println;
 
 const MEMMOVE: u8 = 0x03;
@@ -358,8 +369,51 @@ fn in_flight(exit: bool) -> u64 {
     }
 }
 
+fn holder() -> u64 {
+    let at = 0x6100_0000_0000;
+    if user_rt::mmap(at, 3 * PAGE, PROT_READ | PROT_WRITE) != Ok(at) {
+        return 90;
+    }
+    for i in 0..3 * PAGE {
+        wr(at + i, 0);
+    }
+    if let Err(e) = user_rt::ims_alloc(0, CURRENT_CPU) {
+        println!("ims: holder: {e}");
+        return 91;
+    }
+    loop {
+        let _ = user_rt::sleep_ns(SLEEP_MAX_NS);
+    }
+}
+
+fn storm(cpu: u64) -> u64 {
+    let Ok(cr) = user_rt::mmap(0, PAGE, PROT_READ | PROT_WRITE) else {
+        return 90;
+    };
+    let h = match user_rt::ims_alloc(0, cpu) {
+        Ok(h) => h,
+        Err(e) => {
+            println!("ims: storm handle on CPU {cpu}: {e}");
+            return 91;
+        }
+    };
+    let n = IMS_INFLIGHT_MAX.min(PAGE / 32);
+    loop {
+        for i in 0..n {
+            let mut nop = desc(CRAV_RCR | FLAG_RCI, cr + 32 * i, 0, 0, 0, h as u16);
+            nop[7] = 0x00;
+            // Busy (queue full) only slows the storm down.
+            let _ = user_rt::dsa_submit(&nop, 0);
+        }
+        // Reaps whatever completed; WouldBlock once nothing is in flight.
+        while user_rt::ims_wait(h).is_ok() {}
+    }
+}
+
 fn main(arg: u64) -> u64 {
     match arg {
+        6 => holder(),
+        a if a & 0xff == 8 => storm(a >> 8),
         4 => in_flight(true),
         5 => in_flight(false),
         0 => functional(),

@@ -10,6 +10,10 @@
 //!   descriptor, each completed before the next).
 //! * 3: victim of the hostile-process suite: maps one page at [`VICTIM_PAGE`], fills it with
 //!   a pattern (last byte last) and sleeps until killed; the suite checks the page.
+//! * 4: the suite's device-level attacker: maps 3 pages at [`ATTACKER_PAGE`] (source with a
+//!   pattern, a page of completion records, destination), last byte last, and sleeps until
+//!   killed; the suite itself stores descriptors on this process's PASID, as a ring-3
+//!   ENQCMD would (no system call validates them), and checks what the IOMMU does.
 //! * any `arg` ≥ 0x1000: attacker of the suite: memmoves of its own page with `arg` (a
 //!   kernel address) as destination, then with [`VICTIM_PAGE`] (the victim's address, not
 //!   mapped here) as destination. Exits 0 when each is refused by the call or ends in a
@@ -23,6 +27,8 @@ use user_rt::println;
 const MEMMOVE: u8 = 0x03;
 /// The suite's victim page (another process's address; kernel/src/ktests/sva_suite.rs).
 const VICTIM_PAGE: u64 = 0x6000_0000_0000;
+/// The device-level attacker's pages (kernel/src/ktests/sva_suite.rs `ATTACKER_PAGE`).
+const ATTACKER_PAGE: u64 = 0x6100_0000_0000;
 const CRAV_RCR: u32 = (1 << 2) | (1 << 3);
 
 fn desc(op: u8, flags: u32, cr: u64, src: u64, dst: u64, size: u32, dword0: u32) -> [u8; 64] {
@@ -86,9 +92,28 @@ fn victim() -> u64 {
     }
 }
 
+fn device_attacker() -> u64 {
+    if user_rt::mmap(ATTACKER_PAGE, 3 * PAGE, PROT_READ | PROT_WRITE) != Ok(ATTACKER_PAGE) {
+        return 90;
+    }
+    for i in 0..PAGE {
+        wr(ATTACKER_PAGE + 2 * PAGE + i, 0);
+        wr(ATTACKER_PAGE + PAGE + i, 0);
+    }
+    for i in 0..PAGE {
+        wr(ATTACKER_PAGE + i, (i * 3 + 1) as u8);
+    }
+    loop {
+        let _ = user_rt::sleep_ns(1_000_000);
+    }
+}
+
 fn main(arg: u64) -> u64 {
     if arg == 3 {
         return victim();
+    }
+    if arg == 4 {
+        return device_attacker();
     }
     let Ok(buf) = user_rt::mmap(0, 4 * PAGE, PROT_READ | PROT_WRITE) else {
         return 90;
