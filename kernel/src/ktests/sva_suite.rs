@@ -42,6 +42,11 @@ impl Suite {
     }
 
     fn record(&mut self, attack: &str, v: Verdict) {
+        self.record_with(attack, v, "");
+    }
+
+    /// [`Suite::record`] with `extra` JSON fields (`,"name":value...`) after the detail.
+    fn record_with(&mut self, attack: &str, v: Verdict, extra: &str) {
         self.attacks += 1;
         for r in self.domain.report() {
             self.vectors_max = self.vectors_max.max(r.vectors as usize);
@@ -58,7 +63,7 @@ impl Suite {
             }
         };
         crate::println!(
-            "RESULT {{\"kind\":\"sva-attack\",\"attack\":\"{attack}\",\"outcome\":\"{outcome}\",\"detail\":\"{}\"}}",
+            "RESULT {{\"kind\":\"sva-attack\",\"attack\":\"{attack}\",\"outcome\":\"{outcome}\",\"detail\":\"{}\"{extra}}}",
             json_escape(&detail)
         );
     }
@@ -559,12 +564,112 @@ fn name_victim_handle(
     ))
 }
 
-/// Attack 4: exit, and be killed, holding interrupt handles with memmoves in flight.
-/// Refused when live handles, free IMS entries, routes (IRTEs) and PASIDs are back to the
-/// baseline after each, the vectors per CPU never moved, and a new process then gets a
-/// handle and completes memmoves by interrupt.
-fn exit_with_handles(s: &mut Suite, chip: &Arc<dsa::DsaIms>) -> Verdict {
+/// What the interrupt-storm attack measured (the extra fields of its RESULT line).
+#[derive(Default)]
+struct Storm {
+    /// The victim's average latency of a No-op with a completion interrupt, submit to the
+    /// return of the `ims_wait` that counted it, in TSC ticks (ims.rs case 3), alone.
+    quiet: Option<u64>,
+    /// The same during the storm.
+    storm: Option<u64>,
+    /// IMS interrupts the victim's CPU took during the victim's run under the storm.
+    interrupts: u64,
+    /// Completions the storm's handle delivered during that run.
+    storm_completions: u64,
+}
+
+impl Storm {
+    fn fields(&self) -> String {
+        let f = |v: Option<u64>| v.map_or_else(|| String::from("null"), |x| alloc::format!("{x}"));
+        alloc::format!(
+            ",\"victim_latency_tsc_quiet\":{},\"victim_latency_tsc_storm\":{},\"storm_interrupts_on_victim_cpu\":{},\"storm_completions\":{}",
+            f(self.quiet),
+            f(self.storm),
+            self.interrupts,
+            self.storm_completions
+        )
+    }
+}
+
+/// The victim's ims(3) run on `cpu`: its average latency (an exit status that is not a
+/// failure code).
+fn victim_latency(s: &mut Suite, cpu: usize) -> Result<u64, String> {
+    let v = s.spawn("ims", Some(cpu), 3)?;
+    let st = wait(&v)?;
+    if st >= u64::MAX - 16 || v.fault().is_some() || st == user_abi::STATUS_KILLED {
+        return Err(alloc::format!(
+            "the victim's operations did not all complete (status {st:#x})"
+        ));
+    }
+    Ok(st)
+}
+
+/// Attack: an interrupt storm on the victim's CPU. The attacker (another CPU) holds a handle
+/// whose interrupts go to the victim's CPU and submits No-ops with a completion interrupt as
+/// fast as it can (ims.rs case 8); the victim (ims.rs case 3) runs 64 operations with its
+/// own interrupt, waiting for each, once alone and once under the storm. Refused when the
+/// victim's operations all complete both times while the storm delivered completions (and
+/// interrupts hit the victim's CPU) during its run, and the counts are back at the baseline
+/// after the kill. The latencies are reported, not judged (no assertion on speed).
+fn interrupt_storm(s: &mut Suite, chip: &Arc<dsa::DsaIms>, m: &mut Storm) -> Verdict {
     let base = counts(chip);
+    let vcpu = cpus() - 1;
+    let acpu = if cpus() > 2 { 1 } else { 0 };
+    m.quiet = Some(victim_latency(s, vcpu)?);
+    let storm = s.spawn("ims", Some(acpu), 8 | (vcpu as u64) << 8)?;
+    let delivered = || storm.ims_handles().first().map_or(0, |h| h.delivered);
+    let deadline = crate::time::now_ns().saturating_add(hang_ns());
+    proc::run_until(|| storm.ended() || delivered() > 0, deadline)
+        .map_err(|e| alloc::format!("the storm never delivered: {e}"))?;
+    let domain = s.domain;
+    let irqs = || domain.stats(vcpu).map_or(0, |st| st.interrupts);
+    let (i0, d0) = (irqs(), delivered());
+    let v = victim_latency(s, vcpu);
+    let (i1, d1) = (irqs(), delivered());
+    let alive = !storm.ended();
+    kill_and_wait(&storm)?;
+    m.interrupts = i1.saturating_sub(i0);
+    m.storm_completions = d1.saturating_sub(d0);
+    m.storm = Some(v?);
+    if !alive {
+        return Err(alloc::format!(
+            "the storm ended with {} during the victim's run",
+            storm.status()
+        ));
+    }
+    if m.storm_completions == 0 || m.interrupts == 0 {
+        return Err(
+            "no storm during the victim's run (nothing delivered): the attack was not tried".into(),
+        );
+    }
+    let after = counts(chip);
+    if after != base {
+        return Err(alloc::format!(
+            "not back to baseline after the storm: {base:?} -> {after:?}"
+        ));
+    }
+    Ok(alloc::format!(
+        "64 victim operations with interrupts on CPU {vcpu} completed alone and under a storm from CPU {acpu} ({} storm completions, {} IMS interrupts on CPU {vcpu} during the run); latency in TSC ticks, not judged",
+        m.storm_completions,
+        m.interrupts
+    ))
+}
+
+/// Attack 4: exit, and be killed, holding interrupt handles with memmoves in flight.
+/// Refused when live handles, free IMS entries, routes (IRTEs), PASIDs and the frames held
+/// outside the heap ([`held_pages`]: the processes' pages, page tables and stacks) are back
+/// to the baseline after each, the vectors per CPU never moved, a new process holding a
+/// handle (the same PASID and IMS entry as the killed one, when the allocators hand them out
+/// again — the detail says) sees none of the old work's completions (its handle delivered
+/// and counted nothing after a Drain PASID), and a new process then gets a handle and
+/// completes memmoves by interrupt.
+fn exit_with_handles(
+    s: &mut Suite,
+    dev: &crate::dsa::DsaDevice,
+    chip: &Arc<dsa::DsaIms>,
+) -> Verdict {
+    let base = counts(chip);
+    let pages = held_pages();
     let vectors = vectors_per_cpu();
     let cpu = if cpus() > 1 { 1 } else { 0 };
     // user/programs/src/bin/ims.rs case 4: exits with the work in flight.
@@ -573,7 +678,14 @@ fn exit_with_handles(s: &mut Suite, chip: &Arc<dsa::DsaIms>) -> Verdict {
     if st != 0 {
         return Err(alloc::format!("ims(4) failed to set up (status {st})"));
     }
+    gone(p)?;
     let after_exit = counts(chip);
+    let pages_exit = held_pages();
+    if pages_exit != pages {
+        return Err(alloc::format!(
+            "after exit with work in flight: frames held outside the heap {pages} -> {pages_exit}"
+        ));
+    }
     if after_exit != base {
         return Err(alloc::format!(
             "after exit with work in flight: (handles, free entries, routes, pasids) {base:?} -> {after_exit:?}"
@@ -593,13 +705,22 @@ fn exit_with_handles(s: &mut Suite, chip: &Arc<dsa::DsaIms>) -> Verdict {
             p.status()
         ));
     }
+    let old_pasid = p.pasid();
+    let old_handles: Vec<u16> = p.ims_handles().iter().map(|h| h.device_handle).collect();
     if kill_and_wait(&p)? != user_abi::STATUS_KILLED {
         return Err("ims(5) was not killed".into());
     }
+    gone(p)?;
     let after_kill = counts(chip);
     if after_kill != base {
         return Err(alloc::format!(
             "after kill with work in flight: (handles, free entries, routes, pasids) {base:?} -> {after_kill:?}"
+        ));
+    }
+    let pages_kill = held_pages();
+    if pages_kill != pages {
+        return Err(alloc::format!(
+            "after kill with work in flight: frames held outside the heap {pages} -> {pages_kill}"
         ));
     }
     if vectors_per_cpu() != vectors {
@@ -608,17 +729,98 @@ fn exit_with_handles(s: &mut Suite, chip: &Arc<dsa::DsaIms>) -> Verdict {
             vectors_per_cpu()
         ));
     }
+    let reuse = no_old_completions(s, dev, cpu, old_pasid, &old_handles)?;
     // A new process (likely given the same PASID and entries) works normally.
     let next = s.spawn("ims", Some(cpu), 0)?;
     let v = wait(&next)?;
     if v != 0 || next.fault().is_some() {
         return Err(alloc::format!("the next process failed (status {v})"));
     }
-    if counts(chip) != base {
+    gone(next)?;
+    if counts(chip) != base || held_pages() != pages {
         return Err("counts not at baseline after the next process".into());
     }
     Ok(alloc::format!(
-        "exit with 4 handles and 4 memmoves in flight, kill once it held 4 handles (its submits may still be under way): (handles, free entries, routes, pasids) back to {base:?} each time; the next process completed memmoves by interrupt"
+        "exit with 4 handles and 4 memmoves in flight, kill once it held 4 handles (its submits may still be under way): (handles, free entries, routes, pasids) back to {base:?} and frames held outside the heap back to {pages} each time; {reuse}; the next process completed memmoves by interrupt"
+    ))
+}
+
+/// Drops the suite's reference to the ended (reaped) `p` once it is the last one (no CPU
+/// has its root loaded any more: an idle CPU lets go of it), so that its address space is
+/// torn down now.
+fn gone(p: Arc<Process>) -> Result<(), String> {
+    let deadline = crate::time::now_ns().saturating_add(hang_ns());
+    proc::run_until(|| Arc::strong_count(&p) == 1, deadline).map_err(|e| {
+        alloc::format!(
+            "{} (pid {}) is still referenced after its end: {e}",
+            p.name(),
+            p.pid()
+        )
+    })?;
+    drop(p);
+    Ok(())
+}
+
+/// Frames allocated and not owned by the kernel heap: process pages, page tables, kernel
+/// stacks, PASID tables (what a process's end must give back).
+fn held_pages() -> u64 {
+    let f = crate::mm::frames::frame_stats();
+    let h = crate::mm::heap::stats();
+    f.total_pages
+        .saturating_sub(f.free_pages)
+        .saturating_sub(h.slab_pages)
+        .saturating_sub(h.large_bytes / 4096)
+}
+
+/// After the kill: a new process holding one handle (ims(6)) on the same CPU; after a Drain
+/// PASID of it, its handle delivered and counted nothing (the old work's completions were
+/// drained with the old PASID and never reach the new owner of the PASID and entry).
+fn no_old_completions(
+    s: &mut Suite,
+    dev: &crate::dsa::DsaDevice,
+    cpu: usize,
+    old_pasid: Option<u32>,
+    old_handles: &[u16],
+) -> Result<String, String> {
+    let p = s.spawn("ims", Some(cpu), 6)?;
+    let deadline = crate::time::now_ns().saturating_add(hang_ns());
+    proc::run_until(|| p.ended() || !p.ims_handles().is_empty(), deadline)
+        .map_err(|e| alloc::format!("the new holder never got its handle: {e}"))?;
+    let pasid = p.pasid();
+    let drained = pasid.map(|x| dev.driver().drain_pasid(x));
+    let h = p.ims_handles().first().copied();
+    kill_and_wait(&p)?;
+    gone(p)?;
+    let h = h.ok_or("the new holder ended without a handle")?;
+    if let Some(Err(e)) = drained {
+        return Err(alloc::format!("Drain PASID of the new holder: {e}"));
+    }
+    if h.delivered != 0 || h.counted != 0 {
+        return Err(alloc::format!(
+            "the new holder (PASID {pasid:?}, device handle {:#x}) saw old completions: delivered {} counted {}",
+            h.device_handle,
+            h.delivered,
+            h.counted
+        ));
+    }
+    Ok(alloc::format!(
+        "a new holder got PASID {pasid:?} ({} the killed one's) and device handle {:#x} ({} of the killed one's {}) and saw no completion",
+        if pasid == old_pasid {
+            "the same as"
+        } else {
+            "not"
+        },
+        h.device_handle,
+        if old_handles.contains(&h.device_handle) {
+            "one"
+        } else {
+            "none"
+        },
+        old_handles
+            .iter()
+            .map(|d| alloc::format!("{d:#x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     ))
 }
 
@@ -723,7 +925,10 @@ pub fn run() -> ! {
     s.record("victim-interrupt-handle", v);
     let v = kernel_and_victim_addresses(&mut s, dev);
     s.record("kernel-and-victim-addresses", v);
-    let v = exit_with_handles(&mut s, &chip);
+    let mut storm = Storm::default();
+    let v = interrupt_storm(&mut s, &chip, &mut storm);
+    s.record_with("interrupt-storm", v, &storm.fields());
+    let v = exit_with_handles(&mut s, dev, &chip);
     s.record("exit-with-handles", v);
     let v = pasid_loop(&mut s, dev, &chip);
     s.record("pasid-loop", v);
