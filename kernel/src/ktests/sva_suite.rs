@@ -655,6 +655,60 @@ fn interrupt_storm(s: &mut Suite, chip: &Arc<dsa::DsaIms>, m: &mut Storm) -> Ver
     ))
 }
 
+/// Attack: unmap a buffer while the device writes it (sva.rs case 5: 8 rounds of 16
+/// memmoves of 2 MiB into a 32 MiB buffer, `munmap` of its last page at once, a new mapping filled over the
+/// freed frames, checked after the record). `munmap` frees a frame only after the CPU shootdown
+/// and the PASID's IOTLB invalidation completed (`proc` `sva_invalidate`), so the rest of the
+/// write faults instead of landing in a reused frame. Refused when the attacker's reused
+/// pages never changed, a victim's page (another process) keeps its checksum, and the victim
+/// is alive; the detail says how many rounds the munmap won (page fault) — a round the
+/// device finished first tried nothing.
+fn unmap_while_writing(s: &mut Suite) -> Verdict {
+    let vcpu = if cpus() > 2 { 2 } else { 0 };
+    let victim = s.spawn("sva", Some(vcpu), 3)?;
+    let victim_page = || -> Option<&'static [u8]> {
+        let phys = victim.translate(VICTIM_PAGE)?;
+        // SAFETY: a frame of the victim's live space (identity-mapped RAM); only read,
+        // while the victim is alive (it is killed only after the last read).
+        Some(unsafe { core::slice::from_raw_parts(phys as *const u8, 4096) })
+    };
+    let deadline = crate::time::now_ns().saturating_add(hang_ns());
+    proc::run_until(
+        || victim.ended() || victim_page().is_some_and(|p| p[4095] == victim_byte(4095)),
+        deadline,
+    )
+    .map_err(|e| alloc::format!("the victim never filled its page: {e}"))?;
+    let sum = victim_page()
+        .map(checksum)
+        .ok_or("the victim's page is gone")?;
+    let acpu = if cpus() > 1 { 1 } else { 0 };
+    let attacker = s.spawn("sva", Some(acpu), 5);
+    let st = match attacker {
+        Ok(a) => wait(&a),
+        Err(e) => Err(e),
+    };
+    let after = victim_page().map(checksum);
+    let alive = !victim.ended();
+    kill_and_wait(&victim)?;
+    let st = st?;
+    if st == 1 {
+        return Err(
+            "a page reused after the munmap changed: the device wrote through a stale translation"
+                .into(),
+        );
+    }
+    if !(1000..=1008).contains(&st) {
+        return Err(alloc::format!("the attacker failed (status {st})"));
+    }
+    if after != Some(sum) || !alive {
+        return Err("the victim's page changed or the victim ended".into());
+    }
+    Ok(alloc::format!(
+        "8 rounds of 16 memmoves of 2 MiB into 32 MiB whose last page was unmapped in flight: in {} the last memmove ended in a page fault there (in the rest the device finished before the munmap); the frames reused after each munmap never changed; victim page checksum {sum:#x} unchanged",
+        st - 1000
+    ))
+}
+
 /// Attack 4: exit, and be killed, holding interrupt handles with memmoves in flight.
 /// Refused when live handles, free IMS entries, routes (IRTEs), PASIDs and the frames held
 /// outside the heap ([`held_pages`]: the processes' pages, page tables and stacks) are back
@@ -930,6 +984,8 @@ pub fn run() -> ! {
     s.record_with("interrupt-storm", v, &storm.fields());
     let v = exit_with_handles(&mut s, dev, &chip);
     s.record("exit-with-handles", v);
+    let v = unmap_while_writing(&mut s);
+    s.record("unmap-while-writing", v);
     let v = pasid_loop(&mut s, dev, &chip);
     s.record("pasid-loop", v);
     let v_ok = s.vectors_min == 1 && s.vectors_max == 1;

@@ -14,6 +14,15 @@
 //!   pattern, a page of completion records, destination), last byte last, and sleeps until
 //!   killed; the suite itself stores descriptors on this process's PASID, as a ring-3
 //!   ENQCMD would (no system call validates them), and checks what the IOMMU does.
+//! * 5: the suite's unmap-while-writing attacker, 8 rounds: 16 memmoves of 2 MiB (the WQ's
+//!   maximum) into consecutive pieces of a 32 MiB `dst` (after a small memmove into its last
+//!   page, so that the IOTLB holds that page), `munmap` of the last page of `dst`
+//!   at once (while the device works through the pieces: one shootdown and PASID
+//!   invalidation), a new page filled with 0x5A over the freed frame (the allocator's first
+//!   choice), every record awaited (the last piece may end in a page fault, nothing else
+//!   may fail), the new page checked: exit 1 if a byte changed (the device wrote through a
+//!   stale translation into a reused frame), else 1000 + the rounds whose last piece ended
+//!   in a page fault (the munmap won the race: the rest of the write was refused).
 //! * any `arg` ≥ 0x1000: attacker of the suite: memmoves of its own page with `arg` (a
 //!   kernel address) as destination, then with [`VICTIM_PAGE`] (the victim's address, not
 //!   mapped here) as destination. Exits 0 when each is refused by the call or ends in a
@@ -108,7 +117,121 @@ fn device_attacker() -> u64 {
     }
 }
 
+fn wr64(a: u64, v: u64) {
+    // SAFETY: as in `rd`.
+    unsafe { core::ptr::write_volatile(a as *mut u64, v) }
+}
+
+fn rd64(a: u64) -> u64 {
+    // SAFETY: as in `rd`.
+    unsafe { core::ptr::read_volatile(a as *const u64) }
+}
+
+fn unmap_while_writing() -> u64 {
+    /// The WQ's maximum transfer size (drivers/dsa `WqConfig`: 2 MiB).
+    const PIECE: u64 = 2 << 20;
+    const PIECES: u64 = 16;
+    const SIZE: u64 = PIECE * PIECES;
+    const TAIL: u64 = PAGE;
+    const FILL: u64 = 0x5a5a_5a5a_5a5a_5a5a;
+    let (Ok(src), Ok(cr)) = (
+        user_rt::mmap(0, PIECE, PROT_READ | PROT_WRITE),
+        user_rt::mmap(0, PAGE, PROT_READ | PROT_WRITE),
+    ) else {
+        return 90;
+    };
+    for a in (src..src + PIECE).step_by(8) {
+        wr64(a, a);
+    }
+    let mut partial = 0;
+    for round in 0..8 {
+        let Ok(dst) = user_rt::mmap(0, SIZE, PROT_READ | PROT_WRITE) else {
+            return 91;
+        };
+        for a in (dst..dst + SIZE).step_by(PAGE as usize) {
+            wr(a, 0);
+        }
+        for i in 0..(PIECES + 1) * 32 {
+            wr(cr + i, 0);
+        }
+        // The IOTLB now holds the last page's translation: only the invalidation stands
+        // between the pieces' writes and the frame freed below.
+        let prime = desc(
+            MEMMOVE,
+            CRAV_RCR,
+            cr + 32 * PIECES,
+            src,
+            dst + SIZE - TAIL,
+            64,
+            0,
+        );
+        if user_rt::dsa_submit(&prime, 0).is_err() || await_status(cr + 32 * PIECES) != 1 {
+            return 98;
+        }
+        for i in 0..PIECES {
+            let d = desc(
+                MEMMOVE,
+                CRAV_RCR,
+                cr + 32 * i,
+                src,
+                dst + i * PIECE,
+                PIECE as u32,
+                0,
+            );
+            loop {
+                match user_rt::dsa_submit(&d, 0) {
+                    Ok(_) => break,
+                    Err(Error::Busy) => user_rt::yield_now(),
+                    Err(_) => return 92,
+                }
+            }
+        }
+        // SAFETY: nothing here uses the tail any more (the device is writing `dst`).
+        if unsafe { user_rt::munmap(dst + SIZE - TAIL, TAIL) }.is_err() {
+            return 93;
+        }
+        let Ok(reuse) = user_rt::mmap(0, TAIL, PROT_READ | PROT_WRITE) else {
+            return 94;
+        };
+        for a in (reuse..reuse + TAIL).step_by(8) {
+            wr64(a, FILL);
+        }
+        let mut last = 0;
+        for i in 0..PIECES {
+            last = await_status(cr + 32 * i);
+            if last & 0x3f != 0x01 && (i + 1 < PIECES || last & 0x3f != 0x03) {
+                println!("sva: round {round}: piece {i} status {last:#x}");
+                return 95;
+            }
+        }
+        if last & 0x3f == 0x03 {
+            partial += 1;
+        }
+        for a in (reuse..reuse + TAIL).step_by(8) {
+            if rd64(a) != FILL {
+                println!("sva: round {round}: a reused page changed at {a:#x} (status {last:#x})");
+                return 1;
+            }
+        }
+        // SAFETY: only this loop used it (the device is done: every record is written).
+        if unsafe { user_rt::munmap(reuse, TAIL) }.is_err() {
+            return 96;
+        }
+        // SAFETY: as above.
+        if unsafe { user_rt::munmap(dst, SIZE - TAIL) }.is_err() {
+            return 97;
+        }
+    }
+    println!(
+        "sva: 8 rounds whose last page was unmapped in flight, {partial} ended in a page fault"
+    );
+    1000 + partial
+}
+
 fn main(arg: u64) -> u64 {
+    if arg == 5 {
+        return unmap_while_writing();
+    }
     if arg == 3 {
         return victim();
     }
