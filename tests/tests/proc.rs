@@ -24,6 +24,7 @@ const PROC_TESTS: &[&str] = &[
     "proc::sva_munmap_invalidates_the_iotlb_before_the_frame_is_freed",
     "proc::ims_process_blocks_until_its_completion_interrupt",
     "proc::ims_quota_refuses_only_the_process_and_kill_returns_its_handles",
+    "proc::ims_handle_follows_its_thread_across_a_migration_exactly_once",
 ];
 
 #[test]
@@ -42,7 +43,8 @@ fn process_tests_smp4() {
         .expect_serial("sva: memmove to the unmapped page: page fault")
         .expect_serial("ims: interrupts delivered through handle 1, released")
         .expect_serial("ims: 64 handles allocated, then HandleQuota")
-        .expect_serial("ims: refusals ok, own handle 1");
+        .expect_serial("ims: refusals ok, own handle 1")
+        .expect_serial("each completion counted once");
 }
 
 #[test]
@@ -59,6 +61,7 @@ fn process_interrupt_handles_in_shared_scan_mode() {
     r.expect_tests_ok(&[
         "proc::ims_process_blocks_until_its_completion_interrupt",
         "proc::ims_quota_refuses_only_the_process_and_kill_returns_its_handles",
+        "proc::ims_handle_follows_its_thread_across_a_migration_exactly_once",
     ]);
     r.expect_serial("shared-scan mode");
 }

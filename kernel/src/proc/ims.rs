@@ -193,7 +193,7 @@ fn ims_err(e: ImsError) -> Error {
 
 fn cpu_of(t: &Thread, cpu: u64) -> Result<usize, Error> {
     if cpu == CURRENT_CPU {
-        return Ok(t.cpu);
+        return Ok(t.cpu());
     }
     let c = usize::try_from(cpu).map_err(|_| Error::NoSuchCpu)?;
     super::check_cpu(c).map_err(|_| Error::NoSuchCpu)
@@ -283,6 +283,23 @@ pub(super) fn set_affinity(t: &Thread, id: u64, cpu: u64) -> Result<u64, Error> 
     let handle = g.as_mut().ok_or(Error::BadHandle)?;
     handle.retarget(cpu).map_err(ims_err)?;
     Ok(0)
+}
+
+/// For `sched_set_cpu`: every handle of `p` whose interrupts go to CPU `from` is retargeted
+/// to `to` (`ImsHandle::retarget`: IRTE rewrite, completions in flight delivered exactly
+/// once). The handles a thread waits on are its process's on its CPU: a handle has no owning
+/// thread, so another thread of the process on `from` sees its handles move too.
+pub(super) fn follow(p: &Process, from: usize, to: usize) -> Result<(), Error> {
+    let table: alloc::vec::Vec<Arc<UserHandle>> = p.ims.lock().values().cloned().collect();
+    for h in table {
+        let mut g = h.handle.try_lock().ok_or(Error::Busy)?;
+        if let Some(handle) = g.as_mut()
+            && handle.cpu() == from
+        {
+            handle.retarget(to).map_err(ims_err)?;
+        }
+    }
+    Ok(())
 }
 
 /// `ims_release(handle)`.

@@ -41,7 +41,7 @@ pub(crate) fn dispatch(t: &Arc<Thread>, regs: &mut UserRegs) -> Action {
         Sys::Write => ret(write(t, a[0], a[1])),
         Sys::Yield => Action::Yield,
         Sys::GetPid => ret(Ok(p.pid)),
-        Sys::Cpu => ret(Ok(t.cpu as u64)),
+        Sys::Cpu => ret(Ok(t.cpu() as u64)),
         Sys::Mmap => ret(mmap(t, a[0], a[1], a[2])),
         Sys::Munmap => ret(munmap(t, a[0], a[1])),
         Sys::Sleep => sleep(t, regs, a[0]),
@@ -57,7 +57,23 @@ pub(crate) fn dispatch(t: &Arc<Thread>, regs: &mut UserRegs) -> Action {
         Sys::ImsWait => super::ims::wait(t, regs, a[0]),
         Sys::ImsSetAffinity => ret(super::ims::set_affinity(t, a[0], a[1])),
         Sys::ImsRelease => ret(super::ims::release(t, a[0])),
+        Sys::SchedSetCpu => match sched_set_cpu(t, a[0]) {
+            Ok(to) => Action::Migrate(to),
+            Err(e) => ret(Err(e)),
+        },
     }
+}
+
+/// `sched_set_cpu(cpu)`: the CPU to move to, after the process's handles that targeted the
+/// caller's CPU were retargeted there (the scheduler then moves the thread: `Action::Migrate`).
+fn sched_set_cpu(t: &Thread, cpu: u64) -> Result<usize, Error> {
+    let to = usize::try_from(cpu).map_err(|_| Error::NoSuchCpu)?;
+    let to = super::check_cpu(to).map_err(|_| Error::NoSuchCpu)?;
+    let from = t.cpu();
+    if to != from {
+        super::ims::follow(&t.process, from, to)?;
+    }
+    Ok(to)
 }
 
 fn dsa_submit(t: &Thread, desc: u64, device: u64) -> Result<u64, Error> {
@@ -199,7 +215,7 @@ fn sleep(t: &Arc<Thread>, regs: &mut UserRegs, ns: u64) -> Action {
     regs.rax = 0;
     t.deadline
         .store(crate::time::now_ns().saturating_add(ns), Ordering::Release);
-    let mut s = CPUS[t.cpu].sleepers.lock();
+    let mut s = CPUS[t.cpu()].sleepers.lock();
     block(t, regs, RESUME_RETURN);
     s.push(t.clone());
     Action::Block

@@ -185,6 +185,11 @@ pub fn ims_release(handle: u64) -> Result<u64, Error> {
     call(Sys::ImsRelease, [handle, 0, 0, 0, 0, 0])
 }
 
+/// Moves the calling thread to `cpu` (and the process's handles that targeted its old CPU).
+pub fn sched_set_cpu(cpu: u64) -> Result<u64, Error> {
+    call(Sys::SchedSetCpu, [cpu, 0, 0, 0, 0, 0])
+}
+
 /// Ends the calling thread.
 pub fn thread_exit() -> ! {
     let _ = call(Sys::ThreadExit, [0; 6]);
