@@ -25,6 +25,7 @@ const PROC_TESTS: &[&str] = &[
     "proc::ims_process_blocks_until_its_completion_interrupt",
     "proc::ims_quota_refuses_only_the_process_and_kill_returns_its_handles",
     "proc::ims_handle_follows_its_thread_across_a_migration_exactly_once",
+    "proc::sva_demand_faults_are_mapped_and_the_memmove_resumed_byte_exact",
 ];
 
 #[test]
@@ -44,7 +45,8 @@ fn process_tests_smp4() {
         .expect_serial("ims: interrupts delivered through handle 1, released")
         .expect_serial("ims: 64 handles allocated, then HandleQuota")
         .expect_serial("ims: refusals ok, own handle 1")
-        .expect_serial("each completion counted once");
+        .expect_serial("each completion counted once")
+        .expect_serial("not copied again), byte-exact; off the mapping: Fault");
 }
 
 #[test]

@@ -631,3 +631,21 @@ ktest!(
         crate::ktest::Outcome::Pass
     }
 );
+
+ktest!(
+    fn sva_demand_faults_are_mapped_and_the_memmove_resumed_byte_exact() -> crate::ktest::Outcome {
+        if crate::dsa::devices().is_empty() || !crate::iommu::is_enabled() {
+            return crate::ktest::skip("needs a DSA device and the IOMMU");
+        }
+        if !crate::dsa::devices()[0].has_enqcmds() {
+            return crate::ktest::skip("needs a shared WQ");
+        }
+        // user/programs/src/bin/sva.rs case 6: a memmove over untouched pages, resumed with
+        // dsa_resume after each page fault and checked byte for byte; then an address off
+        // its mappings, which dsa_resume reports as Fault.
+        let p = spawn("sva", Some(cpus() - 1), 6);
+        assert_eq!(wait(&p), 0, "sva(6): failing step (see its output)");
+        assert!(p.fault().is_none());
+        crate::ktest::Outcome::Pass
+    }
+);

@@ -92,10 +92,24 @@ pub enum Sys {
     /// [`Error::Busy`] if one of those handles is under another control operation (nothing
     /// moved yet for it; the thread stays). Same CPU: returns 0 at once.
     SchedSetCpu = 24,
+    /// `dsa_resume(desc_ptr, device) -> 0`: demand paging for the device. The descriptor at
+    /// `desc_ptr` was submitted with `dsa_submit` (unchanged since) and its completion record
+    /// reports a partial completion at a page fault (status 0x03: the device stopped at a page
+    /// not yet mapped; block-on-fault is never set for processes). The kernel maps the
+    /// faulting page if the address is valid for the process (inside one of its areas, with
+    /// write permission for a write fault) — else [`Error::Fault`], the fault is the
+    /// process's — writes the rest of the operation (from the bytes already done) over the
+    /// descriptor at `desc_ptr` (so a later fault's Bytes Completed, which counts from it, is
+    /// resumed from it again), zeroes the record and submits it (validated like any
+    /// `dsa_submit`). Memory Move only
+    /// ([`Error::BadOpcode`] otherwise); [`Error::BadArgument`] if the record reports no such
+    /// fault.
+    DsaResume = 25,
 }
 
 /// Number of system calls (one past the largest number). Numbers 20..=23 are being added
-/// on another branch; `SchedSetCpu` (24) is outside this count until they land (then 25).
+/// on another branch; `SchedSetCpu` (24) and `DsaResume` (25) are outside this count until
+/// they land (then 26).
 pub const SYS_COUNT: u64 = 20;
 
 impl Sys {
@@ -123,6 +137,7 @@ impl Sys {
             18 => Self::ImsSetAffinity,
             19 => Self::ImsRelease,
             24 => Self::SchedSetCpu,
+            25 => Self::DsaResume,
             _ => return None,
         })
     }
@@ -354,6 +369,7 @@ mod tests {
         }
         assert_eq!(Sys::from_number(SYS_COUNT), None);
         assert_eq!(Sys::from_number(24), Some(Sys::SchedSetCpu));
+        assert_eq!(Sys::from_number(25), Some(Sys::DsaResume));
         assert_eq!(Sys::from_number(u64::MAX), None);
     }
 

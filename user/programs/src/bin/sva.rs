@@ -23,6 +23,13 @@
 //!   may fail), the new page checked: exit 1 if a byte changed (the device wrote through a
 //!   stale translation into a reused frame), else 1000 + the rounds whose last piece ended
 //!   in a page fault (the munmap won the race: the rest of the write was refused).
+//! * 6: demand faults: a 16 KiB memmove between mappings whose pages 1 and 3 (source and
+//!   destination) were never touched, so the device stops at each with a page-fault partial
+//!   completion; each time `dsa_resume` maps the page and submits the rest; the result must
+//!   be byte-exact (the source's untouched pages read as zeros), and the bytes done before
+//!   the first fault are not copied again (their source is flipped before the resume). Then a memmove running off
+//!   the end of its mapping: `dsa_resume` must answer `Fault` (the address is not the
+//!   process's). Exits 0 (at least 2 resumes), else the failing step.
 //! * any `arg` ≥ 0x1000: attacker of the suite: memmoves of its own page with `arg` (a
 //!   kernel address) as destination, then with [`VICTIM_PAGE`] (the victim's address, not
 //!   mapped here) as destination. Exits 0 when each is refused by the call or ends in a
@@ -228,7 +235,118 @@ fn unmap_while_writing() -> u64 {
     1000 + partial
 }
 
+fn demand_faults() -> u64 {
+    const SIZE: u64 = 4 * PAGE;
+    let (Ok(src), Ok(dst), Ok(cr)) = (
+        user_rt::mmap(0, SIZE, PROT_READ | PROT_WRITE),
+        user_rt::mmap(0, SIZE, PROT_READ | PROT_WRITE),
+        user_rt::mmap(0, PAGE, PROT_READ | PROT_WRITE),
+    ) else {
+        return 90;
+    };
+    // Pages 0 and 2 touched, 1 and 3 left for the device to fault on.
+    for page in [0, 2] {
+        for i in 0..PAGE {
+            wr(src + page * PAGE + i, (i * 7 + page + 1) as u8);
+            wr(dst + page * PAGE + i, 0xee);
+        }
+    }
+    wr(cr, 0);
+    let mut d = desc(MEMMOVE, CRAV_RCR, cr, src, dst, SIZE as u32, 0);
+    if user_rt::dsa_submit(&d, 0).is_err() {
+        return 91;
+    }
+    let mut resumes = 0;
+    let mut done0 = 0;
+    loop {
+        let st = await_status(cr);
+        match st & 0x3f {
+            0x01 => break,
+            0x03 if resumes < 16 => {
+                if resumes == 0 {
+                    // The bytes already done are not copied again: flip their source now,
+                    // the destination must keep the old values.
+                    done0 = u64::from(u32::from_le_bytes([
+                        rd(cr + 4),
+                        rd(cr + 5),
+                        rd(cr + 6),
+                        rd(cr + 7),
+                    ]));
+                    for i in 0..done0.min(SIZE) {
+                        wr(src + i, rd(src + i) ^ 0xff);
+                    }
+                }
+                if let Err(e) = user_rt::dsa_resume(&mut d, 0) {
+                    println!("sva: dsa_resume after status {st:#x}: {e}");
+                    return 92;
+                }
+                resumes += 1;
+            }
+            _ => {
+                println!("sva: demand memmove status {st:#x} after {resumes} resumes");
+                return 93;
+            }
+        }
+    }
+    if done0 == 0 {
+        println!("sva: the first fault came before any byte was copied");
+        return 99;
+    }
+    for i in 0..SIZE {
+        let want = if (i / PAGE).is_multiple_of(2) {
+            rd(src + i)
+        } else {
+            0
+        };
+        let want = if i < done0 { want ^ 0xff } else { want };
+        if rd(dst + i) != want {
+            println!(
+                "sva: byte {i} differs after {resumes} resumes: {:#x}, want {want:#x}",
+                rd(dst + i)
+            );
+            return 94;
+        }
+    }
+    if resumes < 2 {
+        println!("sva: only {resumes} page faults for two untouched pages on each side");
+        return 95;
+    }
+    // Off the end of the mapping: page `SIZE` after `dst` belongs to no area.
+    wr(cr, 0);
+    let mut off = desc(
+        MEMMOVE,
+        CRAV_RCR,
+        cr,
+        src,
+        dst + SIZE - PAGE,
+        2 * PAGE as u32,
+        0,
+    );
+    if user_rt::dsa_submit(&off, 0).is_err() {
+        return 96;
+    }
+    let st = await_status(cr);
+    if st & 0x3f != 0x03 {
+        println!("sva: memmove off the mapping: status {st:#x}");
+        return 97;
+    }
+    match user_rt::dsa_resume(&mut off, 0) {
+        Err(Error::Fault) => {}
+        other => {
+            println!("sva: dsa_resume off the mapping: {other:?}");
+            return 98;
+        }
+    }
+    println!(
+        "sva: demand faults: {resumes} resumes (first after {done0:#x} bytes, not copied again), byte-exact; off the mapping: Fault"
+    );
+    0
+}
+
 fn main(arg: u64) -> u64 {
+    if arg == 6 {
+        return demand_faults();
+    }
     if arg == 5 {
         return unmap_while_writing();
     }
