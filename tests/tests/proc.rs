@@ -38,7 +38,7 @@ fn process_tests_smp4() {
     r.expect_serial("(faulter) killed by #UD invalid opcode: vector 6, rip 0x4000")
         .expect_serial("(faulter) killed by #PF page fault: vector 14, rip 0x4000")
         .expect_serial("address 0x500000000000, error code 0x4")
-        .expect_serial("abuser: 49 cases refused as expected")
+        .expect_serial("abuser: 53 cases refused as expected")
         .expect_serial("parent: all checks passed")
         .expect_serial("sva: memmove on pasid-forced descriptor ok, 10 refusals")
         .expect_serial("sva: memmove to the unmapped page: page fault")
