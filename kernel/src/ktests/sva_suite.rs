@@ -655,14 +655,15 @@ fn interrupt_storm(s: &mut Suite, chip: &Arc<dsa::DsaIms>, m: &mut Storm) -> Ver
     ))
 }
 
-/// Attack: unmap a buffer while the device writes it (sva.rs case 5: 8 rounds of 16
-/// memmoves of 2 MiB into a 32 MiB buffer, `munmap` of its last page at once, a new mapping filled over the
-/// freed frames, checked after the record). `munmap` frees a frame only after the CPU shootdown
-/// and the PASID's IOTLB invalidation completed (`proc` `sva_invalidate`), so the rest of the
-/// write faults instead of landing in a reused frame. Refused when the attacker's reused
-/// pages never changed, a victim's page (another process) keeps its checksum, and the victim
-/// is alive; the detail says how many rounds the munmap won (page fault) — a round the
-/// device finished first tried nothing.
+/// Attack: unmap a buffer while the device writes it (sva.rs case 5, 8 rounds: the IOTLB
+/// primed with the last page of a 1 MiB destination, 23 memmoves of 1 MiB elsewhere then one
+/// into the destination, `munmap` of that last page at once, a new page filled over the
+/// freed frame, checked after the records). `munmap` frees a frame only after the CPU
+/// shootdown and the PASID's IOTLB invalidation completed (`proc` `sva_invalidate`), so the
+/// rest of the write faults instead of landing in the reused frame through the stale entry.
+/// Refused when the attacker's reused pages never changed, a victim's page (another process)
+/// keeps its checksum, and the victim is alive; the detail says how many rounds the munmap
+/// won (page fault) — a round the device finished first tried nothing.
 fn unmap_while_writing(s: &mut Suite) -> Verdict {
     let vcpu = if cpus() > 2 { 2 } else { 0 };
     let victim = s.spawn("sva", Some(vcpu), 3)?;
@@ -704,7 +705,7 @@ fn unmap_while_writing(s: &mut Suite) -> Verdict {
         return Err("the victim's page changed or the victim ended".into());
     }
     Ok(alloc::format!(
-        "8 rounds of 16 memmoves of 2 MiB into 32 MiB whose last page was unmapped in flight: in {} the last memmove ended in a page fault there (in the rest the device finished before the munmap); the frames reused after each munmap never changed; victim page checksum {sum:#x} unchanged",
+        "8 rounds of 24 memmoves of 1 MiB, the last into a buffer whose last page (in the IOTLB) was unmapped in flight: in {} the last memmove ended in a page fault there (in the rest the device finished before the munmap); the frames reused after each munmap never changed; victim page checksum {sum:#x} unchanged",
         st - 1000
     ))
 }

@@ -14,15 +14,15 @@
 //!   pattern, a page of completion records, destination), last byte last, and sleeps until
 //!   killed; the suite itself stores descriptors on this process's PASID, as a ring-3
 //!   ENQCMD would (no system call validates them), and checks what the IOMMU does.
-//! * 5: the suite's unmap-while-writing attacker, 8 rounds: 16 memmoves of 2 MiB (the WQ's
-//!   maximum) into consecutive pieces of a 32 MiB `dst` (after a small memmove into its last
-//!   page, so that the IOTLB holds that page), `munmap` of the last page of `dst`
-//!   at once (while the device works through the pieces: one shootdown and PASID
-//!   invalidation), a new page filled with 0x5A over the freed frame (the allocator's first
-//!   choice), every record awaited (the last piece may end in a page fault, nothing else
-//!   may fail), the new page checked: exit 1 if a byte changed (the device wrote through a
-//!   stale translation into a reused frame), else 1000 + the rounds whose last piece ended
-//!   in a page fault (the munmap won the race: the rest of the write was refused).
+//! * 5: the suite's unmap-while-writing attacker, 8 rounds: a small memmove into the last
+//!   page of a 1 MiB `dst` (the IOTLB now holds that page), 23 memmoves of 1 MiB into a
+//!   scratch buffer then one into `dst` (the device is busy for a while; few distinct pages,
+//!   so the IOTLB keeps the primed entry), `munmap` of the last page of `dst` at once (one
+//!   shootdown and PASID invalidation), a new page filled with 0x5A over the freed frame (the
+//!   allocator's first choice), every record awaited (the last memmove may end in a page
+//!   fault, nothing else may fail), the new page checked: exit 1 if a byte changed (the
+//!   device wrote through a stale translation into a reused frame), else 1000 + the rounds
+//!   whose last memmove ended in a page fault (the munmap won the race).
 //! * 6: demand faults: a 16 KiB memmove between mappings whose pages 1 and 3 (source and
 //!   destination) were never touched, so the device stops at each with a page-fault partial
 //!   completion; each time `dsa_resume` maps the page and submits the rest; the result must
@@ -135,13 +135,16 @@ fn rd64(a: u64) -> u64 {
 }
 
 fn unmap_while_writing() -> u64 {
-    /// The WQ's maximum transfer size (drivers/dsa `WqConfig`: 2 MiB).
-    const PIECE: u64 = 2 << 20;
-    const PIECES: u64 = 16;
-    const SIZE: u64 = PIECE * PIECES;
+    // Few distinct pages (src, scratch, dst: 768 of them), so that QEMU's IOTLB (emptied
+    // whenever it reaches 1024 entries) still holds the primed page when the last piece
+    // reaches it; many pieces, so that the device is still busy when the munmap comes.
+    const PIECE: u64 = 1 << 20;
+    const PIECES: u64 = 24;
+    const SIZE: u64 = PIECE;
     const TAIL: u64 = PAGE;
     const FILL: u64 = 0x5a5a_5a5a_5a5a_5a5a;
-    let (Ok(src), Ok(cr)) = (
+    let (Ok(src), Ok(scratch), Ok(cr)) = (
+        user_rt::mmap(0, PIECE, PROT_READ | PROT_WRITE),
         user_rt::mmap(0, PIECE, PROT_READ | PROT_WRITE),
         user_rt::mmap(0, PAGE, PROT_READ | PROT_WRITE),
     ) else {
@@ -149,6 +152,9 @@ fn unmap_while_writing() -> u64 {
     };
     for a in (src..src + PIECE).step_by(8) {
         wr64(a, a);
+    }
+    for a in (scratch..scratch + PIECE).step_by(PAGE as usize) {
+        wr(a, 0);
     }
     let mut partial = 0;
     for round in 0..8 {
@@ -181,7 +187,7 @@ fn unmap_while_writing() -> u64 {
                 CRAV_RCR,
                 cr + 32 * i,
                 src,
-                dst + i * PIECE,
+                if i + 1 < PIECES { scratch } else { dst },
                 PIECE as u32,
                 0,
             );
