@@ -89,8 +89,9 @@ pub enum Sys {
     /// there; the call returns on the new CPU). The process's interrupt handles whose
     /// interrupts went to the thread's old CPU are retargeted to the new one first (IRTE
     /// rewrite; completions in flight are delivered exactly once, wherever they land).
-    /// [`Error::Busy`] if one of those handles is under another control operation (nothing
-    /// moved yet for it; the thread stays). Same CPU: returns 0 at once.
+    /// [`Error::Busy`] if one of those handles is under another control operation: the thread
+    /// stays, that handle and the ones after it too (those before it already follow the new
+    /// CPU; call again). Same CPU: returns 0 at once.
     SchedSetCpu = 24,
     /// `dsa_resume(desc_ptr, device) -> 0`: demand paging for the device. The descriptor at
     /// `desc_ptr` was submitted with `dsa_submit` (unchanged since) and its completion record
@@ -103,7 +104,8 @@ pub enum Sys {
     /// resumed from it again), zeroes the record and submits it (validated like any
     /// `dsa_submit`). Memory Move only
     /// ([`Error::BadOpcode`] otherwise); [`Error::BadArgument`] if the record reports no such
-    /// fault.
+    /// fault. With a completion interrupt, `ims_wait` counts the partial completion and the
+    /// resumed rest's as two.
     DsaResume = 25,
 }
 
