@@ -24,6 +24,8 @@ const PROC_TESTS: &[&str] = &[
     "proc::sva_munmap_invalidates_the_iotlb_before_the_frame_is_freed",
     "proc::ims_process_blocks_until_its_completion_interrupt",
     "proc::ims_quota_refuses_only_the_process_and_kill_returns_its_handles",
+    "proc::ims_handle_follows_its_thread_across_a_migration_exactly_once",
+    "proc::sva_demand_faults_are_mapped_and_the_memmove_resumed_byte_exact",
 ];
 
 #[test]
@@ -36,13 +38,15 @@ fn process_tests_smp4() {
     r.expect_serial("(faulter) killed by #UD invalid opcode: vector 6, rip 0x4000")
         .expect_serial("(faulter) killed by #PF page fault: vector 14, rip 0x4000")
         .expect_serial("address 0x500000000000, error code 0x4")
-        .expect_serial("abuser: 49 cases refused as expected")
+        .expect_serial("abuser: 53 cases refused as expected")
         .expect_serial("parent: all checks passed")
         .expect_serial("sva: memmove on pasid-forced descriptor ok, 10 refusals")
         .expect_serial("sva: memmove to the unmapped page: page fault")
         .expect_serial("ims: interrupts delivered through handle 1, released")
         .expect_serial("ims: 64 handles allocated, then HandleQuota")
-        .expect_serial("ims: refusals ok, own handle 1");
+        .expect_serial("ims: refusals ok, own handle 1")
+        .expect_serial("each completion counted once")
+        .expect_serial("not copied again), byte-exact; off the mapping: Fault");
 }
 
 #[test]
@@ -59,6 +63,7 @@ fn process_interrupt_handles_in_shared_scan_mode() {
     r.expect_tests_ok(&[
         "proc::ims_process_blocks_until_its_completion_interrupt",
         "proc::ims_quota_refuses_only_the_process_and_kill_returns_its_handles",
+        "proc::ims_handle_follows_its_thread_across_a_migration_exactly_once",
     ]);
     r.expect_serial("shared-scan mode");
 }

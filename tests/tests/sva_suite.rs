@@ -12,8 +12,11 @@ use qemu_tests::{json_field as field, qemu_binary, workspace_root};
 const ATTACKS: &[&str] = &[
     "handle-exhaustion",
     "privileged-instructions",
+    "victim-interrupt-handle",
     "kernel-and-victim-addresses",
+    "interrupt-storm",
     "exit-with-handles",
+    "unmap-while-writing",
     "pasid-loop",
 ];
 
@@ -42,6 +45,17 @@ fn sva_suite_refuses_every_attack() {
     assert_eq!(names, ATTACKS, "{attacks:#?}\n{serial}");
     for j in &attacks {
         assert_eq!(field(j, "outcome"), Some("refused"), "{j}");
+    }
+    // The storm's latencies are reported (TSC ticks), never judged: only present.
+    let storm = attacks
+        .iter()
+        .find(|j| field(j, "attack") == Some("interrupt-storm"))
+        .expect("interrupt-storm line");
+    for f in ["victim_latency_tsc_quiet", "victim_latency_tsc_storm"] {
+        assert!(
+            field(storm, f).is_some_and(|v| v.parse::<u64>().is_ok()),
+            "{f}: {storm}"
+        );
     }
     let summary = report.results_of_kind("sva-suite-summary");
     assert_eq!(summary.len(), 1, "{summary:#?}");

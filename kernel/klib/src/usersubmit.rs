@@ -151,6 +151,64 @@ pub fn validate(
     Ok(out.to_bytes())
 }
 
+/// Why [`remainder`] has nothing to submit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeError {
+    /// The record does not report a partial completion at a page fault (status 0x03).
+    NotAPageFault(u8),
+    /// Only Memory Move is resumed from processes so far.
+    Opcode(u8),
+    /// Bytes Completed is not below the descriptor's transfer size.
+    Completed(u32),
+}
+
+impl fmt::Display for ResumeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotAPageFault(s) => {
+                write!(f, "status {s:#04x} is not a page-fault partial completion")
+            }
+            Self::Opcode(o) => write!(f, "opcode {o:#04x} is not resumed for processes"),
+            Self::Completed(n) => {
+                write!(f, "bytes completed {n:#x} is not below the transfer size")
+            }
+        }
+    }
+}
+
+impl core::error::Error for ResumeError {}
+
+/// The rest of the process's descriptor `raw` (as it handed it to the submit call) after its
+/// completion record `cr` reported a partial completion at a page fault (status 0x03, block
+/// on fault off). Intel DSA Architecture Specification, Memory Move and the completion
+/// record's Bytes Completed / Result fields: a forward copy did its first Bytes Completed
+/// bytes, so both addresses advance by it and the size shrinks by it; a copy done backwards
+/// (overlapping buffers, Result bit 0 = 1) did its last Bytes Completed bytes, so the
+/// addresses stay and the size shrinks. The caller validates what this returns like any
+/// other descriptor. (The driver's `Submitter::resume` applies the same rules, but only to
+/// work it submitted from its own rings, which live outside a process's PASID.)
+pub fn remainder(raw: &[u8; 64], cr: &[u8; 32]) -> Result<[u8; 64], ResumeError> {
+    let rec = dsa_spec::CompletionRecord::from_bytes(cr);
+    let st = rec.status & 0x3f;
+    if st != dsa_spec::status::PAGE_FAULT_PARTIAL {
+        return Err(ResumeError::NotAPageFault(rec.status));
+    }
+    let mut d = Descriptor::from_bytes(raw);
+    if Opcode::from_u8(d.opcode) != Some(Opcode::MemMove) {
+        return Err(ResumeError::Opcode(d.opcode));
+    }
+    let n = rec.bytes_completed;
+    if n >= d.size {
+        return Err(ResumeError::Completed(n));
+    }
+    if rec.result & 1 == 0 {
+        d.addr1 = d.addr1.wrapping_add(u64::from(n));
+        d.addr2 = d.addr2.wrapping_add(u64::from(n));
+    }
+    d.size -= n;
+    Ok(d.to_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,5 +335,57 @@ mod tests {
         let mut d = ok;
         d.flags |= DescFlags::CACHE_CONTROL;
         assert!(check(&d).is_ok());
+    }
+
+    fn record(status: u8, result: u8, done: u32) -> [u8; 32] {
+        let mut c = [0u8; 32];
+        c[0] = status;
+        c[1] = result;
+        c[4..8].copy_from_slice(&done.to_le_bytes());
+        c[8..16].copy_from_slice(&(DST + u64::from(done)).to_le_bytes());
+        c
+    }
+
+    #[test]
+    fn a_forward_memmove_resumes_after_the_bytes_completed() {
+        let mut d = memmove();
+        d.size = 0x4000;
+        let rest =
+            Descriptor::from_bytes(&remainder(&d.to_bytes(), &record(0x83, 0, 0x1800)).unwrap());
+        assert_eq!(
+            (rest.addr1, rest.addr2, rest.size),
+            (SRC + 0x1800, DST + 0x1800, 0x2800)
+        );
+        assert_eq!(rest.completion_addr, CR);
+        // Still a descriptor the call accepts.
+        assert!(check(&rest).is_ok());
+    }
+
+    #[test]
+    fn a_backward_memmove_keeps_its_addresses() {
+        let mut d = memmove();
+        d.size = 0x4000;
+        let rest =
+            Descriptor::from_bytes(&remainder(&d.to_bytes(), &record(0x03, 1, 0x1000)).unwrap());
+        assert_eq!((rest.addr1, rest.addr2, rest.size), (SRC, DST, 0x3000));
+    }
+
+    #[test]
+    fn only_a_page_fault_of_a_memmove_with_bytes_left_is_resumed() {
+        let d = memmove();
+        assert_eq!(
+            remainder(&d.to_bytes(), &record(0x01, 0, 0)),
+            Err(ResumeError::NotAPageFault(0x01))
+        );
+        assert_eq!(
+            remainder(&d.to_bytes(), &record(0x03, 0, 4096)),
+            Err(ResumeError::Completed(4096))
+        );
+        let mut f = memmove();
+        f.opcode = Opcode::Fill as u8;
+        assert_eq!(
+            remainder(&f.to_bytes(), &record(0x03, 0, 8)),
+            Err(ResumeError::Opcode(Opcode::Fill as u8))
+        );
     }
 }

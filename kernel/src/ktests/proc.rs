@@ -584,3 +584,68 @@ ktest!(
         crate::ktest::Outcome::Pass
     }
 );
+
+ktest!(
+    fn ims_handle_follows_its_thread_across_a_migration_exactly_once() -> crate::ktest::Outcome {
+        let (_, chip, _) = match ims_setup() {
+            Ok(s) => s,
+            Err(o) => return o,
+        };
+        if cpus() < 3 {
+            return crate::ktest::skip("needs 3 CPUs (two APs to move between)");
+        }
+        let base = ims_counts(&chip);
+        let vectors = vectors_per_cpu();
+        let (a, b) = (1u64, 2u64);
+        // user/programs/src/bin/ims.rs case 9: 7 moves a <-> b with 8 interrupt-completed
+        // memmoves in flight at each; it checks exactly-once itself and reports at its word.
+        let p = spawn("ims", Some(a as usize), 9 | a << 8 | b << 16);
+        let done = 0x6200_0000_0000u64;
+        let word = |off: u64| -> u64 {
+            p.translate(done + off).map_or(0, |pa| {
+                // SAFETY: a word of a frame of the live process (identity-mapped RAM), read.
+                unsafe { core::ptr::read_volatile(pa as *const u64) }
+            })
+        };
+        let deadline = crate::time::now_ns().saturating_add(hang_ns());
+        proc::run_until(|| p.ended() || word(0) != 0, deadline).expect("ims(9) reports");
+        assert!(!p.ended(), "ims(9) ended with {}", p.status());
+        assert_eq!(word(0), 1, "ims(9): failing step (see its output)");
+        let inflight = word(8);
+        // The last move (the 7th) went to `b`: the handle's interrupts with it.
+        let h = p.ims_handles();
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(
+            h[0].cpu,
+            Some(b as usize),
+            "the handle did not follow: {h:?}"
+        );
+        assert_eq!(h[0].delivered, 56, "delivered exactly once each: {h:?}");
+        proc::kill(&p);
+        wait(&p);
+        assert_eq!(ims_counts(&chip), base, "handles, entries, routes back");
+        assert_eq!(vectors_per_cpu(), vectors, "no vector allocated or freed");
+        crate::println!(
+            "ktest-info: 7 migrations {a} <-> {b}: 56 completions delivered once each; {inflight} of the 56 records were still open at the moves"
+        );
+        crate::ktest::Outcome::Pass
+    }
+);
+
+ktest!(
+    fn sva_demand_faults_are_mapped_and_the_memmove_resumed_byte_exact() -> crate::ktest::Outcome {
+        if crate::dsa::devices().is_empty() || !crate::iommu::is_enabled() {
+            return crate::ktest::skip("needs a DSA device and the IOMMU");
+        }
+        if !crate::dsa::devices()[0].has_enqcmds() {
+            return crate::ktest::skip("needs a shared WQ");
+        }
+        // user/programs/src/bin/sva.rs case 6: a memmove over untouched pages, resumed with
+        // dsa_resume after each page fault and checked byte for byte; then an address off
+        // its mappings, which dsa_resume reports as Fault.
+        let p = spawn("sva", Some(cpus() - 1), 6);
+        assert_eq!(wait(&p), 0, "sva(6): failing step (see its output)");
+        assert!(p.fault().is_none());
+        crate::ktest::Outcome::Pass
+    }
+);

@@ -193,7 +193,7 @@ fn ims_err(e: ImsError) -> Error {
 
 fn cpu_of(t: &Thread, cpu: u64) -> Result<usize, Error> {
     if cpu == CURRENT_CPU {
-        return Ok(t.cpu);
+        return Ok(t.cpu());
     }
     let c = usize::try_from(cpu).map_err(|_| Error::NoSuchCpu)?;
     super::check_cpu(c).map_err(|_| Error::NoSuchCpu)
@@ -285,6 +285,23 @@ pub(super) fn set_affinity(t: &Thread, id: u64, cpu: u64) -> Result<u64, Error> 
     Ok(0)
 }
 
+/// For `sched_set_cpu`: every handle of `p` whose interrupts go to CPU `from` is retargeted
+/// to `to` (`ImsHandle::retarget`: IRTE rewrite, completions in flight delivered exactly
+/// once). The handles a thread waits on are its process's on its CPU: a handle has no owning
+/// thread, so another thread of the process on `from` sees its handles move too.
+pub(super) fn follow(p: &Process, from: usize, to: usize) -> Result<(), Error> {
+    let table: alloc::vec::Vec<Arc<UserHandle>> = p.ims.lock().values().cloned().collect();
+    for h in table {
+        let mut g = h.handle.try_lock().ok_or(Error::Busy)?;
+        if let Some(handle) = g.as_mut()
+            && handle.cpu() == from
+        {
+            handle.retarget(to).map_err(ims_err)?;
+        }
+    }
+    Ok(())
+}
+
 /// `ims_release(handle)`.
 pub(super) fn release(t: &Thread, id: u64) -> Result<u64, Error> {
     let h = lookup(&t.process, id)?;
@@ -369,4 +386,44 @@ pub(super) fn submit(
             crate::dsa::UserSubmitError::Busy => Error::Busy,
         }
     })
+}
+
+/// One handle of a process as the hostile-process suite sees it.
+#[cfg(feature = "ktest")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HandleInfo {
+    /// The process's id of it.
+    pub id: u16,
+    /// The device's interrupt handle (what the kernel puts in the descriptors).
+    pub device_handle: u16,
+    /// Where its interrupts go (None once released).
+    pub cpu: Option<usize>,
+    /// Completions the demultiplexer delivered through it.
+    pub delivered: u64,
+    /// Completions counted for `ims_wait` and not yet returned by it.
+    pub counted: u64,
+}
+
+/// The handles `p` holds, by id.
+#[cfg(feature = "ktest")]
+pub(super) fn handles(p: &Process) -> alloc::vec::Vec<HandleInfo> {
+    let table: alloc::vec::Vec<(u16, Arc<UserHandle>)> =
+        p.ims.lock().iter().map(|(k, v)| (*k, v.clone())).collect();
+    table
+        .into_iter()
+        .map(|(id, h)| {
+            let (cpu, delivered) = h
+                .handle
+                .lock()
+                .as_ref()
+                .map_or((None, 0), |x| (Some(x.cpu()), x.delivered()));
+            HandleInfo {
+                id,
+                device_handle: h.device_handle,
+                cpu,
+                delivered,
+                counted: h.sink.state.lock().count,
+            }
+        })
+        .collect()
 }

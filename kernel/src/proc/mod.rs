@@ -227,6 +227,11 @@ impl Process {
     pub fn portal_mappings(&self) -> Vec<(u64, u64, x86_paging::PteFlags)> {
         self.space.lock().portal_mappings()
     }
+    /// The interrupt handles it holds (the hostile-process suite).
+    #[cfg(feature = "ktest")]
+    pub fn ims_handles(&self) -> Vec<ims::HandleInfo> {
+        ims::handles(self)
+    }
     /// The fault that killed it, if one did.
     pub fn fault(&self) -> Option<FaultReport> {
         *self.fault.lock()
@@ -241,15 +246,20 @@ const RESUME_RESTART: u8 = 1;
 pub struct Thread {
     tid: u64,
     process: Arc<Process>,
-    cpu: usize,
+    /// Home CPU: changed only by the thread itself (`sched_set_cpu`, while Running), before
+    /// it is queued on the new CPU.
+    cpu: AtomicUsize,
     state: AtomicU8,
-    /// Touched only by the home CPU's scheduler (the thread runs nowhere else).
+    /// Touched only by the scheduler of the CPU running the thread (its home CPU; a
+    /// migration hands it over through the new CPU's queue lock).
     regs: UnsafeCell<UserRegs>,
     deadline: AtomicU64,
 }
 
-// SAFETY: `regs` is accessed only by the home CPU's scheduler loop (threads never migrate),
-// every other field is atomic or locked.
+// SAFETY: `regs` is accessed only by the scheduler loop of the one CPU running the thread
+// (a thread is in at most one queue or running on one CPU; `sched_set_cpu` queues it on the
+// new CPU only after the old one is done with it, through the queue lock), every other field
+// is atomic or locked.
 unsafe impl Sync for Thread {}
 // SAFETY: as above.
 unsafe impl Send for Thread {}
@@ -397,7 +407,7 @@ fn start_thread(p: &Arc<Process>, regs: UserRegs, cpu: usize) -> Result<u64, Pro
         let t = Arc::new(Thread {
             tid: p.next_tid.fetch_add(1, Ordering::Relaxed),
             process: p.clone(),
-            cpu,
+            cpu: AtomicUsize::new(cpu),
             state: AtomicU8::new(BLOCKED),
             regs: UnsafeCell::new(regs),
             deadline: AtomicU64::new(0),
@@ -414,18 +424,33 @@ fn start_thread(p: &Arc<Process>, regs: UserRegs, cpu: usize) -> Result<u64, Pro
 
 /// Makes a blocked thread runnable on its home CPU (no effect on one that is not blocked).
 fn wake(t: &Arc<Thread>) {
-    let c = &CPUS[t.cpu];
-    {
-        let mut q = c.queue.lock();
-        if t.state
-            .compare_exchange(BLOCKED, RUNNABLE, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
+    loop {
+        let cpu = t.cpu();
         {
-            return;
+            let mut q = CPUS[cpu].queue.lock();
+            // A thread blocks only on its (new) home, set before it was queued there: a
+            // stale home means it migrated since the load; look again.
+            if t.cpu() != cpu {
+                continue;
+            }
+            if t.state
+                .compare_exchange(BLOCKED, RUNNABLE, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                return;
+            }
+            q.push_back(t.clone());
         }
-        q.push_back(t.clone());
+        kick(cpu);
+        return;
     }
-    kick(t.cpu);
+}
+
+impl Thread {
+    /// Its home CPU.
+    fn cpu(&self) -> usize {
+        self.cpu.load(Ordering::Acquire)
+    }
 }
 
 /// Makes CPU `cpu` look at its queue (and leave ring 3 if it is there).
@@ -447,7 +472,7 @@ fn kill_process(p: &Arc<Process>, status: u64) {
     for t in &threads {
         match t.state.load(Ordering::Acquire) {
             BLOCKED => wake(t),
-            RUNNING => kick(t.cpu),
+            RUNNING => kick(t.cpu()),
             _ => {}
         }
     }
@@ -460,7 +485,7 @@ pub fn kill(p: &Arc<Process>) {
 
 fn terminate(t: &Arc<Thread>) {
     t.state.store(DEAD, Ordering::Release);
-    CPUS[t.cpu].homed.fetch_sub(1, Ordering::AcqRel);
+    CPUS[t.cpu()].homed.fetch_sub(1, Ordering::AcqRel);
     let p = &t.process;
     p.threads.lock().retain(|x| !Arc::ptr_eq(x, t));
     if p.live.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -639,6 +664,8 @@ pub(crate) enum Action {
     Block,
     /// The thread ends.
     ExitThread,
+    /// RAX = 0, then to the back of this CPU's queue (its new home).
+    Migrate(usize),
 }
 
 fn run_thread(me: usize, t: &Arc<Thread>) {
@@ -667,6 +694,17 @@ fn run_thread(me: usize, t: &Arc<Thread>) {
                     return;
                 }
                 Action::Block => return,
+                Action::Migrate(to) if to != me => {
+                    regs.rax = 0;
+                    CPUS[to].homed.fetch_add(1, Ordering::AcqRel);
+                    t.cpu.store(to, Ordering::Release);
+                    CPUS[me].homed.fetch_sub(1, Ordering::AcqRel);
+                    // This CPU is done with the thread: the new one may run it now.
+                    requeue(to, t);
+                    kick(to);
+                    return;
+                }
+                Action::Migrate(_) => regs.rax = 0,
                 Action::ExitThread => {
                     terminate(t);
                     return;
@@ -745,7 +783,7 @@ fn user_fault(t: &Arc<Thread>, regs: &UserRegs) -> bool {
         regs.rip,
         regs.address,
         regs.error_code,
-        t.cpu
+        t.cpu()
     );
     *p.fault.lock() = Some(FaultReport {
         vector: v,

@@ -41,7 +41,7 @@ pub(crate) fn dispatch(t: &Arc<Thread>, regs: &mut UserRegs) -> Action {
         Sys::Write => ret(write(t, a[0], a[1])),
         Sys::Yield => Action::Yield,
         Sys::GetPid => ret(Ok(p.pid)),
-        Sys::Cpu => ret(Ok(t.cpu as u64)),
+        Sys::Cpu => ret(Ok(t.cpu() as u64)),
         Sys::Mmap => ret(mmap(t, a[0], a[1], a[2])),
         Sys::Munmap => ret(munmap(t, a[0], a[1])),
         Sys::Sleep => sleep(t, regs, a[0]),
@@ -59,6 +59,11 @@ pub(crate) fn dispatch(t: &Arc<Thread>, regs: &mut UserRegs) -> Action {
         Sys::ImsRelease => ret(super::ims::release(t, a[0])),
         Sys::DsaPortal => ret(dsa_portal(t, a[0])),
         Sys::DsaWqTake => ret(dsa_wq_take(t, a[0], a[1])),
+        Sys::DsaResume => ret(dsa_resume(t, a[0], a[1])),
+        Sys::SchedSetCpu => match sched_set_cpu(t, a[0]) {
+            Ok(to) => Action::Migrate(to),
+            Err(e) => ret(Err(e)),
+        },
     }
 }
 
@@ -125,26 +130,87 @@ fn dsa_wq_take(t: &Thread, device: u64, size_ptr: u64) -> Result<u64, Error> {
     t.process.space.lock().map_portal(phys)
 }
 
+/// `sched_set_cpu(cpu)`: the CPU to move to, after the process's handles that targeted the
+/// caller's CPU were retargeted there (the scheduler then moves the thread: `Action::Migrate`).
+fn sched_set_cpu(t: &Thread, cpu: u64) -> Result<usize, Error> {
+    let to = usize::try_from(cpu).map_err(|_| Error::NoSuchCpu)?;
+    let to = super::check_cpu(to).map_err(|_| Error::NoSuchCpu)?;
+    let from = t.cpu();
+    if to != from {
+        super::ims::follow(&t.process, from, to)?;
+    }
+    Ok(to)
+}
+
 fn dsa_submit(t: &Thread, desc: u64, device: u64) -> Result<u64, Error> {
-    use klib::usersubmit::{DescError, Limits, validate};
-    let devs = crate::dsa::devices();
-    let dev = usize::try_from(device)
-        .ok()
-        .and_then(|i| devs.get(i))
-        .ok_or(Error::NoDevice)?;
     if !user_range_ok(desc, 64) {
         return Err(Error::BadAddress);
     }
     // One copy; only the copy is validated and submitted.
     let mut raw = [0u8; 64];
     uaccess::copy_from_user(Some(&t.process), &mut raw, desc)?;
+    submit_raw(t, &raw, device)
+}
+
+/// `dsa_resume(desc, device)`: the faulting page mapped for the process if valid, then the
+/// rest of the descriptor (`klib::usersubmit::remainder`) written back over it and submitted
+/// like `dsa_submit`.
+fn dsa_resume(t: &Thread, desc: u64, device: u64) -> Result<u64, Error> {
+    use klib::usersubmit::{ResumeError, remainder};
+    if !user_range_ok(desc, 64) {
+        return Err(Error::BadAddress);
+    }
+    let p = &t.process;
+    let mut raw = [0u8; 64];
+    uaccess::copy_from_user(Some(p), &mut raw, desc)?;
+    let cr_addr = u64::from_le_bytes(raw[8..16].try_into().map_err(|_| Error::BadCompletion)?);
+    if !cr_addr.is_multiple_of(klib::usersubmit::COMPLETION_ALIGN) || !user_range_ok(cr_addr, 32) {
+        return Err(Error::BadCompletion);
+    }
+    let mut cr = [0u8; 32];
+    uaccess::copy_from_user(Some(p), &mut cr, cr_addr)?;
+    let rest = remainder(&raw, &cr).map_err(|e| match e {
+        ResumeError::Opcode(_) => Error::BadOpcode,
+        ResumeError::NotAPageFault(_) | ResumeError::Completed(_) => Error::BadArgument,
+    })?;
+    // The page the device stopped at: mapped on the process's behalf if it may have it (a
+    // not-present -> present change needs no IOTLB invalidation, CAP.CM = 0).
+    let fault = u64::from_le_bytes(cr[8..16].try_into().map_err(|_| Error::Fault)?);
+    let write = cr[0] & 0x80 != 0;
+    {
+        let mut s = p.space.lock();
+        if s.translate(fault).is_none() {
+            match s.fault(fault, write, false, false) {
+                super::FaultOutcome::Mapped => {}
+                super::FaultOutcome::OutOfMemory => return Err(Error::NoMemory),
+                super::FaultOutcome::Invalid => return Err(Error::Fault),
+            }
+        } else if write && !s.area_at(fault).is_some_and(|(_, a)| a.writable) {
+            return Err(Error::Fault);
+        }
+    }
+    // The record's Bytes Completed of the next fault counts from this remainder: it becomes
+    // the process's descriptor (its own form, handle id and all), for the next resume.
+    uaccess::copy_to_user(Some(p), desc, &rest)?;
+    uaccess::copy_to_user(Some(p), cr_addr, &[0u8; 32])?;
+    submit_raw(t, &rest, device)
+}
+
+/// Validates the copied descriptor `raw` and submits it on the caller's PASID.
+fn submit_raw(t: &Thread, raw: &[u8; 64], device: u64) -> Result<u64, Error> {
+    use klib::usersubmit::{DescError, Limits, validate};
+    let devs = crate::dsa::devices();
+    let dev = usize::try_from(device)
+        .ok()
+        .and_then(|i| devs.get(i))
+        .ok_or(Error::NoDevice)?;
     let pasid = super::sva_attach(&t.process, dev).map_err(|e| e.abi())?;
     let limits = Limits {
         max_transfer: dev.max_transfer(),
     };
     // With RCI the interrupt handle field holds one of the process's ids on this device.
     let mut handle = None;
-    let d = validate(&raw, pasid, &limits, |id| {
+    let d = validate(raw, pasid, &limits, |id| {
         let h = super::ims::device_handle(&t.process, device as usize, id)?;
         let dh = h.device_handle();
         handle = Some(h);
@@ -264,7 +330,7 @@ fn sleep(t: &Arc<Thread>, regs: &mut UserRegs, ns: u64) -> Action {
     regs.rax = 0;
     t.deadline
         .store(crate::time::now_ns().saturating_add(ns), Ordering::Release);
-    let mut s = CPUS[t.cpu].sleepers.lock();
+    let mut s = CPUS[t.cpu()].sleepers.lock();
     block(t, regs, RESUME_RETURN);
     s.push(t.clone());
     Action::Block

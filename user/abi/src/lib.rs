@@ -107,10 +107,32 @@ pub enum Sys {
     /// ([`Error::Denied`]); [`Error::Busy`] when no user WQ is free. The WQ is disabled
     /// (its work finished) and free again when the process ends.
     DsaWqTake = 21,
+    /// `sched_set_cpu(cpu) -> 0`: moves the calling thread to CPU `cpu` (it continues
+    /// there; the call returns on the new CPU). The process's interrupt handles whose
+    /// interrupts went to the thread's old CPU are retargeted to the new one first (IRTE
+    /// rewrite; completions in flight are delivered exactly once, wherever they land).
+    /// [`Error::Busy`] if one of those handles is under another control operation: the thread
+    /// stays, that handle and the ones after it too (those before it already follow the new
+    /// CPU; call again). Same CPU: returns 0 at once.
+    SchedSetCpu = 22,
+    /// `dsa_resume(desc_ptr, device) -> 0`: demand paging for the device. The descriptor at
+    /// `desc_ptr` was submitted with `dsa_submit` (unchanged since) and its completion record
+    /// reports a partial completion at a page fault (status 0x03: the device stopped at a page
+    /// not yet mapped; block-on-fault is never set for processes). The kernel maps the
+    /// faulting page if the address is valid for the process (inside one of its areas, with
+    /// write permission for a write fault) — else [`Error::Fault`], the fault is the
+    /// process's — writes the rest of the operation (from the bytes already done) over the
+    /// descriptor at `desc_ptr` (so a later fault's Bytes Completed, which counts from it, is
+    /// resumed from it again), zeroes the record and submits it (validated like any
+    /// `dsa_submit`). Memory Move only
+    /// ([`Error::BadOpcode`] otherwise); [`Error::BadArgument`] if the record reports no such
+    /// fault. With a completion interrupt, `ims_wait` counts the partial completion and the
+    /// resumed rest's as two.
+    DsaResume = 23,
 }
 
 /// Number of system calls (one past the largest number).
-pub const SYS_COUNT: u64 = 22;
+pub const SYS_COUNT: u64 = 24;
 
 impl Sys {
     /// The call with number `n`.
@@ -138,6 +160,8 @@ impl Sys {
             19 => Self::ImsRelease,
             20 => Self::DsaPortal,
             21 => Self::DsaWqTake,
+            22 => Self::SchedSetCpu,
+            23 => Self::DsaResume,
             _ => return None,
         })
     }
@@ -372,6 +396,8 @@ mod tests {
             assert_eq!(Sys::from_number(n).map(|s| s as u64), Some(n));
         }
         assert_eq!(Sys::from_number(SYS_COUNT), None);
+        assert_eq!(Sys::from_number(22), Some(Sys::SchedSetCpu));
+        assert_eq!(Sys::from_number(23), Some(Sys::DsaResume));
         assert_eq!(Sys::from_number(u64::MAX), None);
     }
 

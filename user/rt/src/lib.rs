@@ -241,6 +241,20 @@ pub fn movdir64b(portal: u64, desc: &[u8; 64]) {
     }
 }
 
+/// Moves the calling thread to `cpu` (and the process's handles that targeted its old CPU).
+pub fn sched_set_cpu(cpu: u64) -> Result<u64, Error> {
+    call(Sys::SchedSetCpu, [cpu, 0, 0, 0, 0, 0])
+}
+
+/// After `desc` (submitted to `device`) ended in a page-fault partial completion: the kernel
+/// maps the page if it is valid for this process, writes the rest over `desc` and submits it.
+pub fn dsa_resume(desc: &mut [u8; 64], device: u64) -> Result<u64, Error> {
+    call(
+        Sys::DsaResume,
+        [desc.as_mut_ptr() as u64, device, 0, 0, 0, 0],
+    )
+}
+
 /// Ends the calling thread.
 pub fn thread_exit() -> ! {
     let _ = call(Sys::ThreadExit, [0; 6]);

@@ -276,6 +276,26 @@ fn main(_: u64) -> u64 {
             ),
             Err(Error::NoSuchCpu),
         ),
+        (
+            "sched_set_cpu bad cpu",
+            sys(Sys::SchedSetCpu, &[77_777]),
+            Err(Error::NoSuchCpu),
+        ),
+        (
+            "dsa_resume null",
+            sys(Sys::DsaResume, &[0, 0]),
+            Err(Error::BadAddress),
+        ),
+        (
+            "dsa_resume kernel",
+            sys(Sys::DsaResume, &[KERNEL, 0]),
+            Err(Error::BadAddress),
+        ),
+        (
+            "dsa_resume unmapped",
+            sys(Sys::DsaResume, &[unmapped, 0]),
+            Err(Error::Fault),
+        ),
     ];
     for (i, (what, got, want)) in cases.iter().enumerate() {
         if got != want {

@@ -16,10 +16,29 @@
 //! * 3: cost: exits with the average TSC delta (guest instructions under `-icount`) from a
 //!   No-op descriptor with a completion interrupt submitted to the return of the `ims_wait`
 //!   that counted it (submit call, device, IMS message, demultiplexer, wake-up, switch back).
+//!   The suite's interrupt-storm victim too.
+//! * 6: victim of the suite's interrupt-handle attack: maps 3 pages at the address the
+//!   device-level attacker uses (`sva.rs` `ATTACKER_PAGE`, so that the suite's mutation check
+//!   — the same descriptor on this PASID — runs to completion), one handle on this CPU, then
+//!   sleeps until killed (the suite names the handle's device handle in another PASID's
+//!   descriptor).
+//! * `9 | a << 8 | b << 16` (started on CPU `a`): migration in the middle of a completion
+//!   stream: a handle on `a`; 7 rounds (ending on `b`) of 8 memmoves of 256 KiB with a
+//!   completion interrupt in flight, then `sched_set_cpu` to the other of `a`, `b` (the handle follows), `cpu()`
+//!   must say so, then exactly 8 completions counted (`ims_wait` until 8; more is a
+//!   duplicate, and a further `ims_wait` must answer `WouldBlock`), every record 1, every
+//!   byte equal. Then writes 1 (else the failing step) to the word at [`DONE_WORD`], the
+//!   records still zero at each move added in the second word, and sleeps until killed (the
+//!   kernel test reads the handle's CPU).
+//! * `8 | cpu << 8`: interrupt storm of the suite: one handle whose interrupts go to CPU
+//!   `cpu`, then No-op descriptors with a completion interrupt as fast as it can
+//!   ([`IMS_INFLIGHT_MAX`] in flight, reaped with `ims_wait`) until killed.
 #![no_std]
 #![no_main]
 
-use user_rt::abi::{CURRENT_CPU, Error, FLAG_RCI, PAGE, PROT_READ, PROT_WRITE, SLEEP_MAX_NS};
+use user_rt::abi::{
+    CURRENT_CPU, Error, FLAG_RCI, IMS_INFLIGHT_MAX, PAGE, PROT_READ, PROT_WRITE, SLEEP_MAX_NS,
+};
 use user_rt::println;
 
 const MEMMOVE: u8 = 0x03;
@@ -358,8 +377,139 @@ fn in_flight(exit: bool) -> u64 {
     }
 }
 
+fn holder() -> u64 {
+    let at = 0x6100_0000_0000;
+    if user_rt::mmap(at, 3 * PAGE, PROT_READ | PROT_WRITE) != Ok(at) {
+        return 90;
+    }
+    for i in 0..3 * PAGE {
+        wr(at + i, 0);
+    }
+    if let Err(e) = user_rt::ims_alloc(0, CURRENT_CPU) {
+        println!("ims: holder: {e}");
+        return 91;
+    }
+    loop {
+        let _ = user_rt::sleep_ns(SLEEP_MAX_NS);
+    }
+}
+
+fn storm(cpu: u64) -> u64 {
+    let Ok(cr) = user_rt::mmap(0, PAGE, PROT_READ | PROT_WRITE) else {
+        return 90;
+    };
+    let h = match user_rt::ims_alloc(0, cpu) {
+        Ok(h) => h,
+        Err(e) => {
+            println!("ims: storm handle on CPU {cpu}: {e}");
+            return 91;
+        }
+    };
+    let n = IMS_INFLIGHT_MAX.min(PAGE / 32);
+    loop {
+        for i in 0..n {
+            let mut nop = desc(CRAV_RCR | FLAG_RCI, cr + 32 * i, 0, 0, 0, h as u16);
+            nop[7] = 0x00;
+            // Busy (queue full) only slows the storm down.
+            let _ = user_rt::dsa_submit(&nop, 0);
+        }
+        // Reaps whatever completed; WouldBlock once nothing is in flight.
+        while user_rt::ims_wait(h).is_ok() {}
+    }
+}
+
+/// Where `migrate` reports (kernel/src/ktests/proc.rs reads it).
+const DONE_WORD: u64 = 0x6200_0000_0000;
+
+fn migrate(a: u64, b: u64) -> u64 {
+    if user_rt::mmap(DONE_WORD, PAGE, PROT_READ | PROT_WRITE) != Ok(DONE_WORD) {
+        return 90;
+    }
+    let r = migrate_rounds(a, b);
+    let (code, inflight) = match r {
+        Ok(n) => (1, n),
+        Err(e) => (e, 0),
+    };
+    // SAFETY: the page mapped above.
+    unsafe {
+        core::ptr::write_volatile((DONE_WORD + 8) as *mut u64, inflight);
+        core::ptr::write_volatile(DONE_WORD as *mut u64, code);
+    }
+    loop {
+        let _ = user_rt::sleep_ns(SLEEP_MAX_NS);
+    }
+}
+
+fn migrate_rounds(a: u64, b: u64) -> Result<u64, u64> {
+    const PIECE: u64 = 256 << 10;
+    const N: u64 = 8;
+    let buf = user_rt::mmap(0, 2 * N * PIECE + PAGE, PROT_READ | PROT_WRITE).map_err(|_| 10u64)?;
+    let (src, dst, cr) = (buf, buf + N * PIECE, buf + 2 * N * PIECE);
+    let h = user_rt::ims_alloc(0, CURRENT_CPU).map_err(|_| 11u64)?;
+    let mut inflight = 0;
+    for round in 0..7u64 {
+        for i in (0..N * PIECE).step_by(8) {
+            // SAFETY: inside the mapping above.
+            unsafe {
+                core::ptr::write_volatile((src + i) as *mut u64, i ^ (round << 56));
+                core::ptr::write_volatile((dst + i) as *mut u64, 0);
+            }
+        }
+        for i in 0..N {
+            let d = desc(
+                CRAV_RCR | FLAG_RCI,
+                cr + 32 * i,
+                src + i * PIECE,
+                dst + i * PIECE,
+                PIECE as u32,
+                h as u16,
+            );
+            user_rt::dsa_submit(&d, 0).map_err(|_| 12u64)?;
+        }
+        let to = if round % 2 == 0 { b } else { a };
+        inflight += (0..N).filter(|i| rd(cr + 32 * i) == 0).count() as u64;
+        user_rt::sched_set_cpu(to).map_err(|e| {
+            println!("ims: sched_set_cpu({to}): {e}");
+            13u64
+        })?;
+        if user_rt::cpu() != to {
+            println!("ims: on CPU {} after moving to {to}", user_rt::cpu());
+            return Err(14);
+        }
+        wait_for(h, N).map_err(|e| 20 + e)?;
+        if user_rt::ims_wait(h) != Err(Error::WouldBlock) {
+            println!("ims: a completion counted twice (round {round})");
+            return Err(15);
+        }
+        for i in 0..N {
+            if rd(cr + 32 * i) != 1 {
+                return Err(16);
+            }
+        }
+        for i in (0..N * PIECE).step_by(8) {
+            // SAFETY: inside the mapping above.
+            let (x, y) = unsafe {
+                (
+                    core::ptr::read_volatile((src + i) as *const u64),
+                    core::ptr::read_volatile((dst + i) as *const u64),
+                )
+            };
+            if x != y {
+                return Err(17);
+            }
+        }
+    }
+    println!(
+        "ims: 7 moves between CPUs {a} and {b}, {inflight} of 56 records still open at the moves, each completion counted once"
+    );
+    Ok(inflight)
+}
+
 fn main(arg: u64) -> u64 {
     match arg {
+        a if a & 0xff == 9 => migrate((a >> 8) & 0xff, (a >> 16) & 0xff),
+        6 => holder(),
+        a if a & 0xff == 8 => storm(a >> 8),
         4 => in_flight(true),
         5 => in_flight(false),
         0 => functional(),

@@ -10,6 +10,26 @@
 //!   descriptor, each completed before the next).
 //! * 3: victim of the hostile-process suite: maps one page at [`VICTIM_PAGE`], fills it with
 //!   a pattern (last byte last) and sleeps until killed; the suite checks the page.
+//! * 4: the suite's device-level attacker: maps 3 pages at [`ATTACKER_PAGE`] (source with a
+//!   pattern, a page of completion records, destination), last byte last, and sleeps until
+//!   killed; the suite itself stores descriptors on this process's PASID, as a ring-3
+//!   ENQCMD would (no system call validates them), and checks what the IOMMU does.
+//! * 5: the suite's unmap-while-writing attacker, 8 rounds: a small memmove into the last
+//!   page of a 1 MiB `dst` (the IOTLB now holds that page), 23 memmoves of 1 MiB into a
+//!   scratch buffer then one into `dst` (the device is busy for a while; few distinct pages,
+//!   so the IOTLB keeps the primed entry), `munmap` of the last page of `dst` at once (one
+//!   shootdown and PASID invalidation), a new page filled with 0x5A over the freed frame (the
+//!   allocator's first choice), every record awaited (the last memmove may end in a page
+//!   fault, nothing else may fail), the new page checked: exit 1 if a byte changed (the
+//!   device wrote through a stale translation into a reused frame), else 1000 + the rounds
+//!   whose last memmove ended in a page fault (the munmap won the race).
+//! * 6: demand faults: a 16 KiB memmove between mappings whose pages 1 and 3 (source and
+//!   destination) were never touched, so the device stops at each with a page-fault partial
+//!   completion; each time `dsa_resume` maps the page and submits the rest; the result must
+//!   be byte-exact (the source's untouched pages read as zeros), and the bytes done before
+//!   the first fault are not copied again (their source is flipped before the resume). Then a memmove running off
+//!   the end of its mapping: `dsa_resume` must answer `Fault` (the address is not the
+//!   process's). Exits 0 (at least 2 resumes), else the failing step.
 //! * any `arg` ≥ 0x1000: attacker of the suite: memmoves of its own page with `arg` (a
 //!   kernel address) as destination, then with [`VICTIM_PAGE`] (the victim's address, not
 //!   mapped here) as destination. Exits 0 when each is refused by the call or ends in a
@@ -23,6 +43,8 @@ use user_rt::println;
 const MEMMOVE: u8 = 0x03;
 /// The suite's victim page (another process's address; kernel/src/ktests/sva_suite.rs).
 const VICTIM_PAGE: u64 = 0x6000_0000_0000;
+/// The device-level attacker's pages (kernel/src/ktests/sva_suite.rs `ATTACKER_PAGE`).
+const ATTACKER_PAGE: u64 = 0x6100_0000_0000;
 const CRAV_RCR: u32 = (1 << 2) | (1 << 3);
 
 fn desc(op: u8, flags: u32, cr: u64, src: u64, dst: u64, size: u32, dword0: u32) -> [u8; 64] {
@@ -86,9 +108,259 @@ fn victim() -> u64 {
     }
 }
 
+fn device_attacker() -> u64 {
+    if user_rt::mmap(ATTACKER_PAGE, 3 * PAGE, PROT_READ | PROT_WRITE) != Ok(ATTACKER_PAGE) {
+        return 90;
+    }
+    for i in 0..PAGE {
+        wr(ATTACKER_PAGE + 2 * PAGE + i, 0);
+        wr(ATTACKER_PAGE + PAGE + i, 0);
+    }
+    for i in 0..PAGE {
+        wr(ATTACKER_PAGE + i, (i * 3 + 1) as u8);
+    }
+    loop {
+        let _ = user_rt::sleep_ns(1_000_000);
+    }
+}
+
+fn wr64(a: u64, v: u64) {
+    // SAFETY: as in `rd`.
+    unsafe { core::ptr::write_volatile(a as *mut u64, v) }
+}
+
+fn rd64(a: u64) -> u64 {
+    // SAFETY: as in `rd`.
+    unsafe { core::ptr::read_volatile(a as *const u64) }
+}
+
+fn unmap_while_writing() -> u64 {
+    // Few distinct pages (src, scratch, dst: 768 of them), so that QEMU's IOTLB (emptied
+    // whenever it reaches 1024 entries) still holds the primed page when the last piece
+    // reaches it; many pieces, so that the device is still busy when the munmap comes.
+    const PIECE: u64 = 1 << 20;
+    const PIECES: u64 = 24;
+    const SIZE: u64 = PIECE;
+    const TAIL: u64 = PAGE;
+    const FILL: u64 = 0x5a5a_5a5a_5a5a_5a5a;
+    let (Ok(src), Ok(scratch), Ok(cr)) = (
+        user_rt::mmap(0, PIECE, PROT_READ | PROT_WRITE),
+        user_rt::mmap(0, PIECE, PROT_READ | PROT_WRITE),
+        user_rt::mmap(0, PAGE, PROT_READ | PROT_WRITE),
+    ) else {
+        return 90;
+    };
+    for a in (src..src + PIECE).step_by(8) {
+        wr64(a, a);
+    }
+    for a in (scratch..scratch + PIECE).step_by(PAGE as usize) {
+        wr(a, 0);
+    }
+    let mut partial = 0;
+    for round in 0..8 {
+        let Ok(dst) = user_rt::mmap(0, SIZE, PROT_READ | PROT_WRITE) else {
+            return 91;
+        };
+        for a in (dst..dst + SIZE).step_by(PAGE as usize) {
+            wr(a, 0);
+        }
+        for i in 0..(PIECES + 1) * 32 {
+            wr(cr + i, 0);
+        }
+        // The IOTLB now holds the last page's translation: only the invalidation stands
+        // between the pieces' writes and the frame freed below.
+        let prime = desc(
+            MEMMOVE,
+            CRAV_RCR,
+            cr + 32 * PIECES,
+            src,
+            dst + SIZE - TAIL,
+            64,
+            0,
+        );
+        if user_rt::dsa_submit(&prime, 0).is_err() || await_status(cr + 32 * PIECES) != 1 {
+            return 98;
+        }
+        for i in 0..PIECES {
+            let d = desc(
+                MEMMOVE,
+                CRAV_RCR,
+                cr + 32 * i,
+                src,
+                if i + 1 < PIECES { scratch } else { dst },
+                PIECE as u32,
+                0,
+            );
+            loop {
+                match user_rt::dsa_submit(&d, 0) {
+                    Ok(_) => break,
+                    Err(Error::Busy) => user_rt::yield_now(),
+                    Err(_) => return 92,
+                }
+            }
+        }
+        // SAFETY: nothing here uses the tail any more (the device is writing `dst`).
+        if unsafe { user_rt::munmap(dst + SIZE - TAIL, TAIL) }.is_err() {
+            return 93;
+        }
+        let Ok(reuse) = user_rt::mmap(0, TAIL, PROT_READ | PROT_WRITE) else {
+            return 94;
+        };
+        for a in (reuse..reuse + TAIL).step_by(8) {
+            wr64(a, FILL);
+        }
+        let mut last = 0;
+        for i in 0..PIECES {
+            last = await_status(cr + 32 * i);
+            if last & 0x3f != 0x01 && (i + 1 < PIECES || last & 0x3f != 0x03) {
+                println!("sva: round {round}: piece {i} status {last:#x}");
+                return 95;
+            }
+        }
+        if last & 0x3f == 0x03 {
+            partial += 1;
+        }
+        for a in (reuse..reuse + TAIL).step_by(8) {
+            if rd64(a) != FILL {
+                println!("sva: round {round}: a reused page changed at {a:#x} (status {last:#x})");
+                return 1;
+            }
+        }
+        // SAFETY: only this loop used it (the device is done: every record is written).
+        if unsafe { user_rt::munmap(reuse, TAIL) }.is_err() {
+            return 96;
+        }
+        // SAFETY: as above.
+        if unsafe { user_rt::munmap(dst, SIZE - TAIL) }.is_err() {
+            return 97;
+        }
+    }
+    println!(
+        "sva: 8 rounds whose last page was unmapped in flight, {partial} ended in a page fault"
+    );
+    1000 + partial
+}
+
+fn demand_faults() -> u64 {
+    const SIZE: u64 = 4 * PAGE;
+    let (Ok(src), Ok(dst), Ok(cr)) = (
+        user_rt::mmap(0, SIZE, PROT_READ | PROT_WRITE),
+        user_rt::mmap(0, SIZE, PROT_READ | PROT_WRITE),
+        user_rt::mmap(0, PAGE, PROT_READ | PROT_WRITE),
+    ) else {
+        return 90;
+    };
+    // Pages 0 and 2 touched, 1 and 3 left for the device to fault on.
+    for page in [0, 2] {
+        for i in 0..PAGE {
+            wr(src + page * PAGE + i, (i * 7 + page + 1) as u8);
+            wr(dst + page * PAGE + i, 0xee);
+        }
+    }
+    wr(cr, 0);
+    let mut d = desc(MEMMOVE, CRAV_RCR, cr, src, dst, SIZE as u32, 0);
+    if user_rt::dsa_submit(&d, 0).is_err() {
+        return 91;
+    }
+    let mut resumes = 0;
+    let mut done0 = 0;
+    loop {
+        let st = await_status(cr);
+        match st & 0x3f {
+            0x01 => break,
+            0x03 if resumes < 16 => {
+                if resumes == 0 {
+                    // The bytes already done are not copied again: flip their source now,
+                    // the destination must keep the old values.
+                    done0 = u64::from(u32::from_le_bytes([
+                        rd(cr + 4),
+                        rd(cr + 5),
+                        rd(cr + 6),
+                        rd(cr + 7),
+                    ]));
+                    for i in 0..done0.min(SIZE) {
+                        wr(src + i, rd(src + i) ^ 0xff);
+                    }
+                }
+                if let Err(e) = user_rt::dsa_resume(&mut d, 0) {
+                    println!("sva: dsa_resume after status {st:#x}: {e}");
+                    return 92;
+                }
+                resumes += 1;
+            }
+            _ => {
+                println!("sva: demand memmove status {st:#x} after {resumes} resumes");
+                return 93;
+            }
+        }
+    }
+    if done0 == 0 {
+        println!("sva: the first fault came before any byte was copied");
+        return 99;
+    }
+    for i in 0..SIZE {
+        let want = if (i / PAGE).is_multiple_of(2) {
+            rd(src + i)
+        } else {
+            0
+        };
+        let want = if i < done0 { want ^ 0xff } else { want };
+        if rd(dst + i) != want {
+            println!(
+                "sva: byte {i} differs after {resumes} resumes: {:#x}, want {want:#x}",
+                rd(dst + i)
+            );
+            return 94;
+        }
+    }
+    if resumes < 2 {
+        println!("sva: only {resumes} page faults for two untouched pages on each side");
+        return 95;
+    }
+    // Off the end of the mapping: page `SIZE` after `dst` belongs to no area.
+    wr(cr, 0);
+    let mut off = desc(
+        MEMMOVE,
+        CRAV_RCR,
+        cr,
+        src,
+        dst + SIZE - PAGE,
+        2 * PAGE as u32,
+        0,
+    );
+    if user_rt::dsa_submit(&off, 0).is_err() {
+        return 96;
+    }
+    let st = await_status(cr);
+    if st & 0x3f != 0x03 {
+        println!("sva: memmove off the mapping: status {st:#x}");
+        return 97;
+    }
+    match user_rt::dsa_resume(&mut off, 0) {
+        Err(Error::Fault) => {}
+        other => {
+            println!("sva: dsa_resume off the mapping: {other:?}");
+            return 98;
+        }
+    }
+    println!(
+        "sva: demand faults: {resumes} resumes (first after {done0:#x} bytes, not copied again), byte-exact; off the mapping: Fault"
+    );
+    0
+}
+
 fn main(arg: u64) -> u64 {
+    if arg == 6 {
+        return demand_faults();
+    }
+    if arg == 5 {
+        return unmap_while_writing();
+    }
     if arg == 3 {
         return victim();
+    }
+    if arg == 4 {
+        return device_attacker();
     }
     let Ok(buf) = user_rt::mmap(0, 4 * PAGE, PROT_READ | PROT_WRITE) else {
         return 90;
