@@ -40,7 +40,7 @@ fn process_tests_smp4() {
         .expect_serial("address 0x500000000000, error code 0x4")
         .expect_serial("abuser: 53 cases refused as expected")
         .expect_serial("parent: all checks passed")
-        .expect_serial("sva: memmove on pasid-forced descriptor ok, 10 refusals")
+        .expect_serial("sva: memmove on pasid-forced descriptor ok, 11 refusals")
         .expect_serial("sva: memmove to the unmapped page: page fault")
         .expect_serial("ims: interrupts delivered through handle 1, released")
         .expect_serial("ims: 64 handles allocated, then HandleQuota")

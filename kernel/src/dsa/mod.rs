@@ -343,9 +343,15 @@ impl DsaDevice {
         Ok(Some((id, size, base + off)))
     }
 
-    /// The largest transfer size the device accepts.
-    pub fn max_transfer(&self) -> u64 {
-        self.driver().caps().max_transfer()
+    /// The largest transfer size of a process's `dsa_submit`: that of the shared WQ the
+    /// kernel submits it to (its WQCFG Maximum Transfer Size, DSA spec §9.2.24; usually
+    /// smaller than the device's GENCAP limit), so a larger one is refused by the call
+    /// (`TooLarge`) instead of failing in the device with status 0x13. `None` without a
+    /// shared WQ.
+    pub fn user_max_transfer(&self) -> Option<u64> {
+        self.driver()
+            .wq_of_mode(WqMode::Shared)
+            .map(|w| w.limits.max_transfer)
     }
 
     /// First configured WQ of `mode`.

@@ -206,7 +206,7 @@ fn submit_raw(t: &Thread, raw: &[u8; 64], device: u64) -> Result<u64, Error> {
         .ok_or(Error::NoDevice)?;
     let pasid = super::sva_attach(&t.process, dev).map_err(|e| e.abi())?;
     let limits = Limits {
-        max_transfer: dev.max_transfer(),
+        max_transfer: dev.user_max_transfer().ok_or(Error::NoDevice)?,
     };
     // With RCI the interrupt handle field holds one of the process's ids on this device.
     let mut handle = None;

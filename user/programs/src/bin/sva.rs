@@ -389,7 +389,7 @@ fn main(arg: u64) -> u64 {
                     return 2;
                 }
             }
-            let refusals: [(&str, [u8; 64], u64, Error); 9] = [
+            let refusals: [(&str, [u8; 64], u64, Error); 10] = [
                 (
                     "batch",
                     desc(0x01, CRAV_RCR, cr, src, 0, 2, 0),
@@ -429,6 +429,15 @@ fn main(arg: u64) -> u64 {
                 (
                     "huge size",
                     desc(MEMMOVE, CRAV_RCR, cr, src, dst, u32::MAX, 0),
+                    0,
+                    Error::TooLarge,
+                ),
+                (
+                    // Within the device's GENCAP maximum but above the shared WQ's
+                    // Maximum Transfer Size (2 MiB by default): refused by the call, not
+                    // left to fail in the device.
+                    "above the shared WQ's transfer limit",
+                    desc(MEMMOVE, CRAV_RCR, cr, src, dst, 4 << 20, 0),
                     0,
                     Error::TooLarge,
                 ),
