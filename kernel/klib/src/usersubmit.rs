@@ -20,11 +20,14 @@
 //!   without RCI it must be zero;
 //! * the completion record: 32-byte aligned (DSA spec §8.1.4; Linux refuses a misaligned one
 //!   as a security issue for the engine), inside the user half;
-//! * the transfer size: non-zero and at most the device's maximum transfer size;
+//! * the transfer size: non-zero and at most [`Limits::max_transfer`] (the kernel passes the
+//!   shared WQ's Maximum Transfer Size);
 //! * every address operand `[addr, addr + size)` inside the user half (the IOMMU would refuse
 //!   kernel pages anyway: they are supervisor-only and the PASID entry refuses supervisor
 //!   requests; this gives the process a clean error instead of a page fault);
-//! * reserved fields zero.
+//! * bytes 38–39 (reserved) zero. The operation-specific bytes 40–63 pass through as
+//!   written: for the whitelisted operations with the allowed flags none of them is an
+//!   address (CRC seed and pattern values only), so they cannot widen what the device touches.
 
 use core::fmt;
 
