@@ -255,6 +255,45 @@ pub fn dsa_resume(desc: &mut [u8; 64], device: u64) -> Result<u64, Error> {
     )
 }
 
+/// DSA work descriptors for ring-3 programs (the common fields of the Intel DSA Architecture
+/// Specification §8.1) and byte access to their memory: what every program that submits
+/// builds the same way.
+pub mod dsa {
+    /// Memory Move opcode (DSA spec §8.3.4).
+    pub const MEMMOVE: u8 = 0x03;
+    /// Completion Record Address Valid | Request Completion Record (descriptor flags 2 and 3,
+    /// DSA spec §8.1.3): every descriptor a process submits asks for its record.
+    pub const CRAV_RCR: u32 = (1 << 2) | (1 << 3);
+
+    /// A work descriptor: dword 0 zero (PASID and privilege are the kernel's or, with ENQCMD,
+    /// the CPU's to fill), the 24 flag bits, the opcode, the completion record address, source,
+    /// destination and transfer size; every other byte zero.
+    pub fn desc(op: u8, flags: u32, cr: u64, src: u64, dst: u64, size: u32) -> [u8; 64] {
+        let mut d = [0u8; 64];
+        d[4..7].copy_from_slice(&flags.to_le_bytes()[..3]);
+        d[7] = op;
+        d[8..16].copy_from_slice(&cr.to_le_bytes());
+        d[16..24].copy_from_slice(&src.to_le_bytes());
+        d[24..32].copy_from_slice(&dst.to_le_bytes());
+        d[32..36].copy_from_slice(&size.to_le_bytes());
+        d
+    }
+
+    /// The byte at user address `a`, read once (the device may write it). An address this
+    /// process has not mapped ends the process with #PF (the kernel's report), nothing else.
+    pub fn peek(a: u64) -> u8 {
+        // SAFETY: a volatile one-byte load from this process's own address space; the kernel
+        // turns a fault into the end of the process.
+        unsafe { core::ptr::read_volatile(a as *const u8) }
+    }
+
+    /// Stores `v` at user address `a` (as [`peek`] for an address not mapped).
+    pub fn poke(a: u64, v: u8) {
+        // SAFETY: as in `peek`.
+        unsafe { core::ptr::write_volatile(a as *mut u8, v) }
+    }
+}
+
 /// Ends the calling thread.
 pub fn thread_exit() -> ! {
     let _ = call(Sys::ThreadExit, [0; 6]);

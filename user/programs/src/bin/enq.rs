@@ -29,34 +29,12 @@
 #![no_main]
 
 use user_rt::abi::{Error, PAGE, PROT_READ, PROT_WRITE};
+use user_rt::dsa::{CRAV_RCR, MEMMOVE, desc, peek as rd, poke as wr};
 use user_rt::println;
 
-const MEMMOVE: u8 = 0x03;
-const CRAV_RCR: u32 = (1 << 2) | (1 << 3);
 /// Bit 63 of a cost exit status: the run succeeded (a killed process ends with
 /// `STATUS_KILLED`, which lacks it).
 const COST_OK: u64 = 1 << 63;
-
-fn desc(op: u8, flags: u32, cr: u64, src: u64, dst: u64, size: u32) -> [u8; 64] {
-    let mut d = [0u8; 64];
-    d[4..7].copy_from_slice(&flags.to_le_bytes()[..3]);
-    d[7] = op;
-    d[8..16].copy_from_slice(&cr.to_le_bytes());
-    d[16..24].copy_from_slice(&src.to_le_bytes());
-    d[24..32].copy_from_slice(&dst.to_le_bytes());
-    d[32..36].copy_from_slice(&size.to_le_bytes());
-    d
-}
-
-fn rd(a: u64) -> u8 {
-    // SAFETY: `a` is inside a mapping of this process.
-    unsafe { core::ptr::read_volatile(a as *const u8) }
-}
-
-fn wr(a: u64, v: u8) {
-    // SAFETY: as in `rd`.
-    unsafe { core::ptr::write_volatile(a as *mut u8, v) }
-}
 
 /// The status byte at `cr` once it is set: spins with yields, then 1 ms sleeps, 10 s at
 /// most (a completion that went elsewhere). 0 on a timeout.

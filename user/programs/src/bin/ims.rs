@@ -39,31 +39,14 @@
 use user_rt::abi::{
     CURRENT_CPU, Error, FLAG_RCI, IMS_INFLIGHT_MAX, PAGE, PROT_READ, PROT_WRITE, SLEEP_MAX_NS,
 };
+use user_rt::dsa::{CRAV_RCR, MEMMOVE, peek as rd, poke as wr};
 use user_rt::println;
 
-const MEMMOVE: u8 = 0x03;
-const CRAV_RCR: u32 = (1 << 2) | (1 << 3);
-
+/// A memmove ([`user_rt::dsa::desc`]) with `handle` in the interrupt handle field.
 fn desc(flags: u32, cr: u64, src: u64, dst: u64, size: u32, handle: u16) -> [u8; 64] {
-    let mut d = [0u8; 64];
-    d[4..7].copy_from_slice(&flags.to_le_bytes()[..3]);
-    d[7] = MEMMOVE;
-    d[8..16].copy_from_slice(&cr.to_le_bytes());
-    d[16..24].copy_from_slice(&src.to_le_bytes());
-    d[24..32].copy_from_slice(&dst.to_le_bytes());
-    d[32..36].copy_from_slice(&size.to_le_bytes());
+    let mut d = user_rt::dsa::desc(MEMMOVE, flags, cr, src, dst, size);
     d[36..38].copy_from_slice(&handle.to_le_bytes());
     d
-}
-
-fn rd(a: u64) -> u8 {
-    // SAFETY: `a` is inside a mapping of this process.
-    unsafe { core::ptr::read_volatile(a as *const u8) }
-}
-
-fn wr(a: u64, v: u8) {
-    // SAFETY: as in `rd`.
-    unsafe { core::ptr::write_volatile(a as *mut u8, v) }
 }
 
 /// Waits (blocking in the kernel) until `want` completions of `h` were counted.

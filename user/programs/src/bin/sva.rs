@@ -38,35 +38,19 @@
 #![no_main]
 
 use user_rt::abi::{Error, PAGE, PROT_READ, PROT_WRITE};
+use user_rt::dsa::{CRAV_RCR, MEMMOVE, peek as rd, poke as wr};
 use user_rt::println;
 
-const MEMMOVE: u8 = 0x03;
 /// The suite's victim page (another process's address; kernel/src/ktests/sva_suite.rs).
 const VICTIM_PAGE: u64 = 0x6000_0000_0000;
 /// The device-level attacker's pages (kernel/src/ktests/sva_suite.rs `ATTACKER_PAGE`).
 const ATTACKER_PAGE: u64 = 0x6100_0000_0000;
-const CRAV_RCR: u32 = (1 << 2) | (1 << 3);
 
+/// [`user_rt::dsa::desc`] with `dword0` written as given (the kernel must overwrite it).
 fn desc(op: u8, flags: u32, cr: u64, src: u64, dst: u64, size: u32, dword0: u32) -> [u8; 64] {
-    let mut d = [0u8; 64];
+    let mut d = user_rt::dsa::desc(op, flags, cr, src, dst, size);
     d[0..4].copy_from_slice(&dword0.to_le_bytes());
-    d[4..7].copy_from_slice(&flags.to_le_bytes()[..3]);
-    d[7] = op;
-    d[8..16].copy_from_slice(&cr.to_le_bytes());
-    d[16..24].copy_from_slice(&src.to_le_bytes());
-    d[24..32].copy_from_slice(&dst.to_le_bytes());
-    d[32..36].copy_from_slice(&size.to_le_bytes());
     d
-}
-
-fn rd(a: u64) -> u8 {
-    // SAFETY: `a` is inside a mapping of this process.
-    unsafe { core::ptr::read_volatile(a as *const u8) }
-}
-
-fn wr(a: u64, v: u8) {
-    // SAFETY: as in `rd`.
-    unsafe { core::ptr::write_volatile(a as *mut u8, v) }
 }
 
 /// Waits for the status byte at `cr`: yields first, then 1 ms sleeps, 60 s at most (only a
