@@ -456,15 +456,19 @@ impl Ring {
     ) -> (u32, bool) {
         let mut n = 0;
         let mut outstanding = false;
-        // Read once: after each acquire load below the compiler would reload them.
-        let mask = self.mask;
+        // Read once: after each acquire load below the compiler would reload them. One
+        // mask for slots and records (the records' is the ring's: `new` makes them with
+        // `records(cap)`), so the record index needs no second `and` and the loop one
+        // register less.
         let slots = &*self.slots;
         let recs = self.recs;
+        let mask = recs.mask();
+        debug_assert_eq!(mask, self.mask as usize);
         while i != head {
-            let k = (i & mask) as usize;
+            let k = i as usize & mask;
             i = i.wrapping_add(1);
-            // SAFETY: `slots` has `mask + 1` entries (`new`; the field is private and never
-            // replaced), so `k` is in bounds (as in `slot`).
+            // SAFETY: `slots` has `cap` entries and `recs` was made for `cap` records in `new`
+            // (neither field is ever replaced), so `k <= cap - 1` is in bounds.
             let slot = unsafe { slots.get_unchecked(k) };
             let s = slot.state.load(Ordering::Acquire);
             if s == FREE || s == DONE {
