@@ -106,8 +106,8 @@ impl DemuxStats {
     }
 }
 
-/// One CPU's counters. Written only by that CPU's demultiplexing passes, which hold the
-/// CPU's table lock, so plain relaxed load + store pairs (no locked instruction) are exact;
+/// One CPU's counters. Written only by that CPU's demultiplexing passes, which never overlap
+/// (the `ImsPlatform` contract), so plain relaxed load + store pairs (no locked instruction) are exact;
 /// readers on other CPUs see each counter's latest value.
 #[derive(Default)]
 struct Counters {
@@ -154,7 +154,7 @@ impl Counters {
             a.store(0, Ordering::Relaxed);
         }
     }
-    /// Call with the CPU's table lock held (single writer).
+    /// Call from the CPU's demultiplexing pass (single writer).
     #[inline(always)]
     fn add(&self, d: &Demux, spent: u64) {
         bump(&self.interrupts, 1);
@@ -179,8 +179,9 @@ pub struct Demux {
 }
 
 /// The handles of one CPU, indexed by slot. Touched only with interrupts disabled on the
-/// owning CPU (its handler, or a control-plane closure sent there with `run_on`); the lock
-/// is therefore never contended in the kernel and only gives safe `&mut` access.
+/// owning CPU (its handler, or a control-plane closure sent there with `run_on`), which
+/// never overlap (the `ImsPlatform` contract): closures take the lock for safe `&mut`
+/// access, the handler reads the table without it (`DomainInner::with_table`).
 pub(crate) struct CpuTable {
     pub slots: Vec<Option<Arc<HandleInner>>>,
     free: Vec<u32>,
