@@ -471,13 +471,10 @@ impl Ring {
             // (neither field is ever replaced), so `k <= cap - 1` is in bounds.
             let slot = unsafe { slots.get_unchecked(k) };
             let s = slot.state.load(Ordering::Acquire);
-            if s == FREE || s == DONE {
-                continue;
-            }
-            let status = recs.status(k);
-            let written = status != st::NOT_COMPLETE;
+            // Callback slots first (what an interrupt pass is for), one compare each.
             if s == PENDING_CB || s == PENDING_CBQ {
-                if written {
+                let status = recs.status(k);
+                if status != st::NOT_COMPLETE {
                     if slot
                         .state
                         .compare_exchange(s, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
@@ -496,7 +493,8 @@ impl Ring {
                         break;
                     }
                 }
-            } else if s == CLAIMED || !written {
+            } else if s != FREE && s != DONE && (s == CLAIMED || recs.status(k) == st::NOT_COMPLETE)
+            {
                 outstanding = true;
             }
         }
