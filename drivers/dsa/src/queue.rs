@@ -426,6 +426,9 @@ impl Ring {
     }
 
     /// [`Ring::reap`] adding one to `count` for each completion before its callback runs.
+    /// Inlined into its callers (the IMS sink's plain function is then the loop itself, not
+    /// a trampoline to it).
+    #[inline(always)]
     pub fn reap_counting(&self, count: &AtomicU64) -> (u32, bool) {
         let (i, head) = self.range();
         self.reap_range(i, head, true, Some(count))
