@@ -263,6 +263,12 @@ impl Records {
         self.base.wrapping_add((i & self.mask) * RECORD)
     }
 
+    /// The index mask (records − 1).
+    #[inline(always)]
+    pub fn mask(&self) -> usize {
+        self.mask
+    }
+
     /// Acquire load of record `i`'s status byte.
     #[inline(always)]
     pub fn status(&self, i: usize) -> u8 {

@@ -426,6 +426,9 @@ impl Ring {
     }
 
     /// [`Ring::reap`] adding one to `count` for each completion before its callback runs.
+    /// Inlined into its callers (the IMS sink's plain function is then the loop itself, not
+    /// a trampoline to it).
+    #[inline(always)]
     pub fn reap_counting(&self, count: &AtomicU64) -> (u32, bool) {
         let (i, head) = self.range();
         self.reap_range(i, head, true, Some(count))
@@ -456,24 +459,25 @@ impl Ring {
     ) -> (u32, bool) {
         let mut n = 0;
         let mut outstanding = false;
-        // Read once: after each acquire load below the compiler would reload them.
-        let mask = self.mask;
+        // Read once: after each acquire load below the compiler would reload them. One
+        // mask for slots and records (the records' is the ring's: `new` makes them with
+        // `records(cap)`), so the record index needs no second `and` and the loop one
+        // register less.
         let slots = &*self.slots;
         let recs = self.recs;
+        let mask = recs.mask();
+        debug_assert_eq!(mask, self.mask as usize);
         while i != head {
-            let k = (i & mask) as usize;
+            let k = i as usize & mask;
             i = i.wrapping_add(1);
-            // SAFETY: `slots` has `mask + 1` entries (`new`; the field is private and never
-            // replaced), so `k` is in bounds (as in `slot`).
+            // SAFETY: `slots` has `cap` entries and `recs` was made for `cap` records in `new`
+            // (neither field is ever replaced), so `k <= cap - 1` is in bounds.
             let slot = unsafe { slots.get_unchecked(k) };
             let s = slot.state.load(Ordering::Acquire);
-            if s == FREE || s == DONE {
-                continue;
-            }
-            let status = recs.status(k);
-            let written = status != st::NOT_COMPLETE;
+            // Callback slots first (what an interrupt pass is for), one compare each.
             if s == PENDING_CB || s == PENDING_CBQ {
-                if written {
+                let status = recs.status(k);
+                if status != st::NOT_COMPLETE {
                     if slot
                         .state
                         .compare_exchange(s, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
@@ -492,7 +496,8 @@ impl Ring {
                         break;
                     }
                 }
-            } else if s == CLAIMED || !written {
+            } else if s != FREE && s != DONE && (s == CLAIMED || recs.status(k) == st::NOT_COMPLETE)
+            {
                 outstanding = true;
             }
         }

@@ -106,8 +106,8 @@ impl DemuxStats {
     }
 }
 
-/// One CPU's counters. Written only by that CPU's demultiplexing passes, which hold the
-/// CPU's table lock, so plain relaxed load + store pairs (no locked instruction) are exact;
+/// One CPU's counters. Written only by that CPU's demultiplexing passes, which never overlap
+/// (the `ImsPlatform` contract), so plain relaxed load + store pairs (no locked instruction) are exact;
 /// readers on other CPUs see each counter's latest value.
 #[derive(Default)]
 struct Counters {
@@ -154,7 +154,7 @@ impl Counters {
             a.store(0, Ordering::Relaxed);
         }
     }
-    /// Call with the CPU's table lock held (single writer).
+    /// Call from the CPU's demultiplexing pass (single writer).
     #[inline(always)]
     fn add(&self, d: &Demux, spent: u64) {
         bump(&self.interrupts, 1);
@@ -179,8 +179,9 @@ pub struct Demux {
 }
 
 /// The handles of one CPU, indexed by slot. Touched only with interrupts disabled on the
-/// owning CPU (its handler, or a control-plane closure sent there with `run_on`); the lock
-/// is therefore never contended in the kernel and only gives safe `&mut` access.
+/// owning CPU (its handler, or a control-plane closure sent there with `run_on`), which
+/// never overlap (the `ImsPlatform` contract): closures take the lock for safe `&mut`
+/// access, the handler reads the table without it (`DomainInner::with_table`).
 pub(crate) struct CpuTable {
     pub slots: Vec<Option<Arc<HandleInner>>>,
     free: Vec<u32>,
@@ -232,7 +233,7 @@ pub(crate) struct CpuState {
     pub pids: CpuPids,
     /// Descriptors copied into the table's handler list.
     pub pids_in_table: AtomicU32,
-    pub table: spin::Mutex<CpuTable>,
+    pub table: spin::mutex::SpinMutex<CpuTable>,
     /// Vectors the domain holds on this CPU.
     pub vectors: AtomicU32,
     /// Handles targeting this CPU.
@@ -603,19 +604,19 @@ impl DomainInner {
             return d;
         };
         let t0 = self.cycles();
-        let table = st.table.lock();
-        let slots: &[Option<Arc<HandleInner>>] = &table.slots;
-        let cost = st.armed.scan(|slot| match slots.get(slot as usize) {
-            Some(Some(h)) => Self::deliver_one(st, h, slot, &mut d),
-            _ => {
-                // A stale bit (an arming that raced with a move or a release).
-                st.armed.clear(slot);
-            }
+        self.with_table(st, |table| {
+            let slots: &[Option<Arc<HandleInner>>] = &table.slots;
+            let cost = st.armed.scan(|slot| match slots.get(slot as usize) {
+                Some(Some(h)) => Self::deliver_one(st, h, slot, &mut d),
+                _ => {
+                    // A stale bit (an arming that raced with a move or a release).
+                    st.armed.clear(slot);
+                }
+            });
+            d.words_scanned = cost.summary_words + cost.words;
+            let spent = self.cycles().wrapping_sub(t0);
+            st.counters.add(&d, spent);
         });
-        d.words_scanned = cost.summary_words + cost.words;
-        let spent = self.cycles().wrapping_sub(t0);
-        st.counters.add(&d, spent);
-        drop(table);
         d
     }
 
@@ -698,6 +699,18 @@ impl DomainInner {
         }
     }
 
+    /// Runs a handler pass's `f` on `st`'s table, without its lock: the platform
+    /// serializes handler passes and table changes per CPU (the safety contract of
+    /// [`ImsPlatform`]).
+    #[inline(always)]
+    fn with_table<R>(&self, st: &CpuState, f: impl FnOnce(&CpuTable) -> R) -> R {
+        // SAFETY: `ImsPlatform`'s safety contract: this pass runs on the table's CPU with
+        // interrupts disabled, and every change of the table is made in a `run_on` closure
+        // on that CPU, which cannot run until the pass returned. So nothing writes the
+        // table while this shared reference lives.
+        f(unsafe { &*st.table.as_mut_ptr() })
+    }
+
     /// The posted-mode handler: for each of the CPU's descriptors with ON set, clear ON, take
     /// its PIR words and deliver to the handles whose bits were set (see [`crate::posted`]
     /// for why nothing is lost or delivered twice). No armed set is scanned.
@@ -707,23 +720,25 @@ impl DomainInner {
             return d;
         };
         let t0 = self.cycles();
-        let table = st.table.lock();
-        let slots: &[Option<Arc<HandleInner>>] = &table.slots;
-        let mut base = 0;
-        for pid in table.pids.iter() {
-            d.pids_scanned += 1;
-            d.words_scanned += pid.harvest(|bit| {
-                // An empty slot: a late post of a handle that left (its completion is
-                // re-polled where the handle went).
-                if let Some(Some(h)) = slots.get((base + bit) as usize) {
-                    Self::deliver_posted(h, &mut d);
-                }
-            });
-            base += crate::posted::SLOTS_PER_PID;
-        }
-        let spent = self.cycles().wrapping_sub(t0);
-        st.counters.add(&d, spent);
-        drop(table);
+        self.with_table(st, |table| {
+            let slots: &[Option<Arc<HandleInner>>] = &table.slots;
+            let mut base = 0;
+            for pid in table.pids.iter() {
+                d.pids_scanned += 1;
+                d.words_scanned += pid.harvest(|bit| {
+                    // An empty slot: a late post of a handle that left (its completion is
+                    // re-polled where the handle went).
+                    if let Some(Some(h)) = slots.get((base + bit) as usize) {
+                        Self::deliver_posted(h, &mut d);
+                    }
+                });
+                base += crate::posted::SLOTS_PER_PID;
+            }
+            // Counted inside the pass: its counters have the same single writer as the
+            // table.
+            let spent = self.cycles().wrapping_sub(t0);
+            st.counters.add(&d, spent);
+        });
         d
     }
 
@@ -749,18 +764,21 @@ impl DomainInner {
             return d;
         };
         let t0 = self.cycles();
-        let t = st.table.lock();
-        // A vector left behind by a retarget or release: the handle lives elsewhere now.
-        if h.loc.load(SeqCst) == HandleLocation::new(cpu, u32::from(vector)).pack() && !h.blocked()
-        {
-            let n = h.poll_sink();
-            d.polled = 1;
-            d.delivered = n;
-            d.empty_polls = u32::from(n == 0);
-        }
-        let spent = self.cycles().wrapping_sub(t0);
-        st.counters.add(&d, spent);
-        drop(t);
+        // The table is not read: taken (or, on a `CpuExclusive` platform, not needed) only
+        // so that no control-path change of this CPU runs during the pass.
+        self.with_table(st, |_| {
+            // A vector left behind by a retarget or release: the handle lives elsewhere now.
+            if h.loc.load(SeqCst) == HandleLocation::new(cpu, u32::from(vector)).pack()
+                && !h.blocked()
+            {
+                let n = h.poll_sink();
+                d.polled = 1;
+                d.delivered = n;
+                d.empty_polls = u32::from(n == 0);
+            }
+            let spent = self.cycles().wrapping_sub(t0);
+            st.counters.add(&d, spent);
+        });
         d
     }
 }
@@ -830,7 +848,7 @@ impl ImsDomain {
                 } else {
                     0
                 }),
-                table: spin::Mutex::new(CpuTable {
+                table: spin::mutex::SpinMutex::new(CpuTable {
                     slots: Vec::new(),
                     free: Vec::new(),
                     live: 0,

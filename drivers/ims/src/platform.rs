@@ -76,7 +76,15 @@ impl core::error::Error for PlatformError {
 /// Every control-plane entry point of the chip (allocate, mask/unmask, retarget, release)
 /// calls into this trait from thread context with interrupts enabled; the hot path (arming
 /// and the interrupt handler) never does, except for [`ImsPlatform::cycles`].
-pub trait ImsPlatform: Send + Sync {
+///
+/// # Safety
+/// On each CPU, the domain's vector handlers ([`VectorHandler::run`](crate::VectorHandler::run))
+/// and the closures of [`ImsPlatform::run_on`] for that CPU never overlap: neither starts
+/// while the other runs there (both run with the CPU's interrupts disabled, interrupts do
+/// not nest, and a `run_on` closure for a CPU runs on that CPU only). Every change of a
+/// CPU's handle table is made inside such a closure, so the handler reads the table
+/// without a lock; a platform breaking this would let a handler read a table being changed.
+pub unsafe trait ImsPlatform: Send + Sync {
     /// Number of CPUs (fixed for the lifetime of the domain).
     fn cpu_count(&self) -> usize;
 

@@ -173,7 +173,12 @@ fn iommu_err(e: IommuError) -> PlatformError {
     }
 }
 
-impl ImsPlatform for KernelPlatform {
+// SAFETY: `run_on` runs its closure on `cpu` only (threads never migrate; the call runs
+// inline when already there, else from that CPU's call vector or idle loop) inside
+// `without_interrupts`; the domain's handlers run from their vectors' interrupt gates (IF
+// clear) and interrupts do not nest. So on one CPU a handler pass and a `run_on` closure
+// never overlap.
+unsafe impl ImsPlatform for KernelPlatform {
     fn cpu_count(&self) -> usize {
         percpu::cpu_count()
     }

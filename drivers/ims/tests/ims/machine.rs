@@ -308,7 +308,9 @@ impl Machine {
     }
 }
 
-impl ImsPlatform for Machine {
+// SAFETY: a fake CPU's "interrupts disabled" is its `lock`: `run_on` closures and handler
+// passes (`service`) of one CPU both run holding it, so they never overlap.
+unsafe impl ImsPlatform for Machine {
     fn cpu_count(&self) -> usize {
         self.cpus.len()
     }
