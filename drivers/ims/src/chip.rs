@@ -30,15 +30,19 @@ pub struct OwnerId {
 }
 
 impl OwnerId {
+    /// The owner `id` with the PASID of its address space; fails with
+    /// [`ImsError::BadPasid`] unless `pasid` < [`PASID_LIMIT`] (20 bits).
     pub fn new(id: u64, pasid: u32) -> Result<OwnerId, ImsError> {
         if pasid >= PASID_LIMIT {
             return Err(ImsError::BadPasid { pasid });
         }
         Ok(OwnerId { id, pasid })
     }
+    /// The owner's identity (the kernel's client id).
     pub fn id(&self) -> u64 {
         self.id
     }
+    /// The PASID of the owner's address space (20 bits).
     pub fn pasid(&self) -> u32 {
         self.pasid
     }
@@ -56,6 +60,8 @@ pub struct ChipOptions {
 }
 
 impl ChipOptions {
+    /// The options of device `name` with PCI requester ID `source_id` and the default quota
+    /// of 64 handles per PASID.
     pub fn new(name: &'static str, source_id: u16) -> ChipOptions {
         ChipOptions {
             name,
@@ -425,6 +431,7 @@ impl ImsChip {
         self.inner.allocate(client, cpu, sink)
     }
 
+    /// The device's name ([`ChipOptions::name`], for logs).
     pub fn name(&self) -> &'static str {
         self.inner.options.name
     }

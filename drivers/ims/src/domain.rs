@@ -56,6 +56,8 @@ impl VectorMode {
 /// Domain policy.
 #[derive(Clone, Copy, Debug)]
 pub struct DomainConfig {
+    /// How handles' interrupts reach their CPU (shared vector, one vector per handle, or
+    /// posted); fixed for the domain's life.
     pub mode: VectorMode,
     /// Handles one CPU can serve at once (sizes the armed bitmap: 8192 → 1 KiB per CPU).
     pub max_handles_per_cpu: u32,
@@ -171,10 +173,16 @@ impl Counters {
 /// What one handler run did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Demux {
+    /// Handles whose sink was called and had something to say ([`DemuxStats::polls`]).
     pub polled: u32,
+    /// Sink calls that found nothing ([`DemuxStats::empty_polls`]).
     pub empty_polls: u32,
+    /// Completions delivered ([`DemuxStats::completions`]).
     pub delivered: u32,
+    /// Bitmap words read: summary + slot words, or PIR words in posted mode
+    /// ([`DemuxStats::words_scanned`]).
     pub words_scanned: u32,
+    /// Posted mode: posted-interrupt descriptors looked at ([`DemuxStats::pids_scanned`]).
     pub pids_scanned: u32,
 }
 
@@ -350,6 +358,7 @@ impl VectorHandler {
 /// Per-CPU usage: what the vector report and the benchmark print.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuReport {
+    /// The CPU index (`0..cpu_count`).
     pub cpu: usize,
     /// Vectors the domain holds on this CPU (Shared and Posted modes: 1, PerHandle: one per
     /// handle).
@@ -360,6 +369,7 @@ pub struct CpuReport {
     pub handles: u32,
     /// Armed handle slots right now.
     pub armed: u32,
+    /// The CPU's handler counters since the domain was created.
     pub stats: DemuxStats,
 }
 
@@ -898,10 +908,12 @@ impl ImsDomain {
         Ok(ImsDomain { inner })
     }
 
+    /// The domain's vector mode ([`DomainConfig::mode`]).
     pub fn mode(&self) -> VectorMode {
         self.inner.config.mode
     }
 
+    /// The number of CPUs the domain serves (valid CPU indices are `0..cpu_count()`).
     pub fn cpu_count(&self) -> usize {
         self.inner.cpus.len()
     }

@@ -14,6 +14,7 @@ use crate::storage::StorageError;
 pub struct Cause(Arc<dyn core::error::Error + Send + Sync>);
 
 impl Cause {
+    /// Keeps `e` whole (shared, so a clone of the cause is the same report).
     pub fn new(e: impl core::error::Error + Send + Sync + 'static) -> Cause {
         Cause(Arc::new(e))
     }
@@ -43,34 +44,45 @@ impl PartialEq for Cause {
 
 impl Eq for Cause {}
 
+/// Why the irqchip refused an operation (allocating, arming, retargeting or releasing a
+/// handle, or creating a domain). An allocation that fails leaves nothing behind.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ImsError {
     /// The CPU index is outside `0..cpus`.
     NoSuchCpu {
+        /// The CPU index asked for.
         cpu: usize,
+        /// The number of CPUs of the domain.
         cpus: usize,
     },
     /// PASIDs are 20 bits.
     BadPasid {
+        /// The value given (at least 2^20).
         pasid: u32,
     },
     /// This PASID already holds its quota of handles on this device.
     QuotaExceeded {
+        /// The PASID asking for one more handle.
         pasid: u32,
+        /// The most handles one PASID may hold on one device.
         quota: u32,
     },
     /// Every entry of this device's IMS table is in use.
     TableFull {
+        /// The number of entries of the device's IMS table.
         entries: u32,
     },
     /// The vector allocator has nothing left on this CPU (per-handle-vector mode, or the
     /// domain's shared vectors at creation).
     VectorsExhausted {
+        /// The CPU without a free vector.
         cpu: usize,
     },
     /// The CPU's handle set is at its configured capacity.
     CpuFull {
+        /// The CPU whose handle set is full.
         cpu: usize,
+        /// The most handles one CPU's set holds.
         capacity: u32,
     },
     /// The handle was released (arming after release).
@@ -84,7 +96,9 @@ pub enum ImsError {
     Mismatch(&'static str),
     /// A bounded wait on the control path expired.
     Timeout(&'static str),
+    /// The platform (vectors, routes, cross-CPU calls) failed.
     Platform(PlatformError),
+    /// The device's IMS storage failed.
     Storage(StorageError),
 }
 

@@ -218,9 +218,11 @@ impl Armer {
     pub fn device_handle(&self) -> u32 {
         self.h.dev_handle.load(SeqCst)
     }
+    /// IMS entry index.
     pub fn index(&self) -> u32 {
         self.h.index
     }
+    /// The PASID of the handle's owner ([`OwnerId::pasid`](crate::OwnerId::pasid)).
     pub fn pasid(&self) -> u32 {
         self.h.pasid
     }
@@ -285,6 +287,7 @@ impl ImsHandle {
     pub fn device_handle(&self) -> u32 {
         self.h.dev_handle.load(SeqCst)
     }
+    /// The PASID of the handle's owner ([`OwnerId::pasid`](crate::OwnerId::pasid)).
     pub fn pasid(&self) -> u32 {
         self.h.pasid
     }
@@ -308,6 +311,8 @@ impl ImsHandle {
     pub fn route(&self) -> Route {
         self.h.ctl.lock().route
     }
+    /// Whether the handle is masked ([`mask`](Self::mask)): its device entry is masked and the
+    /// chip runs none of its callbacks until [`unmask`](Self::unmask).
     pub fn is_masked(&self) -> bool {
         self.h.flags.load(SeqCst) & MASKED != 0
     }

@@ -161,6 +161,7 @@
 //! [`ImsError::QuotaExceeded`] / [`ImsError::TableFull`], returned before any vector, route
 //! or entry is touched; other PASIDs are unaffected.
 #![cfg_attr(not(test), no_std)]
+#![warn(missing_docs)]
 
 extern crate alloc;
 

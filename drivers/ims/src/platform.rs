@@ -13,7 +13,13 @@ use crate::posted::PidRef;
 /// An MSI as a device writes it: address and data (x86: address 0xFEEx_xxxx).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct MsiMessage {
+    /// The address the device writes: compatibility format as in Intel SDM Vol. 3A "Message
+    /// Address Register Format", or remappable format (Intel VT-d Architecture Specification
+    /// rev 4.1, §5.1.2.2).
     pub addr: u64,
+    /// The 32-bit data the device writes: compatibility format as in Intel SDM Vol. 3A
+    /// "Message Data Register Format", or remappable format (Intel VT-d Architecture
+    /// Specification rev 4.1, §5.1.2.2; subhandle 0 when SHV is set).
     pub data: u32,
 }
 
@@ -27,6 +33,7 @@ pub struct MsiMessage {
 pub struct Route {
     /// Platform cookie (IRTE index with interrupt remapping).
     pub id: u32,
+    /// The message the device is programmed with for this route.
     pub msg: MsiMessage,
 }
 
@@ -34,17 +41,31 @@ pub struct Route {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PlatformError {
     /// The vector allocator has no free vector on this CPU.
-    VectorsExhausted { cpu: usize },
+    VectorsExhausted {
+        /// The CPU without a free vector.
+        cpu: usize,
+    },
     /// No interrupt-remapping entry is free.
     RoutesExhausted,
     /// The CPU index is not valid (or the CPU is offline).
-    NoSuchCpu { cpu: usize },
+    NoSuchCpu {
+        /// The CPU index asked for.
+        cpu: usize,
+    },
     /// A cross-CPU call did not run in time.
-    Timeout { cpu: usize },
+    Timeout {
+        /// The CPU the call was sent to.
+        cpu: usize,
+    },
     /// Anything else (the platform logs the details).
     Failed(&'static str),
     /// A kernel layer failed `what` with `cause` (kept whole: its `source()` chain).
-    Kernel { what: &'static str, cause: Cause },
+    Kernel {
+        /// The operation that failed.
+        what: &'static str,
+        /// The kernel layer's error.
+        cause: Cause,
+    },
 }
 
 impl fmt::Display for PlatformError {

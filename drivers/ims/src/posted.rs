@@ -1,5 +1,6 @@
-//! Posted-interrupt descriptors as the chip uses them ([`VectorMode::Posted`]): per CPU, a
-//! growing list of descriptors (PIDs, Intel VT-d Architecture Specification rev 4.1, §9.11),
+//! Posted-interrupt descriptors as the chip uses them
+//! ([`VectorMode::Posted`](crate::VectorMode::Posted)): per CPU, a growing list of
+//! descriptors (PIDs, Intel VT-d Architecture Specification rev 4.1, §9.11),
 //! each serving 256 handle slots. A handle in slot `s` of CPU `c` owns bit `s % 256` of
 //! descriptor `s / 256` of `c`; its route (an IRTE in posted format, §9.10) makes the
 //! remapping unit set that bit and, if the descriptor's ON bit was clear, set ON and send

@@ -84,6 +84,7 @@ pub trait CompletionSink: Send + Sync {
 pub struct RawPoll {
     /// Called as `f(arg, delivered)`: the sink's `poll(delivered)`.
     pub f: unsafe fn(*const (), &AtomicU64) -> u32,
+    /// The sink's data, passed back to `f` unchanged; valid while the sink lives.
     pub arg: *const (),
 }
 

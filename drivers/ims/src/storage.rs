@@ -11,17 +11,31 @@ use crate::platform::MsiMessage;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StorageError {
     /// The index is outside the table.
-    BadIndex { index: u32 },
+    BadIndex {
+        /// The entry index asked for.
+        index: u32,
+    },
     /// The device does not accept this message address (DSA: upper 44 bits must be 0xFEE).
-    AddressRejected { addr: u64 },
+    AddressRejected {
+        /// The message address refused.
+        addr: u64,
+    },
     /// The entry did not read back as written.
-    Readback { index: u32 },
+    Readback {
+        /// The entry that read back differently.
+        index: u32,
+    },
     /// A device command failed (details are logged by the implementation).
     Command(&'static str),
     /// The device could not guarantee that no work naming the entry is in flight.
     QuiesceFailed(&'static str),
     /// The device driver failed `what` with `cause` (kept whole: its `source()` chain).
-    Device { what: &'static str, cause: Cause },
+    Device {
+        /// The operation that failed.
+        what: &'static str,
+        /// The device driver's error.
+        cause: Cause,
+    },
 }
 
 impl fmt::Display for StorageError {
