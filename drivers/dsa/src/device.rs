@@ -32,10 +32,16 @@ pub type RecoveryHook = Arc<dyn Fn(&Device) -> bool + Send + Sync>;
 /// The machine behind one device.
 #[derive(Clone)]
 pub struct Hardware {
+    /// The device's BAR0 registers (Intel DSA Architecture Specification rev 3.0, §9.2).
     pub regs: Arc<dyn Registers>,
+    /// The device's BAR2 submission portals (§9.3).
     pub portals: Arc<dyn Portals>,
+    /// Allocator of memory the device reads and writes (completion records, batch lists,
+    /// the kernel's buffers).
     pub dma: Arc<dyn DmaMemory>,
+    /// The time source of every bounded wait.
     pub clock: Arc<dyn Clock>,
+    /// The device's PCI configuration state, owned by the kernel.
     pub pci: Arc<dyn Pci>,
 }
 
@@ -73,6 +79,7 @@ impl Default for DeviceOptions {
 pub enum ConfigSource {
     /// [`DeviceConfig::default_for`].
     Default,
+    /// This configuration, as given.
     Config(DeviceConfig),
     /// An accel-config file; the entry `dsa<index>` is used, the default if absent.
     AccelConfig(crate::accel_config::AccelConfig),
@@ -82,6 +89,7 @@ pub enum ConfigSource {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum RunState {
+    /// Enabled and accepting submissions.
     Running = 0,
     /// New submissions are refused while a drain/abort/recovery runs.
     Quiescing = 1,
@@ -106,10 +114,18 @@ bitflags! {
     /// What the misc interrupt found (the kernel schedules [`Device::recover`] on HALTED).
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
     pub struct MiscEvents: u32 {
+        /// INTCAUSE.SOFTWARE_ERROR: SWERROR was read, logged and acknowledged (Intel DSA
+        /// Architecture Specification rev 3.0, §9.2.11, §9.2.15).
         const SOFTWARE_ERROR = 1 << 0;
+        /// INTCAUSE.COMMAND_COMPLETED: a command that asked for an interrupt completed.
         const COMMAND_COMPLETED = 1 << 1;
+        /// The device halted (INTCAUSE.HALTED, or GENSTS reads Halted, §9.2.10): the
+        /// device is now [`RunState::Halted`] and [`Device::recover`] must run.
         const HALTED = 1 << 2;
+        /// INTCAUSE bit 31: the device revoked its interrupt handles; the device is marked
+        /// halted so that recovery requests them again.
         const HANDLES_REVOKED = 1 << 3;
+        /// Any other cause (WQ occupancy, perfmon overflow, event log): acknowledged only.
         const OTHER = 1 << 4;
     }
 }
@@ -117,20 +133,33 @@ bitflags! {
 /// A decoded SWERROR record (DSA spec rev 3.0, §9.2.15).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SwError {
+    /// Error code (qword 0 bits 15:8): a completion status code (§5.8.1) or a software-only
+    /// code (§5.8.2, `dsa_spec::regs::swerr_code`).
     pub code: u8,
+    /// Overflow (qword 0 bit 1): further errors arrived and were not recorded.
     pub overflow: bool,
+    /// WQ index (qword 0 bits 23:16) when WQ Index Valid is set.
     pub wq: Option<u8>,
-    /// Opcode and PASID when the descriptor fields are valid.
+    /// Opcode (qword 0 bits 39:32) when the descriptor fields are valid (Desc Valid).
     pub opcode: Option<u8>,
+    /// PASID of the descriptor (qword 0 bits 59:40, 20 bits) when Desc Valid is set.
     pub pasid: Option<u32>,
+    /// Position of the failing descriptor in its batch (qword 1 bits 15:0) when the error
+    /// was in a batch member.
     pub batch_index: Option<u16>,
+    /// The descriptor was privileged (flag bit 6; meaningful with Desc Valid).
     pub privileged: bool,
+    /// The faulting access was a write (flag bit 5), else a read.
     pub write: bool,
+    /// Faulting address (qword 2; bits 11:0 may read as 0); 0 when none.
     pub fault_addr: u64,
+    /// Error info (qword 1 bits 63:32) when Error Info Valid is set: invalid flags for
+    /// code 0x11, the handle (bits 47:32) for 0x19.
     pub info: Option<u32>,
 }
 
 impl SwError {
+    /// Decodes the four SWERROR qwords; fields whose valid flag is clear are `None`.
     pub fn decode(s: &SwErr) -> SwError {
         let f = s.flags();
         let desc = f.contains(SwErrFlags::DESC_VALID);
@@ -149,6 +178,7 @@ impl SwError {
                 .then_some(s.error_info()),
         }
     }
+    /// A short English name of [`code`](Self::code), for logs.
     pub fn name(&self) -> &'static str {
         use dsa_spec::regs::swerr_code::*;
         match self.code {
@@ -193,11 +223,15 @@ impl fmt::Display for SwError {
 
 /// Runtime state of one configured WQ.
 pub struct Wq {
+    /// The WQ's configuration as written to its WQCFG entry (§9.2.24).
     pub config: WqConfig,
     /// Address space descriptors of this WQ run in (dedicated), or None for shared WQs
     /// (the descriptor names it).
     pub space: Option<AddressSpace>,
+    /// The WQCFG privilege bit: descriptors of this dedicated WQ run privileged (the PCI
+    /// privileged mode with a kernel PASID, always without PASID; never for shared WQs).
     pub privileged: bool,
+    /// Transfer and batch bounds and Block On Fault of this WQ, from its configuration.
     pub limits: WqLimits,
     /// MSI-X table entry of this WQ's completion interrupt, if the kernel gave one.
     pub msix_entry: Option<u16>,
@@ -212,12 +246,15 @@ pub struct Wq {
 }
 
 impl Wq {
+    /// The WQ index (its WQCFG entry, `0..num_wqs`).
     pub fn id(&self) -> u8 {
         self.config.id
     }
+    /// Dedicated or shared (WQCFG mode, §9.2.24).
     pub fn mode(&self) -> WqMode {
         self.config.mode
     }
+    /// WQ size in descriptors (WQCFG size, §9.2.24).
     pub fn size(&self) -> u16 {
         self.config.size
     }
@@ -434,18 +471,23 @@ impl Device {
         Ok(dev)
     }
 
+    /// The device's index `n`: it is `dsa<n>` in logs and accel-config files.
     pub fn index(&self) -> u32 {
         self.index
     }
+    /// The capabilities read at bring-up (GENCAP, WQCAP, GRPCAP, ENGCAP, OPCAP, §9.2).
     pub fn caps(&self) -> &Capabilities {
         &self.caps
     }
+    /// The configuration the device was brought up with.
     pub fn config(&self) -> &DeviceConfig {
         &self.config
     }
+    /// The driver policy given to [`Device::new`].
     pub fn options(&self) -> &DeviceOptions {
         &self.options
     }
+    /// The current run state.
     #[inline]
     pub fn state(&self) -> RunState {
         RunState::from_u8(self.state.load(Ordering::Acquire))
@@ -527,6 +569,7 @@ impl Device {
     pub(crate) fn clock(&self) -> &dyn Clock {
         &*self.hw.clock
     }
+    /// The device's PCI configuration state now (read from the kernel each call).
     pub fn pci_info(&self) -> PciInfo {
         self.hw.pci.info()
     }
@@ -541,6 +584,8 @@ impl Device {
             core::array::from_fn(|i| self.stats.last_swerr[i].load(Ordering::Relaxed));
         (w[0] & 1 == 1).then(|| SwError::decode(&SwErr(w)))
     }
+    /// How many halts the misc interrupt has noted (a halt already noted is not counted
+    /// again until the device runs).
     pub fn halt_count(&self) -> u64 {
         self.stats.halts.load(Ordering::Relaxed)
     }
@@ -552,6 +597,7 @@ impl Device {
     pub fn credit_waits(&self) -> u64 {
         self.stats.credit_waits.load(Ordering::Relaxed)
     }
+    /// How many recoveries ran (successful or not).
     pub fn recovery_count(&self) -> u64 {
         self.stats.recoveries.load(Ordering::Relaxed)
     }
@@ -815,11 +861,15 @@ impl Device {
         self.sweep(|s| s.request_pasid == Some(pasid), true);
         Ok(())
     }
+    /// Drain All: every descriptor submitted before the call has completed (CMD code 3,
+    /// Intel DSA Architecture Specification rev 3.0, §9.2.12).
     pub fn drain_all(&self) -> Result<(), DsaError> {
         self.command(Command::DrainAll, 0, &[])?;
         self.sweep(|_| true, false);
         Ok(())
     }
+    /// Abort All: every queued descriptor is dropped and its operation fails with `Aborted`
+    /// (CMD code 4, §9.2.12); submissions are refused while it runs.
     pub fn abort_all(&self) -> Result<(), DsaError> {
         let _q = self.quiesce()?;
         self.command(Command::AbortAll, 0, &[])?;

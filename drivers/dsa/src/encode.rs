@@ -15,7 +15,12 @@ use crate::ops::{CrcSeed, DifDest, DifFormat, DifSource, Op, Work};
 /// operation's own flags (PASID, privilege, CRAV | RCR, RCI), and word 4's interrupt handle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Template {
+    /// Qword 0 of the descriptor without opcode and per-operation flags: PASID (bits 19:0),
+    /// privilege (bit 31) and the flags CRAV, RCR and RCI (bits 55:32; Intel DSA
+    /// Architecture Specification rev 3.0, §8.1, §8.1.3).
     pub w0: u64,
+    /// Qword 4's fixed part: the completion interrupt handle (bytes 36–37, so bits 47:32),
+    /// or 0 without one (§8.1).
     pub w4: u64,
 }
 

@@ -2,7 +2,7 @@
 //! table): the [`ims::ImsStorage`] implementation over the device's IMS table, completion
 //! sinks over submitters, and submission through a handle.
 //!
-//! * Table: at OFFSETS[63:48] × 0x100 in BAR0, GENCAP[30:25] × 256 entries of 16 bytes
+//! * Table: at `OFFSETS[63:48]` × 0x100 in BAR0, `GENCAP[30:25]` × 256 entries of 16 bytes
 //!   (both validated by [`Capabilities::read`](crate::Capabilities::read); the entry's
 //!   registers are `dsa_spec::tables::ims`, reached through `Capabilities::ims_table`);
 //!   reset state is masked. Messages must be 0xFEEx_xxxx (the device ignores other address writes, so every
@@ -61,6 +61,9 @@ impl core::fmt::Debug for DsaImsStorage {
 }
 
 impl DsaImsStorage {
+    /// The IMS table of `dev` (GENCAP IMS size and the IMS offset of OFFSETS, Intel DSA
+    /// Architecture Specification rev 3.0, §9.2.2, §9.2.7, §9.2.28); fails with
+    /// [`DsaError::BadCapability`] when the device has no IMS table.
     pub fn new(dev: &Arc<Device>) -> Result<DsaImsStorage, DsaError> {
         let entries = dev.caps().ims_entries;
         if entries == 0 {
@@ -73,6 +76,7 @@ impl DsaImsStorage {
         })
     }
 
+    /// The device whose table this is.
     pub fn device(&self) -> &Arc<Device> {
         &self.dev
     }
@@ -332,12 +336,15 @@ impl DsaIms {
         self.storage.read_entry(self.device_index(handle.index()))
     }
 
+    /// The irqchip of this device in the IMS domain.
     pub fn chip(&self) -> &ImsChip {
         &self.chip
     }
+    /// The device's IMS table (shared with the chip).
     pub fn storage(&self) -> &Arc<DsaImsStorage> {
         &self.storage
     }
+    /// The device.
     pub fn device(&self) -> &Arc<Device> {
         &self.storage.dev
     }

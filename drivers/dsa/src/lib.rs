@@ -23,6 +23,7 @@
 //! * [`ims`]: the device's IMS table as `ims::ImsStorage`, submission through an IMS handle.
 //! * [`json`]: the parser behind accel-config files.
 #![cfg_attr(not(test), no_std)]
+#![warn(missing_docs)]
 
 extern crate alloc;
 

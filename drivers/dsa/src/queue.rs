@@ -4,7 +4,7 @@
 //!
 //! # Rings
 //!
-//! A [`Ring`] is one submitter's completion state: `cap` (a power of two) slots, each with a
+//! A `Ring` is one submitter's completion state: `cap` (a power of two) slots, each with a
 //! 64-byte descriptor image, a completion record in DMA memory (and, for batches, a member
 //! list and member records), and owner-written metadata. The owner (the `Submitter`, one
 //! thread at a time) publishes slot `head % cap` and advances `head`; it alone advances `tail`
@@ -39,7 +39,7 @@
 //!
 //! # Registry
 //!
-//! Each WQ has a [`Registry`] of its rings: a two-level bitmap over pointer entries, walked
+//! Each WQ has a `Registry` of its rings: a two-level bitmap over pointer entries, walked
 //! by interrupts without locks or reference counts (a reader count keeps removed rings alive
 //! until the walks that may see them have finished).
 

@@ -43,7 +43,10 @@ use log::{error, warn};
 /// live in, and the privilege they run with on shared WQs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Client {
+    /// Where the descriptors' addresses are translated: no PASID, or a 20-bit PASID.
     pub space: AddressSpace,
+    /// The descriptors' privilege bit (descriptor qword 0 bit 31, Intel DSA Architecture
+    /// Specification rev 3.0, §8.1); honoured by shared WQs only.
     pub privileged: bool,
 }
 
@@ -55,6 +58,7 @@ impl Client {
             privileged: true,
         }
     }
+    /// A client in the address space of `pasid` (20 bits), privileged or not.
     pub const fn pasid(pasid: u32, privileged: bool) -> Client {
         Client {
             space: AddressSpace::Pasid(pasid),
@@ -74,8 +78,8 @@ pub enum Notify {
     /// portal and carries this handle; the caller arms the handle and its interrupt path
     /// calls [`Reaper::reap`].
     Handle(u16),
-    /// The IMS handle bound with [`Submitter::bind_ims`]: checked once at binding, armed by
-    /// the submission itself.
+    /// The IMS handle bound with [`DsaIms::allocate_bound`](crate::DsaIms::allocate_bound):
+    /// checked once at binding, armed by the submission itself.
     Ims,
 }
 
@@ -367,12 +371,15 @@ impl Submitter {
         })
     }
 
+    /// The device the submitter submits to.
     pub fn device(&self) -> &Arc<Device> {
         &self.dev
     }
+    /// The index of the WQ the submitter submits to.
     pub fn wq(&self) -> u8 {
         self.ring.wq
     }
+    /// Whose descriptors these are (address space and privilege).
     pub fn client(&self) -> Client {
         self.client
     }
