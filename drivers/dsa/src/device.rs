@@ -114,7 +114,7 @@ bitflags! {
     /// What the misc interrupt found (the kernel schedules [`Device::recover`] on HALTED).
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
     pub struct MiscEvents: u32 {
-        /// INTCAUSE.SOFTWARE_ERROR: SWERROR was read, logged and acknowledged (Intel DSA
+        /// INTCAUSE.SOFTWARE_ERROR: SWERROR was read and, when valid, logged and acked (Intel DSA
         /// Architecture Specification rev 3.0, §9.2.11, §9.2.15).
         const SOFTWARE_ERROR = 1 << 0;
         /// INTCAUSE.COMMAND_COMPLETED: a command that asked for an interrupt completed.
