@@ -54,4 +54,4 @@ pub use hw::{
 pub use ims::{DsaIms, DsaImsStorage};
 pub use ops::{DifDest, DifFormat, DifSource, DifTags, Op, Output, Resume, ValidationError, Work};
 pub use queue::{Callback, Completed, Members};
-pub use submit::{BatchDone, Client, Notify, Reaper, Submitter, SubmitterOptions, Token};
+pub use submit::{BatchDone, Notify, Reaper, Requester, Submitter, SubmitterOptions, Token};

@@ -42,7 +42,7 @@ use log::{error, warn};
 /// Whose descriptors these are: the address space their addresses (and completion records)
 /// live in, and the privilege they run with on shared WQs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Client {
+pub struct Requester {
     /// Where the descriptors' addresses are translated: no PASID, or a 20-bit PASID.
     pub space: AddressSpace,
     /// The descriptors' privilege bit (descriptor qword 0 bit 31, Intel DSA Architecture
@@ -50,17 +50,17 @@ pub struct Client {
     pub privileged: bool,
 }
 
-impl Client {
+impl Requester {
     /// The kernel without PASID (dedicated WQs of a device without PASID use).
-    pub const fn kernel() -> Client {
-        Client {
+    pub const fn kernel() -> Requester {
+        Requester {
             space: AddressSpace::NoPasid,
             privileged: true,
         }
     }
-    /// A client in the address space of `pasid` (20 bits), privileged or not.
-    pub const fn pasid(pasid: u32, privileged: bool) -> Client {
-        Client {
+    /// A requester in the address space of `pasid` (20 bits), privileged or not.
+    pub const fn pasid(pasid: u32, privileged: bool) -> Requester {
+        Requester {
             space: AddressSpace::Pasid(pasid),
             privileged,
         }
@@ -188,7 +188,7 @@ pub struct Submitter {
     dev: Arc<Device>,
     ring: Arc<Ring>,
     reg: usize,
-    client: Client,
+    requester: Requester,
     dedicated: bool,
     /// Owner copies of the ring indices.
     head: u32,
@@ -229,7 +229,7 @@ impl core::fmt::Debug for Submitter {
         f.debug_struct("Submitter")
             .field("dsa", &self.dev.index())
             .field("wq", &self.ring.wq)
-            .field("client", &self.client)
+            .field("requester", &self.requester)
             .finish_non_exhaustive()
     }
 }
@@ -242,29 +242,31 @@ enum Deliver {
 }
 
 impl Submitter {
-    /// Creates a context on WQ `wq` for `client`, allocating its completion records (and
-    /// batch lists) in the client's address space.
+    /// Creates a context on WQ `wq` for `requester`, allocating its completion records (and
+    /// batch lists) in the requester's address space.
     pub fn new(
         dev: &Arc<Device>,
         wq: u8,
-        client: Client,
+        requester: Requester,
         opts: SubmitterOptions,
     ) -> Result<Submitter, DsaError> {
         let w = dev.wq(wq).ok_or(DsaError::NoSuchWq(wq))?;
         let request_pasid = match w.mode() {
             WqMode::Dedicated => {
-                if w.space != Some(client.space) {
+                if w.space != Some(requester.space) {
                     return Err(DsaError::ClientMismatch(
                         "a dedicated WQ runs in its configured address space only",
                     ));
                 }
-                client.space.pasid()
+                requester.space.pasid()
             }
             WqMode::Shared => {
-                let Some(p) = client.space.pasid() else {
-                    return Err(DsaError::ClientMismatch("a shared WQ needs a PASID client"));
+                let Some(p) = requester.space.pasid() else {
+                    return Err(DsaError::ClientMismatch(
+                        "a shared WQ needs a PASID requester",
+                    ));
                 };
-                if client.privileged && !dev.pci_info().privileged_mode {
+                if requester.privileged && !dev.pci_info().privileged_mode {
                     return Err(DsaError::ClientMismatch(
                         "privileged descriptors need PCI PASID privileged mode",
                     ));
@@ -274,7 +276,7 @@ impl Submitter {
         };
         let nslots = (opts.slots.clamp(1, 4096) as usize).next_power_of_two();
         let dma = &dev.hw.dma;
-        let crs = DmaBuf::new(dma, client.space, nslots * CR_SIZE, 64)?;
+        let crs = DmaBuf::new(dma, requester.space, nslots * CR_SIZE, 64)?;
         let max_batch = u32::from(opts.max_batch)
             .min(w.limits.max_batch)
             .min(dev.caps.max_batch()) as usize;
@@ -282,13 +284,13 @@ impl Submitter {
             (
                 Some(DmaBuf::new(
                     dma,
-                    client.space,
+                    requester.space,
                     nslots * max_batch * DESC_SIZE,
                     64,
                 )?),
                 Some(DmaBuf::new(
                     dma,
-                    client.space,
+                    requester.space,
                     nslots * max_batch * CR_SIZE,
                     64,
                 )?),
@@ -325,7 +327,7 @@ impl Submitter {
         let tmpl = if dedicated {
             Template::new(0, false, None)
         } else {
-            Template::new(request_pasid.unwrap_or(0), client.privileged, None)
+            Template::new(request_pasid.unwrap_or(0), requester.privileged, None)
         };
         let g = dev.caps.gencap;
         let lim = |op: Opcode| {
@@ -345,7 +347,7 @@ impl Submitter {
             dev: dev.clone(),
             ring,
             reg,
-            client,
+            requester,
             dedicated,
             head: 0,
             tail: 0,
@@ -380,8 +382,8 @@ impl Submitter {
         self.ring.wq
     }
     /// Whose descriptors these are (address space and privilege).
-    pub fn client(&self) -> Client {
-        self.client
+    pub fn requester(&self) -> Requester {
+        self.requester
     }
     /// The PASID the device applies to this submitter's descriptors (None: no PASID).
     pub fn effective_pasid(&self) -> Option<u32> {
@@ -428,7 +430,7 @@ impl Submitter {
         } else {
             Template::new(
                 self.ring.request_pasid.unwrap_or(0),
-                self.client.privileged,
+                self.requester.privileged,
                 Some(h),
             )
         };

@@ -34,7 +34,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
-use dsa::{Client, ConfigSource, DeviceOptions, Hardware, MiscEvents};
+use dsa::{ConfigSource, DeviceOptions, Hardware, MiscEvents, Requester};
 use dsa_spec::WqMode;
 use spin::Once;
 
@@ -262,11 +262,11 @@ impl DsaDevice {
         }
     }
 
-    /// The kernel as a client of this device: its PASID (pass-through) when it uses one.
-    pub fn kernel_client(&self) -> Client {
+    /// The kernel as a requester on this device: its PASID (pass-through) when it uses one.
+    pub fn kernel_requester(&self) -> Requester {
         match self.kernel_pasid {
-            Some(p) => Client::pasid(p, true),
-            None => Client::kernel(),
+            Some(p) => Requester::pasid(p, true),
+            None => Requester::kernel(),
         }
     }
 

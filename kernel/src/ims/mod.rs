@@ -657,7 +657,7 @@ impl Client {
         Ok(Submitter::new(
             &d.driver(),
             wq,
-            dsa::Client::pasid(self.pasid(), false),
+            dsa::Requester::pasid(self.pasid(), false),
             opts,
         )?)
     }

@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bench::workload::{WlOp, WorkloadSpec};
-use dsa::{Client, Notify, OpError, Output, PageFault, Submitter, SubmitterOptions, Work};
+use dsa::{Notify, OpError, Output, PageFault, Requester, Submitter, SubmitterOptions, Work};
 use dsa_fault_inject as fi;
 use dsa_spec::regs::off;
 use dsa_spec::{DeviceState, GenSts, WqMode};
@@ -53,7 +53,7 @@ fn kernel_submitter(d: &DsaDevice, mode: WqMode) -> Submitter {
     Submitter::new(
         &d.driver(),
         wq,
-        d.kernel_client(),
+        d.kernel_requester(),
         SubmitterOptions {
             timeout_ns: WAIT_NS,
             ..SubmitterOptions::default()
@@ -425,7 +425,7 @@ fn client(d: &DsaDevice) -> (Arc<ClientSpace>, Submitter) {
     let s = Submitter::new(
         &d.driver(),
         wq,
-        Client::pasid(c.pasid(), false),
+        Requester::pasid(c.pasid(), false),
         SubmitterOptions {
             timeout_ns: WAIT_NS,
             ..SubmitterOptions::default()
@@ -833,7 +833,7 @@ ktest!(
                     timeout_ns: WAIT_NS,
                     ..SubmitterOptions::default()
                 };
-                let mut s = Submitter::new(&drv, wq, d.kernel_client(), opts).unwrap();
+                let mut s = Submitter::new(&drv, wq, d.kernel_requester(), opts).unwrap();
                 let mut src = DmaBuffer::kernel(n * 64, true).unwrap();
                 let dst = DmaBuffer::kernel(n * 64, true).unwrap();
                 src.bytes_mut().copy_from_slice(&pattern(n * 64, 9));
@@ -987,7 +987,7 @@ ktest!(
         // Abort PASID: queued operations are dropped and fail back as Aborted. That some
         // were still queued is observed; a host that let all twelve finish before the abort
         // gets the round again with a 4× longer delay.
-        let kp = d.kernel_client().space.pasid();
+        let kp = d.kernel_requester().space.pasid();
         let mut aborted = 0;
         for delay_us in [5_000, 20_000, 80_000, 320_000] {
             inj.delay_us(delay_us);

@@ -19,7 +19,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use core::time::Duration;
 
 use bench::workload::{Case, Completion};
-use dsa::{Callback, Client, Completed, OpError, Output, Submitter, SubmitterOptions, Work};
+use dsa::{Callback, Completed, OpError, Output, Requester, Submitter, SubmitterOptions, Work};
 
 use super::ops::{Mismatch, OpSlot};
 use crate::arch::rdtsc;
@@ -33,7 +33,7 @@ const COMPLETION_TIMEOUT_NS: u64 = 10_000_000_000;
 pub struct Plan {
     pub dev: &'static DsaDevice,
     pub wq: u8,
-    pub client: Client,
+    pub client: Requester,
     pub space: Option<Arc<ClientSpace>>,
     pub case: Case,
     /// Work descriptors to run (a whole number of batches).

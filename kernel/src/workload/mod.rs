@@ -311,7 +311,7 @@ fn run_case(
         let (client, space) = match spec.client {
             // (Ring-3 clients returned above.)
             ClientKind::Kernel | ClientKind::Process | ClientKind::Direct => {
-                (d.kernel_client(), None)
+                (d.kernel_requester(), None)
             }
             ClientKind::Pasid => {
                 let c = match ClientSpace::new().and_then(|c| d.attach(&c).map(|()| c)) {
@@ -324,7 +324,7 @@ fn run_case(
                         return r;
                     }
                 };
-                (dsa::Client::pasid(c.pasid(), false), Some(c))
+                (dsa::Requester::pasid(c.pasid(), false), Some(c))
             }
         };
         let p = engine::Plan {

@@ -5,7 +5,7 @@
 //! execution between the calls) is not counted. The IMS crate's allocation test
 //! (`cargo test -p ims --test alloc`) covers the callback paths (MSI-X and IMS).
 
-use dsa::{BatchDone, Client, ConfigSource, DeviceOptions, Notify, Output, Submitter, Work};
+use dsa::{BatchDone, ConfigSource, DeviceOptions, Notify, Output, Requester, Submitter, Work};
 use dsa_rig::alloc_count::{Counting, counted, events};
 use dsa_rig::driver::{ALL_PCI, Exec, Rig, model_cfg};
 
@@ -22,7 +22,10 @@ fn polled_paths_allocate_nothing() {
     let dev = rig
         .driver(0, ConfigSource::Default, DeviceOptions::default())
         .expect("bring-up");
-    for (wq, client) in [(0u8, Client::kernel()), (1, Client::pasid(PASID, true))] {
+    for (wq, client) in [
+        (0u8, Requester::kernel()),
+        (1, Requester::pasid(PASID, true)),
+    ] {
         let src = rig.plat.buf(client.space, 64 * BATCH);
         let dst = rig.plat.buf(client.space, 64 * BATCH);
         let works: Vec<Work> = (0..BATCH)

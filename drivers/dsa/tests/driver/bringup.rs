@@ -3,7 +3,7 @@
 
 use crate::common::*;
 use dsa::config::ConfigError;
-use dsa::{AccelConfig, Client, ConfigSource, DeviceOptions, DsaError, Output, Submitter, Work};
+use dsa::{AccelConfig, ConfigSource, DeviceOptions, DsaError, Output, Requester, Submitter, Work};
 use dsa_model::pci;
 use dsa_spec::regs::off;
 use dsa_spec::tables::GRPCFG_ENTRY_SIZE;
@@ -69,7 +69,7 @@ fn default_without_pasid_is_dedicated_only() {
         .unwrap();
     assert_eq!(dev.wqs().count(), 1);
     assert_eq!(dev.wq(0).unwrap().mode(), WqMode::Dedicated);
-    let mut s = Submitter::new(&dev, 0, Client::kernel(), Default::default()).unwrap();
+    let mut s = Submitter::new(&dev, 0, Requester::kernel(), Default::default()).unwrap();
     assert_eq!(s.run(&Work::noop()).unwrap(), Output::Done);
 }
 
@@ -106,7 +106,7 @@ fn accel_config_profiles_bring_up() {
     assert_eq!(model_grpcfg(&rig, 0).engines, 1);
     assert_eq!(model_grpcfg(&rig, 1).engines, 2);
     // The 16 KiB transfer limit of wq0.0 is enforced before submission.
-    let mut s = Submitter::new(&dev, 0, Client::pasid(5, true), Default::default()).unwrap();
+    let mut s = Submitter::new(&dev, 0, Requester::pasid(5, true), Default::default()).unwrap();
     let b = rig.plat.buf(dsa::AddressSpace::Pasid(5), 32768);
     assert!(matches!(
         s.run(&Work::memmove(b.at(0), b.at(16384), 16385)),
@@ -438,7 +438,7 @@ fn two_devices_at_once() {
     .into_iter()
     .map(|(plat, dev, seed)| {
         std::thread::spawn(move || {
-            let mut s = Submitter::new(&dev, 0, Client::kernel(), Default::default()).unwrap();
+            let mut s = Submitter::new(&dev, 0, Requester::kernel(), Default::default()).unwrap();
             let src = plat.buf(dsa::AddressSpace::NoPasid, 65536);
             let dst = plat.buf(dsa::AddressSpace::NoPasid, 65536);
             let data = pattern(65536, seed);

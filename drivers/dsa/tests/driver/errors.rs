@@ -6,8 +6,8 @@ use crate::ops::on_both;
 use bench::reference as cpu;
 use dsa::ops::CrcSeed;
 use dsa::{
-    AddressSpace, Client, Device, DifDest, DifFormat, DifSource, Notify, OpError, Output,
-    PageFault, RunState, Submitter, Work,
+    AddressSpace, Device, DifDest, DifFormat, DifSource, Notify, OpError, Output, PageFault,
+    Requester, RunState, Submitter, Work,
 };
 use dsa_model::fault_inject as fi;
 use dsa_spec::crc::CrcMode;
@@ -201,7 +201,7 @@ fn page_faults_resume_to_the_right_result() {
 #[test]
 fn apply_delta_record_fault_resumes() {
     let (rig, dev) = up(Exec::Deterministic);
-    let mut s = Submitter::new(&dev, 0, Client::kernel(), Default::default()).unwrap();
+    let mut s = Submitter::new(&dev, 0, Requester::kernel(), Default::default()).unwrap();
     let p = &rig.plat;
     let old = pattern(1 << 16, 30);
     let mut new = old.clone();
@@ -224,7 +224,7 @@ fn apply_delta_record_fault_resumes() {
 #[test]
 fn unfixed_fault_is_reported_with_address_and_direction() {
     let (rig, dev) = up(Exec::Deterministic);
-    let mut s = Submitter::new(&dev, 0, Client::kernel(), Default::default()).unwrap();
+    let mut s = Submitter::new(&dev, 0, Requester::kernel(), Default::default()).unwrap();
     let src = rig.plat.buf(AddressSpace::NoPasid, 3 * 4096);
     let dst = rig.plat.buf(AddressSpace::NoPasid, 3 * 4096);
     rig.plat
@@ -283,7 +283,7 @@ fn unfixed_fault_is_reported_with_address_and_direction() {
 #[test]
 fn batch_member_fault_and_resume() {
     let (rig, dev) = up(Exec::Deterministic);
-    let mut s = Submitter::new(&dev, 0, Client::kernel(), Default::default()).unwrap();
+    let mut s = Submitter::new(&dev, 0, Requester::kernel(), Default::default()).unwrap();
     let src = rig.plat.buf(AddressSpace::NoPasid, 4 * 4096);
     let dst = rig.plat.buf(AddressSpace::NoPasid, 4 * 4096);
     let data = pattern(4 * 4096, 31);
@@ -336,7 +336,7 @@ fn forced_swerr_is_decoded() {
 #[test]
 fn forced_error_status_is_reported() {
     let (rig, dev) = up(Exec::Deterministic);
-    let mut s = Submitter::new(&dev, 0, Client::kernel(), Default::default()).unwrap();
+    let mut s = Submitter::new(&dev, 0, Requester::kernel(), Default::default()).unwrap();
     rig.inject(fi::FI_FORCE_STATUS, 0x20);
     rig.inject(fi::FI_FORCE_OPCODE, 0x100 | 0x10);
     rig.inject(fi::FI_FORCE_COUNT, 1);
@@ -361,8 +361,8 @@ fn halt_with_in_flight(exec: Exec) {
         Exec::Deterministic => up(exec),
         Exec::Threaded => up_held(),
     };
-    let mut s = Submitter::new(&dev, 0, Client::kernel(), Default::default()).unwrap();
-    let mut sh = Submitter::new(&dev, 1, Client::pasid(4, true), Default::default()).unwrap();
+    let mut s = Submitter::new(&dev, 0, Requester::kernel(), Default::default()).unwrap();
+    let mut sh = Submitter::new(&dev, 1, Requester::pasid(4, true), Default::default()).unwrap();
     let src = rig.plat.buf(AddressSpace::NoPasid, 65536);
     let dst = rig.plat.buf(AddressSpace::NoPasid, 65536);
     src.write(0, &pattern(65536, 40));
@@ -450,7 +450,7 @@ fn halt_recovered_threaded() {
 #[test]
 fn abort_wq_fails_queued_work_back() {
     let (rig, dev) = up(Exec::Deterministic);
-    let mut s = Submitter::new(&dev, 0, Client::kernel(), Default::default()).unwrap();
+    let mut s = Submitter::new(&dev, 0, Requester::kernel(), Default::default()).unwrap();
     rig.clock.frozen.store(true, Ordering::Relaxed);
     let toks: Vec<_> = (0..5)
         .map(|_| s.submit(&Work::noop(), Notify::Poll).unwrap())
@@ -463,7 +463,7 @@ fn abort_wq_fails_queued_work_back() {
     assert_eq!(dev.wq(0).unwrap().credits_in_use(), 0);
     assert_eq!(s.run(&Work::noop()).unwrap(), Output::Done);
     // Abort PASID on the shared WQ likewise.
-    let mut sh = Submitter::new(&dev, 1, Client::pasid(6, true), Default::default()).unwrap();
+    let mut sh = Submitter::new(&dev, 1, Requester::pasid(6, true), Default::default()).unwrap();
     rig.clock.frozen.store(true, Ordering::Relaxed);
     let t = sh.submit(&Work::noop(), Notify::Poll).unwrap();
     dev.abort_pasid(6).unwrap();
@@ -483,7 +483,7 @@ fn abort_wq_fails_queued_work_back() {
 #[test]
 fn wait_times_out_and_token_stays_valid() {
     let (rig, dev) = up(Exec::Deterministic);
-    let mut s = Submitter::new(&dev, 0, Client::kernel(), Default::default()).unwrap();
+    let mut s = Submitter::new(&dev, 0, Requester::kernel(), Default::default()).unwrap();
     rig.clock.frozen.store(true, Ordering::Relaxed);
     let t = s.submit(&Work::noop(), Notify::Poll).unwrap();
     assert_eq!(s.wait(t, 1_000_000).unwrap_err(), OpError::Timeout);
@@ -551,7 +551,7 @@ fn one_slot(len: usize, seed: u32) -> (Rig, Arc<Device>, Submitter, TestBuffer, 
         slots: 1,
         ..Default::default()
     };
-    let s = Submitter::new(&dev, 0, Client::kernel(), opts).unwrap();
+    let s = Submitter::new(&dev, 0, Requester::kernel(), opts).unwrap();
     assert_eq!(s.capacity(), 1);
     let src = rig.plat.buf(AddressSpace::NoPasid, len);
     let dst = rig.plat.buf(AddressSpace::NoPasid, len);

@@ -5,7 +5,7 @@ use crate::common::*;
 use bench::reference as cpu;
 use dsa::ops::{CrcSeed, DeltaResult};
 use dsa::{
-    AddressSpace, Client, DifDest, DifFormat, DifSource, OpError, Output, Submitter,
+    AddressSpace, DifDest, DifFormat, DifSource, OpError, Output, Requester, Submitter,
     ValidationError, Work,
 };
 use dsa_spec::crc::CrcMode;
@@ -20,7 +20,10 @@ pub const PASID: u32 = 0x42;
 pub fn on_both(f: impl Fn(&mut Submitter, &Arc<SimPlatform>, AddressSpace)) {
     for exec in [Exec::Deterministic, Exec::Threaded] {
         let (rig, dev) = up(exec);
-        for (wq, client) in [(0u8, Client::kernel()), (1, Client::pasid(PASID, true))] {
+        for (wq, client) in [
+            (0u8, Requester::kernel()),
+            (1, Requester::pasid(PASID, true)),
+        ] {
             assert_eq!(
                 dev.wq(wq).unwrap().mode(),
                 if wq == 0 {
@@ -478,7 +481,7 @@ fn noop_drain_cache_flush() {
 #[test]
 fn validation_errors_before_submission() {
     let (rig, dev) = up(Exec::Deterministic);
-    let mut s = Submitter::new(&dev, 0, Client::kernel(), Default::default()).unwrap();
+    let mut s = Submitter::new(&dev, 0, Requester::kernel(), Default::default()).unwrap();
     let b = rig.plat.buf(AddressSpace::NoPasid, 1 << 16);
     let before = rig.portal.posted.load(std::sync::atomic::Ordering::Relaxed);
     let inv = |r: Result<Output, OpError>| match r {

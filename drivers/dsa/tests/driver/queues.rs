@@ -4,7 +4,7 @@
 use crate::common::*;
 use crate::ops::{PASID, on_both};
 use dsa::{
-    AddressSpace, Client, ConfigSource, DeviceOptions, Notify, OpError, Output, Submitter,
+    AddressSpace, ConfigSource, DeviceOptions, Notify, OpError, Output, Requester, Submitter,
     SubmitterOptions, Work,
 };
 use dsa_model::Config;
@@ -68,7 +68,7 @@ fn batch_of_32_and_fence_after_a_failed_predicate() {
 #[test]
 fn msix_completion_through_the_interrupt_entry_point() {
     let (rig, dev) = up(Exec::Deterministic);
-    let mut s = Submitter::new(&dev, 0, Client::kernel(), Default::default()).unwrap();
+    let mut s = Submitter::new(&dev, 0, Requester::kernel(), Default::default()).unwrap();
     let src = rig.plat.buf(AddressSpace::NoPasid, 4096);
     let dst = rig.plat.buf(AddressSpace::NoPasid, 4096);
     src.write(0, &pattern(4096, 10));
@@ -107,7 +107,7 @@ fn msix_completion_through_the_interrupt_entry_point() {
 #[test]
 fn batch_result_delivered_to_a_callback_by_the_interrupt() {
     let (rig, dev) = up(Exec::Deterministic);
-    let mut s = Submitter::new(&dev, 0, Client::kernel(), Default::default()).unwrap();
+    let mut s = Submitter::new(&dev, 0, Requester::kernel(), Default::default()).unwrap();
     let src = rig.plat.buf(AddressSpace::NoPasid, 8192);
     let dst = rig.plat.buf(AddressSpace::NoPasid, 8192);
     src.write(0, &pattern(8192, 11));
@@ -146,15 +146,16 @@ fn msix_on_shared_wq_is_bound_to_the_kernel_pasid() {
     };
     let dev = rig.driver(0, ConfigSource::Default, opts).unwrap();
     // Dedicated WQ runs in the kernel PASID; its interrupt works.
-    let mut k = Submitter::new(&dev, 0, Client::pasid(7, true), Default::default()).unwrap();
-    assert!(Submitter::new(&dev, 0, Client::kernel(), Default::default()).is_err());
+    let mut k = Submitter::new(&dev, 0, Requester::pasid(7, true), Default::default()).unwrap();
+    assert!(Submitter::new(&dev, 0, Requester::kernel(), Default::default()).is_err());
     let t = k.submit(&Work::noop(), Notify::Msix).unwrap();
     assert_eq!(k.wait(t, WAIT).unwrap(), Output::Done);
     // Shared WQ: the kernel PASID may use MSI-X, another PASID may not (MSIXPERM).
-    let mut ks = Submitter::new(&dev, 1, Client::pasid(7, true), Default::default()).unwrap();
+    let mut ks = Submitter::new(&dev, 1, Requester::pasid(7, true), Default::default()).unwrap();
     let t = ks.submit(&Work::noop(), Notify::Msix).unwrap();
     assert_eq!(ks.wait(t, WAIT).unwrap(), Output::Done);
-    let mut other = Submitter::new(&dev, 1, Client::pasid(9, false), Default::default()).unwrap();
+    let mut other =
+        Submitter::new(&dev, 1, Requester::pasid(9, false), Default::default()).unwrap();
     assert!(matches!(
         other.submit(&Work::noop(), Notify::Msix),
         Err(OpError::InterruptUnavailable(_))
@@ -171,7 +172,7 @@ fn msix_on_shared_wq_is_bound_to_the_kernel_pasid() {
 #[test]
 fn caller_supplied_ims_handle() {
     let (rig, dev) = up(Exec::Deterministic);
-    let mut s = Submitter::new(&dev, 0, Client::kernel(), Default::default()).unwrap();
+    let mut s = Submitter::new(&dev, 0, Requester::kernel(), Default::default()).unwrap();
     // Program IMS entry 5 as the IMS irqchip would: message 0xFEE00000 / 0x4105, unmasked.
     let ims = dev.caps().offsets.ims() + 5 * 16;
     rig.model.bar0_write(ims, 0xFEE0_0000, 8);
@@ -213,7 +214,7 @@ fn requested_interrupt_handles_with_cmdcap() {
         .driver(0, ConfigSource::Default, DeviceOptions::default())
         .unwrap();
     assert!(dev.caps().requires_int_handles());
-    let mut s = Submitter::new(&dev, 0, Client::kernel(), Default::default()).unwrap();
+    let mut s = Submitter::new(&dev, 0, Requester::kernel(), Default::default()).unwrap();
     let t = s.submit(&Work::noop(), Notify::Msix).unwrap();
     assert_eq!(s.wait(t, WAIT).unwrap(), Output::Done);
     // The model only honours handles it handed out: the interrupt arrived on entry 1.
@@ -224,8 +225,8 @@ fn requested_interrupt_handles_with_cmdcap() {
 #[test]
 fn pasids_are_isolated() {
     let (rig, dev) = up(Exec::Threaded);
-    let mut a = Submitter::new(&dev, 1, Client::pasid(1, false), Default::default()).unwrap();
-    let mut b = Submitter::new(&dev, 1, Client::pasid(2, true), Default::default()).unwrap();
+    let mut a = Submitter::new(&dev, 1, Requester::pasid(1, false), Default::default()).unwrap();
+    let mut b = Submitter::new(&dev, 1, Requester::pasid(2, true), Default::default()).unwrap();
     let a_src = rig.plat.buf(AddressSpace::Pasid(1), 8192);
     let a_dst = rig.plat.buf(AddressSpace::Pasid(1), 8192);
     let b_src = rig.plat.buf(AddressSpace::Pasid(2), 8192);
@@ -286,7 +287,7 @@ fn shared_wq_full_is_retried_then_succeeds() {
             ..DeviceOptions::default()
         },
     );
-    let mut s = Submitter::new(&dev, 1, Client::pasid(3, true), Default::default()).unwrap();
+    let mut s = Submitter::new(&dev, 1, Requester::pasid(3, true), Default::default()).unwrap();
     // Fill the WQ while the engines do not run.
     rig.clock.frozen.store(true, Ordering::Relaxed);
     let toks: Vec<_> = (0..4)
@@ -313,7 +314,7 @@ fn shared_wq_never_draining_ends_in_queue_full() {
     // bounded retry ends in QueueFull however long the host takes.
     let rig = Rig::new(model_cfg(), Exec::Deterministic, ALL_PCI);
     let dev = small_shared_wq(&rig, DeviceOptions::default());
-    let mut s = Submitter::new(&dev, 1, Client::pasid(3, true), Default::default()).unwrap();
+    let mut s = Submitter::new(&dev, 1, Requester::pasid(3, true), Default::default()).unwrap();
     rig.clock.frozen.store(true, Ordering::Relaxed);
     let toks: Vec<_> = (0..4)
         .map(|_| s.submit(&Work::noop(), Notify::Poll).unwrap())
@@ -352,7 +353,7 @@ fn dedicated_credits_are_never_exceeded_under_a_flood() {
                     slots: 48,
                     ..Default::default()
                 };
-                let mut s = Submitter::new(&dev, 0, Client::kernel(), opts).unwrap();
+                let mut s = Submitter::new(&dev, 0, Requester::kernel(), opts).unwrap();
                 let src = plat.buf(AddressSpace::NoPasid, 64 * 256);
                 let dst = plat.buf(AddressSpace::NoPasid, 64 * 256);
                 let data = pattern(64 * 256, 100 + t);
@@ -422,7 +423,10 @@ fn dedicated_credits_are_never_exceeded_under_a_flood() {
 #[test]
 fn batch_summary_reports_all_ok_without_member_writes_and_details_otherwise() {
     let (rig, dev) = up(Exec::Deterministic);
-    for (wq, client) in [(0u8, Client::kernel()), (1, Client::pasid(PASID, true))] {
+    for (wq, client) in [
+        (0u8, Requester::kernel()),
+        (1, Requester::pasid(PASID, true)),
+    ] {
         let mut s = Submitter::new(&dev, wq, client, Default::default()).unwrap();
         let src = rig.plat.buf(client.space, 8192);
         let dst = rig.plat.buf(client.space, 8192);

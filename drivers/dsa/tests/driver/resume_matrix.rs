@@ -21,8 +21,8 @@ use crate::spec_resume::{self as spec, Cr, Desc, Memory, cr, d, flag, op};
 use bench::reference as cpu;
 use dsa::ops::CrcSeed;
 use dsa::{
-    AddressSpace, Client, ConfigSource, DeviceOptions, DifDest, DifFormat, DifSource, Notify, Op,
-    OpError, Output, PageFault, Submitter, Work,
+    AddressSpace, ConfigSource, DeviceOptions, DifDest, DifFormat, DifSource, Notify, Op, OpError,
+    Output, PageFault, Requester, Submitter, Work,
 };
 use dsa_model::{Config, StoreKind};
 use dsa_rig::sim::PAGE;
@@ -483,7 +483,7 @@ impl Env {
             .expect("bring-up");
         // WQ 0 is the dedicated WQ, without PASID: raw descriptors go to its portal while
         // the driver's submitter on it is idle.
-        let sub = Submitter::new(&dev, 0, Client::kernel(), Default::default()).unwrap();
+        let sub = Submitter::new(&dev, 0, Requester::kernel(), Default::default()).unwrap();
         let cr = rig.plat.buf(SP, 4096);
         Env { rig, sub, cr }
     }

@@ -19,7 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
 use ::dsa_rig::alloc_count::{Counting, counted, events};
 use dsa::hw::{AddressSpace, DmaMemory, DmaRegion};
-use dsa::{Callback, Client, Completed, DsaIms, Notify, Output, Submitter, SubmitterOptions, Work};
+use dsa::{
+    Callback, Completed, DsaIms, Notify, Output, Requester, Submitter, SubmitterOptions, Work,
+};
 use dsa_rig::{DsaRig, Exec, model_cfg};
 use ims::{ChipOptions, DomainConfig, ImsDomain, OwnerId, VectorMode};
 use machine::Machine;
@@ -164,8 +166,8 @@ fn hot_paths_allocate_nothing() {
 
     // Polled: single and batch, dedicated and shared WQ.
     for (wq, client_id, w) in [
-        (dwq, Client::kernel(), &kw),
-        (swq, Client::pasid(PASID, true), &cw),
+        (dwq, Requester::kernel(), &kw),
+        (swq, Requester::pasid(PASID, true), &cw),
     ] {
         let s = RefCell::new(Submitter::new(&rig.dev, wq, client_id, opts()).unwrap());
         let tok = Cell::new(None);
@@ -192,7 +194,7 @@ fn hot_paths_allocate_nothing() {
 
     // MSI-X: the WQ's interrupt handler entry point reaps and runs the callbacks.
     let entry = rig.dev.wq(dwq).unwrap().msix_entry.expect("an MSI-X entry");
-    let mut s = Submitter::new(&rig.dev, dwq, Client::kernel(), opts()).unwrap();
+    let mut s = Submitter::new(&rig.dev, dwq, Requester::kernel(), opts()).unwrap();
     for (batch, cb) in [(false, single_cb), (true, batch_cb)] {
         let want = Cell::new(DELIVERED.load(SeqCst));
         let sa = &mut s;
@@ -217,7 +219,7 @@ fn hot_paths_allocate_nothing() {
 
     // IMS: a client queue (submitter + bound handle on CPU 0); the device's message is
     // taken by CPU 0's shared vector and demultiplexed.
-    let mut q = Submitter::new(&rig.dev, swq, Client::pasid(PASID, false), opts()).unwrap();
+    let mut q = Submitter::new(&rig.dev, swq, Requester::pasid(PASID, false), opts()).unwrap();
     let ic = OwnerId::new(1, PASID).unwrap();
     let handle = chip.allocate_bound(&ic, 0, &mut q).unwrap();
     ims_cycles(
@@ -249,7 +251,7 @@ fn hot_paths_allocate_nothing() {
     let pchip = chip
         .carve(&posted, 16, ChipOptions::new("dsa0-posted", SID))
         .unwrap();
-    let mut q = Submitter::new(&rig.dev, swq, Client::pasid(PASID, false), opts()).unwrap();
+    let mut q = Submitter::new(&rig.dev, swq, Requester::pasid(PASID, false), opts()).unwrap();
     let handle = pchip.allocate_bound(&ic, 0, &mut q).unwrap();
     ims_cycles(
         ["posted single", "posted batch"],

@@ -4,7 +4,7 @@
 
 use crate::dsa_rig::{DsaRig, Exec, model_cfg};
 use crate::machine::{Machine, current_cpu};
-use dsa::{Client, DsaIms, Notify, OpError, Output, Submitter, SubmitterOptions, Work};
+use dsa::{DsaIms, Notify, OpError, Output, Requester, Submitter, SubmitterOptions, Work};
 use dsa_spec::tables::ImsCtrl;
 use ims::{
     ChipOptions, DomainConfig, ImsDomain, ImsError, ImsHandle, OWNER_PER_HANDLE, OwnerId,
@@ -81,7 +81,7 @@ fn submitter(rig: &DsaRig, pasid: u32, slots: u16) -> Submitter {
     Submitter::new(
         &rig.dev,
         rig.shared_wq(),
-        Client::pasid(pasid, false),
+        Requester::pasid(pasid, false),
         SubmitterOptions {
             slots,
             max_batch: 0,
@@ -878,7 +878,7 @@ fn batch_with_callback_through_a_handle() {
     let mut sub = Submitter::new(
         &e.rig.dev,
         e.rig.shared_wq(),
-        Client::pasid(7, false),
+        Requester::pasid(7, false),
         SubmitterOptions {
             slots: 4,
             max_batch: 8,
