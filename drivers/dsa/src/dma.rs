@@ -1,12 +1,21 @@
-//! Owned DMA buffers: the only place that touches DMA memory through raw pointers.
+//! DMA memory the driver shares with the device while both use it (completion records, batch
+//! descriptor lists): the only place in the driver that touches DMA memory through raw
+//! pointers.
+//!
+//! Three DMA types, three concepts: [`DmaRegion`] is a block as an
+//! allocator returns it (addresses and length, no ownership); [`SharedDma`] owns such a block
+//! for the driver and gives only atomic, volatile or bounds-checked access, because the device
+//! writes it concurrently; the kernel's `DmaBuffer` is a caller's data buffer, accessed as
+//! plain slices only while no descriptor naming it is in flight.
 
 use crate::hw::{AddressSpace, DmaError, DmaMemory, DmaRegion};
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU8, Ordering};
 
-/// DMA memory owned by the driver; returned to its allocator on drop (or leaked with
-/// [`DmaBuf::leak`] when the device might still write it).
-pub struct DmaBuf {
+/// DMA memory owned by the driver and written by the device concurrently; returned to its
+/// allocator on drop (or leaked with [`SharedDma::leak`] when the device might still write
+/// it).
+pub struct SharedDma {
     region: Option<DmaRegion>,
     leaked: core::sync::atomic::AtomicBool,
     mem: Arc<dyn DmaMemory>,
@@ -18,28 +27,28 @@ pub struct DmaBuf {
 // SAFETY: the region is exclusively owned by this value (DmaMemory contract); every access
 // below is bounds-checked and either atomic (the status bytes the device writes
 // concurrently) or ordered after an acquire load of such a byte.
-unsafe impl Send for DmaBuf {}
+unsafe impl Send for SharedDma {}
 // SAFETY: shared access only goes through the atomic/volatile accessors below; the slot
 // protocol in `submit` gives each non-atomic byte range a single writer at a time.
-unsafe impl Sync for DmaBuf {}
+unsafe impl Sync for SharedDma {}
 
-impl core::fmt::Debug for DmaBuf {
+impl core::fmt::Debug for SharedDma {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("DmaBuf")
+        f.debug_struct("SharedDma")
             .field("dev", &format_args!("{:#x}", self.dev))
             .field("len", &self.len)
             .finish()
     }
 }
 
-impl DmaBuf {
+impl SharedDma {
     /// Allocates `size` zeroed bytes aligned to `align` (a power of two) in `space`.
     pub fn new(
         mem: &Arc<dyn DmaMemory>,
         space: AddressSpace,
         size: usize,
         align: usize,
-    ) -> Result<DmaBuf, DmaError> {
+    ) -> Result<SharedDma, DmaError> {
         let r = mem.alloc(space, size, align)?;
         let cpu = r.cpu.as_ptr();
         let ok = r.len >= size
@@ -48,7 +57,7 @@ impl DmaBuf {
             && (cpu as usize).is_multiple_of(align)
             && r.dev.checked_add(size as u64).is_some();
         let (dev, len) = (r.dev, r.len);
-        let buf = DmaBuf {
+        let buf = SharedDma {
             region: Some(r),
             leaked: core::sync::atomic::AtomicBool::new(false),
             mem: mem.clone(),
@@ -234,7 +243,7 @@ impl DmaBuf {
     }
 }
 
-impl Drop for DmaBuf {
+impl Drop for SharedDma {
     fn drop(&mut self) {
         if let Some(r) = self.region.take()
             && !self.leaked.load(Ordering::Relaxed)
@@ -247,7 +256,7 @@ impl Drop for DmaBuf {
 /// Size of one completion record (Intel DSA Architecture Specification rev 3.0, §8.2).
 const RECORD: usize = dsa_spec::completion::CR_SIZE;
 
-/// `n` completion records of a [`DmaBuf`] (see [`DmaBuf::records`]): record `i` is record
+/// `n` completion records of a [`SharedDma`] (see [`SharedDma::records`]): record `i` is record
 /// `i mod n`, so every access is in bounds without a check. Word 0 holds the status byte.
 #[derive(Clone, Copy)]
 pub(crate) struct Records {
@@ -259,7 +268,7 @@ impl Records {
     #[inline(always)]
     fn word0_ptr(&self, i: usize) -> *mut u8 {
         // `wrapping_add` keeps this safe; the offset is below `n * 32`, inside the buffer
-        // (checked by `DmaBuf::records`).
+        // (checked by `SharedDma::records`).
         self.base.wrapping_add((i & self.mask) * RECORD)
     }
 
@@ -272,7 +281,7 @@ impl Records {
     /// Acquire load of record `i`'s status byte.
     #[inline(always)]
     pub fn status(&self, i: usize) -> u8 {
-        // SAFETY: in bounds and aligned (`DmaBuf::records`); the buffer lives as long as its
+        // SAFETY: in bounds and aligned (`SharedDma::records`); the buffer lives as long as its
         // owner, which keeps this view; the device writes the byte concurrently, so every
         // access to it is atomic.
         unsafe { AtomicU8::from_ptr(self.word0_ptr(i)) }.load(Ordering::Acquire)

@@ -57,7 +57,7 @@ use dsa_spec::desc::DESC_SIZE;
 use dsa_spec::status as st;
 use dsa_spec::{CompletionRecord, Descriptor, Opcode};
 
-use crate::dma::{DmaBuf, Records};
+use crate::dma::{Records, SharedDma};
 use crate::error::{OpError, PageFault};
 use crate::ops::{self, Output, Work};
 
@@ -300,11 +300,11 @@ pub(crate) struct Ring {
     /// `mask + 1` slots (never replaced: [`Ring::slot`] relies on the length).
     slots: Box<[RecordSlot]>,
     pub extra: Box<[UnsafeCell<Extra>]>,
-    pub crs: DmaBuf,
+    pub crs: SharedDma,
     /// `crs` as `mask + 1` records indexed modulo the ring size.
     pub recs: Records,
-    pub lists: Option<DmaBuf>,
-    pub member_crs: Option<DmaBuf>,
+    pub lists: Option<SharedDma>,
+    pub member_crs: Option<SharedDma>,
     pub max_batch: usize,
 }
 
@@ -321,9 +321,9 @@ impl Ring {
         wq: u8,
         request_pasid: Option<u32>,
         cap: usize,
-        crs: DmaBuf,
-        lists: Option<DmaBuf>,
-        member_crs: Option<DmaBuf>,
+        crs: SharedDma,
+        lists: Option<SharedDma>,
+        member_crs: Option<SharedDma>,
         max_batch: usize,
     ) -> Option<Ring> {
         if !cap.is_power_of_two() || cap > 1 << 16 {
@@ -655,7 +655,7 @@ impl Ring {
         }
     }
 
-    fn record(&self, buf: &DmaBuf, off: usize) -> CompletionRecord {
+    fn record(&self, buf: &SharedDma, off: usize) -> CompletionRecord {
         let w: [u64; 4] = core::array::from_fn(|i| buf.word(off + 8 * i));
         let mut b = [0u8; CR_SIZE];
         for (i, x) in w.iter().enumerate() {

@@ -21,7 +21,7 @@
 //! conveniences that box the closure; the hot paths use the function-pointer forms.
 
 use crate::device::{Device, RunState, Wq};
-use crate::dma::DmaBuf;
+use crate::dma::SharedDma;
 use crate::encode::{self, Template};
 use crate::error::{DsaError, OpError, PageFault};
 use crate::hw::{AddressSpace, DmaError, EnqStatus, PortalPage};
@@ -219,7 +219,7 @@ pub struct Submitter {
     /// interrupt handle).
     msix: Option<(u64, Template)>,
     /// Per slot: its batch list may hold non-zero words 5–7 (a member encoded by the general
-    /// encoder). Lists start zeroed (`DmaBuf::new`) and the member fast path writes words
+    /// encoder). Lists start zeroed (`SharedDma::new`) and the member fast path writes words
     /// 0–4 only, so a marked list is zeroed again before its next batch.
     list_dirty: Box<[bool]>,
 }
@@ -276,19 +276,19 @@ impl Submitter {
         };
         let nslots = (opts.slots.clamp(1, 4096) as usize).next_power_of_two();
         let dma = &dev.hw.dma;
-        let crs = DmaBuf::new(dma, requester.space, nslots * CR_SIZE, 64)?;
+        let crs = SharedDma::new(dma, requester.space, nslots * CR_SIZE, 64)?;
         let max_batch = u32::from(opts.max_batch)
             .min(w.limits.max_batch)
             .min(dev.caps.max_batch()) as usize;
         let (lists, member_crs, max_batch) = if max_batch >= 2 && dev.caps.supports(Opcode::Batch) {
             (
-                Some(DmaBuf::new(
+                Some(SharedDma::new(
                     dma,
                     requester.space,
                     nslots * max_batch * DESC_SIZE,
                     64,
                 )?),
-                Some(DmaBuf::new(
+                Some(SharedDma::new(
                     dma,
                     requester.space,
                     nslots * max_batch * CR_SIZE,
@@ -1428,7 +1428,7 @@ enum Completed2 {
     Batch(usize, usize),
 }
 
-fn read_record(buf: &DmaBuf, off: usize) -> CompletionRecord {
+fn read_record(buf: &SharedDma, off: usize) -> CompletionRecord {
     let mut b = [0u8; CR_SIZE];
     for i in 0..CR_SIZE / 8 {
         b[8 * i..8 * i + 8].copy_from_slice(&buf.word(off + 8 * i).to_le_bytes());
