@@ -26,6 +26,7 @@ const PROC_TESTS: &[&str] = &[
     "proc::ims_quota_refuses_only_the_process_and_kill_returns_its_handles",
     "proc::ims_handle_follows_its_thread_across_a_migration_exactly_once",
     "proc::sva_demand_faults_are_mapped_and_the_memmove_resumed_byte_exact",
+    "proc::sva_demand_faults_resume_a_fill_in_phase_and_a_copy_with_crc_byte_exact",
 ];
 
 #[test]
@@ -46,7 +47,9 @@ fn process_tests_smp4() {
         .expect_serial("ims: 64 handles allocated, then HandleQuota")
         .expect_serial("ims: refusals ok, own handle 1")
         .expect_serial("each completion counted once")
-        .expect_serial("not copied again), byte-exact; off the mapping: Fault");
+        .expect_serial("not copied again), byte-exact; off the mapping: Fault")
+        .expect_serial("times in phase, copy with crc")
+        .expect_serial("= the CPU's, byte-exact");
 }
 
 #[test]

@@ -157,12 +157,16 @@ pub fn validate(
 /// Why [`remainder`] has nothing to submit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResumeError {
-    /// The record does not report a partial completion at a page fault (status 0x03).
+    /// The record does not report a partial completion at a page fault (status 0x03): a
+    /// success, an error, or a Compare that stopped at a difference (status 0x01, Result 1).
     NotAPageFault(u8),
-    /// Only Memory Move is resumed from processes so far.
+    /// An operation that is not resumed for processes (No-op, which cannot fault partially,
+    /// and everything the submit call refuses).
     Opcode(u8),
     /// Bytes Completed is not below the descriptor's transfer size.
     Completed(u32),
+    /// Flags whose continuation is not defined here (CRC64: its seed and CRC are 8 bytes).
+    Flags(u32),
 }
 
 impl fmt::Display for ResumeError {
@@ -175,38 +179,126 @@ impl fmt::Display for ResumeError {
             Self::Completed(n) => {
                 write!(f, "bytes completed {n:#x} is not below the transfer size")
             }
+            Self::Flags(fl) => write!(f, "flags {fl:#08x} have no continuation here"),
         }
     }
 }
 
 impl core::error::Error for ResumeError {}
 
+/// Descriptor bytes 40.. (operation-specific area) as offsets into `op_specific`.
+const AT40: usize = 0;
+const AT48: usize = 8;
+
+/// Pattern bytes `p` (byte j = the value destination/source byte j is matched with)
+/// starting at phase `k`: byte j of the result is byte (k + j) mod N of `p`.
+fn rotated<const N: usize>(p: [u8; N], k: usize) -> [u8; N] {
+    core::array::from_fn(|j| p[(k + j) % N])
+}
+
 /// The rest of the process's descriptor `raw` (as it handed it to the submit call) after its
 /// completion record `cr` reported a partial completion at a page fault (status 0x03, block
-/// on fault off). Intel DSA Architecture Specification, Memory Move and the completion
-/// record's Bytes Completed / Result fields: a forward copy did its first Bytes Completed
-/// bytes, so both addresses advance by it and the size shrinks by it; a copy done backwards
-/// (overlapping buffers, Result bit 0 = 1) did its last Bytes Completed bytes, so the
-/// addresses stay and the size shrinks. The caller validates what this returns like any
-/// other descriptor. (The driver's `Submitter::resume` applies the same rules, but only to
-/// work it submitted from its own rings, which live outside a process's PASID.)
+/// on fault off). Written from the Intel DSA Architecture Specification (rev 2.0): the
+/// completion record (§8.2: Status, Result, Fault Info, Bytes Completed, and the CRC Value
+/// at byte 16) and each operation's definition (§8.3); the partial completion is a prefix
+/// of the work (§3.13.3) except for a Memory Move done backwards. Bytes Completed is `n`:
+/// * Memory Move (§8.3.4): Result bit 0 = 0, the copy went forward and did its first `n`
+///   bytes, so source and destination advance by `n`; Result bit 0 = 1 (overlapping
+///   buffers, destination above the source), it went backward and did its last `n` bytes,
+///   so the addresses stay. The size shrinks by `n` either way.
+/// * Fill (§8.3.5): destination byte k receives pattern byte k mod P (P = 8, or 16 with the
+///   16-byte-pattern flag, bytes 8–15 at descriptor byte 40), counted from the descriptor's
+///   destination address. The destination advances by `n`; the rest starts at pattern byte
+///   n mod P, so the pattern is rotated by n mod P bytes.
+/// * Compare (§8.3.6): the first `n` bytes compared equal; both sources advance. A compare
+///   that found a difference completed (status 0x01, Result 1) and is not resumed.
+/// * Compare Pattern (§8.3.7): the source advances, the 8-byte pattern value (byte 24)
+///   rotates as Fill's.
+/// * CRC Generation (§8.3.12), Copy with CRC (§8.3.13): the record's CRC Value is the CRC
+///   of the `n` bytes done (with the descriptor's CRC flags), and a CRC chains: the CRC of
+///   A‖B is the CRC of B seeded with the CRC of A (in each inversion/reflection mode, the
+///   mode's own seed transform undoes its result transform). So the seed (byte 40) becomes
+///   the record's CRC, the seed-from-memory flag is cleared and its address field (byte 48,
+///   reserved without the flag) zeroed; the inversion/reflection flags stay. The source
+///   (and Copy with CRC's destination) advance. CRC64 is refused ([`ResumeError::Flags`]).
+///
+/// With `n` = 0 nothing was done and no state was consumed: the descriptor is returned as
+/// it is (its CRC seed may still be in memory; the record's CRC of nothing is not needed).
+/// The caller validates what this returns like any other descriptor (the submit call
+/// refuses the seed-from-memory, 16-byte-pattern and CRC flags itself). (The driver's
+/// `Submitter::resume` applies the same rules to work it submitted from its own rings,
+/// which live outside a process's PASID; this is a separate implementation, checked
+/// against it and against the specification's in the driver's resume matrix.)
 pub fn remainder(raw: &[u8; 64], cr: &[u8; 32]) -> Result<[u8; 64], ResumeError> {
     let rec = dsa_spec::CompletionRecord::from_bytes(cr);
-    let st = rec.status & 0x3f;
-    if st != dsa_spec::status::PAGE_FAULT_PARTIAL {
+    if rec.status & 0x3f != dsa_spec::status::PAGE_FAULT_PARTIAL {
         return Err(ResumeError::NotAPageFault(rec.status));
     }
     let mut d = Descriptor::from_bytes(raw);
-    if Opcode::from_u8(d.opcode) != Some(Opcode::MemMove) {
+    let Some(
+        op @ (Opcode::MemMove
+        | Opcode::Fill
+        | Opcode::Compare
+        | Opcode::ComparePattern
+        | Opcode::CrcGen
+        | Opcode::CopyCrc),
+    ) = Opcode::from_u8(d.opcode)
+    else {
         return Err(ResumeError::Opcode(d.opcode));
+    };
+    let crc = matches!(op, Opcode::CrcGen | Opcode::CopyCrc);
+    if crc && d.flags.contains(DescFlags::CRC64) {
+        return Err(ResumeError::Flags(d.flags.bits()));
     }
     let n = rec.bytes_completed;
     if n >= d.size {
         return Err(ResumeError::Completed(n));
     }
-    if rec.result & 1 == 0 {
-        d.addr1 = d.addr1.wrapping_add(u64::from(n));
-        d.addr2 = d.addr2.wrapping_add(u64::from(n));
+    if n == 0 {
+        return Ok(*raw);
+    }
+    let step = u64::from(n);
+    let k = n as usize;
+    match op {
+        Opcode::MemMove => {
+            if rec.result & 1 == 0 {
+                d.addr1 = d.addr1.wrapping_add(step);
+                d.addr2 = d.addr2.wrapping_add(step);
+            }
+        }
+        Opcode::Fill if d.flags.contains(DescFlags::FILL_16B) => {
+            let mut p = [0u8; 16];
+            p[..8].copy_from_slice(&d.addr1.to_le_bytes());
+            p[8..].copy_from_slice(&d.op_specific[AT40..AT40 + 8]);
+            let r = rotated(p, k % 16);
+            let mut lo = [0u8; 8];
+            lo.copy_from_slice(&r[..8]);
+            d.addr1 = u64::from_le_bytes(lo);
+            d.op_specific[AT40..AT40 + 8].copy_from_slice(&r[8..]);
+            d.addr2 = d.addr2.wrapping_add(step);
+        }
+        Opcode::Fill => {
+            d.addr1 = u64::from_le_bytes(rotated(d.addr1.to_le_bytes(), k % 8));
+            d.addr2 = d.addr2.wrapping_add(step);
+        }
+        Opcode::Compare => {
+            d.addr1 = d.addr1.wrapping_add(step);
+            d.addr2 = d.addr2.wrapping_add(step);
+        }
+        Opcode::ComparePattern => {
+            d.addr1 = d.addr1.wrapping_add(step);
+            d.addr2 = u64::from_le_bytes(rotated(d.addr2.to_le_bytes(), k % 8));
+        }
+        _ => {
+            // CRC Generation / Copy with CRC.
+            d.flags.remove(DescFlags::CRC_SEED_FROM_MEM);
+            d.op_specific[AT40..AT40 + 4].copy_from_slice(&cr[16..20]);
+            d.op_specific[AT48..AT48 + 8].fill(0);
+            d.addr1 = d.addr1.wrapping_add(step);
+            if op == Opcode::CopyCrc {
+                d.addr2 = d.addr2.wrapping_add(step);
+            }
+        }
     }
     d.size -= n;
     Ok(d.to_bytes())
@@ -374,7 +466,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_page_fault_of_a_memmove_with_bytes_left_is_resumed() {
+    fn only_a_page_fault_with_bytes_left_is_resumed() {
         let d = memmove();
         assert_eq!(
             remainder(&d.to_bytes(), &record(0x01, 0, 0)),
@@ -384,11 +476,169 @@ mod tests {
             remainder(&d.to_bytes(), &record(0x03, 0, 4096)),
             Err(ResumeError::Completed(4096))
         );
-        let mut f = memmove();
-        f.opcode = Opcode::Fill as u8;
+        // A compare that stopped at a difference completed: nothing to resume.
+        let mut c = memmove();
+        c.opcode = Opcode::Compare as u8;
         assert_eq!(
-            remainder(&f.to_bytes(), &record(0x03, 0, 8)),
-            Err(ResumeError::Opcode(Opcode::Fill as u8))
+            remainder(&c.to_bytes(), &record(0x01, 1, 0x123)),
+            Err(ResumeError::NotAPageFault(0x01))
         );
+        // No-op (cannot fault partially) and what the submit call refuses.
+        for op in [
+            Opcode::Noop,
+            Opcode::Dualcast,
+            Opcode::CreateDelta,
+            Opcode::Batch,
+        ] {
+            let mut x = memmove();
+            x.opcode = op as u8;
+            assert_eq!(
+                remainder(&x.to_bytes(), &record(0x03, 0, 8)),
+                Err(ResumeError::Opcode(op as u8))
+            );
+        }
+        let mut x = crc_desc(Opcode::CrcGen);
+        x.flags |= DescFlags::CRC64;
+        assert_eq!(
+            remainder(&x.to_bytes(), &record(0x03, 0, 8)),
+            Err(ResumeError::Flags(x.flags.bits()))
+        );
+        // Nothing done: the descriptor as it was (a CRC seed still in memory included).
+        let mut x = crc_desc(Opcode::CrcGen);
+        x.flags |= DescFlags::CRC_SEED_FROM_MEM;
+        x.set_crc_seed_addr(SRC + 0x40);
+        assert_eq!(
+            remainder(&x.to_bytes(), &record(0x03, 0, 0)),
+            Ok(x.to_bytes())
+        );
+    }
+
+    /// The bytes a pattern operation matches against destination/source bytes
+    /// `[0, len)` of descriptor `d` (8- or 16-byte pattern from the descriptor's fields).
+    fn pattern_stream(d: &Descriptor, len: usize) -> Vec<u8> {
+        let (p, size): (Vec<u8>, usize) = if d.opcode == Opcode::ComparePattern as u8 {
+            (d.addr2.to_le_bytes().to_vec(), 8)
+        } else if d.flags.contains(DescFlags::FILL_16B) {
+            let mut p = d.addr1.to_le_bytes().to_vec();
+            p.extend_from_slice(&d.fill_pattern_high().to_le_bytes());
+            (p, 16)
+        } else {
+            (d.addr1.to_le_bytes().to_vec(), 8)
+        };
+        (0..len).map(|k| p[k % size]).collect()
+    }
+
+    /// Fill and Compare Pattern: the prefix the device did followed by what the remainder
+    /// does is the pattern stream of the whole operation, for every Bytes Completed.
+    #[test]
+    fn a_pattern_resumes_in_phase() {
+        let pat = 0x0123_4567_89ab_cdefu64;
+        let mut fill = memmove();
+        fill.opcode = Opcode::Fill as u8;
+        fill.addr1 = pat;
+        fill.size = 100;
+        let mut fill16 = fill;
+        fill16.flags |= DescFlags::FILL_16B;
+        fill16.set_fill_pattern_high(0xfedc_ba98_7654_3210);
+        let mut cpat = memmove();
+        cpat.opcode = Opcode::ComparePattern as u8;
+        cpat.addr2 = pat;
+        cpat.size = 100;
+        for d in [fill, fill16, cpat] {
+            let whole = pattern_stream(&d, 100);
+            for n in 1..100u32 {
+                let rest =
+                    Descriptor::from_bytes(&remainder(&d.to_bytes(), &record(0x83, 0, n)).unwrap());
+                assert_eq!(rest.size, 100 - n);
+                let (moved, stays) = if d.opcode == Opcode::Fill as u8 {
+                    (rest.addr2, d.addr2 + u64::from(n))
+                } else {
+                    (rest.addr1, d.addr1 + u64::from(n))
+                };
+                assert_eq!(moved, stays, "the operand advances");
+                let mut got = whole[..n as usize].to_vec();
+                got.extend(pattern_stream(&rest, (100 - n) as usize));
+                assert_eq!(got, whole, "opcode {:#x}, bytes completed {n}", d.opcode);
+                assert!(check(&rest).is_ok() || d.flags.contains(DescFlags::FILL_16B));
+            }
+        }
+    }
+
+    #[test]
+    fn a_compare_resumes_with_both_sources_advanced() {
+        let mut c = memmove();
+        c.opcode = Opcode::Compare as u8;
+        let rest =
+            Descriptor::from_bytes(&remainder(&c.to_bytes(), &record(0x03, 0, 0x7ff)).unwrap());
+        assert_eq!(
+            (rest.addr1, rest.addr2, rest.size),
+            (SRC + 0x7ff, DST + 0x7ff, 4096 - 0x7ff)
+        );
+        assert!(check(&rest).is_ok());
+    }
+
+    fn crc_desc(op: Opcode) -> Descriptor {
+        let mut d = memmove();
+        d.opcode = op as u8;
+        if op == Opcode::CrcGen {
+            d.addr2 = 0;
+        }
+        d.set_crc_seed(0x1234_5678);
+        d
+    }
+
+    /// CRC-32C of `data` seeded with `seed` (default mode: seed and result inverted).
+    fn crc32c(seed: u32, data: &[u8]) -> u32 {
+        let mut r = !seed;
+        for &b in data {
+            r ^= u32::from(b);
+            for _ in 0..8 {
+                r = (r >> 1) ^ if r & 1 != 0 { 0x82f6_3b78 } else { 0 };
+            }
+        }
+        !r
+    }
+
+    #[test]
+    fn a_crc_resumes_seeded_with_the_records_crc() {
+        let data: Vec<u8> = (0..4096u32).map(|i| (i * 31 + 7) as u8).collect();
+        assert_eq!(crc32c(0, b"123456789"), 0xe306_9283);
+        for op in [Opcode::CrcGen, Opcode::CopyCrc] {
+            for from_memory in [false, true] {
+                let mut d = crc_desc(op);
+                d.flags |= DescFlags::CRC_BYPASS_DATA_REFL;
+                if from_memory {
+                    d.flags |= DescFlags::CRC_SEED_FROM_MEM;
+                    d.set_crc_seed(0);
+                    d.set_crc_seed_addr(SRC + 0x40);
+                }
+                let n = 0x9c3u32;
+                let mut rec = record(0x03, 0, n);
+                let done = crc32c(0x1234_5678, &data[..n as usize]);
+                rec[16..20].copy_from_slice(&done.to_le_bytes());
+                let rest = Descriptor::from_bytes(&remainder(&d.to_bytes(), &rec).unwrap());
+                assert_eq!(rest.crc_seed(), done, "the seed is the record's CRC");
+                assert!(!rest.flags.contains(DescFlags::CRC_SEED_FROM_MEM));
+                assert_eq!(rest.crc_seed_addr(), 0, "reserved without the flag");
+                assert!(rest.flags.contains(DescFlags::CRC_BYPASS_DATA_REFL));
+                assert_eq!((rest.addr1, rest.size), (SRC + u64::from(n), 4096 - n));
+                let dst = if op == Opcode::CopyCrc {
+                    DST + u64::from(n)
+                } else {
+                    0
+                };
+                assert_eq!(rest.addr2, dst);
+                // Chained, the rest's CRC is the whole operation's.
+                assert_eq!(
+                    crc32c(rest.crc_seed(), &data[n as usize..]),
+                    crc32c(0x1234_5678, &data)
+                );
+            }
+        }
+        // Without the CRC flags the rest is a descriptor the call accepts.
+        let d = crc_desc(Opcode::CopyCrc);
+        let rest =
+            Descriptor::from_bytes(&remainder(&d.to_bytes(), &record(0x03, 0, 0x10)).unwrap());
+        assert!(check(&rest).is_ok());
     }
 }

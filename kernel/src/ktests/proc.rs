@@ -649,3 +649,23 @@ ktest!(
         crate::ktest::Outcome::Pass
     }
 );
+
+ktest!(
+    fn sva_demand_faults_resume_a_fill_in_phase_and_a_copy_with_crc_byte_exact()
+    -> crate::ktest::Outcome {
+        if crate::dsa::devices().is_empty() || !crate::iommu::is_enabled() {
+            return crate::ktest::skip("needs a DSA device and the IOMMU");
+        }
+        if !crate::dsa::devices()[0].has_enqcmds() {
+            return crate::ktest::skip("needs a shared WQ");
+        }
+        // user/programs/src/bin/sva.rs case 7: a Fill from an odd address and a Copy with
+        // CRC over untouched pages, each resumed with dsa_resume after every page fault
+        // (klib::usersubmit::remainder: the pattern rotated, the CRC seeded with the
+        // record's); the program checks the bytes and the CRC against its own CRC-32C.
+        let p = spawn("sva", Some(cpus() - 1), 7);
+        assert_eq!(wait(&p), 0, "sva(7): failing step (see its output)");
+        assert!(p.fault().is_none());
+        crate::ktest::Outcome::Pass
+    }
+);

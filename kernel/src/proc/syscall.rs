@@ -171,6 +171,7 @@ fn dsa_resume(t: &Thread, desc: u64, device: u64) -> Result<u64, Error> {
     uaccess::copy_from_user(Some(p), &mut cr, cr_addr)?;
     let rest = remainder(&raw, &cr).map_err(|e| match e {
         ResumeError::Opcode(_) => Error::BadOpcode,
+        ResumeError::Flags(_) => Error::BadFlags,
         ResumeError::NotAPageFault(_) | ResumeError::Completed(_) => Error::BadArgument,
     })?;
     // The page the device stopped at: mapped on the process's behalf if it may have it (a

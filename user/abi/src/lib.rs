@@ -124,9 +124,16 @@ pub enum Sys {
     /// process's — writes the rest of the operation (from the bytes already done) over the
     /// descriptor at `desc_ptr` (so a later fault's Bytes Completed, which counts from it, is
     /// resumed from it again), zeroes the record and submits it (validated like any
-    /// `dsa_submit`). Memory Move only
-    /// ([`Error::BadOpcode`] otherwise); [`Error::BadArgument`] if the record reports no such
-    /// fault. With a completion interrupt, `ims_wait` counts the partial completion and the
+    /// `dsa_submit`). Every operation `dsa_submit` accepts is resumed by the DSA
+    /// specification's rules (Intel DSA Architecture Specification §8.2 completion record,
+    /// §8.3 operations): Memory Move advances source and destination by Bytes Completed (a
+    /// backward copy, Result 1, keeps them); Fill advances the destination and rotates the
+    /// pattern by Bytes Completed mod 8; Compare advances both sources; Compare Pattern
+    /// advances the source and rotates the pattern; CRC Generation and Copy with CRC advance
+    /// their operands and take the record's CRC as the seed; the size shrinks by Bytes
+    /// Completed (none done: resubmitted as it was). [`Error::BadOpcode`] for a No-op;
+    /// [`Error::BadArgument`] if the record reports no such fault (a Compare that found a
+    /// difference completed). With a completion interrupt, `ims_wait` counts the partial completion and the
     /// resumed rest's as two.
     DsaResume = 23,
 }

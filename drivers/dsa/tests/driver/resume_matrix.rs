@@ -6,6 +6,11 @@
 //! * once with [`spec_resume`](crate::spec_resume), the routine written from the DSA
 //!   specification alone (raw descriptors straight to the model's portal), and
 //! * once through the driver (`Submitter::run`, `PageFault::resume`, `Submitter::resume`),
+//! * and, for the operations a ring-3 process may submit (`klib::usersubmit::validate`:
+//!   Memory Move, Fill, Compare, Compare Pattern, CRC Generation, Copy with CRC), once with
+//!   the kernel's `klib::usersubmit::remainder` (what the `dsa_resume` system call submits
+//!   after a process's page fault; a third implementation, sharing no code with the other
+//!   two), raw descriptors again,
 //!
 //! and the final bytes, CRC, compare result, delta record and DIF tags must equal a run of
 //! the same descriptor without faults. That fault-free run must in turn equal the CPU
@@ -83,6 +88,13 @@ enum Opn {
         dst: u64,
         len: u32,
         seed: u32,
+    },
+    /// CRC Generation with the seed in the descriptor and the CRC flags of `mode`.
+    CrcValue {
+        src: u64,
+        len: u32,
+        seed: u32,
+        mode: CrcMode,
     },
     Dualcast {
         src: u64,
@@ -189,6 +201,25 @@ impl Opn {
                     .set32(d::SIZE, len)
                     .set32(d::AT40, seed);
             }
+            Opn::CrcValue {
+                src,
+                len,
+                seed,
+                mode,
+            } => {
+                x = Desc::new(op::CRC);
+                let mut f = x.flags();
+                if mode.bypass_inv_refl {
+                    f |= dsa_spec::DescFlags::CRC_BYPASS_INV_REFL.bits();
+                }
+                if mode.bypass_data_refl {
+                    f |= dsa_spec::DescFlags::CRC_BYPASS_DATA_REFL.bits();
+                }
+                x.set_flags(f);
+                x.set64(d::ADDR1, src)
+                    .set32(d::SIZE, len)
+                    .set32(d::AT40, seed);
+            }
             Opn::Dualcast {
                 src,
                 dst1,
@@ -283,6 +314,17 @@ impl Opn {
                 len,
                 seed,
             } => Work::copy_crc(src, dst, len, seed),
+            Opn::CrcValue {
+                src,
+                len,
+                seed,
+                mode,
+            } => Work::new(Op::CrcGen {
+                src,
+                len,
+                seed: CrcSeed::Value(seed),
+                mode,
+            }),
             Opn::Dualcast {
                 src,
                 dst1,
@@ -699,6 +741,70 @@ fn run_spec(env: &Env, sc: &Scenario, hole: &Hole, problems: &mut Vec<String>) -
     }
 }
 
+/// Whether the scenario is one descriptor of an operation a process may submit
+/// (`klib::usersubmit::validate`'s whitelist, No-op aside: it has nothing to fault on).
+fn klib_resumes(sc: &Scenario) -> bool {
+    match &sc.body {
+        Body::Single(o) => matches!(
+            o.raw().opcode(),
+            op::MEMMOVE | op::FILL | op::COMPARE | op::COMPARE_PATTERN | op::CRC | op::COPY_CRC
+        ),
+        Body::Batch { .. } => false,
+    }
+}
+
+/// Runs a single-descriptor scenario with the kernel's `klib::usersubmit::remainder`: raw
+/// descriptors to the portal, each partial completion's page made present (as `dsa_resume`
+/// maps it for the process) and the remainder klib builds from the record submitted.
+fn run_klib(env: &Env, sc: &Scenario, hole: &Hole, problems: &mut Vec<String>) -> Outcome {
+    let Body::Single(o) = &sc.body else {
+        unreachable!("klib resumes single descriptors")
+    };
+    let first = o.raw();
+    let plat = env.rig.plat.clone();
+    let mut desc = first;
+    let mut before_last = 0u64;
+    let mut partials = 0;
+    let last = loop {
+        let rec = env.run_raw(&desc);
+        if rec.code() != cr::PAGE_FAULT_NO_BOF || partials >= 16 {
+            break rec;
+        }
+        partials += 1;
+        hole.fix(
+            &plat,
+            rec.fault_address(),
+            rec.fault_was_write(),
+            &format!("klib, opcode {:#x}", desc.opcode()),
+        );
+        match klib::usersubmit::remainder(&desc.0, &rec.0) {
+            Ok(next) => {
+                // A backward memmove completed a suffix: later offsets still count from
+                // the start (only compares report one).
+                if !(desc.opcode() == op::MEMMOVE && rec.result() & 1 == 1) {
+                    before_last += u64::from(rec.bytes_completed());
+                }
+                desc = Desc(next);
+            }
+            Err(e) => {
+                problems.push(format!("klib refuses to resume: {e} ({rec:?})"));
+                break rec;
+            }
+        }
+    };
+    if partials != hole.faults.get() {
+        problems.push(format!("{partials} partial completions"));
+    }
+    let f = spec::Finished {
+        last,
+        before_last,
+        delta_size: 0,
+        partials,
+    };
+    let r = spec_res(&first, &f, problems);
+    sc.outcome(vec![r])
+}
+
 /// Member `j` of a batch as it sits in the list: its own record in the records buffer.
 fn member_desc(o: &Opn, fence: bool, records: u64, j: usize) -> Desc {
     let mut m = o.raw();
@@ -1052,6 +1158,28 @@ fn scenarios(plat: &Arc<SimPlatform>) -> Vec<Scenario> {
             vec![rd("source", src, len), rd("seed", seed, 4)],
         ));
     }
+    // CRC Generation with the seed in the descriptor and CRC inversion/reflection
+    // bypassed (flag 17): the continuation keeps the mode, and the record's CRC (not
+    // inverted) seeds it.
+    {
+        let mut s = b();
+        let len = 0x2C3D;
+        let src = s.buf(4, pattern(4 * 4096, 12)).at(0xA01);
+        v.push(s.done(
+            "crc generation, seed in the descriptor, flag 17",
+            Body::Single(Opn::CrcValue {
+                src,
+                len: len as u32,
+                seed: 0x8765_4321,
+                mode: CrcMode {
+                    bypass_inv_refl: true,
+                    bypass_data_refl: false,
+                },
+            }),
+            vec![],
+            vec![rd("source", src, len)],
+        ));
+    }
     // Copy with CRC.
     {
         let mut s = b();
@@ -1370,6 +1498,12 @@ fn cpu_op(m: &mut CpuMem, o: &Opn) -> Res {
             m.put(dst, &s);
             Res::Crc(cpu::crc32c(seed, &s, CrcMode::default()))
         }
+        Opn::CrcValue {
+            src,
+            len,
+            seed,
+            mode,
+        } => Res::Crc(cpu::crc32c(seed, &m.get(src, len), mode)),
         Opn::Dualcast {
             src,
             dst1,
@@ -1470,11 +1604,12 @@ fn cpu_outcome(sc: &Scenario) -> Outcome {
 
 /// Runs the matrix on a device with DMA pieces of `chunk` bytes; returns the number of
 /// cases and the problems found.
-fn matrix(chunk: usize) -> (usize, Vec<String>) {
+fn matrix(chunk: usize) -> (usize, usize, Vec<String>) {
     let mut env = Env::new(chunk);
     let plat = env.rig.plat.clone();
     let mut problems = Vec::new();
     let mut cases = 0;
+    let mut klib_cases = 0;
     for sc in scenarios(&plat) {
         // The reference: the same descriptor(s) with every page present.
         sc.reset();
@@ -1501,8 +1636,8 @@ fn matrix(chunk: usize) -> (usize, Vec<String>) {
         assert_eq!(got, reference, "{}: driver without faults", sc.name);
         for o in &sc.operands {
             for page in o.pages() {
-                for path in ["spec", "driver"] {
-                    if path == "driver" && o.spec_only {
+                for path in ["spec", "driver", "klib"] {
+                    if path == "driver" && o.spec_only || path == "klib" && !klib_resumes(&sc) {
                         continue;
                     }
                     let what = format!(
@@ -1515,10 +1650,13 @@ fn matrix(chunk: usize) -> (usize, Vec<String>) {
                     sc.reset();
                     let hole = Hole::make(&plat, page, o.write);
                     let mut p = Vec::new();
-                    let got = if path == "spec" {
-                        run_spec(&env, &sc, &hole, &mut p)
-                    } else {
-                        run_driver(&mut env, &sc, &hole, &mut p)
+                    let got = match path {
+                        "spec" => run_spec(&env, &sc, &hole, &mut p),
+                        "driver" => run_driver(&mut env, &sc, &hole, &mut p),
+                        _ => {
+                            klib_cases += 1;
+                            run_klib(&env, &sc, &hole, &mut p)
+                        }
                     };
                     if let Some(page) = hole.page.get() {
                         plat.set_mapped(SP, page, PAGE, true);
@@ -1536,7 +1674,7 @@ fn matrix(chunk: usize) -> (usize, Vec<String>) {
             }
         }
     }
-    (cases, problems)
+    (cases, klib_cases, problems)
 }
 
 /// Where two outcomes differ, briefly.
@@ -1567,13 +1705,18 @@ fn diff(got: &Outcome, want: &Outcome) -> String {
 fn every_operation_operand_and_page_resumes_to_the_fault_free_result() {
     let mut all = Vec::new();
     let mut total = 0;
+    let mut klib = 0;
     for chunk in [Config::default().dma_chunk, 4096] {
-        let (n, p) = matrix(chunk);
+        let (n, k, p) = matrix(chunk);
         total += n;
+        klib += k;
         all.extend(p);
     }
-    // Every scenario contributes cases for every operand page on both paths.
+    eprintln!("resume matrix: {total} cases, {klib} of them resumed by klib");
+    // Every scenario contributes cases for every operand page on both paths (three for the
+    // operations a process may submit).
     assert!(total > 200, "only {total} cases");
+    assert!(klib > 60, "only {klib} cases resumed by klib");
     assert!(
         all.is_empty(),
         "{} of {total} cases went wrong:\n{}",

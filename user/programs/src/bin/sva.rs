@@ -30,6 +30,12 @@
 //!   the first fault are not copied again (their source is flipped before the resume). Then a memmove running off
 //!   the end of its mapping: `dsa_resume` must answer `Fault` (the address is not the
 //!   process's). Exits 0 (at least 2 resumes), else the failing step.
+//! * 7: demand faults of the other operations: a Fill of an 8-byte pattern from an odd
+//!   address over pages never touched (the rest after each fault must continue the
+//!   pattern in phase: `dsa_resume` rotates it), then a Copy with CRC from a source and
+//!   into a destination with untouched pages (the CRC of the pieces, each seeded with the
+//!   previous piece's, must equal this program's CRC-32C of the whole source, and the copy
+//!   must be byte-exact). Exits 0 (at least 2 resumes each), else the failing step.
 //! * any `arg` ≥ 0x1000: attacker of the suite: memmoves of its own page with `arg` (a
 //!   kernel address) as destination, then with [`VICTIM_PAGE`] (the victim's address, not
 //!   mapped here) as destination. Exits 0 when each is refused by the call or ends in a
@@ -333,7 +339,140 @@ fn demand_faults() -> u64 {
     0
 }
 
+/// Waits for the record at `cr` of the submitted `d`, resuming it with `dsa_resume` after
+/// each page-fault partial completion. Returns the number of resumes once it succeeded,
+/// None on any other status (or after 16 faults), with a line saying why.
+fn resumed_to_the_end(d: &mut [u8; 64], cr: u64, what: &str) -> Option<u32> {
+    let mut resumes = 0;
+    loop {
+        let st = await_status(cr);
+        match st & 0x3f {
+            0x01 => return Some(resumes),
+            0x03 if resumes < 16 => {
+                if let Err(e) = user_rt::dsa_resume(d, 0) {
+                    println!("sva: {what}: dsa_resume after status {st:#x}: {e}");
+                    return None;
+                }
+                resumes += 1;
+            }
+            _ => {
+                println!("sva: {what}: status {st:#x} after {resumes} resumes");
+                return None;
+            }
+        }
+    }
+}
+
+/// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78) of `len` bytes at `a` seeded with
+/// `seed`, as DSA computes it without the CRC flags (DSA spec §8.3.12: seed and result
+/// inverted).
+fn crc32c(seed: u32, a: u64, len: u64) -> u32 {
+    let mut r = !seed;
+    for i in 0..len {
+        r ^= u32::from(rd(a + i));
+        for _ in 0..8 {
+            r = (r >> 1) ^ if r & 1 != 0 { 0x82f6_3b78 } else { 0 };
+        }
+    }
+    !r
+}
+
+fn demand_faults_other_operations() -> u64 {
+    const SIZE: u64 = 4 * PAGE;
+    const FILL: u8 = 0x04;
+    const COPY_CRC: u8 = 0x11;
+    let (Ok(fill), Ok(src), Ok(dst), Ok(cr)) = (
+        user_rt::mmap(0, SIZE, PROT_READ | PROT_WRITE),
+        user_rt::mmap(0, SIZE, PROT_READ | PROT_WRITE),
+        user_rt::mmap(0, SIZE, PROT_READ | PROT_WRITE),
+        user_rt::mmap(0, PAGE, PROT_READ | PROT_WRITE),
+    ) else {
+        return 80;
+    };
+    // Fill: pages 0 and 2 touched, 1 and 3 left for the device. From byte 3, so the first
+    // fault (at page 1) leaves Bytes Completed = 4093, not a multiple of the pattern.
+    for page in [0, 2] {
+        for i in 0..PAGE {
+            wr(fill + page * PAGE + i, 0xee);
+        }
+    }
+    let pattern = 0x0123_4567_89ab_cdefu64;
+    let (start, len) = (fill + 3, SIZE - 3 - 5);
+    for i in 0..32 {
+        wr(cr + i, 0);
+    }
+    let mut d = user_rt::dsa::desc(FILL, CRAV_RCR, cr, pattern, start, len as u32);
+    if user_rt::dsa_submit(&d, 0).is_err() {
+        return 81;
+    }
+    let Some(fills) = resumed_to_the_end(&mut d, cr, "demand fill") else {
+        return 82;
+    };
+    for k in 0..len {
+        let want = pattern.to_le_bytes()[(k % 8) as usize];
+        if rd(start + k) != want {
+            println!(
+                "sva: fill byte {k} is {:#x}, want {want:#x} after {fills} resumes",
+                rd(start + k)
+            );
+            return 83;
+        }
+    }
+    if rd(fill + 2) != 0xee || rd(start + len) != 0 {
+        println!("sva: the fill wrote outside its range");
+        return 84;
+    }
+    // Copy with CRC: source pages 0 and 2 hold data (1 and 3 untouched, zeros), the
+    // destination's page 2 is untouched.
+    for page in [0, 2] {
+        for i in 0..PAGE {
+            wr(src + page * PAGE + i, (i * 11 + page + 3) as u8);
+        }
+    }
+    for page in [0, 1, 3] {
+        for i in 0..PAGE {
+            wr(dst + page * PAGE + i, 0xee);
+        }
+    }
+    let (from, to, len) = (src + 0x11, dst + 0x20, SIZE - 0x40);
+    let seed = 0x1234_5678u32;
+    for i in 0..32 {
+        wr(cr + i, 0);
+    }
+    let mut d = user_rt::dsa::desc(COPY_CRC, CRAV_RCR, cr, from, to, len as u32);
+    d[40..44].copy_from_slice(&seed.to_le_bytes());
+    if user_rt::dsa_submit(&d, 0).is_err() {
+        return 85;
+    }
+    let Some(copies) = resumed_to_the_end(&mut d, cr, "demand copy with crc") else {
+        return 86;
+    };
+    for i in 0..len {
+        if rd(to + i) != rd(from + i) {
+            println!("sva: copy with crc: byte {i} differs after {copies} resumes");
+            return 87;
+        }
+    }
+    let got = u32::from_le_bytes([rd(cr + 16), rd(cr + 17), rd(cr + 18), rd(cr + 19)]);
+    let want = crc32c(seed, from, len);
+    if got != want {
+        println!("sva: copy with crc: crc {got:#010x}, want {want:#010x} after {copies} resumes");
+        return 88;
+    }
+    if fills < 2 || copies < 2 {
+        println!("sva: only {fills} / {copies} page faults for two untouched pages");
+        return 89;
+    }
+    println!(
+        "sva: demand faults: fill resumed {fills} times in phase, copy with crc {copies} times, crc {got:#010x} = the CPU's, byte-exact"
+    );
+    0
+}
+
 fn main(arg: u64) -> u64 {
+    if arg == 7 {
+        return demand_faults_other_operations();
+    }
     if arg == 6 {
         return demand_faults();
     }
