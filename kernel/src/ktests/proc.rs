@@ -534,18 +534,30 @@ ktest!(
         // user/programs/src/bin/ims.rs case 1: allocates until refused (HandleQuota, else it
         // exits), then sleeps holding every handle.
         let cpu = cpus() - 1;
+        // It reports the count at its word once the extra allocation was refused and its
+        // line printed (waiting for the handle count instead raced that line).
         let hog = spawn("ims", Some(cpu), 1);
+        let done = 0x6200_0000_0000u64;
+        let reported = || -> u64 {
+            hog.translate(done).map_or(0, |pa| {
+                // SAFETY: a word of a frame of the live process (identity-mapped RAM), read.
+                unsafe { core::ptr::read_volatile(pa as *const u64) }
+            })
+        };
         let deadline = crate::time::now_ns().saturating_add(hang_ns());
-        proc::run_until(
-            || hog.ended() || chip.chip().live_handles() == base.0 + expect,
-            deadline,
-        )
-        .expect("the hog allocates its handles");
+        proc::run_until(|| hog.ended() || reported() != 0, deadline)
+            .expect("the hog allocates its handles");
         assert!(
             !hog.ended(),
             "ims(1) ended with status {} before holding its quota",
             hog.status()
         );
+        assert_eq!(
+            reported(),
+            expect as u64,
+            "handles the hog got before HandleQuota"
+        );
+        assert_eq!(chip.chip().live_handles(), base.0 + expect, "live handles");
         let pasid = hog.pasid().expect("the hog has a PASID");
         assert_eq!(
             chip.chip().usage(pasid),
