@@ -196,7 +196,9 @@ fn wq_mode(m: QueueMode) -> WqMode {
     }
 }
 
-/// Runs one case.
+/// Runs one case: ring-3 clients through `process`; else checks that the case can run
+/// here, gives each CPU a WQ, checks those WQs and sizes each CPU's pipeline, runs every
+/// CPU's share at once and sums their outcomes with the interrupt handlers' costs.
 fn run_case(
     spec: &WorkloadSpec,
     case: Case,
@@ -206,7 +208,75 @@ fn run_case(
     if matches!(spec.client, ClientKind::Process | ClientKind::Direct) {
         return process::run_case(spec, case, cpus, devs);
     }
-    let mode = wq_mode(case.mode);
+    let off = if spec.align >= 4096 {
+        0
+    } else {
+        spec.align as u64
+    };
+    let prepared = client_supported(spec, case)
+        .and_then(|()| assign_wqs(case, cpus, devs))
+        .and_then(|plan| {
+            let min_share = check_wqs(spec, case, &plan, off)?;
+            let size = size_pipeline(spec, case, cpus.len(), off, min_share)?;
+            Ok((plan, size))
+        });
+    let (plan, size) = match prepared {
+        Ok(x) => x,
+        Err(not_run) => return not_run.result(case, spec),
+    };
+    let handler_before = handler_stats(&plan, case, spec.client);
+    let (mine, handles) = match start_cpus(spec, case, &plan, &size) {
+        Ok(x) => x,
+        Err(not_run) => return not_run.result(case, spec),
+    };
+    let (results, join_errors) = collect(mine, handles);
+    let handler_after = handler_stats(&plan, case, spec.client);
+    let mut r = sum_results(spec, case, cpus.len(), &plan, &size, &results, join_errors);
+    r.interrupts = handler_after.0.saturating_sub(handler_before.0);
+    if case.completion == Completion::Interrupt {
+        r.completion_tsc = handler_after.1.saturating_sub(handler_before.1);
+    }
+    r
+}
+
+/// Why a case ends before it runs.
+enum NotRun {
+    /// It cannot run on this machine (the reason is its `skipped`).
+    Skipped(String),
+    /// Starting it failed (the error is its `first_error`).
+    Failed(String),
+}
+
+impl NotRun {
+    fn result(self, case: Case, spec: &WorkloadSpec) -> CaseResult {
+        match self {
+            NotRun::Skipped(why) => CaseResult::skipped(case, spec, why),
+            NotRun::Failed(e) => {
+                let mut r = CaseResult::skipped(case, spec, String::new());
+                r.skipped = None;
+                r.errors = 1;
+                r.first_error = Some(e);
+                r
+            }
+        }
+    }
+}
+
+/// One CPU's place in a case: (CPU, device, WQ).
+type CpuWq = (usize, &'static DsaDevice, u8);
+
+/// The other CPUs' jobs of a case: (CPU, job).
+type Jobs = Vec<(usize, smp::JobHandle<CpuResult>)>;
+
+/// How each CPU runs a case: submissions in flight and work descriptors to run.
+struct PipelineSize {
+    groups: usize,
+    descs: usize,
+}
+
+/// Skips what client PASIDs cannot do here: they need the IOMMU (their own address
+/// spaces), and a dedicated WQ runs in the kernel's PASID only.
+fn client_supported(spec: &WorkloadSpec, case: Case) -> Result<(), NotRun> {
     if spec.client == ClientKind::Pasid {
         let why = if !crate::iommu::is_enabled() {
             Some("client PASIDs need the IOMMU")
@@ -216,66 +286,75 @@ fn run_case(
             None
         };
         if let Some(why) = why {
-            return CaseResult::skipped(case, spec, why.into());
+            return Err(NotRun::Skipped(why.into()));
         }
     }
-    // Per CPU: (device, WQ).
-    let mut plan: Vec<(usize, &'static DsaDevice, u8)> = Vec::new();
+    Ok(())
+}
+
+/// Gives CPU k of the selection device k mod (number of devices) and that device's WQ of
+/// the case's mode; skips the case if a device has none.
+fn assign_wqs(
+    case: Case,
+    cpus: &[usize],
+    devs: &[&'static DsaDevice],
+) -> Result<Vec<CpuWq>, NotRun> {
+    let mode = wq_mode(case.mode);
+    let mut plan: Vec<CpuWq> = Vec::new();
     for (k, &cpu) in cpus.iter().enumerate() {
         let d = devs[k % devs.len()];
         let Some(wq) = d.wq_id(mode) else {
-            return CaseResult::skipped(
-                case,
-                spec,
-                format!("dsa{} has no {} WQ", d.index, case.mode.name()),
-            );
+            return Err(NotRun::Skipped(format!(
+                "dsa{} has no {} WQ",
+                d.index,
+                case.mode.name()
+            )));
         };
         plan.push((cpu, d, wq));
     }
-    let off = if spec.align >= 4096 {
-        0
-    } else {
-        spec.align as u64
-    };
+    Ok(plan)
+}
+
+/// Checks that every WQ of the plan can run the case (the device accepts a representative
+/// descriptor, batches of this size, completion interrupts of the case's kind) and returns
+/// the smallest share of a WQ's entries a CPU gets (CPUs sharing a WQ split its size).
+fn check_wqs(spec: &WorkloadSpec, case: Case, plan: &[CpuWq], off: u64) -> Result<usize, NotRun> {
     let batch = case.batch as usize;
     let mut min_share = usize::MAX;
-    for &(_, d, wq) in &plan {
+    for &(_, d, wq) in plan {
         let drv = d.driver();
         let Some(w) = drv.wq(wq) else {
-            return CaseResult::skipped(case, spec, format!("dsa{} wq{wq} vanished", d.index));
+            return Err(NotRun::Skipped(format!("dsa{} wq{wq} vanished", d.index)));
         };
         if let Err(e) = sample(&case, off).validate(drv.caps(), &w.limits, batch > 1) {
-            return CaseResult::skipped(case, spec, format!("dsa{}: {e}", d.index));
+            return Err(NotRun::Skipped(format!("dsa{}: {e}", d.index)));
         }
         if batch > 1 {
             if !drv.caps().supports(Opcode::Batch) {
-                return CaseResult::skipped(
-                    case,
-                    spec,
-                    format!("dsa{}: no Batch operation", d.index),
-                );
+                return Err(NotRun::Skipped(format!(
+                    "dsa{}: no Batch operation",
+                    d.index
+                )));
             }
             let max = w.limits.max_batch.min(drv.caps().max_batch()) as usize;
             if batch > max {
-                return CaseResult::skipped(
-                    case,
-                    spec,
-                    format!("dsa{}: batch {batch} over the maximum {max}", d.index),
-                );
+                return Err(NotRun::Skipped(format!(
+                    "dsa{}: batch {batch} over the maximum {max}",
+                    d.index
+                )));
             }
         }
         // Client PASIDs take completion interrupts through IMS handles of their own (the
         // WQ's MSI-X entry is bound to the kernel PASID).
         if case.completion == Completion::Interrupt && spec.client == ClientKind::Pasid {
             if let Err(e) = crate::ims::device_ims(d) {
-                return CaseResult::skipped(case, spec, format!("no IMS: {e}"));
+                return Err(NotRun::Skipped(format!("no IMS: {e}")));
             }
         } else if case.completion == Completion::Interrupt && w.msix_entry.is_none() {
-            return CaseResult::skipped(
-                case,
-                spec,
-                format!("dsa{} wq{wq} has no interrupt", d.index),
-            );
+            return Err(NotRun::Skipped(format!(
+                "dsa{} wq{wq} has no interrupt",
+                d.index
+            )));
         }
         let sharing = plan
             .iter()
@@ -283,19 +362,28 @@ fn run_case(
             .count();
         min_share = min_share.min((w.size() as usize / sharing).max(1));
     }
-    // Submissions in flight per CPU: the depth in whole batches, the WQ share, memory.
+    Ok(min_share)
+}
+
+/// Submissions in flight per CPU: the depth in whole batches, within the CPU's WQ share
+/// (`min_share`) and its share of free memory for buffers (skips the case if one
+/// submission's buffers do not fit); descriptors per CPU: the iterations in whole batches.
+fn size_pipeline(
+    spec: &WorkloadSpec,
+    case: Case,
+    ncpus: usize,
+    off: u64,
+    min_share: usize,
+) -> Result<PipelineSize, NotRun> {
+    let batch = case.batch as usize;
     let per_slot = ops::slot_bytes(case.op, case.size as usize, off as usize).max(1);
     let free = crate::mm::frame_stats().free_pages as usize * 4096;
-    let budget = free / (2 * cpus.len().max(1));
+    let budget = free / (2 * ncpus.max(1));
     if per_slot * batch > budget {
-        return CaseResult::skipped(
-            case,
-            spec,
-            format!(
-                "{} bytes of buffers per submission exceed the memory share {budget}",
-                per_slot * batch
-            ),
-        );
+        return Err(NotRun::Skipped(format!(
+            "{} bytes of buffers per submission exceed the memory share {budget}",
+            per_slot * batch
+        )));
     }
     let groups = (spec.depth as usize / batch)
         .max(1)
@@ -303,7 +391,18 @@ fn run_case(
         .min(budget / (per_slot * batch))
         .max(1);
     let descs = (spec.iters as usize).div_ceil(batch) * batch;
-    let handler_before = handler_stats(&plan, case, spec.client);
+    Ok(PipelineSize { groups, descs })
+}
+
+/// Builds each CPU's `engine::Plan` (client PASIDs: a fresh address space attached to the
+/// CPU's device) and starts it on every other CPU; returns the current CPU's plan, run by
+/// the caller, and the other CPUs' jobs.
+fn start_cpus(
+    spec: &WorkloadSpec,
+    case: Case,
+    plan: &[CpuWq],
+    size: &PipelineSize,
+) -> Result<(Option<engine::Plan>, Jobs), NotRun> {
     let mut handles = Vec::new();
     let me = percpu::current_index();
     let mut mine = None;
@@ -316,13 +415,7 @@ fn run_case(
             ClientKind::Pasid => {
                 let c = match ClientSpace::new().and_then(|c| d.attach(&c).map(|()| c)) {
                     Ok(c) => c,
-                    Err(e) => {
-                        let mut r = CaseResult::skipped(case, spec, String::new());
-                        r.skipped = None;
-                        r.errors = 1;
-                        r.first_error = Some(format!("client PASID: {e}"));
-                        return r;
-                    }
+                    Err(e) => return Err(NotRun::Failed(format!("client PASID: {e}"))),
                 };
                 (dsa::Requester::pasid(c.pasid(), false), Some(c))
             }
@@ -333,8 +426,8 @@ fn run_case(
             client,
             space,
             case,
-            descs: descs as u32,
-            groups,
+            descs: size.descs as u32,
+            groups: size.groups,
             align: spec.align as usize,
             verify: spec.verify,
             salt: k as u8,
@@ -344,16 +437,16 @@ fn run_case(
         } else {
             match smp::spawn_on(cpu, move || engine::run(p)) {
                 Ok(h) => handles.push((cpu, h)),
-                Err(e) => {
-                    let mut r = CaseResult::skipped(case, spec, String::new());
-                    r.skipped = None;
-                    r.errors = 1;
-                    r.first_error = Some(format!("cpu{cpu}: {e}"));
-                    return r;
-                }
+                Err(e) => return Err(NotRun::Failed(format!("cpu{cpu}: {e}"))),
             }
         }
     }
+    Ok((mine, handles))
+}
+
+/// Runs the current CPU's share, then waits (bounded) for the other CPUs': their outcomes,
+/// and the CPUs whose job did not end.
+fn collect(mine: Option<engine::Plan>, handles: Jobs) -> (Vec<CpuResult>, Vec<String>) {
     let mut results: Vec<CpuResult> = Vec::new();
     if let Some(p) = mine {
         results.push(engine::run(p));
@@ -365,19 +458,33 @@ fn run_case(
             Err(e) => join_errors.push(format!("cpu{cpu}: {e}")),
         }
     }
-    let handler_after = handler_stats(&plan, case, spec.client);
+    (results, join_errors)
+}
+
+/// The case's outcome: its shape (CPUs, devices, depth, descriptors) and the CPUs'
+/// counts summed (wall time: the slowest CPU's; first error: the first CPU's, or the
+/// CPUs whose job did not end).
+fn sum_results(
+    spec: &WorkloadSpec,
+    case: Case,
+    ncpus: usize,
+    plan: &[CpuWq],
+    size: &PipelineSize,
+    results: &[CpuResult],
+    join_errors: Vec<String>,
+) -> CaseResult {
     let mut r = CaseResult::skipped(case, spec, String::new());
     r.skipped = None;
-    r.cpus = cpus.len();
+    r.cpus = ncpus;
     r.devices = {
         let mut v: Vec<u32> = plan.iter().map(|p| p.1.index).collect();
         v.sort_unstable();
         v.dedup();
         v.len()
     };
-    r.depth = groups * batch;
-    r.descs_per_cpu = descs as u32;
-    for c in &results {
+    r.depth = size.groups * case.batch as usize;
+    r.descs_per_cpu = size.descs as u32;
+    for c in results {
         r.ops += c.ops;
         r.bytes += c.bytes;
         r.errors += c.errors;
@@ -396,20 +503,12 @@ fn run_case(
         r.errors += join_errors.len() as u64;
         r.first_error = Some(join_errors.join("; "));
     }
-    r.interrupts = handler_after.0.saturating_sub(handler_before.0);
-    if case.completion == Completion::Interrupt {
-        r.completion_tsc = handler_after.1.saturating_sub(handler_before.1);
-    }
     r
 }
 
 /// (interrupts, handler TSC) summed over the MSI-X entries of the WQs a case uses, or for
 /// client PASIDs (IMS) over the system IMS domain's demultiplexing passes on the case's CPUs.
-fn handler_stats(
-    plan: &[(usize, &'static DsaDevice, u8)],
-    case: Case,
-    client: ClientKind,
-) -> (u64, u64) {
+fn handler_stats(plan: &[CpuWq], case: Case, client: ClientKind) -> (u64, u64) {
     let mut seen: Vec<(u32, u8)> = Vec::new();
     let (mut n, mut t) = (0, 0);
     if case.completion != Completion::Interrupt {
