@@ -122,154 +122,256 @@ fn on_complete_slow(g: &GroupDone, done: &Completed<'_>) {
     g.ready.store(true, Ordering::Release);
 }
 
-/// Runs the plan on the current CPU.
+/// Runs the plan on the current CPU: set up, then keep the pipeline full and take one
+/// completion at a time until every submission finished (or one never will), then release
+/// what the run held.
 pub fn run(p: Plan) -> CpuResult {
     let mut res = CpuResult {
         cpu: crate::arch::percpu::current_index(),
         ..CpuResult::default()
     };
-    let batch = p.case.batch as usize;
-    let mut slots = Vec::with_capacity(p.groups * batch);
-    for i in 0..p.groups * batch {
-        let salt = p.salt.wrapping_mul(37).wrapping_add(i as u8);
-        match OpSlot::new(
-            p.case.op,
-            p.case.size as usize,
-            p.align,
-            p.space.as_ref(),
-            salt,
-        ) {
-            Ok(s) => slots.push(s),
-            Err(e) => {
-                res.errors += 1;
-                res.note(|| alloc::format!("buffers: {e}"));
-                return res;
-            }
-        }
-    }
-    let drv = p.dev.driver();
-    let opts = SubmitterOptions {
-        slots: p.groups as u16 + 1,
-        max_batch: batch.max(2) as u16,
-        timeout_ns: COMPLETION_TIMEOUT_NS,
+    let Some(mut r) = Run::set_up(p, &mut res) else {
+        return res;
     };
-    let mut sub = match Submitter::new(&drv, p.wq, p.client, opts) {
-        Ok(s) => s,
-        Err(e) => {
-            res.errors += 1;
-            res.note(|| alloc::format!("submitter: {e}"));
-            return res;
-        }
-    };
-    let irq = p.case.completion == Completion::Interrupt;
-    // Client PASIDs: an IMS handle of their own on this CPU (bound to their PASID); the
-    // kernel: the WQ's MSI-X entry.
-    let ims = match (&p.space, irq) {
-        (Some(space), true) => match ims_handle(&p, space, &mut sub) {
-            Ok(x) => Some(x),
-            Err(e) => {
-                res.errors += 1;
-                res.note(|| alloc::format!("IMS handle: {e}"));
-                return res;
-            }
-        },
-        _ => None,
-    };
-    let total = (p.descs as usize).div_ceil(batch);
-    // One completion board entry per group, and one member buffer per group for polled
-    // batches: allocated here, before anything is measured.
-    let board: Box<[GroupDone]> = (0..p.groups)
-        .map(|_| GroupDone {
-            ready: AtomicBool::new(false),
-            result: UnsafeCell::new(Ok(Output::Done)),
-            members: UnsafeCell::new((0..batch).map(|_| Ok(Output::Done)).collect()),
-        })
-        .collect();
-    let mut polled_members: Vec<Vec<Result<Output, OpError>>> = (0..p.groups)
-        .map(|_| (0..batch).map(|_| Ok(Output::Done)).collect())
-        .collect();
-    // A polled batch whose members all succeeded plainly reports just that
-    // (`BatchDone::all_ok`): its results are these.
-    let all_done: Vec<Result<Output, OpError>> = (0..batch).map(|_| Ok(Output::Done)).collect();
-    // Members of the polled batch just collected that `all_done` describes (None: the
-    // group's `polled_members` hold the results).
-    let mut polled_all_ok: Option<usize> = None;
-    let mut works: Vec<Work> = Vec::with_capacity(batch);
-    let mut free: Vec<usize> = (0..p.groups).rev().collect();
-    let mut inflight: VecDeque<(dsa::Token, usize)> = VecDeque::with_capacity(p.groups);
-    let mut in_irq: VecDeque<usize> = VecDeque::with_capacity(p.groups);
-    let (mut issued, mut done) = (0usize, 0usize);
-    let mut stuck = false;
     let start = crate::time::now_ns();
-    let seq0 = (p.salt as u64) << 40;
-    while done < total && !stuck {
-        // Fill the pipeline.
-        while issued < total && !free.is_empty() {
-            let g = free.pop().unwrap_or(0);
-            works.clear();
-            works.extend(
+    while r.done < r.total && !r.stuck {
+        r.fill_pipeline(&mut res);
+        if r.stuck || r.done >= r.total {
+            break;
+        }
+        let Some((g, out)) = r.take_completion(&mut res) else {
+            continue;
+        };
+        r.done += 1;
+        if g == usize::MAX {
+            res.errors += r.batch as u64;
+            res.ops += r.batch as u64;
+            res.note(|| "completion timed out".to_string());
+            break;
+        }
+        r.settle_group(&mut res, g, out);
+    }
+    res.elapsed_ns = crate::time::now_ns().saturating_sub(start);
+    r.finish(&mut res);
+    res
+}
+
+/// One CPU's run in progress: its buffers, submitter and completion board, and where each
+/// of its `groups` submissions is (free, in flight polled, in flight with a callback).
+struct Run {
+    p: Plan,
+    /// Work descriptors per submission.
+    batch: usize,
+    /// Interrupt-mode completion (else polled).
+    irq: bool,
+    /// Submissions to make.
+    total: usize,
+    /// Base of this CPU's input sequence numbers.
+    seq0: u64,
+    /// `batch` operation slots per group.
+    slots: Vec<OpSlot>,
+    sub: Submitter,
+    /// Client PASIDs in interrupt mode: their IMS handle on this CPU.
+    ims: Option<ims::ImsHandle>,
+    /// One completion board entry per group (interrupt mode).
+    board: Box<[GroupDone]>,
+    /// One member buffer per group for polled batches.
+    polled_members: Vec<Vec<Result<Output, OpError>>>,
+    /// A polled batch whose members all succeeded plainly reports just that
+    /// (`BatchDone::all_ok`): its results are these.
+    all_done: Vec<Result<Output, OpError>>,
+    /// Members of the polled batch just collected that `all_done` describes (None: the
+    /// group's `polled_members` hold the results).
+    polled_all_ok: Option<usize>,
+    /// The work descriptors of the submission being built.
+    works: Vec<Work>,
+    /// Groups not in flight.
+    free: Vec<usize>,
+    /// Polled submissions in flight, oldest first.
+    inflight: VecDeque<(dsa::Token, usize)>,
+    /// Interrupt-mode submissions in flight.
+    in_irq: VecDeque<usize>,
+    /// Submissions made (or refused), and finished.
+    issued: usize,
+    done: usize,
+    /// A submission or completion failed so that the run cannot go on.
+    stuck: bool,
+}
+
+// The loop's steps (`fill_pipeline`, `take_completion`, `settle_group`) are inlined into
+// `run`, which was one function before they were named: the measured sections stay the
+// `timed` functions' alone either way.
+impl Run {
+    /// Allocates everything the measured loop uses, before anything is measured: the
+    /// groups' operation slots, the submitter, for client PASIDs in interrupt mode their
+    /// IMS handle on this CPU, the completion board and the polled batches' member
+    /// buffers. None (the failure noted in `res`) if any of it cannot be had.
+    fn set_up(p: Plan, res: &mut CpuResult) -> Option<Run> {
+        let batch = p.case.batch as usize;
+        let mut slots = Vec::with_capacity(p.groups * batch);
+        for i in 0..p.groups * batch {
+            let salt = p.salt.wrapping_mul(37).wrapping_add(i as u8);
+            match OpSlot::new(
+                p.case.op,
+                p.case.size as usize,
+                p.align,
+                p.space.as_ref(),
+                salt,
+            ) {
+                Ok(s) => slots.push(s),
+                Err(e) => {
+                    res.errors += 1;
+                    res.note(|| alloc::format!("buffers: {e}"));
+                    return None;
+                }
+            }
+        }
+        let drv = p.dev.driver();
+        let opts = SubmitterOptions {
+            slots: p.groups as u16 + 1,
+            max_batch: batch.max(2) as u16,
+            timeout_ns: COMPLETION_TIMEOUT_NS,
+        };
+        let mut sub = match Submitter::new(&drv, p.wq, p.client, opts) {
+            Ok(s) => s,
+            Err(e) => {
+                res.errors += 1;
+                res.note(|| alloc::format!("submitter: {e}"));
+                return None;
+            }
+        };
+        let irq = p.case.completion == Completion::Interrupt;
+        // Client PASIDs: an IMS handle of their own on this CPU (bound to their PASID); the
+        // kernel: the WQ's MSI-X entry.
+        let ims = match (&p.space, irq) {
+            (Some(space), true) => match ims_handle(&p, space, &mut sub) {
+                Ok(x) => Some(x),
+                Err(e) => {
+                    res.errors += 1;
+                    res.note(|| alloc::format!("IMS handle: {e}"));
+                    return None;
+                }
+            },
+            _ => None,
+        };
+        let total = (p.descs as usize).div_ceil(batch);
+        let board: Box<[GroupDone]> = (0..p.groups)
+            .map(|_| GroupDone {
+                ready: AtomicBool::new(false),
+                result: UnsafeCell::new(Ok(Output::Done)),
+                members: UnsafeCell::new((0..batch).map(|_| Ok(Output::Done)).collect()),
+            })
+            .collect();
+        let polled_members = (0..p.groups)
+            .map(|_| (0..batch).map(|_| Ok(Output::Done)).collect())
+            .collect();
+        let all_done = (0..batch).map(|_| Ok(Output::Done)).collect();
+        let seq0 = (p.salt as u64) << 40;
+        Some(Run {
+            batch,
+            irq,
+            total,
+            seq0,
+            slots,
+            sub,
+            ims,
+            board,
+            polled_members,
+            all_done,
+            polled_all_ok: None,
+            works: Vec::with_capacity(batch),
+            free: (0..p.groups).rev().collect(),
+            inflight: VecDeque::with_capacity(p.groups),
+            in_irq: VecDeque::with_capacity(p.groups),
+            issued: 0,
+            done: 0,
+            stuck: false,
+            p,
+        })
+    }
+
+    /// Submits on every free group until all submissions are made (each through its timed
+    /// section, the one for the case's completion kind and batch size). A refused
+    /// submission counts as finished with errors; one refused for another reason than a
+    /// full queue makes the run stuck.
+    #[inline(always)]
+    fn fill_pipeline(&mut self, res: &mut CpuResult) {
+        let batch = self.batch;
+        while self.issued < self.total && !self.free.is_empty() {
+            let g = self.free.pop().unwrap_or(0);
+            self.works.clear();
+            let (slots, seq0, issued) = (&mut self.slots, self.seq0, self.issued);
+            self.works.extend(
                 (0..batch)
                     .map(|j| slots[g * batch + j].prepare(seq0 + (issued * batch + j) as u64)),
             );
-            let r = if irq {
-                board[g].ready.store(false, Ordering::Relaxed);
+            let works = &self.works;
+            let sub = &mut self.sub;
+            let r = if self.irq {
+                self.board[g].ready.store(false, Ordering::Relaxed);
                 let cb = Callback {
                     f: on_complete,
-                    cookie: &board[g] as *const GroupDone as usize,
+                    cookie: &self.board[g] as *const GroupDone as usize,
                 };
                 // Interrupts off: a completion interrupt must not land inside the
                 // measured submit section (its cost is the completion path's). The
                 // section is the driver call alone (the case's choices are made first).
                 // The route is a constant of each timed section (as at a driver call site
                 // that knows its completion kind), not a run-time argument.
-                let (r, t0, t1) = match (batch == 1, ims.is_some()) {
-                    (true, true) => timed::submit_cb::<true>(&mut sub, &works[0], cb),
-                    (true, false) => timed::submit_cb::<false>(&mut sub, &works[0], cb),
-                    (false, true) => timed::submit_batch_cb::<true>(&mut sub, &works, cb),
-                    (false, false) => timed::submit_batch_cb::<false>(&mut sub, &works, cb),
+                let (r, t0, t1) = match (batch == 1, self.ims.is_some()) {
+                    (true, true) => timed::submit_cb::<true>(sub, &works[0], cb),
+                    (true, false) => timed::submit_cb::<false>(sub, &works[0], cb),
+                    (false, true) => timed::submit_batch_cb::<true>(sub, works, cb),
+                    (false, false) => timed::submit_batch_cb::<false>(sub, works, cb),
                 };
                 r.map(|()| (None, t1.wrapping_sub(t0)))
             } else {
                 let (r, t0, t1) = if batch == 1 {
-                    timed::submit(&mut sub, &works[0])
+                    timed::submit(sub, &works[0])
                 } else {
-                    timed::submit_batch(&mut sub, &works)
+                    timed::submit_batch(sub, works)
                 };
                 r.map(|t| (Some(t), t1.wrapping_sub(t0)))
             };
-            issued += 1;
+            self.issued += 1;
             match r {
                 Ok((tok, dt)) => {
                     res.submit_calls += 1;
                     res.submit_descs += batch as u64;
                     res.submit_tsc += dt;
                     match tok {
-                        Some(t) => inflight.push_back((t, g)),
-                        None => in_irq.push_back(g),
+                        Some(t) => self.inflight.push_back((t, g)),
+                        None => self.in_irq.push_back(g),
                     }
                 }
                 Err(e) => {
                     res.errors += batch as u64;
                     res.ops += batch as u64;
                     res.note(|| alloc::format!("submit: {e}"));
-                    free.push(g);
-                    done += 1;
+                    self.free.push(g);
+                    self.done += 1;
                     if !matches!(e, OpError::QueueFull | OpError::NoFreeSlot) {
-                        stuck = true;
+                        self.stuck = true;
                         break;
                     }
                 }
             }
         }
-        if stuck || done >= total {
-            break;
-        }
-        // Take one completion (bounded waits: a completion that never comes ends the case).
+    }
+
+    /// Takes one completion: in interrupt mode the first group whose callback has run, in
+    /// polling mode the oldest submission, polled through its timed section (only the
+    /// call that finds it done is counted). Waits are bounded: a completion that never
+    /// comes makes the run stuck and yields group `usize::MAX`. None: nothing in flight.
+    #[inline(always)]
+    fn take_completion(&mut self, res: &mut CpuResult) -> Option<(usize, Result<Output, OpError>)> {
+        let batch = self.batch;
         let bound = Duration::from_nanos(COMPLETION_TIMEOUT_NS);
-        let (g, r) = if irq {
-            if in_irq.is_empty() {
-                continue;
+        let taken = if self.irq {
+            if self.in_irq.is_empty() {
+                return None;
             }
+            let (in_irq, board) = (&self.in_irq, &self.board);
             let ready = crate::time::wait_until(bound, || {
                 in_irq
                     .iter()
@@ -277,30 +379,30 @@ pub fn run(p: Plan) -> CpuResult {
             });
             match ready {
                 Ok(i) => {
-                    let g = in_irq.remove(i).unwrap_or(usize::MAX);
+                    let g = self.in_irq.remove(i).unwrap_or(usize::MAX);
                     // SAFETY: `ready` was set by the group's callback, which wrote the result
                     // before it (see `GroupDone`); the group is not resubmitted yet.
                     let r = unsafe {
-                        core::mem::replace(&mut *board[g].result.get(), Ok(Output::Done))
+                        core::mem::replace(&mut *self.board[g].result.get(), Ok(Output::Done))
                     };
                     (g, r)
                 }
                 Err(_) => {
-                    stuck = true;
+                    self.stuck = true;
                     (usize::MAX, Err(OpError::Timeout))
                 }
             }
         } else {
-            let Some(&(tok, g)) = inflight.front() else {
-                continue;
-            };
-            let out = &mut polled_members[g];
+            let &(tok, g) = self.inflight.front()?;
+            let out = &mut self.polled_members[g];
+            let sub = &mut self.sub;
+            let polled_all_ok = &mut self.polled_all_ok;
             let polled = crate::time::wait_until(bound, || {
                 let (r, t0, t1) = if batch == 1 {
-                    timed::poll(&mut sub, tok)
+                    timed::poll(sub, tok)
                 } else {
-                    let (r, t0, t1) = timed::poll_batch(&mut sub, tok, out);
-                    polled_all_ok = match r {
+                    let (r, t0, t1) = timed::poll_batch(sub, tok, out);
+                    *polled_all_ok = match r {
                         Some(Ok(d)) if d.all_ok => Some(d.members),
                         _ => None,
                     };
@@ -313,61 +415,75 @@ pub fn run(p: Plan) -> CpuResult {
                 Ok((r, dt)) => {
                     res.completion_tsc += dt;
                     res.completion_descs += batch as u64;
-                    inflight.pop_front();
+                    self.inflight.pop_front();
                     (g, r)
                 }
                 Err(_) => {
-                    stuck = true;
+                    self.stuck = true;
                     (usize::MAX, Err(OpError::Timeout))
                 }
             }
         };
-        done += 1;
-        if g == usize::MAX {
-            res.errors += batch as u64;
-            res.ops += batch as u64;
-            res.note(|| "completion timed out".to_string());
-            break;
-        }
+        Some(taken)
+    }
+
+    /// Accounts and verifies finished group `g` (its result `r`, and for a batch its
+    /// members' results from where its completion path left them), then frees the group.
+    #[inline(always)]
+    fn settle_group(&mut self, res: &mut CpuResult, g: usize, r: Result<Output, OpError>) {
+        let batch = self.batch;
         let members: &[Result<Output, OpError>] = if batch == 1 {
             &[]
-        } else if irq {
-            // SAFETY: as above: written by the callback before `ready`, not resubmitted yet.
-            unsafe { &*board[g].members.get() }
-        } else if let Some(n) = polled_all_ok.take() {
+        } else if self.irq {
+            // SAFETY: as in `take_completion`: written by the callback before `ready`, not
+            // resubmitted yet.
+            unsafe { &*self.board[g].members.get() }
+        } else if let Some(n) = self.polled_all_ok.take() {
             // Every member succeeded (the count is checked by `settle`).
-            &all_done[..n.min(batch)]
+            &self.all_done[..n.min(batch)]
         } else {
-            &polled_members[g]
+            &self.polled_members[g]
         };
         settle(
-            &mut res,
-            &slots[g * batch..(g + 1) * batch],
+            res,
+            &self.slots[g * batch..(g + 1) * batch],
             r,
             members,
-            p.verify,
-            p.case.size,
+            self.p.verify,
+            self.p.case.size,
         );
-        free.push(g);
+        self.free.push(g);
     }
-    res.elapsed_ns = crate::time::now_ns().saturating_sub(start);
-    if irq {
-        res.completion_descs = res.ops;
+
+    /// Ends the run: in interrupt mode every operation's completion came through the
+    /// interrupt path; releases the IMS handle and the submitter. A stuck run leaks its
+    /// buffers and board, which descriptors still in flight may write.
+    fn finish(self, res: &mut CpuResult) {
+        if self.irq {
+            res.completion_descs = res.ops;
+        }
+        let Run {
+            slots,
+            sub,
+            ims,
+            board,
+            stuck,
+            ..
+        } = self;
+        if let Some(h) = ims
+            && let Err(e) = h.release()
+        {
+            res.errors += 1;
+            res.note(|| alloc::format!("IMS handle release: {e}"));
+        }
+        drop(sub);
+        if stuck {
+            // Descriptors may still be in flight: the device could write these buffers later,
+            // and their callbacks may still write the board.
+            core::mem::forget(slots);
+            core::mem::forget(board);
+        }
     }
-    if let Some(h) = ims
-        && let Err(e) = h.release()
-    {
-        res.errors += 1;
-        res.note(|| alloc::format!("IMS handle release: {e}"));
-    }
-    drop(sub);
-    if stuck {
-        // Descriptors may still be in flight: the device could write these buffers later,
-        // and their callbacks may still write the board.
-        core::mem::forget(slots);
-        core::mem::forget(board);
-    }
-    res
 }
 
 /// The measured driver calls: each runs with interrupts off between two TSC reads (a
