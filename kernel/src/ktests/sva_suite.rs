@@ -248,6 +248,27 @@ fn privileged_instructions(s: &mut Suite, dev: &crate::dsa::DsaDevice) -> Verdic
     ))
 }
 
+/// The victim's page (`VICTIM_PAGE`, filled by sva.rs case 3), read through its frame.
+fn victim_page(victim: &Process) -> Option<&'static [u8]> {
+    let phys = victim.translate(VICTIM_PAGE)?;
+    // SAFETY: a frame of the victim's live space (identity-mapped RAM); only read, while the
+    // victim is alive (the attacks kill it only after their last read).
+    Some(unsafe { core::slice::from_raw_parts(phys as *const u8, 4096) })
+}
+
+/// Spawns the victim (sva.rs case 3) on `cpu` and waits until it has filled its page (or
+/// ended: the caller checks).
+fn spawn_filled_victim(s: &mut Suite, cpu: usize) -> Result<Arc<Process>, String> {
+    let victim = s.spawn("sva", Some(cpu), 3)?;
+    let deadline = crate::time::now_ns().saturating_add(hang_ns());
+    proc::run_until(
+        || victim.ended() || victim_page(&victim).is_some_and(|p| p[4095] == victim_byte(4095)),
+        deadline,
+    )
+    .map_err(|e| alloc::format!("the victim never filled its page: {e}"))?;
+    Ok(victim)
+}
+
 /// The victim's page (user/programs/src/bin/sva.rs `VICTIM_PAGE`) and its pattern.
 const VICTIM_PAGE: u64 = 0x6000_0000_0000;
 fn victim_byte(i: usize) -> u8 {
@@ -437,19 +458,8 @@ fn kernel_and_victim_addresses(s: &mut Suite, dev: &crate::dsa::DsaDevice) -> Ve
     // The kernel's identity map: this virtual address is also the physical one.
     let kernel_addr = page.0.as_ptr() as u64;
     let cpu = if cpus() > 2 { 2 } else { 0 };
-    let victim = s.spawn("sva", Some(cpu), 3)?;
-    let victim_page = || -> Option<&'static [u8]> {
-        let phys = victim.translate(VICTIM_PAGE)?;
-        // SAFETY: a frame of the victim's live space (identity-mapped RAM); only read,
-        // while the victim is alive (it is killed only after the last read).
-        Some(unsafe { core::slice::from_raw_parts(phys as *const u8, 4096) })
-    };
-    let deadline = crate::time::now_ns().saturating_add(hang_ns());
-    proc::run_until(
-        || victim.ended() || victim_page().is_some_and(|p| p[4095] == victim_byte(4095)),
-        deadline,
-    )
-    .map_err(|e| alloc::format!("the victim never filled its page: {e}"))?;
+    let victim = spawn_filled_victim(s, cpu)?;
+    let victim_page = || victim_page(&victim);
     if victim.ended() {
         return Err(alloc::format!("the victim ended with {}", victim.status()));
     }
@@ -666,19 +676,8 @@ fn interrupt_storm(s: &mut Suite, chip: &Arc<dsa::DsaIms>, m: &mut Storm) -> Ver
 /// won (page fault) — a round the device finished first tried nothing.
 fn unmap_while_writing(s: &mut Suite) -> Verdict {
     let vcpu = if cpus() > 2 { 2 } else { 0 };
-    let victim = s.spawn("sva", Some(vcpu), 3)?;
-    let victim_page = || -> Option<&'static [u8]> {
-        let phys = victim.translate(VICTIM_PAGE)?;
-        // SAFETY: a frame of the victim's live space (identity-mapped RAM); only read,
-        // while the victim is alive (it is killed only after the last read).
-        Some(unsafe { core::slice::from_raw_parts(phys as *const u8, 4096) })
-    };
-    let deadline = crate::time::now_ns().saturating_add(hang_ns());
-    proc::run_until(
-        || victim.ended() || victim_page().is_some_and(|p| p[4095] == victim_byte(4095)),
-        deadline,
-    )
-    .map_err(|e| alloc::format!("the victim never filled its page: {e}"))?;
+    let victim = spawn_filled_victim(s, vcpu)?;
+    let victim_page = || victim_page(&victim);
     let sum = victim_page()
         .map(checksum)
         .ok_or("the victim's page is gone")?;
