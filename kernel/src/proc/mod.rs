@@ -693,7 +693,18 @@ fn run_thread(me: usize, t: &Arc<Thread>) {
                     requeue(me, t);
                     return;
                 }
-                Action::Block => return,
+                Action::Block => {
+                    // A kill that came between the call's start and its BLOCKED store saw
+                    // the thread running and only kicked the CPU: nobody would wake it
+                    // before its deadline (a sleep: a minute). Store-load order against
+                    // `kill_process` (dying swap, then state load): the fence keeps this
+                    // load after the BLOCKED store, so one side always sees the other.
+                    core::sync::atomic::fence(Ordering::SeqCst);
+                    if p.dying.load(Ordering::Acquire) {
+                        wake(t);
+                    }
+                    return;
+                }
                 Action::Migrate(to) if to != me => {
                     regs.rax = 0;
                     CPUS[to].homed.fetch_add(1, Ordering::AcqRel);
