@@ -243,7 +243,7 @@ impl CompletionSink for Reaper {
 unsafe fn ring_poll(ring: *const (), delivered: &AtomicU64) -> u32 {
     // SAFETY: the caller's contract.
     let ring = unsafe { &*ring.cast::<crate::queue::Ring>() };
-    ring.reap_counting(delivered).0
+    ring.poll_counting(delivered)
 }
 
 /// A DSA device registered with an IMS domain: allocation of handles whose completions come

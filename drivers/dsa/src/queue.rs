@@ -61,6 +61,8 @@ use crate::dma::{Records, SharedDma};
 use crate::error::{OpError, PageFault};
 use crate::ops::{self, Output, Work};
 
+// Slot states. The two callback states, and only they, have bit `CB_BIT` set: an
+// interrupt pass tells a callback slot from the rest with one test.
 pub(crate) const FREE: u8 = 0;
 /// Submitted; the owner polls it.
 pub(crate) const PENDING_POLL: u8 = 1;
@@ -68,10 +70,17 @@ pub(crate) const PENDING_POLL: u8 = 1;
 pub(crate) const PENDING_CB: u8 = 2;
 /// Submitted without a completion interrupt; a callback gets it (the owner's reap, or any
 /// other reaper that passes by).
-pub(crate) const PENDING_CBQ: u8 = 5;
-pub(crate) const CLAIMED: u8 = 3;
+pub(crate) const PENDING_CBQ: u8 = 6;
+pub(crate) const CLAIMED: u8 = 4;
 /// Finished by a sweep; the parked result waits for the owner's poll.
-pub(crate) const DONE: u8 = 4;
+pub(crate) const DONE: u8 = 5;
+/// Set in `PENDING_CB` and `PENDING_CBQ`, clear in every other state.
+const CB_BIT: u8 = 2;
+const _: () = assert!(
+    PENDING_CB & CB_BIT != 0
+        && PENDING_CBQ & CB_BIT != 0
+        && (FREE | PENDING_POLL | CLAIMED | DONE) & CB_BIT == 0
+);
 
 pub(crate) const K_SINGLE: u8 = 0;
 pub(crate) const K_BATCH: u8 = 1;
@@ -115,7 +124,7 @@ impl<'a> Completed<'a> {
     /// carries nothing but success: `result()` is `Ok(Output::Done)`.
     #[inline]
     pub fn plain_success(&self) -> bool {
-        self.status == st::SUCCESS && (self.tag.plain() || self.is_batch())
+        self.status == st::SUCCESS && self.tag.done_on_success()
     }
     /// A single operation's result; for a batch, `Ok(Output::Done)` when the batch
     /// descriptor completed (members may still have failed: see [`Completed::members`]) or
@@ -230,18 +239,28 @@ pub(crate) struct Meta {
 /// What a slot holds, packed into one word: bits 31:0 the submission's sequence number
 /// (the owner's head index), 39:32 its kind (`K_SINGLE`, `K_BATCH`), bit 40 plain (single:
 /// an operation whose successful result is `Output::Done`; batch: every member is), bit 41
-/// resumed (`Extra::resumed` holds the original operation), 63:48 a batch's member count.
+/// resumed (`Extra::resumed` holds the original operation), bit 42 done on success (plain
+/// or a batch: a Success status alone makes the result `Output::Done`, one test for a
+/// callback's [`Completed::plain_success`]), 63:48 a batch's member count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Tag(pub u64);
 
 impl Tag {
+    const DONE_ON_SUCCESS: u64 = 1 << 42;
+
     #[inline(always)]
     pub const fn new(seq: u32, kind: u8, plain: bool, resumed: bool, members: u16) -> Tag {
         Tag(seq as u64
             | (kind as u64) << 32
             | (plain as u64) << 40
             | (resumed as u64) << 41
+            | ((plain || kind == K_BATCH) as u64) << 42
             | (members as u64) << 48)
+    }
+    /// Plain or a batch ([`Completed::plain_success`]).
+    #[inline(always)]
+    pub const fn done_on_success(self) -> bool {
+        self.0 & Self::DONE_ON_SUCCESS != 0
     }
     #[inline(always)]
     pub const fn seq(self) -> u32 {
@@ -431,7 +450,65 @@ impl Ring {
     #[inline(always)]
     pub fn reap_counting(&self, count: &AtomicU64) -> (u32, bool) {
         let (i, head) = self.range();
+        if head.wrapping_sub(i) == 1 {
+            return self.reap_last(i, count);
+        }
         self.reap_range(i, head, true, Some(count))
+    }
+
+    /// [`Ring::reap_counting`]'s delivered count, shaped for an interrupt pass (the IMS
+    /// sink's plain function): one slot between tail and head (one operation in flight, the
+    /// common case of a notification) is reaped inline with nothing kept across its
+    /// callback; anything else goes to the loop, out of line.
+    #[inline(always)]
+    pub fn poll_counting(&self, count: &AtomicU64) -> u32 {
+        let tail = self.tail.load(Ordering::Acquire);
+        let head = self.head.load(Ordering::Acquire);
+        if head.wrapping_sub(tail) == 1 {
+            // `range` would return (tail, head) too: one slot never exceeds the capacity.
+            return self.reap_last(tail, count).0;
+        }
+        self.reap_counting_loop(count)
+    }
+
+    #[inline(never)]
+    fn reap_counting_loop(&self, count: &AtomicU64) -> u32 {
+        let (i, head) = self.range();
+        self.reap_range(i, head, true, Some(count)).0
+    }
+
+    /// [`Ring::reap_range`] over the one slot `i` (the range's last): the common case of an
+    /// interrupt pass (one operation in flight per notification). The same steps as the
+    /// loop's body, without the loop: after the callback only the slot is live, so the
+    /// pass keeps no state across the call.
+    #[inline(always)]
+    fn reap_last(&self, i: u32, count: &AtomicU64) -> (u32, bool) {
+        let recs = self.recs;
+        let k = i as usize & recs.mask();
+        // SAFETY: as in `reap_range`: `slots` and `recs` have `mask + 1` entries.
+        let slot = unsafe { self.slots.get_unchecked(k) };
+        let s = slot.state.load(Ordering::Acquire);
+        if s & CB_BIT != 0 {
+            let status = recs.status(k);
+            if status == st::NOT_COMPLETE {
+                return (0, true);
+            }
+            if slot
+                .state
+                .compare_exchange(s, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                // Another reaper won it and delivers it.
+                return (0, false);
+            }
+            // Counted before the callback can observe it.
+            count.fetch_add(1, Ordering::Relaxed);
+            self.finish_slot(slot, k, status & st::CODE_MASK);
+            return (1, false);
+        }
+        let outstanding =
+            s != FREE && s != DONE && (s == CLAIMED || recs.status(k) == st::NOT_COMPLETE);
+        (0, outstanding)
     }
 
     /// [`Ring::reap`], also returning the head it scanned to (an interrupt path's idle mark).
@@ -474,8 +551,8 @@ impl Ring {
             // (neither field is ever replaced), so `k <= cap - 1` is in bounds.
             let slot = unsafe { slots.get_unchecked(k) };
             let s = slot.state.load(Ordering::Acquire);
-            // Callback slots first (what an interrupt pass is for), one compare each.
-            if s == PENDING_CB || s == PENDING_CBQ {
+            // Callback slots first (what an interrupt pass is for), one test each.
+            if s & CB_BIT != 0 {
                 let status = recs.status(k);
                 if status != st::NOT_COMPLETE {
                     if slot

@@ -290,7 +290,7 @@ impl ChipInner {
         let idle_word = sink
             .idle_word()
             .map(|w| crate::handle::IdleWord(core::ptr::NonNull::from(w)));
-        let h = Arc::new(HandleInner {
+        let h = Arc::new_cyclic(|this| HandleInner {
             direct,
             arms: d.config.mode == VectorMode::Shared,
             idle_word,
@@ -302,7 +302,7 @@ impl ChipInner {
             index,
             pasid,
             client: client.id,
-            raw: sink.raw_poll(),
+            raw: HandleInner::raw_or_dyn(&*sink, this.as_ptr()),
             sink,
             loc: AtomicU64::new(HandleLocation::NOWHERE),
             flags: AtomicU8::new(0),

@@ -11,7 +11,7 @@ use crate::chip::{ChipInner, ChipOptions, ImsChip};
 use crate::error::ImsError;
 use crate::handle::HandleInner;
 use crate::platform::ImsPlatform;
-use crate::posted::{CpuPids, PidRef, slot_pid};
+use crate::posted::{CpuPids, PidRef, TablePid, slot_pid, slot_word};
 use crate::storage::ImsStorage;
 
 /// Owner name of the one shared vector per CPU (vector reports count by this prefix).
@@ -195,8 +195,12 @@ pub(crate) struct CpuTable {
     free: Vec<u32>,
     pub live: u32,
     /// Posted mode: the CPU's descriptors as the handler walks them (a plain copy of
-    /// `CpuState::pids`, extended on the CPU before a route posts to a new descriptor).
-    pub pids: Vec<PidRef>,
+    /// `CpuState::pids`, extended on the CPU before a route posts to a new descriptor),
+    /// each with the PIR words that serve slots in use.
+    pub pids: Vec<TablePid>,
+    /// Slots in use per PIR word, per descriptor index (grown by `insert`; at most 64 per
+    /// word).
+    word_live: Vec<[u8; 4]>,
 }
 
 impl CpuTable {
@@ -214,7 +218,33 @@ impl CpuTable {
         };
         self.slots[slot as usize] = Some(h);
         self.live += 1;
+        self.word_use(slot, true);
         Some(slot)
+    }
+
+    /// Counts `slot` in (or out of) its PIR word and keeps the descriptor's word mask,
+    /// which the posted handler reads, in step.
+    fn word_use(&mut self, slot: u32, used: bool) {
+        let (i, _) = slot_pid(slot);
+        let q = slot_word(slot);
+        if self.word_live.len() <= i {
+            self.word_live.resize(i + 1, [0; 4]);
+        }
+        let n = &mut self.word_live[i][q];
+        *n = if used { *n + 1 } else { n.saturating_sub(1) };
+        let live = *n != 0;
+        if let Some(p) = self.pids.get_mut(i) {
+            p.set_words((p.words() & !(1 << q)) | u8::from(live) << q);
+        }
+    }
+
+    /// The word mask of descriptor `i` (from the live counts).
+    fn words_of(&self, i: usize) -> u8 {
+        self.word_live.get(i).map_or(0, |w| {
+            w.iter()
+                .enumerate()
+                .fold(0, |m, (q, &n)| m | u8::from(n != 0) << q)
+        })
     }
 
     /// Removes `h` from `slot` if it is still there.
@@ -224,6 +254,7 @@ impl CpuTable {
                 *s = None;
                 self.free.push(slot);
                 self.live -= 1;
+                self.word_use(slot, false);
                 true
             }
             _ => false,
@@ -280,43 +311,35 @@ impl hwio::Clock for PlatformClock<'_> {
 }
 
 /// Runs a demultiplexing pass when the platform calls it (see [`ImsPlatform::set_handler`]).
+///
+/// The pass is chosen once, when the handler is made: [`VectorHandler::run`] is one call
+/// through `pass` (no match on the mode per interrupt).
 #[derive(Clone)]
 pub struct VectorHandler {
-    kind: HandlerKind,
-}
-
-#[derive(Clone)]
-enum HandlerKind {
-    Shared {
-        domain: Arc<DomainInner>,
-        cpu: usize,
-    },
-    Posted {
-        domain: Arc<DomainInner>,
-        cpu: usize,
-    },
-    Direct {
-        domain: Arc<DomainInner>,
-        handle: Arc<HandleInner>,
-        cpu: usize,
-        vector: u8,
-    },
+    pass: fn(&VectorHandler),
+    domain: Arc<DomainInner>,
+    cpu: usize,
+    /// One vector per handle: the handle and its vector.
+    direct: Option<(Arc<HandleInner>, u8)>,
 }
 
 impl core::fmt::Debug for VectorHandler {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match &self.kind {
-            HandlerKind::Shared { cpu, .. } => write!(f, "VectorHandler(shared, cpu {cpu})"),
-            HandlerKind::Posted { cpu, .. } => write!(f, "VectorHandler(posted, cpu {cpu})"),
-            HandlerKind::Direct {
-                cpu,
-                vector,
-                handle,
-                ..
-            } => write!(
+        let cpu = self.cpu;
+        match &self.direct {
+            Some((handle, vector)) => write!(
                 f,
                 "VectorHandler(entry {}, cpu {cpu}, vector {vector:#04x})",
                 handle.index
+            ),
+            None => write!(
+                f,
+                "VectorHandler({}, cpu {cpu})",
+                if self.domain.config.mode == VectorMode::Posted {
+                    "posted"
+                } else {
+                    "shared"
+                }
             ),
         }
     }
@@ -330,28 +353,36 @@ impl VectorHandler {
         vector: u8,
     ) -> VectorHandler {
         VectorHandler {
-            kind: HandlerKind::Direct {
-                domain: domain.clone(),
-                handle: handle.clone(),
-                cpu,
-                vector,
+            pass: |h| {
+                if let Some((handle, vector)) = &h.direct {
+                    h.domain.demux_direct(handle, h.cpu, *vector);
+                }
             },
+            domain: domain.clone(),
+            cpu,
+            direct: Some((handle.clone(), vector)),
         }
     }
 
-    /// The interrupt entry point: call on the handler's CPU with interrupts disabled.
-    #[inline]
-    pub fn run(&self) -> Demux {
-        match &self.kind {
-            HandlerKind::Shared { domain, cpu } => domain.demux_shared(*cpu),
-            HandlerKind::Posted { domain, cpu } => domain.demux_posted(*cpu),
-            HandlerKind::Direct {
-                domain,
-                handle,
-                cpu,
-                vector,
-            } => domain.demux_direct(handle, *cpu, *vector),
+    /// The handler of `cpu`'s one vector (Shared and Posted modes).
+    fn per_cpu(domain: Arc<DomainInner>, cpu: usize) -> VectorHandler {
+        let pass: fn(&VectorHandler) = match domain.config.mode {
+            VectorMode::Posted => |h| h.domain.demux_posted(h.cpu),
+            _ => |h| h.domain.demux_shared(h.cpu),
+        };
+        VectorHandler {
+            pass,
+            domain,
+            cpu,
+            direct: None,
         }
+    }
+
+    /// The interrupt entry point: call on the handler's CPU with interrupts disabled. What
+    /// the pass did goes to the CPU's counters ([`ImsDomain::stats`]).
+    #[inline]
+    pub fn run(&self) {
+        (self.pass)(self);
     }
 }
 
@@ -592,7 +623,8 @@ impl DomainInner {
                 let st = &d.cpus[cpu];
                 let mut t = st.table.lock();
                 while let Some(p) = st.pids.get(t.pids.len()) {
-                    t.pids.push(*p);
+                    let words = t.words_of(t.pids.len());
+                    t.pids.push(TablePid::new(p, words));
                 }
                 t.pids.len() as u32
             })?;
@@ -608,10 +640,10 @@ impl DomainInner {
 
     /// The shared-vector handler: check every armed handle of `cpu`; poll those with
     /// something to deliver (or nothing left to wait for), unless blocked.
-    fn demux_shared(&self, cpu: usize) -> Demux {
+    fn demux_shared(&self, cpu: usize) {
         let mut d = Demux::default();
         let Some(st) = self.cpus.get(cpu) else {
-            return d;
+            return;
         };
         let t0 = self.cycles();
         self.with_table(st, |table| {
@@ -627,7 +659,6 @@ impl DomainInner {
             let spent = self.cycles().wrapping_sub(t0);
             st.counters.add(&d, spent);
         });
-        d
     }
 
     /// Delivery for one armed handle of the shared-vector scan: the one call per handle. A
@@ -724,32 +755,35 @@ impl DomainInner {
     /// The posted-mode handler: for each of the CPU's descriptors with ON set, clear ON, take
     /// its PIR words and deliver to the handles whose bits were set (see [`crate::posted`]
     /// for why nothing is lost or delivered twice). No armed set is scanned.
-    fn demux_posted(&self, cpu: usize) -> Demux {
+    ///
+    /// Shaped for few live values across the sinks' calls: the per-delivery counts go
+    /// straight to the CPU's counters (single writer), the pass keeps only its delivered
+    /// total and the PIR words it read.
+    fn demux_posted(&self, cpu: usize) {
         let mut d = Demux::default();
         let Some(st) = self.cpus.get(cpu) else {
-            return d;
+            return;
         };
         let t0 = self.cycles();
         self.with_table(st, |table| {
             let slots: &[Option<Arc<HandleInner>>] = &table.slots;
             let mut base = 0;
             for pid in table.pids.iter() {
-                d.pids_scanned += 1;
                 d.words_scanned += pid.harvest(|bit| {
                     // An empty slot: a late post of a handle that left (its completion is
                     // re-polled where the handle went).
-                    if let Some(Some(h)) = slots.get((base + bit) as usize) {
+                    if let Some(Some(h)) = slots.get(base + bit as usize) {
                         Self::deliver_posted(h, &mut d);
                     }
                 });
-                base += crate::posted::SLOTS_PER_PID;
+                base += crate::posted::SLOTS_PER_PID as usize;
             }
+            d.pids_scanned = table.pids.len() as u32;
             // Counted inside the pass: its counters have the same single writer as the
             // table.
             let spent = self.cycles().wrapping_sub(t0);
             st.counters.add(&d, spent);
         });
-        d
     }
 
     /// Delivery for one handle a posted descriptor named: one call of its sink.
@@ -768,10 +802,10 @@ impl DomainInner {
     }
 
     /// A per-handle vector's handler: the vector names the handle.
-    fn demux_direct(&self, h: &Arc<HandleInner>, cpu: usize, vector: u8) -> Demux {
+    fn demux_direct(&self, h: &Arc<HandleInner>, cpu: usize, vector: u8) {
         let mut d = Demux::default();
         let Some(st) = self.cpus.get(cpu) else {
-            return d;
+            return;
         };
         let t0 = self.cycles();
         // The table is not read: taken (or, on a `CpuExclusive` platform, not needed) only
@@ -789,7 +823,6 @@ impl DomainInner {
             let spent = self.cycles().wrapping_sub(t0);
             st.counters.add(&d, spent);
         });
-        d
     }
 }
 
@@ -863,6 +896,7 @@ impl ImsDomain {
                     free: Vec::new(),
                     live: 0,
                     pids: Vec::new(),
+                    word_live: Vec::new(),
                 }),
                 pids_in_table: AtomicU32::new(0),
                 vectors: AtomicU32::new(u32::from(vectors[cpu].is_some())),
@@ -880,12 +914,7 @@ impl ImsDomain {
         if config.mode.one_vector_per_cpu() {
             let shared: Vec<u8> = vectors.iter().map(|v| v.unwrap_or_default()).collect();
             for (cpu, &v) in shared.iter().enumerate() {
-                let domain = inner.clone();
-                let kind = match config.mode {
-                    VectorMode::Posted => HandlerKind::Posted { domain, cpu },
-                    _ => HandlerKind::Shared { domain, cpu },
-                };
-                let h = VectorHandler { kind };
+                let h = VectorHandler::per_cpu(inner.clone(), cpu);
                 if let Err(e) = platform.set_handler(cpu, v, h) {
                     for (c, &v) in shared.iter().enumerate() {
                         if c < cpu {

@@ -59,8 +59,10 @@ pub(crate) struct HandleInner {
     pub pasid: u32,
     pub client: u64,
     pub sink: Arc<dyn CompletionSink>,
-    /// The sink's [`CompletionSink::raw_poll`] (its argument kept alive by `sink`).
-    pub raw: Option<crate::sink::RawPoll>,
+    /// The sink's [`CompletionSink::raw_poll`] (its argument kept alive by `sink`), or for a
+    /// sink without one [`poll_dyn`] on this handle: the handler makes one indirect call
+    /// either way.
+    pub raw: crate::sink::RawPoll,
     /// Where the handle is: a packed [`HandleLocation`] (CPU and slot, or CPU and vector).
     pub loc: AtomicU64,
     /// What descriptors carry to name the entry.
@@ -71,17 +73,37 @@ pub(crate) struct HandleInner {
     pub ctl: spin::Mutex<Ctl>,
 }
 
+/// A sink's `poll` through its trait object, as a [`RawPoll`](crate::sink::RawPoll) function
+/// whose argument is the handle.
+///
+/// # Safety
+/// `h` is a live `HandleInner`.
+unsafe fn poll_dyn(h: *const (), delivered: &AtomicU64) -> u32 {
+    // SAFETY: the caller's contract (`raw_or_dyn` pairs this function with the handle that
+    // holds it, so the handle is alive whenever its `raw` is called).
+    let h = unsafe { &*h.cast::<HandleInner>() };
+    h.sink.poll(delivered)
+}
+
 impl HandleInner {
     /// The sink's `poll` into the handle's delivered count, through its plain function when
     /// it has one.
     #[inline(always)]
     pub fn poll_sink(&self) -> u32 {
-        match self.raw {
-            // SAFETY: the sink's own `poll` as a function and argument (`raw_poll`'s
-            // contract); `sink` keeps the argument alive.
-            Some(r) => unsafe { (r.f)(r.arg, &self.delivered) },
-            None => self.sink.poll(&self.delivered),
-        }
+        let r = self.raw;
+        // SAFETY: either the sink's own `poll` as a function and argument (`raw_poll`'s
+        // contract; `sink` keeps the argument alive) or `poll_dyn` with this handle's
+        // address (`raw_or_dyn`), valid while the handle is.
+        unsafe { (r.f)(r.arg, &self.delivered) }
+    }
+
+    /// `sink`'s plain poll, or [`poll_dyn`] with `this` (the address the handle being made
+    /// will have) as its argument.
+    pub fn raw_or_dyn(sink: &dyn CompletionSink, this: *const HandleInner) -> crate::sink::RawPoll {
+        sink.raw_poll().unwrap_or(crate::sink::RawPoll {
+            f: poll_dyn,
+            arg: this.cast(),
+        })
     }
 
     /// The sink reported idle at the value its idle word still has: nothing was submitted

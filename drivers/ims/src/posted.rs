@@ -81,16 +81,60 @@ impl PidRef {
         let (q, m) = (bit as usize / 64, 1u64 << (bit % 64));
         self.pir[q].load(SeqCst) & m != 0
     }
+}
+
+/// A descriptor as the handler walks it: its PIR words and control word, and which PIR words
+/// serve a slot in use (`CpuTable` keeps `words` current as slots come and go).
+#[derive(Clone, Copy)]
+pub(crate) struct TablePid {
+    pir: &'static [AtomicU64; 4],
+    control: &'static AtomicU64,
+    /// Bit `q`: PIR word `q` holds the bit of a slot in use.
+    words: u8,
+    /// The words a harvest reads: `words.count_ones()`.
+    read: u8,
+}
+
+impl TablePid {
+    pub fn new(pid: &PidRef, words: u8) -> TablePid {
+        let mut p = TablePid {
+            pir: pid.pir,
+            control: pid.control,
+            words: 0,
+            read: 0,
+        };
+        p.set_words(words);
+        p
+    }
+
+    /// Which PIR words serve slots in use.
+    pub fn words(&self) -> u8 {
+        self.words
+    }
+
+    /// Sets which PIR words serve slots in use (bits 0..4 of `words`).
+    pub fn set_words(&mut self, words: u8) {
+        self.words = words & 0xf;
+        self.read = self.words.count_ones() as u8;
+    }
 
     /// The handler's harvest (see the module documentation): if ON is set, clear it, then
-    /// take every non-zero PIR word and call `f(bit)` for each bit taken. Returns the PIR
-    /// words read (0 when ON was clear).
+    /// take every non-zero PIR word among those serving a slot in use and call `f(bit)` for
+    /// each bit taken. Returns the PIR words read (0 when ON was clear).
+    ///
+    /// A word serving no slot in use is not read: only a handle in the table has a route
+    /// posting to its bit (a slot is taken before its route is written, and left only after
+    /// the route stopped posting there, its bit cleared), so such a word holds nothing to
+    /// deliver. A bit a late post left there would name no handle anyway, and it costs the
+    /// slot's next owner at most one empty call.
     #[inline(always)]
     pub(crate) fn harvest(&self, mut f: impl FnMut(u32)) -> u32 {
-        if self.control.load(SeqCst) & ON == 0 {
+        // Take ON, whatever it was: one locked instruction, whose old value says whether
+        // there is anything to harvest (clearing a clear ON changes nothing).
+        if self.control.fetch_and(!ON, SeqCst) & ON == 0 {
             return 0;
         }
-        self.control.fetch_and(!ON, SeqCst);
+        let m = self.words;
         let mut take = |q: u32| {
             let w = &self.pir[q as usize];
             if w.load(SeqCst) != 0 {
@@ -101,11 +145,19 @@ impl PidRef {
                 }
             }
         };
-        take(0);
-        take(1);
-        take(2);
-        take(3);
-        4
+        if m & 1 != 0 {
+            take(0);
+        }
+        // Slots are reused before new ones are made, so a CPU that never had more than 64
+        // handles at once stops here.
+        if m > 1 {
+            for q in 1..4 {
+                if m & 1 << q != 0 {
+                    take(q);
+                }
+            }
+        }
+        u32::from(self.read)
     }
 }
 
@@ -166,6 +218,11 @@ impl CpuPids {
         }
         self.get(i).map(|p| Ok(*p))
     }
+}
+
+/// The PIR word (0..4) of handle slot `slot` within its descriptor.
+pub(crate) fn slot_word(slot: u32) -> usize {
+    (slot % SLOTS_PER_PID / 64) as usize
 }
 
 /// The (descriptor, bit) of handle slot `slot`.

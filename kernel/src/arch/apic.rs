@@ -175,16 +175,24 @@ pub fn id() -> u32 {
 /// Signals end of interrupt.
 #[inline(always)]
 pub fn eoi() {
-    // `write(reg::EOI, 0)` without its mode conversion (the interrupt path's cost).
-    match MODE.load(Ordering::Relaxed) {
+    // `write(reg::EOI, 0)` without its mode conversion (the interrupt path's cost): x2APIC
+    // with one compare, the other modes out of line.
+    let mode = MODE.load(Ordering::Relaxed);
+    if mode == MODE_X2 {
         // SAFETY: the x2APIC EOI MSR (0x80b); writing 0 is the architectural EOI.
-        MODE_X2 => unsafe { super::wrmsr(0x800 + reg::EOI / 16, 0) },
-        MODE_X => {
-            let p = (XAPIC_BASE.load(Ordering::Relaxed) + u64::from(reg::EOI)) as *mut u32;
-            // SAFETY: as in `write`.
-            unsafe { p.write_volatile(0) }
-        }
-        _ => {}
+        unsafe { super::wrmsr(0x800 + reg::EOI / 16, 0) }
+    } else {
+        eoi_xapic(mode);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn eoi_xapic(mode: u8) {
+    if mode == MODE_X {
+        let p = (XAPIC_BASE.load(Ordering::Relaxed) + u64::from(reg::EOI)) as *mut u32;
+        // SAFETY: as in `write`.
+        unsafe { p.write_volatile(0) }
     }
 }
 
