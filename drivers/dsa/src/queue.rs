@@ -451,7 +451,7 @@ impl Ring {
     pub fn reap_counting(&self, count: &AtomicU64) -> (u32, bool) {
         let (i, head) = self.range();
         if head.wrapping_sub(i) == 1 {
-            return self.reap_last(i, count);
+            return self.reap_last(i, Some(count));
         }
         self.reap_range(i, head, true, Some(count))
     }
@@ -466,7 +466,7 @@ impl Ring {
         let head = self.head.load(Ordering::Acquire);
         if head.wrapping_sub(tail) == 1 {
             // `range` would return (tail, head) too: one slot never exceeds the capacity.
-            return self.reap_last(tail, count).0;
+            return self.reap_last(tail, Some(count)).0;
         }
         self.reap_counting_loop(count)
     }
@@ -482,7 +482,7 @@ impl Ring {
     /// loop's body, without the loop: after the callback only the slot is live, so the
     /// pass keeps no state across the call.
     #[inline(always)]
-    fn reap_last(&self, i: u32, count: &AtomicU64) -> (u32, bool) {
+    fn reap_last(&self, i: u32, count: Option<&AtomicU64>) -> (u32, bool) {
         let recs = self.recs;
         let k = i as usize & recs.mask();
         // SAFETY: as in `reap_range`: `slots` and `recs` have `mask + 1` entries.
@@ -501,8 +501,10 @@ impl Ring {
                 // Another reaper won it and delivers it.
                 return (0, false);
             }
-            // Counted before the callback can observe it.
-            count.fetch_add(1, Ordering::Relaxed);
+            if let Some(c) = count {
+                // Counted before the callback can observe it.
+                c.fetch_add(1, Ordering::Relaxed);
+            }
             self.finish_slot(slot, k, status & st::CODE_MASK);
             return (1, false);
         }
@@ -514,6 +516,13 @@ impl Ring {
     /// [`Ring::reap`], also returning the head it scanned to (an interrupt path's idle mark).
     #[inline]
     pub fn reap_once(&self, count: Option<&AtomicU64>) -> (u32, bool, u32) {
+        let tail = self.tail.load(Ordering::Acquire);
+        let head = self.head.load(Ordering::Acquire);
+        if head.wrapping_sub(tail) == 1 {
+            // As in `poll_counting`: one slot in flight, reaped without the loop.
+            let (n, o) = self.reap_last(tail, count);
+            return (n, o, head);
+        }
         let (i, head) = self.range();
         let (n, o) = self.reap_range(i, head, true, count);
         (n, o, head)
