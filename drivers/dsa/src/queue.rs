@@ -84,6 +84,7 @@ const _: () = assert!(
 
 pub(crate) const K_SINGLE: u8 = 0;
 pub(crate) const K_BATCH: u8 = 1;
+const _: () = assert!(K_SINGLE == 0 && K_BATCH == 1, "Tag::DONE_ON_SUCCESS tests bit 32");
 
 /// A completion callback: a function pointer and a cookie (no allocation, no closure).
 ///
@@ -239,14 +240,13 @@ pub(crate) struct Meta {
 /// What a slot holds, packed into one word: bits 31:0 the submission's sequence number
 /// (the owner's head index), 39:32 its kind (`K_SINGLE`, `K_BATCH`), bit 40 plain (single:
 /// an operation whose successful result is `Output::Done`; batch: every member is), bit 41
-/// resumed (`Extra::resumed` holds the original operation), bit 42 done on success (plain
-/// or a batch: a Success status alone makes the result `Output::Done`, one test for a
-/// callback's [`Completed::plain_success`]), 63:48 a batch's member count.
+/// resumed (`Extra::resumed` holds the original operation), 63:48 a batch's member count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Tag(pub u64);
 
 impl Tag {
-    const DONE_ON_SUCCESS: u64 = 1 << 42;
+    /// Plain, or kind `K_BATCH` (whose only non-zero kind bit is bit 32).
+    const DONE_ON_SUCCESS: u64 = 1 << 40 | (K_BATCH as u64) << 32;
 
     #[inline(always)]
     pub const fn new(seq: u32, kind: u8, plain: bool, resumed: bool, members: u16) -> Tag {
@@ -254,10 +254,10 @@ impl Tag {
             | (kind as u64) << 32
             | (plain as u64) << 40
             | (resumed as u64) << 41
-            | ((plain || kind == K_BATCH) as u64) << 42
             | (members as u64) << 48)
     }
-    /// Plain or a batch ([`Completed::plain_success`]).
+    /// Plain or a batch: a Success status alone makes the result `Output::Done`
+    /// ([`Completed::plain_success`]); one test of the tag.
     #[inline(always)]
     pub const fn done_on_success(self) -> bool {
         self.0 & Self::DONE_ON_SUCCESS != 0
