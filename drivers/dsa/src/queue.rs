@@ -84,7 +84,10 @@ const _: () = assert!(
 
 pub(crate) const K_SINGLE: u8 = 0;
 pub(crate) const K_BATCH: u8 = 1;
-const _: () = assert!(K_SINGLE == 0 && K_BATCH == 1, "Tag::DONE_ON_SUCCESS tests bit 32");
+const _: () = assert!(
+    K_SINGLE == 0 && K_BATCH == 1,
+    "Tag::DONE_ON_SUCCESS tests bit 32"
+);
 
 /// A completion callback: a function pointer and a cookie (no allocation, no closure).
 ///

@@ -623,8 +623,9 @@ impl DomainInner {
                 let st = &d.cpus[cpu];
                 let mut t = st.table.lock();
                 while let Some(p) = st.pids.get(t.pids.len()) {
-                    let words = t.words_of(t.pids.len());
-                    t.pids.push(TablePid::new(p, words));
+                    let i = t.pids.len();
+                    let words = t.words_of(i);
+                    t.pids.push(TablePid::new(p, i, words));
                 }
                 t.pids.len() as u32
             })?;
@@ -767,17 +768,19 @@ impl DomainInner {
         let t0 = self.cycles();
         self.with_table(st, |table| {
             let slots: &[Option<Arc<HandleInner>>] = &table.slots;
-            let mut base = 0;
+            // One delivery closure for the whole pass (not one per descriptor).
+            let mut deliver = |slot: usize| {
+                // An empty slot: a late post of a handle that left (its completion is
+                // re-polled where the handle went).
+                if let Some(Some(h)) = slots.get(slot) {
+                    Self::deliver_posted(h, &mut d);
+                }
+            };
+            let mut words = 0;
             for pid in table.pids.iter() {
-                d.words_scanned += pid.harvest(|bit| {
-                    // An empty slot: a late post of a handle that left (its completion is
-                    // re-polled where the handle went).
-                    if let Some(Some(h)) = slots.get(base + bit as usize) {
-                        Self::deliver_posted(h, &mut d);
-                    }
-                });
-                base += crate::posted::SLOTS_PER_PID as usize;
+                words += pid.harvest(&mut deliver);
             }
+            d.words_scanned = words;
             d.pids_scanned = table.pids.len() as u32;
             // Counted inside the pass: its counters have the same single writer as the
             // table.

@@ -93,15 +93,19 @@ pub(crate) struct TablePid {
     words: u8,
     /// The words a harvest reads: `words.count_ones()`.
     read: u8,
+    /// The handle slot of PIR bit 0 (descriptor i serves slots 256·i to 256·i + 255).
+    base: usize,
 }
 
 impl TablePid {
-    pub fn new(pid: &PidRef, words: u8) -> TablePid {
+    /// Descriptor `index` of its CPU, with PIR words `words` serving slots in use.
+    pub fn new(pid: &PidRef, index: usize, words: u8) -> TablePid {
         let mut p = TablePid {
             pir: pid.pir,
             control: pid.control,
             words: 0,
             read: 0,
+            base: index * SLOTS_PER_PID as usize,
         };
         p.set_words(words);
         p
@@ -119,8 +123,8 @@ impl TablePid {
     }
 
     /// The handler's harvest (see the module documentation): if ON is set, clear it, then
-    /// take every non-zero PIR word among those serving a slot in use and call `f(bit)` for
-    /// each bit taken. Returns the PIR words read (0 when ON was clear).
+    /// take every non-zero PIR word among those serving a slot in use and call `f(slot)` for
+    /// each bit taken (the slot the bit serves). Returns the PIR words read (0 when ON was clear).
     ///
     /// A word serving no slot in use is not read: only a handle in the table has a route
     /// posting to its bit (a slot is taken before its route is written, and left only after
@@ -128,36 +132,44 @@ impl TablePid {
     /// deliver. A bit a late post left there would name no handle anyway, and it costs the
     /// slot's next owner at most one empty call.
     #[inline(always)]
-    pub(crate) fn harvest(&self, mut f: impl FnMut(u32)) -> u32 {
+    pub(crate) fn harvest(&self, f: &mut impl FnMut(usize)) -> u32 {
         // Take ON, whatever it was: one locked instruction, whose old value says whether
         // there is anything to harvest (clearing a clear ON changes nothing).
         if self.control.fetch_and(!ON, SeqCst) & ON == 0 {
             return 0;
         }
         let m = self.words;
-        let mut take = |q: u32| {
-            let w = &self.pir[q as usize];
-            if w.load(SeqCst) != 0 {
-                let mut bits = w.swap(0, SeqCst);
-                while bits != 0 {
-                    f(q * 64 + bits.trailing_zeros());
-                    bits &= bits - 1;
-                }
-            }
-        };
         if m & 1 != 0 {
-            take(0);
+            self.take(0, f);
         }
         // Slots are reused before new ones are made, so a CPU that never had more than 64
         // handles at once stops here.
         if m > 1 {
-            for q in 1..4 {
-                if m & 1 << q != 0 {
-                    take(q);
-                }
+            if m & 2 != 0 {
+                self.take(1, f);
+            }
+            if m & 4 != 0 {
+                self.take(2, f);
+            }
+            if m & 8 != 0 {
+                self.take(3, f);
             }
         }
         u32::from(self.read)
+    }
+
+    /// Takes PIR word `q` (if non-zero) and calls `f(slot)` for each bit it held.
+    #[inline(always)]
+    fn take(&self, q: usize, f: &mut impl FnMut(usize)) {
+        let w = &self.pir[q];
+        if w.load(SeqCst) != 0 {
+            let mut bits = w.swap(0, SeqCst);
+            let base = self.base + q * 64;
+            while bits != 0 {
+                f(base + bits.trailing_zeros() as usize);
+                bits &= bits - 1;
+            }
+        }
     }
 }
 
