@@ -170,9 +170,9 @@ impl Counters {
     }
 }
 
-/// What one handler run did.
+/// What one handler run did, added to the CPU's counters at its end ([`DemuxStats`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Demux {
+pub(crate) struct Demux {
     /// Handles whose sink was called and had something to say ([`DemuxStats::polls`]).
     pub polled: u32,
     /// Sink calls that found nothing ([`DemuxStats::empty_polls`]).

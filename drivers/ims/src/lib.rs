@@ -178,8 +178,8 @@ pub mod watch;
 
 pub use chip::{CarvedStorage, ChipOptions, ImsChip, OwnerId, PASID_LIMIT, WeakChip};
 pub use domain::{
-    CpuReport, Demux, DemuxStats, DomainConfig, ImsDomain, OWNER_PER_HANDLE, OWNER_POSTED,
-    OWNER_SHARED, VectorHandler, VectorMode,
+    CpuReport, DemuxStats, DomainConfig, ImsDomain, OWNER_PER_HANDLE, OWNER_POSTED, OWNER_SHARED,
+    VectorHandler, VectorMode,
 };
 pub use error::{Cause, ImsError};
 pub use handle::{ArmGuard, Armer, ImsHandle};
