@@ -9,9 +9,10 @@
 //!
 //! # The handler and why it loses nothing
 //!
-//! For each of its CPU's descriptors the handler reads ON; if set it clears ON (a locked
-//! `and`), then for each PIR word that reads non-zero it swaps in zero (`xchg`) and delivers
-//! to the handles of the bits it took. No armed set is scanned: the unit names the handles.
+//! For each of its CPU's descriptors the handler takes ON (a locked `and` that clears it and
+//! returns whether it was set); if it was set, then for each PIR word that serves a slot in
+//! use and reads non-zero it swaps in zero (`xchg`) and delivers to the handles of the bits
+//! it took. No armed set is scanned: the unit names the handles.
 //!
 //! * **No lost wakeup.** The unit's post is one atomic read-modify-write of the descriptor's
 //!   cache line: set PIR\[bit\], then set ON and notify if ON was clear (§5.2.3). All the
@@ -21,10 +22,13 @@
 //!   after C, P finds ON clear — or set by another post P' after C, which then notified —
 //!   so a notification is sent after C: the vector becomes pending again (the CPU is in the
 //!   handler with interrupts off; it takes the new interrupt after the EOI) and the next
-//!   run finds the bit. Skipping a descriptor whose ON reads clear is safe for the same
+//!   run finds the bit. Skipping a descriptor whose ON was clear is safe for the same
 //!   reason: a bit set without ON is always followed by a notification (nobody sets SN);
 //!   skipping a PIR word that reads zero after C likewise (a post to it after the read
-//!   found ON clear and notified).
+//!   found ON clear and notified). Skipping a word that serves no slot in use loses
+//!   nothing either: only a route of a handle in the table posts to a bit (see
+//!   [`TablePid::harvest`]), and the table's word mask is changed on this CPU, between
+//!   handler passes, before such a route exists and after it stopped posting.
 //! * **Exactly once.** Each PIR bit a post sets is taken by exactly one `xchg`, so each
 //!   message leads to one delivery call; the sink's claim (one compare-exchange per
 //!   completion) makes each completion's callback run once even when a retarget or an
