@@ -27,7 +27,7 @@
 //!   skipping a PIR word that reads zero after C likewise (a post to it after the read
 //!   found ON clear and notified). Skipping a word that serves no slot in use loses
 //!   nothing either: only a route of a handle in the table posts to a bit (see
-//!   [`TablePid::harvest`]), and the table's word mask is changed on this CPU, between
+//!   `TablePid::harvest`), and the table's word mask is changed on this CPU, between
 //!   handler passes, before such a route exists and after it stopped posting.
 //! * **Exactly once.** Each PIR bit a post sets is taken by exactly one `xchg`, so each
 //!   message leads to one delivery call; the sink's claim (one compare-exchange per
