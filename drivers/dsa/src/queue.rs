@@ -448,40 +448,45 @@ impl Ring {
     }
 
     /// [`Ring::reap`] adding one to `count` for each completion before its callback runs.
-    /// Inlined into its callers (the IMS sink's plain function is then the loop itself, not
-    /// a trampoline to it).
     #[inline(always)]
     pub fn reap_counting(&self, count: &AtomicU64) -> (u32, bool) {
-        let (i, head) = self.range();
-        if head.wrapping_sub(i) == 1 {
-            return self.reap_last(i, Some(count));
-        }
-        self.reap_range(i, head, true, Some(count))
+        let (n, o, _) = self.reap_once(Some(count));
+        (n, o)
     }
 
-    /// [`Ring::reap_counting`]'s delivered count, shaped for an interrupt pass (the IMS
-    /// sink's plain function): one slot between tail and head (one operation in flight, the
-    /// common case of a notification) is reaped inline with nothing kept across its
-    /// callback; anything else goes to the loop, out of line.
+    /// [`Ring::reap_counting`]'s delivered count: the IMS sink's plain function.
     #[inline(always)]
     pub fn poll_counting(&self, count: &AtomicU64) -> u32 {
+        self.reap_once(Some(count)).0
+    }
+
+    /// [`Ring::reap`], also returning the head it scanned to (an interrupt path's idle mark).
+    ///
+    /// Shaped for an interrupt pass: one slot between tail and head (one operation in
+    /// flight, the common case of a notification) is reaped inline with nothing kept across
+    /// its callback ([`Ring::reap_last`]); anything else goes to the loop, out of line.
+    #[inline(always)]
+    pub fn reap_once(&self, count: Option<&AtomicU64>) -> (u32, bool, u32) {
+        // Read as `range` reads them (tail first).
         let tail = self.tail.load(Ordering::Acquire);
         let head = self.head.load(Ordering::Acquire);
         if head.wrapping_sub(tail) == 1 {
             // `range` would return (tail, head) too: one slot never exceeds the capacity.
-            return self.reap_last(tail, Some(count)).0;
+            let (n, o) = self.reap_last(tail, count);
+            return (n, o, head);
         }
-        self.reap_counting_loop(count)
+        self.reap_loop(count)
     }
 
+    /// [`Ring::reap_once`]'s general case: every slot from tail to head.
     #[inline(never)]
-    fn reap_counting_loop(&self, count: &AtomicU64) -> u32 {
+    fn reap_loop(&self, count: Option<&AtomicU64>) -> (u32, bool, u32) {
         let (i, head) = self.range();
-        self.reap_range(i, head, true, Some(count)).0
+        let (n, o) = self.reap_range(i, head, true, count);
+        (n, o, head)
     }
 
-    /// [`Ring::reap_range`] over the one slot `i` (the range's last): the common case of an
-    /// interrupt pass (one operation in flight per notification). The same steps as the
+    /// [`Ring::reap_range`] over the one slot `i` (the range's last). The same steps as the
     /// loop's body, without the loop: after the callback only the slot is live, so the
     /// pass keeps no state across the call.
     #[inline(always)]
@@ -514,21 +519,6 @@ impl Ring {
         let outstanding =
             s != FREE && s != DONE && (s == CLAIMED || recs.status(k) == st::NOT_COMPLETE);
         (0, outstanding)
-    }
-
-    /// [`Ring::reap`], also returning the head it scanned to (an interrupt path's idle mark).
-    #[inline]
-    pub fn reap_once(&self, count: Option<&AtomicU64>) -> (u32, bool, u32) {
-        let tail = self.tail.load(Ordering::Acquire);
-        let head = self.head.load(Ordering::Acquire);
-        if head.wrapping_sub(tail) == 1 {
-            // As in `poll_counting`: one slot in flight, reaped without the loop.
-            let (n, o) = self.reap_last(tail, count);
-            return (n, o, head);
-        }
-        let (i, head) = self.range();
-        let (n, o) = self.reap_range(i, head, true, count);
-        (n, o, head)
     }
 
     /// [`Ring::reap`]; `stop` false visits every slot in flight (the owner's reap, sweeps).

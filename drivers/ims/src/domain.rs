@@ -755,11 +755,8 @@ impl DomainInner {
 
     /// The posted-mode handler: for each of the CPU's descriptors with ON set, clear ON, take
     /// its PIR words and deliver to the handles whose bits were set (see [`crate::posted`]
-    /// for why nothing is lost or delivered twice). No armed set is scanned.
-    ///
-    /// Shaped for few live values across the sinks' calls: the per-delivery counts go
-    /// straight to the CPU's counters (single writer), the pass keeps only its delivered
-    /// total and the PIR words it read.
+    /// for why nothing is lost or delivered twice). No armed set is scanned, and only the
+    /// PIR words that serve slots in use are read.
     fn demux_posted(&self, cpu: usize) {
         let mut d = Demux::default();
         let Some(st) = self.cpus.get(cpu) else {
