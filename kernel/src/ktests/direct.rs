@@ -124,32 +124,27 @@ ktest!(
     }
 );
 
+/// `enq(mode)` on the test CPU runs `insn`, which must kill it with #GP (`why`).
+fn enq_is_killed_by_gp(mode: u64, insn: &str, why: &str) -> Outcome {
+    if !crate::arch::features().enqcmd {
+        return skip("no ENQCMD");
+    }
+    let p = spawn("enq", Some(test_cpu()), mode);
+    assert_eq!(wait(&p), STATUS_KILLED, "enq({mode}) survived its {insn}");
+    let f = p.fault().expect("a fault report");
+    assert_eq!(f.vector, 13, "{why}: #GP, got {f:?}");
+    Outcome::Pass
+}
+
 ktest!(
     fn enqcmd_without_a_pasid_is_killed_by_gp() -> Outcome {
-        if !crate::arch::features().enqcmd {
-            return skip("no ENQCMD");
-        }
-        let p = spawn("enq", Some(test_cpu()), 1);
-        assert_eq!(wait(&p), STATUS_KILLED, "enq(1) survived its ENQCMD");
-        let f = p.fault().expect("a fault report");
-        assert_eq!(
-            f.vector, 13,
-            "ENQCMD with IA32_PASID not valid: #GP, got {f:?}"
-        );
-        Outcome::Pass
+        enq_is_killed_by_gp(1, "ENQCMD", "ENQCMD with IA32_PASID not valid")
     }
 );
 
 ktest!(
     fn enqcmds_from_ring3_is_killed_by_gp() -> Outcome {
-        if !crate::arch::features().enqcmd {
-            return skip("no ENQCMD");
-        }
-        let p = spawn("enq", Some(test_cpu()), 2);
-        assert_eq!(wait(&p), STATUS_KILLED, "enq(2) survived its ENQCMDS");
-        let f = p.fault().expect("a fault report");
-        assert_eq!(f.vector, 13, "ENQCMDS at CPL 3: #GP, got {f:?}");
-        Outcome::Pass
+        enq_is_killed_by_gp(2, "ENQCMDS", "ENQCMDS at CPL 3")
     }
 );
 
